@@ -1,0 +1,200 @@
+"""The ``medmm`` command line. Heavy libraries are imported only inside commands that train."""
+
+from __future__ import annotations
+
+import os
+import sys
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import click
+
+from medmm import __version__
+from medmm.errors import MedmmError
+
+
+@cache
+def plugins() -> Any:
+    """Load plugins once per process."""
+    from medmm.plugins import load_plugins
+
+    return load_plugins()
+
+
+def _registry() -> Any:
+    return plugins().registry
+
+
+def _task_spec(name: str) -> Any:
+    return _registry().get("task", name)
+
+
+def _resolved_config(spec: Any, config_file: Path | None, overrides: tuple[str, ...]) -> dict[str, Any]:
+    from medmm.runner import resolved_config
+
+    return resolved_config(spec, config_file, overrides)
+
+
+def _check_data(path: Path) -> Path:
+    if not path.exists():
+        raise MedmmError(f"--data path does not exist: {path}")
+    if path.is_file() and not os.access(path, os.R_OK):
+        raise MedmmError(f"--data file is not readable: {path}")
+    return path
+
+
+class TaskGroupHelp(click.Command):
+    """``medmm run --help`` lists the registered tasks (loaded only when help is asked for)."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        try:
+            rows = [(name, spec.summary) for name, spec in _registry().items("task")]
+        except MedmmError as exc:
+            rows = [("(plugins failed)", str(exc))]
+        with formatter.section("Tasks"):
+            formatter.write_dl(rows)
+
+
+def make_cli() -> click.Group:
+    """Build the click application (a factory, so tests get a fresh one)."""
+
+    @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, prog_name="medmm")
+    @click.option("--debug", is_flag=True, help="Show full tracebacks (also MEDMM_DEBUG=1).")
+    def cli(debug: bool) -> None:
+        """Multimodal clinical machine learning: text, DICOM images, tables and their fusion."""
+        if debug:
+            os.environ["MEDMM_DEBUG"] = "1"
+
+    @cli.command()
+    def tasks() -> None:
+        """List registered tasks."""
+        for name, spec in _registry().items("task"):
+            click.echo(f"{name:<16} {spec.modality:<11} {spec.summary}")
+
+    @cli.command()
+    @click.argument("pattern", default="*")
+    @click.option("--modality", help="Only text, image, tabular, ...")
+    def backbones(pattern: str, modality: str | None) -> None:
+        """List registered backbones, optionally filtered by a glob PATTERN."""
+        reg = _registry()
+        for name in reg.names("backbone", pattern):
+            comp = reg.get("backbone", name)
+            if modality and comp.modality != modality:
+                continue
+            click.echo(f"{name:<24} {comp.modality:<8} {comp.summary}")
+
+    @cli.command("plugins")
+    def plugins_cmd() -> None:
+        """List plugins, the hooks they implement, and those that failed to load."""
+        for info in plugins().infos:
+            status = "disabled" if info.disabled else ("FAILED" if info.error else "ok")
+            hooks = ", ".join(info.hooks) or "-"
+            click.echo(f"{info.name:<20} {info.dist} {info.version:<10} {status:<8} {hooks}")
+            if info.error:
+                click.echo(f"    error: {info.error}")
+
+    @cli.command("config")
+    @click.argument("task")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), help="User YAML to merge.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
+    def config_cmd(task: str, config_file: Path | None, overrides: tuple[str, ...]) -> None:
+        """Print the fully resolved config of TASK as YAML."""
+        from medmm.config import dump_yaml
+
+        click.echo(dump_yaml(_resolved_config(_task_spec(task), config_file, overrides)), nl=False)
+
+    @cli.command(cls=TaskGroupHelp)
+    @click.argument("task")
+    @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Data file or folder.")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), help="User YAML to merge.")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+    @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/<task>-<time>).")
+    @click.option("--resume", "resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+    @click.option("--quiet", is_flag=True, help="No progress bars.")
+    def run(task: str, data: Path, config_file: Path | None, overrides: tuple[str, ...],
+            out: Path | None, resume: Path | None, quiet: bool) -> None:
+        """Train and evaluate TASK on --data."""
+        from medmm.runner import run_task
+
+        spec = _task_spec(task)
+        _check_data(data)
+        if resume is not None:
+            from medmm.runner import resume_config
+
+            cfg = resume_config(resume, spec, overrides)
+            out = resume
+        else:
+            cfg = _resolved_config(spec, config_file, overrides)
+        run_task(spec, cfg, data, out, resume=resume is not None, quiet=quiet)
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Data to predict.")
+    @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Predictions CSV to write.")
+    @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str) -> None:
+        """Predict with a trained RUN_DIR on new --data; writes one CSV row per unit."""
+        from medmm.runner import predict_run
+
+        _check_data(data)
+        predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry())
+
+    @cli.command()
+    @click.argument("task")
+    @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/demo-<task>).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+    @click.option("--quiet", is_flag=True, help="No progress bars.")
+    def demo(task: str, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+        """Build TASK's bundled demo data inside the run directory and train on it."""
+        from medmm.runner import run_demo
+
+        run_demo(_task_spec(task), out, overrides, quiet=quiet)
+
+    _add_plugin_commands(cli)
+    return cli
+
+
+def _add_plugin_commands(cli: click.Group) -> None:
+    """Let plugins add commands; only when a command name is not a built-in one."""
+    builtin = set(cli.commands)
+    argv = sys.argv[1:]
+    wanted = next((a for a in argv if not a.startswith("-")), None)
+    if wanted in builtin:
+        return  # do not load plugins for built-in commands that do not need them
+    try:
+        plugins().pm.hook.register_commands(cli=cli)
+    except MedmmError:
+        raise
+    except Exception as exc:  # a plugin's command hook must not kill the CLI
+        click.echo(f"medmm: warning: a plugin's register_commands failed: {exc}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors are one line on stderr and exit code 2."""
+    debug = os.environ.get("MEDMM_DEBUG", "").lower() in {"1", "true", "yes"} or "--debug" in (argv or sys.argv)
+    try:
+        cli = make_cli()
+        cli.main(args=argv, prog_name="medmm", standalone_mode=False)
+        return 0
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("medmm: aborted", err=True)
+        return 130
+    except MedmmError as exc:
+        if debug:
+            raise
+        click.echo(f"medmm: error: {exc}", err=True)
+        return 2
+    except KeyboardInterrupt:
+        click.echo("medmm: interrupted", err=True)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""Header-only scan of a DICOM folder into :class:`DicomRecord` rows.
+
+Every regular file found under the root ends up either as a record (a DICOM instance
+with pixel data) or as a :class:`Skipped` entry with a short reason, so that
+``len(records) + len(skipped) == files found`` always holds. Hidden directories and
+directories tagged with ``CACHEDIR.TAG`` are not descended into; hidden *files* are
+counted and skipped.
+
+Patient IDs are kept in memory only (for patient-level splits); nothing in this module
+prints, logs or writes them.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+__all__ = [
+    "CACHEDIR_TAG",
+    "DicomRecord",
+    "ImageItem",
+    "LEVELS",
+    "Skipped",
+    "expand_frames",
+    "group_key",
+    "image_items",
+    "list_files",
+    "quiet_pydicom",
+    "scan_file",
+    "scan_folder",
+    "short_reason",
+    "write_skipped_csv",
+]
+
+CACHEDIR_TAG = "CACHEDIR.TAG"
+"""Directories holding this file (https://bford.info/cachedir/) are not scanned."""
+
+LEVELS = ("instance", "series", "study", "patient")
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel / Float / Double
+_UNDEFINED_LENGTH = 0xFFFFFFFF
+_DEFLATED = "1.2.840.10008.1.2.1.99"
+_NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
+_POOL_MIN_FILES = 512  # below this a process pool costs more than it saves
+
+
+@dataclass(frozen=True)
+class DicomRecord:
+    """One DICOM instance with pixel data; ``path`` is relative to the scanned root."""
+
+    path: str
+    patient_id: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    modality: str
+    rows: int
+    cols: int
+    frames: int
+    transfer_syntax: str
+    photometric: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A file (or frame) that was not ingested, and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to decode: a record and, for ``frames="all"``, the frame index."""
+
+    record: DicomRecord
+    frame: int | None = None
+
+    @property
+    def key(self) -> str:
+        """Stable identifier: the relative path, plus ``#<frame>`` for expanded frames."""
+        return self.record.path if self.frame is None else f"{self.record.path}#{self.frame}"
+
+
+class _NotImage(Exception):
+    """Internal: a readable DICOM file that cannot be ingested as an image."""
+
+
+def list_files(root: Path) -> list[str]:
+    """All regular files under ``root`` as sorted posix paths relative to it.
+
+    Hidden directories and directories containing ``CACHEDIR.TAG`` are pruned;
+    directory symlinks are not followed.
+    """
+    found: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(
+            d for d in dirnames
+            if not d.startswith(".") and not os.path.exists(os.path.join(dirpath, d, CACHEDIR_TAG))
+        )
+        rel_dir = Path(dirpath).relative_to(root)
+        for name in filenames:
+            if os.path.isfile(os.path.join(dirpath, name)):
+                found.append((rel_dir / name).as_posix())
+    return sorted(found)
+
+
+def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[Skipped]]:
+    """Read every file's header under ``root`` (recursively, sorted, deterministic).
+
+    Non-DICOM files (no ``DICM`` preamble), files without pixel data, truncated pixel
+    data and unreadable headers become :class:`Skipped`. ``workers > 0`` reads headers
+    in that many processes once the folder holds at least a few hundred files.
+    """
+    from medmm.errors import DataError
+
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"DICOM folder not found: {root}")
+    files = list_files(root)
+    if workers > 0 and len(files) >= _POOL_MIN_FILES:
+        chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            results = [r for part in pool.map(_scan_many, [str(root)] * len(chunks), chunks) for r in part]
+    else:
+        results = _scan_many(str(root), files)
+    records = [r for r in results if isinstance(r, DicomRecord)]
+    skipped = [r for r in results if isinstance(r, Skipped)]
+    return records, skipped
+
+
+def _scan_many(root: str, rel_paths: Sequence[str]) -> list[DicomRecord | Skipped]:
+    return [scan_file(Path(root), rel) for rel in rel_paths]
+
+
+def scan_file(root: Path, rel_path: str) -> DicomRecord | Skipped:
+    """Header-only read of one file; never raises for bad input."""
+    if Path(rel_path).name.startswith("."):
+        return Skipped(rel_path, "hidden file")
+    try:
+        with quiet_pydicom():
+            return _read_record(root / rel_path, rel_path)
+    except _NotImage as exc:
+        return Skipped(rel_path, str(exc))
+    except Exception as exc:  # noqa: BLE001 - any parse failure is a per-file skip
+        return Skipped(rel_path, short_reason(exc))
+
+
+@contextmanager
+def quiet_pydicom() -> Iterator[None]:
+    """Silence pydicom's warnings and warning logs, which may quote element values (PHI)."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def short_reason(exc: BaseException, limit: int = 160) -> str:
+    """A one-line, bounded description of ``exc`` for skip reports."""
+    from pydicom.errors import InvalidDicomError
+
+    if isinstance(exc, InvalidDicomError):
+        return "not a DICOM file (no DICM preamble / file meta)"
+    first = (str(exc).strip().splitlines() or [""])[0]
+    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_record(path: Path, rel_path: str) -> DicomRecord:
+    from pydicom.filereader import read_partial
+
+    found: dict[str, int] = {}
+
+    def at_pixels(tag: int, vr: str | None, length: int) -> bool:
+        if tag in _PIXEL_TAGS:
+            found["tag"], found["length"] = int(tag), length
+            found["header"] = 12 if vr in ("OB", "OW", "OF", "OD", "UN") else 8
+            return True
+        return False
+
+    with open(path, "rb") as fp:
+        ds = read_partial(fp, stop_when=at_pixels, force=False)
+        offset = fp.tell()
+    if not found:
+        raise _NotImage("no pixel data")
+    syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if not syntax:
+        raise _NotImage("no transfer syntax in file meta")
+    rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
+    if rows < 1 or cols < 1:
+        raise _NotImage("missing or zero Rows/Columns")
+    frames = max(1, _int(ds, "NumberOfFrames", default=1))
+    _check_length(ds, path, syntax, offset, found)
+    return DicomRecord(
+        path=rel_path,
+        patient_id=_str(ds, "PatientID"),
+        study_uid=_str(ds, "StudyInstanceUID"),
+        series_uid=_str(ds, "SeriesInstanceUID"),
+        sop_uid=_str(ds, "SOPInstanceUID"),
+        modality=_str(ds, "Modality").upper(),
+        rows=rows,
+        cols=cols,
+        frames=frames,
+        transfer_syntax=syntax,
+        photometric=_str(ds, "PhotometricInterpretation").upper(),
+    )
+
+
+def _check_length(ds, path: Path, syntax: str, offset: int, found: dict[str, int]) -> None:
+    """Reject pixel data that is cut off, using only the element header and file size."""
+    length = found["length"]
+    if length == _UNDEFINED_LENGTH or syntax == _DEFLATED:
+        return  # encapsulated or deflated: the decoder finds out
+    available = path.stat().st_size - offset - found["header"]
+    if length > available:
+        raise _NotImage(f"truncated pixel data ({max(available, 0)} of {length} bytes)")
+    if syntax in _NATIVE and found["tag"] == 0x7FE00010:
+        try:
+            from pydicom.pixels.utils import get_expected_length
+
+            expected = get_expected_length(ds)
+        except Exception:  # noqa: BLE001 - incomplete image module; decoding will tell
+            return
+        if length < expected:
+            raise _NotImage(f"pixel data shorter than expected ({length} of {expected} bytes)")
+
+
+def _str(ds, keyword: str) -> str:
+    value = ds.get(keyword, "")
+    return "" if value is None else str(value).strip()
+
+
+def _int(ds, keyword: str, default: int = 0) -> int:
+    value = ds.get(keyword, None)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise _NotImage(f"invalid {keyword}") from None
+
+
+def write_skipped_csv(skipped: Iterable[Skipped], path: Path) -> Path:
+    """Write ``path,reason`` rows (relative paths only, no header values) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["path", "reason"])
+        writer.writerows((s.path, s.reason) for s in skipped)
+    os.replace(tmp, path)
+    return path
+
+
+def expand_frames(records: Iterable[DicomRecord]) -> list[ImageItem]:
+    """One :class:`ImageItem` per frame of every record (``frames="all"``)."""
+    return [ImageItem(rec, i) for rec in records for i in range(rec.frames)]
+
+
+def image_items(records: Iterable[DicomRecord], frames: str = "middle") -> list[ImageItem]:
+    """Items to decode for a ``PixelConfig.frames`` mode: expanded for ``"all"``."""
+    records = list(records)
+    return expand_frames(records) if frames == "all" else [ImageItem(r) for r in records]
+
+
+def group_key(record: DicomRecord | ImageItem, level: str) -> str:
+    """Key that groups images for aggregation (``instance|series|study``) or splits (``patient``).
+
+    Missing identifiers fall back to the next finer level (patient -> study -> series ->
+    path), so files without IDs are never merged into one large group. Frames of one
+    instance share the instance key. The ``patient`` key is the raw PatientID: keep it
+    in memory, never write it out.
+    """
+    rec = record.record if isinstance(record, ImageItem) else record
+    if level not in LEVELS:
+        from medmm.errors import DataError
+
+        raise DataError(f"unknown grouping level {level!r}; expected one of {', '.join(LEVELS)}")
+    ids = {"patient": rec.patient_id, "study": rec.study_uid, "series": rec.series_uid}
+    coarse_to_fine = ("patient", "study", "series")
+    chain = coarse_to_fine[coarse_to_fine.index(level):] if level in ids else ()
+    return next((f"{name}:{ids[name]}" for name in chain if ids[name]), f"path:{rec.path}")

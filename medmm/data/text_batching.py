@@ -1,0 +1,515 @@
+"""Tokenisation with an on-disk cache, length-bucketed batching and dynamic padding for text.
+
+The pieces fit together like this::
+
+    corpus = tokenize_cached(examples.texts, tokenizer, max_length=256, cache_dir=run / "cache")
+    dataset = TokenizedTextDataset(corpus, examples.labels)
+    sampler = LengthBucketSampler(corpus.lengths, batch_size=32, seed=cfg.seed,
+                                  num_replicas=world_size, rank=rank)
+    loader = DataLoader(dataset, batch_sampler=sampler,
+                        collate_fn=functools.partial(pad_collate, pad_id=tokenizer.pad_token_id))
+    ...
+    doc_probs = pool_chunk_probabilities(window_probs, corpus.doc_index, corpus.num_docs)
+
+``tokenizer`` is either a Hugging Face fast tokenizer or a :class:`SimpleVocab` (word-level
+vocabulary for the CNN / RNN baselines); both are called the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from medmm.errors import ConfigError, DataError
+
+__all__ = [
+    "LengthBucketSampler",
+    "SimpleVocab",
+    "TokenizedCorpus",
+    "TokenizedTextDataset",
+    "pad_collate",
+    "pool_chunk_probabilities",
+    "tokenize_cached",
+    "tokenizer_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+_CACHE_VERSION = 1
+LongText = Literal["truncate", "chunk"]
+
+
+# --------------------------------------------------------------------------- vocabulary
+
+
+class SimpleVocab:
+    """Word-level vocabulary for the baseline models: lowercase + regex word split.
+
+    Callable like a Hugging Face tokenizer (the subset :func:`tokenize_cached` uses), and saved
+    as plain JSON. Index 0 is ``<pad>``, 1 is ``<unk>``.
+    """
+
+    PAD, UNK = "<pad>", "<unk>"
+    pad_token_id, unk_token_id = 0, 1
+    name_or_path = "medmm-simple-vocab"
+    _PATTERN = re.compile(r"\w+|[^\w\s]")
+
+    def __init__(self, tokens: Sequence[str], *, lowercase: bool = True):
+        tokens = list(tokens)
+        if tokens[:2] != [self.PAD, self.UNK]:
+            raise ValueError(f"a vocabulary must start with {self.PAD!r}, {self.UNK!r}")
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("duplicate tokens in vocabulary")
+        self.tokens = tokens
+        self.lowercase = lowercase
+        self.index = {t: i for i, t in enumerate(tokens)}
+
+    @classmethod
+    def build(cls, texts: Iterable[str], *, min_freq: int = 2, max_size: int = 30_000,
+              lowercase: bool = True) -> SimpleVocab:
+        """Most frequent words of ``texts`` seen at least ``min_freq`` times (ties: alphabetical).
+
+        ``max_size`` counts the two special tokens.
+        """
+        if max_size < 3:
+            raise ConfigError(f"vocabulary max_size must be at least 3, got {max_size}")
+        counts: Counter[str] = Counter()
+        for text in texts:
+            counts.update(cls._split(text, lowercase))
+        words = sorted((w for w, n in counts.items() if n >= min_freq), key=lambda w: (-counts[w], w))
+        return cls([cls.PAD, cls.UNK, *words[: max_size - 2]], lowercase=lowercase)
+
+    @classmethod
+    def _split(cls, text: str, lowercase: bool) -> list[str]:
+        return cls._PATTERN.findall(text.lower() if lowercase else text)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one text (never empty: a text with no words gives ``[<unk>]``)."""
+        unk = self.unk_token_id
+        return [self.index.get(w, unk) for w in self._split(text, self.lowercase)] or [unk]
+
+    def __call__(self, texts: Sequence[str], *, truncation: bool = True,
+                 max_length: int | None = None, return_overflowing_tokens: bool = False,
+                 stride: int = 0, **_: Any) -> dict[str, list]:
+        """Encode ``texts``; windows of ``max_length`` overlapping by ``stride`` on overflow."""
+        input_ids: list[list[int]] = []
+        mapping: list[int] = []
+        for doc, text in enumerate(texts):
+            ids = self.encode(text)
+            if max_length is None or not truncation or len(ids) <= max_length:
+                windows = [ids]
+            elif not return_overflowing_tokens:
+                windows = [ids[:max_length]]
+            else:
+                step = max_length - stride
+                if step <= 0:
+                    raise ConfigError(f"stride ({stride}) must be smaller than max_length ({max_length})")
+                windows, start = [ids[:max_length]], 0
+                while start + max_length < len(ids):
+                    start += step
+                    windows.append(ids[start:start + max_length])
+            input_ids.extend(windows)
+            mapping.extend([doc] * len(windows))
+        out: dict[str, list] = {"input_ids": input_ids}
+        if return_overflowing_tokens:
+            out["overflow_to_sample_mapping"] = mapping
+        return out
+
+    def num_special_tokens_to_add(self, pair: bool = False) -> int:
+        return 0
+
+    def fingerprint(self) -> str:
+        """Stable hash of the vocabulary and its options (used in cache keys)."""
+        blob = json.dumps({"tokens": self.tokens, "lowercase": self.lowercase}).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    def save(self, path: Path | str) -> Path:
+        """Write the vocabulary as JSON (atomically)."""
+        path = Path(path)
+        payload = {"format": "medmm.SimpleVocab", "version": 1, "lowercase": self.lowercase,
+                   "pattern": self._PATTERN.pattern, "tokens": self.tokens}
+        _atomic_write_bytes(path, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> SimpleVocab:
+        """Read a vocabulary written by :meth:`save`."""
+        path = Path(path)
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("format") != "medmm.SimpleVocab":
+                raise ValueError("not a medmm vocabulary file")
+            return cls(payload["tokens"], lowercase=bool(payload["lowercase"]))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"cannot read vocabulary {path}: {exc}") from None
+
+
+# --------------------------------------------------------------------------- corpus + cache
+
+
+@dataclass(frozen=True)
+class TokenizedCorpus:
+    """Unpadded token sequences stored flat: sequence ``i`` is ``ids[offsets[i]:offsets[i+1]]``.
+
+    In ``chunk`` mode a document may yield several overlapping windows; ``doc_index[i]`` is the
+    document window ``i`` came from (the identity in ``truncate`` mode).
+    """
+
+    ids: np.ndarray  # int32 [total_tokens]
+    offsets: np.ndarray  # int64 [num_sequences + 1]
+    doc_index: np.ndarray  # int64 [num_sequences]
+    num_docs: int
+    mode: LongText = "truncate"
+
+    def __len__(self) -> int:
+        return len(self.doc_index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.ids[self.offsets[i]:self.offsets[i + 1]]
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Token count of each sequence (feed to :class:`LengthBucketSampler`)."""
+        return np.diff(self.offsets)
+
+    @classmethod
+    def from_lists(cls, input_ids: Sequence[Sequence[int]], doc_index: Sequence[int] | None,
+                   num_docs: int, mode: LongText) -> TokenizedCorpus:
+        lengths = np.fromiter((len(x) for x in input_ids), dtype=np.int64, count=len(input_ids))
+        offsets = np.zeros(len(input_ids) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter(itertools.chain.from_iterable(input_ids), dtype=np.int32,
+                          count=int(offsets[-1]))
+        doc = np.arange(len(input_ids), dtype=np.int64) if doc_index is None else np.asarray(
+            doc_index, dtype=np.int64)
+        return cls(ids=ids, offsets=offsets, doc_index=doc, num_docs=num_docs, mode=mode)
+
+    def save(self, path: Path | str, key: str = "") -> None:
+        """Write the corpus as an uncompressed ``.npz`` (no pickled objects), atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, ids=self.ids, offsets=self.offsets, doc_index=self.doc_index,
+                         num_docs=np.int64(self.num_docs), mode=np.str_(self.mode),
+                         key=np.str_(key), version=np.int64(_CACHE_VERSION))
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def load(cls, path: Path | str, key: str | None = None) -> TokenizedCorpus:
+        """Read a corpus written by :meth:`save`; ``ValueError`` if it is corrupt or stale."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                if int(z["version"]) != _CACHE_VERSION or (key is not None and str(z["key"]) != key):
+                    raise ValueError("cache entry written for other inputs")
+                corpus = cls(ids=z["ids"], offsets=z["offsets"], doc_index=z["doc_index"],
+                             num_docs=int(z["num_docs"]), mode=str(z["mode"]))  # type: ignore[arg-type]
+        except (OSError, KeyError, EOFError) as exc:
+            raise ValueError(f"unreadable cache entry: {exc}") from None
+        n = len(corpus.doc_index)
+        if (corpus.offsets.shape != (n + 1,) or corpus.offsets[0] != 0
+                or corpus.offsets[-1] != len(corpus.ids) or np.any(np.diff(corpus.offsets) < 0)):
+            raise ValueError("inconsistent cache entry")
+        return corpus
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Identity of a tokenizer for cache keys: class, name_or_path, size, and its full definition.
+
+    Hashing the backend definition (not just the name) means a tokenizer retrained in place
+    never reuses stale token ids.
+    """
+    own = getattr(tokenizer, "fingerprint", None)
+    if callable(own):
+        return f"{type(tokenizer).__qualname__}:{own()}"
+    parts = [f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}",
+             str(getattr(tokenizer, "name_or_path", "")), str(len(tokenizer))]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("truncation", None)  # call-time state set by the last encode call
+        spec.pop("padding", None)
+        parts.append(hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest())
+    return "|".join(parts)
+
+
+def _texts_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        b = text.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
+def tokenize_cached(
+    texts: Sequence[str],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    cache_dir: Path | str | None = None,
+    long_text: LongText = "truncate",
+    stride: int = 64,
+) -> TokenizedCorpus:
+    """Tokenize ``texts`` in one batched call (no padding), reusing an on-disk cache.
+
+    Args:
+        texts: documents.
+        tokenizer: a Hugging Face fast tokenizer or a :class:`SimpleVocab`.
+        max_length: tokens per sequence, special tokens included.
+        cache_dir: where to keep ``tok-<hash>.npz``; the key covers the texts, the tokenizer
+            (:func:`tokenizer_fingerprint`), ``max_length``, ``long_text`` and ``stride``.
+            ``None`` disables caching.
+        long_text: ``"truncate"`` keeps the first ``max_length`` tokens; ``"chunk"`` splits a
+            long document into windows overlapping by ``stride`` tokens, and
+            :attr:`TokenizedCorpus.doc_index` maps each window back to its document.
+        stride: overlap between consecutive windows in chunk mode.
+    """
+    if long_text not in ("truncate", "chunk"):
+        raise ConfigError(f"long_text must be 'truncate' or 'chunk', got {long_text!r}")
+    specials = int(tokenizer.num_special_tokens_to_add(pair=False)) if hasattr(
+        tokenizer, "num_special_tokens_to_add") else 0
+    if max_length <= specials:
+        raise ConfigError(f"max_length must exceed the {specials} special tokens, got {max_length}")
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000 and max_length > model_max:
+        raise ConfigError(f"max_length {max_length} exceeds the tokenizer's limit of {model_max}")
+    chunk = long_text == "chunk"
+    if chunk and not 0 <= stride < max_length - specials:
+        raise ConfigError(
+            f"stride must be in [0, {max_length - specials}) for max_length {max_length}, got {stride}")
+
+    texts = list(texts)
+    path = key = None
+    if cache_dir is not None:
+        key_src = json.dumps({"v": _CACHE_VERSION, "tok": tokenizer_fingerprint(tokenizer),
+                              "max_length": max_length, "mode": long_text,
+                              "stride": stride if chunk else None, "texts": _texts_digest(texts)})
+        key = hashlib.sha256(key_src.encode()).hexdigest()
+        path = Path(cache_dir) / f"tok-{key[:32]}.npz"
+        if path.exists():
+            try:
+                corpus = TokenizedCorpus.load(path, key=key)
+                if corpus.num_docs == len(texts):
+                    logger.debug("tokenization cache hit: %s", path.name)
+                    return corpus
+            except ValueError as exc:
+                logger.warning("ignoring tokenization cache %s: %s", path.name, exc)
+
+    if texts:
+        kwargs: dict[str, Any] = {"truncation": True, "max_length": max_length}
+        if chunk:
+            kwargs.update(return_overflowing_tokens=True, stride=stride)
+        if not isinstance(tokenizer, SimpleVocab):
+            kwargs.update(padding=False, return_attention_mask=False, return_token_type_ids=False)
+        enc = tokenizer(texts, **kwargs)
+        input_ids = enc["input_ids"]
+        doc_index = enc["overflow_to_sample_mapping"] if chunk else None
+    else:
+        input_ids, doc_index = [], None
+    corpus = TokenizedCorpus.from_lists(input_ids, doc_index, len(texts), long_text)
+    if path is not None and key is not None:
+        try:
+            corpus.save(path, key=key)
+        except OSError as exc:  # a read-only cache must not stop training
+            logger.warning("could not write tokenization cache %s: %s", path, exc)
+    return corpus
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- dataset + collate
+
+
+class TokenizedTextDataset(Dataset):
+    """Items ``{"input_ids", "index", ["labels"], ["doc_index"]}`` over a :class:`TokenizedCorpus`.
+
+    ``labels`` are per document and repeated for each of its windows in chunk mode.
+    """
+
+    def __init__(self, corpus: TokenizedCorpus, labels: np.ndarray | None = None):
+        if labels is not None and len(labels) != corpus.num_docs:
+            raise ValueError(f"{len(labels)} labels for {corpus.num_docs} documents")
+        self.corpus, self.labels = corpus, labels
+
+    def __len__(self) -> int:
+        return len(self.corpus)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        doc = int(self.corpus.doc_index[i])
+        item: dict[str, Any] = {"input_ids": self.corpus[i], "index": int(i)}
+        if self.labels is not None:
+            item["labels"] = self.labels[doc]
+        if self.corpus.mode == "chunk":
+            item["doc_index"] = doc
+        return item
+
+
+def pad_collate(batch: Sequence[Mapping[str, Any]], pad_id: int = 0) -> dict[str, torch.Tensor]:
+    """Pad a list of items to the longest sequence in the batch.
+
+    Returns ``input_ids`` (int64 ``[B, L]``), ``attention_mask`` (bool ``[B, L]``), ``index``
+    (int64 ``[B]``) and, when the items have them, ``labels`` (int64 ``[B]`` or float32
+    ``[B, K]``) and ``doc_index`` (int64 ``[B]``).
+    """
+    lengths = [len(item["input_ids"]) for item in batch]
+    width = max(max(lengths, default=0), 1)
+    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch), width), dtype=bool)
+    for row, (item, n) in enumerate(zip(batch, lengths)):
+        ids[row, :n] = item["input_ids"]
+        mask[row, :n] = True
+    out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+           "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long)}
+    if batch and "labels" in batch[0]:
+        labels = np.stack([np.asarray(item["labels"]) for item in batch])
+        out["labels"] = torch.from_numpy(labels.astype(
+            np.float32 if labels.dtype.kind == "f" else np.int64, copy=False))
+    if batch and "doc_index" in batch[0]:
+        out["doc_index"] = torch.tensor([int(item["doc_index"]) for item in batch], dtype=torch.long)
+    return out
+
+
+def pool_chunk_probabilities(probs: np.ndarray | torch.Tensor, doc_index: np.ndarray | torch.Tensor,
+                             num_docs: int) -> np.ndarray:
+    """Mean of window probabilities per document: ``[num_windows, C]`` -> ``[num_docs, C]``.
+
+    Documents with no window (none in this shard) get NaN.
+    """
+    probs = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs,
+                       dtype=np.float64)
+    doc_index = np.asarray(doc_index.cpu() if isinstance(doc_index, torch.Tensor) else doc_index,
+                           dtype=np.int64)
+    squeeze = probs.ndim == 1
+    probs = probs.reshape(len(probs), -1)
+    sums = np.zeros((num_docs, probs.shape[1]))
+    np.add.at(sums, doc_index, probs)
+    counts = np.bincount(doc_index, minlength=num_docs).astype(np.float64)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pooled = sums / counts
+    return pooled[:, 0] if squeeze else pooled
+
+
+# --------------------------------------------------------------------------- sampler
+
+
+class LengthBucketSampler(Sampler[list[int]]):
+    """Batch sampler that groups sequences of similar length to minimise padding.
+
+    With ``shuffle``: indices are shuffled, cut into buckets of ``batch_size *
+    bucket_size_multiplier``, sorted by length inside each bucket, cut into batches, and the
+    batches are shuffled. Without: batches of the globally length-sorted indices, in order
+    (evaluation; outputs carry ``index``). Deterministic in ``seed`` and :meth:`set_epoch`.
+
+    Data-parallel sharding (``num_replicas`` > 1): every rank sees the same batch list and takes
+    ``batches[rank::num_replicas]``, so shards are disjoint. When the batch count does not divide
+    evenly, ``drop_last`` drops the surplus batches; otherwise the largest batches are split in
+    two until it does, so every example is seen exactly once and every rank gets the same number
+    of batches (DDP needs that). Only if there are fewer examples than ranks are batches repeated.
+    """
+
+    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *, shuffle: bool = True,
+                 seed: int = 0, bucket_size_multiplier: int = 50, drop_last: bool = False,
+                 num_replicas: int = 1, rank: int = 0):
+        if batch_size < 1 or bucket_size_multiplier < 1:
+            raise ConfigError("batch_size and bucket_size_multiplier must be positive")
+        if num_replicas < 1 or not 0 <= rank < num_replicas:
+            raise ConfigError(f"invalid rank {rank} for {num_replicas} replicas")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.bucket_size = batch_size * bucket_size_multiplier
+        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the shuffle of the next iteration (call once per epoch on every rank)."""
+        self.epoch = epoch
+
+    def _num_batches_total(self) -> int:
+        n = len(self.lengths)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __len__(self) -> int:
+        total = self._num_batches_total()
+        if self.drop_last:
+            return total // self.num_replicas
+        return math.ceil(total / self.num_replicas)
+
+    def _all_batches(self) -> list[list[int]]:
+        n, bs = len(self.lengths), self.batch_size
+        if self.shuffle:
+            rng = np.random.default_rng([self.seed, self.epoch])
+            perm = rng.permutation(n)
+            batches: list[np.ndarray] = []
+            for start in range(0, n, self.bucket_size):
+                bucket = perm[start:start + self.bucket_size]
+                bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
+                batches.extend(bucket[i:i + bs] for i in range(0, len(bucket), bs))
+            if self.drop_last and batches and len(batches[-1]) < bs:
+                batches.pop()  # buckets are whole batches, so only the last can be short
+            order = rng.permutation(len(batches))
+            batches = [batches[i] for i in order]
+        else:
+            ordered = np.argsort(self.lengths, kind="stable")
+            batches = [ordered[i:i + bs] for i in range(0, n, bs)]
+            if self.drop_last and batches and len(batches[-1]) < bs:
+                batches.pop()
+        return [b.tolist() for b in batches]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        reps = self.num_replicas
+        if reps > 1 and len(batches) % reps:
+            if self.drop_last:
+                batches = batches[: len(batches) - len(batches) % reps]
+            else:
+                batches = self._even_out(batches, reps)
+        yield from batches[self.rank::reps]
+
+    @staticmethod
+    def _even_out(batches: list[list[int]], reps: int) -> list[list[int]]:
+        """Split the largest batches in two until the count is a multiple of ``reps``."""
+        batches = list(batches)
+        while len(batches) % reps:
+            j = max(range(len(batches)), key=lambda k: len(batches[k]), default=None)
+            if j is None or len(batches[j]) < 2:
+                break
+            b = batches[j]
+            batches[j:j + 1] = [b[: len(b) // 2], b[len(b) // 2:]]
+        i = 0
+        while batches and len(batches) % reps:  # fewer examples than ranks: repeat
+            batches.append(batches[i])
+            i += 1
+        return batches

@@ -1,0 +1,422 @@
+"""The one training loop every task uses.
+
+Exact resume: an epoch's batches are a pure function of (seed, epoch) (see ``sampling``), the
+loader draws no global random numbers, and a checkpoint stores the position inside the epoch
+plus every RNG state, so a run killed at any point and resumed from its last checkpoint
+performs the same arithmetic as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from medmm.engine import callbacks as cb
+from medmm.engine.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from medmm.engine.device import autocast, move_to, no_grad_eval, resolve_precision, select_device
+from medmm.engine.distributed import (
+    DistInfo, barrier, broadcast_object, gather_objects, init_distributed, local_rank_from_env,
+)
+from medmm.engine.losses import problem_loss, scores_from_output
+from medmm.engine.sampling import balanced_class_weights, epoch_generator, eval_batches, plan_epoch, shard
+from medmm.engine.schedule import build_optimizer, lr_lambda
+from medmm.errors import ConfigError, MedmmError
+from medmm.task import DataBundle, Split, Task
+
+
+class TrainingError(MedmmError):
+    """Training cannot continue (non-finite loss, interrupted, ...)."""
+
+
+@dataclass
+class TrainState:
+    """Progress counters; saved in every checkpoint's ``state.json``."""
+
+    epoch: int = 0
+    batch_in_epoch: int = 0  # next global batch of the epoch plan
+    global_step: int = 0  # optimizer steps taken
+    samples_seen: int = 0
+    best_value: float | None = None
+    best_step: int = -1
+    best_epoch: int = -1
+    bad_evals: int = 0
+    skipped_steps: int = 0
+    stopped_early: bool = False
+    finished: bool = False
+
+
+@dataclass
+class EvalOutput:
+    """Predictions pooled per unit, in first-seen unit order."""
+
+    units: list[str]
+    scores: np.ndarray
+    targets: np.ndarray | None
+    loss: float
+
+
+@dataclass
+class FitResult:
+    state: TrainState
+    history: list[dict[str, Any]] = field(default_factory=list)
+    monitor: str = "loss"
+    mode: str = "min"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state()[1].astype(np.int64),
+        "numpy_pos": int(np.random.get_state()[2]),
+        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32) if hasattr(state["numpy"], "numpy")
+                         else np.asarray(state["numpy"], dtype=np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    py = tuple(int(x) for x in state["python"].tolist())
+    random.setstate((3, py, None))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def pool_by_unit(units: list[str], index: np.ndarray, scores: np.ndarray,
+                 targets: np.ndarray | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Average the scores of examples that belong to one unit (windows, instances)."""
+    ex_units = [units[i] for i in index]
+    order: dict[str, int] = {}
+    for u in ex_units:
+        order.setdefault(u, len(order))
+    if len(order) == len(ex_units):
+        return ex_units, scores, targets
+    group = np.array([order[u] for u in ex_units])
+    counts = np.bincount(group, minlength=len(order)).astype(np.float64)
+    pooled = np.zeros((len(order),) + scores.shape[1:], dtype=np.float64)
+    np.add.at(pooled, group, scores)
+    pooled /= counts.reshape((-1,) + (1,) * (scores.ndim - 1))
+    first = np.full(len(order), -1)
+    for pos, g in enumerate(group):
+        if first[g] < 0:
+            first[g] = pos
+    return list(order), pooled.astype(np.float32), None if targets is None else targets[first]
+
+
+class Trainer:
+    """Fits a task's model; every task goes through here."""
+
+    def __init__(self, task: Task, cfg: dict[str, Any], run_dir: Path, *, quiet: bool = False,
+                 callbacks: list[Any] | None = None) -> None:
+        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
+        self.e = cfg["engine"]
+        self.device = select_device(self.e["device"], local_rank_from_env())
+        self.dist: DistInfo = init_distributed(self.device.type)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.precision = resolve_precision(self.e["precision"], self.device)
+        self.quiet = quiet or not sys.stderr.isatty() or not self.dist.is_main
+        self.callbacks = list(callbacks or []) if self.dist.is_main else []
+        self.seed = int(cfg.get("seed", 0))
+        self.state = TrainState()
+        self.history: list[dict[str, Any]] = []
+        self.class_weights: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ data loading
+    def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
+                epoch: int) -> DataLoader:
+        workers = int(self.e["num_workers"])
+        return DataLoader(
+            dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=epoch_generator(self.seed, epoch),  # never draw from the global RNG
+        )
+
+    def _plan(self, data: DataBundle, epoch: int) -> list[list[int]]:
+        split = data.train
+        assert split is not None
+        world = self.dist.world_size
+        labels = split.targets if self.e["sampler"] == "weighted" else None
+        plan = plan_epoch(len(split.dataset), int(self.e["batch_size"]) * world, seed=self.seed, epoch=epoch,
+                          mode=self.e["sampler"], labels=labels, lengths=data.lengths)
+        if world > 1:
+            plan = [b for b in plan if len(b) >= world]
+        return plan
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, model: torch.nn.Module, split: Split, collate: Callable[..., Any] | None) -> EvalOutput:
+        """Predict a split on every rank, gather, pool per unit; the same result on all ranks."""
+        batches = eval_batches(len(split.dataset), int(self.e["eval_batch_size"]), self.dist.rank, self.dist.world_size)
+        idx, scores, targets, loss_sum, n = [], [], [], 0.0, 0
+        with no_grad_eval(model):
+            for batch in self._loader(split.dataset, batches, collate, epoch=0):
+                batch = move_to(batch, self.device)
+                with autocast(self.device, self.precision):
+                    out = self.task.step(model, batch)
+                if out.get("target") is not None and "loss" not in out:
+                    ls, k = problem_loss(self.task.problem, out["output"], out["target"], class_weights=None,
+                                         regression_loss=self._regression_loss())
+                    loss_sum, n = loss_sum + float(ls), n + k
+                idx.append(out["index"].cpu().numpy())
+                scores.append(scores_from_output(self.task.problem, out["output"]).float().cpu().numpy())
+                if out.get("target") is not None:
+                    targets.append(out["target"].float().cpu().numpy())
+        local = (np.concatenate(idx) if idx else np.zeros(0, int),
+                 np.concatenate(scores) if scores else None,
+                 np.concatenate(targets) if targets else None, loss_sum, n)
+        parts = gather_objects(local, self.dist)
+        index = np.concatenate([p[0] for p in parts])
+        score = np.concatenate([p[1] for p in parts if p[1] is not None])
+        has_t = all(p[2] is not None for p in parts if p[1] is not None)
+        target = np.concatenate([p[2] for p in parts if p[2] is not None]) if has_t else None
+        loss = sum(p[3] for p in parts) / max(1, sum(p[4] for p in parts))
+        order = np.argsort(index, kind="stable")
+        units, pooled, pooled_t = pool_by_unit(split.units, index[order], score[order],
+                                               None if target is None else target[order])
+        return EvalOutput(units, pooled, pooled_t, loss if n else float("nan"))
+
+    def _regression_loss(self) -> str:
+        return str(self.cfg.get("model", {}).get("loss", "mse")) if self.task.problem == "regression" else "mse"
+
+    def metrics_of(self, out: EvalOutput) -> dict[str, float]:
+        """The task's metrics for pooled predictions."""
+        from medmm.metrics import compute_metrics
+
+        if out.targets is None:
+            return {}
+        args, kwargs = self.metric_inputs(out)
+        return compute_metrics(self.task.problem, *args, **kwargs)
+
+    def metric_inputs(self, out: EvalOutput) -> tuple[tuple[Any, Any], dict[str, Any]]:
+        """``(y_true, y_score), {time, event}`` for :mod:`medmm.metrics`."""
+        t = out.targets
+        if self.task.problem == "survival":
+            return (None, out.scores), {"time": t[:, 0], "event": t[:, 1].astype(bool)}
+        if self.task.problem in {"binary", "multiclass"}:
+            t = t.astype(int)
+        return (t, out.scores), {}
+
+    # ------------------------------------------------------------------ checkpoints
+    def _save(self, kind: str, model: torch.nn.Module, opt: Any, sched: Any, scaler: Any,
+              rng: dict[str, Any] | None = None) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.run_dir / "checkpoints" / kind
+        trainer = None
+        if kind == "last":
+            trainer = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "rng": rng or _rng_state()}
+            if scaler is not None:
+                trainer["scaler"] = scaler.state_dict()
+        save_checkpoint(path, model, {"state": asdict(self.state), "history": self.history}, trainer)
+        cb.call(self.callbacks, "on_checkpoint", self, path, kind)
+
+    def _restore(self, model: torch.nn.Module, opt: Any, sched: Any, scaler: Any) -> None:
+        path = self.run_dir / "checkpoints" / "last"
+        saved = load_weights(path, model)
+        trainer = load_trainer_state(path)
+        opt.load_state_dict(trainer["optimizer"])
+        sched.load_state_dict(trainer["scheduler"])
+        if scaler is not None and "scaler" in trainer:
+            scaler.load_state_dict(trainer["scaler"])
+        _set_rng_state(trainer["rng"])
+        self.state = TrainState(**saved["state"])
+        self.history = list(saved.get("history", []))
+
+    # ------------------------------------------------------------------ training
+    def fit(self, model: torch.nn.Module, data: DataBundle, *, resume: bool = False) -> FitResult:
+        """Train with evaluation, early stopping and checkpoints; returns the final state."""
+        if data.train is None or len(data.train.dataset) == 0:
+            raise ConfigError("the training split is empty")
+        from medmm.metrics import headline
+
+        monitor, mode = self.e["monitor"], self.e["monitor_mode"]
+        if monitor == "auto":
+            monitor, auto_mode = headline(self.task.problem)
+            mode = auto_mode if mode == "auto" else mode
+        elif mode == "auto":
+            from medmm.metrics import metric_mode
+
+            mode = metric_mode(monitor)
+        self.monitor, self.mode = monitor, mode
+
+        seed_everything(self.seed)
+        if self.e["class_weights"] == "balanced":
+            if data.train.targets is None or np.asarray(data.train.targets).ndim != 1:
+                raise ConfigError("engine.class_weights=balanced needs single-label classification targets")
+            self.class_weights = torch.tensor(balanced_class_weights(data.train.targets), dtype=torch.float32,
+                                              device=self.device)
+        model.to(self.device)
+        task_groups = self.task.param_groups(model)
+        opt = build_optimizer(model, float(self.e["lr"]), float(self.e["weight_decay"]), task_groups)
+        accum = max(1, int(self.e["grad_accum"]))
+        steps_per_epoch = math.ceil(len(self._plan(data, 0)) / accum)
+        total = steps_per_epoch * int(self.e["epochs"])
+        if self.e["max_steps"]:
+            total = min(total, int(self.e["max_steps"])) if total else int(self.e["max_steps"])
+        warmup = int(round(float(self.e["warmup_ratio"]) * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.e["schedule"], total, warmup))
+        scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        logger = cb.MetricsLogger(self.run_dir)
+        if resume:
+            self._restore(model, opt, sched, scaler)
+            if self.dist.is_main:
+                logger.truncate_after(self.state.global_step)
+        if self.dist.is_main:
+            self.callbacks.insert(0, logger)
+        ddp_model = model
+        if self.dist.enabled:
+            ddp_model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        cb.call(self.callbacks, "on_train_start", self)
+        try:
+            self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
+        except KeyboardInterrupt:
+            self._save("last", model, opt, sched, scaler, rng=self._window_rng)
+            raise TrainingError(f"interrupted; a resumable checkpoint is in {self.run_dir}/checkpoints/last "
+                                f"(continue with --resume {self.run_dir})") from None
+        self.state.finished = True
+        self._save("last", model, opt, sched, scaler)
+        if data.val is None or not (self.run_dir / "checkpoints" / "best").exists():
+            self._save("best", model, opt, sched, scaler)
+        barrier(self.dist)
+        result = FitResult(self.state, self.history, monitor, mode)
+        return result
+
+    def _loop(self, model: torch.nn.Module, raw: torch.nn.Module, data: DataBundle, opt: Any, sched: Any,
+              scaler: Any, accum: int, total: int) -> None:
+        from tqdm.auto import tqdm
+
+        st, e = self.state, self.e
+        eval_every = int(e["eval_every_steps"])
+        ckpt_every = max(1, int(e["checkpoint_every_steps"]))
+        self._window_rng = _rng_state()
+        while st.epoch < int(e["epochs"]) and not st.stopped_early and not (total and st.global_step >= total):
+            plan = self._plan(data, st.epoch)
+            if not plan:
+                raise ConfigError("the training split yields no batch (fewer examples than processes?)")
+            self._plan_len = len(plan)
+            windows = [plan[i : i + accum] for i in range(0, len(plan), accum)]
+            first = st.batch_in_epoch // accum
+            if hasattr(data.train.dataset, "set_epoch"):
+                data.train.dataset.set_epoch(st.epoch)
+            mine = [shard(b, self.dist.rank, self.dist.world_size) for w in windows[first:] for b in w]
+            batches = iter(self._loader(data.train.dataset, mine, data.collate_fn, st.epoch))
+            bar = tqdm(total=len(windows), initial=first, disable=self.quiet, leave=False,
+                       desc=f"epoch {st.epoch + 1}/{e['epochs']}", unit="step")
+            t0, seen, loss_acc, loss_n = time.perf_counter(), 0, 0.0, 0
+            for window in windows[first:]:
+                self._window_rng = _rng_state()
+                n_window = sum(len(b) for b in window)
+                model.train()
+                finite = True
+                for j in range(len(window)):
+                    batch = move_to(next(batches), self.device)
+                    sync = j == len(window) - 1 or not self.dist.enabled
+                    ctx = contextlib.nullcontext() if sync else model.no_sync()
+                    with ctx:
+                        with autocast(self.device, self.precision):
+                            out = self.task.step(model, batch)
+                        if "loss" in out:
+                            loss_sum, k = out["loss"].float() * len(out["index"]), len(out["index"])
+                        else:
+                            loss_sum, k = problem_loss(self.task.problem, out["output"], out["target"],
+                                                       class_weights=self.class_weights,
+                                                       label_smoothing=float(e["label_smoothing"]),
+                                                       regression_loss=self._regression_loss())
+                        if not torch.isfinite(loss_sum):
+                            finite = False
+                            if e["nan_policy"] == "stop":
+                                raise TrainingError(
+                                    f"loss is {float(loss_sum)} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
+                                    f"stopped without overwriting checkpoints (engine.nan_policy=skip skips such steps)")
+                            continue
+                        loss = loss_sum * self.dist.world_size / n_window
+                        (scaler.scale(loss) if scaler else loss).backward()
+                    loss_acc, loss_n = loss_acc + float(loss_sum), loss_n + k
+                    seen += k
+                if finite:
+                    if scaler:
+                        scaler.unscale_(opt)
+                    if float(e["max_grad_norm"]) > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), float(e["max_grad_norm"]))
+                    if scaler:
+                        scaler.step(opt)
+                        scaler.update()
+                    else:
+                        opt.step()
+                else:
+                    st.skipped_steps += 1
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                st.global_step += 1
+                st.batch_in_epoch += len(window)
+                st.samples_seen += n_window
+                rate = seen * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_acc / max(1, loss_n):.4f}", samples_s=f"{rate:.0f}")
+                end_of_epoch = st.batch_in_epoch >= len(plan)
+                at_max = bool(total) and st.global_step >= total
+                evaluated = False
+                if (eval_every and st.global_step % eval_every == 0) or end_of_epoch or at_max:
+                    if end_of_epoch:
+                        st.epoch, st.batch_in_epoch = st.epoch + 1, 0
+                    self._evaluate_and_track(raw, data, opt, sched, scaler, loss_acc / max(1, loss_n),
+                                             rate, end_of_epoch)
+                    loss_acc, loss_n, evaluated = 0.0, 0, True
+                if evaluated or st.global_step % ckpt_every == 0:
+                    self._save("last", raw, opt, sched, scaler)
+                if st.stopped_early or at_max:
+                    break
+            bar.close()
+            if st.batch_in_epoch == 0:
+                cb.call(self.callbacks, "on_epoch_end", self, st.epoch)
+
+    def _evaluate_and_track(self, raw: torch.nn.Module, data: DataBundle, opt: Any, sched: Any, scaler: Any,
+                            train_loss: float, rate: float, end_of_epoch: bool) -> None:
+        st = self.state
+        lr = opt.param_groups[0]["lr"]
+        base = {"epoch": round(st.epoch + st.batch_in_epoch / self._plan_len, 4), "step": st.global_step}
+        train_rec = {**base, "split": "train", "loss": train_loss, "lr": lr, "samples_per_s": rate}
+        self.history.append(train_rec)
+        cb.call(self.callbacks, "on_evaluate", self, train_rec)
+        if data.val is None or len(data.val.dataset) == 0:
+            return
+        out = self.evaluate(raw, data.val, data.collate_fn)
+        metrics = self.metrics_of(out) if self.dist.is_main else {}
+        metrics = broadcast_object(metrics, self.dist)
+        rec = {**base, "split": "val", "loss": out.loss, **metrics, "lr": lr, "samples_per_s": rate}
+        self.history.append(rec)
+        cb.call(self.callbacks, "on_evaluate", self, rec)
+        value = rec.get(self.monitor, float("nan"))
+        better = st.best_value is None or (
+            math.isfinite(value) and (not math.isfinite(st.best_value)
+                                      or (value > st.best_value if self.mode == "max" else value < st.best_value)))
+        if better:
+            st.best_value, st.best_step, st.best_epoch, st.bad_evals = value, st.global_step, st.epoch, 0
+            self._save("best", raw, opt, sched, scaler)
+        else:
+            st.bad_evals += 1
+            if int(self.e["patience"]) and st.bad_evals >= int(self.e["patience"]):
+                st.stopped_early = True

@@ -1,0 +1,578 @@
+"""Evaluation metrics: a thin, NaN-safe layer over scikit-learn, plus fast bootstrap CIs.
+
+Problems and the arrays they take (numpy or anything ``np.asarray`` accepts):
+
+==============  ======================  =====================================
+problem         ``y_true``              ``y_score``
+==============  ======================  =====================================
+``binary``      ``[N]`` 0/1             ``[N]`` P(class 1) (``[N, 2]`` accepted)
+``multiclass``  ``[N]`` int in [0, K)   ``[N, K]`` class probabilities
+``multilabel``  ``[N, K]`` 0/1          ``[N, K]`` per-label probabilities
+``regression``  ``[N]`` float           ``[N]`` prediction
+``survival``    ignored (``None``)      ``[N]`` risk; needs ``time``, ``event``
+==============  ======================  =====================================
+
+A metric that is undefined for the data at hand (AUROC with one class, C-index with no
+comparable pair, any metric on non-finite scores) is ``nan``; nothing raises or warns.
+Hard decisions use a 0.5 threshold (``score >= 0.5``) for binary and multilabel and the
+arg-max for multiclass. "Macro" averages run over the classes/labels where the metric is
+defined. Bootstrap CIs resample rows; resamples where the metric is undefined are skipped.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+__all__ = [
+    "HEADLINE",
+    "METRICS",
+    "PROBLEMS",
+    "THRESHOLD",
+    "bootstrap_ci",
+    "bootstrap_cis",
+    "compute_metrics",
+    "expected_calibration_error",
+    "harrell_c_index",
+    "headline",
+    "metric_mode",
+    "reliability_curve",
+]
+
+THRESHOLD = 0.5
+"""Decision threshold on probabilities for binary and multilabel problems (``p >= 0.5``)."""
+
+METRICS: dict[str, tuple[str, ...]] = {
+    "binary": ("accuracy", "f1", "auroc", "auprc", "brier", "ece"),
+    "multiclass": ("accuracy", "macro_f1", "auroc", "auprc", "brier", "ece"),
+    "multilabel": ("auroc", "auprc", "micro_f1", "macro_f1", "subset_accuracy"),
+    "regression": ("mae", "rmse", "r2"),
+    "survival": ("c_index",),
+}
+"""Metric names reported by :func:`compute_metrics`, per problem."""
+
+PROBLEMS: tuple[str, ...] = tuple(METRICS)
+
+HEADLINE: dict[str, tuple[str, str]] = {
+    "binary": ("auroc", "max"),  # threshold-free, insensitive to prevalence
+    "multiclass": ("macro_f1", "max"),  # judges the arg-max decision, every class counts
+    "multilabel": ("auroc", "max"),  # macro over labels, the usual report for findings
+    "regression": ("mae", "min"),  # in the target's own units
+    "survival": ("c_index", "max"),
+}
+"""Headline metric and its direction per problem: model selection and early stopping."""
+
+_LOWER_IS_BETTER = frozenset({"loss", "brier", "ece", "mae", "rmse"})
+
+_PAIR_BLOCK = 1024  # rows of the pair matrix built at once by the C-index
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def headline(problem: str) -> tuple[str, str]:
+    """Return ``(metric name, "max" | "min")`` of the headline metric of ``problem``."""
+    _check_problem(problem)
+    return HEADLINE[problem]
+
+
+def metric_mode(metric: str) -> str:
+    """Return ``"min"`` for losses and errors (loss, brier, ece, mae, rmse), else ``"max"``."""
+    return "min" if metric in _LOWER_IS_BETTER else "max"
+
+
+def compute_metrics(
+    problem: str,
+    y_true: Any,
+    y_score: Any,
+    *,
+    time: Any = None,
+    event: Any = None,
+) -> dict[str, float]:
+    """Compute every metric of ``problem`` (see :data:`METRICS`); undefined ones are ``nan``."""
+    data = _prepare(problem, y_true, y_score, time, event)
+    table = _POINT[problem]
+    if not data.valid or len(data) == 0:
+        return {name: float("nan") for name in table}
+    with _quiet():
+        return {name: float(fn(data)) for name, fn in table.items()}
+
+
+def bootstrap_ci(
+    problem: str,
+    metric: str,
+    y_true: Any,
+    y_score: Any,
+    *,
+    time: Any = None,
+    event: Any = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Percentile bootstrap ``(1 - alpha)`` confidence interval of one metric.
+
+    Rows are resampled with replacement ``n_boot`` times; resamples on which the metric is
+    undefined are skipped, and ``(nan, nan)`` is returned when none is left. AUROC, AUPRC,
+    F1, accuracy and the C-index are evaluated for all resamples at once from resample
+    counts (the C-index costs O(n_boot * N^2) multiply-adds: about a second at N = 1000).
+    """
+    _check_metric(problem, metric)
+    if n_boot < 1 or not 0.0 < alpha < 1.0:
+        raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot=}, {alpha=}")
+    data = _prepare(problem, y_true, y_score, time, event)
+    if not data.valid or len(data) == 0:
+        return (float("nan"), float("nan"))
+    with _quiet():
+        values = _bootstrap_values(problem, metric, data, n_boot, seed)
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return (float("nan"), float("nan"))
+    low, high = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return (float(low), float(high))
+
+
+def bootstrap_cis(
+    problem: str,
+    y_true: Any,
+    y_score: Any,
+    *,
+    metrics: tuple[str, ...] | list[str] | None = None,
+    time: Any = None,
+    event: Any = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_ci` for several metrics (default: all of ``problem``), same resamples."""
+    _check_problem(problem)
+    names = METRICS[problem] if metrics is None else tuple(metrics)
+    kwargs = dict(time=time, event=event, n_boot=n_boot, alpha=alpha, seed=seed)
+    return {m: bootstrap_ci(problem, m, y_true, y_score, **kwargs) for m in names}
+
+
+def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 15) -> float:
+    """Expected calibration error with ``n_bins`` equal-width bins on [0, 1].
+
+    ``prob`` of shape ``[N]`` is P(class 1) and is compared with the fraction of positives
+    per bin; ``prob`` of shape ``[N, K]`` gives the top-label ECE (confidence = max
+    probability, compared with the accuracy of the arg-max). Bins are those of
+    :func:`sklearn.calibration.calibration_curve` with ``strategy="uniform"``.
+    """
+    hit, conf = _calibration_pairs(y_true, prob)
+    if conf.size == 0 or not np.isfinite(conf).all():
+        return float("nan")
+    counts, sum_conf, sum_hit = _bin_sums(hit, conf, n_bins)
+    return float(np.abs(sum_hit - sum_conf).sum() / conf.size)
+
+
+def reliability_curve(
+    y_true: Any, prob: Any, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return ``(mean predicted, observed frequency, count)`` for each non-empty bin.
+
+    Same bins and ``[N]`` / ``[N, K]`` (top-label) conventions as
+    :func:`expected_calibration_error`; the first two arrays equal ``prob_pred`` and
+    ``prob_true`` of :func:`sklearn.calibration.calibration_curve`.
+    """
+    hit, conf = _calibration_pairs(y_true, prob)
+    counts, sum_conf, sum_hit = _bin_sums(hit, conf, n_bins)
+    keep = counts > 0
+    return sum_conf[keep] / counts[keep], sum_hit[keep] / counts[keep], counts[keep]
+
+
+def harrell_c_index(time: Any, event: Any, risk: Any) -> float:
+    """Harrell's concordance index; higher ``risk`` means an earlier event.
+
+    A pair is comparable when the subject with the shorter time had the event, or when the
+    times tie and only that subject had the event (the other is censored at that time).
+    Tied risks count 1/2. These are the rules of :func:`lifelines.utils.concordance_index`
+    (which takes predicted survival times: pass it ``-risk``). Vectorised over blocks of
+    rows: O(N^2) time, O(N) memory per block row; fine up to a few times 10^4 subjects.
+    ``nan`` when no pair is comparable.
+    """
+    t, e, r = _as_1d(time, "time", float), _as_1d(event, "event", bool), _as_1d(risk, "risk", float)
+    _check_lengths(time=t, event=e, risk=r)
+    if not (np.isfinite(t).all() and np.isfinite(r).all()):
+        return float("nan")
+    concordant, comparable = _concordance_counts(t, e, r, np.ones((1, t.size)))
+    return float(_ratio(concordant, comparable)[0])
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class _Data:
+    """Validated inputs; ``y``/``s`` are 2-D ``[N, K]`` for multiclass (one-hot) and multilabel."""
+
+    y: np.ndarray
+    s: np.ndarray
+    time: np.ndarray | None = None
+    event: np.ndarray | None = None
+    valid: bool = True  # False when scores, targets or times are not finite
+
+    def __len__(self) -> int:
+        return int(self.s.shape[0])
+
+    def take(self, idx: np.ndarray) -> _Data:
+        pick = (lambda a: None if a is None else a[idx])  # noqa: E731
+        return _Data(self.y[idx], self.s[idx], pick(self.time), pick(self.event), self.valid)
+
+
+def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> _Data:
+    _check_problem(problem)
+    if problem == "survival":
+        return _prepare_survival(y_score, time, event)
+    if problem in ("binary", "regression"):
+        s = np.asarray(y_score, dtype=float)
+        if problem == "binary" and s.ndim == 2 and s.shape[1] == 2:
+            s = s[:, 1]
+        s = _as_1d(s, "y_score", float)
+        kind = int if problem == "binary" else float
+        y = _as_1d(y_true, "y_true", kind)
+        _check_lengths(y_true=y, y_score=s)
+        if problem == "binary":
+            _check_binary(y)
+        return _Data(y, s, valid=bool(np.isfinite(s).all() and np.isfinite(y).all()))
+    s = np.asarray(y_score, dtype=float)
+    if s.ndim != 2:
+        raise ValueError(f"{problem}: y_score must be [N, K], got shape {s.shape}")
+    if problem == "multiclass":
+        y = _one_hot(_as_1d(y_true, "y_true", int), s.shape[1])
+    else:
+        y = np.asarray(y_true).astype(int)
+        _check_binary(y)
+        if y.shape != s.shape:
+            raise ValueError(f"multilabel: y_true {y.shape} and y_score {s.shape} differ")
+    return _Data(y, s, valid=bool(np.isfinite(s).all()))
+
+
+def _prepare_survival(risk: Any, time: Any, event: Any) -> _Data:
+    if time is None or event is None:
+        raise ValueError("survival metrics need time= and event=")
+    t, e = _as_1d(time, "time", float), _as_1d(event, "event", bool)
+    r = _as_1d(risk, "y_score", float)
+    _check_lengths(time=t, event=e, y_score=r)
+    valid = bool(np.isfinite(r).all() and np.isfinite(t).all())
+    return _Data(e.astype(int), r, t, e, valid)
+
+
+def _as_1d(x: Any, name: str, dtype: type) -> np.ndarray:
+    a = np.asarray(x)
+    if a.ndim == 2 and a.shape[1] == 1:
+        a = a[:, 0]
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {a.shape}")
+    if dtype is int and a.size and not np.all(np.mod(a.astype(float), 1) == 0):
+        raise ValueError(f"{name} must hold integer labels")
+    return a.astype(dtype)
+
+
+def _one_hot(y: np.ndarray, k: int) -> np.ndarray:
+    if y.size and (y.min() < 0 or y.max() >= k):
+        raise ValueError(f"multiclass: labels must be in [0, {k}), got {y.min()}..{y.max()}")
+    return np.eye(k, dtype=int)[y]
+
+
+def _check_binary(y: np.ndarray) -> None:
+    if y.size and not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must hold 0/1 labels")
+
+
+def _check_lengths(**arrays: np.ndarray) -> None:
+    lengths = {name: len(a) for name, a in arrays.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"length mismatch: {lengths}")
+
+
+def _check_problem(problem: str) -> None:
+    if problem not in METRICS:
+        raise ValueError(f"unknown problem {problem!r}; expected one of {', '.join(PROBLEMS)}")
+
+
+def _check_metric(problem: str, metric: str) -> None:
+    _check_problem(problem)
+    if metric not in METRICS[problem]:
+        raise ValueError(f"{problem} has no metric {metric!r}; known: {', '.join(METRICS[problem])}")
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence sklearn's undefined-metric and numpy's empty-mean warnings (we return nan)."""
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        yield
+
+
+# --------------------------------------------------------------------------- point metrics
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(y.size) and 0 < int(y.sum()) < y.size
+
+
+def _binary_rank_metric(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray], float]:
+    def metric(y: np.ndarray, s: np.ndarray) -> float:
+        return float(fn(y, s)) if _both_classes(y) else float("nan")
+
+    return metric
+
+
+_auroc = _binary_rank_metric(roc_auc_score)
+_auprc = _binary_rank_metric(average_precision_score)
+
+
+def _macro(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[_Data], float]:
+    """Average a binary metric over the columns of ``[N, K]`` data where it is defined."""
+
+    def metric(d: _Data) -> float:
+        per_class = np.array([fn(d.y[:, k], d.s[:, k]) for k in range(d.y.shape[1])])
+        return float(_nanmean(per_class[None, :])[0])
+
+    return metric
+
+
+def _f1(y: np.ndarray, pred: np.ndarray, average: str) -> float:
+    return float(f1_score(y, pred, average=average, zero_division=np.nan))
+
+
+def _mc_pred(d: _Data) -> np.ndarray:
+    return np.argmax(d.s, axis=1)
+
+
+def _mc_true(d: _Data) -> np.ndarray:
+    return np.argmax(d.y, axis=1)
+
+
+def _brier(y: np.ndarray, s: np.ndarray) -> float:
+    err = (s - y) ** 2
+    return float(err.reshape(len(err), -1).sum(axis=1).mean()) if len(err) else float("nan")
+
+
+def _r2(y: np.ndarray, s: np.ndarray) -> float:
+    ss_tot = float(((y - y.mean()) ** 2).sum()) if y.size else 0.0
+    return 1.0 - float(((y - s) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+
+
+def _mean_or_nan(a: np.ndarray) -> float:
+    return float(a.mean()) if a.size else float("nan")
+
+
+def _is_probability(s: np.ndarray) -> bool:
+    return bool(s.size) and float(s.min()) >= -1e-6 and float(s.max()) <= 1 + 1e-6
+
+
+def _if_probability(fn: Callable[[_Data], float]) -> Callable[[_Data], float]:
+    """``nan`` instead of a meaningless Brier score or ECE on scores outside [0, 1]."""
+    return lambda d: fn(d) if _is_probability(d.s) else float("nan")
+
+
+_POINT: dict[str, dict[str, Callable[[_Data], float]]] = {
+    "binary": {
+        "accuracy": lambda d: _mean_or_nan((d.s >= THRESHOLD) == d.y),
+        "f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "binary"),
+        "auroc": lambda d: _auroc(d.y, d.s),
+        "auprc": lambda d: _auprc(d.y, d.s),
+        "brier": _if_probability(lambda d: _brier(d.y, d.s)),
+        "ece": _if_probability(lambda d: expected_calibration_error(d.y, d.s)),
+    },
+    "multiclass": {
+        "accuracy": lambda d: _mean_or_nan(_mc_pred(d) == _mc_true(d)),
+        "macro_f1": lambda d: _f1(_mc_true(d), _mc_pred(d), "macro"),
+        "auroc": _macro(_auroc),
+        "auprc": _macro(_auprc),
+        "brier": _if_probability(lambda d: _brier(d.y, d.s)),
+        "ece": _if_probability(lambda d: expected_calibration_error(_mc_true(d), d.s)),
+    },
+    "multilabel": {
+        "auroc": _macro(_auroc),
+        "auprc": _macro(_auprc),
+        "micro_f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "micro"),
+        "macro_f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "macro"),
+        "subset_accuracy": lambda d: _mean_or_nan(((d.s >= THRESHOLD) == d.y).all(axis=1)),
+    },
+    "regression": {
+        "mae": lambda d: _mean_or_nan(np.abs(d.y - d.s)),
+        "rmse": lambda d: float(np.sqrt(_mean_or_nan((d.y - d.s) ** 2))),
+        "r2": lambda d: _r2(d.y, d.s),
+    },
+    "survival": {
+        "c_index": lambda d: harrell_c_index(d.time, d.event, d.s),
+    },
+}
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def _calibration_pairs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(hit, confidence)``: the outcome and the probability that forecasts it."""
+    p = np.asarray(prob, dtype=float)
+    if p.ndim == 2 and p.shape[1] > 1:  # top-label
+        y = _as_1d(y_true, "y_true", int)
+        _check_lengths(y_true=y, prob=p)
+        return (np.argmax(p, axis=1) == y).astype(float), p.max(axis=1)
+    p, y = _as_1d(p, "prob", float), _as_1d(y_true, "y_true", int)
+    _check_lengths(y_true=y, prob=p)
+    _check_binary(y)
+    return y.astype(float), p
+
+
+def _bin_sums(hit: np.ndarray, conf: np.ndarray, n_bins: int) -> tuple[np.ndarray, ...]:
+    """Per-bin ``(count, sum of confidence, sum of hits)`` on ``n_bins`` uniform bins."""
+    if n_bins < 1:
+        raise ValueError(f"n_bins must be >= 1, got {n_bins}")
+    ids = np.searchsorted(np.linspace(0.0, 1.0, n_bins + 1)[1:-1], conf)
+    sums = (np.bincount(ids, weights=v, minlength=n_bins) for v in (np.ones_like(conf), conf, hit))
+    return tuple(sums)
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+_BOOT_CELLS = 2_000_000  # resamples x rows evaluated per chunk (bounds memory)
+
+Batched = Callable[[_Data, np.ndarray], np.ndarray]
+"""``f(data, w) -> [B]``: a metric under ``B`` row-weightings ``w`` of shape ``[B, N]``."""
+
+
+def _bootstrap_values(problem: str, metric: str, data: _Data, n_boot: int, seed: int) -> np.ndarray:
+    """Metric values on ``n_boot`` resamples (``nan`` where undefined)."""
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    point, batched = _POINT[problem][metric], _BATCHED[problem].get(metric)
+    chunk = max(1, min(n_boot, _BOOT_CELLS // n))
+    out = []
+    for start in range(0, n_boot, chunk):
+        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+        if batched is None:
+            out.append(np.array([point(data.take(i)) for i in idx], dtype=float))
+        else:
+            out.append(batched(data, _resample_counts(idx, n)))
+    return np.concatenate(out)
+
+
+def _resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[B, N]`` how often each row appears in each resample of ``idx`` (``[B, N]``)."""
+    b = idx.shape[0]
+    flat = (idx + n * np.arange(b)[:, None]).ravel()
+    return np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """``num / den`` with ``nan`` where ``den`` is 0."""
+    num, den = np.asarray(num, dtype=float), np.asarray(den, dtype=float)
+    return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def _nanmean(a: np.ndarray) -> np.ndarray:
+    """Row means of ``[B, K]`` over finite entries; ``nan`` for rows with none (no warning)."""
+    finite = np.isfinite(a)
+    return _ratio(np.where(finite, a, 0.0).sum(axis=1), finite.sum(axis=1))
+
+
+def _score_groups(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Stable order of ascending ``s`` and the start of each run of tied scores in it."""
+    order = np.argsort(s, kind="stable")
+    ss = s[order]
+    return order, np.flatnonzero(np.r_[True, ss[1:] != ss[:-1]])
+
+
+def _weights_by_score(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positive and negative weight ``[B, G]`` of each distinct score, ascending."""
+    order, starts = _score_groups(s)
+    ws, pos = w[:, order], y[order].astype(float)
+    return np.add.reduceat(ws * pos, starts, axis=1), np.add.reduceat(ws * (1 - pos), starts, axis=1)
+
+
+def _auroc_batched(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted Mann-Whitney AUROC, ties 1/2; equals ``roc_auc_score(..., sample_weight=w)``."""
+    wp, wn = _weights_by_score(y, s, w)
+    below = np.cumsum(wn, axis=1) - wn
+    return _ratio((wp * (below + 0.5 * wn)).sum(axis=1), wp.sum(axis=1) * wn.sum(axis=1))
+
+
+def _auprc_batched(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted step-wise average precision, as ``average_precision_score``."""
+    wp, wn = (a[:, ::-1] for a in _weights_by_score(y, s, w))  # descending score
+    tp, fp = np.cumsum(wp, axis=1), np.cumsum(wn, axis=1)
+    precision = np.nan_to_num(_ratio(tp, tp + fp))
+    ap = _ratio((wp * precision).sum(axis=1), wp.sum(axis=1))
+    return np.where(wn.sum(axis=1) > 0, ap, np.nan)
+
+
+def _per_column(kernel: Callable[..., np.ndarray]) -> Batched:
+    """Macro average of a binary kernel over the columns where it is defined."""
+
+    def batched(d: _Data, w: np.ndarray) -> np.ndarray:
+        cols = [kernel(d.y[:, k], d.s[:, k], w) for k in range(d.y.shape[1])]
+        return _nanmean(np.stack(cols, axis=1))
+
+    return batched
+
+
+def _f1_batched(y: np.ndarray, pred: np.ndarray, w: np.ndarray, micro: bool = False) -> np.ndarray:
+    """Per-column F1 ``2TP / (2TP + FP + FN)`` of ``[N, K]`` 0/1 arrays, macro or micro."""
+    tp, fp, fn = w @ (y * pred), w @ ((1 - y) * pred), w @ (y * (1 - pred))
+    if micro:
+        tp, fp, fn = (a.sum(axis=1, keepdims=True) for a in (tp, fp, fn))
+    return _nanmean(_ratio(2 * tp, 2 * tp + fp + fn))
+
+
+def _weighted_mean(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    return _ratio(w @ values.astype(float), w.sum(axis=1))
+
+
+def _concordance_counts(
+    t: np.ndarray, e: np.ndarray, r: np.ndarray, w: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted (concordant + tied / 2, comparable) pair counts, one per row of ``w``."""
+    num, den = np.zeros(w.shape[0]), np.zeros(w.shape[0])
+    events = np.flatnonzero(e)  # only a subject with an event can be the earlier one
+    for block in np.array_split(events, max(1, -(-events.size // _PAIR_BLOCK))):
+        ti, ri = t[block, None], r[block, None]
+        comparable = ((ti < t) | ((ti == t) & ~e)).astype(float)  # [m, N]
+        concordant = comparable * ((ri > r) + 0.5 * (ri == r))
+        wi = w[:, block]  # [B, m]
+        num += np.einsum("bm,mb->b", wi, concordant @ w.T)
+        den += np.einsum("bm,mb->b", wi, comparable @ w.T)
+    return num, den
+
+
+def _mc_onehot_pred(d: _Data) -> np.ndarray:
+    return np.eye(d.s.shape[1])[np.argmax(d.s, axis=1)]
+
+
+_BATCHED: dict[str, dict[str, Batched]] = {
+    "binary": {
+        "accuracy": lambda d, w: _weighted_mean((d.s >= THRESHOLD) == d.y, w),
+        "f1": lambda d, w: _f1_batched(d.y[:, None], (d.s >= THRESHOLD)[:, None] * 1.0, w),
+        "auroc": lambda d, w: _auroc_batched(d.y, d.s, w),
+        "auprc": lambda d, w: _auprc_batched(d.y, d.s, w),
+    },
+    "multiclass": {
+        "accuracy": lambda d, w: _weighted_mean(_mc_pred(d) == _mc_true(d), w),
+        "macro_f1": lambda d, w: _f1_batched(d.y, _mc_onehot_pred(d), w),
+        "auroc": _per_column(_auroc_batched),
+        "auprc": _per_column(_auprc_batched),
+    },
+    "multilabel": {
+        "auroc": _per_column(_auroc_batched),
+        "auprc": _per_column(_auprc_batched),
+        "micro_f1": lambda d, w: _f1_batched(d.y, (d.s >= THRESHOLD) * 1.0, w, micro=True),
+        "macro_f1": lambda d, w: _f1_batched(d.y, (d.s >= THRESHOLD) * 1.0, w),
+        "subset_accuracy": lambda d, w: _weighted_mean(((d.s >= THRESHOLD) == d.y).all(axis=1), w),
+    },
+    "regression": {},
+    "survival": {
+        "c_index": lambda d, w: _ratio(*_concordance_counts(d.time, d.event, d.s, w)),
+    },
+}

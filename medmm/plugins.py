@@ -1,0 +1,135 @@
+"""Plugin discovery: the ``medmm`` entry-point group, with per-plugin error capture.
+
+Built-in plugins are registered through the same entry-point group as third-party ones. A
+plugin that fails to import, validate or register is recorded (and shown by ``medmm plugins``)
+while the rest keep working; ``MEDMM_STRICT_PLUGINS=1`` makes such failures fatal and
+``MEDMM_DISABLE_PLUGINS=a,b`` skips plugins by entry-point name.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import partial
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import pluggy
+
+from medmm import hookspecs
+from medmm.errors import PluginError
+from medmm.registry import Registry
+
+GROUP = "medmm"
+BUILTIN_DIST = "medmm"
+REGISTER_HOOKS = {
+    "register_tasks": "task",
+    "register_backbones": "backbone",
+    "register_readers": "reader",
+    "register_fusion_heads": "fusion_head",
+    "register_callbacks": "callback",
+}
+
+
+@dataclass
+class PluginInfo:
+    """What ``medmm plugins`` shows for one entry point."""
+
+    name: str
+    dist: str
+    version: str
+    hooks: list[str] = field(default_factory=list)
+    error: str | None = None
+    disabled: bool = False
+
+
+@dataclass
+class Plugins:
+    """The loaded plugin manager, its registry, and a record of every plugin."""
+
+    pm: pluggy.PluginManager
+    registry: Registry
+    infos: list[PluginInfo]
+
+
+def _strict() -> bool:
+    return os.environ.get("MEDMM_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
+
+
+def _disabled() -> set[str]:
+    return {n.strip() for n in os.environ.get("MEDMM_DISABLE_PLUGINS", "").split(",") if n.strip()}
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _sorted_entry_points() -> list[EntryPoint]:
+    eps = list(entry_points(group=GROUP))
+    dist = lambda ep: ep.dist.name if ep.dist else ""  # noqa: E731
+    # built-ins first, so a third-party duplicate is the newcomer named in the error
+    return sorted(eps, key=lambda ep: (dist(ep) != BUILTIN_DIST, dist(ep), ep.name))
+
+
+def _fail(info: PluginInfo, exc: BaseException) -> None:
+    info.error = _describe(exc)
+    if _strict():
+        raise PluginError(f"plugin {info.name!r} ({info.dist}) failed: {info.error}") from exc
+
+
+def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
+    """Discover, validate and register every plugin; ``extra`` adds ``(name, module)`` pairs."""
+    pm = pluggy.PluginManager(GROUP)
+    pm.add_hookspecs(hookspecs)
+    registry = Registry()
+    infos: list[PluginInfo] = []
+    disabled = _disabled()
+    candidates: list[tuple[PluginInfo, Any]] = []
+    for ep in _sorted_entry_points():
+        info = PluginInfo(ep.name, ep.dist.name if ep.dist else "?", ep.dist.version if ep.dist else "?")
+        infos.append(info)
+        if ep.name in disabled:
+            info.disabled = True
+            continue
+        try:
+            candidates.append((info, ep.load()))
+        except Exception as exc:  # a broken plugin must not kill the CLI
+            _fail(info, exc)
+    for name, module in extra or []:
+        info = PluginInfo(name, "(in-process)", "")
+        infos.append(info)
+        candidates.append((info, module))
+
+    for info, module in candidates:
+        try:
+            pm.register(module, name=info.name)
+            pm.check_pending()  # catches misspelled hook implementations
+        except Exception as exc:
+            if pm.is_registered(module):
+                pm.unregister(module)
+            _fail(info, exc)
+            continue
+        info.hooks = sorted(impl.name for impl in pm.get_hookcallers(module) or [])
+        _register_from(module, info, registry)
+    return Plugins(pm, registry, infos)
+
+
+def _register_from(module: Any, info: PluginInfo, registry: Registry) -> None:
+    """Call one plugin's ``register_*`` hooks; all or nothing, a failure is recorded."""
+    calls: list[tuple[str, Any, bool]] = []
+
+    def register(kind: str, spec: Any, *, override: bool = False) -> None:
+        calls.append((kind, spec, override))
+
+    try:
+        for hook, kind in REGISTER_HOOKS.items():
+            if hook in info.hooks:
+                getattr(module, hook)(partial(register, kind))
+        staged = Registry()
+        for kind, spec, override in calls:
+            registry.check(kind, spec, owner=info.name, override=override)
+            staged.add(kind, spec, owner=info.name)  # duplicates inside one plugin raise too
+        for kind, spec, override in calls:
+            registry.add(kind, spec, owner=info.name, override=override)
+    except Exception as exc:
+        _fail(info, exc)

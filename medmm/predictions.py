@@ -1,0 +1,65 @@
+"""``predictions.csv``: one row per unit (row id, path/UID, document), keyed without PHI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _label_names(problem: str, names: list[str] | None, k: int) -> list[str]:
+    if names and len(names) == k:
+        return [str(n) for n in names]
+    if problem == "binary" and names and len(names) == 2:
+        return [str(n) for n in names]
+    return [str(i) for i in range(k)]
+
+
+def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows for an :class:`~medmm.engine.EvalOutput`."""
+    s, t = np.asarray(ev.scores), ev.targets
+    has_t = t is not None and len(t) == len(ev.units)
+    if problem == "binary":
+        names = _label_names(problem, label_names, 2)
+        header = ["id", f"prob_{names[1]}", "predicted"] + (["true"] if has_t else [])
+        rows = [[u, f"{p:.6f}", names[int(p >= 0.5)]] + ([names[int(t[i])]] if has_t else [])
+                for i, (u, p) in enumerate(zip(ev.units, s))]
+    elif problem == "multiclass":
+        names = _label_names(problem, label_names, s.shape[1])
+        header = ["id", *[f"prob_{n}" for n in names], "predicted"] + (["true"] if has_t else [])
+        rows = [[u, *[f"{p:.6f}" for p in s[i]], names[int(s[i].argmax())]] + ([names[int(t[i])]] if has_t else [])
+                for i, u in enumerate(ev.units)]
+    elif problem == "multilabel":
+        names = _label_names(problem, label_names, s.shape[1])
+        header = ["id", *[f"prob_{n}" for n in names], "predicted"] + (["true"] if has_t else [])
+        rows = [[u, *[f"{p:.6f}" for p in s[i]], ";".join(n for n, p in zip(names, s[i]) if p >= 0.5)]
+                + ([";".join(n for n, y in zip(names, t[i]) if y >= 0.5)] if has_t else [])
+                for i, u in enumerate(ev.units)]
+    elif problem == "regression":
+        header = ["id", "prediction"] + (["true"] if has_t else [])
+        rows = [[u, f"{s[i]:.6g}"] + ([f"{t[i]:.6g}"] if has_t else []) for i, u in enumerate(ev.units)]
+    else:  # survival: log hazard, higher = earlier event
+        header = ["id", "risk"] + (["time", "event"] if has_t else [])
+        rows = [[u, f"{s[i]:.6g}"] + ([f"{t[i][0]:.6g}", int(t[i][1])] if has_t else []) for i, u in enumerate(ev.units)]
+    return header, rows
+
+
+def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None) -> Path:
+    """Atomically write the predictions CSV."""
+    header, rows = prediction_rows(ev, problem, label_names)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

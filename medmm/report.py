@@ -1,0 +1,449 @@
+"""A run's evaluation report: one self-contained HTML file with embedded PNG figures.
+
+Figures are drawn with matplotlib's object API (no pyplot, no global backend switch) and
+embedded as base64 ``data:`` URIs; the page loads no external CSS, JavaScript or fonts.
+A figure that cannot be drawn (one class in ``y_true``, empty history, lifelines missing)
+is replaced by a one-line note: writing the report never fails because of the data.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medmm import __version__
+from medmm import metrics as M
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+__all__ = ["write_report", "write_text_atomic"]
+
+log = logging.getLogger(__name__)
+
+MAX_CURVES = 10
+"""At most this many per-class ROC / PR curves are drawn (the most prevalent classes)."""
+
+MAX_POINTS = 5000
+"""Scatter plots draw a fixed random subset of at most this many points."""
+
+_SPLIT_STYLE = {"train": "-", "val": "-", "test": "--"}
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1f24;
+background:#fff;line-height:1.45}
+main{max-width:1040px;margin:0 auto;padding:24px}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:28px 0 8px;
+border-bottom:1px solid #d0d7de;padding-bottom:4px}
+.meta{color:#57606a;margin:0 0 16px}
+table{border-collapse:collapse;margin:8px 0;font-size:.95em}
+th,td{border:1px solid #d0d7de;padding:4px 10px;text-align:left}
+th{background:#f6f8fa}td.num{text-align:right;font-variant-numeric:tabular-nums}
+tr.headline td{font-weight:600;background:#fff8c5}
+figure{margin:12px 0}figure img{max-width:100%;height:auto;border:1px solid #eaeef2}
+figcaption{color:#57606a;font-size:.9em}
+.note{color:#57606a;font-style:italic}
+"""
+
+
+class _Skip(Exception):
+    """A figure that cannot be drawn for this data; the message says why."""
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    problem: str,
+    history: list[dict[str, Any]],
+    y_true: Any,
+    y_score: Any,
+    label_names: Sequence[str] | None,
+    metrics: dict[str, float],
+    ci: dict[str, tuple[float, float]] | None = None,
+    time: Any = None,
+    event: Any = None,
+    extra_sections: list[tuple[str, str]] | None = None,
+    summary: dict[str, str] | None = None,
+) -> Path:
+    """Write the HTML report of one evaluated model to ``path`` (atomically) and return it.
+
+    ``history`` holds the rows of ``metrics.jsonl`` (``epoch``, ``split``, ``loss``, ``lr``
+    and metric names); ``y_true`` / ``y_score`` / ``time`` / ``event`` follow
+    :mod:`medmm.metrics`. ``extra_sections`` are ``(heading, html)`` pairs appended as they
+    are: their HTML is trusted and inserted verbatim; every other text is escaped.
+    """
+    data = M._prepare(problem, y_true, y_score, time, event)
+    names = _label_names(problem, data, label_names)
+    head_metric, head_mode = M.headline(problem)
+    parts = [
+        _header(title, problem, len(data)),
+        _section("Summary", _kv_table(summary or {})) if summary else "",
+        _section("Metrics", _metrics_table(metrics, ci, head_metric)),
+        _section("Training", _figure(
+            "Training curves", lambda: _fig_training(history, head_metric, head_mode))),
+        _section("Evaluation", "".join(_figure(c, b) for c, b in _eval_figures(problem, data, names))),
+    ]
+    if problem in ("multiclass", "multilabel") and len(data):
+        parts.append(_section("Per-class metrics", _per_class_table(problem, data, names)))
+    for heading, body in extra_sections or []:
+        parts.append(_section(heading, body))
+    page = _page(title, "\n".join(p for p in parts if p))
+    path = Path(path)
+    write_text_atomic(path, page)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        return _esc(value)
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    return "n/a" if not math.isfinite(float(value)) else f"{float(value):.4f}"
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
+    )
+
+
+def _header(title: str, problem: str, n: int) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    meta = f"{problem} problem · {n} evaluated rows · medmm {__version__} · {stamp}"
+    return f"<h1>{_esc(title)}</h1>\n<p class=\"meta\">{_esc(meta)}</p>"
+
+
+def _section(heading: str, body: str) -> str:
+    return f"<section>\n<h2>{_esc(heading)}</h2>\n{body}\n</section>"
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _kv_table(rows: dict[str, Any]) -> str:
+    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows.items())
+    return f"<table>{body}</table>"
+
+
+def _metrics_table(
+    metrics: dict[str, float], ci: dict[str, tuple[float, float]] | None, head: str
+) -> str:
+    if not metrics:
+        return _note("No metrics were computed.")
+    has_ci = bool(ci)
+    rows = []
+    for name, value in metrics.items():
+        cls = ' class="headline"' if name == head else ""
+        cells = f"<td>{_esc(name)}</td><td class=\"num\">{_fmt(value)}</td>"
+        if has_ci:
+            low, high = (ci or {}).get(name, (math.nan, math.nan))
+            interval = "" if not (math.isfinite(low) and math.isfinite(high)) else \
+                f"[{_fmt(low)}, {_fmt(high)}]"
+            cells += f'<td class="num">{interval}</td>'
+        rows.append(f"<tr{cls}>{cells}</tr>")
+    header = "<tr><th>metric</th><th>value</th>" + ("<th>CI</th>" if has_ci else "") + "</tr>"
+    foot = _note(f"Headline metric: {head}. n/a = undefined for these data.")
+    return f"<table>{header}{''.join(rows)}</table>\n{foot}"
+
+
+def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
+    pred = _hard_predictions(problem, data)
+    rows = []
+    for k, name in enumerate(names):
+        y, s, p = data.y[:, k], data.s[:, k], pred[:, k]
+        tp, fp, fn = int((y & p).sum()), int((~y.astype(bool) & p.astype(bool)).sum()), \
+            int((y & (1 - p)).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else math.nan
+        cells = [int(y.sum()), M._auroc(y, s), M._auprc(y, s), f1]
+        rows.append(f"<tr><td>{_esc(name)}</td>" + "".join(
+            f'<td class="num">{_fmt(c)}</td>' for c in cells) + "</tr>")
+    header = "<tr><th>class</th><th>positives</th><th>AUROC</th><th>AUPRC</th><th>F1</th></tr>"
+    return f"<table>{header}{''.join(rows)}</table>"
+
+
+def _figure(caption: str, build: Callable[[], Figure]) -> str:
+    """Render ``build()`` as an embedded PNG, or a note saying why it was skipped."""
+    try:
+        fig = build()
+    except _Skip as skip:
+        return _note(f"{caption}: not shown ({skip}).")
+    except Exception as exc:  # a figure must never cost a finished run its report
+        log.warning("report figure %r failed", caption, exc_info=True)
+        return _note(f"{caption}: not shown (drawing failed: {type(exc).__name__}: {exc}).")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    png = base64.b64encode(buf.getvalue()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{png}" alt="{_esc(caption)}">'
+            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+
+
+# --------------------------------------------------------------------------- data helpers
+
+
+def _label_names(problem: str, data: Any, given: Sequence[str] | None) -> list[str]:
+    if problem in ("regression", "survival"):
+        return []
+    k = 2 if problem == "binary" else data.s.shape[1]
+    if given is None:
+        return [str(i) for i in range(k)] if problem != "multilabel" else \
+            [f"label {i}" for i in range(k)]
+    names = [str(n) for n in given]
+    if len(names) != k:
+        raise ValueError(f"{problem}: {len(names)} label names for {k} classes")
+    return names
+
+
+def _hard_predictions(problem: str, data: Any) -> np.ndarray:
+    if problem == "multiclass":
+        return np.eye(data.s.shape[1], dtype=int)[np.argmax(data.s, axis=1)]
+    return (data.s >= M.THRESHOLD).astype(int)
+
+
+def _as_columns(problem: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, C]`` one-vs-rest targets and scores (binary: the positive class only)."""
+    if problem == "binary":
+        return data.y[:, None], data.s[:, None]
+    return data.y, data.s
+
+
+def _eval_figures(problem: str, data: Any, names: list[str]) -> list[tuple[str, Callable[[], Figure]]]:
+    if len(data) == 0:
+        return [("Evaluation figures", _raise("no evaluated rows"))]
+    if not data.valid:
+        return [("Evaluation figures", _raise("predictions contain NaN or infinity"))]
+    if problem == "binary":
+        y, s = data.y, data.s
+        return [
+            ("Confusion matrix (threshold 0.5)", lambda: _fig_confusion(y, (s >= M.THRESHOLD) * 1, names)),
+            ("ROC and precision-recall curves", lambda: _fig_roc_pr(y[:, None], s[:, None], [names[1]])),
+            ("Reliability diagram (positive class)", lambda: _fig_calibration(y, s, "P(positive)")),
+        ]
+    if problem == "multiclass":
+        y, pred = np.argmax(data.y, axis=1), np.argmax(data.s, axis=1)
+        return [
+            ("Confusion matrix (arg-max)", lambda: _fig_confusion(y, pred, names)),
+            ("One-vs-rest ROC and precision-recall curves", lambda: _fig_roc_pr(data.y, data.s, names)),
+            ("Reliability diagram (top label)", lambda: _fig_calibration(y, data.s, "confidence")),
+        ]
+    if problem == "multilabel":
+        return [("Per-label ROC and precision-recall curves", lambda: _fig_roc_pr(data.y, data.s, names))]
+    if problem == "regression":
+        return [("Predicted vs true and residuals", lambda: _fig_regression(data.y, data.s))]
+    return [("Kaplan-Meier curves by predicted risk (median split)",
+             lambda: _fig_km(data.time, data.event, data.s))]
+
+
+def _raise(reason: str) -> Callable[[], Figure]:
+    def build() -> Figure:
+        raise _Skip(reason)
+
+    return build
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _new_figure(
+    width: float, height: float, nrows: int = 1, ncols: int = 1, **kw: Any
+) -> tuple[Figure, np.ndarray]:
+    """A figure not attached to pyplot (no global state) and its axes, flattened."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), layout="constrained")
+    return fig, fig.subplots(nrows, ncols, squeeze=False, **kw).ravel()
+
+
+def _epoch_series(history: list[dict[str, Any]], key: str) -> dict[str, tuple[list, list]]:
+    """``{split: (epochs, values)}`` for ``key``; the last row logged per split and epoch wins."""
+    last: dict[str, dict[float, float]] = {}
+    for row in history:
+        epoch, value = row.get("epoch"), row.get(key)
+        if epoch is None or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        last.setdefault(str(row.get("split", "train")), {})[float(epoch)] = float(value)
+    return {split: (sorted(v), [v[e] for e in sorted(v)]) for split, v in last.items()}
+
+
+def _fig_training(history: list[dict[str, Any]], head: str, mode: str) -> Figure:
+    panels = [(key, _epoch_series(history, key)) for key in ("loss", head, "lr")]
+    panels = [(key, series) for key, series in panels if series]
+    if not panels:
+        raise _Skip("no per-epoch history was logged")
+    fig, axes = _new_figure(4.2 * len(panels), 3.4, 1, len(panels))
+    for ax, (key, series) in zip(axes, panels):
+        for split, (epochs, values) in sorted(series.items()):
+            ax.plot(epochs, values, _SPLIT_STYLE.get(split, ":"), marker="o", ms=3, label=split)
+        ax.set(xlabel="epoch", title=key if key != "lr" else "learning rate")
+        if key == head and "val" in series:
+            epochs, values = series["val"]
+            best = (np.argmax if mode == "max" else np.argmin)(values)
+            ax.axvline(epochs[best], color="grey", ls=":", lw=1, label=f"best (epoch {epochs[best]:g})")
+        if key == "lr":
+            ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return fig
+
+
+def _fig_confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> Figure:
+    from sklearn.metrics import confusion_matrix
+
+    k = len(names)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    rate = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    side = min(3.0 + 0.45 * k, 12.0)
+    fig, (ax,) = _new_figure(side + 1.0, side)
+    image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, label="fraction of true class", shrink=0.8)
+    ticks = np.arange(k)
+    ax.set_xticks(ticks, [_short(n) for n in names], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
+    ax.set_yticks(ticks, [_short(n) for n in names])
+    ax.set(xlabel="predicted", ylabel="true")
+    if k <= 20:
+        for i, j in np.ndindex(cm.shape):
+            ax.text(j, i, f"{cm[i, j]}\n{rate[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                    color="white" if rate[i, j] > 0.5 else "black")
+    return fig
+
+
+def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    defined = [k for k in range(y.shape[1]) if M._both_classes(y[:, k])]
+    if not defined:
+        raise _Skip("y_true has a single class, so ROC and PR curves are undefined")
+    shown = sorted(defined, key=lambda k: -int(y[:, k].sum()))[:MAX_CURVES]
+    fig, (roc_ax, pr_ax) = _new_figure(11.0 if len(shown) > 1 else 10.0, 4.4, 1, 2)
+    for k in shown:
+        fpr, tpr, _ = roc_curve(y[:, k], s[:, k])
+        precision, recall, _ = precision_recall_curve(y[:, k], s[:, k])
+        auc, ap = M._auroc(y[:, k], s[:, k]), M._auprc(y[:, k], s[:, k])
+        roc_ax.plot(fpr, tpr, lw=1.5, label=f"{_short(names[k])}: AUC {auc:.3f}, AP {ap:.3f}")
+        pr_ax.step(recall, precision, where="post", lw=1.5)
+    roc_ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
+    if len(shown) == 1:
+        pr_ax.axhline(y[:, shown[0]].mean(), color="grey", ls="--", lw=1, label="prevalence")
+        pr_ax.legend(fontsize=8, loc="lower left")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
+    for ax in (roc_ax, pr_ax):
+        ax.set_aspect("equal", adjustable="box")
+        ax.grid(alpha=0.3)
+    if len(shown) == 1:
+        roc_ax.legend(fontsize=8, loc="lower right")
+    else:  # one legend for both panels, beside them: curves share colours
+        fig.legend(*roc_ax.get_legend_handles_labels(), loc="outside right center", fontsize=8)
+    if len(shown) < y.shape[1]:
+        fig.suptitle(f"{len(shown)} of {y.shape[1]} classes shown: the most prevalent "
+                     "with both outcomes present", fontsize=9)
+    return fig
+
+
+def _fig_calibration(y: np.ndarray, prob: np.ndarray, what: str) -> Figure:
+    if not M._is_probability(prob):
+        raise _Skip("scores are not probabilities in [0, 1]")
+    mean_pred, observed, _ = M.reliability_curve(y, prob, n_bins=10)
+    ece = M.expected_calibration_error(y, prob)
+    fig, (ax, hist) = _new_figure(5.2, 6.0, 2, 1, sharex=True, height_ratios=[3, 1])
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfectly calibrated")
+    ax.plot(mean_pred, observed, marker="o", lw=1.5, label=f"model (ECE {ece:.3f}, 15 bins)")
+    ax.set(ylabel="observed frequency" if prob.ndim == 1 else "accuracy", xlim=(0, 1), ylim=(0, 1),
+           title="Reliability diagram")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    _, confidence = M._calibration_pairs(y, prob)
+    hist.hist(confidence, bins=np.linspace(0.0, 1.0, 11), color="#4c72b0", edgecolor="white")
+    hist.set(xlabel=what, ylabel="count", xlim=(0, 1))
+    return fig
+
+
+def _fig_regression(y: np.ndarray, s: np.ndarray) -> Figure:
+    n = len(y)
+    keep = _subsample(n)
+    y, s = y[keep], s[keep]
+    fig, (ax, res) = _new_figure(10.0, 4.4, 1, 2)
+    lo, hi = float(min(y.min(), s.min())), float(max(y.max(), s.max()))
+    ax.scatter(y, s, s=8, alpha=0.5)
+    ax.plot([lo, hi], [lo, hi], color="black", ls="--", lw=1, label="y = x")
+    ax.set(xlabel="true", ylabel="predicted", title="Predicted vs true")
+    ax.legend(fontsize=8)
+    res.scatter(s, y - s, s=8, alpha=0.5)
+    res.axhline(0, color="black", ls="--", lw=1)
+    res.set(xlabel="predicted", ylabel="residual (true - predicted)", title="Residuals")
+    for a in (ax, res):
+        a.grid(alpha=0.3)
+    if len(keep) < n:
+        fig.suptitle(f"random subset of {len(keep)} of {n} points", fontsize=9)
+    return fig
+
+
+def _fig_km(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> Figure:
+    try:
+        from lifelines import KaplanMeierFitter
+        from lifelines.statistics import logrank_test
+    except ImportError:
+        raise _Skip("lifelines is not installed") from None
+    high = risk > np.median(risk)
+    if high.all() or not high.any():
+        raise _Skip("all predicted risks are equal, so there is no median split")
+    fig, (ax,) = _new_figure(6.4, 4.4)
+    for mask, label in ((~high, "low risk (≤ median)"), (high, "high risk (> median)")):
+        KaplanMeierFitter(label=f"{label}, n={int(mask.sum())}").fit(time[mask], event[mask]).plot_survival_function(ax=ax)
+    p = logrank_test(time[high], time[~high], event[high], event[~high]).p_value
+    ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02),
+           title=f"Kaplan-Meier by predicted risk (log-rank p = {p:.3g})")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _subsample(n: int) -> np.ndarray:
+    if n <= MAX_POINTS:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).choice(n, MAX_POINTS, replace=False))
+
+
+def _short(name: str, width: int = 24) -> str:
+    return name if len(name) <= width else name[: width - 1] + "…"

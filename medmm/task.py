@@ -1,0 +1,123 @@
+"""The task contract: a cheap :class:`TaskSpec` to register, and the :class:`Task` it builds.
+
+Registering a task imports nothing heavy; :meth:`TaskSpec.load` imports the implementation
+only when the task runs. The engine drives every task through the same few methods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from medmm.registry import resolve_object
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import Dataset
+
+PROBLEMS = ("binary", "multiclass", "multilabel", "regression", "survival")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """What a plugin registers for a task.
+
+    Attributes:
+        name: CLI name, e.g. ``image-cls``.
+        modality: ``text``, ``image``, ``tabular`` or ``multimodal``.
+        summary: one line for ``medmm tasks``.
+        config: path of the YAML file holding every default.
+        impl: the :class:`Task` subclass, or a lazy ``"module:Class"`` reference.
+        choices: allowed values per dotted config key, e.g. ``{"model.backbone": [...]}``.
+        demo: optional ``"module:function"`` ``(out_dir: Path) -> (data_path, overrides)``
+            that builds a bundled demo data set for ``medmm demo NAME``.
+    """
+
+    name: str
+    modality: str
+    summary: str
+    config: str | Path
+    impl: str | Callable[..., Task]
+    choices: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    demo: str | Callable[..., Any] | None = None
+
+    def load(self) -> type[Task]:
+        """Import the implementation class."""
+        return resolve_object(self.impl)
+
+
+@dataclass
+class Split:
+    """One split of a data set.
+
+    ``units`` maps each example to the unit that is predicted and scored (a row id, a series
+    UID, a document): examples of one unit are pooled (mean probability) before metrics, which
+    covers long documents split into windows and instance -> series/study aggregation.
+    """
+
+    dataset: Dataset
+    units: list[str]
+    targets: Any = None  # per-example targets (numpy) for class weights / weighted sampling
+
+
+@dataclass
+class DataBundle:
+    """The splits a task built, and how to batch them."""
+
+    train: Split | None
+    val: Split | None
+    test: Split | None
+    collate_fn: Callable[..., Any] | None = None
+    # optional: (lengths) for length-bucketed batching of the train split
+    lengths: Sequence[int] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Task:
+    """Base class of task implementations; the engine calls these methods.
+
+    Subclasses set :attr:`problem` (one of :data:`PROBLEMS`) and :attr:`label_names` in
+    :meth:`build_data` (or :meth:`load_artifacts` for prediction).
+    """
+
+    problem: str = "multiclass"
+    label_names: list[str] | None = None
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+
+    # -- training -------------------------------------------------------------------------
+    def build_data(self, data_path: Path) -> DataBundle:
+        """Read and split the data; write reports (``skipped.csv``, splits) into ``run_dir``."""
+        raise NotImplementedError
+
+    def build_model(self) -> torch.nn.Module:
+        """The model, on the CPU; the engine moves it to the device."""
+        raise NotImplementedError
+
+    def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """One forward pass: ``{"output", "target", "index"}`` and optionally ``"loss"``.
+
+        ``output`` is logits (classification), a prediction (regression) or a log hazard
+        (survival; ``target`` is then ``[N, 2]`` time, event). ``index`` is each example's
+        position in its split. Without ``"loss"`` the engine applies the problem's loss.
+        """
+        raise NotImplementedError
+
+    def param_groups(self, model: torch.nn.Module) -> list[tuple[str, list[Any], float]] | None:
+        """Optional ``(group name, parameters, lr multiplier)``, e.g. encoder vs head."""
+        return None
+
+    # -- persistence for ``medmm predict`` -------------------------------------------------
+    def save_artifacts(self, directory: Path) -> None:
+        """Write what prediction needs besides weights (label map, tokenizer, preprocessor)."""
+
+    def load_artifacts(self, directory: Path) -> None:
+        """Read what :meth:`save_artifacts` wrote."""
+
+    def build_predict_data(self, data_path: Path) -> tuple[Split, Callable[..., Any] | None]:
+        """The examples to predict (targets may be absent) and their collate function."""
+        raise NotImplementedError

