@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import UndefinedMetricWarning
-from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 
 __all__ = [
     "HEADLINE",
@@ -198,7 +196,8 @@ def harrell_c_index(time: Any, event: Any, risk: Any) -> float:
     rows: O(N^2) time, O(N) memory per block row; fine up to a few times 10^4 subjects.
     ``nan`` when no pair is comparable.
     """
-    t, e, r = _as_1d(time, "time", float), _as_1d(event, "event", bool), _as_1d(risk, "risk", float)
+    t, e = _as_1d(time, "time", float), _as_1d(event, "event", bool)
+    r = _as_1d(risk, "risk", float)
     _check_lengths(time=t, event=e, risk=r)
     if not (np.isfinite(t).all() and np.isfinite(r).all()):
         return float("nan")
@@ -223,8 +222,10 @@ class _Data:
         return int(self.s.shape[0])
 
     def take(self, idx: np.ndarray) -> _Data:
-        pick = (lambda a: None if a is None else a[idx])  # noqa: E731
-        return _Data(self.y[idx], self.s[idx], pick(self.time), pick(self.event), self.valid)
+        """The rows ``idx`` (a bootstrap resample)."""
+        time = None if self.time is None else self.time[idx]
+        event = None if self.event is None else self.event[idx]
+        return _Data(self.y[idx], self.s[idx], time, event, self.valid)
 
 
 def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> _Data:
@@ -248,8 +249,9 @@ def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> 
     if problem == "multiclass":
         y = _one_hot(_as_1d(y_true, "y_true", int), s.shape[1])
     else:
-        y = np.asarray(y_true).astype(int)
+        y = np.asarray(y_true)
         _check_binary(y)
+        y = y.astype(int)
         if y.shape != s.shape:
             raise ValueError(f"multilabel: y_true {y.shape} and y_score {s.shape} differ")
     return _Data(y, s, valid=bool(np.isfinite(s).all()))
@@ -301,12 +303,15 @@ def _check_problem(problem: str) -> None:
 def _check_metric(problem: str, metric: str) -> None:
     _check_problem(problem)
     if metric not in METRICS[problem]:
-        raise ValueError(f"{problem} has no metric {metric!r}; known: {', '.join(METRICS[problem])}")
+        known = ", ".join(METRICS[problem])
+        raise ValueError(f"{problem} has no metric {metric!r}; known: {known}")
 
 
 @contextmanager
 def _quiet() -> Iterator[None]:
     """Silence sklearn's undefined-metric and numpy's empty-mean warnings (we return nan)."""
+    from sklearn.exceptions import UndefinedMetricWarning
+
     with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -320,15 +325,18 @@ def _both_classes(y: np.ndarray) -> bool:
     return bool(y.size) and 0 < int(y.sum()) < y.size
 
 
-def _binary_rank_metric(fn: Callable[..., float]) -> Callable[[np.ndarray, np.ndarray], float]:
-    def metric(y: np.ndarray, s: np.ndarray) -> float:
-        return float(fn(y, s)) if _both_classes(y) else float("nan")
+def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+    """:func:`sklearn.metrics.roc_auc_score`; ``nan`` unless both classes are present."""
+    from sklearn.metrics import roc_auc_score
 
-    return metric
+    return float(roc_auc_score(y, s)) if _both_classes(y) else float("nan")
 
 
-_auroc = _binary_rank_metric(roc_auc_score)
-_auprc = _binary_rank_metric(average_precision_score)
+def _auprc(y: np.ndarray, s: np.ndarray) -> float:
+    """:func:`sklearn.metrics.average_precision_score`; ``nan`` unless both classes occur."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(y, s)) if _both_classes(y) else float("nan")
 
 
 def _macro(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[_Data], float]:
@@ -342,6 +350,9 @@ def _macro(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[_Data], f
 
 
 def _f1(y: np.ndarray, pred: np.ndarray, average: str) -> float:
+    """:func:`sklearn.metrics.f1_score`; classes never true nor predicted are left out."""
+    from sklearn.metrics import f1_score
+
     return float(f1_score(y, pred, average=average, zero_division=np.nan))
 
 
@@ -440,7 +451,7 @@ def _bin_sums(hit: np.ndarray, conf: np.ndarray, n_bins: int) -> tuple[np.ndarra
 
 _BOOT_CELLS = 2_000_000  # resamples x rows evaluated per chunk (bounds memory)
 
-Batched = Callable[[_Data, np.ndarray], np.ndarray]
+_Batched = Callable[[_Data, np.ndarray], np.ndarray]
 """``f(data, w) -> [B]``: a metric under ``B`` row-weightings ``w`` of shape ``[B, N]``."""
 
 
@@ -490,7 +501,8 @@ def _weights_by_score(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> tuple[np.n
     """Positive and negative weight ``[B, G]`` of each distinct score, ascending."""
     order, starts = _score_groups(s)
     ws, pos = w[:, order], y[order].astype(float)
-    return np.add.reduceat(ws * pos, starts, axis=1), np.add.reduceat(ws * (1 - pos), starts, axis=1)
+    positive = np.add.reduceat(ws * pos, starts, axis=1)
+    return positive, np.add.reduceat(ws, starts, axis=1) - positive
 
 
 def _auroc_batched(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -509,7 +521,7 @@ def _auprc_batched(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.where(wn.sum(axis=1) > 0, ap, np.nan)
 
 
-def _per_column(kernel: Callable[..., np.ndarray]) -> Batched:
+def _per_column(kernel: Callable[..., np.ndarray]) -> _Batched:
     """Macro average of a binary kernel over the columns where it is defined."""
 
     def batched(d: _Data, w: np.ndarray) -> np.ndarray:
@@ -551,7 +563,7 @@ def _mc_onehot_pred(d: _Data) -> np.ndarray:
     return np.eye(d.s.shape[1])[np.argmax(d.s, axis=1)]
 
 
-_BATCHED: dict[str, dict[str, Batched]] = {
+_BATCHED: dict[str, dict[str, _Batched]] = {
     "binary": {
         "accuracy": lambda d, w: _weighted_mean((d.s >= THRESHOLD) == d.y, w),
         "f1": lambda d, w: _f1_batched(d.y[:, None], (d.s >= THRESHOLD)[:, None] * 1.0, w),

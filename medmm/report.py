@@ -38,6 +38,8 @@ MAX_CURVES = 10
 MAX_POINTS = 5000
 """Scatter plots draw a fixed random subset of at most this many points."""
 
+_Builder = Callable[[], "Figure"]
+
 _SPLIT_STYLE = {"train": "-", "val": "-", "test": "--"}
 
 _CSS = """
@@ -96,9 +98,10 @@ def write_report(
         _section("Metrics", _metrics_table(metrics, ci, head_metric)),
         _section("Training", _figure(
             "Training curves", lambda: _fig_training(history, head_metric, head_mode))),
-        _section("Evaluation", "".join(_figure(c, b) for c, b in _eval_figures(problem, data, names))),
+        _section("Evaluation", "".join(
+            _figure(caption, build) for caption, build in _eval_figures(problem, data, names))),
     ]
-    if problem in ("multiclass", "multilabel") and len(data):
+    if problem in ("multiclass", "multilabel") and len(data) and data.valid:
         parts.append(_section("Per-class metrics", _per_class_table(problem, data, names)))
     for heading, body in extra_sections or []:
         parts.append(_section(heading, body))
@@ -133,6 +136,8 @@ def _esc(value: Any) -> str:
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         return _esc(value)
     if isinstance(value, (int, np.integer)):
@@ -180,31 +185,32 @@ def _metrics_table(
         cells = f"<td>{_esc(name)}</td><td class=\"num\">{_fmt(value)}</td>"
         if has_ci:
             low, high = (ci or {}).get(name, (math.nan, math.nan))
-            interval = "" if not (math.isfinite(low) and math.isfinite(high)) else \
-                f"[{_fmt(low)}, {_fmt(high)}]"
+            defined = math.isfinite(low) and math.isfinite(high)
+            interval = f"[{_fmt(low)}, {_fmt(high)}]" if defined else ""
             cells += f'<td class="num">{interval}</td>'
         rows.append(f"<tr{cls}>{cells}</tr>")
-    header = "<tr><th>metric</th><th>value</th>" + ("<th>CI</th>" if has_ci else "") + "</tr>"
+    header = "<tr><th>metric</th><th>value</th>" + ("<th>95% CI</th>" if has_ci else "") + "</tr>"
     foot = _note(f"Headline metric: {head}. n/a = undefined for these data.")
     return f"<table>{header}{''.join(rows)}</table>\n{foot}"
 
 
 def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
-    pred = _hard_predictions(problem, data)
+    pred = _hard_predictions(problem, data).astype(bool)
+    truth = data.y.astype(bool)
     rows = []
     for k, name in enumerate(names):
-        y, s, p = data.y[:, k], data.s[:, k], pred[:, k]
-        tp, fp, fn = int((y & p).sum()), int((~y.astype(bool) & p.astype(bool)).sum()), \
-            int((y & (1 - p)).sum())
-        f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else math.nan
-        cells = [int(y.sum()), M._auroc(y, s), M._auprc(y, s), f1]
-        rows.append(f"<tr><td>{_esc(name)}</td>" + "".join(
-            f'<td class="num">{_fmt(c)}</td>' for c in cells) + "</tr>")
+        y, p = truth[:, k], pred[:, k]
+        tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+        cells = [int(y.sum()), M._auroc(data.y[:, k], data.s[:, k]),
+                 M._auprc(data.y[:, k], data.s[:, k]), f1]
+        rows.append(f"<tr><td>{_esc(name)}</td>"
+                    + "".join(f'<td class="num">{_fmt(c)}</td>' for c in cells) + "</tr>")
     header = "<tr><th>class</th><th>positives</th><th>AUROC</th><th>AUPRC</th><th>F1</th></tr>"
     return f"<table>{header}{''.join(rows)}</table>"
 
 
-def _figure(caption: str, build: Callable[[], Figure]) -> str:
+def _figure(caption: str, build: _Builder) -> str:
     """Render ``build()`` as an embedded PNG, or a note saying why it was skipped."""
     try:
         fig = build()
@@ -249,34 +255,38 @@ def _as_columns(problem: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
     return data.y, data.s
 
 
-def _eval_figures(problem: str, data: Any, names: list[str]) -> list[tuple[str, Callable[[], Figure]]]:
+def _eval_figures(problem: str, data: Any, names: list[str]) -> list[tuple[str, _Builder]]:
+    """``(caption, builder)`` of each evaluation figure of ``problem``."""
     if len(data) == 0:
         return [("Evaluation figures", _raise("no evaluated rows"))]
     if not data.valid:
         return [("Evaluation figures", _raise("predictions contain NaN or infinity"))]
-    if problem == "binary":
-        y, s = data.y, data.s
-        return [
-            ("Confusion matrix (threshold 0.5)", lambda: _fig_confusion(y, (s >= M.THRESHOLD) * 1, names)),
-            ("ROC and precision-recall curves", lambda: _fig_roc_pr(y[:, None], s[:, None], [names[1]])),
-            ("Reliability diagram (positive class)", lambda: _fig_calibration(y, s, "P(positive)")),
-        ]
-    if problem == "multiclass":
-        y, pred = np.argmax(data.y, axis=1), np.argmax(data.s, axis=1)
-        return [
-            ("Confusion matrix (arg-max)", lambda: _fig_confusion(y, pred, names)),
-            ("One-vs-rest ROC and precision-recall curves", lambda: _fig_roc_pr(data.y, data.s, names)),
-            ("Reliability diagram (top label)", lambda: _fig_calibration(y, data.s, "confidence")),
-        ]
-    if problem == "multilabel":
-        return [("Per-label ROC and precision-recall curves", lambda: _fig_roc_pr(data.y, data.s, names))]
     if problem == "regression":
         return [("Predicted vs true and residuals", lambda: _fig_regression(data.y, data.s))]
-    return [("Kaplan-Meier curves by predicted risk (median split)",
-             lambda: _fig_km(data.time, data.event, data.s))]
+    if problem == "survival":
+        return [("Kaplan-Meier curves by predicted risk (median split)",
+                 lambda: _fig_km(data.time, data.event, data.s))]
+    y_cols, s_cols = _as_columns(problem, data)
+    curve_names = [names[1]] if problem == "binary" else names
+    kind = {"binary": "", "multiclass": "One-vs-rest ", "multilabel": "Per-label "}[problem]
+    curves = (f"{kind}ROC and precision-recall curves",
+              lambda: _fig_roc_pr(y_cols, s_cols, curve_names))
+    if problem == "multilabel":
+        return [curves]
+    if problem == "binary":
+        y, pred, rule, calib = data.y, (data.s >= M.THRESHOLD).astype(int), "threshold 0.5", \
+            "positive class"
+    else:
+        y, pred, rule, calib = np.argmax(data.y, axis=1), np.argmax(data.s, axis=1), "arg-max", \
+            "top label"
+    return [
+        (f"Confusion matrix ({rule})", lambda: _fig_confusion(y, pred, names)),
+        curves,
+        (f"Reliability diagram ({calib})", lambda: _fig_calibration(y, data.s)),
+    ]
 
 
-def _raise(reason: str) -> Callable[[], Figure]:
+def _raise(reason: str) -> _Builder:
     def build() -> Figure:
         raise _Skip(reason)
 
@@ -320,7 +330,8 @@ def _fig_training(history: list[dict[str, Any]], head: str, mode: str) -> Figure
         if key == head and "val" in series:
             epochs, values = series["val"]
             best = (np.argmax if mode == "max" else np.argmin)(values)
-            ax.axvline(epochs[best], color="grey", ls=":", lw=1, label=f"best (epoch {epochs[best]:g})")
+            ax.axvline(epochs[best], color="grey", ls=":", lw=1,
+                       label=f"best val (epoch {epochs[best]:g})")
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         ax.grid(alpha=0.3)
@@ -339,8 +350,10 @@ def _fig_confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> Figure:
     image = ax.imshow(rate, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, label="fraction of true class", shrink=0.8)
     ticks = np.arange(k)
-    ax.set_xticks(ticks, [_short(n) for n in names], rotation=45 if k > 3 else 0, ha="right" if k > 3 else "center")
-    ax.set_yticks(ticks, [_short(n) for n in names])
+    labels = [_short(n) for n in names]
+    tilt = max(map(len, labels)) * k > 40
+    ax.set_xticks(ticks, labels, rotation=45 if tilt else 0, ha="right" if tilt else "center")
+    ax.set_yticks(ticks, labels)
     ax.set(xlabel="predicted", ylabel="true")
     if k <= 20:
         for i, j in np.ndindex(cm.shape):
@@ -382,7 +395,7 @@ def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
     return fig
 
 
-def _fig_calibration(y: np.ndarray, prob: np.ndarray, what: str) -> Figure:
+def _fig_calibration(y: np.ndarray, prob: np.ndarray) -> Figure:
     if not M._is_probability(prob):
         raise _Skip("scores are not probabilities in [0, 1]")
     mean_pred, observed, _ = M.reliability_curve(y, prob, n_bins=10)
@@ -396,6 +409,7 @@ def _fig_calibration(y: np.ndarray, prob: np.ndarray, what: str) -> Figure:
     ax.legend(fontsize=8, loc="upper left")
     _, confidence = M._calibration_pairs(y, prob)
     hist.hist(confidence, bins=np.linspace(0.0, 1.0, 11), color="#4c72b0", edgecolor="white")
+    what = "predicted P(positive)" if prob.ndim == 1 else "confidence (top-label probability)"
     hist.set(xlabel=what, ylabel="count", xlim=(0, 1))
     return fig
 
@@ -431,7 +445,8 @@ def _fig_km(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> Figure:
         raise _Skip("all predicted risks are equal, so there is no median split")
     fig, (ax,) = _new_figure(6.4, 4.4)
     for mask, label in ((~high, "low risk (≤ median)"), (high, "high risk (> median)")):
-        KaplanMeierFitter(label=f"{label}, n={int(mask.sum())}").fit(time[mask], event[mask]).plot_survival_function(ax=ax)
+        km = KaplanMeierFitter(label=f"{label}, n={int(mask.sum())}")
+        km.fit(time[mask], event[mask]).plot_survival_function(ax=ax)
     p = logrank_test(time[high], time[~high], event[high], event[~high]).p_value
     ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02),
            title=f"Kaplan-Meier by predicted risk (log-rank p = {p:.3g})")

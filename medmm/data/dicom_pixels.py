@@ -24,6 +24,7 @@ image is legal and maps to zeros; :func:`is_constant` lets callers report it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -58,6 +59,7 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PIXEL_VALUE_SQ = "PixelValueTransformationSequence"
 _FRAME_VOI_SQ = "FrameVOILUTSequence"
 _FUNCTIONAL_GROUPS = [0x52009229, 0x52009230]  # Shared / Per-frame Functional Groups
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
 
 
 class PixelDecodeError(DataError):
@@ -199,25 +201,49 @@ def apply_window(x: np.ndarray, center: float, width: float, function: str = "LI
 
 
 def _decode(path: Path, cfg: PixelConfig, frame: int | None, n_frames: int | None):
-    """Read the needed frames; returns the image-pixel dataset and ``(F, H, W[, S])``."""
+    """Read the needed frames; returns the image-pixel dataset and ``(F, H, W[, S])``.
+
+    Frames are decoded straight from the file (only the frames asked for). pydicom's
+    path-based reader does not handle deflated files and is stricter about malformed
+    Basic Offset Tables than its in-memory one, so any failure is retried in memory.
+    """
     from pydicom import dcmread
-    from pydicom.dataset import Dataset
-    from pydicom.pixels import iter_pixels
 
     if n_frames is None:
         header = dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
         n_frames = max(1, int(header.get("NumberOfFrames", 1) or 1))
     wanted = frame_indices(n_frames, cfg.frames, frame)
     unique = sorted(set(wanted))
-    ds = Dataset()
-    decoded = dict(zip(unique, iter_pixels(path, ds_out=ds, indices=unique, specific_tags=_FUNCTIONAL_GROUPS)))
-    if len(decoded) != len(unique):
-        raise PixelDecodeError(path, f"expected {len(unique)} frame(s), decoded {len(decoded)}")
+    try:
+        ds, decoded = _decode_from_file(path, unique)
+    except Exception as first:  # noqa: BLE001 - retried below, first error reported
+        try:
+            ds, decoded = _decode_in_memory(path, unique)
+        except Exception:  # noqa: BLE001
+            raise first from None
     stack = np.stack([decoded[i] for i in wanted])
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if stack.ndim != (4 if samples > 1 else 3):
         raise PixelDecodeError(path, f"unexpected decoded shape {stack.shape[1:]}")
     return _frame_view(ds, wanted[len(wanted) // 2]), stack
+
+
+def _decode_from_file(path: Path, indices: list[int]):
+    from pydicom.dataset import Dataset
+    from pydicom.pixels import iter_pixels
+
+    ds = Dataset()
+    frames = iter_pixels(path, ds_out=ds, indices=indices, specific_tags=_FUNCTIONAL_GROUPS)
+    decoded = dict(zip(indices, frames, strict=True))
+    return ds, decoded
+
+
+def _decode_in_memory(path: Path, indices: list[int]):
+    from pydicom import dcmread
+    from pydicom.pixels import pixel_array
+
+    ds = dcmread(path)
+    return ds, {i: pixel_array(ds, index=i) for i in indices}
 
 
 def _frame_view(ds, index: int):
@@ -244,10 +270,7 @@ def _to_unit_range(stack: np.ndarray, ds, cfg: PixelConfig) -> np.ndarray:
     """Map decoded values to ``[0, 1]``: ``(F, H, W)`` for grey, ``(F, H, W, 3)`` for colour."""
     photometric = str(ds.get("PhotometricInterpretation", "")).upper()
     if photometric == "PALETTE COLOR":
-        from pydicom.pixels import apply_color_lut
-
-        bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-        return apply_color_lut(stack, ds).astype(np.float32) / np.float32(2**bits - 1)
+        return _palette_to_rgb(stack, ds)
     if stack.ndim == 4:  # RGB (YBR already converted by pydicom / the J2K decoder)
         bits = int(ds.get("BitsStored", 8) or 8)
         return (stack.astype(np.float64) / (2**bits - 1)).astype(np.float32)
@@ -256,6 +279,54 @@ def _to_unit_range(stack: np.ndarray, ds, cfg: PixelConfig) -> np.ndarray:
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image
+
+
+def _palette_to_rgb(stack: np.ndarray, ds) -> np.ndarray:
+    from pydicom.pixels import apply_color_lut
+
+    if _big_endian(ds) and _palette_lut_ignores_endianness():
+        _swap_palette_bytes(ds)
+    bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
+    return apply_color_lut(stack, ds).astype(np.float32) / np.float32(2**bits - 1)
+
+
+def _big_endian(ds) -> bool:
+    meta = getattr(ds, "file_meta", None)
+    return meta is not None and meta.get("TransferSyntaxUID") == _BIG_ENDIAN
+
+
+def _swap_palette_bytes(ds) -> None:
+    """Byte-swap 16-bit (non-segmented) palette LUT data in place (``ds`` is ours)."""
+    n_entries = int(ds.RedPaletteColorLookupTableDescriptor[0]) or 65536
+    for colour in ("Red", "Green", "Blue", "Alpha"):
+        keyword = f"{colour}PaletteColorLookupTableData"
+        data = ds.get(keyword)
+        if isinstance(data, bytes) and len(data) == 2 * n_entries:
+            ds[keyword].value = np.frombuffer(data, dtype=">u2").astype("<u2").tobytes()
+
+
+@functools.cache
+def _palette_lut_ignores_endianness() -> bool:
+    """Probe for pydicom reading big-endian palette LUT data as little-endian (3.0.x).
+
+    A behavioural check rather than a version pin, so a fixed pydicom is used as is.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.pixels import apply_color_lut
+
+    probe = Dataset()
+    probe.file_meta = FileMetaDataset()
+    probe.file_meta.TransferSyntaxUID = _BIG_ENDIAN
+    probe.set_original_encoding(False, False)
+    probe.PhotometricInterpretation = "PALETTE COLOR"
+    probe.BitsStored = 8
+    for colour in ("Red", "Green", "Blue"):
+        setattr(probe, f"{colour}PaletteColorLookupTableDescriptor", [2, 0, 16])
+        setattr(probe, f"{colour}PaletteColorLookupTableData", b"\x01\x00\x01\x00")  # BE 256, 256
+    try:
+        return int(apply_color_lut(np.zeros(1, dtype=np.uint8), probe)[0, 0]) == 1
+    except Exception:  # noqa: BLE001 - if the probe itself fails, do not touch the data
+        return False
 
 
 def _modality_lut(stack: np.ndarray, ds) -> np.ndarray:

@@ -173,8 +173,8 @@ def short_reason(exc: BaseException, limit: int = 160) -> str:
 
     if isinstance(exc, InvalidDicomError):
         return "not a DICOM file (no DICM preamble / file meta)"
-    first = (str(exc).strip().splitlines() or [""])[0]
-    text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    message = " ".join(str(exc).split())  # decoder plugins report on several lines
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -204,6 +204,8 @@ def load_text_examples(
         ConfigError: contradictory arguments.
     """
     text_columns, label_columns = list(text_columns), list(label_columns)
+    if label_names is not None:
+        label_names = [_as_key(n) for n in label_names]
     if not text_columns:
         raise ConfigError("text_columns must name at least one column")
     if max_chars < 1:
@@ -231,7 +233,7 @@ def load_text_examples(
     skipped: list[tuple[str, str]] = []
     truncated: list[str] = []
     seen_ids: set[str] = set()
-    known = None if label_names is None else {str(n): i for i, n in enumerate(label_names)}
+    known = None if label_names is None else {n: i for i, n in enumerate(label_names)}
 
     records = df[list(dict.fromkeys(wanted))].to_dict("records")
     for pos, rec in enumerate(records):

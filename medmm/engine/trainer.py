@@ -52,6 +52,8 @@ class TrainState:
     best_epoch: int = -1
     bad_evals: int = 0
     skipped_steps: int = 0
+    loss_sum: float = 0.0  # training loss since the last evaluation
+    loss_n: int = 0
     stopped_early: bool = False
     finished: bool = False
 
@@ -84,7 +86,7 @@ def seed_everything(seed: int) -> None:
 def _rng_state() -> dict[str, Any]:
     state: dict[str, Any] = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state()[1].astype(np.int64),
+        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
         "numpy_pos": int(np.random.get_state()[2]),
         "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
     }
@@ -95,8 +97,7 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32) if hasattr(state["numpy"], "numpy")
-                         else np.asarray(state["numpy"], dtype=np.uint32), int(state["numpy_pos"]), 0, 0.0))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), int(state["numpy_pos"]), 0, 0.0))
     py = tuple(int(x) for x in state["python"].tolist())
     random.setstate((3, py, None))
     if "cuda" in state and torch.cuda.is_available():
@@ -325,7 +326,7 @@ class Trainer:
             batches = iter(self._loader(data.train.dataset, mine, data.collate_fn, st.epoch))
             bar = tqdm(total=len(windows), initial=first, disable=self.quiet, leave=False,
                        desc=f"epoch {st.epoch + 1}/{e['epochs']}", unit="step")
-            t0, seen, loss_acc, loss_n = time.perf_counter(), 0, 0.0, 0
+            t0, seen = time.perf_counter(), 0
             for window in windows[first:]:
                 self._window_rng = _rng_state()
                 n_window = sum(len(b) for b in window)
@@ -349,12 +350,12 @@ class Trainer:
                             finite = False
                             if e["nan_policy"] == "stop":
                                 raise TrainingError(
-                                    f"loss is {float(loss_sum)} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
+                                    f"loss is {float(loss_sum.detach())} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
                                     f"stopped without overwriting checkpoints (engine.nan_policy=skip skips such steps)")
                             continue
                         loss = loss_sum * self.dist.world_size / n_window
                         (scaler.scale(loss) if scaler else loss).backward()
-                    loss_acc, loss_n = loss_acc + float(loss_sum), loss_n + k
+                    st.loss_sum, st.loss_n = st.loss_sum + float(loss_sum.detach()), st.loss_n + k
                     seen += k
                 if finite:
                     if scaler:
@@ -375,16 +376,16 @@ class Trainer:
                 st.samples_seen += n_window
                 rate = seen * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_acc / max(1, loss_n):.4f}", samples_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{st.loss_sum / max(1, st.loss_n):.4f}", samples_s=f"{rate:.0f}")
                 end_of_epoch = st.batch_in_epoch >= len(plan)
                 at_max = bool(total) and st.global_step >= total
                 evaluated = False
                 if (eval_every and st.global_step % eval_every == 0) or end_of_epoch or at_max:
                     if end_of_epoch:
                         st.epoch, st.batch_in_epoch = st.epoch + 1, 0
-                    self._evaluate_and_track(raw, data, opt, sched, scaler, loss_acc / max(1, loss_n),
+                    self._evaluate_and_track(raw, data, opt, sched, scaler, st.loss_sum / max(1, st.loss_n),
                                              rate, end_of_epoch)
-                    loss_acc, loss_n, evaluated = 0.0, 0, True
+                    st.loss_sum, st.loss_n, evaluated = 0.0, 0, True
                 if evaluated or st.global_step % ckpt_every == 0:
                     self._save("last", raw, opt, sched, scaler)
                 if st.stopped_early or at_max:

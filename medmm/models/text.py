@@ -42,6 +42,7 @@ __all__ = [
     "TextClassifier",
     "build_tiny_bert",
     "build_tiny_tokenizer",
+    "load_hf_encoder",
     "load_text_backbone",
     "load_tokenizer",
     "resolve_text_backbone",
@@ -243,6 +244,39 @@ def load_tokenizer(name_or_path: str | os.PathLike[str]) -> PreTrainedTokenizerB
         raise DataError(f"the tokenizer in {path} is not a fast (Rust) tokenizer; "
                         "chunked long-text mode needs one")
     return tokenizer
+
+
+def load_hf_encoder(backbone: str = "minilm-l6", *, name_or_path: str | os.PathLike[str] | None = None,
+                    pooling: Pooling = "mean", pretrained: bool = True,
+                    ) -> tuple[HFTextEncoder, PreTrainedTokenizerBase]:
+    """Backbone factory for the registry: ``(encoder, tokenizer)`` for a registered name.
+
+    * ``minilm-l6``: the packaged all-MiniLM-L6-v2 (``name_or_path`` ignored).
+    * ``hf-local``: the local folder ``name_or_path``.
+    * ``bert-tiny``: a 2-layer, 64-wide random BERT with the MiniLM (bert-base-uncased)
+      WordPiece tokenizer, or the tokenizer in ``name_or_path``.
+    * anything else is taken as a local folder.
+
+    ``pretrained=False`` builds the same architecture from its ``config.json`` with random weights.
+    """
+    if backbone == "bert-tiny":
+        tokenizer = load_tokenizer(name_or_path or "minilm-l6")
+        return build_tiny_bert(len(tokenizer), pooling=pooling), tokenizer
+    if backbone == "hf-local":
+        if name_or_path is None:
+            raise ConfigError("backbone hf-local needs model.name_or_path: a local Hugging Face folder")
+        source: str | os.PathLike[str] = name_or_path
+    elif backbone in MINILM_ALIASES:
+        source = backbone
+    else:
+        source = name_or_path or backbone
+    path = resolve_text_backbone(source)
+    if pretrained:
+        encoder = HFTextEncoder.from_pretrained(path, pooling=pooling)
+    else:
+        logger.info("text encoder %s: random initialisation (pretrained=False)", path.name)
+        encoder = HFTextEncoder.from_config(path, pooling=pooling)
+    return encoder, load_tokenizer(path)
 
 
 # --------------------------------------------------------------------------- tiny models for tests

@@ -1,0 +1,101 @@
+"""DICOM folder reader for image tasks: scan, pixel pipeline, cache, labels, dataset.
+
+Typical use in a task's ``build_data``::
+
+    records, skipped = scan_folder(root, workers=2)
+    labels = labels_from_folders(records)            # or labels_from_csv(records, csv)
+    cfg = PixelConfig(size=224, channels=3)
+    cache = PixelCache.build(root, records, cfg, cache_dir, workers=2)
+    keys = [k for k in cache.keys if k in cache.index]   # decoded items
+    rows = [cache.index[k] for k in keys]
+    targets = [labels.target(k.split("#")[0]) for k in keys]
+    dataset = DicomImageDataset(cache, rows, targets)
+
+The submodules import no torch; only :class:`DicomImageDataset` here does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medmm.data.dicom_cache import PixelCache, cache_key
+from medmm.data.dicom_labels import LabelTable, labels_from_csv, labels_from_folders
+from medmm.data.dicom_pixels import (
+    WINDOW_PRESETS,
+    PixelConfig,
+    PixelDecodeError,
+    apply_window,
+    is_constant,
+    load_pixels,
+)
+from medmm.data.dicom_scan import (
+    DicomRecord,
+    ImageItem,
+    Skipped,
+    expand_frames,
+    group_key,
+    image_items,
+    scan_folder,
+    write_skipped_csv,
+)
+
+__all__ = [
+    "DicomImageDataset",
+    "DicomRecord",
+    "ImageItem",
+    "LabelTable",
+    "PixelCache",
+    "PixelConfig",
+    "PixelDecodeError",
+    "Skipped",
+    "WINDOW_PRESETS",
+    "apply_window",
+    "cache_key",
+    "expand_frames",
+    "group_key",
+    "image_items",
+    "is_constant",
+    "labels_from_csv",
+    "labels_from_folders",
+    "load_pixels",
+    "scan_folder",
+    "write_skipped_csv",
+]
+
+
+class DicomImageDataset(Dataset):
+    """``(float32 tensor [C, H, W] in [0, 1], label)`` pairs read from a :class:`PixelCache`.
+
+    No DICOM is decoded here. Labels that are sequences (multi-label) become float32
+    tensors; anything else is returned as given. ``transform`` receives the tensor.
+    The memory map is reopened lazily in each DataLoader worker, never pickled.
+    """
+
+    def __init__(
+        self,
+        cache: PixelCache,
+        rows: Sequence[int],
+        labels: Sequence[Any],
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        if len(rows) != len(labels):
+            raise ValueError(f"{len(rows)} rows but {len(labels)} labels")
+        self.cache, self.rows, self.labels, self.transform = cache, list(rows), list(labels), transform
+        self._scale = np.float32(cache.scale)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any]:
+        image = torch.from_numpy(np.asarray(self.cache.array[self.rows[i]], dtype=np.float32) * self._scale)
+        if self.transform is not None:
+            image = self.transform(image)
+        label = self.labels[i]
+        if isinstance(label, (list, tuple, np.ndarray)):
+            label = torch.as_tensor(label, dtype=torch.float32)
+        return image, label
