@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import sys
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +13,11 @@ from medmm import __version__
 from medmm.errors import MedmmError
 
 
-@cache
 def plugins() -> Any:
-    """Load plugins once per process."""
-    from medmm.plugins import load_plugins
+    """This process's plugins, loaded once."""
+    from medmm.plugins import default_plugins
 
-    return load_plugins()
+    return default_plugins()
 
 
 def _registry() -> Any:

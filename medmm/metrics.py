@@ -16,7 +16,8 @@ A metric that is undefined for the data at hand (AUROC with one class, C-index w
 comparable pair, any metric on non-finite scores) is ``nan``; nothing raises or warns.
 Hard decisions use a 0.5 threshold (``score >= 0.5``) for binary and multilabel and the
 arg-max for multiclass. "Macro" averages run over the classes/labels where the metric is
-defined. Bootstrap CIs resample rows; resamples where the metric is undefined are skipped.
+defined. Brier score and ECE are ``nan`` for scores outside [0, 1]; the multiclass Brier
+score sums over classes (range [0, 2], as scikit-learn's). Bootstrap CIs resample rows.
 """
 
 from __future__ import annotations
@@ -119,8 +120,9 @@ def bootstrap_ci(
 
     Rows are resampled with replacement ``n_boot`` times; resamples on which the metric is
     undefined are skipped, and ``(nan, nan)`` is returned when none is left. AUROC, AUPRC,
-    F1, accuracy and the C-index are evaluated for all resamples at once from resample
-    counts (the C-index costs O(n_boot * N^2) multiply-adds: about a second at N = 1000).
+    F1, accuracies and the C-index are evaluated for all resamples at once, as weighted
+    metrics with resample counts as weights; the others loop over cheap numpy code. 1000
+    resamples of 1000 rows take ~0.2 s for AUROC or the C-index (which grows as N^2).
     """
     _check_metric(problem, metric)
     if n_boot < 1 or not 0.0 < alpha < 1.0:
@@ -152,8 +154,11 @@ def bootstrap_cis(
     """:func:`bootstrap_ci` for several metrics (default: all of ``problem``), same resamples."""
     _check_problem(problem)
     names = METRICS[problem] if metrics is None else tuple(metrics)
-    kwargs = dict(time=time, event=event, n_boot=n_boot, alpha=alpha, seed=seed)
-    return {m: bootstrap_ci(problem, m, y_true, y_score, **kwargs) for m in names}
+    return {
+        name: bootstrap_ci(problem, name, y_true, y_score, time=time, event=event,
+                           n_boot=n_boot, alpha=alpha, seed=seed)
+        for name in names
+    }
 
 
 def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 15) -> float:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cache, partial
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
@@ -112,6 +112,17 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
         info.hooks = sorted(impl.name for impl in pm.get_hookcallers(module) or [])
         _register_from(module, info, registry)
     return Plugins(pm, registry, infos)
+
+
+@cache
+def default_plugins() -> Plugins:
+    """The plugins of this process, loaded once."""
+    return load_plugins()
+
+
+def get_registry() -> Registry:
+    """The registry of this process's plugins (tasks use it to resolve backbones by name)."""
+    return default_plugins().registry
 
 
 def _register_from(module: Any, info: PluginInfo, registry: Registry) -> None:

@@ -90,7 +90,7 @@ def write_report(
     are: their HTML is trusted and inserted verbatim; every other text is escaped.
     """
     data = M._prepare(problem, y_true, y_score, time, event)
-    names = _label_names(problem, data, label_names)
+    names, names_note = _label_names(problem, data, label_names)
     head_metric, head_mode = M.headline(problem)
     parts = [
         _header(title, problem, len(data)),
@@ -98,7 +98,7 @@ def write_report(
         _section("Metrics", _metrics_table(metrics, ci, head_metric)),
         _section("Training", _figure(
             "Training curves", lambda: _fig_training(history, head_metric, head_mode))),
-        _section("Evaluation", "".join(
+        _section("Evaluation", (_note(names_note) if names_note else "") + "".join(
             _figure(caption, build) for caption, build in _eval_figures(problem, data, names))),
     ]
     if problem in ("multiclass", "multilabel") and len(data) and data.valid:
@@ -229,17 +229,20 @@ def _figure(caption: str, build: _Builder) -> str:
 # --------------------------------------------------------------------------- data helpers
 
 
-def _label_names(problem: str, data: Any, given: Sequence[str] | None) -> list[str]:
+def _label_names(problem: str, data: Any, given: Sequence[str] | None) -> tuple[list[str], str]:
+    """Class names for the figures and a note when ``given`` did not fit (then indices)."""
     if problem in ("regression", "survival"):
-        return []
+        return [], ""
     k = 2 if problem == "binary" else data.s.shape[1]
+    default = [f"label {i}" for i in range(k)] if problem == "multilabel" else \
+        [str(i) for i in range(k)]
     if given is None:
-        return [str(i) for i in range(k)] if problem != "multilabel" else \
-            [f"label {i}" for i in range(k)]
+        return default, ""
     names = [str(n) for n in given]
-    if len(names) != k:
-        raise ValueError(f"{problem}: {len(names)} label names for {k} classes")
-    return names
+    if len(names) == k:
+        return names, ""
+    log.warning("report: %d label names for %d classes; using indices", len(names), k)
+    return default, f"{len(names)} label names were given for {k} classes; indices are shown."
 
 
 def _hard_predictions(problem: str, data: Any) -> np.ndarray:
@@ -445,12 +448,18 @@ def _fig_km(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> Figure:
         raise _Skip("all predicted risks are equal, so there is no median split")
     fig, (ax,) = _new_figure(6.4, 4.4)
     for mask, label in ((~high, "low risk (≤ median)"), (high, "high risk (> median)")):
-        km = KaplanMeierFitter(label=f"{label}, n={int(mask.sum())}")
-        km.fit(time[mask], event[mask]).plot_survival_function(ax=ax)
+        km = KaplanMeierFitter().fit(time[mask], event[mask])  # drawn here: lifelines'
+        curve = km.survival_function_.iloc[:, 0]  # own plotting would import pyplot
+        band = km.confidence_interval_survival_function_
+        (line,) = ax.step(curve.index, curve.to_numpy(), where="post",
+                          label=f"{label}, n={int(mask.sum())}")
+        ax.fill_between(band.index, band.iloc[:, 0], band.iloc[:, 1], step="post", alpha=0.2,
+                        color=line.get_color(), lw=0)
     p = logrank_test(time[high], time[~high], event[high], event[~high]).p_value
     ax.set(xlabel="time", ylabel="survival probability", ylim=(0, 1.02),
            title=f"Kaplan-Meier by predicted risk (log-rank p = {p:.3g})")
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
     return fig
 
 

@@ -151,15 +151,15 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
 
 def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
     """TensorBoard (when asked) plus every callback registered by plugins."""
-    from medmm.cli import plugins
     from medmm.engine.callbacks import tensorboard_logger
+    from medmm.plugins import get_registry
 
     out: list[Any] = []
     if cfg["engine"].get("tensorboard"):
         tb = tensorboard_logger(run_dir)
         if tb is not None:
             out.append(tb)
-    for _, comp in plugins().registry.items("callback"):
+    for _, comp in get_registry().items("callback"):
         out.append(comp.build(cfg, run_dir))
     return out
 
@@ -167,7 +167,7 @@ def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
 def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir: Path, cfg: dict[str, Any],
             spec: TaskSpec, bundle: Any) -> dict[str, Any]:
     """Metrics with CIs, predictions.csv, report.html and the model card."""
-    from medmm.metrics import bootstrap_ci
+    from medmm.metrics import bootstrap_cis
     from medmm.model_card import write_model_card
     from medmm.predictions import write_predictions
     from medmm.report import write_report
@@ -177,9 +177,7 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     n_boot = int(cfg["engine"]["bootstrap"])
     if metrics and n_boot:
         (y_true, y_score), kw = trainer.metric_inputs(ev)
-        ci[fit.monitor] = bootstrap_ci(task.problem, fit.monitor, y_true, y_score, n_boot=n_boot,
-                                       seed=int(cfg.get("seed", 0)), **kw) if fit.monitor in metrics else None
-        ci = {k: v for k, v in ci.items() if v is not None}
+        ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=int(cfg.get("seed", 0)), **kw)
     write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names)
     record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics}
     with (run_dir / "metrics.jsonl").open("a") as f:

@@ -105,6 +105,8 @@ def test_integer_labels_sort_numerically() -> None:
     assert ex.label_names == ["1", "2", "10"]
     assert ex.labels.tolist() == [2, 1, 1, 0]
     assert ex.row_ids == ["0", "1", "2", "3"]
+    again = load_text_examples(df, text_columns=["t"], label_columns=["y"], label_names=[1, 2, 10])
+    assert again.label_names == ex.label_names and again.labels.tolist() == ex.labels.tolist()
 
 
 def test_multilabel_columns_and_delimiter() -> None:
@@ -194,20 +196,22 @@ def test_tokenize_cache_hit_and_invalidation(tokenizer, tmp_path: Path) -> None:
     texts = ["the lungs are clear", "small left effusion", "heart size is normal"] * 3
     spy = CallSpy(tokenizer)
     first = tokenize_cached(texts, spy, max_length=8, cache_dir=tmp_path)
-    assert spy.calls == 1 and len(first) == 9 and first.lengths.max() <= 8
+    assert spy.calls > 0 and len(first) == 9 and first.lengths.max() <= 8
+    (cache_file,) = tmp_path.glob("tok-*.npz")
     assert first[0].tolist() == tokenizer("the lungs are clear")["input_ids"]
+    calls = spy.calls
     again = tokenize_cached(texts, spy, max_length=8, cache_dir=tmp_path)
-    assert spy.calls == 1  # served from disk
+    assert spy.calls == calls  # served from disk: the tokenizer is not called at all
     np.testing.assert_array_equal(again.ids, first.ids)
     np.testing.assert_array_equal(again.offsets, first.offsets)
-    tokenize_cached(texts, spy, max_length=6, cache_dir=tmp_path)
-    tokenize_cached(texts[:-1], spy, max_length=8, cache_dir=tmp_path)
-    assert spy.calls == 3  # other max_length, other texts: new entries
-    (cache_file,) = [p for p in tmp_path.glob("tok-*.npz")
-                     if TokenizedCorpus.load(p).offsets[-1] == first.offsets[-1]]
+    for args in ((texts, 6), (texts[:-1], 8)):  # other max_length, other texts: new entries
+        tokenize_cached(args[0], spy, max_length=args[1], cache_dir=tmp_path)
+        assert spy.calls > calls
+        calls = spy.calls
+    assert len(list(tmp_path.glob("tok-*.npz"))) == 3
     cache_file.write_bytes(b"garbage")
     tokenize_cached(texts, spy, max_length=8, cache_dir=tmp_path)
-    assert spy.calls == 4  # a corrupt entry is rebuilt, not trusted
+    assert spy.calls > calls  # a corrupt entry is rebuilt, not trusted
     with np.load(cache_file, allow_pickle=False) as z:  # stored without pickle
         assert z["ids"].dtype == np.int32
 
@@ -219,8 +223,13 @@ def test_chunk_mode_and_pooling(tokenizer) -> None:
     assert corpus.mode == "chunk" and corpus.num_docs == 2
     assert corpus.doc_index[0] == 0 and (corpus.doc_index[1:] == 1).all() and len(corpus) > 3
     assert corpus.lengths.max() <= 16
-    first, second = corpus[1].tolist(), corpus[2].tolist()  # consecutive windows overlap by stride
-    assert first[-1 - 4:-1] == second[1:1 + 4]
+    windows = [corpus[i].tolist() for i in range(1, len(corpus))]
+    cls, sep = windows[0][0], windows[0][-1]
+    assert all(w[0] == cls and w[-1] == sep for w in windows)  # specials on every window
+    content = [w[1:-1] for w in windows]
+    assert all(a[-4:] == b[:4] for a, b in zip(content, content[1:]))  # overlap of `stride`
+    rebuilt = content[0] + [t for w in content[1:] for t in w[4:]]
+    assert rebuilt == tokenizer(long_doc, add_special_tokens=False)["input_ids"]  # nothing lost
     probs = np.zeros((len(corpus), 2))
     probs[:, 1] = np.linspace(0, 1, len(corpus))
     probs[:, 0] = 1 - probs[:, 1]
@@ -239,11 +248,15 @@ def test_simple_vocab(tmp_path: Path) -> None:
     assert vocab.tokens == ["<pad>", "<unk>", "heart", "normal", "the"]
     assert vocab.encode("The heart, lungs") == [4, 2, 1, 1]
     assert vocab.encode("   ") == [1]
+    assert vocab("the heart", max_length=1) == {"input_ids": [4]}
     loaded = SimpleVocab.load(vocab.save(tmp_path / "vocab.json"))
     assert loaded.tokens == vocab.tokens and loaded.fingerprint() == vocab.fingerprint()
     corpus = tokenize_cached(["heart " * 10], vocab, max_length=4, long_text="chunk", stride=1,
                              cache_dir=tmp_path)
     assert corpus.lengths.tolist() == [4, 4, 4] and corpus.doc_index.tolist() == [0, 0, 0]
+    cached = tokenize_cached(["heart " * 10], vocab, max_length=4, long_text="chunk", stride=1,
+                             cache_dir=tmp_path)
+    assert cached.mode == "chunk" and cached.doc_index.tolist() == [0, 0, 0]
     assert SimpleVocab.build(texts, min_freq=1, max_size=4).tokens[2:] == ["heart", "normal"]
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(DataError):

@@ -6,10 +6,12 @@ Typical use in a task's ``build_data``::
     labels = labels_from_folders(records)            # or labels_from_csv(records, csv)
     cfg = PixelConfig(size=224, channels=3)
     cache = PixelCache.build(root, records, cfg, cache_dir, workers=2)
-    keys = [k for k in cache.keys if k in cache.index]   # decoded items
-    rows = [cache.index[k] for k in keys]
-    targets = [labels.target(k.split("#")[0]) for k in keys]
+    rows = [r for r, item in enumerate(cache.items)
+            if item.key in cache.index and item.record.path in labels]  # decoded and labelled
+    targets = [labels.target(cache.items[r].record.path) for r in rows]
+    groups = [group_key(cache.items[r], "patient") for r in rows]      # for group_split
     dataset = DicomImageDataset(cache, rows, targets)
+    write_skipped_csv(skipped + cache.failed, run_dir / "skipped.csv")
 
 The submodules import no torch; only :class:`DicomImageDataset` here does.
 """
@@ -45,6 +47,7 @@ from medmm.data.dicom_scan import (
 )
 
 __all__ = [
+    "WINDOW_PRESETS",
     "DicomImageDataset",
     "DicomRecord",
     "ImageItem",
@@ -53,7 +56,6 @@ __all__ = [
     "PixelConfig",
     "PixelDecodeError",
     "Skipped",
-    "WINDOW_PRESETS",
     "apply_window",
     "cache_key",
     "expand_frames",

@@ -28,10 +28,9 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,15 @@ import numpy as np
 
 from medmm.data import dicom_pixels
 from medmm.data.dicom_pixels import PixelConfig
-from medmm.data.dicom_scan import CACHEDIR_TAG, DicomRecord, ImageItem, Skipped, image_items, short_reason
+from medmm.data.dicom_scan import (
+    CACHEDIR_TAG,
+    DicomRecord,
+    ImageItem,
+    Skipped,
+    image_items,
+    process_pool,
+    short_reason,
+)
 from medmm.errors import DataError
 
 __all__ = ["CACHE_VERSION", "DTYPES", "PixelCache", "cache_key"]
@@ -57,7 +64,11 @@ Outcome = tuple[int, "str | None", bool]  # row, failure reason, image is consta
 
 @dataclass
 class PixelCache:
-    """A built (or reused) cache entry; ``array[index[item.key]]`` is one image."""
+    """A built (or reused) cache entry; ``array[index[item.key]]`` is one image.
+
+    ``items[row]`` is the :class:`ImageItem` behind each row (records expanded per
+    ``cfg.frames``), for mapping rows back to labels and patient / series groups.
+    """
 
     path: Path
     cfg: PixelConfig
@@ -66,6 +77,7 @@ class PixelCache:
     failed: list[Skipped] = field(default_factory=list)
     constant: list[str] = field(default_factory=list)
     hit: bool = False
+    items: list[ImageItem] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         failed = {s.path for s in self.failed}
@@ -119,6 +131,7 @@ class PixelCache:
         cached = cls._open(entry, key, cfg, dtype)
         if cached is not None:
             log.info("pixel cache hit: %d images in %s", len(cached.keys), entry)
+            cached.items = items
             return cached
         _prepare_cache_dir(cache_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
@@ -135,7 +148,7 @@ class PixelCache:
             shutil.rmtree(tmp, ignore_errors=True)
         built = cls._open(entry, key, cfg, dtype)
         assert built is not None
-        built.hit = False
+        built.hit, built.items = False, items
         return built
 
     @classmethod
@@ -221,7 +234,9 @@ def _build_entry(tmp, root, items, cfg, dtype, workers, progress) -> dict[str, A
     }
 
 
-def _decode_jobs(jobs: Sequence[Job], array_path: str, root: str, cfg_dict: dict, dtype: str) -> list[Outcome]:
+def _decode_jobs(
+    jobs: Sequence[Job], array_path: str, root: str, cfg_dict: dict, dtype: str
+) -> list[Outcome]:
     """Worker: decode ``jobs`` straight into the shared memory map."""
     cfg = PixelConfig.from_dict(cfg_dict)
     array = np.load(array_path, mmap_mode="r+")
@@ -281,7 +296,7 @@ def _pool_round(fn, chunks: list[list[Job]], args: tuple, workers: int):
     """Submit ``chunks``; returns finished outcome lists and unfinished jobs, in order."""
     finished: list[list[Outcome]] = []
     broken: set[int] = set()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+    with process_pool(workers) as pool:
         futures = {pool.submit(fn, chunk, *args): n for n, chunk in enumerate(chunks)}
         for future in as_completed(futures):
             try:

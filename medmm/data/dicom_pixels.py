@@ -2,8 +2,9 @@
 
 Order of operations for ``load_pixels`` (DICOM PS3.3 C.11, PS3.4 N.2):
 
-1. Decode only the frames needed (``pydicom.pixels.pixel_array(path, index=...)``),
-   through whichever pixel-data plugins are installed (pylibjpeg, openjpeg, rle).
+1. Decode only the frames needed (``pydicom.pixels.iter_pixels(path, indices=...)``,
+   retried from an in-memory dataset when that fails), through whichever pixel-data
+   plugins are installed (pylibjpeg-libjpeg / -openjpeg / -rle).
    pydicom converts ``YBR_FULL``/``YBR_FULL_422`` to RGB; the JPEG 2000 decoder undoes
    ``YBR_ICT``/``YBR_RCT``; ``PlanarConfiguration`` is handled by pydicom.
 2. Greyscale: Modality LUT (LUT sequence or Rescale Slope/Intercept), then the VOI
@@ -25,6 +26,7 @@ image is legal and maps to zeros; :func:`is_constant` lets callers report it.
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -37,9 +39,9 @@ from medmm.errors import ConfigError, DataError
 
 __all__ = [
     "FRAME_MODES",
+    "WINDOW_PRESETS",
     "PixelConfig",
     "PixelDecodeError",
-    "WINDOW_PRESETS",
     "apply_window",
     "frame_indices",
     "is_constant",
@@ -60,6 +62,7 @@ _PIXEL_VALUE_SQ = "PixelValueTransformationSequence"
 _FRAME_VOI_SQ = "FrameVOILUTSequence"
 _FUNCTIONAL_GROUPS = [0x52009229, 0x52009230]  # Shared / Per-frame Functional Groups
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_PALETTES: dict[str, np.ndarray] = {}  # palette fingerprint -> RGB table, per process
 
 
 class PixelDecodeError(DataError):
@@ -135,7 +138,9 @@ class PixelConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"unknown pixel option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"unknown pixel option(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
         return cls(**dict(data))
 
 
@@ -164,14 +169,15 @@ def load_pixels(
         with quiet_pydicom():
             ds, stack = _decode(Path(path), cfg, frame, n_frames)
             image = _to_unit_range(stack, ds, cfg)
+        out = _resize(_planes(image, cfg), cfg)
     except PixelDecodeError:
         raise
-    except Exception as exc:  # noqa: BLE001 - decoder/plugin errors are per-file failures
+    except Exception as exc:  # decoder/plugin errors are per-file failures
         raise PixelDecodeError(path, short_reason(exc)) from exc
-    out = _resize(_to_channels(image, ds, cfg), cfg)
     if not np.isfinite(out).all():
         raise PixelDecodeError(path, "non-finite pixel values after preprocessing")
-    return np.clip(out, 0.0, 1.0, out=out)
+    np.clip(out, 0.0, 1.0, out=out)
+    return np.repeat(out, cfg.channels, axis=0) if len(out) < cfg.channels else out
 
 
 def is_constant(image: np.ndarray) -> bool:
@@ -184,17 +190,29 @@ def apply_window(x: np.ndarray, center: float, width: float, function: str = "LI
 
     ``LINEAR`` (default), ``LINEAR_EXACT`` and ``SIGMOID`` are supported.
     """
-    x = np.asarray(x, dtype=np.float32)
+    return _window_inplace(np.array(x, dtype=np.float32), center, width, function)
+
+
+def _window_inplace(y: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """:func:`apply_window` overwriting the float32 array ``y`` (large images: fewer copies)."""
     function = (function or "LINEAR").upper()
-    if function == "SIGMOID":
-        y = 1.0 / (1.0 + np.exp(-4.0 * (x - center) / width))
-    elif function == "LINEAR_EXACT":
-        y = (x - center) / width + 0.5
-    elif width <= 1:  # LINEAR with width 1 is a threshold at center - 0.5
-        y = (x > center - 0.5).astype(np.float32)
-    else:
-        y = (x - (center - 0.5)) / (width - 1) + 0.5
-    return np.clip(y, 0.0, 1.0).astype(np.float32, copy=False)
+    if function == "SIGMOID":  # 1 / (1 + exp(-4 (x - c) / w))
+        y -= np.float32(center)
+        y *= np.float32(-4.0 / width)
+        np.exp(y, out=y)
+        y += np.float32(1.0)
+        np.reciprocal(y, out=y)
+        return y
+    if function == "LINEAR_EXACT":  # (x - c) / w + 0.5
+        scale, offset = 1.0 / width, 0.5 - center / width
+    elif width <= 1:  # LINEAR with width 1 is a threshold at c - 0.5
+        y[...] = y > center - 0.5
+        return y
+    else:  # (x - (c - 0.5)) / (w - 1) + 0.5
+        scale, offset = 1.0 / (width - 1), 0.5 - (center - 0.5) / (width - 1)
+    y *= np.float32(scale)
+    y += np.float32(offset)
+    return np.clip(y, 0.0, 1.0, out=y)
 
 
 # -- decoding ---------------------------------------------------------------------------
@@ -274,20 +292,45 @@ def _to_unit_range(stack: np.ndarray, ds, cfg: PixelConfig) -> np.ndarray:
     if stack.ndim == 4:  # RGB (YBR already converted by pydicom / the J2K decoder)
         bits = int(ds.get("BitsStored", 8) or 8)
         return (stack.astype(np.float64) / (2**bits - 1)).astype(np.float32)
-    values = _modality_lut(stack, ds)
-    image = _voi(values, ds, cfg)
+    image = _voi(_modality_lut(stack, ds), ds, cfg)
     if photometric == "MONOCHROME1":
-        image = 1.0 - image
+        np.subtract(np.float32(1.0), image, out=image)
     return image
 
 
 def _palette_to_rgb(stack: np.ndarray, ds) -> np.ndarray:
+    """Map indices through the palette; the ``(n, 3)`` table is built once per palette."""
+    n_entries, first, _ = (int(v) for v in ds.RedPaletteColorLookupTableDescriptor)
+    n_entries = n_entries or 65536
+    key = _palette_fingerprint(ds)
+    table = _PALETTES.get(key)
+    if table is None:
+        table = _palette_table(ds, first, n_entries)
+        if len(_PALETTES) >= 32:
+            _PALETTES.pop(next(iter(_PALETTES)))
+        _PALETTES[key] = table
+    return table[np.clip(stack.astype(np.int64) - first, 0, n_entries - 1)]
+
+
+def _palette_fingerprint(ds) -> str:
+    """Hash of the palette elements (0028,1101)-(0028,1223) and the byte order."""
+    digest = hashlib.sha1(str(_big_endian(ds)).encode())
+    for element in ds:
+        if 0x00281101 <= element.tag <= 0x00281223:
+            value = element.value
+            digest.update(value if isinstance(value, bytes) else repr(value).encode())
+    return digest.hexdigest()
+
+
+def _palette_table(ds, first: int, n_entries: int) -> np.ndarray:
+    """Float32 ``(n_entries, 3)`` RGB table in [0, 1]; expanding segmented LUTs is slow."""
     from pydicom.pixels import apply_color_lut
 
     if _big_endian(ds) and _palette_lut_ignores_endianness():
         _swap_palette_bytes(ds)
     bits = int(ds.RedPaletteColorLookupTableDescriptor[2])
-    return apply_color_lut(stack, ds).astype(np.float32) / np.float32(2**bits - 1)
+    indices = np.arange(first, first + n_entries, dtype=np.int64)
+    return apply_color_lut(indices, ds)[:, :3].astype(np.float32) / np.float32(2**bits - 1)
 
 
 def _big_endian(ds) -> bool:
@@ -347,13 +390,13 @@ def _modality_lut(stack: np.ndarray, ds) -> np.ndarray:
 def _voi(values: np.ndarray, ds, cfg: PixelConfig) -> np.ndarray:
     spec = cfg.window_spec()
     if isinstance(spec, tuple):
-        return apply_window(values, *spec)
+        return _window_inplace(values, *spec, "LINEAR")
     if spec is None:
         if ds.get("VOILUTSequence"):
             return _voi_lut_sequence(values, ds)
         header = _header_window(ds)
         if header is not None:
-            return apply_window(values, *header)
+            return _window_inplace(values, *header)
     return _minmax(values)
 
 
@@ -393,21 +436,22 @@ def _minmax(values: np.ndarray) -> np.ndarray:
         raise ValueError("non-finite pixel values")
     if high <= low:
         return np.zeros_like(values, dtype=np.float32)
-    return ((values - np.float32(low)) / np.float32(high - low)).astype(np.float32, copy=False)
+    values -= np.float32(low)
+    values *= np.float32(1.0 / (high - low))
+    return values
 
 
 # -- channels and geometry ----------------------------------------------------------------
 
 
-def _to_channels(image: np.ndarray, ds, cfg: PixelConfig) -> np.ndarray:
-    """``(F, H, W[, 3])`` -> ``(C, H, W)``."""
+def _planes(image: np.ndarray, cfg: PixelConfig) -> np.ndarray:
+    """``(F, H, W[, 3])`` -> ``(C, H, W)``, or ``(1, H, W)`` for grey (replicated after resizing)."""
     if cfg.frames == "stack":
-        grey = image @ _LUMA if image.ndim == 4 else image
-        return grey  # 3 frames -> 3 channels
+        return image @ _LUMA if image.ndim == 4 else image  # 3 frames -> 3 channels
     single = image[0]
     if single.ndim == 3:  # colour
         return single.transpose(2, 0, 1) if cfg.channels == 3 else (single @ _LUMA)[None]
-    return np.repeat(single[None], cfg.channels, axis=0)
+    return single[None]
 
 
 def _resize(image: np.ndarray, cfg: PixelConfig) -> np.ndarray:

@@ -17,22 +17,23 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
-from multiprocessing import get_context
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
 __all__ = [
     "CACHEDIR_TAG",
+    "LEVELS",
     "DicomRecord",
     "ImageItem",
-    "LEVELS",
     "Skipped",
     "expand_frames",
     "group_key",
     "image_items",
     "list_files",
+    "process_pool",
     "quiet_pydicom",
     "scan_file",
     "scan_folder",
@@ -53,10 +54,14 @@ _POOL_MIN_FILES = 512  # below this a process pool costs more than it saves
 
 @dataclass(frozen=True)
 class DicomRecord:
-    """One DICOM instance with pixel data; ``path`` is relative to the scanned root."""
+    """One DICOM instance with pixel data; ``path`` is relative to the scanned root.
+
+    ``patient_id`` is for patient-level splits only: it is left out of ``repr`` so that
+    logging or printing a record never shows it.
+    """
 
     path: str
-    patient_id: str
+    patient_id: str = field(repr=False)
     study_uid: str
     series_uid: str
     sop_uid: str
@@ -127,13 +132,29 @@ def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[S
     files = list_files(root)
     if workers > 0 and len(files) >= _POOL_MIN_FILES:
         chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with process_pool(workers) as pool:
             results = [r for part in pool.map(_scan_many, [str(root)] * len(chunks), chunks) for r in part]
     else:
         results = _scan_many(str(root), files)
     records = [r for r in results if isinstance(r, DicomRecord)]
     skipped = [r for r in results if isinstance(r, Skipped)]
     return records, skipped
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers start clean but fast.
+
+    ``forkserver`` (where available) forks workers from a server process that imported
+    the DICOM stack once; unlike plain ``fork`` it never copies a parent's threads (torch
+    starts several), and it avoids ``spawn``'s full interpreter start per worker.
+    """
+    methods = get_all_start_methods()
+    if "forkserver" in methods:
+        context = get_context("forkserver")
+        context.set_forkserver_preload(["medmm.data.dicom_cache"])
+    else:
+        context = get_context("spawn")
+    return ProcessPoolExecutor(max_workers=workers, mp_context=context)
 
 
 def _scan_many(root: str, rel_paths: Sequence[str]) -> list[DicomRecord | Skipped]:

@@ -106,10 +106,19 @@ class SimpleVocab:
         unk = self.unk_token_id
         return [self.index.get(w, unk) for w in self._split(text, self.lowercase)] or [unk]
 
-    def __call__(self, texts: Sequence[str], *, truncation: bool = True,
+    def __call__(self, texts: str | Sequence[str], *, truncation: bool = True,
                  max_length: int | None = None, return_overflowing_tokens: bool = False,
                  stride: int = 0, **_: Any) -> dict[str, list]:
-        """Encode ``texts``; windows of ``max_length`` overlapping by ``stride`` on overflow."""
+        """Encode ``texts``; windows of ``max_length`` overlapping by ``stride`` on overflow.
+
+        Like a Hugging Face tokenizer, one string gives a flat ``input_ids`` list (without
+        overflow). Options it does not use (``padding``, ``add_special_tokens``...) are ignored.
+        """
+        if isinstance(texts, str):
+            if not return_overflowing_tokens:
+                ids = self.encode(texts)
+                return {"input_ids": ids[:max_length] if truncation and max_length else ids}
+            texts = [texts]
         input_ids: list[list[int]] = []
         mapping: list[int] = []
         for doc, text in enumerate(texts):
@@ -119,22 +128,15 @@ class SimpleVocab:
             elif not return_overflowing_tokens:
                 windows = [ids[:max_length]]
             else:
-                step = max_length - stride
-                if step <= 0:
-                    raise ConfigError(f"stride ({stride}) must be smaller than max_length ({max_length})")
-                windows, start = [ids[:max_length]], 0
-                while start + max_length < len(ids):
-                    start += step
-                    windows.append(ids[start:start + max_length])
+                if not 0 <= stride < max_length:
+                    raise ConfigError(f"stride ({stride}) must be in [0, max_length={max_length})")
+                windows = _windows(ids, max_length, stride)
             input_ids.extend(windows)
             mapping.extend([doc] * len(windows))
         out: dict[str, list] = {"input_ids": input_ids}
         if return_overflowing_tokens:
             out["overflow_to_sample_mapping"] = mapping
         return out
-
-    def num_special_tokens_to_add(self, pair: bool = False) -> int:
-        return 0
 
     def fingerprint(self) -> str:
         """Stable hash of the vocabulary and its options (used in cache keys)."""
@@ -264,6 +266,29 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
+def _windows(ids: Sequence[int], size: int, stride: int) -> list[Sequence[int]]:
+    """Windows of at most ``size`` tokens, each starting ``size - stride`` after the previous
+    one, until the end of ``ids`` is covered (a short sequence is one window)."""
+    windows, start = [ids[:size]], 0
+    while start + size < len(ids):
+        start += size - stride
+        windows.append(ids[start:start + size])
+    return windows
+
+
+def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Special token ids a tokenizer puts before / after a single sequence (``[CLS]`` / ``[SEP]``)."""
+    if isinstance(tokenizer, SimpleVocab):
+        return [], []
+    bare = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("a", add_special_tokens=True)["input_ids"])
+    for i in range(len(full) - len(bare) + 1):
+        if full[i:i + len(bare)] == bare:
+            return full[:i], full[i + len(bare):]
+    raise ConfigError(f"cannot tell where {type(tokenizer).__name__} puts its special tokens; "
+                      "use long_text=truncate")
+
+
 def tokenize_cached(
     texts: Sequence[str],
     tokenizer: Any,
@@ -289,18 +314,7 @@ def tokenize_cached(
     """
     if long_text not in ("truncate", "chunk"):
         raise ConfigError(f"long_text must be 'truncate' or 'chunk', got {long_text!r}")
-    specials = int(tokenizer.num_special_tokens_to_add(pair=False)) if hasattr(
-        tokenizer, "num_special_tokens_to_add") else 0
-    if max_length <= specials:
-        raise ConfigError(f"max_length must exceed the {specials} special tokens, got {max_length}")
-    model_max = getattr(tokenizer, "model_max_length", None)
-    if isinstance(model_max, int) and model_max < 1_000_000 and max_length > model_max:
-        raise ConfigError(f"max_length {max_length} exceeds the tokenizer's limit of {model_max}")
     chunk = long_text == "chunk"
-    if chunk and not 0 <= stride < max_length - specials:
-        raise ConfigError(
-            f"stride must be in [0, {max_length - specials}) for max_length {max_length}, got {stride}")
-
     texts = list(texts)
     path = key = None
     if cache_dir is not None:
@@ -318,17 +332,37 @@ def tokenize_cached(
             except ValueError as exc:
                 logger.warning("ignoring tokenization cache %s: %s", path.name, exc)
 
+    # Checked on a cache miss only: a hit was written by a call with these same arguments,
+    # and the probe below is a tokenizer call the cached path should not make.
+    prefix, suffix = _special_affixes(tokenizer)
+    specials = len(prefix) + len(suffix)
+    if max_length <= specials:
+        raise ConfigError(f"max_length must exceed the {specials} special tokens, got {max_length}")
+    model_max = getattr(tokenizer, "model_max_length", None)
+    if isinstance(model_max, int) and model_max < 1_000_000 and max_length > model_max:
+        raise ConfigError(f"max_length {max_length} exceeds the tokenizer's limit of {model_max}")
+    if chunk and not 0 <= stride < max_length - specials:
+        raise ConfigError(
+            f"stride must be in [0, {max_length - specials}) for max_length {max_length}, got {stride}")
+
+    input_ids: list[Sequence[int]] = []
+    doc_index: list[int] | None = None
     if texts:
-        kwargs: dict[str, Any] = {"truncation": True, "max_length": max_length}
-        if chunk:
-            kwargs.update(return_overflowing_tokens=True, stride=stride)
+        kwargs: dict[str, Any] = {}
         if not isinstance(tokenizer, SimpleVocab):
             kwargs.update(padding=False, return_attention_mask=False, return_token_type_ids=False)
-        enc = tokenizer(texts, **kwargs)
-        input_ids = enc["input_ids"]
-        doc_index = enc["overflow_to_sample_mapping"] if chunk else None
-    else:
-        input_ids, doc_index = [], None
+        if chunk:
+            # Windowed here rather than with return_overflowing_tokens, whose output has
+            # changed across transformers releases (some 5.x versions drop later windows).
+            full = tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False,
+                             **kwargs)["input_ids"]
+            doc_index = []
+            for doc, ids in enumerate(full):
+                for window in _windows(ids, max_length - specials, stride):
+                    input_ids.append([*prefix, *window, *suffix])
+                    doc_index.append(doc)
+        else:
+            input_ids = tokenizer(texts, truncation=True, max_length=max_length, **kwargs)["input_ids"]
     corpus = TokenizedCorpus.from_lists(input_ids, doc_index, len(texts), long_text)
     if path is not None and key is not None:
         try:

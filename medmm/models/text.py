@@ -130,7 +130,7 @@ class HFTextEncoder(nn.Module):
         from transformers import AutoModel
 
         path = resolve_text_backbone(name_or_path)
-        kwargs: dict[str, Any] = {"local_files_only": True, "dtype": torch.float32}
+        kwargs: dict[str, Any] = {"local_files_only": True}
         try:
             try:
                 model = AutoModel.from_pretrained(path, attn_implementation=attn_implementation, **kwargs)
@@ -141,7 +141,7 @@ class HFTextEncoder(nn.Module):
                 model = AutoModel.from_pretrained(path, attn_implementation="eager", **kwargs)
         except (OSError, ValueError, KeyError) as exc:
             raise DataError(f"cannot load a text encoder from {path}: {exc}") from None
-        return cls(model, pooling=pooling)
+        return cls(model.float(), pooling=pooling)  # fp16 checkpoints train in fp32 + autocast
 
     @classmethod
     def from_config(cls, config: PretrainedConfig | str | os.PathLike[str], *,

@@ -1,0 +1,183 @@
+"""tabular-risk: regression, binary risk or Cox survival from a patient table."""
+
+from __future__ import annotations
+
+import csv
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from medmm.data.splits import check_no_leakage, group_split, write_splits
+from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table
+from medmm.errors import ConfigError, DataError
+from medmm.plugins import get_registry
+from medmm.task import DataBundle, Split, Task
+
+ARTIFACT = "tabular.json"
+
+
+class TableDataset(Dataset):
+    """Rows of a feature matrix with their targets and example index."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray | None) -> None:
+        self.x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+        self.y = None if y is None else torch.from_numpy(np.ascontiguousarray(y, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        return self.x[i], (self.y[i] if self.y is not None else torch.zeros(())), i
+
+    def __getitems__(self, idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Whole-batch indexing: one tensor gather instead of a Python loop per row."""
+        index = torch.as_tensor(idx)
+        y = self.y[index] if self.y is not None else torch.zeros(len(idx))
+        return self.x[index], y, index
+
+
+def _collate(batch: Any) -> Any:
+    return batch  # __getitems__ already built the batch tensors
+
+
+class TabularRiskTask(Task):
+    """Features through a scikit-learn-fitted preprocessor, then an MLP or linear risk model."""
+
+    preprocessor: Preprocessor
+    has_target: bool = True
+
+    # ------------------------------------------------------------------ helpers
+    def _problem(self, df: Any) -> str:
+        d = self.cfg["data"]
+        if d["problem"] != "auto":
+            return d["problem"]
+        if d["time"] or d["event"]:
+            return "survival"
+        if not d["target"]:
+            raise ConfigError("tabular-risk needs data.target (or data.time + data.event for survival)")
+        if d["target"] not in df.columns:
+            raise DataError(f"target column {d['target']!r} is not in the data; the data has {list(df.columns)}")
+        return "binary" if df[d["target"]].dropna().nunique() == 2 else "regression"
+
+    def _row_ids(self, df: Any) -> list[str]:
+        col = self.cfg["data"]["id_column"]
+        if col:
+            if col not in df.columns:
+                raise DataError(f"id column {col!r} is not in the data")
+            return df[col].astype(str).tolist()
+        return [str(i) for i in range(len(df))]
+
+    def _targets(self, t: Any) -> np.ndarray:
+        if self.problem == "survival":
+            return np.stack([t.time, t.event], axis=1).astype(np.float32)
+        return t.y.astype(np.float32)
+
+    # ------------------------------------------------------------------ training
+    def build_data(self, data_path: Path) -> DataBundle:
+        d = self.cfg["data"]
+        df = read_table(data_path)
+        self.problem = self._problem(df)
+        target = prepare_target(df, self.problem, d["target"], d["time"], d["event"])
+        ids_all = self._row_ids(df)
+        self._write_skipped([i for i, keep in zip(ids_all, target.mask) if not keep])
+        kept = df[target.mask].reset_index(drop=True)
+        ids = [i for i, keep in zip(ids_all, target.mask) if keep]
+        reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"]} - {None}
+        features = d["features"] or [c for c in df.columns if c not in reserved]
+        overrides = {**{c: "categorical" for c in d["categorical"] or []}, **{c: "numeric" for c in d["numeric"] or []}}
+        types = infer_column_types(kept, features, overrides)
+        y = self._targets(target)
+        groups = kept[d["group_column"]].astype(str).tolist() if d["group_column"] else None
+        strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
+        splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d["val_fraction"],
+                             test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+        if groups is not None:
+            check_no_leakage(splits, groups)
+        write_splits(self.run_dir / "splits.csv", ids, splits)
+        train = splits == "train"
+        self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
+        x = self.preprocessor.transform(kept)
+        self.label_names = [str(c) for c in target.classes] if target.classes is not None else None
+        self.features = features
+        if self.problem == "regression":  # train on a standardised target; predict in original units
+            self.y_mean, self.y_std = float(y[train].mean()), float(y[train].std() or 1.0)
+
+        def split(name: str) -> Split | None:
+            m = splits == name
+            if not m.any():
+                return None
+            return Split(TableDataset(x[m], y[m]), [i for i, k in zip(ids, m) if k], y[m])
+
+        desc = (f"{len(kept)} rows x {len(features)} features ({x.shape[1]} after encoding), "
+                f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
+        return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
+                          meta={"description": desc})
+
+    def _write_skipped(self, ids: list[str]) -> None:
+        with (self.run_dir / "skipped.csv").open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "reason"])
+            w.writerows([i, "missing target"] for i in ids)
+
+    def build_model(self) -> torch.nn.Module:
+        m = self.cfg["model"]
+        cls = get_registry().get("backbone", m["backbone"])
+        if cls.modality != "tabular":
+            raise ConfigError(f"model.backbone {m['backbone']!r} is a {cls.modality} backbone, not tabular")
+        factory = cls.load()
+        options = {"hidden": m["hidden"], "blocks": m["blocks"], "dropout": m["dropout"]}
+        accepted = inspect.signature(factory).parameters
+        kwargs = {k: v for k, v in options.items() if k in accepted}
+        torch.manual_seed(int(self.cfg["seed"]))
+        return factory(self.preprocessor.n_features, 1, **kwargs)
+
+    y_mean: float = 0.0
+    y_std: float = 1.0
+
+    def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        x, y, idx = batch
+        out = model(x).squeeze(-1)
+        result = {"output": out, "target": y if self.has_target else None, "index": idx}
+        if self.problem == "regression":
+            result["output"] = out * self.y_std + self.y_mean
+            if self.has_target:
+                z = (y - self.y_mean) / self.y_std
+                fn = torch.nn.functional.huber_loss if self.cfg["model"]["loss"] == "huber" else torch.nn.functional.mse_loss
+                result["loss"] = fn(out.float(), z)
+        return result
+
+    # ------------------------------------------------------------------ prediction
+    def save_artifacts(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"problem": self.problem, "label_names": self.label_names, "features": self.features,
+                   "y_mean": self.y_mean, "y_std": self.y_std, "preprocessor": self.preprocessor.to_json()}
+        (directory / ARTIFACT).write_text(json.dumps(payload, indent=1))
+
+    def load_artifacts(self, directory: Path) -> None:
+        try:
+            payload = json.loads((directory / ARTIFACT).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {directory / ARTIFACT}: {exc}") from None
+        self.problem, self.label_names = payload["problem"], payload["label_names"]
+        self.features, self.y_mean, self.y_std = payload["features"], payload["y_mean"], payload["y_std"]
+        self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
+
+    def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
+        d = self.cfg["data"]
+        df = read_table(data_path)
+        x = self.preprocessor.transform(df)
+        ids = self._row_ids(df)
+        y = None
+        cols = [d["time"], d["event"]] if self.problem == "survival" else [d["target"]]
+        if all(c and c in df.columns for c in cols):
+            target = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
+                                    positive_label=self.label_names[1] if self.label_names else None)
+            if target.mask.all():
+                y = self._targets(target)
+        self.has_target = y is not None
+        return Split(TableDataset(x, y), ids, y), _collate
