@@ -48,9 +48,20 @@ def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tup
     return header, rows
 
 
-def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None) -> Path:
-    """Atomically write the predictions CSV."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
+                      unit_columns: dict[str, dict[str, str]] | None = None) -> Path:
+    """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs)."""
     header, rows = prediction_rows(ev, problem, label_names)
+    extra = sorted({k for cols in (unit_columns or {}).values() for k in cols})
+    if extra:
+        header = [header[0], *extra, *header[1:]]
+        rows = [[r[0], *[unit_columns.get(r[0], {}).get(k, "") for k in extra], *r[1:]] for r in rows]
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:
@@ -58,6 +69,7 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
             writer = csv.writer(f)
             writer.writerow(header)
             writer.writerows(rows)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

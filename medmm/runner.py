@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import os
@@ -178,7 +179,7 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     if metrics and n_boot:
         (y_true, y_score), kw = trainer.metric_inputs(ev)
         ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=int(cfg.get("seed", 0)), **kw)
-    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names)
+    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"))
     record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics}
     with (run_dir / "metrics.jsonl").open("a") as f:
         f.write(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}) + "\n")
@@ -244,8 +245,14 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     ev = trainer.evaluate(model, split, collate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, ev, task.problem, task.label_names)
+    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None))
     msg = f"medmm predict: {len(ev.units)} predictions -> {out}"
+    skipped = getattr(split, "skipped", None)
+    if skipped:
+        report = out.with_name(out.stem + ".skipped.csv")
+        with report.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "reason"), *skipped])
+        msg += f"\n  {len(skipped)} inputs skipped -> {report}"
     if ev.targets is not None:
         metrics = trainer.metrics_of(ev)
         msg += "\n" + "\n".join(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())

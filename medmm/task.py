@@ -60,6 +60,7 @@ class Split:
     dataset: Dataset
     units: list[str]
     targets: Any = None  # per-example targets (numpy) for class weights / weighted sampling
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason), reported by predict
 
 
 @dataclass

@@ -14,6 +14,7 @@ A few deliberate problems exercise the skip path: ``README.txt`` (not DICOM),
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 from collections import Counter
@@ -101,8 +102,12 @@ def _choose_files(out_dir: Path) -> list[tuple[Path, str, str]]:
 
 
 def _demo_name(rel: str) -> str:
-    name = rel.replace("/", "_")
-    return name if name.lower().endswith(".dcm") else f"{name}.dcm"
+    """Flat file name. Nested source folders are named after patient IDs (dicomdirtests/<id>/...),
+    so their path is replaced by a short hash: no identifier reaches a file name."""
+    if "/" not in rel:
+        return rel if rel.lower().endswith(".dcm") else f"{rel}.dcm"
+    digest = hashlib.sha256(rel.encode()).hexdigest()[:10]
+    return f"{rel.split('/', 1)[0]}_{digest}.dcm"
 
 
 def _copy(source: Path, target: Path) -> None:

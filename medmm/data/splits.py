@@ -13,34 +13,29 @@ from medmm.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
-def _group_labels(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int) -> np.ndarray | None:
-    """One stratification label per group (its most common example label), if usable."""
+def _group_labels(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int) -> np.ndarray:
+    """One stratification label per group (its most common example label); one stratum without labels."""
     if labels is None or np.asarray(labels).ndim != 1:
-        return None
+        return np.zeros(n_groups, dtype=object)
     out = np.empty(n_groups, dtype=object)
     for g in range(n_groups):
         values, counts = np.unique(labels[group_ids == g].astype(str), return_counts=True)
         out[g] = values[counts.argmax()]
-    _, counts = np.unique(out.astype(str), return_counts=True)
-    return out if counts.min() >= 2 else None
+    return out
 
 
-def _take(idx: np.ndarray, strat: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split group indices ``idx`` into (rest, taken) with ``fraction`` taken."""
-    from sklearn.model_selection import train_test_split
-
-    n_take = int(round(fraction * len(idx)))
-    if fraction <= 0 or len(idx) < 2:
-        return idx, idx[:0]
-    n_take = min(max(n_take, 1), len(idx) - 1)
-    s = strat[idx] if strat is not None else None
-    if s is not None and (len(np.unique(s.astype(str))) > n_take or len(np.unique(s.astype(str))) > len(idx) - n_take):
-        s = None  # too few groups to stratify
-    try:
-        rest, taken = train_test_split(idx, test_size=n_take, random_state=seed, stratify=s)
-    except ValueError:
-        rest, taken = train_test_split(idx, test_size=n_take, random_state=seed)
-    return np.sort(rest), np.sort(taken)
+def _allocate(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Groups of one stratum for (val, test): proportional, but train keeps at least one, and a
+    stratum of three or more groups puts at least one in each held-out split that is asked for."""
+    n_val, n_test = int(round(val_fraction * n)), int(round(test_fraction * n))
+    if n >= 3:
+        n_val, n_test = max(n_val, int(val_fraction > 0)), max(n_test, int(test_fraction > 0))
+    while n - n_val - n_test < 1 and (n_val or n_test):
+        if n_val >= n_test:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
 
 
 def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarray | None = None,
@@ -49,6 +44,7 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
 
     Without ``groups`` every example is its own group. With them (patient IDs), every example
     of a patient lands in the same split — the leakage PyHealth once shipped cannot happen.
+    Each label stratum is allocated separately, so rare classes still reach the training split.
     """
     if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise DataError(f"split fractions must be in [0, 1) and sum below 1 (val {val_fraction}, test {test_fraction})")
@@ -58,12 +54,15 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
     if len(keys) != n:
         raise DataError("one group per example is required")
     uniq, group_ids = np.unique(keys, return_inverse=True)
-    strat = _group_labels(group_ids, None if labels is None else np.asarray(labels), len(uniq))
-    all_groups = np.arange(len(uniq))
-    rest, test = _take(all_groups, strat, test_fraction, seed)
-    train, val = _take(rest, strat, val_fraction / max(1e-9, 1 - test_fraction), seed + 1)
-    assignment = np.empty(len(uniq), dtype=object)
-    assignment[train], assignment[val], assignment[test] = "train", "val", "test"
+    strata = _group_labels(group_ids, None if labels is None else np.asarray(labels), len(uniq))
+    rng = np.random.default_rng(seed)
+    assignment = np.full(len(uniq), "train", dtype=object)
+    for stratum in sorted(set(strata.astype(str))):
+        members = np.flatnonzero(strata.astype(str) == stratum)
+        members = members[rng.permutation(len(members))]
+        n_val, n_test = _allocate(len(members), val_fraction, test_fraction)
+        assignment[members[:n_test]] = "test"
+        assignment[members[n_test : n_test + n_val]] = "val"
     return assignment[group_ids]
 
 

@@ -1,0 +1,225 @@
+"""image-cls: classify DICOM instances, series or studies from a folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from medmm.data.dicom import (
+    DicomImageDataset, PixelCache, PixelConfig, Skipped, group_key, image_items, labels_from_csv,
+    labels_from_folders, scan_folder, write_skipped_csv,
+)
+from medmm.data.splits import group_split, write_splits
+from medmm.errors import ConfigError, DataError
+from medmm.plugins import get_registry
+from medmm.task import DataBundle, Split, Task
+
+log = logging.getLogger("medmm")
+ARTIFACT = "image.json"
+
+
+def _example_seed(seed: int, epoch: int, index: int) -> int:
+    """A per-example augmentation seed: identical whatever worker or resume point draws it."""
+    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class AugmentedImages(Dataset):
+    """``(image [C,H,W] in [0,1], target, index)``; augmentations seeded per example and epoch."""
+
+    def __init__(self, base: DicomImageDataset, transform: Any | None, seed: int) -> None:
+        self.base, self.transform, self.seed, self.epoch = base, transform, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, int]:
+        image, label = self.base[i]
+        if self.transform is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_example_seed(self.seed, self.epoch, i))
+                image = self.transform(image)
+        return image, torch.as_tensor(label if label is not None else 0), i
+
+
+class Normalized(nn.Module):
+    """Applies the backbone's mean/std inside the model, so training and predict cannot disagree."""
+
+    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier.embed((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier((x - self.mean) / self.std)
+
+
+def _augmentation(d: dict[str, Any]) -> Any:
+    from torchvision.transforms import v2
+
+    steps: list[Any] = [v2.RandomResizedCrop(d["size"], scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+                        v2.RandomRotation(7)]
+    if d["hflip"]:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+class ImageClsTask(Task):
+    """Scan -> labels -> patient split -> decoded pixel cache -> timm backbone."""
+
+    problem = "multiclass"
+    has_target = True
+
+    # ------------------------------------------------------------------ data
+    def _pixel_config(self) -> PixelConfig:
+        d = self.cfg["data"]
+        return PixelConfig(size=d["size"], channels=d["channels"], window=d["window"], frames=d["frames"])
+
+    def _cache_dir(self) -> Path:
+        return Path(self.cfg["data"]["cache_dir"] or self.run_dir / "cache")
+
+    def _workers(self) -> int:
+        return max(1, min(4, int(self.cfg["engine"]["num_workers"]) or (os.cpu_count() or 1)))
+
+    def _scan(self, root: Path) -> tuple[Any, list[Skipped], PixelCache]:
+        if not root.is_dir():
+            raise DataError(f"image-cls expects a folder of DICOM files, got a file: {root}")
+        records, skipped = scan_folder(root, workers=self._workers())
+        if not records:
+            raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped; see skipped.csv)")
+        items = image_items(records, self.cfg["data"]["frames"])
+        cache = PixelCache.build(root, items, self._pixel_config(), self._cache_dir(), workers=self._workers())
+        return items, [*skipped, *cache.failed], cache
+
+    def _unit(self, item: Any) -> str:
+        level = self.cfg["data"]["level"]
+        return item.key if level == "instance" else group_key(item, level)
+
+    def _unit_columns(self, items: list[Any]) -> dict[str, dict[str, str]]:
+        """Extra predictions.csv columns per unit: UIDs, and the patient id only when asked (hashed)."""
+        out: dict[str, dict[str, str]] = {}
+        o = self.cfg["output"]
+        for item in items:
+            rec = item.record
+            cols = {"sop_instance_uid": rec.sop_uid} if self.cfg["data"]["level"] == "instance" else {}
+            if o["include_patient_id"]:
+                pid = rec.patient_id
+                cols["patient_id"] = hashlib.sha256(pid.encode()).hexdigest()[:16] if o["hash_patient_id"] else pid
+            out.setdefault(self._unit(item), cols)
+        return out
+
+    def build_data(self, data_path: Path) -> DataBundle:
+        d = self.cfg["data"]
+        root = Path(data_path)
+        items, skipped, cache = self._scan(root)
+        records = sorted({it.record for it in items}, key=lambda r: r.path)
+        labels = labels_from_csv(records, Path(d["labels"]), root=root) if d["labels"] else labels_from_folders(records)
+        skipped += [Skipped(p, "no label") for p in labels.unlabelled]
+        write_skipped_csv(skipped, self.run_dir / "skipped.csv")
+        if labels.unmatched:
+            (self.run_dir / "unmatched_labels.csv").write_text("key\n" + "".join(f"{k}\n" for k in labels.unmatched))
+        rows = [r for r, it in enumerate(cache.items) if it.key in cache.index and it.record.path in labels]
+        if not rows:
+            raise DataError(f"no labelled image in {root}: put images in one sub-folder per class, or pass "
+                            "data.labels=labels.csv")
+        self.label_names = [str(c) for c in labels.classes]
+        if len(self.label_names) < 2:
+            raise DataError(f"need at least two classes to train, found {self.label_names}")
+        self.problem = "multilabel" if labels.multi_label else ("binary" if len(self.label_names) == 2 else "multiclass")
+        targets = [labels.target(cache.items[r].record.path) for r in rows]
+        y = np.asarray(targets, dtype=np.float32 if labels.multi_label else np.int64)
+        patients = [group_key(cache.items[r], "patient") for r in rows]
+        splits = group_split(len(rows), groups=patients, labels=None if labels.multi_label else y,
+                             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+        units = [self._unit(cache.items[r]) for r in rows]
+        write_splits(self.run_dir / "splits.csv", [cache.items[r].key for r in rows], splits)
+        self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
+        seed = int(self.cfg["seed"])
+
+        def split(name: str, train: bool) -> Split | None:
+            idx = np.flatnonzero(splits == name)
+            if len(idx) == 0:
+                return None
+            base = DicomImageDataset(cache, [rows[i] for i in idx], [y[i].tolist() if y.ndim > 1 else int(y[i]) for i in idx])
+            ds = AugmentedImages(base, _augmentation(d) if train and d["augment"] else None, seed)
+            return Split(ds, [units[i] for i in idx], y[idx])
+
+        counts = {c: int((y == k).sum()) for k, c in enumerate(self.label_names)} if y.ndim == 1 else {}
+        desc = (f"{len(rows)} labelled DICOM images ({len(set(patients))} patients) from a folder scan; "
+                f"{len(skipped)} files skipped (see skipped.csv); classes {counts or self.label_names}; "
+                f"split by patient; unit of prediction: {d['level']}")
+        log.info(desc)
+        return DataBundle(split("train", True), split("val", False), split("test", False),
+                          meta={"description": desc, "unit_columns": self.unit_columns})
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> nn.Module:
+        d, m = self.cfg["data"], self.cfg["model"]
+        comp = get_registry().get("backbone", m["backbone"])
+        if comp.modality != "image":
+            raise ConfigError(f"model.backbone {m['backbone']!r} is a {comp.modality} backbone, not an image one")
+        from medmm.models.image import ImageClassifier
+
+        torch.manual_seed(int(self.cfg["seed"]))
+        kwargs = {"timm_name": comp.extra.get("timm_name", comp.name)}
+        backbone = comp.build(**kwargs, in_chans=d["channels"], img_size=d["size"], pretrained=m["pretrained"],
+                              weights=m["weights"], drop_rate=m["dropout"], drop_path_rate=m["drop_path"])
+        self.weights_source = getattr(backbone, "weights_source", "?")
+        n_out = 1 if self.problem == "binary" else len(self.label_names or [])
+        return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std)
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        x, y, idx = batch
+        out = model(x)
+        if self.problem == "binary":
+            out = out.squeeze(-1)
+        return {"output": out, "target": y if self.has_target else None, "index": idx}
+
+    # ------------------------------------------------------------------ predict
+    def save_artifacts(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / ARTIFACT).write_text(json.dumps(
+            {"problem": self.problem, "label_names": self.label_names, "pixels": self._pixel_config().to_dict()}, indent=1))
+
+    def load_artifacts(self, directory: Path) -> None:
+        try:
+            payload = json.loads((directory / ARTIFACT).read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {directory / ARTIFACT}: {exc}") from None
+        self.problem, self.label_names = payload["problem"], payload["label_names"]
+        if self.cfg["model"]["pretrained"] == "auto" and not self.cfg["model"]["weights"]:
+            self.cfg["model"]["pretrained"] = "none"  # the run's checkpoint holds the weights
+
+    def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
+        root = Path(data_path)
+        items, skipped, cache = self._scan(root)
+        rows = [r for r, it in enumerate(cache.items) if it.key in cache.index]
+        records = sorted({it.record for it in items}, key=lambda r: r.path)
+        names = self.label_names or []
+        folders = labels_from_folders(records)
+        known = all(cache.items[r].record.path in folders and folders[cache.items[r].record.path] in names for r in rows)
+        self.has_target = bool(rows) and known and self.problem != "multilabel"
+        y = np.asarray([names.index(folders[cache.items[r].record.path]) for r in rows] if self.has_target
+                       else [0] * len(rows), dtype=np.int64)
+        base = DicomImageDataset(cache, rows, y.tolist())
+        units = [self._unit(cache.items[r]) for r in rows]
+        split = Split(AugmentedImages(base, None, 0), units, y if self.has_target else None)
+        split.skipped = [(s.path, s.reason) for s in skipped]
+        self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
+        return split, None

@@ -1,0 +1,336 @@
+"""text-cls: classify clinical free text with a fine-tuned encoder or a from-scratch baseline.
+
+Two kinds of text backbone come out of the registry (``medmm backbones --modality text``):
+
+* a **pretrained-encoder factory** ``(name, *, name_or_path, pooling, pretrained) ->
+  (encoder, tokenizer)``, e.g. :func:`medmm.models.text.load_hf_encoder` (``minilm-l6``,
+  ``bert-tiny``, ``hf-local``); the tokenizer comes with the model;
+* an **encoder class** built from a vocabulary, ``cls(vocab_size, embedding_dim=..., **extra)``,
+  e.g. :class:`~medmm.models.text_baselines.TextCNN`; the vocabulary is built on the training
+  split (:class:`~medmm.data.text_batching.SimpleVocab`).
+
+Documents are tokenised once (cached on disk), batched by the engine with length buckets and
+padded per batch. With ``data.long_text=chunk`` a document becomes several overlapping windows
+whose :attr:`~medmm.task.Split.units` entry is the document's row id, so the engine averages the
+window probabilities back into one prediction per document.
+
+``RUN_DIR/artifacts`` holds the label map, the tokenizer (or vocabulary) and the encoder
+definition, so ``medmm predict`` rebuilds the model from the run directory alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import inspect
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from medmm.data.splits import check_no_leakage, group_split, write_splits
+from medmm.data.text import TextExamples, load_text_examples, read_table
+from medmm.data.text_batching import SimpleVocab, TokenizedTextDataset, pad_collate, tokenize_cached
+from medmm.errors import ConfigError, DataError
+from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
+from medmm.plugins import get_registry
+from medmm.registry import Component
+from medmm.task import DataBundle, Split, Task
+
+__all__ = ["TextClsTask"]
+
+logger = logging.getLogger("medmm.text_cls")
+
+ARTIFACT = "text_cls.json"
+ENCODER_DIR = "encoder"
+VOCAB_FILE = "vocab.json"
+_FORMAT = "medmm.text-cls"
+
+
+def _columns(value: Any) -> list[str]:
+    """A config value naming one column or a list of columns -> list of names."""
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _is_vocab_backbone(factory: Any) -> bool:
+    """An encoder class trained from a vocabulary (vs a factory returning encoder + tokenizer)."""
+    return isinstance(factory, type) and issubclass(factory, nn.Module)
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+@dataclass
+class _Docs:
+    """Tokenised documents of one split."""
+
+    examples: TextExamples
+    dataset: TokenizedTextDataset
+    units: list[str]  # row id per example (window)
+    targets: np.ndarray | None  # label per example (window)
+    lengths: np.ndarray  # tokens per example
+
+
+class TextClsTask(Task):
+    """Fine-tune a text encoder (or train a TextCNN / BiGRU baseline) on labelled documents."""
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        super().__init__(cfg, run_dir)
+        self.data_cfg: dict[str, Any] = cfg["data"]
+        self.model_cfg: dict[str, Any] = cfg["model"]
+        self.tokenizer: Any = None
+        self.multilabel = False
+        self._encoder: nn.Module | None = None  # built with its tokenizer; handed to build_model once
+        self._encoder_kwargs: dict[str, Any] = {}  # vocabulary baselines: constructor arguments
+        self._artifacts: Path | None = None
+
+    # ------------------------------------------------------------------ backbone
+    def _component(self) -> Component:
+        name = self.model_cfg["backbone"]
+        comp = get_registry().get("backbone", name)
+        if comp.modality != "text":
+            raise ConfigError(f"model.backbone {name!r} is a {comp.modality} backbone; "
+                              "see `medmm backbones --modality text`")
+        return comp
+
+    def _uses_vocab(self) -> bool:
+        return _is_vocab_backbone(self._component().load())
+
+    def _pretrained_encoder(self) -> tuple[nn.Module, Any]:
+        """``(encoder, tokenizer)`` from a pretrained-encoder factory, with a seeded init."""
+        m = self.model_cfg
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg.get("seed", 0)))  # randomly initialised parts (bert-tiny)
+            return self._component().load()(m["backbone"], name_or_path=m["name_or_path"],
+                                             pooling=m["pooling"])
+
+    def _vocab_encoder(self) -> nn.Module:
+        comp = self._component()
+        factory = comp.load()
+        kwargs = dict(self._encoder_kwargs)
+        vocab_size = kwargs.pop("vocab_size")
+        accepted = inspect.signature(factory).parameters
+        return factory(vocab_size, **{k: v for k, v in kwargs.items() if k in accepted}, **comp.extra)
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, data_path: Path, *, labels: bool, for_predict: bool = False) -> TextExamples:
+        d = self.data_cfg
+        text_cols, label_cols = _columns(d["text_column"]), _columns(d["label_column"])
+        id_col = d["id_column"]
+        df = read_table(data_path, string_columns=[c for c in (id_col, d["group_column"]) if c])
+        if for_predict and id_col and id_col not in df.columns:
+            logger.warning("id column %r is not in %s; predictions are keyed by row number",
+                           id_col, Path(data_path).name)
+            id_col = None
+        common = {"text_columns": text_cols, "id_column": id_col, "separator": d["separator"],
+                  "max_chars": int(d["max_chars"])}
+        if for_predict:
+            return load_text_examples(df, label_columns=label_cols if labels else [],
+                                      label_delimiter=d["label_delimiter"] if labels else None,
+                                      label_names=self.label_names, **common)
+        if not label_cols:
+            raise ConfigError("text-cls needs data.label_column: one column of classes, or a list "
+                              "of 0/1 columns (multi-label)")
+        return load_text_examples(df, label_columns=label_cols, label_delimiter=d["label_delimiter"],
+                                  group_column=d["group_column"], split_column=d["split_column"], **common)
+
+    def _set_problem(self, ex: TextExamples) -> None:
+        k = len(ex.label_names)
+        if ex.multilabel:
+            self.problem = "multilabel"
+        elif k == 2:
+            self.problem = "binary"
+        elif k > 2:
+            self.problem = "multiclass"
+        else:
+            raise DataError(f"text-cls needs at least two classes; the labels hold only {ex.label_names}")
+        self.label_names, self.multilabel = list(ex.label_names), ex.multilabel
+
+    def _tokenize(self, ex: TextExamples, cache_dir: Path | None) -> _Docs:
+        d = self.data_cfg
+        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=int(d["max_length"]),
+                                 cache_dir=cache_dir, long_text=d["long_text"], stride=int(d["stride"]))
+        doc = corpus.doc_index
+        targets = None if ex.labels is None else ex.labels[doc]
+        return _Docs(ex, TokenizedTextDataset(corpus, ex.labels), [ex.row_ids[i] for i in doc],
+                     targets, corpus.lengths)
+
+    def _cache_dir(self) -> Path:
+        return Path(self.data_cfg["cache_dir"] or self.run_dir / "cache").expanduser()
+
+    def _collate(self) -> functools.partial:
+        pad_id = getattr(self.tokenizer, "pad_token_id", None)
+        return functools.partial(pad_collate, pad_id=int(pad_id or 0))
+
+    # ------------------------------------------------------------------ training
+    def build_data(self, data_path: Path) -> DataBundle:
+        d = self.data_cfg
+        ex = self._read(data_path, labels=True)
+        self._set_problem(ex)
+        if _is_main():
+            self._write_skipped(ex)
+
+        if ex.splits is not None:
+            splits = np.asarray(ex.splits, dtype=object)
+            if ex.groups is not None:
+                check_no_leakage(splits, ex.groups)
+        else:
+            splits = group_split(len(ex), groups=ex.groups, labels=None if ex.multilabel else ex.labels,
+                                 val_fraction=float(d["val_fraction"]), test_fraction=float(d["test_fraction"]),
+                                 seed=int(self.cfg.get("seed", 0)))
+        if _is_main():
+            write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
+
+        parts: dict[str, TextExamples] = {}
+        for name in ("train", "val", "test"):
+            idx = np.flatnonzero(splits == name)
+            if name == "val":
+                # Evaluated every epoch in sequential batches: documents in length order make
+                # those batches nearly free of padding.
+                idx = idx[np.argsort([len(ex.texts[i]) for i in idx], kind="stable")]
+            parts[name] = ex.subset(idx)
+        if not len(parts["train"]):
+            raise DataError("the training split is empty; check data.split_column or the split fractions")
+
+        if self._uses_vocab():
+            m = self.model_cfg
+            self.tokenizer = SimpleVocab.build(parts["train"].texts, min_freq=int(m["vocab_min_freq"]),
+                                               max_size=int(m["vocab_size"]))
+            self._encoder_kwargs = {"vocab_size": len(self.tokenizer), "embedding_dim": int(m["embed_dim"])}
+            logger.info("vocabulary: %d words from the training split", len(self.tokenizer))
+        else:
+            self._encoder, self.tokenizer = self._pretrained_encoder()
+
+        cache = self._cache_dir()
+        docs = {name: self._tokenize(part, cache) if len(part) else None for name, part in parts.items()}
+        if int(self.cfg["engine"]["num_workers"]) > 0:
+            # Tokenising is done; forked DataLoader workers never call the tokenizer.
+            os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+        def split(name: str) -> Split | None:
+            part = docs[name]
+            return None if part is None else Split(part.dataset, part.units, part.targets)
+
+        train = docs["train"]
+        assert train is not None
+        return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
+                          lengths=train.lengths.tolist(), meta={"description": self._describe(ex, docs)})
+
+    def _describe(self, ex: TextExamples, docs: dict[str, _Docs | None]) -> str:
+        d = self.data_cfg
+        sizes = ", ".join(f"{name} {len(part.examples)}" for name, part in docs.items() if part is not None)
+        text = (f"{len(ex)} documents ({sizes}); {self.problem} over {len(self.label_names or [])} labels; "
+                f"backbone {self.model_cfg['backbone']}, max_length {d['max_length']}, long_text {d['long_text']}")
+        if d["long_text"] == "chunk":
+            windows = sum(len(part.units) for part in docs.values() if part is not None)
+            text += f" ({windows} windows)"
+        else:
+            cut = sum(int((part.lengths >= int(d["max_length"])).sum()) for part in docs.values() if part is not None)
+            if cut:
+                text += f"; {cut} documents cut at max_length (data.long_text=chunk reads them whole)"
+                logger.info("%d documents reach max_length=%s tokens and are truncated", cut, d["max_length"])
+        if ex.skipped:
+            text += f"; {len(ex.skipped)} rows skipped (skipped.csv)"
+        return text
+
+    def _write_skipped(self, ex: TextExamples) -> None:
+        """``skipped.csv``: row id and a fixed reason phrase (never cell contents)."""
+        path = self.run_dir / "skipped.csv"
+        rows = list(ex.skipped)
+        rows += [(rid, f"truncated to data.max_chars={self.data_cfg['max_chars']} characters (kept)")
+                 for rid in ex.truncated]
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "reason"])
+            writer.writerows(rows)
+
+    def build_model(self) -> nn.Module:
+        seed = int(self.cfg.get("seed", 0))
+        if self.label_names is None:
+            raise ConfigError("build_data or load_artifacts must run before build_model")
+        num_outputs = 1 if self.problem == "binary" else len(self.label_names)
+        if self._encoder_kwargs:  # vocabulary baseline
+            torch.manual_seed(seed)
+            return TextClassifier(self._vocab_encoder(), num_outputs, dropout=0.0)
+        encoder, self._encoder = self._encoder, None  # a second model gets its own encoder
+        if encoder is None:
+            if self._artifacts is not None:
+                encoder, _ = load_text_backbone(self._artifacts / ENCODER_DIR)
+            else:
+                encoder, _ = self._pretrained_encoder()
+        torch.manual_seed(seed)
+        return TextClassifier(encoder, num_outputs, dropout=float(self.model_cfg["dropout"]))
+
+    def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        logits = model(batch["input_ids"], batch["attention_mask"])
+        return {"output": logits, "target": batch.get("labels"), "index": batch["index"]}
+
+    def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
+        """Encoder at ``engine.lr * model.encoder_lr_scale``; the head at ``engine.lr``."""
+        inner = getattr(model, "module", model)
+        return [("encoder", list(inner.encoder.parameters()), float(self.model_cfg["encoder_lr_scale"])),
+                ("head", list(inner.head.parameters()), 1.0)]
+
+    # ------------------------------------------------------------------ prediction
+    def save_artifacts(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        payload: dict[str, Any] = {"format": _FORMAT, "version": 1, "problem": self.problem,
+                                   "label_names": self.label_names, "multilabel": self.multilabel,
+                                   "backbone": self.model_cfg["backbone"]}
+        if self._encoder_kwargs:
+            self.tokenizer.save(directory / VOCAB_FILE)
+            payload["vocab_encoder"] = self._encoder_kwargs
+        else:
+            if self._encoder is None or not hasattr(self._encoder, "save_pretrained"):
+                raise ConfigError(f"backbone {self.model_cfg['backbone']!r}: the encoder cannot be saved "
+                                  "for prediction (it needs a save_pretrained method)")
+            save_text_backbone(directory / ENCODER_DIR, self._encoder, self.tokenizer)
+        (directory / ARTIFACT).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+
+    def load_artifacts(self, directory: Path) -> None:
+        path = directory / ARTIFACT
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("format") != _FORMAT:
+                raise ValueError("not a text-cls artifact")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+        self.problem, self.label_names = payload["problem"], list(payload["label_names"])
+        self.multilabel = bool(payload["multilabel"])
+        self._artifacts = directory
+        if "vocab_encoder" in payload:
+            self.tokenizer = SimpleVocab.load(directory / VOCAB_FILE)
+            self._encoder_kwargs = dict(payload["vocab_encoder"])
+        else:
+            self._encoder, self.tokenizer = load_text_backbone(directory / ENCODER_DIR)
+
+    def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
+        """Every row with text is predicted; labels, when the file has them all, give metrics."""
+        ex = self._read(data_path, labels=False, for_predict=True)
+        if ex.skipped:
+            logger.warning("not predicted: %s", ex.skip_summary())
+        labels = None
+        if _columns(self.data_cfg["label_column"]):
+            try:
+                labelled = self._read(data_path, labels=True, for_predict=True)
+            except DataError:
+                labelled = None  # no label columns, or no usable label
+            if labelled is not None and labelled.row_ids == ex.row_ids:
+                labels = labelled.labels
+            elif labelled is not None:
+                logger.warning("some rows have missing or unknown labels: predictions only, no metrics")
+        ex.labels = labels
+        docs = self._tokenize(ex, cache_dir=None)
+        return Split(docs.dataset, docs.units, docs.targets), self._collate()

@@ -1,0 +1,113 @@
+"""image-cls end to end through the public CLI on real DICOM files (pydicom + pydicom-data)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medmm.data.dicom_demo import build_demo
+from tests.conftest import run_cli
+
+FAST = ["--set", "model.backbone=resnet18", "--set", "model.pretrained=none", "--set", "data.size=64",
+        "--set", "engine.epochs=2", "--set", "engine.bootstrap=50", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("img")
+    data = build_demo(root / "dicom")
+    run = root / "run"
+    out = run_cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return data, run
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_writes_every_output_and_accounts_for_every_file(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "report.html", "model_card.md",
+                 "splits.csv", "skipped.csv", "checkpoints/best/model.safetensors", "checkpoints/last/trainer.pt"):
+        assert (run / name).exists(), name
+    files = [p for p in data.rglob("*") if p.is_file()]
+    splits, skipped = _rows(run / "splits.csv"), _rows(run / "skipped.csv")
+    assert len(splits) + len(skipped) == len(files)
+    reasons = {r["path"]: r["reason"] for r in skipped}
+    assert {"README.txt", "US/.DS_Store", "MR/MR_truncated.dcm"} <= set(reasons)
+    assert "truncated" in reasons["MR/MR_truncated.dcm"]
+
+
+def test_patients_never_cross_splits(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    by_patient: dict[str, set[str]] = {}
+    for row in _rows(run / "splits.csv"):
+        ds = pydicom.dcmread(data / row["id"], stop_before_pixels=True)
+        pid = str(ds.get("PatientID", "") or "")
+        if pid:  # files without a PatientID fall back to their study (they are not one patient)
+            by_patient.setdefault(pid, set()).add(row["split"])
+    assert all(len(s) == 1 for s in by_patient.values()), by_patient
+    assert len(by_patient) > 3
+
+
+def test_predictions_are_keyed_by_path_and_uid_without_phi(trained: tuple[Path, Path]) -> None:
+    data, run = trained
+    rows = _rows(run / "predictions.csv")
+    assert rows and {"id", "sop_instance_uid", "predicted", "true"} <= set(rows[0])
+    probs = [[float(v) for k, v in r.items() if k.startswith("prob_")] for r in rows]
+    assert all(abs(sum(p) - 1) < 1e-4 for p in probs)
+    phi = set()
+    for path in data.rglob("*.dcm"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        for tag in ("PatientName", "PatientID", "PatientBirthDate"):
+            value = str(ds.get(tag, "") or "")
+            if len(value) >= 5:
+                phi.add(value)
+    assert phi
+    for out in run.rglob("*"):
+        if out.is_file() and out.suffix in {".csv", ".json", ".jsonl", ".md", ".html", ".yaml", ".log"}:
+            text = out.read_text(errors="ignore")
+            leaked = [v for v in phi if v in text]
+            assert not leaked, (out, leaked[:3])
+
+
+def test_predict_reuses_the_run_and_matches_its_predictions(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = trained
+    out = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "predictions" in out.stdout and "skipped" in out.stdout
+    new = {r["id"]: r for r in _rows(tmp_path / "p.csv")}
+    old = _rows(run / "predictions.csv")
+    assert len(new) == len(_rows(run / "splits.csv"))
+    for r in old:
+        assert new[r["id"]]["predicted"] == r["predicted"]
+        assert abs(float(new[r["id"]]["prob_CT"]) - float(r["prob_CT"])) < 1e-5
+    assert len(_rows(tmp_path / "p.skipped.csv")) == 3
+
+
+def test_series_level_pools_instances(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    data, _ = trained
+    run = tmp_path / "series"
+    out = run_cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST,
+                  "--set", "data.level=series", "--set", "engine.epochs=1")
+    assert out.returncode == 0, out.stderr[-3000:]
+    ids = [r["id"] for r in _rows(run / "predictions.csv")]
+    assert ids and all(i.startswith(("series:", "path:")) for i in ids) and len(ids) == len(set(ids))
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["sizes"]["test"] >= len(ids)
+
+
+def test_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("hello")
+    out = run_cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *FAST)
+    assert out.returncode == 2 and "no readable DICOM image" in out.stderr and "Traceback" not in out.stderr
