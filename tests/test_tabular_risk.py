@@ -1,0 +1,115 @@
+"""tabular-risk end to end through the CLI on real tables (scikit-learn and lifelines data sets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import run_cli
+
+QUICK = ["--set", "engine.bootstrap=100", "--quiet"]
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def diabetes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from sklearn.datasets import load_diabetes
+
+    root = tmp_path_factory.mktemp("diab")
+    df = load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"})
+    df.loc[3, "progression"] = None  # a row without a target is skipped, not fatal
+    data = root / "diabetes.csv"
+    df.to_csv(data, index_label="patient")
+    run = root / "run"
+    out = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=progression",
+                  "--set", "data.id_column=patient", "--set", "model.backbone=linear", "--set", "engine.epochs=60", *QUICK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return data, run
+
+
+def test_regression_matches_ridge_on_the_same_split(diabetes: tuple[Path, Path]) -> None:
+    from sklearn.linear_model import Ridge
+    from sklearn.metrics import r2_score
+
+    data, run = diabetes
+    s = _summary(run)
+    df = pd.read_csv(data).dropna(subset=["progression"])
+    split = pd.read_csv(run / "splits.csv").set_index("id")["split"]
+    which = df.patient.map(split)
+    x, y = df.drop(columns=["patient", "progression"]), df.progression
+    ridge = Ridge(alpha=1.0).fit(x[which == "train"], y[which == "train"])
+    reference = r2_score(y[which == "test"], ridge.predict(x[which == "test"]))
+    assert s["metrics"]["r2"] > reference - 0.08, (s["metrics"]["r2"], reference)
+    skipped = list(csv.DictReader((run / "skipped.csv").open()))
+    assert skipped == [{"id": "3", "reason": "missing target"}]
+    preds = pd.read_csv(run / "predictions.csv")
+    assert list(preds.columns) == ["id", "prediction", "true"] and len(preds) == s["sizes"]["test"]
+    assert preds.prediction.between(0, 400).all()  # original units, not standardised ones
+    art = json.loads((run / "artifacts" / "tabular.json").read_text())
+    assert art["preprocessor"] and not list((run / "artifacts").glob("*.pkl"))
+
+
+def test_predict_on_a_table_without_target(diabetes: tuple[Path, Path], tmp_path: Path) -> None:
+    data, run = diabetes
+    df = pd.read_csv(data).drop(columns=["progression"]).head(20)
+    df.to_csv(tmp_path / "new.csv", index=False)
+    out = run_cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 0, out.stderr
+    preds = pd.read_csv(tmp_path / "p.csv")
+    assert len(preds) == 20 and list(preds.columns) == ["id", "prediction"]
+    df.drop(columns=["bmi"]).to_csv(tmp_path / "bad.csv", index=False)
+    bad = run_cli("predict", str(run), "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv"))
+    assert bad.returncode == 2 and "bmi" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_binary_risk_on_breast_cancer(tmp_path: Path) -> None:
+    from sklearn.datasets import load_breast_cancer
+
+    df = load_breast_cancer(as_frame=True).frame
+    df["target"] = df["target"].map({0: "malignant", 1: "benign"})
+    df.to_csv(tmp_path / "bc.csv", index=False)
+    run = tmp_path / "run"
+    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run),
+                  "--set", "data.target=target", "--set", "engine.epochs=30", "--set", "model.backbone=linear", *QUICK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = _summary(run)
+    assert s["metrics"]["auroc"] > 0.95
+    lo, hi = s["ci"]["auroc"]
+    assert lo <= s["metrics"]["auroc"] <= hi
+    assert "prob_malignant" in pd.read_csv(run / "predictions.csv").columns
+
+
+def test_survival_cox_on_gbsg2(tmp_path: Path) -> None:
+    lifelines = pytest.importorskip("lifelines")
+    df = lifelines.datasets.load_gbsg2()  # categorical columns: horTh, menostat, tgrade
+    df.to_csv(tmp_path / "gbsg2.csv", index=False)
+    run = tmp_path / "run"
+    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "gbsg2.csv"), "--out", str(run),
+                  "--set", "data.time=time", "--set", "data.event=cens", "--set", "engine.batch_size=256",
+                  "--set", "engine.epochs=40", "--set", "model.backbone=linear", *QUICK)
+    assert out.returncode == 0, out.stderr[-3000:]
+    s = _summary(run)
+    assert s["monitor"] == "c_index" and s["metrics"]["c_index"] > 0.6
+    assert list(pd.read_csv(run / "predictions.csv").columns) == ["id", "risk", "time", "event"]
+
+
+@pytest.mark.parametrize("edit, overrides, message", [
+    (lambda df: df, ["data.target=nope"], "'nope' is not in the data"),
+    (lambda df: df.assign(bmi=df.bmi.astype(str).where(df.index % 7 > 0, "high")), ["data.target=progression"], "bmi"),
+    (lambda df: df.assign(progression=1.0), ["data.target=progression"], "constant"),
+])
+def test_bad_tables_give_one_clear_line(tmp_path: Path, edit, overrides, message) -> None:
+    from sklearn.datasets import load_diabetes
+
+    df = edit(load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"}))
+    df.to_csv(tmp_path / "t.csv", index=False)
+    args = [a for o in overrides for a in ("--set", o)]
+    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), *args, *QUICK)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
