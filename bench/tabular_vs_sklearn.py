@@ -140,11 +140,15 @@ def make_split(df: pd.DataFrame, features: list[str], seed: int) -> Split:
 MEDMM_MODELS = {
     "medmm linear": lambda d: TabularLinear(d, 1),
     "medmm mlp": lambda d: TabularMLP(d, 1, hidden=128, blocks=2, dropout=0.1),
+    "medmm mlp batchnorm d0.3": lambda d: TabularMLP(d, 1, hidden=128, blocks=2, dropout=0.3, norm="batch"),
+    "medmm mlp layernorm d0.3": lambda d: TabularMLP(d, 1, hidden=128, blocks=2, dropout=0.3, norm="layer"),
 }
 # linear: full batch, larger lr; mlp: minibatches
 TRAIN_ARGS = {
     "medmm linear": dict(epochs=2000, lr=1e-2, batch_size=None, patience=200),
     "medmm mlp": dict(epochs=300, lr=1e-3, weight_decay=1e-2, batch_size=64, patience=30),
+    "medmm mlp batchnorm d0.3": dict(epochs=300, lr=3e-4, weight_decay=1e-2, batch_size=64, patience=30),
+    "medmm mlp layernorm d0.3": dict(epochs=300, lr=3e-4, weight_decay=1e-2, batch_size=64, patience=30),
 }
 
 

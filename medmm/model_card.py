@@ -56,7 +56,7 @@ def write_model_card(
     command that reproduces the run (default: ``medmm run <task> --data <DATA> --config
     config.yaml``, with ``config`` saved as ``config.yaml``).
     """
-    from medmm.report import write_text_atomic
+    from medmm.io import write_text_atomic
 
     command = command or f"medmm run {task} --data <DATA> --config config.yaml"
     sections = [

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from medmm.io import atomic_write
 
 
 def _label_names(problem: str, names: list[str] | None, k: int) -> list[str]:
@@ -48,12 +48,6 @@ def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tup
     return header, rows
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
                       unit_columns: dict[str, dict[str, str]] | None = None) -> Path:
     """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs)."""
@@ -62,16 +56,8 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
     if extra:
         header = [header[0], *extra, *header[1:]]
         rows = [[r[0], *[unit_columns.get(r[0], {}).get(k, "") for k in extra], *r[1:]] for r in rows]
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return Path(path)

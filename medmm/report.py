@@ -13,8 +13,6 @@ import html
 import io
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,11 +22,12 @@ import numpy as np
 
 from medmm import __version__
 from medmm import metrics as M
+from medmm.io import write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["write_report", "write_text_atomic"]
+__all__ = ["write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +108,6 @@ def write_report(
     path = Path(path)
     write_text_atomic(path, page)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- HTML

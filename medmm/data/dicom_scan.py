@@ -275,15 +275,13 @@ def _int(ds, keyword: str, default: int = 0) -> int:
 
 def write_skipped_csv(skipped: Iterable[Skipped], path: Path) -> Path:
     """Write ``path,reason`` rows (relative paths only, no header values) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    from medmm.io import atomic_write
+
+    with atomic_write(path, newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "reason"])
         writer.writerows((s.path, s.reason) for s in skipped)
-    os.replace(tmp, path)
-    return path
+    return Path(path)
 
 
 def expand_frames(records: Iterable[DicomRecord]) -> list[ImageItem]:

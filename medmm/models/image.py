@@ -332,10 +332,11 @@ def _strip_outer_prefix(state: dict[str, torch.Tensor], target: Mapping[str, tor
     anchor = next(iter(target), None)
     if anchor is None or anchor in state:
         return state
-    prefixes = [k[: -len(anchor)] for k in state if k.endswith("." + anchor)]
-    if len(prefixes) != 1:
+    prefixes = {k[: -len(anchor)] for k in state if k.endswith("." + anchor)}
+    if not prefixes:
         return state
-    prefix = prefixes[0]
+    # e.g. "backbone.model." (a medmm classifier) beats "backbone.model.layer1.0." for anchor conv1.weight
+    prefix = max(prefixes, key=lambda p: sum(k[len(p):] in target for k in state if k.startswith(p)))
     logger.debug("checkpoint keys: using those under %r", prefix)
     return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
 

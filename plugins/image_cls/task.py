@@ -184,6 +184,15 @@ class ImageClsTask(Task):
         n_out = 1 if self.problem == "binary" else len(self.label_names or [])
         return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std)
 
+    def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
+        """Backbone at ``model.backbone_lr_scale`` x the head's learning rate (0 freezes it)."""
+        scale = float(self.cfg["model"]["backbone_lr_scale"])
+        backbone = list(model.classifier.backbone.parameters())
+        if scale == 0:
+            for p in backbone:
+                p.requires_grad_(False)
+        return [("backbone", backbone, scale), ("head", list(model.classifier.head.parameters()), 1.0)]
+
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
         x, y, idx = batch
         out = model(x)

@@ -36,7 +36,13 @@ from torch import nn
 
 from medmm.data.splits import check_no_leakage, group_split, write_splits
 from medmm.data.text import TextExamples, load_text_examples, read_table
-from medmm.data.text_batching import SimpleVocab, TokenizedTextDataset, pad_collate, tokenize_cached
+from medmm.data.text_batching import (
+    SimpleVocab,
+    TokenizedCorpus,
+    TokenizedTextDataset,
+    pad_collate,
+    tokenize_cached,
+)
 from medmm.errors import ConfigError, DataError
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
 from medmm.plugins import get_registry
@@ -155,10 +161,15 @@ class TextClsTask(Task):
             raise DataError(f"text-cls needs at least two classes; the labels hold only {ex.label_names}")
         self.label_names, self.multilabel = list(ex.label_names), ex.multilabel
 
-    def _tokenize(self, ex: TextExamples, cache_dir: Path | None) -> _Docs:
+    def _tokenize(self, ex: TextExamples, cache_dir: Path | None, *, by_length: bool = False) -> _Docs:
+        """Tokenise one split; ``by_length`` orders its sequences shortest first."""
         d = self.data_cfg
         corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=int(d["max_length"]),
                                  cache_dir=cache_dir, long_text=d["long_text"], stride=int(d["stride"]))
+        if by_length:
+            order = np.argsort(corpus.lengths, kind="stable")
+            corpus = TokenizedCorpus.from_lists([corpus[i] for i in order], corpus.doc_index[order],
+                                                corpus.num_docs, corpus.mode)
         doc = corpus.doc_index
         targets = None if ex.labels is None else ex.labels[doc]
         return _Docs(ex, TokenizedTextDataset(corpus, ex.labels), [ex.row_ids[i] for i in doc],
@@ -190,14 +201,7 @@ class TextClsTask(Task):
         if _is_main():
             write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
 
-        parts: dict[str, TextExamples] = {}
-        for name in ("train", "val", "test"):
-            idx = np.flatnonzero(splits == name)
-            if name == "val":
-                # Evaluated every epoch in sequential batches: documents in length order make
-                # those batches nearly free of padding.
-                idx = idx[np.argsort([len(ex.texts[i]) for i in idx], kind="stable")]
-            parts[name] = ex.subset(idx)
+        parts = {name: ex.subset(np.flatnonzero(splits == name)) for name in ("train", "val", "test")}
         if not len(parts["train"]):
             raise DataError("the training split is empty; check data.split_column or the split fractions")
 
@@ -211,7 +215,10 @@ class TextClsTask(Task):
             self._encoder, self.tokenizer = self._pretrained_encoder()
 
         cache = self._cache_dir()
-        docs = {name: self._tokenize(part, cache) if len(part) else None for name, part in parts.items()}
+        # val is evaluated every epoch in sequential batches: in length order they hold
+        # almost no padding.
+        docs = {name: self._tokenize(part, cache, by_length=name == "val") if len(part) else None
+                for name, part in parts.items()}
         if int(self.cfg["engine"]["num_workers"]) > 0:
             # Tokenising is done; forked DataLoader workers never call the tokenizer.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
