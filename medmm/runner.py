@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -146,6 +145,8 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
                                    "monitor": fit.monitor, "best_value": fit.state.best_value}
         if split is not None:
             out_eval = trainer.evaluate(model, split, bundle.collate_fn)
+            sections = task.report_sections(lambda: trainer.metrics_of(trainer.evaluate(model, split, bundle.collate_fn)))
+            bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []), *sections]
             if main:
                 summary.update(_finish(task, trainer, fit, out_eval, split_name, run_dir, cfg, spec, bundle))
         if main:

@@ -112,6 +112,15 @@ class Task:
         """Optional ``(group name, parameters, lr multiplier)``, e.g. encoder vs head."""
         return None
 
+    def report_sections(self, evaluate: Callable[[], dict[str, float]]) -> list[tuple[str, str]]:
+        """Optional extra report sections ``(heading, html)`` from the trained model.
+
+        ``evaluate()`` returns the test (or val) metrics under the task's current state, so a
+        task can change how it feeds the model (e.g. mask a modality) and evaluate again.
+        Called on every rank under torchrun; only rank 0's sections are written.
+        """
+        return []
+
     # -- persistence for ``medmm predict`` -------------------------------------------------
     def save_artifacts(self, directory: Path) -> None:
         """Write what prediction needs besides weights (label map, tokenizer, preprocessor)."""

@@ -9,7 +9,7 @@ With frozen encoders the fusion task computes each modality's embeddings once::
         emb = encode_all(texts)            # float array, one row per item, in input order
         cache.save(key, emb)
 
-Arrays are stored as plain ``.npy`` files, written atomically (temporary file + ``os.replace``)
+Arrays are stored as plain ``.npy`` files, written atomically (:func:`medmm.io.atomic_write`)
 and read back memory-mapped with ``allow_pickle=False``: a cache file can never execute code.
 Fingerprints are order-sensitive because row ``i`` of the array belongs to item ``i``.
 The cache folder is tagged with ``CACHEDIR.TAG`` so backup tools and medmm's DICOM scanner
@@ -23,7 +23,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medmm.errors import DataError
+from medmm.io import atomic_write
 
 if TYPE_CHECKING:
     from torch import nn
@@ -94,16 +94,8 @@ class EmbeddingCache:
             raise DataError("embeddings must be a numeric array; object arrays would need pickle")
         path = self.path(key)
         self._ensure_dir()
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key[:16]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, array, allow_pickle=False)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as f:
+            np.save(f, array, allow_pickle=False)
         return path
 
     def _ensure_dir(self) -> None:

@@ -1,4 +1,4 @@
-"""Text tables: read CSV / TSV / JSONL / Parquet files and turn rows into labelled examples.
+"""Text tables: turn the rows of a table (:func:`medmm.data.tables.read_table`) into labelled examples.
 
 Bad rows never stop a run: a row with no text, a missing or unknown label, a missing id /
 group / split value is left out and recorded in :attr:`TextExamples.skipped` as
@@ -18,71 +18,19 @@ import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medmm.data.tables import read_table
 from medmm.errors import ConfigError, DataError
 
-__all__ = ["TextExamples", "load_text_examples", "read_table", "TABLE_SUFFIXES"]
+__all__ = ["TextExamples", "load_text_examples", "read_table"]
 
 logger = logging.getLogger(__name__)
-
-#: Recognised table suffixes (optionally followed by a compression suffix such as ``.gz``).
-TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
-                  ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
-_COMPRESSION_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst"}
 _SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
                   "validation": "val", "dev": "val", "test": "test", "testing": "test"}
-
-
-def _table_format(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] in _COMPRESSION_SUFFIXES:
-        suffixes = suffixes[:-1]
-    fmt = TABLE_SUFFIXES.get(suffixes[-1]) if suffixes else None
-    if fmt is None:
-        known = ", ".join(sorted(TABLE_SUFFIXES))
-        raise DataError(f"cannot read {path.name!r}: unknown table format (expected one of {known})")
-    return fmt
-
-
-def read_table(path: Path | str, *, string_columns: Iterable[str] = ()) -> pd.DataFrame:
-    """Read a CSV, TSV, JSONL or Parquet file, chosen by suffix (``.gz`` etc. allowed).
-
-    Text files must be UTF-8 (a byte-order mark is accepted). ``string_columns`` are read as
-    strings so identifiers such as ``"007"`` keep their leading zeros (CSV / TSV only; other
-    formats store types). Every failure is a :class:`DataError` that names the file.
-    """
-    path = Path(path)
-    fmt = _table_format(path)
-    if not path.is_file():
-        raise DataError(f"table not found: {path}" if not path.exists() else f"not a file: {path}")
-    dtype = {c: str for c in string_columns} or None
-    try:
-        if fmt in ("csv", "tsv"):
-            return pd.read_csv(path, sep="," if fmt == "csv" else "\t", dtype=dtype,
-                               encoding="utf-8-sig", low_memory=False)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
-        return pd.read_parquet(path)
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
-            "re-save the file as UTF-8"
-        ) from None
-    except ImportError as exc:  # no parquet engine
-        raise DataError(
-            f"cannot read {path}: reading Parquet needs pyarrow (pip install pyarrow): {exc}"
-        ) from None
-    except pd.errors.EmptyDataError:
-        raise DataError(f"cannot read {path}: the file is empty") from None
-    except (pd.errors.ParserError, ValueError, OSError) as exc:
-        # Parser messages name line numbers and sizes, never cell contents.
-        msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise DataError(f"cannot read {path} as {fmt.upper()}: {msg}") from None
 
 
 @dataclass

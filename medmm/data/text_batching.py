@@ -20,9 +20,7 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medmm.errors import ConfigError, DataError
+from medmm.io import atomic_write, write_bytes_atomic
 
 __all__ = [
     "SimpleVocab",
@@ -125,7 +124,7 @@ class SimpleVocab:
         path = Path(path)
         payload = {"format": "medmm.SimpleVocab", "version": 1, "lowercase": self.lowercase,
                    "pattern": self._PATTERN.pattern, "tokens": self.tokens}
-        _atomic_write_bytes(path, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
+        write_bytes_atomic(path, json.dumps(payload, ensure_ascii=False).encode("utf-8"))
         return path
 
     @classmethod
@@ -183,18 +182,10 @@ class TokenizedCorpus:
 
     def save(self, path: Path | str, key: str = "") -> None:
         """Write the corpus as an uncompressed ``.npz`` (no pickled objects), atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, ids=self.ids, offsets=self.offsets, doc_index=self.doc_index,
-                         num_docs=np.int64(self.num_docs), mode=np.str_(self.mode),
-                         key=np.str_(key), version=np.int64(_CACHE_VERSION))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path, "wb") as fh:
+            np.savez(fh, ids=self.ids, offsets=self.offsets, doc_index=self.doc_index,
+                     num_docs=np.int64(self.num_docs), mode=np.str_(self.mode),
+                     key=np.str_(key), version=np.int64(_CACHE_VERSION))
 
     @classmethod
     def load(cls, path: Path | str, key: str | None = None) -> TokenizedCorpus:
@@ -347,18 +338,6 @@ def tokenize_cached(
         except OSError as exc:  # a read-only cache must not stop training
             logger.warning("could not write tokenization cache %s: %s", path, exc)
     return corpus
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------- dataset + collate

@@ -16,7 +16,8 @@ def register_tasks(register):
         summary="combine report text, DICOM images and tabular features; robust to a missing modality",
         config=path("fusion"),
         impl="medmm_plugins.fusion.task:FusionTask",
-        choices={"model.mode": ["finetune", "frozen"]},
+        choices={"model.mode": ["frozen", "finetune"], "model.pooling": ["mean", "cls"],
+                 "data.channels": [1, 3], "model.image_pretrained": ["auto", "none", "path"]},
         demo="medmm_plugins.fusion.demo:build",
     ))
 

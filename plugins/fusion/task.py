@@ -1,0 +1,582 @@
+"""fusion: one model over report text, a DICOM image and tabular features per row.
+
+Input is a table (CSV, TSV, JSONL, Parquet) with one row per unit (study or patient). Each row
+may lack a modality: an empty text cell, an empty / missing / unreadable image path, or all
+tabular cells empty. The row is kept and the model gets a presence mask; a row with no modality
+at all, or without a label, is listed in ``skipped.csv`` (row id and reason, no cell contents).
+
+The encoders are the registered backbones of the single-modality tasks (``medmm backbones``).
+``model.mode=frozen`` computes the text and image embeddings once, caches them on disk keyed by
+data + encoder (:mod:`medmm.data.embedding_cache`) and trains the head (and the small tabular
+encoder) only; ``model.mode=finetune`` trains everything end to end, the encoders at
+``engine.lr * model.encoder_lr_scale``.
+
+An image cell names a DICOM file, a series folder or a study folder (relative to the table):
+the row's image is the middle instance (in file order) of its largest series.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import inspect
+import json
+import logging
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from medmm.data.dicom import DicomRecord, PixelCache, PixelConfig
+from medmm.data.dicom_scan import list_files, scan_file
+from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
+from medmm.data.splits import group_split, write_splits
+from medmm.data.tables import read_table
+from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
+from medmm.errors import ConfigError, DataError
+from medmm.io import write_text_atomic
+from medmm.models.fusion import modality_dropout
+from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
+from medmm.plugins import get_registry
+from medmm.task import DataBundle, Split, Task
+
+__all__ = ["FusionTask"]
+
+log = logging.getLogger("medmm.fusion")
+ARTIFACT = "fusion.json"
+TEXT_DIR = "text_encoder"
+_FORMAT = "medmm.fusion"
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
+
+
+def _is_main() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class FusionRows(Dataset):
+    """One dict per row: mask, label, index and each modality's input or cached embedding."""
+
+    def __init__(self, rows: np.ndarray, data: dict[str, Any], labels: np.ndarray | None) -> None:
+        self.rows, self.data, self.labels = rows, data, labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        r = int(self.rows[i])
+        d = self.data
+        item: dict[str, Any] = {"mask": d["mask"][r], "index": i,
+                                "label": None if self.labels is None else self.labels[i]}
+        for name in d["names"]:
+            emb = d["emb"].get(name)
+            if emb is not None:
+                item[f"emb_{name}"] = emb[r]
+            elif name == "text":
+                item["text"] = d["tokens"][r]
+            elif name == "image":
+                key = d["image_keys"][r]
+                item["image"] = d["pixels"].image(key) if key else None
+            else:
+                item["tabular"] = d["tabular"][r]
+        return item
+
+
+def collate_rows(items: list[dict[str, Any]], *, pad_id: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """Stack a list of :class:`FusionRows` items; text padded to the longest present row."""
+    out: dict[str, Any] = {"mask": torch.from_numpy(np.stack([it["mask"] for it in items])),
+                           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    if items[0]["label"] is not None:
+        out["label"] = torch.tensor(np.asarray([it["label"] for it in items]), dtype=torch.long)
+    first = items[0]
+    for key in first:
+        if key.startswith("emb_") or key == "tabular":
+            out[key] = torch.from_numpy(np.stack([np.asarray(it[key], dtype=np.float32) for it in items]))
+    if "text" in first:
+        width = max(1, max(len(it["text"]) for it in items))
+        ids = np.full((len(items), width), pad_id, dtype=np.int64)
+        att = np.zeros((len(items), width), dtype=np.int64)
+        for row, it in enumerate(items):
+            ids[row, : len(it["text"])] = it["text"]
+            att[row, : len(it["text"])] = 1
+        out["text"] = (torch.from_numpy(ids), torch.from_numpy(att))
+    if "image" in first:
+        zeros = np.zeros(image_shape, dtype=np.float32)
+        out["image"] = torch.from_numpy(np.stack([zeros if it["image"] is None else it["image"] for it in items]))
+    return out
+
+
+class _Collate:
+    """Picklable collate function for DataLoader workers."""
+
+    def __init__(self, pad_id: int, image_shape: tuple[int, ...]) -> None:
+        self.pad_id, self.image_shape = pad_id, image_shape
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_rows(items, pad_id=self.pad_id, image_shape=self.image_shape)
+
+
+class FusionTask(Task):
+    """Text + image (+ tabular) classification through one fusion head."""
+
+    problem = "binary"
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        super().__init__(cfg, run_dir)
+        self.d, self.m = cfg["data"], cfg["model"]
+        self.names = self._modalities()
+        self.hidden_modalities: set[str] = set()  # masked at evaluation (per-modality report)
+        self.tokenizer: Any = None
+        self.preprocessor: Preprocessor | None = None
+        self.embed_dims: dict[str, int] = {}
+        self._encoders: dict[str, nn.Module] | None = None
+        self._artifacts: Path | None = None
+
+    # ------------------------------------------------------------------ config
+    def _modalities(self) -> list[str]:
+        names = [n for n, key in (("text", "text_column"), ("image", "image_column")) if self.d[key]]
+        if self.d["tabular_columns"]:
+            names.append("tabular")
+        if not names:
+            raise ConfigError("fusion needs at least one of data.text_column, data.image_column, "
+                              "data.tabular_columns")
+        return names
+
+    def _pixel_config(self) -> PixelConfig:
+        d = self.d
+        return PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d["window"], frames="middle")
+
+    def _cache_dir(self) -> Path:
+        return Path(self.d["cache_dir"] or self.run_dir / "cache").expanduser()
+
+    def _frozen(self) -> set[str]:
+        """Modalities whose (pretrained) encoder is frozen and read from the embedding cache."""
+        return {"text", "image"} & set(self.names) if self.m["mode"] == "frozen" else set()
+
+    # ------------------------------------------------------------------ encoders
+    def _backbone(self, key: str, modality: str) -> Any:
+        name = self.m[key]
+        comp = get_registry().get("backbone", name)
+        if comp.modality != modality:
+            raise ConfigError(f"model.{key} {name!r} is a {comp.modality} backbone, not a {modality} one; "
+                              f"see `medmm backbones --modality {modality}`")
+        return comp
+
+    def _text_encoder(self) -> tuple[nn.Module, Any]:
+        from medmm.models.text import load_text_backbone
+
+        if self._artifacts is not None:
+            return load_text_backbone(self._artifacts / TEXT_DIR)
+        comp = self._backbone("text_backbone", "text")
+        factory = comp.load()
+        if isinstance(factory, type):
+            raise ConfigError(f"model.text_backbone {self.m['text_backbone']!r} trains from a vocabulary; "
+                              "fusion needs a pretrained encoder (minilm-l6, hf-local, ...)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self.cfg["seed"]))
+            return factory(comp.name, name_or_path=self.m["text_name_or_path"], pooling=self.m["pooling"])
+
+    def _image_encoder(self) -> nn.Module:
+        comp = self._backbone("image_backbone", "image")
+        predict = self._artifacts is not None  # weights come from the run's checkpoint
+        torch.manual_seed(int(self.cfg["seed"]))
+        backbone = comp.build(timm_name=comp.extra.get("timm_name", comp.name), in_chans=int(self.d["channels"]),
+                              img_size=int(self.d["size"]), pretrained="none" if predict else self.m["image_pretrained"],
+                              weights=None if predict else self.m["image_weights"])
+        return ImageEncoder(backbone)
+
+    def _tabular_encoder(self, in_dim: int) -> nn.Module:
+        factory = self._backbone("tabular_backbone", "tabular").load()
+        accepted = inspect.signature(factory).parameters
+        kwargs = {k: v for k, v in {"hidden": int(self.m["hidden"]), "dropout": float(self.m["dropout"])}.items()
+                  if k in accepted}
+        torch.manual_seed(int(self.cfg["seed"]))
+        return TabularEncoder(factory(in_dim, 1, **kwargs))
+
+    def _build_encoders(self) -> dict[str, nn.Module]:
+        encoders: dict[str, nn.Module] = {}
+        if "text" in self.names:
+            encoders["text"], self.tokenizer = self._text_encoder()
+        if "image" in self.names:
+            encoders["image"] = self._image_encoder()
+        if "tabular" in self.names:
+            assert self.preprocessor is not None
+            encoders["tabular"] = self._tabular_encoder(self.preprocessor.n_features)
+        self.embed_dims = {n: int(e.embed_dim) for n, e in encoders.items()}
+        return encoders
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, data_path: Path, *, labelled: bool) -> tuple[Any, list[str], list[tuple[str, str]]]:
+        d = self.d
+        path = Path(data_path)
+        if path.is_dir():
+            raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
+                            f"{path}")
+        df = read_table(path, string_columns=[c for c in (d["id_column"], d["group_column"], d["text_column"],
+                                                          d["image_column"], d["label_column"]) if c])
+        needed = [c for c in (d["text_column"], d["image_column"], d["id_column"], d["group_column"]) if c]
+        needed += list(self.d["tabular_columns"] or [])
+        if labelled:
+            needed.append(d["label_column"])
+        absent = [c for c in needed if c not in df.columns]
+        if absent:
+            raise DataError(f"{path.name}: no column(s) {absent}; the table has {list(df.columns)[:20]}")
+        ids = [str(v) for v in df[d["id_column"]]] if d["id_column"] else [str(i) for i in range(len(df))]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{path.name}: data.id_column {d['id_column']!r} has duplicate values")
+        return df.reset_index(drop=True), ids, []
+
+    def _image_records(self, df: Any, base: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
+        """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
+        col = self.d["image_column"]
+        cells = [None if _missing(v) else Path(str(v).strip()) for v in df[col]]
+        full = [None if c is None else (c if c.is_absolute() else base / c) for c in cells]
+        existing = [p.resolve() for p in full if p is not None and p.exists()]
+        root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in existing])) if existing else base
+        choice, problems = [""] * len(df), []
+        for r, p in enumerate(full):
+            if p is None:
+                continue
+            if not p.exists():
+                problems.append((r, "image path does not exist"))
+                continue
+            rel = p.resolve().relative_to(root)
+            files = [rel.as_posix()] if p.is_file() else [(rel / f).as_posix() for f in list_files(p)]
+            records = [x for x in (scan_file(root, f) for f in files) if isinstance(x, DicomRecord)]
+            if not records:
+                problems.append((r, "no readable DICOM image at the image path"))
+                continue
+            series: dict[str, list[DicomRecord]] = defaultdict(list)
+            for rec in records:
+                series[rec.series_uid or rec.path].append(rec)
+            largest = max(series.values(), key=len)  # ties: the first in file order
+            largest.sort(key=lambda x: x.path)
+            choice[r] = largest[len(largest) // 2].path
+        return root, choice, problems
+
+    def _load(self, data_path: Path, *, labelled: bool) -> dict[str, Any]:
+        """Read the table and every modality; returns row-aligned arrays and the skip list."""
+        d = self.d
+        df, ids, _ = self._read(data_path, labelled=labelled)
+        base = Path(data_path).resolve().parent
+        n = len(df)
+        present = np.zeros((n, len(self.names)), dtype=bool)
+        reasons: dict[int, str] = {}
+        out: dict[str, Any] = {"ids": ids, "names": self.names, "emb": {}, "n": n}
+        if "text" in self.names:
+            texts = ["" if _missing(v) else str(v) for v in df[d["text_column"]]]
+            out["texts"] = texts
+            present[:, self.names.index("text")] = [bool(t.strip()) for t in texts]
+        if "image" in self.names:
+            root, keys, problems = self._image_records(df, base)
+            pixels = None
+            if any(keys):
+                unique = sorted({k for k in keys if k})
+                records = [x for x in (scan_file(root, k) for k in unique) if isinstance(x, DicomRecord)]
+                workers = max(1, min(4, int(self.cfg["engine"]["num_workers"]) or (os.cpu_count() or 1)))
+                pixels = PixelCache.build(root, records, self._pixel_config(), self._cache_dir(), workers=workers)
+                failed = {s.path for s in pixels.failed}
+                for r, k in enumerate(keys):
+                    if k and (k in failed or k not in pixels.index):
+                        problems.append((r, "image could not be decoded"))
+                        keys[r] = ""
+            for r, why in problems:
+                reasons.setdefault(r, why)
+            out.update(image_keys=keys, pixels=pixels, image_root=root)
+            present[:, self.names.index("image")] = [bool(k) for k in keys]
+        if "tabular" in self.names:
+            cols = list(d["tabular_columns"])
+            out["table"] = df[cols]
+            present[:, self.names.index("tabular")] = df[cols].notna().any(axis=1).to_numpy()
+        out["mask"] = present
+        keep = present.any(axis=1)
+        skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
+                   for r in np.flatnonzero(~keep)]
+        out["partial"] = [(ids[r], f"kept without its image: {reasons[r]}") for r in sorted(reasons) if keep[r]]
+        if labelled:
+            labels = df[d["label_column"]]
+            has_label = ~labels.map(_missing).to_numpy()
+            skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
+            keep &= has_label
+            out["labels_raw"] = ["" if _missing(v) else str(v).strip() for v in labels]
+        if d["group_column"]:
+            out["groups"] = ["" if _missing(v) else str(v) for v in df[d["group_column"]]]
+        out["keep"], out["skipped"] = keep, skipped
+        return out
+
+    # ------------------------------------------------------------------ training
+    def _set_labels(self, raw: list[str]) -> np.ndarray:
+        found = sorted(set(raw))
+        given = self.d["classes"]
+        if given:
+            given = [str(c) for c in given]
+            unknown = sorted(set(found) - set(given))
+            if unknown:
+                raise DataError(f"labels {unknown[:5]} are not in data.classes {given}")
+            found = given
+        if len(found) < 2:
+            raise DataError(f"fusion needs at least two classes; the labels hold only {found}")
+        self.label_names = found
+        self.problem = "binary" if len(found) == 2 else "multiclass"
+        index = {c: i for i, c in enumerate(found)}
+        return np.asarray([index[c] for c in raw], dtype=np.int64)
+
+    def build_data(self, data_path: Path) -> DataBundle:
+        data = self._load(Path(data_path), labelled=True)
+        rows = np.flatnonzero(data["keep"])
+        if len(rows) == 0:
+            raise DataError("no usable row: every row lacks a label or all of its modalities (see skipped.csv)")
+        if _is_main():
+            self._write_skipped([*data["skipped"], *data["partial"]])
+        y = self._set_labels([data["labels_raw"][r] for r in rows])
+        groups = [data["groups"][r] or f"row:{data['ids'][r]}" for r in rows] if "groups" in data else None
+        splits = group_split(len(rows), groups=groups, labels=y, val_fraction=float(self.d["val_fraction"]),
+                             test_fraction=float(self.d["test_fraction"]), seed=int(self.cfg["seed"]))
+        if _is_main():
+            write_splits(self.run_dir / "splits.csv", [data["ids"][r] for r in rows], splits)
+        train_rows = rows[splits == "train"]
+        if "tabular" in self.names:
+            table = data["table"]
+            types = infer_column_types(table.iloc[train_rows], list(table.columns))
+            self.preprocessor = fit_preprocessor(table.iloc[train_rows], types)
+        self._encoders = self._build_encoders()
+        self._prepare_inputs(data)
+        if self._frozen():
+            self._cache_embeddings(data)
+
+        def split(name: str) -> Split | None:
+            sel = splits == name
+            if not sel.any():
+                return None
+            return Split(FusionRows(rows[sel], data, y[sel]), [data["ids"][r] for r in rows[sel]], y[sel])
+
+        desc = self._describe(data, rows, splits)
+        log.info(desc)
+        self._data = data
+        return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
+                          meta={"description": desc})
+
+    def _prepare_inputs(self, data: dict[str, Any]) -> None:
+        """Tokenise texts and transform tabular features (the raw inputs of the encoders)."""
+        if "text" in self.names and "text" not in self._frozen():
+            data["tokens"] = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")])
+        if "tabular" in self.names:
+            assert self.preprocessor is not None
+            data["tabular"] = self.preprocessor.transform(data["table"])
+
+    def _tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
+        from medmm.data.text_batching import tokenize_cached
+
+        idx = np.flatnonzero(present)
+        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=int(self.d["max_length"]),
+                                 cache_dir=self._cache_dir())
+        tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
+        for k, i in enumerate(idx):
+            tokens[i] = np.asarray(corpus[k], dtype=np.int64)
+        return tokens
+
+    def _cache_embeddings(self, data: dict[str, Any]) -> None:
+        """Frozen encoders: embeddings of every present row, computed once and cached on disk."""
+        from medmm.engine.device import select_device
+
+        assert self._encoders is not None
+        cache = EmbeddingCache(self._cache_dir() / "embeddings")
+        device = select_device(str(self.cfg["engine"]["device"]))
+        batch = int(self.cfg["engine"]["eval_batch_size"])
+        for name in sorted(self._frozen()):
+            encoder = self._encoders[name]
+            col = data["mask"][:, self.names.index(name)]
+            idx = np.flatnonzero(col)
+            if name == "text":
+                data_fp = fingerprint_texts([data["texts"][i] for i in idx])
+                extra = f"max_length={self.d['max_length']};pooling={self.m['pooling']}"
+            else:
+                data_fp = fingerprint_files([data["image_keys"][i] for i in idx], data["image_root"])
+                extra = json.dumps(self._pixel_config().to_dict(), sort_keys=True)
+            key = cache.key(data_fp, fingerprint_module(encoder, extra=extra))
+            emb = cache.load(key)
+            if emb is None or emb.shape[0] != len(idx):
+                emb = self._encode_all(name, encoder, data, idx, device, batch)
+                cache.save(key, emb)
+                log.info("%s embeddings: %d rows encoded and cached", name, len(idx))
+            else:
+                log.info("%s embeddings: %d rows from the cache", name, len(idx))
+            full = np.zeros((data["n"], emb.shape[1]), dtype=np.float32)
+            full[idx] = emb
+            data["emb"][name] = full
+
+    def _encode_all(self, name: str, encoder: nn.Module, data: dict[str, Any], idx: np.ndarray,
+                    device: torch.device, batch: int) -> np.ndarray:
+        from medmm.engine.device import autocast, resolve_precision
+
+        precision = resolve_precision(str(self.cfg["engine"]["precision"]), device)
+        encoder.to(device).eval()
+        tokens = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")]) if name == "text" else None
+        if name == "text":  # shortest first: batches with little padding
+            idx = idx[np.argsort([len(tokens[i]) for i in idx], kind="stable")]
+        out = {}
+        pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+        with torch.inference_mode():
+            for start in range(0, len(idx), batch):
+                part = idx[start : start + batch]
+                if name == "text":
+                    items = [{"text": tokens[i], "mask": np.ones(1, bool), "index": 0, "label": None} for i in part]
+                    ids, att = collate_rows(items, pad_id=pad, image_shape=())["text"]
+                    with autocast(device, precision):
+                        emb = encoder(ids.to(device), att.to(device))
+                else:
+                    x = torch.from_numpy(np.stack([data["pixels"].image(data["image_keys"][i]) for i in part]))
+                    with autocast(device, precision):
+                        emb = encoder(x.to(device))
+                for i, e in zip(part, emb.float().cpu().numpy()):
+                    out[int(i)] = e
+        encoder.cpu()
+        order = np.flatnonzero(data["mask"][:, self.names.index(name)])
+        return np.stack([out[int(i)] for i in order]).astype(np.float32)
+
+    def _collate(self) -> _Collate:
+        pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+        return _Collate(pad, self._pixel_config().shape)
+
+    def _describe(self, data: dict[str, Any], rows: np.ndarray, splits: np.ndarray) -> str:
+        mask = data["mask"][rows]
+        have = ", ".join(f"{name} {int(mask[:, i].sum())}" for i, name in enumerate(self.names))
+        sizes = ", ".join(f"{s} {int((splits == s).sum())}" for s in ("train", "val", "test"))
+        return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped "
+                f"(skipped.csv); classes {self.label_names}; head {self.m['head']}, mode {self.m['mode']}, "
+                f"encoders {self._encoder_names()}")
+
+    def _encoder_names(self) -> str:
+        keys = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
+        return ", ".join(f"{n}={self.m[keys[n]]}" for n in self.names)
+
+    def _write_skipped(self, rows: list[tuple[str, str]]) -> None:
+        path = self.run_dir / "skipped.csv"
+        if not rows:
+            path.unlink(missing_ok=True)
+            return
+        with path.open("w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["id", "reason"])
+            writer.writerows(rows)
+
+    # ------------------------------------------------------------------ model
+    def build_model(self) -> nn.Module:
+        if self.label_names is None:
+            raise ConfigError("build_data or load_artifacts must run before build_model")
+        encoders = self._encoders if self._encoders is not None else self._build_encoders()
+        self._encoders = None  # a second model gets its own encoders
+        head_cls = get_registry().get("fusion_head", self.m["head"]).load()
+        torch.manual_seed(int(self.cfg["seed"]))
+        out_dim = 1 if self.problem == "binary" else len(self.label_names)
+        head = head_cls({n: self.embed_dims[n] for n in self.names}, out_dim, hidden=int(self.m["hidden"]),
+                        dropout=float(self.m["dropout"]))
+        model = FusionModel(encoders, head, self.names)
+        for name in self._frozen():
+            model.encoders[name].requires_grad_(False)
+        return model
+
+    def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
+        """Pretrained encoders at ``engine.lr * model.encoder_lr_scale`` (frozen: not trained)."""
+        inner = getattr(model, "module", model)
+        frozen, scale = self._frozen(), float(self.m["encoder_lr_scale"])
+        groups = [("head", list(inner.head.parameters()), 1.0)]
+        for name, enc in inner.encoders.items():
+            if name in frozen:
+                continue
+            groups.append((f"{name}_encoder", list(enc.parameters()), 1.0 if name == "tabular" else scale))
+        return groups
+
+    def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
+        mask = batch["mask"]
+        if model.training and float(self.m["modality_dropout"]) > 0:
+            mask = modality_dropout(mask, float(self.m["modality_dropout"]))
+        if self.hidden_modalities:
+            keep = torch.tensor([n not in self.hidden_modalities for n in self.names], device=mask.device)
+            mask = mask & keep
+        out = model({**batch, "mask": mask})
+        if self.problem == "binary":
+            out = out.squeeze(-1)
+        return {"output": out, "target": batch.get("label"), "index": batch["index"]}
+
+    def report_sections(self, evaluate: Any) -> list[tuple[str, str]]:
+        """Test metrics with each modality hidden, and with only one modality shown."""
+        if len(self.names) < 2:
+            return []
+        rows: list[tuple[str, dict[str, float]]] = [("all modalities", evaluate())]
+        for name in self.names:
+            self.hidden_modalities = {name}
+            rows.append((f"without {name}", evaluate()))
+        for name in self.names:
+            self.hidden_modalities = set(self.names) - {name}
+            rows.append((f"{name} only", evaluate()))
+        self.hidden_modalities = set()
+        keys = [k for k in rows[0][1]][:4]
+        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
+        body = "".join(
+            "<tr><td>" + html.escape(label) + "</td>" + "".join(f"<td>{m.get(k, float('nan')):.4f}</td>" for k in keys)
+            + "</tr>" for label, m in rows)
+        note = ("<p>The same trained model evaluated on the same rows with modalities masked out (the head sees them "
+                "as missing, exactly as for a row that lacks them). A large drop means the model relies on that "
+                "modality; rows left with no modality get the head's constant output.</p>")
+        if _is_main():
+            write_text_atomic(self.run_dir / "modality_ablation.json", json.dumps(dict(rows), indent=1) + "\n")
+        return [("Per-modality contribution", f"{note}<table><tr><th>test rows shown</th>{head}</tr>{body}</table>")]
+
+    # ------------------------------------------------------------------ predict
+    def save_artifacts(self, directory: Path) -> None:
+        from medmm.models.text import save_text_backbone
+
+        directory.mkdir(parents=True, exist_ok=True)
+        payload = {"format": _FORMAT, "version": 1, "problem": self.problem, "label_names": self.label_names,
+                   "names": self.names, "embed_dims": self.embed_dims,
+                   "preprocessor": self.preprocessor.to_json() if self.preprocessor else None}
+        if "text" in self.names:
+            encoder = self._encoders["text"] if self._encoders else None
+            if encoder is None or not hasattr(encoder, "save_pretrained"):
+                raise ConfigError(f"text backbone {self.m['text_backbone']!r} cannot be saved for prediction")
+            save_text_backbone(directory / TEXT_DIR, encoder, self.tokenizer)
+        write_text_atomic(directory / ARTIFACT, json.dumps(payload, indent=1) + "\n")
+
+    def load_artifacts(self, directory: Path) -> None:
+        path = directory / ARTIFACT
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+            if payload.get("format") != _FORMAT:
+                raise ValueError("not a fusion artifact")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {path}: {exc}") from None
+        self.problem, self.label_names = payload["problem"], list(payload["label_names"])
+        self.names = list(payload["names"])
+        if payload["preprocessor"]:
+            self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
+        self._artifacts = directory
+        self.m = {**self.m, "mode": "finetune"}  # predict encodes raw inputs with the checkpoint's encoders
+
+    def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
+        """Every row with at least one modality; labels, when every kept row has a known one, give metrics."""
+        data = self._load(Path(data_path), labelled=False)
+        if "text" in self.names and self.tokenizer is None:
+            _, self.tokenizer = self._text_encoder()
+        self._prepare_inputs(data)
+        rows = np.flatnonzero(data["keep"])
+        labels = None
+        col = self.d["label_column"]
+        if col:
+            try:
+                raw = self._read(Path(data_path), labelled=True)[0][col]
+                values = ["" if _missing(v) else str(v).strip() for v in raw]
+                if all(values[r] in (self.label_names or []) for r in rows):
+                    labels = np.asarray([self.label_names.index(values[r]) for r in rows], dtype=np.int64)
+            except DataError:
+                labels = None
+        split = Split(FusionRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
+        split.skipped = list(data["skipped"])
+        return split, self._collate()
