@@ -66,6 +66,15 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
     return assignment[group_ids]
 
 
+SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                 "validation": "val", "dev": "val", "test": "test", "testing": "test"}
+
+
+def parse_split(value: object) -> str | None:
+    """A user's split cell -> ``train`` / ``val`` / ``test`` (aliases allowed), or ``None``."""
+    return SPLIT_ALIASES.get(str(value).strip().lower())
+
+
 def check_no_leakage(splits: np.ndarray, groups: Sequence[str]) -> None:
     """Raise if any group appears in more than one split (for user-provided split columns)."""
     seen: dict[str, str] = {}

@@ -23,14 +23,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medmm.data.splits import parse_split
 from medmm.data.tables import read_table
 from medmm.errors import ConfigError, DataError
 
 __all__ = ["TextExamples", "load_text_examples", "read_table"]
 
 logger = logging.getLogger(__name__)
-_SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
-                  "validation": "val", "dev": "val", "test": "test", "testing": "test"}
 
 
 @dataclass
@@ -240,7 +239,7 @@ def load_text_examples(
             if _is_missing(cell):
                 skipped.append((row_id, "missing split"))
                 continue
-            split = _SPLIT_ALIASES.get(str(cell).strip().lower())
+            split = parse_split(cell)
             if split is None:
                 skipped.append((row_id, "invalid split value (expected train/val/test)"))
                 continue

@@ -128,7 +128,9 @@ class HFTextEncoder(nn.Module):
                         attn_implementation: str | None = "sdpa") -> HFTextEncoder:
         """Load pretrained weights from a local directory (or ``minilm-l6``), in float32."""
         from transformers import AutoModel
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per run is noise in CLI output
         path = resolve_text_backbone(name_or_path)
         kwargs: dict[str, Any] = {"local_files_only": True}
         try:

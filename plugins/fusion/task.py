@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from medmm.data.dicom import DicomRecord, PixelCache, PixelConfig
 from medmm.data.dicom_scan import list_files, scan_file
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
-from medmm.data.splits import group_split, write_splits
+from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tables import read_table
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
 from medmm.errors import ConfigError, DataError
@@ -132,6 +132,10 @@ class FusionTask(Task):
         super().__init__(cfg, run_dir)
         self.d, self.m = cfg["data"], cfg["model"]
         self.names = self._modalities()
+        get_registry().get("fusion_head", self.m["head"])  # fail before any data is read
+        for name, key in (("text", "text_backbone"), ("image", "image_backbone"), ("tabular", "tabular_backbone")):
+            if name in self.names:
+                self._backbone(key, name)
         self.hidden_modalities: set[str] = set()  # masked at evaluation (per-modality report)
         self.tokenizer: Any = None
         self.preprocessor: Preprocessor | None = None
@@ -165,8 +169,8 @@ class FusionTask(Task):
         name = self.m[key]
         comp = get_registry().get("backbone", name)
         if comp.modality != modality:
-            raise ConfigError(f"model.{key} {name!r} is a {comp.modality} backbone, not a {modality} one; "
-                              f"see `medmm backbones --modality {modality}`")
+            raise ConfigError(f"model.{key} {name!r} is a {comp.modality} backbone; choose one of "
+                              f"`medmm backbones --modality {modality}`")
         return comp
 
     def _text_encoder(self) -> tuple[nn.Module, Any]:
@@ -222,6 +226,8 @@ class FusionTask(Task):
         df = read_table(path, string_columns=[c for c in (d["id_column"], d["group_column"], d["text_column"],
                                                           d["image_column"], d["label_column"]) if c])
         needed = [c for c in (d["text_column"], d["image_column"], d["id_column"], d["group_column"]) if c]
+        if labelled and d["split_column"]:
+            needed.append(d["split_column"])
         needed += list(self.d["tabular_columns"] or [])
         if labelled:
             needed.append(d["label_column"])
@@ -306,6 +312,11 @@ class FusionTask(Task):
             skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
             keep &= has_label
             out["labels_raw"] = ["" if _missing(v) else str(v).strip() for v in labels]
+        if labelled and d["split_column"]:
+            out["splits"] = [parse_split(v) for v in df[d["split_column"]]]
+            bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
+            skipped += [(ids[r], "split column is not train / val / test") for r in bad]
+            keep[bad] = False
         if d["group_column"]:
             out["groups"] = ["" if _missing(v) else str(v) for v in df[d["group_column"]]]
         out["keep"], out["skipped"] = keep, skipped
@@ -337,8 +348,13 @@ class FusionTask(Task):
             self._write_skipped([*data["skipped"], *data["partial"]])
         y = self._set_labels([data["labels_raw"][r] for r in rows])
         groups = [data["groups"][r] or f"row:{data['ids'][r]}" for r in rows] if "groups" in data else None
-        splits = group_split(len(rows), groups=groups, labels=y, val_fraction=float(self.d["val_fraction"]),
-                             test_fraction=float(self.d["test_fraction"]), seed=int(self.cfg["seed"]))
+        if "splits" in data:
+            splits = np.asarray([data["splits"][r] for r in rows], dtype=object)
+            if groups is not None:
+                check_no_leakage(splits, groups)
+        else:
+            splits = group_split(len(rows), groups=groups, labels=y, val_fraction=float(self.d["val_fraction"]),
+                                 test_fraction=float(self.d["test_fraction"]), seed=int(self.cfg["seed"]))
         if _is_main():
             write_splits(self.run_dir / "splits.csv", [data["ids"][r] for r in rows], splits)
         train_rows = rows[splits == "train"]
