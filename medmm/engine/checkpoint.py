@@ -53,10 +53,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def excluded_prefixes(model: torch.nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes a model keeps out of its checkpoints (``checkpoint_exclude``).
+
+    For weights that never change during training and are stored once elsewhere, e.g. frozen
+    pretrained encoders saved with the run's artifacts.
+    """
+    module = getattr(model, "module", model)
+    return tuple(getattr(module, "checkpoint_exclude", ()) or ())
+
+
 def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors, with shared storage broken (safetensors refuses aliases)."""
     module = getattr(model, "module", model)  # unwrap DDP
-    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    skip = excluded_prefixes(module)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()
+            if not (skip and k.startswith(skip))}
 
 
 def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, Any],
@@ -130,6 +142,8 @@ def load_weights(directory: Path, model: torch.nn.Module, strict: bool = True) -
         raise CheckpointError(f"cannot read weights {path}: {exc}") from None
     module = getattr(model, "module", model)
     missing, unexpected = module.load_state_dict(tensors, strict=False)
+    skip = excluded_prefixes(module)
+    missing = [k for k in missing if not (skip and k.startswith(skip))]
     if strict and (missing or unexpected):
         raise CheckpointError(
             f"weights in {path} do not fit the model: missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]}"

@@ -50,6 +50,7 @@ __all__ = ["FusionTask"]
 log = logging.getLogger("medmm.fusion")
 ARTIFACT = "fusion.json"
 TEXT_DIR = "text_encoder"
+FROZEN_FILE = "frozen_encoders.safetensors"
 _FORMAT = "medmm.fusion"
 
 
@@ -142,6 +143,7 @@ class FusionTask(Task):
         self.embed_dims: dict[str, int] = {}
         self._encoders: dict[str, nn.Module] | None = None
         self._artifacts: Path | None = None
+        self._artifact_frozen: list[str] = []  # predict: encoders frozen in training (weights in artifacts)
 
     # ------------------------------------------------------------------ config
     def _modalities(self) -> list[str]:
@@ -495,9 +497,27 @@ class FusionTask(Task):
         head = head_cls({n: self.embed_dims[n] for n in self.names}, out_dim, hidden=int(self.m["hidden"]),
                         dropout=float(self.m["dropout"]))
         model = FusionModel(encoders, head, self.names)
-        for name in self._frozen():
+        frozen = self._frozen() or set(self._artifact_frozen)
+        for name in frozen:
             model.encoders[name].requires_grad_(False)
+        # Frozen encoders never change: stored once with the artifacts, not in every checkpoint.
+        model.checkpoint_exclude = tuple(f"encoders.{n}." for n in sorted(frozen))
+        if self._artifacts is not None and frozen:
+            self._load_frozen(model)
         return model
+
+    def _load_frozen(self, model: FusionModel) -> None:
+        from safetensors.torch import load_file
+
+        path = self._artifacts / FROZEN_FILE
+        try:
+            tensors = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
+            raise DataError(f"cannot read the frozen encoder weights {path}: {exc}") from None
+        missing, unexpected = model.encoders.load_state_dict(tensors, strict=False)
+        missing = [k for k in missing if k.split(".")[0] in self._artifact_frozen]
+        if missing or unexpected:
+            raise DataError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Pretrained encoders at ``engine.lr * model.encoder_lr_scale`` (frozen: not trained)."""
@@ -554,6 +574,16 @@ class FusionTask(Task):
         payload = {"format": _FORMAT, "version": 1, "problem": self.problem, "label_names": self.label_names,
                    "names": self.names, "embed_dims": self.embed_dims,
                    "preprocessor": self.preprocessor.to_json() if self.preprocessor else None}
+        frozen = sorted(self._frozen())
+        payload["frozen"] = frozen
+        if frozen:
+            from safetensors.torch import save_file
+
+            from medmm.engine.checkpoint import model_state
+
+            assert self._encoders is not None
+            state = {f"{n}.{k}": v for n in frozen for k, v in model_state(self._encoders[n]).items()}
+            save_file(state, str(directory / FROZEN_FILE))
         if "text" in self.names:
             encoder = self._encoders["text"] if self._encoders else None
             if encoder is None or not hasattr(encoder, "save_pretrained"):
@@ -571,6 +601,7 @@ class FusionTask(Task):
             raise DataError(f"cannot read {path}: {exc}") from None
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
         self.names = list(payload["names"])
+        self._artifact_frozen = list(payload.get("frozen", []))
         if payload["preprocessor"]:
             self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
         self._artifacts = directory
