@@ -80,12 +80,17 @@ class EmbeddingCache:
         """
         path = self.path(key)
         try:
-            return np.load(path, mmap_mode="r", allow_pickle=False)
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as exc:  # truncated, not .npy, object dtype
             logger.warning("ignoring unreadable embedding cache file %s: %s", path.name, exc)
             return None
+        if not isinstance(array, np.ndarray):  # e.g. a zip archive (.npz) under our name
+            getattr(array, "close", lambda: None)()
+            logger.warning("ignoring embedding cache file %s: not a .npy array", path.name)
+            return None
+        return array
 
     def save(self, key: str, array: np.ndarray) -> Path:
         """Store ``array`` under ``key`` atomically and return its path."""
