@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -52,3 +53,20 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_write(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def write_skipped(path: str | Path, rows: Iterable[tuple[str, str]], key: str = "id") -> Path | None:
+    """Write a ``key,reason`` report of inputs that were not used; no rows: no file (a stale one is removed).
+
+    Keys are row ids or relative paths and reasons are fixed phrases: never cell contents (PHI).
+    """
+    rows = list(rows)
+    path = Path(path)
+    if not rows:
+        path.unlink(missing_ok=True)
+        return None
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow([key, "reason"])
+        writer.writerows(rows)
+    return path

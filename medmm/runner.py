@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -102,6 +101,11 @@ def _run_info(run_dir: Path) -> dict[str, Any]:
 def _setup_logging(run_dir: Path, main: bool) -> None:
     logger = logging.getLogger("medmm")
     logger.setLevel(logging.INFO)
+    target = str((run_dir / "train.log").resolve())
+    for h in [h for h in logger.handlers if isinstance(h, logging.FileHandler)]:
+        if h.baseFilename != target:  # an earlier run in this process: stop writing its log
+            logger.removeHandler(h)
+            h.close()
     if main and not any(isinstance(h, logging.FileHandler) for h in logger.handlers):
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -236,6 +240,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     """Predict ``data`` with a trained run; writes one CSV row per unit."""
     from medmm.engine import Trainer
     from medmm.engine.checkpoint import load_weights
+    from medmm.io import write_skipped
     from medmm.predictions import write_predictions
 
     run_dir = Path(run_dir)
@@ -256,9 +261,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     msg = f"medmm predict: {len(ev.units)} predictions -> {out}"
     skipped = getattr(split, "skipped", None)
     if skipped:
-        report = out.with_name(out.stem + ".skipped.csv")
-        with report.open("w", newline="") as f:
-            csv.writer(f).writerows([("path", "reason"), *skipped])
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key="path")
         msg += f"\n  {len(skipped)} inputs skipped -> {report}"
     if ev.targets is not None:
         metrics = trainer.metrics_of(ev)

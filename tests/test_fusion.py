@@ -130,19 +130,23 @@ def test_predict_new_table_with_missing_image(demo: Path, runs: dict[str, Path],
 
 
 def test_finetune_mode_trains_encoders_end_to_end(demo: Path, tmp_path: Path) -> None:
-    """Tiny random encoders (bert-tiny, resnet18 at 32 px), two epochs: the whole path runs."""
+    """Tiny random encoders (bert-tiny, resnet18 at 32 px) + tabular age/sex, a few steps: the whole path runs."""
     from safetensors.torch import load_file
 
     run = tmp_path / "ft"
     out = run_cli("run", "fusion", "--data", str(demo), "--out", str(run), "--set", "model.mode=finetune",
                   "--set", "model.text_backbone=bert-tiny", "--set", "model.image_backbone=resnet18",
                   "--set", "model.image_pretrained=none", "--set", "model.head=attention",
+                  "--set", "data.tabular_columns=[age,sex]",
                   "--set", "data.size=32", "--set", "engine.epochs=2", "--set", "engine.max_steps=6",
                   *COMMON[:10], "--set", "engine.bootstrap=0", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     assert any(k.startswith("encoders.text.") for k in weights)
     assert any(k.startswith("encoders.image.") for k in weights)
+    assert any(k.startswith("encoders.tabular.") for k in weights)
+    prep = json.loads((run / "artifacts" / "fusion.json").read_text())["preprocessor"]
+    assert prep["numeric"] == ["age"] and prep["categorical"] == ["sex"]
     log = (run / "train.log").read_text()
     assert "embeddings" not in log  # nothing cached: encoders run on every batch
 

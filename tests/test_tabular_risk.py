@@ -113,3 +113,24 @@ def test_bad_tables_give_one_clear_line(tmp_path: Path, edit, overrides, message
     args = [a for o in overrides for a in ("--set", o)]
     out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), *args, *QUICK)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_user_split_column_and_finite_val_loss(tmp_path: Path) -> None:
+    from sklearn.datasets import load_diabetes
+
+    df = load_diabetes(as_frame=True, scaled=False).frame
+    df["fold"] = ["test" if i % 5 == 0 else "valid" if i % 5 == 1 else "train" for i in range(len(df))]
+    data = tmp_path / "d.csv"
+    df.to_csv(data, index_label="pid")
+    run = tmp_path / "run"
+    out = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=target",
+                  "--set", "data.id_column=pid", "--set", "data.split_column=fold", "--set", "engine.epochs=3",
+                  "--set", "engine.bootstrap=0", "--quiet")
+    assert out.returncode == 0, out.stderr[-3000:]
+    split = pd.read_csv(run / "splits.csv").set_index("id")["split"]
+    assert (split == df.fold.str.replace("valid", "val")).all()
+    art = json.loads((run / "artifacts" / "tabular.json").read_text())
+    assert "fold" not in art["preprocessor"]["numeric"] + art["preprocessor"]["categorical"]
+    val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in val if r["split"] == "val"]
+    assert losses and all(isinstance(v, float) and v > 0 for v in losses)  # the task's own loss is counted

@@ -175,7 +175,10 @@ class Trainer:
                 batch = move_to(batch, self.device)
                 with autocast(self.device, self.precision):
                     out = self.task.step(model, batch)
-                if out.get("target") is not None and "loss" not in out:
+                if "loss" in out:  # the task's own loss: a mean over the batch's examples
+                    k = len(out["index"])
+                    loss_sum, n = loss_sum + float(out["loss"]) * k, n + k
+                elif out.get("target") is not None:
                     ls, k = problem_loss(self.task.problem, out["output"], out["target"], class_weights=None,
                                          regression_loss=self._regression_loss())
                     loss_sum, n = loss_sum + float(ls), n + k

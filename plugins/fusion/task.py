@@ -17,7 +17,6 @@ the row's image is the middle instance (in file order) of its largest series.
 
 from __future__ import annotations
 
-import csv
 import html
 import inspect
 import json
@@ -39,7 +38,7 @@ from medmm.data.splits import check_no_leakage, group_split, parse_split, write_
 from medmm.data.tables import read_table
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
 from medmm.errors import ConfigError, DataError
-from medmm.io import write_text_atomic
+from medmm.io import write_skipped, write_text_atomic
 from medmm.models.fusion import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
@@ -347,7 +346,7 @@ class FusionTask(Task):
         if len(rows) == 0:
             raise DataError("no usable row: every row lacks a label or all of its modalities (see skipped.csv)")
         if _is_main():
-            self._write_skipped([*data["skipped"], *data["partial"]])
+            write_skipped(self.run_dir / "skipped.csv", [*data["skipped"], *data["partial"]])
         y = self._set_labels([data["labels_raw"][r] for r in rows])
         groups = [data["groups"][r] or f"row:{data['ids'][r]}" for r in rows] if "groups" in data else None
         if "splits" in data:
@@ -474,16 +473,6 @@ class FusionTask(Task):
     def _encoder_names(self) -> str:
         keys = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
         return ", ".join(f"{n}={self.m[keys[n]]}" for n in self.names)
-
-    def _write_skipped(self, rows: list[tuple[str, str]]) -> None:
-        path = self.run_dir / "skipped.csv"
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "reason"])
-            writer.writerows(rows)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import inspect
 import json
 from pathlib import Path
@@ -12,9 +11,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medmm.data.splits import check_no_leakage, group_split, write_splits
+from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table
 from medmm.errors import ConfigError, DataError
+from medmm.io import write_skipped
 from medmm.plugins import get_registry
 from medmm.task import DataBundle, Split, Task
 
@@ -84,18 +84,27 @@ class TabularRiskTask(Task):
         self.problem = self._problem(df)
         target = prepare_target(df, self.problem, d["target"], d["time"], d["event"])
         ids_all = self._row_ids(df)
-        self._write_skipped([i for i, keep in zip(ids_all, target.mask) if not keep])
+        write_skipped(self.run_dir / "skipped.csv", [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
-        reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"]} - {None}
+        reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"], d["split_column"]} - {None}
         features = d["features"] or [c for c in df.columns if c not in reserved]
         overrides = {**{c: "categorical" for c in d["categorical"] or []}, **{c: "numeric" for c in d["numeric"] or []}}
         types = infer_column_types(kept, features, overrides)
         y = self._targets(target)
         groups = kept[d["group_column"]].astype(str).tolist() if d["group_column"] else None
         strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
-        splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d["val_fraction"],
-                             test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+        if d["split_column"]:
+            if d["split_column"] not in kept.columns:
+                raise DataError(f"split column {d['split_column']!r} is not in the data")
+            splits = np.asarray([parse_split(v) for v in kept[d["split_column"]]], dtype=object)
+            bad = [ids[i] for i in np.flatnonzero(splits == None)]  # noqa: E711 - elementwise
+            if bad:
+                raise DataError(f"data.split_column {d['split_column']!r} must hold train / val / test; "
+                                f"{len(bad)} rows do not (first ids: {bad[:3]})")
+        else:
+            splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d["val_fraction"],
+                                 test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
         if groups is not None:
             check_no_leakage(splits, groups)
         write_splits(self.run_dir / "splits.csv", ids, splits)
@@ -117,12 +126,6 @@ class TabularRiskTask(Task):
                 f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
                           meta={"description": desc})
-
-    def _write_skipped(self, ids: list[str]) -> None:
-        with (self.run_dir / "skipped.csv").open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["id", "reason"])
-            w.writerows([i, "missing target"] for i in ids)
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg["model"]

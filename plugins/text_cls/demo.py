@@ -12,9 +12,10 @@ from pathlib import Path
 def build(out_dir: Path) -> tuple[Path, list[str]]:
     """Write ``reports.csv`` into ``out_dir``; return it and the overrides to fine-tune MiniLM on it.
 
-    The settings fit a laptop CPU (a few minutes on two cores): reports are short (median
-    63 tokens), so 128 tokens keep 99 % of them whole; two epochs at a higher learning rate
-    than the general default are enough for the pretrained encoder on this label.
+    The settings fit a laptop CPU (about 5 minutes on two cores): reports are short (median
+    63 tokens), so 128 tokens keep 94 % of them whole; one epoch at a higher learning rate
+    than the general default is enough for the pretrained encoder on this label (val AUROC
+    0.989 after epoch 1 of 2 in a two-epoch run; test AUROC 0.991 after two).
     """
     from medmm.data.reports_demo import build_reports_csv
 
@@ -25,7 +26,7 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
         "data.id_column=report_id",
         "data.max_length=128",
         "model.backbone=minilm-l6",
-        "engine.epochs=2",
+        "engine.epochs=1",
         "engine.batch_size=32",
         "engine.lr=0.0001",
         "engine.warmup_ratio=0.06",

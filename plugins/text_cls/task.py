@@ -20,7 +20,6 @@ definition, so ``medmm predict`` rebuilds the model from the run directory alone
 
 from __future__ import annotations
 
-import csv
 import functools
 import inspect
 import json
@@ -44,6 +43,7 @@ from medmm.data.text_batching import (
     tokenize_cached,
 )
 from medmm.errors import ConfigError, DataError
+from medmm.io import write_skipped
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
 from medmm.plugins import get_registry
 from medmm.registry import Component
@@ -251,17 +251,9 @@ class TextClsTask(Task):
 
     def _write_skipped(self, ex: TextExamples) -> None:
         """``skipped.csv``: row id and a fixed reason phrase (never cell contents)."""
-        path = self.run_dir / "skipped.csv"
-        rows = list(ex.skipped)
-        rows += [(rid, f"truncated to data.max_chars={self.data_cfg['max_chars']} characters (kept)")
-                 for rid in ex.truncated]
-        if not rows:
-            path.unlink(missing_ok=True)
-            return
-        with path.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow(["id", "reason"])
-            writer.writerows(rows)
+        truncated = [(rid, f"truncated to data.max_chars={self.data_cfg['max_chars']} characters (kept)")
+                     for rid in ex.truncated]
+        write_skipped(self.run_dir / "skipped.csv", [*ex.skipped, *truncated])
 
     def build_model(self) -> nn.Module:
         seed = int(self.cfg.get("seed", 0))
