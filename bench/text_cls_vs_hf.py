@@ -13,6 +13,7 @@ size, learning rate, schedule, warmup, weight decay and clipping. Prints trainin
 both (training loop only, evaluation excluded), their ratio (goal >= 1.3) and both final
 validation AUROCs. Prints numbers; asserts nothing about time.
 
+    pip install -e ".[bench]"                         # transformers.Trainer needs accelerate
     python bench/text_cls_vs_hf.py                    # MiniLM-L6, all 3,927 reports
     python bench/text_cls_vs_hf.py --limit 800        # ~5 min on 2 CPU cores
     python bench/text_cls_vs_hf.py --tiny --limit 800 # 2-layer random BERT: seconds
@@ -42,6 +43,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--sampler", default="bucket", help="medmm engine.sampler: bucket | shuffle")
     p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
     return p.parse_args()
 
@@ -71,7 +73,7 @@ def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any
         f"engine.device={a.device}", "engine.precision=fp32", f"engine.epochs={a.epochs}",
         f"engine.batch_size={a.batch_size}", f"engine.lr={a.lr}", "engine.schedule=cosine",
         "engine.warmup_ratio=0.1", "engine.weight_decay=0.01", "engine.max_grad_norm=1.0",
-        "engine.sampler=bucket", "engine.patience=0", "engine.bootstrap=0", f"seed={a.seed}",
+        f"engine.sampler={a.sampler}", "engine.patience=0", "engine.bootstrap=0", f"seed={a.seed}",
     ])
     t0 = time.perf_counter()
     run_task(spec, cfg, data, run_dir, quiet=True)

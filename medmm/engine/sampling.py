@@ -57,8 +57,14 @@ def plan_epoch(n: int, global_batch: int, *, seed: int, epoch: int, mode: str = 
     return [order[i : i + global_batch] for i in range(0, n, global_batch)]
 
 
-def _bucket_batches(lengths: np.ndarray, batch: int, g: torch.Generator, pool: int = 50) -> list[list[int]]:
-    """Sort inside random pools of ``pool`` batches, cut batches, shuffle the batch order."""
+def _bucket_batches(lengths: np.ndarray, batch: int, g: torch.Generator, pool: int = 4) -> list[list[int]]:
+    """Sort inside random pools of ``pool`` batches, cut batches, shuffle the batch order.
+
+    Small pools on purpose: in clinical text, length often tracks the label (abnormal reports
+    are longer), so sorting large pools makes batches nearly single-class and costs accuracy
+    (MiniLM on 800 IU reports: val AUROC 0.976 with pools of 50 batches, 0.979 with 4, 0.990
+    with plain shuffling). Pools of 4 still cut padding enough for 1.6x the samples/s.
+    """
     order = torch.randperm(len(lengths), generator=g).numpy()
     batches: list[list[int]] = []
     size = batch * pool
