@@ -138,6 +138,8 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
             (run_dir / "run.json").write_text(json.dumps(
                 {"task": spec.name, "medmm": __version__, "data": str(data), "created": time.time()}, indent=1))
         bundle = task.build_data(Path(data))
+        if main and not quiet and bundle.meta.get("description"):
+            click.echo(f"medmm {spec.name}: {bundle.meta['description']}", err=True)
         if main:
             task.save_artifacts(run_dir / "artifacts")
         model = task.build_model()

@@ -106,6 +106,23 @@ def test_classifier_head_and_embed() -> None:
         ImageClassifier(backbone, num_outputs=0)
 
 
+@pytest.mark.parametrize("freeze", [True, False])
+def test_freeze_bn_keeps_running_statistics_but_trains_affine(freeze: bool) -> None:
+    from medmm_plugins.image_cls.task import Normalized
+
+    backbone = create_image_backbone("resnet18", in_chans=1, img_size=32, pretrained="none")
+    model = Normalized(ImageClassifier(backbone, num_outputs=2), backbone.mean, backbone.std, freeze_bn=freeze)
+    bn = backbone.model.bn1
+    before = bn.running_mean.clone()
+    model.train()
+    assert model.training and bn.training is not freeze
+    model(_x(size=32, batch=4) * 5).sum().backward()
+    assert torch.equal(bn.running_mean, before) is freeze
+    assert bn.weight.grad is not None and bn.weight.grad.abs().sum() > 0
+    model.eval()
+    assert not bn.training
+
+
 def test_vit_drop_path_and_patch_multiple() -> None:
     vit = create_image_backbone("vit_tiny_patch16_224", img_size=48, pretrained="none", drop_path_rate=0.1)
     assert vit.model.pos_embed.shape == (1, 1 + 3 * 3, 192)

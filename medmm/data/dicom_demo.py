@@ -5,7 +5,8 @@ Real images shipped by ``pydicom`` (``pydicom/data/test_files``, including
 copied into one sub-folder per modality. Only modalities with at least
 ``MIN_PER_CLASS`` decodable images are kept (CT, MR, US, CR). NM is left out on
 purpose: its files are four encodings of one image of one patient, which cannot be
-split without leakage. Several other files are re-encodings of one image (same
+split without leakage. The ``dicomdirtests/`` images are 16x16 thumbnails with no
+modality signal left in them (``MIN_SIDE``). Several other files are re-encodings of one image (same
 SOPInstanceUID / PatientID), so split the demo by patient.
 
 A few deliberate problems exercise the skip path: ``README.txt`` (not DICOM),
@@ -23,10 +24,11 @@ from pathlib import Path
 from medmm.data.dicom_pixels import PixelConfig, PixelDecodeError, load_pixels
 from medmm.data.dicom_scan import DicomRecord, list_files, scan_file
 
-__all__ = ["CLASSES", "MIN_PER_CLASS", "build_demo", "source_roots"]
+__all__ = ["CLASSES", "MIN_PER_CLASS", "MIN_SIDE", "build_demo", "source_roots"]
 
 CLASSES = ("CR", "CT", "MR", "US")
 MIN_PER_CLASS = 4
+MIN_SIDE = 32  # dicomdirtests/ holds 16x16 thumbnails: no modality signal left in them
 _BROKEN = {"MR_truncated.dcm": "MR"}  # real, deliberately damaged pydicom test file
 _README = """\
 medmm DICOM demo: modality classification (labels = sub-folder names).
@@ -86,6 +88,8 @@ def _choose_files(out_dir: Path) -> list[tuple[Path, str, str]]:
         for rel in list_files(root):
             record = scan_file(root, rel)
             if not isinstance(record, DicomRecord) or record.modality not in CLASSES:
+                continue
+            if min(record.rows, record.cols) < MIN_SIDE:
                 continue
             name = _demo_name(rel)
             if name in names:

@@ -65,7 +65,7 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = ()) -> pd.Da
         raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
                         "re-save the file as UTF-8") from None
     except ImportError as exc:  # no parquet engine
-        raise DataError(f"cannot read {path}: reading Parquet needs pyarrow (pip install pyarrow): {exc}") from None
+        raise DataError(f"cannot read {path}: reading Parquet needs pyarrow (pip install 'medmm[parquet]'): {exc}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {path}: the file is empty") from None
     except (pd.errors.ParserError, ValueError, OSError) as exc:

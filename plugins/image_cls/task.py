@@ -55,11 +55,19 @@ class AugmentedImages(Dataset):
 
 
 class Normalized(nn.Module):
-    """Applies the backbone's mean/std inside the model, so training and predict cannot disagree."""
+    """Applies the backbone's mean/std inside the model, so training and predict cannot disagree.
 
-    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+    ``freeze_bn`` keeps every BatchNorm layer in eval mode while training: the running statistics
+    stay those of the pretrained weights (the affine parameters still learn). With a handful of
+    images per batch, updating them makes the eval-mode network a different function from the
+    one the head was trained on.
+    """
+
+    def __init__(self, classifier: nn.Module, mean: tuple[float, ...], std: tuple[float, ...],
+                 freeze_bn: bool = False) -> None:
         super().__init__()
         self.classifier = classifier
+        self.freeze_bn = freeze_bn
         self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
@@ -68,6 +76,14 @@ class Normalized(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier((x - self.mean) / self.std)
+
+    def train(self, mode: bool = True) -> Normalized:
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
 
 def _augmentation(d: dict[str, Any]) -> Any:
@@ -182,7 +198,7 @@ class ImageClsTask(Task):
                               weights=m["weights"], drop_rate=m["dropout"], drop_path_rate=m["drop_path"])
         self.weights_source = getattr(backbone, "weights_source", "?")
         n_out = 1 if self.problem == "binary" else len(self.label_names or [])
-        return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std)
+        return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std, freeze_bn=m["freeze_bn"])
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Backbone at ``model.backbone_lr_scale`` x the head's learning rate (0 freezes it)."""
