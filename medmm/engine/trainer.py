@@ -83,15 +83,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict[str, Any]:
+def _rng_snapshot() -> tuple[Any, ...]:
+    """The RNG states as their libraries return them: cheap enough to take every step."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return torch.get_rng_state(), np.random.get_state(), random.getstate(), cuda
+
+
+def _rng_state(snapshot: tuple[Any, ...] | None = None) -> dict[str, Any]:
+    """A snapshot (default: now) as tensors and ints, loadable with ``weights_only=True``."""
+    torch_state, np_state, py_state, cuda = snapshot or _rng_snapshot()
     state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-        "numpy_pos": int(np.random.get_state()[2]),
-        "python": torch.tensor(random.getstate()[1], dtype=torch.int64),
+        "torch": torch_state,
+        "numpy": torch.from_numpy(np_state[1].astype(np.int64)),
+        "numpy_pos": int(np_state[2]),
+        "python": torch.tensor(py_state[1], dtype=torch.int64),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if cuda is not None:
+        state["cuda"] = cuda
     return state
 
 
@@ -297,7 +305,7 @@ class Trainer:
         try:
             self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
         except KeyboardInterrupt:
-            self._save("last", model, opt, sched, scaler, rng=self._window_rng)
+            self._save("last", model, opt, sched, scaler, rng=_rng_state(self._window_rng))
             raise TrainingError(f"interrupted; a resumable checkpoint is in {self.run_dir}/checkpoints/last "
                                 f"(continue with --resume {self.run_dir})") from None
         self.state.finished = True
@@ -315,7 +323,7 @@ class Trainer:
         st, e = self.state, self.e
         eval_every = int(e["eval_every_steps"])
         ckpt_every = max(1, int(e["checkpoint_every_steps"]))
-        self._window_rng = _rng_state()
+        self._window_rng = _rng_snapshot()
         while st.epoch < int(e["epochs"]) and not st.stopped_early and not (total and st.global_step >= total):
             plan = self._plan(data, st.epoch)
             if not plan:
@@ -331,7 +339,7 @@ class Trainer:
                        desc=f"epoch {st.epoch + 1}/{e['epochs']}", unit="step")
             t0, seen = time.perf_counter(), 0
             for window in windows[first:]:
-                self._window_rng = _rng_state()
+                self._window_rng = _rng_snapshot()
                 n_window = sum(len(b) for b in window)
                 model.train()
                 finite = True
