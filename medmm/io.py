@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -53,6 +54,31 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_write(path, "wb") as f:
         f.write(data)
     return Path(path)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON (UTF-8) atomically."""
+    return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+
+
+def read_json(path: str | Path, *, format: str | None = None) -> dict[str, Any]:
+    """Read a JSON object written by :func:`write_json_atomic`; ``format`` must match its ``"format"``.
+
+    Anything unreadable, malformed or of another format is a :class:`~medmm.errors.DataError`
+    naming the file.
+    """
+    from medmm.errors import DataError
+
+    path = Path(path)
+    try:
+        payload = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(payload, dict):
+            raise ValueError("not a JSON object")
+        if format is not None and payload.get("format") != format:
+            raise ValueError(f"not a {format} file")
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    return payload
 
 
 def write_skipped(path: str | Path, rows: Iterable[tuple[str, str]], key: str = "id") -> Path | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,9 +108,12 @@ def test_registry_unknown_name_lists_known_and_closest() -> None:
 
 
 def test_example_package_installs_and_runs_through_the_public_cli(tmp_path: Path) -> None:
-    target = tmp_path / "site"
+    target, source = tmp_path / "site", tmp_path / "medmm-example-plugin"
+    # build from a copy: setuptools writes build/ and *.egg-info into the folder it builds
+    shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                          "--target", str(target), str(ROOT / "examples" / "medmm-example-plugin")],
+                          "--target", str(target), str(source)],
                          capture_output=True, text=True)
     assert pip.returncode == 0, pip.stderr
     env = {"PYTHONPATH": str(target)}
@@ -117,6 +121,6 @@ def test_example_package_installs_and_runs_through_the_public_cli(tmp_path: Path
     assert "medmm-example-plugin" in plugins and "register_backbones, register_fusion_heads" in plugins
     assert "snn" in run_cli("backbones", "--modality", "tabular", env=env).stdout
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                           str(ROOT / "examples" / "medmm-example-plugin" / "tests")],
+                           str(source / "tests")],
                           capture_output=True, text=True, env={**__import__("os").environ, **env}, cwd=tmp_path)
     assert test.returncode == 0, test.stdout[-2000:]

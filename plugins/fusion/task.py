@@ -38,7 +38,7 @@ from medmm.data.splits import check_no_leakage, group_split, parse_split, write_
 from medmm.data.tables import read_table
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
 from medmm.errors import ConfigError, DataError
-from medmm.io import write_skipped, write_text_atomic
+from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
 from medmm.models.fusion import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
@@ -578,16 +578,10 @@ class FusionTask(Task):
             if encoder is None or not hasattr(encoder, "save_pretrained"):
                 raise ConfigError(f"text backbone {self.m['text_backbone']!r} cannot be saved for prediction")
             save_text_backbone(directory / TEXT_DIR, encoder, self.tokenizer)
-        write_text_atomic(directory / ARTIFACT, json.dumps(payload, indent=1) + "\n")
+        write_json_atomic(directory / ARTIFACT, payload)
 
     def load_artifacts(self, directory: Path) -> None:
-        path = directory / ARTIFACT
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            if payload.get("format") != _FORMAT:
-                raise ValueError("not a fusion artifact")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
+        payload = read_json(directory / ARTIFACT, format=_FORMAT)
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
         self.names = list(payload["names"])
         self._artifact_frozen = list(payload.get("frozen", []))

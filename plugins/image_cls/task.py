@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path
@@ -20,6 +19,7 @@ from medmm.data.dicom import (
 )
 from medmm.data.splits import group_split, write_splits
 from medmm.errors import ConfigError, DataError
+from medmm.io import read_json, write_json_atomic
 from medmm.plugins import get_registry
 from medmm.task import DataBundle, Split, Task
 
@@ -219,14 +219,11 @@ class ImageClsTask(Task):
     # ------------------------------------------------------------------ predict
     def save_artifacts(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / ARTIFACT).write_text(json.dumps(
-            {"problem": self.problem, "label_names": self.label_names, "pixels": self._pixel_config().to_dict()}, indent=1))
+        write_json_atomic(directory / ARTIFACT, {"problem": self.problem, "label_names": self.label_names,
+                                                 "pixels": self._pixel_config().to_dict()})
 
     def load_artifacts(self, directory: Path) -> None:
-        try:
-            payload = json.loads((directory / ARTIFACT).read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {directory / ARTIFACT}: {exc}") from None
+        payload = read_json(directory / ARTIFACT)
         self.problem, self.label_names = payload["problem"], payload["label_names"]
         if self.cfg["model"]["pretrained"] == "auto" and not self.cfg["model"]["weights"]:
             self.cfg["model"]["pretrained"] = "none"  # the run's checkpoint holds the weights

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from torch.utils.data import Dataset
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table
 from medmm.errors import ConfigError, DataError
-from medmm.io import write_skipped
+from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.plugins import get_registry
 from medmm.task import DataBundle, Split, Task
 
@@ -159,13 +158,10 @@ class TabularRiskTask(Task):
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"problem": self.problem, "label_names": self.label_names, "features": self.features,
                    "y_mean": self.y_mean, "y_std": self.y_std, "preprocessor": self.preprocessor.to_json()}
-        (directory / ARTIFACT).write_text(json.dumps(payload, indent=1))
+        write_json_atomic(directory / ARTIFACT, payload)
 
     def load_artifacts(self, directory: Path) -> None:
-        try:
-            payload = json.loads((directory / ARTIFACT).read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {directory / ARTIFACT}: {exc}") from None
+        payload = read_json(directory / ARTIFACT)
         self.problem, self.label_names = payload["problem"], payload["label_names"]
         self.features, self.y_mean, self.y_std = payload["features"], payload["y_mean"], payload["y_std"]
         self.preprocessor = Preprocessor.from_json(payload["preprocessor"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from medmm.data.text_batching import (
     tokenize_cached,
 )
 from medmm.errors import ConfigError, DataError
-from medmm.io import write_skipped
+from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
 from medmm.plugins import get_registry
 from medmm.registry import Component
@@ -296,16 +295,10 @@ class TextClsTask(Task):
                 raise ConfigError(f"backbone {self.model_cfg['backbone']!r}: the encoder cannot be saved "
                                   "for prediction (it needs a save_pretrained method)")
             save_text_backbone(directory / ENCODER_DIR, self._encoder, self.tokenizer)
-        (directory / ARTIFACT).write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        write_json_atomic(directory / ARTIFACT, payload)
 
     def load_artifacts(self, directory: Path) -> None:
-        path = directory / ARTIFACT
-        try:
-            payload = json.loads(path.read_text(encoding="utf-8"))
-            if payload.get("format") != _FORMAT:
-                raise ValueError("not a text-cls artifact")
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path}: {exc}") from None
+        payload = read_json(directory / ARTIFACT, format=_FORMAT)
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
         self.multilabel = bool(payload["multilabel"])
         self._artifacts = directory
