@@ -111,3 +111,20 @@ def test_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a" / "notes.txt").write_text("hello")
     out = run_cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *FAST)
     assert out.returncode == 2 and "no readable DICOM image" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_auto_backbone_is_resolved_into_the_run_config(tmp_path: Path) -> None:
+    import torch
+
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+
+    spec = get_registry().get("task", "image-cls")
+    cfg = resolved_config(spec, None, ["engine.device=cpu"])
+    assert cfg["model"]["backbone"] == "auto"
+    spec.load()(cfg, tmp_path)
+    assert cfg["model"]["backbone"] == "vit_tiny_patch16_224"  # what config.yaml and predict will see
+    if not torch.cuda.is_available():
+        out = run_cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                      "--set", "engine.device=cuda")
+        assert out.returncode == 2 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr

@@ -96,11 +96,23 @@ def _augmentation(d: dict[str, Any]) -> Any:
     return v2.Compose(steps)
 
 
+def auto_backbone(device: str) -> str:
+    """``model.backbone=auto``: ViT-Base/16 when training on a CUDA GPU, ViT-Tiny/16 otherwise."""
+    from medmm.engine.device import select_device
+
+    return "vit_base_patch16_224" if select_device(device).type == "cuda" else "vit_tiny_patch16_224"
+
+
 class ImageClsTask(Task):
     """Scan -> labels -> patient split -> decoded pixel cache -> timm backbone."""
 
     problem = "multiclass"
     has_target = True
+
+    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+        super().__init__(cfg, run_dir)
+        if cfg["model"]["backbone"] == "auto":  # resolved here, so the run's config.yaml names it
+            cfg["model"]["backbone"] = auto_backbone(cfg["engine"]["device"])
 
     # ------------------------------------------------------------------ data
     def _pixel_config(self) -> PixelConfig:
