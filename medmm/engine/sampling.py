@@ -36,7 +36,8 @@ def plan_epoch(n: int, global_batch: int, *, seed: int, epoch: int, mode: str = 
     """Global batches (lists of example indices) for one training epoch.
 
     ``shuffle``: a random permutation; ``weighted``: class-balanced sampling with replacement;
-    ``bucket``: batches of similar length (text), order shuffled. The last short batch is kept.
+    ``bucket``: batches of similar length (text), stratified by ``labels`` when they are single
+    labels, order shuffled. The last short batch is kept.
     """
     if n == 0:
         return []
@@ -51,29 +52,41 @@ def plan_epoch(n: int, global_batch: int, *, seed: int, epoch: int, mode: str = 
     elif mode == "bucket":
         if lengths is None:
             raise ConfigError("engine.sampler=bucket needs a task that reports example lengths (text)")
-        return _bucket_batches(np.asarray(lengths), global_batch, g)
+        return _bucket_batches(np.asarray(lengths), global_batch, g, labels)
     else:
         raise ConfigError(f"unknown engine.sampler {mode!r} (shuffle, weighted, bucket)")
     return [order[i : i + global_batch] for i in range(0, n, global_batch)]
 
 
-def _bucket_batches(lengths: np.ndarray, batch: int, g: torch.Generator, pool: int = 4) -> list[list[int]]:
-    """Sort inside random pools of ``pool`` batches, cut batches, shuffle the batch order.
+def _bucket_batches(lengths: np.ndarray, batch: int, g: torch.Generator, labels: np.ndarray | None = None,
+                    pool: int = 50) -> list[list[int]]:
+    """Order random pools of ``pool`` batches by length, cut batches, shuffle the batch order.
 
-    Small pools on purpose: in clinical text, length often tracks the label (abnormal reports
-    are longer), so sorting large pools makes batches nearly single-class and costs accuracy
-    (MiniLM on 800 IU reports: val AUROC 0.976 with pools of 50 batches, 0.979 with 4, 0.990
-    with plain shuffling). Pools of 4 still cut padding enough for 1.6x the samples/s.
+    With single-label ``labels`` the order inside a pool is by length quantile *within each
+    class*, so every batch keeps the pool's class mix: in clinical text length tracks the label
+    (abnormal reports are longer), and sorting by length alone makes batches nearly single-class.
     """
     order = torch.randperm(len(lengths), generator=g).numpy()
+    stratify = labels is not None and np.asarray(labels).ndim == 1 and len(labels) == len(lengths)
     batches: list[list[int]] = []
     size = batch * pool
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
+        if stratify:
+            chunk = chunk[np.argsort(_class_quantiles(np.asarray(labels)[chunk]), kind="stable")]
         batches.extend(chunk[i : i + batch].tolist() for i in range(0, len(chunk), batch))
     perm = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in perm]
+
+
+def _class_quantiles(labels: np.ndarray) -> np.ndarray:
+    """Each position's rank within its class, as a fraction of the class size (mid-rank)."""
+    q = np.empty(len(labels))
+    for c in np.unique(labels):
+        where = np.flatnonzero(labels == c)
+        q[where] = (np.arange(len(where)) + 0.5) / len(where)
+    return q
 
 
 def shard(batch: list[int], rank: int, world_size: int) -> list[int]:

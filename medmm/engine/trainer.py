@@ -166,7 +166,7 @@ class Trainer:
         split = data.train
         assert split is not None
         world = self.dist.world_size
-        labels = split.targets if self.e["sampler"] == "weighted" else None
+        labels = split.targets if self.e["sampler"] in ("weighted", "bucket") else None
         plan = plan_epoch(len(split.dataset), int(self.e["batch_size"]) * world, seed=self.seed, epoch=epoch,
                           mode=self.e["sampler"], labels=labels, lengths=data.lengths)
         if world > 1:
