@@ -318,3 +318,10 @@ def test_gzip_csv_roundtrip(tmp_path: Path) -> None:
     with gzip.open(path, "wt", encoding="utf-8") as fh:
         fh.write("note\tlabel\nclear\t0\n")
     assert read_table(path).shape == (1, 2)
+
+
+def test_is_missing_covers_every_empty_cell_kind() -> None:
+    from medmm.data.tables import is_missing
+
+    assert all(is_missing(v) for v in (None, float("nan"), pd.NA, pd.NaT, "", "  \t"))
+    assert not any(is_missing(v) for v in ("0", 0, 0.0, "NA text", False))

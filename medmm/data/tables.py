@@ -5,21 +5,33 @@ The one table reader of medmm: text, tabular and fusion tasks all load their inp
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from medmm.errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["TABLE_SUFFIXES", "read_table", "table_format"]
+__all__ = ["TABLE_SUFFIXES", "is_missing", "read_table", "table_format"]
 
 #: Recognised table suffixes (optionally followed by a compression suffix such as ``.gz``).
 TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".txt": "tsv", ".jsonl": "jsonl",
                   ".ndjson": "jsonl", ".parquet": "parquet", ".pq": "parquet"}
 _COMPRESSION = {".gz", ".bz2", ".zip", ".xz", ".zst"}
+
+
+def is_missing(value: Any) -> bool:
+    """A table cell with no value: None, NaN / NA / NaT, or a string of whitespace only."""
+    import pandas as pd
+
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    if isinstance(value, float) and math.isnan(value):
+        return True
+    return isinstance(value, str) and not value.strip()
 
 
 def table_format(path: str | Path) -> str:

@@ -14,7 +14,6 @@ sickest patients. Truncated rows are listed in :attr:`TextExamples.truncated`.
 from __future__ import annotations
 
 import logging
-import math
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medmm.data.splits import parse_split
-from medmm.data.tables import read_table
+from medmm.data.tables import is_missing, read_table
 from medmm.errors import ConfigError, DataError
 
 __all__ = ["TextExamples", "load_text_examples", "read_table"]
@@ -72,14 +71,6 @@ class TextExamples:
             skipped=list(self.skipped),
             truncated=list(self.truncated),
         )
-
-
-def _is_missing(value: Any) -> bool:
-    if value is None or value is pd.NA or value is pd.NaT:
-        return True
-    if isinstance(value, float) and math.isnan(value):
-        return True
-    return isinstance(value, str) and not value.strip()
 
 
 def _as_key(value: Any) -> str:
@@ -186,14 +177,14 @@ def load_text_examples(
     for pos, rec in enumerate(records):
         row_id = str(pos)
         if id_column:
-            if _is_missing(rec[id_column]):
+            if is_missing(rec[id_column]):
                 skipped.append((row_id, "missing id"))
                 continue
             row_id = _as_key(rec[id_column])
             if row_id in seen_ids:
                 skipped.append((row_id, "duplicate id"))
                 continue
-        parts = [str(rec[c]).strip() for c in text_columns if not _is_missing(rec[c])]
+        parts = [str(rec[c]).strip() for c in text_columns if not is_missing(rec[c])]
         text = separator.join(p for p in parts if p)
         if not text:
             skipped.append((row_id, "empty text"))
@@ -201,7 +192,7 @@ def load_text_examples(
 
         label: Any = None
         if column_labels:
-            if any(_is_missing(rec[c]) for c in label_columns):
+            if any(is_missing(rec[c]) for c in label_columns):
                 skipped.append((row_id, "missing label"))
                 continue
             values = [_binary(rec[c]) for c in label_columns]
@@ -211,7 +202,7 @@ def load_text_examples(
             label = values
         elif label_columns:
             cell = rec[label_columns[0]]
-            if _is_missing(cell):
+            if is_missing(cell):
                 skipped.append((row_id, "missing label"))
                 continue
             if label_delimiter is not None:
@@ -230,13 +221,13 @@ def load_text_examples(
 
         group = split = None
         if group_column:
-            if _is_missing(rec[group_column]):
+            if is_missing(rec[group_column]):
                 skipped.append((row_id, "missing group"))
                 continue
             group = _as_key(rec[group_column])
         if split_column:
             cell = rec[split_column]
-            if _is_missing(cell):
+            if is_missing(cell):
                 skipped.append((row_id, "missing split"))
                 continue
             split = parse_split(cell)

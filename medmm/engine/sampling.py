@@ -67,14 +67,15 @@ def _bucket_batches(lengths: np.ndarray, batch: int, g: torch.Generator, labels:
     (abnormal reports are longer), and sorting by length alone makes batches nearly single-class.
     """
     order = torch.randperm(len(lengths), generator=g).numpy()
-    stratify = labels is not None and np.asarray(labels).ndim == 1 and len(labels) == len(lengths)
+    labels = None if labels is None else np.asarray(labels)
+    stratify = labels is not None and labels.ndim == 1 and len(labels) == len(lengths)
     batches: list[list[int]] = []
     size = batch * pool
     for start in range(0, len(order), size):
         chunk = order[start : start + size]
         chunk = chunk[np.argsort(-lengths[chunk], kind="stable")]
         if stratify:
-            chunk = chunk[np.argsort(_class_quantiles(np.asarray(labels)[chunk]), kind="stable")]
+            chunk = chunk[np.argsort(_class_quantiles(labels[chunk]), kind="stable")]
         batches.extend(chunk[i : i + batch].tolist() for i in range(0, len(chunk), batch))
     perm = torch.randperm(len(batches), generator=g).tolist()
     return [batches[i] for i in perm]

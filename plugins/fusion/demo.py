@@ -8,9 +8,9 @@ comes from a patient.
 
 from __future__ import annotations
 
-import click
 from pathlib import Path
 
+import click
 
 
 def build(out_dir: Path) -> tuple[Path, list[str]]:
@@ -18,7 +18,8 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
     from medmm.data.fusion_demo import build_fusion_demo
 
     pairs = build_fusion_demo(Path(out_dir), n_patients=400)
-    click.echo(f"medmm demo fusion: SYNTHETIC data (phantom CT studies + templated notes, no patient data) in {out_dir}", err=True)
+    click.echo(f"medmm demo fusion: SYNTHETIC data (phantom CT studies + templated notes, no patient data) "
+               f"in {out_dir}", err=True)
     return pairs, [
         "data.text_column=text",
         "data.image_column=image",

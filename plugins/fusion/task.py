@@ -35,8 +35,9 @@ from medmm.data.dicom import DicomRecord, PixelCache, PixelConfig
 from medmm.data.dicom_scan import list_files, scan_file
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
-from medmm.data.tables import read_table
+from medmm.data.tables import is_missing, read_table
 from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
+from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
 from medmm.models.fusion import modality_dropout
@@ -51,14 +52,6 @@ ARTIFACT = "fusion.json"
 TEXT_DIR = "text_encoder"
 FROZEN_FILE = "frozen_encoders.safetensors"
 _FORMAT = "medmm.fusion"
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == ""
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 class FusionRows(Dataset):
@@ -218,7 +211,7 @@ class FusionTask(Task):
         return encoders
 
     # ------------------------------------------------------------------ reading
-    def _read(self, data_path: Path, *, labelled: bool) -> tuple[Any, list[str], list[tuple[str, str]]]:
+    def _read(self, data_path: Path, *, labelled: bool) -> tuple[Any, list[str]]:
         d = self.d
         path = Path(data_path)
         if path.is_dir():
@@ -238,12 +231,12 @@ class FusionTask(Task):
         ids = [str(v) for v in df[d["id_column"]]] if d["id_column"] else [str(i) for i in range(len(df))]
         if len(set(ids)) != len(ids):
             raise DataError(f"{path.name}: data.id_column {d['id_column']!r} has duplicate values")
-        return df.reset_index(drop=True), ids, []
+        return df.reset_index(drop=True), ids
 
     def _image_records(self, df: Any, base: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
         """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
         col = self.d["image_column"]
-        cells = [None if _missing(v) else Path(str(v).strip()) for v in df[col]]
+        cells = [None if is_missing(v) else Path(str(v).strip()) for v in df[col]]
         full = [None if c is None else (c if c.is_absolute() else base / c) for c in cells]
         existing = [p.resolve() for p in full if p is not None and p.exists()]
         root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in existing])) if existing else base
@@ -271,14 +264,14 @@ class FusionTask(Task):
     def _load(self, data_path: Path, *, labelled: bool) -> dict[str, Any]:
         """Read the table and every modality; returns row-aligned arrays and the skip list."""
         d = self.d
-        df, ids, _ = self._read(data_path, labelled=labelled)
+        df, ids = self._read(data_path, labelled=labelled)
         base = Path(data_path).resolve().parent
         n = len(df)
         present = np.zeros((n, len(self.names)), dtype=bool)
         reasons: dict[int, str] = {}
         out: dict[str, Any] = {"ids": ids, "names": self.names, "emb": {}, "n": n}
         if "text" in self.names:
-            texts = ["" if _missing(v) else str(v) for v in df[d["text_column"]]]
+            texts = ["" if is_missing(v) else str(v) for v in df[d["text_column"]]]
             out["texts"] = texts
             present[:, self.names.index("text")] = [bool(t.strip()) for t in texts]
         if "image" in self.names:
@@ -307,19 +300,20 @@ class FusionTask(Task):
         skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
                    for r in np.flatnonzero(~keep)]
         out["partial"] = [(ids[r], f"kept without its image: {reasons[r]}") for r in sorted(reasons) if keep[r]]
-        if labelled:
+        if d["label_column"] in df.columns:  # predict: labels, when given, yield metrics
             labels = df[d["label_column"]]
-            has_label = ~labels.map(_missing).to_numpy()
+            out["labels_raw"] = ["" if is_missing(v) else str(v).strip() for v in labels]
+        if labelled:
+            has_label = np.asarray([bool(v) for v in out["labels_raw"]])
             skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
             keep &= has_label
-            out["labels_raw"] = ["" if _missing(v) else str(v).strip() for v in labels]
         if labelled and d["split_column"]:
             out["splits"] = [parse_split(v) for v in df[d["split_column"]]]
             bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
             skipped += [(ids[r], "split column is not train / val / test") for r in bad]
             keep[bad] = False
         if d["group_column"]:
-            out["groups"] = ["" if _missing(v) else str(v) for v in df[d["group_column"]]]
+            out["groups"] = ["" if is_missing(v) else str(v) for v in df[d["group_column"]]]
         out["keep"], out["skipped"] = keep, skipped
         return out
 
@@ -345,7 +339,7 @@ class FusionTask(Task):
         rows = np.flatnonzero(data["keep"])
         if len(rows) == 0:
             raise DataError("no usable row: every row lacks a label or all of its modalities (see skipped.csv)")
-        if _is_main():
+        if is_main_process():
             write_skipped(self.run_dir / "skipped.csv", [*data["skipped"], *data["partial"]])
         y = self._set_labels([data["labels_raw"][r] for r in rows])
         groups = [data["groups"][r] or f"row:{data['ids'][r]}" for r in rows] if "groups" in data else None
@@ -356,7 +350,7 @@ class FusionTask(Task):
         else:
             splits = group_split(len(rows), groups=groups, labels=y, val_fraction=float(self.d["val_fraction"]),
                                  test_fraction=float(self.d["test_fraction"]), seed=int(self.cfg["seed"]))
-        if _is_main():
+        if is_main_process():
             write_splits(self.run_dir / "splits.csv", [data["ids"][r] for r in rows], splits)
         train_rows = rows[splits == "train"]
         if "tabular" in self.names:
@@ -551,7 +545,7 @@ class FusionTask(Task):
         note = ("<p>The same trained model evaluated on the same rows with modalities masked out (the head sees them "
                 "as missing, exactly as for a row that lacks them). A large drop means the model relies on that "
                 "modality; rows left with no modality get the head's constant output.</p>")
-        if _is_main():
+        if is_main_process():
             write_text_atomic(self.run_dir / "modality_ablation.json", json.dumps(dict(rows), indent=1) + "\n")
         return [("Per-modality contribution", f"{note}<table><tr><th>test rows shown</th>{head}</tr>{body}</table>")]
 
@@ -598,15 +592,9 @@ class FusionTask(Task):
         self._prepare_inputs(data)
         rows = np.flatnonzero(data["keep"])
         labels = None
-        col = self.d["label_column"]
-        if col:
-            try:
-                raw = self._read(Path(data_path), labelled=True)[0][col]
-                values = ["" if _missing(v) else str(v).strip() for v in raw]
-                if all(values[r] in (self.label_names or []) for r in rows):
-                    labels = np.asarray([self.label_names.index(values[r]) for r in rows], dtype=np.int64)
-            except DataError:
-                labels = None
+        values = data.get("labels_raw")
+        if values is not None and all(values[r] in (self.label_names or []) for r in rows):
+            labels = np.asarray([self.label_names.index(values[r]) for r in rows], dtype=np.int64)
         split = Split(FusionRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
         split.skipped = list(data["skipped"])
         return split, self._collate()

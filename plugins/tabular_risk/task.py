@@ -83,7 +83,8 @@ class TabularRiskTask(Task):
         self.problem = self._problem(df)
         target = prepare_target(df, self.problem, d["target"], d["time"], d["event"])
         ids_all = self._row_ids(df)
-        write_skipped(self.run_dir / "skipped.csv", [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep])
+        write_skipped(self.run_dir / "skipped.csv",
+                      [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
         reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"], d["split_column"]} - {None}
@@ -97,7 +98,7 @@ class TabularRiskTask(Task):
             if d["split_column"] not in kept.columns:
                 raise DataError(f"split column {d['split_column']!r} is not in the data")
             splits = np.asarray([parse_split(v) for v in kept[d["split_column"]]], dtype=object)
-            bad = [ids[i] for i in np.flatnonzero(splits == None)]  # noqa: E711 - elementwise
+            bad = [i for i, s in zip(ids, splits) if s is None]
             if bad:
                 raise DataError(f"data.split_column {d['split_column']!r} must hold train / val / test; "
                                 f"{len(bad)} rows do not (first ids: {bad[:3]})")

@@ -41,6 +41,7 @@ from medmm.data.text_batching import (
     pad_collate,
     tokenize_cached,
 )
+from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
@@ -68,10 +69,6 @@ def _columns(value: Any) -> list[str]:
 def _is_vocab_backbone(factory: Any) -> bool:
     """An encoder class trained from a vocabulary (vs a factory returning encoder + tokenizer)."""
     return isinstance(factory, type) and issubclass(factory, nn.Module)
-
-
-def _is_main() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 @dataclass
@@ -186,7 +183,7 @@ class TextClsTask(Task):
         d = self.data_cfg
         ex = self._read(data_path, labels=True)
         self._set_problem(ex)
-        if _is_main():
+        if is_main_process():
             self._write_skipped(ex)
 
         if ex.splits is not None:
@@ -197,7 +194,7 @@ class TextClsTask(Task):
             splits = group_split(len(ex), groups=ex.groups, labels=None if ex.multilabel else ex.labels,
                                  val_fraction=float(d["val_fraction"]), test_fraction=float(d["test_fraction"]),
                                  seed=int(self.cfg.get("seed", 0)))
-        if _is_main():
+        if is_main_process():
             write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
 
         parts = {name: ex.subset(np.flatnonzero(splits == name)) for name in ("train", "val", "test")}
