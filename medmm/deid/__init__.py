@@ -1,0 +1,1 @@
+"""De-identification of DICOM folders and clinical text, with keyed (HMAC) pseudonyms."""

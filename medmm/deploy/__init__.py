@@ -1,0 +1,1 @@
+"""Deployment of trained runs: ONNX export, onnxruntime prediction, HTTP service, DICOM SR."""

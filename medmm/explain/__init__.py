@@ -1,0 +1,1 @@
+"""Explanations of trained runs: attributions per modality (captum) and faithfulness checks."""

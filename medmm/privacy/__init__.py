@@ -1,0 +1,1 @@
+"""Privacy: differentially private training (opacus) and membership-inference audits."""
