@@ -132,12 +132,17 @@ def make_cli() -> click.Group:
     @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Data to predict.")
     @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Predictions CSV to write.")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
-    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str) -> None:
+    @click.option("--baseline", is_flag=True, help="Use the run's classic baseline instead of its model.")
+    @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
+                  help="Keep the pixel/token cache of --data here (default: the run's data.cache_dir if set, "
+                       "else a temporary folder removed afterwards; never the run directory).")
+    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str, baseline: bool, cache_dir: Path | None) -> None:
         """Predict with a trained RUN_DIR on new --data; writes one CSV row per unit."""
         from medmm.runner import predict_run
 
         _check_data(data)
-        predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry())
+        predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry(), baseline=baseline,
+                    cache_dir=cache_dir)
 
     @cli.command()
     @click.argument("task")
@@ -149,6 +154,50 @@ def make_cli() -> click.Group:
         from medmm.runner import run_demo
 
         run_demo(_task_spec(task), out, overrides, quiet=quiet)
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                  help="Labelled data: a table or a DICOM folder, read as the run's task reads it.")
+    @click.option("--out", "out", type=click.Path(path_type=Path),
+                  help="Output folder, new or empty (default RUN_DIR/evaluations/<data>-<time>).")
+    @click.option("--subgroups", help="Comma-separated subgroup columns (default: the run's data.subgroup_columns).")
+    @click.option("--site", help="Site label recorded in the report and the model card.")
+    @click.option("--date-column", help="Column whose date range is recorded as provenance.")
+    @click.option("--recalibrate", type=click.Choice(["temperature", "isotonic"]),
+                  help="Fit a recalibration on part of the data; writes a new run dir under --out.")
+    @click.option("--calibration-fraction", type=float, default=0.5, show_default=True,
+                  help="Share of the units the recalibration is fitted on (the rest checks it).")
+    @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+    @click.option("--no-card", is_flag=True, help="Do not append a Validation entry to the run's model card.")
+    def evaluate(run_dir: Path, data: Path, out: Path | None, subgroups: str | None, site: str | None,
+                 date_column: str | None, recalibrate: str | None, calibration_fraction: float, checkpoint: str,
+                 no_card: bool) -> None:
+        """Validate a trained RUN_DIR on new labelled --data: metrics, operating point, subgroups, shift."""
+        from medmm.evaluation.external import evaluate_run
+
+        _check_data(data)
+        columns = None if subgroups is None else [c.strip() for c in subgroups.split(",") if c.strip()]
+        evaluate_run(run_dir, data, registry=_registry(), out=out, subgroups=columns, site=site,
+                     date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
+                     checkpoint=checkpoint, card=not no_card)
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
+                  help="Data to explain, read as the run's task reads it for predict.")
+    @click.option("--out", "out", type=click.Path(path_type=Path),
+                  help="Output folder, new or empty (default RUN_DIR/explain-<time>).")
+    @click.option("--limit", type=int, default=20, show_default=True, help="Units (rows, studies, documents) explained.")
+    @click.option("--method", type=click.Choice(["auto", "ig", "gradcam", "occlusion", "shap"]), default="auto",
+                  show_default=True, help="auto: IG for text and tables, Grad-CAM for images, masking for modalities.")
+    @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+    def explain(run_dir: Path, data: Path, out: Path | None, limit: int, method: str, checkpoint: str) -> None:
+        """Explain a trained RUN_DIR's predictions on --data, with faithfulness checks."""
+        from medmm.explain.run import explain_run
+
+        _check_data(data)
+        explain_run(run_dir, data, out, registry=_registry(), limit=limit, method=method, checkpoint=checkpoint)
 
     _add_plugin_commands(cli)
     return cli
@@ -163,10 +212,10 @@ def _add_plugin_commands(cli: click.Group) -> None:
         return  # do not load plugins for built-in commands that do not need them
     try:
         plugins().pm.hook.register_commands(cli=cli)
-    except MedmmError:
+    except (MedmmError, KeyboardInterrupt):
         raise
-    except Exception as exc:  # a plugin's command hook must not kill the CLI
-        click.echo(f"medmm: warning: a plugin's register_commands failed: {exc}", err=True)
+    except BaseException as exc:  # a plugin's command hook (even sys.exit) must not kill the CLI
+        click.echo(f"medmm: warning: a plugin's register_commands failed: {type(exc).__name__}: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -49,10 +49,13 @@ def write_model_card(
     limitations: Sequence[str] | None = None,
     config: Mapping[str, Any],
     command: str | None = None,
+    sections: Sequence[str] = (),
+    subgroups: str | None = None,
 ) -> Path:
     """Write a Markdown model card to ``path`` (atomically) and return the path.
 
-    ``limitations`` are added after :data:`DEFAULT_LIMITATIONS`. ``command`` is the shell
+    ``subgroups`` (Markdown: the subgroup audit, or why there is none) becomes a "Subgroups"
+    section in place of the generic subgroup caveat. ``limitations`` are added after :data:`DEFAULT_LIMITATIONS`. ``command`` is the shell
     command that reproduces the run (default: ``medmm run <task> --data <DATA> --config
     config.yaml``, with ``config`` saved as ``config.yaml``).
     """
@@ -66,8 +69,11 @@ def write_model_card(
         "## Training data\n\n" + data_description.strip()
         + "\n\nThis card holds counts and aggregate metrics only: no patient-level data.",
         "## Evaluation\n\n" + _metrics_table(metrics, ci),
+        *([f"## Subgroups\n\n{subgroups.strip()}"] if subgroups is not None else []),  # the audit replaces the caveat
+        *sections,  # e.g. the comparison with the classic baseline (Markdown, "## ..." headed)
         "## Limitations and ethical considerations\n\n"
-        + "\n".join(f"- {item}" for item in (*DEFAULT_LIMITATIONS, *(limitations or ()))),
+        + "\n".join(f"- {item}" for item in (*DEFAULT_LIMITATIONS, *(limitations or ()))
+                     if subgroups is None or not item.startswith("Subgroups:")),
         _reproduce(command, config),
     ]
     path = Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from typing import Any
 import click
 
 from medmm import __version__
-from medmm.config import dump_yaml, load_yaml, resolve
+from medmm.config import Range, dump_yaml, load_yaml, resolve
 from medmm.errors import ConfigError, MedmmError
 from medmm.task import TaskSpec
 
@@ -26,6 +27,32 @@ ENGINE_CHOICES = {
     "engine.sampler": ["shuffle", "weighted", "bucket"],
     "engine.monitor_mode": ["auto", "max", "min"],
     "engine.nan_policy": ["stop", "skip"],
+    "engine.baseline": ["auto", "none"],
+    "engine.privacy.accountant": ["rdp", "prv"],
+    "eval.threshold": ["youden", "target_sensitivity", "target_specificity", "fixed"],
+}
+# Allowed intervals of the numeric engine keys (tasks declare theirs in TaskSpec.ranges).
+ENGINE_RANGES = {
+    "seed": Range(0),
+    "engine.epochs": Range(1),
+    "engine.max_steps": Range(0),
+    "engine.min_steps": Range(0),
+    "engine.batch_size": Range(1),
+    "engine.eval_batch_size": Range(1),
+    "engine.grad_accum": Range(1),
+    "engine.max_grad_norm": Range(0),
+    "engine.lr": Range(0),  # 0 is allowed: a frozen model (e.g. a sanity baseline)
+    "engine.weight_decay": Range(0),
+    "engine.warmup_ratio": Range(0, 1, hi_open=True),
+    "engine.label_smoothing": Range(0, 1, hi_open=True),
+    "engine.eval_every_steps": Range(0),
+    "engine.patience": Range(0),
+    "engine.checkpoint_every_steps": Range(1),
+    "engine.num_workers": Range(0),
+    "engine.bootstrap": Range(0),
+    "eval.target": Range(0, 1),
+    "eval.fixed_value": Range(0, 1),
+    "eval.min_group_size": Range(1),
 }
 MIN_FREE_BYTES = 200 * 1024**2
 
@@ -37,12 +64,13 @@ def default_run_dir(task: str) -> Path:
 
 def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
     """Create (or check) the run directory: writable, enough free space, not clobbering a run."""
+    from medmm import rundir
+
     run_dir = Path(run_dir)
     if resume:
-        if not (run_dir / "run.json").exists():
-            raise MedmmError(f"--resume {run_dir}: not a medmm run directory (no run.json)")
-    elif (run_dir / "run.json").exists():
-        raise MedmmError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
+        rundir.check_resume(run_dir)
+    else:
+        rundir.check_new(run_dir)  # never into a folder of other files; a failed run is replaced
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
@@ -76,17 +104,23 @@ def task_defaults(spec: TaskSpec) -> dict[str, Any]:
             raise ConfigError(f"{spec.config}: unknown engine key {key!r}")
     merged = {**engine, **task}
     merged["engine"] = {**engine["engine"], **task.get("engine", {})}
+    for name in set(engine) & set(task) - {"engine"}:  # shared sections (data.subgroup_columns): task keys first
+        merged[name] = {**task[name], **{k: v for k, v in engine[name].items() if k not in task[name]}}
     return merged
 
 
 def choices(spec: TaskSpec) -> dict[str, Any]:
-    """Allowed values: the engine's and the task's."""
-    return {**ENGINE_CHOICES, **spec.choices}
+    """Allowed values and numeric ranges: the engine's and the task's."""
+    return {**ENGINE_CHOICES, **ENGINE_RANGES, **spec.choices, **getattr(spec, "ranges", {})}
 
 
 def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
-    """Defaults, the user's YAML and ``--set`` overrides, validated."""
-    return resolve(task_defaults(spec), user_file, overrides, choices(spec))
+    """Defaults, the user's YAML and ``--set`` overrides, validated; then the backbone's recipe
+    for every key the user did not set (:mod:`medmm.recipes`)."""
+    from medmm.recipes import apply_recipe, user_keys
+
+    cfg = resolve(task_defaults(spec), user_file, overrides, choices(spec))
+    return apply_recipe(cfg, spec, user_keys(user_file, overrides), choices(spec))
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:
@@ -110,37 +144,76 @@ def _setup_logging(run_dir: Path, main: bool) -> None:
         handler = logging.FileHandler(run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logger.addHandler(handler)
+    if main:  # warnings on the console too; Python warnings into train.log as well
+        from medmm.runlog import attach_console
+
+        attach_console(next((h for h in logger.handlers if isinstance(h, logging.FileHandler)), None))
 
 
 def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, *, resume: bool = False,
-             quiet: bool = False) -> dict[str, Any]:
-    """Train, evaluate on the test split and write every output of a run; returns the summary."""
+             quiet: bool = False, prepared: bool = False) -> dict[str, Any]:
+    """Train, evaluate on the test split and write every output of a run; returns the summary.
+
+    ``prepared``: the caller already checked and created ``out`` (e.g. a demo wrote its data there).
+    """
+    import tempfile
+
+    from medmm import fingerprint, rundir
     from medmm.engine import Trainer
+    from medmm.recipes import annotated_yaml, apply_min_steps
+    from medmm.recipes import describe as describe_recipe
     from medmm.engine.checkpoint import load_weights
     from medmm.engine.distributed import shutdown
 
     run_dir = out or default_run_dir(spec.name)
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
-    if main:
+    if main and not prepared:
         prepare_run_dir(run_dir, resume=resume)
     # Under torchrun only rank 0 writes the run directory; other ranks keep their scratch
-    # files (data reports, caches) apart so no two processes write one file.
-    task_dir = run_dir if main else run_dir / ".ranks" / str(rank)
-    task = spec.load()(cfg, task_dir)
-    trainer = Trainer(task, cfg, run_dir, quiet=quiet, callbacks=_plugin_callbacks(cfg, run_dir))
-    if not main:
-        task_dir.mkdir(parents=True, exist_ok=True)
+    # files (data reports, caches) in a temporary folder, removed at the end.
+    task_dir = run_dir if main else Path(tempfile.mkdtemp(prefix=f"medmm-rank{rank}-"))
+    try:
+        task = spec.load()(cfg, task_dir)
+        trainer = Trainer(task, cfg, run_dir, quiet=quiet, callbacks=_plugin_callbacks(cfg, run_dir))
+    except BaseException:
+        if not main:
+            shutil.rmtree(task_dir, ignore_errors=True)
+        raise
     _setup_logging(run_dir, main)
+    started = False  # run.json says "running": from here on a failure is recorded there
     try:
         if main and not resume:
-            (run_dir / "config.yaml").write_text(dump_yaml(cfg))
-            (run_dir / "run.json").write_text(json.dumps(
-                {"task": spec.name, "medmm": __version__, "data": str(data), "created": time.time()}, indent=1))
-        bundle = task.build_data(Path(data))
-        if main and not quiet and bundle.meta.get("description"):
-            click.echo(f"medmm {spec.name}: {bundle.meta['description']}", err=True)
+            (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # recipe / auto choices commented
+            rundir.start(run_dir, {"task": spec.name, "medmm": __version__, "data": str(data), "created": time.time()})
+            started = True
+            fingerprint.save(run_dir, Path(data), fingerprint.fingerprint(data, exclude=run_dir))
+        elif main:
+            if not fingerprint.check_same_data(run_dir, Path(data)):
+                log.warning("%s has no data fingerprint (made by an older medmm): cannot check that %s is "
+                            "the data it started with", run_dir, data)
+            rundir.start(run_dir)
+        started = True
         if main:
+            from medmm.runlog import config_changes
+
+            log.info("medmm %s %s: data %s, run %s%s; device %s, precision %s; config (non-default): %s", spec.name,
+                     __version__, data, run_dir, " (resumed)" if resume else "", trainer.device, trainer.precision,
+                     ", ".join(config_changes(cfg, task_defaults(spec))) or "all defaults")
+        bundle = task.build_data(Path(data))
+        if main and bundle.meta.get("description"):
+            from medmm.runlog import echo
+
+            if quiet:
+                log.info("medmm %s: %s", spec.name, bundle.meta["description"])
+            else:
+                echo(f"medmm {spec.name}: {bundle.meta['description']}")
+        if main and not quiet and describe_recipe(cfg):
+            click.echo(f"medmm {spec.name}: {describe_recipe(cfg)}", err=True)
+        accum = max(1, int(cfg["engine"]["grad_accum"]))
+        if apply_min_steps(cfg, math.ceil(len(trainer._plan(bundle, 0)) / accum)) and main:
+            (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
+        if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")
         model = task.build_model()
         fit = trainer.fit(model, bundle, resume=resume)
@@ -153,14 +226,31 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
             out_eval = trainer.evaluate(model, split, bundle.collate_fn)
             sections = task.report_sections(lambda: trainer.metrics_of(trainer.evaluate(model, split, bundle.collate_fn)))
             bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []), *sections]
+            from medmm.evaluation import training_evaluation  # operating point on val, subgroup audit (#16)
+
+            trust = training_evaluation(task, trainer, model, bundle, out_eval, split_name, Path(data), cfg, run_dir,
+                                        main=main)
+            bundle.meta["report_sections"] = [*bundle.meta["report_sections"], *trust["sections"]]
+            bundle.meta.update(operating_point=trust["operating_point"], subgroups_card=trust["card"])
+            summary.update(trust["summary"])
+            from medmm.privacy.membership import privacy_outputs  # ε spent, membership audit (#18)
+
+            summary.update(privacy_outputs(trainer, model, bundle, out_eval, split_name, cfg, run_dir, main=main))
             if main:
                 summary.update(_finish(task, trainer, fit, out_eval, split_name, run_dir, cfg, spec, bundle))
         if main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            rundir.finish(run_dir)
             _print_summary(summary)
         return summary
+    except BaseException as exc:
+        if main and started:
+            rundir.finish(run_dir, exc)
+        raise
     finally:
         shutdown(trainer.dist)
+        if not main:
+            shutil.rmtree(task_dir, ignore_errors=True)
 
 
 def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
@@ -181,6 +271,7 @@ def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
 def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir: Path, cfg: dict[str, Any],
             spec: TaskSpec, bundle: Any) -> dict[str, Any]:
     """Metrics with CIs, predictions.csv, report.html and the model card."""
+    from medmm.classic import baseline_for_run
     from medmm.metrics import bootstrap_cis
     from medmm.model_card import write_model_card
     from medmm.predictions import write_predictions
@@ -192,10 +283,12 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     if metrics and n_boot:
         (y_true, y_score), kw = trainer.metric_inputs(ev)
         ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=int(cfg.get("seed", 0)), **kw)
-    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"))
-    record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics}
-    with (run_dir / "metrics.jsonl").open("a") as f:
-        f.write(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()}) + "\n")
+    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"),
+                      operating_point=bundle.meta.get("operating_point"))
+    base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.get("unit_columns"))
+    record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics,
+              "final": True}
+    _write_final_record(run_dir / "metrics.jsonl", record)
     sizes = {name: len(s.dataset) for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
              if s is not None}
     model_name = str(cfg.get("model", {}).get("backbone", cfg.get("model", {}).get("name", "?")))
@@ -206,15 +299,30 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
         y_true = None
     write_report(run_dir / "report.html", title=f"medmm {spec.name}", problem=task.problem, history=fit.history,
                  y_true=y_true, y_score=y_score, label_names=task.label_names, metrics=metrics, ci=ci,
-                 extra_sections=bundle.meta.get("report_sections"),
+                 extra_sections=[*base.report, *bundle.meta.get("report_sections", [])],
                  summary={"task": spec.name, "model": model_name, "device": str(trainer.device),
                           "precision": trainer.precision, "examples": json.dumps(sizes),
                           "best step": str(fit.state.best_step), f"monitored ({fit.monitor})": f"{fit.state.best_value}",
                           "evaluated on": split_name}, **kw)
     write_model_card(run_dir / "model_card.md", task=spec.name, model=model_name,
                      data_description=bundle.meta.get("description", f"examples per split: {sizes}"),
-                     metrics=metrics, ci=ci, label_names=task.label_names, config=cfg)
-    return {"split": split_name, "metrics": metrics, "ci": ci, "sizes": sizes}
+                     metrics=metrics, ci=ci, label_names=task.label_names, config=cfg, sections=[*base.card, *bundle.meta.get("card_sections", [])],
+                     subgroups=bundle.meta.get("subgroups_card"))
+    units = {name: len(dict.fromkeys(s.units)) for name, s in (("train", bundle.train), ("val", bundle.val),
+                                                                ("test", bundle.test)) if s is not None}
+    return {"split": split_name, "metrics": metrics, "ci": ci, "sizes": sizes, "units": units,
+            "unit_name": bundle.meta.get("unit_name", "units"), "example_name": bundle.meta.get("example_name", "examples"),
+            **base.summary}
+
+
+def _write_final_record(path: Path, record: dict[str, Any]) -> None:
+    """Append the final evaluation to metrics.jsonl, replacing the one of an earlier finish (a resumed run)."""
+    from medmm.engine.callbacks import read_jsonl
+    from medmm.io import write_text_atomic
+
+    rows = [r for r in read_jsonl(path) if not r.get("final") and r.get("split") != "test"]
+    rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()})
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _fmt(v: Any) -> str:
@@ -222,25 +330,44 @@ def _fmt(v: Any) -> str:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
+    from medmm.classic import summary_lines as baseline_summary_lines
+
     run_dir = Path(summary["run_dir"])
     lines = [f"medmm {summary['task']}: done"]
     if "metrics" in summary:
-        lines.append(f"  {summary['split']} split ({summary['sizes'].get(summary['split'], '?')} examples):")
+        lines.append(f"  {_split_size(summary)}:")
         for k, v in summary["metrics"].items():
             ci = summary["ci"].get(k)
             lines.append(f"    {k:<10} {_fmt(v)}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
+        lines += baseline_summary_lines(summary.get("baseline"))
     lines.append(f"  best {summary['monitor']} on val: {_fmt(summary['best_value'])} at step {summary['best_step']}")
     for name in ("report.html", "predictions.csv", "metrics.jsonl", "model_card.md", "checkpoints/best"):
         lines.append(f"  {name:<16} {run_dir / name}")
     skipped = run_dir / "skipped.csv"
     if skipped.exists():
         lines.append(f"  {'skipped.csv':<16} {skipped}")
-    click.echo("\n".join(lines))
+    from medmm.runlog import echo
+
+    echo("\n".join(lines), err=False)
 
 
-def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best", registry: Any) -> Path:
-    """Predict ``data`` with a trained run; writes one CSV row per unit."""
+def _split_size(summary: dict[str, Any]) -> str:
+    """``test split (60 examples)``, or ``test split: 9 series from 22 instances`` when units pool examples."""
+    split = summary["split"]
+    n, units = summary["sizes"].get(split, "?"), summary.get("units", {}).get(split)
+    if units is None or units == n:
+        return f"{split} split ({n} examples)"
+    return f"{split} split: {units} {summary.get('unit_name', 'units')} from {n} {summary.get('example_name', 'examples')}"
+
+
+def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best", registry: Any,
+                baseline: bool = False, cache_dir: Path | None = None) -> Path:
+    """Predict ``data`` with a trained run (or its classic ``baseline``); writes one CSV row per unit."""
+    from medmm.rundir import check_output_file
+
+    check_output_file(Path(out))  # before any work: an unwritable --out must not cost a full prediction
     from medmm.engine import Trainer
+    from medmm.privacy.dp import prepare_model
     from medmm.engine.checkpoint import load_weights
     from medmm.io import write_skipped
     from medmm.predictions import write_predictions
@@ -249,18 +376,31 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     info = _run_info(run_dir)
     spec = registry.get("task", info["task"])
     cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
+    from medmm.data.cache_dirs import predict_cache
+
+    _cache = predict_cache(cfg, cache_dir)  # the new data's caches, never in the run dir; a temp one goes on return
     task = spec.load()(cfg, run_dir)
     task.load_artifacts(run_dir / "artifacts")
-    model = task.build_model()
+    model = prepare_model(task.build_model(), cfg)  # a DP run's layers (BatchNorm -> GroupNorm, ...)
     load_weights(run_dir / "checkpoints" / checkpoint, model)
     split, collate = task.build_predict_data(Path(data))
     trainer = Trainer(task, cfg, run_dir, quiet=True)
-    model.to(trainer.device)
-    ev = trainer.evaluate(model, split, collate)
+    if baseline:
+        from medmm.classic import predict_baseline
+
+        ev, _ = predict_baseline(task, run_dir)
+    else:
+        model.to(trainer.device)
+        ev = trainer.evaluate(model, split, collate)
+    from medmm.evaluation.calibration import apply_stored_calibration
+    from medmm.evaluation.threshold import load_operating_point
+
+    op = None if baseline else load_operating_point(run_dir)  # thresholded decision next to the probabilities
+    ev = ev if baseline else apply_stored_calibration(run_dir, task.problem, ev)  # a recalibrated run (evaluate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None))
-    msg = f"medmm predict: {len(ev.units)} predictions -> {out}"
+    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None), operating_point=op)
+    msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     skipped = getattr(split, "skipped", None)
     if skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key="path")
@@ -282,4 +422,4 @@ def run_demo(spec: TaskSpec, out: Path | None, overrides: Sequence[str], *, quie
     click.echo(f"medmm demo {spec.name}: building demo data in {run_dir / 'demo-data'} ...", err=True)
     data, demo_overrides = resolve_object(spec.demo)(run_dir / "demo-data")
     cfg = resolved_config(spec, None, [*demo_overrides, *overrides])
-    return run_task(spec, cfg, Path(data), run_dir, resume=False, quiet=quiet)
+    return run_task(spec, cfg, Path(data), run_dir, resume=False, quiet=quiet, prepared=True)

@@ -33,6 +33,8 @@ class TaskSpec:
         choices: allowed values per dotted config key, e.g. ``{"model.backbone": [...]}``.
         demo: optional ``"module:function"`` ``(out_dir: Path) -> (data_path, overrides)``
             that builds a bundled demo data set for ``medmm demo NAME``.
+        ranges: allowed intervals of numeric keys, e.g. ``{"data.size": Range(1)}``
+            (:class:`medmm.config.Range`); out-of-range values are one-line errors.
     """
 
     name: str
@@ -42,6 +44,7 @@ class TaskSpec:
     impl: str | Callable[..., Task]
     choices: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     demo: str | Callable[..., Any] | None = None
+    ranges: Mapping[str, Any] = field(default_factory=dict)
 
     def load(self) -> type[Task]:
         """Import the implementation class."""
@@ -74,6 +77,24 @@ class DataBundle:
     # optional: (lengths) for length-bucketed batching of the train split
     lengths: Sequence[int] | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BaselineInputs:
+    """Raw inputs of one split for the classic baseline (:mod:`medmm.classic`), one row per example.
+
+    ``units`` and ``targets`` follow :class:`Split` (examples of one unit are pooled). Each
+    modality the task has is given: ``text`` (documents), ``tabular`` (the task's fitted
+    preprocessing, ``[N, F]``), ``image`` (pixels ``[N, C, H, W]`` in [0, 1], any size).
+    ``present`` marks, per modality, the rows that have it (default: all).
+    """
+
+    units: list[str]
+    targets: Any = None
+    text: list[str] | None = None
+    tabular: Any = None
+    image: Any = None
+    present: dict[str, Any] = field(default_factory=dict)
 
 
 class Task:
@@ -121,6 +142,12 @@ class Task:
         """
         return []
 
+    def baseline_inputs(self, split: str) -> BaselineInputs | None:
+        """Optional raw inputs of ``train`` / ``val`` / ``test`` (from :meth:`build_data`) or
+        ``predict`` (from the last :meth:`build_predict_data`) for the classic baseline fitted
+        beside every run; ``None`` (the default) means the task has no classic baseline."""
+        return None
+
     # -- persistence for ``medmm predict`` -------------------------------------------------
     def save_artifacts(self, directory: Path) -> None:
         """Write what prediction needs besides weights (label map, tokenizer, preprocessor)."""
@@ -131,3 +158,11 @@ class Task:
     def build_predict_data(self, data_path: Path) -> tuple[Split, Callable[..., Any] | None]:
         """The examples to predict (targets may be absent) and their collate function."""
         raise NotImplementedError
+
+    # -- explanations for ``medmm explain`` --------------------------------------------------
+    def explain_spec(self, model: torch.nn.Module) -> Any:
+        """Optional: what ``medmm explain`` attributes in this task's batches, a
+        :class:`medmm.explain.spec.ExplainSpec` (token ids + embedding layer, pixels + Grad-CAM
+        layer, feature columns + names...). ``None`` (the default): occlusion of the batches'
+        float tensors, a model-agnostic fallback that ``medmm explain`` names as such."""
+        return None

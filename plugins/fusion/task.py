@@ -36,14 +36,15 @@ from medmm.data.dicom_scan import list_files, scan_file
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tables import is_missing, read_table
-from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types
+from medmm.data.leakage import warn_leaky_features
+from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, select_features
 from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
 from medmm.models.fusion import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
-from medmm.task import DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 __all__ = ["FusionTask"]
 
@@ -147,6 +148,18 @@ class FusionTask(Task):
                               "data.tabular_columns")
         return names
 
+    def _tabular_columns(self, columns: list[str]) -> list[str]:
+        """``data.tabular_columns`` (``all``: every column no other role uses) minus ``data.exclude``."""
+        if self.preprocessor is not None:  # predict: the columns the model was trained on
+            return self.preprocessor.columns
+        d, listed = self.d, self.d["tabular_columns"]
+        if getattr(self, "_tab_columns", (None,))[0] != columns:  # resolved once per table (one warning)
+            reserved = [d[k] for k in ("text_column", "image_column", "label_column", "id_column", "group_column",
+                                       "split_column")]
+            self._tab_columns = (columns, select_features(columns, None if listed == "all" else listed,
+                                                          d["exclude"], reserved))
+        return list(self._tab_columns[1])
+
     def _pixel_config(self) -> PixelConfig:
         d = self.d
         return PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d["window"], frames="middle")
@@ -218,11 +231,12 @@ class FusionTask(Task):
             raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
                             f"{path}")
         df = read_table(path, string_columns=[c for c in (d["id_column"], d["group_column"], d["text_column"],
-                                                          d["image_column"], d["label_column"]) if c])
+                                                          d["image_column"], d["label_column"]) if c],
+                        decimal=d["decimal"])
         needed = [c for c in (d["text_column"], d["image_column"], d["id_column"], d["group_column"]) if c]
         if labelled and d["split_column"]:
             needed.append(d["split_column"])
-        needed += list(self.d["tabular_columns"] or [])
+        needed += self._tabular_columns(list(df.columns)) if self.d["tabular_columns"] else []
         if labelled:
             needed.append(d["label_column"])
         absent = [c for c in needed if c not in df.columns]
@@ -292,7 +306,7 @@ class FusionTask(Task):
             out.update(image_keys=keys, pixels=pixels, image_root=root)
             present[:, self.names.index("image")] = [bool(k) for k in keys]
         if "tabular" in self.names:
-            cols = list(d["tabular_columns"])
+            cols = self._tabular_columns(list(df.columns))
             out["table"] = df[cols]
             present[:, self.names.index("tabular")] = df[cols].notna().any(axis=1).to_numpy()
         out["mask"] = present
@@ -357,6 +371,7 @@ class FusionTask(Task):
             table = data["table"]
             types = infer_column_types(table.iloc[train_rows], list(table.columns))
             self.preprocessor = fit_preprocessor(table.iloc[train_rows], types)
+            warn_leaky_features(table.iloc[train_rows], types, self.problem, y[splits == "train"])
         self._encoders = self._build_encoders()
         self._prepare_inputs(data)
         if self._frozen():
@@ -368,9 +383,9 @@ class FusionTask(Task):
                 return None
             return Split(FusionRows(rows[sel], data, y[sel]), [data["ids"][r] for r in rows[sel]], y[sel])
 
-        desc = self._describe(data, rows, splits)
-        log.info(desc)
+        desc = self._describe(data, rows, splits)  # the runner prints and logs it
         self._data = data
+        self._raw = {name: (data, rows[splits == name], y[splits == name]) for name in ("train", "val", "test")}
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
                           meta={"description": desc})
 
@@ -460,8 +475,12 @@ class FusionTask(Task):
         mask = data["mask"][rows]
         have = ", ".join(f"{name} {int(mask[:, i].sum())}" for i, name in enumerate(self.names))
         sizes = ", ".join(f"{s} {int((splits == s).sum())}" for s in ("train", "val", "test"))
-        return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped "
-                f"(skipped.csv); classes {self.label_names}; head {self.m['head']}, mode {self.m['mode']}, "
+        missing, unusable = int((~mask).any(axis=1).sum()), len(data["partial"])
+        kept = f"{missing} kept with a modality missing" + (f" ({unusable} of them with an image that could not be "
+                                                            "used)" if unusable else "")
+        listed = "skipped.csv lists them" if unusable else "skipped.csv"
+        return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped, "
+                f"{kept} ({listed}); classes {self.label_names}; head {self.m['head']}, mode {self.m['mode']}, "
                 f"encoders {self._encoder_names()}")
 
     def _encoder_names(self) -> str:
@@ -597,4 +616,54 @@ class FusionTask(Task):
             labels = np.asarray([self.label_names.index(values[r]) for r in rows], dtype=np.int64)
         split = Split(FusionRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
         split.skipped = list(data["skipped"])
+        self._raw = {**getattr(self, "_raw", {}), "predict": (data, rows, labels)}
         return split, self._collate()
+
+    def baseline_inputs(self, split: str) -> BaselineInputs | None:
+        """Each modality's raw input per row (text, preprocessed table, 32 px pixels) and presence."""
+        from medmm.classic import small_pixels
+
+        part = getattr(self, "_raw", {}).get(split)
+        if part is None or not len(part[1]):
+            return None
+        data, rows, y = part
+        mask = data["mask"][rows]
+        out = BaselineInputs([data["ids"][r] for r in rows], y,
+                             present={n: mask[:, i] for i, n in enumerate(self.names)})
+        if "text" in self.names:
+            out.text = [data["texts"][r] for r in rows]
+        if "tabular" in self.names:
+            out.tabular = data["tabular"][rows]
+        if "image" in self.names:
+            zeros = np.zeros(self._pixel_config().shape, np.float32)
+            out.image = small_pixels(data["pixels"].image(data["image_keys"][r]) if data["image_keys"][r] else zeros
+                                     for r in rows)
+        return out
+
+    def explain_spec(self, model: nn.Module) -> Any:
+        """Each modality masked per row, then attributions inside each modality (``medmm explain``)."""
+        from medmm.explain.image import image_input
+        from medmm.explain.spec import ExplainSpec, InputSpec
+        from medmm.explain.tabular import feature_input
+        from medmm.explain.text import token_input
+
+        inner = getattr(model, "module", model)
+        names = list(self.names)
+
+        def present(name: str) -> Any:
+            return lambda b: b["mask"][:, names.index(name)]
+
+        inputs = [InputSpec("modalities", "modalities", get=lambda b: b["mask"], put=lambda b, x: {**b, "mask": x},
+                            baseline=False, baseline_doc="the modality hidden, as for a row that lacks it",
+                            item_names=names)]
+        if "text" in names:
+            inputs.append(token_input("text", inner.encoders["text"], self.tokenizer, get=lambda b: b["text"][0],
+                                      put=lambda b, x: {**b, "text": (x, b["text"][1])},
+                                      valid=lambda b: b["text"][1], present=present("text")))
+        if "image" in names:
+            inputs.append(image_input("image", inner.encoders["image"].backbone.model, get=lambda b: b["image"],
+                                      put=lambda b, x: {**b, "image": x}, present=present("image")))
+        if "tabular" in names and self.preprocessor is not None:
+            inputs.append(feature_input("tabular", self.preprocessor, get=lambda b: b["tabular"],
+                                        put=lambda b, x: {**b, "tabular": x}, present=present("tabular")))
+        return ExplainSpec(inputs)

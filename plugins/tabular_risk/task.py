@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -11,11 +12,12 @@ import torch
 from torch.utils.data import Dataset
 
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
-from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table
+from medmm.data.leakage import warn_leaky_features
+from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table, select_features
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.plugins import get_registry
-from medmm.task import DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 ARTIFACT = "tabular.json"
 
@@ -79,7 +81,7 @@ class TabularRiskTask(Task):
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
         d = self.cfg["data"]
-        df = read_table(data_path)
+        df = read_table(data_path, decimal=d["decimal"])
         self.problem = self._problem(df)
         target = prepare_target(df, self.problem, d["target"], d["time"], d["event"])
         ids_all = self._row_ids(df)
@@ -88,7 +90,7 @@ class TabularRiskTask(Task):
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
         reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"], d["split_column"]} - {None}
-        features = d["features"] or [c for c in df.columns if c not in reserved]
+        features = select_features(list(df.columns), d["features"], d["exclude"], reserved)
         overrides = {**{c: "categorical" for c in d["categorical"] or []}, **{c: "numeric" for c in d["numeric"] or []}}
         types = infer_column_types(kept, features, overrides)
         y = self._targets(target)
@@ -110,6 +112,7 @@ class TabularRiskTask(Task):
         write_splits(self.run_dir / "splits.csv", ids, splits)
         train = splits == "train"
         self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
+        warn_leaky_features(kept[train], types, self.problem, y[train])
         x = self.preprocessor.transform(kept)
         self.label_names = [str(c) for c in target.classes] if target.classes is not None else None
         self.features = features
@@ -122,6 +125,8 @@ class TabularRiskTask(Task):
                 return None
             return Split(TableDataset(x[m], y[m]), [i for i, k in zip(ids, m) if k], y[m])
 
+        self._raw = {name: (x[splits == name], y[splits == name], [i for i, k in zip(ids, splits == name) if k])
+                     for name in ("train", "val", "test")}  # for the classic baseline
         desc = (f"{len(kept)} rows x {len(features)} features ({x.shape[1]} after encoding), "
                 f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
@@ -169,15 +174,36 @@ class TabularRiskTask(Task):
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
         d = self.cfg["data"]
-        df = read_table(data_path)
+        df = read_table(data_path, decimal=d["decimal"])
         x = self.preprocessor.transform(df)
         ids = self._row_ids(df)
         y = None
         cols = [d["time"], d["event"]] if self.problem == "survival" else [d["target"]]
         if all(c and c in df.columns for c in cols):
-            target = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
-                                    positive_label=self.label_names[1] if self.label_names else None)
-            if target.mask.all():
+            try:
+                target = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
+                                        positive_label=self.label_names[1] if self.label_names else None)
+            except DataError as exc:  # e.g. one class only: predictions are still useful, metrics are not
+                logging.getLogger("medmm").warning("no metrics: the label column cannot be scored (%s)", exc)
+                target = None
+            if target is not None and target.mask.all():
                 y = self._targets(target)
         self.has_target = y is not None
+        self._raw = {**getattr(self, "_raw", {}), "predict": (x, y, ids)}
         return Split(TableDataset(x, y), ids, y), _collate
+
+    def baseline_inputs(self, split: str) -> BaselineInputs | None:
+        """The preprocessed feature matrix of a split, for the linear / Cox baseline."""
+        part = getattr(self, "_raw", {}).get(split)
+        if part is None or not len(part[2]):
+            return None
+        x, y, ids = part
+        return BaselineInputs(list(ids), y, tabular=x)
+
+    def explain_spec(self, model: torch.nn.Module) -> Any:
+        """Integrated Gradients on the encoded columns, summed back to source columns (``medmm explain``)."""
+        from medmm.explain.spec import ExplainSpec
+        from medmm.explain.tabular import feature_input
+
+        return ExplainSpec([feature_input("tabular", self.preprocessor, get=lambda b: b[0],
+                                          put=lambda b, x: (x, *b[1:]))])

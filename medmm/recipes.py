@@ -1,0 +1,168 @@
+"""Recommended training defaults per backbone (like timm's ``pretrained_cfg``), and enough steps.
+
+A registered backbone may carry ``extra={"recipe": {"engine.lr": 5e-4, ...}}``: dotted config keys
+and the values that work for it (MiniLM wants a larger learning rate than BERT-base; a TextCNN
+trained from scratch wants 1e-3 and more epochs). They replace the task YAML's defaults unless the
+user set the key (``--config`` file or ``--set``): the user always wins. ``engine.min_steps`` then
+raises ``engine.epochs`` (when the user did not set it) until the run takes that many optimizer
+steps, so 300 documents are not trained for 80 steps; early stopping on val stays in charge.
+
+Where each changed value came from is kept in :attr:`ResolvedConfig.provenance` and written as
+comments into the run's ``config.yaml`` (``lr: 0.0005  # recipe of backbone minilm-l6``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["ResolvedConfig", "annotated_yaml", "apply_min_steps", "apply_recipe", "user_keys"]
+
+log = logging.getLogger("medmm")
+
+
+# A recipe value that only makes sense with another one: a user who sets engine.lr gets the
+# task's own encoder / backbone scale, not one tuned for the recipe's learning rate.
+_COUPLED = {"model.encoder_lr_scale": "engine.lr", "model.backbone_lr_scale": "engine.lr"}
+
+
+class ResolvedConfig(dict):
+    """A resolved config that remembers where changed values came from.
+
+    ``provenance`` maps dotted keys to a short origin (``recipe of backbone minilm-l6``, ``raised
+    from 4 by engine.min_steps``, ``auto: ...``); ``user`` holds the keys the user set.
+    """
+
+    provenance: dict[str, str]
+    user: set[str]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.provenance, self.user = {}, set()
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        keys |= _flatten(v, f"{key}.") if isinstance(v, Mapping) else {key}
+    return keys
+
+
+def user_keys(user_file: Path | None, overrides: Sequence[str]) -> set[str]:
+    """Dotted keys the user set in a ``--config`` file or with ``--set``."""
+    from medmm.config import load_yaml, parse_override
+
+    keys = _flatten(load_yaml(user_file)) if user_file is not None else set()
+    return keys | {".".join(parse_override(item)[0]) for item in overrides}
+
+
+def _get(cfg: Mapping[str, Any], key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
+    *path, leaf = key.split(".")
+    node = cfg
+    for part in path:
+        node = node[part]
+    node[leaf] = value
+
+
+def _has(cfg: Mapping[str, Any], key: str) -> bool:
+    try:
+        _get(cfg, key)
+    except (KeyError, TypeError):
+        return False
+    return True
+
+
+def apply_recipe(cfg: dict[str, Any], spec: Any, user: set[str], choices: Mapping[str, Any]) -> ResolvedConfig:
+    """``cfg`` with the backbone's recipe (and ``model.backbone=auto`` resolved) where the user set nothing."""
+    from medmm.config import _check_value
+    from medmm.errors import MedmmError
+    from medmm.plugins import get_registry
+
+    out = ResolvedConfig(cfg)
+    out.user = set(user)
+    if not _has(cfg, "model.backbone") or not isinstance(_get(cfg, "model.backbone"), str):
+        return out
+    name = _get(cfg, "model.backbone")
+    if name == "auto":
+        resolver = getattr(spec.load(), "resolve_auto_backbone", None)
+        if resolver is None:
+            return out
+        name, why = resolver(cfg)
+        _set(out, "model.backbone", name)
+        out.provenance["model.backbone"] = f"auto: {why}"
+    try:
+        comp = get_registry().get("backbone", name)
+    except MedmmError:
+        return out  # the task reports an unknown backbone with its own message
+    for key, value in dict(comp.extra.get("recipe", {})).items():
+        if key in user or _COUPLED.get(key) in user or not _has(out, key):
+            continue
+        _set(out, key, _check_value(key, value, _get(out, key), choices))
+        out.provenance[key] = f"recipe of backbone {name}"
+    return out
+
+
+def describe(cfg: Any) -> str | None:
+    """One console line naming the values a recipe or ``auto`` chose, or ``None``."""
+    prov = getattr(cfg, "provenance", {})
+    if not prov:
+        return None
+    parts = [f"{k}={_get(cfg, k)} ({v})" for k, v in prov.items()]
+    return "defaults chosen for this run (a --set wins over each): " + "; ".join(parts)
+
+
+def apply_min_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int | None:
+    """Raise ``engine.epochs`` to reach ``engine.min_steps`` optimizer steps; the new value or ``None``.
+
+    Only when the user did not set ``engine.epochs`` (or ``engine.max_steps``) and the config knows
+    it (a :class:`ResolvedConfig`; a resumed run keeps its saved epochs).
+    """
+    e = cfg["engine"]
+    min_steps = int(e.get("min_steps", 0) or 0)
+    user = getattr(cfg, "user", None)
+    if user is None or not min_steps or steps_per_epoch <= 0 or {"engine.epochs", "engine.max_steps"} & user:
+        return None
+    epochs = int(e["epochs"])
+    if steps_per_epoch * epochs >= min_steps:
+        return None
+    new = math.ceil(min_steps / steps_per_epoch)
+    cfg.provenance["engine.epochs"] = (f"raised from {epochs} so the run takes >= {min_steps} optimizer steps "
+                                       f"({steps_per_epoch} per epoch; engine.min_steps)")
+    e["epochs"] = new
+    log.info("engine.epochs %d -> %d: %s", epochs, new, cfg.provenance["engine.epochs"])
+    return new
+
+
+def annotated_yaml(cfg: Mapping[str, Any]) -> str:
+    """YAML of ``cfg`` with a ``# <origin>`` comment on every value a recipe, auto or min_steps chose."""
+    from medmm.config import dump_yaml
+
+    text = dump_yaml(cfg)
+    prov = getattr(cfg, "provenance", {})
+    if not prov:
+        return text
+    lines, path = text.splitlines(), []  # path: (indent, key) of enclosing sections
+    out = []
+    for line in lines:
+        stripped = line.lstrip(" ")
+        indent = len(line) - len(stripped)
+        key = stripped.split(":", 1)[0] if ":" in stripped and not stripped.startswith("-") else None
+        if key is not None:
+            path = [(i, k) for i, k in path if i < indent]
+            dotted = ".".join([k for _, k in path] + [key])
+            if dotted in prov and not line.rstrip().endswith(":"):
+                line = f"{line}  # {prov[dotted]}"
+            path.append((indent, key))
+        out.append(line)
+    return "\n".join(out) + "\n"

@@ -1,0 +1,170 @@
+"""The classic baseline beside every run (medmm.classic) and backbone recipes (medmm.recipes)."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medmm.classic import Comparison, fit_baseline, load_baseline
+from medmm.task import BaselineInputs
+from tests.conftest import run_cli
+
+WORDS = {"pos": ["effusion", "pleural fluid", "blunted angle"], "neg": ["clear lungs", "normal heart", "no acute"]}
+
+
+def _docs(n: int, seed: int) -> tuple[list[str], np.ndarray]:
+    rng = random.Random(seed)
+    y = np.array([i % 2 for i in range(n)])
+    filler = ["portable view", "comparison made", "stable lines", "patient rotated"]
+    texts = [" ".join(rng.sample(filler, 2) + [rng.choice(WORDS["pos" if t else "neg"])]) for t in y]
+    return texts, y
+
+
+def _text_inputs(n: int, seed: int) -> BaselineInputs:
+    texts, y = _docs(n, seed)
+    return BaselineInputs([f"d{seed}-{i}" for i in range(n)], y, text=texts)
+
+
+def test_text_baseline_matches_sklearn_and_reloads_without_pickle(tmp_path: Path) -> None:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    train, val, test = _text_inputs(80, 0), _text_inputs(30, 1), _text_inputs(30, 2)
+    base = fit_baseline("binary", ["neg", "pos"], train, val)
+    p = base.predict(test)
+    c = base.params["strength"]
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, max_features=50_000)
+    ref = LogisticRegression(C=c, max_iter=2000).fit(vec.fit_transform(train.text), train.targets)
+    np.testing.assert_allclose(p, ref.predict_proba(vec.transform(test.text))[:, 1], atol=1e-5)
+    assert ((p >= 0.5) == test.targets).mean() == 1.0  # the planted words separate the classes
+    base.save(tmp_path / "b")
+    assert sorted(f.name for f in (tmp_path / "b").iterdir()) == ["baseline.json", "baseline.safetensors"]
+    np.testing.assert_allclose(load_baseline(tmp_path / "b").predict(test), p, atol=1e-6)
+
+
+def test_multilabel_constant_label_and_missing_modality_get_the_prior() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    y = np.stack([(x[:, 0] > 0), np.zeros(60)], axis=1).astype(np.float32)  # label 2 never positive
+    present = np.ones(60, bool)
+    present[:5] = False
+    inp = BaselineInputs([str(i) for i in range(60)], y, tabular=x, present={"tabular": present})
+    base = fit_baseline("multilabel", ["a", "b"], inp, None)
+    s = base.predict(inp)
+    assert s.shape == (60, 2) and np.all(s[:, 1] < 0.01)
+    np.testing.assert_allclose(s[:5], np.tile(y.mean(axis=0), (5, 1)), atol=1e-6)  # rows without it
+    assert np.mean((s[5:, 0] >= 0.5) == y[5:, 0]) > 0.9
+
+
+def test_cox_baseline_ranks_like_lifelines() -> None:
+    from lifelines import CoxPHFitter
+    from lifelines.utils import concordance_index
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 2))
+    t = rng.exponential(np.exp(-(1.0 * x[:, 0] - 0.5 * x[:, 1])))
+    e = (rng.random(200) < 0.8).astype(float)
+    inp = BaselineInputs([str(i) for i in range(200)], np.stack([t, e], 1), tabular=x)
+    base = fit_baseline("survival", None, inp, None)
+    risk = base.predict(inp)
+    df = pd.DataFrame(x, columns=["a", "b"]).assign(t=t, e=e)
+    ref = CoxPHFitter(penalizer=base.params["strength"]).fit(df, "t", "e")
+    ours, theirs = concordance_index(t, -risk, e), concordance_index(t, -ref.predict_partial_hazard(df), e)
+    assert abs(ours - theirs) < 1e-6 and ours > 0.65
+
+
+@pytest.mark.parametrize(("mode", "model", "base", "warns"), [
+    ("max", 0.90, 0.95, True), ("max", 0.95, 0.95, True), ("max", 0.96, 0.95, False),
+    ("min", 40.0, 42.0, False), ("min", 44.0, 42.0, True)])
+def test_warning_fires_when_the_model_is_not_better(mode: str, model: float, base: float, warns: bool) -> None:
+    cmp = Comparison("x", "test", "m", mode, {"m": model}, {"m": base}, {}, {}, None)
+    assert (cmp.warning() is not None) is warns
+    if warns:
+        assert "the baseline is as good; consider it" in cmp.warning()
+
+
+def test_backbone_recipe_applies_unless_the_user_set_the_key(tmp_path: Path) -> None:
+    from medmm.plugins import get_registry
+    from medmm.recipes import annotated_yaml
+    from medmm.runner import resolved_config
+
+    spec = get_registry().get("task", "text-cls")
+    cfg = resolved_config(spec, None, ["model.backbone=textcnn"])
+    assert cfg["engine"]["lr"] == 0.001 and cfg["engine"]["epochs"] == 10  # textcnn's recipe, not the YAML's
+    assert "lr: 0.001  # recipe of backbone textcnn" in annotated_yaml(cfg)
+    cfg = resolved_config(spec, None, ["model.backbone=textcnn", "engine.lr=0.02"])
+    assert cfg["engine"]["lr"] == 0.02 and "engine.lr" not in cfg.provenance  # --set wins
+    user = tmp_path / "u.yaml"
+    user.write_text("engine: {epochs: 3}\n")
+    cfg = resolved_config(spec, user, ["model.backbone=textcnn"])
+    assert cfg["engine"]["epochs"] == 3 and cfg["engine"]["lr"] == 0.001  # so does the user's file
+    cfg = resolved_config(spec, None, ["engine.lr=3e-5"])  # minilm: the user's lr keeps the encoder scale 1.0
+    assert cfg["engine"]["lr"] == 3e-5 and cfg["model"]["encoder_lr_scale"] == 1.0
+
+
+def test_min_steps_raises_epochs_only_when_the_user_did_not_set_them() -> None:
+    from medmm.recipes import ResolvedConfig, apply_min_steps
+
+    cfg = ResolvedConfig({"engine": {"epochs": 4, "min_steps": 300}})
+    assert apply_min_steps(cfg, 20) == 15 and cfg["engine"]["epochs"] == 15 and "raised from 4" in cfg.provenance["engine.epochs"]
+    cfg = ResolvedConfig({"engine": {"epochs": 4, "min_steps": 300}})
+    cfg.user = {"engine.epochs"}
+    assert apply_min_steps(cfg, 20) is None and cfg["engine"]["epochs"] == 4
+    assert apply_min_steps({"engine": {"epochs": 4, "min_steps": 300}}, 20) is None  # a resumed run's plain config
+
+
+# --------------------------------------------------------------------------- end to end (CLI)
+
+
+@pytest.mark.slow
+def test_crippled_model_is_flagged_and_baseline_is_everywhere(tmp_path: Path) -> None:
+    """lr=0: the model stays at its random init; the run says the baseline is as good, everywhere."""
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer(as_frame=True).frame
+    data.insert(0, "pid", [f"p{i}" for i in range(len(data))])
+    data.to_csv(tmp_path / "bc.csv", index=False)
+    run = tmp_path / "run"
+    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run), "--quiet",
+                  "--set", "data.target=target", "--set", "data.id_column=pid", "--set", "engine.lr=0",
+                  "--set", "engine.epochs=2", "--set", "engine.device=cpu", "--set", "engine.bootstrap=100")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "classic baseline on the same split: features + logistic regression" in out.stdout
+    assert "WARNING: the model is not better than the classic baseline" in out.stdout
+    assert "the baseline is as good; consider it" in out.stdout
+    summary = json.loads((run / "summary.json").read_text())["baseline"]
+    assert summary["baseline"] > 0.97 and summary["model_better"] is False and summary["diff_ci"][1] < 0
+    assert "Model vs classic baseline" in (run / "report.html").read_text()
+    card = (run / "model_card.md").read_text()
+    assert "## Comparison with the classic baseline" in card and "consider it" in card
+    base = pd.read_csv(run / "baseline_predictions.csv")
+    model = pd.read_csv(run / "predictions.csv")
+    assert sorted(base["id"]) == sorted(model["id"])  # same test units
+    pred = tmp_path / "p.csv"
+    out = run_cli("predict", str(run), "--data", str(tmp_path / "bc.csv"), "--out", str(pred), "--baseline")
+    assert out.returncode == 0, out.stderr[-2000:]
+    again = pd.read_csv(pred).set_index("id").loc[base["id"]]
+    np.testing.assert_allclose(again.iloc[:, 0].to_numpy(), base.set_index("id").iloc[:, 0].to_numpy(), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_text_run_shows_tfidf_baseline_and_recipe(tmp_path: Path) -> None:
+    from tests.test_text_cls import synthetic_notes
+
+    synthetic_notes(90, ["normal", "effusion", "pneumonia"]).to_csv(tmp_path / "notes.csv", index=False)
+    run = tmp_path / "run"
+    out = run_cli("run", "text-cls", "--data", str(tmp_path / "notes.csv"), "--out", str(run),
+                  "--set", "model.backbone=textcnn", "--set", "engine.epochs=2", "--set", "engine.device=cpu",
+                  "--set", "engine.bootstrap=50", "--set", "data.id_column=note_id", "--set", "data.group_column=patient")
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "engine.lr=0.001 (recipe of backbone textcnn)" in out.stderr
+    config = (run / "config.yaml").read_text()
+    assert "lr: 0.001  # recipe of backbone textcnn" in config and "epochs: 2\n" in config
+    assert "TF-IDF 1-2-grams + logistic regression" in out.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["baseline"]["headline"] == "macro_f1" and summary["baseline"]["baseline"] > 0.9
