@@ -2,7 +2,8 @@
 
 The task's default YAML is the schema: every key it holds is allowed, and the type of each
 default is the type a value must have (``null`` defaults accept any scalar or list). A task may
-also restrict keys to ``choices``. Unknown keys and wrong types are errors naming the key.
+also restrict keys to ``choices`` (a list of values, or a numeric :class:`Range`). Unknown keys,
+wrong types and out-of-range values are errors naming the key.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,38 @@ def _type_name(value: Any) -> str:
             dict: "a section"}.get(type(value), type(value).__name__)
 
 
+@dataclass(frozen=True)
+class Range:
+    """Allowed interval of a numeric key; used in a ``choices`` table in place of a value list.
+
+    ``Range(1)`` is ">= 1"; ``Range(0, 1, hi_open=True)`` is "in [0, 1)". ``null`` values pass
+    (a ``null`` default means "unset"); NaN never does.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def describe(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+    def check(self, key: str, value: Any) -> None:
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        ok = value == value  # NaN is out of every range
+        if ok and self.lo is not None:
+            ok = value > self.lo if self.lo_open else value >= self.lo
+        if ok and self.hi is not None:
+            ok = value < self.hi if self.hi_open else value <= self.hi
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {self.describe()} (got {value!r})")
+
+
 def _check_value(key: str, value: Any, default: Any, choices: Mapping[str, Sequence[Any]]) -> Any:
     """Validate (and lightly coerce) one leaf value against its default and choices."""
     if isinstance(default, dict):
@@ -83,7 +117,9 @@ def _check_value(key: str, value: Any, default: Any, choices: Mapping[str, Seque
             raise ConfigError(
                 f"config key {key!r} must be {_type_name(default)}, got {value!r}"
             )
-    if key in choices and value not in choices[key]:
+    if key in choices and isinstance(choices[key], Range):
+        choices[key].check(key, value)
+    elif key in choices and value not in choices[key]:
         allowed = ", ".join(map(str, choices[key]))
         raise ConfigError(f"config key {key!r} must be one of: {allowed} (got {value!r})")
     return value

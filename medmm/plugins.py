@@ -61,6 +61,8 @@ def _disabled() -> set[str]:
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"SystemExit({exc.code!r}) raised at import or registration"
     return f"{type(exc).__name__}: {exc}"
 
 
@@ -93,7 +95,9 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
             continue
         try:
             candidates.append((info, ep.load()))
-        except Exception as exc:  # a broken plugin must not kill the CLI
+        except KeyboardInterrupt:  # the user's Ctrl-C, not the plugin's doing
+            raise
+        except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not kill the CLI
             _fail(info, exc)
     for name, module in extra or []:
         info = PluginInfo(name, "(in-process)", "")
@@ -104,7 +108,9 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
         try:
             pm.register(module, name=info.name)
             pm.check_pending()  # catches misspelled hook implementations
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             if pm.is_registered(module):
                 pm.unregister(module)
             _fail(info, exc)
@@ -142,5 +148,7 @@ def _register_from(module: Any, info: PluginInfo, registry: Registry) -> None:
             staged.add(kind, spec, owner=info.name)  # duplicates inside one plugin raise too
         for kind, spec, override in calls:
             registry.add(kind, spec, owner=info.name, override=override)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # SystemExit too: one plugin cannot end the process
         _fail(info, exc)

@@ -103,6 +103,20 @@ def save_checkpoint(directory: Path, model: torch.nn.Module, state: dict[str, An
     return directory
 
 
+def clean_orphans(parent: Path) -> list[Path]:
+    """Remove temporary ``.NAME-*`` checkpoint dirs a killed writer left behind (none is live:
+    only the run's own, single writer creates them). Returns what was removed."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    removed = []
+    for p in parent.iterdir():
+        if p.is_dir() and not p.is_symlink() and p.name.startswith(".") and "-" in p.name:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 def find_checkpoint(directory: Path) -> Path:
     """``directory`` or, if a crash interrupted the swap, its ``.old`` sibling."""
     directory = Path(directory)

@@ -1,0 +1,132 @@
+"""Data fingerprints: a resumed run must see the data it started with.
+
+At the start of a run the data is fingerprinted into ``RUN_DIR/data_fingerprint.json``; ``--resume``
+fingerprints the data it is given and refuses to continue when they differ, naming what changed.
+
+- a table (CSV, TSV, JSONL, Parquet; read by the one table reader every task uses): the row count
+  and a hash of each column's values;
+- a folder (e.g. DICOM): the content hash (SHA-256) of every file, by relative path;
+- any other file: its content hash.
+
+Hashes only: no cell value and no file content is written to the run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+from medmm.errors import DataError, MedmmError
+
+FORMAT = "medmm-data-fingerprint/1"
+FILE = "data_fingerprint.json"
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _column_digest(series: Any) -> str:
+    import pandas as pd
+
+    try:
+        hashed = pd.util.hash_pandas_object(series, index=False).to_numpy()
+    except TypeError:  # unhashable cells (lists in JSONL): hash their text
+        hashed = pd.util.hash_pandas_object(series.astype(str), index=False).to_numpy()
+    return hashlib.sha256(hashed.tobytes()).hexdigest()[:32]
+
+
+def _table(path: Path) -> dict[str, Any]:
+    from medmm.data.tables import read_table
+
+    df = read_table(path)
+    return {"kind": "table", "rows": int(len(df)), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
+
+
+def _folder(path: Path, exclude: Path | None) -> dict[str, Any]:
+    files: dict[str, str] = {}
+    skip = exclude.resolve() if exclude is not None else None
+    for root, dirs, names in os.walk(path):
+        here = Path(root)
+        dirs[:] = sorted(d for d in dirs if skip is None or (here / d).resolve() != skip)
+        for name in sorted(names):
+            p = here / name
+            if p.is_file():
+                files[p.relative_to(path).as_posix()] = _file_digest(p)
+    total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
+    return {"kind": "folder", "files": len(files), "sha256": total, "per_file": files}
+
+
+def fingerprint(path: str | Path, *, exclude: Path | None = None) -> dict[str, Any]:
+    """The fingerprint of a data file or folder (``exclude``: a sub-folder to leave out, e.g. the run)."""
+    from medmm.data.tables import table_format
+
+    path = Path(path)
+    if path.is_dir():
+        return _folder(path, exclude)
+    try:
+        table_format(path)
+    except DataError:
+        return {"kind": "file", "sha256": _file_digest(path)}
+    return _table(path)
+
+
+def _names(items: list[str], n: int = 3) -> str:
+    shown = ", ".join(repr(i) for i in items[:n])
+    return shown + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between two fingerprints, in words; empty when they match."""
+    if old.get("kind") != new.get("kind"):
+        return [f"the data was a {old.get('kind')}, now a {new.get('kind')}"]
+    out: list[str] = []
+    if old["kind"] == "table":
+        if old["rows"] != new["rows"]:
+            out.append(f"{old['rows']} rows, now {new['rows']}")
+        a, b = old["columns"], new["columns"]
+        if gone := [c for c in a if c not in b]:
+            out.append(f"column(s) {_names(gone)} missing")
+        if added := [c for c in b if c not in a]:
+            out.append(f"new column(s) {_names(added)}")
+        changed = [c for c in a if c in b and a[c] != b[c]]
+        if changed and old["rows"] == new["rows"]:  # with other rows every column differs: no news
+            out.append(f"column(s) {_names(changed)} changed")
+    elif old["kind"] == "folder":
+        a, b = old["per_file"], new["per_file"]
+        if gone := sorted(set(a) - set(b)):
+            out.append(f"{len(gone)} file(s) missing: {_names(gone)}")
+        if added := sorted(set(b) - set(a)):
+            out.append(f"{len(added)} new file(s): {_names(added)}")
+        if changed := sorted(k for k in set(a) & set(b) if a[k] != b[k]):
+            out.append(f"{len(changed)} file(s) changed: {_names(changed)}")
+    elif old.get("sha256") != new.get("sha256"):
+        out.append("the file's content changed")
+    return out
+
+
+def save(run_dir: Path, data: Path, fp: dict[str, Any]) -> None:
+    """Store the run's fingerprint (hashes only)."""
+    from medmm.io import write_json_atomic
+
+    write_json_atomic(Path(run_dir) / FILE, {"format": FORMAT, "data": str(data), **fp})
+
+
+def check_same_data(run_dir: Path, data: Path) -> bool:
+    """Refuse (:class:`MedmmError`) when ``data`` differs from the run's; False if the run has no fingerprint."""
+    from medmm.io import read_json
+
+    stored = Path(run_dir) / FILE
+    if not stored.exists():
+        return False
+    old = read_json(stored, format=FORMAT)
+    new = fingerprint(data, exclude=Path(run_dir))
+    diffs = differences(old, new)
+    if diffs:
+        raise MedmmError(f"--resume {run_dir}: {data} is not the data this run started with "
+                         f"({old.get('data')}): {'; '.join(diffs)}. Resume with the original data, "
+                         f"or start a new run")
+    return True
