@@ -70,7 +70,6 @@ HEADLINE: dict[str, tuple[str, str]] = {
 
 _LOWER_IS_BETTER = frozenset({"loss", "brier", "ece", "mae", "rmse"})
 
-_PAIR_BLOCK = 1024  # rows of the pair matrix built at once by the C-index
 
 
 # --------------------------------------------------------------------------- public API
@@ -197,8 +196,8 @@ def harrell_c_index(time: Any, event: Any, risk: Any) -> float:
     A pair is comparable when the subject with the shorter time had the event, or when the
     times tie and only that subject had the event (the other is censored at that time).
     Tied risks count 1/2. These are the rules of :func:`lifelines.utils.concordance_index`
-    (which takes predicted survival times: pass it ``-risk``). Vectorised over blocks of
-    rows: O(N^2) time, O(N) memory per block row; fine up to a few times 10^4 subjects.
+    (which takes predicted survival times: pass it ``-risk``). O(N log^2 N), vectorised: a
+    100,000-subject set scores in well under a second.
     ``nan`` when no pair is comparable.
     """
     t, e = _as_1d(time, "time", float), _as_1d(event, "event", bool)
@@ -548,20 +547,63 @@ def _weighted_mean(values: np.ndarray, w: np.ndarray) -> np.ndarray:
     return _ratio(w @ values.astype(float), w.sum(axis=1))
 
 
+_CINDEX_CELLS = 2_000_000  # weight-matrix cells (rows x subjects) the C-index holds at once
+
+
 def _concordance_counts(
     t: np.ndarray, e: np.ndarray, r: np.ndarray, w: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted (concordant + tied / 2, comparable) pair counts, one per row of ``w``."""
-    num, den = np.zeros(w.shape[0]), np.zeros(w.shape[0])
-    events = np.flatnonzero(e)  # only a subject with an event can be the earlier one
-    for block in np.array_split(events, max(1, -(-events.size // _PAIR_BLOCK))):
-        ti, ri = t[block, None], r[block, None]
-        comparable = ((ti < t) | ((ti == t) & ~e)).astype(float)  # [m, N]
-        concordant = comparable * ((ri > r) + 0.5 * (ri == r))
-        wi = w[:, block]  # [B, m]
-        num += np.einsum("bm,mb->b", wi, concordant @ w.T)
-        den += np.einsum("bm,mb->b", wi, comparable @ w.T)
-    return num, den
+    """Weighted (concordant + tied / 2, comparable) pair counts, one per row of ``w``.
+
+    O(B N log^2 N) time and O(B N) memory: subjects are ordered so that, for each subject with
+    an event, the ones it is comparable with form a prefix (later times first; at a tied time
+    the censored ones before the events). Every prefix is the union of at most log2 N aligned
+    dyadic blocks; inside each block the risks are sorted once per level, so counting the
+    smaller / equal risks in a block is a ``searchsorted`` plus a difference of weight cumsums,
+    vectorised over all subjects and over chunks of rows of ``w`` (bounded memory).
+    """
+    rows = max(1, _CINDEX_CELLS // max(1, t.size))
+    if w.shape[0] > rows:
+        parts = [_concordance_counts(t, e, r, w[i:i + rows]) for i in range(0, w.shape[0], rows)]
+        return np.concatenate([a for a, _ in parts]), np.concatenate([b for _, b in parts])
+    n = t.size
+    order = np.lexsort((e, -t))  # time descending, censored (False) first within a tie
+    t, e, r, w = t[order], e[order], r[order], w[:, order]
+    rank = np.unique(r, return_inverse=True)[1].astype(np.int64)  # ties share a rank
+    # comparable prefix length of each subject: later times, plus the censored at its own time
+    start_tie = np.searchsorted(-t, -t, side="left")  # first index with this time
+    censored_before = np.cumsum(~e) - (~e)  # censored subjects before each position
+    prefix = start_tie + (censored_before - censored_before[start_tie])
+    events = np.flatnonzero(e)
+    p, ri, wi = prefix[events], rank[events], w[:, events]  # [m], [m], [B, m]
+    b = w.shape[0]
+    comparable = np.einsum("bm,bm->b", wi, _prefix_weight(w, p))
+    concordant = np.zeros(b)
+    span = n + 1
+    level = 0
+    while (1 << level) <= n:
+        has = (p >> level) & 1 == 1
+        if has.any():
+            block = np.arange(n) >> level
+            key = block * span + rank
+            srt = np.argsort(key, kind="stable")
+            keys = key[srt]
+            cw = np.concatenate([np.zeros((b, 1)), np.cumsum(w[:, srt], axis=1)], axis=1)  # [B, N+1]
+            q = (p[has] >> level) - 1  # the aligned block that holds this part of the prefix
+            lo = np.searchsorted(keys, q * span, side="left")
+            lt = np.searchsorted(keys, q * span + ri[has], side="left")
+            le = np.searchsorted(keys, q * span + ri[has], side="right")
+            less = cw[:, lt] - cw[:, lo]
+            tied = cw[:, le] - cw[:, lt]
+            concordant += np.einsum("bm,bm->b", wi[:, has], less + 0.5 * tied)
+        level += 1
+    return concordant, comparable
+
+
+def _prefix_weight(w: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """``w[:, :p_i].sum(axis=1)`` for every ``p_i``: ``[B, len(p)]``."""
+    cw = np.concatenate([np.zeros((w.shape[0], 1)), np.cumsum(w, axis=1)], axis=1)
+    return cw[:, p]
 
 
 def _mc_onehot_pred(d: _Data) -> np.ndarray:

@@ -140,6 +140,41 @@ def test_c_index_against_lifelines_on_synthetic_ties() -> None:
     assert M.harrell_c_index(time, event, risk) == pytest.approx(expected, abs=1e-12)
 
 
+def _brute_force_counts(t: np.ndarray, e: np.ndarray, r: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """Harrell's pair rules written out pair by pair (the O(N^2) definition)."""
+    num = den = 0.0
+    for i in range(t.size):
+        for j in range(t.size):
+            if e[i] and (t[i] < t[j] or (t[i] == t[j] and not e[j])):
+                den += w[i] * w[j]
+                num += w[i] * w[j] * (1.0 if r[i] > r[j] else 0.5 if r[i] == r[j] else 0.0)
+    return num, den
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 64, 65])
+def test_c_index_counts_equal_the_pairwise_definition_with_weights(n: int) -> None:
+    rng = np.random.default_rng(n)
+    t = rng.integers(0, 6, n).astype(float)  # many tied times and tied risks
+    e = rng.random(n) < 0.5
+    r = rng.integers(0, 4, n).astype(float)
+    w = rng.poisson(1.0, size=(3, n)).astype(float)  # bootstrap multiplicities
+    num, den = M._concordance_counts(t, e, r, w)
+    for k in range(3):
+        ref_num, ref_den = _brute_force_counts(t, e, r, w[k])
+        assert (num[k], den[k]) == pytest.approx((ref_num, ref_den))
+
+
+def test_c_index_scores_a_100k_survival_set() -> None:
+    rng = np.random.default_rng(1)
+    n = 100_000
+    risk = rng.normal(size=n)
+    time = rng.exponential(np.exp(-risk))  # higher risk -> earlier event: C-index well above 0.5
+    event = rng.random(n) < 0.7
+    c = M.harrell_c_index(time, event, risk)
+    assert 0.65 < c < 0.8
+    assert M.harrell_c_index(time, event, -risk) == pytest.approx(1 - c)
+
+
 def test_ece_hand_computed() -> None:
     # bins of width 0.1: {0.1, 0.1} has frequency 1/2, {0.9, 0.9} has frequency 1
     prob, y = [0.1, 0.1, 0.9, 0.9], [0, 1, 1, 1]
