@@ -1,0 +1,71 @@
+"""Evaluation the way a clinical validation study reports it.
+
+- :mod:`~medmm.evaluation.threshold`: operating point chosen on the validation split;
+- :mod:`~medmm.evaluation.subgroups`: subgroup audit (fairlearn), small-cell suppression;
+- :mod:`~medmm.evaluation.calibration`: temperature / isotonic recalibration;
+- :mod:`~medmm.evaluation.shift`: distribution shift against the training data;
+- :mod:`~medmm.evaluation.external`: ``medmm evaluate RUN --data labelled``.
+
+:func:`training_evaluation` is what a training run adds to its report, summary and card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+__all__ = ["NOT_AUDITED", "training_evaluation"]
+
+NOT_AUDITED = "Not audited: no subgroup columns were given (set `data.subgroup_columns`)."
+
+
+def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_ev: Any, split_name: str,
+                        data: Path, cfg: dict[str, Any], run_dir: Path, *, main: bool) -> dict[str, Any]:
+    """Operating point (chosen on val, reported on ``test_ev``), subgroup audit and the training profile.
+
+    Call on every rank (it evaluates the validation split); only ``main`` writes. Returns
+    ``{"sections": [(heading, html)], "card": markdown, "operating_point": op | None, "summary": {...}}``.
+    """
+    from medmm.evaluation.attributes import unit_attributes
+    from medmm.evaluation.shift import write_training_profile
+    from medmm.evaluation.subgroups import audit, audit_html, audit_markdown, group_labels, parse_bands
+    from medmm.evaluation.threshold import choose_operating_point, save_operating_point, stats_at, stats_table
+
+    e = cfg.get("eval", {})
+    problem = task.problem
+    out: dict[str, Any] = {"sections": [], "card": NOT_AUDITED, "operating_point": None, "summary": {}}
+    n_boot, seed = int(cfg["engine"]["bootstrap"]), int(cfg.get("seed", 0))
+    classify = problem in ("binary", "multiclass")
+    (y_true, y_score), kw = trainer.metric_inputs(test_ev) if test_ev.targets is not None else ((None, None), {})
+    if classify and bundle.val is not None and len(bundle.val.dataset) and test_ev.targets is not None:
+        val = trainer.evaluate(model, bundle.val, bundle.collate_fn)
+        (vy, vs), _ = trainer.metric_inputs(val)
+        op = choose_operating_point(problem, vy, vs, task.label_names, rule=e.get("threshold", "youden"),
+                                    target=float(e.get("target", 0.9)), fixed=float(e.get("fixed_value", 0.5)),
+                                    chosen_on="val")
+        stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed)
+        html, _ = stats_table(stats, op)
+        out["sections"].append((f"Operating point (on {split_name})", html))
+        out["operating_point"] = op
+        out["summary"]["operating_point"] = {c: {k: s[k] for k in ("threshold", "sensitivity", "specificity",
+                                                                    "ppv", "npv")} for c, s in stats.items()}
+        if main:
+            save_operating_point(run_dir / "artifacts", op)
+    columns = list(cfg["data"].get("subgroup_columns") or [])
+    if columns and test_ev.targets is not None:
+        attrs = unit_attributes(Path(data), cfg["data"], test_ev.units, columns)
+        groups = {c: group_labels(v, c, parse_bands(e.get("bands"))) for c, v in attrs.items()}
+        y_a = test_ev.targets if problem == "survival" else y_true
+        result = audit(problem, y_a, y_score, groups, op=out["operating_point"],
+                       min_group_size=int(e.get("min_group_size", 10)), n_boot=n_boot, seed=seed)
+        out["sections"].append((f"Subgroups (on {split_name})", audit_html(result)))
+        out["card"] = f"Audited on the {split_name} split.\n\n" + audit_markdown(result)
+        out["summary"]["subgroups_flagged"] = {c: v["flagged"] for c, v in result["columns"].items()}
+    if main:
+        try:
+            write_training_profile(Path(data), cfg["data"], run_dir / "artifacts")
+        except Exception as exc:  # a shift profile must never cost a finished run its outputs
+            import logging
+
+            logging.getLogger("medmm").warning("no data profile for shift checks: %s", exc)
+    return out

@@ -1,0 +1,356 @@
+"""``medmm evaluate``: score a trained run on new labelled data, the way a validation study reports it.
+
+The data is read by the run's own task (``Task.build_predict_data``) and scored by
+``Trainer.evaluate``, exactly as ``medmm predict`` does, so evaluating a run on its own test
+rows gives its test metrics. Every check runs before anything is written, and the outputs are
+written into a temporary folder renamed into place at the end: a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from medmm.errors import DataError, MedmmError
+
+__all__ = ["append_validation", "evaluate_run", "validation_markdown"]
+
+
+def _label_columns(problem: str, data_cfg: Mapping[str, Any]) -> list[str]:
+    if problem == "survival":
+        return [c for c in (data_cfg.get("time"), data_cfg.get("event")) if c]
+    col = data_cfg.get("target") or data_cfg.get("label_column")
+    return [] if not col else ([col] if isinstance(col, str) else [str(c) for c in col])
+
+
+def _norm_label(v: Any) -> str:
+    if isinstance(v, float) and v == int(v):
+        return str(int(v))
+    return str(v).strip()
+
+
+def _precheck_table(path: Path, task: Any, data_cfg: Mapping[str, Any], extra: Mapping[str, str]) -> None:
+    """Label column present, every label known to the model, ``extra`` columns (name -> role) present."""
+    from medmm.data.tables import is_missing, read_table
+
+    df = read_table(path)
+    cols = _label_columns(task.problem, data_cfg)
+    for c, role in [*((c, "label") for c in cols), *extra.items()]:
+        if c not in df.columns:
+            raise DataError(f"{path.name} has no {role} column {c!r}; the table has {[str(x) for x in df.columns][:20]}")
+    if task.problem in ("binary", "multiclass") and len(cols) == 1 and task.label_names and not data_cfg.get(
+            "label_delimiter"):
+        values = [_norm_label(v) for v in df[cols[0]] if not is_missing(v)]
+        unseen = sorted(set(values) - {str(n) for n in task.label_names})
+        if unseen:
+            raise DataError(f"label column {cols[0]!r} holds value(s) the model was never trained on: "
+                            f"{unseen[:5]} (trained on {list(task.label_names)})")
+        missing = sum(1 for v in df[cols[0]] if is_missing(v))
+        if missing:
+            raise DataError(f"label column {cols[0]!r} is empty in {missing} row(s); evaluate needs a label "
+                            "for every row (drop unlabelled rows, or use medmm predict)")
+
+
+def _default_out(run_dir: Path, data: Path) -> Path:
+    return run_dir / "evaluations" / f"{data.stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedmmError(f"--out {out} already exists and is not empty; medmm never overwrites files")
+
+
+def _date_range(path: Path, column: str | None) -> list[str] | None:
+    if not column or path.is_dir():
+        return None
+    import pandas as pd
+
+    from medmm.data.tables import read_table
+
+    dates = pd.to_datetime(read_table(path)[column], errors="coerce").dropna()
+    return [dates.min().date().isoformat(), dates.max().date().isoformat()] if len(dates) else None
+
+
+def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None = None,
+                 subgroups: Sequence[str] | None = None, site: str | None = None, date_column: str | None = None,
+                 recalibrate: str | None = None, calibration_fraction: float = 0.5, checkpoint: str = "best",
+                 card: bool = True, echo: bool = True) -> dict[str, Any]:
+    """Evaluate ``run_dir`` on labelled ``data``; writes ``evaluation.html``/``.json`` and ``predictions.csv``."""
+    from medmm.engine import Trainer
+    from medmm.engine.checkpoint import load_weights
+    from medmm.evaluation.attributes import unit_attributes
+    from medmm.evaluation.calibration import apply_stored_calibration
+    from medmm.evaluation.shift import shift_report
+    from medmm.evaluation.subgroups import audit, group_labels, parse_bands, require_fairlearn
+    from medmm.evaluation.threshold import load_operating_point, stats_at
+    from medmm.metrics import bootstrap_cis
+    from medmm.runner import _run_info, choices, resolve, task_defaults
+
+    run_dir, data = Path(run_dir), Path(data)
+    info = _run_info(run_dir)
+    spec = registry.get("task", info["task"])
+    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
+    ecfg = cfg.get("eval", {})
+    columns = list(subgroups) if subgroups is not None else list(cfg["data"].get("subgroup_columns") or [])
+    if columns:
+        require_fairlearn()
+    if recalibrate and not 0.0 < calibration_fraction < 1.0:
+        raise MedmmError(f"--calibration-fraction must be in (0, 1), got {calibration_fraction}")
+    out = Path(out) if out is not None else _default_out(run_dir, data)
+    _check_out(out)
+
+    task = spec.load()(cfg, run_dir)
+    task.load_artifacts(run_dir / "artifacts")
+    if not data.is_dir():
+        _precheck_table(data, task, cfg["data"], {**{c: "subgroup" for c in columns},
+                                                   **({date_column: "date"} if date_column else {})})
+    model = task.build_model()
+    load_weights(run_dir / "checkpoints" / checkpoint, model)
+    split, collate = task.build_predict_data(data)
+    trainer = Trainer(task, cfg, run_dir, quiet=True)
+    model.to(trainer.device)
+    ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
+    if ev.targets is None or len(ev.units) == 0:
+        label = ", ".join(repr(c) for c in _label_columns(task.problem, cfg["data"])) or "sub-folder names"
+        raise DataError(f"{data.name}: no usable label for every unit (labels from {label}, classes "
+                        f"{task.label_names}); evaluate needs labelled data")
+    attrs = unit_attributes(data, cfg["data"], ev.units, columns)
+    groups = {c: group_labels(v, c, parse_bands(ecfg.get("bands"))) for c, v in attrs.items()}
+
+    problem, seed, n_boot = task.problem, int(cfg.get("seed", 0)), int(cfg["engine"]["bootstrap"])
+    metrics = trainer.metrics_of(ev)
+    (y_true, y_score), kw = trainer.metric_inputs(ev)
+    ci = bootstrap_cis(problem, y_true, y_score, n_boot=n_boot, seed=seed, **kw) if n_boot else {}
+    op = load_operating_point(run_dir)
+    classify = problem in ("binary", "multiclass")
+    op_stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed) if (op and classify) else None
+    y_for_audit = ev.targets if problem == "survival" else y_true
+    sub = audit(problem, y_for_audit, y_score, groups, op=op if classify else None,
+                min_group_size=int(ecfg.get("min_group_size", 10)), n_boot=n_boot, seed=seed) if groups else None
+    shift = shift_report(task, data, cfg["data"], run_dir)
+    recal = None
+    if recalibrate:
+        recal = _recalibrate(problem, np.asarray(y_true), np.asarray(y_score), recalibrate, calibration_fraction,
+                             seed, op, task.label_names, ecfg)
+    skipped = len(getattr(split, "skipped", None) or [])
+    provenance = {"data": data.name, "units": len(ev.units), "skipped": skipped, "site": site,
+                  "date_column": date_column, "date_range": _date_range(data, date_column),
+                  "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                  "run": run_dir.name, "checkpoint": checkpoint}
+    result = {"format": "medmm-evaluation", "version": 1, "task": spec.name, "problem": problem,
+              "provenance": provenance, "metrics": metrics, "ci": ci, "operating_point": op,
+              "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal}
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_mkparent(out)))
+    try:
+        _write_outputs(tmp, result, ev, task, spec, run_dir, trainer, y_true, y_score, kw, op)
+        if recal is not None:
+            _write_recalibrated_run(tmp / "recalibrated-run", run_dir, recal)
+        if out.exists():
+            out.rmdir()  # checked empty above
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if card and (run_dir / "model_card.md").exists():
+        append_validation(run_dir / "model_card.md", validation_markdown(result))
+    if echo:
+        click.echo(_console(result, out))
+    return {**result, "out": str(out)}
+
+
+def _mkparent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+# --------------------------------------------------------------------------- recalibration
+
+
+def _recalibrate(problem: str, y: np.ndarray, s: np.ndarray, method: str, fraction: float, seed: int,
+                 op: Mapping[str, Any] | None, label_names: Sequence[str], ecfg: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit on a stratified ``fraction`` of the units, report before/after on the rest."""
+    from sklearn.model_selection import train_test_split
+
+    from medmm.evaluation.calibration import apply_calibrator, fit_calibrator
+    from medmm.evaluation.threshold import choose_operating_point
+    from medmm.metrics import compute_metrics
+
+    idx = np.arange(len(y))
+    try:
+        fit_idx, held = train_test_split(idx, train_size=fraction, stratify=y, random_state=seed)
+    except ValueError:
+        raise DataError(f"too few units per class to split {len(y)} units for --recalibrate") from None
+    cal = fit_calibrator(problem, y[fit_idx], s[fit_idx], method)
+    before = compute_metrics(problem, y[held], s[held])
+    after = compute_metrics(problem, y[held], apply_calibrator(problem, s[held], cal))
+    new_op = None
+    if op is not None:
+        new_op = choose_operating_point(problem, y[fit_idx], apply_calibrator(problem, s[fit_idx], cal), label_names,
+                                        rule=op["rule"], target=op["target"], fixed=float(ecfg.get("fixed_value", 0.5)),
+                                        chosen_on="external calibration part")
+    return {"method": method, "calibrator": cal, "fit_units": int(len(fit_idx)), "held_out_units": int(len(held)),
+            "before": before, "after": after, "operating_point": new_op}
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _write_recalibrated_run(dest: Path, run_dir: Path, recal: Mapping[str, Any]) -> None:
+    """A new run dir: the original's config, artifacts and best weights plus ``calibration.json``."""
+    from medmm.evaluation.calibration import FILE as CAL_FILE
+    from medmm.evaluation.threshold import save_operating_point
+    from medmm.io import write_json_atomic
+
+    dest.mkdir(parents=True)
+    shutil.copy2(run_dir / "config.yaml", dest / "config.yaml")
+    info = json.loads((run_dir / "run.json").read_text())
+    info.update({"recalibrated_from": str(run_dir.resolve()), "recalibration": recal["method"]})
+    write_json_atomic(dest / "run.json", info)
+    shutil.copytree(run_dir / "artifacts", dest / "artifacts", copy_function=_link_or_copy)
+    shutil.copytree(run_dir / "checkpoints" / "best", dest / "checkpoints" / "best", copy_function=_link_or_copy)
+    write_json_atomic(dest / "artifacts" / CAL_FILE, dict(recal["calibrator"]))
+    if recal["operating_point"] is not None:
+        (dest / "artifacts" / "operating_point.json").unlink(missing_ok=True)  # a hard link: never write through it
+        save_operating_point(dest / "artifacts", recal["operating_point"])
+    if (run_dir / "model_card.md").exists():
+        shutil.copy2(run_dir / "model_card.md", dest / "model_card.md")
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _clean(obj: Any) -> Any:
+    """JSON-safe: NaN -> null, tuples -> lists, numpy scalars -> Python."""
+    if isinstance(obj, Mapping):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _write_outputs(out: Path, result: Mapping[str, Any], ev: Any, task: Any, spec: Any, run_dir: Path,
+                   trainer: Any, y_true: Any, y_score: Any, kw: Mapping[str, Any], op: Mapping[str, Any] | None) -> None:
+    from medmm.evaluation.report import evaluation_sections
+    from medmm.io import write_json_atomic
+    from medmm.predictions import write_predictions
+    from medmm.report import write_report
+
+    write_predictions(out / "predictions.csv", ev, task.problem, task.label_names,
+                      getattr(task, "unit_columns", None), operating_point=op)
+    write_json_atomic(out / "evaluation.json", _clean(dict(result)))
+    history = []
+    if (run_dir / "metrics.jsonl").exists():
+        history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    p = result["provenance"]
+    write_report(out / "evaluation.html", title=f"medmm evaluate: {spec.name} on {p['data']}", problem=task.problem,
+                 history=history, y_true=None if task.problem == "survival" else y_true, y_score=y_score,
+                 label_names=task.label_names, metrics=result["metrics"], ci=result["ci"],
+                 extra_sections=evaluation_sections(result), **kw,
+                 summary={"run": p["run"], "data": p["data"], "site": p["site"] or "not given",
+                          "units evaluated": str(p["units"]), "inputs skipped": str(p["skipped"]),
+                          "date range": " to ".join(p["date_range"]) if p["date_range"] else "not given",
+                          "evaluated": p["evaluated"]})
+
+
+def _fmt_ci(value: Any, ci: Any) -> str:
+    v = "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
+    if ci and all(c is not None and math.isfinite(c) for c in ci):
+        v += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
+    return v
+
+
+def _console(result: Mapping[str, Any], out: Path) -> str:
+    from medmm.metrics import headline
+
+    p = result["provenance"]
+    lines = [f"medmm evaluate: {result['task']} run {p['run']} on {p['data']} ({p['units']} units, "
+             f"{p['skipped']} skipped)"]
+    head = headline(result["problem"])[0]
+    for k, v in result["metrics"].items():
+        lines.append(f"    {k:<12} " + _fmt_ci(v, result["ci"].get(k)) + ("   <- headline" if k == head else ""))
+    for cls, s in (result["operating_stats"] or {}).items():
+        lines.append(f"  operating point {cls} >= {s['threshold']:.4f} ({result['operating_point']['rule']}):")
+        lines.append("    " + "  ".join(f"{k} {_fmt_ci(s[k], s['ci'].get(k))}" for k in ("sensitivity", "specificity")))
+        lines.append("    " + "  ".join(f"{k} {_fmt_ci(s[k], s['ci'].get(k))}" for k in ("ppv", "npv")))
+    sub = result["subgroups"]
+    for col, c in (sub or {}).get("columns", {}).items():
+        shown = ", ".join(f"{r['group']}: " + ("< " + str(sub["min_group_size"]) if r.get("suppressed") else
+                                               f"{r['value']:.3f}" if r.get("value") is not None else "n/a")
+                          for r in c["groups"])
+        lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged: {', '.join(c['flagged']) or 'none'}")
+    for w in result["shift"]["warnings"]:
+        lines.append(f"  shift warning: {w}")
+    if result["recalibration"]:
+        r = result["recalibration"]
+        lines.append(f"  recalibration ({r['method']}, fit on {r['fit_units']}, checked on {r['held_out_units']} units): "
+                     f"ECE {r['before'].get('ece', float('nan')):.4f} -> {r['after'].get('ece', float('nan')):.4f}, "
+                     f"Brier {r['before'].get('brier', float('nan')):.4f} -> {r['after'].get('brier', float('nan')):.4f}")
+        lines.append(f"  {'recalibrated run':<16} {out / 'recalibrated-run'}")
+    for name in ("evaluation.html", "evaluation.json", "predictions.csv"):
+        lines.append(f"  {name:<16} {out / name}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- model card
+
+
+def validation_markdown(result: Mapping[str, Any]) -> str:
+    """One dated "Validation" entry for the model card: provenance and figures (aggregates only)."""
+    from medmm.evaluation.subgroups import audit_markdown
+    from medmm.metrics import headline
+
+    p = result["provenance"]
+    head = headline(result["problem"])[0]
+    lines = [f"### {p['evaluated'][:10]}: {p['site'] or 'site not given'} ({p['data']})", "",
+             f"- Units evaluated: {p['units']} ({p['skipped']} inputs skipped); checkpoint `{p['checkpoint']}`"]
+    if p["date_range"]:
+        lines.append(f"- Dates ({p['date_column']}): {p['date_range'][0]} to {p['date_range'][1]}")
+    lines.append(f"- {head}: " + _fmt_ci(result["metrics"].get(head), result["ci"].get(head)))
+    for k in ("ece", "brier"):
+        if k in result["metrics"]:
+            lines.append(f"- {k}: " + _fmt_ci(result["metrics"][k], None))
+    for cls, s in (result["operating_stats"] or {}).items():
+        lines.append(f"- At the operating point ({cls} >= {s['threshold']:.4f}): sensitivity "
+                     f"{_fmt_ci(s['sensitivity'], s['ci'].get('sensitivity'))}, specificity "
+                     f"{_fmt_ci(s['specificity'], s['ci'].get('specificity'))}")
+    if result["shift"]["warnings"]:
+        lines.append("- Distribution shift warnings: " + "; ".join(result["shift"]["warnings"]))
+    if result["subgroups"]:
+        lines += ["", audit_markdown(result["subgroups"])]
+    return "\n".join(lines)
+
+
+def append_validation(card: Path, entry: str) -> None:
+    """Add ``entry`` under the card's "## Validation" heading (created before "How to reproduce")."""
+    from medmm.io import write_text_atomic
+
+    text = card.read_text(encoding="utf-8")
+    marker = "## How to reproduce"
+    if "## Validation" not in text:
+        block = ("## Validation\n\nExternal evaluations of this model (`medmm evaluate`), newest last.\n\n"
+                 + entry.strip() + "\n\n")
+    else:
+        block = entry.strip() + "\n\n"
+    at = text.find(marker)
+    text = text[:at] + block + text[at:] if at >= 0 else text.rstrip("\n") + "\n\n" + block
+    write_text_atomic(card, text)

@@ -1,0 +1,209 @@
+"""Distribution shift between a run's training data and new data.
+
+- tabular features: standardized mean difference per numeric feature (against the training
+  means and standard deviations the task's own preprocessor stored) and categories never seen;
+- text columns: share of words never seen in training and the length distribution;
+- DICOM folders: modality / manufacturer / pixel spacing / photometric mix.
+
+Text and DICOM need ``artifacts/data_profile.json``, written at training time by
+:func:`write_training_profile`. It holds counts only; training words are kept only when they
+occur in at least :data:`MIN_DOCS` documents, and only as truncated hashes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["SMD_WARN", "shift_report", "shift_html", "write_training_profile"]
+
+FORMAT = "medmm-data-profile"
+FILE = "data_profile.json"
+MIN_DOCS = 5
+SMD_WARN = 0.25
+"""|standardized mean difference| above this is warned about."""
+_WORD = re.compile(r"[a-z]+")
+_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def _h(word: str) -> str:
+    return hashlib.blake2b(word.encode(), digest_size=6).hexdigest()
+
+
+def _text_columns(data_cfg: Mapping[str, Any]) -> list[str]:
+    col = data_cfg.get("text_column")
+    return [] if not col else ([col] if isinstance(col, str) else [str(c) for c in col])
+
+
+def _texts(df: Any, cols: list[str]) -> list[str]:
+    from medmm.data.tables import is_missing
+
+    return [" ".join("" if is_missing(v) else str(v) for v in row) for row in df[cols].itertuples(index=False)]
+
+
+def _dicom_mix(root: Path) -> dict[str, Counter]:
+    import pydicom
+
+    from medmm.data.dicom_scan import list_files, quiet_pydicom
+
+    mix: dict[str, Counter] = {k: Counter() for k in ("Modality", "Manufacturer", "PhotometricInterpretation",
+                                                      "PixelSpacing")}
+    for rel in list_files(root)[:200_000]:
+        try:
+            with quiet_pydicom():
+                ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=list(mix))
+        except Exception:
+            continue
+        for key in mix:
+            v = ds.get(key, None)
+            if key == "PixelSpacing":
+                v = f"{float(v[0]):.1f} mm" if v else None
+            mix[key][str(v).strip() if v not in (None, "") else "absent"] += 1
+    return mix
+
+
+def write_training_profile(data_path: Path, data_cfg: Mapping[str, Any], directory: Path) -> Path | None:
+    """Write the counts shift checks compare against (text columns of a table, or a DICOM folder's mix)."""
+    from medmm.io import write_json_atomic
+
+    path = Path(data_path)
+    payload: dict[str, Any] = {"format": FORMAT, "version": 1}
+    if path.is_dir():
+        payload["dicom"] = {k: dict(v) for k, v in _dicom_mix(path).items()}
+    else:
+        cols = _text_columns(data_cfg)
+        if not cols:
+            return None
+        from medmm.data.tables import read_table
+
+        df = read_table(path)
+        if any(c not in df.columns for c in cols):
+            return None
+        docs = [_WORD.findall(t.lower()) for t in _texts(df, cols)]
+        df_count = Counter(w for d in docs for w in set(d))
+        vocab = {w for w, c in df_count.items() if c >= MIN_DOCS}
+        tokens = sum(len(d) for d in docs)
+        oov = sum(1 for d in docs for w in d if w not in vocab) / max(tokens, 1)
+        lengths = np.asarray([len(d) for d in docs], float)
+        payload["text"] = {"docs": len(docs), "vocab": sorted(_h(w) for w in vocab), "oov_share": oov,
+                           "length_quantiles": [float(q) for q in np.quantile(lengths, _QUANTILES)] if len(docs) else []}
+    return write_json_atomic(Path(directory) / FILE, payload)
+
+
+def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``{"tabular": ..., "text": ..., "dicom": ..., "warnings": [...]}`` for the new data."""
+    from medmm.io import read_json
+
+    out: dict[str, Any] = {"warnings": []}
+    path = Path(data_path)
+    profile_path = Path(run_dir) / "artifacts" / FILE
+    profile = read_json(profile_path, format=FORMAT) if profile_path.exists() else {}
+    pre = getattr(task, "preprocessor", None)
+    df = None
+    if not path.is_dir():
+        from medmm.data.tables import read_table
+
+        df = read_table(path)
+    if pre is not None and df is not None:
+        out["tabular"] = _tabular_shift(pre, df, out["warnings"])
+    if "text" in profile and df is not None and all(c in df.columns for c in _text_columns(data_cfg)):
+        out["text"] = _text_shift(profile["text"], _texts(df, _text_columns(data_cfg)), out["warnings"])
+    if "dicom" in profile and path.is_dir():
+        out["dicom"] = _dicom_shift(profile["dicom"], _dicom_mix(path), out["warnings"])
+    if not any(k in out for k in ("tabular", "text", "dicom")):
+        out["note"] = "no training profile for these inputs (runs trained before medmm stored one)"
+    return out
+
+
+def _tabular_shift(pre: Any, df: Any, warnings: list[str]) -> dict[str, Any]:
+    from medmm.data.tabular import _category_strings, _to_float
+
+    rows = []
+    for i, col in enumerate(pre.numeric):
+        if col not in df.columns:
+            continue
+        x = _to_float(df[col], col)
+        x = x[np.isfinite(x)]
+        smd = float((x.mean() - pre.means[i]) / pre.scales[i]) if x.size else math.nan
+        rows.append({"feature": col, "smd": smd, "missing_share": float(1 - x.size / max(len(df), 1))})
+        if math.isfinite(smd) and abs(smd) > SMD_WARN:
+            warnings.append(f"feature {col!r}: standardized mean difference {smd:+.2f} vs training")
+    unseen = {}
+    for col, cats in zip(pre.categorical, pre.categories):
+        if col not in df.columns:
+            continue
+        values = [v for v in _category_strings(df[col]) if v == v and v is not None]
+        n = sum(1 for v in values if v not in set(cats))
+        unseen[col] = n
+        if n:
+            warnings.append(f"feature {col!r}: {n} value(s) of categories never seen in training")
+    return {"numeric": rows, "unseen_categories": unseen}
+
+
+def _text_shift(train: Mapping[str, Any], texts: list[str], warnings: list[str]) -> dict[str, Any]:
+    vocab = set(train["vocab"])
+    docs = [_WORD.findall(t.lower()) for t in texts]
+    tokens = sum(len(d) for d in docs)
+    oov = sum(1 for d in docs for w in d if _h(w) not in vocab) / max(tokens, 1)
+    lengths = np.asarray([len(d) for d in docs], float)
+    q = [float(v) for v in np.quantile(lengths, _QUANTILES)] if len(docs) else []
+    ref = float(train["oov_share"])
+    if oov > max(2 * ref, ref + 0.05):
+        warnings.append(f"text: {oov:.1%} of words were never (or rarely) seen in training vs {ref:.1%} there")
+    tq = train["length_quantiles"]
+    if q and tq and tq[2] > 0 and not 0.5 <= q[2] / tq[2] <= 2.0:
+        warnings.append(f"text: median length {q[2]:.0f} words vs {tq[2]:.0f} in training")
+    return {"oov_share": oov, "train_oov_share": ref, "length_quantiles": q, "train_length_quantiles": tq}
+
+
+def _dicom_shift(train: Mapping[str, Mapping[str, int]], new: Mapping[str, Counter],
+                 warnings: list[str]) -> dict[str, Any]:
+    out = {}
+    for key, counts in new.items():
+        seen = train.get(key, {})
+        never = {v: n for v, n in counts.items() if v not in seen}
+        out[key] = {"new": dict(counts), "train": dict(seen), "never_seen": never}
+        if never:
+            warnings.append(f"DICOM {key}: {sum(never.values())} file(s) with values never seen in training: "
+                            f"{', '.join(sorted(never))[:200]}")
+    return out
+
+
+def shift_html(report: Mapping[str, Any]) -> str:
+    """The shift report as HTML."""
+    import html
+
+    e = html.escape
+    parts = []
+    if report["warnings"]:
+        parts.append("<ul>" + "".join(f"<li><strong>warning:</strong> {e(w)}</li>" for w in report["warnings"])
+                     + "</ul>")
+    else:
+        parts.append('<p class="note">No shift warning: every check is within its limit.</p>')
+    tab = report.get("tabular")
+    if tab and tab["numeric"]:
+        rows = "".join(f"<tr><td>{e(r['feature'])}</td><td class=\"num\">{r['smd']:+.3f}</td>"
+                       f"<td class=\"num\">{r['missing_share']:.1%}</td></tr>" for r in tab["numeric"])
+        parts.append("<table><tr><th>feature</th><th>standardized mean difference</th><th>missing</th></tr>"
+                     f"{rows}</table><p class=\"note\">|SMD| above {SMD_WARN} is warned about.</p>")
+    if report.get("text"):
+        t = report["text"]
+        parts.append(f"<p>Words never seen in ≥ {MIN_DOCS} training documents: {t['oov_share']:.1%} "
+                     f"(training: {t['train_oov_share']:.1%}). Length quantiles (10/25/50/75/90%, words): "
+                     f"{e(str([round(v) for v in t['length_quantiles']]))} vs training "
+                     f"{e(str([round(v) for v in t['train_length_quantiles']]))}.</p>")
+    if report.get("dicom"):
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v['new']))}</td><td>{e(str(v['train']))}</td></tr>"
+                       for k, v in report["dicom"].items())
+        parts.append(f"<table><tr><th>attribute</th><th>new data (files)</th><th>training (files)</th></tr>{rows}"
+                     "</table>")
+    if report.get("note"):
+        parts.append(f'<p class="note">{e(report["note"])}</p>')
+    return "\n".join(parts)

@@ -1,0 +1,162 @@
+"""Operating points: a decision threshold chosen on the validation split, and the figures at it.
+
+Binary problems get one threshold on P(positive); multiclass problems one per class,
+one-vs-rest. A unit is called positive for a class when its probability is ``>= threshold``
+(the convention of :func:`sklearn.metrics.roc_curve`, whose thresholds are the candidates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.errors import ConfigError
+
+__all__ = ["RULES", "choose_threshold", "choose_operating_point", "decisions", "load_operating_point",
+           "operating_stats", "save_operating_point", "stats_table"]
+
+RULES = ("youden", "target_sensitivity", "target_specificity", "fixed")
+FORMAT = "medmm-operating-point"
+FILE = "operating_point.json"
+STATS = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def choose_threshold(y: Any, p: Any, rule: str, target: float = 0.9, fixed: float = 0.5) -> float:
+    """The threshold of ``rule`` on scores ``p`` for 0/1 labels ``y``.
+
+    - ``youden``: maximises sensitivity + specificity - 1 (the highest such threshold on ties);
+    - ``target_sensitivity``: the highest threshold whose sensitivity is ``>= target``
+      (so the best specificity that keeps the sensitivity);
+    - ``target_specificity``: the lowest threshold whose specificity is ``>= target``;
+    - ``fixed``: ``fixed``.
+    Undefined (one class only) -> ``fixed``.
+    """
+    from sklearn.metrics import roc_curve
+
+    if rule not in RULES:
+        raise ConfigError(f"eval.threshold must be one of {', '.join(RULES)}, got {rule!r}")
+    y, p = np.asarray(y).astype(int), np.asarray(p, dtype=float)
+    if rule == "fixed" or y.size == 0 or y.min() == y.max():
+        return float(fixed)
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)  # thresholds descending
+    if rule == "youden":
+        i = int(np.argmax(tpr - fpr))
+    elif rule == "target_sensitivity":
+        i = int(np.flatnonzero(tpr >= target - 1e-12)[0])
+    else:
+        i = int(np.flatnonzero(1 - fpr >= target - 1e-12)[-1])
+    t = float(thr[i])
+    return t if math.isfinite(t) else float(np.nextafter(p.max(), np.inf))
+
+
+def _columns(problem: str, y: Any, scores: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, C]`` one-vs-rest labels and scores: binary -> the positive class only."""
+    s = np.asarray(scores, dtype=float)
+    if problem == "binary":
+        return np.asarray(y).astype(int).reshape(-1, 1), s.reshape(-1, 1)
+    y = np.asarray(y).astype(int)
+    return np.eye(k, dtype=int)[y] if y.size else np.zeros((0, k), int), s
+
+
+def choose_operating_point(problem: str, y: Any, scores: Any, label_names: Sequence[str], *, rule: str,
+                           target: float, fixed: float, chosen_on: str) -> dict[str, Any]:
+    """The stored form of an operating point: one threshold per class (binary: the positive one)."""
+    names = [str(n) for n in label_names]
+    classes = names[1:] if problem == "binary" else names
+    yc, sc = _columns(problem, y, scores, len(names))
+    thresholds = {c: choose_threshold(yc[:, k], sc[:, k], rule, target, fixed) for k, c in enumerate(classes)}
+    return {"format": FORMAT, "version": 1, "problem": problem, "rule": rule, "target": float(target),
+            "classes": names, "thresholds": thresholds, "chosen_on": chosen_on, "n": int(len(yc))}
+
+
+def decisions(problem: str, scores: Any, op: Mapping[str, Any]) -> np.ndarray:
+    """0/1 calls ``[N, C]`` at the operating point (binary: ``C = 1``)."""
+    s = np.asarray(scores, dtype=float)
+    s = s.reshape(-1, 1) if problem == "binary" else s
+    thr = np.asarray([op["thresholds"][c] for c in _op_classes(problem, op)], dtype=float)
+    return (s >= thr[None, :]).astype(int)
+
+
+def _op_classes(problem: str, op: Mapping[str, Any]) -> list[str]:
+    return list(op["classes"][1:]) if problem == "binary" else list(op["classes"])
+
+
+def _rates(tp: np.ndarray, fp: np.ndarray, tn: np.ndarray, fn: np.ndarray) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {"sensitivity": tp / (tp + fn), "specificity": tn / (tn + fp), "ppv": tp / (tp + fp),
+                "npv": tn / (tn + fn)}
+
+
+def operating_stats(y: Any, call: Any, *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Counts, sensitivity, specificity, PPV and NPV of 0/1 ``call`` vs 0/1 ``y``, with bootstrap CIs."""
+    y, c = np.asarray(y).astype(int), np.asarray(call).astype(int)
+    cells = [(y == 1) & (c == 1), (y == 0) & (c == 1), (y == 0) & (c == 0), (y == 1) & (c == 0)]
+    counts = [np.asarray(float(m.sum())) for m in cells]
+    point = {k: float(v) for k, v in _rates(*counts).items()}
+    ci: dict[str, tuple[float, float]] = {}
+    if n_boot and y.size:
+        rng = np.random.default_rng(seed)
+        ws = []
+        for start in range(0, n_boot, 200):  # [B, N] resample counts, 200 resamples at a time
+            idx = rng.integers(0, y.size, size=(min(200, n_boot - start), y.size))
+            b = idx.shape[0]
+            flat = (idx + y.size * np.arange(b)[:, None]).ravel()
+            w = np.bincount(flat, minlength=b * y.size).reshape(b, y.size).astype(float)
+            ws.append(np.stack([w @ m for m in cells]))
+        boot = _rates(*np.concatenate(ws, axis=1))
+        for k, v in boot.items():
+            v = v[np.isfinite(v)]
+            ci[k] = (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) if v.size else (math.nan, math.nan)
+    tp, fp, tn, fn = (int(x) for x in counts)
+    return {**point, "ci": ci, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(y.size)}
+
+
+def stats_at(problem: str, y: Any, scores: Any, op: Mapping[str, Any], *, n_boot: int, seed: int) -> dict[str, Any]:
+    """Per class (binary: the positive class) :func:`operating_stats` at the operating point."""
+    classes = _op_classes(problem, op)
+    yc, _ = _columns(problem, y, scores, len(op["classes"]))
+    calls = decisions(problem, scores, op)
+    return {c: {"threshold": float(op["thresholds"][c]),
+                **operating_stats(yc[:, k], calls[:, k], n_boot=n_boot, seed=seed)} for k, c in enumerate(classes)}
+
+
+def save_operating_point(directory: Path, op: Mapping[str, Any]) -> Path:
+    """``artifacts/operating_point.json`` (atomic)."""
+    from medmm.io import write_json_atomic
+
+    return write_json_atomic(Path(directory) / FILE, dict(op))
+
+
+def load_operating_point(run_dir: Path) -> dict[str, Any] | None:
+    """The run's stored operating point, or ``None`` for runs trained without one."""
+    from medmm.io import read_json
+
+    path = Path(run_dir) / "artifacts" / FILE
+    return read_json(path, format=FORMAT) if path.exists() else None
+
+
+def stats_table(stats: Mapping[str, Mapping[str, Any]], op: Mapping[str, Any]) -> tuple[str, str]:
+    """HTML and Markdown tables of :func:`stats_at` output."""
+    import html
+
+    def cell(s: Mapping[str, Any], k: str) -> str:
+        v, (lo, hi) = s[k], s["ci"].get(k, (math.nan, math.nan))
+        txt = "n/a" if not math.isfinite(v) else f"{v:.3f}"
+        return txt + (f" ({lo:.3f}–{hi:.3f})" if math.isfinite(lo) and math.isfinite(hi) else "")
+
+    head = ["class", "threshold", "sensitivity", "specificity", "PPV", "NPV", "TP", "FP", "TN", "FN"]
+    rows = [[c, f"{s['threshold']:.4f}", *(cell(s, k) for k in STATS), *(str(s[k]) for k in ("tp", "fp", "tn", "fn"))]
+            for c, s in stats.items()]
+    h = ("<table><tr>" + "".join(f"<th>{x}</th>" for x in head) + "</tr>"
+         + "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
+         + "</table>")
+    rule = op["rule"] + (f" (target {op['target']:.2f})" if op["rule"].startswith("target") else "")
+    note = (f"Threshold rule {rule}, chosen on the {op['chosen_on']} split ({op['n']} units); "
+            "called positive when P >= threshold; 95% bootstrap CIs in brackets.")
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join(
+        "| " + " | ".join(r) + " |" for r in rows)
+    return h + f'\n<p class="note">{html.escape(note)}</p>', md + "\n\n" + note
