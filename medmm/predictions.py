@@ -1,4 +1,14 @@
-"""``predictions.csv``: one row per unit (row id, path/UID, document), keyed without PHI."""
+"""``predictions.csv``: one row per unit (row id, path/UID, document), keyed without PHI.
+
+Columns after ``id`` (and any UID columns) by problem:
+
+- binary: ``prob_<positive class>`` (probability), ``predicted`` (at 0.5), ``true`` when labelled;
+- multiclass / multilabel: ``prob_<class>`` per class, ``predicted``, ``true``;
+- regression: ``prediction`` in the target's units, ``true``;
+- survival: ``risk`` = the model's **log hazard ratio** (Cox partial likelihood): higher means an
+  earlier event. It is relative (compare and rank patients; ``exp(risk_a - risk_b)`` is their
+  hazard ratio), not a probability or a time. ``time`` and ``event`` when the data had them.
+"""
 
 from __future__ import annotations
 
@@ -49,9 +59,28 @@ def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tup
 
 
 def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
-                      unit_columns: dict[str, dict[str, str]] | None = None) -> Path:
-    """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs)."""
+                      unit_columns: dict[str, dict[str, str]] | None = None,
+                      operating_point: dict[str, Any] | None = None) -> Path:
+    """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs).
+
+    ``operating_point`` (the run's stored one) adds the thresholded decision: ``decision``
+    (binary: a class name) or ``decision_<class>`` 0/1 columns (multiclass, one-vs-rest).
+    """
     header, rows = prediction_rows(ev, problem, label_names)
+    if operating_point is not None and problem in ("binary", "multiclass") and len(rows):
+        from medmm.evaluation.threshold import decisions
+
+        calls = decisions(problem, ev.scores, operating_point)
+        at = header.index("predicted") + 1
+        if problem == "binary":
+            names = [str(n) for n in operating_point["classes"]]
+            header.insert(at, "decision")
+            for r, c in zip(rows, calls[:, 0]):
+                r.insert(at, names[int(c)])
+        else:
+            header[at:at] = [f"decision_{c}" for c in operating_point["classes"]]
+            for r, c in zip(rows, calls):
+                r[at:at] = [int(v) for v in c]
     extra = sorted({k for cols in (unit_columns or {}).values() for k in cols})
     if extra:
         header = [header[0], *extra, *header[1:]]

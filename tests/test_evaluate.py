@@ -150,6 +150,17 @@ def test_dicom_subgroups_come_from_allowed_header_attributes_only(tmp_path: Path
     assert age_in_years("065Y") == 65 and age_in_years("006M") == 0.5 and np.isnan(age_in_years("junk"))
 
 
+def test_a_misspelled_subgroup_column_fails_before_training(tmp_path: Path) -> None:
+    from medmm.errors import DataError
+    from medmm.evaluation import check_subgroup_columns
+
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"x": [1, 2], "sex": ["F", "M"], "y": [0, 1]}).to_csv(data, index=False)
+    check_subgroup_columns(data, {"data": {"subgroup_columns": ["sex"]}, "eval": {}})
+    with pytest.raises(DataError, match="data.subgroup_columns: 'gender' is not a column of t.csv"):
+        check_subgroup_columns(data, {"data": {"subgroup_columns": ["sex", "gender"]}, "eval": {}})
+
+
 def test_missing_fairlearn_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from medmm.evaluation.subgroups import require_fairlearn
 

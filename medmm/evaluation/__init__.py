@@ -14,9 +14,27 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOT_AUDITED", "training_evaluation"]
+__all__ = ["NOT_AUDITED", "check_subgroup_columns", "training_evaluation"]
 
 NOT_AUDITED = "Not audited: no subgroup columns were given (set `data.subgroup_columns`)."
+
+
+def check_subgroup_columns(data: Path, cfg: dict[str, Any]) -> None:
+    """Before training: every ``data.subgroup_columns`` entry exists (a table column or an allowed DICOM attribute)."""
+    from medmm.errors import DataError
+    from medmm.evaluation.attributes import DICOM_ATTRIBUTES, table_columns
+    from medmm.evaluation.subgroups import parse_bands, require_fairlearn
+
+    columns = list(cfg["data"].get("subgroup_columns") or [])
+    parse_bands(cfg.get("eval", {}).get("bands"))
+    if not columns:
+        return
+    require_fairlearn()
+    known = list(DICOM_ATTRIBUTES) if Path(data).is_dir() else table_columns(Path(data))
+    absent = [c for c in columns if c not in known]
+    if absent:
+        where = "an allowed DICOM header attribute" if Path(data).is_dir() else f"a column of {Path(data).name}"
+        raise DataError(f"data.subgroup_columns: {absent[0]!r} is not {where}; choose from {known[:20]}")
 
 
 def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_ev: Any, split_name: str,

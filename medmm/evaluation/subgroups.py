@@ -171,7 +171,7 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
     }
     index = np.arange(len(s))
     overall_value, overall_lo, overall_hi = headline_ci(y, index)
-    out: dict[str, Any] = {"metric": head, "mode": mode, "min_group_size": int(min_group_size),
+    out: dict[str, Any] = {"problem": problem, "metric": head, "mode": mode, "min_group_size": int(min_group_size),
                            "overall": {"n": int(len(s)), "value": overall_value, "ci": [overall_lo, overall_hi]},
                            "columns": {}}
     for column, labels in groups.items():
@@ -233,30 +233,43 @@ def _f(v: Any) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
 
 
+def _classify(result: Mapping[str, Any]) -> bool:
+    return result.get("problem") in ("binary", "multiclass")
+
+
 def _rows(result: Mapping[str, Any], column: str) -> list[list[str]]:
     rows = []
+    width = len(_head(result))
     for r in result["columns"][column]["groups"]:
         if r.get("suppressed"):
-            rows.append([r["group"], r["n"], "suppressed", "", "", "", "", "", ""])
+            rows.append([r["group"], r["n"], "suppressed", *[""] * (width - 3)])
             continue
         lo, hi = r["ci"]
         ci = f"{_f(lo)}–{_f(hi)}" if lo is not None and hi is not None else "n/a"
-        rows.append([r["group"], str(r["n"]), _f(r["prevalence"]), _f(r["value"]), ci, _f(r["sensitivity"]),
-                     _f(r["specificity"]), _f(r["ece"]), "**FLAGGED**" if r["flagged"] else ""])
+        flag = "**FLAGGED**" if r["flagged"] else ""
+        if _classify(result):
+            rows.append([r["group"], str(r["n"]), _f(r["prevalence"]), _f(r["value"]), ci, _f(r["sensitivity"]),
+                         _f(r["specificity"]), _f(r["ece"]), flag])
+        else:
+            rows.append([r["group"], str(r["n"]), _f(r["value"]), ci, flag])
     return rows
 
 
 def _head(result: Mapping[str, Any]) -> list[str]:
+    if not _classify(result):
+        return ["group", "n", result["metric"], "95% CI", "flag"]
     return ["group", "n", "prevalence", result["metric"], "95% CI", "sensitivity", "specificity", "ECE", "flag"]
 
 
 def _summary(result: Mapping[str, Any], column: str) -> str:
     col = result["columns"][column]
-    parts = [f"largest {result['metric']} gap {_f(col['largest_gap'])}",
-             f"equalized-odds difference {_f(col['equalized_odds_difference'])}",
-             f"demographic-parity difference {_f(col['demographic_parity_difference'])}"]
+    parts = [f"largest {result['metric']} gap {_f(col['largest_gap'])}"]
+    if _classify(result):
+        parts += [f"equalized-odds difference {_f(col['equalized_odds_difference'])}",
+                  f"demographic-parity difference {_f(col['demographic_parity_difference'])}"]
     flagged = ", ".join(col["flagged"]) or "none"
-    return "; ".join(parts) + f"; flagged (CI wholly below the overall CI): {flagged}"
+    side = "below" if result["mode"] == "max" else "above"
+    return "; ".join(parts) + f"; flagged (95% CI wholly {side} the overall CI): {flagged}"
 
 
 def _intro(result: Mapping[str, Any]) -> str:
@@ -264,8 +277,8 @@ def _intro(result: Mapping[str, Any]) -> str:
     lo, hi = o["ci"]
     return (f"Overall {result['metric']} {_f(_num(o['value']))} (95% CI {_f(_num(lo))}–{_f(_num(hi))}), "
             f"{o['n']} units. Groups with fewer than {result['min_group_size']} units are suppressed and left "
-            "out of the gaps. Sensitivity / specificity at the stored operating point; fairness differences "
-            "from fairlearn.")
+            "out of the gaps." + (" Sensitivity / specificity at the stored operating point; fairness "
+                                  "differences from fairlearn." if _classify(result) else ""))
 
 
 def audit_html(result: Mapping[str, Any]) -> str:
