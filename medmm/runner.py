@@ -23,7 +23,7 @@ log = logging.getLogger("medmm")
 ENGINE_CHOICES = {
     "engine.precision": ["auto", "fp32", "bf16", "fp16"],
     "engine.schedule": ["constant", "linear", "cosine"],
-    "engine.class_weights": ["none", "balanced"],
+    "engine.class_weights": ["none", "balanced", "auto"],  # auto: balanced for multi-label only
     "engine.sampler": ["shuffle", "weighted", "bucket"],
     "engine.monitor_mode": ["auto", "max", "min"],
     "engine.nan_policy": ["stop", "skip"],
@@ -200,6 +200,9 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
             log.info("medmm %s %s: data %s, run %s%s; device %s, precision %s; config (non-default): %s", spec.name,
                      __version__, data, run_dir, " (resumed)" if resume else "", trainer.device, trainer.precision,
                      ", ".join(config_changes(cfg, task_defaults(spec))) or "all defaults")
+        from medmm.evaluation import check_subgroup_columns
+
+        check_subgroup_columns(Path(data), cfg)  # a typo must not cost a whole training run
         bundle = task.build_data(Path(data))
         if main and bundle.meta.get("description"):
             from medmm.runlog import echo
@@ -340,6 +343,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             ci = summary["ci"].get(k)
             lines.append(f"    {k:<10} {_fmt(v)}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
         lines += baseline_summary_lines(summary.get("baseline"))
+    from medmm.privacy.membership import summary_lines as privacy_summary_lines
+
+    lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)
     lines.append(f"  best {summary['monitor']} on val: {_fmt(summary['best_value'])} at step {summary['best_step']}")
     for name in ("report.html", "predictions.csv", "metrics.jsonl", "model_card.md", "checkpoints/best"):
         lines.append(f"  {name:<16} {run_dir / name}")
@@ -352,12 +358,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 def _split_size(summary: dict[str, Any]) -> str:
-    """``test split (60 examples)``, or ``test split: 9 series from 22 instances`` when units pool examples."""
+    """``test split (60 examples)``, or ``test split (9 series from 22 instances)`` when units pool examples."""
     split = summary["split"]
     n, units = summary["sizes"].get(split, "?"), summary.get("units", {}).get(split)
     if units is None or units == n:
         return f"{split} split ({n} examples)"
-    return f"{split} split: {units} {summary.get('unit_name', 'units')} from {n} {summary.get('example_name', 'examples')}"
+    return f"{split} split ({units} {summary.get('unit_name', 'units')} from {n} {summary.get('example_name', 'examples')})"
 
 
 def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best", registry: Any,

@@ -168,3 +168,32 @@ def test_text_run_shows_tfidf_baseline_and_recipe(tmp_path: Path) -> None:
     assert "TF-IDF 1-2-grams + logistic regression" in out.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["baseline"]["headline"] == "macro_f1" and summary["baseline"]["baseline"] > 0.9
+
+
+def test_multilabel_pos_weight_up_weights_rare_labels() -> None:
+    import torch
+
+    from medmm.engine.losses import multilabel_pos_weight, problem_loss
+
+    y = np.zeros((100, 3), np.float32)
+    y[:50, 0], y[:5, 1], y[:1, 2] = 1, 1, 1  # common, rare, very rare
+    w = multilabel_pos_weight(y)
+    np.testing.assert_allclose(w, [1.0, 10.0, 10.0])  # 95/5 = 19 and 99/1 clipped at 10
+    out = torch.zeros(2, 3)
+    t = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    plain, _ = problem_loss("multilabel", out, t)
+    weighted, _ = problem_loss("multilabel", out, t, class_weights=torch.tensor(w))
+    assert float(weighted) > float(plain)
+
+
+def test_eta_line_and_cpu_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm.engine import eta as eta_mod
+
+    lines: list[str] = []
+    monkeypatch.setattr("medmm.runlog.echo", lambda msg, **_: lines.append(msg))
+    clock = iter([0.0, *[2.0 * (i + 1) for i in range(20)]])
+    monkeypatch.setattr(eta_mod.time, "perf_counter", lambda: next(clock))
+    e = eta_mod.Eta(1000, "cpu", announce=True)
+    texts = [e.step(i + 1) for i in range(6)]
+    assert texts[-1] == "33.1 min" and len(lines) == 1  # 2 s/step, 994 steps left
+    assert "about 33.2 min of training left" in lines[0] and "textcnn" in lines[0]

@@ -6,6 +6,9 @@ window (and across data-parallel ranks), so ``grad_accum=k, batch=b`` equals ``b
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -28,7 +31,7 @@ def problem_loss(problem: str, output: torch.Tensor, target: torch.Tensor, *,
         loss = F.cross_entropy(output, target.long().reshape(n), weight=class_weights,
                                label_smoothing=label_smoothing, reduction="sum")
     elif problem == "multilabel":
-        per = F.binary_cross_entropy_with_logits(output, target.float(), reduction="none")
+        per = F.binary_cross_entropy_with_logits(output, target.float(), pos_weight=class_weights, reduction="none")
         loss = per.mean(dim=1).sum()
     elif problem == "regression":
         pred = output.reshape(n)
@@ -46,6 +49,13 @@ def problem_loss(problem: str, output: torch.Tensor, target: torch.Tensor, *,
     else:
         raise ConfigError(f"unknown problem kind {problem!r}")
     return loss, n
+
+
+def multilabel_pos_weight(targets: Any, max_weight: float = 10.0) -> np.ndarray:
+    """Per-label ``BCEWithLogits`` ``pos_weight``: negatives / positives in train, within [1, max_weight]."""
+    y = np.asarray(targets, dtype=np.float64)
+    pos = y.sum(axis=0)
+    return np.clip((len(y) - pos) / np.maximum(pos, 1.0), 1.0, max_weight).astype(np.float32)
 
 
 def scores_from_output(problem: str, output: torch.Tensor) -> torch.Tensor:

@@ -9,10 +9,12 @@ performs the same arithmetic as one that was never interrupted.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medmm.engine import callbacks as cb
-from medmm.engine.checkpoint import load_trainer_state, load_weights, save_checkpoint
+from medmm.engine.checkpoint import clean_orphans, load_trainer_state, load_weights, save_checkpoint
 from medmm.engine.device import autocast, move_to, no_grad_eval, resolve_precision, select_device
 from medmm.engine.distributed import (
     DistInfo, barrier, broadcast_object, gather_objects, init_distributed, local_rank_from_env,
@@ -31,12 +33,22 @@ from medmm.engine.distributed import (
 from medmm.engine.losses import problem_loss, scores_from_output
 from medmm.engine.sampling import balanced_class_weights, epoch_generator, eval_batches, plan_epoch, shard
 from medmm.engine.schedule import build_optimizer, lr_lambda
-from medmm.errors import ConfigError, MedmmError
+from medmm.errors import CheckpointError, ConfigError, MedmmError
+from medmm.runlog import log_evaluation
 from medmm.task import DataBundle, Split, Task
 
 
 class TrainingError(MedmmError):
     """Training cannot continue (non-finite loss, interrupted, ...)."""
+
+
+def _warn(msg: str) -> None:
+    """A warning in train.log, and on stderr unless a console handler already shows it."""
+    logger = logging.getLogger("medmm")
+    logger.warning(msg)
+    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+               for h in logger.handlers):
+        print(f"medmm: warning: {msg}", file=sys.stderr)
 
 
 @dataclass
@@ -151,6 +163,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
         self.class_weights: torch.Tensor | None = None
+        self.privacy: Any = None  # medmm.privacy.dp.PrivateTraining under engine.privacy.enabled
 
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
@@ -165,6 +178,8 @@ class Trainer:
     def _plan(self, data: DataBundle, epoch: int) -> list[list[int]]:
         split = data.train
         assert split is not None
+        if self.privacy is not None:  # DP-SGD: Poisson-sampled logical batches
+            return self.privacy.plan(len(split.dataset), self.seed, epoch, max(1, int(self.e["grad_accum"])))
         world = self.dist.world_size
         labels = split.targets if self.e["sampler"] in ("weighted", "bucket") else None
         plan = plan_epoch(len(split.dataset), int(self.e["batch_size"]) * world, seed=self.seed, epoch=epoch,
@@ -241,13 +256,25 @@ class Trainer:
                        "rng": rng or _rng_state()}
             if scaler is not None:
                 trainer["scaler"] = scaler.state_dict()
-        save_checkpoint(path, model, {"state": asdict(self.state), "history": self.history}, trainer)
+        meta = {"state": asdict(self.state), "history": self.history}
+        if self.privacy is not None:  # the accountant: a resumed run reports the same ε
+            meta["privacy"] = self.privacy.state_dict()
+        save_checkpoint(path, model, meta, trainer)
         cb.call(self.callbacks, "on_checkpoint", self, path, kind)
 
     def _restore(self, model: torch.nn.Module, opt: Any, sched: Any, scaler: Any) -> None:
-        path = self.run_dir / "checkpoints" / "last"
-        saved = load_weights(path, model)
-        trainer = load_trainer_state(path)
+        ckpts = self.run_dir / "checkpoints"
+        error: CheckpointError | None = None
+        for path in (ckpts / "last", ckpts / "last.old"):  # .old: a swap that a kill interrupted
+            try:
+                saved = load_weights(path, model)
+                trainer = load_trainer_state(path)
+                break
+            except CheckpointError as exc:
+                error = error or exc
+        else:
+            self._restore_from_best(model, sched, error)
+            return
         opt.load_state_dict(trainer["optimizer"])
         sched.load_state_dict(trainer["scheduler"])
         if scaler is not None and "scaler" in trainer:
@@ -255,6 +282,26 @@ class Trainer:
         _set_rng_state(trainer["rng"])
         self.state = TrainState(**saved["state"])
         self.history = list(saved.get("history", []))
+        if self.privacy is not None:
+            self.privacy.load_state_dict(saved.get("privacy"))
+
+    def _restore_from_best(self, model: torch.nn.Module, sched: Any, error: CheckpointError | None) -> None:
+        """``last`` is damaged: continue from ``best`` (weights and counters; fresh optimizer state)."""
+        best = self.run_dir / "checkpoints" / "best"
+        try:
+            saved = load_weights(best, model)
+        except CheckpointError:
+            raise error or CheckpointError(f"no checkpoint in {self.run_dir / 'checkpoints'}") from None
+        self.state = TrainState(**saved["state"])
+        self.history = list(saved.get("history", []))
+        if self.privacy is not None:
+            self.privacy.load_state_dict(saved.get("privacy"))
+        with warnings.catch_warnings():  # replay the schedule to the step (no optimizer step taken)
+            warnings.simplefilter("ignore")
+            for _ in range(self.state.global_step):
+                sched.step()
+        _warn(f"{error}; resuming from checkpoints/best (step {self.state.global_step}) instead: the optimizer "
+              "state and random streams restart there, so this resume is not bit-exact")
 
     # ------------------------------------------------------------------ training
     def fit(self, model: torch.nn.Module, data: DataBundle, *, resume: bool = False) -> FitResult:
@@ -274,14 +321,23 @@ class Trainer:
         self.monitor, self.mode = monitor, mode
 
         seed_everything(self.seed)
-        if self.e["class_weights"] == "balanced":
+        if self.e["class_weights"] in ("balanced", "auto") and self.task.problem == "multilabel":
+            from medmm.engine.losses import multilabel_pos_weight  # per-label positives up-weighted
+
+            self.class_weights = torch.tensor(multilabel_pos_weight(data.train.targets), device=self.device)
+        elif self.e["class_weights"] == "balanced":
             if data.train.targets is None or np.asarray(data.train.targets).ndim != 1:
                 raise ConfigError("engine.class_weights=balanced needs single-label classification targets")
             self.class_weights = torch.tensor(balanced_class_weights(data.train.targets), dtype=torch.float32,
                                               device=self.device)
+        from medmm.privacy.dp import private_training
+
+        self.privacy = private_training(self, model, data)  # engine.privacy: DP-SGD through opacus, else None
         model.to(self.device)
         task_groups = self.task.param_groups(model)
         opt = build_optimizer(model, float(self.e["lr"]), float(self.e["weight_decay"]), task_groups)
+        if self.privacy is not None:
+            opt = self.privacy.wrap_optimizer(opt)
         accum = max(1, int(self.e["grad_accum"]))
         steps_per_epoch = math.ceil(len(self._plan(data, 0)) / accum)
         total = steps_per_epoch * int(self.e["epochs"])
@@ -291,6 +347,8 @@ class Trainer:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.e["schedule"], total, warmup))
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         logger = cb.MetricsLogger(self.run_dir)
+        if self.dist.is_main:
+            clean_orphans(self.run_dir / "checkpoints")  # temp dirs of a writer that was killed
         if resume:
             self._restore(model, opt, sched, scaler)
             if self.dist.is_main:
@@ -301,6 +359,8 @@ class Trainer:
         if self.dist.enabled:
             ddp_model = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.privacy is not None:
+            ddp_model = self.privacy.wrap_model(model)  # per-example gradients (opacus)
         cb.call(self.callbacks, "on_train_start", self)
         try:
             self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
@@ -308,6 +368,14 @@ class Trainer:
             self._save("last", model, opt, sched, scaler, rng=_rng_state(self._window_rng))
             raise TrainingError(f"interrupted; a resumable checkpoint is in {self.run_dir}/checkpoints/last "
                                 f"(continue with --resume {self.run_dir})") from None
+        st = self.state
+        if st.skipped_steps and st.skipped_steps >= st.global_step:
+            raise TrainingError(f"every optimizer step ({st.global_step}) had a non-finite loss and was skipped "
+                                "(engine.nan_policy=skip): nothing was trained; check the data and engine.lr")
+        bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+        if bad:
+            raise TrainingError(f"the weights are not finite after training ({bad[0]}"
+                                f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); lower engine.lr")
         self.state.finished = True
         self._save("last", model, opt, sched, scaler)
         if data.val is None or not (self.run_dir / "checkpoints" / "best").exists():
@@ -324,6 +392,9 @@ class Trainer:
         eval_every = int(e["eval_every_steps"])
         ckpt_every = max(1, int(e["checkpoint_every_steps"]))
         self._window_rng = _rng_snapshot()
+        from medmm.engine.eta import Eta
+
+        eta = Eta(total, self.device.type, announce=self.dist.is_main)  # one ETA line after the first steps
         while st.epoch < int(e["epochs"]) and not st.stopped_early and not (total and st.global_step >= total):
             plan = self._plan(data, st.epoch)
             if not plan:
@@ -333,7 +404,7 @@ class Trainer:
             first = st.batch_in_epoch // accum
             if hasattr(data.train.dataset, "set_epoch"):
                 data.train.dataset.set_epoch(st.epoch)
-            mine = [shard(b, self.dist.rank, self.dist.world_size) for w in windows[first:] for b in w]
+            mine = [shard(b, self.dist.rank, self.dist.world_size) for w in windows[first:] for b in w if b]
             batches = iter(self._loader(data.train.dataset, mine, data.collate_fn, st.epoch))
             bar = tqdm(total=len(windows), initial=first, disable=self.quiet, leave=False,
                        desc=f"epoch {st.epoch + 1}/{e['epochs']}", unit="step")
@@ -344,6 +415,8 @@ class Trainer:
                 model.train()
                 finite = True
                 for j in range(len(window)):
+                    if not window[j]:
+                        continue  # an empty Poisson micro-batch (engine.privacy)
                     batch = move_to(next(batches), self.device)
                     sync = j == len(window) - 1 or not self.dist.enabled
                     ctx = contextlib.nullcontext() if sync else model.no_sync()
@@ -364,8 +437,11 @@ class Trainer:
                                     f"loss is {float(loss_sum.detach())} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
                                     f"stopped without overwriting checkpoints (engine.nan_policy=skip skips such steps)")
                             continue
-                        loss = loss_sum * self.dist.world_size / n_window
+                        # DP-SGD clips each example's gradient of its own loss: back-propagate the sum
+                        loss = loss_sum if self.privacy is not None else loss_sum * self.dist.world_size / n_window
                         (scaler.scale(loss) if scaler else loss).backward()
+                        if self.privacy is not None:
+                            opt.accumulate()  # clip this micro-batch's per-example gradients into the window sum
                     st.loss_sum, st.loss_n = st.loss_sum + float(loss_sum.detach()), st.loss_n + k
                     seen += k
                 if finite:
@@ -387,7 +463,8 @@ class Trainer:
                 st.samples_seen += n_window
                 rate = seen * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
                 bar.update(1)
-                bar.set_postfix(loss=f"{st.loss_sum / max(1, st.loss_n):.4f}", samples_s=f"{rate:.0f}")
+                bar.set_postfix(loss=f"{st.loss_sum / max(1, st.loss_n):.4f}", samples_s=f"{rate:.0f}",
+                                eta=eta.step(st.global_step))
                 end_of_epoch = st.batch_in_epoch >= len(plan)
                 at_max = bool(total) and st.global_step >= total
                 evaluated = False
@@ -411,9 +488,12 @@ class Trainer:
         lr = opt.param_groups[0]["lr"]
         base = {"epoch": round(st.epoch + st.batch_in_epoch / self._plan_len, 4), "step": st.global_step}
         train_rec = {**base, "split": "train", "loss": train_loss, "lr": lr, "samples_per_s": rate}
+        if self.privacy is not None:  # ε spent so far, δ, noise multiplier, clipping norm
+            train_rec.update(self.privacy.metrics())
         self.history.append(train_rec)
         cb.call(self.callbacks, "on_evaluate", self, train_rec)
         if data.val is None or len(data.val.dataset) == 0:
+            log_evaluation([train_rec])  # train.log: the per-evaluation metrics
             return
         out = self.evaluate(raw, data.val, data.collate_fn)
         metrics = self.metrics_of(out) if self.dist.is_main else {}
@@ -421,6 +501,7 @@ class Trainer:
         rec = {**base, "split": "val", "loss": out.loss, **metrics, "lr": lr, "samples_per_s": rate}
         self.history.append(rec)
         cb.call(self.callbacks, "on_evaluate", self, rec)
+        log_evaluation([train_rec, rec])
         value = rec.get(self.monitor, float("nan"))
         better = st.best_value is None or (
             math.isfinite(value) and (not math.isfinite(st.best_value)

@@ -57,8 +57,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Pretrained = Literal["auto", "none", "path"]
-PRETRAINED_MODES = ("auto", "none", "path")
+Pretrained = Literal["auto", "none", "path", "hub"]
+PRETRAINED_MODES = ("auto", "none", "path", "hub")  # hub: opt-in, timm's weights via the HF cache (medmm.models.hub)
 _PTH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 _FOLDER_FILES = ("model.safetensors", "pytorch_model.bin")
 _CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -145,7 +145,7 @@ def _per_channel(values: Any, in_chans: int) -> tuple[float, ...]:
 def create_image_backbone(timm_name: str, *, in_chans: int = 1, img_size: int = 224,
                           pretrained: Pretrained | str = "auto", weights: str | os.PathLike[str] | None = None,
                           drop_rate: float = 0.0, drop_path_rate: float = 0.0) -> ImageBackbone:
-    """Build a timm backbone for ``in_chans``-channel ``img_size`` images; never downloads.
+    """Build a timm backbone for ``in_chans``-channel ``img_size`` images; downloads only with ``hub``.
 
     Args:
         timm_name: timm architecture (``efficientnet_lite0`` builds ``tf_efficientnet_lite0``).
@@ -153,8 +153,9 @@ def create_image_backbone(timm_name: str, *, in_chans: int = 1, img_size: int = 
             pretrained weights adapted, for one channel: pixels are never tripled).
         img_size: input side; models with a fixed input size (ViT) are built for it.
         pretrained: ``auto`` (``weights`` if given, else packaged weights if a package ships
-            them, else random init with a warning), ``none`` (random init) or ``path``
-            (``weights`` is required).
+            them, else random init with a warning), ``none`` (random init), ``path``
+            (``weights`` is required) or ``hub`` (opt-in: timm's pretrained weights through the
+            Hugging Face cache, announced; ``HF_HUB_OFFLINE=1`` reads the cache only).
         weights: local checkpoint file or folder.
         drop_rate: timm's head dropout, applied to the embedding.
         drop_path_rate: stochastic depth.
@@ -179,8 +180,10 @@ def create_image_backbone(timm_name: str, *, in_chans: int = 1, img_size: int = 
     path = _resolve_weights_path(weights) if weights is not None else None
     packaged = _PACKAGED.get(arch) if path is None and pretrained == "auto" else None
 
-    model = _create(arch, in_chans, img_size, drop_rate, drop_path_rate)
-    if path is not None:
+    model = _create(arch, in_chans, img_size, drop_rate, drop_path_rate, hub=pretrained == "hub" and path is None)
+    if pretrained == "hub" and path is None:
+        source = f"hub: {timm.models.get_pretrained_cfg(arch).hf_hub_id}"
+    elif path is not None:
         state = read_state_dict(path)
         own = _PACKAGED.get(arch)
         if own is not None and own.marker in state:  # the package's file, passed as a path
@@ -202,7 +205,8 @@ def create_image_backbone(timm_name: str, *, in_chans: int = 1, img_size: int = 
                          drop_rate=drop_rate, drop_path_rate=drop_path_rate)
 
 
-def _create(arch: str, in_chans: int, img_size: int, drop_rate: float, drop_path_rate: float) -> nn.Module:
+def _create(arch: str, in_chans: int, img_size: int, drop_rate: float, drop_path_rate: float,
+            hub: bool = False) -> nn.Module:
     import timm
 
     kwargs: dict[str, Any] = {"in_chans": in_chans, "drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
@@ -210,7 +214,12 @@ def _create(arch: str, in_chans: int, img_size: int, drop_rate: float, drop_path
     if cfg is not None and cfg.fixed_input_size:  # absolute position embeddings: build for img_size
         kwargs["img_size"] = img_size
     try:
-        model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
+        if hub:
+            from medmm.models.hub import timm_hub_model
+
+            model = timm_hub_model(arch, num_classes=0, **kwargs)
+        else:
+            model = timm.create_model(arch, pretrained=False, num_classes=0, **kwargs)
     except (TypeError, AssertionError, ValueError) as exc:
         raise ConfigError(f"cannot build {arch} with {kwargs}: {exc}") from None
     patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)

@@ -255,6 +255,7 @@ def load_hf_encoder(backbone: str = "minilm-l6", *, name_or_path: str | os.PathL
 
     * ``minilm-l6``: the packaged all-MiniLM-L6-v2 (``name_or_path`` ignored).
     * ``hf-local``: the local folder ``name_or_path``.
+    * ``hf-hub``: the hub id ``name_or_path``, through the standard Hugging Face cache (opt-in).
     * ``bert-tiny``: a 2-layer, 64-wide random BERT with the MiniLM (bert-base-uncased)
       WordPiece tokenizer, or the tokenizer in ``name_or_path``.
     * anything else is taken as a local folder.
@@ -264,6 +265,11 @@ def load_hf_encoder(backbone: str = "minilm-l6", *, name_or_path: str | os.PathL
     if backbone == "bert-tiny":
         tokenizer = load_tokenizer(name_or_path or "minilm-l6")
         return build_tiny_bert(len(tokenizer), pooling=pooling), tokenizer
+    if backbone == "hf-hub":  # opt-in download into the standard HF cache (medmm.models.hub)
+        from medmm.models.hub import hub_text_folder
+
+        name_or_path = hub_text_folder(os.fspath(name_or_path or ""))
+        backbone = "hf-local"
     if backbone == "hf-local":
         if name_or_path is None:
             raise ConfigError("backbone hf-local needs model.name_or_path: a local Hugging Face folder")

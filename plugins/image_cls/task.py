@@ -262,7 +262,7 @@ class ImageClsTask(Task):
     def load_artifacts(self, directory: Path) -> None:
         payload = read_json(directory / ARTIFACT)
         self.problem, self.label_names = payload["problem"], payload["label_names"]
-        if self.cfg["model"]["pretrained"] == "auto" and not self.cfg["model"]["weights"]:
+        if self.cfg["model"]["pretrained"] in ("auto", "hub") and not self.cfg["model"]["weights"]:
             self.cfg["model"]["pretrained"] = "none"  # the run's checkpoint holds the weights
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
