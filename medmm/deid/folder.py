@@ -1,0 +1,300 @@
+"""De-identify a DICOM folder (plus an optional labels CSV), then verify the result.
+
+Everything is written into a hidden staging folder beside ``out``; only when every output file
+reads back with pydicom, every pixel hash matches and no source identifier value remains is it
+renamed to ``out``. Otherwise it is deleted and the run fails naming kinds and places, not values.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from medmm.deid.options import DeidOptions
+from medmm.deid.pseudonyms import Pseudonymizer
+from medmm.errors import DataError, MedmmError
+
+__all__ = ["FolderResult", "check_output_dir", "deidentify_folder"]
+
+_UID_COLUMNS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
+REPORT_NAME = "deid.json"
+SKIPPED_NAME = "skipped.csv"
+
+
+@dataclass
+class FolderResult:
+    """What a folder run did (counts only: safe to print)."""
+
+    out: Path
+    written: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    patients: int = 0
+    identifiers_checked: int = 0
+    remaining: int = 0
+    pixels_checked: int = 0
+    labels_out: Path | None = None
+    labels_rows: int = 0
+    labels_dropped: int = 0
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+def check_output_dir(src: Path, out: Path) -> None:
+    """Refuse an output inside the input (or the input itself) and a non-empty output folder."""
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or src_r in out_r.parents:
+        raise MedmmError(f"--out {out} is inside the input {src}; choose a folder outside it")
+    if out_r in src_r.parents:
+        raise MedmmError(f"--out {out} contains the input {src}; choose another folder")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedmmError(f"--out {out} exists and is not empty; de-identified data go into a new or empty "
+                         "folder")
+
+
+def _out_relpath(rel: str, pseudo: Pseudonymizer, scan: Any, patient_ids: dict[str, str]) -> str:
+    """Same folders, keyed file name; a folder named after a patient id becomes its pseudonym and
+    any other folder name holding an identifier becomes a keyed token."""
+    p = PurePosixPath(rel)
+    parts = []
+    for part in p.parent.parts:
+        if part in patient_ids:
+            parts.append(patient_ids[part])
+        elif scan.matched_values(part):
+            parts.append("D" + pseudo.token(part, "dir", 12))
+        else:
+            parts.append(part)
+    return PurePosixPath(*parts, f"{pseudo.token(rel, 'file', 20)}.dcm").as_posix()
+
+
+def _read_labels(path: Path, id_column: str) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read labels CSV {path}: {exc}") from None
+    if id_column not in header:
+        raise DataError(f"labels CSV {path} has no column {id_column!r} (columns: {', '.join(header)})")
+    return header, rows
+
+
+def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: DeidOptions,
+                      labels: Path | None = None, id_column: str = "patient_id",
+                      progress: Callable[[str], None] | None = None) -> FolderResult:
+    """De-identify every DICOM file under ``src`` into ``out`` (see the module docstring)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from medmm.data.dicom_scan import list_files, quiet_pydicom, short_reason
+    from medmm.deid.dicom import (
+        deidentify_dataset,
+        load_profile,
+        pixel_hash,
+        scan_text,
+        skip_reason,
+        source_identifiers,
+    )
+    from medmm.deid.verify import IdentifierScan
+
+    src, out = Path(src), Path(out)
+    if not src.is_dir():
+        raise DataError(f"DICOM folder not found: {src}")
+    check_output_dir(src, out)
+    header: list[str] = []
+    label_rows: list[dict[str, str]] = []
+    if labels is not None:
+        if labels.resolve().parent == out.resolve() or out.resolve() in labels.resolve().parents:
+            raise MedmmError(f"--labels {labels} is inside --out {out}")
+        header, label_rows = _read_labels(labels, id_column)
+    profile = load_profile()
+    say = progress or (lambda _msg: None)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        result = FolderResult(out=out)
+        identifiers: dict[str, str] = {}
+        hashes: dict[str, str | None] = {}
+        path_map: dict[str, str] = {}
+        patients: set[str] = set()
+        vocab: set[str] = set()
+        files = list_files(src)
+        say(f"{len(files)} file(s) under {src}")
+        for rel in files:
+            if PurePosixPath(rel).name.startswith("."):
+                result.skipped.append((rel, "hidden file"))
+                continue
+            try:
+                with quiet_pydicom(), warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always")
+                    ds = pydicom.dcmread(src / rel)
+                if any("End of file" in str(w.message) for w in caught):
+                    result.skipped.append((rel, "truncated (the file ends inside an element)"))
+                    continue
+            except InvalidDicomError:
+                result.skipped.append((rel, "not a DICOM file (no DICM preamble / file meta)"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
+                result.skipped.append((rel, f"unreadable: {short_reason(exc)}"))
+                continue
+            reason = skip_reason(ds)
+            if reason:
+                result.skipped.append((rel, reason))
+                continue
+            try:
+                found, kept_vocab = source_identifiers(ds, profile, options)
+                before = pixel_hash(ds)
+                patients.add(str(ds.get("PatientID", "") or "").strip())
+                deidentify_dataset(ds, pseudo, profile, options, found)
+                tmp_rel = f".staging/{pseudo.token(rel, 'file', 20)}.dcm"
+                (stage / tmp_rel).parent.mkdir(parents=True, exist_ok=True)
+                with quiet_pydicom():
+                    ds.save_as(stage / tmp_rel, enforce_file_format=False)
+            except Exception as exc:  # noqa: BLE001
+                result.skipped.append((rel, f"could not be de-identified: {short_reason(exc)}"))
+                continue
+            identifiers.update(found)
+            vocab.update(kept_vocab)
+            hashes[rel] = before
+            path_map[rel] = tmp_rel
+            result.written += 1
+        result.patients = len(patients)
+        # final places: folders kept unless their names hold identifiers, file names keyed
+        folder_scan = IdentifierScan({v: k for v, k in identifiers.items() if k != "uid"})
+        patient_ids = {p: pseudo.patient_id(p) for p in patients if p}
+        for rel in list(path_map):
+            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids)
+            (stage / dest_rel).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(stage / path_map[rel], stage / dest_rel)
+            hashes[dest_rel] = hashes.pop(rel)
+            path_map[rel] = dest_rel
+        shutil.rmtree(stage / ".staging", ignore_errors=True)
+
+        if labels is not None:
+            result.labels_out = stage / labels.name
+            result.labels_rows = _write_labels(result.labels_out, header, label_rows, id_column, pseudo,
+                                               path_map)
+            result.labels_dropped = len(label_rows) - result.labels_rows
+            for row in label_rows:
+                value = str(row.get(id_column) or "").strip()
+                if len(value) >= 3:
+                    identifiers.setdefault(value, "id")
+        from medmm.io import write_skipped
+
+        write_skipped(stage / SKIPPED_NAME, result.skipped, key="path")
+
+        # ---- verification: re-read everything that was written
+        ambiguous = IdentifierScan(identifiers).matched_values("\n".join(sorted(vocab)))
+        identifiers = {v: k for v, k in identifiers.items() if v.lower() not in ambiguous}
+        say(f"verifying {result.written} file(s) against {len(identifiers)} source identifier value(s)")
+        scan = IdentifierScan(identifiers)
+        unreadable: list[str] = []
+        pixel_mismatch: list[str] = []
+        for dest_rel, before in hashes.items():
+            try:
+                with quiet_pydicom():
+                    back = pydicom.dcmread(stage / dest_rel)
+                    text = scan_text(back)
+            except Exception:  # noqa: BLE001
+                unreadable.append(dest_rel)
+                continue
+            if pixel_hash(back) != before:
+                pixel_mismatch.append(dest_rel)
+            result.pixels_checked += before is not None
+            scan.scan(text, dest_rel)
+        for path in sorted(stage.rglob("*")):
+            rel_out = path.relative_to(stage).as_posix()
+            scan.scan(rel_out, f"path {rel_out}")
+            if path.is_file() and path.suffix == ".csv":
+                scan.scan(path.read_text(encoding="utf-8"), rel_out)
+        residual = scan.result
+        result.identifiers_checked = residual.checked
+        result.remaining = residual.remaining
+        problems = []
+        if residual.remaining:
+            places = ", ".join(f"{p} ({k})" for p, k in residual.where[:5])
+            problems.append(f"{residual.remaining} source identifier occurrence(s) remain "
+                            f"({dict(residual.found)}), e.g. in {places}")
+        if unreadable:
+            problems.append(f"{len(unreadable)} output file(s) do not read back with pydicom")
+        if pixel_mismatch:
+            problems.append(f"{len(pixel_mismatch)} output file(s) changed pixel data")
+        if problems:
+            raise MedmmError("de-identification verification FAILED, nothing written: " + "; ".join(problems))
+
+        reasons = Counter(r.split(":")[0].split(" (")[0] for _, r in result.skipped)
+        result.report = {
+            "format": "medmm-deid", "input": "dicom-folder",
+            "profile": f"PS3.15 E.1-1 Basic ({profile.version})",
+            "options": options.describe(), "key_id": pseudo.token("key-id", "key-id", 8),
+            "files_written": result.written, "files_skipped": len(result.skipped),
+            "skipped_by_reason": dict(reasons), "patients": result.patients,
+            "pixel_hashes_equal": result.pixels_checked, "verification": residual.summary(),
+            "ambiguous_values_not_scanned": len(ambiguous),
+            "labels_rows": result.labels_rows if labels is not None else None,
+            "labels_rows_left_out": result.labels_dropped if labels is not None else None,
+        }
+        from medmm.io import write_json_atomic
+
+        write_json_atomic(stage / REPORT_NAME, result.report)
+        _publish(stage, out)
+        if result.labels_out is not None:
+            result.labels_out = out / labels.name  # type: ignore[union-attr]
+        return result
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _write_labels(path: Path, header: list[str], rows: list[dict[str, str]], id_column: str,
+                  pseudo: Pseudonymizer, path_map: dict[str, str]) -> int:
+    """The labels CSV with ids as pseudonyms, ``path`` keys as output paths and UIDs remapped.
+
+    Rows keyed by a ``path`` whose file was skipped are left out; returns the rows written."""
+    from medmm.io import atomic_write
+
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
+        writer.writeheader()
+        written = 0
+        for row in rows:
+            row = dict(row)
+            row[id_column] = pseudo.patient_id(row.get(id_column) or "")
+            if "path" in header:
+                key = PurePosixPath(str(row.get("path") or "").replace("\\", "/")).as_posix()
+                if key not in path_map:
+                    continue  # its file was skipped (or never existed): no image to join
+                row["path"] = path_map[key]
+            for col in _UID_COLUMNS:
+                if row.get(col):
+                    row[col] = pseudo.uid(str(row[col]))
+            writer.writerow(row)
+            written += 1
+    return written
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the verified staging folder to ``out`` (which is absent or an empty folder)."""
+    if out.exists():
+        out.rmdir()  # empty: checked before anything was written
+    os.replace(stage, out)
+    os.chmod(out, 0o777 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def report_line(result: FolderResult) -> str:
+    return json.dumps(result.report)
