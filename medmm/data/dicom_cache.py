@@ -132,6 +132,7 @@ class PixelCache:
         if cached is not None:
             log.info("pixel cache hit: %d images in %s", len(cached.keys), entry)
             cached.items = items
+            _warn_constant(cached.constant)
             return cached
         _prepare_cache_dir(cache_dir)
         tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=cache_dir))
@@ -149,6 +150,7 @@ class PixelCache:
         built = cls._open(entry, key, cfg, dtype)
         assert built is not None
         built.hit, built.items = False, items
+        _warn_constant(built.constant)
         return built
 
     @classmethod
@@ -176,6 +178,14 @@ class PixelCache:
             log.warning("discarding unreadable pixel cache entry %s", entry)
             shutil.rmtree(entry, ignore_errors=True)
             return None
+
+
+def _warn_constant(keys: Sequence[str], shown: int = 10) -> None:
+    """Name the images that are one flat value after preprocessing (legal, but they carry no signal)."""
+    if keys:
+        more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+        log.warning("%d image(s) are constant after preprocessing (no signal; check windowing and the files): %s%s",
+                    len(keys), ", ".join(keys[:shown]), more)
 
 
 def cache_key(root: Path, items: Sequence[ImageItem], cfg: PixelConfig, dtype: str) -> str:
@@ -222,8 +232,6 @@ def _build_entry(tmp, root, items, cfg, dtype, workers, progress) -> dict[str, A
     keys = [i.key for i in items]
     failed = [Skipped(keys[row], reason) for row, reason, _ in sorted(outcomes) if reason]
     constant = [keys[row] for row, reason, const in sorted(outcomes) if const and not reason]
-    if constant:
-        log.warning("%d image(s) are constant after preprocessing (no signal)", len(constant))
     return {
         "version": CACHE_VERSION,
         "cfg": cfg.to_dict(),

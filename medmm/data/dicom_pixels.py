@@ -228,7 +228,7 @@ def _decode(path: Path, cfg: PixelConfig, frame: int | None, n_frames: int | Non
     from pydicom import dcmread
 
     if n_frames is None:
-        header = dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
+        header = read_dataset(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
         n_frames = max(1, int(header.get("NumberOfFrames", 1) or 1))
     wanted = frame_indices(n_frames, cfg.frames, frame)
     unique = sorted(set(wanted))
@@ -257,11 +257,33 @@ def _decode_from_file(path: Path, indices: list[int]):
 
 
 def _decode_in_memory(path: Path, indices: list[int]):
-    from pydicom import dcmread
     from pydicom.pixels import pixel_array
 
-    ds = dcmread(path)
+    ds = read_dataset(path)
     return ds, {i: pixel_array(ds, index=i) for i in indices}
+
+
+def read_dataset(path: Path, **kwargs: Any):
+    """``dcmread``, falling back to a file without the 128-byte preamble (``force=True``).
+
+    A bare data set has no file meta: its transfer syntax is set from the encoding pydicom
+    detected (implicit / explicit VR, little / big endian), so its pixels decode.
+    """
+    from pydicom import dcmread
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return dcmread(path, **kwargs)
+    except InvalidDicomError:
+        ds = dcmread(path, force=True, **kwargs)
+    if not ds.file_meta.get("TransferSyntaxUID"):
+        from medmm.data.dicom_scan import ENCODING_SYNTAX
+
+        syntax = ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", ()) or ()))
+        if syntax is None:
+            raise PixelDecodeError(path, "no DICM preamble and no transfer syntax")
+        ds.file_meta.TransferSyntaxUID = syntax
+    return ds
 
 
 def _frame_view(ds, index: int):

@@ -50,6 +50,12 @@ _UNDEFINED_LENGTH = 0xFFFFFFFF
 _DEFLATED = "1.2.840.10008.1.2.1.99"
 _NATIVE = frozenset({"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"})
 _POOL_MIN_FILES = 512  # below this a process pool costs more than it saves
+_NO_PREAMBLE = "no DICM preamble"
+# First element group of a DICOM stream without the 128-byte preamble: file meta (0002) or data
+# set (0008), little or big endian. Anything else is not tried as DICOM at all.
+_BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+ENCODING_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+              (False, False): "1.2.840.10008.1.2.2"}  # (implicit VR, little endian) -> transfer syntax
 
 
 @dataclass(frozen=True)
@@ -120,8 +126,10 @@ def list_files(root: Path) -> list[str]:
 def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[Skipped]]:
     """Read every file's header under ``root`` (recursively, sorted, deterministic).
 
-    Non-DICOM files (no ``DICM`` preamble), files without pixel data, truncated pixel
-    data and unreadable headers become :class:`Skipped`. ``workers > 0`` reads headers
+    Non-DICOM files, files without pixel data, truncated pixel data and unreadable headers
+    become :class:`Skipped`. A file without the 128-byte preamble (``force=True`` in pydicom
+    terms) is read when it parses and has pixel data; otherwise its reason says "no DICM
+    preamble". ``workers > 0`` reads headers
     in that many processes once the folder holds at least a few hundred files.
     """
     from medmm.errors import DataError
@@ -200,6 +208,7 @@ def short_reason(exc: BaseException, limit: int = 160) -> str:
 
 
 def _read_record(path: Path, rel_path: str) -> DicomRecord:
+    from pydicom.errors import InvalidDicomError
     from pydicom.filereader import read_partial
 
     found: dict[str, int] = {}
@@ -212,11 +221,38 @@ def _read_record(path: Path, rel_path: str) -> DicomRecord:
         return False
 
     with open(path, "rb") as fp:
-        ds = read_partial(fp, stop_when=at_pixels, force=False)
-        offset = fp.tell()
+        try:
+            ds = read_partial(fp, stop_when=at_pixels, force=False)
+        except InvalidDicomError:
+            ds = _read_bare(fp, at_pixels, found)  # no preamble: a bare data set, when it is one
+            try:
+                return _record(ds, path, rel_path, fp.tell(), found, bare=True)
+            except _NotImage as exc:
+                raise _NotImage(f"not a DICOM file ({_NO_PREAMBLE}; {exc})") from None
+        return _record(ds, path, rel_path, fp.tell(), found, bare=False)
+
+
+def _read_bare(fp, stop_when, found: dict[str, int]):
+    """Parse a stream without preamble (``force=True``) if it starts like DICOM; else ``_NotImage``."""
+    from pydicom.filereader import read_partial
+
+    fp.seek(0)
+    if fp.read(2) not in _BARE_STARTS:
+        raise _NotImage(f"not a DICOM file ({_NO_PREAMBLE} / file meta)")
+    fp.seek(0)
+    found.clear()
+    try:
+        return read_partial(fp, stop_when=stop_when, force=True)
+    except Exception as exc:  # noqa: BLE001 - not parseable without the preamble either
+        raise _NotImage(f"not a DICOM file ({_NO_PREAMBLE}; {short_reason(exc, 100)})") from None
+
+
+def _record(ds, path: Path, rel_path: str, offset: int, found: dict[str, int], *, bare: bool) -> DicomRecord:
     if not found:
         raise _NotImage("no pixel data")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    if not syntax and bare:  # a bare data set: its encoding names the (native) transfer syntax
+        syntax = ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", ()) or ()), "")
     if not syntax:
         raise _NotImage("no transfer syntax in file meta")
     rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
