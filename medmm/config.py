@@ -82,6 +82,13 @@ class Range:
             return f"{'<' if self.hi_open else '<='} {self.hi:g}"
         return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
 
+    def __contains__(self, value: Any) -> bool:
+        try:
+            self.check("", value)
+        except ConfigError:
+            return False
+        return True
+
     def check(self, key: str, value: Any) -> None:
         if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
             return

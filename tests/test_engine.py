@@ -116,8 +116,9 @@ def test_nan_loss_skip_policy_skips_the_step(tmp_path: Path) -> None:
 
 def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     train(tmp_path / "r", epochs=1, checkpoint_every_steps=1000)
-    weights = tmp_path / "r" / "checkpoints" / "last" / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
+    for kind in ("last", "best"):  # with only `last` damaged, resume falls back to `best` (test_reliability)
+        weights = tmp_path / "r" / "checkpoints" / kind / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="truncated"):
         train(tmp_path / "r", resume=True, epochs=2)
 
