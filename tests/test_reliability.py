@@ -376,3 +376,10 @@ def test_other_ranks_keep_their_scratch_files_out_of_the_run_dir(tmp_path: Path,
     scratch = [m for m in made if m.name.startswith("medmm-rank1-")]
     assert len(scratch) == 1 and not scratch[0].exists()  # rank 1's splits/skipped reports went there
     assert not (run / ".ranks").exists() and not (run / "splits.csv").exists() and not (run / "run.json").exists()
+
+
+def test_fusion_predict_matches_labels_written_as_numbers() -> None:
+    from medmm_plugins.fusion.task import _label_key
+
+    assert {_label_key(v) for v in ("1", "1.0", " 1 ")} == {"1"} and _label_key("0.5") == "0.5"
+    assert _label_key("yes") == "yes" and _label_key("nan") == "nan"

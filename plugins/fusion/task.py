@@ -117,6 +117,16 @@ class _Collate:
         return collate_rows(items, pad_id=self.pad_id, image_shape=self.image_shape)
 
 
+def _label_key(value: str) -> str:
+    """A label's canonical text: ``"1"``, ``"1.0"`` and ``" 1 "`` are one class."""
+    value = str(value).strip()
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else value
+
+
 class FusionTask(Task):
     """Text + image (+ tabular) classification through one fusion head."""
 
@@ -612,8 +622,9 @@ class FusionTask(Task):
         rows = np.flatnonzero(data["keep"])
         labels = None
         values = data.get("labels_raw")
-        if values is not None and all(values[r] in (self.label_names or []) for r in rows):
-            labels = np.asarray([self.label_names.index(values[r]) for r in rows], dtype=np.int64)
+        index = {_label_key(n): i for i, n in enumerate(self.label_names or [])}  # '1' names 1, 1.0 and '1'
+        if values is not None and all(_label_key(values[r]) in index for r in rows):
+            labels = np.asarray([index[_label_key(values[r])] for r in rows], dtype=np.int64)
         split = Split(FusionRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
         split.skipped = list(data["skipped"])
         self._raw = {**getattr(self, "_raw", {}), "predict": (data, rows, labels)}
