@@ -244,7 +244,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, pd.Da
     code, out = _cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=y",
                      "--set", "data.id_column=pid", "--set", "data.features=[mean radius,mean texture,mean smoothness,"
                      "mean compactness,mean concave points]", "--set", "data.subgroup_columns=[site,age]",
-                     "--set", "engine.epochs=8", "--set", "engine.bootstrap=200", "--quiet")
+                     "--set", "engine.epochs=8", "--set", "engine.bootstrap=200", "--set", "engine.baseline=none", "--quiet")
     assert code == 0, out[-3000:]
     split = pd.read_csv(run / "splits.csv").set_index("id")["split"]
     return run, data, df.assign(split=df.pid.map(split))

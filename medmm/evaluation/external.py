@@ -23,6 +23,7 @@ import click
 import numpy as np
 
 from medmm.errors import DataError, MedmmError
+from medmm.io import _umask
 
 __all__ = ["append_validation", "evaluate_run", "validation_markdown"]
 
@@ -115,7 +116,9 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     if not data.is_dir():
         _precheck_table(data, task, cfg["data"], {**{c: "subgroup" for c in columns},
                                                    **({date_column: "date"} if date_column else {})})
-    model = task.build_model()
+    from medmm.privacy.dp import prepare_model
+
+    model = prepare_model(task.build_model(), cfg)  # a DP run's layers (BatchNorm -> GroupNorm, ...)
     load_weights(run_dir / "checkpoints" / checkpoint, model)
     split, collate = task.build_predict_data(data)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
@@ -153,6 +156,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
               "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_mkparent(out)))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets a plain mkdir's mode
     try:
         _write_outputs(tmp, result, ev, task, spec, run_dir, trainer, y_true, y_score, kw, op)
         if recal is not None:

@@ -277,8 +277,9 @@ def _intro(result: Mapping[str, Any]) -> str:
     lo, hi = o["ci"]
     return (f"Overall {result['metric']} {_f(_num(o['value']))} (95% CI {_f(_num(lo))}–{_f(_num(hi))}), "
             f"{o['n']} units. Groups with fewer than {result['min_group_size']} units are suppressed and left "
-            "out of the gaps." + (" Sensitivity / specificity at the stored operating point; fairness "
-                                  "differences from fairlearn." if _classify(result) else ""))
+            "out of the gaps." + (" Sensitivity / specificity at the stored operating point"
+                                  + (" (macro over classes, one-vs-rest)" if result.get("problem") == "multiclass"
+                                     else "") + "; fairness differences from fairlearn." if _classify(result) else ""))
 
 
 def audit_html(result: Mapping[str, Any]) -> str:
