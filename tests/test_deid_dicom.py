@@ -319,3 +319,40 @@ def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
     written_src = {r["path"] for r in rows} - {r["path"] for r in csv.DictReader(open(out / "skipped.csv"))}
     assert len(out_rows) == len(written_src)
     assert all(r["patient_id"] in written_ids for r in out_rows)  # every label row still joins
+
+
+def test_labels_keyed_by_path_and_uid_still_match_after_renaming(tmp_path: Path) -> None:
+    from medmm.data.dicom_labels import labels_from_csv
+    from medmm.data.dicom_scan import scan_folder
+
+    src = tmp_path / "src"
+    (src / "ct").mkdir(parents=True)
+    shutil.copy(ROOT / "CT_small.dcm", src / "ct" / "a.dcm")
+    shutil.copy(ROOT / "MR_small.dcm", src / "mr.dcm")
+    by_path = tmp_path / "by_path.csv"
+    by_path.write_text(f"path,patient_id,label\nct/a.dcm,1CT1,ct\n{src / 'mr.dcm'},4MR1,mr\ngone.dcm,x,ct\n")
+    res = deidentify(src, tmp_path / "out", key_file=_key(tmp_path), labels=by_path, id_column="patient_id",
+                     echo=lambda m: None)
+    assert res.labels_rows == 2 and res.labels_dropped == 1
+    rows = list(csv.DictReader(open(tmp_path / "out" / "by_path.csv")))
+    records, _ = scan_folder(tmp_path / "out")
+    labels = labels_from_csv(records, _two_columns(rows, "path", tmp_path / "l.csv"))
+    assert sorted(labels.values()) == ["ct", "mr"] and not labels.unmatched
+
+    uid_key = tmp_path / "by_uid.csv"
+    sop = pydicom.dcmread(src / "mr.dcm").SOPInstanceUID
+    uid_key.write_text(f"SOPInstanceUID,patient_id,label\n{sop},4MR1,mr\n")
+    deidentify(src, tmp_path / "out2", key_file=tmp_path / "keys" / "deid.key", labels=uid_key,
+               id_column="patient_id", echo=lambda m: None)
+    rows = list(csv.DictReader(open(tmp_path / "out2" / "by_uid.csv")))
+    records, _ = scan_folder(tmp_path / "out2")
+    labels = labels_from_csv(records, _two_columns(rows, "SOPInstanceUID", tmp_path / "u.csv"))
+    assert list(labels.values()) == ["mr"] and not labels.unmatched
+
+
+def _two_columns(rows: list[dict[str, str]], key: str, path: Path) -> Path:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow([key, "label"])
+        w.writerows([r[key], r["label"]] for r in rows)
+    return path

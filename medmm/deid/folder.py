@@ -182,7 +182,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         if labels is not None:
             result.labels_out = stage / labels.name
             result.labels_rows = _write_labels(result.labels_out, header, label_rows, id_column, pseudo,
-                                               path_map)
+                                               path_map, src)
             result.labels_dropped = len(label_rows) - result.labels_rows
             for row in label_rows:
                 value = str(row.get(id_column) or "").strip()
@@ -255,8 +255,19 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         raise
 
 
+def _relative_key(value: str, src: Path) -> str:
+    """A labels ``path`` cell as a posix path relative to the input folder (absolute paths too)."""
+    p = Path(value)
+    if p.is_absolute():
+        try:
+            return p.resolve().relative_to(src.resolve()).as_posix()
+        except ValueError:
+            return value
+    return PurePosixPath(value.replace("\\", "/")).as_posix()
+
+
 def _write_labels(path: Path, header: list[str], rows: list[dict[str, str]], id_column: str,
-                  pseudo: Pseudonymizer, path_map: dict[str, str]) -> int:
+                  pseudo: Pseudonymizer, path_map: dict[str, str], src: Path) -> int:
     """The labels CSV with ids as pseudonyms, ``path`` keys as output paths and UIDs remapped.
 
     Rows keyed by a ``path`` whose file was skipped are left out; returns the rows written."""
@@ -270,7 +281,7 @@ def _write_labels(path: Path, header: list[str], rows: list[dict[str, str]], id_
             row = dict(row)
             row[id_column] = pseudo.patient_id(row.get(id_column) or "")
             if "path" in header:
-                key = PurePosixPath(str(row.get("path") or "").replace("\\", "/")).as_posix()
+                key = _relative_key(str(row.get("path") or ""), src)
                 if key not in path_map:
                     continue  # its file was skipped (or never existed): no image to join
                 row["path"] = path_map[key]
