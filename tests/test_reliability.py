@@ -219,6 +219,7 @@ def test_unwritable_predict_out_fails_before_any_work(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- 8. pseudonyms
 
 
+@pytest.mark.slow  # imports the image task (timm, pydicom): seconds on a cold process
 def test_hashed_patient_id_is_a_keyed_hmac(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from medmm.deid.pseudonyms import new_key_file
     from medmm.runner import resolved_config
