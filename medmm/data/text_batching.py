@@ -28,8 +28,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import torch
-from torch.utils.data import Dataset
+
+try:  # the tokenisation half of this module also serves the torch-free ONNX runtime
+    import torch
+    from torch.utils.data import Dataset
+except ImportError:  # medmm[runtime] without torch
+    torch = None  # type: ignore[assignment]
+    Dataset = object  # type: ignore[assignment,misc]
 
 from medmm.errors import ConfigError, DataError
 from medmm.io import atomic_write, write_bytes_atomic

@@ -1,0 +1,444 @@
+"""``medmm export RUN_DIR --format onnx``: the trained model as ONNX plus what prediction needs.
+
+The graph is the task's own forward pass (:meth:`Task.step`) followed by the engine's
+``scores_from_output``, so it returns probabilities (or values for regression / survival) with
+a dynamic batch axis (and sequence axis for text). The folder also holds the run's
+``config.yaml``, its ``artifacts/`` (label map, tokenizer files, tabular preprocessor JSON,
+pixel pipeline incl. windowing; no weights) and the model card, listed with their SHA-256 in
+``manifest.json``.
+
+Parity is checked before anything is written: a sample of the run's test split is predicted
+by the torch path (``Task.build_predict_data`` + ``Trainer.evaluate``) and by the onnxruntime
+path (:mod:`medmm.deploy.runtime`, torch-free preprocessing), and the export fails with the
+figure when they differ by more than 1e-4.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+
+from medmm import __version__
+from medmm.deploy.manifest import FORMAT, MANIFEST, MODEL, MODEL_INT8, VERSION, file_hashes, require
+from medmm.errors import MedmmError
+
+TOLERANCE = 1e-4
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy")
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """How a task's batch is fed to its ``step`` from named graph inputs."""
+
+    inputs: tuple[str, ...]
+    dynamic: dict[str, dict[int, str]]
+    batch: Callable[..., Any]
+    data: str  # "table" or "dicom": how a test-split sample is cut from the run's data
+
+
+GRAPHS: dict[str, GraphSpec] = {
+    "tabular-risk": GraphSpec(("x",), {"x": {0: "batch"}}, lambda x: (x, None, None), "table"),
+    "image-cls": GraphSpec(("x",), {"x": {0: "batch"}}, lambda x: (x, None, None), "dicom"),
+    "text-cls": GraphSpec(("input_ids", "attention_mask"), {"input_ids": {0: "batch", 1: "sequence"},
+                                                              "attention_mask": {0: "batch", 1: "sequence"}},
+                          lambda ids, mask: {"input_ids": ids, "attention_mask": mask.bool(), "index": None}, "table"),
+}
+
+
+def _graph_module(task: Any, model: Any, spec: GraphSpec) -> Any:
+    """``nn.Module`` with named inputs: the task's step, then the problem's scores."""
+    import torch
+
+    from medmm.engine.losses import scores_from_output
+
+    task.has_target = False  # no targets in the graph (tasks read this in step)
+
+    class Scores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            out = task.step(self.model, spec.batch(*inputs))["output"]
+            return scores_from_output(task.problem, out)
+
+    if spec.inputs == ("x",):
+        class One(Scores):
+            def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+                return super().forward(x)
+        return One().eval()
+
+    class Two(Scores):
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+            return super().forward(input_ids, attention_mask)
+    return Two().eval()
+
+
+# --------------------------------------------------------------------------- loading a run
+
+
+def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[dict[str, Any], Any, Any, dict]:
+    """``(cfg, task, model, run_info)`` of a trained run on the CPU in fp32, weights loaded."""
+    from medmm.config import resolve
+    from medmm.engine.checkpoint import load_weights
+    from medmm.runner import _run_info, choices, task_defaults
+
+    info = _run_info(run_dir)
+    spec = registry.get("task", info["task"])
+    if info["task"] not in GRAPHS:
+        raise MedmmError(f"medmm export: task {info['task']!r} has no ONNX export yet (supported: "
+                         f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
+    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
+    cfg["engine"]["device"], cfg["engine"]["precision"] = "cpu", "fp32"
+    task = spec.load()(cfg, run_dir)
+    task.load_artifacts(run_dir / "artifacts")
+    model = task.build_model()
+    load_weights(run_dir / "checkpoints" / checkpoint, model)
+    return cfg, task, model.eval(), info
+
+
+# --------------------------------------------------------------------------- parity sample
+
+
+def _data_path(run_dir: Path, info: dict[str, Any], data: Path | None) -> Path:
+    if data is not None:
+        return Path(data)
+    path = Path(info.get("data", ""))
+    for cand in (path, run_dir / path, run_dir.parent / path):
+        if str(path) and cand.exists():
+            return cand
+    raise MedmmError(f"the run's data ({path}) is not reachable from here; pass --data with rows (or DICOM "
+                     "files) of the same kind to check parity on")
+
+
+def _split_ids(run_dir: Path) -> list[str]:
+    """Test ids of the run (val when it has no test split), in file order."""
+    path = run_dir / "splits.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    for name in ("test", "val"):
+        ids = [r["id"] for r in rows if r.get("split") == name]
+        if ids:
+            return ids
+    return []
+
+
+def parity_sample(run_dir: Path, cfg: dict[str, Any], spec: GraphSpec, data: Path, n: int, tmp: Path,
+                  *, whole: bool) -> Path:
+    """A copy of up to ``n`` test units of ``data`` under ``tmp`` (``whole``: ``data`` as given)."""
+    if whole:
+        return data
+    ids = _split_ids(run_dir)
+    if spec.data == "dicom":
+        paths = list(dict.fromkeys(i.split("#")[0] for i in ids))[:n] if ids else []
+        if not paths:
+            return data
+        root = tmp / "dicom"
+        for rel in paths:
+            src, dst = data / rel, root / rel
+            if src.is_file():
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.symlink(src.resolve(), dst)
+                except OSError:
+                    shutil.copy2(src, dst)
+        return root
+    import pandas as pd
+
+    from medmm.data.tables import read_table
+
+    if data.suffix.lower() in (".csv", ".tsv", ".txt"):
+        sep = "\t" if data.suffix.lower() == ".tsv" else ","
+        df = pd.read_csv(data, dtype=str, keep_default_na=False, sep=sep)  # cells exactly as written
+    else:
+        df = read_table(data)
+    id_col = cfg["data"].get("id_column")
+    keys = df[id_col].astype(str) if id_col and id_col in df.columns else pd.Series([str(i) for i in range(len(df))])
+    wanted = set(ids)
+    rows = df[keys.isin(wanted).to_numpy()] if wanted else df
+    rows = (rows if len(rows) else df).head(n)
+    out = tmp / "sample.csv"
+    rows.to_csv(out, index=False)
+    return out
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _to_onnx(graph: Any, example: tuple[Any, ...], spec: GraphSpec, path: Path, opset: int, exporter: str) -> str:
+    """Write ``graph`` as ONNX; returns the exporter used (``dynamo``, falling back to ``torchscript``)."""
+    import warnings
+
+    import torch
+
+    errors = []
+    for kind in (["dynamo", "torchscript"] if exporter == "auto" else [exporter]):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    require("onnxscript", "export", "medmm export")
+                    shared: dict[str, Any] = {}  # one Dim per axis label, shared across inputs
+                    dims = {name: {a: shared.setdefault(label, torch.export.Dim(label)) for a, label in axes.items()}
+                            for name, axes in spec.dynamic.items()}
+                    torch.onnx.export(graph, example, str(path), input_names=list(spec.inputs), output_names=["scores"],
+                                      dynamic_shapes=dims, dynamo=True, opset_version=opset, external_data=False,
+                                      verbose=False)
+                else:
+                    torch.onnx.export(graph, example, str(path), input_names=list(spec.inputs), output_names=["scores"],
+                                      dynamic_axes={**spec.dynamic, "scores": {0: "batch"}}, dynamo=False,
+                                      opset_version=opset)
+            return kind
+        except MedmmError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - try the next exporter, report all if none works
+            errors.append(f"{kind}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
+            path.unlink(missing_ok=True)
+    raise MedmmError("the model could not be exported to ONNX (" + "; ".join(errors) + ")")
+
+
+def _example(batches: list[dict[str, np.ndarray]], spec: GraphSpec) -> tuple[Any, ...]:
+    """An example input with every dynamic axis > 1 (size-1 axes would be fixed by the exporter)."""
+    import torch
+
+    feeds = max(batches, key=lambda b: b[spec.inputs[0]].shape[0])
+    out = []
+    for name in spec.inputs:
+        a = feeds[name]
+        for axis in spec.dynamic[name]:
+            if a.shape[axis] < 2:
+                a = np.concatenate([a, a], axis=axis)
+        out.append(torch.from_numpy(np.ascontiguousarray(a)))
+    return tuple(out)
+
+
+def _compare(problem: str, units_t: list[str], ref: np.ndarray, units_o: list[str], got: np.ndarray) -> float:
+    if units_t != units_o:
+        raise MedmmError(f"parity check: the onnxruntime path predicted other units than the torch path "
+                         f"({len(units_o)} vs {len(units_t)}); the export's preprocessing does not match the task's")
+    if not len(ref):
+        raise MedmmError("parity check: the sample holds no predictable unit; pass --data with usable rows or files")
+    diff = np.abs(np.asarray(got, np.float64) - np.asarray(ref, np.float64))
+    if problem in ("regression", "survival"):  # not probabilities: relative to the value's size
+        diff = diff / np.maximum(1.0, np.abs(np.asarray(ref, np.float64)))
+    return float(diff.max())
+
+
+def _speed(model: Any, batches: list[dict[str, np.ndarray]], seconds: float = 1.0) -> float:
+    """Examples per second through ``model.run`` over ``batches`` (repeated for about ``seconds``)."""
+    n, start = 0, time.perf_counter()
+    while True:
+        for b in batches:
+            model.run(b)
+            n += len(next(iter(b.values())))
+        if time.perf_counter() - start > seconds:
+            return n / (time.perf_counter() - start)
+
+
+def _quantize(stage: Path, base: dict[str, Any], examples: Any, ref: Any, problem: str) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from medmm.deploy.runtime import ExportedModel
+
+    src, dst = stage / MODEL, stage / MODEL_INT8
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # onnxruntime.quantization advises on the root logger
+    try:  # weights of MatMul / Gemm (linear layers, attention): where dynamic int8 pays on CPU
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    except Exception as exc:  # noqa: BLE001
+        raise MedmmError(f"--quantize: dynamic int8 quantisation failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        root.setLevel(level)
+    _write_manifest(stage, base, provisional=True)
+    fp32 = ExportedModel(stage, verify=False)
+    int8 = ExportedModel(stage, quantized=True, verify=False)
+    pred = int8.score(examples)
+    diff = _compare(problem, ref.units, ref.scores, pred.units, pred.scores)
+    agree = None
+    if problem in ("binary", "multiclass"):
+        a, b = np.asarray(ref.scores), np.asarray(pred.scores)
+        agree = float(np.mean((a >= 0.5) == (b >= 0.5)) if problem == "binary" else np.mean(a.argmax(1) == b.argmax(1)))
+    speed32, speed8 = _speed(fp32, examples.batches), _speed(int8, examples.batches)
+    return {"file": MODEL_INT8, "max_abs_diff": diff, "label_agreement": agree,
+            "speedup_vs_fp32": round(speed8 / speed32, 3), "bytes": dst.stat().st_size,
+            "fp32_bytes": src.stat().st_size}
+
+
+def _write_manifest(stage: Path, manifest: dict[str, Any], *, provisional: bool = False) -> None:
+    from medmm.io import write_json_atomic
+
+    manifest = {**manifest, "files": file_hashes(stage)}
+    if provisional:
+        manifest.setdefault("pad_id", 0)
+    write_json_atomic(stage / MANIFEST, manifest)
+
+
+def _copy_artifacts(run_dir: Path, stage: Path) -> None:
+    """config.yaml, model card and the run's artifacts (minus any weight files) into ``stage``."""
+    shutil.copy2(run_dir / "config.yaml", stage / "config.yaml")
+    if (run_dir / "model_card.md").is_file():
+        shutil.copy2(run_dir / "model_card.md", stage / "model_card.md")
+    src = run_dir / "artifacts"
+    if src.is_dir():
+        shutil.copytree(src, stage / "artifacts", symlinks=False,
+                        ignore=lambda d, names: [n for n in names if n.endswith(WEIGHT_SUFFIXES)])
+
+
+def default_out(run_dir: Path) -> Path:
+    return Path(run_dir) / "export"
+
+
+def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: Path | None = None,
+               quantize: bool = False, opset: int = 18, sample: int = 256, exporter: str = "auto",
+               checkpoint: str = "best", quiet: bool = False) -> Path:
+    """Export a run to ``out`` (new or empty folder); returns it. Fails, writing nothing, on a parity miss."""
+    require("onnx", "export", "medmm export")
+    ort = require("onnxruntime", "export", "medmm export")
+    import onnx
+    import torch
+
+    from medmm.deploy.runtime import ExportedModel
+
+    run_dir = Path(run_dir)
+    out = Path(out) if out is not None else default_out(run_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise MedmmError(f"--out {out} exists and is not empty; give a new folder (an export is never overwritten)")
+    cfg, task, model, info = load_run(run_dir, registry, checkpoint)
+    spec = GRAPHS[info["task"]]
+    data_path = _data_path(run_dir, info, data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    scratch = Path(tempfile.mkdtemp(prefix="medmm-export-"))
+    try:
+        _copy_artifacts(run_dir, stage)
+        sample_path = parity_sample(run_dir, cfg, spec, data_path, sample, scratch, whole=data is not None)
+        # torch path: the task's own predict reader and the engine's evaluation
+        from medmm.engine import Trainer
+
+        if spec.data == "dicom":
+            cfg["data"]["cache_dir"] = str(scratch / "cache")  # never write a cache into the run
+        split, collate = task.build_predict_data(Path(sample_path))
+        trainer = Trainer(task, cfg, run_dir, quiet=True)
+        with torch.no_grad():
+            ref = trainer.evaluate(model, split, collate)
+        pad_id = int(getattr(getattr(task, "tokenizer", None), "pad_token_id", None) or 0)
+        base = {"format": FORMAT, "version": VERSION, "task": info["task"], "pad_id": pad_id}
+        _write_manifest(stage, base, provisional=True)
+        # onnxruntime path: torch-free preprocessing of the same files
+        examples = _runtime_examples(stage, base, sample_path)
+        if not examples.batches:
+            raise MedmmError("parity check: the sample holds no predictable unit; pass --data with usable rows or files")
+        graph = _graph_module(task, model, spec)
+        used = _to_onnx(graph, _example(examples.batches, spec), spec, stage / MODEL, opset, exporter)
+        onnx.checker.check_model(str(stage / MODEL))
+        _write_manifest(stage, base, provisional=True)
+        rt = ExportedModel(stage, verify=False)
+        pred = rt.score(examples)
+        diff = _compare(task.problem, ref.units, ref.scores, pred.units, pred.scores)
+        parity = {"units": len(ref.units), "max_abs_diff": diff, "tolerance": TOLERANCE,
+                  "measure": "relative" if task.problem in ("regression", "survival") else "probability",
+                  "sample": "--data" if data is not None else "test split"}
+        if not diff <= TOLERANCE:
+            raise MedmmError(f"parity check failed: max |delta {parity['measure']}| = {diff:.3g} > {TOLERANCE:g} "
+                             f"between torch and onnxruntime on {len(ref.units)} units; nothing was written")
+        quant = _quantize(stage, base, examples, ref, task.problem) if quantize else None
+        model_cfg = cfg.get("model", {})
+        manifest = {
+            **base,
+            "medmm": __version__,
+            "problem": task.problem,
+            "label_names": task.label_names,
+            "model": str(model_cfg.get("backbone", model_cfg.get("name", info["task"]))),
+            "run": run_dir.resolve().name,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "opset": opset,
+            "exporter": used,
+            "versions": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
+                         "onnxruntime": ort.__version__},
+            "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in rt.session.get_inputs()],
+            "output": {"name": "scores", "meaning": _meaning(task.problem, task.label_names)},
+            "threshold": 0.5 if task.problem in ("binary", "multilabel") else None,
+            "preprocessing": _preprocessing(info["task"], cfg),
+            "parity": parity,
+        }
+        if quant is not None:
+            manifest["quantized"] = quant
+        _write_manifest(stage, manifest)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
+    if not quiet:
+        lines = [f"medmm export: {info['task']} -> {out}",
+                 f"  {MODEL:<16} opset {opset}, {used} exporter, {(out / MODEL).stat().st_size / 1e6:.1f} MB",
+                 (f"  parity           max |delta {parity['measure']}| {diff:.2e} on {parity['units']} "
+                  f"{parity['sample']} units (limit {TOLERANCE:g})")]
+        if quant is not None:
+            agree = "" if quant["label_agreement"] is None else f", label agreement {quant['label_agreement']:.3f}"
+            lines.append(f"  {MODEL_INT8:<16} max |delta| {quant['max_abs_diff']:.2e}{agree}, "
+                         f"{quant['speedup_vs_fp32']:.2f}x fp32 speed, {quant['bytes'] / 1e6:.1f} MB")
+        lines.append(f"  predict: medmm predict {out} --data ...   serve: medmm serve {out}")
+        click.echo("\n".join(lines))
+    return out
+
+
+def _runtime_examples(stage: Path, manifest: dict[str, Any], data: Path) -> Any:
+    """The onnxruntime path's examples for ``data`` (torch-free readers), before the graph exists."""
+    import yaml
+
+    from medmm.deploy.runtime import ImageInputs, TabularInputs, TextInputs
+
+    cfg = yaml.safe_load((stage / "config.yaml").read_text(encoding="utf-8"))
+    batch = int(cfg["engine"]["eval_batch_size"])
+    task = manifest["task"]
+    inputs: Any
+    if task == "tabular-risk":
+        inputs = TabularInputs(stage, cfg, batch)
+    elif task == "text-cls":
+        inputs = TextInputs(stage, cfg, batch, int(manifest["pad_id"]))
+    else:
+        inputs = ImageInputs(stage, cfg, batch)
+    return inputs.examples(inputs.read(Path(data)))
+
+
+def _meaning(problem: str, labels: list[str] | None) -> str:
+    if problem == "binary":
+        return f"probability of {labels[1] if labels else 'class 1'} [batch]"
+    if problem in ("multiclass", "multilabel"):
+        return f"probability per label {labels} [batch, {len(labels or [])}]"
+    if problem == "regression":
+        return "prediction in the target's units [batch]"
+    return "log hazard (higher = earlier event) [batch]"
+
+
+def _preprocessing(task: str, cfg: dict[str, Any]) -> dict[str, Any]:
+    """A readable summary (the exact parameters are the files under artifacts/)."""
+    d = cfg["data"]
+    if task == "image-cls":
+        return {k: d[k] for k in ("size", "channels", "window", "frames", "level") if k in d} | {
+            "pixels": "artifacts/image.json", "range": "[0, 1] after window, 8-bit quantised"}
+    if task == "text-cls":
+        return {k: d[k] for k in ("text_column", "max_length", "long_text", "stride") if k in d} | {
+            "tokenizer": "artifacts/encoder/tokenizer.json or artifacts/vocab.json"}
+    return {"preprocessor": "artifacts/tabular.json", "id_column": d.get("id_column")}
+
+
+def manifest_summary(manifest: dict[str, Any]) -> str:
+    return json.dumps({k: manifest[k] for k in ("task", "model", "problem", "label_names") if k in manifest})

@@ -1,0 +1,434 @@
+"""Prediction with an exported model: onnxruntime + numpy, never torch.
+
+An export folder (``medmm export``) holds the ONNX graph, the run's ``config.yaml`` and its
+``artifacts/`` (label map, tabular preprocessor JSON, tokenizer files, pixel pipeline). The
+predictor reads data with the same torch-free readers the task uses (``read_table``, the
+preprocessor, ``tokenize_cached``, the DICOM scan and pixel cache), runs the graph in the
+batches the torch path uses, pools per unit and writes the same ``predictions.csv``.
+
+Only numpy, onnxruntime, pydicom, tokenizers, pandas and pyyaml are imported (``medmm[runtime]``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.deploy.manifest import MODEL, MODEL_INT8, read_manifest, require
+from medmm.errors import DataError, MedmmError
+
+log = logging.getLogger("medmm")
+EXTRA = "runtime"
+
+
+@dataclass
+class Prediction:
+    """Scores pooled per unit (the fields :func:`medmm.predictions.write_predictions` reads)."""
+
+    units: list[str]
+    scores: np.ndarray
+    targets: np.ndarray | None = None
+    unit_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    records: dict[str, list[Any]] = field(default_factory=dict)  # image unit -> DicomRecords (for SR)
+    loss: float = math.nan
+
+
+def pool_by_unit(units: Sequence[str], scores: np.ndarray,
+                 targets: np.ndarray | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """Mean score of the examples of each unit, in first-seen order (as the engine pools them).
+
+    Mirrors :func:`medmm.engine.trainer.pool_by_unit` without importing torch; a unit test keeps
+    the two identical.
+    """
+    order: dict[str, int] = {}
+    for u in units:
+        order.setdefault(u, len(order))
+    if len(order) == len(units):
+        return list(units), scores, targets
+    group = np.array([order[u] for u in units])
+    counts = np.bincount(group, minlength=len(order)).astype(np.float64)
+    pooled = np.zeros((len(order),) + scores.shape[1:], dtype=np.float64)
+    np.add.at(pooled, group, scores)
+    pooled /= counts.reshape((-1,) + (1,) * (scores.ndim - 1))
+    first = np.full(len(order), -1)
+    for pos, g in enumerate(group):
+        if first[g] < 0:
+            first[g] = pos
+    return list(order), pooled.astype(np.float32), None if targets is None else targets[first]
+
+
+# --------------------------------------------------------------------------- inputs per task
+
+
+@dataclass
+class Examples:
+    """A task's examples ready for the graph: feeds per batch, the unit of each example."""
+
+    batches: list[dict[str, np.ndarray]]
+    units: list[str]
+    targets: np.ndarray | None = None
+    unit_columns: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    records: dict[str, list[Any]] = field(default_factory=dict)
+
+
+def _chunks(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+class TabularInputs:
+    """tabular-risk: the run's fitted preprocessor (JSON) on a table's feature columns."""
+
+    accepts = "rows"
+
+    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
+        from medmm.data.tabular import Preprocessor
+        from medmm.io import read_json
+
+        self.cfg, self.d, self.batch_size = cfg, cfg["data"], batch_size
+        payload = read_json(export_dir / "artifacts" / "tabular.json")
+        self.problem, self.label_names = payload["problem"], payload["label_names"]
+        self.features = list(payload["features"])
+        self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
+
+    def read(self, path: Path) -> Any:
+        from medmm.data.tabular import read_table
+
+        return read_table(path, **({"decimal": self.d["decimal"]} if self.d.get("decimal") else {}))
+
+    def examples(self, df: Any) -> Examples:
+        from medmm.data.tabular import prepare_target
+
+        d = self.d
+        x = np.ascontiguousarray(self.preprocessor.transform(df), dtype=np.float32)
+        col = d["id_column"]
+        if col and col not in df.columns:
+            raise DataError(f"id column {col!r} is not in the data")
+        ids = df[col].astype(str).tolist() if col else [str(i) for i in range(len(df))]
+        y = None
+        cols = [d["time"], d["event"]] if self.problem == "survival" else [d["target"]]
+        if all(c and c in df.columns for c in cols):
+            try:
+                t = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
+                                   positive_label=self.label_names[1] if self.label_names else None)
+            except DataError as exc:
+                log.warning("no metrics: the label column cannot be scored (%s)", exc)
+                t = None
+            if t is not None and t.mask.all():
+                y = (np.stack([t.time, t.event], axis=1) if self.problem == "survival" else t.y).astype(np.float32)
+        return Examples([{"x": x[s]} for s in _chunks(len(x), self.batch_size)], ids, y)
+
+
+class FastTokenizer:
+    """The run's Hugging Face fast tokenizer through the ``tokenizers`` library alone.
+
+    Called the way :func:`medmm.data.text_batching.tokenize_cached` calls a ``transformers``
+    tokenizer; truncation is the Rust backend's, exactly as ``transformers`` configures it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        tokenizers = require("tokenizers", EXTRA, "text prediction from an export")
+        self._tok = tokenizers.Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        conf_path = directory / "tokenizer_config.json"
+        conf = json.loads(conf_path.read_text(encoding="utf-8")) if conf_path.is_file() else {}
+        self.model_max_length = conf.get("model_max_length")
+        self.truncation_side = conf.get("truncation_side", "right")
+        self.name_or_path = str(directory)
+        self._lock = threading.Lock()  # truncation is tokenizer state: one call at a time
+
+    def __len__(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def __call__(self, texts: str | Sequence[str], *, add_special_tokens: bool = True, truncation: bool = False,
+                 max_length: int | None = None, **_: Any) -> dict[str, Any]:
+        single = isinstance(texts, str)
+        with self._lock:
+            if truncation and max_length:
+                self._tok.enable_truncation(int(max_length), stride=0, strategy="longest_first",
+                                            direction=self.truncation_side)
+            else:
+                self._tok.no_truncation()
+            enc = self._tok.encode_batch([texts] if single else list(texts), add_special_tokens=add_special_tokens)
+        ids = [e.ids for e in enc]
+        return {"input_ids": ids[0] if single else ids}
+
+
+def _columns(value: Any) -> list[str]:
+    if value is None:
+        return []
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+class TextInputs:
+    """text-cls: the run's tokenizer (or baseline vocabulary), windows and padding per batch."""
+
+    accepts = "rows"
+
+    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int, pad_id: int) -> None:
+        from medmm.io import read_json
+
+        self.d, self.batch_size, self.pad_id = cfg["data"], batch_size, pad_id
+        art = export_dir / "artifacts"
+        payload = read_json(art / "text_cls.json", format="medmm.text-cls")
+        self.problem, self.label_names = payload["problem"], list(payload["label_names"])
+        if "vocab_encoder" in payload:
+            from medmm.data.text_batching import SimpleVocab
+
+            self.tokenizer: Any = SimpleVocab.load(art / "vocab.json")
+        else:
+            self.tokenizer = FastTokenizer(art / "encoder")
+
+    def read(self, path: Path) -> Any:
+        from medmm.data.text import read_table
+
+        return read_table(path, string_columns=[c for c in (self.d["id_column"], self.d["group_column"]) if c])
+
+    def _load(self, df: Any, labels: bool) -> Any:
+        from medmm.data.text import load_text_examples
+
+        d = self.d
+        id_col = d["id_column"] if d["id_column"] and d["id_column"] in df.columns else None
+        return load_text_examples(df, text_columns=_columns(d["text_column"]),
+                                  label_columns=_columns(d["label_column"]) if labels else [],
+                                  label_delimiter=d["label_delimiter"] if labels else None,
+                                  id_column=id_col, separator=d["separator"], max_chars=int(d["max_chars"]),
+                                  label_names=self.label_names)
+
+    def examples(self, df: Any) -> Examples:
+        from medmm.data.text_batching import tokenize_cached
+
+        d = self.d
+        if d["id_column"] and d["id_column"] not in df.columns:
+            log.warning("id column %r is not in the data; predictions are keyed by row number", d["id_column"])
+        ex = self._load(df, labels=False)
+        labels = None
+        if _columns(d["label_column"]) and all(c in df.columns for c in _columns(d["label_column"])):
+            try:
+                labelled = self._load(df, labels=True)
+            except DataError:
+                labelled = None
+            if labelled is not None and labelled.row_ids == ex.row_ids:
+                labels = labelled.labels
+        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=int(d["max_length"]), cache_dir=None,
+                                 long_text=d["long_text"], stride=int(d["stride"]))
+        batches = []
+        for s in _chunks(len(corpus), self.batch_size):
+            seqs = [corpus[i] for i in range(s.start, s.stop)]
+            width = max(max((len(q) for q in seqs), default=0), 1)
+            ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(seqs), width), dtype=np.int64)
+            for row, q in enumerate(seqs):
+                ids[row, :len(q)], mask[row, :len(q)] = q, 1
+            batches.append({"input_ids": ids, "attention_mask": mask})
+        doc = corpus.doc_index
+        skipped = [(str(r), str(why)) for r, why in getattr(ex, "skipped", [])]
+        return Examples(batches, [ex.row_ids[i] for i in doc], None if labels is None else labels[doc],
+                        skipped=skipped)
+
+
+class ImageInputs:
+    """image-cls: the DICOM scan and pixel pipeline (windowing, resize, 8-bit cache) of the run."""
+
+    accepts = "dicom"
+
+    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
+        from medmm.data.dicom_pixels import PixelConfig
+        from medmm.io import read_json
+
+        require("pydicom", EXTRA, "image prediction from an export")
+        self.d, self.batch_size = cfg["data"], batch_size
+        payload = read_json(export_dir / "artifacts" / "image.json")
+        self.problem, self.label_names = payload["problem"], payload["label_names"]
+        self.pixels = PixelConfig.from_dict(payload["pixels"])
+        self.level = self.d["level"]
+
+    def read(self, path: Path) -> Path:
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError(f"image prediction expects a folder of DICOM files, got a file: {path}")
+        return path
+
+    def _unit(self, item: Any) -> str:
+        from medmm.data.dicom_scan import group_key
+
+        return item.key if self.level == "instance" else group_key(item, self.level)
+
+    def examples(self, root: Path) -> Examples:
+        from medmm.data.dicom_cache import PixelCache
+        from medmm.data.dicom_labels import labels_from_folders
+        from medmm.data.dicom_scan import image_items, scan_folder
+
+        records, skipped = scan_folder(root, workers=0)
+        if not records:
+            raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped)")
+        items = image_items(records, self.pixels.frames)
+        with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
+            cache = PixelCache.build(root, items, self.pixels, Path(tmp), workers=0)
+            rows = [r for r, it in enumerate(cache.items) if it.key in cache.index]
+            scale = np.float32(cache.scale)
+            images = np.stack([np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows]) if rows else None
+            cache._array = None  # release the memory map before the folder goes
+        chosen = [cache.items[r] for r in rows]
+        names = self.label_names or []
+        folders = labels_from_folders(sorted({it.record for it in items}, key=lambda r: r.path))
+        known = bool(chosen) and self.problem != "multilabel" and all(
+            it.record.path in folders and folders[it.record.path] in names for it in chosen)
+        y = np.asarray([names.index(folders[it.record.path]) for it in chosen], dtype=np.float32) if known else None
+        units = [self._unit(it) for it in chosen]
+        cols: dict[str, dict[str, str]] = {}
+        recs: dict[str, list[Any]] = {}
+        for unit, it in zip(units, chosen):
+            cols.setdefault(unit, {"sop_instance_uid": it.record.sop_uid} if self.level == "instance" else {})
+            recs.setdefault(unit, []).append(it.record)
+        batches = [] if images is None else [{"x": images[s]} for s in _chunks(len(images), self.batch_size)]
+        return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs)
+
+
+# --------------------------------------------------------------------------- the predictor
+
+
+class ExportedModel:
+    """An export folder loaded for prediction with onnxruntime (thread-safe ``predict_*``)."""
+
+    def __init__(self, export_dir: Path, *, quantized: bool = False, threads: int = 0, verify: bool = True) -> None:
+        ort = require("onnxruntime", EXTRA, "prediction from an export")
+        yaml = require("yaml", EXTRA, "prediction from an export")
+        self.dir = Path(export_dir)
+        self.manifest = read_manifest(self.dir, verify=verify)
+        name = MODEL_INT8 if quantized else MODEL
+        if not (self.dir / name).is_file():
+            raise MedmmError(f"{self.dir} has no {name}" + ("; export with --quantize" if quantized else ""))
+        self.cfg = yaml.safe_load((self.dir / "config.yaml").read_text(encoding="utf-8"))
+        self.task = self.manifest["task"]
+        batch = int(self.cfg["engine"]["eval_batch_size"])
+        if self.task == "tabular-risk":
+            self.inputs: Any = TabularInputs(self.dir, self.cfg, batch)
+        elif self.task == "text-cls":
+            self.inputs = TextInputs(self.dir, self.cfg, batch, int(self.manifest["pad_id"]))
+        elif self.task == "image-cls":
+            self.inputs = ImageInputs(self.dir, self.cfg, batch)
+        else:
+            raise MedmmError(f"{self.dir}: task {self.task!r} has no onnxruntime predictor")
+        self.problem, self.label_names = self.inputs.problem, self.inputs.label_names
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+        opts.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.dir / name), opts, providers=["CPUExecutionProvider"])
+        self.output = self.session.get_outputs()[0].name
+
+    # -- the graph -------------------------------------------------------------------------
+    def run(self, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Scores of one batch (probabilities, or values for regression / survival)."""
+        return self.session.run([self.output], dict(feeds))[0]
+
+    def score(self, ex: Examples) -> Prediction:
+        """Run every batch, pool per unit, apply the run's stored calibration (if any)."""
+        parts = [self.run(b) for b in ex.batches]
+        if parts:
+            scores = np.concatenate(parts).astype(np.float32)
+        else:
+            k = 1 if self.problem in ("binary", "regression", "survival") else len(self.label_names or [])
+            scores = np.zeros((0,) if k == 1 else (0, k), dtype=np.float32)
+        units, pooled, targets = pool_by_unit(ex.units, scores, ex.targets)
+        pred = Prediction(units, pooled, targets, ex.unit_columns, ex.skipped, ex.records)
+        return self._calibrated(pred)
+
+    def _calibrated(self, pred: Prediction) -> Prediction:
+        if not (self.dir / "artifacts").is_dir():
+            return pred
+        try:
+            from medmm.evaluation.calibration import apply_stored_calibration
+        except ImportError:  # a medmm without recalibration support
+            return pred
+        return apply_stored_calibration(self.dir, self.problem, pred)
+
+    def operating_point(self) -> dict[str, Any] | None:
+        """The run's stored operating point (thresholds), when it has one."""
+        try:
+            from medmm.evaluation.threshold import load_operating_point
+        except ImportError:
+            return None
+        return load_operating_point(self.dir)
+
+    # -- inputs ----------------------------------------------------------------------------
+    def predict_path(self, data: Path) -> Prediction:
+        """Predict a table (tabular, text) or a DICOM folder (images), read as the task reads it."""
+        return self.score(self.inputs.examples(self.inputs.read(Path(data))))
+
+    def predict_rows(self, rows: list[dict[str, Any]]) -> Prediction:
+        """Predict JSON-like rows (tabular, text): one dict of column -> value per row."""
+        if self.inputs.accepts != "rows":
+            raise DataError(f"{self.task} predicts DICOM files, not rows")
+        import pandas as pd
+
+        return self.score(self.inputs.examples(pd.DataFrame.from_records(rows)))
+
+    @property
+    def model_name(self) -> str:
+        return str(self.manifest.get("model", self.task))
+
+
+def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool = False,
+                   dicom_sr: Path | None = None) -> Prediction:
+    """``medmm predict EXPORT_DIR``: write ``predictions.csv`` (and a skipped report) with onnxruntime."""
+    import click
+
+    from medmm.io import write_skipped
+    from medmm.predictions import write_predictions
+
+    model = ExportedModel(export_dir, quantized=quantized)
+    out = Path(out)
+    if out.is_dir():
+        raise MedmmError(f"--out {out} is a folder; give a CSV file name")
+    if dicom_sr is not None and model.task != "image-cls":
+        raise MedmmError(f"--dicom-sr reports image findings; this export is a {model.task!r} model")
+    pred = model.predict_path(data)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {}
+    op = model.operating_point()
+    if op is not None:
+        kwargs["operating_point"] = op
+    write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
+    msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
+    if pred.skipped:
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key="path")
+        msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
+    if pred.targets is not None and len(pred.units):
+        from medmm.metrics import compute_metrics
+
+        t = pred.targets
+        if model.problem == "survival":
+            metrics = compute_metrics("survival", None, pred.scores, time=t[:, 0], event=t[:, 1].astype(bool))
+        else:
+            metrics = compute_metrics(model.problem, t.astype(int) if model.problem in ("binary", "multiclass") else t,
+                                      pred.scores)
+        msg += "\n" + "\n".join(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}"
+                                for k, v in metrics.items())
+    if dicom_sr is not None:
+        from medmm.deploy.sr import write_reports
+
+        m = model.manifest
+        written, bad = write_reports(dicom_sr, Path(data), pred.units, pred.scores, pred.records, problem=model.problem,
+                                label_names=model.label_names or [], model_name=model.model_name,
+                                model_version=f"medmm {m.get('medmm', '?')} run {m.get('run', '?')}",
+                                threshold=float(m.get("threshold") or 0.5))
+    click.echo(msg)
+    if dicom_sr is not None:
+        from medmm.deploy.sr import echo_reports
+
+        echo_reports(dicom_sr, written, bad)
+    return pred

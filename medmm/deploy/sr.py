@@ -1,0 +1,227 @@
+"""DICOM Structured Reports of image predictions (highdicom), one per study.
+
+Each report is a Comprehensive 3D SR holding a TID 1500 Measurement Report: one measurement
+group per predicted unit (instance, series or study) with the predicted finding (a coded
+qualitative evaluation), the probability of each class, the algorithm's name and version, and
+references to the source images (SOP class / instance UIDs; study and series via the evidence).
+This is how imaging AI results go back to a PACS; the report carries the study's patient module
+(copied from the source by highdicom, as PACS matching needs), so treat the files as patient data.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.deploy.manifest import require
+from medmm.errors import DataError, MedmmError
+
+SCHEME = "99MEDMM"  # private coding scheme of medmm's label names
+MAX_CLASSES = 50
+
+
+def _concept(value: str, meaning: str, scheme: str = SCHEME) -> Any:
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value[:16] or "?", scheme_designator=scheme, meaning=meaning[:64] or "?")
+
+
+def _class_probs(problem: str, scores: np.ndarray, names: Sequence[str]) -> list[tuple[str, float]]:
+    if problem == "binary":
+        return [(str(names[1]), float(scores))]
+    return [(str(n), float(p)) for n, p in zip(names, np.asarray(scores).ravel())][:MAX_CLASSES]
+
+
+def _finding(problem: str, scores: np.ndarray, names: Sequence[str], threshold: float) -> list[str]:
+    s = np.asarray(scores, dtype=float)
+    if problem == "binary":
+        return [str(names[int(float(s) >= threshold)])]
+    if problem == "multilabel":
+        return [str(n) for n, p in zip(names, s.ravel()) if p >= threshold] or ["none"]
+    return [str(names[int(s.argmax())])]
+
+
+def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.ndarray,
+                  records: Mapping[str, Sequence[Any]], *, problem: str, label_names: Sequence[str],
+                  model_name: str, model_version: str,
+                  threshold: float = 0.5) -> tuple[list[Path], list[tuple[str, str]]]:
+    """One SR file per study under ``out_dir`` (no clashing files); returns ``(written, skipped studies)``.
+
+    A study whose source files highdicom cannot reference (e.g. a retired SOP class) is skipped
+    with its reason; nothing is written unless every buildable report is built.
+    """
+    hd = require("highdicom", "sr", "--dicom-sr")
+    from pydicom.sr.codedict import codes
+    from pydicom.uid import generate_uid
+
+    if problem not in ("binary", "multiclass", "multilabel"):
+        raise MedmmError(f"--dicom-sr reports classification findings; this model predicts {problem}")
+    out_dir, root = Path(out_dir), Path(root)
+    by_study: dict[str, list[int]] = {}
+    for i, unit in enumerate(units):
+        recs = records.get(unit) or []
+        if recs:
+            by_study.setdefault(recs[0].study_uid or f"path:{recs[0].path}", []).append(i)
+    if not by_study:
+        raise DataError("--dicom-sr: no predicted image could be traced back to its DICOM file")
+    names = {study: f"SR_{study if not study.startswith('path:') else generate_uid()}.dcm" for study in by_study}
+    clash = [n for n in names.values() if (out_dir / n).exists()]
+    if clash:
+        raise MedmmError(f"--dicom-sr {out_dir} already holds {clash[0]}; give a new folder (files are never overwritten)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(), name=f"medmm {model_name}"[:64], manufacturer_name="medmm",
+            model_name=model_name[:64]))
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name[:64], version=model_version[:64],
+                                              family=codes.DCM.ArtificialIntelligence)
+    reports: list[tuple[Path, Any]] = []
+    skipped: list[tuple[str, str]] = []
+    for study, idx in by_study.items():
+        try:
+            sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
+                               records, problem, label_names, threshold, device, algorithm, model_name)
+        except (ValueError, KeyError, AttributeError, TypeError, OSError) as exc:  # one study's odd source files
+            skipped.append((study, f"{type(exc).__name__}: {str(exc)[:120]}"))
+            continue
+        reports.append((out_dir / names[study], sr))
+    if not reports:
+        raise DataError(f"--dicom-sr: no report could be built ({skipped[0][1]})")
+    written: list[Path] = []
+    try:  # every report is built before the first file is written; a failed write removes the others
+        for path, sr in reports:
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
+            os.close(fd)
+            try:
+                sr.save_as(tmp, enforce_file_format=True)
+                os.replace(tmp, path)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+            written.append(path)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written, skipped
+
+
+def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: list[str], scores: list[Any],
+                  records: Mapping[str, Sequence[Any]], problem: str, label_names: Sequence[str], threshold: float,
+                  device: Any, algorithm: Any, model_name: str) -> Any:
+    """The Comprehensive 3D SR of one study: a measurement group per predicted unit."""
+    evidence: dict[str, Any] = {}
+    groups = []
+    for n, (unit, score) in enumerate(zip(units, scores), start=1):
+        sources = []
+        for rec in records[unit]:
+            if rec.sop_uid not in evidence:
+                evidence[rec.sop_uid] = _header(root / rec.path)
+            sources.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[rec.sop_uid]))
+        measurements = [hd.sr.Measurement(name=_concept(f"P{k}", f"Probability of {label}"), value=p,
+                                          unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
+                        for k, (label, p) in enumerate(_class_probs(problem, score, label_names))]
+        findings = [hd.sr.QualitativeEvaluation(
+            name=codes.DCM.Finding, value=_concept(f"L{list(label_names).index(f)}" if f in label_names else "NONE", f))
+            for f in _finding(problem, score, label_names, threshold)]
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"prediction {n}"),
+            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=findings,
+            source_images=sources))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
+    return hd.sr.Comprehensive3DSR(
+        evidence=list(evidence.values()), content=report, series_instance_uid=generate_uid(), series_number=990,
+        sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medmm", is_complete=True,
+        is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64])
+
+
+# Patient / study attributes a report must carry (type 2: present, possibly empty).
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "AccessionNumber",
+          "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+def _header(path: Path) -> Any:
+    """The source file's header; absent type-2 patient / study attributes become empty values."""
+    from pydicom import dcmread
+    from pydicom.valuerep import DA, TM
+
+    ds = dcmread(path, stop_before_pixels=True)
+    for keyword in _TYPE2:
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    for keyword, kind in (("StudyDate", DA), ("StudyTime", TM), ("PatientBirthDate", DA)):
+        value = ds.get(keyword)
+        try:
+            kind(str(value)) if value not in (None, "") else None
+        except ValueError:  # a non-conformant source value is left out, not copied into the report
+            setattr(ds, keyword, "")
+    return ds
+
+
+def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, level: str, frames: str,
+                             problem: str, label_names: Sequence[str], model_name: str,
+                             model_version: str) -> tuple[list[Path], list[tuple[str, str]]]:
+    """SRs from a written ``predictions.csv`` (the torch ``medmm predict RUN_DIR`` path).
+
+    The DICOM folder is scanned again (headers only) to trace each predicted unit to its files.
+    """
+    from medmm.data.dicom_scan import group_key, image_items, scan_folder
+
+    records, _ = scan_folder(Path(data), workers=0)
+    traced: dict[str, list[Any]] = {}
+    for item in image_items(records, frames):
+        unit = item.key if level == "instance" else group_key(item, level)
+        if item.record not in traced.get(unit, []):
+            traced.setdefault(unit, []).append(item.record)
+    with Path(predictions).open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    names = [str(n) for n in label_names]
+    cols = [f"prob_{names[1]}"] if problem == "binary" else [f"prob_{n}" for n in names]
+    try:
+        scores = np.asarray([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
+    except KeyError as exc:
+        raise DataError(f"{predictions} has no column {exc}; it was not written by this run") from None
+    if problem == "binary":
+        scores = scores[:, 0]
+    return write_reports(out_dir, data, [r["id"] for r in rows], scores, traced, problem=problem,
+                         label_names=names, model_name=model_name, model_version=model_version)
+
+
+def reports_for_run(run_dir: Path, predictions: Path, data: Path,
+                    out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """``medmm predict RUN_DIR --dicom-sr OUT``: the run's task, labels and model name from its files."""
+    import json
+
+    import yaml
+
+    from medmm import __version__
+    from medmm.io import read_json
+
+    run_dir = Path(run_dir)
+    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    if info.get("task") != "image-cls":
+        raise MedmmError(f"--dicom-sr reports image findings; {run_dir} is a {info.get('task')!r} run")
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    art = read_json(run_dir / "artifacts" / "image.json")
+    return reports_from_predictions(predictions, data, out_dir, level=cfg["data"]["level"],
+                                    frames=cfg["data"]["frames"], problem=art["problem"],
+                                    label_names=art["label_names"], model_name=str(cfg["model"]["backbone"]),
+                                    model_version=f"medmm {info.get('medmm', __version__)} run {run_dir.resolve().name}")
+
+
+def echo_reports(out_dir: Path, written: Sequence[Path], skipped: Sequence[tuple[str, str]]) -> None:
+    """One console line about the reports written (no identifiers: counts and the folder)."""
+    import click
+
+    msg = f"  {len(written)} DICOM SR report(s) (one per study) -> {out_dir}"
+    if skipped:
+        msg += f"; {len(skipped)} stud{'y' if len(skipped) == 1 else 'ies'} without a report ({skipped[0][1]})"
+    click.echo(msg)
