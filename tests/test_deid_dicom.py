@@ -145,6 +145,9 @@ def _nested_pair() -> tuple[Dataset, Dataset]:
         return ds
 
     first, second = base("1.2.3.4.5.1"), base("1.2.3.4.5.2")
+    first.add_new(0x60000010, "US", 4)  # an overlay: its data may be burned-in text
+    first.add_new(0x60000022, "LO", "Doe annotations")
+    first.add_new(0x60003000, "OW", b"\x01\x00" * 2)
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = first.SOPClassUID, first.SOPInstanceUID
     second.ReferencedImageSequence = Sequence([ref])
@@ -185,6 +188,7 @@ def test_nested_sequences_private_tags_and_references() -> None:
     for value in ("Doe", "Jane", "PAT-0042", "19400101", "ACC998877", "Elsewhere", "SN-55512", "20200315"):
         assert value not in text
     assert first.LongitudinalTemporalInformationModified == "REMOVED"
+    assert not [e for e in first if e.tag.group == 0x6000]  # the whole overlay group, not just its data
 
 
 def test_options_date_shift_device_identity_clean_descriptors() -> None:

@@ -320,8 +320,8 @@ def _apply(ds: Any, ctx: _Ctx) -> None:
         except Exception:  # noqa: BLE001 - an element pydicom cannot parse is removed, not kept
             del ds[tag]
             continue
-        if elem.tag.is_private:
-            del ds[tag]
+        if elem.tag.is_private or (elem.tag.group & 0xFF00) == 0x6000:
+            del ds[tag]  # private; or an overlay group, whose Overlay Data (X) may hold burned-in text
             continue
         if int(tag) in _PIXEL_TAGS:
             continue
