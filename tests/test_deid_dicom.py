@@ -360,3 +360,15 @@ def _two_columns(rows: list[dict[str, str]], key: str, path: Path) -> Path:
         w.writerow([key, "label"])
         w.writerows([r[key], r["label"]] for r in rows)
     return path
+
+
+def test_bare_data_set_without_preamble_becomes_a_part10_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(ROOT / "ExplVR_LitEndNoMeta.dcm", src / "bare.dcm")
+    (src / "junk.dcm").write_bytes(b"\x08\x00 not really a data set")
+    res = deidentify(src, tmp_path / "out", key_file=_key(tmp_path), echo=lambda m: None)
+    assert res.written == 1 and [r for r, _ in res.skipped] == ["junk.dcm"]
+    (out_file,) = _outputs(tmp_path / "out")
+    ds = pydicom.dcmread(out_file)  # no force: preamble and file meta were written
+    assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and ds.PatientIdentityRemoved == "YES"

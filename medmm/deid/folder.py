@@ -141,8 +141,10 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                     result.skipped.append((rel, "truncated (the file ends inside an element)"))
                     continue
             except InvalidDicomError:
-                result.skipped.append((rel, "not a DICOM file (no DICM preamble / file meta)"))
-                continue
+                ds = _read_bare(src / rel)  # no preamble: a bare data set, as the training scan accepts
+                if ds is None:
+                    result.skipped.append((rel, "not a DICOM file (no DICM preamble / file meta)"))
+                    continue
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 result.skipped.append((rel, f"unreadable: {short_reason(exc)}"))
                 continue
@@ -253,6 +255,34 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+def _read_bare(path: Path) -> Any:
+    """A file without preamble that parses as a data set with a SOP class (as ``dicom_scan`` reads
+    it), given Part 10 file meta so that the output is a regular DICOM file; else ``None``."""
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+
+    from medmm.data.dicom_scan import _BARE_STARTS, ENCODING_SYNTAX, quiet_pydicom
+
+    with open(path, "rb") as f:
+        if f.read(2) not in _BARE_STARTS:
+            return None
+    try:
+        with quiet_pydicom():
+            ds = pydicom.dcmread(path, force=True)
+            syntax = ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", ()) or ()), "")
+            if "SOPClassUID" not in ds or not syntax:
+                return None
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = ds.SOPClassUID
+            meta.MediaStorageSOPInstanceUID = str(ds.get("SOPInstanceUID", "") or "")
+            meta.TransferSyntaxUID = syntax
+            ds.file_meta = meta
+            ds.preamble = b"\0" * 128
+    except Exception:  # noqa: BLE001 - not a data set after all
+        return None
+    return ds
 
 
 def _relative_key(value: str, src: Path) -> str:
