@@ -40,9 +40,16 @@ def _column_digest(series: Any) -> str:
 
 
 def _table(path: Path) -> dict[str, Any]:
+    import logging
+
     from medmm.data.tables import read_table
 
-    df = read_table(path)
+    quiet = logging.getLogger("medmm.data.tables")  # the task's own read says it (once)
+    was, quiet.disabled = quiet.disabled, True
+    try:
+        df = read_table(path)
+    finally:
+        quiet.disabled = was
     return {"kind": "table", "rows": int(len(df)), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
 
 

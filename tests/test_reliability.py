@@ -130,6 +130,15 @@ def test_fingerprint_names_what_changed(tmp_path: Path) -> None:
     assert "aaaa" not in json.dumps(before)  # hashes only, never content
 
 
+def test_fingerprint_read_does_not_repeat_the_tasks_warnings(tmp_path: Path, caplog) -> None:
+    from medmm.fingerprint import fingerprint
+
+    (tmp_path / "t.csv").write_text('id,income\n1,"395,000"\n2,"1,200"\n')
+    with caplog.at_level("WARNING"):
+        assert fingerprint(tmp_path / "t.csv")["rows"] == 2
+    assert not caplog.records
+
+
 # --------------------------------------------------------------------------- 2./3. run folders
 
 
