@@ -33,7 +33,6 @@ ENGINE_CHOICES = {
 }
 # Allowed intervals of the numeric engine keys (tasks declare theirs in TaskSpec.ranges).
 ENGINE_RANGES = {
-    "seed": Range(0),
     "engine.epochs": Range(1),
     "engine.max_steps": Range(0),
     "engine.min_steps": Range(0),
@@ -343,6 +342,9 @@ def _print_summary(summary: dict[str, Any]) -> None:
             ci = summary["ci"].get(k)
             lines.append(f"    {k:<10} {_fmt(v)}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
         lines += baseline_summary_lines(summary.get("baseline"))
+        for cls, op in (summary.get("operating_point") or {}).items():  # chosen on val (#16)
+            lines.append(f"  operating point {cls} >= {op['threshold']:.4f} (chosen on val): sensitivity "
+                         f"{_fmt(op['sensitivity'])}, specificity {_fmt(op['specificity'])}")
     from medmm.privacy.membership import summary_lines as privacy_summary_lines
 
     lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)
@@ -383,7 +385,9 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     spec = registry.get("task", info["task"])
     cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
     from medmm.data.cache_dirs import predict_cache
+    from medmm.runlog import attach_console
 
+    attach_console(None)  # warnings about the new data print as "medmm: warning: ..."
     _cache = predict_cache(cfg, cache_dir)  # the new data's caches, never in the run dir; a temp one goes on return
     task = spec.load()(cfg, run_dir)
     task.load_artifacts(run_dir / "artifacts")

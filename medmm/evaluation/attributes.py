@@ -87,14 +87,14 @@ def _dicom_attributes(root: Path, units: Sequence[str], columns: Sequence[str]) 
     by_key: dict[str, dict[str, Any]] = {}
     for rel in list_files(root)[:MAX_FILES]:
         try:
-            with quiet_pydicom():
+            with quiet_pydicom():  # values are decoded lazily: read them inside too (warnings may quote them)
                 ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=wanted)
+                values = {c: _dicom_value(ds, c) for c in columns}
+                keys = [str(ds.get(uid, "") or "") for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")]
         except Exception:  # not DICOM or unreadable: the task's scan skipped it too
             continue
-        values = {c: _dicom_value(ds, c) for c in columns}
         by_key.setdefault(rel, values)
-        for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
-            key = str(ds.get(uid, "") or "")
+        for key in keys:
             if key:
                 by_key.setdefault(key, values)
     found = [by_key.get(u.split("#", 1)[0]) for u in units]

@@ -57,14 +57,14 @@ def _dicom_mix(root: Path) -> dict[str, Counter]:
                                                       "PixelSpacing")}
     for rel in list_files(root)[:200_000]:
         try:
-            with quiet_pydicom():
+            with quiet_pydicom():  # values are decoded lazily: read them inside too
                 ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=list(mix))
+                values = {key: ds.get(key, None) for key in mix}
+                if values["PixelSpacing"]:
+                    values["PixelSpacing"] = f"{float(values['PixelSpacing'][0]):.2g} mm"
         except Exception:
             continue
-        for key in mix:
-            v = ds.get(key, None)
-            if key == "PixelSpacing":
-                v = f"{float(v[0]):.1f} mm" if v else None
+        for key, v in values.items():
             mix[key][str(v).strip() if v not in (None, "") else "absent"] += 1
     return mix
 

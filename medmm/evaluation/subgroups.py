@@ -94,12 +94,11 @@ def group_labels(values: Sequence[Any], column: str, bands: Mapping[str, Sequenc
     nums = [_number(v) for v in present]
     numeric = bool(present) and all(x is not None for x in nums)
     edges = (bands or {}).get(column)
-    if edges is None and numeric and len(set(nums)) > MAX_LEVELS:
-        if column.lower() in ("age", "patientage"):
-            edges = AGE_BANDS
-        else:
-            q = np.unique(np.round(np.quantile(np.asarray(nums, float), [0.25, 0.5, 0.75]), 6))
-            edges = [float(float(_g(e))) for e in q]
+    if edges is None and numeric and column.lower() in ("age", "patientage"):
+        edges = AGE_BANDS  # an exact age is never a group of its own
+    elif edges is None and numeric and len(set(nums)) > MAX_LEVELS:
+        q = np.unique(np.round(np.quantile(np.asarray(nums, float), [0.25, 0.5, 0.75]), 6))
+        edges = [float(_g(e)) for e in q]
     if edges is not None:
         edges = sorted(float(e) for e in edges)
         return np.asarray([MISSING if _missing(v) or _number(v) is None else _band(_number(v), edges)  # type: ignore[arg-type]
