@@ -237,6 +237,11 @@ def test_fusion_summary_separates_skipped_from_kept_with_a_modality_missing(tmp_
     desc = task._describe(data, np.arange(3), np.array(["train", "train", "test"]))
     assert "1 rows skipped, 2 kept with a modality missing (1 of them with an image that could not be used)" in desc
 
+    cfg = resolved_config(spec, None, ["data.tabular_columns=all", "data.exclude=[follow_up]", "data.id_column=id",
+                                       "model.image_backbone=resnet18"])
+    columns = ["id", "text", "image", "label", "age", "follow_up", "sex"]
+    assert spec.load()(cfg, tmp_path)._tabular_columns(columns) == ["age", "sex"]  # all = no other role, minus exclude
+
 
 @pytest.mark.slow
 def test_tabular_run_reads_separators_warns_on_leakage_excludes_and_logs_everything(tmp_path: Path) -> None:

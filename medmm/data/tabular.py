@@ -17,8 +17,9 @@ Rules the functions here enforce:
 
 from __future__ import annotations
 
+import logging
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -40,7 +41,10 @@ __all__ = [
     "infer_column_types",
     "prepare_target",
     "read_table",
+    "select_features",
 ]
+
+log = logging.getLogger(__name__)
 
 ColumnType = Literal["numeric", "categorical"]
 Problem = Literal["regression", "binary", "survival"]
@@ -57,6 +61,31 @@ _UNSUPPORTED_KINDS = {"datetime", "datetime64", "date", "time", "timedelta", "ti
 
 
 # --------------------------------------------------------------------------- column types
+
+
+def select_features(columns: Sequence[str], features: Sequence[str] | None, exclude: Sequence[str] | None,
+                    reserved: Iterable[str | None] = ()) -> list[str]:
+    """The feature columns: ``features`` if given, else every column but ``reserved`` ones; never ``exclude``.
+
+    ``exclude`` (``data.exclude``) lists columns that must never be features (follow-up times,
+    outcomes recorded after the fact, free-text notes). A column both listed in ``features`` and
+    excluded is a :class:`ConfigError`; excluded columns that are not in the data are named in a
+    warning (a typo would otherwise leave the column in).
+    """
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude or [])
+    features = [features] if isinstance(features, str) else features
+    if features:
+        both = [c for c in features if c in exclude]
+        if both:
+            raise ConfigError(f"columns {both} are both features and in data.exclude; remove them from one list")
+        return list(features)
+    absent = [c for c in exclude if c not in columns]
+    if absent:
+        log.warning("data.exclude names columns that are not in the data: %s (the data has %s)",
+                    absent, list(columns)[:20])
+    skip = {c for c in reserved if c} | set(exclude)
+    return [c for c in columns if c not in skip]
+
 
 
 def _check_features(df: pd.DataFrame, features: Sequence[str] | None) -> list[str]:
@@ -528,8 +557,11 @@ def prepare_target(
             f"(use problem 'regression' for a continuous outcome)"
         )
     if positive_label is not None:
-        if positive_label not in values:
+        # a run's label names are strings: '1' names 1, 1.0 and '1' alike
+        match = [v for v in values if _category_string(v) == _category_string(positive_label)]
+        if not match:
             raise ConfigError(f"positive_label {positive_label!r} is not a value of {target!r}: {values}")
+        positive_label = match[0]
         classes = [v for v in values if v != positive_label] + [positive_label]
     elif all(isinstance(v, (bool, int, float)) for v in values):
         classes = sorted(values)
