@@ -113,6 +113,10 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
 
     task = spec.load()(cfg, run_dir)
     task.load_artifacts(run_dir / "artifacts")
+    if recalibrate and (task.problem not in ("binary", "multiclass") or
+                        (recalibrate == "isotonic" and task.problem != "binary")):
+        raise MedmmError(f"--recalibrate {recalibrate} does not apply to this {task.problem} run "
+                         "(temperature: binary or multiclass; isotonic: binary)")
     if not data.is_dir():
         _precheck_table(data, task, cfg["data"], {**{c: "subgroup" for c in columns},
                                                    **({date_column: "date"} if date_column else {})})
@@ -234,6 +238,15 @@ def _write_recalibrated_run(dest: Path, run_dir: Path, recal: Mapping[str, Any])
         save_operating_point(dest / "artifacts", recal["operating_point"])
     if (run_dir / "model_card.md").exists():
         shutil.copy2(run_dir / "model_card.md", dest / "model_card.md")
+        cal = recal["calibrator"]
+        how = f"temperature scaling (T = {cal['temperature']:.4f})" if cal["method"] == "temperature" else \
+            "isotonic regression"
+        append_validation(dest / "model_card.md", (
+            f"### {datetime.now(timezone.utc).strftime('%Y-%m-%d')}: recalibrated\n\nThis run is `{run_dir.name}` "
+            f"with {how} fitted on {recal['fit_units']} units of the evaluation data; its probabilities (and the "
+            "threshold, re-chosen on those units) differ from the original run's. Figures before / after on the "
+            f"other {recal['held_out_units']} units: ECE {recal['before'].get('ece', math.nan):.4f} -> "
+            f"{recal['after'].get('ece', math.nan):.4f}."))
 
 
 # --------------------------------------------------------------------------- outputs
