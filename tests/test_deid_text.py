@@ -140,3 +140,16 @@ def test_synthetic_notes_recall_and_precision_floor() -> None:
                 planted += 1
                 caught += all(i in covered for i in range(b, e) if note.text[i].isalnum())
     assert caught / planted > 0.9 and hits / detected > 0.95
+
+
+def test_value_index_matches_whole_values_only() -> None:
+    from medmm.deid.matching import ValueIndex
+
+    index = ValueIndex(["12345", "1.2.840.99", "TOSHIBA", "(617) 555-0100", "Jane Doe"])
+    text = ("id 12345; 2.25.123456; uid 1.2.840.99.7; TOSHIBA_MEC; toshiba; call (617) 555-0100 now; "
+            "JANE DOE; 1.2.840.99.")
+    found = [text[s:e] for s, e, _ in index.finditer(text)]
+    assert found == ["12345", "toshiba", "(617) 555-0100", "JANE DOE", "1.2.840.99"]
+    assert [v for _, _, v in ValueIndex(["Doe"], ignore_case=False).finditer("DOE Doe doe")] == ["Doe"]
+    many = ValueIndex(f"MRN{i:07d}" for i in range(20_000))  # many ids: still one lookup per token
+    assert [v for _, _, v in many.finditer("old chart MRN0012345 and MRN9999999")] == ["MRN0012345"]

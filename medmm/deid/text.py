@@ -215,6 +215,8 @@ class NameMatcher:
     """
 
     def __init__(self, names: Iterable[str], min_len: int = 2):
+        from medmm.deid.matching import ValueIndex
+
         words: set[str] = set()
         for name in names:
             for w in re.split(r"[\s,^;/]+", str(name or "")):
@@ -222,27 +224,25 @@ class NameMatcher:
                 if len(w) >= min_len and any(c.isalpha() for c in w) and w.lower() not in _NOT_NAMES:
                     words.update({w, w.title(), w.upper()})
         self.words = words
-        alts = sorted(words, key=len, reverse=True)
-        pattern = r"(?<![\w])(?:" + "|".join(map(re.escape, alts)) + r")(?![\w])"
-        self._re = re.compile(pattern) if alts else None
+        self._index = ValueIndex(words, ignore_case=False)
 
     def __bool__(self) -> bool:
-        return self._re is not None
+        return bool(self.words)
 
-    def finditer(self, text: str) -> Iterable[re.Match[str]]:
-        return self._re.finditer(text) if self._re is not None else ()
+    def finditer(self, text: str) -> Iterable[tuple[int, int, str]]:
+        """``(start, end, word)`` for each whole-word occurrence."""
+        return self._index.finditer(text)
 
 
 def literal_matcher(values: dict[str, str]) -> Callable[[str], list[Span]]:
     """Spans of exact (case-insensitive, token-bounded) occurrences of known values -> their kind."""
-    items = sorted((v for v in values if len(v) >= 3), key=len, reverse=True)
-    if not items:
-        return lambda text: []
-    pattern = re.compile(r"(?<![A-Za-z0-9])(?:" + "|".join(map(re.escape, items)) + r")(?![A-Za-z0-9])", re.I)
-    lower = {k.lower(): v for k, v in values.items()}
+    from medmm.deid.matching import ValueIndex
+
+    index = ValueIndex(v for v in values if len(v.strip()) >= 3)
+    kinds = {k.strip().casefold(): v for k, v in values.items()}
 
     def find(text: str) -> list[Span]:
-        return [Span(m.start(), m.end(), lower.get(m[0].lower(), "ID")) for m in pattern.finditer(text)]
+        return [Span(s, e, kinds.get(v.casefold(), "ID")) for s, e, v in index.finditer(text)]
 
     return find
 
@@ -298,8 +298,8 @@ def find_spans(text: str, names: NameMatcher | None = None, shift: int | None = 
             if _name_ok(m["n"]):
                 add("NAME", m.start("n"), m.end("n"))
     if names:
-        for m in names.finditer(text):
-            add("NAME", m.start(), m.end())
+        for start, end, _ in names.finditer(text):
+            add("NAME", start, end)
     if literals is not None:
         for span in literals(text):
             add(span.kind, span.start, span.end)

@@ -1,27 +1,19 @@
 """Residual-identifier scan: how many source identifier values still occur in the output.
 
-Values are matched case-insensitively and only as whole tokens (not inside a longer run of
-letters or digits), so a patient id "12345" is found in "ID 12345" but not inside a 39-digit
-``2.25`` UID. Results name kinds, files and attributes, never the values themselves.
+Values are matched case-insensitively and only as whole tokens (``medmm.deid.matching``), so a
+patient id "12345" is found in "ID 12345" but not inside a 39-digit ``2.25`` UID. Results name
+kinds, files and attributes, never the values themselves.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from medmm.deid.matching import ValueIndex
+
 __all__ = ["IdentifierScan", "Residual"]
-
-_CHUNK = 800  # alternatives per compiled pattern
-_UIDLIKE = re.compile(r"[\d.]+")
-
-
-def _compile(items: list[str], boundary: str) -> re.Pattern[str]:
-    """Whole-token matches: not preceded or followed by ``boundary`` (digits/dots for UIDs and dates)."""
-    return re.compile(rf"(?<!{boundary})(?:" + "|".join(map(re.escape, items)) + rf")(?!{boundary})", re.I)
-
 
 @dataclass
 class Residual:
@@ -48,11 +40,8 @@ class IdentifierScan:
 
     def __init__(self, identifiers: dict[str, str]):
         values = {v.strip(): k for v, k in identifiers.items() if v and v.strip()}
-        self.kinds = {v.lower(): k for v, k in values.items()}
-        uid_like = sorted((v for v in values if _UIDLIKE.fullmatch(v)), key=len, reverse=True)
-        words = sorted((v for v in values if not _UIDLIKE.fullmatch(v)), key=len, reverse=True)
-        self._patterns = [_compile(uid_like[i:i + _CHUNK], r"[\d.]") for i in range(0, len(uid_like), _CHUNK)]
-        self._patterns += [_compile(words[i:i + _CHUNK], r"\w") for i in range(0, len(words), _CHUNK)]
+        self.kinds = {v.casefold(): k for v, k in values.items()}
+        self._index = ValueIndex(values)
         by_kind = dict(sorted(Counter(values.values()).items()))
         self.result = Residual(checked=len(values), by_kind_checked=by_kind)
         self._seen: set[str] = set()
@@ -61,22 +50,21 @@ class IdentifierScan:
         """Count identifier occurrences in ``text``; ``place`` (no PHI) is recorded for each kind found."""
         hits = 0
         kinds: set[str] = set()
-        for pattern in self._patterns:
-            for m in pattern.finditer(text):
-                value = m[0].lower()
-                kind = self.kinds.get(value, "value")
-                self.result.found[kind] += 1
-                kinds.add(kind)
-                if value not in self._seen:
-                    self._seen.add(value)
-                    self.result.values_found += 1
-                hits += 1
+        for _, _, found in self._index.finditer(text):
+            value = found.casefold()
+            kind = self.kinds.get(value, "value")
+            self.result.found[kind] += 1
+            kinds.add(kind)
+            if value not in self._seen:
+                self._seen.add(value)
+                self.result.values_found += 1
+            hits += 1
         self.result.where.extend((place, k) for k in sorted(kinds))
         return hits
 
     def matched_values(self, text: str) -> set[str]:
         """The identifier values (lower-cased) that occur in ``text``; nothing is counted."""
-        return {m[0].lower() for p in self._patterns for m in p.finditer(text)}
+        return {value.casefold() for _, _, value in self._index.finditer(text)}
 
     def scan_many(self, items: Iterable[tuple[str, str]]) -> int:
         return sum(self.scan(text, place) for text, place in items)
