@@ -388,6 +388,7 @@ def test_other_ranks_keep_their_scratch_files_out_of_the_run_dir(tmp_path: Path,
     assert not (run / ".ranks").exists() and not (run / "splits.csv").exists() and not (run / "run.json").exists()
 
 
+@pytest.mark.slow  # imports the fusion task (torch, transformers): seconds on a cold process
 def test_fusion_predict_matches_labels_written_as_numbers() -> None:
     from medmm_plugins.fusion.task import _label_key
 
