@@ -129,7 +129,9 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         vocab: set[str] = set()
         files = list_files(src)
         say(f"{len(files)} file(s) under {src}")
-        for rel in files:
+        for i, rel in enumerate(files, 1):
+            if i % 1000 == 0:
+                say(f"  {i}/{len(files)} file(s) read")
             if PurePosixPath(rel).name.startswith("."):
                 result.skipped.append((rel, "hidden file"))
                 continue
