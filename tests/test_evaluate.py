@@ -324,3 +324,28 @@ def test_shifted_site_warns_and_recalibration_writes_a_new_run(trained, tmp_path
     recal = pd.read_csv(tmp_path / "p.csv").set_index("id").prob_malignant
     z = np.log(raw / (1 - raw)) / cal["temperature"]
     assert np.allclose(recal, 1 / (1 + np.exp(-z)), atol=2e-5)
+
+
+@pytest.mark.slow
+def test_a_trained_model_that_fails_one_subgroup_is_flagged_there_only(tmp_path: Path) -> None:
+    """Label = x1 > 0 in groups A and C but x2 > 0 in group B (a fifth of the rows): the model learns x1."""
+    rng = np.random.default_rng(0)
+    n = 1500
+    g = rng.choice(["A", "B", "C"], n, p=[0.4, 0.2, 0.4])
+    x = rng.normal(size=(n, 3))
+    y = np.where(g == "B", x[:, 1] > 0, x[:, 0] > 0)
+    df = pd.DataFrame({"pid": [f"p{i}" for i in range(n)], "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2],
+                       "group": g, "y": np.where(y, "pos", "neg")})
+    data = tmp_path / "planted.csv"
+    df.to_csv(data, index=False)
+    run = tmp_path / "run"
+    code, out = _cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=y",
+                     "--set", "data.id_column=pid", "--set", "data.features=[x1,x2,x3]", "--set", "model.backbone=linear",
+                     "--set", "data.test_fraction=0.4", "--set", "data.subgroup_columns=[group]", "--set",
+                     "engine.epochs=5", "--set", "engine.lr=0.05", "--set", "engine.bootstrap=300", "--set", "engine.baseline=none", "--quiet")
+    assert code == 0, out[-2000:]
+    assert json.loads((run / "summary.json").read_text())["subgroups_flagged"] == {"group": ["B"]}
+    code, out = _cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "ev"), "--no-card")
+    assert code == 0, out
+    col = json.loads((tmp_path / "ev" / "evaluation.json").read_text())["subgroups"]["columns"]["group"]
+    assert col["flagged"] == ["B"], col
