@@ -288,6 +288,7 @@ def test_cli_deid_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on the deliberately odd test files
 def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
     """Every bundled file: 0 identifiers remain, every output reads, every label row still joins.
 
