@@ -373,3 +373,13 @@ def test_bare_data_set_without_preamble_becomes_a_part10_file(tmp_path: Path) ->
     (out_file,) = _outputs(tmp_path / "out")
     ds = pydicom.dcmread(out_file)  # no force: preamble and file meta were written
     assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and ds.PatientIdentityRemoved == "YES"
+
+
+def test_missing_extra_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m.startswith("dicomanonymizer")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "dicomanonymizer", None)
+    with pytest.raises(MedmmError, match=r"needs dicom-anonymizer .*pip install 'medmm\[deid\]'"):
+        load_profile()
