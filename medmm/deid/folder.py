@@ -198,7 +198,8 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
 
         # ---- verification: re-read everything that was written
         ambiguous = IdentifierScan(identifiers).matched_values("\n".join(sorted(vocab)))
-        identifiers = {v: k for v, k in identifiers.items() if v.lower() not in ambiguous}
+        ambiguous_kinds = Counter(k for v, k in identifiers.items() if v.casefold() in ambiguous)
+        identifiers = {v: k for v, k in identifiers.items() if v.casefold() not in ambiguous}
         say(f"verifying {result.written} file(s) against {len(identifiers)} source identifier value(s)")
         scan = IdentifierScan(identifiers)
         unreadable: list[str] = []
@@ -243,7 +244,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
             "files_written": result.written, "files_skipped": len(result.skipped),
             "skipped_by_reason": dict(reasons), "patients": result.patients,
             "pixel_hashes_equal": result.pixels_checked, "verification": residual.summary(),
-            "ambiguous_values_not_scanned": len(ambiguous),
+            "ambiguous_values_not_scanned": dict(sorted(ambiguous_kinds.items())),
             "labels_rows": result.labels_rows if labels is not None else None,
             "labels_rows_left_out": result.labels_dropped if labels is not None else None,
         }
