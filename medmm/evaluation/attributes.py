@@ -55,7 +55,7 @@ def _table_attributes(path: Path, data_cfg: Mapping[str, Any], units: Sequence[s
     from medmm.data.tables import read_table
 
     id_col = data_cfg.get("id_column")
-    best: dict[str, int] | None = None
+    best: tuple[int, Any, dict[str, int]] | None = None
     for as_string in (True, False):  # tasks read ids as text (text, fusion) or as typed values (tabular)
         df = read_table(path, string_columns=[id_col] if (as_string and id_col) else [])
         absent = [c for c in columns if c not in df.columns]
@@ -65,11 +65,11 @@ def _table_attributes(path: Path, data_cfg: Mapping[str, Any], units: Sequence[s
         ids = df[id_col].astype(str).tolist() if id_col and id_col in df.columns else [str(i) for i in range(len(df))]
         index = {u: i for i, u in enumerate(ids)}
         hits = sum(u in index for u in units)
-        if best is None or hits > best[1]:
-            best = (df, index, hits)  # type: ignore[assignment]
-        if hits == len(units):
+        if best is None or hits > best[0]:
+            best = (hits, df, index)
+        if hits == len(units) or not id_col:
             break
-    df, index, _ = best  # type: ignore[misc]
+    _, df, index = best  # type: ignore[misc]
     rows = [index.get(u) for u in units]
     return {c: [None if r is None else df[c].iloc[r] for r in rows] for c in columns}
 
