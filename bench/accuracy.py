@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=1000, help="documents per text data set")
     ap.add_argument("--quick", action="store_true", help="text deep model = TextCNN, 400 documents")
     ap.add_argument("--json", type=Path, help="also write the rows here")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config override for every run (compare a recipe with the default)")
     args = ap.parse_args()
     logging.getLogger("medmm").setLevel(logging.WARNING)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -145,6 +147,7 @@ def main() -> None:
             data, overrides = build_data(name, tmp, limit)
             if args.quick and TASKS[name] == "text-cls":
                 overrides = [*overrides, "model.backbone=textcnn"]
+            overrides = [*overrides, *args.overrides]
             for seed in seeds:
                 row = run_one(name, data, overrides, seed, tmp / f"run-{name}-{seed}")
                 rows.append(row)

@@ -133,6 +133,8 @@ def apply_min_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int | None:
     user = getattr(cfg, "user", None)
     if user is None or not min_steps or steps_per_epoch <= 0 or {"engine.epochs", "engine.max_steps"} & user:
         return None
+    if (e.get("privacy") or {}).get("enabled"):  # DP-SGD: ε is budgeted for the configured epochs
+        return None
     epochs = int(e["epochs"])
     if steps_per_epoch * epochs >= min_steps:
         return None

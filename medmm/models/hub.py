@@ -22,6 +22,7 @@ log = logging.getLogger("medmm")
 
 TEXT_FILES = ["config.json", "*.safetensors", "tokenizer*", "vocab*", "special_tokens_map.json", "merges.txt",
               "*.model"]
+BIN_FILES = ["pytorch_model.bin"]  # older repos only: read by transformers with torch.load(weights_only=True)
 
 
 def cache_dir() -> str:
@@ -51,10 +52,12 @@ def hub_text_folder(repo_id: str) -> Path:
                           f"(got {repo_id!r}; a local folder is backbone hf-local)")
     try:
         folder = Path(snapshot_download(repo_id, allow_patterns=TEXT_FILES))
+        if not any(folder.glob("*.safetensors")):
+            folder = Path(snapshot_download(repo_id, allow_patterns=[*TEXT_FILES, *BIN_FILES]))
     except Exception as exc:  # noqa: BLE001 - offline miss, network error, unknown repo: one line
         raise _missing(f"hub model {repo_id!r}", exc) from None
-    if not any(folder.glob("*.safetensors")):
-        raise ConfigError(f"hub model {repo_id!r} has no safetensors weights; medmm never unpickles .bin files")
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").exists():
+        raise ConfigError(f"hub model {repo_id!r} has no weights file (model.safetensors or pytorch_model.bin)")
     log.warning("text backbone %s: pretrained weights from the Hugging Face hub (cache %s)%s", repo_id, cache_dir(),
                 " - offline, from the cache" if _offline() else "")
     return folder
