@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -431,8 +430,3 @@ def scan_text(ds: Any) -> str:
         ds.walk(visit)
     return "\n".join(chunks)
 
-
-def iter_identifier_kinds(identifiers: dict[str, str]) -> Iterable[tuple[str, int]]:
-    from collections import Counter
-
-    return sorted(Counter(identifiers.values()).items())

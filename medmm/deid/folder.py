@@ -8,7 +8,6 @@ renamed to ``out``. Otherwise it is deleted and the run fails naming kinds and p
 from __future__ import annotations
 
 import csv
-import json
 import os
 import shutil
 import tempfile
@@ -339,6 +338,3 @@ def _umask() -> int:
     os.umask(mask)
     return mask
 
-
-def report_line(result: FolderResult) -> str:
-    return json.dumps(result.report)
