@@ -117,4 +117,6 @@ def log_evaluation(records: list[Mapping[str, Any]]) -> None:
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, float) and value and abs(value) < 1e-3:  # e.g. engine.privacy's delta
+        return f"{value:.3g}"
     return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -146,6 +146,25 @@ def test_an_empty_poisson_batch_still_takes_a_noise_step() -> None:
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
+def test_parameters_a_forward_does_not_use_get_zero_per_example_gradients() -> None:
+    class TwoHeads(nn.Module):  # e.g. an encoder's unused pooler
+        def __init__(self) -> None:
+            super().__init__()
+            self.used, self.unused = nn.Linear(5, 1), nn.Linear(5, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.used(x)
+
+    model = TwoHeads()
+    dp = made()
+    gsm = dp.wrap_model(model)
+    opt = dp.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    gsm(torch.randn(4, 5)).sum().backward()
+    opt.accumulate()
+    assert float(model.unused.weight.summed_grad.abs().sum()) == 0.0
+    assert float(model.used.weight.summed_grad.abs().sum()) > 0.0
+
+
 # ----------------------------------------------------------------------------- model preparation
 def test_batchnorm_becomes_groupnorm_in_place_and_gru_a_dp_gru() -> None:
     from opacus.layers import DPGRU
@@ -161,12 +180,37 @@ def test_batchnorm_becomes_groupnorm_in_place_and_gru_a_dp_gru() -> None:
     assert dpm.prepare_model(nn.BatchNorm1d(3), {"engine": {}}).__class__ is nn.BatchNorm1d  # DP off: untouched
 
 
+def test_timm_norm_act_keeps_its_activation_and_fusion_heads_are_checked() -> None:
+    from timm.layers import BatchNormAct2d
+
+    from medmm.models.fusion import AttentionFusion, ConcatFusion, LateFusion
+
+    cfg = {"engine": {"privacy": PRIVATE}}
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU6))
+    dpm.prepare_model(model, cfg)
+    assert isinstance(model[1], nn.GroupNorm) and isinstance(model[1].act, nn.ReLU6)
+    assert float(model(torch.randn(2, 3, 8, 8)).min()) >= 0.0  # the activation still runs
+    dpm.check_model(dpm.prepare_model(ConcatFusion({"a": 4, "b": 3}, 1, hidden=8), cfg))
+    with pytest.raises(MedmmError, match=r"layer <root> \(LateFusion\) owns trainable parameters \(weight_logits\)"):
+        dpm.check_model(LateFusion({"a": 4, "b": 3}, 1, hidden=8))
+    with pytest.raises(MedmmError, match="AttentionFusion"):
+        dpm.check_model(dpm.prepare_model(AttentionFusion({"a": 4, "b": 3}, 1, hidden=8), cfg))
+
+
 def test_unsupported_layer_is_refused_by_name() -> None:
     model = nn.Module()
     model.encoder = nn.RNN(4, 4, batch_first=True)
     model.head = nn.Linear(4, 1)
     with pytest.raises(MedmmError, match=r"layer encoder \(RNN\)"):
         dpm.private_training(fake_trainer(), model, fake_data())
+
+    class Scaled(nn.Linear):  # trainable weights + a buffer, no opacus grad sampler, no fix
+        def __init__(self) -> None:
+            super().__init__(4, 1)
+            self.register_buffer("scale", torch.ones(1))
+
+    with pytest.raises(MedmmError, match=r"layer 1 \(Scaled\) has trainable weights and buffers \(scale\)"):
+        dpm.private_training(fake_trainer(), nn.Sequential(nn.Linear(4, 4), Scaled()), fake_data())
 
 
 @pytest.mark.parametrize(("kw", "message"), [

@@ -85,6 +85,8 @@ def prepare_model(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Modul
     for name, module in list(model.named_modules()):
         fixer = ModuleValidator.FIXERS.get(type(module))
         is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+        if is_bn and fixer is None:  # a subclass, e.g. timm's BatchNormAct2d (norm + drop + activation)
+            fixer = _norm_act_to_group_norm
         trainable = any(p.requires_grad for p in module.parameters(recurse=False))
         if fixer is None or not (trainable or is_bn) or not name:
             continue
@@ -99,14 +101,36 @@ def prepare_model(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Modul
         replaced.append(f"{name} ({type(module).__name__} -> {type(new).__name__})")
     if replaced:
         kinds = Counter(r.split("(", 1)[1].rstrip(")") for r in replaced)
-        msg = ("engine.privacy: opacus replaced layers for per-example gradients (this changes the network; "
-               "pretrained BatchNorm statistics and affine weights are dropped): "
-               + ", ".join(f"{n} x {k}" for k, n in kinds.items()))
-        log.warning(msg)
+        bn = any("BatchNorm" in k for k in kinds)
+        msg = ("opacus replaced layers for per-example gradients: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())
+               + ("; this changes the network: BatchNorm's pretrained statistics and affine weights are dropped, "
+                  "GroupNorm starts from scratch" if bn else " (weights copied)"))
+        log.warning("engine.privacy: %s", msg)
         notes = getattr(model, "_medmm_privacy_notes", [])
         notes.append(msg)
         model._medmm_privacy_notes = notes  # type: ignore[attr-defined]
     return model
+
+
+def _norm_act_to_group_norm(module: torch.nn.Module) -> torch.nn.Module:
+    """GroupNorm (opacus' group count) followed by the BatchNorm subclass's own drop / act modules."""
+    import math as _math
+
+    import torch.nn as nn
+
+    class GroupNormAct(nn.GroupNorm):
+        """GroupNorm, then the replaced layer's dropout and activation (per-example grads via functorch)."""
+
+        def __init__(self, groups: int, channels: int, eps: float, affine: bool, drop: nn.Module,
+                     act: nn.Module) -> None:
+            super().__init__(groups, channels, eps=eps, affine=affine)
+            self.drop, self.act = drop, act
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.act(self.drop(super().forward(x)))
+
+    return GroupNormAct(_math.gcd(32, module.num_features), module.num_features, module.eps, module.affine,
+                        getattr(module, "drop", None) or nn.Identity(), getattr(module, "act", None) or nn.Identity())
 
 
 def check_model(model: torch.nn.Module) -> None:
@@ -114,14 +138,32 @@ def check_model(model: torch.nn.Module) -> None:
     from opacus.grad_sample import GradSampleModule
     from opacus.validators import ModuleValidator
 
+    import torch.nn as nn
+
     for name, module in model.named_modules():
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
+        label = f"layer {name or '<root>'} ({type(module).__name__})"
+        if isinstance(module, nn.TransformerEncoderLayer) and any(p.requires_grad for p in module.parameters()):
+            raise PrivacyError(f"engine.privacy: {label} is not supported: torch's transformer layers pass float "
+                               f"attention masks that opacus' DPMultiheadAttention rejects; freeze it or use a head "
+                               f"without it (fusion: model.head=concat or gated)")
+        own = [n for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+        if not own:
             continue
+        if type(module) not in GradSampleModule.GRAD_SAMPLERS and any(
+                any(True for _ in child.parameters()) for child in module.children()):
+            raise PrivacyError(f"engine.privacy: {label} owns trainable parameters ({', '.join(own[:3])}) next to "
+                               f"its sub-layers; opacus computes per-example gradients layer by layer and cannot "
+                               f"for this one: freeze them or move them into a layer of their own")
         validator = ModuleValidator.VALIDATORS.get(type(module))
         errors = validator(module) if validator else []
         if errors:
             raise PrivacyError(f"engine.privacy: layer {name or '<root>'} ({type(module).__name__}) is not supported "
                                f"by opacus and has no fix: {str(errors[0]).splitlines()[0]}")
+        own_buffers = [b for b, _ in module.named_buffers(recurse=False)]
+        if type(module) not in GradSampleModule.GRAD_SAMPLERS and own_buffers:
+            raise PrivacyError(f"engine.privacy: layer {name or '<root>'} ({type(module).__name__}) has trainable "
+                               f"weights and buffers ({', '.join(own_buffers[:3])}) and no opacus fix; freeze it or "
+                               f"use a supported layer")
         if type(module) not in GradSampleModule.GRAD_SAMPLERS and isinstance(module, _unsupported()):
             raise PrivacyError(f"engine.privacy: layer {name or '<root>'} ({type(module).__name__}) has no per-example "
                                f"gradient in opacus; freeze it or use a supported layer (GRU, LSTM, Linear, Conv, ...)")
@@ -166,6 +208,8 @@ class PrivateTraining:
         self.accountant = create_accountant(mechanism=accountant)
         self.steps_taken = 0
         self.notes: list[str] = []
+        self._eps: tuple[int, float] | None = None
+        self._rdp_step: Any = None
 
     # -- sampling
     def plan(self, n: int, seed: int, epoch: int, accum: int) -> list[list[int]]:
@@ -195,10 +239,30 @@ class PrivateTraining:
 
     # -- reporting and checkpoints
     def epsilon(self) -> float:
+        """ε spent so far (the accountant's figure; RDP: its formula with the per-step RDP cached)."""
         if self.steps_taken == 0:
             return 0.0
+        if self._eps is not None and self._eps[0] == self.steps_taken:
+            return self._eps[1]
+        history = self.accountant.history
         with _quiet_rdp():
-            return float(self.accountant.get_epsilon(delta=self.delta))
+            if self.accountant_name == "rdp" and len(history) == 1 and history[0][:2] == (
+                    self.noise_multiplier, self.sample_rate):
+                # RDP composes linearly in steps: compute the per-step curve once (the slow part:
+                # ~1 s of Python per call), then get_privacy_spent as RDPAccountant.get_epsilon does
+                from opacus.accountants.analysis import rdp as analysis
+                from opacus.accountants.rdp import RDPAccountant
+
+                orders = RDPAccountant.DEFAULT_ALPHAS
+                if self._rdp_step is None:
+                    self._rdp_step = analysis.compute_rdp(q=self.sample_rate, noise_multiplier=self.noise_multiplier,
+                                                          steps=1, orders=orders)
+                eps = float(analysis.get_privacy_spent(orders=orders, rdp=self._rdp_step * history[0][2],
+                                                       delta=self.delta)[0])
+            else:
+                eps = float(self.accountant.get_epsilon(delta=self.delta))
+        self._eps = (self.steps_taken, eps)
+        return eps
 
     def metrics(self) -> dict[str, float]:
         """The privacy spent so far, for ``metrics.jsonl``."""
@@ -345,6 +409,14 @@ def _engine_dp_optimizer(optimizer: Any, dp: PrivateTraining) -> Any:
         """
 
         def accumulate(self) -> None:
+            have = [p.grad_sample for p in self.params if getattr(p, "grad_sample", None) is not None]
+            if not have:  # nothing trainable was used by this micro-batch
+                self.original_optimizer.zero_grad(set_to_none=True)
+                return
+            n = len(have[0][-1] if isinstance(have[0], list) else have[0])
+            for p in self.params:  # unused in this forward (e.g. an unused pooler): zero per-example gradients
+                if getattr(p, "grad_sample", None) is None:
+                    p.grad_sample = p.new_zeros((n, *p.shape))
             self.signal_skip_step(True)
             self.pre_step()
             for p in self.params:

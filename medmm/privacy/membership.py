@@ -232,3 +232,39 @@ def privacy_outputs(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, he
         rows.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()})
         write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return summary
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """Console lines for ``medmm run``'s summary: ε spent and the audit, when there are any."""
+    lines = []
+    dp = summary.get("privacy")
+    if dp:
+        lines.append(f"  privacy: DP-SGD, ε={dp['epsilon']:.3f} spent (target {dp['target_epsilon']:g}), "
+                     f"δ={dp['delta']:.3g}, noise multiplier {dp['noise_multiplier']:.4f}, "
+                     f"clipping norm {dp['dp_max_grad_norm']:g}")
+    audit = summary.get("membership_audit")
+    if audit:
+        ci = f" (95% CI {audit['ci_low']:.3f}-{audit['ci_high']:.3f})" if math.isfinite(audit["ci_low"]) else ""
+        lines.append(f"  membership attack AUROC {audit['attack_auroc']:.3f}{ci} on {audit['units_per_group']} train "
+                     f"vs {audit['units_per_group']} {audit.get('heldout_split', 'held-out')} units; 0.5 = no leakage")
+    return lines
+
+
+def audit_command(run_dir: Path, *, checkpoint: str = "best", registry: Any = None) -> dict[str, Any]:
+    """``medmm evaluate RUN --membership-audit``: audit, write the JSON, print one summary line."""
+    from medmm.runlog import echo
+
+    result = membership_audit(run_dir, checkpoint=checkpoint, registry=registry)
+    line = summary_lines({"membership_audit": result})[0].strip()
+    card = Path(run_dir) / "model_card.md"
+    if card.exists():  # a dated entry under the card's "Validation" heading, as medmm evaluate adds
+        from datetime import datetime, timezone
+
+        from medmm.evaluation.external import append_validation
+
+        day = datetime.now(timezone.utc).strftime("%Y-%m-%d")
+        rows = "\n".join(f"| {k} | {v} |" for k, v in privacy_rows(result, None)[1:])
+        append_validation(card, f"### Membership audit, {day} ({checkpoint} checkpoint)\n\n| item | value |\n"
+                                f"|---|---|\n{rows}\n\n{verdict(result)[0].upper()}{verdict(result)[1:]}.")
+    echo(f"medmm evaluate: {line} ({checkpoint} checkpoint) -> {Path(run_dir) / AUDIT_FILE}", err=False)
+    return result
