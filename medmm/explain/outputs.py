@@ -1,0 +1,241 @@
+"""Files of an explanation set: ``explanations.html``, ``attributions.csv``, ``summary.json``,
+``overlays/*.png`` (+ ``overlays.csv``). Units are keyed by row id / UID as in
+``predictions.csv``; overlay file names are opaque (a number and a hash of the unit)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.io import write_text_atomic
+from medmm.report import _esc, _kv_table, _note, _page, _section
+
+CAVEATS = (
+    "Attributions say which parts of the input the model's output is sensitive to; they are not causal "
+    "statements about the patient, and a faithful map of a biased model shows the bias (a scanner marker, a "
+    "template phrase, a site-specific column) rather than hiding it. They describe this model on these inputs only."
+)
+HIGH_CORRELATION = 0.5
+
+
+def _mean(v: Sequence[float]) -> float | None:
+    return float(np.mean(v)) if len(v) else None
+
+
+def _order(scores: np.ndarray, signed: bool) -> np.ndarray:
+    return np.argsort(-(scores if signed else np.abs(scores)), kind="stable")
+
+
+def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec: Any, used: dict[str, str],
+                  methods: dict[str, str], examples: list[Any], faith: dict[str, Any], extras: dict[str, Any],
+                  top_k: int, seconds: float, fallback: bool) -> dict[str, Any]:
+    from medmm.explain.faithfulness import k_for  # noqa: F401  (documented rule)
+    from medmm.explain.image import overlay_png
+    from medmm.explain.run import safe_name, write_csv
+    from medmm.explain.text import join_windows, lexicon
+
+    signed = task.problem not in ("regression", "survival")
+    units = list(dict.fromkeys(e.unit for e in examples))
+    # ---------------------------------------------------------------- attributions.csv
+    rows = []
+    for e in examples:
+        for name, a in e.attrs.items():
+            for rank, j in enumerate(_order(a.scores, signed)[:top_k], start=1):
+                rows.append([e.unit, e.position, name, used[name], e.predicted, f"{e.prob:.6g}", rank,
+                             a.items.names[j], f"{float(a.scores[j]):.6g}"])
+    write_csv(out / "attributions.csv", ["unit", "example", "input", "method", "predicted", "predicted_score",
+                                         "rank", "item", "score"], rows)
+    # ---------------------------------------------------------------- overlays
+    overlays: list[list[Any]] = []
+    pngs: dict[tuple[int, str], str] = {}
+    for n, e in enumerate(examples):
+        for name, a in e.attrs.items():
+            if "cam" in a.extra and "pixels" in a.extra:
+                (out / "overlays").mkdir(exist_ok=True)
+                png = overlay_png(a.extra["pixels"], a.extra["cam"])
+                fname = safe_name(f"{e.unit}/{e.position}/{name}", n)
+                (out / "overlays" / fname).write_bytes(png)
+                pngs[(n, name)] = base64.b64encode(png).decode()
+                h, w = a.extra["cam"].shape
+                overlays.append([e.unit, e.position, name, f"overlays/{fname}", a.extra["peak"][0],
+                                 a.extra["peak"][1], h, w])
+    if overlays:
+        write_csv(out / "overlays.csv", ["unit", "example", "input", "png", "peak_row", "peak_col", "height",
+                                         "width"], overlays)
+    # ---------------------------------------------------------------- faithfulness
+    faithfulness = {}
+    for s in espec.inputs:
+        f = faith.get(s.name, {})
+        top, rand = f.get("top", []), f.get("random", [])
+        corr = f.get("spearman", [])
+        faithfulness[s.name] = {
+            "method": methods.get(used[s.name], used[s.name]),
+            "baseline": s.baseline_doc or ("each image's mean" if s.kind == "image" else "zero"),
+            "deletion_k": "10% of the items (at least 1; 1 below 10 items)",
+            "deletion_top": _mean(top), "deletion_random": _mean(rand), "deletion_n": len(top),
+            "deletion_top_beats_random": _mean([float(a > b) for a, b in zip(top, rand)]),
+            "randomisation_spearman": _mean(corr), "randomisation_n": len(corr),
+            "ig_delta_mean": _mean(f.get("delta", [])),
+            "ig_delta_max": float(np.max(f["delta"])) if f.get("delta") else None,
+        }
+    # ---------------------------------------------------------------- per-modality summaries
+    docs: dict[str, list[tuple[str, float]]] = {}
+    lex: dict[str, Any] = {}
+    tok = next((s for s in espec.inputs if s.kind == "tokens"), None)
+    if tok is not None:
+        windows: dict[str, list[list[tuple[str, float, int]]]] = defaultdict(list)
+        pred: dict[str, str] = {}
+        for e in examples:
+            a = e.attrs.get(tok.name)
+            if a is not None:
+                windows[e.unit].append([(w, float(sc), len(ix)) for w, sc, ix in
+                                        zip(a.items.names, a.scores, a.items.index)])
+                pred[e.unit] = e.predicted
+        docs = {u: join_windows(ws, tok.window_overlap) for u, ws in windows.items()}
+        lex = lexicon([(pred[u], words) for u, words in docs.items()])
+    global_items: dict[str, list[dict[str, Any]]] = {}
+    for s in espec.inputs:
+        if s.kind in ("features", "modalities"):
+            vals: dict[str, list[float]] = defaultdict(list)
+            first: dict[str, int] = defaultdict(int)
+            for e in examples:
+                a = e.attrs.get(s.name)
+                if a is None:
+                    continue
+                for nm, sc in zip(a.items.names, a.scores):
+                    vals[nm].append(float(sc))
+                first[a.items.names[int(_order(a.scores, signed)[0])]] += 1
+            n_ex = sum(first.values()) or 1
+            global_items[s.name] = sorted(
+                ({"item": nm, "mean_abs": float(np.mean(np.abs(v))), "mean": float(np.mean(v)),
+                  "ranked_first": first[nm] / n_ex} for nm, v in vals.items()), key=lambda r: -r["mean_abs"])
+    summary = {
+        "format": "medmm.explanations", "version": 1, "task": task_name, "run_dir": str(run_dir),
+        "problem": task.problem, "examples": len(examples), "units": len(units),
+        "seconds": seconds, "seconds_per_example": seconds / max(1, len(examples)),
+        "methods": {n: methods.get(m, m) for n, m in used.items()}, "fallback": fallback,
+        "faithfulness": faithfulness, "lexicon": lex, "global": global_items,
+        "permutation_importance": extras.get("permutation"), "overlays": len(overlays),
+        "notes": list(espec.notes),
+    }
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    html = _html(task_name, summary, espec, examples, docs, pngs, signed, top_k)
+    write_text_atomic(out / "explanations.html", html)
+    return summary
+
+
+# ------------------------------------------------------------------------------------ HTML
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4f}"
+
+
+def _faith_table(summary: dict[str, Any]) -> str:
+    head = ("<tr><th>input</th><th>method</th><th>baseline</th><th>drop, top-k deleted</th>"
+            "<th>drop, k random deleted</th><th>top-k beats random</th><th>examples</th>"
+            "<th>rank correlation with a randomised model</th><th>IG delta (mean / max)</th></tr>")
+    rows, warn = [], []
+    for name, f in summary["faithfulness"].items():
+        rows.append(f"<tr><td>{_esc(name)}</td><td>{_esc(f['method'])}</td><td>{_esc(f['baseline'])}</td>"
+                    f"<td class=num>{_num(f['deletion_top'])}</td><td class=num>{_num(f['deletion_random'])}</td>"
+                    f"<td class=num>{_num(f['deletion_top_beats_random'])}</td><td class=num>{f['deletion_n']}</td>"
+                    f"<td class=num>{_num(f['randomisation_spearman'])} (n={f['randomisation_n']})</td>"
+                    f"<td class=num>{_num(f['ig_delta_mean'])} / {_num(f['ig_delta_max'])}</td></tr>")
+        if f["deletion_top"] is not None and f["deletion_random"] is not None and f["deletion_top"] <= f["deletion_random"]:
+            warn.append(f"{name}: deleting the top-attributed items does not move the prediction more than deleting "
+                        "random ones; these attributions are not faithful to this model.")
+        if f["randomisation_spearman"] is not None and f["randomisation_spearman"] > HIGH_CORRELATION:
+            warn.append(f"{name}: the attributions of a model with random weights rank the items much like the trained "
+                        "model's (high correlation): this method shows the input more than what the model learnt.")
+    expl = _note("Deletion: the k items with the highest attribution are replaced by the baseline and the drop in the "
+                 "predicted class's probability is recorded (regression / survival: the absolute change of the output); "
+                 "the control replaces k random items of the same example. Model randomisation (Adebayo et al., 2018): "
+                 "the same method on the model with re-initialised weights; low correlation is what a method that "
+                 "reads the model should show.")
+    return (f"<table>{head}{''.join(rows)}</table>" + expl
+            + "".join(f'<p><strong>Warning.</strong> {_esc(w)}</p>' for w in warn))
+
+
+def _words_html(words: Sequence[tuple[str, float]]) -> str:
+    top = max((abs(s) for _, s in words), default=0.0) or 1.0
+    parts = []
+    for w, s in words:
+        a = min(1.0, abs(s) / top) * 0.85
+        colour = f"rgba(220,38,38,{a:.2f})" if s > 0 else f"rgba(37,99,235,{a:.2f})"
+        parts.append(f'<span style="background:{colour};padding:1px 2px;border-radius:2px" '
+                     f'title="{s:.4g}">{_esc(w)}</span>')
+    return f'<p style="line-height:1.9">{" ".join(parts)}</p>'
+
+
+def _items_table(a: Any, signed: bool, top_k: int) -> str:
+    body = "".join(f"<tr><td>{_esc(a.items.names[j])}</td><td class=num>{float(a.scores[j]):.4g}</td></tr>"
+                   for j in _order(a.scores, signed)[:top_k])
+    return f"<table><tr><th>item</th><th>attribution</th></tr>{body}</table>"
+
+
+def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[Any], docs: dict[str, Any],
+          pngs: dict[tuple[int, str], str], signed: bool, top_k: int) -> str:
+    parts = [f"<h1>medmm explain: {_esc(task_name)}</h1>",
+             _section("Summary", _kv_table({
+                 "task": task_name, "problem": summary["problem"], "examples explained": summary["examples"],
+                 "units": summary["units"], **{f"method ({n})": m for n, m in summary["methods"].items()},
+                 "seconds per example": f"{summary['seconds_per_example']:.3f}"})
+                 + "".join(_note(n) for n in summary["notes"])),
+             _section("Faithfulness", _faith_table(summary)),
+             _section("What these explanations do not prove", f"<p>{_esc(CAVEATS)}</p>")]
+    if summary["lexicon"]:
+        body = ""
+        for cls, rows in summary["lexicon"].items():
+            body += (f"<h3>predicted {_esc(cls)}</h3><table><tr><th>word</th><th>mean attribution</th>"
+                     "<th>documents</th></tr>" + "".join(
+                         f"<tr><td>{_esc(w)}</td><td class=num>{m:.4g}</td><td class=num>{n}</td></tr>"
+                         for w, m, n in rows) + "</table>")
+        parts.append(_section("Global lexicon (words with the highest mean attribution per predicted class)",
+                              body + _note("A template phrase or a de-identification token at the top of this list "
+                                           "means the model keys on it.")))
+    for name, rows in summary["global"].items():
+        body = "<table><tr><th>item</th><th>mean |attribution|</th><th>mean attribution</th><th>ranked first</th></tr>"
+        body += "".join(f"<tr><td>{_esc(r['item'])}</td><td class=num>{r['mean_abs']:.4g}</td>"
+                        f"<td class=num>{r['mean']:.4g}</td><td class=num>{r['ranked_first']:.0%}</td></tr>"
+                        for r in rows) + "</table>"
+        parts.append(_section(f"Global importance: {name}", body))
+    if summary.get("permutation_importance"):
+        body = "<table><tr><th>column</th><th>mean |change| when shuffled</th><th>95% CI</th></tr>" + "".join(
+            f"<tr><td>{_esc(r['item'])}</td><td class=num>{r['importance']:.4g}</td>"
+            f"<td class=num>[{r['ci_low']:.4g}, {r['ci_high']:.4g}]</td></tr>" for r in summary["permutation_importance"])
+        parts.append(_section("Permutation importance", body + "</table>" + _note(
+            "Each column shuffled across the explained rows (5 shuffles); the change of the model's output "
+            "(the predicted class's probability, or the predicted value); bootstrap CI over rows.")))
+    shown: set[str] = set()
+    blocks = []
+    for n, e in enumerate(examples):
+        head = f"<h3>{_esc(e.unit)}: predicted {_esc(e.predicted)} ({e.prob:.3f})</h3>"
+        body = ""
+        for s in espec.inputs:
+            a = e.attrs.get(s.name)
+            if a is None:
+                continue
+            if s.kind == "tokens":
+                if e.unit in shown:
+                    continue  # a chunked document is shown once, whole
+                body += f"<p><em>{_esc(s.name)}</em></p>" + _words_html(docs.get(e.unit, []))
+            elif (n, s.name) in pngs:
+                body += (f'<figure><img alt="{_esc(s.name)} attribution" src="data:image/png;base64,{pngs[(n, s.name)]}" '
+                         f'style="max-width:320px"><figcaption>{_esc(s.name)}</figcaption></figure>')
+            else:
+                body += f"<p><em>{_esc(s.name)}</em></p>" + _items_table(a, signed, top_k)
+        shown.add(e.unit)
+        if body:
+            blocks.append(head + body)
+    parts.append(_section("Examples", "\n".join(blocks) + _note(
+        "Red: pushes towards the predicted class; blue: away from it (text). Heat maps: Grad-CAM, drawn over the "
+        "pixels the model was given.")))
+    return _page(f"medmm explain {task_name}", "\n".join(parts))
