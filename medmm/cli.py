@@ -34,6 +34,10 @@ def _resolved_config(spec: Any, config_file: Path | None, overrides: tuple[str, 
     return resolved_config(spec, config_file, overrides)
 
 
+def _csv_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
 def _check_data(path: Path) -> Path:
     if not path.exists():
         raise MedmmError(f"--data path does not exist: {path}")
@@ -98,10 +102,10 @@ def make_cli() -> click.Group:
     @click.option("--config", "config_file", type=click.Path(path_type=Path), help="User YAML to merge.")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
     def config_cmd(task: str, config_file: Path | None, overrides: tuple[str, ...]) -> None:
-        """Print the fully resolved config of TASK as YAML."""
-        from medmm.config import dump_yaml
+        """Print the fully resolved config of TASK as YAML (recipe / auto values commented)."""
+        from medmm.recipes import annotated_yaml
 
-        click.echo(dump_yaml(_resolved_config(_task_spec(task), config_file, overrides)), nl=False)
+        click.echo(annotated_yaml(_resolved_config(_task_spec(task), config_file, overrides)), nl=False)
 
     @cli.command(cls=TaskGroupHelp)
     @click.argument("task")
@@ -136,13 +140,27 @@ def make_cli() -> click.Group:
     @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
                   help="Keep the pixel/token cache of --data here (default: the run's data.cache_dir if set, "
                        "else a temporary folder removed afterwards; never the run directory).")
-    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str, baseline: bool, cache_dir: Path | None) -> None:
-        """Predict with a trained RUN_DIR on new --data; writes one CSV row per unit."""
-        from medmm.runner import predict_run
+    @click.option("--dicom-sr", "dicom_sr", type=click.Path(path_type=Path),
+                  help="Also write one DICOM Structured Report per study into this folder (image-cls).")
+    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str, baseline: bool, cache_dir: Path | None,
+                dicom_sr: Path | None) -> None:
+        """Predict with a trained RUN_DIR (or a `medmm export` folder) on new --data; one CSV row per unit."""
+        from medmm.deploy.manifest import is_export_dir
 
         _check_data(data)
+        if is_export_dir(run_dir):  # an export: onnxruntime, no torch
+            from medmm.deploy.runtime import predict_export
+
+            predict_export(run_dir, data, out, dicom_sr=dicom_sr)
+            return
+        from medmm.runner import predict_run
+
         predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry(), baseline=baseline,
                     cache_dir=cache_dir)
+        if dicom_sr is not None:
+            from medmm.deploy.sr import echo_reports, reports_for_run
+
+            echo_reports(dicom_sr, *reports_for_run(run_dir, out, data, dicom_sr))
 
     @cli.command()
     @click.argument("task")
@@ -170,9 +188,11 @@ def make_cli() -> click.Group:
                   help="Share of the units the recalibration is fitted on (the rest checks it).")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
     @click.option("--no-card", is_flag=True, help="Do not append a Validation entry to the run's model card.")
+    @click.option("--membership-audit", is_flag=True,
+                  help="Also run the membership-inference audit: the run's own train vs test units (its training data).")
     def evaluate(run_dir: Path, data: Path, out: Path | None, subgroups: str | None, site: str | None,
                  date_column: str | None, recalibrate: str | None, calibration_fraction: float, checkpoint: str,
-                 no_card: bool) -> None:
+                 no_card: bool, membership_audit: bool) -> None:
         """Validate a trained RUN_DIR on new labelled --data: metrics, operating point, subgroups, shift."""
         from medmm.evaluation.external import evaluate_run
 
@@ -181,6 +201,10 @@ def make_cli() -> click.Group:
         evaluate_run(run_dir, data, registry=_registry(), out=out, subgroups=columns, site=site,
                      date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
                      checkpoint=checkpoint, card=not no_card)
+        if membership_audit:
+            from medmm.privacy.membership import audit_command
+
+            audit_command(run_dir, checkpoint=checkpoint, registry=_registry())
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
@@ -198,6 +222,80 @@ def make_cli() -> click.Group:
 
         _check_data(data)
         explain_run(run_dir, data, out, registry=_registry(), limit=limit, method=method, checkpoint=checkpoint)
+
+    @cli.command()
+    @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+    @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                  help="New or empty folder (DICOM input) or new CSV file (notes input).")
+    @click.option("--key-file", type=click.Path(path_type=Path),
+                  help="HMAC key (must exist unless --create-key; default ~/.config/medmm/deid.key).")
+    @click.option("--create-key", is_flag=True, help="Create --key-file (0600) if it does not exist.")
+    @click.option("--labels", type=click.Path(path_type=Path),
+                  help="Labels CSV to pseudonymise alongside (DICOM input).")
+    @click.option("--id-column", help="Patient id column of --labels or of the notes CSV.")
+    @click.option("--text-column", help="Notes CSV: the free-text column to scrub.")
+    @click.option("--name-columns", default="",
+                  help="Notes CSV: comma-separated name columns (used, then dropped).")
+    @click.option("--names-file", type=click.Path(path_type=Path), help="Names to remove, one per line.")
+    @click.option("--drop-columns", default="", help="Notes CSV: comma-separated columns not to copy.")
+    @click.option("--retain-dates/--no-retain-dates", default=None,
+                  help="Shift dates per patient (keyed) instead of removing them.")
+    @click.option("--retain-device-identity/--no-retain-device-identity", default=None,
+                  help="Keep device serial numbers and station names.")
+    @click.option("--clean-descriptors/--no-clean-descriptors", default=None,
+                  help="Keep descriptions and comments, scrubbed, instead of removing them.")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path),
+                  help="YAML with those three options.")
+    def deid(input_path: Path, out: Path, key_file: Path | None, create_key: bool, labels: Path | None,
+             id_column: str | None, text_column: str | None, name_columns: str, names_file: Path | None,
+             drop_columns: str, retain_dates: bool | None, retain_device_identity: bool | None,
+             clean_descriptors: bool | None, config_file: Path | None) -> None:
+        """De-identify a DICOM folder (PS3.15 Basic profile) or a notes CSV into --out, then verify it."""
+        from medmm.deid import deidentify
+
+        deidentify(input_path, out, key_file=key_file, create_key=create_key, config=config_file,
+                   retain_dates=retain_dates, retain_device_identity=retain_device_identity,
+                   clean_descriptors=clean_descriptors, labels=labels, id_column=id_column,
+                   text_column=text_column, name_columns=_csv_list(name_columns), names_file=names_file,
+                   drop_columns=_csv_list(drop_columns), echo=click.echo)
+
+    @cli.command("export")
+    @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+    @click.option("--out", "out", type=click.Path(path_type=Path), help="New or empty folder (default RUN_DIR/export).")
+    @click.option("--data", "data", type=click.Path(path_type=Path),
+                  help="Data to check parity on (default: a sample of the run's test split).")
+    @click.option("--quantize", is_flag=True, help="Also write a dynamic int8 model; reports its parity and speed.")
+    @click.option("--opset", type=int, default=18, show_default=True)
+    @click.option("--sample", type=int, default=256, show_default=True, help="Test units checked for parity.")
+    @click.option("--exporter", type=click.Choice(["auto", "dynamo", "torchscript"]), default="auto",
+                  show_default=True, help="torch.onnx exporter (auto: dynamo, else the TorchScript one).")
+    @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
+    def export_cmd(run_dir: Path, fmt: str, out: Path | None, data: Path | None, quantize: bool, opset: int,
+                   sample: int, exporter: str, checkpoint: str) -> None:
+        """Export a trained RUN_DIR for deployment (ONNX + preprocessing + manifest), parity-checked."""
+        from medmm.deploy.export import export_run
+
+        if data is not None:
+            _check_data(data)
+        export_run(run_dir, out, registry=_registry(), data=data, quantize=quantize, opset=opset, sample=sample,
+                   exporter=exporter, checkpoint=checkpoint)
+
+    @cli.command()
+    @click.argument("source", type=click.Path(path_type=Path))
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 = every one).")
+    @click.option("--port", type=int, default=8000, show_default=True)
+    @click.option("--max-body-mb", type=float, default=32.0, show_default=True, help="Larger requests get 413.")
+    @click.option("--max-rows", type=int, default=1000, show_default=True, help="Rows per JSON request.")
+    @click.option("--threads", type=int, default=0, help="onnxruntime threads (0 = its default).")
+    @click.option("--quantized", is_flag=True, help="Serve the export's int8 model.")
+    def serve(source: Path, host: str, port: int, max_body_mb: float, max_rows: int, threads: int,
+              quantized: bool) -> None:
+        """Serve an export folder (or a run, exported on the fly) over HTTP: /predict, /health, /model."""
+        from medmm.deploy.service import serve_source
+
+        serve_source(source, host=host, port=port, max_body=int(max_body_mb * 1024 * 1024), max_rows=max_rows,
+                     threads=threads, quantized=quantized, registry=_registry)
 
     _add_plugin_commands(cli)
     return cli
