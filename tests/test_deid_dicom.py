@@ -142,6 +142,7 @@ def _nested_pair() -> tuple[Dataset, Dataset]:
         ds.InstitutionName = "St Elsewhere Hospital"
         ds.StudyDescription = "CT chest for Jane Doe 2020-03-15"
         ds.DeviceSerialNumber = "SN-55512"
+        ds.EvaluatorName, ds.ExpiryDate = "House^Gregory", "20200316"  # not in Table E.1-1
         return ds
 
     first, second = base("1.2.3.4.5.1"), base("1.2.3.4.5.2")
@@ -185,7 +186,8 @@ def test_nested_sequences_private_tags_and_references() -> None:
     assert first.SOPInstanceUID == pseudo.uid("1.2.3.4.5.1")
     assert first.StudyInstanceUID == second.StudyInstanceUID
     text = repr(second) + repr(first)
-    for value in ("Doe", "Jane", "PAT-0042", "19400101", "ACC998877", "Elsewhere", "SN-55512", "20200315"):
+    for value in ("Doe", "Jane", "PAT-0042", "19400101", "ACC998877", "Elsewhere", "SN-55512", "20200315",
+                  "House", "20200316"):
         assert value not in text
     assert first.LongitudinalTemporalInformationModified == "REMOVED"
     assert not [e for e in first if e.tag.group == 0x6000]  # the whole overlay group, not just its data

@@ -61,7 +61,8 @@ _NOT_DESCRIPTOR = frozenset({"PatientName", "InstitutionName", "StationName", "P
                              "PatientBirthName", "OtherPatientNames", "ReferringPhysicianName",
                              "PerformingPhysicianName", "OperatorsName", "NameOfPhysiciansReadingStudy",
                              "RequestingPhysician", "PhysiciansOfRecord", "InstitutionalDepartmentName"})
-# Free text the table leaves to its sequence's D action (SR content items): replaced here.
+# Free text the table leaves to its sequence's D action (SR content items): replaced here, as are
+# person names and dates of attributes the table does not list (HIPAA: every name, every date).
 FREE_TEXT_KEYWORDS = frozenset({"TextValue", "UnformattedTextValue"})
 _TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR",
                        "UT"})
@@ -326,8 +327,8 @@ def _apply(ds: Any, ctx: _Ctx) -> None:
             continue
         action = ctx.profile.action(int(tag))
         kw, vr = elem.keyword, elem.VR
-        if action is None and kw in FREE_TEXT_KEYWORDS:
-            action = "D"
+        if action is None and (kw in FREE_TEXT_KEYWORDS or vr in ("PN", "DA", "DT")):
+            action = "D"  # free text, and any person name or date the table does not list
         if vr == "SQ":
             if action == "X":
                 del ds[tag]
