@@ -81,6 +81,8 @@ def test_fused_model_beats_each_single_modality(demo: Path, runs: dict[str, Path
     # each modality carries part of the label (about 0.8 alone); together about 0.93
     assert auroc["fused"] > max(auroc["text"], auroc["image"]) + 0.04, auroc
     assert min(auroc["text"], auroc["image"]) > 0.6, auroc
+    baseline = json.loads((runs["fused"] / "summary.json").read_text())["baseline"]  # the best single modality
+    assert "(best single modality on val)" in baseline["description"] and baseline["baseline"] > 0.6
 
 
 def test_masking_a_modality_degrades_gracefully(runs: dict[str, Path]) -> None:

