@@ -30,6 +30,7 @@ def close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 
     return all(torch.allclose(a[k], b[k], atol=atol, rtol=1e-4) for k in a)
 
 
+@pytest.mark.slow
 def test_seeded_runs_are_identical_and_seed_matters(tmp_path: Path) -> None:
     a = train(tmp_path / "a", checkpoint_every_steps=1000)
     b = train(tmp_path / "b", checkpoint_every_steps=1000)
@@ -39,6 +40,7 @@ def test_seeded_runs_are_identical_and_seed_matters(tmp_path: Path) -> None:
     assert len(lines) == 6  # train + val record per epoch, 3 epochs
 
 
+@pytest.mark.slow
 def test_grad_accumulation_matches_large_batch(tmp_path: Path) -> None:
     big = train(tmp_path / "big", dropout=0.0, batch_size=16, grad_accum=1, checkpoint_every_steps=1000)
     acc = train(tmp_path / "acc", dropout=0.0, batch_size=8, grad_accum=2, checkpoint_every_steps=1000)
@@ -53,6 +55,7 @@ def _run_toy(run: Path, *args: str) -> subprocess.Popen[bytes]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill_is_bitwise_exact(tmp_path: Path) -> None:
     opts = ("epochs=3", "checkpoint_every_steps=4")
     ref = _run_toy(tmp_path / "ref", *opts)
@@ -85,6 +88,7 @@ def test_resume_after_sigkill_is_bitwise_exact(tmp_path: Path) -> None:
     assert strip(ref_metrics) == strip(got_metrics)
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     one = _run_toy(tmp_path / "one", "dropout=0", "batch_size=16", "checkpoint_every_steps=1000", "epochs=2")
     assert one.wait(timeout=300) == 0, one.stderr.read().decode()
@@ -99,6 +103,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     assert (tmp_path / "two" / "metrics.jsonl").read_text() and not (tmp_path / "two" / "rank1").exists()
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_names_the_step(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="step 5"):
         train(tmp_path / "r", nan_at_step=5, checkpoint_every_steps=2)
@@ -108,12 +113,14 @@ def test_nan_loss_stops_and_names_the_step(tmp_path: Path) -> None:
     assert all(torch.isfinite(w).all() for w in weights.values())
 
 
+@pytest.mark.slow
 def test_nan_loss_skip_policy_skips_the_step(tmp_path: Path) -> None:
     weights = train(tmp_path / "r", nan_at_step=5, nan_policy="skip", checkpoint_every_steps=1000)
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert read_state(tmp_path / "r" / "checkpoints" / "last")["state"]["skipped_steps"] == 1
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_refused(tmp_path: Path) -> None:
     train(tmp_path / "r", epochs=1, checkpoint_every_steps=1000)
     for kind in ("last", "best"):  # with only `last` damaged, resume falls back to `best` (test_reliability)
@@ -143,3 +150,25 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path: Path, monkeypatch: pyte
         save_checkpoint(tmp_path / "last", model, {"state": {"global_step": 2}})
     assert read_state(tmp_path / "last")["state"]["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last"]  # no temp litter
+
+
+@pytest.mark.slow
+def test_callbacks_see_train_end_once_after_the_last_checkpoint(tmp_path: Path) -> None:
+    from medmm.engine import Trainer
+    from tests.toy_task import ToyTask, make_cfg
+
+    events: list[tuple[str, object]] = []
+
+    class Recorder:
+        def on_evaluate(self, trainer: object, record: dict) -> None:
+            events.append(("evaluate", record["split"]))
+
+        def on_train_end(self, trainer: object, result: object) -> None:
+            last = tmp_path / "checkpoints" / "last"
+            events.append(("train_end", (result.state.finished, result.state.global_step, last.is_dir())))
+
+    cfg = make_cfg(epochs=1, max_steps=3, checkpoint_every_steps=1000)
+    task = ToyTask(cfg, tmp_path)
+    Trainer(task, cfg, tmp_path, quiet=True, callbacks=[Recorder()]).fit(task.build_model(), task.build_data(tmp_path))
+    assert events[-1] == ("train_end", (True, 3, True)) and [e for e, _ in events].count("train_end") == 1
+    assert ("evaluate", "val") in events

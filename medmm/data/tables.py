@@ -1,6 +1,20 @@
-"""Read a table file (CSV, TSV, JSON Lines, Parquet) into a pandas DataFrame.
+"""Read a table file (CSV, TSV, JSON Lines, Parquet, or a format a plugin adds) into a pandas DataFrame.
 
 The one table reader of medmm: text, tabular and fusion tasks all load their input here.
+
+Plugins add formats with the ``register_readers`` hook: a :class:`medmm.registry.Component`
+whose ``factory`` reads a path into a DataFrame and whose ``extra`` says which inputs it takes,
+by ``"suffixes"`` (e.g. ``[".psv"]``; matched case-insensitively with or without a compression
+suffix such as ``.gz``) and/or by a ``"predicate"`` (a callable or ``"module:attr"`` taking the
+path, for inputs without a telling suffix)::
+
+    register(Component("psv", "my_plugin.readers:read_psv", "tabular", "pipe-separated values",
+                       {"suffixes": [".psv"]}))
+
+The factory is called as ``factory(path, string_columns=[...], decimal=".")`` with only the
+keyword arguments its signature accepts. A plugin suffix wins over a built-in one (a plugin may
+take over ``.txt``); a predicate is asked only when no suffix matched. What a plugin reader
+returns goes through the same checks and number parsing as the built-in formats.
 """
 
 from __future__ import annotations
@@ -13,11 +27,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medmm.errors import ConfigError, DataError
+from medmm.registry import Component, resolve_object
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["DECIMALS", "TABLE_SUFFIXES", "is_missing", "parse_number_columns", "read_table", "table_format"]
+__all__ = ["DECIMALS", "TABLE_SUFFIXES", "is_missing", "known_formats", "parse_number_columns", "plugin_readers",
+           "read_table", "table_format"]
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +63,68 @@ def is_missing(value: Any) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def table_format(path: str | Path) -> str:
-    """The format name (``csv``, ``tsv``, ``jsonl``, ``parquet``) from the file suffix.
+def plugin_readers() -> list[Component]:
+    """The table readers plugins registered (``register_readers`` components with ``suffixes`` or a
+    ``predicate``; readers of other inputs, such as DICOM folders, are not table readers)."""
+    from medmm.plugins import get_registry
 
-    A compression suffix (``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``) is looked through.
+    return [c for _, c in get_registry().items("reader") if c.extra.get("suffixes") or c.extra.get("predicate")]
+
+
+def _plugin_reader(path: Path) -> Component | None:
+    """The plugin reader that takes ``path``: by suffix first, then (existing paths only) by predicate."""
+    readers = plugin_readers()
+    if not readers:
+        return None
+    name = path.name.lower()
+    stem = name.rsplit(".", 1)[0] if Path(name).suffix in _COMPRESSION else name
+    for comp in readers:
+        if any(name.endswith(s.lower()) or stem.endswith(s.lower()) for s in comp.extra.get("suffixes", ())):
+            return comp
+    if path.exists():
+        for comp in readers:
+            predicate = comp.extra.get("predicate")
+            if predicate is None:
+                continue
+            try:
+                if resolve_object(predicate)(path):
+                    return comp
+            except Exception as exc:  # a broken plugin: one line naming it
+                raise DataError(f"reader {comp.name!r} failed to check {path.name!r}: {type(exc).__name__}: {exc}") from None
+    return None
+
+
+def known_formats() -> str:
+    """The table formats this process reads, in words (built-in suffixes, then plugin readers)."""
+    known = sorted(TABLE_SUFFIXES)
+    for comp in plugin_readers():
+        known += [f"{s} ({comp.name})" for s in comp.extra.get("suffixes", ())]
+        if comp.extra.get("predicate"):
+            known.append(f"what reader {comp.name!r} recognises")
+    return ", ".join(known)
+
+
+def table_format(path: str | Path) -> str:
+    """The format name (``csv``, ``tsv``, ``jsonl``, ``parquet``, or a plugin reader's name) of ``path``.
+
+    A compression suffix (``.gz``, ``.bz2``, ``.zip``, ``.xz``, ``.zst``) is looked through. An unknown
+    format is a one-line :class:`DataError` listing the known ones, plugin readers included.
     """
+    return _resolve(Path(path))[0]
+
+
+def _resolve(path: Path) -> tuple[str, Component | None]:
+    """``(format name, plugin reader or None)`` of ``path``."""
+    plugin = _plugin_reader(path)
+    if plugin is not None:
+        return plugin.name, plugin
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
     fmt = TABLE_SUFFIXES.get(suffixes[-1]) if suffixes else None
     if fmt is None:
-        known = ", ".join(sorted(TABLE_SUFFIXES))
-        raise DataError(f"cannot read {Path(path).name!r}: unknown table format (expected one of {known})")
-    return fmt
+        raise DataError(f"cannot read {path.name!r}: unknown table format (expected one of {known_formats()})")
+    return fmt, None
 
 
 def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal: str = ".") -> pd.DataFrame:
@@ -81,12 +146,14 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     if decimal not in DECIMALS:
         raise ConfigError(f"data.decimal must be one of {list(DECIMALS)}, got {decimal!r}")
     path = Path(path)
-    fmt = table_format(path)
-    if not path.is_file():
+    fmt, plugin = _resolve(path)
+    if not path.exists() or not (plugin or path.is_file()):  # a plugin may read a folder (one file per patient)
         raise DataError(f"table not found (no such file): {path}" if not path.exists() else f"not a file: {path}")
     dtype = {c: str for c in string_columns} or None
     try:
-        if fmt in ("csv", "tsv"):
+        if plugin is not None:
+            df = _read_with_plugin(path, plugin, list(string_columns), decimal)
+        elif fmt in ("csv", "tsv"):
             sep = _csv_separator(path) if fmt == "csv" else "\t"
             df = pd.read_csv(path, sep=sep, dtype=dtype, encoding="utf-8-sig", low_memory=False, decimal=decimal)
         elif fmt == "jsonl":
@@ -96,7 +163,10 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
                         "re-save the file as UTF-8") from None
-    except ImportError as exc:  # no parquet engine
+    except ImportError as exc:  # no parquet engine (or a package a plugin reader needs)
+        if plugin is not None:
+            raise DataError(f"cannot read {path}: reader {fmt!r} ({plugin.summary or 'a plugin reader'}) needs "
+                            f"a package that is not installed: {exc}") from None
         raise DataError(f"cannot read {path}: reading Parquet needs pyarrow (pip install 'medmm[parquet]'): {exc}") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"cannot read {path}: the file is empty") from None
@@ -112,6 +182,35 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     except OSError:
         source = None
     return parse_number_columns(df, decimal=decimal, skip=string_columns, source=source)
+
+
+def _read_with_plugin(path: Path, reader: Component, string_columns: list[str], decimal: str) -> pd.DataFrame:
+    """Call a plugin reader; its failures and anything but a DataFrame are one-line :class:`DataError` s."""
+    import inspect
+
+    import pandas as pd
+
+    from medmm.errors import MedmmError
+
+    fn = reader.load()
+    options = {"string_columns": string_columns, "decimal": decimal}
+    try:
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            options = {k: v for k, v in options.items() if k in params}
+    except (TypeError, ValueError):  # no signature (a builtin): the path alone
+        options = {}
+    try:
+        df = fn(path, **options)
+    except (MedmmError, UnicodeDecodeError, ImportError, pd.errors.EmptyDataError):
+        raise  # worded by the reader, or by read_table
+    except Exception as exc:  # the first line only: parsers name lines and sizes, not cell contents
+        msg = str(exc).splitlines()[0][:300] if str(exc) else ""
+        raise DataError(f"cannot read {path} with reader {reader.name!r}: {type(exc).__name__}"
+                        f"{': ' + msg if msg else ''}") from None
+    if not isinstance(df, pd.DataFrame):
+        raise DataError(f"reader {reader.name!r} returned a {type(df).__name__} for {path}, not a pandas DataFrame")
+    return df
 
 
 def _csv_separator(path: Path) -> str:
@@ -177,6 +276,8 @@ _WARNED: dict[tuple[Any, ...], None] = {}
 
 def _warned(source: tuple[Any, ...] | None, column: str, decimal: str) -> bool:
     """True when this file's column was already warned about (then nothing is logged again)."""
+    if not log.isEnabledFor(logging.WARNING):
+        return True  # silenced (e.g. the data fingerprint's read): say nothing, remember nothing
     if source is None:
         return False
     key = (*source, column, decimal)

@@ -24,7 +24,7 @@ class Callback(Protocol):
     def on_epoch_end(self, trainer: Any, epoch: int) -> None: ...
     def on_evaluate(self, trainer: Any, record: dict[str, Any]) -> None: ...
     def on_checkpoint(self, trainer: Any, path: Path, kind: str) -> None: ...
-    def on_train_end(self, trainer: Any, result: Any) -> None: ...
+    def on_train_end(self, trainer: Any, result: Any) -> None: ...  # after fit, with its FitResult
 
 
 def call(callbacks: list[Any], event: str, *args: Any) -> None:
@@ -62,13 +62,23 @@ class MetricsLogger:
         self._rewrite_csv(read_jsonl(self.jsonl))
 
     def _rewrite_csv(self, rows: list[dict[str, Any]]) -> None:
-        keys: list[str] = []
-        for r in rows:
-            keys += [k for k in r if k not in keys]
-        with self.csv.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
+        write_metrics_csv(self.csv, rows)
+
+
+def write_metrics_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """``metrics.csv``: the records of ``metrics.jsonl`` as one table (columns in first-seen order), atomically."""
+    import io
+
+    from medmm.io import write_text_atomic
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buf.getvalue())
 
 
 class TensorBoardLogger:

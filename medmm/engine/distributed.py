@@ -6,7 +6,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
 
@@ -47,15 +46,6 @@ def local_rank_from_env() -> int | None:
     """LOCAL_RANK set by torchrun, if any."""
     value = os.environ.get("LOCAL_RANK")
     return int(value) if value is not None else None
-
-
-def all_sum(value: float | int, info: DistInfo, device: torch.device) -> float:
-    """Sum a number over all ranks."""
-    if not info.enabled:
-        return value
-    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t.item())
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:

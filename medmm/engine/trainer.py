@@ -382,6 +382,7 @@ class Trainer:
             self._save("best", model, opt, sched, scaler)
         barrier(self.dist)
         result = FitResult(self.state, self.history, monitor, mode)
+        cb.call(self.callbacks, "on_train_end", self, result)  # loggers flush and close (TensorBoard)
         return result
 
     def _loop(self, model: torch.nn.Module, raw: torch.nn.Module, data: DataBundle, opt: Any, sched: Any,

@@ -1,7 +1,26 @@
-"""Example medmm plugin: registration only (cheap); the models live in ``models.py``."""
+"""Example medmm plugin: registration only (cheap); the task and models live in their own modules."""
+
+from pathlib import Path
 
 from medmm import hookimpl
+from medmm.config import Range
 from medmm.registry import Component
+from medmm.task import TaskSpec
+
+
+@hookimpl
+def register_tasks(register):
+    register(TaskSpec(
+        name="discrete-survival",
+        modality="tabular",
+        summary="risk of an event by a horizon from a patient table (discrete-time logistic-hazard survival)",
+        config=Path(__file__).with_name("discrete-survival.yaml"),
+        impl="medmm_example_plugin.discrete_survival:DiscreteSurvivalTask",
+        demo="medmm_example_plugin.demo:build",
+        ranges={"data.bins": Range(2), "data.horizon": Range(0, lo_open=True),
+                "data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
+                "model.hidden": Range(1), "model.blocks": Range(0), "model.dropout": Range(0, 1, hi_open=True)},
+    ))
 
 
 @hookimpl
