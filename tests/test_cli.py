@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.conftest import run_cli
@@ -49,6 +50,7 @@ def _error(*args: str) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_clear_line(tmp_path: Path) -> None:
     assert "Did you mean 'text-cls'" in _error("run", "text-clz", "--data", str(tmp_path))
     assert "--data path does not exist" in _error("run", "text-cls", "--data", str(tmp_path / "nope.csv"))

@@ -37,7 +37,8 @@ def _minmax(x: np.ndarray) -> np.ndarray:
     return (x - x.min()) / (x.max() - x.min())
 
 
-@pytest.mark.parametrize("root", ROOTS, ids=("pydicom", "pydicom-data")[: len(ROOTS)])
+@pytest.mark.parametrize("root", [pytest.param(r, marks=pytest.mark.slow if i else ()) for i, r in enumerate(ROOTS)],
+                         ids=("pydicom", "pydicom-data")[: len(ROOTS)])  # pydicom-data: big files, slow
 def test_every_bundled_image_loads_or_fails_with_a_reason(root: Path) -> None:
     records, _ = scan_folder(root)
     cfg = PixelConfig(size=32, channels=3)

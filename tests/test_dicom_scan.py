@@ -122,6 +122,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_demo(tmp_path_factory.mktemp("demo") / "dicom")
 
 
+@pytest.mark.slow
 def test_demo_folder_has_real_classes_and_exercises_skips(demo: Path) -> None:
     records, skipped = scan_folder(demo)
     labels = labels_from_folders(records)

@@ -23,6 +23,7 @@ def test_auto_device_and_precision_pick_the_gpu() -> None:
     assert resolve_precision("auto", device) in {"bf16", "fp16"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_training_on_cuda_learns_in_every_precision(tmp_path: Path, precision: str) -> None:
     weights = train(tmp_path / precision, device="cuda", precision=precision, checkpoint_every_steps=1000)
@@ -38,6 +39,7 @@ def test_training_on_cuda_learns_in_every_precision(tmp_path: Path, precision: s
         assert "scaler" in load_trainer_state(tmp_path / precision / "checkpoints" / "last")
 
 
+@pytest.mark.slow
 def test_resume_on_cuda_continues_to_the_same_weights(tmp_path: Path) -> None:
     from medmm.engine import TrainingError
 

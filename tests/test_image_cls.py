@@ -12,6 +12,8 @@ import pytest
 from medmm.data.dicom_demo import build_demo
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every test runs `medmm run` (most train)
+
 FAST = ["--set", "model.backbone=resnet18", "--set", "model.pretrained=none", "--set", "data.size=64",
         "--set", "engine.epochs=2", "--set", "engine.bootstrap=50", "--quiet"]
 

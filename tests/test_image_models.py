@@ -176,6 +176,7 @@ def test_medmm_checkpoint_folder_as_init(tmp_path: Path) -> None:
         torch.testing.assert_close(v, w, msg=k)
 
 
+@pytest.mark.slow
 def test_broken_checkpoints_raise_checkpoint_error(tmp_path: Path) -> None:
     state = _resnet18_rgb_state()
     good = tmp_path / "good.safetensors"

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.slow  # every test trains through `medmm run`
+
 QUICK = ["--set", "engine.bootstrap=100", "--quiet"]
 
 

@@ -103,6 +103,7 @@ def chunked_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) 
     return run, df
 
 
+@pytest.mark.slow
 def test_run_outputs_and_chunk_pooling(chunked_run: tuple[Path, pd.DataFrame]) -> None:
     run, df = chunked_run
     for name in ("config.yaml", "metrics.jsonl", "predictions.csv", "report.html", "model_card.md",
@@ -132,6 +133,7 @@ def test_run_outputs_and_chunk_pooling(chunked_run: tuple[Path, pd.DataFrame]) -
     assert card["problem"] == "multiclass" and card["label_names"] == ["effusion", "normal", "pneumonia"]
 
 
+@pytest.mark.slow
 def test_predict_from_the_run_directory_alone(chunked_run: tuple[Path, pd.DataFrame], tiny_tokenizer: Path,
                                               tmp_path: Path) -> None:
     run, df = chunked_run
@@ -175,6 +177,7 @@ def _binary_reports(path: Path, n: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_textcnn_baseline_learns(tmp_path: Path) -> None:
     data = _binary_reports(tmp_path / "reports.csv", 400)
     run = tmp_path / "cnn"
@@ -190,6 +193,7 @@ def test_textcnn_baseline_learns(tmp_path: Path) -> None:
     assert len(pd.read_csv(tmp_path / "p.csv")) == 400
 
 
+@pytest.mark.slow
 def test_multilabel_with_a_delimited_label_column(tmp_path: Path) -> None:
     rng = random.Random(1)
     names = ["cardiomegaly", "effusion", "pneumonia"]
@@ -226,6 +230,7 @@ def _task(tmp_path: Path, df: pd.DataFrame, tokenizer: Path, **data: object):
     return task, task.build_data(tmp_path / "d.csv")
 
 
+@pytest.mark.slow
 def test_user_split_lengths_and_lr_groups(tmp_path: Path, tiny_tokenizer: Path) -> None:
     from medmm.engine.schedule import build_optimizer
 

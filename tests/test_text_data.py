@@ -281,6 +281,7 @@ needs_txv = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is No
                                reason="pip install --no-deps torchxrayvision==1.5.7")
 
 
+@pytest.mark.slow
 @needs_txv
 def test_reports_demo_counts(tmp_path: Path) -> None:
     from medmm.data.reports_demo import build_reports_csv
