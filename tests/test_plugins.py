@@ -178,6 +178,17 @@ def read_broken(path: Path) -> Any:
     raise KeyError("no column 'x'")
 
 
+def read_psv_folder(path: Path) -> Any:
+    """One ``.psv`` per patient (the PhysioNet sepsis challenge layout) -> one table with a patient column."""
+    import pandas as pd
+
+    return pd.concat([read_psv(p).assign(patient=p.stem) for p in sorted(path.glob("*.psv"))], ignore_index=True)
+
+
+def is_psv_folder(path: Path) -> bool:
+    return path.is_dir() and any(path.glob("*.psv"))
+
+
 def is_pipe_export(path: Path) -> bool:
     """Predicate: a suffix-less export whose first line is the magic ``#pipe-export``."""
     return path.is_file() and path.read_bytes()[:12] == b"#pipe-export"
@@ -192,6 +203,8 @@ class ReaderPlugin:
         register(Component("psv", f"{__name__}:read_psv", "tabular", "pipe-separated values", {"suffixes": [".psv"]}))
         register(Component("pipe-export", f"{__name__}:read_sniffed", "tabular", "sniffed pipe export",
                            {"predicate": f"{__name__}:is_pipe_export"}))
+        register(Component("psv-folder", f"{__name__}:read_psv_folder", "tabular", "a folder of .psv files",
+                           {"predicate": f"{__name__}:is_psv_folder"}))
         register(Component("broken", f"{__name__}:read_broken", "tabular", "a buggy reader", {"suffixes": [".bad"]}))
 
 
@@ -232,6 +245,12 @@ def test_plugin_predicate_reads_a_file_without_a_telling_suffix(psv_plugin: Any,
     export = tmp_path / "export-2026-11"
     export.write_text("#pipe-export v1\n" + _psv_frame())
     assert read_table(export).shape == (6, 4)
+    folder = tmp_path / "patients"
+    folder.mkdir()
+    for name in ("p1", "p2"):
+        (folder / f"{name}.psv").write_text(_psv_frame().replace('"', ""))
+    df = read_table(folder)
+    assert df.shape == (12, 5) and df["patient"].tolist().count("p2") == 6
 
 
 def test_unknown_format_lists_builtin_and_plugin_readers(psv_plugin: Any, tmp_path: Path) -> None:
