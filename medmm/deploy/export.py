@@ -96,10 +96,10 @@ def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[di
     from medmm.runner import _run_info, choices, task_defaults
 
     info = _run_info(run_dir)
-    spec = registry.get("task", info["task"])
     if info["task"] not in GRAPHS:
         raise MedmmError(f"medmm export: task {info['task']!r} has no ONNX export yet (supported: "
                          f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
+    spec = registry.get("task", info["task"])
     cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
     cfg["engine"]["device"], cfg["engine"]["precision"] = "cpu", "fp32"
     task = spec.load()(cfg, run_dir)
@@ -159,21 +159,36 @@ def parity_sample(run_dir: Path, cfg: dict[str, Any], spec: GraphSpec, data: Pat
         return root
     import pandas as pd
 
-    from medmm.data.tables import read_table
-
-    if data.suffix.lower() in (".csv", ".tsv", ".txt"):
-        sep = "\t" if data.suffix.lower() == ".tsv" else ","
-        df = pd.read_csv(data, dtype=str, keep_default_na=False, sep=sep)  # cells exactly as written
-    else:
-        df = read_table(data)
+    suffix = data.suffix.lower()
+    if suffix in (".csv", ".tsv"):  # cells exactly as written, same separator: the readers see the same text
+        sep = "\t" if suffix == ".tsv" else _csv_separator(data)
+        df = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    elif suffix == ".parquet":
+        df = pd.read_parquet(data)
+    elif suffix == ".jsonl":
+        df = pd.read_json(data, lines=True, dtype=False)
+    else:  # other formats (compressed, reader plugins): the whole file
+        return data
     id_col = cfg["data"].get("id_column")
     keys = df[id_col].astype(str) if id_col and id_col in df.columns else pd.Series([str(i) for i in range(len(df))])
     wanted = set(ids)
     rows = df[keys.isin(wanted).to_numpy()] if wanted else df
     rows = (rows if len(rows) else df).head(n)
-    out = tmp / "sample.csv"
-    rows.to_csv(out, index=False)
+    out = tmp / f"sample{suffix}"
+    if suffix == ".parquet":
+        rows.to_parquet(out, index=False)
+    elif suffix == ".jsonl":
+        rows.to_json(out, orient="records", lines=True, force_ascii=False)
+    else:
+        rows.to_csv(out, index=False, sep=sep)
     return out
+
+
+def _csv_separator(path: Path) -> str:
+    """``;`` when the header line holds ``;`` but no ``,`` (as :func:`medmm.data.tables.read_table` decides)."""
+    with path.open(encoding="utf-8-sig", errors="replace") as f:
+        header = f.readline()
+    return ";" if ";" in header and "," not in header else ","
 
 
 # --------------------------------------------------------------------------- export
@@ -307,6 +322,12 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
                quantize: bool = False, opset: int = 18, sample: int = 256, exporter: str = "auto",
                checkpoint: str = "best", quiet: bool = False) -> Path:
     """Export a run to ``out`` (new or empty folder); returns it. Fails, writing nothing, on a parity miss."""
+    from medmm.runner import _run_info
+
+    task_name = _run_info(Path(run_dir))["task"]
+    if task_name not in GRAPHS:  # before any heavy import
+        raise MedmmError(f"medmm export: task {task_name!r} has no ONNX export yet (supported: "
+                         f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
     require("onnx", "export", "medmm export")
     ort = require("onnxruntime", "export", "medmm export")
     import onnx
@@ -372,7 +393,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
                          "onnxruntime": ort.__version__},
             "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in rt.session.get_inputs()],
             "output": {"name": "scores", "meaning": _meaning(task.problem, task.label_names)},
-            "threshold": 0.5 if task.problem in ("binary", "multilabel") else None,
+            "threshold": _threshold(run_dir, task.problem, task.label_names),
             "preprocessing": _preprocessing(info["task"], cfg),
             "parity": parity,
         }
@@ -416,6 +437,20 @@ def _runtime_examples(stage: Path, manifest: dict[str, Any], data: Path) -> Any:
     else:
         inputs = ImageInputs(stage, cfg, batch)
     return inputs.examples(inputs.read(Path(data)))
+
+
+def _threshold(run_dir: Path, problem: str, labels: list[str] | None) -> float | None:
+    """The positive class's cut-off: the run's stored operating point if any, else 0.5."""
+    if problem not in ("binary", "multilabel"):
+        return None
+    try:
+        from medmm.evaluation.threshold import load_operating_point
+    except ImportError:
+        return 0.5
+    op = load_operating_point(run_dir)
+    if problem == "binary" and op and labels and str(labels[1]) in op.get("thresholds", {}):
+        return float(op["thresholds"][str(labels[1])])
+    return 0.5
 
 
 def _meaning(problem: str, labels: list[str] | None) -> str:

@@ -407,7 +407,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     if pred.skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key="path")
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
-    if pred.targets is not None and len(pred.units):
+    if pred.targets is not None and len(pred.units) and _has("sklearn"):  # metrics need scikit-learn
         from medmm.metrics import compute_metrics
 
         t = pred.targets
@@ -432,3 +432,9 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
 
         echo_reports(dicom_sr, written, bad)
     return pred
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

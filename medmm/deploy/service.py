@@ -153,7 +153,8 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
 
     if model.inputs.accepts == "rows":
         required = _required_columns(model)
-        keep = [*required, *([model.cfg["data"]["id_column"]] if model.cfg["data"].get("id_column") else [])]
+        id_col = model.cfg["data"].get("id_column")
+        keep = [*required, *([id_col] if id_col else [])]
         text = model.task == "text-cls"
 
         class Rows(BaseModel):
@@ -173,6 +174,13 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
                         raise HTTPException(422, f"rows[{i}]: column(s) {wrong} must hold text (a string)")
             # only the model's inputs and the id go further: labels or other fields are never parsed
             rows = [{k: row[k] for k in keep if k in row} for row in body.rows]
+            if id_col:  # rows are keyed by the id column, or by their position when no row has one
+                have = [id_col in row and row[id_col] is not None for row in rows]
+                if any(have) and not all(have):
+                    raise HTTPException(422, f"rows[{have.index(False)}] lacks the id column {id_col!r} "
+                                             "that other rows have")
+                if not any(have):
+                    rows = [{**row, id_col: str(i)} for i, row in enumerate(rows)]
             pred = model.predict_rows(rows)
             return {"model": model.model_name, "predictions": _rows_out(model, pred),
                     "skipped": [{"id": i, "reason": r} for i, r in pred.skipped]}

@@ -1,0 +1,383 @@
+"""medmm export / predict EXPORT_DIR / serve / --dicom-sr on tiny runs of every exportable task.
+
+Parity is checked against the torch path on the same files; the torch-free claim is checked in a
+subprocess whose imports of torch / transformers / timm raise ImportError; the service is started
+as ``medmm serve`` on a free 127.0.0.1 port and spoken to over real HTTP.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medmm.errors import MedmmError
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+QUIET = ["--quiet", "--set", "engine.device=cpu", "--set", "engine.bootstrap=0"]
+
+# A child process in which torch, transformers, timm and torchvision cannot be imported; it runs
+# the medmm CLI and fails if any of them ended up in sys.modules anyway.
+NO_TORCH = """
+import sys
+class _Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "transformers", "timm", "torchvision"}:
+            raise ImportError(name + " is hidden in this test")
+        return None
+sys.meta_path.insert(0, _Hide())
+from medmm.cli import main
+code = 0
+for argv in [a.split("\\x1f") for a in sys.argv[1:]]:
+    code = code or main(argv)
+leaked = sorted(m for m in sys.modules if m.split(".")[0] in {"torch", "transformers", "timm", "torchvision"})
+assert not leaked, leaked
+sys.exit(code)
+"""
+
+
+def medmm(*args: str) -> None:
+    """Run the CLI in this process (the heavy imports are shared between tests)."""
+    from medmm.cli import main
+
+    assert main([str(a) for a in args]) == 0, args
+
+
+def no_torch(*commands: list[str], timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    argv = ["\x1f".join(str(a) for a in cmd) for cmd in commands]
+    return subprocess.run([sys.executable, "-c", NO_TORCH, *argv], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, check=False)
+
+
+def read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={"id": str})
+
+
+def assert_same_predictions(torch_csv: Path, onnx_csv: Path) -> None:
+    a, b = read_csv(torch_csv), read_csv(onnx_csv)
+    assert list(a.columns) == list(b.columns)
+    assert a["id"].tolist() == b["id"].tolist()
+    num = [c for c in a.columns if c.startswith("prob_") or c in ("prediction", "risk")]
+    assert num and np.abs(a[num].to_numpy(float) - b[num].to_numpy(float)).max() <= 2e-6
+    # operating-point decisions may flip only for a score within float error of its threshold (the
+    # thresholds are observed validation scores, so ties happen on the validation rows themselves)
+    decision = [c for c in a.columns if c.startswith("decision")]
+    rest = [c for c in a.columns if c not in num and c not in decision]
+    assert a[rest].astype(str).equals(b[rest].astype(str))
+    if decision:
+        assert (a[decision].astype(str) == b[decision].astype(str)).to_numpy().mean() >= 0.97
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def tabular(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from sklearn.datasets import load_breast_cancer
+
+    root = tmp_path_factory.mktemp("tab")
+    df = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 2, 7, 20, 27, 30]]
+    df.columns = [c.replace(" ", "_") for c in df.columns]
+    df["target"] = df["target"].map({0: "malignant", 1: "benign"})
+    df.insert(0, "pid", [f"p{i:03d}" for i in range(len(df))])
+    data = root / "bc.csv"
+    df.to_csv(data, index=False)
+    run, export = root / "run", root / "export"
+    medmm("run", "tabular-risk", "--data", data, "--out", run, "--set", "data.target=target",
+          "--set", "data.id_column=pid", "--set", "engine.epochs=2", *QUIET)
+    medmm("export", run, "--out", export, "--quantize")
+    return data, run, export
+
+
+@pytest.fixture(scope="module")
+def text(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from medmm.models.text import build_tiny_tokenizer
+    from tests.test_text_cls import WORDS, synthetic_notes
+
+    root = tmp_path_factory.mktemp("txt")
+    build_tiny_tokenizer(root / "tok", WORDS)
+    data = root / "notes.csv"
+    synthetic_notes(90, ["normal", "effusion", "pneumonia"]).to_csv(data, index=False)
+    run, export = root / "run", root / "export"
+    medmm("run", "text-cls", "--data", data, "--out", run, "--set", "model.backbone=bert-tiny",
+          "--set", f"model.name_or_path={root / 'tok'}", "--set", "data.id_column=note_id",
+          "--set", "data.long_text=chunk", "--set", "data.max_length=24", "--set", "data.stride=4",
+          "--set", "engine.epochs=1", *QUIET)
+    medmm("export", run, "--out", export, "--exporter", "torchscript")  # dynamo: the tabular fixture (time budget)
+    return data, run, export
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    from medmm.data.dicom_demo import build_demo
+
+    root = tmp_path_factory.mktemp("img")
+    data = build_demo(root / "dicom")
+    run, export = root / "run", root / "export"
+    medmm("run", "image-cls", "--data", data, "--out", run, "--set", "model.backbone=resnet18",
+          "--set", "model.pretrained=none", "--set", "data.size=32", "--set", "engine.epochs=1", *QUIET)
+    medmm("export", run, "--out", export, "--exporter", "torchscript")
+    return data, run, export
+
+
+# --------------------------------------------------------------------------- unit tests
+
+
+def test_runtime_pooling_averages_windows_per_unit_in_first_seen_order() -> None:
+    from medmm.deploy.runtime import pool_by_unit
+
+    scores = np.array([[0.2, 0.8], [0.6, 0.4], [0.4, 0.6], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    units, pooled, targets = pool_by_unit(["b", "a", "b", "c", "a"], scores, np.array([1, 0, 1, 2, 0]))
+    assert units == ["b", "a", "c"] and targets.tolist() == [1, 0, 2]
+    assert np.allclose(pooled, [[0.3, 0.7], [0.3, 0.7], [1.0, 0.0]])
+    same = pool_by_unit(["x", "y"], scores[:2], None)  # one example per unit: passed through
+    assert same[0] == ["x", "y"] and same[1] is not None and same[2] is None
+
+
+def test_manifest_refuses_a_file_changed_after_export(tmp_path: Path) -> None:
+    from medmm.deploy.manifest import FORMAT, MANIFEST, file_hashes, is_export_dir, read_manifest
+
+    (tmp_path / "model.onnx").write_bytes(b"graph")
+    (tmp_path / MANIFEST).write_text(json.dumps({"format": FORMAT, "version": 1, "files": file_hashes(tmp_path)}))
+    assert is_export_dir(tmp_path) and read_manifest(tmp_path)["files"]
+    (tmp_path / "model.onnx").write_bytes(b"other graph")
+    with pytest.raises(MedmmError, match="does not match its hash"):
+        read_manifest(tmp_path)
+    assert not is_export_dir(tmp_path / "nothing")
+
+
+def test_fusion_export_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+    from medmm.deploy.export import export_run
+
+    (tmp_path / "run.json").write_text(json.dumps({"task": "fusion", "data": "x.csv"}))
+    with pytest.raises(MedmmError, match="'fusion' has no ONNX export yet"):
+        export_run(tmp_path, tmp_path / "out", registry=None)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from medmm.deploy import manifest
+
+    def fail(name: str) -> None:
+        raise ImportError(name)
+
+    monkeypatch.setattr(importlib, "import_module", fail)
+    with pytest.raises(MedmmError, match=r"medmm serve needs fastapi: pip install 'medmm\[serve\]'"):
+        manifest.require("fastapi", "serve", "medmm serve")
+
+
+# --------------------------------------------------------------------------- export + predict
+
+
+@pytest.mark.slow
+def test_tabular_export_is_parity_checked_and_predicts_like_torch(tabular, tmp_path: Path) -> None:
+    data, run, export = tabular
+    m = json.loads((export / "manifest.json").read_text())
+    assert m["task"] == "tabular-risk" and m["opset"] == 18 and m["parity"]["max_abs_diff"] <= 1e-4
+    assert m["parity"]["units"] > 50 and m["inputs"][0]["shape"][0] == "batch"
+    assert {"model.onnx", "model.int8.onnx", "config.yaml", "artifacts/tabular.json"} <= set(m["files"])
+    assert m["quantized"]["max_abs_diff"] < 0.05 and m["quantized"]["label_agreement"] > 0.95
+    assert not list(export.rglob("*.safetensors"))
+    op = run / "artifacts" / "operating_point.json"
+    if op.exists():  # the run's chosen operating point travels with the export (decisions, SR findings)
+        assert m["threshold"] == json.loads(op.read_text())["thresholds"][m["label_names"][1]]
+        assert (export / "artifacts" / "operating_point.json").read_bytes() == op.read_bytes()
+    medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv")
+    medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv")
+    assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+
+
+@pytest.mark.slow
+def test_text_export_with_chunked_documents_predicts_like_torch(text, tmp_path: Path) -> None:
+    data, run, export = text
+    m = json.loads((export / "manifest.json").read_text())
+    assert m["parity"]["max_abs_diff"] <= 1e-4 and m["inputs"][0]["shape"] == ["batch", "sequence"]
+    assert "artifacts/encoder/tokenizer.json" in m["files"]
+    medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv")
+    medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv")
+    assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+
+
+@pytest.mark.slow
+def test_parity_miss_fails_with_the_figure_and_writes_nothing(tabular, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm.cli import _registry
+    from medmm.deploy import runtime
+    from medmm.deploy.export import export_run
+
+    _, run, export = tabular
+    shifted = runtime.TabularInputs.examples
+
+    def drifted(self, df):  # a preprocessing that no longer matches the task's
+        ex = shifted(self, df)
+        for b in ex.batches:
+            b["x"] = b["x"] + 0.5
+        return ex
+
+    monkeypatch.setattr(runtime.TabularInputs, "examples", drifted)
+    with pytest.raises(MedmmError, match=r"parity check failed: max \|delta probability\| = [0-9.e-]+ > 0.0001"):
+        export_run(run, tmp_path / "bad", registry=_registry(), exporter="torchscript", quiet=True)
+    assert not (tmp_path / "bad").exists() and not list(tmp_path.iterdir())
+    with pytest.raises(MedmmError, match="not empty"):
+        export_run(run, export, registry=_registry())
+
+
+@pytest.mark.slow
+def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: Path) -> None:
+    import pydicom
+
+    data, run, export = image
+    m = json.loads((export / "manifest.json").read_text())
+    assert m["parity"]["max_abs_diff"] <= 1e-4 and m["preprocessing"]["size"] == 32
+    medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv")
+    medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv", "--dicom-sr", tmp_path / "sr")
+    assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+
+    preds: dict[str, list[dict]] = {}  # the demo holds one image in several transfer syntaxes: one UID, several files
+    for r in csv.DictReader((tmp_path / "onnx.csv").open()):
+        preds.setdefault(r["sop_instance_uid"], []).append(r)
+    sources = {}
+    for path in data.rglob("*"):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001, S112 - the demo holds non-DICOM files on purpose
+            continue
+        if "SOPInstanceUID" in ds:
+            sources[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+    reports = sorted((tmp_path / "sr").glob("*.dcm"))
+    assert len(reports) >= 5
+    checked = 0
+    for path in reports:
+        sr = pydicom.dcmread(path)
+        assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34" and sr.Modality == "SR"  # Comprehensive 3D SR
+        evidence = {str(i.ReferencedSOPInstanceUID): (str(st.StudyInstanceUID), str(se.SeriesInstanceUID))
+                    for st in sr.CurrentRequestedProcedureEvidenceSequence
+                    for se in st.ReferencedSeriesSequence for i in se.ReferencedSOPSequence}
+        assert evidence and all(sources[uid] == ref for uid, ref in evidence.items())
+        assert {study for study, _ in evidence.values()} == {str(sr.StudyInstanceUID)}
+        for group in sr.ContentSequence[-1].ContentSequence:  # one measurement group per predicted instance
+            items = group.ContentSequence
+            image_ref = [i for i in items if i.ValueType == "IMAGE"]
+            uid = str(image_ref[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+            probs = {i.ConceptNameCodeSequence[0].CodeMeaning: float(i.MeasuredValueSequence[0].NumericValue)
+                     for i in items if i.ValueType == "NUM"}
+            finding = [i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE"
+                       and i.ConceptNameCodeSequence[0].CodeMeaning == "Finding"]
+            names = [c[5:] for c in preds[uid][0] if c.startswith("prob_")]
+            match = [row for row in preds[uid] if all(abs(probs[f"Probability of {n}"] - float(row[f"prob_{n}"])) < 1e-6
+                                                      for n in names)]
+            assert match and finding == [match[0]["predicted"]]
+            algorithm = [i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"]
+            assert algorithm == ["resnet18"]
+            checked += 1
+    assert checked >= 10
+    with pytest.raises(MedmmError, match="never overwritten"):  # a second run into the same folder
+        from medmm.deploy.runtime import predict_export
+
+        predict_export(export, data, tmp_path / "again.csv", dicom_sr=tmp_path / "sr")
+
+
+@pytest.mark.slow
+def test_predict_from_exports_runs_with_torch_hidden(tabular, text, image, tmp_path: Path) -> None:
+    commands = [["predict", export, "--data", data, "--out", tmp_path / f"{name}.csv"]
+                for name, (data, _, export) in (("tab", tabular), ("txt", text), ("img", image))]
+    proc = no_torch(*commands)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name, (data, run, _) in (("tab", tabular), ("txt", text)):
+        medmm("predict", run, "--data", data, "--out", tmp_path / f"{name}-torch.csv")
+        assert_same_predictions(tmp_path / f"{name}-torch.csv", tmp_path / f"{name}.csv")
+    assert len(read_csv(tmp_path / "img.csv")) > 40
+
+
+# --------------------------------------------------------------------------- the service
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _http(method: str, url: str, body: bytes | None = None, ctype: str = "application/json") -> tuple[int, dict]:
+    req = urllib.request.Request(url, data=body, method=method, headers={"Content-Type": ctype} if body else {})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+@pytest.mark.slow
+def test_serve_answers_valid_and_rejects_bad_requests_over_http(text, tmp_path: Path) -> None:
+    _, _, export = text
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-c", NO_TORCH, "\x1f".join(
+        ["serve", str(export), "--port", str(port), "--max-body-mb", "0.01", "--max-rows", "50"])],
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    base = f"http://127.0.0.1:{port}"
+    marker = "zebra-marker-7731"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded wait for the server to come up
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
+            try:
+                if _http("GET", f"{base}/health")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        code, body = _http("POST", f"{base}/predict", json.dumps({"rows": [
+            {"note_id": "a", "text": f"small left pleural effusion {marker}"},
+            {"note_id": "b", "text": "the lungs are clear " * 20}]}).encode())
+        assert code == 200 and [p["id"] for p in body["predictions"]] == ["a", "b"]
+        assert all(abs(sum(v for k, v in p.items() if k.startswith("prob_")) - 1) < 1e-4 for p in body["predictions"])
+        bad = [b"{not json", json.dumps({"rows": [{"txt": "x"}]}).encode(), json.dumps({"rows": [{"text": 5}]}).encode(),
+               json.dumps({"rows": []}).encode(), json.dumps({"rows": [{"text": "x"}], "extra": 1}).encode(),
+               json.dumps({"rows": [{"text": {"nested": marker}}]}).encode()]
+        for payload in bad:
+            code, body = _http("POST", f"{base}/predict", payload)
+            assert code == 422 and marker not in json.dumps(body), (payload, body)
+        code, body = _http("POST", f"{base}/predict", json.dumps({"rows": [{"text": "x" * 20_000}]}).encode())
+        assert code == 413 and "limit" in body["detail"]
+        assert _http("GET", f"{base}/health") == (200, {"status": "ok", "task": "text-cls", "model": "bert-tiny"})
+        code, info = _http("GET", f"{base}/model")
+        assert code == 200 and info["manifest"]["task"] == "text-cls" and "model_card" in info
+        assert _http("GET", f"{base}/openapi.json")[0] == 200
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        log.close()
+    out = (tmp_path / "serve.log").read_text()
+    assert "127.0.0.1" in out and "POST /predict" in out and marker not in out and "effusion" not in out
+
+
+@pytest.mark.slow
+def test_image_service_takes_dicom_uploads_and_refuses_other_files(image) -> None:
+    from fastapi.testclient import TestClient
+
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+
+    data, _, export = image
+    client = TestClient(create_app(ExportedModel(export)))
+    files = sorted((data / "CT").glob("*.dcm"))[:2]
+    r = client.post("/predict", files=[("files", (f"../{f.name}", f.read_bytes(), "application/dicom")) for f in files])
+    assert r.status_code == 200, r.text
+    rows = r.json()["predictions"]
+    assert [row["id"] for row in rows] == [f.name for f in files]  # the client's base name, never a path
+    assert len(rows) == 2 and all(row["sop_instance_uid"] for row in rows)
+    r = client.post("/predict", files=[("files", ("notes.txt", b"not an image", "text/plain"))])
+    assert r.status_code == 415 and "DICOM" in r.json()["detail"]
