@@ -240,11 +240,13 @@ def test_plugin_reader_is_the_one_table_reader_for_its_suffix(psv_plugin: Any, t
 
 
 def test_plugin_predicate_reads_a_file_without_a_telling_suffix(psv_plugin: Any, tmp_path: Path) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.tables import read_table, table_format
 
     export = tmp_path / "export-2026-11"
     export.write_text("#pipe-export v1\n" + _psv_frame())
     assert read_table(export).shape == (6, 4)
+    (tmp_path / "t.csv").write_text("#pipe-export v1\n")  # a built-in suffix is never handed to a predicate
+    assert table_format(tmp_path / "t.csv") == "csv"
     folder = tmp_path / "patients"
     folder.mkdir()
     for name in ("p1", "p2"):

@@ -71,26 +71,29 @@ def plugin_readers() -> list[Component]:
     return [c for _, c in get_registry().items("reader") if c.extra.get("suffixes") or c.extra.get("predicate")]
 
 
-def _plugin_reader(path: Path) -> Component | None:
-    """The plugin reader that takes ``path``: by suffix first, then (existing paths only) by predicate."""
-    readers = plugin_readers()
-    if not readers:
-        return None
+def _suffix_reader(path: Path, readers: list[Component]) -> Component | None:
+    """The plugin reader whose suffix ``path`` has (case-insensitive, also before ``.gz`` etc.)."""
     name = path.name.lower()
     stem = name.rsplit(".", 1)[0] if Path(name).suffix in _COMPRESSION else name
     for comp in readers:
         if any(name.endswith(s.lower()) or stem.endswith(s.lower()) for s in comp.extra.get("suffixes", ())):
             return comp
-    if path.exists():
-        for comp in readers:
-            predicate = comp.extra.get("predicate")
-            if predicate is None:
-                continue
-            try:
-                if resolve_object(predicate)(path):
-                    return comp
-            except Exception as exc:  # a broken plugin: one line naming it
-                raise DataError(f"reader {comp.name!r} failed to check {path.name!r}: {type(exc).__name__}: {exc}") from None
+    return None
+
+
+def _predicate_reader(path: Path, readers: list[Component]) -> Component | None:
+    """The first plugin reader (by name) whose predicate accepts the existing ``path``."""
+    if not path.exists():
+        return None
+    for comp in readers:
+        predicate = comp.extra.get("predicate")
+        if predicate is None:
+            continue
+        try:
+            if resolve_object(predicate)(path):
+                return comp
+        except Exception as exc:  # a broken plugin: one line naming it
+            raise DataError(f"reader {comp.name!r} failed to check {path.name!r}: {type(exc).__name__}: {exc}") from None
     return None
 
 
@@ -114,14 +117,20 @@ def table_format(path: str | Path) -> str:
 
 
 def _resolve(path: Path) -> tuple[str, Component | None]:
-    """``(format name, plugin reader or None)`` of ``path``."""
-    plugin = _plugin_reader(path)
+    """``(format name, plugin reader or None)`` of ``path``: plugin suffixes, built-in suffixes, then
+    plugin predicates."""
+    readers = plugin_readers()
+    plugin = _suffix_reader(path, readers) if readers else None
     if plugin is not None:
         return plugin.name, plugin
     suffixes = [s.lower() for s in Path(path).suffixes]
     if suffixes and suffixes[-1] in _COMPRESSION:
         suffixes = suffixes[:-1]
     fmt = TABLE_SUFFIXES.get(suffixes[-1]) if suffixes else None
+    if fmt is None and readers:
+        plugin = _predicate_reader(path, readers)
+        if plugin is not None:
+            return plugin.name, plugin
     if fmt is None:
         raise DataError(f"cannot read {path.name!r}: unknown table format (expected one of {known_formats()})")
     return fmt, None
