@@ -101,8 +101,19 @@ def make_cli() -> click.Group:
     @click.argument("task")
     @click.option("--config", "config_file", type=click.Path(path_type=Path), help="User YAML to merge.")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a key.")
-    def config_cmd(task: str, config_file: Path | None, overrides: tuple[str, ...]) -> None:
+    @click.option("--schema", is_flag=True, help="Print the JSON Schema of TASK's config instead (for an editor's "
+                                                 "YAML extension: completes and checks keys).")
+    def config_cmd(task: str, config_file: Path | None, overrides: tuple[str, ...], schema: bool) -> None:
         """Print the fully resolved config of TASK as YAML (recipe / auto values commented)."""
+        if schema:
+            import json
+
+            from medmm.config import json_schema
+
+            if config_file is not None or overrides:
+                raise click.UsageError("--schema takes no --config / --set")
+            click.echo(json.dumps(json_schema(_task_spec(task)), indent=2))
+            return
         from medmm.recipes import annotated_yaml
 
         click.echo(annotated_yaml(_resolved_config(_task_spec(task), config_file, overrides)), nl=False)

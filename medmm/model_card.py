@@ -132,6 +132,8 @@ def _reproduce(command: str, config: Mapping[str, Any]) -> str:
 
 def _dump(config: Mapping[str, Any]) -> str:
     """YAML of ``config`` with paths and other objects written as strings."""
+    if hasattr(config, "model_dump"):  # a medmm.config model
+        config = config.model_dump(mode="json")
     plain = json.loads(json.dumps(config, default=str))
     try:
         import yaml

@@ -7,7 +7,7 @@ user set the key (``--config`` file or ``--set``): the user always wins. ``engin
 raises ``engine.epochs`` (when the user did not set it) until the run takes that many optimizer
 steps, so 300 documents are not trained for 80 steps; early stopping on val stays in charge.
 
-Where each changed value came from is kept in :attr:`ResolvedConfig.provenance` and written as
+Where each changed value came from is kept in :attr:`medmm.config.TaskConfig.provenance` and written as
 comments into the run's ``config.yaml`` (``lr: 0.0005  # recipe of backbone minilm-l6``).
 """
 
@@ -30,7 +30,8 @@ _COUPLED = {"model.encoder_lr_scale": "engine.lr", "model.backbone_lr_scale": "e
 
 
 class ResolvedConfig(dict):
-    """A resolved config that remembers where changed values came from.
+    """Deprecated (configs are :class:`medmm.config.TaskConfig` models now, which carry ``provenance``
+    and ``user`` themselves): a resolved dict config that remembers where changed values came from.
 
     ``provenance`` maps dotted keys to a short origin (``recipe of backbone minilm-l6``, ``raised
     from 4 by engine.min_steps``, ``auto: ...``); ``user`` holds the keys the user set.
@@ -83,23 +84,43 @@ def _has(cfg: Mapping[str, Any], key: str) -> bool:
     return True
 
 
-def apply_recipe(cfg: dict[str, Any], spec: Any, user: set[str], choices: Mapping[str, Any]) -> ResolvedConfig:
-    """``cfg`` with the backbone's recipe (and ``model.backbone=auto`` resolved) where the user set nothing."""
-    from medmm.config import _check_value
+def _typed(cfg: Any) -> bool:
+    """A typed config (:class:`medmm.config.TaskConfig`, pydantic) rather than a plain dict."""
+    return hasattr(type(cfg), "model_fields") and hasattr(cfg, "provenance")
+
+
+def _set_checked(cfg: Any, key: str, value: Any, choices: Mapping[str, Any]) -> None:
+    """Set a dotted key, validated as a user's value would be."""
+    if _typed(cfg):
+        from medmm.config import set_key
+
+        set_key(cfg, key, value)
+        return
+    from medmm.config import _check_value  # the plain-dict config
+
+    _set(cfg, key, _check_value(key, value, _get(cfg, key), choices))
+
+
+def apply_recipe(cfg: Any, spec: Any, user: set[str], choices: Mapping[str, Any]) -> Any:
+    """``cfg`` with the backbone's recipe (and ``model.backbone=auto`` resolved) where the user set nothing.
+
+    A typed config is changed in place (its ``provenance`` / ``user`` record what happened); a
+    plain dict comes back as a :class:`ResolvedConfig`.
+    """
     from medmm.errors import MedmmError
     from medmm.plugins import get_registry
 
-    out = ResolvedConfig(cfg)
+    out = cfg if _typed(cfg) else ResolvedConfig(cfg)
     out.user = set(user)
-    if not _has(cfg, "model.backbone") or not isinstance(_get(cfg, "model.backbone"), str):
+    if not _has(out, "model.backbone") or not isinstance(_get(out, "model.backbone"), str):
         return out
-    name = _get(cfg, "model.backbone")
+    name = _get(out, "model.backbone")
     if name == "auto":
         resolver = getattr(spec.load(), "resolve_auto_backbone", None)
         if resolver is None:
             return out
-        name, why = resolver(cfg)
-        _set(out, "model.backbone", name)
+        name, why = resolver(out)
+        _set_checked(out, "model.backbone", name, choices)
         out.provenance["model.backbone"] = f"auto: {why}"
     try:
         comp = get_registry().get("backbone", name)
@@ -108,7 +129,7 @@ def apply_recipe(cfg: dict[str, Any], spec: Any, user: set[str], choices: Mappin
     for key, value in dict(comp.extra.get("recipe", {})).items():
         if key in user or _COUPLED.get(key) in user or not _has(out, key):
             continue
-        _set(out, key, _check_value(key, value, _get(out, key), choices))
+        _set_checked(out, key, value, choices)
         out.provenance[key] = f"recipe of backbone {name}"
     return out
 

@@ -15,44 +15,11 @@ from typing import Any
 import click
 
 from medmm import __version__
-from medmm.config import Range, dump_yaml, load_yaml, resolve
-from medmm.errors import ConfigError, MedmmError
+from medmm.config import resolve
+from medmm.errors import MedmmError
 from medmm.task import TaskSpec
 
 log = logging.getLogger("medmm")
-ENGINE_CHOICES = {
-    "engine.precision": ["auto", "fp32", "bf16", "fp16"],
-    "engine.schedule": ["constant", "linear", "cosine"],
-    "engine.class_weights": ["none", "balanced", "auto"],  # auto: balanced for multi-label only
-    "engine.sampler": ["shuffle", "weighted", "bucket"],
-    "engine.monitor_mode": ["auto", "max", "min"],
-    "engine.nan_policy": ["stop", "skip"],
-    "engine.baseline": ["auto", "none"],
-    "engine.privacy.accountant": ["rdp", "prv"],
-    "eval.threshold": ["youden", "target_sensitivity", "target_specificity", "fixed"],
-}
-# Allowed intervals of the numeric engine keys (tasks declare theirs in TaskSpec.ranges).
-ENGINE_RANGES = {
-    "engine.epochs": Range(1),
-    "engine.max_steps": Range(0),
-    "engine.min_steps": Range(0),
-    "engine.batch_size": Range(1),
-    "engine.eval_batch_size": Range(1),
-    "engine.grad_accum": Range(1),
-    "engine.max_grad_norm": Range(0),
-    "engine.lr": Range(0),  # 0 is allowed: a frozen model (e.g. a sanity baseline)
-    "engine.weight_decay": Range(0),
-    "engine.warmup_ratio": Range(0, 1, hi_open=True),
-    "engine.label_smoothing": Range(0, 1, hi_open=True),
-    "engine.eval_every_steps": Range(0),
-    "engine.patience": Range(0),
-    "engine.checkpoint_every_steps": Range(1),
-    "engine.num_workers": Range(0),
-    "engine.bootstrap": Range(0),
-    "eval.target": Range(0, 1),
-    "eval.fixed_value": Range(0, 1),
-    "eval.min_group_size": Range(1),
-}
 MIN_FREE_BYTES = 200 * 1024**2
 
 
@@ -92,25 +59,17 @@ def resume_config(run_dir: Path, spec: TaskSpec, overrides: Sequence[str]) -> di
     return resolve(task_defaults(spec), run_dir / "config.yaml", overrides, choices(spec))
 
 
-def task_defaults(spec: TaskSpec) -> dict[str, Any]:
-    """The task's YAML defaults on top of the shared engine defaults."""
-    from medmm_configs import path as config_path
+def task_defaults(spec: TaskSpec) -> Any:
+    """Every default of the task: the engine's and the task's models, the task's YAML on top."""
+    from medmm.config import task_defaults as defaults
 
-    engine = load_yaml(config_path("engine"))
-    task = load_yaml(spec.config)
-    for key in task.get("engine", {}):
-        if key not in engine["engine"]:
-            raise ConfigError(f"{spec.config}: unknown engine key {key!r}")
-    merged = {**engine, **task}
-    merged["engine"] = {**engine["engine"], **task.get("engine", {})}
-    for name in set(engine) & set(task) - {"engine"}:  # shared sections (data.subgroup_columns): task keys first
-        merged[name] = {**task[name], **{k: v for k, v in engine[name].items() if k not in task[name]}}
-    return merged
+    return defaults(spec)
 
 
 def choices(spec: TaskSpec) -> dict[str, Any]:
-    """Allowed values and numeric ranges: the engine's and the task's."""
-    return {**ENGINE_CHOICES, **ENGINE_RANGES, **spec.choices, **getattr(spec, "ranges", {})}
+    """Deprecated: choices and ranges live in the config models; a legacy task's tables are
+    already part of the model derived from its YAML (:func:`medmm.config.model_from_defaults`)."""
+    return {}
 
 
 def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
@@ -318,13 +277,15 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
 
 
 def _write_final_record(path: Path, record: dict[str, Any]) -> None:
-    """Append the final evaluation to metrics.jsonl, replacing the one of an earlier finish (a resumed run)."""
-    from medmm.engine.callbacks import read_jsonl
+    """Append the final evaluation to metrics.jsonl and metrics.csv, replacing the one of an earlier finish
+    (a resumed run)."""
+    from medmm.engine.callbacks import read_jsonl, write_metrics_csv
     from medmm.io import write_text_atomic
 
     rows = [r for r in read_jsonl(path) if not r.get("final") and r.get("split") != "test"]
     rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()})
     write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    write_metrics_csv(path.with_name("metrics.csv"), rows)
 
 
 def _fmt(v: Any) -> str:

@@ -28,13 +28,18 @@ class TaskSpec:
         name: CLI name, e.g. ``image-cls``.
         modality: ``text``, ``image``, ``tabular`` or ``multimodal``.
         summary: one line for ``medmm tasks``.
-        config: path of the YAML file holding every default.
+        config: path of the task's YAML: with ``config_model``, only the values that differ from the
+            models' defaults (e.g. engine epochs); without it (legacy), every default: the YAML is
+            then the schema (each key takes its default's type).
         impl: the :class:`Task` subclass, or a lazy ``"module:Class"`` reference.
-        choices: allowed values per dotted config key, e.g. ``{"model.backbone": [...]}``.
+        choices: legacy (YAML-schema tasks): allowed values per dotted key, e.g. ``{"model.pooling": [...]}``.
         demo: optional ``"module:function"`` ``(out_dir: Path) -> (data_path, overrides)``
             that builds a bundled demo data set for ``medmm demo NAME``.
-        ranges: allowed intervals of numeric keys, e.g. ``{"data.size": Range(1)}``
-            (:class:`medmm.config.Range`); out-of-range values are one-line errors.
+        ranges: legacy: allowed intervals of numeric keys, e.g. ``{"data.size": Range(1)}``
+            (:class:`medmm.config.Range`).
+        config_model: the task's root config model, a :class:`medmm.config.TaskConfig` subclass
+            that narrows ``data`` / ``model`` (Literal choices, Field ranges), or a lazy
+            ``"module:Class"`` reference (kept lazy: registering a task imports nothing heavy).
     """
 
     name: str
@@ -45,6 +50,7 @@ class TaskSpec:
     choices: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     demo: str | Callable[..., Any] | None = None
     ranges: Mapping[str, Any] = field(default_factory=dict)
+    config_model: str | type | None = None
 
     def load(self) -> type[Task]:
         """Import the implementation class."""

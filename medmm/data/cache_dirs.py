@@ -30,14 +30,15 @@ class PredictCache:
             self._finalizer()
 
 
-def predict_cache(cfg: dict[str, Any], cache_dir: Path | None) -> PredictCache | None:
-    """Point ``cfg["data"]["cache_dir"]`` away from the run directory; ``None`` for tasks without caches.
+def predict_cache(cfg: Any, cache_dir: Path | None) -> PredictCache | None:
+    """Point the config's ``data.cache_dir`` away from the run directory; ``None`` for tasks without caches.
 
-    Keep the returned object alive while predicting: a temporary folder is removed when it is
-    closed or garbage-collected (so also when prediction fails).
+    ``cfg`` is a :class:`medmm.config.TaskConfig` (or a legacy nested mapping). Keep the returned
+    object alive while predicting: a temporary folder is removed when it is closed or
+    garbage-collected (so also when prediction fails).
     """
-    data = cfg.get("data")
-    if not isinstance(data, dict) or "cache_dir" not in data:
+    data = cfg.get("data")  # models and mappings alike
+    if data is None or "cache_dir" not in data:
         return None
     if cache_dir is not None:
         data["cache_dir"] = str(Path(cache_dir).expanduser())

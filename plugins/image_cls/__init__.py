@@ -1,7 +1,6 @@
 """Medical image classification on DICOM folders: timm ViT and CNN backbones."""
 
 from medmm import hookimpl
-from medmm.config import Range
 from medmm.registry import Component
 from medmm.task import TaskSpec
 from medmm_configs import path
@@ -16,17 +15,9 @@ def register_tasks(register):
         modality="image",
         summary="classify DICOM images / series / studies from a folder (ViT or CNN via timm)",
         config=path("image-cls"),
+        config_model="medmm_plugins.image_cls.config:ImageClsConfig",
         impl="medmm_plugins.image_cls.task:ImageClsTask",
-        choices={
-            "data.level": ["instance", "series", "study"],
-            "data.frames": ["middle", "all", "stack"],
-            "data.channels": [1, 3],
-            "model.pretrained": ["auto", "none", "path", "hub"],
-        },
         demo="medmm_plugins.image_cls.demo:build",
-        ranges={"data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
-                "data.size": Range(1), "model.dropout": Range(0, 1, hi_open=True),
-                "model.drop_path": Range(0, 1, hi_open=True), "model.backbone_lr_scale": Range(0)},
     ))
 
 

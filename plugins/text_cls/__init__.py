@@ -1,7 +1,6 @@
 """Clinical text classification: Hugging Face encoders (BERT family) fine-tuned offline."""
 
 from medmm import hookimpl
-from medmm.config import Range
 from medmm.registry import Component
 from medmm.task import TaskSpec
 from medmm_configs import path
@@ -14,16 +13,9 @@ def register_tasks(register):
         modality="text",
         summary="classify clinical notes / reports (BERT-family encoder or TextCNN / BiGRU baselines)",
         config=path("text-cls"),
+        config_model="medmm_plugins.text_cls.config:TextClsConfig",
         impl="medmm_plugins.text_cls.task:TextClsTask",
-        choices={
-            "data.long_text": ["truncate", "chunk"],
-            "model.pooling": ["mean", "cls"],
-        },
         demo="medmm_plugins.text_cls.demo:build",
-        ranges={"data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
-                "data.max_length": Range(1), "data.stride": Range(0), "data.max_chars": Range(1),
-                "model.dropout": Range(0, 1, hi_open=True), "model.vocab_min_freq": Range(1),
-                "model.vocab_size": Range(2), "model.embed_dim": Range(1)},
     ))
 
 

@@ -1,0 +1,99 @@
+"""The base of every typed config section, and the field types the built-in sections share.
+
+Sections are pydantic v2 models: unknown keys are rejected (``extra="forbid"``), assignments are
+validated, and the JSON Schema comes for free (``medmm config TASK --schema``). Read values as
+attributes (``cfg.engine.epochs``, already an ``int``).
+
+``cfg["engine"]["epochs"]`` and ``cfg.get(...)`` still work on every section: a DEPRECATED
+compatibility path for code written against the old plain-dict config (third-party tasks);
+new code uses attributes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = ["Bool", "ConfigModel", "Float", "Fraction", "Int", "NonNegInt", "OptStrList", "PosInt", "Probability", "StrList"]
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true/false")
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+# Numbers never accept true/false; floats accept integers and YAML 1.1's "1e-4" strings.
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+PosInt = Annotated[int, Field(strict=True, ge=1)]
+NonNegInt = Annotated[int, Field(strict=True, ge=0)]
+Fraction = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, lt=1)]  # [0, 1)
+Probability = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, le=1)]  # [0, 1]
+StrList = Annotated[list[str], BeforeValidator(_as_list)]  # one value or a list: "text" -> ["text"]
+OptStrList = Annotated[list[str] | None, BeforeValidator(_as_list)]  # the same, or null
+
+
+class ConfigModel(BaseModel):
+    """A config section: typed fields, unknown keys rejected, assignments validated.
+
+    The mapping methods (``cfg["key"]``, ``get``, ``in``, ``keys``, ``items``, ``cfg["key"] = v``)
+    are a deprecated bridge from the plain-dict config; use attributes in new code.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+
+    # -- deprecated dict-style access ------------------------------------------------------
+    def _names(self) -> list[str]:
+        return [*type(self).model_fields, *(self.__pydantic_extra__ or {})]
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key not in self._names():
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key in self._names()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key) if key in self._names() else default
+
+    def keys(self) -> list[str]:
+        return self._names()
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in self._names()]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in self._names()]
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/YAML-safe values), keys in their defined order."""
+        return self.model_dump(mode="json")
+
+
+Mapping.register(ConfigModel)  # isinstance(section, Mapping): old code that walks a config keeps working
+
+
+def iter_leaves(section: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every leaf of a config (a model or a plain mapping)."""
+    for key, value in section.items():
+        if isinstance(value, (ConfigModel, Mapping)) and not isinstance(value, (str, bytes)):
+            yield from iter_leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
