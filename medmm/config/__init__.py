@@ -36,8 +36,8 @@ from medmm.config.engine import DataConfig, EngineConfig, EvalConfig, ModelConfi
 from medmm.errors import ConfigError
 
 __all__ = ["Config", "ConfigModel", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "Range", "TaskConfig",
-           "apply_overrides", "dump_yaml", "iter_leaves", "json_schema", "load_yaml", "merge", "model_from_defaults",
-           "parse_override", "resolve", "set_key", "task_config_model", "task_defaults", "validate"]
+           "apply_overrides", "as_config", "dump_yaml", "iter_leaves", "json_schema", "load_yaml", "merge", "model_from_defaults",
+           "parse_override", "resolve", "run_config", "set_key", "task_config_model", "task_defaults", "validate"]
 
 log = logging.getLogger("medmm")
 
@@ -356,6 +356,24 @@ def merge(base: ConfigModel | Mapping[str, Any], update: Mapping[str, Any],
     return _build(cls, _merge(cls, data, update))
 
 
+def as_config(cfg: ConfigModel | Mapping[str, Any]) -> TaskConfig:
+    """A typed config: ``cfg`` itself, or a legacy nested dict turned into a model (its values are
+    then the defaults and the schema; the engine's missing keys take the engine defaults)."""
+    if isinstance(cfg, ConfigModel):
+        return cfg  # type: ignore[return-value]
+    return resolve(cfg)  # type: ignore[return-value]
+
+
+def _check_value(key: str, value: Any, default: Any, choices: Mapping[str, Any] | None = None) -> Any:
+    """Deprecated (the plain-dict config): ``value`` validated against the type of ``default``."""
+    leaf = key.rsplit(".", 1)[-1]
+    cls = create_model("Leaf", __base__=ConfigModel, **{leaf: (_leaf_type(key, default, dict(choices or {})), default)})
+    try:
+        return getattr(cls.model_validate({leaf: value}), leaf)
+    except ValidationError as exc:
+        raise config_error(exc, {leaf: value}, key.rpartition(".")[0]) from None
+
+
 def validate(cfg: Mapping[str, Any], defaults: ConfigModel | Mapping[str, Any],
              choices: Mapping[str, Any] | None = None) -> ConfigModel:
     """Check a complete config against the defaults' schema."""
@@ -448,6 +466,12 @@ def task_defaults(spec: Any) -> TaskConfig:
         return _build(cls, _merge(cls, cls().model_dump(), load_yaml(spec.config)))
     except ConfigError as exc:
         raise ConfigError(f"{spec.config}: {exc}") from None
+
+
+def run_config(spec: Any, run_dir: str | Path, overrides: Sequence[str] = ()) -> TaskConfig:
+    """A run directory's saved ``config.yaml`` (keys this version no longer knows dropped with a
+    warning; keys added since take their defaults), plus ``overrides``."""
+    return resolve(task_defaults(spec), Path(run_dir) / "config.yaml", overrides)  # type: ignore[return-value]
 
 
 def json_schema(spec: Any) -> dict[str, Any]:

@@ -19,14 +19,16 @@ __all__ = ["NOT_AUDITED", "check_subgroup_columns", "training_evaluation"]
 NOT_AUDITED = "Not audited: no subgroup columns were given (set `data.subgroup_columns`)."
 
 
-def check_subgroup_columns(data: Path, cfg: dict[str, Any]) -> None:
+def check_subgroup_columns(data: Path, cfg: Any) -> None:
     """Before training: every ``data.subgroup_columns`` entry exists (a table column or an allowed DICOM attribute)."""
+    from medmm.config import as_config
     from medmm.errors import DataError
     from medmm.evaluation.attributes import DICOM_ATTRIBUTES, table_columns
     from medmm.evaluation.subgroups import parse_bands, require_fairlearn
 
-    columns = list(cfg["data"].get("subgroup_columns") or [])
-    parse_bands(cfg.get("eval", {}).get("bands"))
+    cfg = as_config(cfg)
+    columns = list(cfg.data.subgroup_columns or [])
+    parse_bands(cfg.eval.bands)
     if not columns:
         return
     require_fairlearn()
@@ -38,7 +40,7 @@ def check_subgroup_columns(data: Path, cfg: dict[str, Any]) -> None:
 
 
 def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_ev: Any, split_name: str,
-                        data: Path, cfg: dict[str, Any], run_dir: Path, *, main: bool) -> dict[str, Any]:
+                        data: Path, cfg: Any, run_dir: Path, *, main: bool) -> dict[str, Any]:
     """Operating point (chosen on val, reported on ``test_ev``), subgroup audit and the training profile.
 
     Call on every rank (it evaluates the validation split); only ``main`` writes. Returns
@@ -49,17 +51,17 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
     from medmm.evaluation.subgroups import audit, audit_html, audit_markdown, group_labels, parse_bands
     from medmm.evaluation.threshold import choose_operating_point, save_operating_point, stats_at, stats_table
 
-    e = cfg.get("eval", {})
+    e = cfg.eval  # a medmm.config.TaskConfig
     problem = task.problem
     out: dict[str, Any] = {"sections": [], "card": NOT_AUDITED, "operating_point": None, "summary": {}}
-    n_boot, seed = int(cfg["engine"]["bootstrap"]), int(cfg.get("seed", 0))
+    n_boot, seed = cfg.engine.bootstrap, cfg.seed
     classify = problem in ("binary", "multiclass")
     (y_true, y_score), kw = trainer.metric_inputs(test_ev) if test_ev.targets is not None else ((None, None), {})
     if classify and bundle.val is not None and len(bundle.val.dataset) and test_ev.targets is not None:
         val = trainer.evaluate(model, bundle.val, bundle.collate_fn)
         (vy, vs), _ = trainer.metric_inputs(val)
-        op = choose_operating_point(problem, vy, vs, task.label_names, rule=e.get("threshold", "youden"),
-                                    target=float(e.get("target", 0.9)), fixed=float(e.get("fixed_value", 0.5)),
+        op = choose_operating_point(problem, vy, vs, task.label_names, rule=e.threshold,
+                                    target=e.target, fixed=e.fixed_value,
                                     chosen_on="val")
         stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed)
         html, _ = stats_table(stats, op)
@@ -69,19 +71,19 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
                                                                     "ppv", "npv")} for c, s in stats.items()}
         if main:
             save_operating_point(run_dir / "artifacts", op)
-    columns = list(cfg["data"].get("subgroup_columns") or [])
+    columns = list(cfg.data.subgroup_columns or [])
     if columns and test_ev.targets is not None:
-        attrs = unit_attributes(Path(data), cfg["data"], test_ev.units, columns)
-        groups = {c: group_labels(v, c, parse_bands(e.get("bands"))) for c, v in attrs.items()}
+        attrs = unit_attributes(Path(data), cfg.data, test_ev.units, columns)
+        groups = {c: group_labels(v, c, parse_bands(e.bands)) for c, v in attrs.items()}
         y_a = test_ev.targets if problem == "survival" else y_true
         result = audit(problem, y_a, y_score, groups, op=out["operating_point"],
-                       min_group_size=int(e.get("min_group_size", 10)), n_boot=n_boot, seed=seed)
+                       min_group_size=e.min_group_size, n_boot=n_boot, seed=seed)
         out["sections"].append((f"Subgroups (on {split_name})", audit_html(result)))
         out["card"] = f"Audited on the {split_name} split.\n\n" + audit_markdown(result)
         out["summary"]["subgroups_flagged"] = {c: v["flagged"] for c, v in result["columns"].items()}
     if main:
         try:
-            write_training_profile(Path(data), cfg["data"], run_dir / "artifacts")
+            write_training_profile(Path(data), cfg.data, run_dir / "artifacts")
         except Exception as exc:  # a shift profile must never cost a finished run its outputs
             import logging
 

@@ -96,14 +96,15 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     from medmm.evaluation.subgroups import audit, group_labels, parse_bands, require_fairlearn
     from medmm.evaluation.threshold import load_operating_point, stats_at
     from medmm.metrics import bootstrap_cis
-    from medmm.runner import _run_info, choices, resolve, task_defaults
+    from medmm.config import run_config
+    from medmm.runner import _run_info
 
     run_dir, data = Path(run_dir), Path(data)
     info = _run_info(run_dir)
     spec = registry.get("task", info["task"])
-    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
-    ecfg = cfg.get("eval", {})
-    columns = list(subgroups) if subgroups is not None else list(cfg["data"].get("subgroup_columns") or [])
+    cfg = run_config(spec, run_dir)
+    ecfg = cfg.eval
+    columns = list(subgroups) if subgroups is not None else list(cfg.data.subgroup_columns or [])
     if columns:
         require_fairlearn()
     if recalibrate and not 0.0 < calibration_fraction < 1.0:
@@ -118,7 +119,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
         raise MedmmError(f"--recalibrate {recalibrate} does not apply to this {task.problem} run "
                          "(temperature: binary or multiclass; isotonic: binary)")
     if not data.is_dir():
-        _precheck_table(data, task, cfg["data"], {**{c: "subgroup" for c in columns},
+        _precheck_table(data, task, cfg.data, {**{c: "subgroup" for c in columns},
                                                    **({date_column: "date"} if date_column else {})})
     from medmm.privacy.dp import prepare_model
 
@@ -129,13 +130,13 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     model.to(trainer.device)
     ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
     if ev.targets is None or len(ev.units) == 0:
-        label = ", ".join(repr(c) for c in _label_columns(task.problem, cfg["data"])) or "sub-folder names"
+        label = ", ".join(repr(c) for c in _label_columns(task.problem, cfg.data)) or "sub-folder names"
         raise DataError(f"{data.name}: no usable label for every unit (labels from {label}, classes "
                         f"{task.label_names}); evaluate needs labelled data")
-    attrs = unit_attributes(data, cfg["data"], ev.units, columns)
-    groups = {c: group_labels(v, c, parse_bands(ecfg.get("bands"))) for c, v in attrs.items()}
+    attrs = unit_attributes(data, cfg.data, ev.units, columns)
+    groups = {c: group_labels(v, c, parse_bands(ecfg.bands)) for c, v in attrs.items()}
 
-    problem, seed, n_boot = task.problem, int(cfg.get("seed", 0)), int(cfg["engine"]["bootstrap"])
+    problem, seed, n_boot = task.problem, cfg.seed, cfg.engine.bootstrap
     metrics = trainer.metrics_of(ev)
     (y_true, y_score), kw = trainer.metric_inputs(ev)
     ci = bootstrap_cis(problem, y_true, y_score, n_boot=n_boot, seed=seed, **kw) if n_boot else {}
@@ -144,8 +145,8 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     op_stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed) if (op and classify) else None
     y_for_audit = ev.targets if problem == "survival" else y_true
     sub = audit(problem, y_for_audit, y_score, groups, op=op if classify else None,
-                min_group_size=int(ecfg.get("min_group_size", 10)), n_boot=n_boot, seed=seed) if groups else None
-    shift = shift_report(task, data, cfg["data"], run_dir)
+                min_group_size=ecfg.min_group_size, n_boot=n_boot, seed=seed) if groups else None
+    shift = shift_report(task, data, cfg.data, run_dir)
     recal = None
     if recalibrate:
         recal = _recalibrate(problem, np.asarray(y_true), np.asarray(y_score), recalibrate, calibration_fraction,
@@ -187,7 +188,7 @@ def _mkparent(out: Path) -> Path:
 
 
 def _recalibrate(problem: str, y: np.ndarray, s: np.ndarray, method: str, fraction: float, seed: int,
-                 op: Mapping[str, Any] | None, label_names: Sequence[str], ecfg: Mapping[str, Any]) -> dict[str, Any]:
+                 op: Mapping[str, Any] | None, label_names: Sequence[str], ecfg: Any) -> dict[str, Any]:
     """Fit on a stratified ``fraction`` of the units, report before/after on the rest."""
     from sklearn.model_selection import train_test_split
 
@@ -206,7 +207,7 @@ def _recalibrate(problem: str, y: np.ndarray, s: np.ndarray, method: str, fracti
     new_op = None
     if op is not None:
         new_op = choose_operating_point(problem, y[fit_idx], apply_calibrator(problem, s[fit_idx], cal), label_names,
-                                        rule=op["rule"], target=op["target"], fixed=float(ecfg.get("fixed_value", 0.5)),
+                                        rule=op["rule"], target=op["target"], fixed=ecfg.fixed_value,
                                         chosen_on="external calibration part")
     return {"method": method, "calibrator": cal, "fit_units": int(len(fit_idx)), "held_out_units": int(len(held)),
             "before": before, "after": after, "operating_point": new_op}
