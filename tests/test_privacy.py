@@ -310,8 +310,9 @@ def _train_private(run_dir: Path, *, resume: bool = False, callbacks: list[Any] 
                    **engine: Any) -> tuple[dict[str, torch.Tensor], Any]:
     from medmm.engine import Trainer
 
-    cfg = make_cfg(dropout=0.1, **{"epochs": 2, "batch_size": 8, "grad_accum": 2, "checkpoint_every_steps": 1,
-                                   **engine})
+    dropout = engine.pop("dropout", 0.1)
+    cfg = make_cfg(dropout=dropout, **{"epochs": 2, "batch_size": 8, "grad_accum": 2, "checkpoint_every_steps": 1,
+                                       **engine})
     cfg["engine"]["privacy"] = dict(PRIVATE)
     task = ToyTask(cfg, run_dir)
     data = task.build_data(Path("."))
@@ -336,6 +337,20 @@ def test_resumed_private_run_equals_uninterrupted_weights_and_epsilon(tmp_path: 
     assert train_rows[-1]["epsilon"] == pytest.approx(t_full.privacy.epsilon())
     assert train_rows[0]["epsilon"] < train_rows[-1]["epsilon"]  # spent as training goes
     assert {"delta", "noise_multiplier", "dp_max_grad_norm"} <= train_rows[-1].keys()
+
+
+@pytest.mark.slow
+def test_private_accumulation_equals_the_large_logical_batch(tmp_path: Path) -> None:
+    # same Poisson logical batches (batch_size * grad_accum = 16), same noise draws (no dropout)
+    big, t_big = _train_private(tmp_path / "big", epochs=1, batch_size=16, grad_accum=1, dropout=0.0,
+                                checkpoint_every_steps=1000)
+    acc, t_acc = _train_private(tmp_path / "acc", epochs=1, batch_size=8, grad_accum=2, dropout=0.0,
+                                checkpoint_every_steps=1000)
+    assert t_big.privacy.noise_multiplier == t_acc.privacy.noise_multiplier
+    assert all(torch.allclose(big[k], acc[k], atol=1e-5) for k in big)
+    small, _ = _train_private(tmp_path / "small", epochs=1, batch_size=8, grad_accum=1, dropout=0.0,
+                              checkpoint_every_steps=1000)
+    assert not all(torch.allclose(big[k], small[k], atol=1e-5) for k in big)  # the check can fail
 
 
 @pytest.mark.slow
