@@ -149,7 +149,7 @@ def apply_min_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int | None:
     Only when the user did not set ``engine.epochs`` (or ``engine.max_steps``) and the config knows
     it (a :class:`ResolvedConfig`; a resumed run keeps its saved epochs).
     """
-    e = cfg["engine"]
+    e = cfg.get("engine")  # a medmm.config.TaskConfig, or a legacy ResolvedConfig dict
     min_steps = int(e.get("min_steps", 0) or 0)
     user = getattr(cfg, "user", None)
     if user is None or not min_steps or steps_per_epoch <= 0 or {"engine.epochs", "engine.max_steps"} & user:

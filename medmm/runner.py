@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from medmm import __version__
-from medmm.config import resolve
+from medmm.config import TaskConfig, as_config, resolve, run_config
 from medmm.errors import MedmmError
 from medmm.task import TaskSpec
 
@@ -51,12 +51,12 @@ def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
     return run_dir
 
 
-def resume_config(run_dir: Path, spec: TaskSpec, overrides: Sequence[str]) -> dict[str, Any]:
+def resume_config(run_dir: Path, spec: TaskSpec, overrides: Sequence[str]) -> TaskConfig:
     """The run's saved config (plus ``--set`` overrides, e.g. more epochs), re-validated."""
     info = _run_info(run_dir)
     if info["task"] != spec.name:
         raise MedmmError(f"{run_dir} is a {info['task']!r} run, not {spec.name!r}")
-    return resolve(task_defaults(spec), run_dir / "config.yaml", overrides, choices(spec))
+    return run_config(spec, run_dir, overrides)
 
 
 def task_defaults(spec: TaskSpec) -> Any:
@@ -72,7 +72,7 @@ def choices(spec: TaskSpec) -> dict[str, Any]:
     return {}
 
 
-def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[str]) -> dict[str, Any]:
+def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[str]) -> TaskConfig:
     """Defaults, the user's YAML and ``--set`` overrides, validated; then the backbone's recipe
     for every key the user did not set (:mod:`medmm.recipes`)."""
     from medmm.recipes import apply_recipe, user_keys
@@ -108,7 +108,7 @@ def _setup_logging(run_dir: Path, main: bool) -> None:
         attach_console(next((h for h in logger.handlers if isinstance(h, logging.FileHandler)), None))
 
 
-def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, *, resume: bool = False,
+def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, resume: bool = False,
              quiet: bool = False, prepared: bool = False) -> dict[str, Any]:
     """Train, evaluate on the test split and write every output of a run; returns the summary.
 
@@ -123,6 +123,7 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
     from medmm.engine.checkpoint import load_weights
     from medmm.engine.distributed import shutdown
 
+    cfg = as_config(cfg)
     run_dir = out or default_run_dir(spec.name)
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
@@ -171,7 +172,7 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
                 echo(f"medmm {spec.name}: {bundle.meta['description']}")
         if main and not quiet and describe_recipe(cfg):
             click.echo(f"medmm {spec.name}: {describe_recipe(cfg)}", err=True)
-        accum = max(1, int(cfg["engine"]["grad_accum"]))
+        accum = cfg.engine.grad_accum
         if apply_min_steps(cfg, math.ceil(len(trainer._plan(bundle, 0)) / accum)) and main:
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
@@ -214,13 +215,13 @@ def run_task(spec: TaskSpec, cfg: dict[str, Any], data: Path, out: Path | None, 
             shutil.rmtree(task_dir, ignore_errors=True)
 
 
-def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
+def _plugin_callbacks(cfg: TaskConfig, run_dir: Path) -> list[Any]:
     """TensorBoard (when asked) plus every callback registered by plugins."""
     from medmm.engine.callbacks import tensorboard_logger
     from medmm.plugins import get_registry
 
     out: list[Any] = []
-    if cfg["engine"].get("tensorboard"):
+    if cfg.engine.tensorboard:
         tb = tensorboard_logger(run_dir)
         if tb is not None:
             out.append(tb)
@@ -229,7 +230,7 @@ def _plugin_callbacks(cfg: dict[str, Any], run_dir: Path) -> list[Any]:
     return out
 
 
-def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir: Path, cfg: dict[str, Any],
+def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir: Path, cfg: TaskConfig,
             spec: TaskSpec, bundle: Any) -> dict[str, Any]:
     """Metrics with CIs, predictions.csv, report.html and the model card."""
     from medmm.classic import baseline_for_run
@@ -240,10 +241,10 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
 
     metrics = trainer.metrics_of(ev)
     ci: dict[str, tuple[float, float]] = {}
-    n_boot = int(cfg["engine"]["bootstrap"])
+    n_boot = cfg.engine.bootstrap
     if metrics and n_boot:
         (y_true, y_score), kw = trainer.metric_inputs(ev)
-        ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=int(cfg.get("seed", 0)), **kw)
+        ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=cfg.seed, **kw)
     write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"),
                       operating_point=bundle.meta.get("operating_point"))
     base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.get("unit_columns"))
@@ -252,7 +253,7 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     _write_final_record(run_dir / "metrics.jsonl", record)
     sizes = {name: len(s.dataset) for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
              if s is not None}
-    model_name = str(cfg.get("model", {}).get("backbone", cfg.get("model", {}).get("name", "?")))
+    model_name = str(cfg.model.get("backbone", cfg.model.get("name", "?")))  # keys a task's model section may have
     y_true, y_score = (ev.targets, ev.scores)
     kw: dict[str, Any] = {}
     if task.problem == "survival" and ev.targets is not None:
@@ -344,7 +345,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     spec = registry.get("task", info["task"])
-    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
+    cfg = run_config(spec, run_dir)
     from medmm.data.cache_dirs import predict_cache
     from medmm.runlog import attach_console
 

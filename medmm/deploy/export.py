@@ -89,19 +89,19 @@ def _graph_module(task: Any, model: Any, spec: GraphSpec) -> Any:
 # --------------------------------------------------------------------------- loading a run
 
 
-def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[dict[str, Any], Any, Any, dict]:
+def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[Any, Any, Any, dict]:
     """``(cfg, task, model, run_info)`` of a trained run on the CPU in fp32, weights loaded."""
-    from medmm.config import resolve
+    from medmm.config import run_config
     from medmm.engine.checkpoint import load_weights
-    from medmm.runner import _run_info, choices, task_defaults
+    from medmm.runner import _run_info
 
     info = _run_info(run_dir)
     if info["task"] not in GRAPHS:
         raise MedmmError(f"medmm export: task {info['task']!r} has no ONNX export yet (supported: "
                          f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
     spec = registry.get("task", info["task"])
-    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
-    cfg["engine"]["device"], cfg["engine"]["precision"] = "cpu", "fp32"
+    cfg = run_config(spec, run_dir)  # a medmm.config.TaskConfig
+    cfg.engine.device, cfg.engine.precision = "cpu", "fp32"
     task = spec.load()(cfg, run_dir)
     task.load_artifacts(run_dir / "artifacts")
     model = task.build_model()
@@ -137,7 +137,7 @@ def _split_ids(run_dir: Path) -> list[str]:
     return []
 
 
-def parity_sample(run_dir: Path, cfg: dict[str, Any], spec: GraphSpec, data: Path, n: int, tmp: Path,
+def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, tmp: Path,
                   *, whole: bool) -> Path:
     """A copy of up to ``n`` test units of ``data`` under ``tmp`` (``whole``: ``data`` as given)."""
     if whole:
@@ -169,7 +169,7 @@ def parity_sample(run_dir: Path, cfg: dict[str, Any], spec: GraphSpec, data: Pat
         df = pd.read_json(data, lines=True, dtype=False)
     else:  # other formats (compressed, reader plugins): the whole file
         return data
-    id_col = cfg["data"].get("id_column")
+    id_col = getattr(cfg.data, "id_column", None)
     keys = df[id_col].astype(str) if id_col and id_col in df.columns else pd.Series([str(i) for i in range(len(df))])
     wanted = set(ids)
     rows = df[keys.isin(wanted).to_numpy()] if wanted else df
@@ -352,7 +352,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         from medmm.engine import Trainer
 
         if spec.data == "dicom":
-            cfg["data"]["cache_dir"] = str(scratch / "cache")  # never write a cache into the run
+            cfg.data.cache_dir = str(scratch / "cache")  # never write a cache into the run
         split, collate = task.build_predict_data(Path(sample_path))
         trainer = Trainer(task, cfg, run_dir, quiet=True)
         with torch.no_grad():
@@ -378,7 +378,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
             raise MedmmError(f"parity check failed: max |delta {parity['measure']}| = {diff:.3g} > {TOLERANCE:g} "
                              f"between torch and onnxruntime on {len(ref.units)} units; nothing was written")
         quant = _quantize(stage, base, examples, ref, task.problem) if quantize else None
-        model_cfg = cfg.get("model", {})
+        model_cfg = cfg.model.model_dump()
         manifest = {
             **base,
             "medmm": __version__,
@@ -463,9 +463,9 @@ def _meaning(problem: str, labels: list[str] | None) -> str:
     return "log hazard (higher = earlier event) [batch]"
 
 
-def _preprocessing(task: str, cfg: dict[str, Any]) -> dict[str, Any]:
+def _preprocessing(task: str, cfg: Any) -> dict[str, Any]:
     """A readable summary (the exact parameters are the files under artifacts/)."""
-    d = cfg["data"]
+    d = cfg.data.model_dump(mode="json")
     if task == "image-cls":
         return {k: d[k] for k in ("size", "channels", "window", "frames", "level") if k in d} | {
             "pixels": "artifacts/image.json", "range": "[0, 1] after window, 8-bit quantised"}
