@@ -135,6 +135,7 @@ def test_demo_folder_has_real_classes_and_exercises_skips(demo: Path) -> None:
     assert labels.unlabelled == []
 
 
+@pytest.mark.slow
 def test_demo_rebuild_is_idempotent(demo: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in demo.rglob("*") if p.is_file()}
     build_demo(demo)
