@@ -296,9 +296,10 @@ def test_predict_from_exports_runs_with_torch_hidden(tabular, text, image, tmp_p
                 for name, (data, _, export) in (("tab", tabular), ("txt", text), ("img", image))]
     proc = no_torch(*commands)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for name, (data, run, _) in (("tab", tabular), ("txt", text)):
-        medmm("predict", run, "--data", data, "--out", tmp_path / f"{name}-torch.csv")
-        assert_same_predictions(tmp_path / f"{name}-torch.csv", tmp_path / f"{name}.csv")
+    # the same files as this (torch-importing) process writes; those equal the torch path's (tests above)
+    for name, (data, _, export) in (("tab", tabular), ("txt", text), ("img", image)):
+        medmm("predict", export, "--data", data, "--out", tmp_path / f"{name}-here.csv")
+        assert (tmp_path / f"{name}-here.csv").read_bytes() == (tmp_path / f"{name}.csv").read_bytes()
     assert len(read_csv(tmp_path / "img.csv")) > 40
 
 

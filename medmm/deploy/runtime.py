@@ -335,8 +335,8 @@ class ExportedModel:
         """Scores of one batch (probabilities, or values for regression / survival)."""
         return self.session.run([self.output], dict(feeds))[0]
 
-    def score(self, ex: Examples) -> Prediction:
-        """Run every batch, pool per unit, apply the run's stored calibration (if any)."""
+    def score(self, ex: Examples, *, calibrate: bool = True) -> Prediction:
+        """Run every batch, pool per unit, apply the run's stored calibration (if any and ``calibrate``)."""
         parts = [self.run(b) for b in ex.batches]
         if parts:
             scores = np.concatenate(parts).astype(np.float32)
@@ -345,7 +345,7 @@ class ExportedModel:
             scores = np.zeros((0,) if k == 1 else (0, k), dtype=np.float32)
         units, pooled, targets = pool_by_unit(ex.units, scores, ex.targets)
         pred = Prediction(units, pooled, targets, ex.unit_columns, ex.skipped, ex.records)
-        return self._calibrated(pred)
+        return self._calibrated(pred) if calibrate else pred
 
     def _calibrated(self, pred: Prediction) -> Prediction:
         if not (self.dir / "artifacts").is_dir():
