@@ -242,9 +242,11 @@ def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: P
     data, run, export = image
     m = json.loads((export / "manifest.json").read_text())
     assert m["parity"]["max_abs_diff"] <= 1e-4 and m["preprocessing"]["size"] == 32
-    medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv")
+    medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv", "--dicom-sr", tmp_path / "sr-torch")
     medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv", "--dicom-sr", tmp_path / "sr")
     assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+    # the torch path's reports (built from its predictions.csv) cover the same studies
+    assert sorted(p.name for p in (tmp_path / "sr-torch").iterdir()) == sorted(p.name for p in (tmp_path / "sr").iterdir())
 
     preds: dict[str, list[dict]] = {}  # the demo holds one image in several transfer syntaxes: one UID, several files
     for r in csv.DictReader((tmp_path / "onnx.csv").open()):
