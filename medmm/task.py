@@ -113,8 +113,10 @@ class Task:
     problem: str = "multiclass"
     label_names: list[str] | None = None
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
-        self.cfg = cfg
+    def __init__(self, cfg: Any, run_dir: Path) -> None:
+        from medmm.config import as_config
+
+        self.cfg = as_config(cfg)  # a medmm.config.TaskConfig (a legacy nested dict is turned into one)
         self.run_dir = run_dir
 
     # -- training -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.plugins import get_registry
 from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm_plugins.tabular_risk.config import TabularRiskConfig
 
 ARTIFACT = "tabular.json"
 
@@ -49,24 +50,25 @@ def _collate(batch: Any) -> Any:
 class TabularRiskTask(Task):
     """Features through a scikit-learn-fitted preprocessor, then an MLP or linear risk model."""
 
+    cfg: TabularRiskConfig  # read by attribute (medmm.config)
     preprocessor: Preprocessor
     has_target: bool = True
 
     # ------------------------------------------------------------------ helpers
     def _problem(self, df: Any) -> str:
-        d = self.cfg["data"]
-        if d["problem"] != "auto":
-            return d["problem"]
-        if d["time"] or d["event"]:
+        d = self.cfg.data
+        if d.problem != "auto":
+            return d.problem
+        if d.time or d.event:
             return "survival"
-        if not d["target"]:
+        if not d.target:
             raise ConfigError("tabular-risk needs data.target (or data.time + data.event for survival)")
-        if d["target"] not in df.columns:
-            raise DataError(f"target column {d['target']!r} is not in the data; the data has {list(df.columns)}")
-        return "binary" if df[d["target"]].dropna().nunique() == 2 else "regression"
+        if d.target not in df.columns:
+            raise DataError(f"target column {d.target!r} is not in the data; the data has {list(df.columns)}")
+        return "binary" if df[d.target].dropna().nunique() == 2 else "regression"
 
     def _row_ids(self, df: Any) -> list[str]:
-        col = self.cfg["data"]["id_column"]
+        col = self.cfg.data.id_column
         if col:
             if col not in df.columns:
                 raise DataError(f"id column {col!r} is not in the data")
@@ -80,33 +82,33 @@ class TabularRiskTask(Task):
 
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
-        d = self.cfg["data"]
-        df = read_table(data_path, decimal=d["decimal"])
+        d = self.cfg.data
+        df = read_table(data_path, decimal=d.decimal)
         self.problem = self._problem(df)
-        target = prepare_target(df, self.problem, d["target"], d["time"], d["event"])
+        target = prepare_target(df, self.problem, d.target, d.time, d.event)
         ids_all = self._row_ids(df)
         write_skipped(self.run_dir / "skipped.csv",
                       [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
-        reserved = {d["target"], d["time"], d["event"], d["id_column"], d["group_column"], d["split_column"]} - {None}
-        features = select_features(list(df.columns), d["features"], d["exclude"], reserved)
-        overrides = {**{c: "categorical" for c in d["categorical"] or []}, **{c: "numeric" for c in d["numeric"] or []}}
+        reserved = {d.target, d.time, d.event, d.id_column, d.group_column, d.split_column} - {None}
+        features = select_features(list(df.columns), d.features, d.exclude, reserved)
+        overrides = {**{c: "categorical" for c in d.categorical or []}, **{c: "numeric" for c in d.numeric or []}}
         types = infer_column_types(kept, features, overrides)
         y = self._targets(target)
-        groups = kept[d["group_column"]].astype(str).tolist() if d["group_column"] else None
+        groups = kept[d.group_column].astype(str).tolist() if d.group_column else None
         strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
-        if d["split_column"]:
-            if d["split_column"] not in kept.columns:
-                raise DataError(f"split column {d['split_column']!r} is not in the data")
-            splits = np.asarray([parse_split(v) for v in kept[d["split_column"]]], dtype=object)
+        if d.split_column:
+            if d.split_column not in kept.columns:
+                raise DataError(f"split column {d.split_column!r} is not in the data")
+            splits = np.asarray([parse_split(v) for v in kept[d.split_column]], dtype=object)
             bad = [i for i, s in zip(ids, splits) if s is None]
             if bad:
-                raise DataError(f"data.split_column {d['split_column']!r} must hold train / val / test; "
+                raise DataError(f"data.split_column {d.split_column!r} must hold train / val / test; "
                                 f"{len(bad)} rows do not (first ids: {bad[:3]})")
         else:
-            splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d["val_fraction"],
-                                 test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+            splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d.val_fraction,
+                                 test_fraction=d.test_fraction, seed=self.cfg.seed)
         if groups is not None:
             check_no_leakage(splits, groups)
         write_splits(self.run_dir / "splits.csv", ids, splits)
@@ -133,15 +135,15 @@ class TabularRiskTask(Task):
                           meta={"description": desc})
 
     def build_model(self) -> torch.nn.Module:
-        m = self.cfg["model"]
-        cls = get_registry().get("backbone", m["backbone"])
+        m = self.cfg.model
+        cls = get_registry().get("backbone", m.backbone)
         if cls.modality != "tabular":
-            raise ConfigError(f"model.backbone {m['backbone']!r} is a {cls.modality} backbone, not tabular")
+            raise ConfigError(f"model.backbone {m.backbone!r} is a {cls.modality} backbone, not tabular")
         factory = cls.load()
-        options = {"hidden": m["hidden"], "blocks": m["blocks"], "dropout": m["dropout"]}
+        options = {"hidden": m.hidden, "blocks": m.blocks, "dropout": m.dropout}
         accepted = inspect.signature(factory).parameters
         kwargs = {k: v for k, v in options.items() if k in accepted}
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.cfg.seed)
         return factory(self.preprocessor.n_features, 1, **kwargs)
 
     y_mean: float = 0.0
@@ -155,7 +157,7 @@ class TabularRiskTask(Task):
             result["output"] = out * self.y_std + self.y_mean
             if self.has_target:
                 z = (y - self.y_mean) / self.y_std
-                fn = torch.nn.functional.huber_loss if self.cfg["model"]["loss"] == "huber" else torch.nn.functional.mse_loss
+                fn = torch.nn.functional.huber_loss if self.cfg.model.loss == "huber" else torch.nn.functional.mse_loss
                 result["loss"] = fn(out.float(), z)
         return result
 
@@ -173,15 +175,15 @@ class TabularRiskTask(Task):
         self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
-        d = self.cfg["data"]
-        df = read_table(data_path, decimal=d["decimal"])
+        d = self.cfg.data
+        df = read_table(data_path, decimal=d.decimal)
         x = self.preprocessor.transform(df)
         ids = self._row_ids(df)
         y = None
-        cols = [d["time"], d["event"]] if self.problem == "survival" else [d["target"]]
+        cols = [d.time, d.event] if self.problem == "survival" else [d.target]
         if all(c and c in df.columns for c in cols):
             try:
-                target = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
+                target = prepare_target(df, self.problem, d.target, d.time, d.event,
                                         positive_label=self.label_names[1] if self.label_names else None)
             except DataError as exc:  # e.g. one class only: predictions are still useful, metrics are not
                 logging.getLogger("medmm").warning("no metrics: the label column cannot be scored (%s)", exc)
