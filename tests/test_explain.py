@@ -19,8 +19,8 @@ from medmm.cli import main
 from medmm.errors import MedmmError
 
 KEYWORD = "pneumothorax"
-FILLER = ("the a patient chest lung heart normal seen no with and of is clear view film study left right mild "
-          "small stable image exam shows").split()
+FILLER = ["the", "a", "patient", "chest", "lung", "heart", "normal", "seen", "no", "with", "and", "of", "is",
+          "clear", "view", "film", "study", "left", "right", "mild", "small", "stable", "image", "exam", "shows"]
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -270,6 +270,40 @@ def test_missing_captum_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(builtins, "__import__", fake)
     with pytest.raises(MedmmError, match=r"pip install 'medmm\[explain\]'"):
         require_captum()
+
+
+# ----------------------------------------------------------------------------------- fusion
+
+
+def _pairs(path: Path, n: int, seed: int) -> Path:
+    """Text (random filler) + two table columns; the label is decided by the column ``marker``."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.normal(size=2)
+        rows.append({"id": f"f{seed}-{i}", "text": " ".join(rng.choice(FILLER, 10)), "marker": round(a, 4),
+                     "noise": round(b, 4), "label": "yes" if a > 0 else "no"})
+    return _write_csv(path, rows)
+
+
+@pytest.mark.slow
+def test_fusion_deciding_modality_on_top(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run, out = tmp_path / "run", tmp_path / "explained"
+    code, _, err = _cli(capsys, "run", "fusion", "--data", str(_pairs(tmp_path / "train.csv", 240, 0)), "--out",
+                        str(run), "--set", "data.image_column=null", "--set", "data.tabular_columns=[marker,noise]",
+                        "--set", "model.text_backbone=bert-tiny", "--set", "data.id_column=id",
+                        "--set", "engine.epochs=12", "--set", "engine.bootstrap=0", "--quiet")
+    assert code == 0, err
+    code, printed, err = _cli(capsys, "explain", str(run), "--data", str(_pairs(tmp_path / "new.csv", 30, 1)),
+                              "--out", str(out), "--limit", "30")
+    assert code == 0, err
+    assert "modality masking" in printed
+    top = _top_items(out, "modalities")
+    assert len(top) == 30 and sum(v == "tabular" for v in top.values()) >= 27
+    assert sum(v == "marker" for v in _top_items(out, "tabular").values()) >= 27  # and inside the modality
+    assert _top_items(out, "text")  # the text modality is explained too (IG through the frozen encoder)
+    f = _faith(out, "modalities")
+    assert f["deletion_top"] > f["deletion_random"]
 
 
 # --------------------------------------------------------------------------- fallback (unit)

@@ -25,7 +25,7 @@ from medmm.explain.spec import InputSpec
 
 def k_for(n_items: int) -> int:
     """Items deleted: 10% of them (at least one)."""
-    return max(1, int(math.ceil(0.1 * n_items))) if n_items >= 10 else 1
+    return max(1, math.ceil(0.1 * n_items)) if n_items >= 10 else 1
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medmm.io import write_text_atomic
-from medmm.report import _esc, _kv_table, _note, _page, _section
+from medmm.report import _esc, _header, _kv_table, _note, _page, _section
 
 CAVEATS = (
     "Attributions say which parts of the input the model's output is sensitive to; they are not causal "
@@ -35,8 +35,7 @@ def _order(scores: np.ndarray, signed: bool) -> np.ndarray:
 
 def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec: Any, used: dict[str, str],
                   methods: dict[str, str], examples: list[Any], faith: dict[str, Any], extras: dict[str, Any],
-                  top_k: int, seconds: float, fallback: bool) -> dict[str, Any]:
-    from medmm.explain.faithfulness import k_for  # noqa: F401  (documented rule)
+                  top_k: int, seconds: float, attr_seconds: float, fallback: bool) -> dict[str, Any]:
     from medmm.explain.image import overlay_png
     from medmm.explain.run import safe_name, write_csv
     from medmm.explain.text import join_windows, lexicon
@@ -120,6 +119,7 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
         "format": "medmm.explanations", "version": 1, "task": task_name, "run_dir": str(run_dir),
         "problem": task.problem, "examples": len(examples), "units": len(units),
         "seconds": seconds, "seconds_per_example": seconds / max(1, len(examples)),
+        "attribution_seconds_per_example": attr_seconds / max(1, len(examples)),
         "methods": {n: methods.get(m, m) for n, m in used.items()}, "fallback": fallback,
         "faithfulness": faithfulness, "lexicon": lex, "global": global_items,
         "permutation_importance": extras.get("permutation"), "overlays": len(overlays),
@@ -183,11 +183,12 @@ def _items_table(a: Any, signed: bool, top_k: int) -> str:
 
 def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[Any], docs: dict[str, Any],
           pngs: dict[tuple[int, str], str], signed: bool, top_k: int) -> str:
-    parts = [f"<h1>medmm explain: {_esc(task_name)}</h1>",
+    parts = [_header(f"medmm explain: {task_name}", summary["problem"], summary["examples"]),
              _section("Summary", _kv_table({
                  "task": task_name, "problem": summary["problem"], "examples explained": summary["examples"],
                  "units": summary["units"], **{f"method ({n})": m for n, m in summary["methods"].items()},
-                 "seconds per example": f"{summary['seconds_per_example']:.3f}"})
+                 "seconds per example (attributions / with the checks)":
+                     f"{summary['attribution_seconds_per_example']:.3f} / {summary['seconds_per_example']:.3f}"})
                  + "".join(_note(n) for n in summary["notes"])),
              _section("Faithfulness", _faith_table(summary)),
              _section("What these explanations do not prove", f"<p>{_esc(CAVEATS)}</p>")]

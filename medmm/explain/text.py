@@ -43,7 +43,7 @@ def merge_pieces(tokens: Sequence[str]) -> list[tuple[str, list[int]]]:
         if sp:
             starts, text = tok.startswith(_SP_MARKS), tok.lstrip("".join(_SP_MARKS))
         else:
-            starts, text = not tok.startswith("##"), tok[2:] if tok.startswith("##") else tok
+            starts, text = not tok.startswith("##"), tok.removeprefix("##")
         if starts or not words:
             words.append((text, [pos]))
         else:
