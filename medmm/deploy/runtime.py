@@ -389,11 +389,11 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
 
     from medmm.io import write_skipped
     from medmm.predictions import write_predictions
+    from medmm.rundir import check_output_file
 
-    model = ExportedModel(export_dir, quantized=quantized)
     out = Path(out)
-    if out.is_dir():
-        raise MedmmError(f"--out {out} is a folder; give a CSV file name")
+    check_output_file(out)  # before any work, as the torch path does
+    model = ExportedModel(export_dir, quantized=quantized)
     if dicom_sr is not None and model.task != "image-cls":
         raise MedmmError(f"--dicom-sr reports image findings; this export is a {model.task!r} model")
     pred = model.predict_path(data)
