@@ -48,6 +48,7 @@ from medmm.models.text import TextClassifier, load_text_backbone, save_text_back
 from medmm.plugins import get_registry
 from medmm.registry import Component
 from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
 __all__ = ["TextClsTask"]
 
@@ -85,10 +86,12 @@ class _Docs:
 class TextClsTask(Task):
     """Fine-tune a text encoder (or train a TextCNN / BiGRU baseline) on labelled documents."""
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+    cfg: TextClsConfig  # read by attribute (medmm.config)
+
+    def __init__(self, cfg: TextClsConfig, run_dir: Path) -> None:
         super().__init__(cfg, run_dir)
-        self.data_cfg: dict[str, Any] = cfg["data"]
-        self.model_cfg: dict[str, Any] = cfg["model"]
+        self.data_cfg: TextClsData = self.cfg.data
+        self.model_cfg: TextClsModel = self.cfg.model
         self.tokenizer: Any = None
         self.multilabel = False
         self._encoder: nn.Module | None = None  # built with its tokenizer; handed to build_model once
@@ -97,7 +100,7 @@ class TextClsTask(Task):
 
     # ------------------------------------------------------------------ backbone
     def _component(self) -> Component:
-        name = self.model_cfg["backbone"]
+        name = self.model_cfg.backbone
         comp = get_registry().get("backbone", name)
         if comp.modality != "text":
             raise ConfigError(f"model.backbone {name!r} is a {comp.modality} backbone; "
@@ -111,9 +114,9 @@ class TextClsTask(Task):
         """``(encoder, tokenizer)`` from a pretrained-encoder factory, with a seeded init."""
         m = self.model_cfg
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.cfg.get("seed", 0)))  # randomly initialised parts (bert-tiny)
-            return self._component().load()(m["backbone"], name_or_path=m["name_or_path"],
-                                             pooling=m["pooling"])
+            torch.manual_seed(self.cfg.seed)  # randomly initialised parts (bert-tiny)
+            return self._component().load()(m.backbone, name_or_path=m.name_or_path,
+                                             pooling=m.pooling)
 
     def _vocab_encoder(self) -> nn.Module:
         comp = self._component()
@@ -127,24 +130,24 @@ class TextClsTask(Task):
     # ------------------------------------------------------------------ reading
     def _read(self, data_path: Path, *, labels: bool, for_predict: bool = False) -> TextExamples:
         d = self.data_cfg
-        text_cols, label_cols = _columns(d["text_column"]), _columns(d["label_column"])
-        id_col = d["id_column"]
-        df = read_table(data_path, string_columns=[c for c in (id_col, d["group_column"]) if c])
+        text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
+        id_col = d.id_column
+        df = read_table(data_path, string_columns=[c for c in (id_col, d.group_column) if c])
         if for_predict and id_col and id_col not in df.columns:
             logger.warning("id column %r is not in %s; predictions are keyed by row number",
                            id_col, Path(data_path).name)
             id_col = None
-        common = {"text_columns": text_cols, "id_column": id_col, "separator": d["separator"],
-                  "max_chars": int(d["max_chars"])}
+        common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
+                  "max_chars": d.max_chars}
         if for_predict:
             return load_text_examples(df, label_columns=label_cols if labels else [],
-                                      label_delimiter=d["label_delimiter"] if labels else None,
+                                      label_delimiter=d.label_delimiter if labels else None,
                                       label_names=self.label_names, **common)
         if not label_cols:
             raise ConfigError("text-cls needs data.label_column: one column of classes, or a list "
                               "of 0/1 columns (multi-label)")
-        return load_text_examples(df, label_columns=label_cols, label_delimiter=d["label_delimiter"],
-                                  group_column=d["group_column"], split_column=d["split_column"], **common)
+        return load_text_examples(df, label_columns=label_cols, label_delimiter=d.label_delimiter,
+                                  group_column=d.group_column, split_column=d.split_column, **common)
 
     def _set_problem(self, ex: TextExamples) -> None:
         k = len(ex.label_names)
@@ -161,8 +164,8 @@ class TextClsTask(Task):
     def _tokenize(self, ex: TextExamples, cache_dir: Path | None, *, by_length: bool = False) -> _Docs:
         """Tokenise one split; ``by_length`` orders its sequences shortest first."""
         d = self.data_cfg
-        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=int(d["max_length"]),
-                                 cache_dir=cache_dir, long_text=d["long_text"], stride=int(d["stride"]))
+        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length,
+                                 cache_dir=cache_dir, long_text=d.long_text, stride=d.stride)
         if by_length:
             order = np.argsort(corpus.lengths, kind="stable")
             corpus = TokenizedCorpus.from_lists([corpus[i] for i in order], corpus.doc_index[order],
@@ -173,7 +176,7 @@ class TextClsTask(Task):
                      targets, corpus.lengths)
 
     def _cache_dir(self) -> Path:
-        return Path(self.data_cfg["cache_dir"] or self.run_dir / "cache").expanduser()
+        return Path(self.data_cfg.cache_dir or self.run_dir / "cache").expanduser()
 
     def _collate(self) -> functools.partial:
         pad_id = getattr(self.tokenizer, "pad_token_id", None)
@@ -193,8 +196,8 @@ class TextClsTask(Task):
                 check_no_leakage(splits, ex.groups)
         else:
             splits = group_split(len(ex), groups=ex.groups, labels=None if ex.multilabel else ex.labels,
-                                 val_fraction=float(d["val_fraction"]), test_fraction=float(d["test_fraction"]),
-                                 seed=int(self.cfg.get("seed", 0)))
+                                 val_fraction=d.val_fraction, test_fraction=d.test_fraction,
+                                 seed=self.cfg.seed)
         if is_main_process():
             write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
 
@@ -205,9 +208,9 @@ class TextClsTask(Task):
 
         if self._uses_vocab():
             m = self.model_cfg
-            self.tokenizer = SimpleVocab.build(parts["train"].texts, min_freq=int(m["vocab_min_freq"]),
-                                               max_size=int(m["vocab_size"]))
-            self._encoder_kwargs = {"vocab_size": len(self.tokenizer), "embedding_dim": int(m["embed_dim"])}
+            self.tokenizer = SimpleVocab.build(parts["train"].texts, min_freq=m.vocab_min_freq,
+                                               max_size=m.vocab_size)
+            self._encoder_kwargs = {"vocab_size": len(self.tokenizer), "embedding_dim": m.embed_dim}
             logger.info("vocabulary: %d words from the training split", len(self.tokenizer))
         else:
             self._encoder, self.tokenizer = self._pretrained_encoder()
@@ -217,7 +220,7 @@ class TextClsTask(Task):
         # almost no padding.
         docs = {name: self._tokenize(part, cache, by_length=name == "val") if len(part) else None
                 for name, part in parts.items()}
-        if int(self.cfg["engine"]["num_workers"]) > 0:
+        if self.cfg.engine.num_workers > 0:
             # Tokenising is done; forked DataLoader workers never call the tokenizer.
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -234,27 +237,27 @@ class TextClsTask(Task):
         d = self.data_cfg
         sizes = ", ".join(f"{name} {len(part.examples)}" for name, part in docs.items() if part is not None)
         text = (f"{len(ex)} documents ({sizes}); {self.problem} over {len(self.label_names or [])} labels; "
-                f"backbone {self.model_cfg['backbone']}, max_length {d['max_length']}, long_text {d['long_text']}")
-        if d["long_text"] == "chunk":
+                f"backbone {self.model_cfg.backbone}, max_length {d.max_length}, long_text {d.long_text}")
+        if d.long_text == "chunk":
             windows = sum(len(part.units) for part in docs.values() if part is not None)
             text += f" ({windows} windows)"
         else:
-            cut = sum(int((part.lengths >= int(d["max_length"])).sum()) for part in docs.values() if part is not None)
+            cut = sum(int((part.lengths >= d.max_length).sum()) for part in docs.values() if part is not None)
             if cut:
                 text += f"; {cut} documents cut at max_length (data.long_text=chunk reads them whole)"
-                logger.info("%d documents reach max_length=%s tokens and are truncated", cut, d["max_length"])
+                logger.info("%d documents reach max_length=%s tokens and are truncated", cut, d.max_length)
         if ex.skipped:
             text += f"; {len(ex.skipped)} rows skipped (skipped.csv)"
         return text
 
     def _write_skipped(self, ex: TextExamples) -> None:
         """``skipped.csv``: row id and a fixed reason phrase (never cell contents)."""
-        truncated = [(rid, f"truncated to data.max_chars={self.data_cfg['max_chars']} characters (kept)")
+        truncated = [(rid, f"truncated to data.max_chars={self.data_cfg.max_chars} characters (kept)")
                      for rid in ex.truncated]
         write_skipped(self.run_dir / "skipped.csv", [*ex.skipped, *truncated])
 
     def build_model(self) -> nn.Module:
-        seed = int(self.cfg.get("seed", 0))
+        seed = self.cfg.seed
         if self.label_names is None:
             raise ConfigError("build_data or load_artifacts must run before build_model")
         num_outputs = 1 if self.problem == "binary" else len(self.label_names)
@@ -268,7 +271,7 @@ class TextClsTask(Task):
             else:
                 encoder, _ = self._pretrained_encoder()
         torch.manual_seed(seed)
-        return TextClassifier(encoder, num_outputs, dropout=float(self.model_cfg["dropout"]))
+        return TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         logits = model(batch["input_ids"], batch["attention_mask"])
@@ -277,7 +280,7 @@ class TextClsTask(Task):
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Encoder at ``engine.lr * model.encoder_lr_scale``; the head at ``engine.lr``."""
         inner = getattr(model, "module", model)
-        return [("encoder", list(inner.encoder.parameters()), float(self.model_cfg["encoder_lr_scale"])),
+        return [("encoder", list(inner.encoder.parameters()), self.model_cfg.encoder_lr_scale),
                 ("head", list(inner.head.parameters()), 1.0)]
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
@@ -292,13 +295,13 @@ class TextClsTask(Task):
         directory.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {"format": _FORMAT, "version": 1, "problem": self.problem,
                                    "label_names": self.label_names, "multilabel": self.multilabel,
-                                   "backbone": self.model_cfg["backbone"]}
+                                   "backbone": self.model_cfg.backbone}
         if self._encoder_kwargs:
             self.tokenizer.save(directory / VOCAB_FILE)
             payload["vocab_encoder"] = self._encoder_kwargs
         else:
             if self._encoder is None or not hasattr(self._encoder, "save_pretrained"):
-                raise ConfigError(f"backbone {self.model_cfg['backbone']!r}: the encoder cannot be saved "
+                raise ConfigError(f"backbone {self.model_cfg.backbone!r}: the encoder cannot be saved "
                                   "for prediction (it needs a save_pretrained method)")
             save_text_backbone(directory / ENCODER_DIR, self._encoder, self.tokenizer)
         write_json_atomic(directory / ARTIFACT, payload)
@@ -320,7 +323,7 @@ class TextClsTask(Task):
         if ex.skipped:
             logger.warning("not predicted: %s", ex.skip_summary())
         labels = None
-        if _columns(self.data_cfg["label_column"]):
+        if _columns(self.data_cfg.label_column):
             try:
                 labelled = self._read(data_path, labels=True, for_predict=True)
             except DataError:
@@ -340,7 +343,7 @@ class TextClsTask(Task):
         from medmm.explain.text import token_input
 
         inner = getattr(model, "module", model)
-        overlap = int(self.data_cfg["stride"]) if self.data_cfg["long_text"] == "chunk" else 0
+        overlap = self.data_cfg.stride if self.data_cfg.long_text == "chunk" else 0
         return ExplainSpec([token_input(
             "text", inner.encoder, self.tokenizer, get=lambda b: b["input_ids"],
             put=lambda b, x: {**b, "input_ids": x}, valid=lambda b: b["attention_mask"], window_overlap=overlap)])
