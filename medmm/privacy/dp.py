@@ -114,8 +114,6 @@ def prepare_model(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Modul
 
 def _norm_act_to_group_norm(module: torch.nn.Module) -> torch.nn.Module:
     """GroupNorm (opacus' group count) followed by the BatchNorm subclass's own drop / act modules."""
-    import math as _math
-
     import torch.nn as nn
 
     class GroupNormAct(nn.GroupNorm):
@@ -129,7 +127,7 @@ def _norm_act_to_group_norm(module: torch.nn.Module) -> torch.nn.Module:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.act(self.drop(super().forward(x)))
 
-    return GroupNormAct(_math.gcd(32, module.num_features), module.num_features, module.eps, module.affine,
+    return GroupNormAct(math.gcd(32, module.num_features), module.num_features, module.eps, module.affine,
                         getattr(module, "drop", None) or nn.Identity(), getattr(module, "act", None) or nn.Identity())
 
 

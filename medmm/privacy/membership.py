@@ -141,7 +141,8 @@ def membership_audit(run_dir: Path, data: Path | None = None, *, checkpoint: str
     from medmm.engine.checkpoint import load_weights
     from medmm.io import write_json_atomic
     from medmm.privacy.dp import prepare_model
-    from medmm.runner import _run_info, choices, resolve, task_defaults
+    from medmm.config import run_config
+    from medmm.runner import _run_info
 
     if registry is None:
         from medmm.plugins import get_registry
@@ -150,7 +151,7 @@ def membership_audit(run_dir: Path, data: Path | None = None, *, checkpoint: str
     run_dir = Path(run_dir)
     info = _run_info(run_dir)
     spec = registry.get("task", info["task"])
-    cfg = resolve(task_defaults(spec), run_dir / "config.yaml", (), choices(spec))
+    cfg = run_config(spec, run_dir)
     data = Path(data) if data is not None else Path(info["data"])
     if not data.exists():
         raise MedmmError(f"membership audit: the run's data {data} is not there; pass the training data again")
