@@ -22,6 +22,7 @@ from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic
 from medmm.plugins import get_registry
 from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm_plugins.image_cls.config import ImageClsConfig, ImageClsData
 
 log = logging.getLogger("medmm")
 ARTIFACT = "image.json"
@@ -87,12 +88,12 @@ class Normalized(nn.Module):
         return self
 
 
-def _augmentation(d: dict[str, Any]) -> Any:
+def _augmentation(d: ImageClsData) -> Any:
     from torchvision.transforms import v2
 
-    steps: list[Any] = [v2.RandomResizedCrop(d["size"], scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+    steps: list[Any] = [v2.RandomResizedCrop(d.size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
                         v2.RandomRotation(7)]
-    if d["hflip"]:
+    if d.hflip:
         steps.append(v2.RandomHorizontalFlip())
     return v2.Compose(steps)
 
@@ -116,27 +117,28 @@ class ImageClsTask(Task):
 
     problem = "multiclass"
     has_target = True
+    cfg: ImageClsConfig  # read by attribute (medmm.config)
 
     @staticmethod
-    def resolve_auto_backbone(cfg: dict[str, Any]) -> tuple[str, str]:
+    def resolve_auto_backbone(cfg: ImageClsConfig) -> tuple[str, str]:
         """``(backbone, why)`` for ``model.backbone=auto`` (used by :mod:`medmm.recipes`)."""
-        return _auto_choice(cfg["engine"]["device"])
+        return _auto_choice(cfg.engine.device)
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+    def __init__(self, cfg: ImageClsConfig, run_dir: Path) -> None:
         super().__init__(cfg, run_dir)
-        if cfg["model"]["backbone"] == "auto":  # resolved here, so the run's config.yaml names it
-            cfg["model"]["backbone"] = auto_backbone(cfg["engine"]["device"])
+        if self.cfg.model.backbone == "auto":  # resolved here, so the run's config.yaml names it
+            self.cfg.model.backbone = auto_backbone(self.cfg.engine.device)
 
     # ------------------------------------------------------------------ data
     def _pixel_config(self) -> PixelConfig:
-        d = self.cfg["data"]
-        return PixelConfig(size=d["size"], channels=d["channels"], window=d["window"], frames=d["frames"])
+        d = self.cfg.data
+        return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames=d.frames)
 
     def _cache_dir(self) -> Path:
-        return Path(self.cfg["data"]["cache_dir"] or self.run_dir / "cache")
+        return Path(self.cfg.data.cache_dir or self.run_dir / "cache")
 
     def _workers(self) -> int:
-        return max(1, min(4, int(self.cfg["engine"]["num_workers"]) or (os.cpu_count() or 1)))
+        return max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
 
     def _scan(self, root: Path) -> tuple[Any, list[Skipped], PixelCache]:
         if not root.is_dir():
@@ -144,20 +146,20 @@ class ImageClsTask(Task):
         records, skipped = scan_folder(root, workers=self._workers())
         if not records:
             raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped; see skipped.csv)")
-        items = image_items(records, self.cfg["data"]["frames"])
+        items = image_items(records, self.cfg.data.frames)
         cache = PixelCache.build(root, items, self._pixel_config(), self._cache_dir(), workers=self._workers())
         return items, [*skipped, *cache.failed], cache
 
     def _unit(self, item: Any) -> str:
-        level = self.cfg["data"]["level"]
+        level = self.cfg.data.level
         return item.key if level == "instance" else group_key(item, level)
 
     def _unit_columns(self, items: list[Any]) -> dict[str, dict[str, str]]:
         """Extra predictions.csv columns per unit: UIDs, and the patient id only when asked (hashed)."""
         out: dict[str, dict[str, str]] = {}
-        o = self.cfg["output"]
+        o = self.cfg.output
         pseudonym = None
-        if o["include_patient_id"] and o["hash_patient_id"]:
+        if o.include_patient_id and o.hash_patient_id:
             # keyed HMAC with the installation's secret (never written to outputs): not reversible
             # from a list of known ids, unlike a plain hash
             from medmm.deid.pseudonyms import Pseudonymizer, load_key
@@ -165,19 +167,19 @@ class ImageClsTask(Task):
             pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for item in items:
             rec = item.record
-            cols = {"sop_instance_uid": rec.sop_uid} if self.cfg["data"]["level"] == "instance" else {}
-            if o["include_patient_id"]:
+            cols = {"sop_instance_uid": rec.sop_uid} if self.cfg.data.level == "instance" else {}
+            if o.include_patient_id:
                 pid = rec.patient_id
                 cols["patient_id"] = pseudonym(pid) if pseudonym else pid
             out.setdefault(self._unit(item), cols)
         return out
 
     def build_data(self, data_path: Path) -> DataBundle:
-        d = self.cfg["data"]
+        d = self.cfg.data
         root = Path(data_path)
         items, skipped, cache = self._scan(root)
         records = sorted({it.record for it in items}, key=lambda r: r.path)
-        labels = labels_from_csv(records, Path(d["labels"]), root=root) if d["labels"] else labels_from_folders(records)
+        labels = labels_from_csv(records, Path(d.labels), root=root) if d.labels else labels_from_folders(records)
         skipped += [Skipped(p, "no label") for p in labels.unlabelled]
         write_skipped_csv(skipped, self.run_dir / "skipped.csv")
         if labels.unmatched:
@@ -194,18 +196,18 @@ class ImageClsTask(Task):
         y = np.asarray(targets, dtype=np.float32 if labels.multi_label else np.int64)
         patients = [group_key(cache.items[r], "patient") for r in rows]
         splits = group_split(len(rows), groups=patients, labels=None if labels.multi_label else y,
-                             val_fraction=d["val_fraction"], test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+                             val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=self.cfg.seed)
         units = [self._unit(cache.items[r]) for r in rows]
         write_splits(self.run_dir / "splits.csv", [cache.items[r].key for r in rows], splits)
         self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
-        seed = int(self.cfg["seed"])
+        seed = self.cfg.seed
 
         def split(name: str, train: bool) -> Split | None:
             idx = np.flatnonzero(splits == name)
             if len(idx) == 0:
                 return None
             base = DicomImageDataset(cache, [rows[i] for i in idx], [y[i].tolist() if y.ndim > 1 else int(y[i]) for i in idx])
-            ds = AugmentedImages(base, _augmentation(d) if train and d["augment"] else None, seed)
+            ds = AugmentedImages(base, _augmentation(d) if train and d.augment else None, seed)
             return Split(ds, [units[i] for i in idx], y[idx])
 
         self._raw = {name: (cache, [rows[i] for i in np.flatnonzero(splits == name)],
@@ -214,31 +216,31 @@ class ImageClsTask(Task):
         counts = {c: int((y == k).sum()) for k, c in enumerate(self.label_names)} if y.ndim == 1 else {}
         desc = (f"{len(rows)} labelled DICOM images ({len(set(patients))} patients) from a folder scan; "
                 f"{len(skipped)} files skipped (see skipped.csv); classes {counts or self.label_names}; "
-                f"split by patient; unit of prediction: {d['level']}")
+                f"split by patient; unit of prediction: {d.level}")
         return DataBundle(split("train", True), split("val", False), split("test", False),
                           meta={"description": desc, "unit_columns": self.unit_columns,
-                                "unit_name": _UNIT_NAMES.get(d["level"], d["level"]),
-                                "example_name": "frames" if d["frames"] == "all" else "instances"})
+                                "unit_name": _UNIT_NAMES.get(d.level, d.level),
+                                "example_name": "frames" if d.frames == "all" else "instances"})
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
-        d, m = self.cfg["data"], self.cfg["model"]
-        comp = get_registry().get("backbone", m["backbone"])
+        d, m = self.cfg.data, self.cfg.model
+        comp = get_registry().get("backbone", m.backbone)
         if comp.modality != "image":
-            raise ConfigError(f"model.backbone {m['backbone']!r} is a {comp.modality} backbone, not an image one")
+            raise ConfigError(f"model.backbone {m.backbone!r} is a {comp.modality} backbone, not an image one")
         from medmm.models.image import ImageClassifier
 
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.cfg.seed)
         kwargs = {"timm_name": comp.extra.get("timm_name", comp.name)}
-        backbone = comp.build(**kwargs, in_chans=d["channels"], img_size=d["size"], pretrained=m["pretrained"],
-                              weights=m["weights"], drop_rate=m["dropout"], drop_path_rate=m["drop_path"])
+        backbone = comp.build(**kwargs, in_chans=d.channels, img_size=d.size, pretrained=m.pretrained,
+                              weights=m.weights, drop_rate=m.dropout, drop_path_rate=m.drop_path)
         self.weights_source = getattr(backbone, "weights_source", "?")
         n_out = 1 if self.problem == "binary" else len(self.label_names or [])
-        return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std, freeze_bn=m["freeze_bn"])
+        return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std, freeze_bn=m.freeze_bn)
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Backbone at ``model.backbone_lr_scale`` x the head's learning rate (0 freezes it)."""
-        scale = float(self.cfg["model"]["backbone_lr_scale"])
+        scale = self.cfg.model.backbone_lr_scale
         backbone = list(model.classifier.backbone.parameters())
         if scale == 0:
             for p in backbone:
@@ -261,8 +263,8 @@ class ImageClsTask(Task):
     def load_artifacts(self, directory: Path) -> None:
         payload = read_json(directory / ARTIFACT)
         self.problem, self.label_names = payload["problem"], payload["label_names"]
-        if self.cfg["model"]["pretrained"] in ("auto", "hub") and not self.cfg["model"]["weights"]:
-            self.cfg["model"]["pretrained"] = "none"  # the run's checkpoint holds the weights
+        if self.cfg.model.pretrained in ("auto", "hub") and not self.cfg.model.weights:
+            self.cfg.model.pretrained = "none"  # the run's checkpoint holds the weights
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
         root = Path(data_path)
