@@ -540,7 +540,7 @@ def report_section(cmp: Comparison) -> tuple[str, str]:
             f"evaluated on the same {html.escape(cmp.split)} units; its predictions are in baseline_predictions.csv "
             "and <code>medmm predict RUN --baseline</code> reuses it.</p>")
     return ("Model vs classic baseline",
-            f"{verdict}{diff}<table><tr><th>model</th>{head}</tr>{body}</table>{note}")
+            f"{verdict}{diff}<table><tr><th>fitted on the same split</th>{head}</tr>{body}</table>{note}")
 
 
 def model_card_section(cmp: Comparison) -> str:
@@ -570,15 +570,15 @@ class RunBaseline:
     card: list[str] = field(default_factory=list)
 
 
-def baseline_for_run(task: Any, cfg: dict[str, Any], ev: Any, split_name: str, metrics: dict[str, float],
+def baseline_for_run(task: Any, cfg: Any, ev: Any, split_name: str, metrics: dict[str, float],
                      ci: dict[str, tuple[float, float]], run_dir: Path,
                      unit_columns: dict[str, dict[str, str]] | None = None) -> RunBaseline:
     """:func:`run_baseline` as ``engine.baseline`` asks; a failure is reported, never fatal."""
-    if str(cfg["engine"].get("baseline", "auto")) == "none" or not metrics:
+    if cfg.engine.baseline == "none" or not metrics:  # cfg: a medmm.config.TaskConfig
         return RunBaseline()
     try:
-        cmp = run_baseline(task, split_name, ev, metrics, ci, run_dir, n_boot=int(cfg["engine"]["bootstrap"]),
-                           seed=int(cfg.get("seed", 0)), unit_columns=unit_columns)
+        cmp = run_baseline(task, split_name, ev, metrics, ci, run_dir, n_boot=cfg.engine.bootstrap,
+                           seed=cfg.seed, unit_columns=unit_columns)
     except Exception as exc:  # noqa: BLE001 - the trained model's outputs must still be written
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         log.warning("classic baseline not fitted: %s", reason)
