@@ -162,6 +162,8 @@ def make_cli() -> click.Group:
         if is_export_dir(run_dir):  # an export: onnxruntime, no torch
             from medmm.deploy.runtime import predict_export
 
+            if baseline:
+                raise MedmmError("--baseline needs the run directory; an export holds only the model")
             predict_export(run_dir, data, out, dicom_sr=dicom_sr)
             return
         from medmm.runner import predict_run
