@@ -10,10 +10,13 @@ This is how imaging AI results go back to a PACS; the report carries the study's
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,8 +89,9 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
     skipped: list[tuple[str, str]] = []
     for study, idx in by_study.items():
         try:
-            sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
-                               records, problem, label_names, threshold, device, algorithm, model_name)
+            with _quiet():  # pydicom / highdicom warnings quote header values (patient names): never shown
+                sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
+                                   records, problem, label_names, threshold, device, algorithm, model_name)
         except (ValueError, KeyError, AttributeError, TypeError, OSError) as exc:  # one study's odd source files
             skipped.append((study, f"{type(exc).__name__}: {str(exc)[:120]}"))
             continue
@@ -100,7 +104,8 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
             fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=out_dir)
             os.close(fd)
             try:
-                sr.save_as(tmp, enforce_file_format=True)
+                with _quiet():
+                    sr.save_as(tmp, enforce_file_format=True)
                 os.replace(tmp, path)
             finally:
                 Path(tmp).unlink(missing_ok=True)
@@ -141,6 +146,21 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
         evidence=list(evidence.values()), content=report, series_instance_uid=generate_uid(), series_number=990,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medmm", is_complete=True,
         is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64])
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    from medmm.data.dicom_scan import quiet_pydicom
+
+    logger = logging.getLogger("highdicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with quiet_pydicom(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 # Patient / study attributes a report must carry (type 2: present, possibly empty).
