@@ -381,7 +381,8 @@ def test_private_run_and_audit_through_medmm_run(tmp_path: Path) -> None:
     assert "Privacy" in (run / "report.html").read_text()
     out = predict_run(run, csv, tmp_path / "pred.csv", registry=get_registry())
     assert out.exists()
-    from medmm.privacy.membership import membership_audit
+    from medmm.privacy.membership import audit_command
 
-    again = membership_audit(run, n_boot=100, write=False)
-    assert again["attack_auroc"] == pytest.approx(audit["attack_auroc"])
+    again = audit_command(run, registry=get_registry())  # medmm evaluate RUN --membership-audit
+    assert again["attack_auroc"] == pytest.approx(audit["attack_auroc"])  # same splits, weights, units
+    assert "### Membership audit" in (run / "model_card.md").read_text()

@@ -170,7 +170,7 @@ def check_model(model: torch.nn.Module) -> None:
 def _unsupported() -> tuple[type, ...]:
     import torch.nn as nn
 
-    return (nn.RNN, nn.RNNCell, nn.GRUCell, nn.LSTMCell)  # cuDNN-style kernels: no functorch batching rule
+    return (nn.RNN, nn.RNNCell, nn.GRUCell, nn.LSTMCell)  # neither an opacus grad sampler nor a fixer
 
 
 # ---------------------------------------------------------------------------- the engine side
