@@ -96,7 +96,7 @@ class DiscreteSurvivalTask(Task):
     has_target = True
 
     def _ids(self, df: Any) -> list[str]:
-        col = self.cfg["data"]["id_column"]
+        col = self.cfg.data.id_column
         if not col:
             return [str(i) for i in range(len(df))]
         if col not in df.columns:
@@ -108,23 +108,23 @@ class DiscreteSurvivalTask(Task):
 
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
-        d = self.cfg["data"]
-        df = read_table(data_path, decimal=d["decimal"])
-        target = prepare_target(df, "survival", time=d["time"], event=d["event"])
+        d = self.cfg.data
+        df = read_table(data_path, decimal=d.decimal)
+        target = prepare_target(df, "survival", time=d.time, event=d.event)
         ids_all = self._ids(df)
         write_skipped(self.run_dir / "skipped.csv",
                       [(i, "missing time or event") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
-        reserved = {d["time"], d["event"], d["id_column"], d["group_column"]} - {None}
-        self.features = select_features(list(df.columns), d["features"], d["exclude"], reserved)
-        groups = kept[d["group_column"]].astype(str).tolist() if d["group_column"] else None
-        splits = group_split(len(kept), groups=groups, labels=target.event, val_fraction=d["val_fraction"],
-                             test_fraction=d["test_fraction"], seed=int(self.cfg["seed"]))
+        reserved = {d.time, d.event, d.id_column, d.group_column} - {None}
+        self.features = select_features(list(df.columns), d.features, d.exclude, reserved)
+        groups = kept[d.group_column].astype(str).tolist() if d.group_column else None
+        splits = group_split(len(kept), groups=groups, labels=target.event, val_fraction=d.val_fraction,
+                             test_fraction=d.test_fraction, seed=self.cfg.seed)
         write_splits(self.run_dir / "splits.csv", ids, splits)
         train = splits == "train"
-        self.cuts = interval_cuts(target.time[train], target.event[train], int(d["bins"]))
-        self.horizon = float(d["horizon"] or np.median(target.time[train]))
+        self.cuts = interval_cuts(target.time[train], target.event[train], d.bins)
+        self.horizon = float(d.horizon or np.median(target.time[train]))
         types = infer_column_types(kept, self.features, {})
         self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
         x = self.preprocessor.transform(kept)
@@ -141,15 +141,15 @@ class DiscreteSurvivalTask(Task):
         return DataBundle(split("train"), split("val"), split("test"), meta={"description": desc})
 
     def build_model(self) -> torch.nn.Module:
-        m = self.cfg["model"]
-        comp = get_registry().get("backbone", m["backbone"])
+        m = self.cfg.model
+        comp = get_registry().get("backbone", m.backbone)
         if comp.modality != "tabular":
             raise ConfigError(f"model.backbone {m['backbone']!r} is a {comp.modality} backbone, not tabular")
         factory = comp.load()
         accepted = inspect.signature(factory).parameters
-        options = {k: v for k, v in {"hidden": m["hidden"], "blocks": m["blocks"], "dropout": m["dropout"]}.items()
+        options = {k: v for k, v in {"hidden": m.hidden, "blocks": m.blocks, "dropout": m.dropout}.items()
                    if k in accepted}
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.cfg.seed)
         return factory(self.preprocessor.n_features, len(self.cuts) + 1, **options)
 
     def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -174,11 +174,11 @@ class DiscreteSurvivalTask(Task):
         self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
-        d = self.cfg["data"]
-        df = read_table(data_path, decimal=d["decimal"])
+        d = self.cfg.data
+        df = read_table(data_path, decimal=d.decimal)
         x, ids, y = self.preprocessor.transform(df), self._ids(df), None
-        if d["time"] in df.columns and d["event"] in df.columns:
-            target = prepare_target(df, "survival", time=d["time"], event=d["event"])
+        if d.time in df.columns and d.event in df.columns:
+            target = prepare_target(df, "survival", time=d.time, event=d.event)
             y = self._targets(target) if target.mask.all() else None
         self.has_target = y is not None
         self._raw = {**getattr(self, "_raw", {}), "predict": (x, None if y is None else y[:, :2], ids)}
