@@ -165,6 +165,28 @@ def test_parameters_a_forward_does_not_use_get_zero_per_example_gradients() -> N
     assert float(model.used.weight.summed_grad.abs().sum()) > 0.0
 
 
+def test_a_layer_fed_a_batch_shared_input_is_named_and_hf_position_embeddings_are_frozen() -> None:
+    class Positions(nn.Module):  # BERT-style: position ids are one [1, L] buffer for the whole batch
+        def __init__(self) -> None:
+            super().__init__()
+            self.tok, self.pos, self.head = nn.Embedding(10, 4), nn.Embedding(6, 4), nn.Linear(4, 1)
+            self.register_buffer("ids", torch.arange(6)[None])
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head((self.tok(x) + self.pos(self.ids)).mean(1))
+
+    model, dp = Positions(), made()
+    opt = dp.wrap_optimizer(torch.optim.SGD(model.parameters(), lr=0.1))
+    dp.wrap_model(model)(torch.randint(0, 10, (3, 6))).sum().backward()
+    with pytest.raises(MedmmError, match=r"pos.weight got one gradient for the whole batch"):
+        opt.accumulate()
+    enc = nn.Module()
+    enc.embeddings = nn.Module()
+    enc.embeddings.position_embeddings = nn.Embedding(6, 4)
+    dpm.prepare_model(enc, {"engine": {"privacy": PRIVATE}})
+    assert not enc.embeddings.position_embeddings.weight.requires_grad
+
+
 # ----------------------------------------------------------------------------- model preparation
 def test_batchnorm_becomes_groupnorm_in_place_and_gru_a_dp_gru() -> None:
     from opacus.layers import DPGRU

@@ -99,17 +99,28 @@ def prepare_model(model: torch.nn.Module, cfg: dict[str, Any]) -> torch.nn.Modul
         parent = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
         setattr(parent, name.rpartition(".")[2], new)
         replaced.append(f"{name} ({type(module).__name__} -> {type(new).__name__})")
+    for name, module in model.named_modules():  # Hugging Face encoders: position ids are one [1, L] buffer
+        if name.endswith("position_embeddings") and isinstance(module, nn.Embedding) and module.weight.requires_grad:
+            module.weight.requires_grad_(False)
+            _note(model, f"froze {name}: its input (position ids) is shared by the whole batch, so it has no "
+                         f"per-example gradient; the pretrained position embeddings are kept")
     if replaced:
         kinds = Counter(r.split("(", 1)[1].rstrip(")") for r in replaced)
         bn = any("BatchNorm" in k for k in kinds)
         msg = ("opacus replaced layers for per-example gradients: " + ", ".join(f"{n} x {k}" for k, n in kinds.items())
                + ("; this changes the network: BatchNorm's pretrained statistics and affine weights are dropped, "
                   "GroupNorm starts from scratch" if bn else " (weights copied)"))
-        log.warning("engine.privacy: %s", msg)
-        notes = getattr(model, "_medmm_privacy_notes", [])
-        notes.append(msg)
-        model._medmm_privacy_notes = notes  # type: ignore[attr-defined]
+        _note(model, msg)
     return model
+
+
+def _note(model: torch.nn.Module, msg: str) -> None:
+    """Log ``msg`` and keep it on the model for the model card."""
+    log.warning("engine.privacy: %s", msg)
+    notes = getattr(model, "_medmm_privacy_notes", [])
+    if msg not in notes:
+        notes.append(msg)
+    model._medmm_privacy_notes = notes  # type: ignore[attr-defined]
 
 
 def _norm_act_to_group_norm(module: torch.nn.Module) -> torch.nn.Module:
@@ -207,6 +218,7 @@ class PrivateTraining:
         self.steps_taken = 0
         self.notes: list[str] = []
         self._eps: tuple[int, float] | None = None
+        self.param_names: dict[str, Any] = {}
         self._rdp_step: Any = None
 
     # -- sampling
@@ -226,6 +238,7 @@ class PrivateTraining:
     # -- wrapping
     def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """opacus' per-example gradient hooks on ``model`` (the wrapper forwards attributes)."""
+        self.param_names = dict(model.named_parameters())
         return _grad_sample_module(model)
 
     def wrap_optimizer(self, optimizer: Any) -> Any:
@@ -411,7 +424,14 @@ def _engine_dp_optimizer(optimizer: Any, dp: PrivateTraining) -> Any:
             if not have:  # nothing trainable was used by this micro-batch
                 self.original_optimizer.zero_grad(set_to_none=True)
                 return
-            n = len(have[0][-1] if isinstance(have[0], list) else have[0])
+            sizes = {len(g[-1] if isinstance(g, list) else g) for g in have}
+            if len(sizes) > 1:
+                bad = [name for name, p in self._dp.param_names.items() if getattr(p, "grad_sample", None) is not None
+                       and len(p.grad_sample[-1] if isinstance(p.grad_sample, list) else p.grad_sample) == min(sizes)]
+                raise PrivacyError(f"engine.privacy: {', '.join(bad[:3])} got one gradient for the whole batch (its "
+                                   f"input is shared by all examples, e.g. a [1, L] buffer): no per-example gradient; "
+                                   f"freeze it")
+            n = max(sizes)
             for p in self.params:  # unused in this forward (e.g. an unused pooler): zero per-example gradients
                 if getattr(p, "grad_sample", None) is None:
                     p.grad_sample = p.new_zeros((n, *p.shape))
@@ -433,6 +453,7 @@ def _engine_dp_optimizer(optimizer: Any, dp: PrivateTraining) -> Any:
 
     opt = EngineDPOptimizer(optimizer, noise_multiplier=dp.noise_multiplier, max_grad_norm=dp.max_grad_norm,
                             expected_batch_size=dp.expected_batch, loss_reduction="mean")
+    opt._dp = dp
     opt.attach_step_hook(lambda _opt: dp.on_step())
     return opt
 
