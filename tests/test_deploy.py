@@ -236,14 +236,18 @@ def test_parity_miss_fails_with_the_figure_and_writes_nothing(tabular, tmp_path:
 
 
 @pytest.mark.slow
-def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: Path) -> None:
+def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: Path, recwarn: pytest.WarningsRecorder,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
     import pydicom
 
     data, run, export = image
     m = json.loads((export / "manifest.json").read_text())
     assert m["parity"]["max_abs_diff"] <= 1e-4 and m["preprocessing"]["size"] == 32
     medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv", "--dicom-sr", tmp_path / "sr-torch")
+    recwarn.clear()
+    caplog.clear()
     medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv", "--dicom-sr", tmp_path / "sr")
+    said = caplog.text + "".join(str(w.message) for w in recwarn)
     assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
     # the torch path's reports (built from its predictions.csv) cover the same studies
     assert sorted(p.name for p in (tmp_path / "sr-torch").iterdir()) == sorted(p.name for p in (tmp_path / "sr").iterdir())
@@ -259,6 +263,8 @@ def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: P
             continue
         if "SOPInstanceUID" in ds:
             sources[str(ds.SOPInstanceUID)] = (str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID))
+            name = str(ds.get("PatientName", ""))
+            assert len(name) < 3 or name not in said  # no patient name in warnings or logs
     reports = sorted((tmp_path / "sr").glob("*.dcm"))
     assert len(reports) >= 5
     checked = 0

@@ -253,15 +253,17 @@ def _compare(problem: str, units_t: list[str], ref: np.ndarray, units_o: list[st
     return float(diff.max())
 
 
-def _speed(model: Any, batches: list[dict[str, np.ndarray]], seconds: float = 1.0) -> float:
-    """Examples per second through ``model.run`` over ``batches`` (repeated for about ``seconds``)."""
+def _speed(model: Any, batches: list[dict[str, np.ndarray]], seconds: float = 1.0, passes: int = 20) -> float:
+    """Examples per second through ``model.run`` over ``batches`` (``passes`` times, or about ``seconds``)."""
+    model.run(batches[0])  # warm-up
     n, start = 0, time.perf_counter()
-    while True:
+    for _ in range(passes):
         for b in batches:
             model.run(b)
             n += len(next(iter(b.values())))
         if time.perf_counter() - start > seconds:
-            return n / (time.perf_counter() - start)
+            break
+    return n / (time.perf_counter() - start)
 
 
 def _quantize(stage: Path, base: dict[str, Any], examples: Any, ref: Any, problem: str) -> dict[str, Any]:
