@@ -139,14 +139,15 @@ def _split_ids(run_dir: Path) -> list[str]:
 
 def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, tmp: Path,
                   *, whole: bool) -> Path:
-    """A copy of up to ``n`` test units of ``data`` under ``tmp`` (``whole``: ``data`` as given)."""
-    if whole:
-        return data
-    ids = _split_ids(run_dir)
+    """A copy of up to ``n`` test units of ``data`` under ``tmp`` (``whole``: the first ``n`` of ``data``)."""
+    if spec.data == "dicom" and not data.is_dir():
+        return data  # the task's reader says what is wrong with it
+    ids = [] if whole else _split_ids(run_dir)
     if spec.data == "dicom":
-        paths = list(dict.fromkeys(i.split("#")[0] for i in ids))[:n] if ids else []
-        if not paths:
-            return data
+        if ids:
+            paths = list(dict.fromkeys(i.split("#")[0] for i in ids))[:n]
+        else:
+            paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())[:n]
         root = tmp / "dicom"
         for rel in paths:
             src, dst = data / rel, root / rel
