@@ -93,6 +93,7 @@ def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[An
     """``(cfg, task, model, run_info)`` of a trained run on the CPU in fp32, weights loaded."""
     from medmm.config import run_config
     from medmm.engine.checkpoint import load_weights
+    from medmm.privacy.dp import prepare_model
     from medmm.runner import _run_info
 
     info = _run_info(run_dir)
@@ -104,7 +105,7 @@ def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[An
     cfg.engine.device, cfg.engine.precision = "cpu", "fp32"
     task = spec.load()(cfg, run_dir)
     task.load_artifacts(run_dir / "artifacts")
-    model = task.build_model()
+    model = prepare_model(task.build_model(), cfg)  # a DP run's layers, as predict rebuilds them
     load_weights(run_dir / "checkpoints" / checkpoint, model)
     return cfg, task, model.eval(), info
 
@@ -352,10 +353,10 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         _copy_artifacts(run_dir, stage)
         sample_path = parity_sample(run_dir, cfg, spec, data_path, sample, scratch, whole=data is not None)
         # torch path: the task's own predict reader and the engine's evaluation
+        from medmm.data.cache_dirs import predict_cache
         from medmm.engine import Trainer
 
-        if spec.data == "dicom":
-            cfg.data.cache_dir = str(scratch / "cache")  # never write a cache into the run
+        predict_cache(cfg, scratch / "cache")  # the sample's caches (removed with scratch), never in the run
         split, collate = task.build_predict_data(Path(sample_path))
         trainer = Trainer(task, cfg, run_dir, quiet=True)
         with torch.no_grad():
