@@ -3,20 +3,22 @@
 Fine-tunes one encoder + linear head on the Indiana University chest X-ray reports (normal vs
 abnormal; read from the installed ``torchxrayvision`` wheel) twice in one process:
 
-* through medmm (``medmm.runner.run_task``: cached tokenisation, length-bucketed batches,
-  dynamic padding), then
+* through medmm (``medmm.runner.run_task``: cached tokenisation, the text-cls default sampler:
+  shuffled batches run as length-sorted micro-batches, ``medmm.models.length_groups``), then
 * through ``transformers.Trainer`` with a plain torch ``Dataset`` and ``DataCollatorWithPadding``
-  (dynamic padding, random batches: the documented default recipe),
+  (dynamic padding), once with random batches (the documented default recipe) and once with
+  ``train_sampling_strategy="group_by_length"`` (its own length grouping),
 
 with the same train / validation split (medmm's ``splits.csv``), initial weights, epochs, batch
-size, learning rate, schedule, warmup, weight decay and clipping. Prints training samples/s of
-both (training loop only, evaluation excluded), their ratio (goal >= 1.3) and both final
-validation AUROCs. Prints numbers; asserts nothing about time.
+size, learning rate, schedule, warmup, weight decay and clipping, for each of ``--seeds`` seeds.
+Prints training samples/s (training loop only, evaluation excluded), medmm's speed ratio to each
+Trainer mode (goals: >= 2.0 vs default, >= 1.3 vs group_by_length) and validation AUROC
+mean ± sd over the seeds. Prints numbers; asserts nothing about time.
 
-    pip install -e ".[bench]"                         # transformers.Trainer needs accelerate
-    python bench/text_cls_vs_hf.py                    # MiniLM-L6, all 3,927 reports
-    python bench/text_cls_vs_hf.py --limit 800        # ~5 min on 2 CPU cores
-    python bench/text_cls_vs_hf.py --tiny --limit 800 # 2-layer random BERT: seconds
+    pip install -e ".[bench]"                            # transformers.Trainer needs accelerate
+    python bench/text_cls_vs_hf.py --seeds 3             # the full measurement: all 3,927 reports
+    python bench/text_cls_vs_hf.py --limit 400 --seeds 1 # a smoke run (minutes on 2 CPU cores)
+    python bench/text_cls_vs_hf.py --tiny --limit 800    # 2-layer random BERT: seconds
 """
 
 from __future__ import annotations
@@ -38,17 +40,19 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use N reports (stratified sample; 0 = all)")
     p.add_argument("--tiny", action="store_true", help="2-layer random BERT instead of MiniLM-L6")
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sampler", default="bucket", help="medmm engine.sampler: bucket | shuffle")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (split, init, batch order)")
+    p.add_argument("--sampler", default=None, help="medmm engine.sampler (default: the text-cls default)")
+    p.add_argument("--hf-modes", default="random,group_by_length",
+                   help="Trainer train_sampling_strategy values to run, comma-separated")
     p.add_argument("--out", type=Path, help="keep outputs here (default: a temporary folder)")
     return p.parse_args()
 
 
-def make_data(out: Path, limit: int, seed: int) -> tuple[Path, int]:
+def make_data(out: Path, limit: int, seed: int = 0) -> tuple[Path, int]:
     import pandas as pd
 
     from medmm.data.reports_demo import build_reports_csv
@@ -62,7 +66,7 @@ def make_data(out: Path, limit: int, seed: int) -> tuple[Path, int]:
     return path, len(df)
 
 
-def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any]:
+def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace, seed: int) -> dict[str, Any]:
     from medmm.plugins import get_registry
     from medmm.runner import resolved_config, run_task
 
@@ -73,7 +77,8 @@ def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any
         f"engine.device={a.device}", "engine.precision=fp32", f"engine.epochs={a.epochs}",
         f"engine.batch_size={a.batch_size}", f"engine.lr={a.lr}", "engine.schedule=cosine",
         "engine.warmup_ratio=0.1", "engine.weight_decay=0.01", "engine.max_grad_norm=1.0",
-        f"engine.sampler={a.sampler}", "engine.patience=0", "engine.bootstrap=0", f"seed={a.seed}",
+        "engine.patience=0", "engine.bootstrap=0", f"seed={seed}",
+        *([f"engine.sampler={a.sampler}"] if a.sampler else []),
     ])
     t0 = time.perf_counter()
     run_task(spec, cfg, data, run_dir, quiet=True)
@@ -88,7 +93,7 @@ def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace) -> dict[str, Any
             "val_auroc": val[-1]["auroc"], "cfg": cfg}
 
 
-def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: dict[str, Any]) -> dict[str, Any]:
+def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int, mode: str) -> dict[str, Any]:
     import numpy as np
     import pandas as pd
     import torch
@@ -138,7 +143,8 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: dict[str, Any]
     args = TrainingArguments(
         output_dir=str(run_dir), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
         per_device_eval_batch_size=64, learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="cosine",
-        warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch", seed=a.seed, data_seed=a.seed,
+        warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch", seed=seed, data_seed=seed,
+        train_sampling_strategy=mode,
         use_cpu=a.device == "cpu", eval_strategy="no", save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
@@ -153,24 +159,50 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: dict[str, Any]
             "val_auroc": float(roc_auc_score(val.y, pred.predictions))}
 
 
+def _mean_sd(values: list[float], digits: int = 4) -> str:
+    import statistics
+
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
 def main() -> None:
     a = parse_args()
+    import statistics
+
     import torch
 
+    modes = [m.strip() for m in a.hf_modes.split(",") if m.strip()]
+    arms = ["medmm", *(f"Trainer {m}" for m in modes)]
+    runs: dict[str, list[dict[str, Any]]] = {arm: [] for arm in arms}
     with tempfile.TemporaryDirectory() as tmp:
         out = a.out or Path(tmp)
         out.mkdir(parents=True, exist_ok=True)
-        data, n = make_data(out, a.limit, a.seed)
-        m = run_medmm(data, out / "medmm-run", a)
-        h = run_hf(data, out / "hf-run", a, m.pop("cfg"))
+        data, n = make_data(out, a.limit)
+        for seed in range(a.seeds):
+            m = run_medmm(data, out / f"medmm-s{seed}", a, seed)
+            cfg = m.pop("cfg")
+            runs["medmm"].append(m)
+            for mode in modes:
+                runs[f"Trainer {mode}"].append(run_hf(data, out / f"hf-{mode}-s{seed}", a, cfg, seed, mode))
+            print(f"seed {seed}: " + "; ".join(f"{arm} {r[-1]['samples_per_s']:.1f} samples/s AUROC "
+                                                f"{r[-1]['val_auroc']:.4f}" for arm, r in runs.items()), flush=True)
     model = "bert-tiny (random init)" if a.tiny else "MiniLM-L6 (pretrained)"
     print(f"\ntext-cls vs transformers.Trainer: {model}, {n} reports, {a.epochs} epochs, batch {a.batch_size}, "
-          f"lr {a.lr}, max_length {a.max_length}, {torch.get_num_threads()} CPU threads")
-    print(f"{'':24}{'train samples/s':>16}{'train s':>10}{'wall s':>10}{'val AUROC':>11}")
-    for name, r in (("medmm", m), ("transformers.Trainer", h)):
-        print(f"{name:<24}{r['samples_per_s']:>16.1f}{r['train_s']:>10.1f}{r['wall_s']:>10.1f}{r['val_auroc']:>11.4f}")
-    print(f"speed ratio medmm / Trainer: {m['samples_per_s'] / h['samples_per_s']:.2f} (goal >= 1.3); "
-          f"AUROC difference {m['val_auroc'] - h['val_auroc']:+.4f}")
+          f"lr {a.lr}, max_length {a.max_length}, medmm sampler {a.sampler or 'text-cls default'}, "
+          f"{a.seeds} seed(s), {torch.get_num_threads()} CPU threads")
+    print(f"{'':26}{'train samples/s':>18}{'train s':>10}{'val AUROC (mean ± sd)':>24}")
+    for arm, rs in runs.items():
+        rate = statistics.fmean(r["samples_per_s"] for r in rs)
+        secs = statistics.fmean(r["train_s"] for r in rs)
+        print(f"{arm:<26}{rate:>18.1f}{secs:>10.1f}{_mean_sd([r['val_auroc'] for r in rs]):>24}")
+    goals = {"random": 2.0, "group_by_length": 1.3}
+    for mode in modes:
+        ratios = [m["samples_per_s"] / h["samples_per_s"] for m, h in zip(runs["medmm"], runs[f"Trainer {mode}"])]
+        diff = [m["val_auroc"] - h["val_auroc"] for m, h in zip(runs["medmm"], runs[f"Trainer {mode}"])]
+        goal = f" (goal >= {goals[mode]})" if mode in goals else ""
+        print(f"speed ratio medmm / Trainer {mode}: {_mean_sd(ratios, 2)}{goal}; "
+              f"AUROC difference {_mean_sd(diff)}")
 
 
 if __name__ == "__main__":

@@ -188,13 +188,21 @@ class TextClassifier(nn.Module):
     followed by dropout and a linear head.
 
     Use ``dropout=0`` for the CNN / RNN baselines, which regularise internally.
+
+    ``length_groups`` (default: on for Hugging Face encoders) runs a training batch as
+    length-sorted micro-batches (:mod:`medmm.models.length_groups`): the same examples, loss and
+    gradient as the padded batch, with less padding computed. It stays off in evaluation and
+    without autograd, and while hooks watch the head or the token embeddings (opacus per-example
+    gradients, captum layer attributions expect one call per batch).
     """
 
-    def __init__(self, encoder: nn.Module, num_labels: int, *, dropout: float = 0.1):
+    def __init__(self, encoder: nn.Module, num_labels: int, *, dropout: float = 0.1,
+                 length_groups: bool | None = None):
         super().__init__()
         if num_labels < 1:
             raise ConfigError(f"num_labels must be positive, got {num_labels}")
         self.encoder = encoder
+        self.length_groups = isinstance(encoder, HFTextEncoder) if length_groups is None else bool(length_groups)
         self.embed_dim = int(encoder.embed_dim)
         self.num_labels = num_labels
         self.dropout = nn.Dropout(dropout)
@@ -202,7 +210,18 @@ class TextClassifier(nn.Module):
 
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled embedding ``[B, embed_dim]`` (what a fusion head consumes)."""
+        if self.length_groups and self.training and torch.is_grad_enabled() and not self._hooked():
+            from medmm.models.length_groups import grouped_embed
+
+            return grouped_embed(self.encoder, input_ids, attention_mask)
         return self.encoder(input_ids, attention_mask)
+
+    def _hooked(self) -> bool:
+        """Forward hooks on the head or the token embeddings (opacus, captum) expect one call per batch."""
+        get = getattr(self.encoder, "get_input_embeddings", None) or getattr(
+            getattr(self.encoder, "model", None), "get_input_embeddings", None)
+        watched = [self.head, *([get()] if callable(get) else [])]
+        return any(m._forward_hooks or m._forward_pre_hooks for m in watched if m is not None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Logits ``[B, num_labels]``."""
