@@ -84,14 +84,16 @@ def same_layer(model: torch.nn.Module, clone: torch.nn.Module, layer: Any) -> An
 
 
 def rank_correlation(a: Sequence[Attribution | None], b: Sequence[Attribution | None]) -> list[float]:
-    """Spearman correlation of item scores, per example with at least three items."""
+    """Spearman correlation of item scores, per example with at least three items.
+
+    A flat map from the randomised model (e.g. Grad-CAM's ReLU leaving nothing) ranks nothing:
+    it counts as 0, no relation; examples whose trained-model map is flat are left out.
+    """
     from scipy.stats import spearmanr
 
     out = []
     for x, y in zip(a, b):
-        if x is None or y is None or len(x.scores) < 3:
+        if x is None or y is None or len(x.scores) < 3 or np.ptp(x.scores) == 0:
             continue
-        if np.ptp(x.scores) == 0 or np.ptp(y.scores) == 0:
-            continue
-        out.append(float(spearmanr(x.scores, y.scores).statistic))
+        out.append(0.0 if np.ptp(y.scores) == 0 else float(spearmanr(x.scores, y.scores).statistic))
     return out

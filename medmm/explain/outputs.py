@@ -159,7 +159,7 @@ def _faith_table(summary: dict[str, Any]) -> str:
                  "predicted class's probability is recorded (regression / survival: the absolute change of the output); "
                  "the control replaces k random items of the same example. Model randomisation (Adebayo et al., 2018): "
                  "the same method on the model with re-initialised weights; low correlation is what a method that "
-                 "reads the model should show.")
+                 "reads the model should show (a flat map from the randomised model counts as 0).")
     return (f"<table>{head}{''.join(rows)}</table>" + expl
             + "".join(f'<p><strong>Warning.</strong> {_esc(w)}</p>' for w in warn))
 
