@@ -249,7 +249,7 @@ class ImageInputs:
         from medmm.io import read_json
 
         require("pydicom", EXTRA, "image prediction from an export")
-        self.d, self.batch_size = cfg["data"], batch_size
+        self.cfg, self.d, self.batch_size = cfg, cfg["data"], batch_size
         payload = read_json(export_dir / "artifacts" / "image.json")
         self.problem, self.label_names = payload["problem"], payload["label_names"]
         self.pixels = PixelConfig.from_dict(payload["pixels"])
@@ -290,8 +290,17 @@ class ImageInputs:
         units = [self._unit(it) for it in chosen]
         cols: dict[str, dict[str, str]] = {}
         recs: dict[str, list[Any]] = {}
+        out = self.cfg.get("output") or {}
+        pseudonym = None
+        if out.get("include_patient_id") and out.get("hash_patient_id", True):  # as the task does: keyed HMAC
+            from medmm.deid.pseudonyms import Pseudonymizer, load_key
+
+            pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for unit, it in zip(units, chosen):
-            cols.setdefault(unit, {"sop_instance_uid": it.record.sop_uid} if self.level == "instance" else {})
+            extra = {"sop_instance_uid": it.record.sop_uid} if self.level == "instance" else {}
+            if out.get("include_patient_id"):
+                extra["patient_id"] = pseudonym(it.record.patient_id) if pseudonym else it.record.patient_id
+            cols.setdefault(unit, extra)
             recs.setdefault(unit, []).append(it.record)
         batches = [] if images is None else [{"x": images[s]} for s in _chunks(len(images), self.batch_size)]
         return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs)
