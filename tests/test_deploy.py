@@ -179,6 +179,37 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         manifest.require("fastapi", "serve", "medmm serve")
 
 
+def test_body_limit_refuses_declared_and_chunked_bodies_over_the_limit() -> None:
+    import asyncio
+
+    from medmm.deploy.service import BodyLimit
+
+    seen: list[bytes] = []
+
+    async def app(scope, receive, send) -> None:
+        seen.append((await receive())["body"])
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    def status(chunks: list[bytes], headers: tuple = ()) -> int:
+        messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return messages.pop(0)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        asyncio.run(BodyLimit(app, 10)({"type": "http", "headers": list(headers)}, receive, send))
+        return sent[0]["status"]
+
+    assert status([b"12345", b"12345"]) == 200 and seen == [b"1234512345"]  # at the limit: replayed whole
+    assert status([b"123456", b"123456"]) == 413 and len(seen) == 1  # chunked, over: the app never runs
+    assert status([b"1"], ((b"content-length", b"11"),)) == 413  # declared over: refused unread
+    assert status([b"1"], ((b"content-length", b"x"),)) == 413
+
+
 # --------------------------------------------------------------------------- export + predict
 
 
