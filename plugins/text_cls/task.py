@@ -9,10 +9,12 @@ Two kinds of text backbone come out of the registry (``medmm backbones --modalit
   e.g. :class:`~medmm.models.text_baselines.TextCNN`; the vocabulary is built on the training
   split (:class:`~medmm.data.text_batching.SimpleVocab`).
 
-Documents are tokenised once (cached on disk), batched by the engine with length buckets and
-padded per batch. With ``data.long_text=chunk`` a document becomes several overlapping windows
-whose :attr:`~medmm.task.Split.units` entry is the document's row id, so the engine averages the
-window probabilities back into one prediction per document.
+Documents are tokenised once (cached on disk), batched by the engine (shuffled by default) and
+padded per batch; a pretrained encoder trains each batch as length-sorted micro-batches
+(``model.length_groups``, :mod:`medmm.models.length_groups`). With ``data.long_text=chunk`` a
+document becomes several overlapping windows whose :attr:`~medmm.task.Split.units` entry is the
+document's row id, so the engine averages the window probabilities back into one prediction
+per document.
 
 ``RUN_DIR/artifacts`` holds the label map, the tokenizer (or vocabulary) and the encoder
 definition, so ``medmm predict`` rebuilds the model from the run directory alone.
@@ -271,7 +273,8 @@ class TextClsTask(Task):
             else:
                 encoder, _ = self._pretrained_encoder()
         torch.manual_seed(seed)
-        return TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout)
+        return TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout,
+                              length_groups=self.model_cfg.length_groups)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         logits = model(batch["input_ids"], batch["attention_mask"])
