@@ -16,7 +16,6 @@ figure when they differ by more than 1e-4.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import os
 import shutil
@@ -283,7 +282,7 @@ def _quantize(stage: Path, base: dict[str, Any], examples: Any, ref: Any, proble
         raise MedmmError(f"--quantize: dynamic int8 quantisation failed: {type(exc).__name__}: {exc}") from None
     finally:
         root.setLevel(level)
-    _write_manifest(stage, base, provisional=True)
+    _write_manifest(stage, base)
     fp32 = ExportedModel(stage, verify=False)
     int8 = ExportedModel(stage, quantized=True, verify=False)
     pred = int8.score(examples, calibrate=False)
@@ -298,13 +297,11 @@ def _quantize(stage: Path, base: dict[str, Any], examples: Any, ref: Any, proble
             "fp32_bytes": src.stat().st_size}
 
 
-def _write_manifest(stage: Path, manifest: dict[str, Any], *, provisional: bool = False) -> None:
+def _write_manifest(stage: Path, manifest: dict[str, Any]) -> None:
+    """``manifest.json`` with the hashes of every file now in ``stage`` (rewritten as files are added)."""
     from medmm.io import write_json_atomic
 
-    manifest = {**manifest, "files": file_hashes(stage)}
-    if provisional:
-        manifest.setdefault("pad_id", 0)
-    write_json_atomic(stage / MANIFEST, manifest)
+    write_json_atomic(stage / MANIFEST, {**manifest, "files": file_hashes(stage)})
 
 
 def _copy_artifacts(run_dir: Path, stage: Path) -> None:
@@ -363,7 +360,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
             ref = trainer.evaluate(model, split, collate)
         pad_id = int(getattr(getattr(task, "tokenizer", None), "pad_token_id", None) or 0)
         base = {"format": FORMAT, "version": VERSION, "task": info["task"], "pad_id": pad_id}
-        _write_manifest(stage, base, provisional=True)
+        _write_manifest(stage, base)
         # onnxruntime path: torch-free preprocessing of the same files
         examples = _runtime_examples(stage, base, sample_path)
         if not examples.batches:
@@ -371,7 +368,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         graph = _graph_module(task, model, spec)
         used = _to_onnx(graph, _example(examples.batches, spec), spec, stage / MODEL, opset, exporter)
         onnx.checker.check_model(str(stage / MODEL))
-        _write_manifest(stage, base, provisional=True)
+        _write_manifest(stage, base)
         rt = ExportedModel(stage, verify=False)
         pred = rt.score(examples, calibrate=False)  # the model's own scores, as the torch path gives
         diff = _compare(task.problem, ref.units, ref.scores, pred.units, pred.scores)
@@ -477,7 +474,3 @@ def _preprocessing(task: str, cfg: Any) -> dict[str, Any]:
         return {k: d[k] for k in ("text_column", "max_length", "long_text", "stride") if k in d} | {
             "tokenizer": "artifacts/encoder/tokenizer.json or artifacts/vocab.json"}
     return {"preprocessor": "artifacts/tabular.json", "id_column": d.get("id_column")}
-
-
-def manifest_summary(manifest: dict[str, Any]) -> str:
-    return json.dumps({k: manifest[k] for k in ("task", "model", "problem", "label_names") if k in manifest})
