@@ -361,3 +361,27 @@ def test_deletion_replaces_only_the_chosen_positions() -> None:
     y = delete(s, x, [items.index[0], None])
     assert torch.equal(y[1], x[1])
     assert torch.all(y[0, 0, :2, :2] == x[0].mean()) and torch.equal(y[0, 0, 2:], x[0, 0, 2:])
+
+
+@pytest.mark.slow  # timm import + a ViT forward: seconds, not a fast unit test
+def test_vit_gradcam_maps_tokens_to_the_patch_grid() -> None:
+    """ViT: Grad-CAM on the last block's patch tokens, [CLS] dropped, reshaped to the 4 x 4 grid."""
+    import timm
+
+    from medmm.explain.core import Scorer
+    from medmm.explain.image import gradcam, image_input
+
+    class Stub:
+        problem = "binary"
+
+        def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+            return {"output": model(batch[0]).squeeze(-1), "index": batch[1]}
+
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", num_classes=0, in_chans=1, img_size=64, patch_size=16)
+    model = torch.nn.Sequential(vit, torch.nn.Linear(vit.num_features, 1)).eval()
+    spec = image_input("image", vit, get=lambda b: b[0], put=lambda b, x: (x, *b[1:]))
+    assert spec.patch_grid == (4, 4) and spec.prefix_tokens == vit.num_prefix_tokens
+    batch = (torch.rand(3, 1, 64, 64), torch.arange(3))
+    maps = gradcam(Scorer(Stub(), model), spec, batch, torch.ones(3, dtype=torch.long))
+    assert maps.shape == (3, 4, 4) and torch.all(maps >= 0)
