@@ -414,7 +414,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
                   f"{parity['sample']} units (limit {TOLERANCE:g})")]
         if quant is not None:
             agree = "" if quant["label_agreement"] is None else f", label agreement {quant['label_agreement']:.3f}"
-            lines.append(f"  {MODEL_INT8:<16} max |delta| {quant['max_abs_diff']:.2e}{agree}, "
+            lines.append(f"  {MODEL_INT8:<16} max |delta {parity['measure']}| {quant['max_abs_diff']:.2e}{agree}, "
                          f"{quant['speedup_vs_fp32']:.2f}x fp32 speed, {quant['bytes'] / 1e6:.1f} MB")
         lines.append(f"  predict: medmm predict {out} --data ...   serve: medmm serve {out}")
         click.echo("\n".join(lines))
