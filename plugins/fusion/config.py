@@ -10,7 +10,7 @@ from medmm.config import DataConfig, ModelConfig, TaskConfig
 from medmm.config.base import Float, Fraction, OptStrList, PosInt
 
 
-class FusionData(DataConfig):
+class FusionDataConfig(DataConfig):
     text_column: str | None = Field("text", description="report / note text (empty cell = no text for that row); "
                                                         "null = no text modality")
     image_column: str | None = Field("image", description="DICOM file, series or study folder, relative to the "
@@ -39,7 +39,7 @@ class FusionData(DataConfig):
                                                     "share one across runs")
 
 
-class FusionModel(ModelConfig):
+class FusionModelConfig(ModelConfig):
     head: str = Field("concat", description="medmm fusion heads: concat | gated | attention | late (and plugins')")
     mode: Literal["frozen", "finetune"] = Field(
         "frozen", description="frozen (text + image embeddings cached, head trains) | finetune (end to end)")
@@ -61,5 +61,5 @@ class FusionModel(ModelConfig):
 class FusionConfig(TaskConfig):
     """``medmm run fusion``: text + image (+ tabular) embeddings combined by a fusion head."""
 
-    data: FusionData = Field(default_factory=FusionData)
-    model: FusionModel = Field(default_factory=FusionModel)
+    data: FusionDataConfig = Field(default_factory=FusionDataConfig)
+    model: FusionModelConfig = Field(default_factory=FusionModelConfig)

@@ -45,6 +45,7 @@ from medmm.models.fusion import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
 from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
 __all__ = ["FusionTask"]
 
@@ -131,12 +132,14 @@ class FusionTask(Task):
     """Text + image (+ tabular) classification through one fusion head."""
 
     problem = "binary"
+    cfg: FusionConfig  # read by attribute (medmm.config)
 
-    def __init__(self, cfg: dict[str, Any], run_dir: Path) -> None:
+    def __init__(self, cfg: FusionConfig, run_dir: Path) -> None:
         super().__init__(cfg, run_dir)
-        self.d, self.m = cfg["data"], cfg["model"]
+        self.d: FusionDataConfig = self.cfg.data
+        self.m: FusionModelConfig = self.cfg.model
         self.names = self._modalities()
-        get_registry().get("fusion_head", self.m["head"])  # fail before any data is read
+        get_registry().get("fusion_head", self.m.head)  # fail before any data is read
         for name, key in (("text", "text_backbone"), ("image", "image_backbone"), ("tabular", "tabular_backbone")):
             if name in self.names:
                 self._backbone(key, name)
@@ -150,8 +153,8 @@ class FusionTask(Task):
 
     # ------------------------------------------------------------------ config
     def _modalities(self) -> list[str]:
-        names = [n for n, key in (("text", "text_column"), ("image", "image_column")) if self.d[key]]
-        if self.d["tabular_columns"]:
+        names = [n for n, key in (("text", "text_column"), ("image", "image_column")) if getattr(self.d, key)]
+        if self.d.tabular_columns:
             names.append("tabular")
         if not names:
             raise ConfigError("fusion needs at least one of data.text_column, data.image_column, "
@@ -162,28 +165,28 @@ class FusionTask(Task):
         """``data.tabular_columns`` (``all``: every column no other role uses) minus ``data.exclude``."""
         if self.preprocessor is not None:  # predict: the columns the model was trained on
             return self.preprocessor.columns
-        d, listed = self.d, self.d["tabular_columns"]
+        d, listed = self.d, self.d.tabular_columns
         if getattr(self, "_tab_columns", (None,))[0] != columns:  # resolved once per table (one warning)
-            reserved = [d[k] for k in ("text_column", "image_column", "label_column", "id_column", "group_column",
-                                       "split_column")]
+            reserved = [getattr(d, k) for k in ("text_column", "image_column", "label_column", "id_column",
+                                                "group_column", "split_column")]
             self._tab_columns = (columns, select_features(columns, None if listed == "all" else listed,
-                                                          d["exclude"], reserved))
+                                                          d.exclude, reserved))
         return list(self._tab_columns[1])
 
     def _pixel_config(self) -> PixelConfig:
         d = self.d
-        return PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d["window"], frames="middle")
+        return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames="middle")
 
     def _cache_dir(self) -> Path:
-        return Path(self.d["cache_dir"] or self.run_dir / "cache").expanduser()
+        return Path(self.d.cache_dir or self.run_dir / "cache").expanduser()
 
     def _frozen(self) -> set[str]:
         """Modalities whose (pretrained) encoder is frozen and read from the embedding cache."""
-        return {"text", "image"} & set(self.names) if self.m["mode"] == "frozen" else set()
+        return {"text", "image"} & set(self.names) if self.m.mode == "frozen" else set()
 
     # ------------------------------------------------------------------ encoders
     def _backbone(self, key: str, modality: str) -> Any:
-        name = self.m[key]
+        name = getattr(self.m, key)
         comp = get_registry().get("backbone", name)
         if comp.modality != modality:
             raise ConfigError(f"model.{key} {name!r} is a {comp.modality} backbone; choose one of "
@@ -198,27 +201,27 @@ class FusionTask(Task):
         comp = self._backbone("text_backbone", "text")
         factory = comp.load()
         if isinstance(factory, type):
-            raise ConfigError(f"model.text_backbone {self.m['text_backbone']!r} trains from a vocabulary; "
+            raise ConfigError(f"model.text_backbone {self.m.text_backbone!r} trains from a vocabulary; "
                               "fusion needs a pretrained encoder (minilm-l6, hf-local, ...)")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self.cfg["seed"]))
-            return factory(comp.name, name_or_path=self.m["text_name_or_path"], pooling=self.m["pooling"])
+            torch.manual_seed(self.cfg.seed)
+            return factory(comp.name, name_or_path=self.m.text_name_or_path, pooling=self.m.pooling)
 
     def _image_encoder(self) -> nn.Module:
         comp = self._backbone("image_backbone", "image")
         predict = self._artifacts is not None  # weights come from the run's checkpoint
-        torch.manual_seed(int(self.cfg["seed"]))
-        backbone = comp.build(timm_name=comp.extra.get("timm_name", comp.name), in_chans=int(self.d["channels"]),
-                              img_size=int(self.d["size"]), pretrained="none" if predict else self.m["image_pretrained"],
-                              weights=None if predict else self.m["image_weights"])
+        torch.manual_seed(self.cfg.seed)
+        backbone = comp.build(timm_name=comp.extra.get("timm_name", comp.name), in_chans=self.d.channels,
+                              img_size=self.d.size, pretrained="none" if predict else self.m.image_pretrained,
+                              weights=None if predict else self.m.image_weights)
         return ImageEncoder(backbone)
 
     def _tabular_encoder(self, in_dim: int) -> nn.Module:
         factory = self._backbone("tabular_backbone", "tabular").load()
         accepted = inspect.signature(factory).parameters
-        kwargs = {k: v for k, v in {"hidden": int(self.m["hidden"]), "dropout": float(self.m["dropout"])}.items()
+        kwargs = {k: v for k, v in {"hidden": self.m.hidden, "dropout": self.m.dropout}.items()
                   if k in accepted}
-        torch.manual_seed(int(self.cfg["seed"]))
+        torch.manual_seed(self.cfg.seed)
         return TabularEncoder(factory(in_dim, 1, **kwargs))
 
     def _build_encoders(self) -> dict[str, nn.Module]:
@@ -240,26 +243,26 @@ class FusionTask(Task):
         if path.is_dir():
             raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
                             f"{path}")
-        df = read_table(path, string_columns=[c for c in (d["id_column"], d["group_column"], d["text_column"],
-                                                          d["image_column"], d["label_column"]) if c],
-                        decimal=d["decimal"])
-        needed = [c for c in (d["text_column"], d["image_column"], d["id_column"], d["group_column"]) if c]
-        if labelled and d["split_column"]:
-            needed.append(d["split_column"])
-        needed += self._tabular_columns(list(df.columns)) if self.d["tabular_columns"] else []
+        df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
+                                                          d.image_column, d.label_column) if c],
+                        decimal=d.decimal)
+        needed = [c for c in (d.text_column, d.image_column, d.id_column, d.group_column) if c]
+        if labelled and d.split_column:
+            needed.append(d.split_column)
+        needed += self._tabular_columns(list(df.columns)) if self.d.tabular_columns else []
         if labelled:
-            needed.append(d["label_column"])
+            needed.append(d.label_column)
         absent = [c for c in needed if c not in df.columns]
         if absent:
             raise DataError(f"{path.name}: no column(s) {absent}; the table has {list(df.columns)[:20]}")
-        ids = [str(v) for v in df[d["id_column"]]] if d["id_column"] else [str(i) for i in range(len(df))]
+        ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(len(df))]
         if len(set(ids)) != len(ids):
-            raise DataError(f"{path.name}: data.id_column {d['id_column']!r} has duplicate values")
+            raise DataError(f"{path.name}: data.id_column {d.id_column!r} has duplicate values")
         return df.reset_index(drop=True), ids
 
     def _image_records(self, df: Any, base: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
         """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
-        col = self.d["image_column"]
+        col = self.d.image_column
         cells = [None if is_missing(v) else Path(str(v).strip()) for v in df[col]]
         full = [None if c is None else (c if c.is_absolute() else base / c) for c in cells]
         existing = [p.resolve() for p in full if p is not None and p.exists()]
@@ -295,7 +298,7 @@ class FusionTask(Task):
         reasons: dict[int, str] = {}
         out: dict[str, Any] = {"ids": ids, "names": self.names, "emb": {}, "n": n}
         if "text" in self.names:
-            texts = ["" if is_missing(v) else str(v) for v in df[d["text_column"]]]
+            texts = ["" if is_missing(v) else str(v) for v in df[d.text_column]]
             out["texts"] = texts
             present[:, self.names.index("text")] = [bool(t.strip()) for t in texts]
         if "image" in self.names:
@@ -304,7 +307,7 @@ class FusionTask(Task):
             if any(keys):
                 unique = sorted({k for k in keys if k})
                 records = [x for x in (scan_file(root, k) for k in unique) if isinstance(x, DicomRecord)]
-                workers = max(1, min(4, int(self.cfg["engine"]["num_workers"]) or (os.cpu_count() or 1)))
+                workers = max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
                 pixels = PixelCache.build(root, records, self._pixel_config(), self._cache_dir(), workers=workers)
                 failed = {s.path for s in pixels.failed}
                 for r, k in enumerate(keys):
@@ -324,27 +327,27 @@ class FusionTask(Task):
         skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
                    for r in np.flatnonzero(~keep)]
         out["partial"] = [(ids[r], f"kept without its image: {reasons[r]}") for r in sorted(reasons) if keep[r]]
-        if d["label_column"] in df.columns:  # predict: labels, when given, yield metrics
-            labels = df[d["label_column"]]
+        if d.label_column in df.columns:  # predict: labels, when given, yield metrics
+            labels = df[d.label_column]
             out["labels_raw"] = ["" if is_missing(v) else str(v).strip() for v in labels]
         if labelled:
             has_label = np.asarray([bool(v) for v in out["labels_raw"]])
             skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
             keep &= has_label
-        if labelled and d["split_column"]:
-            out["splits"] = [parse_split(v) for v in df[d["split_column"]]]
+        if labelled and d.split_column:
+            out["splits"] = [parse_split(v) for v in df[d.split_column]]
             bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
             skipped += [(ids[r], "split column is not train / val / test") for r in bad]
             keep[bad] = False
-        if d["group_column"]:
-            out["groups"] = ["" if is_missing(v) else str(v) for v in df[d["group_column"]]]
+        if d.group_column:
+            out["groups"] = ["" if is_missing(v) else str(v) for v in df[d.group_column]]
         out["keep"], out["skipped"] = keep, skipped
         return out
 
     # ------------------------------------------------------------------ training
     def _set_labels(self, raw: list[str]) -> np.ndarray:
         found = sorted(set(raw))
-        given = self.d["classes"]
+        given = self.d.classes
         if given:
             given = [str(c) for c in given]
             unknown = sorted(set(found) - set(given))
@@ -372,8 +375,8 @@ class FusionTask(Task):
             if groups is not None:
                 check_no_leakage(splits, groups)
         else:
-            splits = group_split(len(rows), groups=groups, labels=y, val_fraction=float(self.d["val_fraction"]),
-                                 test_fraction=float(self.d["test_fraction"]), seed=int(self.cfg["seed"]))
+            splits = group_split(len(rows), groups=groups, labels=y, val_fraction=self.d.val_fraction,
+                                 test_fraction=self.d.test_fraction, seed=self.cfg.seed)
         if is_main_process():
             write_splits(self.run_dir / "splits.csv", [data["ids"][r] for r in rows], splits)
         train_rows = rows[splits == "train"]
@@ -411,7 +414,7 @@ class FusionTask(Task):
         from medmm.data.text_batching import tokenize_cached
 
         idx = np.flatnonzero(present)
-        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=int(self.d["max_length"]),
+        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.d.max_length,
                                  cache_dir=self._cache_dir())
         tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
         for k, i in enumerate(idx):
@@ -424,15 +427,15 @@ class FusionTask(Task):
 
         assert self._encoders is not None
         cache = EmbeddingCache(self._cache_dir() / "embeddings")
-        device = select_device(str(self.cfg["engine"]["device"]))
-        batch = int(self.cfg["engine"]["eval_batch_size"])
+        device = select_device(self.cfg.engine.device)
+        batch = self.cfg.engine.eval_batch_size
         for name in sorted(self._frozen()):
             encoder = self._encoders[name]
             col = data["mask"][:, self.names.index(name)]
             idx = np.flatnonzero(col)
             if name == "text":
                 data_fp = fingerprint_texts([data["texts"][i] for i in idx])
-                extra = f"max_length={self.d['max_length']};pooling={self.m['pooling']}"
+                extra = f"max_length={self.d.max_length};pooling={self.m.pooling}"
             else:
                 data_fp = fingerprint_files([data["image_keys"][i] for i in idx], data["image_root"])
                 extra = json.dumps(self._pixel_config().to_dict(), sort_keys=True)
@@ -452,7 +455,7 @@ class FusionTask(Task):
                     device: torch.device, batch: int) -> np.ndarray:
         from medmm.engine.device import autocast, resolve_precision
 
-        precision = resolve_precision(str(self.cfg["engine"]["precision"]), device)
+        precision = resolve_precision(self.cfg.engine.precision, device)
         encoder.to(device).eval()
         tokens = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")]) if name == "text" else None
         if name == "text":  # shortest first: batches with little padding
@@ -490,12 +493,12 @@ class FusionTask(Task):
                                                             "used)" if unusable else "")
         listed = "skipped.csv lists them" if unusable else "skipped.csv"
         return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped, "
-                f"{kept} ({listed}); classes {self.label_names}; head {self.m['head']}, mode {self.m['mode']}, "
+                f"{kept} ({listed}); classes {self.label_names}; head {self.m.head}, mode {self.m.mode}, "
                 f"encoders {self._encoder_names()}")
 
     def _encoder_names(self) -> str:
         keys = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
-        return ", ".join(f"{n}={self.m[keys[n]]}" for n in self.names)
+        return ", ".join(f"{n}={getattr(self.m, keys[n])}" for n in self.names)
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
@@ -503,11 +506,11 @@ class FusionTask(Task):
             raise ConfigError("build_data or load_artifacts must run before build_model")
         encoders = self._encoders if self._encoders is not None else self._build_encoders()
         self._encoders = None  # a second model gets its own encoders
-        head_cls = get_registry().get("fusion_head", self.m["head"]).load()
-        torch.manual_seed(int(self.cfg["seed"]))
+        head_cls = get_registry().get("fusion_head", self.m.head).load()
+        torch.manual_seed(self.cfg.seed)
         out_dim = 1 if self.problem == "binary" else len(self.label_names)
-        head = head_cls({n: self.embed_dims[n] for n in self.names}, out_dim, hidden=int(self.m["hidden"]),
-                        dropout=float(self.m["dropout"]))
+        head = head_cls({n: self.embed_dims[n] for n in self.names}, out_dim, hidden=self.m.hidden,
+                        dropout=self.m.dropout)
         model = FusionModel(encoders, head, self.names)
         frozen = self._frozen() or set(self._artifact_frozen)
         for name in frozen:
@@ -534,7 +537,7 @@ class FusionTask(Task):
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Pretrained encoders at ``engine.lr * model.encoder_lr_scale`` (frozen: not trained)."""
         inner = getattr(model, "module", model)
-        frozen, scale = self._frozen(), float(self.m["encoder_lr_scale"])
+        frozen, scale = self._frozen(), self.m.encoder_lr_scale
         groups = [("head", list(inner.head.parameters()), 1.0)]
         for name, enc in inner.encoders.items():
             if name in frozen:
@@ -544,8 +547,8 @@ class FusionTask(Task):
 
     def step(self, model: nn.Module, batch: dict[str, Any]) -> dict[str, Any]:
         mask = batch["mask"]
-        if model.training and float(self.m["modality_dropout"]) > 0:
-            mask = modality_dropout(mask, float(self.m["modality_dropout"]))
+        if model.training and self.m.modality_dropout > 0:
+            mask = modality_dropout(mask, self.m.modality_dropout)
         if self.hidden_modalities:
             keep = torch.tensor([n not in self.hidden_modalities for n in self.names], device=mask.device)
             mask = mask & keep
@@ -599,7 +602,7 @@ class FusionTask(Task):
         if "text" in self.names:
             encoder = self._encoders["text"] if self._encoders else None
             if encoder is None or not hasattr(encoder, "save_pretrained"):
-                raise ConfigError(f"text backbone {self.m['text_backbone']!r} cannot be saved for prediction")
+                raise ConfigError(f"text backbone {self.m.text_backbone!r} cannot be saved for prediction")
             save_text_backbone(directory / TEXT_DIR, encoder, self.tokenizer)
         write_json_atomic(directory / ARTIFACT, payload)
 
@@ -611,7 +614,7 @@ class FusionTask(Task):
         if payload["preprocessor"]:
             self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
         self._artifacts = directory
-        self.m = {**self.m, "mode": "finetune"}  # predict encodes raw inputs with the checkpoint's encoders
+        self.m = self.m.model_copy(update={"mode": "finetune"})  # predict encodes raw inputs with the checkpoint's encoders
 
     def build_predict_data(self, data_path: Path) -> tuple[Split, Any]:
         """Every row with at least one modality; labels, when every kept row has a known one, give metrics."""
