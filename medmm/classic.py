@@ -270,12 +270,24 @@ def _metric_inputs(problem: str, ev: Any) -> tuple[tuple[Any, Any], dict[str, An
     return (t, ev.scores), {}
 
 
+@dataclass
+class Predictions:
+    """Per-unit scores, shaped like :class:`medmm.engine.trainer.EvalOutput` (no loss)."""
+
+    units: list[str]
+    scores: np.ndarray
+    targets: np.ndarray | None
+    loss: float = float("nan")
+
+
 def _pooled(units: list[str], scores: np.ndarray, targets: np.ndarray | None) -> Any:
     """Per-unit predictions (mean over a unit's examples), as the engine pools them."""
-    from medmm.engine.trainer import EvalOutput, pool_by_unit
+    if len(set(units)) == len(units):  # one example per unit: nothing to pool (no torch import)
+        return Predictions(list(units), np.asarray(scores), targets)
+    from medmm.engine.trainer import pool_by_unit
 
     u, s, t = pool_by_unit(list(units), np.arange(len(units)), np.asarray(scores), targets)
-    return EvalOutput(u, s, t, float("nan"))
+    return Predictions(u, s, t)
 
 
 def _fit_modality(modality: str, problem: str, label_names: list[str] | None, train: BaselineInputs,
@@ -430,14 +442,11 @@ def _diff_ci(problem: str, metric: str, model_ev: Any, base_ev: Any, n_boot: int
 
 def _align(base_ev: Any, units: list[str]) -> Any:
     """The baseline's per-unit predictions in the model's unit order (same units expected)."""
-    from medmm.engine.trainer import EvalOutput
-
     pos = {u: i for i, u in enumerate(base_ev.units)}
     if set(pos) != set(units):
         return base_ev
     idx = np.asarray([pos[u] for u in units])
-    return EvalOutput(list(units), base_ev.scores[idx], None if base_ev.targets is None else base_ev.targets[idx],
-                      float("nan"))
+    return Predictions(list(units), base_ev.scores[idx], None if base_ev.targets is None else base_ev.targets[idx])
 
 
 def run_baseline(task: Any, split_name: str, model_ev: Any, model_metrics: dict[str, float],
@@ -475,15 +484,13 @@ def run_baseline(task: Any, split_name: str, model_ev: Any, model_metrics: dict[
 
 def predict_baseline(task: Any, run_dir: Path) -> Any:
     """Predictions of a run's saved baseline on the task's last ``build_predict_data``."""
-    from medmm.engine.trainer import EvalOutput
-
     base = load_baseline(Path(run_dir) / DIRNAME)
     inputs = task.baseline_inputs("predict")
     if inputs is None:
         raise DataError("this task cannot feed its classic baseline")
     targets = None if inputs.targets is None else np.asarray(inputs.targets)
     ev = _pooled(inputs.units, base.predict(inputs), targets)
-    return EvalOutput(ev.units, ev.scores, ev.targets, float("nan")), base
+    return ev, base
 
 
 # --------------------------------------------------------------------------- presentation
