@@ -64,10 +64,11 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
     """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs).
 
     ``operating_point`` (the run's stored one) adds the thresholded decision: ``decision``
-    (binary: a class name) or ``decision_<class>`` 0/1 columns (multiclass, one-vs-rest).
+    (binary: a class name) or ``decision_<class>`` 0/1 columns (multiclass one-vs-rest; multilabel,
+    each label at its own threshold).
     """
     header, rows = prediction_rows(ev, problem, label_names)
-    if operating_point is not None and problem in ("binary", "multiclass") and len(rows):
+    if operating_point is not None and problem in ("binary", "multiclass", "multilabel") and len(rows):
         from medmm.evaluation.threshold import decisions
 
         calls = decisions(problem, ev.scores, operating_point)

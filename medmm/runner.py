@@ -307,6 +307,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
         for cls, op in (summary.get("operating_point") or {}).items():  # chosen on val (#16)
             lines.append(f"  operating point {cls} >= {op['threshold']:.4f} (chosen on val): sensitivity "
                          f"{_fmt(op['sensitivity'])}, specificity {_fmt(op['specificity'])}")
+        if summary.get("operating_point_f1"):  # multilabel: F1 at the per-label thresholds (#14)
+            from medmm.evaluation import f1_line
+
+            lines.append("  " + f1_line(summary["operating_point_f1"], summary["split"]))
     from medmm.privacy.membership import summary_lines as privacy_summary_lines
 
     lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NOT_AUDITED", "check_subgroup_columns", "training_evaluation"]
+__all__ = ["NOT_AUDITED", "check_subgroup_columns", "f1_line", "training_evaluation"]
 
 NOT_AUDITED = "Not audited: no subgroup columns were given (set `data.subgroup_columns`)."
 
@@ -39,6 +39,15 @@ def check_subgroup_columns(data: Path, cfg: Any) -> None:
         raise DataError(f"data.subgroup_columns: {absent[0]!r} is not {where}; choose from {known[:20]}")
 
 
+def f1_line(f1: dict[str, Any], split_name: str) -> str:
+    """``micro F1 0.81 (95% CI ...), macro F1 ... at the per-label thresholds chosen on val (test)``."""
+    def one(k: str) -> str:
+        lo, hi = f1["ci"].get(k, (float("nan"),) * 2)
+        return f"{k.replace('_f1', ' F1')} {f1[k]:.4f}" + (f" (95% CI {lo:.4f}-{hi:.4f})" if lo == lo and hi == hi else "")
+
+    return f"{one('micro_f1')}, {one('macro_f1')} on {split_name} at the per-label thresholds chosen on val"
+
+
 def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_ev: Any, split_name: str,
                         data: Path, cfg: Any, run_dir: Path, *, main: bool) -> dict[str, Any]:
     """Operating point (chosen on val, reported on ``test_ev``), subgroup audit and the training profile.
@@ -49,13 +58,13 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
     from medmm.evaluation.attributes import unit_attributes
     from medmm.evaluation.shift import write_training_profile
     from medmm.evaluation.subgroups import audit, audit_html, audit_markdown, group_labels, parse_bands
-    from medmm.evaluation.threshold import choose_operating_point, save_operating_point, stats_at, stats_table
+    from medmm.evaluation.threshold import choose_operating_point, f1_at, save_operating_point, stats_at, stats_table
 
     e = cfg.eval  # a medmm.config.TaskConfig
     problem = task.problem
     out: dict[str, Any] = {"sections": [], "card": NOT_AUDITED, "operating_point": None, "summary": {}}
     n_boot, seed = cfg.engine.bootstrap, cfg.seed
-    classify = problem in ("binary", "multiclass")
+    classify = problem in ("binary", "multiclass", "multilabel")  # multilabel: one threshold per label
     (y_true, y_score), kw = trainer.metric_inputs(test_ev) if test_ev.targets is not None else ((None, None), {})
     if classify and bundle.val is not None and len(bundle.val.dataset) and test_ev.targets is not None:
         val = trainer.evaluate(model, bundle.val, bundle.collate_fn)
@@ -65,6 +74,12 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
                                     chosen_on="val")
         stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed)
         html, _ = stats_table(stats, op)
+        if problem == "multilabel":  # the F1 figures at the per-label thresholds, next to the 0.5 ones
+            import html as _html
+
+            f1 = f1_at(y_true, y_score, op, n_boot=n_boot, seed=seed)
+            out["summary"]["operating_point_f1"] = f1
+            html += "\n<p>" + _html.escape(f1_line(f1, split_name)) + "</p>"
         out["sections"].append((f"Operating point (on {split_name})", html))
         out["operating_point"] = op
         out["summary"]["operating_point"] = {c: {k: s[k] for k in ("threshold", "sensitivity", "specificity",

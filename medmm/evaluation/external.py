@@ -141,7 +141,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     (y_true, y_score), kw = trainer.metric_inputs(ev)
     ci = bootstrap_cis(problem, y_true, y_score, n_boot=n_boot, seed=seed, **kw) if n_boot else {}
     op = load_operating_point(run_dir)
-    classify = problem in ("binary", "multiclass")
+    classify = problem in ("binary", "multiclass", "multilabel")  # multilabel: per-label thresholds
     op_stats = stats_at(problem, y_true, y_score, op, n_boot=n_boot, seed=seed) if (op and classify) else None
     y_for_audit = ev.targets if problem == "survival" else y_true
     sub = audit(problem, y_for_audit, y_score, groups, op=op if classify else None,

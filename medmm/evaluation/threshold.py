@@ -1,7 +1,7 @@
 """Operating points: a decision threshold chosen on the validation split, and the figures at it.
 
 Binary problems get one threshold on P(positive); multiclass problems one per class,
-one-vs-rest. A unit is called positive for a class when its probability is ``>= threshold``
+one-vs-rest; multi-label problems one per label (each label its own binary problem). A unit is called positive for a class when its probability is ``>= threshold``
 (the convention of :func:`sklearn.metrics.roc_curve`, whose thresholds are the candidates).
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 
 from medmm.errors import ConfigError
 
-__all__ = ["RULES", "choose_threshold", "choose_operating_point", "decisions", "load_operating_point",
+__all__ = ["RULES", "choose_threshold", "choose_operating_point", "decisions", "f1_at", "load_operating_point",
            "operating_stats", "save_operating_point", "stats_table"]
 
 RULES = ("youden", "target_sensitivity", "target_specificity", "fixed")
@@ -54,10 +54,12 @@ def choose_threshold(y: Any, p: Any, rule: str, target: float = 0.9, fixed: floa
 
 
 def _columns(problem: str, y: Any, scores: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``[N, C]`` one-vs-rest labels and scores: binary -> the positive class only."""
+    """``[N, C]`` one-vs-rest labels and scores: binary -> the positive class only; multilabel as given."""
     s = np.asarray(scores, dtype=float)
     if problem == "binary":
         return np.asarray(y).astype(int).reshape(-1, 1), s.reshape(-1, 1)
+    if problem == "multilabel":
+        return (np.asarray(y) >= 0.5).astype(int).reshape(-1, k), s.reshape(-1, k)
     y = np.asarray(y).astype(int)
     return np.eye(k, dtype=int)[y] if y.size else np.zeros((0, k), int), s
 
@@ -122,6 +124,41 @@ def stats_at(problem: str, y: Any, scores: Any, op: Mapping[str, Any], *, n_boot
     calls = decisions(problem, scores, op)
     return {c: {"threshold": float(op["thresholds"][c]),
                 **operating_stats(yc[:, k], calls[:, k], n_boot=n_boot, seed=seed)} for k, c in enumerate(classes)}
+
+
+def f1_at(y: Any, scores: Any, op: Mapping[str, Any], *, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Multi-label micro and macro F1 of the calls at the operating point, with bootstrap CIs.
+
+    Macro F1 leaves out labels never true nor called (as :func:`medmm.metrics` does at 0.5).
+    """
+    yc, _ = _columns("multilabel", y, scores, len(op["classes"]))
+    c = decisions("multilabel", scores, op)
+    cells = np.stack([(yc == 1) & (c == 1), (yc == 0) & (c == 1), (yc == 1) & (c == 0)]).astype(float)  # tp fp fn
+
+    def f1s(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``[..., K]`` counts -> (micro, macro) ``[...]``."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            micro = 2 * tp.sum(-1) / (2 * tp.sum(-1) + fp.sum(-1) + fn.sum(-1))
+            per = 2 * tp / (2 * tp + fp + fn)
+            n = np.isfinite(per).sum(-1)
+            macro = np.where(n > 0, np.nansum(per, -1) / np.maximum(n, 1), np.nan)
+        return micro, macro
+
+    micro, macro = f1s(*cells.sum(1))
+    out: dict[str, Any] = {"micro_f1": float(micro), "macro_f1": float(macro), "ci": {}, "n": int(len(yc))}
+    if n_boot and len(yc):
+        rng = np.random.default_rng(seed)
+        mi, ma = [], []
+        for start in range(0, n_boot, 200):
+            idx = rng.integers(0, len(yc), size=(min(200, n_boot - start), len(yc)))
+            w = np.stack([np.bincount(r, minlength=len(yc)) for r in idx]).astype(float)  # [B, N]
+            a, b = f1s(*np.einsum("bn,cnk->cbk", w, cells))
+            mi.append(a)
+            ma.append(b)
+        for k, v in (("micro_f1", np.concatenate(mi)), ("macro_f1", np.concatenate(ma))):
+            v = v[np.isfinite(v)]
+            out["ci"][k] = (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) if v.size else (math.nan, math.nan)
+    return out
 
 
 def save_operating_point(directory: Path, op: Mapping[str, Any]) -> Path:
