@@ -92,7 +92,10 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
             with _quiet():  # pydicom / highdicom warnings quote header values (patient names): never shown
                 sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
                                    records, problem, label_names, threshold, device, algorithm, model_name)
-        except (ValueError, KeyError, AttributeError, TypeError, OSError) as exc:  # one study's odd source files
+        except KeyError as exc:  # highdicom's SOP class table lacks the source's (e.g. retired US Image Storage)
+            skipped.append((study, f"highdicom cannot reference source SOP class {exc.args[0] if exc.args else '?'}"))
+            continue
+        except (ValueError, AttributeError, TypeError, OSError) as exc:  # one study's odd source files
             skipped.append((study, f"{type(exc).__name__}: {str(exc)[:120]}"))
             continue
         reports.append((out_dir / names[study], sr))
