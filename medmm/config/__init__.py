@@ -168,7 +168,24 @@ def _dotted(loc: Sequence[Any], data: Any, prefix: str = "") -> str:
     return ".".join(parts)
 
 
-def config_error(exc: ValidationError, data: Any, prefix: str = "") -> ConfigError:
+def _interval(cls: type[BaseModel] | None, loc: Sequence[Any]) -> str | None:
+    """``in [0, 1)`` for a field bounded on both sides (from its Field constraints), else ``None``."""
+    field = None
+    for part in loc:
+        if cls is None or not isinstance(part, str) or part not in cls.model_fields:
+            break
+        field, cls = cls.model_fields[part], _section(cls, part)
+    if field is None:
+        return None
+    bounds = {k: getattr(m, k) for m in field.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
+    lo, hi = bounds.get("ge", bounds.get("gt")), bounds.get("le", bounds.get("lt"))
+    if lo is None or hi is None:
+        return None
+    return f"in {'(' if 'gt' in bounds else '['}{lo:g}, {hi:g}{')' if 'lt' in bounds else ']'}"
+
+
+def config_error(exc: ValidationError, data: Any, prefix: str = "", cls: type[BaseModel] | None = None
+                 ) -> ConfigError:
     """ONE line naming the first failing dotted key and what its value must be."""
     errors = exc.errors()
     key = _dotted(errors[0]["loc"], data, prefix)
@@ -177,6 +194,10 @@ def config_error(exc: ValidationError, data: Any, prefix: str = "") -> ConfigErr
     if first["type"] == "extra_forbidden":
         return ConfigError(f"unknown config key {key!r}")
     value = first.get("input")
+    if first["type"] in _BOUNDS and len(same) == 1:
+        interval = _interval(cls, first["loc"])
+        if interval:
+            return ConfigError(f"config key {key!r} must be {interval} (got {value!r})")
     wants = list(dict.fromkeys(_short(e) for e in same if e["type"] != "none_required" or len(same) == 1))
     if all(e["type"] in _BOUNDS or e["type"] == "literal_error" for e in same):
         return ConfigError(f"config key {key!r} must be {' or '.join(wants)} (got {value!r})")
@@ -187,7 +208,7 @@ def _build(cls: type[ConfigModel], data: Mapping[str, Any]) -> ConfigModel:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        raise config_error(exc, data) from None
+        raise config_error(exc, data, cls=cls) from None
 
 
 def set_key(cfg: ConfigModel, key: str, value: Any) -> None:
@@ -199,7 +220,7 @@ def set_key(cfg: ConfigModel, key: str, value: Any) -> None:
     try:
         setattr(node, leaf, value)
     except ValidationError as exc:
-        raise config_error(exc, {leaf: value}, ".".join(path)) from None
+        raise config_error(exc, {leaf: value}, ".".join(path), type(node)) from None
 
 
 # ------------------------------------------------------------------------------ merging layers

@@ -150,16 +150,18 @@ class Trainer:
 
     def __init__(self, task: Task, cfg: dict[str, Any], run_dir: Path, *, quiet: bool = False,
                  callbacks: list[Any] | None = None) -> None:
-        self.task, self.cfg, self.run_dir = task, cfg, Path(run_dir)
-        self.e = cfg["engine"]
-        self.device = select_device(self.e["device"], local_rank_from_env())
+        from medmm.config import as_config
+
+        self.task, self.cfg, self.run_dir = task, as_config(cfg), Path(run_dir)  # a medmm.config.TaskConfig
+        self.e = self.cfg.engine
+        self.device = select_device(self.e.device, local_rank_from_env())
         self.dist: DistInfo = init_distributed(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        self.precision = resolve_precision(self.e["precision"], self.device)
+        self.precision = resolve_precision(self.e.precision, self.device)
         self.quiet = quiet or not sys.stderr.isatty() or not self.dist.is_main
         self.callbacks = list(callbacks or []) if self.dist.is_main else []
-        self.seed = int(cfg.get("seed", 0))
+        self.seed = self.cfg.seed
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
         self.class_weights: torch.Tensor | None = None
@@ -168,7 +170,7 @@ class Trainer:
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
                 epoch: int) -> DataLoader:
-        workers = int(self.e["num_workers"])
+        workers = self.e.num_workers
         return DataLoader(
             dataset, batch_sampler=batches, collate_fn=collate, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -179,11 +181,11 @@ class Trainer:
         split = data.train
         assert split is not None
         if self.privacy is not None:  # DP-SGD: Poisson-sampled logical batches
-            return self.privacy.plan(len(split.dataset), self.seed, epoch, max(1, int(self.e["grad_accum"])))
+            return self.privacy.plan(len(split.dataset), self.seed, epoch, self.e.grad_accum)
         world = self.dist.world_size
-        labels = split.targets if self.e["sampler"] in ("weighted", "bucket") else None
-        plan = plan_epoch(len(split.dataset), int(self.e["batch_size"]) * world, seed=self.seed, epoch=epoch,
-                          mode=self.e["sampler"], labels=labels, lengths=data.lengths)
+        labels = split.targets if self.e.sampler in ("weighted", "bucket") else None
+        plan = plan_epoch(len(split.dataset), self.e.batch_size * world, seed=self.seed, epoch=epoch,
+                          mode=self.e.sampler, labels=labels, lengths=data.lengths)
         if world > 1:
             plan = [b for b in plan if len(b) >= world]
         return plan
@@ -191,7 +193,7 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: torch.nn.Module, split: Split, collate: Callable[..., Any] | None) -> EvalOutput:
         """Predict a split on every rank, gather, pool per unit; the same result on all ranks."""
-        batches = eval_batches(len(split.dataset), int(self.e["eval_batch_size"]), self.dist.rank, self.dist.world_size)
+        batches = eval_batches(len(split.dataset), self.e.eval_batch_size, self.dist.rank, self.dist.world_size)
         idx, scores, targets, loss_sum, n = [], [], [], 0.0, 0
         with no_grad_eval(model):
             for batch in self._loader(split.dataset, batches, collate, epoch=0):
@@ -224,7 +226,7 @@ class Trainer:
         return EvalOutput(units, pooled, pooled_t, loss if n else float("nan"))
 
     def _regression_loss(self) -> str:
-        return str(self.cfg.get("model", {}).get("loss", "mse")) if self.task.problem == "regression" else "mse"
+        return str(getattr(self.cfg.model, "loss", "mse")) if self.task.problem == "regression" else "mse"
 
     def metrics_of(self, out: EvalOutput) -> dict[str, float]:
         """The task's metrics for pooled predictions."""
@@ -310,7 +312,7 @@ class Trainer:
             raise ConfigError("the training split is empty")
         from medmm.metrics import headline
 
-        monitor, mode = self.e["monitor"], self.e["monitor_mode"]
+        monitor, mode = self.e.monitor, self.e.monitor_mode
         if monitor == "auto":
             monitor, auto_mode = headline(self.task.problem)
             mode = auto_mode if mode == "auto" else mode
@@ -321,11 +323,11 @@ class Trainer:
         self.monitor, self.mode = monitor, mode
 
         seed_everything(self.seed)
-        if self.e["class_weights"] in ("balanced", "auto") and self.task.problem == "multilabel":
+        if self.e.class_weights in ("balanced", "auto") and self.task.problem == "multilabel":
             from medmm.engine.losses import multilabel_pos_weight  # per-label positives up-weighted
 
             self.class_weights = torch.tensor(multilabel_pos_weight(data.train.targets), device=self.device)
-        elif self.e["class_weights"] == "balanced":
+        elif self.e.class_weights == "balanced":
             if data.train.targets is None or np.asarray(data.train.targets).ndim != 1:
                 raise ConfigError("engine.class_weights=balanced needs single-label classification targets")
             self.class_weights = torch.tensor(balanced_class_weights(data.train.targets), dtype=torch.float32,
@@ -335,16 +337,16 @@ class Trainer:
         self.privacy = private_training(self, model, data)  # engine.privacy: DP-SGD through opacus, else None
         model.to(self.device)
         task_groups = self.task.param_groups(model)
-        opt = build_optimizer(model, float(self.e["lr"]), float(self.e["weight_decay"]), task_groups)
+        opt = build_optimizer(model, self.e.lr, self.e.weight_decay, task_groups)
         if self.privacy is not None:
             opt = self.privacy.wrap_optimizer(opt)
-        accum = max(1, int(self.e["grad_accum"]))
+        accum = self.e.grad_accum
         steps_per_epoch = math.ceil(len(self._plan(data, 0)) / accum)
-        total = steps_per_epoch * int(self.e["epochs"])
-        if self.e["max_steps"]:
-            total = min(total, int(self.e["max_steps"])) if total else int(self.e["max_steps"])
-        warmup = int(round(float(self.e["warmup_ratio"]) * total))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.e["schedule"], total, warmup))
+        total = steps_per_epoch * self.e.epochs
+        if self.e.max_steps:
+            total = min(total, self.e.max_steps) if total else self.e.max_steps
+        warmup = int(round(self.e.warmup_ratio * total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.e.schedule, total, warmup))
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         logger = cb.MetricsLogger(self.run_dir)
         if self.dist.is_main:
@@ -390,13 +392,13 @@ class Trainer:
         from tqdm.auto import tqdm
 
         st, e = self.state, self.e
-        eval_every = int(e["eval_every_steps"])
-        ckpt_every = max(1, int(e["checkpoint_every_steps"]))
+        eval_every = e.eval_every_steps
+        ckpt_every = e.checkpoint_every_steps
         self._window_rng = _rng_snapshot()
         from medmm.engine.eta import Eta
 
         eta = Eta(total, self.device.type, announce=self.dist.is_main)  # one ETA line after the first steps
-        while st.epoch < int(e["epochs"]) and not st.stopped_early and not (total and st.global_step >= total):
+        while st.epoch < e.epochs and not st.stopped_early and not (total and st.global_step >= total):
             plan = self._plan(data, st.epoch)
             if not plan:
                 raise ConfigError("the training split yields no batch (fewer examples than processes?)")
@@ -408,7 +410,7 @@ class Trainer:
             mine = [shard(b, self.dist.rank, self.dist.world_size) for w in windows[first:] for b in w if b]
             batches = iter(self._loader(data.train.dataset, mine, data.collate_fn, st.epoch))
             bar = tqdm(total=len(windows), initial=first, disable=self.quiet, leave=False,
-                       desc=f"epoch {st.epoch + 1}/{e['epochs']}", unit="step")
+                       desc=f"epoch {st.epoch + 1}/{e.epochs}", unit="step")
             t0, seen = time.perf_counter(), 0
             for window in windows[first:]:
                 self._window_rng = _rng_snapshot()
@@ -429,11 +431,11 @@ class Trainer:
                         else:
                             loss_sum, k = problem_loss(self.task.problem, out["output"], out["target"],
                                                        class_weights=self.class_weights,
-                                                       label_smoothing=float(e["label_smoothing"]),
+                                                       label_smoothing=e.label_smoothing,
                                                        regression_loss=self._regression_loss())
                         if not torch.isfinite(loss_sum):
                             finite = False
-                            if e["nan_policy"] == "stop":
+                            if e.nan_policy == "stop":
                                 raise TrainingError(
                                     f"loss is {float(loss_sum.detach())} at step {st.global_step + 1} (epoch {st.epoch + 1}); "
                                     f"stopped without overwriting checkpoints (engine.nan_policy=skip skips such steps)")
@@ -448,8 +450,8 @@ class Trainer:
                 if finite:
                     if scaler:
                         scaler.unscale_(opt)
-                    if float(e["max_grad_norm"]) > 0:
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), float(e["max_grad_norm"]))
+                    if e.max_grad_norm > 0:
+                        torch.nn.utils.clip_grad_norm_(model.parameters(), e.max_grad_norm)
                     if scaler:
                         scaler.step(opt)
                         scaler.update()
@@ -512,5 +514,5 @@ class Trainer:
             self._save("best", raw, opt, sched, scaler)
         else:
             st.bad_evals += 1
-            if int(self.e["patience"]) and st.bad_evals >= int(self.e["patience"]):
+            if self.e.patience and st.bad_evals >= self.e.patience:
                 st.stopped_early = True
