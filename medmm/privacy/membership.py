@@ -228,7 +228,7 @@ def privacy_rows(result: dict[str, Any], privacy: dict[str, Any] | None) -> list
     return rows
 
 
-def privacy_outputs(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, heldout_name: str, cfg: dict[str, Any],
+def privacy_outputs(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, heldout_name: str, cfg: Any,
                     run_dir: Path, *, main: bool = True) -> dict[str, Any]:
     """End of ``medmm run``: the ε spent (DP runs) and the membership audit (``engine.privacy.audit``).
 
@@ -236,17 +236,14 @@ def privacy_outputs(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, he
     ``membership_audit.json`` and a ``privacy`` record in ``metrics.jsonl``; returns summary keys.
     Call on every rank (the audit evaluates the train split collectively); rank 0 writes.
     """
-    from medmm.privacy.dp import settings
-
-    p = settings(cfg["engine"])
+    audit = cfg.engine.privacy.audit  # cfg: a medmm.config.TaskConfig
     dp = trainer.privacy.summary() if getattr(trainer, "privacy", None) is not None else None
-    if dp is None and not p["audit"]:
+    if dp is None and not audit:
         return {}
     result: dict[str, Any] = {}
-    if p["audit"]:
-        n_boot = int(cfg["engine"].get("bootstrap", 1000)) or 1000
-        result = audit_split(trainer, model, bundle, heldout_eval, heldout_name, seed=int(cfg.get("seed", 0)),
-                             n_boot=n_boot)
+    if audit:
+        n_boot = cfg.engine.bootstrap or 1000
+        result = audit_split(trainer, model, bundle, heldout_eval, heldout_name, seed=cfg.seed, n_boot=n_boot)
     heading, body = report_section(result, dp)
     bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []), (heading, body)]
     heading, text = card_section(result, dp)
