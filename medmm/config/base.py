@@ -82,6 +82,9 @@ class ConfigModel(BaseModel):
     def __len__(self) -> int:
         return len(self._names())
 
+    def __iter__(self) -> Iterator[str]:  # type: ignore[override]  # keys, like the Mapping it is registered as
+        return iter(self._names())
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/YAML-safe values), keys in their defined order."""
         return self.model_dump(mode="json")
