@@ -69,7 +69,8 @@ def _x(channels: int = 1, size: int = 64, batch: int = 2) -> torch.Tensor:
 # ------------------------------------------------------------------------------- shapes
 @pytest.mark.parametrize("component", _registered(), ids=lambda c: c.name)
 def test_every_registered_backbone_embeds_grey_images(component) -> None:
-    backbone = component.build(in_chans=1, img_size=32, pretrained="none", **component.extra)
+    backbone = component.build(in_chans=1, img_size=32, pretrained="none",
+                               timm_name=component.extra.get("timm_name", component.name))
     assert isinstance(backbone, ImageBackbone)
     assert backbone.weights_source == "random init"
     assert backbone.input_size == (1, 32, 32)

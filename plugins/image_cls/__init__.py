@@ -24,7 +24,7 @@ def register_tasks(register):
 @hookimpl
 def register_backbones(register):
     for name, summary in [
-        ("vit_tiny_patch16_224", "ViT-Tiny/16 (5.7M params): the CPU default; random init unless model.weights"),
+        ("vit_tiny_patch16_224", "ViT-Tiny/16 (5.7M params); random init unless model.weights"),
         ("vit_small_patch16_224", "ViT-Small/16 (22M params); random init unless model.weights"),
         ("vit_base_patch16_224", "ViT-Base/16 (86M params): the GPU choice; random init unless model.weights"),
         ("resnet18", "ResNet-18 CNN baseline; random init unless model.weights"),
