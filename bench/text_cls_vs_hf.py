@@ -66,12 +66,13 @@ def make_data(out: Path, limit: int, seed: int = 0) -> tuple[Path, int]:
     return path, len(df)
 
 
-def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace, seed: int) -> dict[str, Any]:
+def medmm_config(a: argparse.Namespace, seed: int) -> Any:
+    """The resolved text-cls config both tools use (split, initial weights, hyper-parameters)."""
     from medmm.plugins import get_registry
-    from medmm.runner import resolved_config, run_task
+    from medmm.runner import resolved_config
 
     spec = get_registry().get("task", "text-cls")
-    cfg = resolved_config(spec, None, [
+    return resolved_config(spec, None, [
         "data.text_column=text", "data.label_column=label", "data.id_column=report_id",
         f"data.max_length={a.max_length}", f"model.backbone={'bert-tiny' if a.tiny else 'minilm-l6'}",
         f"engine.device={a.device}", "engine.precision=fp32", f"engine.epochs={a.epochs}",
@@ -80,6 +81,13 @@ def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace, seed: int) -> di
         "engine.patience=0", "engine.bootstrap=0", f"seed={seed}",
         *([f"engine.sampler={a.sampler}"] if a.sampler else []),
     ])
+
+
+def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any) -> dict[str, Any]:
+    from medmm.plugins import get_registry
+    from medmm.runner import run_task
+
+    spec = get_registry().get("task", "text-cls")
     t0 = time.perf_counter()
     run_task(spec, cfg, data, run_dir, quiet=True)
     wall = time.perf_counter() - t0
@@ -90,7 +98,7 @@ def run_medmm(data: Path, run_dir: Path, a: argparse.Namespace, seed: int) -> di
     n_train = sum(1 for line in (run_dir / "splits.csv").read_text().splitlines()[1:] if line.endswith(",train"))
     seconds = sum(n_train / r["samples_per_s"] for r in train)
     return {"samples_per_s": n_train * len(train) / seconds, "train_s": seconds, "wall_s": wall,
-            "val_auroc": val[-1]["auroc"], "cfg": cfg}
+            "val_auroc": val[-1]["auroc"]}
 
 
 def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int, mode: str) -> dict[str, Any]:
@@ -98,11 +106,10 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int
     import pandas as pd
     import torch
     import torch.nn.functional as F
+    from medmm_plugins.text_cls.task import TextClsTask
     from sklearn.metrics import roc_auc_score
     from torch.utils.data import Dataset
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
-
-    from medmm_plugins.text_cls.task import TextClsTask
 
     # The same split, initial weights and tokenizer as the medmm run: the task builds them
     # deterministically from the config and seed. Only the model and tokenizer are used here.
@@ -180,11 +187,14 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         data, n = make_data(out, a.limit)
         for seed in range(a.seeds):
-            m = run_medmm(data, out / f"medmm-s{seed}", a, seed)
-            cfg = m.pop("cfg")
-            runs["medmm"].append(m)
-            for mode in modes:
-                runs[f"Trainer {mode}"].append(run_hf(data, out / f"hf-{mode}-s{seed}", a, cfg, seed, mode))
+            # the order of the tools rotates with the seed: on a shared host, load drifts over a run
+            for arm in arms[seed % len(arms):] + arms[: seed % len(arms)]:
+                cfg = medmm_config(a, seed)  # fresh per run: nothing one run resolves leaks into the next
+                if arm == "medmm":
+                    runs[arm].append(run_medmm(data, out / f"medmm-s{seed}", a, cfg))
+                else:
+                    mode = arm.removeprefix("Trainer ")
+                    runs[arm].append(run_hf(data, out / f"hf-{mode}-s{seed}", a, cfg, seed, mode))
             print(f"seed {seed}: " + "; ".join(f"{arm} {r[-1]['samples_per_s']:.1f} samples/s AUROC "
                                                 f"{r[-1]['val_auroc']:.4f}" for arm, r in runs.items()), flush=True)
     model = "bert-tiny (random init)" if a.tiny else "MiniLM-L6 (pretrained)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,13 +49,11 @@ def test_plan_groups_is_the_optimal_cut() -> None:
     assert plan_groups(lengths, overhead=10**9) == [(0, 12, 60)]  # one call when calls are dear
     assert plan_groups(lengths, overhead=0) == [(0, 2, 60), *((i, i + 1, n) for i, n in enumerate(lengths) if i >= 2)]
     groups = plan_groups(lengths, overhead=48)
-    assert [g[0] for g in groups][0] == 0 and groups[-1][1] == len(lengths)
-    assert all(a[1] == b[0] for a, b in zip(groups, groups[1:]))  # contiguous, complete
+    assert groups[0][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(groups))  # contiguous, complete
     cost = sum((b - a) * w + 48 for a, b, w in groups)
     assert cost < 12 * 60 + 48 and 1 < len(groups) < len(lengths)
     # brute force over every set of cut points: nothing cheaper exists
-    import itertools
-
     best = min(sum((b - a) * lengths[a] + 48 for a, b in zip((0, *cuts), (*cuts, 12)))
                for k in range(12) for cuts in itertools.combinations(range(1, 12), k))
     assert cost == best
@@ -109,6 +108,7 @@ def test_grouped_batch_matches_under_bf16_autocast_on_cuda() -> None:
     torch.testing.assert_close(grouped, padded, rtol=2e-2, atol=2e-2)
 
 
+@pytest.mark.filterwarnings("ignore:Full backward hook is firing")
 def test_opacus_per_example_gradients_see_one_call_per_batch() -> None:
     opacus = pytest.importorskip("opacus")
     ids, mask = _batch(LENGTHS)
