@@ -177,6 +177,13 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")
+        choose = getattr(task, "choose_backbone", None)  # model.backbone=auto decided on val (#14)
+        why = choose(bundle) if (choose is not None and not resume) else None
+        if why and main:
+            log.info("medmm %s: %s", spec.name, why)
+            if not quiet:
+                click.echo(f"medmm {spec.name}: {why}", err=True)
+            (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # predict rebuilds the chosen backbone
         model = task.build_model()
         fit = trainer.fit(model, bundle, resume=resume)
         best = run_dir / "checkpoints" / "best"

@@ -161,6 +161,20 @@ class TabularRiskTask(Task):
                 result["loss"] = fn(out.float(), z)
         return result
 
+    def choose_backbone(self, bundle: DataBundle) -> str | None:
+        """``model.backbone=auto``: linear vs mlp by the validation metric (:mod:`.auto`); a console line or None."""
+        from medmm_plugins.tabular_risk.auto import choose_backbone
+
+        choice = choose_backbone(self, bundle)
+        if choice is None:
+            return None
+        self.cfg.provenance["model.backbone"] = f"auto: {choice.reason()}"
+        if choice.values:
+            bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []),
+                                              ("Backbone chosen by validation", choice.html())]
+            bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []), choice.markdown()]
+        return f"model.backbone=auto -> {choice.reason()}"
+
     # ------------------------------------------------------------------ prediction
     def save_artifacts(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,82 @@
+"""tabular-risk ``model.backbone=auto`` (#14): linear vs mlp chosen by the validation metric.
+
+Planted answers: a linear signal on few rows -> linear; an XOR interaction (no linear signal at all)
+-> mlp; a user's explicit backbone is never second-guessed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+QUICK = ["engine.device=cpu", "engine.batch_size=16", "engine.epochs=60", "engine.patience=10", "engine.bootstrap=50"]
+
+
+def _task(tmp_path: Path, df: pd.DataFrame, *sets: str):
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+    from medmm_plugins.tabular_risk.task import TabularRiskTask
+
+    df.to_csv(tmp_path / "d.csv", index=False)
+    spec = get_registry().get("task", "tabular-risk")
+    task = TabularRiskTask(resolved_config(spec, None, ["data.target=y", *QUICK, *sets]), tmp_path)
+    return task, task.build_data(tmp_path / "d.csv")
+
+
+def _linear(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 6))
+    y = x @ np.array([1.0, -0.8, 0.6, 0.0, 0.0, 0.0]) + rng.normal(0, 0.5, n)
+    return pd.DataFrame({**{f"x{i}": x[:, i] for i in range(6)}, "y": y})
+
+
+def _xor(n: int, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, size=(n, 3))
+    y = ((x[:, 0] * x[:, 1]) > 0).astype(int)
+    return pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "noise": x[:, 2], "y": y})
+
+
+@pytest.mark.slow  # imports torch and fits the preprocessor; trains nothing
+def test_explicit_backbone_is_kept_without_training(tmp_path: Path) -> None:
+    for name in ("mlp", "linear"):
+        task, bundle = _task(tmp_path, _xor(60), f"model.backbone={name}")
+        assert task.choose_backbone(bundle) is None
+        assert task.cfg.model.backbone == name and "model.backbone" not in task.cfg.provenance
+
+
+@pytest.mark.slow
+def test_auto_picks_linear_on_a_small_linear_problem(tmp_path: Path) -> None:
+    task, bundle = _task(tmp_path, _linear(120), "model.backbone=auto")
+    line = task.choose_backbone(bundle)
+    assert task.cfg.model.backbone == "linear", line
+    assert task.cfg.engine.lr == 0.02 and task.cfg.provenance["engine.lr"] == "recipe of backbone linear"
+    assert line.startswith("model.backbone=auto -> linear won on val") and "mlp" in line
+    assert task.cfg.provenance["model.backbone"].startswith("auto: linear won")
+    assert any(h == "Backbone chosen by validation" for h, _ in bundle.meta["report_sections"])
+
+
+@pytest.mark.slow
+def test_auto_picks_mlp_on_xor_and_the_run_keeps_it(tmp_path: Path) -> None:
+    import pandas as pd
+
+    from tests.conftest import run_cli
+
+    _xor(400).to_csv(tmp_path / "xor.csv", index=False)
+    run = tmp_path / "run"
+    quick = ["engine.device=cpu", "engine.batch_size=32", "engine.epochs=30", "engine.patience=5",
+             "engine.bootstrap=0", "engine.baseline=none"]
+    sets = [a for s in ["data.target=y", *quick, "model.backbone=auto"] for a in ("--set", s)]
+    proc = run_cli("run", "tabular-risk", "--data", str(tmp_path / "xor.csv"), "--out", str(run), *sets)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "model.backbone=auto -> mlp won on val auroc (linear" in proc.stderr
+    cfg = (run / "config.yaml").read_text()
+    assert "backbone: mlp  # auto: mlp won" in cfg
+    assert "Backbone chosen by validation" in (run / "model_card.md").read_text()
+    assert "model.backbone=auto: training candidate linear" in (run / "train.log").read_text()
+    proc = run_cli("predict", str(run), "--data", str(tmp_path / "xor.csv"), "--out", str(tmp_path / "p.csv"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 400
