@@ -363,6 +363,23 @@ def test_deletion_replaces_only_the_chosen_positions() -> None:
     assert torch.all(y[0, 0, :2, :2] == x[0].mean()) and torch.equal(y[0, 0, 2:], x[0, 0, 2:])
 
 
+def test_text_is_batched_in_length_order_and_other_inputs_as_given() -> None:
+    from medmm.data.text_batching import pad_collate
+    from medmm.explain.run import _explain_loader
+    from medmm.explain.spec import ExplainSpec, InputSpec
+
+    lengths = [9, 2, 7, 3, 8, 1, 6, 4, 5, 10]
+    data = [{"input_ids": list(range(1, n + 1)), "index": i} for i, n in enumerate(lengths)]
+    positions = list(range(len(data)))
+    tokens = ExplainSpec([InputSpec("text", "tokens", get=lambda b: b, put=lambda b, x: x)])
+    batches = [b["index"].tolist() for b in _explain_loader(data, positions, tokens, 4, pad_collate, 0)]
+    assert sorted(i for b in batches for i in b) == positions  # every example once
+    assert sorted(batches) == [[0, 9], [5, 1, 3, 7], [8, 6, 2, 4]]  # padded to 4, 6 and 10, not 9, 8, 10
+    image = ExplainSpec([InputSpec("image", "image", get=lambda b: b, put=lambda b, x: x)])
+    assert [b["index"].tolist() for b in _explain_loader(data, positions, image, 4, pad_collate, 0)] == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
 @pytest.mark.slow  # timm import + a ViT forward: seconds, not a fast unit test
 def test_vit_gradcam_maps_tokens_to_the_patch_grid() -> None:
     """ViT: Grad-CAM on the last block's patch tokens, [CLS] dropped, reshaped to the 4 x 4 grid."""

@@ -74,7 +74,6 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
                 method: str = "auto", checkpoint: str = "best", top_k: int = 10, steps: int = 32,
                 internal_batch_size: int = 256, batch_size: int = 16, seed: int = 0) -> Path:
     """Explain the first ``limit`` units of ``data`` with the trained run; returns the output folder."""
-    require_captum()
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -97,6 +96,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     out = Path(out) if out is not None else run_dir / f"explain-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MedmmError(f"{out} already exists; medmm explain never overwrites files: pass another --out")
+    require_captum()  # after the cheap checks: importing captum takes seconds
 
     spec, task, model, split, collate, device, _cache = load_run(run_dir, data, registry=registry, checkpoint=checkpoint)
 
@@ -141,7 +141,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     faith: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     started, attr_seconds = time.perf_counter(), 0.0
     randomised: dict[str, int] = defaultdict(int)  # batches explained with the randomised model
-    for batch in loader:
+    for batch in _explain_loader(split.dataset, positions, espec, batch_size, collate, seed):
         batch = move_to(batch, device)
         with torch.no_grad():
             o = task.step(model, batch)
@@ -171,6 +171,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
                 faith[s.name]["spearman"] += rank_correlation(attrs, r_attrs)
                 randomised[s.name] += 1
         examples.extend(batch_ex)
+    examples.sort(key=lambda e: e.position)  # the data's order (a chunked document's windows in order)
     seconds = time.perf_counter() - started
 
     from medmm.explain.outputs import build_outputs
@@ -220,6 +221,27 @@ def load_run(run_dir: Path, data: Path, *, registry: Any, checkpoint: str = "bes
     model.to(device).eval()
     model.requires_grad_(True)  # gradients reach every layer (frozen encoders included)
     return spec, task, model, split, collate, device, cache
+
+
+def _explain_loader(dataset: Any, positions: list[int], espec: Any, batch_size: int, collate: Any, seed: int) -> Any:
+    """Batches for the attribution pass. Token inputs are padded per batch, so text is batched in
+    length order (the same attributions, about half the work on reports of mixed length); the
+    batches then come in a seeded random order, so the randomisation check's first batches are
+    not just the shortest documents."""
+    from torch.utils.data import DataLoader, Subset
+
+    order = list(positions)
+    if all(s.kind == "tokens" for s in espec.inputs):
+        try:
+            lengths = [len(dataset[p]["input_ids"]) for p in positions]
+        except (KeyError, TypeError, IndexError):
+            lengths = None
+        if lengths is not None:
+            order = [p for _, p in sorted(zip(lengths, positions))]
+    chunks = [list(range(i, min(i + batch_size, len(order)))) for i in range(0, len(order), batch_size)]
+    if order != positions:
+        chunks = [chunks[i] for i in np.random.default_rng(seed).permutation(len(chunks))]
+    return DataLoader(Subset(dataset, order), batch_sampler=chunks, collate_fn=collate)
 
 
 def _predicted(problem: str, score: Any) -> tuple[int, float]:
