@@ -131,6 +131,25 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     return data, run, export
 
 
+@pytest.fixture(scope="module")
+def fusion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """Text + image + tabular, end to end with tiny random encoders (bert-tiny, resnet18 at 32 px)."""
+    from medmm.data.fusion_demo import build_fusion_demo
+
+    root = tmp_path_factory.mktemp("fus")
+    data = build_fusion_demo(root / "data", n_patients=12)  # rows without text / image included
+    run, export = root / "run", root / "export"
+    medmm("run", "fusion", "--data", data, "--out", run, "--set", "model.mode=finetune",
+          "--set", "model.text_backbone=bert-tiny", "--set", "model.image_backbone=resnet18",
+          "--set", "model.image_pretrained=none", "--set", "model.head=attention",
+          "--set", "data.tabular_columns=[age,sex]", "--set", "data.label_column=label",
+          "--set", "data.classes=[no_malignancy,malignant]", "--set", "data.id_column=id",
+          "--set", "data.group_column=patient", "--set", "data.size=32", "--set", "engine.epochs=1",
+          "--set", "engine.max_steps=2", *QUIET)
+    medmm("export", run, "--out", export, "--exporter", "torchscript")  # auto: dynamo misses parity, then this
+    return data, run, export
+
+
 # --------------------------------------------------------------------------- unit tests
 
 
@@ -157,11 +176,11 @@ def test_manifest_refuses_a_file_changed_after_export(tmp_path: Path) -> None:
     assert not is_export_dir(tmp_path / "nothing")
 
 
-def test_fusion_export_is_refused_with_a_clear_message(tmp_path: Path) -> None:
+def test_a_task_without_export_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     from medmm.deploy.export import export_run
 
-    (tmp_path / "run.json").write_text(json.dumps({"task": "fusion", "data": "x.csv"}))
-    with pytest.raises(MedmmError, match="'fusion' has no ONNX export yet"):
+    (tmp_path / "run.json").write_text(json.dumps({"task": "my-plugin-task", "data": "x.csv"}))
+    with pytest.raises(MedmmError, match="'my-plugin-task' has no ONNX export yet"):
         export_run(tmp_path, tmp_path / "out", registry=None)
     assert not (tmp_path / "out").exists()
 
@@ -327,6 +346,33 @@ def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: P
         from medmm.deploy.runtime import predict_export
 
         predict_export(export, data, tmp_path / "again.csv", dicom_sr=tmp_path / "sr")
+
+
+@pytest.mark.slow
+def test_fusion_export_predicts_like_torch_with_missing_modalities_and_without_torch(fusion, tmp_path: Path) -> None:
+    data, run, export = fusion
+    m = json.loads((export / "manifest.json").read_text())
+    assert m["task"] == "fusion" and m["parity"]["max_abs_diff"] <= 1e-4
+    assert [i["name"] for i in m["inputs"]] == ["mask", "input_ids", "attention_mask", "image", "tabular"]
+    assert "artifacts/text_encoder/tokenizer.json" in m["files"] and not list(export.rglob("*.safetensors"))
+    df = pd.read_csv(data, dtype=str, keep_default_na=False)
+    full = df[(df["text"] != "") & (df["image"] != "")].iloc[0]
+    rows = [full.to_dict(), {**full, "id": "no-image"}, {**full, "id": "no-text", "text": ""},
+            {**full, "id": "tabular-only", "text": "", "image": ""},
+            {**full, "id": "lost-image", "image": "dicom/NOPE"}, {**full, "id": "nothing", "text": "", "image": "",
+                                                                   "age": "", "sex": ""}]
+    rows[1]["image"] = ""
+    table = data.with_name("predict.csv")  # next to the demo: image paths are relative to the table
+    pd.DataFrame(rows).to_csv(table, index=False)
+    medmm("predict", run, "--data", table, "--out", tmp_path / "torch.csv")
+    proc = no_torch(["predict", export, "--data", table, "--out", tmp_path / "onnx.csv"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+    probs = read_csv(tmp_path / "onnx.csv").set_index("id").filter(like="prob_").iloc[:, 0]
+    assert list(probs.index) == [full["id"], "no-image", "no-text", "tabular-only", "lost-image"]
+    assert probs["no-image"] == probs["lost-image"] and len(set(probs.round(6))) >= 3  # the mask changes scores
+    skipped = (tmp_path / "onnx.skipped.csv").read_text()
+    assert skipped == (tmp_path / "torch.skipped.csv").read_text() and "nothing" in skipped
 
 
 @pytest.mark.slow

@@ -534,7 +534,7 @@ def prepare_target(
         )
 
     raw = _column(df, target, "target", problem)
-    mask = raw.notna().to_numpy()
+    mask = raw.notna().to_numpy(copy=True)  # writable (pandas 3 copy-on-write hands out read-only views)
     if isinstance(raw.dtype, pd.StringDtype) or raw.dtype == object:
         mask &= raw.astype(str).str.strip().ne("").to_numpy()  # blank text is missing too
     skipped = _nonzero({"missing target": int((~mask).sum())})

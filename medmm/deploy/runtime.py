@@ -329,6 +329,10 @@ class ExportedModel:
             self.inputs = TextInputs(self.dir, self.cfg, batch, int(self.manifest["pad_id"]))
         elif self.task == "image-cls":
             self.inputs = ImageInputs(self.dir, self.cfg, batch)
+        elif self.task == "fusion":
+            from medmm.deploy.fusion import FusionInputs
+
+            self.inputs = FusionInputs(self.dir, self.cfg, batch, int(self.manifest["pad_id"]))
         else:
             raise MedmmError(f"{self.dir}: task {self.task!r} has no onnxruntime predictor")
         self.problem, self.label_names = self.inputs.problem, self.inputs.label_names
@@ -381,7 +385,8 @@ class ExportedModel:
     def predict_rows(self, rows: list[dict[str, Any]]) -> Prediction:
         """Predict JSON-like rows (tabular, text): one dict of column -> value per row."""
         if self.inputs.accepts != "rows":
-            raise DataError(f"{self.task} predicts DICOM files, not rows")
+            raise DataError(f"{self.task} predicts " + ("DICOM files" if self.inputs.accepts == "dicom" else
+                                                         "a table file (image cells are paths)") + ", not rows")
         import pandas as pd
 
         return self.score(self.inputs.examples(pd.DataFrame.from_records(rows)))

@@ -127,6 +127,9 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
 
     from medmm.errors import DataError
 
+    if model.inputs.accepts not in ("rows", "dicom"):  # fusion: image cells are paths relative to a table
+        raise MedmmError(f"medmm serve: a {model.task} export predicts a table whose image cells are file paths; "
+                         f"use medmm predict EXPORT_DIR --data TABLE")
     manifest = model.manifest
     card_path = model.dir / "model_card.md"
     card = card_path.read_text(encoding="utf-8") if card_path.is_file() else None

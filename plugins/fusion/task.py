@@ -22,7 +22,6 @@ import inspect
 import json
 import logging
 import os
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medmm.data.dicom import DicomRecord, PixelCache, PixelConfig
-from medmm.data.dicom_scan import list_files, scan_file
+from medmm.data.dicom_scan import scan_file
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tables import is_missing, read_table
@@ -262,31 +261,9 @@ class FusionTask(Task):
 
     def _image_records(self, df: Any, base: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
         """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
-        col = self.d.image_column
-        cells = [None if is_missing(v) else Path(str(v).strip()) for v in df[col]]
-        full = [None if c is None else (c if c.is_absolute() else base / c) for c in cells]
-        existing = [p.resolve() for p in full if p is not None and p.exists()]
-        root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in existing])) if existing else base
-        choice, problems = [""] * len(df), []
-        for r, p in enumerate(full):
-            if p is None:
-                continue
-            if not p.exists():
-                problems.append((r, "image path does not exist"))
-                continue
-            rel = p.resolve().relative_to(root)
-            files = [rel.as_posix()] if p.is_file() else [(rel / f).as_posix() for f in list_files(p)]
-            records = [x for x in (scan_file(root, f) for f in files) if isinstance(x, DicomRecord)]
-            if not records:
-                problems.append((r, "no readable DICOM image at the image path"))
-                continue
-            series: dict[str, list[DicomRecord]] = defaultdict(list)
-            for rec in records:
-                series[rec.series_uid or rec.path].append(rec)
-            largest = max(series.values(), key=len)  # ties: the first in file order
-            largest.sort(key=lambda x: x.path)
-            choice[r] = largest[len(largest) // 2].path
-        return root, choice, problems
+        from medmm_plugins.fusion.images import choose_images  # torch-free: the export's runtime uses it too
+
+        return choose_images(df[self.d.image_column], base)
 
     def _load(self, data_path: Path, *, labelled: bool) -> dict[str, Any]:
         """Read the table and every modality; returns row-aligned arrays and the skip list."""

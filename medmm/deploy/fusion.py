@@ -1,0 +1,229 @@
+"""Fusion runs as ONNX: one graph over the raw modality inputs plus the presence mask.
+
+The graph takes ``mask`` ``[B, M]`` (bool, columns in the run's modality order) and each
+modality's raw input — ``input_ids`` / ``attention_mask`` ``[B, L]``, ``image`` ``[B, C, H, W]``
+in ``[0, 1]``, ``tabular`` ``[B, D]`` (the fitted preprocessor's output) — runs every encoder on
+every row, and hands the embeddings and the mask to the head, which replaces the rows of missing
+modalities by zeros before anything reads them (:class:`medmm.models.fusion.FusionHead`). The
+torch path encodes only the present rows; heads never mix rows, so both give the same scores
+(the export's parity check measures it). Frozen-mode runs are exported the same way: their
+encoders' weights are in the run's artifacts, which predict loads as the torch path does.
+
+:class:`FusionInputs` is the torch-free reader of the onnxruntime path: the run's table reader,
+its tokenizer (``tokenizers`` alone), the DICOM image choice and pixel pipeline of the task
+(:func:`medmm_plugins.fusion.images.choose_images`, :class:`~medmm.data.dicom_cache.PixelCache`)
+and the fitted tabular preprocessor; a row with no modality is skipped with its reason, as the task
+does.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.deploy.manifest import require
+from medmm.errors import DataError
+
+EXTRA = "runtime"
+TEXT_INPUTS = ("input_ids", "attention_mask")
+
+
+def graph_inputs(names: list[str]) -> tuple[tuple[str, ...], dict[str, dict[int, str]]]:
+    """The graph's input names and dynamic axes for a run with modalities ``names``."""
+    inputs: list[str] = ["mask"]
+    dynamic: dict[str, dict[int, str]] = {"mask": {0: "batch"}}
+    for name in names:
+        if name == "text":
+            inputs += TEXT_INPUTS
+            dynamic.update({k: {0: "batch", 1: "sequence"} for k in TEXT_INPUTS})
+        else:
+            inputs.append(name)
+            dynamic[name] = {0: "batch"}
+    return tuple(inputs), dynamic
+
+
+def graph_module(task: Any, model: Any) -> Any:
+    """``nn.Module`` whose ``forward`` takes the named inputs of :func:`graph_inputs` and returns scores."""
+    import torch
+
+    from medmm.engine.losses import scores_from_output
+
+    names = list(model.names)
+    inputs, _ = graph_inputs(names)
+    problem = task.problem
+
+    class FusionScores(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def scores(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
+            embeddings = {}
+            for name in names:  # every row; the head zeroes the rows whose modality is missing
+                encoder = self.model.encoders[name]
+                x = encoder(feeds["input_ids"], feeds["attention_mask"]) if name == "text" else encoder(feeds[name])
+                embeddings[name] = x.float()
+            out = self.model.head(embeddings, feeds["mask"].bool())
+            return scores_from_output(problem, out.squeeze(-1) if problem == "binary" else out)
+
+    # exporters read the input names from forward's signature: one named parameter per graph input
+    params = ", ".join(inputs)
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {params}):\n    return self.scores(dict(zip({inputs!r}, ({params},))))",  # noqa: S102
+         namespace)
+    cls = type("FusionGraph", (FusionScores,), {"forward": namespace["forward"]})
+    return cls().eval()
+
+
+class FusionInputs:
+    """fusion: a table with text, image paths and tabular columns; feeds per batch plus the mask."""
+
+    accepts = "table"  # image cells are paths relative to the table: rows come from a file
+
+    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int, pad_id: int) -> None:
+        from medmm.data.tabular import Preprocessor
+        from medmm.io import read_json
+
+        self.cfg, self.d, self.batch_size, self.pad_id = cfg, cfg["data"], batch_size, pad_id
+        art = Path(export_dir) / "artifacts"
+        payload = read_json(art / "fusion.json", format="medmm.fusion")
+        self.problem, self.label_names = payload["problem"], list(payload["label_names"])
+        self.names: list[str] = list(payload["names"])
+        self.preprocessor = Preprocessor.from_json(payload["preprocessor"]) if payload.get("preprocessor") else None
+        self.tokenizer: Any = None
+        if "text" in self.names:
+            from medmm.deploy.runtime import FastTokenizer
+
+            self.tokenizer = FastTokenizer(art / "text_encoder")
+        if "image" in self.names:
+            require("pydicom", EXTRA, "fusion prediction with images from an export")
+
+    def read(self, path: Path) -> tuple[Any, Path]:
+        """The table (read as the task reads it) and the folder its image paths are relative to."""
+        from medmm.data.tables import read_table
+
+        d, path = self.d, Path(path)
+        if path.is_dir():
+            raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
+                            f"{path}")
+        cols = [d.get(k) for k in ("id_column", "group_column", "text_column", "image_column", "label_column")]
+        df = read_table(path, string_columns=[c for c in cols if c], decimal=d.get("decimal") or ".")
+        return df.reset_index(drop=True), path.resolve().parent
+
+    def examples(self, source: tuple[Any, Path]) -> Any:
+        from medmm.data.tables import is_missing
+        from medmm.deploy.runtime import Examples, _chunks
+
+        df, base = source
+        d, names = self.d, self.names
+        needed = [c for c in (d.get("text_column"), d.get("image_column"), d.get("id_column")) if c]
+        needed += list(self.preprocessor.columns) if self.preprocessor is not None and "tabular" in names else []
+        absent = [c for c in needed if c not in df.columns]
+        if absent:
+            raise DataError(f"no column(s) {absent}; the table has {list(df.columns)[:20]}")
+        ids = [str(v) for v in df[d["id_column"]]] if d.get("id_column") else [str(i) for i in range(len(df))]
+        if len(set(ids)) != len(ids):
+            raise DataError(f"data.id_column {d['id_column']!r} has duplicate values")
+        n = len(df)
+        present = np.zeros((n, len(names)), dtype=bool)
+        reasons: dict[int, str] = {}
+        tokens: list[np.ndarray] = []
+        images: np.ndarray | None = None
+        tabular: np.ndarray | None = None
+        if "text" in names:
+            texts = ["" if is_missing(v) else str(v) for v in df[d["text_column"]]]
+            present[:, names.index("text")] = [bool(t.strip()) for t in texts]
+            tokens = self._tokenize(texts, present[:, names.index("text")])
+        if "image" in names:
+            images, ok, problems = self._images(df[d["image_column"]], base)
+            for r, why in problems:
+                reasons.setdefault(r, why)
+            present[:, names.index("image")] = ok
+        if "tabular" in names:
+            assert self.preprocessor is not None
+            table = df[self.preprocessor.columns]
+            present[:, names.index("tabular")] = table.notna().any(axis=1).to_numpy()
+            tabular = np.ascontiguousarray(self.preprocessor.transform(table), dtype=np.float32)
+        keep = np.flatnonzero(present.any(axis=1))
+        skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
+                   for r in np.flatnonzero(~present.any(axis=1))]
+        batches = []
+        for s in _chunks(len(keep), self.batch_size):
+            rows = keep[s]
+            feeds: dict[str, np.ndarray] = {"mask": present[rows]}
+            if "text" in names:
+                width = max(1, max(len(tokens[r]) for r in rows))
+                ids_ = np.full((len(rows), width), self.pad_id, dtype=np.int64)
+                att = np.zeros((len(rows), width), dtype=np.int64)
+                for i, r in enumerate(rows):
+                    ids_[i, :len(tokens[r])], att[i, :len(tokens[r])] = tokens[r], 1
+                feeds.update(input_ids=ids_, attention_mask=att)
+            if images is not None:
+                feeds["image"] = images[rows]
+            if tabular is not None:
+                feeds["tabular"] = tabular[rows]
+            batches.append(feeds)
+        return Examples(batches, [ids[r] for r in keep], self._targets(df, keep), skipped=skipped)
+
+    def _tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
+        from medmm.data.text_batching import tokenize_cached
+
+        idx = np.flatnonzero(present)
+        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=int(self.d["max_length"]),
+                                 cache_dir=None)
+        tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
+        for k, i in enumerate(idx):
+            tokens[i] = np.asarray(corpus[k], dtype=np.int64)
+        return tokens
+
+    def _images(self, cells: Any, base: Path) -> tuple[np.ndarray, list[bool], list[tuple[int, str]]]:
+        """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""
+        from medmm_plugins.fusion.images import choose_images
+
+        from medmm.data.dicom_cache import PixelCache
+        from medmm.data.dicom_pixels import PixelConfig
+        from medmm.data.dicom_scan import DicomRecord, scan_file
+
+        d = self.d
+        pixels = PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d.get("window"), frames="middle")
+        root, keys, problems = choose_images(cells, base)
+        out = np.zeros((len(keys), *pixels.shape), dtype=np.float32)
+        if any(keys):
+            records = [x for x in (scan_file(root, k) for k in sorted({k for k in keys if k}))
+                       if isinstance(x, DicomRecord)]
+            with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
+                cache = PixelCache.build(root, records, pixels, Path(tmp), workers=0)
+                failed = {s.path for s in cache.failed}
+                for r, k in enumerate(keys):
+                    if k and (k in failed or k not in cache.index):
+                        problems.append((r, "image could not be decoded"))
+                        keys[r] = ""
+                    elif k:
+                        out[r] = cache.image(k)
+                cache._array = None  # release the memory map before the folder goes
+        return out, [bool(k) for k in keys], problems
+
+    def _targets(self, df: Any, rows: np.ndarray) -> np.ndarray | None:
+        """Class indices when every kept row has a known label (metrics), as the task's predict reader."""
+        from medmm.data.tables import is_missing
+
+        col = self.d.get("label_column")
+        if not col or col not in df.columns:
+            return None
+
+        def key(value: str) -> str:  # '1', '1.0' and ' 1 ' name one class (the task's _label_key)
+            value = str(value).strip()
+            try:
+                number = float(value)
+            except ValueError:
+                return value
+            return str(int(number)) if number.is_integer() else value
+
+        index = {key(n): i for i, n in enumerate(self.label_names)}
+        raw = ["" if is_missing(v) else str(v).strip() for v in df[col]]
+        if not all(key(raw[r]) in index for r in rows):
+            return None
+        return np.asarray([index[key(raw[r])] for r in rows], dtype=np.float32)

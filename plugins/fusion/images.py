@@ -1,0 +1,47 @@
+"""Which DICOM instance stands for a row's image cell (torch-free: shared by the task and the runtime).
+
+An image cell names a DICOM file, a series folder or a study folder (relative to the table): the
+row's image is the middle instance (in file order) of its largest series.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from medmm.data.dicom_scan import DicomRecord, list_files, scan_file
+from medmm.data.tables import is_missing
+
+__all__ = ["choose_images"]
+
+
+def choose_images(cells: Iterable[Any], base: Path) -> tuple[Path, list[str], list[tuple[int, str]]]:
+    """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
+    paths = [None if is_missing(v) else Path(str(v).strip()) for v in cells]
+    full = [None if c is None else (c if c.is_absolute() else base / c) for c in paths]
+    existing = [p.resolve() for p in full if p is not None and p.exists()]
+    root = Path(os.path.commonpath([p if p.is_dir() else p.parent for p in existing])) if existing else base
+    choice: list[str] = [""] * len(full)
+    problems: list[tuple[int, str]] = []
+    for r, p in enumerate(full):
+        if p is None:
+            continue
+        if not p.exists():
+            problems.append((r, "image path does not exist"))
+            continue
+        rel = p.resolve().relative_to(root)
+        files = [rel.as_posix()] if p.is_file() else [(rel / f).as_posix() for f in list_files(p)]
+        records = [x for x in (scan_file(root, f) for f in files) if isinstance(x, DicomRecord)]
+        if not records:
+            problems.append((r, "no readable DICOM image at the image path"))
+            continue
+        series: dict[str, list[DicomRecord]] = defaultdict(list)
+        for rec in records:
+            series[rec.series_uid or rec.path].append(rec)
+        largest = max(series.values(), key=len)  # ties: the first in file order
+        largest.sort(key=lambda x: x.path)
+        choice[r] = largest[len(largest) // 2].path
+    return root, choice, problems
