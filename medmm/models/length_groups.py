@@ -66,7 +66,7 @@ def grouped_embed(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         return encoder(input_ids, attention_mask)
     order = order.to(input_ids.device)
     ids, mask = input_ids.index_select(0, order), attention_mask.index_select(0, order)
-    parts = [encoder(ids[a:b, :width], mask[a:b, :width]) for a, b, width in groups]
+    parts = [encoder(ids[a:b, :max(width, 1)], mask[a:b, :max(width, 1)]) for a, b, width in groups]
     embedded = torch.cat(parts)
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
