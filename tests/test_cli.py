@@ -29,7 +29,7 @@ def test_config_prints_resolved_yaml_with_overrides() -> None:
     out = run_cli("config", "tabular-risk", "--set", "engine.epochs=3", "--set", "data.target=y")
     cfg = yaml.safe_load(out.stdout)
     assert cfg["engine"]["epochs"] == 3 and cfg["data"]["target"] == "y"
-    assert cfg["model"]["backbone"] == "mlp"
+    assert cfg["model"]["backbone"] == "auto"  # linear vs mlp chosen on val at run time (#14)
 
 
 def test_tasks_and_backbones_listing() -> None:

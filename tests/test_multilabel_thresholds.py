@@ -53,7 +53,7 @@ def test_per_label_thresholds_match_brute_force_and_differ() -> None:
     for k, name in enumerate(NAMES):
         assert op["thresholds"][name] == pytest.approx(_brute_youden(y[:, k], s[:, k]))
     thr = op["thresholds"]
-    assert thr["rare"] < 0.2 < 0.35 < thr["common"] < 0.65 < thr["middle"]  # far from 0.5 where planted so
+    assert thr["rare"] < 0.2 and 0.35 < thr["common"] < 0.65 < thr["middle"]  # far from 0.5 where planted so
 
 
 def test_target_sensitivity_per_label() -> None:
@@ -105,7 +105,7 @@ def test_multilabel_run_stores_thresholds_and_uses_them(tmp_path: Path) -> None:
     rng = random.Random(3)
     names = ["cardiomegaly", "effusion", "pneumonia"]
     rows = []
-    for i in range(150):
+    for i in range(120):
         labels = sorted(rng.sample(names, rng.randint(1, 2)))
         rows.append({"text": note(rng, labels), "findings": ";".join(labels)})
     pd.DataFrame(rows).to_csv(tmp_path / "ml.csv", index=False)
@@ -113,7 +113,7 @@ def test_multilabel_run_stores_thresholds_and_uses_them(tmp_path: Path) -> None:
     proc = run_cli("run", "text-cls", "--data", str(tmp_path / "ml.csv"), "--out", str(run), *FAST,
                    "--set", "model.backbone=bigru", "--set", "data.label_column=findings",
                    "--set", "data.label_delimiter=;", "--set", "model.vocab_min_freq=1",
-                   "--set", "engine.lr=0.003", "--set", "engine.epochs=2", "--set", "engine.min_steps=0",
+                   "--set", "engine.lr=0.003", "--set", "engine.epochs=1", "--set", "engine.min_steps=0",
                    "--set", "eval.threshold=target_sensitivity")
     _ok(proc)
     op = json.loads((run / "artifacts" / "operating_point.json").read_text())

@@ -16,9 +16,10 @@ QUICK = ["engine.device=cpu", "engine.batch_size=16", "engine.epochs=60", "engin
 
 
 def _task(tmp_path: Path, df: pd.DataFrame, *sets: str):
+    from medmm_plugins.tabular_risk.task import TabularRiskTask
+
     from medmm.plugins import get_registry
     from medmm.runner import resolved_config
-    from medmm_plugins.tabular_risk.task import TabularRiskTask
 
     df.to_csv(tmp_path / "d.csv", index=False)
     spec = get_registry().get("task", "tabular-risk")
@@ -46,6 +47,11 @@ def test_explicit_backbone_is_kept_without_training(tmp_path: Path) -> None:
         task, bundle = _task(tmp_path, _xor(60), f"model.backbone={name}")
         assert task.choose_backbone(bundle) is None
         assert task.cfg.model.backbone == name and "model.backbone" not in task.cfg.provenance
+    task, bundle = _task(tmp_path, _xor(60), "data.val_fraction=0")  # the default is auto; nothing to choose on
+    assert task.cfg.model.backbone == "auto"
+    assert task.choose_backbone(bundle) == "model.backbone=auto -> mlp, not chosen by validation (no validation split " \
+                                           "to choose on)"
+    assert task.cfg.model.backbone == "mlp"
 
 
 @pytest.mark.slow
@@ -65,7 +71,7 @@ def test_auto_picks_mlp_on_xor_and_the_run_keeps_it(tmp_path: Path) -> None:
 
     from tests.conftest import run_cli
 
-    _xor(400).to_csv(tmp_path / "xor.csv", index=False)
+    _xor(300).to_csv(tmp_path / "xor.csv", index=False)
     run = tmp_path / "run"
     quick = ["engine.device=cpu", "engine.batch_size=32", "engine.epochs=30", "engine.patience=5",
              "engine.bootstrap=0", "engine.baseline=none"]
@@ -79,4 +85,4 @@ def test_auto_picks_mlp_on_xor_and_the_run_keeps_it(tmp_path: Path) -> None:
     assert "model.backbone=auto: training candidate linear" in (run / "train.log").read_text()
     proc = run_cli("predict", str(run), "--data", str(tmp_path / "xor.csv"), "--out", str(tmp_path / "p.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert len(pd.read_csv(tmp_path / "p.csv")) == 400
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 300

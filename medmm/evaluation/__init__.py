@@ -41,9 +41,11 @@ def check_subgroup_columns(data: Path, cfg: Any) -> None:
 
 def f1_line(f1: dict[str, Any], split_name: str) -> str:
     """``micro F1 0.81 (95% CI ...), macro F1 ... at the per-label thresholds chosen on val (test)``."""
+    import math
+
     def one(k: str) -> str:
         lo, hi = f1["ci"].get(k, (float("nan"),) * 2)
-        return f"{k.replace('_f1', ' F1')} {f1[k]:.4f}" + (f" (95% CI {lo:.4f}-{hi:.4f})" if lo == lo and hi == hi else "")
+        return f"{k.replace('_f1', ' F1')} {f1[k]:.4f}" + (f" (95% CI {lo:.4f}-{hi:.4f})" if math.isfinite(lo) and math.isfinite(hi) else "")
 
     return f"{one('micro_f1')}, {one('macro_f1')} on {split_name} at the per-label thresholds chosen on val"
 

@@ -32,7 +32,9 @@ class TabularRiskData(DataConfig):
 
 
 class TabularRiskModel(ModelConfig):
-    backbone: str = Field("mlp", description="mlp | linear (medmm backbones --modality tabular)")
+    backbone: str = Field("auto", description="auto (trains linear and mlp, keeps linear unless the mlp is better "
+                                              "on val beyond its noise) | mlp | linear (medmm backbones --modality "
+                                              "tabular)")
     hidden: PosInt = 128
     blocks: NonNegInt = 2
     dropout: Fraction = 0.1
