@@ -178,7 +178,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")
         choose = getattr(task, "choose_backbone", None)  # model.backbone=auto decided on val (#14)
-        why = choose(bundle) if (choose is not None and not resume) else None
+        why = choose(bundle) if choose is not None else None  # None unless the config still says auto
         if why and main:
             log.info("medmm %s: %s", spec.name, why)
             if not quiet:

@@ -136,6 +136,9 @@ class TabularRiskTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.model
+        if m.backbone == "auto":
+            raise ConfigError("model.backbone=auto is decided by a training run (linear vs mlp on val, "
+                              "choose_backbone); set model.backbone=linear or mlp to build a model directly")
         cls = get_registry().get("backbone", m.backbone)
         if cls.modality != "tabular":
             raise ConfigError(f"model.backbone {m.backbone!r} is a {cls.modality} backbone, not tabular")
