@@ -396,7 +396,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         pred = rt.score(examples, calibrate=False)  # the model's own scores, as the torch path gives
         diff = _compare(task.problem, ref.units, ref.scores, pred.units, pred.scores)
         if not diff <= TOLERANCE and exporter == "auto" and used == "dynamo":
-            # a graph the dynamo exporter got wrong (seen: fusion's attention head): the other exporter
+            # a graph the dynamo exporter got wrong (seen on a fusion run with the attention head): retry
             (stage / MODEL).unlink()
             used = _to_onnx(graph, _example(examples.batches, spec), spec, stage / MODEL, opset, "torchscript")
             onnx.checker.check_model(str(stage / MODEL))
