@@ -185,6 +185,16 @@ def test_a_task_without_export_is_refused_with_a_clear_message(tmp_path: Path) -
     assert not (tmp_path / "out").exists()
 
 
+def test_a_fusion_export_is_not_served_but_predicted_from_a_table() -> None:
+    from types import SimpleNamespace
+
+    from medmm.deploy.service import create_app
+
+    model = SimpleNamespace(task="fusion", inputs=SimpleNamespace(accepts="table"))
+    with pytest.raises(MedmmError, match="medmm predict EXPORT_DIR --data TABLE"):
+        create_app(model)
+
+
 def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib
 
