@@ -196,7 +196,7 @@ def tabular_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     run = root / "run"
     code = main(["run", "tabular-risk", "--data", str(_table(root / "train.csv", 300, 0)), "--out", str(run),
                  "--set", "data.target=outcome", "--set", "data.id_column=id", "--set", "engine.epochs=30",
-                 "--set", "engine.bootstrap=0", "--quiet"])
+                 "--set", "model.backbone=mlp", "--set", "engine.bootstrap=0", "--quiet"])
     assert code == 0
     return run, _table(root / "new.csv", 60, 1)
 
