@@ -182,9 +182,14 @@ def test_failed_run_without_checkpoint_is_replaced_and_says_so(tmp_path: Path, c
     prepare_run_dir(run2, resume=False)
     assert "failed before its first checkpoint (killed)" in capsys.readouterr().err
 
-    live = _fake_run(tmp_path / "r3", status="running", pid=os.getppid(), host=socket.gethostname())
-    with pytest.raises(MedmmError, match="still running"):  # a live run is never replaced
-        prepare_run_dir(live, resume=False)
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:  # a Python process of this machine that still exists: a live run is never replaced
+        live = _fake_run(tmp_path / "r3", status="running", pid=alive.pid, host=socket.gethostname())
+        with pytest.raises(MedmmError, match="still running"):
+            prepare_run_dir(live, resume=False)
+    finally:
+        alive.kill()
+        alive.wait()
 
     with_ckpt = _fake_run(tmp_path / "r4", status="failed", error="boom")
     (with_ckpt / "checkpoints" / "last").mkdir(parents=True)
