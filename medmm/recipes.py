@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ResolvedConfig", "annotated_yaml", "apply_min_steps", "apply_recipe", "user_keys"]
+__all__ = ["annotated_yaml", "apply_min_steps", "apply_recipe", "user_keys"]
 
 log = logging.getLogger("medmm")
 
@@ -27,22 +27,6 @@ log = logging.getLogger("medmm")
 # A recipe value that only makes sense with another one: a user who sets engine.lr gets the
 # task's own encoder / backbone scale, not one tuned for the recipe's learning rate.
 _COUPLED = {"model.encoder_lr_scale": "engine.lr", "model.backbone_lr_scale": "engine.lr"}
-
-
-class ResolvedConfig(dict):
-    """Deprecated (configs are :class:`medmm.config.TaskConfig` models now, which carry ``provenance``
-    and ``user`` themselves): a resolved dict config that remembers where changed values came from.
-
-    ``provenance`` maps dotted keys to a short origin (``recipe of backbone minilm-l6``, ``raised
-    from 4 by engine.min_steps``, ``auto: ...``); ``user`` holds the keys the user set.
-    """
-
-    provenance: dict[str, str]
-    user: set[str]
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.provenance, self.user = {}, set()
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -68,14 +52,6 @@ def _get(cfg: Mapping[str, Any], key: str) -> Any:
     return node
 
 
-def _set(cfg: dict[str, Any], key: str, value: Any) -> None:
-    *path, leaf = key.split(".")
-    node = cfg
-    for part in path:
-        node = node[part]
-    node[leaf] = value
-
-
 def _has(cfg: Mapping[str, Any], key: str) -> bool:
     try:
         _get(cfg, key)
@@ -84,33 +60,22 @@ def _has(cfg: Mapping[str, Any], key: str) -> bool:
     return True
 
 
-def _typed(cfg: Any) -> bool:
-    """A typed config (:class:`medmm.config.TaskConfig`, pydantic) rather than a plain dict."""
-    return hasattr(type(cfg), "model_fields") and hasattr(cfg, "provenance")
+def _set_checked(cfg: Any, key: str, value: Any) -> None:
+    """Set a dotted key of a typed config, validated as a user's value would be."""
+    from medmm.config import set_key
+
+    set_key(cfg, key, value)
 
 
-def _set_checked(cfg: Any, key: str, value: Any, choices: Mapping[str, Any]) -> None:
-    """Set a dotted key, validated as a user's value would be."""
-    if _typed(cfg):
-        from medmm.config import set_key
-
-        set_key(cfg, key, value)
-        return
-    from medmm.config import _check_value  # the plain-dict config
-
-    _set(cfg, key, _check_value(key, value, _get(cfg, key), choices))
-
-
-def apply_recipe(cfg: Any, spec: Any, user: set[str], choices: Mapping[str, Any]) -> Any:
+def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
     """``cfg`` with the backbone's recipe (and ``model.backbone=auto`` resolved) where the user set nothing.
 
-    A typed config is changed in place (its ``provenance`` / ``user`` record what happened); a
-    plain dict comes back as a :class:`ResolvedConfig`.
+    The typed config is changed in place; its ``provenance`` / ``user`` record what happened.
     """
     from medmm.errors import MedmmError
     from medmm.plugins import get_registry
 
-    out = cfg if _typed(cfg) else ResolvedConfig(cfg)
+    out = cfg
     out.user = set(user)
     if not _has(out, "model.backbone") or not isinstance(_get(out, "model.backbone"), str):
         return out
@@ -120,7 +85,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str], choices: Mapping[str, Any]
         if resolver is None:
             return out
         name, why = resolver(out)
-        _set_checked(out, "model.backbone", name, choices)
+        _set_checked(out, "model.backbone", name)
         out.provenance["model.backbone"] = f"auto: {why}"
     try:
         comp = get_registry().get("backbone", name)
@@ -129,7 +94,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str], choices: Mapping[str, Any]
     for key, value in dict(comp.extra.get("recipe", {})).items():
         if key in user or _COUPLED.get(key) in user or not _has(out, key):
             continue
-        _set_checked(out, key, value, choices)
+        _set_checked(out, key, value)
         out.provenance[key] = f"recipe of backbone {name}"
     return out
 
@@ -147,9 +112,9 @@ def apply_min_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int | None:
     """Raise ``engine.epochs`` to reach ``engine.min_steps`` optimizer steps; the new value or ``None``.
 
     Only when the user did not set ``engine.epochs`` (or ``engine.max_steps``) and the config knows
-    it (a :class:`ResolvedConfig`; a resumed run keeps its saved epochs).
+    it (a resolved config records ``user``; a resumed run keeps its saved epochs).
     """
-    e = cfg.get("engine")  # a medmm.config.TaskConfig, or a legacy ResolvedConfig dict
+    e = cfg.get("engine")
     min_steps = int(e.get("min_steps", 0) or 0)
     user = getattr(cfg, "user", None)
     if user is None or not min_steps or steps_per_epoch <= 0 or {"engine.epochs", "engine.max_steps"} & user:

@@ -78,7 +78,7 @@ def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[
     from medmm.recipes import apply_recipe, user_keys
 
     cfg = resolve(task_defaults(spec), user_file, overrides, choices(spec))
-    return apply_recipe(cfg, spec, user_keys(user_file, overrides), choices(spec))
+    return apply_recipe(cfg, spec, user_keys(user_file, overrides))
 
 
 def _run_info(run_dir: Path) -> dict[str, Any]:

@@ -108,11 +108,13 @@ def test_backbone_recipe_applies_unless_the_user_set_the_key(tmp_path: Path) -> 
 
 
 def test_min_steps_raises_epochs_only_when_the_user_did_not_set_them() -> None:
-    from medmm.recipes import ResolvedConfig, apply_min_steps
+    from medmm.config import as_config
+    from medmm.recipes import apply_min_steps
 
-    cfg = ResolvedConfig({"engine": {"epochs": 4, "min_steps": 300}})
+    cfg = as_config({"engine": {"epochs": 4, "min_steps": 300}})
+    cfg.user = set()
     assert apply_min_steps(cfg, 20) == 15 and cfg["engine"]["epochs"] == 15 and "raised from 4" in cfg.provenance["engine.epochs"]
-    cfg = ResolvedConfig({"engine": {"epochs": 4, "min_steps": 300}})
+    cfg = as_config({"engine": {"epochs": 4, "min_steps": 300}})
     cfg.user = {"engine.epochs"}
     assert apply_min_steps(cfg, 20) is None and cfg["engine"]["epochs"] == 4
     assert apply_min_steps({"engine": {"epochs": 4, "min_steps": 300}}, 20) is None  # a resumed run's plain config

@@ -385,16 +385,6 @@ def as_config(cfg: ConfigModel | Mapping[str, Any]) -> TaskConfig:
     return resolve(cfg)  # type: ignore[return-value]
 
 
-def _check_value(key: str, value: Any, default: Any, choices: Mapping[str, Any] | None = None) -> Any:
-    """Deprecated (the plain-dict config): ``value`` validated against the type of ``default``."""
-    leaf = key.rsplit(".", 1)[-1]
-    cls = create_model("Leaf", __base__=ConfigModel, **{leaf: (_leaf_type(key, default, dict(choices or {})), default)})
-    try:
-        return getattr(cls.model_validate({leaf: value}), leaf)
-    except ValidationError as exc:
-        raise config_error(exc, {leaf: value}, key.rpartition(".")[0]) from None
-
-
 def validate(cfg: Mapping[str, Any], defaults: ConfigModel | Mapping[str, Any],
              choices: Mapping[str, Any] | None = None) -> ConfigModel:
     """Check a complete config against the defaults' schema."""

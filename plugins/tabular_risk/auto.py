@@ -82,7 +82,7 @@ def _recipe(cfg: Any, name: str) -> dict[str, Any]:
         if key in getattr(cfg, "user", set()) or not _has(cfg, key):
             continue
         old[key] = _get(cfg, key)
-        _set_checked(cfg, key, value, {})
+        _set_checked(cfg, key, value)
     return old
 
 
