@@ -5,12 +5,16 @@ be written where.
   (medmm never overwrites a user's files).
 - A run that failed (or was killed) before its first checkpoint may be replaced by a new run
   into the same folder; one with a checkpoint is continued with ``--resume``.
+- A running run holds an exclusive ``flock`` on ``.run.lock`` until it ends; the kernel drops the
+  lock when the process dies (also by SIGKILL), so "still running" needs no pid guessing and is
+  right across pid namespaces and recycled pids.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import shutil
 import socket
 import time
@@ -22,6 +26,8 @@ import click
 from medmm.errors import MedmmError
 
 INFO = "run.json"
+LOCK = ".run.lock"
+_held: dict[Path, int] = {}  # run dir -> lock fd held by this process
 # What a run writes at the top of its folder; replacing a failed run removes these (caches stay).
 OUTPUTS = ("config.yaml", INFO, "train.log", "metrics.jsonl", "metrics.csv", "splits.csv", "skipped.csv",
            "unmatched_labels.csv", "summary.json", "predictions.csv", "report.html", "model_card.md",
@@ -50,6 +56,7 @@ def write_info(run_dir: Path, info: dict[str, Any]) -> None:
 def start(run_dir: Path, info: dict[str, Any] | None = None) -> None:
     """Mark the run as running in this process (``info``: a new run's record)."""
     info = info if info is not None else read_info(run_dir)
+    _lock(Path(run_dir))
     info.update(status="running", pid=os.getpid(), host=socket.gethostname(), error=None, updated=time.time())
     write_info(run_dir, info)
 
@@ -67,14 +74,59 @@ def finish(run_dir: Path, exc: BaseException | None = None) -> None:
         info.update(status="failed", error=text[:300] or type(exc).__name__)
     info.update(pid=None, updated=time.time())
     write_info(run_dir, info)
+    _unlock(Path(run_dir))
 
 
-def is_live(info: dict[str, Any]) -> bool:
-    """True when the process that marked the run running still exists on this machine."""
-    pid = info.get("pid")
-    if info.get("status") != "running" or not isinstance(pid, int) or info.get("host") != socket.gethostname():
+def _lock(run_dir: Path) -> None:
+    """Hold ``run_dir/.run.lock`` while this process runs the run (refused if another one holds it)."""
+    key = run_dir.resolve()
+    if key in _held or sys.platform == "win32":
+        return
+    import fcntl
+
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise MedmmError(f"{run_dir} is in use by another running medmm process; choose another --out") from None
+    _held[key] = fd
+
+
+def _unlock(run_dir: Path) -> None:
+    fd = _held.pop(run_dir.resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor drops the flock
+
+
+def _locked_elsewhere(lock: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except OSError:
         return False
-    if pid == os.getpid():
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the probe's own lock
+    return False
+
+
+def is_live(info: dict[str, Any], run_dir: Path | None = None) -> bool:
+    """True when the process that marked the run running still runs it.
+
+    With the run's lock file (every run since the lock was added) the answer is the lock's;
+    runs without one fall back to "that pid exists on this host".
+    """
+    if info.get("status") != "running":
+        return False
+    if run_dir is not None and sys.platform != "win32" and (Path(run_dir) / LOCK).exists():
+        return Path(run_dir).resolve() not in _held and _locked_elsewhere(Path(run_dir) / LOCK)
+    pid = info.get("pid")
+    if not isinstance(pid, int) or info.get("host") != socket.gethostname() or pid == os.getpid():
         return False
     try:
         os.kill(pid, 0)
@@ -82,18 +134,13 @@ def is_live(info: dict[str, Any]) -> bool:
         return False
     except PermissionError:
         return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    try:  # a recycled pid that is not a Python/medmm process is not our run
-        text = cmdline.read_bytes()
-    except OSError:
-        return True
-    return b"medmm" in text or b"python" in text
+    return True
 
 
-def status(info: dict[str, Any]) -> str:
+def status(info: dict[str, Any], run_dir: Path | None = None) -> str:
     """``running``, ``failed`` (also: killed, i.e. marked running by a process that is gone), ``done``."""
     s = info.get("status")
-    if s == "running" and not is_live(info):
+    if s == "running" and not is_live(info, run_dir):
         return "failed"
     return s or "unknown"  # runs from before status was recorded
 
@@ -112,7 +159,7 @@ def check_new(run_dir: Path) -> None:
     run_dir = Path(run_dir)
     if (run_dir / INFO).exists():
         info = read_info(run_dir)
-        s = status(info)
+        s = status(info, run_dir)
         if s == "running":
             raise MedmmError(f"{run_dir} holds a run that is still running (pid {info.get('pid')}); "
                              "choose another --out")
@@ -143,10 +190,10 @@ def check_resume(run_dir: Path) -> None:
     if not (run_dir / INFO).exists():
         raise MedmmError(f"--resume {run_dir}: not a medmm run directory (no run.json)")
     info = read_info(run_dir)
-    if status(info) == "running":
+    if status(info, run_dir) == "running":
         raise MedmmError(f"--resume {run_dir}: the run is still running (pid {info.get('pid')})")
     if not has_checkpoint(run_dir):
-        if status(info) == "failed":
+        if status(info, run_dir) == "failed":
             raise MedmmError(f"--resume {run_dir}: the run failed before its first checkpoint ({_error(info)}); "
                              f"start it again with --out {run_dir}")
         raise MedmmError(f"--resume {run_dir}: no checkpoint to resume from")

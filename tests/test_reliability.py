@@ -182,14 +182,21 @@ def test_failed_run_without_checkpoint_is_replaced_and_says_so(tmp_path: Path, c
     prepare_run_dir(run2, resume=False)
     assert "failed before its first checkpoint (killed)" in capsys.readouterr().err
 
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:  # a Python process of this machine that still exists: a live run is never replaced
-        live = _fake_run(tmp_path / "r3", status="running", pid=alive.pid, host=socket.gethostname())
+    live = _fake_run(tmp_path / "r3", status="running", pid=dead.pid, host=socket.gethostname())
+    holder = ("import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+              "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(60)")
+    alive = subprocess.Popen([sys.executable, "-c", holder, str(live / ".run.lock")], stdout=subprocess.PIPE, text=True)
+    try:  # the run's lock is held by a live process: never replaced, whatever run.json's pid says
+        assert alive.stdout.readline().strip() == "locked"
         with pytest.raises(MedmmError, match="still running"):
             prepare_run_dir(live, resume=False)
+        with pytest.raises(MedmmError, match="still running"):
+            prepare_run_dir(live, resume=True)
     finally:
         alive.kill()
         alive.wait()
+    prepare_run_dir(live, resume=False)  # its holder is gone (SIGKILL): the lock went with it
+    assert "failed before its first checkpoint (killed)" in capsys.readouterr().err
 
     with_ckpt = _fake_run(tmp_path / "r4", status="failed", error="boom")
     (with_ckpt / "checkpoints" / "last").mkdir(parents=True)
@@ -399,3 +406,23 @@ def test_fusion_predict_matches_labels_written_as_numbers() -> None:
 
     assert {_label_key(v) for v in ("1", "1.0", " 1 ")} == {"1"} and _label_key("0.5") == "0.5"
     assert _label_key("yes") == "yes" and _label_key("nan") == "nan"
+
+
+def test_a_running_run_is_seen_running_from_another_process_until_it_ends(tmp_path: Path) -> None:
+    from medmm import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    probe = ("import sys; from pathlib import Path; from medmm import rundir; p = Path(sys.argv[1]); "
+             "print(rundir.status(rundir.read_info(p), p))")
+    rundir.start(run, {"task": "tabular-risk"})
+    try:
+        seen = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, check=True)
+        assert seen.stdout.strip() == "running"
+        steal = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from medmm import rundir; "
+                                "rundir.start(Path(sys.argv[1]))", str(run)], capture_output=True, text=True)
+        assert steal.returncode != 0 and "in use by another running medmm process" in steal.stderr
+    finally:
+        rundir.finish(run)
+    seen = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, check=True)
+    assert seen.stdout.strip() == "done"
