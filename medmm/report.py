@@ -13,7 +13,7 @@ import html
 import io
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,7 +27,7 @@ from medmm.io import write_text_atomic
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["write_report"]
+__all__ = ["html_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,23 @@ def _note(text: str) -> str:
 def _kv_table(rows: dict[str, Any]) -> str:
     body = "".join(f"<tr><th>{_esc(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows.items())
     return f"<table>{body}</table>"
+
+
+def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """An HTML table for a report section: a header row, then one row per sequence of cells.
+
+    Text is escaped; numbers are printed as the report prints them (4 decimals, ``n/a`` when
+    undefined) and right-aligned.
+    """
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        return f'<td class="num">{_fmt(value)}</td>'
+    return f"<td>{_fmt(value)}</td>"
 
 
 def _metrics_table(

@@ -192,3 +192,13 @@ def test_model_card(tmp_path: Path) -> None:
     assert "image_size: 224" in card and "path: /data/x" in card
     assert "`pneumonia`" in card
     assert [p.name for p in path.parent.iterdir()] == ["MODEL_CARD.md"]
+
+
+def test_html_table_escapes_text_and_formats_numbers() -> None:
+    table = report.html_table(["rows <shown>", "auroc"], [("without <b>", 0.912345), ("only text", float("nan")),
+                                                          ("count", np.int64(7)), ("flag", True)])
+    assert table.startswith("<table><tr><th>rows &lt;shown&gt;</th><th>auroc</th></tr>")
+    assert "<td>without &lt;b&gt;</td><td class=\"num\">0.9123</td>" in table
+    assert '<td class="num">n/a</td>' in table and '<td class="num">7</td>' in table
+    assert "<td>True</td>" in table and "<b>" not in table
+    assert table.count("<tr>") == 5
