@@ -1,23 +1,51 @@
-"""The task contract: a cheap :class:`TaskSpec` to register, and the :class:`Task` it builds.
+"""The task contract: a cheap :class:`TaskSpec` to register, the :class:`Task` it builds, and the
+toolkit every task shares.
 
 Registering a task imports nothing heavy; :meth:`TaskSpec.load` imports the implementation
 only when the task runs. The engine drives every task through the same few methods.
+
+The toolkit (built-in and third-party tasks alike): :attr:`Task.cache_dir`,
+:meth:`Task.backbone` (registry lookup + modality check), :attr:`Task.is_main` and the rank-0
+writers :meth:`Task.write_skipped` / :meth:`Task.write_splits`, the ONE split rule
+(:func:`assign_splits`, :func:`read_split_column`, :meth:`Task.assign_splits`) and
+:func:`pad_sequences` / :func:`pad_id_of` for collate functions.
+
+The split rule (every task, documented once):
+
+1. An explicit split column wins. Its cells are read with the usual aliases (``valid``,
+   ``dev``, ``testing``...); a row whose cell is empty or anything else is skipped with a reason
+   in ``skipped.csv`` ("missing split" / "invalid split value ..."), never silently re-split.
+   With patient (group) IDs, a patient found in two splits is a :class:`DataError` (leakage).
+2. Otherwise a group-wise, label-stratified random split (:func:`medmm.data.splits.group_split`,
+   seeded by ``seed``): ``val_fraction`` / ``test_fraction`` of the *groups* per label stratum,
+   so no patient is in two splits and rare classes still reach training. Strata are the class
+   (binary / multiclass) or the event (survival); multi-label and regression are not stratified.
+3. Groups are patient IDs when the task has them; a row whose group cell is empty is its own
+   group (keyed ``row:<id>``), never pooled with the other rows that lack one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medmm.errors import ConfigError, DataError
 from medmm.registry import resolve_object
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch.utils.data import Dataset
 
+    from medmm.registry import Component
+
 PROBLEMS = ("binary", "multiclass", "multilabel", "regression", "survival")
+SKIPPED_CSV = "skipped.csv"
+SPLITS_CSV = "splits.csv"
+MISSING_SPLIT = "missing split"
+INVALID_SPLIT = "invalid split value (expected train/val/test)"
 
 
 @dataclass(frozen=True)
@@ -103,6 +131,86 @@ class BaselineInputs:
     present: dict[str, Any] = field(default_factory=dict)
 
 
+# -- the toolkit: functions (usable without a Task) -------------------------------------------
+def is_missing_cell(value: Any) -> bool:
+    """A table cell with no value: ``None``, NaN / NA / NaT, or a string of whitespace only."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    try:
+        return bool(value != value)  # NaN, NaT
+    except (TypeError, ValueError):  # pandas.NA refuses bool()
+        return True
+
+
+def read_split_column(ids: Sequence[str], cells: Sequence[Any]) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """A user's split column -> per row ``train`` / ``val`` / ``test`` or ``None``, and the
+    ``(id, reason)`` of each ``None`` row for ``skipped.csv`` (reasons are fixed phrases)."""
+    from medmm.data.splits import parse_split
+
+    if len(ids) != len(cells):
+        raise DataError("one split cell per row is required")
+    splits: list[str | None] = []
+    skipped: list[tuple[str, str]] = []
+    for row_id, cell in zip(ids, cells):
+        split = None if is_missing_cell(cell) else parse_split(cell)
+        if split is None:
+            skipped.append((str(row_id), MISSING_SPLIT if is_missing_cell(cell) else INVALID_SPLIT))
+        splits.append(split)
+    return splits, skipped
+
+
+def assign_splits(ids: Sequence[str], *, given: Sequence[str | None] | None = None,
+                  groups: Sequence[Any] | None = None, labels: Any = None, val_fraction: float = 0.15,
+                  test_fraction: float = 0.15, seed: int = 0) -> np.ndarray:
+    """THE split rule (module docstring): ``train`` / ``val`` / ``test`` per row of ``ids``.
+
+    ``given`` is the user's split per row (from :func:`read_split_column`, skipped rows already
+    removed): it is used as is, and checked for patients in two splits. Otherwise the rows are
+    split by group (an empty group cell: the row alone, ``row:<id>``), stratified by ``labels``.
+    """
+    import numpy as np
+
+    from medmm.data.splits import check_no_leakage, group_split
+
+    n = len(ids)
+    keys = None
+    if groups is not None:
+        if len(groups) != n:
+            raise DataError("one group per row is required")
+        keys = [f"row:{i}" if is_missing_cell(g) else str(g) for i, g in zip(ids, groups)]
+    if given is not None:
+        if len(given) != n or any(s not in ("train", "val", "test") for s in given):
+            raise DataError("the given splits must hold train / val / test for every row "
+                            "(drop the rows read_split_column skipped)")
+        splits = np.asarray(given, dtype=object)
+        if keys is not None:
+            check_no_leakage(splits, keys)
+        return splits
+    return group_split(n, groups=keys, labels=labels, val_fraction=val_fraction,
+                       test_fraction=test_fraction, seed=seed)
+
+
+def pad_sequences(sequences: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Token-id sequences -> ``(ids int64 [B, L], mask bool [B, L])``, ``L`` the longest (at least 1)."""
+    import numpy as np
+
+    lengths = [len(s) for s in sequences]
+    width = max(max(lengths, default=0), 1)
+    ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(lengths), width), dtype=bool)
+    for row, (seq, n) in enumerate(zip(sequences, lengths)):
+        ids[row, :n] = seq
+        mask[row, :n] = True
+    return ids, mask
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's padding id (``pad_token_id``), 0 when it has none."""
+    return int(getattr(tokenizer, "pad_token_id", None) or 0)
+
+
 class Task:
     """Base class of task implementations; the engine calls these methods.
 
@@ -118,6 +226,56 @@ class Task:
 
         self.cfg = as_config(cfg)  # a medmm.config.TaskConfig (a legacy nested dict is turned into one)
         self.run_dir = run_dir
+
+    # -- the toolkit ------------------------------------------------------------------------
+    @property
+    def cache_dir(self) -> Path:
+        """Pixel / token / embedding caches: ``data.cache_dir`` when set, else ``RUN_DIR/cache``."""
+        data = self.cfg.get("data")
+        given = data.get("cache_dir") if data is not None else None
+        return Path(given or Path(self.run_dir) / "cache").expanduser()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 under ``torchrun`` (or a plain process): the one process that writes the run directory."""
+        from medmm.engine.distributed import is_main_process
+
+        return is_main_process()
+
+    def backbone(self, name: str, modality: str, *, key: str = "model.backbone") -> Component:
+        """The registered backbone ``name``; a :class:`ConfigError` naming ``key`` if it is of another modality."""
+        from medmm.plugins import get_registry
+
+        comp = get_registry().get("backbone", name)
+        if comp.modality != modality:
+            raise ConfigError(f"{key} {name!r} is a {comp.modality} backbone; choose one of "
+                              f"`medmm backbones --modality {modality}`")
+        return comp
+
+    def write_skipped(self, rows: Iterable[tuple[str, str]], *, key: str = "id") -> Path | None:
+        """``RUN_DIR/skipped.csv`` (``key,reason``; rank 0 only): inputs not used, fixed reason phrases,
+        never cell contents. No rows: no file (a stale one is removed)."""
+        from medmm.io import write_skipped
+
+        return write_skipped(Path(self.run_dir) / SKIPPED_CSV, rows, key=key) if self.is_main else None
+
+    def write_splits(self, ids: Sequence[str], splits: np.ndarray) -> None:
+        """``RUN_DIR/splits.csv``: each unit id and its split (rank 0 only)."""
+        from medmm.data.splits import write_splits
+
+        if self.is_main:
+            write_splits(Path(self.run_dir) / SPLITS_CSV, ids, splits)
+
+    def assign_splits(self, ids: Sequence[str], *, given: Sequence[str | None] | None = None,
+                      groups: Sequence[Any] | None = None, labels: Any = None) -> np.ndarray:
+        """:func:`assign_splits` with the config's ``data.val_fraction`` / ``data.test_fraction`` and
+        ``seed``; writes ``splits.csv``."""
+        data = self.cfg.get("data")
+        fractions = {k: float(data.get(k, 0.15)) for k in ("val_fraction", "test_fraction")} if data is not None else {}
+        splits = assign_splits(ids, given=given, groups=groups, labels=labels, seed=int(self.cfg.get("seed", 0)),
+                               **fractions)
+        self.write_splits(ids, splits)
+        return splits
 
     # -- training -------------------------------------------------------------------------
     def build_data(self, data_path: Path) -> DataBundle:
