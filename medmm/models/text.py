@@ -194,15 +194,20 @@ class TextClassifier(nn.Module):
     gradient as the padded batch, with less padding computed. It stays off in evaluation and
     without autograd, and while hooks watch the head or the token embeddings (opacus per-example
     gradients, captum layer attributions expect one call per batch).
+
+    ``packed`` (with ``length_groups``) runs a supported encoder (a plain ``BertModel``) on the
+    batch's real tokens concatenated, without any padding (:mod:`medmm.models.packed`); others
+    fall back to length groups.
     """
 
     def __init__(self, encoder: nn.Module, num_labels: int, *, dropout: float = 0.1,
-                 length_groups: bool | None = None):
+                 length_groups: bool | None = None, packed: bool = False):
         super().__init__()
         if num_labels < 1:
             raise ConfigError(f"num_labels must be positive, got {num_labels}")
         self.encoder = encoder
         self.length_groups = isinstance(encoder, HFTextEncoder) if length_groups is None else bool(length_groups)
+        self.packed = bool(packed)
         self.embed_dim = int(encoder.embed_dim)
         self.num_labels = num_labels
         self.dropout = nn.Dropout(dropout)
@@ -213,6 +218,12 @@ class TextClassifier(nn.Module):
         if self.length_groups and self.training and torch.is_grad_enabled() and not self._hooked():
             from medmm.models.length_groups import grouped_embed
 
+            if self.packed:
+                from medmm.models.packed import packed_embed
+
+                embedded = packed_embed(self.encoder, input_ids, attention_mask)
+                if embedded is not None:
+                    return embedded
             return grouped_embed(self.encoder, input_ids, attention_mask)
         return self.encoder(input_ids, attention_mask)
 

@@ -1,0 +1,115 @@
+"""Padding-free packed forward of a BERT-family encoder: no padding token is ever computed.
+
+:func:`packed_embed` concatenates a batch's real tokens into one ``[T, H]`` matrix (rows sorted
+by length, position ids restarting at 0 for each report), so every linear layer (query / key /
+value, attention output, intermediate, output) is one matrix product over real tokens only.
+Attention stays per report: reports of equal length are contiguous in the packed matrix and go
+through :func:`torch.nn.functional.scaled_dot_product_attention` together, without a mask. The
+Hugging Face modules' own weights are called (checkpoints, export and explanations see the same
+model), dropout is applied where and as Hugging Face applies it (embeddings, attention
+probabilities, both sub-layer outputs), and pooling is the encoder's (mean or CLS), so the
+output rows, the loss and every gradient are the padded batch's up to summation order
+(``tests/test_packed.py``). Encoders it does not recognise (anything but a plain encoder-only
+``BertModel`` with absolute positions), left padding or empty rows return ``None``: the caller
+falls back to :func:`medmm.models.length_groups.grouped_embed`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["packed_embed", "supports_packing"]
+
+
+def supports_packing(encoder: Any) -> bool:
+    """True for a :class:`~medmm.models.text.HFTextEncoder` around a plain encoder-only ``BertModel``."""
+    model = getattr(encoder, "model", None)
+    config = getattr(model, "config", None)
+    if config is None or type(model).__name__ != "BertModel" or getattr(encoder, "pooling", None) not in ("mean", "cls"):
+        return False
+    return (not config.is_decoder and not getattr(config, "add_cross_attention", False)
+            and getattr(config, "position_embedding_type", "absolute") == "absolute"
+            and not any(getattr(layer, "gradient_checkpointing", False) for layer in model.encoder.layer)
+            and not model._forward_hooks and not model._forward_pre_hooks)
+
+
+def packed_embed(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
+    """``encoder(input_ids, attention_mask)`` computed on real tokens only; ``None`` if unsupported.
+
+    Needs right padding (row ``i`` is ``input_ids[i, :length_i]``) and no empty row.
+    """
+    if not supports_packing(encoder):
+        return None
+    batch, width = input_ids.shape
+    mask = attention_mask.to(torch.bool)
+    lengths = mask.sum(dim=1)
+    positions = torch.arange(width, device=input_ids.device)
+    if width == 0 or bool((lengths == 0).any()) or not torch.equal(mask, positions < lengths.unsqueeze(1)):
+        return None
+    lengths_cpu = lengths.cpu()  # B integers (one sync on a GPU)
+    order = torch.argsort(lengths_cpu, descending=True, stable=True)
+    sorted_lengths = lengths_cpu[order]
+    order_dev = order.to(input_ids.device)
+    keep = mask.index_select(0, order_dev).reshape(-1)
+    ids = input_ids.index_select(0, order_dev).reshape(-1)[keep]  # [T], sorted rows back to back
+    pos = positions.expand(batch, width).reshape(-1)[keep]
+    runs = _equal_length_runs(sorted_lengths.tolist())
+
+    model = encoder.model
+    emb = model.embeddings
+    x = emb.word_embeddings(ids) + emb.token_type_embeddings(torch.zeros_like(ids)) + emb.position_embeddings(pos)
+    x = emb.dropout(emb.LayerNorm(x))
+    for layer in model.encoder.layer:
+        x = _layer(layer, x, runs)
+
+    segment = torch.repeat_interleave(torch.arange(batch, device=x.device), sorted_lengths.to(x.device))
+    if encoder.pooling == "cls":
+        starts = torch.cumsum(sorted_lengths, 0) - sorted_lengths
+        pooled = x.index_select(0, starts.to(x.device)).float()
+    else:
+        summed = torch.zeros(batch, x.shape[1], dtype=torch.float32, device=x.device)
+        summed = summed.index_add(0, segment, x.float())
+        pooled = summed / sorted_lengths.to(device=x.device, dtype=torch.float32).unsqueeze(1)
+    inverse = torch.empty_like(order_dev)
+    inverse[order_dev] = torch.arange(batch, device=order_dev.device)
+    return pooled.index_select(0, inverse)
+
+
+def _equal_length_runs(sorted_lengths: list[int]) -> list[tuple[int, int, int]]:
+    """``(first token, reports, length)`` for each run of equal lengths in the packed matrix."""
+    runs: list[tuple[int, int, int]] = []
+    token = 0
+    for n in sorted_lengths:
+        if runs and runs[-1][2] == n:
+            start, count, _ = runs[-1]
+            runs[-1] = (start, count + 1, n)
+        else:
+            runs.append((token, 1, n))
+        token += n
+    return runs
+
+
+def _layer(layer: Any, x: torch.Tensor, runs: list[tuple[int, int, int]]) -> torch.Tensor:
+    """One ``BertLayer`` on packed tokens ``[T, H]``."""
+    sa, attn_out = layer.attention.self, layer.attention.output
+    heads, head_dim = sa.num_attention_heads, sa.attention_head_size
+    q, k, v = sa.query(x), sa.key(x), sa.value(x)
+    p = sa.dropout.p if sa.training else 0.0
+    parts = []
+    for start, count, length in runs:
+        stop = start + count * length
+
+        def split(t: torch.Tensor) -> torch.Tensor:
+            return t[start:stop].view(count, length, heads, head_dim).transpose(1, 2)
+
+        ctx = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=p, scale=sa.scaling)
+        parts.append(ctx.transpose(1, 2).reshape(count * length, heads * head_dim))
+    ctx = parts[0] if len(parts) == 1 else torch.cat(parts)
+    a = attn_out.LayerNorm(attn_out.dropout(attn_out.dense(ctx)) + x)
+    inter = layer.intermediate
+    h = inter.intermediate_act_fn(inter.dense(a))
+    out = layer.output
+    return out.LayerNorm(out.dropout(out.dense(h)) + a)
