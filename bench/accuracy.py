@@ -37,7 +37,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 def _reports(tmp: Path, limit: int, seed: int = 0) -> "object":
     import pandas as pd
 
-    from medmm.data.reports_demo import build_reports_csv
+    from medmm.demos.reports import build_reports_csv
 
     df = pd.read_csv(build_reports_csv(tmp / "reports.csv"), dtype=str).fillna("")
     return df.sample(frac=1.0, random_state=seed).reset_index(drop=True)
@@ -92,7 +92,7 @@ def build_data(name: str, tmp: Path, limit: int) -> tuple[Path, list[str]]:
         df.to_csv(path, index_label="pid")
         return path, ["data.time=time", "data.event=event", "data.id_column=pid"]
     if name == "dicom-demo":
-        from medmm.data.dicom_demo import build_demo
+        from medmm.demos.dicom import build_demo
 
         return build_demo(tmp / "dicom"), []
     raise SystemExit(f"unknown data set {name!r}")

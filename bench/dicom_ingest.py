@@ -2,7 +2,7 @@
 
     python bench/dicom_ingest.py [--data DIR] [--workers 2] [--size 224] [--epochs 3]
 
-Without ``--data`` the demo folder (``medmm.data.dicom_demo.build_demo``) is used.
+Without ``--data`` the demo folder (``medmm.demos.dicom.build_demo``) is used.
 Prints files/s for
 
   (a) plain loop: ``pydicom.dcmread(p).pixel_array`` + first frame + resize to size
@@ -48,7 +48,7 @@ def plain_loop(root: Path, files: list[str], size: int) -> tuple[float, int]:
 
 
 def medmm_ingest(root: Path, cache_dir: Path, size: int, workers: int):
-    from medmm.data.dicom import PixelCache, PixelConfig, scan_folder
+    from medmm.data.dicom.dataset import PixelCache, PixelConfig, scan_folder
 
     start = time.perf_counter()
     records, skipped = scan_folder(root, workers=workers)
@@ -59,7 +59,7 @@ def medmm_ingest(root: Path, cache_dir: Path, size: int, workers: int):
 def cached_epoch(cache) -> float:
     from torch.utils.data import DataLoader
 
-    from medmm.data.dicom import DicomImageDataset
+    from medmm.data.dicom.dataset import DicomImageDataset
 
     rows = sorted(cache.index.values())
     loader = DataLoader(DicomImageDataset(cache, rows, [0] * len(rows)), batch_size=32, shuffle=True)
@@ -82,8 +82,8 @@ def main() -> None:
 
     import torch
 
-    from medmm.data.dicom_demo import build_demo
-    from medmm.data.dicom_scan import list_files
+    from medmm.demos.dicom import build_demo
+    from medmm.data.dicom.scan import list_files
 
     torch.set_num_threads(1)  # the plain loop and our workers each use one core per process
     with tempfile.TemporaryDirectory() as tmp:

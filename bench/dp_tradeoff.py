@@ -64,7 +64,7 @@ def gbsg2(out: Path) -> tuple[Path, str, list[str]]:
 def iu_reports(out: Path, limit: int, backbone: str = "textcnn") -> tuple[Path, str, list[str]]:
     import pandas as pd
 
-    from medmm.data.reports_demo import build_reports_csv
+    from medmm.demos.reports import build_reports_csv
 
     full = build_reports_csv(out / "reports_all.csv")
     frame = pd.read_csv(full)

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from medmm.config import resolve  # noqa: E402
-from medmm.data.fusion_demo import build_fusion_demo  # noqa: E402
+from medmm.demos.fusion import build_fusion_demo  # noqa: E402
 from medmm.engine import Trainer  # noqa: E402
 from medmm.plugins import get_registry  # noqa: E402
 from medmm.runner import choices, task_defaults  # noqa: E402

@@ -55,7 +55,7 @@ def make_run(task: str, work: Path) -> Path:
         args = ["run", task, "--data", work / "notes.csv", "--set", "model.backbone=minilm-l6",
                 "--set", "data.max_length=128"]
     else:
-        from medmm.data.dicom_demo import build_demo
+        from medmm.demos.dicom import build_demo
 
         data = build_demo(work / "dicom")
         args = ["run", task, "--data", data, "--set", "model.backbone=efficientnet_lite0", "--set", "data.size=224"]

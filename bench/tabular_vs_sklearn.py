@@ -55,8 +55,8 @@ import pandas as pd
 import torch
 
 from medmm.config import resolve
-from medmm.data.tables import read_table
-from medmm.data.tabular import Preprocessor, prepare_target
+from medmm.data.readers import read_table
+from medmm.data.tabular.preprocess import Preprocessor, prepare_target
 from medmm.plugins import get_registry
 from medmm.runner import choices, run_task, task_defaults
 

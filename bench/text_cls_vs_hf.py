@@ -55,7 +55,7 @@ def parse_args() -> argparse.Namespace:
 def make_data(out: Path, limit: int, seed: int = 0) -> tuple[Path, int]:
     import pandas as pd
 
-    from medmm.data.reports_demo import build_reports_csv
+    from medmm.demos.reports import build_reports_csv
 
     full = build_reports_csv(out / "all-reports.csv")
     df = pd.read_csv(full, dtype={"report_id": str})

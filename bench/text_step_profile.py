@@ -1,12 +1,16 @@
-"""One text-cls training step, padded vs length-sorted micro-batches, timed and profiled.
+"""One text-cls training step: padded vs length groups vs packed, timed and profiled.
 
 Draws shuffled batches of IU chest X-ray reports (as ``engine.sampler=shuffle`` does), and times
 forward + backward + AdamW step of MiniLM-L6 + linear head with the batch padded to its longest
-report (what ``transformers.Trainer`` computes) and run as length groups (medmm's text-cls
-default), then prints the top ``torch.profiler`` items of one grouped step.
+report (what ``transformers.Trainer`` computes), run as length groups
+(``medmm.models.length_groups``) and packed padding-free (``medmm.models.packed``), the variants
+interleaved batch by batch (a shared host's load hits all alike), then prints the top
+``torch.profiler`` items of one step of the last variant. ``--compile`` adds variants whose
+encoder runs under ``torch.compile(dynamic=True)`` (compile time reported apart).
 
     python bench/text_step_profile.py                 # MiniLM-L6, batch 16, 8 batches
     python bench/text_step_profile.py --tiny --batches 4
+    python bench/text_step_profile.py --variants groups,packed --compile
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--variants", default="padded,groups,packed", help="comma-separated: padded, groups, packed")
+    p.add_argument("--compile", action="store_true", help="also each variant under torch.compile(dynamic=True)")
     a = p.parse_args()
 
     import pandas as pd
@@ -36,8 +42,14 @@ def main() -> None:
     import torch.nn.functional as F
     from torch.profiler import ProfilerActivity, profile
 
-    from medmm.data.reports_demo import build_reports_csv
-    from medmm.data.text_batching import pad_collate
+    try:  # medmm.data is being reorganised; accept both layouts
+        from medmm.demos.reports import build_reports_csv
+    except ImportError:
+        from medmm.demos.reports import build_reports_csv
+    try:
+        from medmm.data.text.tokenize import pad_collate
+    except ImportError:
+        from medmm.data.text.tokenize import pad_collate
     from medmm.engine.sampling import plan_epoch
     from medmm.models.text import TextClassifier, load_hf_encoder
 
@@ -50,32 +62,53 @@ def main() -> None:
     batches = [pad_collate([{"input_ids": torch.tensor(ids[i]), "index": i} for i in b], pad_id=0) for b in plan]
     model = TextClassifier(encoder, 1).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    eager_model = encoder.model
+    compiled_model = torch.compile(eager_model, dynamic=True) if a.compile else None
+    if a.compile:
+        import medmm.models.packed as packed_mod
 
-    def step(batch: dict, grouped: bool) -> None:
-        model.length_groups = grouped
+        eager_layer = packed_mod._layer
+        compiled_layer = torch.compile(eager_layer, dynamic=True)
+
+    variants = [(v, False) for v in a.variants.split(",")] + ([(v, True) for v in a.variants.split(",")]
+                                                                if a.compile else [])
+
+    def step(batch: dict, variant: tuple[str, bool]) -> None:
+        name, compiled = variant
+        model.length_groups, model.packed = name != "padded", name == "packed"
+        if a.compile:  # swap the eager / compiled callables in place
+            encoder.model = compiled_model if compiled and name != "packed" else eager_model
+            packed_mod._layer = compiled_layer if compiled else eager_layer
         logits = model(batch["input_ids"], batch["attention_mask"]).squeeze(-1)
         F.binary_cross_entropy_with_logits(logits, y[batch["index"]]).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    step(batches[0], False)  # warm-up (allocator, lazy init)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for batch in batches:  # alternate, so that load on a shared host hits both alike
-        for grouped in (False, True):
+    for variant in variants:  # warm-up (allocator, lazy init, compilation)
+        t0 = time.perf_counter()
+        for batch in batches[:2 if variant[1] else 1]:
+            step(batch, variant)
+        if variant[1]:
+            print(f"  compile warm-up {variant[0]}: {time.perf_counter() - t0:.1f} s (2 steps)")
+    times: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
+    for batch in batches:  # interleave, so that load on a shared host hits every variant alike
+        for variant in variants:
             t0 = time.perf_counter()
-            step(batch, grouped)
-            times[grouped].append(time.perf_counter() - t0)
+            step(batch, variant)
+            times[variant].append(time.perf_counter() - t0)
     real = sum(int(b["attention_mask"].sum()) for b in batches)
     padded = sum(b["input_ids"].numel() for b in batches)
     print(f"{'bert-tiny' if a.tiny else 'MiniLM-L6'}, {len(batches)} shuffled batches of {a.batch_size} IU reports, "
           f"{torch.get_num_threads()} threads; padded / real tokens {padded / real:.2f}")
-    for grouped, name in ((False, "padded batch"), (True, "length groups")):
-        t = times[grouped]
-        print(f"  {name:<14} step median {statistics.median(t) * 1e3:8.1f} ms   "
-              f"{a.batch_size / statistics.median(t):6.1f} samples/s")
-    print(f"  speed-up {statistics.median(times[False]) / statistics.median(times[True]):.2f}x (median step)")
+    base = statistics.median(times[variants[0]])
+    for variant, t in times.items():
+        name = variant[0] + (" +compile" if variant[1] else "")
+        med = statistics.median(t)
+        print(f"  {name:<16} step median {med * 1e3:8.1f} ms   {a.batch_size / med:6.1f} samples/s   "
+              f"{base / med:5.2f}x {variants[0][0]}")
     with profile(activities=[ProfilerActivity.CPU]) as prof:
-        step(batches[0], True)
+        step(batches[0], variants[-1])
+    print(f"profile of one step: {variants[-1][0]}{' +compile' if variants[-1][1] else ''}")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
 
 

@@ -42,9 +42,9 @@ def _column_digest(series: Any) -> str:
 def _table(path: Path) -> dict[str, Any]:
     import logging
 
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
 
-    quiet = logging.getLogger("medmm.data.tables")  # the task's own read says it (once)
+    quiet = logging.getLogger("medmm.data.readers")  # the task's own read says it (once)
     was, quiet.disabled = quiet.disabled, True
     try:
         df = read_table(path)
@@ -69,7 +69,7 @@ def _folder(path: Path, exclude: Path | None) -> dict[str, Any]:
 
 def fingerprint(path: str | Path, *, exclude: Path | None = None) -> dict[str, Any]:
     """The fingerprint of a data file or folder (``exclude``: a sub-folder to leave out, e.g. the run)."""
-    from medmm.data.tables import table_format
+    from medmm.data.readers import table_format
 
     path = Path(path)
     if path.is_dir():

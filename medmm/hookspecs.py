@@ -37,7 +37,7 @@ def register_readers(register: Register) -> None:
     """Register :class:`medmm.registry.Component` data readers (DICOM folders, tables, ...).
 
     A component whose ``extra`` holds ``"suffixes"`` (e.g. ``[".psv"]``) and/or a ``"predicate"``
-    (``path -> bool``) is a table format: :func:`medmm.data.tables.read_table`, the one table
+    (``path -> bool``) is a table format: :func:`medmm.data.readers.read_table`, the one table
     reader of every table task, calls its factory ``(path, **options) -> pandas.DataFrame``.
     """
 

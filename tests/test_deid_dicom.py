@@ -14,7 +14,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from medmm.data.dicom_demo import source_roots
+from medmm.demos.dicom import source_roots
 from medmm.deid import deidentify
 from medmm.deid.dicom import deidentify_dataset, load_profile, pixel_hash
 from medmm.deid.options import DeidOptions, load_options
@@ -295,7 +295,7 @@ def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
     """Every bundled file: 0 identifiers remain, every output reads, every label row still joins.
 
     (Training image-cls on the output was checked by hand: README, "De-identify before you train".)"""
-    from medmm.data.dicom_scan import list_files
+    from medmm.data.dicom.scan import list_files
 
     src = tmp_path / "src"
     for i, root in enumerate(source_roots()):
@@ -329,8 +329,8 @@ def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
 
 
 def test_labels_keyed_by_path_and_uid_still_match_after_renaming(tmp_path: Path) -> None:
-    from medmm.data.dicom_labels import labels_from_csv
-    from medmm.data.dicom_scan import scan_folder
+    from medmm.data.dicom.labels import labels_from_csv
+    from medmm.data.dicom.scan import scan_folder
 
     src = tmp_path / "src"
     (src / "ct").mkdir(parents=True)

@@ -120,7 +120,7 @@ def text(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 @pytest.fixture(scope="module")
 def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
-    from medmm.data.dicom_demo import build_demo
+    from medmm.demos.dicom import build_demo
 
     root = tmp_path_factory.mktemp("img")
     data = build_demo(root / "dicom")
@@ -134,7 +134,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 @pytest.fixture(scope="module")
 def fusion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """Text + image + tabular, end to end with tiny random encoders (bert-tiny, resnet18 at 32 px)."""
-    from medmm.data.fusion_demo import build_fusion_demo
+    from medmm.demos.fusion import build_fusion_demo
 
     root = tmp_path_factory.mktemp("fus")
     data = build_fusion_demo(root / "data", n_patients=12)  # rows without text / image included

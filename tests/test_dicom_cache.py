@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medmm.data import dicom_cache, dicom_pixels
-from medmm.data.dicom_cache import PixelCache
-from medmm.data.dicom_demo import source_roots
-from medmm.data.dicom_pixels import PixelConfig, load_pixels
-from medmm.data.dicom_scan import ImageItem, scan_folder
+from medmm.data.dicom import cache as cache_mod
+from medmm.data.dicom import pixels as pixels_mod
+from medmm.data.dicom.cache import PixelCache
+from medmm.data.dicom.pixels import PixelConfig, load_pixels
+from medmm.data.dicom.scan import ImageItem, scan_folder
+from medmm.demos.dicom import source_roots
 from medmm.errors import DataError
 
 ROOTS = source_roots()
@@ -67,7 +68,7 @@ def test_second_build_decodes_nothing(folder: Path, tmp_path: Path, monkeypatch:
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded on a cache hit")
 
-    monkeypatch.setattr(dicom_pixels, "load_pixels", no_decoding)
+    monkeypatch.setattr(pixels_mod, "load_pixels", no_decoding)
     second = _build(folder, tmp_path / "cache")
     assert second.hit and second.path == first.path
     np.testing.assert_array_equal(second.array, first.array)
@@ -130,7 +131,7 @@ def test_dataset_reads_tensors_from_the_cache(folder: Path, tmp_path: Path) -> N
     import torch
     from torch.utils.data import DataLoader
 
-    from medmm.data.dicom import DicomImageDataset
+    from medmm.data.dicom.dataset import DicomImageDataset
 
     cache = _build(folder, tmp_path / "cache", PixelConfig(size=32, channels=3))
     keys = sorted(cache.index)
@@ -157,8 +158,8 @@ def _exit_on_row_one(jobs, *args):
 
 def test_a_crashing_decoder_only_loses_its_own_file() -> None:
     jobs = [(row, f"f{row}.dcm", None, 1) for row in range(6)]
-    outcomes = dicom_cache._run_jobs(jobs, (), workers=2, progress=None, fn=_exit_on_row_one)
-    assert sorted(outcomes) == [(0, None, False), (1, dicom_cache._CRASHED, False)] + [
+    outcomes = cache_mod._run_jobs(jobs, (), workers=2, progress=None, fn=_exit_on_row_one)
+    assert sorted(outcomes) == [(0, None, False), (1, cache_mod._CRASHED, False)] + [
         (row, None, False) for row in range(2, 6)]
 
 

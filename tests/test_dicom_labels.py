@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from medmm.data.dicom_demo import source_roots
-from medmm.data.dicom_labels import labels_from_csv, labels_from_folders
-from medmm.data.dicom_scan import DicomRecord, scan_folder
+from medmm.demos.dicom import source_roots
+from medmm.data.dicom.labels import labels_from_csv, labels_from_folders
+from medmm.data.dicom.scan import DicomRecord, scan_folder
 from medmm.errors import DataError
 
 BASE = DicomRecord("x", "P", "study-1", "series-1", "sop-1", "CT", 8, 8, 1, "1.2.840.10008.1.2.1",

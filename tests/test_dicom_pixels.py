@@ -9,9 +9,9 @@ import pydicom
 import pytest
 from pydicom.pixels import pixel_array
 
-from medmm.data.dicom_demo import source_roots
-from medmm.data.dicom_pixels import PixelConfig, PixelDecodeError, apply_window, is_constant, load_pixels
-from medmm.data.dicom_scan import scan_folder
+from medmm.demos.dicom import source_roots
+from medmm.data.dicom.pixels import PixelConfig, PixelDecodeError, apply_window, is_constant, load_pixels
+from medmm.data.dicom.scan import scan_folder
 from medmm.errors import ConfigError, DataError
 
 ROOTS = source_roots()

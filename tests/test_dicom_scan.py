@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medmm.data.dicom_demo import CLASSES, build_demo, source_roots
-from medmm.data.dicom_labels import labels_from_folders
-from medmm.data.dicom_scan import (
+from medmm.demos.dicom import CLASSES, build_demo, source_roots
+from medmm.data.dicom.labels import labels_from_folders
+from medmm.data.dicom.scan import (
     CACHEDIR_TAG,
     DicomRecord,
     Skipped,
@@ -111,7 +111,7 @@ def test_expand_frames_gives_one_item_per_frame() -> None:
 
 
 def test_scan_parallel_matches_serial(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import medmm.data.dicom_scan as scan
+    import medmm.data.dicom.scan as scan
 
     monkeypatch.setattr(scan, "_POOL_MIN_FILES", 1)
     assert scan_folder(PYDICOM_FILES, workers=2) == scan_folder(PYDICOM_FILES)

@@ -364,7 +364,7 @@ def test_deletion_replaces_only_the_chosen_positions() -> None:
 
 
 def test_text_is_batched_in_length_order_and_other_inputs_as_given() -> None:
-    from medmm.data.text_batching import pad_collate
+    from medmm.data.text.tokenize import pad_collate
     from medmm.explain.run import _explain_loader
     from medmm.explain.spec import ExplainSpec, InputSpec
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from medmm.data.fusion_demo import build_fusion_demo
+from medmm.demos.fusion import build_fusion_demo
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from medmm.data.dicom_demo import build_demo
+from medmm.demos.dicom import build_demo
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow  # every test runs `medmm run` (most train)

@@ -226,7 +226,7 @@ def psv_plugin(monkeypatch: pytest.MonkeyPatch) -> Any:
 def test_plugin_reader_is_the_one_table_reader_for_its_suffix(psv_plugin: Any, tmp_path: Path) -> None:
     import gzip
 
-    from medmm.data.tables import read_table, table_format
+    from medmm.data.readers import read_table, table_format
 
     (tmp_path / "t.psv").write_text(_psv_frame().replace('"', ""))
     with gzip.open(tmp_path / "t.PSV.gz", "wt") as f:  # suffixes match case-insensitively, through .gz
@@ -240,7 +240,7 @@ def test_plugin_reader_is_the_one_table_reader_for_its_suffix(psv_plugin: Any, t
 
 
 def test_plugin_predicate_reads_a_file_without_a_telling_suffix(psv_plugin: Any, tmp_path: Path) -> None:
-    from medmm.data.tables import read_table, table_format
+    from medmm.data.readers import read_table, table_format
 
     export = tmp_path / "export-2026-11"
     export.write_text("#pipe-export v1\n" + _psv_frame())
@@ -256,7 +256,7 @@ def test_plugin_predicate_reads_a_file_without_a_telling_suffix(psv_plugin: Any,
 
 
 def test_unknown_format_lists_builtin_and_plugin_readers(psv_plugin: Any, tmp_path: Path) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
     from medmm.errors import DataError
 
     (tmp_path / "t.xlsx").write_bytes(b"PK\x03\x04")
@@ -268,7 +268,7 @@ def test_unknown_format_lists_builtin_and_plugin_readers(psv_plugin: Any, tmp_pa
 
 
 def test_a_failing_plugin_reader_is_one_line_naming_it(psv_plugin: Any, tmp_path: Path) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
     from medmm.errors import DataError
 
     (tmp_path / "a.bad").write_text("raise\n")
@@ -280,7 +280,7 @@ def test_a_failing_plugin_reader_is_one_line_naming_it(psv_plugin: Any, tmp_path
 
 
 def test_without_the_plugin_psv_is_unknown(tmp_path: Path) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
     from medmm.errors import DataError
 
     (tmp_path / "t.psv").write_text(_psv_frame())

@@ -210,7 +210,7 @@ def test_failed_run_without_checkpoint_is_replaced_and_says_so(tmp_path: Path, c
 
 @pytest.mark.parametrize("labels", ["int", "float", "str"])
 def test_positive_label_matches_numeric_labels(labels: str) -> None:
-    from medmm.data.tabular import prepare_target
+    from medmm.data.tabular.preprocess import prepare_target
 
     y = pd.Series([0, 1, 1, 0, 1])
     y = {"int": y, "float": y.astype(float), "str": y.astype(str)}[labels]

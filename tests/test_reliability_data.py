@@ -28,7 +28,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 def test_thousands_separators_are_read_as_numbers_with_a_warning(tmp_path: Path, caplog) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
 
     path = tmp_path / "t.csv"
     path.write_text('id,platelets,sex,code\n007,"395,000",F,"1,000"\n008,"1,234.5",M,x\n009,,F,"2,000"\n')
@@ -43,7 +43,7 @@ def test_thousands_separators_are_read_as_numbers_with_a_warning(tmp_path: Path,
 
 
 def test_decimal_commas_when_asked_and_a_hint_when_not(tmp_path: Path, caplog) -> None:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
     from medmm.errors import ConfigError
 
     path = tmp_path / "eu.csv"  # the spreadsheet export of a decimal-comma locale
@@ -62,7 +62,7 @@ def test_decimal_commas_when_asked_and_a_hint_when_not(tmp_path: Path, caplog) -
 
 
 def test_exclude_leaves_columns_out_and_conflicts_are_errors(caplog) -> None:
-    from medmm.data.tabular import select_features
+    from medmm.data.tabular.preprocess import select_features
     from medmm.errors import ConfigError
 
     cols = ["age", "follow_up", "sex", "death"]
@@ -117,8 +117,8 @@ def _write_bare(ds: pydicom.Dataset, path: Path) -> None:
 
 
 def test_dicom_without_preamble_is_read_when_it_parses(tmp_path: Path) -> None:
-    from medmm.data.dicom_pixels import PixelConfig, load_pixels
-    from medmm.data.dicom_scan import scan_folder
+    from medmm.data.dicom.pixels import PixelConfig, load_pixels
+    from medmm.data.dicom.scan import scan_folder
 
     (tmp_path / "normal.dcm").write_bytes(Path(CT).read_bytes())
     (tmp_path / "meta_no_preamble.dcm").write_bytes(Path(CT).read_bytes()[132:])  # file meta, no preamble
@@ -139,9 +139,9 @@ def test_dicom_without_preamble_is_read_when_it_parses(tmp_path: Path) -> None:
 
 
 def test_constant_images_are_named(tmp_path: Path, caplog) -> None:
-    from medmm.data.dicom_cache import PixelCache  # not medmm.data.dicom: that imports torch
-    from medmm.data.dicom_pixels import PixelConfig
-    from medmm.data.dicom_scan import scan_folder
+    from medmm.data.dicom.cache import PixelCache  # not medmm.data.dicom.dataset: that imports torch
+    from medmm.data.dicom.pixels import PixelConfig
+    from medmm.data.dicom.scan import scan_folder
 
     ds = pydicom.dcmread(CT)
     ds.PixelData = np.full((ds.Rows, ds.Columns), 100, dtype=np.int16).tobytes()

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medmm.data.tabular import (
+from medmm.data.tabular.preprocess import (
     Preprocessor,
     _input_frame,
     fit_preprocessor,

@@ -167,7 +167,7 @@ def test_predict_from_the_run_directory_alone(chunked_run: tuple[Path, pd.DataFr
 def _binary_reports(path: Path, n: int) -> Path:
     """``n`` real reports (normal / abnormal), or a synthetic learnable stand-in."""
     if HAS_TXV:
-        from medmm.data.reports_demo import build_reports_csv
+        from medmm.demos.reports import build_reports_csv
 
         df = pd.read_csv(build_reports_csv(path.with_name("all-reports.csv")), dtype={"report_id": str})
         df = df.sample(n, random_state=0)[["report_id", "text", "label"]]

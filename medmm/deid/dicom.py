@@ -217,7 +217,7 @@ def source_identifiers(ds: Any, profile: Profile, options: DeidOptions) -> tuple
 
 
 def _quiet() -> Any:
-    from medmm.data.dicom_scan import quiet_pydicom
+    from medmm.data.dicom.scan import quiet_pydicom
 
     return quiet_pydicom()
 

@@ -93,7 +93,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    from medmm.data.dicom_scan import list_files, quiet_pydicom, short_reason
+    from medmm.data.dicom.scan import list_files, quiet_pydicom, short_reason
     from medmm.deid.dicom import (
         deidentify_dataset,
         load_profile,
@@ -260,12 +260,13 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
 
 
 def _read_bare(path: Path) -> Any:
-    """A file without preamble that parses as a data set with a SOP class (as ``dicom_scan`` reads
-    it), given Part 10 file meta so that the output is a regular DICOM file; else ``None``."""
+    """A file without preamble that parses as a data set with a SOP class (as
+    ``medmm.data.dicom.scan`` reads it), given Part 10 file meta so that the output is a regular
+    DICOM file; else ``None``."""
     import pydicom
     from pydicom.dataset import FileMetaDataset
 
-    from medmm.data.dicom_scan import _BARE_STARTS, ENCODING_SYNTAX, quiet_pydicom
+    from medmm.data.dicom.scan import _BARE_STARTS, ENCODING_SYNTAX, quiet_pydicom
 
     with open(path, "rb") as f:
         if f.read(2) not in _BARE_STARTS:

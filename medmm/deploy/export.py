@@ -209,7 +209,8 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
 
 
 def _csv_separator(path: Path) -> str:
-    """``;`` when the header line holds ``;`` but no ``,`` (as :func:`medmm.data.tables.read_table` decides)."""
+    """``;`` when the header line holds ``;`` but no ``,`` (as :func:`~medmm.data.readers.read_table`
+    decides)."""
     with path.open(encoding="utf-8-sig", errors="replace") as f:
         header = f.readline()
     return ";" if ";" in header and "," not in header else ","

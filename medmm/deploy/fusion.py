@@ -11,7 +11,7 @@ encoders' weights are in the run's artifacts, which predict loads as the torch p
 
 :class:`FusionInputs` is the torch-free reader of the onnxruntime path: the run's table reader,
 its tokenizer (``tokenizers`` alone), the DICOM image choice and pixel pipeline of the task
-(:func:`medmm_plugins.fusion.images.choose_images`, :class:`~medmm.data.dicom_cache.PixelCache`)
+(:func:`medmm_plugins.fusion.images.choose_images`, :class:`~medmm.data.dicom.cache.PixelCache`)
 and the fitted tabular preprocessor; a row with no modality is skipped with its reason, as the task
 does.
 """
@@ -84,7 +84,7 @@ class FusionInputs:
     accepts = "table"  # image cells are paths relative to the table: rows come from a file
 
     def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int, pad_id: int) -> None:
-        from medmm.data.tabular import Preprocessor
+        from medmm.data.tabular.preprocess import Preprocessor
         from medmm.io import read_json
 
         self.cfg, self.d, self.batch_size, self.pad_id = cfg, cfg["data"], batch_size, pad_id
@@ -103,7 +103,7 @@ class FusionInputs:
 
     def read(self, path: Path) -> tuple[Any, Path]:
         """The table (read as the task reads it) and the folder its image paths are relative to."""
-        from medmm.data.tables import read_table
+        from medmm.data.readers import read_table
 
         d, path = self.d, Path(path)
         if path.is_dir():
@@ -114,7 +114,7 @@ class FusionInputs:
         return df.reset_index(drop=True), path.resolve().parent
 
     def examples(self, source: tuple[Any, Path]) -> Any:
-        from medmm.data.tables import is_missing
+        from medmm.data.readers import is_missing
         from medmm.deploy.runtime import Examples, _chunks
 
         df, base = source
@@ -169,7 +169,7 @@ class FusionInputs:
         return Examples(batches, [ids[r] for r in keep], self._targets(df, keep), skipped=skipped)
 
     def _tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
-        from medmm.data.text_batching import tokenize_cached
+        from medmm.data.text.tokenize import tokenize_cached
 
         idx = np.flatnonzero(present)
         corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=int(self.d["max_length"]),
@@ -183,9 +183,9 @@ class FusionInputs:
         """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""
         from medmm_plugins.fusion.images import choose_images
 
-        from medmm.data.dicom_cache import PixelCache
-        from medmm.data.dicom_pixels import PixelConfig
-        from medmm.data.dicom_scan import DicomRecord, scan_file
+        from medmm.data.dicom.cache import PixelCache
+        from medmm.data.dicom.pixels import PixelConfig
+        from medmm.data.dicom.scan import DicomRecord, scan_file
 
         d = self.d
         pixels = PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d.get("window"), frames="middle")
@@ -208,7 +208,7 @@ class FusionInputs:
 
     def _targets(self, df: Any, rows: np.ndarray) -> np.ndarray | None:
         """Class indices when every kept row has a known label (metrics), as the task's predict reader."""
-        from medmm.data.tables import is_missing
+        from medmm.data.readers import is_missing
 
         col = self.d.get("label_column")
         if not col or col not in df.columns:

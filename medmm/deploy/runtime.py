@@ -93,7 +93,7 @@ class TabularInputs:
     accepts = "rows"
 
     def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
-        from medmm.data.tabular import Preprocessor
+        from medmm.data.tabular.preprocess import Preprocessor
         from medmm.io import read_json
 
         self.cfg, self.d, self.batch_size = cfg, cfg["data"], batch_size
@@ -103,12 +103,12 @@ class TabularInputs:
         self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
 
     def read(self, path: Path) -> Any:
-        from medmm.data.tabular import read_table
+        from medmm.data.tabular.preprocess import read_table
 
         return read_table(path, **({"decimal": self.d["decimal"]} if self.d.get("decimal") else {}))
 
     def examples(self, df: Any) -> Examples:
-        from medmm.data.tabular import prepare_target
+        from medmm.data.tabular.preprocess import prepare_target
 
         d = self.d
         x = np.ascontiguousarray(self.preprocessor.transform(df), dtype=np.float32)
@@ -133,7 +133,7 @@ class TabularInputs:
 class FastTokenizer:
     """The run's Hugging Face fast tokenizer through the ``tokenizers`` library alone.
 
-    Called the way :func:`medmm.data.text_batching.tokenize_cached` calls a ``transformers``
+    Called the way :func:`medmm.data.text.tokenize.tokenize_cached` calls a ``transformers``
     tokenizer; truncation is the Rust backend's, exactly as ``transformers`` configures it.
     """
 
@@ -185,19 +185,19 @@ class TextInputs:
         payload = read_json(art / "text_cls.json", format="medmm.text-cls")
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
         if "vocab_encoder" in payload:
-            from medmm.data.text_batching import SimpleVocab
+            from medmm.data.text.tokenize import SimpleVocab
 
             self.tokenizer: Any = SimpleVocab.load(art / "vocab.json")
         else:
             self.tokenizer = FastTokenizer(art / "encoder")
 
     def read(self, path: Path) -> Any:
-        from medmm.data.text import read_table
+        from medmm.data.text.examples import read_table
 
         return read_table(path, string_columns=[c for c in (self.d["id_column"], self.d["group_column"]) if c])
 
     def _load(self, df: Any, labels: bool) -> Any:
-        from medmm.data.text import load_text_examples
+        from medmm.data.text.examples import load_text_examples
 
         d = self.d
         id_col = d["id_column"] if d["id_column"] and d["id_column"] in df.columns else None
@@ -208,7 +208,7 @@ class TextInputs:
                                   label_names=self.label_names)
 
     def examples(self, df: Any) -> Examples:
-        from medmm.data.text_batching import tokenize_cached
+        from medmm.data.text.tokenize import tokenize_cached
 
         d = self.d
         if d["id_column"] and d["id_column"] not in df.columns:
@@ -245,7 +245,7 @@ class ImageInputs:
     accepts = "dicom"
 
     def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
-        from medmm.data.dicom_pixels import PixelConfig
+        from medmm.data.dicom.pixels import PixelConfig
         from medmm.io import read_json
 
         require("pydicom", EXTRA, "image prediction from an export")
@@ -262,14 +262,14 @@ class ImageInputs:
         return path
 
     def _unit(self, item: Any) -> str:
-        from medmm.data.dicom_scan import group_key
+        from medmm.data.dicom.scan import group_key
 
         return item.key if self.level == "instance" else group_key(item, self.level)
 
     def examples(self, root: Path) -> Examples:
-        from medmm.data.dicom_cache import PixelCache
-        from medmm.data.dicom_labels import labels_from_folders
-        from medmm.data.dicom_scan import image_items, scan_folder
+        from medmm.data.dicom.cache import PixelCache
+        from medmm.data.dicom.labels import labels_from_folders
+        from medmm.data.dicom.scan import image_items, scan_folder
 
         records, skipped = scan_folder(root, workers=0)
         if not records:

@@ -153,7 +153,7 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    from medmm.data.dicom_scan import quiet_pydicom
+    from medmm.data.dicom.scan import quiet_pydicom
 
     logger = logging.getLogger("highdicom")
     level = logger.level
@@ -196,7 +196,7 @@ def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, le
 
     The DICOM folder is scanned again (headers only) to trace each predicted unit to its files.
     """
-    from medmm.data.dicom_scan import group_key, image_items, scan_folder
+    from medmm.data.dicom.scan import group_key, image_items, scan_folder
 
     records, _ = scan_folder(Path(data), workers=0)
     traced: dict[str, list[Any]] = {}

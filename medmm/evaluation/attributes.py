@@ -45,14 +45,14 @@ def unit_attributes(data_path: Path, data_cfg: Mapping[str, Any], units: Sequenc
 
 def table_columns(path: Path) -> list[str]:
     """Column names of a table file (reads it through the one table reader)."""
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
 
     return [str(c) for c in read_table(path).columns]
 
 
 def _table_attributes(path: Path, data_cfg: Mapping[str, Any], units: Sequence[str],
                       columns: Sequence[str]) -> dict[str, list[Any]]:
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
 
     id_col = data_cfg.get("id_column")
     best: tuple[int, Any, dict[str, int]] | None = None
@@ -81,7 +81,7 @@ def _dicom_attributes(root: Path, units: Sequence[str], columns: Sequence[str]) 
                         f"audit; use one of {', '.join(DICOM_ATTRIBUTES)}")
     import pydicom
 
-    from medmm.data.dicom_scan import list_files, quiet_pydicom
+    from medmm.data.dicom.scan import list_files, quiet_pydicom
 
     wanted = [*columns, "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"]
     by_key: dict[str, dict[str, Any]] = {}

@@ -43,7 +43,7 @@ def _norm_label(v: Any) -> str:
 
 def _precheck_table(path: Path, task: Any, data_cfg: Mapping[str, Any], extra: Mapping[str, str]) -> None:
     """Label column present, every label known to the model, ``extra`` columns (name -> role) present."""
-    from medmm.data.tables import is_missing, read_table
+    from medmm.data.readers import is_missing, read_table
 
     df = read_table(path)
     cols = _label_columns(task.problem, data_cfg)
@@ -77,7 +77,7 @@ def _date_range(path: Path, column: str | None) -> list[str] | None:
         return None
     import pandas as pd
 
-    from medmm.data.tables import read_table
+    from medmm.data.readers import read_table
 
     dates = pd.to_datetime(read_table(path)[column], errors="coerce").dropna()
     return [dates.min().date().isoformat(), dates.max().date().isoformat()] if len(dates) else None

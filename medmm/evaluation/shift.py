@@ -43,7 +43,7 @@ def _text_columns(data_cfg: Mapping[str, Any]) -> list[str]:
 
 
 def _texts(df: Any, cols: list[str]) -> list[str]:
-    from medmm.data.tables import is_missing
+    from medmm.data.readers import is_missing
 
     return [" ".join("" if is_missing(v) else str(v) for v in row) for row in df[cols].itertuples(index=False)]
 
@@ -51,7 +51,7 @@ def _texts(df: Any, cols: list[str]) -> list[str]:
 def _dicom_mix(root: Path) -> dict[str, Counter]:
     import pydicom
 
-    from medmm.data.dicom_scan import list_files, quiet_pydicom
+    from medmm.data.dicom.scan import list_files, quiet_pydicom
 
     mix: dict[str, Counter] = {k: Counter() for k in ("Modality", "Manufacturer", "PhotometricInterpretation",
                                                       "PixelSpacing")}
@@ -81,7 +81,7 @@ def write_training_profile(data_path: Path, data_cfg: Mapping[str, Any], directo
         cols = _text_columns(data_cfg)
         if not cols:
             return None
-        from medmm.data.tables import read_table
+        from medmm.data.readers import read_table
 
         df = read_table(path)
         if any(c not in df.columns for c in cols):
@@ -108,7 +108,7 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
     pre = getattr(task, "preprocessor", None)
     df = None
     if not path.is_dir():
-        from medmm.data.tables import read_table
+        from medmm.data.readers import read_table
 
         df = read_table(path)
     if pre is not None and df is not None:
@@ -123,7 +123,7 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
 
 
 def _tabular_shift(pre: Any, df: Any, warnings: list[str]) -> dict[str, Any]:
-    from medmm.data.tabular import _category_strings, _to_float
+    from medmm.data.tabular.preprocess import _category_strings, _to_float
 
     rows = []
     for i, col in enumerate(pre.numeric):

@@ -107,7 +107,7 @@ def permutation_importance(scorer: Scorer, spec: InputSpec, batch: Any, items: I
 
 
 def feature_input(name: str, preprocessor: Any, *, get: Any, put: Any, present: Any = None) -> InputSpec:
-    """The :class:`InputSpec` of a :class:`~medmm.data.tabular.Preprocessor`'s output columns.
+    """The :class:`InputSpec` of a :class:`~medmm.data.tabular.preprocess.Preprocessor`'s output columns.
 
     Groups: a numeric column with its missing indicator, a categorical column with its one-hot
     columns. Baseline: the training-set reference patient, i.e. every numeric column at its

@@ -53,7 +53,7 @@ def grouped_embed(encoder: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
                   attention_mask: torch.Tensor, overhead: int | None = None) -> torch.Tensor:
     """``encoder(input_ids, attention_mask)`` computed group by group; rows in the input order.
 
-    Right padding is assumed (as :func:`medmm.data.text_batching.pad_collate` writes it): row
+    Right padding is assumed (as :func:`medmm.data.text.tokenize.pad_collate` writes it): row
     ``i`` is ``input_ids[i, :length_i]``. A batch the plan keeps whole is passed through as it is.
     """
     if overhead is None:

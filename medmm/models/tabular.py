@@ -1,6 +1,6 @@
 """Tabular encoders: a residual MLP and a linear baseline (linear / logistic / linear Cox).
 
-Both take the ``float32 [B, D]`` output of :class:`medmm.data.tabular.Preprocessor`, return
+Both take the ``float32 [B, D]`` output of :class:`medmm.data.tabular.preprocess.Preprocessor`, return
 ``[B, out_dim]`` from ``forward`` and ``[B, embed_dim]`` from ``embed`` (the fusion heads'
 input).
 """

@@ -1,8 +1,8 @@
-"""Small text encoders trained from scratch on a :class:`~medmm.data.text_batching.SimpleVocab`.
+"""Small text encoders trained from scratch on a :class:`~medmm.data.text.tokenize.SimpleVocab`.
 
 Both follow the encoder contract of :class:`~medmm.models.text.TextClassifier`:
 ``forward(input_ids, attention_mask) -> [B, embed_dim]``. Inputs are right-padded (the real
-tokens of a row are a prefix, as :func:`~medmm.data.text_batching.pad_collate` makes them), and
+tokens of a row are a prefix, as :func:`~medmm.data.text.tokenize.pad_collate` makes them), and
 padding never changes an embedding: however much a batch is padded, each row's output is the
 same.
 

@@ -1,7 +1,7 @@
 """``medmm demo fusion``: SYNTHETIC CT phantoms + templated clinical notes whose label needs both.
 
 No public paired report + DICOM data set installs offline, so the demo writes an honest
-synthetic one (:mod:`medmm.data.fusion_demo`): the image shows a lung nodule or not, the note
+synthetic one (:mod:`medmm.demos.fusion`): the image shows a lung nodule or not, the note
 gives a risk context or not, and the label is "malignant" only when both hold. Nothing in it
 comes from a patient.
 """
@@ -15,7 +15,7 @@ import click
 
 def build(out_dir: Path) -> tuple[Path, list[str]]:
     """Write the synthetic studies into ``out_dir``; frozen MiniLM + EfficientNet-Lite0, concat head."""
-    from medmm.data.fusion_demo import build_fusion_demo
+    from medmm.demos.fusion import build_fusion_demo
 
     pairs = build_fusion_demo(Path(out_dir), n_patients=400)
     click.echo(f"medmm demo fusion: SYNTHETIC data (phantom CT studies + templated notes, no patient data) "

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medmm.data.dicom_scan import DicomRecord, list_files, scan_file
-from medmm.data.tables import is_missing
+from medmm.data.dicom.scan import DicomRecord, list_files, scan_file
+from medmm.data.readers import is_missing
 
 __all__ = ["choose_images"]
 

@@ -30,13 +30,13 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from medmm.data.dicom import DicomRecord, PixelCache, PixelConfig
-from medmm.data.dicom_scan import scan_file
+from medmm.data.dicom.dataset import DicomRecord, PixelCache, PixelConfig
+from medmm.data.dicom.scan import scan_file
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
-from medmm.data.tables import is_missing, read_table
+from medmm.data.readers import is_missing, read_table
 from medmm.data.leakage import warn_leaky_features
-from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, select_features
+from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_column_types, select_features
 from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
@@ -388,7 +388,7 @@ class FusionTask(Task):
             data["tabular"] = self.preprocessor.transform(data["table"])
 
     def _tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
-        from medmm.data.text_batching import tokenize_cached
+        from medmm.data.text.tokenize import tokenize_cached
 
         idx = np.flatnonzero(present)
         corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.d.max_length,

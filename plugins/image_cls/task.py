@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from medmm.data.dicom import (
+from medmm.data.dicom.dataset import (
     DicomImageDataset, PixelCache, PixelConfig, Skipped, group_key, image_items, labels_from_csv,
     labels_from_folders, scan_folder, write_skipped_csv,
 )

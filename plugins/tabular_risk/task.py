@@ -13,7 +13,9 @@ from torch.utils.data import Dataset
 
 from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.leakage import warn_leaky_features
-from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table, select_features
+from medmm.data.tabular.preprocess import (
+    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table, select_features,
+)
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.plugins import get_registry

@@ -39,4 +39,4 @@ def register_backbones(register):
 
 @hookimpl
 def register_readers(register):
-    register(Component("table", "medmm.data.tables:read_table", "any", "CSV, TSV, JSONL or Parquet table"))
+    register(Component("table", "medmm.data.readers:read_table", "any", "CSV, TSV, JSONL or Parquet table"))

@@ -40,6 +40,8 @@ class TextClsModel(ModelConfig):
     encoder_lr_scale: Float = Field(1.0, ge=0, description="encoder lr = engine.lr * this (head uses engine.lr)")
     length_groups: bool = Field(True, description="pretrained encoders: train each batch as length-sorted "
                                                   "micro-batches (same loss and gradient, less padding computed)")
+    packed: bool = Field(True, description="with length_groups, BERT-family encoders: run the batch's real tokens "
+                                           "packed, without any padding (same loss and gradient; others: groups)")
     vocab_min_freq: PosInt = Field(2, description="baselines (textcnn, bigru, bilstm): vocabulary from the training "
                                                   "split; they train from scratch: use engine.lr=0.001")
     vocab_size: int = Field(30000, ge=2, strict=True)

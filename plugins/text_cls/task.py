@@ -7,10 +7,11 @@ Two kinds of text backbone come out of the registry (``medmm backbones --modalit
   ``bert-tiny``, ``hf-local``); the tokenizer comes with the model;
 * an **encoder class** built from a vocabulary, ``cls(vocab_size, embedding_dim=..., **extra)``,
   e.g. :class:`~medmm.models.text_baselines.TextCNN`; the vocabulary is built on the training
-  split (:class:`~medmm.data.text_batching.SimpleVocab`).
+  split (:class:`~medmm.data.text.tokenize.SimpleVocab`).
 
 Documents are tokenised once (cached on disk), batched by the engine (shuffled by default) and
-padded per batch; a pretrained encoder trains each batch as length-sorted micro-batches
+padded per batch; a pretrained BERT-family encoder trains each batch packed, on its real tokens
+only (``model.packed``, :mod:`medmm.models.packed`), any other as length-sorted micro-batches
 (``model.length_groups``, :mod:`medmm.models.length_groups`). With ``data.long_text=chunk`` a
 document becomes several overlapping windows whose :attr:`~medmm.task.Split.units` entry is the
 document's row id, so the engine averages the window probabilities back into one prediction
@@ -35,8 +36,8 @@ import torch
 from torch import nn
 
 from medmm.data.splits import check_no_leakage, group_split, write_splits
-from medmm.data.text import TextExamples, load_text_examples, read_table
-from medmm.data.text_batching import (
+from medmm.data.text.examples import TextExamples, load_text_examples, read_table
+from medmm.data.text.tokenize import (
     SimpleVocab,
     TokenizedCorpus,
     TokenizedTextDataset,
@@ -274,7 +275,7 @@ class TextClsTask(Task):
                 encoder, _ = self._pretrained_encoder()
         torch.manual_seed(seed)
         return TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout,
-                              length_groups=self.model_cfg.length_groups)
+                              length_groups=self.model_cfg.length_groups, packed=self.model_cfg.packed)
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
         logits = model(batch["input_ids"], batch["attention_mask"])

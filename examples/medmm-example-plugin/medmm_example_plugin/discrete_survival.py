@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medmm.data.splits import group_split, write_splits
-from medmm.data.tables import read_table
-from medmm.data.tabular import Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features
+from medmm.data.readers import read_table
+from medmm.data.tabular.preprocess import (
+    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features,
+)
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped
 from medmm.plugins import get_registry

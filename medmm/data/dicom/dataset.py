@@ -25,9 +25,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medmm.data.dicom_cache import PixelCache, cache_key
-from medmm.data.dicom_labels import LabelTable, labels_from_csv, labels_from_folders
-from medmm.data.dicom_pixels import (
+from medmm.data.dicom.cache import PixelCache, cache_key
+from medmm.data.dicom.labels import LabelTable, labels_from_csv, labels_from_folders
+from medmm.data.dicom.pixels import (
     WINDOW_PRESETS,
     PixelConfig,
     PixelDecodeError,
@@ -35,7 +35,7 @@ from medmm.data.dicom_pixels import (
     is_constant,
     load_pixels,
 )
-from medmm.data.dicom_scan import (
+from medmm.data.dicom.scan import (
     DicomRecord,
     ImageItem,
     Skipped,

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from medmm.data.tables import read_table
+from medmm.data.readers import read_table
 from medmm.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:

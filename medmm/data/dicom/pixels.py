@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from medmm.data.dicom_scan import quiet_pydicom, short_reason
+from medmm.data.dicom.scan import quiet_pydicom, short_reason
 from medmm.errors import ConfigError, DataError
 
 __all__ = [
@@ -80,7 +80,7 @@ class PixelConfig:
     ``window``: ``None`` (header VOI LUT / window, else min-max), ``"minmax"``, a preset
     (``lung``, ``mediastinum``, ``soft``, ``bone``, ``brain``) or ``"<center>,<width>"``.
     ``frames``: ``"middle"`` frame, ``"all"`` (one item per frame, see
-    :func:`medmm.data.dicom_scan.expand_frames`) or ``"stack"`` (2.5-D: frames
+    :func:`medmm.data.dicom.scan.expand_frames`) or ``"stack"`` (2.5-D: frames
     middle-1, middle, middle+1 as 3 channels; needs ``channels=3``).
     """
 
@@ -277,7 +277,7 @@ def read_dataset(path: Path, **kwargs: Any):
     except InvalidDicomError:
         ds = dcmread(path, force=True, **kwargs)
     if not ds.file_meta.get("TransferSyntaxUID"):
-        from medmm.data.dicom_scan import ENCODING_SYNTAX
+        from medmm.data.dicom.scan import ENCODING_SYNTAX
 
         syntax = ENCODING_SYNTAX.get(tuple(getattr(ds, "original_encoding", ()) or ()))
         if syntax is None:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from medmm.data.dicom_scan import DicomRecord
+from medmm.data.dicom.scan import DicomRecord
 from medmm.errors import DataError
 
 __all__ = ["KEY_COLUMNS", "Label", "LabelTable", "labels_from_csv", "labels_from_folders"]

@@ -21,8 +21,8 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-from medmm.data.dicom_pixels import PixelConfig, PixelDecodeError, load_pixels
-from medmm.data.dicom_scan import DicomRecord, list_files, scan_file
+from medmm.data.dicom.pixels import PixelConfig, PixelDecodeError, load_pixels
+from medmm.data.dicom.scan import DicomRecord, list_files, scan_file
 
 __all__ = ["CLASSES", "MIN_PER_CLASS", "MIN_SIDE", "build_demo", "source_roots"]
 

@@ -52,7 +52,7 @@ _README = f"""\
 
 EVERYTHING HERE IS SYNTHETIC. No patient data were used. The DICOM files are mathematical
 chest-CT-like phantoms (body ellipse, lungs, spine, noise, an optional lung nodule) written by
-medmm.data.fusion_demo; the notes are filled-in templates; names (SYNTHETIC^0001), IDs
+medmm.demos.fusion; the notes are filled-in templates; names (SYNTHETIC^0001), IDs
 (SYN0001), dates and UIDs are made up. Do not use it to draw any clinical conclusion.
 
 pairs.csv     one row per study: id, patient, text (clinical note), image (series folder,

@@ -159,7 +159,7 @@ def process_pool(workers: int) -> ProcessPoolExecutor:
     methods = get_all_start_methods()
     if "forkserver" in methods:
         context = get_context("forkserver")
-        context.set_forkserver_preload(["medmm.data.dicom_cache"])
+        context.set_forkserver_preload(["medmm.data.dicom.cache"])
     else:
         context = get_context("spawn")
     return ProcessPoolExecutor(max_workers=workers, mp_context=context)

@@ -1,4 +1,4 @@
-"""Text tables: turn the rows of a table (:func:`medmm.data.tables.read_table`) into labelled examples.
+"""Text tables: turn the rows of a table (:func:`medmm.data.readers.read_table`) into labelled examples.
 
 Bad rows never stop a run: a row with no text, a missing or unknown label, a missing id /
 group / split value is left out and recorded in :attr:`TextExamples.skipped` as
@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from medmm.data.splits import parse_split
-from medmm.data.tables import is_missing, read_table
+from medmm.data.readers import is_missing, read_table
 from medmm.errors import ConfigError, DataError
 
 __all__ = ["TextExamples", "load_text_examples", "read_table"]

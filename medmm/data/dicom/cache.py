@@ -1,21 +1,21 @@
 """Decoded-pixel cache: one memory-mapped ``(N, C, H, W)`` array per dataset and config.
 
 A cache entry is keyed by a SHA-256 over the cache format version, the
-:class:`~medmm.data.dicom_pixels.PixelConfig`, the storage dtype and, for every item in
+:class:`~medmm.data.dicom.pixels.PixelConfig`, the storage dtype and, for every item in
 order, its relative path, frame, file size and ``mtime_ns``. File *contents* are not
 hashed (that would read every byte on every run); any tool that rewrites a file changes
 its mtime, so an edited, replaced or touched file invalidates the entry, as does any
 change to the pixel config. Moving the folder keeps the entry valid (paths are relative).
 
 Layout under ``cache_dir`` (which gets a ``CACHEDIR.TAG``, so backups and
-:func:`~medmm.data.dicom_scan.scan_folder` skip it)::
+:func:`~medmm.data.dicom.scan.scan_folder` skip it)::
 
     <key[:24]>/pixels.npy   uint8 (or float16) array, opened with mmap_mode="r"
     <key[:24]>/meta.json    config, item keys, per-file failures, constant images
 
 Entries are built in a temporary directory and renamed into place, so a crash never
 leaves a half-written entry that a later run would trust. Decoding runs in a process
-pool; a file whose decoder fails becomes a :class:`~medmm.data.dicom_scan.Skipped`, and
+pool; a file whose decoder fails becomes a :class:`~medmm.data.dicom.scan.Skipped`, and
 one whose decoder crashes the worker process is isolated and skipped the same way.
 """
 
@@ -36,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from medmm.data import dicom_pixels
-from medmm.data.dicom_pixels import PixelConfig
-from medmm.data.dicom_scan import (
+from medmm.data.dicom import pixels
+from medmm.data.dicom.pixels import PixelConfig
+from medmm.data.dicom.scan import (
     CACHEDIR_TAG,
     DicomRecord,
     ImageItem,
@@ -251,15 +251,15 @@ def _decode_jobs(
     outcomes: list[Outcome] = []
     for row, rel_path, frame, n_frames in jobs:
         try:
-            image = dicom_pixels.load_pixels(Path(root) / rel_path, cfg, frame, n_frames=n_frames)
-        except dicom_pixels.PixelDecodeError as exc:
+            image = pixels.load_pixels(Path(root) / rel_path, cfg, frame, n_frames=n_frames)
+        except pixels.PixelDecodeError as exc:
             outcomes.append((row, exc.reason, False))
             continue
         except Exception as exc:  # noqa: BLE001 - one bad file must not end the build
             outcomes.append((row, short_reason(exc), False))
             continue
         array[row] = np.rint(image * 255.0) if dtype == "uint8" else image
-        outcomes.append((row, None, dicom_pixels.is_constant(image)))
+        outcomes.append((row, None, pixels.is_constant(image)))
     array.flush()
     return outcomes
 

@@ -1,0 +1,1 @@
+"""Tabular data: column typing, preprocessing and targets (:mod:`medmm.data.tabular.preprocess`)."""

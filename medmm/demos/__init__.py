@@ -1,0 +1,1 @@
+"""Demo data builders (offline, synthetic or from installed data packages), kept out of :mod:`medmm.data`."""
