@@ -99,6 +99,9 @@ def test_unsupported_inputs_and_encoders_fall_back() -> None:
     roberta = HFTextEncoder.from_config(RobertaConfig(vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1,
                                                       num_attention_heads=1, intermediate_size=32))
     assert supports_packing(encoder) and not supports_packing(roberta)
+    handle = encoder.register_forward_hook(lambda m, args, out: None)  # a hook expects whole-batch calls
+    assert not supports_packing(encoder)
+    handle.remove()
     assert packed_embed(roberta, ids, mask) is None
     # the classifier then runs length groups: still the padded batch's loss
     y = torch.tensor([0, 1, 2])
@@ -108,3 +111,14 @@ def test_unsupported_inputs_and_encoders_fall_back() -> None:
     padded.length_groups, padded.packed = True, True
     loss_k, _ = _loss_and_grads(padded, ids, mask, y)
     torch.testing.assert_close(loss_k, loss_p, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_packed_batch_matches_under_bf16_autocast_on_cuda() -> None:
+    ids, mask = _batch(LENGTHS)
+    model = _classifier(True).cuda()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        packed = packed_embed(model.encoder, ids.cuda(), mask.cuda())
+        padded = model.encoder(ids.cuda(), mask.cuda())
+    assert packed is not None
+    torch.testing.assert_close(packed, padded, rtol=2e-2, atol=2e-2)

@@ -10,8 +10,11 @@ model), dropout is applied where and as Hugging Face applies it (embeddings, att
 probabilities, both sub-layer outputs), and pooling is the encoder's (mean or CLS), so the
 output rows, the loss and every gradient are the padded batch's up to summation order
 (``tests/test_packed.py``). Encoders it does not recognise (anything but a plain encoder-only
-``BertModel`` with absolute positions), left padding or empty rows return ``None``: the caller
-falls back to :func:`medmm.models.length_groups.grouped_embed`.
+``BertModel`` with absolute positions, or one with forward hooks, which expect whole-batch calls),
+left padding or empty rows return ``None``: the caller falls back to
+:func:`medmm.models.length_groups.grouped_embed`. On CUDA the same code runs; each run of equal
+lengths is one dense SDPA call (flash / memory-efficient kernels under bf16 autocast), not a
+varlen kernel.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ def supports_packing(encoder: Any) -> bool:
     return (not config.is_decoder and not getattr(config, "add_cross_attention", False)
             and getattr(config, "position_embedding_type", "absolute") == "absolute"
             and not any(getattr(layer, "gradient_checkpointing", False) for layer in model.encoder.layer)
-            and not model._forward_hooks and not model._forward_pre_hooks)
+            and not any(m._forward_hooks or m._forward_pre_hooks for m in (encoder, model)))
 
 
 def packed_embed(encoder: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor | None:
