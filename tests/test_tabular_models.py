@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from medmm.losses import cox_ph_loss
+from medmm.engine.losses import cox_ph_loss
 from medmm.models.tabular import TabularLinear, TabularMLP
 
 

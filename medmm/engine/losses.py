@@ -1,7 +1,10 @@
-"""The default loss of each problem kind, as a SUM over the batch plus the item count.
+"""Losses: the default loss of each problem kind (:func:`problem_loss`) and the one torch does not
+ship (:func:`cox_ph_loss`).
 
-Returning sums lets the engine normalise by the number of items in the whole accumulation
-window (and across data-parallel ranks), so ``grad_accum=k, batch=b`` equals ``batch=k*b``.
+:func:`problem_loss` returns a SUM over the batch plus the item count, so that the engine normalises
+by the number of items in the whole accumulation window (and across data-parallel ranks):
+``grad_accum=k, batch=b`` equals ``batch=k*b``. For regression it uses ``mse_loss`` or
+``huber_loss``, for binary risk ``binary_cross_entropy_with_logits``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from medmm.errors import ConfigError
+
+__all__ = ["cox_ph_loss", "multilabel_pos_weight", "problem_loss", "scores_from_output"]
 
 
 def problem_loss(problem: str, output: torch.Tensor, target: torch.Tensor, *,
@@ -43,12 +48,51 @@ def problem_loss(problem: str, output: torch.Tensor, target: torch.Tensor, *,
         else:
             raise ConfigError(f"unknown regression loss {regression_loss!r} (mse, huber)")
     elif problem == "survival":
-        from medmm.losses import cox_ph_loss
-
         loss = cox_ph_loss(output.reshape(n), target[:, 0].float(), target[:, 1].float()) * n
     else:
         raise ConfigError(f"unknown problem kind {problem!r}")
     return loss, n
+
+
+def cox_ph_loss(log_hazard: torch.Tensor, time: torch.Tensor, event: torch.Tensor) -> torch.Tensor:
+    r"""Negative Cox partial log-likelihood with Breslow ties, averaged over events.
+
+    .. math::
+        -\frac{1}{D} \sum_{i:\,e_i=1} \Big(\eta_i - \log \sum_{j:\,t_j \ge t_i} e^{\eta_j}\Big)
+
+    All subjects with a tied time share one risk set (everyone still at risk at that time),
+    which is Breslow's approximation. Vectorised: one sort and one ``logcumsumexp``.
+
+    Parameters
+    ----------
+    log_hazard : ``[N]`` (or ``[N, 1]``) model output :math:`\eta`.
+    time : ``[N]`` follow-up times.
+    event : ``[N]`` 1 when the event was observed, 0 when censored.
+
+    Returns a scalar; a batch without events gives 0 connected to the graph, so
+    ``backward()`` still works (with zero gradients).
+    """
+    eta = log_hazard.reshape(-1)
+    time = time.reshape(-1)
+    event = event.reshape(-1)
+    if not (eta.shape == time.shape == event.shape):
+        raise ValueError(
+            f"log_hazard, time and event must have N elements each, got "
+            f"{tuple(log_hazard.shape)}, {tuple(time.shape)}, {tuple(event.shape)}"
+        )
+    if eta.numel() == 0:
+        return eta.sum() * 0.0
+    event = event.to(eta.dtype)
+    order = torch.argsort(time, descending=True, stable=True)
+    eta, time, event = eta[order], time[order], event[order]
+    log_cum = torch.logcumsumexp(eta, dim=0)  # log sum over everyone with a time >= this one ...
+    # ... except for ties: a subject placed before its tied peers must use the peers' sum too,
+    # i.e. the value at the LAST position of its tie group (the full risk set of that time).
+    _, counts = torch.unique_consecutive(time, return_counts=True)
+    last = torch.cumsum(counts, dim=0) - 1
+    log_risk = log_cum[torch.repeat_interleave(last, counts)]
+    # no host sync: without events the sum is 0 and the clamp avoids 0 / 0
+    return ((log_risk - eta) * event).sum() / event.sum().clamp_min(1.0)
 
 
 def multilabel_pos_weight(targets: Any, max_weight: float = 10.0) -> np.ndarray:
