@@ -132,21 +132,10 @@ class BaselineInputs:
 
 
 # -- the toolkit: functions (usable without a Task) -------------------------------------------
-def is_missing_cell(value: Any) -> bool:
-    """A table cell with no value: ``None``, NaN / NA / NaT, or a string of whitespace only."""
-    if value is None:
-        return True
-    if isinstance(value, str):
-        return not value.strip()
-    try:
-        return bool(value != value)  # NaN, NaT
-    except (TypeError, ValueError):  # pandas.NA refuses bool()
-        return True
-
-
 def read_split_column(ids: Sequence[str], cells: Sequence[Any]) -> tuple[list[str | None], list[tuple[str, str]]]:
     """A user's split column -> per row ``train`` / ``val`` / ``test`` or ``None``, and the
     ``(id, reason)`` of each ``None`` row for ``skipped.csv`` (reasons are fixed phrases)."""
+    from medmm.data.readers import is_missing
     from medmm.data.splits import parse_split
 
     if len(ids) != len(cells):
@@ -154,9 +143,9 @@ def read_split_column(ids: Sequence[str], cells: Sequence[Any]) -> tuple[list[st
     splits: list[str | None] = []
     skipped: list[tuple[str, str]] = []
     for row_id, cell in zip(ids, cells):
-        split = None if is_missing_cell(cell) else parse_split(cell)
+        split = None if is_missing(cell) else parse_split(cell)
         if split is None:
-            skipped.append((str(row_id), MISSING_SPLIT if is_missing_cell(cell) else INVALID_SPLIT))
+            skipped.append((str(row_id), MISSING_SPLIT if is_missing(cell) else INVALID_SPLIT))
         splits.append(split)
     return splits, skipped
 
@@ -172,6 +161,7 @@ def assign_splits(ids: Sequence[str], *, given: Sequence[str | None] | None = No
     """
     import numpy as np
 
+    from medmm.data.readers import is_missing
     from medmm.data.splits import check_no_leakage, group_split
 
     n = len(ids)
@@ -179,7 +169,7 @@ def assign_splits(ids: Sequence[str], *, given: Sequence[str | None] | None = No
     if groups is not None:
         if len(groups) != n:
             raise DataError("one group per row is required")
-        keys = [f"row:{i}" if is_missing_cell(g) else str(g) for i, g in zip(ids, groups)]
+        keys = [f"row:{i}" if is_missing(g) else str(g) for i, g in zip(ids, groups)]
     if given is not None:
         if len(given) != n or any(s not in ("train", "val", "test") for s in given):
             raise DataError("the given splits must hold train / val / test for every row "

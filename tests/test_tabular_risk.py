@@ -122,6 +122,7 @@ def test_user_split_column_and_finite_val_loss(tmp_path: Path) -> None:
 
     df = load_diabetes(as_frame=True, scaled=False).frame
     df["fold"] = ["test" if i % 5 == 0 else "valid" if i % 5 == 1 else "train" for i in range(len(df))]
+    df.loc[[3, 8], "fold"] = ["holdout", None]  # the one split rule: skipped with a reason, not re-split
     data = tmp_path / "d.csv"
     df.to_csv(data, index_label="pid")
     run = tmp_path / "run"
@@ -130,7 +131,9 @@ def test_user_split_column_and_finite_val_loss(tmp_path: Path) -> None:
                   "--set", "engine.bootstrap=0", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     split = pd.read_csv(run / "splits.csv").set_index("id")["split"]
-    assert (split == df.fold.str.replace("valid", "val")).all()
+    assert len(split) == len(df) - 2 and (split == df.fold.str.replace("valid", "val")[split.index]).all()
+    skipped = pd.read_csv(run / "skipped.csv").set_index("id")["reason"].to_dict()
+    assert skipped == {3: "invalid split value (expected train/val/test)", 8: "missing split"}
     art = json.loads((run / "artifacts" / "tabular.json").read_text())
     assert "fold" not in art["preprocessor"]["numeric"] + art["preprocessor"]["categorical"]
     val = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

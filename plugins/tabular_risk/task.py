@@ -11,15 +11,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.leakage import warn_leaky_features
 from medmm.data.tabular.preprocess import (
     Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table, select_features,
 )
 from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic, write_skipped
-from medmm.plugins import get_registry
-from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm.io import read_json, write_json_atomic
+from medmm.task import BaselineInputs, DataBundle, Split, Task, read_split_column
 from medmm_plugins.tabular_risk.config import TabularRiskConfig
 
 ARTIFACT = "tabular.json"
@@ -89,31 +87,29 @@ class TabularRiskTask(Task):
         self.problem = self._problem(df)
         target = prepare_target(df, self.problem, d.target, d.time, d.event)
         ids_all = self._row_ids(df)
-        write_skipped(self.run_dir / "skipped.csv",
-                      [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep])
-        kept = df[target.mask].reset_index(drop=True)
-        ids = [i for i, keep in zip(ids_all, target.mask) if keep]
+        rows = np.flatnonzero(np.asarray(target.mask, dtype=bool))
+        y = self._targets(target)  # one per row of `rows`
+        skipped = [(i, "missing target") for i, keep in zip(ids_all, target.mask) if not keep]
+        given = None
+        if d.split_column:  # the one split rule (medmm.task): rows without a usable cell are skipped
+            if d.split_column not in df.columns:
+                raise DataError(f"split column {d.split_column!r} is not in the data")
+            given, bad = read_split_column([ids_all[r] for r in rows], df[d.split_column].iloc[rows].tolist())
+            skipped += bad
+            ok = np.asarray([s is not None for s in given], dtype=bool)
+            rows, y, given = rows[ok], y[ok], [s for s in given if s is not None]
+        self.write_skipped(skipped)
+        kept = df.iloc[rows].reset_index(drop=True)
+        ids = [ids_all[r] for r in rows]
         reserved = {d.target, d.time, d.event, d.id_column, d.group_column, d.split_column} - {None}
         features = select_features(list(df.columns), d.features, d.exclude, reserved)
         overrides = {**{c: "categorical" for c in d.categorical or []}, **{c: "numeric" for c in d.numeric or []}}
         types = infer_column_types(kept, features, overrides)
-        y = self._targets(target)
-        groups = kept[d.group_column].astype(str).tolist() if d.group_column else None
+        if d.group_column and d.group_column not in kept.columns:
+            raise DataError(f"group column {d.group_column!r} is not in the data")
+        groups = kept[d.group_column].tolist() if d.group_column else None
         strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
-        if d.split_column:
-            if d.split_column not in kept.columns:
-                raise DataError(f"split column {d.split_column!r} is not in the data")
-            splits = np.asarray([parse_split(v) for v in kept[d.split_column]], dtype=object)
-            bad = [i for i, s in zip(ids, splits) if s is None]
-            if bad:
-                raise DataError(f"data.split_column {d.split_column!r} must hold train / val / test; "
-                                f"{len(bad)} rows do not (first ids: {bad[:3]})")
-        else:
-            splits = group_split(len(kept), groups=groups, labels=strat, val_fraction=d.val_fraction,
-                                 test_fraction=d.test_fraction, seed=self.cfg.seed)
-        if groups is not None:
-            check_no_leakage(splits, groups)
-        write_splits(self.run_dir / "splits.csv", ids, splits)
+        splits = self.assign_splits(ids, given=given, groups=groups, labels=strat)
         train = splits == "train"
         self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
         warn_leaky_features(kept[train], types, self.problem, y[train])
@@ -141,10 +137,7 @@ class TabularRiskTask(Task):
         if m.backbone == "auto":
             raise ConfigError("model.backbone=auto is decided by a training run (linear vs mlp on val, "
                               "choose_backbone); set model.backbone=linear or mlp to build a model directly")
-        cls = get_registry().get("backbone", m.backbone)
-        if cls.modality != "tabular":
-            raise ConfigError(f"model.backbone {m.backbone!r} is a {cls.modality} backbone, not tabular")
-        factory = cls.load()
+        factory = self.backbone(m.backbone, "tabular").load()
         options = {"hidden": m.hidden, "blocks": m.blocks, "dropout": m.dropout}
         accepted = inspect.signature(factory).parameters
         kwargs = {k: v for k, v in options.items() if k in accepted}
