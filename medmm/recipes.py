@@ -26,7 +26,7 @@ log = logging.getLogger("medmm")
 
 # A recipe value that only makes sense with another one: a user who sets engine.lr gets the
 # task's own encoder / backbone scale, not one tuned for the recipe's learning rate.
-_COUPLED = {"model.encoder_lr_scale": "engine.lr", "model.backbone_lr_scale": "engine.lr"}
+_COUPLED = {"model.encoder_lr_scale": "engine.lr"}
 
 
 def _flatten(d: Mapping[str, Any], prefix: str = "") -> set[str]:
@@ -75,7 +75,10 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
     from medmm.errors import MedmmError
     from medmm.plugins import get_registry
 
+    from medmm.config import current_key
+
     out = cfg
+    user = {current_key(type(cfg), key) for key in user}  # a deprecated name the user set counts as set
     out.user = set(user)
     if not _has(out, "model.backbone") or not isinstance(_get(out, "model.backbone"), str):
         return out

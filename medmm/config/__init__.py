@@ -36,7 +36,7 @@ from medmm.config.engine import DataConfig, EngineConfig, EvalConfig, ModelConfi
 from medmm.errors import ConfigError
 
 __all__ = ["Config", "ConfigModel", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "Range", "TaskConfig",
-           "apply_overrides", "as_config", "dump_yaml", "iter_leaves", "json_schema", "load_yaml", "merge", "model_from_defaults",
+           "apply_overrides", "as_config", "current_key", "dump_yaml", "iter_leaves", "json_schema", "load_yaml", "merge", "model_from_defaults",
            "parse_override", "resolve", "run_config", "set_key", "task_config_model", "task_defaults", "validate"]
 
 log = logging.getLogger("medmm")
@@ -217,6 +217,8 @@ def set_key(cfg: ConfigModel, key: str, value: Any) -> None:
     node: Any = cfg
     for part in path:
         node = getattr(node, part)
+    if isinstance(node, ConfigModel):
+        leaf = type(node).current_name(leaf, f"{'.'.join(path)}." if path else "")
     try:
         setattr(node, leaf, value)
     except ValidationError as exc:
@@ -273,6 +275,8 @@ def _merge(cls: type[BaseModel], base: Mapping[str, Any], update: Mapping[str, A
     """
     out = dict(base)
     allow_extra = cls.model_config.get("extra") == "allow"
+    if issubclass(cls, ConfigModel) and cls.deprecated_keys:
+        update = cls.rename_deprecated(update, prefix)
     for name, value in update.items():
         key = f"{prefix}{name}"
         if name not in cls.model_fields and not allow_extra:
@@ -308,9 +312,31 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _override_update(cls: type[BaseModel], item: str) -> dict[str, Any]:
-    """One ``--set`` item as a nested update; checks the key path first (did-you-mean at its level)."""
+def current_key(cls: type[BaseModel], key: str, warn: bool = False) -> str:
+    """Dotted ``key`` with a deprecated leaf name replaced by its current one (a warning if ``warn``)."""
+    *path, leaf = key.split(".")
+    node: type[BaseModel] | None = cls
+    for part in path:
+        node = _section(node, part) if node is not None else None
+    if node is None or not issubclass(node, ConfigModel) or leaf not in node.deprecated_keys:
+        return key
+    prefix = f"{'.'.join(path)}." if path else ""
+    return prefix + (node.current_name(leaf, prefix) if warn else node.deprecated_keys[leaf])
+
+
+def _override_update(cls: type[BaseModel], item: str, seen: dict[str, str] | None = None) -> dict[str, Any]:
+    """One ``--set`` item as a nested update; checks the key path first (did-you-mean at its level).
+
+    A deprecated key is renamed (with a warning); ``seen`` (current key -> key as given) catches an
+    old and a new name of one key in the same ``--set`` list."""
     parts, value = parse_override(item)
+    given = ".".join(parts)
+    parts = current_key(cls, given, warn=True).split(".")
+    if seen is not None:
+        other = seen.setdefault(".".join(parts), given)
+        if other != given:
+            raise ConfigError(f"--set gives {other!r} and {given!r}, two names of one key; keep only "
+                              f"{'.'.join(parts)!r}")
     node: type[BaseModel] = cls
     for i, part in enumerate(parts[:-1]):
         key = ".".join(parts[: i + 1])
@@ -359,8 +385,9 @@ def resolve(defaults: ConfigModel | Mapping[str, Any], user_file: str | Path | N
         if dropped:
             log.warning("%s: ignoring keys this medmm version does not know (made by another version): %s",
                         user_file, ", ".join(dropped))
+    seen: dict[str, str] = {}
     for item in overrides:
-        data = _merge(cls, data, _override_update(cls, item))
+        data = _merge(cls, data, _override_update(cls, item, seen))
     return _build(cls, data)
 
 

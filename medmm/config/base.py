@@ -7,14 +7,22 @@ attributes (``cfg.engine.epochs``, already an ``int``).
 ``cfg["engine"]["epochs"]`` and ``cfg.get(...)`` still work on every section: a DEPRECATED
 compatibility path for code written against the old plain-dict config (third-party tasks);
 new code uses attributes.
+
+A section lists renamed keys in ``deprecated_keys`` (old name -> current name): the old name still
+works from YAML, ``--set``, a saved run's ``config.yaml`` and the constructor, with a
+:class:`DeprecationWarning`; giving both names is a one-line :class:`~medmm.errors.ConfigError`.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from medmm.errors import ConfigError
 
 __all__ = ["Bool", "ConfigModel", "Float", "Fraction", "Int", "NonNegInt", "OptStrList", "PosInt", "Probability", "StrList"]
 
@@ -50,16 +58,52 @@ class ConfigModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
 
+    #: renamed keys of this section: old name -> current name (the old one warns, see the module doc)
+    deprecated_keys: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def current_name(cls, name: str, where: str = "") -> str:
+        """``name``, or its current name if it is deprecated (a DeprecationWarning names both)."""
+        new = cls.deprecated_keys.get(name)
+        if new is None:
+            return name
+        msg = f"config key {where + name!r} is deprecated; use {where + new!r}"
+        warnings.warn(msg, DeprecationWarning, stacklevel=3)
+        logging.getLogger("medmm").warning("%s", msg)  # the CLI shows this; DeprecationWarning is hidden
+        return new
+
+    @classmethod
+    def rename_deprecated(cls, data: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+        """``data`` (this section's keys) with deprecated names renamed; both names: ConfigError."""
+        out = dict(data)
+        for old, new in cls.deprecated_keys.items():
+            if old in out:
+                if new in out:
+                    raise ConfigError(f"config keys {where + old!r} (deprecated) and {where + new!r} are "
+                                      f"both given; keep only {where + new!r}")
+                cls.current_name(old, where)  # warns
+                out[new] = out.pop(old)
+        return out
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_keys(cls, data: Any) -> Any:
+        if cls.deprecated_keys and isinstance(data, Mapping):
+            return cls.rename_deprecated(data)
+        return data
+
     # -- deprecated dict-style access ------------------------------------------------------
     def _names(self) -> list[str]:
         return [*type(self).model_fields, *(self.__pydantic_extra__ or {})]
 
     def __getitem__(self, key: str) -> Any:
+        key = type(self).current_name(key)
         if key not in self._names():
             raise KeyError(key)
         return getattr(self, key)
 
     def __setitem__(self, key: str, value: Any) -> None:
+        key = type(self).current_name(key)
         if key not in self._names():
             raise KeyError(key)
         setattr(self, key, value)
@@ -68,6 +112,7 @@ class ConfigModel(BaseModel):
         return isinstance(key, str) and key in self._names()
 
     def get(self, key: str, default: Any = None) -> Any:
+        key = type(self).current_name(key)
         return getattr(self, key) if key in self._names() else default
 
     def keys(self) -> list[str]:

@@ -34,7 +34,7 @@ def register_backbones(register):
     ]:
         extra = {"timm_name": name}
         if name == "efficientnet_lite0":  # pretrained CNN: small backbone lr, BN statistics kept
-            extra["recipe"] = {"engine.lr": 0.001, "model.backbone_lr_scale": 0.1, "model.freeze_bn": True}
+            extra["recipe"] = {"engine.lr": 0.001, "model.encoder_lr_scale": 0.1, "model.freeze_bn": True}
         register(Component(name, TIMM, "image", summary, extra))
 
 

@@ -29,6 +29,8 @@ class ImageClsData(DataConfig):
 
 
 class ImageClsModel(ModelConfig):
+    deprecated_keys = {"backbone_lr_scale": "encoder_lr_scale"}  # the name text-cls and fusion use
+
     backbone: str = Field("auto", description="auto = vit_base_patch16_224 on a CUDA GPU, pretrained "
                                               "efficientnet_lite0 on CPU; or any name from: medmm backbones "
                                               "--modality image")
@@ -38,8 +40,8 @@ class ImageClsModel(ModelConfig):
     weights: str | None = Field(None, description="local timm/HF checkpoint: .safetensors or a .pth state dict")
     dropout: Fraction = 0.0
     drop_path: Fraction = 0.0
-    backbone_lr_scale: Float = Field(1.0, ge=0, description="backbone lr = engine.lr * this (the head uses "
-                                                            "engine.lr); 0 freezes the backbone")
+    encoder_lr_scale: Float = Field(1.0, ge=0, description="backbone lr = engine.lr * this (the head uses "
+                                                           "engine.lr); 0 freezes the backbone")
     freeze_bn: Bool = Field(False, description="keep BatchNorm statistics fixed (pretrained CNNs on small data / "
                                                "small batches)")
 

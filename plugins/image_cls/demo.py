@@ -22,5 +22,5 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
                "one image in several transfer syntaxes, so the patient-level test split holds only a few "
                "patients: its metrics check the pipeline, they are not an accuracy estimate.", err=True)
     return folder, ["model.backbone=efficientnet_lite0", "model.freeze_bn=true",
-                    "model.backbone_lr_scale=0.1", "data.size=224", "engine.epochs=8",
+                    "model.encoder_lr_scale=0.1", "data.size=224", "engine.epochs=8",
                     "engine.batch_size=16", "engine.lr=0.001", "engine.patience=4"]

@@ -239,8 +239,8 @@ class ImageClsTask(Task):
         return Normalized(ImageClassifier(backbone, n_out), backbone.mean, backbone.std, freeze_bn=m.freeze_bn)
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
-        """Backbone at ``model.backbone_lr_scale`` x the head's learning rate (0 freezes it)."""
-        scale = self.cfg.model.backbone_lr_scale
+        """Backbone at ``model.encoder_lr_scale`` x the head's learning rate (0 freezes it)."""
+        scale = self.cfg.model.encoder_lr_scale
         backbone = list(model.classifier.backbone.parameters())
         if scale == 0:
             for p in backbone:
