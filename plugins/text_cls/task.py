@@ -35,7 +35,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.data.splits import check_no_leakage, group_split, write_splits
 from medmm.data.text.examples import TextExamples, load_text_examples, read_table
 from medmm.data.text.tokenize import (
     SimpleVocab,
@@ -44,13 +43,11 @@ from medmm.data.text.tokenize import (
     pad_collate,
     tokenize_cached,
 )
-from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic, write_skipped
+from medmm.io import read_json, write_json_atomic
 from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
-from medmm.plugins import get_registry
 from medmm.registry import Component
-from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task, pad_id_of
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
 __all__ = ["TextClsTask"]
@@ -103,12 +100,7 @@ class TextClsTask(Task):
 
     # ------------------------------------------------------------------ backbone
     def _component(self) -> Component:
-        name = self.model_cfg.backbone
-        comp = get_registry().get("backbone", name)
-        if comp.modality != "text":
-            raise ConfigError(f"model.backbone {name!r} is a {comp.modality} backbone; "
-                              "see `medmm backbones --modality text`")
-        return comp
+        return self.backbone(self.model_cfg.backbone, "text")
 
     def _uses_vocab(self) -> bool:
         return _is_vocab_backbone(self._component().load())
@@ -178,31 +170,16 @@ class TextClsTask(Task):
         return _Docs(ex, TokenizedTextDataset(corpus, ex.labels), [ex.row_ids[i] for i in doc],
                      targets, corpus.lengths)
 
-    def _cache_dir(self) -> Path:
-        return Path(self.data_cfg.cache_dir or self.run_dir / "cache").expanduser()
-
     def _collate(self) -> functools.partial:
-        pad_id = getattr(self.tokenizer, "pad_token_id", None)
-        return functools.partial(pad_collate, pad_id=int(pad_id or 0))
+        return functools.partial(pad_collate, pad_id=pad_id_of(self.tokenizer))
 
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
-        d = self.data_cfg
-        ex = self._read(data_path, labels=True)
+        ex = self._read(data_path, labels=True)  # the reader skips rows without a usable split / group cell
         self._set_problem(ex)
-        if is_main_process():
-            self._write_skipped(ex)
-
-        if ex.splits is not None:
-            splits = np.asarray(ex.splits, dtype=object)
-            if ex.groups is not None:
-                check_no_leakage(splits, ex.groups)
-        else:
-            splits = group_split(len(ex), groups=ex.groups, labels=None if ex.multilabel else ex.labels,
-                                 val_fraction=d.val_fraction, test_fraction=d.test_fraction,
-                                 seed=self.cfg.seed)
-        if is_main_process():
-            write_splits(self.run_dir / "splits.csv", ex.row_ids, splits)
+        self._write_skipped(ex)
+        splits = self.assign_splits(ex.row_ids, given=ex.splits, groups=ex.groups,
+                                    labels=None if ex.multilabel else ex.labels)
 
         parts = {name: ex.subset(np.flatnonzero(splits == name)) for name in ("train", "val", "test")}
         self._raw = dict(parts)  # documents per split, for the classic baseline
@@ -218,7 +195,7 @@ class TextClsTask(Task):
         else:
             self._encoder, self.tokenizer = self._pretrained_encoder()
 
-        cache = self._cache_dir()
+        cache = self.cache_dir
         # val is evaluated every epoch in sequential batches: in length order they hold
         # almost no padding.
         docs = {name: self._tokenize(part, cache, by_length=name == "val") if len(part) else None
@@ -257,7 +234,7 @@ class TextClsTask(Task):
         """``skipped.csv``: row id and a fixed reason phrase (never cell contents)."""
         truncated = [(rid, f"truncated to data.max_chars={self.data_cfg.max_chars} characters (kept)")
                      for rid in ex.truncated]
-        write_skipped(self.run_dir / "skipped.csv", [*ex.skipped, *truncated])
+        self.write_skipped([*ex.skipped, *truncated])
 
     def build_model(self) -> nn.Module:
         seed = self.cfg.seed

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmm.data.splits import parse_split
 from medmm.data.readers import is_missing, read_table
 from medmm.errors import ConfigError, DataError
+from medmm.task import read_split_column
 
 __all__ = ["TextExamples", "load_text_examples", "read_table"]
 
@@ -226,13 +226,9 @@ def load_text_examples(
                 continue
             group = _as_key(rec[group_column])
         if split_column:
-            cell = rec[split_column]
-            if is_missing(cell):
-                skipped.append((row_id, "missing split"))
-                continue
-            split = parse_split(cell)
-            if split is None:
-                skipped.append((row_id, "invalid split value (expected train/val/test)"))
+            (split,), bad = read_split_column([row_id], [rec[split_column]])  # the one split rule (medmm.task)
+            if bad:
+                skipped += bad
                 continue
 
         if len(text) > max_chars:

@@ -377,13 +377,9 @@ def pad_collate(batch: Sequence[Mapping[str, Any]], pad_id: int = 0) -> dict[str
     (int64 ``[B]``) and, when the items have them, ``labels`` (int64 ``[B]`` or float32
     ``[B, K]``).
     """
-    lengths = [len(item["input_ids"]) for item in batch]
-    width = max(max(lengths, default=0), 1)
-    ids = np.full((len(batch), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(batch), width), dtype=bool)
-    for row, (item, n) in enumerate(zip(batch, lengths)):
-        ids[row, :n] = item["input_ids"]
-        mask[row, :n] = True
+    from medmm.task import pad_sequences
+
+    ids, mask = pad_sequences([item["input_ids"] for item in batch], pad_id)
     out = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
            "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long)}
     if batch and "labels" in batch[0]:
