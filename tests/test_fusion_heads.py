@@ -1,4 +1,4 @@
-"""Fusion heads (``medmm.models.fusion``): masking contract, input checks, helpers, learnability.
+"""Fusion heads (``medmm.models.fusion_heads``): masking contract, input checks, helpers, learnability.
 
 Every built-in head registered under the ``fusion_head`` kind is covered: the tests are
 parametrized over the registry, so a newly registered built-in head gets the same checks.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from medmm.errors import ConfigError
-from medmm.models.fusion import (
+from medmm.models.fusion_heads import (
     AttentionFusion,
     ConcatFusion,
     FusionHead,

@@ -206,7 +206,7 @@ def test_batchnorm_becomes_groupnorm_in_place_and_gru_a_dp_gru() -> None:
 def test_timm_norm_act_keeps_its_activation_and_fusion_heads_are_checked() -> None:
     from timm.layers import BatchNormAct2d
 
-    from medmm.models.fusion import AttentionFusion, ConcatFusion, LateFusion
+    from medmm.models.fusion_heads import AttentionFusion, ConcatFusion, LateFusion
 
     cfg = {"engine": {"privacy": PRIVATE}}
     model = nn.Sequential(nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=nn.ReLU6))

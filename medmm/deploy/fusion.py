@@ -4,7 +4,7 @@ The graph takes ``mask`` ``[B, M]`` (bool, columns in the run's modality order) 
 modality's raw input — ``input_ids`` / ``attention_mask`` ``[B, L]``, ``image`` ``[B, C, H, W]``
 in ``[0, 1]``, ``tabular`` ``[B, D]`` (the fitted preprocessor's output) — runs every encoder on
 every row, and hands the embeddings and the mask to the head, which replaces the rows of missing
-modalities by zeros before anything reads them (:class:`medmm.models.fusion.FusionHead`). The
+modalities by zeros before anything reads them (:class:`medmm.models.fusion_heads.FusionHead`). The
 torch path encodes only the present rows; heads never mix rows, so both give the same scores
 (the export's parity check measures it). Frozen-mode runs are exported the same way: their
 encoders' weights are in the run's artifacts, which predict loads as the torch path does.

@@ -268,7 +268,7 @@ def _clean(obj: Any) -> Any:
 
 def _write_outputs(out: Path, result: Mapping[str, Any], ev: Any, task: Any, spec: Any, run_dir: Path,
                    trainer: Any, y_true: Any, y_score: Any, kw: Mapping[str, Any], op: Mapping[str, Any] | None) -> None:
-    from medmm.evaluation.report import evaluation_sections
+    from medmm.evaluation.report_sections import evaluation_sections
     from medmm.io import write_json_atomic
     from medmm.predictions import write_predictions
     from medmm.report import write_report

@@ -3,7 +3,7 @@
 The encoders are the registered backbones the single-modality tasks use (an
 :class:`~medmm.models.text.HFTextEncoder`, an :class:`~medmm.models.image.ImageBackbone`, a
 tabular network), wrapped so that each maps its raw input to ``[B, embed_dim]``. The head is
-any registered fusion head (:mod:`medmm.models.fusion`).
+any registered fusion head (:mod:`medmm.models.fusion_heads`).
 
 A batch is a dict. ``mask`` ``[B, M]`` says which modality each row has (columns in
 :attr:`FusionModel.names` order). A modality enters either as raw input (``text`` =

@@ -5,7 +5,7 @@ from medmm.registry import Component
 from medmm.task import TaskSpec
 from medmm_configs import path
 
-HEADS = "medmm.models.fusion"
+HEADS = "medmm.models.fusion_heads"
 
 
 @hookimpl

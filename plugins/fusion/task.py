@@ -40,7 +40,7 @@ from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_
 from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
-from medmm.models.fusion import modality_dropout
+from medmm.models.fusion_heads import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
 from medmm.task import BaselineInputs, DataBundle, Split, Task
