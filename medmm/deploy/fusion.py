@@ -11,7 +11,7 @@ encoders' weights are in the run's artifacts, which predict loads as the torch p
 
 :class:`FusionInputs` is the torch-free reader of the onnxruntime path: the run's table reader,
 its tokenizer (``tokenizers`` alone), the DICOM image choice and pixel pipeline of the task
-(:func:`medmm_plugins.fusion.images.choose_images`, :class:`~medmm.data.dicom.cache.PixelCache`)
+(:func:`medmm.data.dicom.series.load_row_images`)
 and the fitted tabular preprocessor; a row with no modality is skipped with its reason, as the task
 does.
 """
@@ -181,27 +181,17 @@ class FusionInputs:
 
     def _images(self, cells: Any, base: Path) -> tuple[np.ndarray, list[bool], list[tuple[int, str]]]:
         """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""
-        from medmm_plugins.fusion.images import choose_images
-
-        from medmm.data.dicom.cache import PixelCache
         from medmm.data.dicom.pixels import PixelConfig
-        from medmm.data.dicom.scan import DicomRecord, scan_file
+        from medmm.data.dicom.series import load_row_images
 
         d = self.d
         pixels = PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d.get("window"), frames="middle")
-        root, keys, problems = choose_images(cells, base)
-        out = np.zeros((len(keys), *pixels.shape), dtype=np.float32)
-        if any(keys):
-            records = [x for x in (scan_file(root, k) for k in sorted({k for k in keys if k}))
-                       if isinstance(x, DicomRecord)]
-            with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
-                cache = PixelCache.build(root, records, pixels, Path(tmp), workers=0)
-                failed = {s.path for s in cache.failed}
+        with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
+            _, keys, cache, problems = load_row_images(cells, base, pixels, Path(tmp), workers=0)
+            out = np.zeros((len(keys), *pixels.shape), dtype=np.float32)
+            if cache is not None:
                 for r, k in enumerate(keys):
-                    if k and (k in failed or k not in cache.index):
-                        problems.append((r, "image could not be decoded"))
-                        keys[r] = ""
-                    elif k:
+                    if k:
                         out[r] = cache.image(k)
                 cache._array = None  # release the memory map before the folder goes
         return out, [bool(k) for k in keys], problems

@@ -17,7 +17,6 @@ the row's image is the middle instance (in file order) of its largest series.
 
 from __future__ import annotations
 
-import html
 import inspect
 import json
 import logging
@@ -28,14 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
-from medmm.data.dicom.dataset import DicomRecord, PixelCache, PixelConfig
-from medmm.data.dicom.scan import scan_file
+from medmm.data.dicom.pixels import PixelConfig
+from medmm.data.dicom.series import load_row_images
 from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
-from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
-from medmm.data.readers import is_missing, read_table
 from medmm.data.leakage import warn_leaky_features
+from medmm.data.multimodal import MultimodalRows, RowCollate, pad_tokens
+from medmm.data.readers import is_missing, read_table
+from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_column_types, select_features
 from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
@@ -43,6 +42,7 @@ from medmm.io import read_json, write_json_atomic, write_skipped, write_text_ato
 from medmm.models.fusion_heads import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
+from medmm.report import html_table
 from medmm.task import BaselineInputs, DataBundle, Split, Task
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
@@ -53,68 +53,6 @@ ARTIFACT = "fusion.json"
 TEXT_DIR = "text_encoder"
 FROZEN_FILE = "frozen_encoders.safetensors"
 _FORMAT = "medmm.fusion"
-
-
-class FusionRows(Dataset):
-    """One dict per row: mask, label, index and each modality's input or cached embedding."""
-
-    def __init__(self, rows: np.ndarray, data: dict[str, Any], labels: np.ndarray | None) -> None:
-        self.rows, self.data, self.labels = rows, data, labels
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        r = int(self.rows[i])
-        d = self.data
-        item: dict[str, Any] = {"mask": d["mask"][r], "index": i,
-                                "label": None if self.labels is None else self.labels[i]}
-        for name in d["names"]:
-            emb = d["emb"].get(name)
-            if emb is not None:
-                item[f"emb_{name}"] = emb[r]
-            elif name == "text":
-                item["text"] = d["tokens"][r]
-            elif name == "image":
-                key = d["image_keys"][r]
-                item["image"] = d["pixels"].image(key) if key else None
-            else:
-                item["tabular"] = d["tabular"][r]
-        return item
-
-
-def collate_rows(items: list[dict[str, Any]], *, pad_id: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Stack a list of :class:`FusionRows` items; text padded to the longest present row."""
-    out: dict[str, Any] = {"mask": torch.from_numpy(np.stack([it["mask"] for it in items])),
-                           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
-    if items[0]["label"] is not None:
-        out["label"] = torch.tensor(np.asarray([it["label"] for it in items]), dtype=torch.long)
-    first = items[0]
-    for key in first:
-        if key.startswith("emb_") or key == "tabular":
-            out[key] = torch.from_numpy(np.stack([np.asarray(it[key], dtype=np.float32) for it in items]))
-    if "text" in first:
-        width = max(1, max(len(it["text"]) for it in items))
-        ids = np.full((len(items), width), pad_id, dtype=np.int64)
-        att = np.zeros((len(items), width), dtype=np.int64)
-        for row, it in enumerate(items):
-            ids[row, : len(it["text"])] = it["text"]
-            att[row, : len(it["text"])] = 1
-        out["text"] = (torch.from_numpy(ids), torch.from_numpy(att))
-    if "image" in first:
-        zeros = np.zeros(image_shape, dtype=np.float32)
-        out["image"] = torch.from_numpy(np.stack([zeros if it["image"] is None else it["image"] for it in items]))
-    return out
-
-
-class _Collate:
-    """Picklable collate function for DataLoader workers."""
-
-    def __init__(self, pad_id: int, image_shape: tuple[int, ...]) -> None:
-        self.pad_id, self.image_shape = pad_id, image_shape
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate_rows(items, pad_id=self.pad_id, image_shape=self.image_shape)
 
 
 def _label_key(value: str) -> str:
@@ -259,12 +197,6 @@ class FusionTask(Task):
             raise DataError(f"{path.name}: data.id_column {d.id_column!r} has duplicate values")
         return df.reset_index(drop=True), ids
 
-    def _image_records(self, df: Any, base: Path) -> tuple[Path, list[str], list[tuple[str, str]]]:
-        """Per row the chosen image's path (relative to the returned root) or ``""``, and failures."""
-        from medmm_plugins.fusion.images import choose_images  # torch-free: the export's runtime uses it too
-
-        return choose_images(df[self.d.image_column], base)
-
     def _load(self, data_path: Path, *, labelled: bool) -> dict[str, Any]:
         """Read the table and every modality; returns row-aligned arrays and the skip list."""
         d = self.d
@@ -279,18 +211,9 @@ class FusionTask(Task):
             out["texts"] = texts
             present[:, self.names.index("text")] = [bool(t.strip()) for t in texts]
         if "image" in self.names:
-            root, keys, problems = self._image_records(df, base)
-            pixels = None
-            if any(keys):
-                unique = sorted({k for k in keys if k})
-                records = [x for x in (scan_file(root, k) for k in unique) if isinstance(x, DicomRecord)]
-                workers = max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
-                pixels = PixelCache.build(root, records, self._pixel_config(), self._cache_dir(), workers=workers)
-                failed = {s.path for s in pixels.failed}
-                for r, k in enumerate(keys):
-                    if k and (k in failed or k not in pixels.index):
-                        problems.append((r, "image could not be decoded"))
-                        keys[r] = ""
+            workers = max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
+            root, keys, pixels, problems = load_row_images(df[d.image_column], base, self._pixel_config(),
+                                                           self._cache_dir(), workers=workers)
             for r, why in problems:
                 reasons.setdefault(r, why)
             out.update(image_keys=keys, pixels=pixels, image_root=root)
@@ -371,7 +294,7 @@ class FusionTask(Task):
             sel = splits == name
             if not sel.any():
                 return None
-            return Split(FusionRows(rows[sel], data, y[sel]), [data["ids"][r] for r in rows[sel]], y[sel])
+            return Split(MultimodalRows(rows[sel], data, y[sel]), [data["ids"][r] for r in rows[sel]], y[sel])
 
         desc = self._describe(data, rows, splits)  # the runner prints and logs it
         self._data = data
@@ -400,12 +323,8 @@ class FusionTask(Task):
 
     def _cache_embeddings(self, data: dict[str, Any]) -> None:
         """Frozen encoders: embeddings of every present row, computed once and cached on disk."""
-        from medmm.engine.device import select_device
-
         assert self._encoders is not None
         cache = EmbeddingCache(self._cache_dir() / "embeddings")
-        device = select_device(self.cfg.engine.device)
-        batch = self.cfg.engine.eval_batch_size
         for name in sorted(self._frozen()):
             encoder = self._encoders[name]
             col = data["mask"][:, self.names.index(name)]
@@ -419,7 +338,7 @@ class FusionTask(Task):
             key = cache.key(data_fp, fingerprint_module(encoder, extra=extra))
             emb = cache.load(key)
             if emb is None or emb.shape[0] != len(idx):
-                emb = self._encode_all(name, encoder, data, idx, device, batch)
+                emb = self._encode_all(name, encoder, data, idx)
                 cache.save(key, emb)
                 log.info("%s embeddings: %d rows encoded and cached", name, len(idx))
             else:
@@ -428,38 +347,32 @@ class FusionTask(Task):
             full[idx] = emb
             data["emb"][name] = full
 
-    def _encode_all(self, name: str, encoder: nn.Module, data: dict[str, Any], idx: np.ndarray,
-                    device: torch.device, batch: int) -> np.ndarray:
-        from medmm.engine.device import autocast, resolve_precision
+    def _encode_all(self, name: str, encoder: nn.Module, data: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+        """Embeddings of rows ``idx`` (in that order) on the engine's device and precision."""
+        from medmm.engine.inference import run_module
 
-        precision = resolve_precision(self.cfg.engine.precision, device)
-        encoder.to(device).eval()
-        tokens = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")]) if name == "text" else None
+        e, forward, order = self.cfg.engine, None, np.arange(len(idx))
         if name == "text":  # shortest first: batches with little padding
-            idx = idx[np.argsort([len(tokens[i]) for i in idx], kind="stable")]
-        out = {}
-        pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
-        with torch.inference_mode():
-            for start in range(0, len(idx), batch):
-                part = idx[start : start + batch]
-                if name == "text":
-                    items = [{"text": tokens[i], "mask": np.ones(1, bool), "index": 0, "label": None} for i in part]
-                    ids, att = collate_rows(items, pad_id=pad, image_shape=())["text"]
-                    with autocast(device, precision):
-                        emb = encoder(ids.to(device), att.to(device))
-                else:
-                    x = torch.from_numpy(np.stack([data["pixels"].image(data["image_keys"][i]) for i in part]))
-                    with autocast(device, precision):
-                        emb = encoder(x.to(device))
-                for i, e in zip(part, emb.float().cpu().numpy()):
-                    out[int(i)] = e
-        encoder.cpu()
-        order = np.flatnonzero(data["mask"][:, self.names.index(name)])
-        return np.stack([out[int(i)] for i in order]).astype(np.float32)
+            tokens = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")])
+            order = np.argsort([len(tokens[i]) for i in idx], kind="stable")
+            pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+            forward = lambda m, b: m(*b)  # (ids, attention) -> encoder(ids, attention)
+        parts = [idx[order[s : s + e.eval_batch_size]] for s in range(0, len(idx), e.eval_batch_size)]
+        if name == "text":
+            batches: Any = (pad_tokens([tokens[i] for i in part], pad) for part in parts)
+        else:
+            pixels, keys = data["pixels"], data["image_keys"]
+            batches = (torch.from_numpy(np.stack([pixels.image(keys[i]) for i in part])) for part in parts)
+        outputs = run_module(encoder, batches, device=e.device, precision=e.precision, forward=forward)
+        if not outputs:
+            return np.zeros((0, self.embed_dims[name]), dtype=np.float32)
+        emb = np.empty((len(idx), outputs[0].shape[1]), dtype=np.float32)
+        emb[order] = torch.cat(outputs).numpy()  # back to the order of idx
+        return emb
 
-    def _collate(self) -> _Collate:
+    def _collate(self) -> RowCollate:
         pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
-        return _Collate(pad, self._pixel_config().shape)
+        return RowCollate(pad, self._pixel_config().shape)
 
     def _describe(self, data: dict[str, Any], rows: np.ndarray, splits: np.ndarray) -> str:
         mask = data["mask"][rows]
@@ -547,16 +460,14 @@ class FusionTask(Task):
             rows.append((f"{name} only", evaluate()))
         self.hidden_modalities = set()
         keys = [k for k in rows[0][1]][:4]
-        head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-        body = "".join(
-            "<tr><td>" + html.escape(label) + "</td>" + "".join(f"<td>{m.get(k, float('nan')):.4f}</td>" for k in keys)
-            + "</tr>" for label, m in rows)
+        table = html_table(["test rows shown", *keys], [(label, *(m.get(k, float("nan")) for k in keys))
+                                                        for label, m in rows])
         note = ("<p>The same trained model evaluated on the same rows with modalities masked out (the head sees them "
                 "as missing, exactly as for a row that lacks them). A large drop means the model relies on that "
                 "modality; rows left with no modality get the head's constant output.</p>")
         if is_main_process():
             write_text_atomic(self.run_dir / "modality_ablation.json", json.dumps(dict(rows), indent=1) + "\n")
-        return [("Per-modality contribution", f"{note}<table><tr><th>test rows shown</th>{head}</tr>{body}</table>")]
+        return [("Per-modality contribution", note + table)]
 
     # ------------------------------------------------------------------ predict
     def save_artifacts(self, directory: Path) -> None:
@@ -605,7 +516,7 @@ class FusionTask(Task):
         index = {_label_key(n): i for i, n in enumerate(self.label_names or [])}  # '1' names 1, 1.0 and '1'
         if values is not None and all(_label_key(values[r]) in index for r in rows):
             labels = np.asarray([index[_label_key(values[r])] for r in rows], dtype=np.int64)
-        split = Split(FusionRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
+        split = Split(MultimodalRows(rows, data, labels), [data["ids"][r] for r in rows], labels)
         split.skipped = list(data["skipped"])
         self._raw = {**getattr(self, "_raw", {}), "predict": (data, rows, labels)}
         return split, self._collate()

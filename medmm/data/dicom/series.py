@@ -1,7 +1,8 @@
-"""Which DICOM instance stands for a row's image cell (torch-free: shared by the task and the runtime).
+"""Which DICOM instance stands for a table row's image cell, and the decoded pixels of those rows.
 
-An image cell names a DICOM file, a series folder or a study folder (relative to the table): the
-row's image is the middle instance (in file order) of its largest series.
+A cell names a DICOM file, a series folder or a study folder (relative to the table): the row's
+image is the middle instance (in file order) of its largest series. Torch-free: the fusion
+task and its exported runtime (:mod:`medmm.deploy.fusion`) both read images through here.
 """
 
 from __future__ import annotations
@@ -10,12 +11,23 @@ import os
 from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+from medmm.data.dicom.cache import PixelCache
+from medmm.data.dicom.pixels import PixelConfig
 from medmm.data.dicom.scan import DicomRecord, list_files, scan_file
 from medmm.data.readers import is_missing
 
-__all__ = ["choose_images"]
+__all__ = ["RowImages", "choose_images", "load_row_images"]
+
+
+class RowImages(NamedTuple):
+    """Per row a key of ``pixels`` (``""``: no usable image) and the rows' failures."""
+
+    root: Path
+    keys: list[str]
+    pixels: PixelCache | None  # None when no row has an image
+    problems: list[tuple[int, str]]
 
 
 def choose_images(cells: Iterable[Any], base: Path) -> tuple[Path, list[str], list[tuple[int, str]]]:
@@ -45,3 +57,20 @@ def choose_images(cells: Iterable[Any], base: Path) -> tuple[Path, list[str], li
         largest.sort(key=lambda x: x.path)
         choice[r] = largest[len(largest) // 2].path
     return root, choice, problems
+
+
+def load_row_images(cells: Iterable[Any], base: Path, config: PixelConfig, cache_dir: Path, *,
+                    workers: int) -> RowImages:
+    """:func:`choose_images`, then each chosen instance decoded once into a :class:`PixelCache`
+    under ``cache_dir``; a row whose image cannot be decoded gets ``""`` and a problem."""
+    root, keys, problems = choose_images(cells, base)
+    if not any(keys):
+        return RowImages(root, keys, None, problems)
+    records = [x for x in (scan_file(root, k) for k in sorted({k for k in keys if k})) if isinstance(x, DicomRecord)]
+    pixels = PixelCache.build(root, records, config, cache_dir, workers=workers)
+    failed = {s.path for s in pixels.failed}
+    for r, k in enumerate(keys):
+        if k and (k in failed or k not in pixels.index):
+            problems.append((r, "image could not be decoded"))
+            keys[r] = ""
+    return RowImages(root, keys, pixels, problems)
