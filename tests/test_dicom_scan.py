@@ -90,6 +90,7 @@ def test_write_skipped_csv(tmp_path: Path) -> None:
     out = write_skipped_csv(skipped, tmp_path / "r" / "s.csv")
     with open(out, newline="") as fh:
         assert list(csv.reader(fh)) == [["path", "reason"], ["a/b.dcm", "no pixel data"], ["c,d.txt", "x"]]
+    assert write_skipped_csv([], out) is None and not out.exists()  # the one writer (medmm.io): no stale report
 
 
 def test_group_key_levels_and_fallbacks() -> None:

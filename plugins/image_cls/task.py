@@ -15,12 +15,10 @@ from torch.utils.data import Dataset
 
 from medmm.data.dicom.dataset import (
     DicomImageDataset, PixelCache, PixelConfig, Skipped, group_key, image_items, labels_from_csv,
-    labels_from_folders, scan_folder, write_skipped_csv,
+    labels_from_folders, scan_folder,
 )
-from medmm.data.splits import group_split, write_splits
-from medmm.errors import ConfigError, DataError
+from medmm.errors import DataError
 from medmm.io import read_json, write_json_atomic
-from medmm.plugins import get_registry
 from medmm.task import BaselineInputs, DataBundle, Split, Task
 from medmm_plugins.image_cls.config import ImageClsConfig, ImageClsData
 
@@ -134,9 +132,6 @@ class ImageClsTask(Task):
         d = self.cfg.data
         return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames=d.frames)
 
-    def _cache_dir(self) -> Path:
-        return Path(self.cfg.data.cache_dir or self.run_dir / "cache")
-
     def _workers(self) -> int:
         return max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
 
@@ -147,7 +142,7 @@ class ImageClsTask(Task):
         if not records:
             raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped; see skipped.csv)")
         items = image_items(records, self.cfg.data.frames)
-        cache = PixelCache.build(root, items, self._pixel_config(), self._cache_dir(), workers=self._workers())
+        cache = PixelCache.build(root, items, self._pixel_config(), self.cache_dir, workers=self._workers())
         return items, [*skipped, *cache.failed], cache
 
     def _unit(self, item: Any) -> str:
@@ -181,8 +176,8 @@ class ImageClsTask(Task):
         records = sorted({it.record for it in items}, key=lambda r: r.path)
         labels = labels_from_csv(records, Path(d.labels), root=root) if d.labels else labels_from_folders(records)
         skipped += [Skipped(p, "no label") for p in labels.unlabelled]
-        write_skipped_csv(skipped, self.run_dir / "skipped.csv")
-        if labels.unmatched:
+        self.write_skipped([(s.path, s.reason) for s in skipped], key="path")
+        if labels.unmatched and self.is_main:
             (self.run_dir / "unmatched_labels.csv").write_text("key\n" + "".join(f"{k}\n" for k in labels.unmatched))
         rows = [r for r, it in enumerate(cache.items) if it.key in cache.index and it.record.path in labels]
         if not rows:
@@ -195,10 +190,9 @@ class ImageClsTask(Task):
         targets = [labels.target(cache.items[r].record.path) for r in rows]
         y = np.asarray(targets, dtype=np.float32 if labels.multi_label else np.int64)
         patients = [group_key(cache.items[r], "patient") for r in rows]
-        splits = group_split(len(rows), groups=patients, labels=None if labels.multi_label else y,
-                             val_fraction=d.val_fraction, test_fraction=d.test_fraction, seed=self.cfg.seed)
+        splits = self.assign_splits([cache.items[r].key for r in rows], groups=patients,
+                                    labels=None if labels.multi_label else y)
         units = [self._unit(cache.items[r]) for r in rows]
-        write_splits(self.run_dir / "splits.csv", [cache.items[r].key for r in rows], splits)
         self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
         seed = self.cfg.seed
 
@@ -225,9 +219,7 @@ class ImageClsTask(Task):
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:
         d, m = self.cfg.data, self.cfg.model
-        comp = get_registry().get("backbone", m.backbone)
-        if comp.modality != "image":
-            raise ConfigError(f"model.backbone {m.backbone!r} is a {comp.modality} backbone, not an image one")
+        comp = self.backbone(m.backbone, "image")
         from medmm.models.image import ImageClassifier
 
         torch.manual_seed(self.cfg.seed)

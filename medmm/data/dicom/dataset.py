@@ -9,9 +9,9 @@ Typical use in a task's ``build_data``::
     rows = [r for r, item in enumerate(cache.items)
             if item.key in cache.index and item.record.path in labels]  # decoded and labelled
     targets = [labels.target(cache.items[r].record.path) for r in rows]
-    groups = [group_key(cache.items[r], "patient") for r in rows]      # for group_split
+    groups = [group_key(cache.items[r], "patient") for r in rows]      # for Task.assign_splits
     dataset = DicomImageDataset(cache, rows, targets)
-    write_skipped_csv(skipped + cache.failed, run_dir / "skipped.csv")
+    task.write_skipped([(s.path, s.reason) for s in skipped + cache.failed], key="path")
 
 The submodules import no torch; only :class:`DicomImageDataset` here does.
 """

@@ -12,7 +12,6 @@ prints, logs or writes them.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 import warnings
@@ -309,15 +308,12 @@ def _int(ds, keyword: str, default: int = 0) -> int:
         raise _NotImage(f"invalid {keyword}") from None
 
 
-def write_skipped_csv(skipped: Iterable[Skipped], path: Path) -> Path:
-    """Write ``path,reason`` rows (relative paths only, no header values) to ``path``."""
-    from medmm.io import atomic_write
+def write_skipped_csv(skipped: Iterable[Skipped], path: Path) -> Path | None:
+    """``path,reason`` rows (relative paths only, no header values) through the one skipped.csv
+    writer, :func:`medmm.io.write_skipped` (tasks: :meth:`medmm.task.Task.write_skipped`)."""
+    from medmm.io import write_skipped
 
-    with atomic_write(path, newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["path", "reason"])
-        writer.writerows((s.path, s.reason) for s in skipped)
-    return Path(path)
+    return write_skipped(path, ((s.path, s.reason) for s in skipped), key="path")
 
 
 def expand_frames(records: Iterable[DicomRecord]) -> list[ImageItem]:
