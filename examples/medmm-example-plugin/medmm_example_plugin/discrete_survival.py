@@ -12,8 +12,9 @@ horizon. medmm scores it as a survival model (C-index) and fits its classic Cox 
 same split beside it.
 
 Everything but the model and its loss comes from medmm: the one table reader (and so any
-format a reader plugin adds), the tabular preprocessing fitted on training rows only, the
-patient-grouped split, ``skipped.csv`` and the backbone registry.
+format a reader plugin adds), the tabular preprocessing fitted on training rows only, and the
+task toolkit every built-in task uses (:mod:`medmm.task`): the one patient-grouped split rule
+(``self.assign_splits``), ``self.write_skipped`` and ``self.backbone`` (the registry lookup).
 """
 
 from __future__ import annotations
@@ -28,14 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from medmm.data.splits import group_split, write_splits
 from medmm.data.readers import read_table
 from medmm.data.tabular.preprocess import (
     Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features,
 )
-from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic, write_skipped
-from medmm.plugins import get_registry
+from medmm.errors import DataError
+from medmm.io import read_json, write_json_atomic
 from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 log = logging.getLogger("medmm")
@@ -114,16 +113,13 @@ class DiscreteSurvivalTask(Task):
         df = read_table(data_path, decimal=d.decimal)
         target = prepare_target(df, "survival", time=d.time, event=d.event)
         ids_all = self._ids(df)
-        write_skipped(self.run_dir / "skipped.csv",
-                      [(i, "missing time or event") for i, keep in zip(ids_all, target.mask) if not keep])
+        self.write_skipped([(i, "missing time or event") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
         reserved = {d.time, d.event, d.id_column, d.group_column} - {None}
         self.features = select_features(list(df.columns), d.features, d.exclude, reserved)
-        groups = kept[d.group_column].astype(str).tolist() if d.group_column else None
-        splits = group_split(len(kept), groups=groups, labels=target.event, val_fraction=d.val_fraction,
-                             test_fraction=d.test_fraction, seed=self.cfg.seed)
-        write_splits(self.run_dir / "splits.csv", ids, splits)
+        groups = kept[d.group_column].tolist() if d.group_column else None
+        splits = self.assign_splits(ids, groups=groups, labels=target.event)  # the one split rule (medmm.task)
         train = splits == "train"
         self.cuts = interval_cuts(target.time[train], target.event[train], d.bins)
         self.horizon = float(d.horizon or np.median(target.time[train]))
@@ -144,10 +140,7 @@ class DiscreteSurvivalTask(Task):
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.model
-        comp = get_registry().get("backbone", m.backbone)
-        if comp.modality != "tabular":
-            raise ConfigError(f"model.backbone {m['backbone']!r} is a {comp.modality} backbone, not tabular")
-        factory = comp.load()
+        factory = self.backbone(m.backbone, "tabular").load()
         accepted = inspect.signature(factory).parameters
         options = {k: v for k, v in {"hidden": m.hidden, "blocks": m.blocks, "dropout": m.dropout}.items()
                    if k in accepted}
