@@ -208,6 +208,38 @@ def test_a_missing_extra_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
         manifest.require("fastapi", "serve", "medmm serve")
 
 
+def test_export_config_is_the_typed_task_config_without_torch(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The runtime reads an export's config.yaml as the task's typed model: unknown keys (another
+    version) dropped, missing ones defaulted, bad values named; no torch for any exportable task."""
+    import yaml
+
+    from medmm.deploy.runtime import TASKS, export_config
+    from medmm.errors import ConfigError
+
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"target": "y", "id_column": "pid", "from_a_newer_medmm": 1},
+        "engine": {"eval_batch_size": 16}}))
+    with caplog.at_level("WARNING", logger="medmm"):
+        cfg = export_config(tmp_path, "tabular-risk")
+    assert "data.from_a_newer_medmm" in caplog.text
+    assert type(cfg).__name__ == "TabularRiskConfig"
+    assert (cfg.data.target, cfg.data.id_column, cfg.engine.eval_batch_size) == ("y", "pid", 16)
+    assert cfg.data.decimal == "." and not hasattr(cfg.data, "from_a_newer_medmm")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"engine": {"eval_batch_size": "many"}}))
+    with pytest.raises(ConfigError, match="engine.eval_batch_size"):
+        export_config(tmp_path, "tabular-risk")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    code = ("import sys\n" + NO_TORCH.split("from medmm.cli")[0] + "from pathlib import Path\n"
+            "from medmm.deploy.runtime import TASKS, export_config\n"
+            f"cfgs = [export_config(Path({str(tmp_path)!r}), t) for t in TASKS]\n"
+            "print(sum(c.engine.eval_batch_size > 0 for c in cfgs))\n"
+            "leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'timm'})\n"
+            "assert not leaked, leaked\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == str(len(TASKS))
+
+
 def test_body_limit_refuses_declared_and_chunked_bodies_over_the_limit() -> None:
     import asyncio
 

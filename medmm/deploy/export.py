@@ -386,7 +386,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         base = {"format": FORMAT, "version": VERSION, "task": info["task"], "pad_id": pad_id}
         _write_manifest(stage, base)
         # onnxruntime path: torch-free preprocessing of the same files
-        examples = _runtime_examples(stage, base, sample_path)
+        examples = _runtime_examples(stage, base, sample_path, registry)
         if not examples.batches:
             raise MedmmError("parity check: the sample holds no predictable unit; pass --data with usable rows or files")
         graph = _graph_module(task, model, spec)
@@ -454,25 +454,11 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
     return out
 
 
-def _runtime_examples(stage: Path, manifest: dict[str, Any], data: Path) -> Any:
+def _runtime_examples(stage: Path, manifest: dict[str, Any], data: Path, registry: Any) -> Any:
     """The onnxruntime path's examples for ``data`` (torch-free readers), before the graph exists."""
-    import yaml
+    from medmm.deploy.runtime import export_config, task_inputs
 
-    from medmm.deploy.fusion import FusionInputs
-    from medmm.deploy.runtime import ImageInputs, TabularInputs, TextInputs
-
-    cfg = yaml.safe_load((stage / "config.yaml").read_text(encoding="utf-8"))
-    batch = int(cfg["engine"]["eval_batch_size"])
-    task = manifest["task"]
-    inputs: Any
-    if task == "tabular-risk":
-        inputs = TabularInputs(stage, cfg, batch)
-    elif task == "text-cls":
-        inputs = TextInputs(stage, cfg, batch, int(manifest["pad_id"]))
-    elif task == "fusion":
-        inputs = FusionInputs(stage, cfg, batch, int(manifest["pad_id"]))
-    else:
-        inputs = ImageInputs(stage, cfg, batch)
+    inputs = task_inputs(stage, manifest, export_config(stage, manifest["task"], registry))
     return inputs.examples(inputs.read(Path(data)))
 
 

@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medmm.deploy.manifest import require
 from medmm.errors import DataError
+
+if TYPE_CHECKING:
+    from medmm_plugins.fusion.config import FusionConfig
 
 EXTRA = "runtime"
 TEXT_INPUTS = ("input_ids", "attention_mask")
@@ -83,11 +86,11 @@ class FusionInputs:
 
     accepts = "table"  # image cells are paths relative to the table: rows come from a file
 
-    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int, pad_id: int) -> None:
+    def __init__(self, export_dir: Path, cfg: FusionConfig, batch_size: int, pad_id: int) -> None:
         from medmm.data.tabular.preprocess import Preprocessor
         from medmm.io import read_json
 
-        self.cfg, self.d, self.batch_size, self.pad_id = cfg, cfg["data"], batch_size, pad_id
+        self.cfg, self.d, self.batch_size, self.pad_id = cfg, cfg.data, batch_size, pad_id
         art = Path(export_dir) / "artifacts"
         payload = read_json(art / "fusion.json", format="medmm.fusion")
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
@@ -109,8 +112,8 @@ class FusionInputs:
         if path.is_dir():
             raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
                             f"{path}")
-        cols = [d.get(k) for k in ("id_column", "group_column", "text_column", "image_column", "label_column")]
-        df = read_table(path, string_columns=[c for c in cols if c], decimal=d.get("decimal") or ".")
+        cols = [d.id_column, d.group_column, d.text_column, d.image_column, d.label_column]
+        df = read_table(path, string_columns=[c for c in cols if c], decimal=d.decimal or ".")
         return df.reset_index(drop=True), path.resolve().parent
 
     def examples(self, source: tuple[Any, Path]) -> Any:
@@ -119,14 +122,14 @@ class FusionInputs:
 
         df, base = source
         d, names = self.d, self.names
-        needed = [c for c in (d.get("text_column"), d.get("image_column"), d.get("id_column")) if c]
+        needed = [c for c in (d.text_column, d.image_column, d.id_column) if c]
         needed += list(self.preprocessor.columns) if self.preprocessor is not None and "tabular" in names else []
         absent = [c for c in needed if c not in df.columns]
         if absent:
             raise DataError(f"no column(s) {absent}; the table has {list(df.columns)[:20]}")
-        ids = [str(v) for v in df[d["id_column"]]] if d.get("id_column") else [str(i) for i in range(len(df))]
+        ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(len(df))]
         if len(set(ids)) != len(ids):
-            raise DataError(f"data.id_column {d['id_column']!r} has duplicate values")
+            raise DataError(f"data.id_column {d.id_column!r} has duplicate values")
         n = len(df)
         present = np.zeros((n, len(names)), dtype=bool)
         reasons: dict[int, str] = {}
@@ -134,11 +137,11 @@ class FusionInputs:
         images: np.ndarray | None = None
         tabular: np.ndarray | None = None
         if "text" in names:
-            texts = ["" if is_missing(v) else str(v) for v in df[d["text_column"]]]
+            texts = ["" if is_missing(v) else str(v) for v in df[d.text_column]]
             present[:, names.index("text")] = [bool(t.strip()) for t in texts]
             tokens = self._tokenize(texts, present[:, names.index("text")])
         if "image" in names:
-            images, ok, problems = self._images(df[d["image_column"]], base)
+            images, ok, problems = self._images(df[d.image_column], base)
             for r, why in problems:
                 reasons.setdefault(r, why)
             present[:, names.index("image")] = ok
@@ -172,7 +175,7 @@ class FusionInputs:
         from medmm.data.text.tokenize import tokenize_cached
 
         idx = np.flatnonzero(present)
-        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=int(self.d["max_length"]),
+        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.d.max_length,
                                  cache_dir=None)
         tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
         for k, i in enumerate(idx):
@@ -185,7 +188,7 @@ class FusionInputs:
         from medmm.data.dicom.series import load_row_images
 
         d = self.d
-        pixels = PixelConfig(size=int(d["size"]), channels=int(d["channels"]), window=d.get("window"), frames="middle")
+        pixels = PixelConfig(size=d.size, channels=d.channels, window=d.window, frames="middle")
         with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
             _, keys, cache, problems = load_row_images(cells, base, pixels, Path(tmp), workers=0)
             out = np.zeros((len(keys), *pixels.shape), dtype=np.float32)
@@ -200,7 +203,7 @@ class FusionInputs:
         """Class indices when every kept row has a known label (metrics), as the task's predict reader."""
         from medmm.data.readers import is_missing
 
-        col = self.d.get("label_column")
+        col = self.d.label_column
         if not col or col not in df.columns:
             return None
 

@@ -6,7 +6,8 @@ predictor reads data with the same torch-free readers the task uses (``read_tabl
 preprocessor, ``tokenize_cached``, the DICOM scan and pixel cache), runs the graph in the
 batches the torch path uses, pools per unit and writes the same ``predictions.csv``.
 
-Only numpy, onnxruntime, pydicom, tokenizers, pandas and pyyaml are imported (``medmm[runtime]``).
+Only numpy, onnxruntime, pydicom, tokenizers, pandas, pyyaml and pydantic (the export's ``config.yaml``
+is read as the task's typed config) are imported (``medmm[runtime]``).
 """
 
 from __future__ import annotations
@@ -19,15 +20,24 @@ import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from medmm.deploy.manifest import MODEL, MODEL_INT8, read_manifest, require
 from medmm.errors import DataError, MedmmError
 
+if TYPE_CHECKING:
+    from medmm_plugins.image_cls.config import ImageClsConfig
+    from medmm_plugins.tabular_risk.config import TabularRiskConfig
+    from medmm_plugins.text_cls.config import TextClsConfig
+
+    from medmm.config import TaskConfig
+
 log = logging.getLogger("medmm")
 EXTRA = "runtime"
+TASKS = ("tabular-risk", "text-cls", "image-cls", "fusion")
+"""Tasks whose exports this runtime predicts."""
 
 
 @dataclass
@@ -92,11 +102,11 @@ class TabularInputs:
 
     accepts = "rows"
 
-    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
+    def __init__(self, export_dir: Path, cfg: TabularRiskConfig, batch_size: int) -> None:
         from medmm.data.tabular.preprocess import Preprocessor
         from medmm.io import read_json
 
-        self.cfg, self.d, self.batch_size = cfg, cfg["data"], batch_size
+        self.cfg, self.d, self.batch_size = cfg, cfg.data, batch_size
         payload = read_json(export_dir / "artifacts" / "tabular.json")
         self.problem, self.label_names = payload["problem"], payload["label_names"]
         self.features = list(payload["features"])
@@ -105,22 +115,22 @@ class TabularInputs:
     def read(self, path: Path) -> Any:
         from medmm.data.tabular.preprocess import read_table
 
-        return read_table(path, **({"decimal": self.d["decimal"]} if self.d.get("decimal") else {}))
+        return read_table(path, **({"decimal": self.d.decimal} if self.d.decimal else {}))
 
     def examples(self, df: Any) -> Examples:
         from medmm.data.tabular.preprocess import prepare_target
 
         d = self.d
         x = np.ascontiguousarray(self.preprocessor.transform(df), dtype=np.float32)
-        col = d["id_column"]
+        col = d.id_column
         if col and col not in df.columns:
             raise DataError(f"id column {col!r} is not in the data")
         ids = df[col].astype(str).tolist() if col else [str(i) for i in range(len(df))]
         y = None
-        cols = [d["time"], d["event"]] if self.problem == "survival" else [d["target"]]
+        cols = [d.time, d.event] if self.problem == "survival" else [d.target]
         if all(c and c in df.columns for c in cols):
             try:
-                t = prepare_target(df, self.problem, d["target"], d["time"], d["event"],
+                t = prepare_target(df, self.problem, d.target, d.time, d.event,
                                    positive_label=self.label_names[1] if self.label_names else None)
             except DataError as exc:
                 log.warning("no metrics: the label column cannot be scored (%s)", exc)
@@ -177,10 +187,10 @@ class TextInputs:
 
     accepts = "rows"
 
-    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int, pad_id: int) -> None:
+    def __init__(self, export_dir: Path, cfg: TextClsConfig, batch_size: int, pad_id: int) -> None:
         from medmm.io import read_json
 
-        self.d, self.batch_size, self.pad_id = cfg["data"], batch_size, pad_id
+        self.d, self.batch_size, self.pad_id = cfg.data, batch_size, pad_id
         art = export_dir / "artifacts"
         payload = read_json(art / "text_cls.json", format="medmm.text-cls")
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
@@ -194,36 +204,36 @@ class TextInputs:
     def read(self, path: Path) -> Any:
         from medmm.data.text.examples import read_table
 
-        return read_table(path, string_columns=[c for c in (self.d["id_column"], self.d["group_column"]) if c])
+        return read_table(path, string_columns=[c for c in (self.d.id_column, self.d.group_column) if c])
 
     def _load(self, df: Any, labels: bool) -> Any:
         from medmm.data.text.examples import load_text_examples
 
         d = self.d
-        id_col = d["id_column"] if d["id_column"] and d["id_column"] in df.columns else None
-        return load_text_examples(df, text_columns=_columns(d["text_column"]),
-                                  label_columns=_columns(d["label_column"]) if labels else [],
-                                  label_delimiter=d["label_delimiter"] if labels else None,
-                                  id_column=id_col, separator=d["separator"], max_chars=int(d["max_chars"]),
+        id_col = d.id_column if d.id_column and d.id_column in df.columns else None
+        return load_text_examples(df, text_columns=_columns(d.text_column),
+                                  label_columns=_columns(d.label_column) if labels else [],
+                                  label_delimiter=d.label_delimiter if labels else None,
+                                  id_column=id_col, separator=d.separator, max_chars=d.max_chars,
                                   label_names=self.label_names)
 
     def examples(self, df: Any) -> Examples:
         from medmm.data.text.tokenize import tokenize_cached
 
         d = self.d
-        if d["id_column"] and d["id_column"] not in df.columns:
-            log.warning("id column %r is not in the data; predictions are keyed by row number", d["id_column"])
+        if d.id_column and d.id_column not in df.columns:
+            log.warning("id column %r is not in the data; predictions are keyed by row number", d.id_column)
         ex = self._load(df, labels=False)
         labels = None
-        if _columns(d["label_column"]) and all(c in df.columns for c in _columns(d["label_column"])):
+        if _columns(d.label_column) and all(c in df.columns for c in _columns(d.label_column)):
             try:
                 labelled = self._load(df, labels=True)
             except DataError:
                 labelled = None
             if labelled is not None and labelled.row_ids == ex.row_ids:
                 labels = labelled.labels
-        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=int(d["max_length"]), cache_dir=None,
-                                 long_text=d["long_text"], stride=int(d["stride"]))
+        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length, cache_dir=None,
+                                 long_text=d.long_text, stride=d.stride)
         batches = []
         for s in _chunks(len(corpus), self.batch_size):
             seqs = [corpus[i] for i in range(s.start, s.stop)]
@@ -244,16 +254,16 @@ class ImageInputs:
 
     accepts = "dicom"
 
-    def __init__(self, export_dir: Path, cfg: dict[str, Any], batch_size: int) -> None:
+    def __init__(self, export_dir: Path, cfg: ImageClsConfig, batch_size: int) -> None:
         from medmm.data.dicom.pixels import PixelConfig
         from medmm.io import read_json
 
         require("pydicom", EXTRA, "image prediction from an export")
-        self.cfg, self.d, self.batch_size = cfg, cfg["data"], batch_size
+        self.cfg, self.d, self.batch_size = cfg, cfg.data, batch_size
         payload = read_json(export_dir / "artifacts" / "image.json")
         self.problem, self.label_names = payload["problem"], payload["label_names"]
         self.pixels = PixelConfig.from_dict(payload["pixels"])
-        self.level = self.d["level"]
+        self.level = self.d.level
 
     def read(self, path: Path) -> Path:
         path = Path(path)
@@ -290,15 +300,15 @@ class ImageInputs:
         units = [self._unit(it) for it in chosen]
         cols: dict[str, dict[str, str]] = {}
         recs: dict[str, list[Any]] = {}
-        out = self.cfg.get("output") or {}
+        out = self.cfg.output
         pseudonym = None
-        if out.get("include_patient_id") and out.get("hash_patient_id", True):  # as the task does: keyed HMAC
+        if out.include_patient_id and out.hash_patient_id:  # as the task does: keyed HMAC
             from medmm.deid.pseudonyms import Pseudonymizer, load_key
 
             pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for unit, it in zip(units, chosen):
             extra = {"sop_instance_uid": it.record.sop_uid} if self.level == "instance" else {}
-            if out.get("include_patient_id"):
+            if out.include_patient_id:
                 extra["patient_id"] = pseudonym(it.record.patient_id) if pseudonym else it.record.patient_id
             cols.setdefault(unit, extra)
             recs.setdefault(unit, []).append(it.record)
@@ -309,32 +319,51 @@ class ImageInputs:
 # --------------------------------------------------------------------------- the predictor
 
 
+def export_config(directory: Path, task: str, registry: Any = None) -> TaskConfig:
+    """The export's ``config.yaml`` as the task's typed config (pydantic and the task's config module:
+    no torch); keys this medmm no longer knows are dropped with a warning."""
+    from medmm.config.saved import saved_config
+
+    if registry is None:
+        from medmm.plugins import get_registry
+
+        registry = get_registry()
+    return saved_config(registry.get("task", task), Path(directory) / "config.yaml")
+
+
+def task_inputs(directory: Path, manifest: Mapping[str, Any], cfg: Any) -> Any:
+    """The task's torch-free reader (``read``, ``examples``) for an export folder, in eval batches."""
+    task, batch = manifest["task"], cfg.engine.eval_batch_size
+    if task == "tabular-risk":
+        return TabularInputs(directory, cfg, batch)
+    if task == "text-cls":
+        return TextInputs(directory, cfg, batch, int(manifest["pad_id"]))
+    if task == "image-cls":
+        return ImageInputs(directory, cfg, batch)
+    if task == "fusion":
+        from medmm.deploy.fusion import FusionInputs
+
+        return FusionInputs(directory, cfg, batch, int(manifest["pad_id"]))
+    raise MedmmError(f"{directory}: task {task!r} has no onnxruntime predictor")
+
+
 class ExportedModel:
     """An export folder loaded for prediction with onnxruntime (thread-safe ``predict_*``)."""
 
     def __init__(self, export_dir: Path, *, quantized: bool = False, threads: int = 0, verify: bool = True) -> None:
         ort = require("onnxruntime", EXTRA, "prediction from an export")
-        yaml = require("yaml", EXTRA, "prediction from an export")
+        for module in ("yaml", "pydantic"):  # the typed config (medmm.config)
+            require(module, EXTRA, "prediction from an export")
         self.dir = Path(export_dir)
         self.manifest = read_manifest(self.dir, verify=verify)
         name = MODEL_INT8 if quantized else MODEL
         if not (self.dir / name).is_file():
             raise MedmmError(f"{self.dir} has no {name}" + ("; export with --quantize" if quantized else ""))
-        self.cfg = yaml.safe_load((self.dir / "config.yaml").read_text(encoding="utf-8"))
         self.task = self.manifest["task"]
-        batch = int(self.cfg["engine"]["eval_batch_size"])
-        if self.task == "tabular-risk":
-            self.inputs: Any = TabularInputs(self.dir, self.cfg, batch)
-        elif self.task == "text-cls":
-            self.inputs = TextInputs(self.dir, self.cfg, batch, int(self.manifest["pad_id"]))
-        elif self.task == "image-cls":
-            self.inputs = ImageInputs(self.dir, self.cfg, batch)
-        elif self.task == "fusion":
-            from medmm.deploy.fusion import FusionInputs
-
-            self.inputs = FusionInputs(self.dir, self.cfg, batch, int(self.manifest["pad_id"]))
-        else:
+        if self.task not in TASKS:
             raise MedmmError(f"{self.dir}: task {self.task!r} has no onnxruntime predictor")
+        self.cfg = export_config(self.dir, self.task)
+        self.inputs: Any = task_inputs(self.dir, self.manifest, self.cfg)
         self.problem, self.label_names = self.inputs.problem, self.inputs.label_names
         opts = ort.SessionOptions()
         if threads:

@@ -112,8 +112,7 @@ def _rows_out(model: Any, pred: Any) -> list[dict[str, Any]]:
 def _required_columns(model: Any) -> list[str]:
     if model.task == "tabular-risk":
         return list(model.inputs.features)
-    d = model.cfg["data"]
-    cols = d["text_column"]
+    cols = model.cfg.data.text_column  # text-cls: a list of columns
     return [str(c) for c in cols] if isinstance(cols, (list, tuple)) else [str(cols)]
 
 
@@ -156,7 +155,7 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
 
     if model.inputs.accepts == "rows":
         required = _required_columns(model)
-        id_col = model.cfg["data"].get("id_column")
+        id_col = model.cfg.data.id_column
         keep = [*required, *([id_col] if id_col else [])]
         text = model.task == "text-cls"
 

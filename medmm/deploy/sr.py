@@ -223,20 +223,20 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
     """``medmm predict RUN_DIR --dicom-sr OUT``: the run's task, labels and model name from its files."""
     import json
 
-    import yaml
-
     from medmm import __version__
+    from medmm.config.saved import saved_config
     from medmm.io import read_json
+    from medmm.plugins import get_registry
 
     run_dir = Path(run_dir)
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if info.get("task") != "image-cls":
         raise MedmmError(f"--dicom-sr reports image findings; {run_dir} is a {info.get('task')!r} run")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    cfg = saved_config(get_registry().get("task", "image-cls"), run_dir / "config.yaml")
     art = read_json(run_dir / "artifacts" / "image.json")
-    return reports_from_predictions(predictions, data, out_dir, level=cfg["data"]["level"],
-                                    frames=cfg["data"]["frames"], problem=art["problem"],
-                                    label_names=art["label_names"], model_name=str(cfg["model"]["backbone"]),
+    return reports_from_predictions(predictions, data, out_dir, level=cfg.data.level,
+                                    frames=cfg.data.frames, problem=art["problem"],
+                                    label_names=art["label_names"], model_name=str(cfg.model.backbone),
                                     model_version=f"medmm {info.get('medmm', __version__)} run {run_dir.resolve().name}")
 
 
