@@ -34,16 +34,14 @@ from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, finger
 from medmm.data.leakage import warn_leaky_features
 from medmm.data.multimodal import MultimodalRows, RowCollate, pad_tokens
 from medmm.data.readers import is_missing, read_table
-from medmm.data.splits import check_no_leakage, group_split, parse_split, write_splits
 from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_column_types, select_features
-from medmm.engine.distributed import is_main_process
 from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic, write_skipped, write_text_atomic
+from medmm.io import read_json, write_json_atomic, write_text_atomic
 from medmm.models.fusion_heads import modality_dropout
 from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.plugins import get_registry
 from medmm.report import html_table
-from medmm.task import BaselineInputs, DataBundle, Split, Task
+from medmm.task import BaselineInputs, DataBundle, Split, Task, pad_id_of, read_split_column
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
 __all__ = ["FusionTask"]
@@ -114,21 +112,13 @@ class FusionTask(Task):
         d = self.d
         return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames="middle")
 
-    def _cache_dir(self) -> Path:
-        return Path(self.d.cache_dir or self.run_dir / "cache").expanduser()
-
     def _frozen(self) -> set[str]:
         """Modalities whose (pretrained) encoder is frozen and read from the embedding cache."""
         return {"text", "image"} & set(self.names) if self.m.mode == "frozen" else set()
 
     # ------------------------------------------------------------------ encoders
     def _backbone(self, key: str, modality: str) -> Any:
-        name = getattr(self.m, key)
-        comp = get_registry().get("backbone", name)
-        if comp.modality != modality:
-            raise ConfigError(f"model.{key} {name!r} is a {comp.modality} backbone; choose one of "
-                              f"`medmm backbones --modality {modality}`")
-        return comp
+        return self.backbone(getattr(self.m, key), modality, key=f"model.{key}")
 
     def _text_encoder(self) -> tuple[nn.Module, Any]:
         from medmm.models.text import load_text_backbone
@@ -213,7 +203,7 @@ class FusionTask(Task):
         if "image" in self.names:
             workers = max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
             root, keys, pixels, problems = load_row_images(df[d.image_column], base, self._pixel_config(),
-                                                           self._cache_dir(), workers=workers)
+                                                           self.cache_dir, workers=workers)
             for r, why in problems:
                 reasons.setdefault(r, why)
             out.update(image_keys=keys, pixels=pixels, image_root=root)
@@ -235,9 +225,10 @@ class FusionTask(Task):
             skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
             keep &= has_label
         if labelled and d.split_column:
-            out["splits"] = [parse_split(v) for v in df[d.split_column]]
+            out["splits"], unusable = read_split_column(ids, df[d.split_column].tolist())  # the one split rule
+            why = dict(unusable)
             bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
-            skipped += [(ids[r], "split column is not train / val / test") for r in bad]
+            skipped += [(ids[r], why[ids[r]]) for r in bad]
             keep[bad] = False
         if d.group_column:
             out["groups"] = ["" if is_missing(v) else str(v) for v in df[d.group_column]]
@@ -266,19 +257,11 @@ class FusionTask(Task):
         rows = np.flatnonzero(data["keep"])
         if len(rows) == 0:
             raise DataError("no usable row: every row lacks a label or all of its modalities (see skipped.csv)")
-        if is_main_process():
-            write_skipped(self.run_dir / "skipped.csv", [*data["skipped"], *data["partial"]])
+        self.write_skipped([*data["skipped"], *data["partial"]])
         y = self._set_labels([data["labels_raw"][r] for r in rows])
-        groups = [data["groups"][r] or f"row:{data['ids'][r]}" for r in rows] if "groups" in data else None
-        if "splits" in data:
-            splits = np.asarray([data["splits"][r] for r in rows], dtype=object)
-            if groups is not None:
-                check_no_leakage(splits, groups)
-        else:
-            splits = group_split(len(rows), groups=groups, labels=y, val_fraction=self.d.val_fraction,
-                                 test_fraction=self.d.test_fraction, seed=self.cfg.seed)
-        if is_main_process():
-            write_splits(self.run_dir / "splits.csv", [data["ids"][r] for r in rows], splits)
+        splits = self.assign_splits([data["ids"][r] for r in rows],  # an empty group cell: the row alone
+                                    given=[data["splits"][r] for r in rows] if "splits" in data else None,
+                                    groups=[data["groups"][r] for r in rows] if "groups" in data else None, labels=y)
         train_rows = rows[splits == "train"]
         if "tabular" in self.names:
             table = data["table"]
@@ -315,7 +298,7 @@ class FusionTask(Task):
 
         idx = np.flatnonzero(present)
         corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.d.max_length,
-                                 cache_dir=self._cache_dir())
+                                 cache_dir=self.cache_dir)
         tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
         for k, i in enumerate(idx):
             tokens[i] = np.asarray(corpus[k], dtype=np.int64)
@@ -324,7 +307,7 @@ class FusionTask(Task):
     def _cache_embeddings(self, data: dict[str, Any]) -> None:
         """Frozen encoders: embeddings of every present row, computed once and cached on disk."""
         assert self._encoders is not None
-        cache = EmbeddingCache(self._cache_dir() / "embeddings")
+        cache = EmbeddingCache(self.cache_dir / "embeddings")
         for name in sorted(self._frozen()):
             encoder = self._encoders[name]
             col = data["mask"][:, self.names.index(name)]
@@ -355,7 +338,7 @@ class FusionTask(Task):
         if name == "text":  # shortest first: batches with little padding
             tokens = self._tokenize(data["texts"], data["mask"][:, self.names.index("text")])
             order = np.argsort([len(tokens[i]) for i in idx], kind="stable")
-            pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+            pad = pad_id_of(self.tokenizer)
             forward = lambda m, b: m(*b)  # (ids, attention) -> encoder(ids, attention)
         parts = [idx[order[s : s + e.eval_batch_size]] for s in range(0, len(idx), e.eval_batch_size)]
         if name == "text":
@@ -371,7 +354,7 @@ class FusionTask(Task):
         return emb
 
     def _collate(self) -> RowCollate:
-        pad = int(getattr(self.tokenizer, "pad_token_id", 0) or 0)
+        pad = pad_id_of(self.tokenizer)
         return RowCollate(pad, self._pixel_config().shape)
 
     def _describe(self, data: dict[str, Any], rows: np.ndarray, splits: np.ndarray) -> str:
@@ -465,7 +448,7 @@ class FusionTask(Task):
         note = ("<p>The same trained model evaluated on the same rows with modalities masked out (the head sees them "
                 "as missing, exactly as for a row that lacks them). A large drop means the model relies on that "
                 "modality; rows left with no modality get the head's constant output.</p>")
-        if is_main_process():
+        if self.is_main:
             write_text_atomic(self.run_dir / "modality_ablation.json", json.dumps(dict(rows), indent=1) + "\n")
         return [("Per-modality contribution", note + table)]
 
