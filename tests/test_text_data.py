@@ -130,9 +130,9 @@ def test_skipped_rows_have_reasons_without_cell_contents() -> None:
     ex = load_text_examples(df, text_columns=["t"], label_columns=["y"], id_column="id",
                             group_column="grp", split_column="split", label_names=["x", "y"])
     assert dict(ex.skipped) == {"b": "empty text", "c": "missing label", "d": "unseen label",
-                                "a": "duplicate id", "f": "missing group",
-                                "g": "invalid split value (expected train/val/test)"}
-    assert ex.row_ids == ["a"] and ex.groups == ["p1"] and ex.splits == ["train"]
+                                "a": "duplicate id", "g": "invalid split value (expected train/val/test)"}
+    # no group: kept, its own group when split (medmm.task.assign_splits)
+    assert ex.row_ids == ["a", "f"] and ex.groups == ["p1", ""] and ex.splits == ["train", "train"]
     assert ex.skip_summary()["empty text"] == 1
     assert all(secret not in reason for _, reason in ex.skipped)
 

@@ -1,9 +1,10 @@
 """Text tables: turn the rows of a table (:func:`medmm.data.readers.read_table`) into labelled examples.
 
-Bad rows never stop a run: a row with no text, a missing or unknown label, a missing id /
-group / split value is left out and recorded in :attr:`TextExamples.skipped` as
-``(row_id, reason)``. Reasons are fixed phrases that never quote cell contents, so they can be
-counted and written into run reports without leaking protected health information.
+Bad rows never stop a run: a row with no text, a missing or unknown label, a missing id or
+split value is left out and recorded in :attr:`TextExamples.skipped` as ``(row_id, reason)``
+(a row without a group value is kept: it is its own group when split). Reasons are fixed
+phrases that never quote cell contents, so they can be counted and written into run reports
+without leaking protected health information.
 
 Documents longer than ``max_chars`` characters are **truncated**, not skipped: the tokenizer
 only reads the first ``max_length`` tokens anyway (or, in chunk mode, a bounded number of
@@ -220,11 +221,8 @@ def load_text_examples(
                     continue
 
         group = split = None
-        if group_column:
-            if is_missing(rec[group_column]):
-                skipped.append((row_id, "missing group"))
-                continue
-            group = _as_key(rec[group_column])
+        if group_column:  # an empty group cell: the row is its own group (the one split rule, medmm.task)
+            group = "" if is_missing(rec[group_column]) else _as_key(rec[group_column])
         if split_column:
             (split,), bad = read_split_column([row_id], [rec[split_column]])  # the one split rule (medmm.task)
             if bad:
