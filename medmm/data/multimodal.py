@@ -55,13 +55,10 @@ class MultimodalRows(Dataset):
 
 def pad_tokens(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids right-padded to the longest sequence (width at least 1) and the attention mask."""
-    width = max(1, max((len(s) for s in sequences), default=0))
-    ids = np.full((len(sequences), width), pad_id, dtype=np.int64)
-    att = np.zeros((len(sequences), width), dtype=np.int64)
-    for row, seq in enumerate(sequences):
-        ids[row, : len(seq)] = seq
-        att[row, : len(seq)] = 1
-    return torch.from_numpy(ids), torch.from_numpy(att)
+    from medmm.task import pad_sequences
+
+    ids, mask = pad_sequences(sequences, pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
 
 
 def collate_rows(items: list[dict[str, Any]], *, pad_id: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
