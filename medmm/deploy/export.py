@@ -32,6 +32,7 @@ import numpy as np
 from medmm import __version__
 from medmm.deploy.manifest import FORMAT, MANIFEST, MODEL, MODEL_INT8, VERSION, file_hashes, require
 from medmm.errors import MedmmError
+from medmm.task import pad_id_of
 
 TOLERANCE = 1e-4
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy")
@@ -382,7 +383,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         trainer = Trainer(task, cfg, run_dir, quiet=True)
         with torch.no_grad():
             ref = trainer.evaluate(model, split, collate)
-        pad_id = int(getattr(getattr(task, "tokenizer", None), "pad_token_id", None) or 0)
+        pad_id = pad_id_of(getattr(task, "tokenizer", None))
         base = {"format": FORMAT, "version": VERSION, "task": info["task"], "pad_id": pad_id}
         _write_manifest(stage, base)
         # onnxruntime path: torch-free preprocessing of the same files

@@ -18,6 +18,7 @@ import torch
 
 from medmm.explain.core import Attribution, Items, Scorer
 from medmm.explain.spec import InputSpec
+from medmm.task import pad_id_of
 
 _SP_MARKS = ("\u2581", "\u0120")  # SentencePiece / byte-level BPE word starts
 
@@ -156,7 +157,7 @@ def embedding_layer(encoder: Any) -> Any:
 def token_input(name: str, encoder: Any, tokenizer: Any, *, get: Any, put: Any, valid: Any,
                 present: Any = None, window_overlap: int = 0) -> InputSpec:
     """The :class:`InputSpec` of token ids fed to ``encoder``, with ``tokenizer``'s strings."""
-    pad = int(getattr(tokenizer, "pad_token_id", 0) or 0)
+    pad = pad_id_of(tokenizer)
     if hasattr(tokenizer, "convert_ids_to_tokens"):
         strings = tokenizer.convert_ids_to_tokens
         special = frozenset(int(i) for i in tokenizer.all_special_ids) - {int(tokenizer.unk_token_id or -1)}
