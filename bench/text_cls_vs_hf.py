@@ -3,8 +3,8 @@
 Fine-tunes one encoder + linear head on the Indiana University chest X-ray reports (normal vs
 abnormal; read from the installed ``torchxrayvision`` wheel) twice in one process:
 
-* through medmm (``medmm.runner.run_task``: cached tokenisation, the text-cls default sampler:
-  shuffled batches run as length-sorted micro-batches, ``medmm.models.length_groups``), then
+* through medmm (``medmm.runner.run_task``: cached tokenisation, the text-cls default: shuffled
+  batches, each run packed on its real tokens only, ``medmm.models.packed``), then
 * through ``transformers.Trainer`` with a plain torch ``Dataset`` and ``DataCollatorWithPadding``
   (dynamic padding), once with random batches (the documented default recipe) and once with
   ``train_sampling_strategy="group_by_length"`` (its own length grouping),

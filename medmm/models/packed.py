@@ -97,22 +97,23 @@ def _equal_length_runs(sorted_lengths: list[int]) -> list[tuple[int, int, int]]:
 
 def _layer(layer: Any, x: torch.Tensor, runs: list[tuple[int, int, int]]) -> torch.Tensor:
     """One ``BertLayer`` on packed tokens ``[T, H]``."""
-    sa, attn_out = layer.attention.self, layer.attention.output
+    sa = layer.attention.self
     heads, head_dim = sa.num_attention_heads, sa.attention_head_size
-    q, k, v = sa.query(x), sa.key(x), sa.value(x)
+    q, k, v = sa.query(x), sa.key(x), sa.value(x)  # one fused [T, 3H] product measured no faster
     p = sa.dropout.p if sa.training else 0.0
     parts = []
     for start, count, length in runs:
-        stop = start + count * length
-
-        def split(t: torch.Tensor) -> torch.Tensor:
-            return t[start:stop].view(count, length, heads, head_dim).transpose(1, 2)
-
-        ctx = F.scaled_dot_product_attention(split(q), split(k), split(v), dropout_p=p, scale=sa.scaling)
+        shape = (count, length, heads, head_dim)
+        span = slice(start, start + count * length)
+        qs, ks, vs = (t[span].view(shape).transpose(1, 2) for t in (q, k, v))
+        ctx = F.scaled_dot_product_attention(qs, ks, vs, dropout_p=p, scale=sa.scaling)
         parts.append(ctx.transpose(1, 2).reshape(count * length, heads * head_dim))
-    ctx = parts[0] if len(parts) == 1 else torch.cat(parts)
+    return _feed_forward(layer, parts[0] if len(parts) == 1 else torch.cat(parts), x)
+
+
+def _feed_forward(layer: Any, ctx: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Attention output projection + residual + norm, then the feed-forward block, on ``[T, H]``."""
+    attn_out, inter, out = layer.attention.output, layer.intermediate, layer.output
     a = attn_out.LayerNorm(attn_out.dropout(attn_out.dense(ctx)) + x)
-    inter = layer.intermediate
     h = inter.intermediate_act_fn(inter.dense(a))
-    out = layer.output
     return out.LayerNorm(out.dropout(out.dense(h)) + a)
