@@ -402,10 +402,10 @@ def test_other_ranks_keep_their_scratch_files_out_of_the_run_dir(tmp_path: Path,
 
 @pytest.mark.slow  # imports the fusion task (torch, transformers): seconds on a cold process
 def test_fusion_predict_matches_labels_written_as_numbers() -> None:
-    from medmm_plugins.fusion.task import _label_key
+    from medmm_plugins.fusion.rows import label_key
 
-    assert {_label_key(v) for v in ("1", "1.0", " 1 ")} == {"1"} and _label_key("0.5") == "0.5"
-    assert _label_key("yes") == "yes" and _label_key("nan") == "nan"
+    assert {label_key(v) for v in ("1", "1.0", " 1 ")} == {"1"} and label_key("0.5") == "0.5"
+    assert label_key("yes") == "yes" and label_key("nan") == "nan"
 
 
 def test_a_running_run_is_seen_running_from_another_process_until_it_ends(tmp_path: Path) -> None:

@@ -230,17 +230,18 @@ def test_fusion_summary_separates_skipped_from_kept_with_a_modality_missing(tmp_
     spec = get_registry().get("task", "fusion")
     cfg = resolved_config(spec, None, ["data.text_column=null", "data.tabular_columns=[age]",
                                        "model.image_backbone=resnet18"])
+    from medmm_plugins.fusion.rows import describe, tabular_columns
+
     task = spec.load()(cfg, tmp_path)
-    task.label_names = ["no", "yes"]
     data = {"mask": np.array([[True, True], [False, True], [True, False]]),
             "skipped": [("4", "no modality present")], "partial": [("2", "kept without its image: not found")]}
-    desc = task._describe(data, np.arange(3), np.array(["train", "train", "test"]))
+    desc = describe(data, np.arange(3), np.array(["train", "train", "test"]), task.names, ["no", "yes"], cfg.model)
     assert "1 rows skipped, 2 kept with a modality missing (1 of them with an image that could not be used)" in desc
 
     cfg = resolved_config(spec, None, ["data.tabular_columns=all", "data.exclude=[follow_up]", "data.id_column=id",
                                        "model.image_backbone=resnet18"])
     columns = ["id", "text", "image", "label", "age", "follow_up", "sex"]
-    assert spec.load()(cfg, tmp_path)._tabular_columns(columns) == ["age", "sex"]  # all = no other role, minus exclude
+    assert tabular_columns(spec.load()(cfg, tmp_path).d, columns) == ["age", "sex"]  # all = no other role, minus exclude
 
 
 @pytest.mark.slow

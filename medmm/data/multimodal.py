@@ -1,7 +1,7 @@
 """Row-aligned multimodal data as a torch dataset, and its collate function.
 
 One table row per unit; each modality may be absent from a row (presence mask). ``data`` is
-the dict a multimodal reader builds (the fusion task's ``_load``), every array indexed by table
+the dict a multimodal reader builds (the fusion task's ``rows.load_rows``), every array indexed by table
 row:
 
 - ``names``: the modalities, in mask-column order (``text``, ``image``, ``tabular``);

@@ -207,7 +207,7 @@ class FusionInputs:
         if not col or col not in df.columns:
             return None
 
-        def key(value: str) -> str:  # '1', '1.0' and ' 1 ' name one class (the task's _label_key)
+        def key(value: str) -> str:  # '1', '1.0' and ' 1 ' name one class (medmm_plugins.fusion.rows.label_key)
             value = str(value).strip()
             try:
                 number = float(value)

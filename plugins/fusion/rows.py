@@ -1,0 +1,169 @@
+"""The fusion table read into row-aligned modality arrays (the dict :mod:`medmm.data.multimodal` indexes).
+
+A row may lack a modality (empty text, missing / unreadable image, all tabular cells empty): it is
+kept with a presence mask. A row with no modality, without a label or with an unusable split cell
+goes to the skip list (row id and reason, never cell contents).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.data.dicom.pixels import PixelConfig
+from medmm.data.dicom.series import load_row_images
+from medmm.data.readers import is_missing, read_table
+from medmm.data.tabular.preprocess import select_features
+from medmm.errors import ConfigError, DataError
+from medmm.task import read_split_column
+from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
+
+__all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "tabular_columns"]
+
+BACKBONE_KEYS = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
+
+
+def modalities(d: FusionDataConfig) -> list[str]:
+    """The configured modalities, in model order: text, image, tabular."""
+    names = [n for n, key in (("text", "text_column"), ("image", "image_column")) if getattr(d, key)]
+    if d.tabular_columns:
+        names.append("tabular")
+    if not names:
+        raise ConfigError("fusion needs at least one of data.text_column, data.image_column, "
+                          "data.tabular_columns")
+    return names
+
+
+def pixel_config(d: FusionDataConfig) -> PixelConfig:
+    """The pixel pipeline of the image modality (the middle frame of the chosen instance)."""
+    return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames="middle")
+
+
+def tabular_columns(d: FusionDataConfig, columns: list[str], trained: list[str] | None = None) -> list[str]:
+    """``data.tabular_columns`` (``all``: every column no other role uses) minus ``data.exclude``;
+    ``trained`` (predict: the fitted preprocessor's columns) when given."""
+    if trained is not None:
+        return list(trained)
+    listed = d.tabular_columns
+    reserved = [getattr(d, k) for k in ("text_column", "image_column", "label_column", "id_column",
+                                        "group_column", "split_column")]
+    return list(select_features(columns, None if listed == "all" else listed, d.exclude, reserved))
+
+
+def _read(path: Path, d: FusionDataConfig, *, labelled: bool,
+          trained: list[str] | None) -> tuple[Any, list[str], list[str] | None]:
+    """The table, its row ids and its tabular columns (``None`` without ``data.tabular_columns``)."""
+    if path.is_dir():
+        raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
+                        f"{path}")
+    df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
+                                                      d.image_column, d.label_column) if c],
+                    decimal=d.decimal)
+    needed = [c for c in (d.text_column, d.image_column, d.id_column, d.group_column) if c]
+    if labelled and d.split_column:
+        needed.append(d.split_column)
+    tab = tabular_columns(d, list(df.columns), trained) if d.tabular_columns else None
+    needed += tab or []
+    if labelled:
+        needed.append(d.label_column)
+    absent = [c for c in needed if c not in df.columns]
+    if absent:
+        raise DataError(f"{path.name}: no column(s) {absent}; the table has {list(df.columns)[:20]}")
+    ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(len(df))]
+    if len(set(ids)) != len(ids):
+        raise DataError(f"{path.name}: data.id_column {d.id_column!r} has duplicate values")
+    return df.reset_index(drop=True), ids, tab
+
+
+def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled: bool, cache_dir: Path,
+              trained_columns: list[str] | None = None) -> dict[str, Any]:
+    """Read the table and every modality in ``names``: row-aligned arrays, presence ``mask``, ``keep``
+    and the ``skipped`` / ``partial`` lists. ``trained_columns``: predict's tabular columns."""
+    d = cfg.data
+    df, ids, tab = _read(Path(data_path), d, labelled=labelled, trained=trained_columns)
+    base = Path(data_path).resolve().parent
+    n = len(df)
+    present = np.zeros((n, len(names)), dtype=bool)
+    reasons: dict[int, str] = {}
+    out: dict[str, Any] = {"ids": ids, "names": names, "emb": {}, "n": n}
+    if "text" in names:
+        texts = ["" if is_missing(v) else str(v) for v in df[d.text_column]]
+        out["texts"] = texts
+        present[:, names.index("text")] = [bool(t.strip()) for t in texts]
+    if "image" in names:
+        workers = max(1, min(4, cfg.engine.num_workers or (os.cpu_count() or 1)))
+        root, keys, pixels, problems = load_row_images(df[d.image_column], base, pixel_config(d), cache_dir,
+                                                       workers=workers)
+        for r, why in problems:
+            reasons.setdefault(r, why)
+        out.update(image_keys=keys, pixels=pixels, image_root=root)
+        present[:, names.index("image")] = [bool(k) for k in keys]
+    if "tabular" in names:
+        cols = tab if tab is not None else tabular_columns(d, list(df.columns), trained_columns)
+        out["table"] = df[cols]
+        present[:, names.index("tabular")] = df[cols].notna().any(axis=1).to_numpy()
+    out["mask"] = present
+    keep = present.any(axis=1)
+    skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
+               for r in np.flatnonzero(~keep)]
+    out["partial"] = [(ids[r], f"kept without its image: {reasons[r]}") for r in sorted(reasons) if keep[r]]
+    if d.label_column in df.columns:  # predict: labels, when given, yield metrics
+        labels = df[d.label_column]
+        out["labels_raw"] = ["" if is_missing(v) else str(v).strip() for v in labels]
+    if labelled:
+        has_label = np.asarray([bool(v) for v in out["labels_raw"]])
+        skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
+        keep &= has_label
+    if labelled and d.split_column:
+        out["splits"], unusable = read_split_column(ids, df[d.split_column].tolist())  # the one split rule
+        why = dict(unusable)
+        bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
+        skipped += [(ids[r], why[ids[r]]) for r in bad]
+        keep[bad] = False
+    if d.group_column:
+        out["groups"] = ["" if is_missing(v) else str(v) for v in df[d.group_column]]
+    out["keep"], out["skipped"] = keep, skipped
+    return out
+
+
+def label_key(value: str) -> str:
+    """A label's canonical text: ``"1"``, ``"1.0"`` and ``" 1 "`` are one class."""
+    value = str(value).strip()
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return str(int(number)) if number.is_integer() else value
+
+
+def encode_labels(raw: list[str], classes: list[Any] | None) -> tuple[list[str], np.ndarray]:
+    """The class names (``data.classes`` when given, else the sorted labels) and each label's index."""
+    found = sorted(set(raw))
+    if classes:
+        given = [str(c) for c in classes]
+        unknown = sorted(set(found) - set(given))
+        if unknown:
+            raise DataError(f"labels {unknown[:5]} are not in data.classes {given}")
+        found = given
+    if len(found) < 2:
+        raise DataError(f"fusion needs at least two classes; the labels hold only {found}")
+    index = {c: i for i, c in enumerate(found)}
+    return found, np.asarray([index[c] for c in raw], dtype=np.int64)
+
+
+def describe(data: dict[str, Any], rows: np.ndarray, splits: np.ndarray, names: list[str],
+             label_names: list[str] | None, m: FusionModelConfig) -> str:
+    """The run summary line: rows per split, modalities present, skipped / partial rows, head and encoders."""
+    mask = data["mask"][rows]
+    have = ", ".join(f"{name} {int(mask[:, i].sum())}" for i, name in enumerate(names))
+    sizes = ", ".join(f"{s} {int((splits == s).sum())}" for s in ("train", "val", "test"))
+    missing, unusable = int((~mask).any(axis=1).sum()), len(data["partial"])
+    kept = f"{missing} kept with a modality missing" + (f" ({unusable} of them with an image that could not be "
+                                                        "used)" if unusable else "")
+    listed = "skipped.csv lists them" if unusable else "skipped.csv"
+    encoders = ", ".join(f"{n}={getattr(m, BACKBONE_KEYS[n])}" for n in names)
+    return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped, "
+            f"{kept} ({listed}); classes {label_names}; head {m.head}, mode {m.mode}, encoders {encoders}")
