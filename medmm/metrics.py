@@ -180,14 +180,16 @@ def reliability_curve(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Return ``(mean predicted, observed frequency, count)`` for each non-empty bin.
 
-    Same bins and ``[N]`` / ``[N, K]`` (top-label) conventions as
-    :func:`expected_calibration_error`; the first two arrays equal ``prob_pred`` and
-    ``prob_true`` of :func:`sklearn.calibration.calibration_curve`.
+    The first two arrays are :func:`sklearn.calibration.calibration_curve`'s ``prob_pred`` and
+    ``prob_true`` (``strategy="uniform"``) on the :func:`expected_calibration_error` pairs
+    (``[N]``: P(class 1); ``[N, K]``: top-label confidence vs correct).
     """
+    from sklearn.calibration import calibration_curve
+
     hit, conf = _calibration_pairs(y_true, prob)
-    counts, sum_conf, sum_hit = _bin_sums(hit, conf, n_bins)
-    keep = counts > 0
-    return sum_conf[keep] / counts[keep], sum_hit[keep] / counts[keep], counts[keep]
+    counts = _bin_sums(hit, conf, n_bins)[0]
+    observed, mean_pred = calibration_curve(hit, conf, n_bins=n_bins, strategy="uniform")
+    return mean_pred, observed, counts[counts > 0]
 
 
 def harrell_c_index(time: Any, event: Any, risk: Any) -> float:

@@ -60,3 +60,10 @@ def test_shards_partition_a_global_batch() -> None:
     batch = list(range(11))
     parts = [shard(batch, r, 3) for r in range(3)]
     assert sum(parts, []) == batch and max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_balanced_class_weights_are_sklearns_and_zero_for_absent_classes() -> None:
+    from medmm.engine.sampling import balanced_class_weights
+
+    w = balanced_class_weights(np.array([0, 0, 0, 2]))  # class 1 absent
+    assert w.tolist() == pytest.approx([4 / (2 * 3), 0.0, 4 / (2 * 1)])

@@ -22,12 +22,14 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 def balanced_class_weights(labels: np.ndarray) -> np.ndarray:
-    """``n / (k * count_c)`` per class, as scikit-learn's ``class_weight='balanced'``."""
+    """Per class index ``0..max``: scikit-learn's ``class_weight='balanced'`` (``n / (k * count_c)``
+    over the k classes present), 0 for an index with no example."""
+    from sklearn.utils.class_weight import compute_class_weight
+
     labels = np.asarray(labels).astype(int)
-    counts = np.bincount(labels, minlength=labels.max() + 1).astype(float)
-    weights = np.zeros_like(counts)
-    present = counts > 0
-    weights[present] = len(labels) / (present.sum() * counts[present])
+    present = np.unique(labels)
+    weights = np.zeros(labels.max() + 1)
+    weights[present] = compute_class_weight("balanced", classes=present, y=labels)
     return weights
 
 
