@@ -10,7 +10,8 @@ abnormal; read from the installed ``torchxrayvision`` wheel) twice in one proces
   ``train_sampling_strategy="group_by_length"`` (its own length grouping),
 
 with the same train / validation split (medmm's ``splits.csv``), initial weights, epochs, batch
-size, learning rate, schedule, warmup, weight decay and clipping, for each of ``--seeds`` seeds.
+size, learning rate, schedule, warmup, weight decay, clipping and optimizer (fused AdamW: medmm's,
+and Trainer's default with torch >= 2.8), for each of ``--seeds`` seeds.
 Prints training samples/s (training loop only, evaluation excluded), medmm's speed ratio to each
 Trainer mode (goals: >= 2.0 vs default, >= 1.3 vs group_by_length) and validation AUROC
 mean ± sd over the seeds. Prints numbers; asserts nothing about time.
@@ -150,7 +151,7 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int
     args = TrainingArguments(
         output_dir=str(run_dir), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
         per_device_eval_batch_size=64, learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="cosine",
-        warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch", seed=seed, data_seed=seed,
+        warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch_fused", seed=seed, data_seed=seed,
         train_sampling_strategy=mode,
         use_cpu=a.device == "cpu", eval_strategy="no", save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,

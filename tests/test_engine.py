@@ -172,3 +172,28 @@ def test_callbacks_see_train_end_once_after_the_last_checkpoint(tmp_path: Path) 
     Trainer(task, cfg, tmp_path, quiet=True, callbacks=[Recorder()]).fit(task.build_model(), task.build_data(tmp_path))
     assert events[-1] == ("train_end", (True, 3, True)) and [e for e, _ in events].count("train_end") == 1
     assert ("evaluate", "val") in events
+
+
+def test_optimizer_is_fused_adamw_with_the_reference_update() -> None:
+    from medmm.engine.schedule import build_optimizer
+
+    def run(fused: bool) -> tuple[torch.optim.Optimizer, list[torch.Tensor]]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.LayerNorm(16), torch.nn.Linear(16, 1))
+        opt = build_optimizer(model, 1e-2, 0.01, None)
+        if not fused:  # the same groups through the per-parameter reference loop
+            groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in opt.param_groups]
+            opt = torch.optim.AdamW(groups, lr=1e-2, foreach=False)
+            assert not any(g["fused"] for g in opt.param_groups)
+        x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1))
+        for _ in range(5):
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad()
+        return opt, [p.detach().clone() for p in model.parameters()]
+
+    fused_opt, fused_params = run(True)
+    assert fused_opt.defaults["fused"] is True
+    assert [g["weight_decay"] for g in fused_opt.param_groups] == [0.01, 0.0]  # decay groups kept
+    for a, b in zip(fused_params, run(False)[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

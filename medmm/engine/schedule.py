@@ -50,7 +50,8 @@ def adamw_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, wei
 
 def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
                     task_groups: list[tuple[str, list[Any], float]] | None) -> torch.optim.Optimizer:
-    """AdamW; ``task_groups`` gives per-group lr multipliers (e.g. encoder 0.1, head 1)."""
+    """AdamW (the fused kernel where parameters allow); ``task_groups`` gives per-group lr multipliers
+    (e.g. encoder 0.1, head 1)."""
     names = {id(p): n for n, p in model.named_parameters()}
     groups: list[dict[str, Any]] = []
     if task_groups:
@@ -65,4 +66,8 @@ def build_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
         groups = adamw_groups(model.named_parameters(), lr, weight_decay)
     if not groups:
         raise ConfigError("the model has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    # the fused kernel: MiniLM-L6 (22.7M parameters), one CPU thread: 20 ms per step vs 184 ms
+    # for the default per-parameter loop (README: text training speed); same update rule
+    fused = {p.device.type for p in params} <= {"cpu", "cuda"} and all(p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay, **({"fused": True} if fused else {}))
