@@ -1,7 +1,7 @@
 """One text-cls training step: padded vs length groups vs packed, timed and profiled.
 
 Draws shuffled batches of IU chest X-ray reports (as ``engine.sampler=shuffle`` does), and times
-forward + backward + AdamW step of MiniLM-L6 + linear head with the batch padded to its longest
+forward + backward + the engine's AdamW step of MiniLM-L6 + linear head with the batch padded to its longest
 report (what ``transformers.Trainer`` computes), run as length groups
 (``medmm.models.length_groups``) and packed padding-free (``medmm.models.packed``), the variants
 interleaved batch by batch (a shared host's load hits all alike), then prints the top
@@ -47,6 +47,7 @@ def main() -> None:
     from medmm.data.text.tokenize import pad_collate
     from medmm.demos.reports import build_reports_csv
     from medmm.engine.sampling import plan_epoch
+    from medmm.engine.schedule import build_optimizer
     from medmm.models.text import TextClassifier, load_hf_encoder
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -57,7 +58,7 @@ def main() -> None:
     plan = plan_epoch(len(ids), a.batch_size, seed=0, epoch=0, mode="shuffle")[: a.batches]
     batches = [pad_collate([{"input_ids": torch.tensor(ids[i]), "index": i} for i in b], pad_id=0) for b in plan]
     model = TextClassifier(encoder, 1).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    opt = build_optimizer(model, 1e-5, 0.01, None)  # the engine's (fused) AdamW
     eager_model = encoder.model
     compiled_model = torch.compile(eager_model, dynamic=True) if a.compile else None
     if a.compile:
