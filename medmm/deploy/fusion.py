@@ -13,7 +13,8 @@ encoders' weights are in the run's artifacts, which predict loads as the torch p
 its tokenizer (``tokenizers`` alone), the DICOM image choice and pixel pipeline of the task
 (:func:`medmm.data.dicom.series.load_row_images`)
 and the fitted tabular preprocessor; a row with no modality is skipped with its reason, as the task
-does.
+does. The table, its row ids, text presence, labels and the skip list come from the task's own torch-free
+reader (:mod:`medmm_plugins.fusion.rows`), so both paths read rows one way.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medmm.deploy.manifest import require
-from medmm.errors import DataError
 
 if TYPE_CHECKING:
     from medmm_plugins.fusion.config import FusionConfig
@@ -104,32 +104,21 @@ class FusionInputs:
         if "image" in self.names:
             require("pydicom", EXTRA, "fusion prediction with images from an export")
 
-    def read(self, path: Path) -> tuple[Any, Path]:
-        """The table (read as the task reads it) and the folder its image paths are relative to."""
-        from medmm.data.readers import read_table
+    def read(self, path: Path) -> tuple[Any, list[str], Path]:
+        """The table and its row ids, read and checked as the task reads them (the group column is not
+        needed), and the folder its image paths are relative to."""
+        from medmm_plugins.fusion.rows import read_fusion_table
 
-        d, path = self.d, Path(path)
-        if path.is_dir():
-            raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
-                            f"{path}")
-        cols = [d.id_column, d.group_column, d.text_column, d.image_column, d.label_column]
-        df = read_table(path, string_columns=[c for c in cols if c], decimal=d.decimal or ".")
-        return df.reset_index(drop=True), path.resolve().parent
+        trained = list(self.preprocessor.columns) if self.preprocessor is not None else None
+        df, ids, _ = read_fusion_table(Path(path), self.d, labelled=False, trained=trained, groups=False)
+        return df, ids, Path(path).resolve().parent
 
-    def examples(self, source: tuple[Any, Path]) -> Any:
-        from medmm.data.readers import is_missing
+    def examples(self, source: tuple[Any, list[str], Path]) -> Any:
         from medmm.deploy.runtime import Examples, _chunks
+        from medmm_plugins.fusion.rows import read_texts, tabular_present, without_modality
 
-        df, base = source
+        df, ids, base = source
         d, names = self.d, self.names
-        needed = [c for c in (d.text_column, d.image_column, d.id_column) if c]
-        needed += list(self.preprocessor.columns) if self.preprocessor is not None and "tabular" in names else []
-        absent = [c for c in needed if c not in df.columns]
-        if absent:
-            raise DataError(f"no column(s) {absent}; the table has {list(df.columns)[:20]}")
-        ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(len(df))]
-        if len(set(ids)) != len(ids):
-            raise DataError(f"data.id_column {d.id_column!r} has duplicate values")
         n = len(df)
         present = np.zeros((n, len(names)), dtype=bool)
         reasons: dict[int, str] = {}
@@ -137,8 +126,7 @@ class FusionInputs:
         images: np.ndarray | None = None
         tabular: np.ndarray | None = None
         if "text" in names:
-            texts = ["" if is_missing(v) else str(v) for v in df[d.text_column]]
-            present[:, names.index("text")] = [bool(t.strip()) for t in texts]
+            texts, present[:, names.index("text")] = read_texts(df[d.text_column])
             tokens = self._tokenize(texts, present[:, names.index("text")])
         if "image" in names:
             images, ok, problems = self._images(df[d.image_column], base)
@@ -148,11 +136,10 @@ class FusionInputs:
         if "tabular" in names:
             assert self.preprocessor is not None
             table = df[self.preprocessor.columns]
-            present[:, names.index("tabular")] = table.notna().any(axis=1).to_numpy()
+            present[:, names.index("tabular")] = tabular_present(table)
             tabular = np.ascontiguousarray(self.preprocessor.transform(table), dtype=np.float32)
-        keep = np.flatnonzero(present.any(axis=1))
-        skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
-                   for r in np.flatnonzero(~present.any(axis=1))]
+        kept, skipped = without_modality(ids, present, reasons)
+        keep = np.flatnonzero(kept)
         batches = []
         for s in _chunks(len(keep), self.batch_size):
             rows = keep[s]
@@ -184,11 +171,10 @@ class FusionInputs:
 
     def _images(self, cells: Any, base: Path) -> tuple[np.ndarray, list[bool], list[tuple[int, str]]]:
         """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""
-        from medmm.data.dicom.pixels import PixelConfig
         from medmm.data.dicom.series import load_row_images
+        from medmm_plugins.fusion.rows import pixel_config
 
-        d = self.d
-        pixels = PixelConfig(size=d.size, channels=d.channels, window=d.window, frames="middle")
+        pixels = pixel_config(self.d)
         with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
             _, keys, cache, problems = load_row_images(cells, base, pixels, Path(tmp), workers=0)
             out = np.zeros((len(keys), *pixels.shape), dtype=np.float32)
@@ -201,22 +187,13 @@ class FusionInputs:
 
     def _targets(self, df: Any, rows: np.ndarray) -> np.ndarray | None:
         """Class indices when every kept row has a known label (metrics), as the task's predict reader."""
-        from medmm.data.readers import is_missing
+        from medmm_plugins.fusion.rows import label_key, raw_labels
 
         col = self.d.label_column
         if not col or col not in df.columns:
             return None
-
-        def key(value: str) -> str:  # '1', '1.0' and ' 1 ' name one class (medmm_plugins.fusion.rows.label_key)
-            value = str(value).strip()
-            try:
-                number = float(value)
-            except ValueError:
-                return value
-            return str(int(number)) if number.is_integer() else value
-
-        index = {key(n): i for i, n in enumerate(self.label_names)}
-        raw = ["" if is_missing(v) else str(v).strip() for v in df[col]]
-        if not all(key(raw[r]) in index for r in rows):
+        index = {label_key(n): i for i, n in enumerate(self.label_names)}
+        raw = raw_labels(df[col])
+        if not all(label_key(raw[r]) in index for r in rows):
             return None
-        return np.asarray([index[key(raw[r])] for r in rows], dtype=np.float32)
+        return np.asarray([index[label_key(raw[r])] for r in rows], dtype=np.float32)

@@ -21,7 +21,8 @@ from medmm.errors import ConfigError, DataError
 from medmm.task import read_split_column
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
-__all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "tabular_columns"]
+__all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "raw_labels",
+           "read_fusion_table", "read_texts", "tabular_columns", "tabular_present", "without_modality"]
 
 BACKBONE_KEYS = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
 
@@ -53,16 +54,23 @@ def tabular_columns(d: FusionDataConfig, columns: list[str], trained: list[str] 
     return list(select_features(columns, None if listed == "all" else listed, d.exclude, reserved))
 
 
-def _read(path: Path, d: FusionDataConfig, *, labelled: bool,
-          trained: list[str] | None) -> tuple[Any, list[str], list[str] | None]:
-    """The table, its row ids and its tabular columns (``None`` without ``data.tabular_columns``)."""
+def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, trained: list[str] | None = None,
+                      groups: bool = True) -> tuple[Any, list[str], list[str] | None]:
+    """The table (identifier, text, image and label cells read as strings), its row ids (``data.id_column``,
+    else the row numbers) and its tabular columns (``None`` without ``data.tabular_columns``).
+
+    The text, image, id and tabular columns must be there; the group column too unless ``groups=False``
+    (the exported predictor does not read it), the split and label columns when ``labelled``. A folder,
+    an absent column or a duplicate id is a :class:`DataError`.
+    """
     if path.is_dir():
         raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
                         f"{path}")
     df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
                                                       d.image_column, d.label_column) if c],
                     decimal=d.decimal)
-    needed = [c for c in (d.text_column, d.image_column, d.id_column, d.group_column) if c]
+    group = d.group_column if groups else None
+    needed = [c for c in (d.text_column, d.image_column, d.id_column, group) if c]
     if labelled and d.split_column:
         needed.append(d.split_column)
     tab = tabular_columns(d, list(df.columns), trained) if d.tabular_columns else None
@@ -78,21 +86,45 @@ def _read(path: Path, d: FusionDataConfig, *, labelled: bool,
     return df.reset_index(drop=True), ids, tab
 
 
+def read_texts(cells: Any) -> tuple[list[str], np.ndarray]:
+    """Each row's text (``""`` when missing) and whether it is present (holds a non-blank character)."""
+    texts = ["" if is_missing(v) else str(v) for v in cells]
+    return texts, np.asarray([bool(t.strip()) for t in texts], dtype=bool)
+
+
+def tabular_present(table: Any) -> np.ndarray:
+    """Whether each row of the tabular columns has at least one non-empty cell."""
+    return table.notna().any(axis=1).to_numpy()
+
+
+def raw_labels(cells: Any) -> list[str]:
+    """Each row's label text, stripped (``""`` when missing)."""
+    return ["" if is_missing(v) else str(v).strip() for v in cells]
+
+
+def without_modality(ids: list[str], present: np.ndarray,
+                     reasons: dict[int, str]) -> tuple[np.ndarray, list[tuple[str, str]]]:
+    """The rows to keep (any modality present) and the skip list of the others (row id, reason with the
+    image's failure when there was one)."""
+    keep = present.any(axis=1)
+    skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
+               for r in np.flatnonzero(~keep)]
+    return keep, skipped
+
+
 def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled: bool, cache_dir: Path,
               trained_columns: list[str] | None = None) -> dict[str, Any]:
     """Read the table and every modality in ``names``: row-aligned arrays, presence ``mask``, ``keep``
     and the ``skipped`` / ``partial`` lists. ``trained_columns``: predict's tabular columns."""
     d = cfg.data
-    df, ids, tab = _read(Path(data_path), d, labelled=labelled, trained=trained_columns)
+    df, ids, tab = read_fusion_table(Path(data_path), d, labelled=labelled, trained=trained_columns)
     base = Path(data_path).resolve().parent
     n = len(df)
     present = np.zeros((n, len(names)), dtype=bool)
     reasons: dict[int, str] = {}
     out: dict[str, Any] = {"ids": ids, "names": names, "emb": {}, "n": n}
     if "text" in names:
-        texts = ["" if is_missing(v) else str(v) for v in df[d.text_column]]
-        out["texts"] = texts
-        present[:, names.index("text")] = [bool(t.strip()) for t in texts]
+        out["texts"], present[:, names.index("text")] = read_texts(df[d.text_column])
     if "image" in names:
         workers = max(1, min(4, cfg.engine.num_workers or (os.cpu_count() or 1)))
         root, keys, pixels, problems = load_row_images(df[d.image_column], base, pixel_config(d), cache_dir,
@@ -104,15 +136,12 @@ def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled:
     if "tabular" in names:
         cols = tab if tab is not None else tabular_columns(d, list(df.columns), trained_columns)
         out["table"] = df[cols]
-        present[:, names.index("tabular")] = df[cols].notna().any(axis=1).to_numpy()
+        present[:, names.index("tabular")] = tabular_present(df[cols])
     out["mask"] = present
-    keep = present.any(axis=1)
-    skipped = [(ids[r], "no modality present" + (f" ({reasons[r]})" if r in reasons else ""))
-               for r in np.flatnonzero(~keep)]
+    keep, skipped = without_modality(ids, present, reasons)
     out["partial"] = [(ids[r], f"kept without its image: {reasons[r]}") for r in sorted(reasons) if keep[r]]
     if d.label_column in df.columns:  # predict: labels, when given, yield metrics
-        labels = df[d.label_column]
-        out["labels_raw"] = ["" if is_missing(v) else str(v).strip() for v in labels]
+        out["labels_raw"] = raw_labels(df[d.label_column])
     if labelled:
         has_label = np.asarray([bool(v) for v in out["labels_raw"]])
         skipped += [(ids[r], "missing label") for r in np.flatnonzero(keep & ~has_label)]
