@@ -118,6 +118,9 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int
     task = TextClsTask(cfg, run_dir)
     task.build_data(data)
     classifier, tokenizer = task.build_model(), task.tokenizer
+    # Trainer gets the plain Hugging Face forward on its padded batches, not medmm's padding-free
+    # paths (before this, both Trainer arms silently ran medmm's length groups).
+    classifier.length_groups, classifier.packed = False, False
     df = pd.read_csv(data, dtype={"report_id": str}).set_index("report_id")
     splits = pd.read_csv(run_dir / "splits.csv", dtype={"id": str})
 
