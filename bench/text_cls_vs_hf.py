@@ -164,10 +164,17 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int
     t0 = time.perf_counter()
     result = trainer.train()
     train_s = time.perf_counter() - t0
-    pred = trainer.predict(val)
+    # Scored in val's own order: Trainer.predict reorders the eval set under group_by_length (its
+    # eval sampler is length-grouped too), so its predictions do not line up with val.y.
+    collate, model = DataCollatorWithPadding(tokenizer), trainer.model.eval()
+    scores = []
+    with torch.no_grad():
+        for i in range(0, len(val), 64):
+            batch = collate([{"input_ids": val.enc[j]} for j in range(i, min(i + 64, len(val)))])
+            scores.append(model(batch["input_ids"].to(args.device), batch["attention_mask"].to(args.device))["logits"])
     wall = time.perf_counter() - t0
     return {"samples_per_s": result.metrics["train_samples_per_second"], "train_s": train_s, "wall_s": wall,
-            "val_auroc": float(roc_auc_score(val.y, pred.predictions))}
+            "val_auroc": float(roc_auc_score(val.y, torch.cat(scores).float().cpu().numpy()))}
 
 
 def _mean_sd(values: list[float], digits: int = 4) -> str:
