@@ -16,6 +16,7 @@ from medmm.data.dicom.scan import (
     CACHEDIR_TAG,
     DicomRecord,
     Skipped,
+    decode_workers,
     expand_frames,
     group_key,
     image_items,
@@ -91,6 +92,13 @@ def test_write_skipped_csv(tmp_path: Path) -> None:
     with open(out, newline="") as fh:
         assert list(csv.reader(fh)) == [["path", "reason"], ["a/b.dcm", "no pixel data"], ["c,d.txt", "x"]]
     assert write_skipped_csv([], out) is None and not out.exists()  # the one writer (medmm.io): no stale report
+
+
+def test_decode_workers_is_num_workers_or_the_cpus_within_1_to_4(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert (decode_workers(0), decode_workers(None), decode_workers(2), decode_workers(8)) == (4, 4, 2, 4)
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert decode_workers(0) == 1
 
 
 def test_group_key_levels_and_fallbacks() -> None:

@@ -7,13 +7,13 @@ goes to the skip list (row id and reason, never cell contents).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from medmm.data.dicom.pixels import PixelConfig
+from medmm.data.dicom.scan import decode_workers
 from medmm.data.dicom.series import load_row_images
 from medmm.data.readers import is_missing, read_table
 from medmm.data.tabular.preprocess import select_features
@@ -126,9 +126,8 @@ def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled:
     if "text" in names:
         out["texts"], present[:, names.index("text")] = read_texts(df[d.text_column])
     if "image" in names:
-        workers = max(1, min(4, cfg.engine.num_workers or (os.cpu_count() or 1)))
         root, keys, pixels, problems = load_row_images(df[d.image_column], base, pixel_config(d), cache_dir,
-                                                       workers=workers)
+                                                       workers=decode_workers(cfg.engine.num_workers))
         for r, why in problems:
             reasons.setdefault(r, why)
         out.update(image_keys=keys, pixels=pixels, image_root=root)

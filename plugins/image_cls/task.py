@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from medmm.data.dicom.dataset import (
     DicomImageDataset, PixelCache, PixelConfig, Skipped, group_key, image_items, labels_from_csv,
     labels_from_folders, scan_folder,
 )
+from medmm.data.dicom.scan import decode_workers
 from medmm.errors import DataError
 from medmm.io import read_json, write_json_atomic
 from medmm.task import BaselineInputs, DataBundle, Split, Task
@@ -133,7 +133,7 @@ class ImageClsTask(Task):
         return PixelConfig(size=d.size, channels=d.channels, window=d.window, frames=d.frames)
 
     def _workers(self) -> int:
-        return max(1, min(4, self.cfg.engine.num_workers or (os.cpu_count() or 1)))
+        return decode_workers(self.cfg.engine.num_workers)
 
     def _scan(self, root: Path) -> tuple[Any, list[Skipped], PixelCache]:
         if not root.is_dir():

@@ -31,6 +31,7 @@ __all__ = [
     "expand_frames",
     "group_key",
     "image_items",
+    "decode_workers",
     "list_files",
     "process_pool",
     "quiet_pydicom",
@@ -146,6 +147,12 @@ def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[S
     records = [r for r in results if isinstance(r, DicomRecord)]
     skipped = [r for r in results if isinstance(r, Skipped)]
     return records, skipped
+
+
+def decode_workers(num_workers: int | None) -> int:
+    """Worker processes for scanning / decoding DICOM (image-cls, fusion): ``engine.num_workers`` when
+    set, else the CPU count; at least 1, at most 4."""
+    return max(1, min(4, num_workers or (os.cpu_count() or 1)))
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
