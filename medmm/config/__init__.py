@@ -35,9 +35,10 @@ from medmm.config.base import Bool, ConfigModel, Float, Int, iter_leaves
 from medmm.config.engine import DataConfig, EngineConfig, EvalConfig, ModelConfig, TaskConfig
 from medmm.errors import ConfigError
 
-__all__ = ["Config", "ConfigModel", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "Range", "TaskConfig",
-           "apply_overrides", "as_config", "current_key", "dump_yaml", "iter_leaves", "json_schema", "load_yaml", "merge", "model_from_defaults",
-           "parse_override", "resolve", "run_config", "set_key", "task_config_model", "task_defaults", "validate"]
+__all__ = ["Config", "ConfigModel", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "Range",
+           "TaskConfig", "apply_overrides", "as_config", "current_key", "dump_yaml", "iter_leaves",
+           "json_schema", "load_yaml", "merge", "model_from_defaults", "parse_override", "resolve",
+           "run_config", "saved_config", "set_key", "task_config_model", "task_defaults", "validate"]
 
 log = logging.getLogger("medmm")
 
@@ -360,6 +361,17 @@ def _override_update(cls: type[BaseModel], item: str, seen: dict[str, str] | Non
 
 
 # ------------------------------------------------------------------------------ resolving
+def _merge_file(cls: type[ConfigModel], data: Mapping[str, Any], path: Path, lenient: bool) -> dict[str, Any]:
+    """The YAML file ``path`` merged into ``data``; ``lenient`` (a saved config): keys this medmm
+    does not know are dropped with a warning instead of being errors."""
+    dropped: list[str] | None = [] if lenient else None
+    out = _merge(cls, data, load_yaml(path), dropped=dropped)
+    if dropped:
+        log.warning("%s: ignoring keys this medmm version does not know (made by another version): %s",
+                    path, ", ".join(dropped))
+    return out
+
+
 def _start(defaults: ConfigModel | Mapping[str, Any], choices: Mapping[str, Any] | None
            ) -> tuple[type[ConfigModel], dict[str, Any]]:
     if isinstance(defaults, ConfigModel):
@@ -380,11 +392,7 @@ def resolve(defaults: ConfigModel | Mapping[str, Any], user_file: str | Path | N
     if user_file is not None:
         user_file = Path(user_file)
         saved_run = user_file.name == "config.yaml" and (user_file.parent / "run.json").exists()
-        dropped: list[str] | None = [] if saved_run else None
-        data = _merge(cls, data, load_yaml(user_file), dropped=dropped)
-        if dropped:
-            log.warning("%s: ignoring keys this medmm version does not know (made by another version): %s",
-                        user_file, ", ".join(dropped))
+        data = _merge_file(cls, data, user_file, lenient=saved_run)
     seen: dict[str, str] = {}
     for item in overrides:
         data = _merge(cls, data, _override_update(cls, item, seen))
@@ -510,6 +518,17 @@ def run_config(spec: Any, run_dir: str | Path, overrides: Sequence[str] = ()) ->
     """A run directory's saved ``config.yaml`` (keys this version no longer knows dropped with a
     warning; keys added since take their defaults), plus ``overrides``."""
     return resolve(task_defaults(spec), Path(run_dir) / "config.yaml", overrides)  # type: ignore[return-value]
+
+
+def saved_config(spec: Any, path: str | Path) -> TaskConfig:
+    """A saved, resolved ``config.yaml`` (a run's or a ``medmm export`` folder's) on the model of task
+    ``spec``: keys this medmm no longer knows are dropped with a warning (a config made by another
+    version), keys added since take their defaults, every value is validated (a ConfigError names
+    the key). Needs pydantic, PyYAML and the task's config module, never torch: the onnxruntime
+    runtime (``medmm[runtime]``) reads an export's config through it."""
+    defaults = task_defaults(spec)
+    cls = type(defaults)
+    return _build(cls, _merge_file(cls, defaults.model_dump(), Path(path), lenient=True))  # type: ignore[return-value]
 
 
 def json_schema(spec: Any) -> dict[str, Any]:

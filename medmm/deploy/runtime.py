@@ -322,7 +322,7 @@ class ImageInputs:
 def export_config(directory: Path, task: str, registry: Any = None) -> TaskConfig:
     """The export's ``config.yaml`` as the task's typed config (pydantic and the task's config module:
     no torch); keys this medmm no longer knows are dropped with a warning."""
-    from medmm.config.saved import saved_config
+    from medmm.config import saved_config
 
     if registry is None:
         from medmm.plugins import get_registry

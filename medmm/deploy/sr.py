@@ -224,7 +224,7 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
     import json
 
     from medmm import __version__
-    from medmm.config.saved import saved_config
+    from medmm.config import run_config
     from medmm.io import read_json
     from medmm.plugins import get_registry
 
@@ -232,7 +232,7 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
     info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
     if info.get("task") != "image-cls":
         raise MedmmError(f"--dicom-sr reports image findings; {run_dir} is a {info.get('task')!r} run")
-    cfg = saved_config(get_registry().get("task", "image-cls"), run_dir / "config.yaml")
+    cfg = run_config(get_registry().get("task", "image-cls"), run_dir)
     art = read_json(run_dir / "artifacts" / "image.json")
     return reports_from_predictions(predictions, data, out_dir, level=cfg.data.level,
                                     frames=cfg.data.frames, problem=art["problem"],
