@@ -25,7 +25,7 @@ log = logging.getLogger("medmm")
 
 
 # A recipe value that only makes sense with another one: a user who sets engine.lr gets the
-# task's own encoder / backbone scale, not one tuned for the recipe's learning rate.
+# task's own encoder lr scale, not one tuned for the recipe's learning rate.
 _COUPLED = {"model.encoder_lr_scale": "engine.lr"}
 
 
@@ -72,10 +72,9 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
 
     The typed config is changed in place; its ``provenance`` / ``user`` record what happened.
     """
+    from medmm.config import current_key
     from medmm.errors import MedmmError
     from medmm.plugins import get_registry
-
-    from medmm.config import current_key
 
     out = cfg
     user = {current_key(type(cfg), key) for key in user}  # a deprecated name the user set counts as set
@@ -95,6 +94,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
     except MedmmError:
         return out  # the task reports an unknown backbone with its own message
     for key, value in dict(comp.extra.get("recipe", {})).items():
+        key = current_key(type(cfg), key)  # a recipe written with a deprecated name: the user's key still wins
         if key in user or _COUPLED.get(key) in user or not _has(out, key):
             continue
         _set_checked(out, key, value)
@@ -111,26 +111,29 @@ def describe(cfg: Any) -> str | None:
     return "defaults chosen for this run (a --set wins over each): " + "; ".join(parts)
 
 
-def apply_min_steps(cfg: dict[str, Any], steps_per_epoch: int) -> int | None:
+def apply_min_steps(cfg: Any, steps_per_epoch: int) -> int | None:
     """Raise ``engine.epochs`` to reach ``engine.min_steps`` optimizer steps; the new value or ``None``.
 
     Only when the user did not set ``engine.epochs`` (or ``engine.max_steps``) and the config knows
-    it (a resolved config records ``user``; a resumed run keeps its saved epochs).
+    it (a resolved :class:`~medmm.config.TaskConfig` records ``user``; a saved run's config, e.g. a
+    resumed run, has ``user=None`` and keeps its saved epochs).
     """
-    e = cfg.get("engine")
-    min_steps = int(e.get("min_steps", 0) or 0)
     user = getattr(cfg, "user", None)
-    if user is None or not min_steps or steps_per_epoch <= 0 or {"engine.epochs", "engine.max_steps"} & user:
+    if user is None or {"engine.epochs", "engine.max_steps"} & user:
         return None
-    if (e.get("privacy") or {}).get("enabled"):  # DP-SGD: ε is budgeted for the configured epochs
+    e = cfg.engine
+    min_steps = e.min_steps
+    if not min_steps or steps_per_epoch <= 0:
         return None
-    epochs = int(e["epochs"])
+    if e.privacy.enabled:  # DP-SGD: ε is budgeted for the configured epochs
+        return None
+    epochs = e.epochs
     if steps_per_epoch * epochs >= min_steps:
         return None
     new = math.ceil(min_steps / steps_per_epoch)
     cfg.provenance["engine.epochs"] = (f"raised from {epochs} so the run takes >= {min_steps} optimizer steps "
                                        f"({steps_per_epoch} per epoch; engine.min_steps)")
-    e["epochs"] = new
+    e.epochs = new
     log.info("engine.epochs %d -> %d: %s", epochs, new, cfg.provenance["engine.epochs"])
     return new
 

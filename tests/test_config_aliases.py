@@ -75,3 +75,19 @@ def test_old_key_set_by_the_user_beats_the_recipe(spec) -> None:
         cfg = resolved_config(spec, None, ["model.backbone=efficientnet_lite0", f"{OLD}=0.5"])
     assert cfg.model.encoder_lr_scale == 0.5 and NEW not in cfg.provenance
     assert resolved_config(spec, None, ["model.backbone=efficientnet_lite0"]).model.encoder_lr_scale == 0.1
+
+
+def test_recipe_written_with_the_old_key_does_not_beat_the_user(spec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A (third-party) backbone recipe naming the deprecated key is read as the current key."""
+    import types
+
+    import medmm.plugins
+    from medmm.recipes import apply_recipe
+
+    backbone = types.SimpleNamespace(extra={"recipe": {OLD: 0.7, "engine.lr": 0.002}})
+    monkeypatch.setattr(medmm.plugins, "get_registry", lambda: types.SimpleNamespace(get=lambda kind, name: backbone))
+    cfg = apply_recipe(resolve(task_defaults(spec), None, [f"{NEW}=0.5"]), spec, {NEW})
+    assert cfg.model.encoder_lr_scale == 0.5 and NEW not in cfg.provenance and OLD not in cfg.provenance
+    assert cfg.engine.lr == 0.002  # the rest of the recipe applies
+    cfg = apply_recipe(resolve(task_defaults(spec)), spec, set())
+    assert cfg.model.encoder_lr_scale == 0.7 and cfg.provenance[NEW] == "recipe of backbone " + cfg.model.backbone
