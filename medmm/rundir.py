@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import shutil
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -62,19 +62,22 @@ def start(run_dir: Path, info: dict[str, Any] | None = None) -> None:
 
 
 def finish(run_dir: Path, exc: BaseException | None = None) -> None:
-    """Mark the run done, or failed with the error's first line."""
+    """Mark the run done, or failed with the error's first line; the run's lock is released."""
     try:
-        info = read_info(run_dir)
-    except MedmmError:
-        return
-    if exc is None:
-        info.update(status="done", error=None)
-    else:
-        text = "interrupted" if isinstance(exc, KeyboardInterrupt) else (str(exc).strip().splitlines() or [""])[0]
-        info.update(status="failed", error=text[:300] or type(exc).__name__)
-    info.update(pid=None, updated=time.time())
-    write_info(run_dir, info)
-    _unlock(Path(run_dir))
+        try:
+            info = read_info(run_dir)
+        except MedmmError:
+            return
+        if exc is None:
+            info.update(status="done", error=None)
+        else:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            text = "interrupted" if isinstance(exc, KeyboardInterrupt) else first
+            info.update(status="failed", error=text[:300] or type(exc).__name__)
+        info.update(pid=None, updated=time.time())
+        write_info(run_dir, info)
+    finally:
+        _unlock(Path(run_dir))  # also when run.json is gone; after it says done / failed otherwise
 
 
 def _lock(run_dir: Path) -> None:

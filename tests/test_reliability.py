@@ -426,3 +426,18 @@ def test_a_running_run_is_seen_running_from_another_process_until_it_ends(tmp_pa
         rundir.finish(run)
     seen = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, check=True)
     assert seen.stdout.strip() == "done"
+
+
+def test_finish_releases_the_lock_even_without_run_json(tmp_path: Path) -> None:
+    from medmm import rundir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.start(run, {"task": "tabular-risk"})
+    (run / "run.json").unlink()  # e.g. removed by hand while the run ran
+    rundir.finish(run)
+    assert run.resolve() not in rundir._held
+    probe = ("import sys; from pathlib import Path; from medmm import rundir; "
+             "print(rundir._locked_elsewhere(Path(sys.argv[1]) / rundir.LOCK))")
+    seen = subprocess.run([sys.executable, "-c", probe, str(run)], capture_output=True, text=True, check=True)
+    assert seen.stdout.strip() == "False"
