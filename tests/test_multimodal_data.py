@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import pickle
 from typing import Any
 
@@ -9,7 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from medmm.data.multimodal import MultimodalRows, RowCollate, pad_tokens
+from medmm.data.multimodal import MultimodalRows, collate_rows, pad_tokens
 
 
 class Pixels:
@@ -28,7 +29,8 @@ def _data(emb: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
 
 def test_rows_collate_with_padding_zero_images_and_labels() -> None:
     rows = MultimodalRows(np.array([2, 0]), _data(), np.array([1, 0]))  # a subset, in its own order
-    batch = next(iter(DataLoader(rows, batch_size=2, collate_fn=RowCollate(pad_id=0, image_shape=(1, 2, 2)))))
+    collate = functools.partial(collate_rows, pad_id=0, image_shape=(1, 2, 2))
+    batch = next(iter(DataLoader(rows, batch_size=2, collate_fn=collate)))
     assert batch["index"].tolist() == [0, 1] and batch["label"].tolist() == [1, 0]
     assert batch["mask"].tolist() == [[True, False, True], [True, True, True]]
     ids, att = batch["text"]
@@ -42,7 +44,7 @@ def test_embeddings_replace_inputs_and_unlabelled_rows_have_no_label() -> None:
     rows = MultimodalRows(np.array([1]), _data(emb), None)
     item = rows[0]
     assert "text" not in item and item["emb_text"].tolist() == [1.5]
-    batch = pickle.loads(pickle.dumps(RowCollate(0, (1, 2, 2))))([item])
+    batch = pickle.loads(pickle.dumps(functools.partial(collate_rows, pad_id=0, image_shape=(1, 2, 2))))([item])
     assert "label" not in batch and batch["emb_text"].dtype == torch.float32
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["MultimodalRows", "RowCollate", "collate_rows", "pad_tokens"]
+__all__ = ["MultimodalRows", "collate_rows", "pad_tokens"]
 
 
 class MultimodalRows(Dataset):
@@ -62,7 +62,10 @@ def pad_tokens(sequences: Sequence[np.ndarray], pad_id: int) -> tuple[torch.Tens
 
 
 def collate_rows(items: list[dict[str, Any]], *, pad_id: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
-    """Stack :class:`MultimodalRows` items; text padded to the longest row, absent images as zeros."""
+    """Stack :class:`MultimodalRows` items; text padded to the longest row, absent images as zeros.
+
+    A DataLoader's ``collate_fn``: ``functools.partial(collate_rows, pad_id=..., image_shape=...)``
+    (picklable, so it works in worker processes)."""
     out: dict[str, Any] = {"mask": torch.from_numpy(np.stack([it["mask"] for it in items])),
                            "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
     if items[0]["label"] is not None:
@@ -78,12 +81,3 @@ def collate_rows(items: list[dict[str, Any]], *, pad_id: int, image_shape: tuple
         out["image"] = torch.from_numpy(np.stack([zeros if it["image"] is None else it["image"] for it in items]))
     return out
 
-
-class RowCollate:
-    """Picklable :func:`collate_rows` for DataLoader workers."""
-
-    def __init__(self, pad_id: int, image_shape: tuple[int, ...]) -> None:
-        self.pad_id, self.image_shape = pad_id, image_shape
-
-    def __call__(self, items: list[dict[str, Any]]) -> dict[str, Any]:
-        return collate_rows(items, pad_id=self.pad_id, image_shape=self.image_shape)

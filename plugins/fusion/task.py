@@ -18,6 +18,7 @@ the row's image is the middle instance (in file order) of its largest series.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 
 from medmm.data.leakage import warn_leaky_features
-from medmm.data.multimodal import MultimodalRows, RowCollate
+from medmm.data.multimodal import MultimodalRows, collate_rows
 from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_column_types
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic, write_text_atomic
@@ -92,8 +93,9 @@ class FusionTask(Task):
         self.embed_dims = {n: int(e.embed_dim) for n, e in encoders.items()}
         return encoders
 
-    def _collate(self) -> RowCollate:
-        return RowCollate(pad_id_of(self.tokenizer), pixel_config(self.d).shape)
+    def _collate(self) -> functools.partial:
+        return functools.partial(collate_rows, pad_id=pad_id_of(self.tokenizer),
+                                 image_shape=pixel_config(self.d).shape)
 
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
@@ -126,7 +128,6 @@ class FusionTask(Task):
             return Split(MultimodalRows(rows[sel], data, y[sel]), [data["ids"][r] for r in rows[sel]], y[sel])
 
         desc = describe(data, rows, splits, self.names, self.label_names, self.m)  # the runner prints and logs it
-        self._data = data
         self._raw = {name: (data, rows[splits == name], y[splits == name]) for name in ("train", "val", "test")}
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
                           meta={"description": desc})
