@@ -12,8 +12,9 @@ import torch
 from torch.utils.data import Dataset
 
 from medmm.data.leakage import warn_leaky_features
+from medmm.data.readers import read_table
 from medmm.data.tabular.preprocess import (
-    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, read_table, select_features,
+    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features,
 )
 from medmm.errors import ConfigError, DataError
 from medmm.io import read_json, write_json_atomic

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.data.text.examples import TextExamples, load_text_examples, read_table
+from medmm.data.readers import read_table
+from medmm.data.text.examples import TextExamples, load_text_examples
 from medmm.data.text.tokenize import (
     SimpleVocab,
     TokenizedCorpus,
