@@ -4,7 +4,7 @@ The pieces fit together like this::
 
     corpus = tokenize_cached(examples.texts, tokenizer, max_length=256, cache_dir=run / "cache")
     dataset = TokenizedTextDataset(corpus, examples.labels)
-    collate = functools.partial(pad_collate, pad_id=tokenizer.pad_token_id)
+    collate = functools.partial(pad_collate, pad_id=pad_id_of(tokenizer))  # medmm.task.pad_id_of
 
 Batching is the engine's job: the task hands it ``corpus.lengths`` for length-bucketed batches
 (``engine.sampler=bucket``) and, in chunk mode, one unit per window (the document's row id), so
