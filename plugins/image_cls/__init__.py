@@ -40,5 +40,5 @@ def register_backbones(register):
 
 @hookimpl
 def register_readers(register):
-    register(Component("dicom", "medmm.data.dicom.dataset:scan_folder", "image",
+    register(Component("dicom", "medmm.data.dicom.scan:scan_folder", "image",
                        "DICOM folder: header index, pixel pipeline, cache; non-DICOM files skipped with a reason"))
