@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from medmm.errors import DataError
-from medmm_plugins.fusion.config import FusionDataConfig
-from medmm_plugins.fusion.rows import read_fusion_table, read_texts, without_modality
+from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig
+from medmm_plugins.fusion.rows import load_rows, read_fusion_table, read_texts, without_modality
 
 
 def _table(path: Path, rows: list[str]) -> Path:
@@ -19,15 +19,24 @@ def _table(path: Path, rows: list[str]) -> Path:
     return path
 
 
-def test_the_group_column_is_needed_by_the_task_reader_but_not_by_the_exported_one(tmp_path: Path) -> None:
+def test_the_group_column_is_needed_to_split_not_to_predict(tmp_path: Path) -> None:
     d = FusionDataConfig(id_column="id", group_column="patient", tabular_columns=["age"])
     table = _table(tmp_path / "t.csv", ["007,a note,,61,1", "008,,x.dcm,,0"])
     with pytest.raises(DataError, match=r"t\.csv: no column\(s\) \['patient'\]"):
-        read_fusion_table(table, d, labelled=False)
-    df, ids, tab = read_fusion_table(table, d, labelled=False, trained=["age"], groups=False)
-    assert ids == ["007", "008"] and tab == ["age"] and len(df) == 2  # ids keep their leading zeros
+        read_fusion_table(table, d, labelled=True)
+    for groups in (True, False):  # the task's predict and the exported predictor's (groups=False)
+        df, ids, tab = read_fusion_table(table, d, labelled=False, trained=["age"], groups=groups)
+        assert ids == ["007", "008"] and tab == ["age"] and len(df) == 2  # ids keep their leading zeros
     with pytest.raises(DataError, match=r"no column\(s\) \['weight'\]"):  # the fitted preprocessor's columns
         read_fusion_table(table, d, labelled=False, trained=["weight"], groups=False)
+
+
+def test_predict_rows_read_without_the_patient_column(tmp_path: Path) -> None:
+    cfg = FusionConfig(data=FusionDataConfig(id_column="id", group_column="patient", image_column=None))
+    table = _table(tmp_path / "new.csv", ["007,a note,,61,", "008,,,,"])
+    rows = load_rows(table, cfg, ["text"], labelled=False, cache_dir=tmp_path / "cache")
+    assert "groups" not in rows and rows["keep"].tolist() == [True, False]
+    assert rows["skipped"] == [("008", "no modality present")]
 
 
 def test_duplicate_ids_and_folders_are_refused_with_the_file_named(tmp_path: Path) -> None:

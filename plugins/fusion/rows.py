@@ -59,9 +59,10 @@ def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, traine
     """The table (identifier, text, image and label cells read as strings), its row ids (``data.id_column``,
     else the row numbers) and its tabular columns (``None`` without ``data.tabular_columns``).
 
-    The text, image, id and tabular columns must be there; the group column too unless ``groups=False``
-    (the exported predictor does not read it), the split and label columns when ``labelled``. A folder,
-    an absent column or a duplicate id is a :class:`DataError`.
+    The text, image, id and tabular columns must be there; the split, label and group columns when
+    ``labelled`` (they serve training's split only; ``groups=False`` leaves the group column out even
+    then). Prediction (the task's and the exported predictor's) needs no group column. A folder, an
+    absent column or a duplicate id is a :class:`DataError`.
     """
     if path.is_dir():
         raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
@@ -69,7 +70,7 @@ def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, traine
     df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
                                                       d.image_column, d.label_column) if c],
                     decimal=d.decimal)
-    group = d.group_column if groups else None
+    group = d.group_column if labelled and groups else None
     needed = [c for c in (d.text_column, d.image_column, d.id_column, group) if c]
     if labelled and d.split_column:
         needed.append(d.split_column)
@@ -151,7 +152,7 @@ def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled:
         bad = [r for r in np.flatnonzero(keep) if out["splits"][r] is None]
         skipped += [(ids[r], why[ids[r]]) for r in bad]
         keep[bad] = False
-    if d.group_column:
+    if labelled and d.group_column:  # for the split; prediction needs no patient column
         out["groups"] = ["" if is_missing(v) else str(v) for v in df[d.group_column]]
     out["keep"], out["skipped"] = keep, skipped
     return out
