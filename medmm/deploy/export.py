@@ -179,6 +179,8 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
         return root
     import pandas as pd
 
+    from medmm.data.readers import _csv_separator  # the separator read_table chooses
+
     suffix = data.suffix.lower()
     if suffix in (".csv", ".tsv"):  # cells exactly as written, same separator: the readers see the same text
         sep = "\t" if suffix == ".tsv" else _csv_separator(data)
@@ -207,14 +209,6 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
     else:
         rows.to_csv(out, index=False, sep=sep)
     return out
-
-
-def _csv_separator(path: Path) -> str:
-    """``;`` when the header line holds ``;`` but no ``,`` (as :func:`~medmm.data.readers.read_table`
-    decides)."""
-    with path.open(encoding="utf-8-sig", errors="replace") as f:
-        header = f.readline()
-    return ";" if ";" in header and "," not in header else ","
 
 
 # --------------------------------------------------------------------------- export
