@@ -164,6 +164,20 @@ def test_runtime_pooling_averages_windows_per_unit_in_first_seen_order() -> None
     assert same[0] == ["x", "y"] and same[1] is not None and same[2] is None
 
 
+def test_runtime_pooling_equals_the_engines() -> None:
+    """The torch-free copy in medmm.deploy.runtime pools exactly as medmm.engine.trainer does."""
+    from medmm.deploy.runtime import pool_by_unit
+    from medmm.engine.trainer import pool_by_unit as engine_pool
+
+    rng = np.random.default_rng(0)
+    units = [f"u{i}" for i in rng.integers(0, 7, size=40)]
+    scores, targets = rng.random((40, 3)).astype(np.float32), rng.integers(0, 3, size=40)
+    ours, theirs = pool_by_unit(units, scores, targets), engine_pool(units, np.arange(40), scores, targets)
+    assert ours[0] == theirs[0]
+    np.testing.assert_array_equal(ours[1], theirs[1])
+    np.testing.assert_array_equal(ours[2], theirs[2])
+
+
 def test_manifest_refuses_a_file_changed_after_export(tmp_path: Path) -> None:
     from medmm.deploy.manifest import FORMAT, MANIFEST, file_hashes, is_export_dir, read_manifest
 
