@@ -41,6 +41,10 @@ def test_old_key_warns_and_maps_from_set_and_yaml(spec, tmp_path: Path) -> None:
         assert resolve(task_defaults(spec), user).model.encoder_lr_scale == 0.2
     with pytest.warns(DeprecationWarning):
         assert ImageClsModel(backbone_lr_scale=0.3).encoder_lr_scale == 0.3
+    model = ImageClsModel(encoder_lr_scale=0.4)
+    with pytest.warns(DeprecationWarning):  # the deprecated dict bridge answers to the old name too
+        assert "backbone_lr_scale" in model and model["backbone_lr_scale"] == 0.4
+    assert "backbone_lr_scale" not in model.keys()  # one name in the config
     with pytest.warns(DeprecationWarning), pytest.raises(ConfigError, match=r"encoder_lr_scale' must be >="):
         resolve(task_defaults(spec), None, [f"{OLD}=-1"])  # checked as the new key
 

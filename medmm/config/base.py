@@ -108,8 +108,8 @@ class ConfigModel(BaseModel):
             raise KeyError(key)
         setattr(self, key, value)
 
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and key in self._names()
+    def __contains__(self, key: object) -> bool:  # a deprecated name is in, as cfg[name] works
+        return isinstance(key, str) and type(self).current_name(key) in self._names()
 
     def get(self, key: str, default: Any = None) -> Any:
         key = type(self).current_name(key)
