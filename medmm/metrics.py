@@ -188,6 +188,8 @@ def reliability_curve(
 
     hit, conf = _calibration_pairs(y_true, prob)
     counts = _bin_sums(hit, conf, n_bins)[0]
+    if conf.size == 0:  # no bins (sklearn's calibration_curve fails on empty input)
+        return np.zeros(0), np.zeros(0), counts[counts > 0]
     observed, mean_pred = calibration_curve(hit, conf, n_bins=n_bins, strategy="uniform")
     return mean_pred, observed, counts[counts > 0]
 

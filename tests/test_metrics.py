@@ -203,6 +203,8 @@ def test_reliability_curve_matches_sklearn() -> None:
     np.testing.assert_allclose(mean_pred, prob_pred)
     np.testing.assert_allclose(observed, prob_true)
     assert counts.sum() == len(y)
+    empty = M.reliability_curve(np.zeros(0, dtype=int), np.zeros(0))  # no rows: no bins, as before sklearn
+    assert [len(a) for a in empty] == [0, 0, 0]
 
 
 # --------------------------------------------------------------------------- undefined
