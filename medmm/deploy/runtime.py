@@ -113,7 +113,7 @@ class TabularInputs:
         self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
 
     def read(self, path: Path) -> Any:
-        from medmm.data.tabular.preprocess import read_table
+        from medmm.data.readers import read_table
 
         return read_table(path, **({"decimal": self.d.decimal} if self.d.decimal else {}))
 
@@ -202,7 +202,7 @@ class TextInputs:
             self.tokenizer = FastTokenizer(art / "encoder")
 
     def read(self, path: Path) -> Any:
-        from medmm.data.text.examples import read_table
+        from medmm.data.readers import read_table
 
         return read_table(path, string_columns=[c for c in (self.d.id_column, self.d.group_column) if c])
 
