@@ -11,7 +11,7 @@ import pytest
 
 from medmm.errors import DataError
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig
-from medmm_plugins.fusion.rows import load_rows, read_fusion_table, read_texts, without_modality
+from medmm_plugins.fusion.rows import load_rows, read_fusion_table, read_texts, text_tokens, without_modality
 
 
 def _table(path: Path, rows: list[str]) -> Path:
@@ -54,6 +54,18 @@ def test_blank_text_is_absent_and_rows_without_a_modality_are_skipped_with_the_i
     keep, skipped = without_modality(["a", "b", "c"], mask, {2: "unreadable DICOM"})
     assert keep.tolist() == [True, False, False]
     assert skipped == [("b", "no modality present"), ("c", "no modality present (unreadable DICOM)")]
+
+
+def test_text_tokens_per_row_empty_where_absent(tmp_path: Path) -> None:
+    from medmm.data.text.tokenize import SimpleVocab
+
+    vocab = SimpleVocab.build(["a note", "a note again"], min_freq=1)
+    texts, present = read_texts(["a note", None, "again a note"])
+    tokens = text_tokens(texts, present, vocab, max_length=8, cache_dir=None)
+    assert [t.dtype for t in tokens] == [np.int64] * 3 and len(tokens[1]) == 0
+    assert tokens[0].tolist() == vocab(["a note"], max_length=8)["input_ids"][0]
+    cached = text_tokens(texts, present, vocab, max_length=8, cache_dir=tmp_path / "cache")
+    assert [t.tolist() for t in cached] == [t.tolist() for t in tokens]
 
 
 def test_the_shared_reader_and_the_exported_predictor_import_no_training_stack() -> None:

@@ -27,7 +27,7 @@ from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
 from medmm.registry import Component
 from medmm.task import pad_id_of
 from medmm_plugins.fusion.config import FusionConfig, FusionModelConfig
-from medmm_plugins.fusion.rows import BACKBONE_KEYS, pixel_config
+from medmm_plugins.fusion.rows import BACKBONE_KEYS, pixel_config, text_tokens
 
 __all__ = ["FROZEN_FILE", "TEXT_DIR", "EncoderInputs", "backbone_of", "build_encoders", "frozen_modalities",
            "image_encoder", "load_frozen", "tabular_encoder", "text_encoder"]
@@ -134,16 +134,9 @@ class EncoderInputs:
             data["tabular"] = preprocessor.transform(data["table"])
 
     def tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
-        """Token ids of the ``present`` texts (cached), an empty array for the others."""
-        from medmm.data.text.tokenize import tokenize_cached
-
-        idx = np.flatnonzero(present)
-        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.cfg.data.max_length,
-                                 cache_dir=self.cache_dir)
-        tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
-        for k, i in enumerate(idx):
-            tokens[i] = np.asarray(corpus[k], dtype=np.int64)
-        return tokens
+        """Token ids of the ``present`` texts (cached), an empty array for the others (:func:`text_tokens`)."""
+        return text_tokens(texts, present, self.tokenizer, max_length=self.cfg.data.max_length,
+                           cache_dir=self.cache_dir)
 
     def cache_embeddings(self, data: dict[str, Any], encoders: dict[str, nn.Module], frozen: set[str]) -> None:
         """Frozen encoders: embeddings of every present row (``data["emb"]``), computed once and cached on disk."""

@@ -22,7 +22,7 @@ from medmm.task import read_split_column
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
 __all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "raw_labels",
-           "read_fusion_table", "read_texts", "tabular_columns", "tabular_present", "without_modality"]
+           "read_fusion_table", "read_texts", "tabular_columns", "tabular_present", "text_tokens", "without_modality"]
 
 BACKBONE_KEYS = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
 
@@ -91,6 +91,20 @@ def read_texts(cells: Any) -> tuple[list[str], np.ndarray]:
     """Each row's text (``""`` when missing) and whether it is present (holds a non-blank character)."""
     texts = ["" if is_missing(v) else str(v) for v in cells]
     return texts, np.asarray([bool(t.strip()) for t in texts], dtype=bool)
+
+
+def text_tokens(texts: list[str], present: np.ndarray, tokenizer: Any, *, max_length: int,
+                cache_dir: Path | None) -> list[np.ndarray]:
+    """Per row the int64 token ids of its text (:func:`medmm.data.text.tokenize.tokenize_cached`, cached
+    under ``cache_dir`` when given), an empty array where ``present`` is False."""
+    from medmm.data.text.tokenize import tokenize_cached
+
+    idx = np.flatnonzero(present)
+    corpus = tokenize_cached([texts[i] for i in idx], tokenizer, max_length=max_length, cache_dir=cache_dir)
+    tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
+    for k, i in enumerate(idx):
+        tokens[i] = np.asarray(corpus[k], dtype=np.int64)
+    return tokens
 
 
 def tabular_present(table: Any) -> np.ndarray:
