@@ -11,10 +11,10 @@ encoders' weights are in the run's artifacts, which predict loads as the torch p
 
 :class:`FusionInputs` is the torch-free reader of the onnxruntime path: the run's table reader,
 its tokenizer (``tokenizers`` alone), the DICOM image choice and pixel pipeline of the task
-(:func:`medmm.data.dicom.series.load_row_images`)
-and the fitted tabular preprocessor; a row with no modality is skipped with its reason, as the task
-does. The table, its row ids, text presence, labels and the skip list come from the task's own torch-free
-reader (:mod:`medmm_plugins.fusion.rows`), so both paths read rows one way.
+(:func:`medmm.data.dicom.series.load_row_images`) and the fitted tabular preprocessor; a row with
+no modality is skipped with its reason, as the task does. The table, its row ids, text presence
+and tokens, labels and the skip list come from the task's own torch-free reader
+(:mod:`medmm_plugins.fusion.rows`), so both paths read rows one way.
 """
 
 from __future__ import annotations
@@ -105,17 +105,17 @@ class FusionInputs:
             require("pydicom", EXTRA, "fusion prediction with images from an export")
 
     def read(self, path: Path) -> tuple[Any, list[str], Path]:
-        """The table and its row ids, read and checked as the task reads them (the group column is not
-        needed), and the folder its image paths are relative to."""
+        """The table and its row ids, read and checked as the task's predict reads them, and the folder
+        its image paths are relative to."""
         from medmm_plugins.fusion.rows import read_fusion_table
 
         trained = list(self.preprocessor.columns) if self.preprocessor is not None else None
-        df, ids, _ = read_fusion_table(Path(path), self.d, labelled=False, trained=trained, groups=False)
+        df, ids, _ = read_fusion_table(Path(path), self.d, labelled=False, trained=trained)
         return df, ids, Path(path).resolve().parent
 
     def examples(self, source: tuple[Any, list[str], Path]) -> Any:
         from medmm.deploy.runtime import Examples, _chunks
-        from medmm_plugins.fusion.rows import read_texts, tabular_present, without_modality
+        from medmm_plugins.fusion.rows import read_texts, tabular_present, text_tokens, without_modality
 
         df, ids, base = source
         d, names = self.d, self.names
@@ -127,7 +127,8 @@ class FusionInputs:
         tabular: np.ndarray | None = None
         if "text" in names:
             texts, present[:, names.index("text")] = read_texts(df[d.text_column])
-            tokens = self._tokenize(texts, present[:, names.index("text")])
+            tokens = text_tokens(texts, present[:, names.index("text")], self.tokenizer,
+                                 max_length=self.d.max_length, cache_dir=None)
         if "image" in names:
             images, ok, problems = self._images(df[d.image_column], base)
             for r, why in problems:
@@ -157,17 +158,6 @@ class FusionInputs:
                 feeds["tabular"] = tabular[rows]
             batches.append(feeds)
         return Examples(batches, [ids[r] for r in keep], self._targets(df, keep), skipped=skipped)
-
-    def _tokenize(self, texts: list[str], present: np.ndarray) -> list[np.ndarray]:
-        from medmm.data.text.tokenize import tokenize_cached
-
-        idx = np.flatnonzero(present)
-        corpus = tokenize_cached([texts[i] for i in idx], self.tokenizer, max_length=self.d.max_length,
-                                 cache_dir=None)
-        tokens = [np.zeros(0, dtype=np.int64)] * len(texts)
-        for k, i in enumerate(idx):
-            tokens[i] = np.asarray(corpus[k], dtype=np.int64)
-        return tokens
 
     def _images(self, cells: Any, base: Path) -> tuple[np.ndarray, list[bool], list[tuple[int, str]]]:
         """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""
