@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import medmm.models.packed as packed_module
 from medmm.models.packed import packed_embed, supports_packing
 from medmm.models.text import HFTextEncoder, TextClassifier, build_tiny_bert
 
@@ -85,6 +86,42 @@ def test_packed_training_applies_dropout() -> None:
     encoder.eval()
     with torch.no_grad():
         torch.testing.assert_close(packed_embed(encoder, ids, mask), packed_embed(encoder, ids, mask))
+
+
+def test_cpu_attention_with_dropout_has_the_padded_batch_loss_and_gradients(monkeypatch) -> None:
+    """With attention dropout on, the CPU path writes attention out instead of SDPA: same arithmetic."""
+    ids, mask = _batch(LENGTHS)
+    y = torch.arange(len(LENGTHS)) % 3
+    padded, packed = _classifier(False), _classifier(True)
+    for layer in packed.encoder.model.encoder.layer:
+        layer.attention.self.dropout.p = 0.3  # takes the written-out branch ...
+    drawn: list[float] = []
+    monkeypatch.setattr(packed_module, "_dropout", lambda x, p: drawn.append(p) or x)  # ... with no draw
+    loss_p, grads_p = _loss_and_grads(padded, ids, mask, y)
+    loss_k, grads_k = _loss_and_grads(packed, ids, mask, y)
+    assert drawn and set(drawn) == {0.3}
+    torch.testing.assert_close(loss_k, loss_p, rtol=1e-5, atol=1e-6)
+    for name, g in grads_p.items():
+        torch.testing.assert_close(grads_k[name], g, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_drops_at_rate_p_scales_the_rest_and_replays_under_a_seed(p: float) -> None:
+    x = torch.linspace(1.0, 2.0, 1_000_003, requires_grad=True)  # odd size: the last 64-bit word is partial
+    torch.manual_seed(5)
+    out = packed_module._dropout(x, p)
+    kept = out != 0
+    rate = 1.0 - kept.double().mean().item()
+    sd = (p * (1 - p) / x.numel()) ** 0.5
+    assert abs(rate - p) < 5 * sd  # the drop rate is p (rounded to 1/65536)
+    torch.testing.assert_close(out[kept], x.detach()[kept] / (1 - p))  # kept values scaled as F.dropout does
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, kept.float() / (1 - p))  # the gradient passes through the same mask
+    # neighbours are independent (16-bit lanes of one random word): P(both kept) = (1 - p)^2
+    both = (kept[:-1] & kept[1:]).double().mean().item()
+    assert abs(both - (1 - p) ** 2) < 5 * (((1 - p) ** 2) * (1 - (1 - p) ** 2) / x.numel()) ** 0.5
+    torch.manual_seed(5)
+    assert torch.equal(packed_module._dropout(x.detach(), p), out.detach())  # the default generator replays it
 
 
 def test_unsupported_inputs_and_encoders_fall_back() -> None:
