@@ -201,12 +201,9 @@ def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
         y, p = truth[:, k], pred[:, k]
         tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
-        cells = [int(y.sum()), M._auroc(data.y[:, k], data.s[:, k]),
-                 M._auprc(data.y[:, k], data.s[:, k]), f1]
-        rows.append(f"<tr><td>{_esc(name)}</td>"
-                    + "".join(f'<td class="num">{_fmt(c)}</td>' for c in cells) + "</tr>")
-    header = "<tr><th>class</th><th>positives</th><th>AUROC</th><th>AUPRC</th><th>F1</th></tr>"
-    return f"<table>{header}{''.join(rows)}</table>"
+        rows.append((str(name), int(y.sum()), M._auroc(data.y[:, k], data.s[:, k]),
+                     M._auprc(data.y[:, k], data.s[:, k]), f1))
+    return html_table(["class", "positives", "AUROC", "AUPRC", "F1"], rows)
 
 
 def _figure(caption: str, build: _Builder) -> str:
