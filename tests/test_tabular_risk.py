@@ -106,6 +106,9 @@ def test_survival_cox_on_gbsg2(tmp_path: Path) -> None:
     (lambda df: df, ["data.target=nope"], "'nope' is not in the data"),
     (lambda df: df.assign(bmi=df.bmi.astype(str).where(df.index % 7 > 0, "high")), ["data.target=progression"], "bmi"),
     (lambda df: df.assign(progression=1.0), ["data.target=progression"], "constant"),
+    # rows sharing an id would have their scores averaged as one unit: refused, naming the table lines
+    (lambda df: df.assign(pid=[4 if i == 5 else i for i in range(len(df))]), ["data.target=progression",
+     "data.id_column=pid"], "'pid' has duplicate values (table line 7 repeats an earlier row's id)"),
 ])
 def test_bad_tables_give_one_clear_line(tmp_path: Path, edit, overrides, message) -> None:
     from sklearn.datasets import load_diabetes
