@@ -386,7 +386,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     skipped = getattr(split, "skipped", None)
     if skipped:
-        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key="path")
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=split.skipped_key)
         msg += f"\n  {len(skipped)} inputs skipped -> {report}"
     if ev.targets is not None:
         metrics = trainer.metrics_of(ev)

@@ -98,6 +98,7 @@ class Split:
     units: list[str]
     targets: Any = None  # per-example targets (numpy) for class weights / weighted sampling
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason), reported by predict
+    skipped_key: str = "id"  # what an input is in that report: a row "id" or a file "path"
 
 
 @dataclass

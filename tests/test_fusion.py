@@ -128,7 +128,7 @@ def test_predict_new_table_with_missing_image(demo: Path, runs: dict[str, Path],
     same = [r["id"] for r in rows[7:]]
     assert np.allclose([float(pred[i]["prob_malignant"]) for i in same], [trained[i] for i in same], atol=1e-4)
     skipped = _rows(out.with_name("pred.skipped.csv"))
-    assert [s["path"] for s in skipped] == [rows[6]["id"]]
+    assert [s["id"] for s in skipped] == [rows[6]["id"]]  # table rows: keyed by id, as in the run's skipped.csv
 
 
 def test_finetune_mode_trains_encoders_end_to_end(demo: Path, tmp_path: Path) -> None:

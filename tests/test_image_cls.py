@@ -96,7 +96,8 @@ def test_predict_reuses_the_run_and_matches_its_predictions(trained: tuple[Path,
     for r in old:
         assert new[r["id"]]["predicted"] == r["predicted"]
         assert abs(float(new[r["id"]]["prob_CT"]) - float(r["prob_CT"])) < 1e-5
-    assert len(_rows(tmp_path / "p.skipped.csv")) == 3
+    skipped = _rows(tmp_path / "p.skipped.csv")
+    assert len(skipped) == 3 and list(skipped[0]) == ["path", "reason"]  # files, keyed by path
 
 
 def test_series_level_pools_instances(trained: tuple[Path, Path], tmp_path: Path) -> None:

@@ -448,7 +448,8 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
     msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if pred.skipped:
-        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key="path")
+        key = "path" if model.task == "image-cls" else "id"  # DICOM files, or table rows
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
     if pred.targets is not None and len(pred.units) and _has("sklearn"):  # metrics need scikit-learn
         from medmm.metrics import compute_metrics

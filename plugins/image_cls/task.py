@@ -271,8 +271,8 @@ class ImageClsTask(Task):
                        else [0] * len(rows), dtype=np.int64)
         base = DicomImageDataset(cache, rows, y.tolist())
         units = [self._unit(cache.items[r]) for r in rows]
-        split = Split(AugmentedImages(base, None, 0), units, y if self.has_target else None)
-        split.skipped = [(s.path, s.reason) for s in skipped]
+        split = Split(AugmentedImages(base, None, 0), units, y if self.has_target else None,
+                      skipped=[(s.path, s.reason) for s in skipped], skipped_key="path")
         self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
         self._raw = {**getattr(self, "_raw", {}), "predict": (cache, rows, units, y if self.has_target else None)}
         return split, None
