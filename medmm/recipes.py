@@ -60,19 +60,12 @@ def _has(cfg: Mapping[str, Any], key: str) -> bool:
     return True
 
 
-def _set_checked(cfg: Any, key: str, value: Any) -> None:
-    """Set a dotted key of a typed config, validated as a user's value would be."""
-    from medmm.config import set_key
-
-    set_key(cfg, key, value)
-
-
 def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
     """``cfg`` with the backbone's recipe (and ``model.backbone=auto`` resolved) where the user set nothing.
 
     The typed config is changed in place; its ``provenance`` / ``user`` record what happened.
     """
-    from medmm.config import current_key
+    from medmm.config import current_key, set_key
     from medmm.errors import MedmmError
     from medmm.plugins import get_registry
 
@@ -87,7 +80,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
         if resolver is None:
             return out
         name, why = resolver(out)
-        _set_checked(out, "model.backbone", name)
+        set_key(out, "model.backbone", name)
         out.provenance["model.backbone"] = f"auto: {why}"
     try:
         comp = get_registry().get("backbone", name)
@@ -97,7 +90,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
         key = current_key(type(cfg), key)  # a recipe written with a deprecated name: the user's key still wins
         if key in user or _COUPLED.get(key) in user or not _has(out, key):
             continue
-        _set_checked(out, key, value)
+        set_key(out, key, value)
         out.provenance[key] = f"recipe of backbone {name}"
     return out
 

@@ -75,14 +75,15 @@ class AutoChoice:
 def _recipe(cfg: Any, name: str) -> dict[str, Any]:
     """Set the candidate's recipe (:mod:`medmm.recipes`) where the user set nothing; the old values."""
     from medmm.plugins import get_registry
-    from medmm.recipes import _get, _has, _set_checked
+    from medmm.config import set_key
+    from medmm.recipes import _get, _has
 
     old: dict[str, Any] = {}
     for key, value in dict(get_registry().get("backbone", name).extra.get("recipe", {})).items():
         if key in getattr(cfg, "user", set()) or not _has(cfg, key):
             continue
         old[key] = _get(cfg, key)
-        _set_checked(cfg, key, value)
+        set_key(cfg, key, value)
     return old
 
 
