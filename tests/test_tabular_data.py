@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medmm.data.readers import read_table
 from medmm.data.tabular.preprocess import (
     Preprocessor,
     _input_frame,
     fit_preprocessor,
     infer_column_types,
     prepare_target,
-    read_table,
 )
 from medmm.errors import CheckpointError, ConfigError, DataError
 

@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medmm.data.text.examples import load_text_examples, read_table
+from medmm.data.readers import read_table
+from medmm.data.text.examples import load_text_examples
 from medmm.data.text.tokenize import (
     SimpleVocab,
     TokenizedCorpus,

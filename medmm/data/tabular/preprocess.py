@@ -25,7 +25,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from medmm.data.readers import read_table
 from medmm.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -40,7 +39,6 @@ __all__ = [
     "fit_preprocessor",
     "infer_column_types",
     "prepare_target",
-    "read_table",
     "select_features",
 ]
 

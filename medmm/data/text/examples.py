@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medmm.data.readers import is_missing, read_table
+from medmm.data.readers import is_missing
 from medmm.errors import ConfigError, DataError
 from medmm.task import read_split_column
 
-__all__ = ["TextExamples", "load_text_examples", "read_table"]
+__all__ = ["TextExamples", "load_text_examples"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def load_text_examples(
     """Turn table rows into :class:`TextExamples`.
 
     Args:
-        df: the table, e.g. from :func:`read_table`.
+        df: the table, e.g. from :func:`medmm.data.readers.read_table`.
         text_columns: columns joined with ``separator`` (empty cells are left out).
         label_columns: one column of class names / integers (single-label); one column of
             ``label_delimiter``-separated names (multi-label); or several 0/1 columns, one per
