@@ -24,11 +24,10 @@ def test_the_group_column_is_needed_to_split_not_to_predict(tmp_path: Path) -> N
     table = _table(tmp_path / "t.csv", ["007,a note,,61,1", "008,,x.dcm,,0"])
     with pytest.raises(DataError, match=r"t\.csv: no column\(s\) \['patient'\]"):
         read_fusion_table(table, d, labelled=True)
-    for groups in (True, False):  # the task's predict and the exported predictor's (groups=False)
-        df, ids, tab = read_fusion_table(table, d, labelled=False, trained=["age"], groups=groups)
-        assert ids == ["007", "008"] and tab == ["age"] and len(df) == 2  # ids keep their leading zeros
+    df, ids, tab = read_fusion_table(table, d, labelled=False, trained=["age"])  # predict (task and export)
+    assert ids == ["007", "008"] and tab == ["age"] and len(df) == 2  # ids keep their leading zeros
     with pytest.raises(DataError, match=r"no column\(s\) \['weight'\]"):  # the fitted preprocessor's columns
-        read_fusion_table(table, d, labelled=False, trained=["weight"], groups=False)
+        read_fusion_table(table, d, labelled=False, trained=["weight"])
 
 
 def test_predict_rows_read_without_the_patient_column(tmp_path: Path) -> None:

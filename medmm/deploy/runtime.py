@@ -51,6 +51,7 @@ class Prediction:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, list[Any]] = field(default_factory=dict)  # image unit -> DicomRecords (for SR)
     loss: float = math.nan
+    skipped_key: str = "id"  # as medmm.task.Split: the skipped inputs are row "id"s or file "path"s
 
 
 def pool_by_unit(units: Sequence[str], scores: np.ndarray,
@@ -90,6 +91,7 @@ class Examples:
     unit_columns: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, list[Any]] = field(default_factory=dict)
+    skipped_key: str = "id"  # row "id"s, or file "path"s (DICOM)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -313,7 +315,8 @@ class ImageInputs:
             cols.setdefault(unit, extra)
             recs.setdefault(unit, []).append(it.record)
         batches = [] if images is None else [{"x": images[s]} for s in _chunks(len(images), self.batch_size)]
-        return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs)
+        return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs,
+                        skipped_key="path")
 
 
 # --------------------------------------------------------------------------- the predictor
@@ -386,7 +389,7 @@ class ExportedModel:
             k = 1 if self.problem in ("binary", "regression", "survival") else len(self.label_names or [])
             scores = np.zeros((0,) if k == 1 else (0, k), dtype=np.float32)
         units, pooled, targets = pool_by_unit(ex.units, scores, ex.targets)
-        pred = Prediction(units, pooled, targets, ex.unit_columns, ex.skipped, ex.records)
+        pred = Prediction(units, pooled, targets, ex.unit_columns, ex.skipped, ex.records, skipped_key=ex.skipped_key)
         return self._calibrated(pred) if calibrate else pred
 
     def _calibrated(self, pred: Prediction) -> Prediction:
@@ -448,8 +451,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
     msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if pred.skipped:
-        key = "path" if model.task == "image-cls" else "id"  # DICOM files, or table rows
-        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=key)
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=pred.skipped_key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
     if pred.targets is not None and len(pred.units) and _has("sklearn"):  # metrics need scikit-learn
         from medmm.metrics import compute_metrics

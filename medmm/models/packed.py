@@ -4,7 +4,7 @@
 by length, position ids restarting at 0 for each report), so every linear layer (query / key /
 value, attention output, intermediate, output) is one matrix product over real tokens only.
 Attention stays per report: reports of equal length are contiguous in the packed matrix and go
-through :func:`torch.nn.functional.scaled_dot_product_attention` together, without a mask. The
+through one attention call together, without a mask. The
 Hugging Face modules' own weights are called (checkpoints, export and explanations see the same
 model), dropout is applied where Hugging Face applies it (embeddings, attention probabilities,
 both sub-layer outputs; on a CPU with a cheaper mask, :func:`_dropout`), and pooling is the
@@ -14,8 +14,8 @@ up to summation order (``tests/test_packed.py``). On a CPU in training, attentio
 check); elsewhere it is one SDPA call per run of equal lengths. Encoders it does not recognise
 (anything but a plain encoder-only ``BertModel`` with absolute positions, or one with forward
 hooks, which expect whole-batch calls), left padding or empty rows return ``None``: the caller
-falls back to :func:`medmm.models.length_groups.grouped_embed`. On CUDA each run of equal lengths is one dense
-SDPA call (flash / memory-efficient kernels under bf16 autocast), not a varlen kernel.
+falls back to :func:`medmm.models.length_groups.grouped_embed`. On CUDA each run of equal lengths
+is one dense SDPA call (flash / memory-efficient kernels under bf16 autocast), not a varlen kernel.
 """
 
 from __future__ import annotations

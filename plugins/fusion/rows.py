@@ -54,15 +54,15 @@ def tabular_columns(d: FusionDataConfig, columns: list[str], trained: list[str] 
     return list(select_features(columns, None if listed == "all" else listed, d.exclude, reserved))
 
 
-def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, trained: list[str] | None = None,
-                      groups: bool = True) -> tuple[Any, list[str], list[str] | None]:
+def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, trained: list[str] | None = None
+                      ) -> tuple[Any, list[str], list[str] | None]:
     """The table (identifier, text, image and label cells read as strings), its row ids (``data.id_column``,
     else the row numbers) and its tabular columns (``None`` without ``data.tabular_columns``).
 
     The text, image, id and tabular columns must be there; the split, label and group columns when
-    ``labelled`` (they serve training's split only; ``groups=False`` leaves the group column out even
-    then). Prediction (the task's and the exported predictor's) needs no group column. A folder, an
-    absent column or a duplicate id is a :class:`DataError`.
+    ``labelled`` (they serve training's split only): prediction (the task's and the exported
+    predictor's) needs no group column. A folder, an absent column or a duplicate id is a
+    :class:`DataError`.
     """
     if path.is_dir():
         raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
@@ -70,7 +70,7 @@ def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, traine
     df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
                                                       d.image_column, d.label_column) if c],
                     decimal=d.decimal)
-    group = d.group_column if labelled and groups else None
+    group = d.group_column if labelled else None
     needed = [c for c in (d.text_column, d.image_column, d.id_column, group) if c]
     if labelled and d.split_column:
         needed.append(d.split_column)

@@ -73,13 +73,14 @@ class TabularRiskTask(Task):
         if col:
             if col not in df.columns:
                 raise DataError(f"id column {col!r} is not in the data")
-            repeated = np.flatnonzero(df[col].astype(str).duplicated().to_numpy())
+            ids = df[col].astype(str)
+            repeated = np.flatnonzero(ids.duplicated().to_numpy())
             if len(repeated):  # the engine pools scores by id: repeated ids would be averaged silently
                 rows = ", ".join(str(r + 2) for r in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
                 many = len(repeated) > 1
                 raise DataError(f"data.id_column {col!r} has duplicate values (table line{'s' * many} {rows} "
                                 f"repeat{'' if many else 's'} an earlier row's id): each row needs its own id")
-            return df[col].astype(str).tolist()
+            return ids.tolist()
         return [str(i) for i in range(len(df))]
 
     def _targets(self, t: Any) -> np.ndarray:
