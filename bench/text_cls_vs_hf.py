@@ -20,6 +20,7 @@ mean ± sd over the seeds. Prints numbers; asserts nothing about time.
     python bench/text_cls_vs_hf.py --seeds 3             # the full measurement: all 3,927 reports
     python bench/text_cls_vs_hf.py --limit 400 --seeds 1 # a smoke run (minutes on 2 CPU cores)
     python bench/text_cls_vs_hf.py --tiny --limit 800    # 2-layer random BERT: seconds
+    python bench/text_cls_vs_hf.py --epochs 1 --precision bf16  # both tools under bf16 autocast
 """
 
 from __future__ import annotations
@@ -46,6 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (split, init, batch order)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="both tools: medmm engine.precision, Trainer bf16=True (bf16 autocast; opt-in on CPUs)")
     p.add_argument("--sampler", default=None, help="medmm engine.sampler (default: the text-cls default)")
     p.add_argument("--hf-modes", default="random,group_by_length",
                    help="Trainer train_sampling_strategy values to run, comma-separated")
@@ -76,7 +79,7 @@ def medmm_config(a: argparse.Namespace, seed: int) -> Any:
     return resolved_config(spec, None, [
         "data.text_column=text", "data.label_column=label", "data.id_column=report_id",
         f"data.max_length={a.max_length}", f"model.backbone={'bert-tiny' if a.tiny else 'minilm-l6'}",
-        f"engine.device={a.device}", "engine.precision=fp32", f"engine.epochs={a.epochs}",
+        f"engine.device={a.device}", f"engine.precision={a.precision}", f"engine.epochs={a.epochs}",
         f"engine.batch_size={a.batch_size}", f"engine.lr={a.lr}", "engine.schedule=cosine",
         "engine.warmup_ratio=0.1", "engine.weight_decay=0.01", "engine.max_grad_norm=1.0",
         "engine.patience=0", "engine.bootstrap=0", f"seed={seed}",
@@ -155,8 +158,9 @@ def run_hf(data: Path, run_dir: Path, a: argparse.Namespace, cfg: Any, seed: int
         output_dir=str(run_dir), num_train_epochs=a.epochs, per_device_train_batch_size=a.batch_size,
         per_device_eval_batch_size=64, learning_rate=a.lr, weight_decay=0.01, lr_scheduler_type="cosine",
         warmup_steps=0.1, max_grad_norm=1.0, optim="adamw_torch_fused", seed=seed, data_seed=seed,
-        train_sampling_strategy=mode,
-        use_cpu=a.device == "cpu", eval_strategy="no", save_strategy="no", logging_strategy="no",
+        train_sampling_strategy=mode, bf16=a.precision == "bf16",
+        use_cpu=a.device == "cpu" or not torch.cuda.is_available(),  # bf16 on a CPU needs use_cpu
+        eval_strategy="no", save_strategy="no", logging_strategy="no",
         report_to="none", disable_tqdm=True, dataloader_num_workers=0,
     )
     trainer = Trainer(model=ForTrainer(classifier), args=args, train_dataset=train,
@@ -210,7 +214,7 @@ def main() -> None:
                                                 f"{r[-1]['val_auroc']:.4f}" for arm, r in runs.items()), flush=True)
     model = "bert-tiny (random init)" if a.tiny else "MiniLM-L6 (pretrained)"
     print(f"\ntext-cls vs transformers.Trainer: {model}, {n} reports, {a.epochs} epochs, batch {a.batch_size}, "
-          f"lr {a.lr}, max_length {a.max_length}, medmm sampler {a.sampler or 'text-cls default'}, "
+          f"lr {a.lr}, max_length {a.max_length}, {a.precision}, medmm sampler {a.sampler or 'text-cls default'}, "
           f"{a.seeds} seed(s), {torch.get_num_threads()} CPU threads")
     print(f"{'':26}{'train samples/s':>18}{'train s':>10}{'val AUROC (mean ± sd)':>24}")
     for arm, rs in runs.items():
