@@ -25,6 +25,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -118,7 +119,7 @@ def main() -> None:
         linear_ceiling(prof, profiled, encoder.model.config)
 
 
-def linear_ceiling(prof, batches: list[dict], config) -> None:  # noqa: ANN001 (torch.profiler / HF config)
+def linear_ceiling(prof: Any, batches: list[dict], config: Any) -> None:
     """How much of the profiled packed step the linear layers take, at what rate, against sgemm alone.
 
     The linear layers' arithmetic is fixed by the model and the real tokens (forward, input and
