@@ -42,10 +42,11 @@ def _digest(a: np.ndarray) -> str:
 
 def _pinned_cases() -> dict[str, dict]:
     rng = np.random.default_rng(2026)
+    plain_labels = rng.integers(0, 2, 1000)
     g = [f"p{rng.integers(300)}" for _ in range(1200)]
     return {
         "plain_1000": dict(n=1000),
-        "plain_1000_labels": dict(n=1000, labels=rng.integers(0, 2, 1000)),
+        "plain_1000_labels": dict(n=1000, labels=plain_labels),
         "groups_1200_3class": dict(n=1200, groups=g, labels=np.asarray(["a", "b", "c"])[rng.integers(0, 3, 1200)],
                                    val_fraction=0.2, test_fraction=0.1, seed=5),
         "floats_labels_ties": dict(n=500, groups=[f"g{i % 97}" for i in range(500)],
