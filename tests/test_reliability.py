@@ -48,7 +48,11 @@ def _binary_table(path: Path, n: int = 240, seed: int = 0) -> Path:
     ("engine.epochs=0", "'engine.epochs' must be >= 1"),
     ("engine.epochs=-1", "'engine.epochs' must be >= 1"),
     ("engine.warmup_ratio=1.5", "'engine.warmup_ratio' must be in [0, 1)"),
-    ("engine.lr=.nan", "'engine.lr' must be >= 0 (got nan)"),
+    ("engine.lr=.nan", "'engine.lr' must be a finite number"),
+    ("engine.lr=inf", "'engine.lr' must be a finite number"),  # #28: inf passed ge=0, then a NaN loss
+    ("engine.lr=.inf", "'engine.lr' must be a finite number"),
+    ("engine.max_grad_norm=1e400", "'engine.max_grad_norm' must be a finite number"),
+    ("engine.privacy.target_epsilon=inf", "'engine.privacy.target_epsilon' must be a finite number"),
     ("engine.grad_accum=0", "'engine.grad_accum' must be >= 1"),
     ("data.val_fraction=1", "'data.val_fraction' must be in [0, 1)"),  # a task's own range
     ("model.dropout=-0.1", "'model.dropout' must be in [0, 1)"),

@@ -132,6 +132,8 @@ def _short(err: Mapping[str, Any]) -> str:
         return "an integer"
     if kind.startswith("bool_"):
         return "true or false"
+    if kind == "finite_number":
+        return "a finite number"
     if kind.startswith("float_"):
         return "a number"
     if kind == "string_type":

@@ -56,7 +56,8 @@ class ConfigModel(BaseModel):
     are a deprecated bridge from the plain-dict config; use attributes in new code.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True)
+    # allow_inf_nan=False: a float field never takes inf / nan (lr=inf would pass ge=0 and fail later as a NaN loss)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_default=True, allow_inf_nan=False)
 
     #: renamed keys of this section: old name -> current name (the old one warns, see the module doc)
     deprecated_keys: ClassVar[dict[str, str]] = {}
