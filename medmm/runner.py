@@ -53,8 +53,10 @@ def prepare_run_dir(run_dir: Path, *, resume: bool) -> Path:
 
 def resume_config(run_dir: Path, spec: TaskSpec, overrides: Sequence[str]) -> TaskConfig:
     """The run's saved config (plus ``--set`` overrides, e.g. more epochs), re-validated."""
-    info = _run_info(run_dir)
-    if info["task"] != spec.name:
+    from medmm.rundir import read_info
+
+    info = read_info(run_dir)
+    if info.get("task") != spec.name:
         raise MedmmError(f"{run_dir} is a {info['task']!r} run, not {spec.name!r}")
     return run_config(spec, run_dir, overrides)
 
@@ -79,15 +81,6 @@ def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[
 
     cfg = resolve(task_defaults(spec), user_file, overrides, choices(spec))
     return apply_recipe(cfg, spec, user_keys(user_file, overrides))
-
-
-def _run_info(run_dir: Path) -> dict[str, Any]:
-    try:
-        return json.loads((Path(run_dir) / "run.json").read_text())
-    except FileNotFoundError:
-        raise MedmmError(f"{run_dir} is not a medmm run directory (no run.json)") from None
-    except ValueError as exc:
-        raise MedmmError(f"{run_dir}/run.json is corrupt: {exc}") from None
 
 
 def _setup_logging(run_dir: Path, main: bool) -> None:
@@ -200,7 +193,11 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             trust = training_evaluation(task, trainer, model, bundle, out_eval, split_name, Path(data), cfg, run_dir,
                                         main=main)
             bundle.meta["report_sections"] = [*bundle.meta["report_sections"], *trust["sections"]]
-            bundle.meta.update(operating_point=trust["operating_point"], subgroups_card=trust["card"])
+            bundle.meta.update(operating_point=trust["operating_point"], subgroups_card=trust["card"],
+                               conformal=trust.get("conformal"), conformal_set_groups=trust.get("conformal_set_groups"))
+            if trust.get("conformal_card"):  # prediction sets and referral (#32)
+                bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []),
+                                                "## Prediction sets and referral\n\n" + trust["conformal_card"]]
             summary.update(trust["summary"])
             from medmm.privacy.membership import privacy_outputs  # ε spent, membership audit (#18)
 
@@ -253,7 +250,8 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
         (y_true, y_score), kw = trainer.metric_inputs(ev)
         ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=cfg.seed, **kw)
     write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"),
-                      operating_point=bundle.meta.get("operating_point"))
+                      operating_point=bundle.meta.get("operating_point"),
+                      conformal=bundle.meta.get("conformal"), set_groups=bundle.meta.get("conformal_set_groups"))
     base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.get("unit_columns"))
     record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics,
               "final": True}
@@ -318,6 +316,10 @@ def _print_summary(summary: dict[str, Any]) -> None:
             from medmm.evaluation import f1_line
 
             lines.append("  " + f1_line(summary["operating_point_f1"], summary["split"]))
+        if summary.get("conformal"):  # prediction sets / intervals and referral (#32)
+            from medmm.evaluation.conformal import summary_line
+
+            lines.append("  " + summary_line(summary["conformal"], summary["split"]))
     from medmm.privacy.membership import summary_lines as privacy_summary_lines
 
     lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)
@@ -348,25 +350,21 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
 
     check_output_file(Path(out))  # before any work: an unwritable --out must not cost a full prediction
     from medmm.engine import Trainer
-    from medmm.privacy.dp import prepare_model
-    from medmm.engine.checkpoint import load_weights
     from medmm.io import write_skipped
     from medmm.predictions import write_predictions
 
-    run_dir = Path(run_dir)
-    info = _run_info(run_dir)
-    spec = registry.get("task", info["task"])
-    cfg = run_config(spec, run_dir)
+    from medmm.run import Run
+
+    run = Run.open(run_dir, registry=registry)
+    run_dir, cfg = run.path, run.cfg
     from medmm.data.cache_dirs import predict_cache
     from medmm.runlog import attach_console
 
     attach_console(None)  # warnings about the new data print as "medmm: warning: ..."
     _cache = predict_cache(cfg, cache_dir)  # the new data's caches, never in the run dir; a temp one goes on return
-    task = spec.load()(cfg, run_dir)
-    task.load_artifacts(run_dir / "artifacts")
-    model = prepare_model(task.build_model(), cfg)  # a DP run's layers (BatchNorm -> GroupNorm, ...)
-    load_weights(run_dir / "checkpoints" / checkpoint, model)
-    split, collate = task.build_predict_data(Path(data))
+    task = run.task()
+    model = run.model(task, checkpoint)
+    split, collate = run.predict_data(task, data)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
     if baseline:
         from medmm.classic import predict_baseline
@@ -382,7 +380,11 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     ev = ev if baseline else apply_stored_calibration(run_dir, task.problem, ev)  # a recalibrated run (evaluate)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None), operating_point=op)
+    from medmm.evaluation.conformal import load_conformal, set_groups_of
+
+    conf = None if baseline else load_conformal(run_dir)  # prediction set + refer flag (#32)
+    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None), operating_point=op,
+                      conformal=conf, set_groups=set_groups_of(conf, Path(data), cfg, ev.units))
     msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     skipped = getattr(split, "skipped", None)
     if skipped:

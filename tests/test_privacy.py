@@ -16,7 +16,7 @@ from torch import nn
 
 from medmm.engine.trainer import EvalOutput
 from medmm.errors import MedmmError
-from medmm.privacy import dp as dpm
+from medmm.engine import dp as dpm
 from medmm.privacy.membership import loss_attack, unit_losses
 from tests.toy_task import ToyTask, make_cfg
 

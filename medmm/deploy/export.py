@@ -109,23 +109,16 @@ def _graph_module(task: Any, model: Any, spec: GraphSpec) -> Any:
 
 def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[Any, Any, Any, dict]:
     """``(cfg, task, model, run_info)`` of a trained run on the CPU in fp32, weights loaded."""
-    from medmm.config import run_config
-    from medmm.engine.checkpoint import load_weights
-    from medmm.privacy.dp import prepare_model
-    from medmm.runner import _run_info
+    from medmm.run import Run
 
-    info = _run_info(run_dir)
-    if info["task"] not in GRAPHS:
-        raise MedmmError(f"medmm export: task {info['task']!r} has no ONNX export yet (supported: "
+    run = Run.open(run_dir, registry=registry)
+    if run.task_name not in GRAPHS:
+        raise MedmmError(f"medmm export: task {run.task_name!r} has no ONNX export yet (supported: "
                          f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
-    spec = registry.get("task", info["task"])
-    cfg = run_config(spec, run_dir)  # a medmm.config.TaskConfig
-    cfg.engine.device, cfg.engine.precision = "cpu", "fp32"
-    task = spec.load()(cfg, run_dir)
-    task.load_artifacts(run_dir / "artifacts")
-    model = prepare_model(task.build_model(), cfg)  # a DP run's layers, as predict rebuilds them
-    load_weights(run_dir / "checkpoints" / checkpoint, model)
-    return cfg, task, model.eval(), info
+    run.cfg.engine.device, run.cfg.engine.precision = "cpu", "fp32"
+    task = run.task()
+    model = run.model(task, checkpoint)  # a DP run's layers, as predict rebuilds them
+    return run.cfg, task, model.eval(), run.info
 
 
 # --------------------------------------------------------------------------- parity sample
@@ -342,9 +335,9 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
                quantize: bool = False, opset: int = 18, sample: int = 256, exporter: str = "auto",
                checkpoint: str = "best", quiet: bool = False) -> Path:
     """Export a run to ``out`` (new or empty folder); returns it. Fails, writing nothing, on a parity miss."""
-    from medmm.runner import _run_info
+    from medmm.rundir import read_info
 
-    task_name = _run_info(Path(run_dir))["task"]
+    task_name = read_info(Path(run_dir)).get("task")
     if task_name not in GRAPHS:  # before any heavy import
         raise MedmmError(f"medmm export: task {task_name!r} has no ONNX export yet (supported: "
                          f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")

@@ -165,7 +165,7 @@ class Trainer:
         self.state = TrainState()
         self.history: list[dict[str, Any]] = []
         self.class_weights: torch.Tensor | None = None
-        self.privacy: Any = None  # medmm.privacy.dp.PrivateTraining under engine.privacy.enabled
+        self.privacy: Any = None  # medmm.engine.dp.PrivateTraining under engine.privacy.enabled
 
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
@@ -332,7 +332,7 @@ class Trainer:
                 raise ConfigError("engine.class_weights=balanced needs single-label classification targets")
             self.class_weights = torch.tensor(balanced_class_weights(data.train.targets), dtype=torch.float32,
                                               device=self.device)
-        from medmm.privacy.dp import private_training
+        from medmm.engine.dp import private_training
 
         self.privacy = private_training(self, model, data)  # engine.privacy: DP-SGD through opacus, else None
         model.to(self.device)

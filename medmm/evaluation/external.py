@@ -89,20 +89,17 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
                  card: bool = True, echo: bool = True) -> dict[str, Any]:
     """Evaluate ``run_dir`` on labelled ``data``; writes ``evaluation.html``/``.json`` and ``predictions.csv``."""
     from medmm.engine import Trainer
-    from medmm.engine.checkpoint import load_weights
     from medmm.evaluation.attributes import unit_attributes
     from medmm.evaluation.calibration import apply_stored_calibration
     from medmm.evaluation.shift import shift_report
     from medmm.evaluation.subgroups import audit, group_labels, parse_bands, require_fairlearn
     from medmm.evaluation.threshold import load_operating_point, stats_at
     from medmm.metrics import bootstrap_cis
-    from medmm.config import run_config
-    from medmm.runner import _run_info
+    from medmm.run import Run
 
-    run_dir, data = Path(run_dir), Path(data)
-    info = _run_info(run_dir)
-    spec = registry.get("task", info["task"])
-    cfg = run_config(spec, run_dir)
+    data = Path(data)
+    run = Run.open(run_dir, registry=registry)
+    run_dir, cfg = run.path, run.cfg
     ecfg = cfg.eval
     columns = list(subgroups) if subgroups is not None else list(cfg.data.subgroup_columns or [])
     if columns:
@@ -112,8 +109,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     out = Path(out) if out is not None else _default_out(run_dir, data)
     _check_out(out)
 
-    task = spec.load()(cfg, run_dir)
-    task.load_artifacts(run_dir / "artifacts")
+    task = run.task()
     if recalibrate and (task.problem not in ("binary", "multiclass") or
                         (recalibrate == "isotonic" and task.problem != "binary")):
         raise MedmmError(f"--recalibrate {recalibrate} does not apply to this {task.problem} run "
@@ -121,11 +117,8 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     if not data.is_dir():
         _precheck_table(data, task, cfg.data, {**{c: "subgroup" for c in columns},
                                                    **({date_column: "date"} if date_column else {})})
-    from medmm.privacy.dp import prepare_model
-
-    model = prepare_model(task.build_model(), cfg)  # a DP run's layers (BatchNorm -> GroupNorm, ...)
-    load_weights(run_dir / "checkpoints" / checkpoint, model)
-    split, collate = task.build_predict_data(data)
+    model = run.model(task, checkpoint)
+    split, collate = run.predict_data(task, data)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
     model.to(trainer.device)
     ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
@@ -156,14 +149,14 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
                   "date_column": date_column, "date_range": _date_range(data, date_column),
                   "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "run": run_dir.name, "checkpoint": checkpoint}
-    result = {"format": "medmm-evaluation", "version": 1, "task": spec.name, "problem": problem,
+    result = {"format": "medmm-evaluation", "version": 1, "task": run.spec.name, "problem": problem,
               "provenance": provenance, "metrics": metrics, "ci": ci, "operating_point": op,
               "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_mkparent(out)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets a plain mkdir's mode
     try:
-        _write_outputs(tmp, result, ev, task, spec, run_dir, trainer, y_true, y_score, kw, op)
+        _write_outputs(tmp, result, ev, task, run.spec, run_dir, trainer, y_true, y_score, kw, op)
         if recal is not None:
             _write_recalibrated_run(tmp / "recalibrated-run", run_dir, recal)
         if out.exists():

@@ -84,14 +84,14 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     from medmm.explain.core import Scorer
     from medmm.explain.faithfulness import deletion, randomized_copy, rank_correlation, same_layer
     from medmm.explain.occlusion import fallback_spec
-    from medmm.runner import _run_info
+    from medmm.rundir import read_info
 
     if method not in METHODS:
         raise MedmmError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if limit < 1:
         raise MedmmError(f"--limit must be at least 1, got {limit}")
     run_dir = Path(run_dir)
-    _run_info(run_dir)  # a medmm run directory
+    read_info(run_dir)  # a medmm run directory
     read_state(run_dir / "checkpoints" / checkpoint)  # weights present and intact, before any work
     out = Path(out) if out is not None else run_dir / f"explain-{time.strftime('%Y%m%d-%H%M%S')}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -199,22 +199,16 @@ def load_run(run_dir: Path, data: Path, *, registry: Any, checkpoint: str = "bes
     rebuilds it (saved config, artifacts, verified weights), its model in eval mode with gradients
     on, and ``data`` read by the task's own reader. Keep ``cache`` alive while explaining: the new
     data's caches live there, never in the run directory."""
-    from medmm.config import run_config
     from medmm.data.cache_dirs import predict_cache
-    from medmm.engine.checkpoint import load_weights
     from medmm.engine.device import select_device
-    from medmm.privacy.dp import prepare_model
-    from medmm.runner import _run_info
+    from medmm.run import Run
 
-    info = _run_info(Path(run_dir))
-    spec = registry.get("task", info["task"])
-    cfg = run_config(spec, run_dir)
+    run = Run.open(run_dir, registry=registry)
+    spec, cfg = run.spec, run.cfg
     cache = predict_cache(cfg, None)
-    task = spec.load()(cfg, Path(run_dir))
-    task.load_artifacts(Path(run_dir) / "artifacts")
-    model = prepare_model(task.build_model(), cfg)  # a DP run's layers (BatchNorm -> GroupNorm, ...)
-    load_weights(Path(run_dir) / "checkpoints" / checkpoint, model)
-    split, collate = task.build_predict_data(Path(data))
+    task = run.task()
+    model = run.model(task, checkpoint)
+    split, collate = run.predict_data(task, data)
     if len(split.dataset) == 0:
         raise MedmmError(f"no example to explain in {data}")
     device = select_device(str(cfg.engine.device))

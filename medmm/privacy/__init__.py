@@ -1,1 +1,2 @@
-"""Privacy: differentially private training (opacus) and membership-inference audits."""
+"""Privacy audits: the membership-inference attack on a trained run (DP-SGD training itself is
+part of the engine: :mod:`medmm.engine.dp`)."""

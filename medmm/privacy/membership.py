@@ -138,28 +138,18 @@ def membership_audit(run_dir: Path, data: Path | None = None, *, checkpoint: str
     Writes ``RUN_DIR/membership_audit.json`` (atomically) unless ``write`` is false.
     """
     from medmm.engine import Trainer
-    from medmm.engine.checkpoint import load_weights
     from medmm.io import write_json_atomic
-    from medmm.privacy.dp import prepare_model
-    from medmm.config import run_config
-    from medmm.runner import _run_info
+    from medmm.run import Run
 
-    if registry is None:
-        from medmm.plugins import get_registry
-
-        registry = get_registry()
-    run_dir = Path(run_dir)
-    info = _run_info(run_dir)
-    spec = registry.get("task", info["task"])
-    cfg = run_config(spec, run_dir)
-    data = Path(data) if data is not None else Path(info["data"])
+    run = Run.open(run_dir, registry=registry)
+    run_dir, cfg = run.path, run.cfg
+    data = Path(data) if data is not None else Path(run.info["data"])
     if not data.exists():
         raise MedmmError(f"membership audit: the run's data {data} is not there; pass the training data again")
     with tempfile.TemporaryDirectory(prefix=".membership-", dir=run_dir) as scratch:
-        task = spec.load()(cfg, Path(scratch))
+        task = run.task(scratch, artifacts=False)  # the splits are rebuilt, as training built them
         bundle = task.build_data(data)
-        model = prepare_model(task.build_model(), cfg)
-        load_weights(run_dir / "checkpoints" / checkpoint, model)
+        model = run.model(task, checkpoint)
         trainer = Trainer(task, cfg, Path(scratch), quiet=True)
         model.to(trainer.device)
         name, held = ("test", bundle.test) if bundle.test is not None and len(bundle.test.dataset) else ("val", bundle.val)
