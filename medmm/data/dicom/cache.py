@@ -100,6 +100,15 @@ class PixelCache:
         """One image as ``float32 [C, H, W]`` in ``[0, 1]``."""
         return np.asarray(self.array[self.index[key]], dtype=np.float32) * np.float32(self.scale)
 
+    def rekeyed(self, items: list[ImageItem]) -> PixelCache:
+        """This entry with the keys of ``items`` (the same files in the same order: the cache key
+        covers them), so that public path tokens made under another process's key still index it."""
+        keys = [i.key for i in items]
+        remap = dict(zip(self.keys, keys))
+        return PixelCache(path=self.path, cfg=self.cfg, dtype=self.dtype, keys=keys,
+                          failed=[Skipped(remap.get(s.path, s.path), s.reason) for s in self.failed],
+                          constant=[remap.get(k, k) for k in self.constant], hit=self.hit, items=items)
+
     def __getstate__(self) -> dict[str, Any]:  # never pickle the memory map's contents
         return {**self.__dict__, "_array": None}
 
@@ -131,7 +140,7 @@ class PixelCache:
         cached = cls._open(entry, key, cfg, dtype)
         if cached is not None:
             log.info("pixel cache hit: %d images in %s", len(cached.keys), entry)
-            cached.items = items
+            cached = cached.rekeyed(items)
             _warn_constant(cached.constant)
             return cached
         _prepare_cache_dir(cache_dir)

@@ -68,7 +68,7 @@ def labels_from_folders(records: Iterable[DicomRecord]) -> LabelTable:
         if len(parts) > 1:
             labels[rec.path] = parts[0]
         else:
-            unlabelled.append(rec.path)
+            unlabelled.append(rec.public_path)
     return LabelTable(labels, sorted(set(labels.values())), unlabelled=unlabelled, key="folder")
 
 
@@ -101,7 +101,7 @@ def labels_from_csv(
         if value in by_key:
             labels[rec.path] = by_key[value]
             matched.add(value)
-    unlabelled = [r.path for r in records if r.path not in labels]
+    unlabelled = [r.public_path for r in records if r.path not in labels]
     unmatched = sorted(k for k in by_key if k not in matched)
     classes = list(columns) if multi else sorted(set(labels.values()))  # type: ignore[arg-type]
     return LabelTable(labels, classes, multi, unlabelled, unmatched, key=_canonical(key_col))

@@ -34,6 +34,7 @@ __all__ = [
     "decode_workers",
     "list_files",
     "process_pool",
+    "public_skipped",
     "quiet_pydicom",
     "scan_file",
     "scan_folder",
@@ -77,6 +78,15 @@ class DicomRecord:
     frames: int
     transfer_syntax: str
     photometric: str
+    id_parts: tuple[int, ...] = field(default=(), repr=False)  # path components holding an identifier
+
+    @property
+    def public_path(self) -> str:
+        """``path`` with identifier components as keyed tokens: what every output shows
+        (:mod:`medmm.data.dicom.paths`)."""
+        from medmm.data.dicom.paths import public_path
+
+        return public_path(self.path, self.id_parts)
 
 
 @dataclass(frozen=True)
@@ -96,8 +106,10 @@ class ImageItem:
 
     @property
     def key(self) -> str:
-        """Stable identifier: the relative path, plus ``#<frame>`` for expanded frames."""
-        return self.record.path if self.frame is None else f"{self.record.path}#{self.frame}"
+        """Stable identifier for outputs: the public relative path (identifier components keyed),
+        plus ``#<frame>`` for expanded frames."""
+        path = self.record.public_path
+        return path if self.frame is None else f"{path}#{self.frame}"
 
 
 class _NotImage(Exception):
@@ -145,8 +157,27 @@ def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[S
     else:
         results = _scan_many(str(root), files)
     records = [r for r in results if isinstance(r, DicomRecord)]
-    skipped = [r for r in results if isinstance(r, Skipped)]
+    skipped = public_skipped([r for r in results if isinstance(r, Skipped)], records)
     return records, skipped
+
+
+def public_skipped(skipped: Sequence[Skipped], records: Sequence[DicomRecord]) -> list[Skipped]:
+    """Skipped files named as outputs show them: under a folder that a record's header marks as an
+    identifier, that folder's token; any component holding a date, a token."""
+    from medmm.data.dicom.paths import date_kinds, public_path
+
+    prefixes: dict[tuple[str, ...], int] = {}
+    for rec in records:
+        parts = Path(rec.path).parts
+        for i in rec.id_parts:
+            if i < len(parts) - 1:
+                prefixes[parts[: i + 1]] = i
+    out = []
+    for s in skipped:
+        parts = Path(s.path).parts
+        hits = {i for i in range(len(parts)) if parts[: i + 1] in prefixes or date_kinds(parts[i])}
+        out.append(Skipped(public_path(s.path, tuple(sorted(hits))), s.reason) if hits else s)
+    return out
 
 
 def decode_workers(num_workers: int | None) -> int:
@@ -254,6 +285,8 @@ def _read_bare(fp, stop_when, found: dict[str, int]):
 
 
 def _record(ds, path: Path, rel_path: str, offset: int, found: dict[str, int], *, bare: bool) -> DicomRecord:
+    from medmm.data.dicom.paths import identifier_parts
+
     if not found:
         raise _NotImage("no pixel data")
     syntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
@@ -278,6 +311,7 @@ def _record(ds, path: Path, rel_path: str, offset: int, found: dict[str, int], *
         frames=frames,
         transfer_syntax=syntax,
         photometric=_str(ds, "PhotometricInterpretation").upper(),
+        id_parts=identifier_parts(rel_path, ds),
     )
 
 
@@ -350,4 +384,4 @@ def group_key(record: DicomRecord | ImageItem, level: str) -> str:
     ids = {"patient": rec.patient_id, "study": rec.study_uid, "series": rec.series_uid}
     coarse_to_fine = ("patient", "study", "series")
     chain = coarse_to_fine[coarse_to_fine.index(level):] if level in ids else ()
-    return next((f"{name}:{ids[name]}" for name in chain if ids[name]), f"path:{rec.path}")
+    return next((f"{name}:{ids[name]}" for name in chain if ids[name]), f"path:{rec.public_path}")

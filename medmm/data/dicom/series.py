@@ -68,6 +68,8 @@ def load_row_images(cells: Iterable[Any], base: Path, config: PixelConfig, cache
         return RowImages(root, keys, None, problems)
     records = [x for x in (scan_file(root, k) for k in sorted({k for k in keys if k})) if isinstance(x, DicomRecord)]
     pixels = PixelCache.build(root, records, config, cache_dir, workers=workers)
+    public = {rec.path: rec.public_path for rec in records}  # the cache is keyed as outputs show files
+    keys = [public.get(k, k) if k else k for k in keys]
     failed = {s.path for s in pixels.failed}
     for r, k in enumerate(keys):
         if k and (k in failed or k not in pixels.index):
