@@ -38,7 +38,34 @@ def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _check_data(path: Path) -> Path:
+class DataParam(click.ParamType):
+    """``--data``: a local path, or a DICOMweb source ``dicomweb+https://host/dicom-web?Keyword=value``
+    (kept as text; checked here, one-line error)."""
+
+    name = "PATH|dicomweb+URL"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> Path | str:
+        from medmm.data.sources.dicomweb import is_dicomweb, parse_dicomweb
+
+        if isinstance(value, str) and is_dicomweb(value):
+            parse_dicomweb(value)
+            return value
+        return Path(value)
+
+
+DATA = DataParam()
+
+
+def _local_data(data: Path | str, **kwargs: Any) -> Any:
+    """``--data`` as a local folder: a DICOMweb source is pulled, de-identified, into a temporary one."""
+    from medmm.pacs.local import local_data
+
+    return local_data(data, echo=lambda m: click.echo(m, err=True), **kwargs)
+
+
+def _check_data(path: Path | str) -> Path | str:
+    if isinstance(path, str):
+        return path  # a DICOMweb source, validated by DataParam
     if not path.exists():
         raise MedmmError(f"--data path does not exist: {path}")
     if path.is_file() and not os.access(path, os.R_OK):
@@ -120,7 +147,9 @@ def make_cli() -> click.Group:
 
     @cli.command(cls=TaskGroupHelp)
     @click.argument("task")
-    @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Data file or folder.")
+    @click.option("--data", "data", required=True, type=DATA,
+                  help="Data file or folder, or a DICOMweb source dicomweb+https://host/dicom-web?Modality=CR "
+                       "(pulled de-identified; labels from data.labels).")
     @click.option("--config", "config_file", type=click.Path(path_type=Path), help="User YAML to merge.")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
     @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/<task>-<time>).")
@@ -140,11 +169,17 @@ def make_cli() -> click.Group:
             out = resume
         else:
             cfg = _resolved_config(spec, config_file, overrides)
-        run_task(spec, cfg, data, out, resume=resume is not None, quiet=quiet)
+        data_cfg = getattr(cfg, "data", None)
+        labels = getattr(data_cfg, "labels", None)
+        with _local_data(data, labels=labels, need_labels=hasattr(data_cfg, "labels"), progress=not quiet) as local:
+            if local.pulled is not None and local.labels is not None:
+                data_cfg.labels = str(local.labels)  # rewritten to the pulled files' keyed UIDs
+            run_task(spec, cfg, local.path, out, resume=resume is not None, quiet=quiet)
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
-    @click.option("--data", "data", required=True, type=click.Path(path_type=Path), help="Data to predict.")
+    @click.option("--data", "data", required=True, type=DATA,
+                  help="Data to predict: a file, a folder, or a DICOMweb source dicomweb+https://...")
     @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Predictions CSV to write.")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
     @click.option("--baseline", is_flag=True, help="Use the run's classic baseline instead of its model.")
@@ -153,12 +188,36 @@ def make_cli() -> click.Group:
                        "else a temporary folder removed afterwards; never the run directory).")
     @click.option("--dicom-sr", "dicom_sr", type=click.Path(path_type=Path),
                   help="Also write one DICOM Structured Report per study into this folder (image-cls).")
-    def predict(run_dir: Path, data: Path, out: Path, checkpoint: str, baseline: bool, cache_dir: Path | None,
-                dicom_sr: Path | None) -> None:
+    @click.option("--push", "push", metavar="dicomweb+URL",
+                  help="Store the DICOM SR reports on this DICOMweb server (STOW-RS), referencing the source "
+                       "studies; credentials from MEDMM_DICOMWEB_* (see docs/dicomweb.md).")
+    def predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
+                cache_dir: Path | None, dicom_sr: Path | None, push: str | None) -> None:
         """Predict with a trained RUN_DIR (or a `medmm export` folder) on new --data; one CSV row per unit."""
+        _check_data(data)
+        if push is None:
+            _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr)
+            return
+        import tempfile
+
+        from medmm.data.sources.dicomweb import parse_dicomweb
+        from medmm.pacs.push import push_reports
+
+        parse_dicomweb(push)  # a bad target fails before any work
+        with _local_data(data) as local, tempfile.TemporaryDirectory(prefix="medmm-sr-") as tmp:
+            sr_dir = dicom_sr if dicom_sr is not None else Path(tmp)
+            before = set(sr_dir.glob("*.dcm")) if sr_dir.is_dir() else set()
+            _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, sr_dir)
+            push_reports(sorted(set(sr_dir.glob("*.dcm")) - before), push, pulled=local.pulled,
+                         echo=click.echo)
+
+    def _predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
+                 cache_dir: Path | None, dicom_sr: Path | None) -> None:
         from medmm.deploy.manifest import is_export_dir
 
-        _check_data(data)
+        if isinstance(data, str):
+            with _local_data(data) as local:
+                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr)
         if is_export_dir(run_dir):  # an export: onnxruntime, no torch
             from medmm.deploy.runtime import predict_export
 
@@ -221,8 +280,8 @@ def make_cli() -> click.Group:
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
-    @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-                  help="Data to explain, read as the run's task reads it for predict.")
+    @click.option("--data", "data", required=True, type=DATA,
+                  help="Data to explain, read as the run's task reads it for predict (or a DICOMweb source).")
     @click.option("--out", "out", type=click.Path(path_type=Path),
                   help="Output folder, new or empty (default RUN_DIR/explain-<time>).")
     @click.option("--limit", type=int, default=20, show_default=True, help="Units (rows, studies, documents) explained.")
@@ -234,12 +293,15 @@ def make_cli() -> click.Group:
         from medmm.explain.run import explain_run
 
         _check_data(data)
-        explain_run(run_dir, data, out, registry=_registry(), limit=limit, method=method, checkpoint=checkpoint)
+        with _local_data(data) as local:
+            explain_run(run_dir, local.path, out, registry=_registry(), limit=limit, method=method,
+                        checkpoint=checkpoint)
 
     @cli.command()
-    @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+    @click.argument("input_path", metavar="INPUT", type=DATA)
     @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
-                  help="New or empty folder (DICOM input) or new CSV file (notes input).")
+                  help="New or empty folder (DICOM input) or new CSV file (notes input). A DICOMweb INPUT "
+                       "(dicomweb+https://...) is `medmm pull`: see its --help.")
     @click.option("--key-file", type=click.Path(path_type=Path),
                   help="HMAC key (must exist unless --create-key; default ~/.config/medmm/deid.key).")
     @click.option("--create-key", is_flag=True, help="Create --key-file (0600) if it does not exist.")
@@ -266,11 +328,70 @@ def make_cli() -> click.Group:
         """De-identify a DICOM folder (PS3.15 Basic profile) or a notes CSV into --out, then verify it."""
         from medmm.deid import deidentify
 
+        if isinstance(input_path, str):  # a DICOMweb source: the same as `medmm pull`
+            if text_column or name_columns or names_file or drop_columns:
+                raise MedmmError("--text-column / --name-columns / --names-file / --drop-columns are for a notes "
+                                 "CSV, not a DICOMweb source")
+            from medmm.pacs.cli import pull_command
+
+            pull_command(input_path, out, key_file=key_file, create_key=create_key, labels=labels,
+                         id_column=id_column, config=config_file, retain_dates=retain_dates,
+                         retain_device_identity=retain_device_identity, clean_descriptors=clean_descriptors)
+            return
+
         deidentify(input_path, out, key_file=key_file, create_key=create_key, config=config_file,
                    retain_dates=retain_dates, retain_device_identity=retain_device_identity,
                    clean_descriptors=clean_descriptors, labels=labels, id_column=id_column,
                    text_column=text_column, name_columns=_csv_list(name_columns), names_file=names_file,
                    drop_columns=_csv_list(drop_columns), echo=click.echo)
+
+    @cli.command()
+    @click.argument("source", metavar="dicomweb+URL")
+    @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                  help="New or empty folder, or an earlier pull's folder (fetches only what is missing).")
+    @click.option("--key-file", type=click.Path(path_type=Path),
+                  help="HMAC key (must exist unless --create-key; default ~/.config/medmm/deid.key).")
+    @click.option("--create-key", is_flag=True, help="Create --key-file (0600) if it does not exist.")
+    @click.option("--labels", type=click.Path(path_type=Path),
+                  help="Labels CSV keyed by SOPInstanceUID / SeriesInstanceUID / StudyInstanceUID / AccessionNumber; "
+                       "rewritten to the pulled files' keyed UIDs.")
+    @click.option("--label-attribute", metavar="KEYWORD",
+                  help="Write labels.csv from this study attribute instead (read before de-identification).")
+    @click.option("--id-column", help="Patient id column of --labels (becomes the keyed pseudonym).")
+    @click.option("--identified", is_flag=True, help="Do not de-identify (files hold PHI; for protected storage).")
+    @click.option("--workers", type=int, default=4, show_default=True, help="Parallel connections.")
+    @click.option("--retries", type=int, default=4, show_default=True,
+                  help="Tries after the first, with backoff, on timeouts / 429 / 5xx.")
+    @click.option("--limit", type=int, help="At most this many instances (a trial pull).")
+    @click.option("--token-file", type=click.Path(path_type=Path), help="Bearer token file (or MEDMM_DICOMWEB_TOKEN_FILE).")
+    @click.option("--user", help="Basic auth user (or MEDMM_DICOMWEB_USER); password from --password-file.")
+    @click.option("--password-file", type=click.Path(path_type=Path),
+                  help="Basic auth password file (or MEDMM_DICOMWEB_PASSWORD_FILE).")
+    @click.option("--ca-bundle", type=click.Path(path_type=Path),
+                  help="CA certificates to verify the server with (or MEDMM_DICOMWEB_CA_BUNDLE).")
+    @click.option("--retain-dates/--no-retain-dates", default=None,
+                  help="Shift dates per patient (keyed) instead of removing them.")
+    @click.option("--retain-device-identity/--no-retain-device-identity", default=None,
+                  help="Keep device serial numbers and station names.")
+    @click.option("--clean-descriptors/--no-clean-descriptors", default=None,
+                  help="Keep descriptions and comments, scrubbed, instead of removing them.")
+    @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML with those three options.")
+    @click.option("--quiet", is_flag=True, help="No progress bar.")
+    def pull(source: str, out: Path, key_file: Path | None, create_key: bool, labels: Path | None,
+             label_attribute: str | None, id_column: str | None, identified: bool, workers: int, retries: int,
+             limit: int | None, token_file: Path | None, user: str | None, password_file: Path | None,
+             ca_bundle: Path | None, retain_dates: bool | None, retain_device_identity: bool | None,
+             clean_descriptors: bool | None, config_file: Path | None, quiet: bool) -> None:
+        """Retrieve DICOM instances from a PACS over DICOMweb into --out, de-identified in memory (QIDO-RS +
+        WADO-RS; resumable; failures listed in skipped.csv)."""
+        from medmm.pacs.cli import pull_command
+
+        pull_command(source, out, key_file=key_file, create_key=create_key, identified=identified, labels=labels,
+                     label_attribute=label_attribute, id_column=id_column, config=config_file,
+                     retain_dates=retain_dates, retain_device_identity=retain_device_identity,
+                     clean_descriptors=clean_descriptors, workers=workers, retries=retries, limit=limit,
+                     token_file=token_file, user=user, password_file=password_file, ca_bundle=ca_bundle,
+                     quiet=quiet, echo=click.echo)
 
     @cli.command("export")
     @click.argument("run_dir", type=click.Path(path_type=Path))

@@ -1,0 +1,424 @@
+"""``medmm pull``: DICOMweb instances into a folder, de-identified in memory on the way.
+
+Each instance is retrieved (WADO-RS) into memory, de-identified with :mod:`medmm.deid`'s own
+functions (PS3.15 Basic profile table, the deid key, the same keyed pseudonyms and UIDs as
+``medmm deid``), serialised, and verified on the serialised bytes (they read back with pydicom, no
+source identifier value of that instance remains, the pixel data are unchanged) before the bytes
+are written, atomically, under ``<study>/<series>/<instance>.dcm`` (keyed UIDs). Identified bytes
+live only in memory; an instance that fails anything is not written and is named in
+``skipped.csv`` (keyed instance UID, reason).
+
+Retrieval runs on a bounded thread pool (``workers`` connections, at most ``2 x workers``
+instances in memory: a study larger than memory streams instance by instance). Every written
+file is fingerprinted (SHA-256) in ``.medmm-pull/manifest.jsonl``, so a second pull into the same
+folder (after a kill, or to pick up new studies) fetches only what is missing or changed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from medmm.data.sources.dicomweb import DicomwebError, InstanceRef
+from medmm.errors import DataError, MedmmError
+
+__all__ = ["PULL_DIR", "PullResult", "pull"]
+
+PULL_DIR = ".medmm-pull"
+MANIFEST = "manifest.jsonl"
+REPORT_NAME = "pull.json"
+SKIPPED_NAME = "skipped.csv"
+LABELS_NAME = "labels.csv"
+# Study-level attributes a report pushed back to the PACS must carry (kept in memory only).
+STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                  "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_LABEL_KEYS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "AccessionNumber")
+
+
+@dataclass
+class PullResult:
+    """What a pull did. Counts are safe to print; ``uid_map`` / ``studies`` hold source identifiers
+    and live in memory only (they let ``--push`` reference the study the PACS knows)."""
+
+    out: Path
+    found: int = 0
+    fetched: int = 0
+    already: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    identifiers_checked: int = 0
+    deidentified: bool = True
+    labels_out: Path | None = None
+    labels_rows: int = 0
+    labels_dropped: int = 0
+    seconds: float = 0.0
+    uid_map: dict[str, str] = field(default_factory=dict, repr=False)
+    studies: dict[str, dict[str, str]] = field(default_factory=dict, repr=False)
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return not self.skipped
+
+
+@dataclass
+class _Done:
+    key: str
+    rel: str
+    sha256: str
+    size: int
+    study: str
+    label: str | None
+    identifiers: int
+
+
+class _Deid:
+    """The in-memory de-identification of one dataset with medmm.deid's public functions."""
+
+    def __init__(self, pseudo: Any, options: Any) -> None:
+        from medmm.deid.dicom import load_profile
+
+        self.pseudo, self.options, self.profile = pseudo, options, load_profile()
+
+    def __call__(self, ds: Any) -> tuple[bytes, int]:
+        """De-identified Part 10 bytes of ``ds`` and the number of identifier values checked; raises
+        :class:`ValueError` naming kinds (never values) when the verification fails."""
+        import pydicom
+
+        from medmm.deid.dicom import deidentify_dataset, pixel_hash, scan_text, source_identifiers
+        from medmm.deid.verify import IdentifierScan
+
+        found, vocab = source_identifiers(ds, self.profile, self.options)
+        before = pixel_hash(ds)
+        deidentify_dataset(ds, self.pseudo, self.profile, self.options, found)
+        data = _encode(ds)
+        ambiguous = IdentifierScan(found).matched_values("\n".join(sorted(vocab)))
+        scan = IdentifierScan({v: k for v, k in found.items() if v.casefold() not in ambiguous})
+        try:
+            back = pydicom.dcmread(io.BytesIO(data))
+            text = scan_text(back)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"verification failed: the de-identified instance does not read back "
+                             f"({type(exc).__name__})") from None
+        if pixel_hash(back) != before:
+            raise ValueError("verification failed: pixel data changed")
+        if scan.scan(text, "instance"):
+            kinds = ", ".join(sorted(scan.result.found))
+            raise ValueError(f"verification failed: source identifier(s) remain ({kinds})")
+        return data, scan.result.checked
+
+
+def _encode(ds: Any) -> bytes:
+    from medmm.data.dicom.scan import quiet_pydicom
+
+    buf = io.BytesIO()
+    with quiet_pydicom():
+        ds.save_as(buf, enforce_file_format=False)
+    return buf.getvalue()
+
+
+def _check_out(out: Path) -> dict[str, Any] | None:
+    """``out`` must be new, empty, or an earlier pull (returns its report then)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise MedmmError(f"--out {out} exists and is not a folder")
+    if (out / PULL_DIR / MANIFEST).is_file():
+        report = out / REPORT_NAME
+        return json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    if any(out.iterdir()):
+        raise MedmmError(f"--out {out} is not empty and holds no earlier pull; pull into a new or empty folder "
+                         "(files are never overwritten)")
+    return None
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    done: dict[str, dict[str, Any]] = {}
+    if not path.is_file():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            done[str(row["key"])] = row
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut by a kill: that instance is fetched again
+    return done
+
+
+def _sha256(path: Path) -> str | None:
+    try:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    except OSError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    if isinstance(exc, DicomwebError):
+        text = str(exc).removeprefix("DICOMweb ")
+        return text.split(": ", 1)[-1] if text.startswith("retrieve") else text
+    return f"{type(exc).__name__}: {str(exc)[:120]}" if not isinstance(exc, ValueError) else str(exc)[:160]
+
+
+def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None, options: Any = None,
+         labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
+         workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
+         limit: int | None = None) -> PullResult:
+    """Pull every instance ``server`` finds for ``filters`` into ``out`` (see the module docstring).
+
+    ``pseudo`` is the keyed :class:`~medmm.deid.pseudonyms.Pseudonymizer` (``None`` writes the files
+    as the server holds them: identified). ``labels`` is a CSV keyed by SOP / Series / Study Instance
+    UID or AccessionNumber, rewritten to the pseudonyms; ``label_attribute`` makes one instead from a
+    study attribute (e.g. ``BodyPartExamined``) read before de-identification.
+    """
+    from medmm.deid.options import DeidOptions
+
+    out = Path(out)
+    earlier = _check_out(out)
+    key_id = pseudo.token("key-id", "key-id", 8) if pseudo is not None else None
+    if earlier is not None and earlier.get("key_id", key_id) != key_id:
+        raise MedmmError(f"--out {out} holds a pull made with another de-identification key (or none); "
+                         "resume with the same key, or pull into a new folder")
+    if labels is not None and label_attribute:
+        raise MedmmError("give --labels or --label-attribute, not both")
+    label_rows = _read_labels(labels) if labels is not None else None
+    if label_attribute:
+        from pydicom.datadict import tag_for_keyword
+
+        if tag_for_keyword(label_attribute) is None:
+            raise MedmmError(f"--label-attribute {label_attribute!r} is not a DICOM keyword")
+    deid = _Deid(pseudo, options or DeidOptions()) if pseudo is not None else None
+    start = time.monotonic()
+
+    def new_uid(uid: str) -> str:
+        return pseudo.uid(uid) if pseudo is not None else uid
+
+    echo(f"searching {server.url.where} ...")
+    refs = list(server.instances(filters, STUDY_KEYWORDS))
+    if limit is not None:
+        refs = refs[:limit]
+    result = PullResult(out=out, found=len(refs), deidentified=pseudo is not None)
+    for ref in refs:  # in memory only: lets --push reference the study the PACS knows
+        for uid in (ref.study, ref.series, ref.sop):
+            result.uid_map[new_uid(uid)] = uid
+        result.studies.setdefault(new_uid(ref.study), ref.attributes)
+    (out / PULL_DIR / "tmp").mkdir(parents=True, exist_ok=True)
+    manifest_path = out / PULL_DIR / MANIFEST
+    done = _read_manifest(manifest_path)
+    todo: list[InstanceRef] = []
+    study_labels: dict[str, str] = {}
+    fetched_keys: set[str] = set()
+    for ref in refs:
+        key = new_uid(ref.sop)
+        row = done.get(key)
+        if row is not None and _sha256(out / row["path"]) == row.get("sha256"):
+            result.already += 1
+            fetched_keys.add(key)
+            if row.get("label") is not None:
+                study_labels.setdefault(row["study"], row["label"])
+        else:
+            todo.append(ref)
+    echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
+         f"{len(todo)} to fetch with {workers} connection(s)")
+
+    def one(ref: InstanceRef) -> _Done:
+        ds = server.retrieve(ref)
+        from medmm.deid.dicom import skip_reason
+
+        reason = skip_reason(ds) if deid is not None else None
+        if reason:
+            raise ValueError(reason)
+        label = None
+        if label_attribute:
+            value = ds.get(label_attribute)
+            label = str(value.value if hasattr(value, "value") else value or "").strip() or None
+        checked = 0
+        if deid is not None:
+            data, checked = deid(ds)
+        else:
+            data = _encode(ds)
+        del ds
+        key, study = new_uid(ref.sop), new_uid(ref.study)
+        rel = f"{study}/{new_uid(ref.series)}/{key}.dcm"
+        dest = out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out / PULL_DIR / "tmp" / f"{key}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked)
+
+    bar = _bar(len(todo), progress)
+    try:
+        with open(manifest_path, "a", encoding="utf-8") as manifest, \
+                ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="medmm-pull") as pool:
+            for ref, fut in _bounded(pool, one, todo, 2 * max(1, workers)):
+                try:
+                    d = fut.result()
+                except (ValueError, DicomwebError, OSError) as exc:
+                    result.skipped.append((new_uid(ref.sop), _short(exc)))
+                except MedmmError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one odd instance never stops the pull
+                    result.skipped.append((new_uid(ref.sop), _short(exc)))
+                else:
+                    manifest.write(json.dumps({"key": d.key, "path": d.rel, "sha256": d.sha256, "size": d.size,
+                                               "study": d.study, "label": d.label}) + "\n")
+                    manifest.flush()
+                    result.fetched += 1
+                    result.identifiers_checked += d.identifiers
+                    fetched_keys.add(d.key)
+                    if d.label is not None:
+                        study_labels.setdefault(d.study, d.label)
+                bar.update(1)
+    finally:
+        bar.close()
+    result.seconds = time.monotonic() - start
+    from medmm.io import write_json_atomic, write_skipped
+
+    skipped_path = out / SKIPPED_NAME
+    if result.skipped:
+        write_skipped(skipped_path, result.skipped, key="SOPInstanceUID")
+    elif skipped_path.exists():
+        skipped_path.unlink()  # an earlier pull's failures were all fetched now
+    if label_rows is not None:
+        _write_labels(result, label_rows, refs, fetched_keys, new_uid, pseudo, id_column)
+    elif label_attribute:
+        _write_attribute_labels(result, study_labels, label_attribute)
+    reasons = Counter(r.split(" (")[0].split(":")[0] for _, r in result.skipped)
+    result.report = {
+        "format": "medmm-pull", "source": server.url.where,
+        "matching_keys": sorted({k for k in filters}), "deidentified": result.deidentified,
+        "key_id": key_id, "options": (options or DeidOptions()).describe() if pseudo is not None else None,
+        "instances_found": result.found, "instances_fetched": result.fetched,
+        "instances_already_here": result.already, "instances_skipped": len(result.skipped),
+        "skipped_by_reason": dict(reasons), "complete": result.complete,
+        "identifier_values_checked": result.identifiers_checked,
+        "labels_rows": result.labels_rows if result.labels_out else None,
+        "labels_rows_left_out": result.labels_dropped if result.labels_out else None,
+        "seconds": round(result.seconds, 2),
+    }
+    write_json_atomic(out / REPORT_NAME, result.report)
+    shutil.rmtree(out / PULL_DIR / "tmp", ignore_errors=True)
+    return result
+
+
+def _bar(total: int, enabled: bool) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="inst", desc="pull", disable=not enabled or total == 0, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _bounded(pool: ThreadPoolExecutor, fn: Callable[[InstanceRef], _Done], items: list[InstanceRef],
+             in_flight: int) -> Iterator[tuple[InstanceRef, Future[_Done]]]:
+    """Yield ``(item, future)`` as they finish, never more than ``in_flight`` submitted at once."""
+    pending: dict[Future[_Done], InstanceRef] = {}
+    it = iter(items)
+    try:
+        for item in it:
+            pending[pool.submit(fn, item)] = item
+            if len(pending) >= in_flight:
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    yield pending.pop(fut), fut
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                yield pending.pop(fut), fut
+    finally:
+        for fut in pending:
+            fut.cancel()
+
+
+def _read_labels(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read labels CSV {path}: {type(exc).__name__}") from None
+    if not any(k in header for k in _LABEL_KEYS):
+        raise DataError(f"labels CSV {path} has none of the key columns {', '.join(_LABEL_KEYS)} "
+                        f"(columns: {', '.join(header)})")
+    return header, rows
+
+
+def _write_labels(result: PullResult, label_rows: tuple[list[str], list[dict[str, str]]],
+                  refs: list[InstanceRef], fetched: set[str], new_uid: Callable[[str], str], pseudo: Any,
+                  id_column: str | None) -> None:
+    """The labels CSV with every key as the pulled files carry it (keyed UIDs; an AccessionNumber
+    key becomes the study's StudyInstanceUID, as the accession number is removed from the files).
+    Rows whose key matched no written instance are left out (counted). The written CSV is scanned
+    for the source keys and fails closed."""
+    from medmm.deid.verify import IdentifierScan
+    from medmm.io import atomic_write
+
+    header, rows = label_rows
+    key = next(k for k in _LABEL_KEYS if k in header)
+    written_refs = [r for r in refs if new_uid(r.sop) in fetched]
+    have = {"SOPInstanceUID": {r.sop for r in written_refs}, "SeriesInstanceUID": {r.series for r in written_refs},
+            "StudyInstanceUID": {r.study for r in written_refs}}
+    by_accession = {r.accession: r.study for r in written_refs if r.accession}
+    out_header = ["StudyInstanceUID" if h == "AccessionNumber" else h for h in header]
+    if key == "AccessionNumber" and "StudyInstanceUID" in header:
+        out_header = [h for h in header if h != "AccessionNumber"]
+    identifiers: dict[str, str] = {}
+    path = result.out / LABELS_NAME
+    n = 0
+    with atomic_write(path, newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=out_header, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            value = str(row.get(key) or "").strip()
+            row = dict(row)
+            if key == "AccessionNumber":
+                study = by_accession.get(value)
+                if study is None:
+                    continue
+                identifiers.setdefault(value, "accession") if len(value) >= 3 else None
+                row.pop("AccessionNumber", None)
+                row["StudyInstanceUID"] = study
+            elif value not in have[key]:
+                continue
+            for col in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+                if row.get(col):
+                    identifiers.setdefault(str(row[col]).strip(), "uid")
+                    row[col] = new_uid(str(row[col]).strip())
+            if id_column and id_column in row and pseudo is not None:
+                identifiers.setdefault(str(row[id_column]).strip(), "id")
+                row[id_column] = pseudo.patient_id(row[id_column] or "")
+            writer.writerow(row)
+            n += 1
+    result.labels_out, result.labels_rows, result.labels_dropped = path, n, len(rows) - n
+    if pseudo is not None:
+        scan = IdentifierScan({v: k for v, k in identifiers.items() if len(v) >= 3})
+        if scan.scan(path.read_text(encoding="utf-8"), LABELS_NAME):
+            path.unlink()
+            raise MedmmError(f"labels verification FAILED: {scan.result.remaining} source key(s) remain in the "
+                             f"rewritten labels CSV ({dict(scan.result.found)}); it was not kept")
+
+
+def _write_attribute_labels(result: PullResult, study_labels: dict[str, str], attribute: str) -> None:
+    from medmm.io import atomic_write
+
+    path = result.out / LABELS_NAME
+    with atomic_write(path, newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["StudyInstanceUID", attribute])
+        for study, label in sorted(study_labels.items()):
+            writer.writerow([study, label])
+    result.labels_out, result.labels_rows = path, len(study_labels)

@@ -1,0 +1,91 @@
+"""``predict --push dicomweb+https://...``: the DICOM SR reports back to the PACS over STOW-RS.
+
+A report must reference the study the PACS knows. When the predicted data were pulled from
+DICOMweb in this process, the reports were built from de-identified files; each is re-identified
+in memory only (keyed UIDs mapped back to the source UIDs, the study's patient / study attributes
+from the QIDO-RS answer) just before it is sent, so the files on disk stay de-identified. Without
+that mapping (a local folder), every study a report references must already be on the target,
+else nothing is sent: a report on pseudonymous UIDs would be an orphan in the PACS. After the
+store, a QIDO-RS search checks that each report is found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from medmm.data.sources import DicomwebSource, parse_source
+from medmm.errors import MedmmError
+
+__all__ = ["push_reports", "reidentify"]
+
+_REMOVE = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
+           "LongitudinalTemporalInformationModified")
+
+
+def reidentify(ds: Any, uid_map: dict[str, str], study_attributes: dict[str, str]) -> int:
+    """Map keyed UIDs in ``ds`` (every level) back to the source UIDs and set the study's patient /
+    study attributes; in place, in memory. Returns how many UID values were mapped."""
+    mapped = 0
+
+    def visit(dataset: Any, elem: Any) -> None:
+        nonlocal mapped
+        if elem.VR != "UI" or elem.value in (None, ""):
+            return
+        values = list(elem.value) if elem.VM > 1 else [elem.value]
+        new = [uid_map.get(str(v), str(v)) for v in values]
+        mapped += sum(a != str(b) for a, b in zip(new, values))
+        elem.value = new if elem.VM > 1 else new[0]
+
+    ds.walk(visit)
+    for keyword, value in study_attributes.items():
+        setattr(ds, keyword, value or "")
+    for keyword in _REMOVE:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return mapped
+
+
+def _referenced_studies(ds: Any) -> set[str]:
+    studies = {str(ds.get("StudyInstanceUID", "") or "")}
+    for item in ds.get("CurrentRequestedProcedureEvidenceSequence", None) or []:
+        studies.add(str(item.get("StudyInstanceUID", "") or ""))
+    return {s for s in studies if s}
+
+
+def push_reports(files: Sequence[Path], target: str, *, pulled: Any = None,
+                 echo: Callable[[str], None] = print) -> int:
+    """Store the SR ``files`` on ``target`` (a ``dicomweb+...`` URL); returns how many a QIDO-RS
+    search finds afterwards. ``pulled`` is the in-memory pull of the predicted data, if any."""
+    import pydicom
+
+    source = parse_source(target)
+    if not isinstance(source, DicomwebSource):
+        raise MedmmError("--push takes a DICOMweb server: dicomweb+https://host/dicom-web")
+    if source.url.filters:
+        raise MedmmError("--push: the target URL takes no query (matching keys are for --data)")
+    if not files:
+        raise MedmmError("--push: no DICOM SR report was written, nothing to send")
+    server = source.server()
+    reports = []
+    for path in files:
+        ds = pydicom.dcmread(path)
+        if pulled is not None:
+            pseudo_study = str(ds.StudyInstanceUID)
+            reidentify(ds, pulled.uid_map, dict(pulled.studies.get(pseudo_study) or {}))
+        reports.append(ds)
+    for ds in reports:
+        missing = [s for s in _referenced_studies(ds) if not server.has_study(s)]
+        if missing:
+            hint = (" (the predicted files were de-identified: their UIDs are keyed pseudonyms; predict with "
+                    "--data dicomweb+... so that medmm maps them back in memory)") if pulled is None else ""
+            raise MedmmError(f"--push: {server.url.where} does not hold the study a report references{hint}; "
+                             "nothing was sent")
+    server.store(reports)
+    found = sum(server.find(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)) for ds in reports)
+    echo(f"  {len(reports)} DICOM SR report(s) stored on {server.url.where} (STOW-RS); "
+         f"{found} found again by QIDO-RS")
+    if found != len(reports):
+        raise MedmmError(f"--push: only {found} of {len(reports)} stored report(s) are found by a QIDO-RS search")
+    return found
