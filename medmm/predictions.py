@@ -60,12 +60,18 @@ def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tup
 
 def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
                       unit_columns: dict[str, dict[str, str]] | None = None,
-                      operating_point: dict[str, Any] | None = None) -> Path:
+                      operating_point: dict[str, Any] | None = None, conformal: dict[str, Any] | None = None,
+                      set_groups: Any = None) -> Path:
     """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs).
 
     ``operating_point`` (the run's stored one) adds the thresholded decision: ``decision``
     (binary: a class name) or ``decision_<class>`` 0/1 columns (multiclass one-vs-rest; multilabel,
     each label at its own threshold).
+
+    ``conformal`` (the run's stored thresholds, :mod:`medmm.evaluation.conformal`) adds the
+    prediction set ``set_<level>`` (or ``lower_<level>`` / ``upper_<level>``; multi-label:
+    ``set_<label>``) and ``abstain`` (1 = refer to a clinician) after the prediction columns;
+    ``set_groups`` are the units' values of its ``group_column``.
     """
     header, rows = prediction_rows(ev, problem, label_names)
     if operating_point is not None and problem in ("binary", "multiclass", "multilabel") and len(rows):
@@ -82,6 +88,16 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
             header[at:at] = [f"decision_{c}" for c in operating_point["classes"]]
             for r, c in zip(rows, calls):
                 r[at:at] = [int(v) for v in c]
+    if conformal is not None and len(rows):
+        from medmm.evaluation.conformal import prediction_columns
+
+        names = _label_names(problem, label_names, 2 if problem == "binary" else np.asarray(ev.scores).reshape(
+            len(rows), -1).shape[1])
+        c_head, c_rows = prediction_columns(conformal, ev.scores, names, set_groups)
+        at = header.index("true") if "true" in header else len(header)
+        header[at:at] = c_head
+        for r, c in zip(rows, c_rows):
+            r[at:at] = c
     extra = sorted({k for cols in (unit_columns or {}).values() for k in cols})
     if extra:
         header = [header[0], *extra, *header[1:]]

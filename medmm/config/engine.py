@@ -12,7 +12,7 @@ from pydantic import Field, PrivateAttr
 
 from medmm.config.base import Bool, ConfigModel, Float, Fraction, Int, NonNegInt, PosInt, Probability
 
-__all__ = ["DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "PrivacyConfig", "TaskConfig"]
+__all__ = ["ConformalConfig", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "PrivacyConfig", "TaskConfig"]
 
 
 class PrivacyConfig(ConfigModel):
@@ -68,6 +68,19 @@ class EngineConfig(ConfigModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
 
 
+class ConformalConfig(ConfigModel):
+    """Split-conformal prediction sets / intervals calibrated on val, and the refer flag (medmm.evaluation.conformal)."""
+
+    enabled: Bool = Field(True, description="calibrate sets (classification) or intervals (regression) on val")
+    alpha: Float = Field(0.1, gt=0, lt=1, description="miscoverage: sets hold the true class for >= 1 - alpha of units")
+    mondrian: Literal["class", "none"] = Field(
+        "class", description="class: one threshold per class (coverage in every class) | none: one pooled threshold")
+    group_column: str | None = Field(None, description="also one threshold per group of this subgroup column")
+    refer: Literal["not_single", "ambiguous"] = Field(
+        "not_single", description="abstain / refer when the set is not exactly one class | only when it holds 2+")
+    max_width: Float | None = Field(None, gt=0, description="regression: refer when the interval is wider than this")
+
+
 class EvalConfig(ConfigModel):
     """Operating point and subgroup audit of the training report and ``medmm evaluate``."""
 
@@ -79,6 +92,7 @@ class EvalConfig(ConfigModel):
     bands: dict[str, list[float]] | None = Field(
         None, description="bands of numeric subgroup columns, e.g. {age: [0, 40, 65, 80]} "
                           "(default: age bands, else quartiles)")
+    conformal: ConformalConfig = Field(default_factory=ConformalConfig)
 
 
 class DataConfig(ConfigModel):

@@ -68,6 +68,7 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
     n_boot, seed = cfg.engine.bootstrap, cfg.seed
     classify = problem in ("binary", "multiclass", "multilabel")  # multilabel: one threshold per label
     (y_true, y_score), kw = trainer.metric_inputs(test_ev) if test_ev.targets is not None else ((None, None), {})
+    val = None
     if classify and bundle.val is not None and len(bundle.val.dataset) and test_ev.targets is not None:
         val = trainer.evaluate(model, bundle.val, bundle.collate_fn)
         (vy, vs), _ = trainer.metric_inputs(val)
@@ -88,6 +89,12 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
                                                                     "ppv", "npv")} for c, s in stats.items()}
         if main:
             save_operating_point(run_dir / "artifacts", op)
+    from medmm.evaluation.conformal import training_conformal  # sets / intervals calibrated on val (#32)
+
+    conf = training_conformal(task, trainer, model, bundle, val, test_ev, split_name, data, cfg, run_dir, main=main)
+    out["sections"] += conf["sections"]
+    out["summary"].update(conf["summary"])
+    out.update(conformal=conf["conformal"], conformal_card=conf["card"], conformal_set_groups=conf["set_groups"])
     columns = list(cfg.data.subgroup_columns or [])
     if columns and test_ev.targets is not None:
         attrs = unit_attributes(Path(data), cfg.data, test_ev.units, columns)

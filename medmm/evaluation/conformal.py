@@ -1,0 +1,437 @@
+"""Split-conformal prediction sets (classification) and intervals (regression), and the refer flag.
+
+Calibrated once on the validation split at training time, stored as plain JSON
+(``artifacts/conformal.json``), applied with numpy only: the torch-free ONNX runtime, ``medmm
+serve`` and the DICOM SR carry the same sets as ``medmm predict``.
+
+Scores and rules (the ones MAPIE 1.x uses, checked set-for-set in ``tests/test_conformal.py`` and
+``bench/conformal.py``):
+
+- classification: the LAC score ``1 - p_y``. A class ``k`` is in the set when
+  ``1 - p_k <= q_k + 1e-8``, where ``q_k`` is the ``ceil((n_k + 1)(1 - alpha))``-th smallest score of
+  the ``n_k`` calibration units of class ``k`` (``mondrian: class``, the default: coverage holds in
+  every class) or of all units (``mondrian: none``: coverage holds on average only). Too few units
+  for the order statistic (``ceil((n + 1)(1 - alpha)) > n``) -> the class is always included.
+  Binary problems are two-class problems; multi-label problems get one binary set per label.
+  With ``group_column``, thresholds are per (group, class); units of a group unseen at calibration
+  use the pooled ones.
+- regression: the absolute residual; the interval is ``prediction +- q``.
+- survival: no sets. The risk score is a relative log hazard, and a coverage guarantee for event
+  times under censoring needs censoring-aware methods that medmm does not implement.
+
+The guarantee is marginal over exchangeable units: ``P(y in set) >= 1 - alpha`` for a new unit
+drawn like the calibration units. It does not hold per patient, nor on a site whose data differ
+(re-calibrate there: ``medmm evaluate --recalibrate conformal``).
+
+Refer rule (``eval.conformal.refer``): ``not_single`` (default) refers a unit whose set is not
+exactly one class (ambiguous or empty); ``ambiguous`` refers only sets of two or more classes.
+Multi-label: a unit is referred when any label is. Regression: referred when the interval is wider
+than ``eval.conformal.max_width`` (never, when unset).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.errors import MedmmError
+
+__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report",
+           "load_conformal", "prediction_columns", "save_conformal", "weighted_threshold"]
+
+FORMAT = "medmm-conformal"
+FILE = "conformal.json"
+PROBLEMS = ("binary", "multiclass", "multilabel", "regression")
+REFER_RULES = ("not_single", "ambiguous")
+TOL = 1e-8  # MAPIE's machine-precision tolerance on the LAC comparison
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def conformal_quantile(scores: Any, alpha: float) -> float:
+    """The ``ceil((n + 1)(1 - alpha))``-th smallest of ``scores``; ``inf`` when that exceeds ``n``."""
+    s = np.sort(np.asarray(scores, dtype=float).ravel())
+    k = math.ceil((len(s) + 1) * (1 - alpha) - 1e-12)
+    return float(s[k - 1]) if 1 <= k <= len(s) else (math.inf if k > len(s) else -math.inf)
+
+
+def _probs2(problem: str, scores: Any) -> np.ndarray:
+    s = np.asarray(scores, dtype=float)
+    if problem == "binary":
+        s = s.reshape(-1)
+        return np.stack([1 - s, s], axis=1)
+    return s.reshape(len(s), -1)
+
+
+def _class_thresholds(p: np.ndarray, y: np.ndarray, alpha: float, mondrian: bool) -> list[float]:
+    score = 1.0 - p[np.arange(len(y)), y]
+    if not mondrian:
+        return [conformal_quantile(score, alpha)] * p.shape[1]
+    return [conformal_quantile(score[y == k], alpha) for k in range(p.shape[1])]
+
+
+def _thresholds(problem: str, y: np.ndarray, scores: Any, alpha: float, mondrian: bool) -> Any:
+    if problem == "regression":
+        return conformal_quantile(np.abs(np.asarray(y, float).ravel() - np.asarray(scores, float).ravel()), alpha)
+    if problem == "multilabel":
+        s, t = np.asarray(scores, float), (np.asarray(y) >= 0.5).astype(int)
+        return [_class_thresholds(_probs2("binary", s[:, j]), t[:, j], alpha, mondrian) for j in range(s.shape[1])]
+    return _class_thresholds(_probs2(problem, scores), np.asarray(y).astype(int).ravel(), alpha, mondrian)
+
+
+def calibrate(problem: str, y: Any, scores: Any, *, alpha: float = 0.1, mondrian: str = "class",
+              classes: Sequence[str] | None = None, groups: Sequence[Any] | None = None,
+              group_column: str | None = None, refer: str = "not_single", max_width: float | None = None,
+              calibrated_on: str = "val") -> dict[str, Any]:
+    """The JSON form of split-conformal thresholds fitted on labels ``y`` and scores ``scores``.
+
+    ``scores`` follow :mod:`medmm.metrics` (binary: P(positive); multiclass / multi-label:
+    ``[N, C]`` probabilities; regression: predictions).
+    """
+    if problem not in PROBLEMS:
+        raise MedmmError(f"conformal sets apply to {', '.join(PROBLEMS)} tasks, not {problem}")
+    if not 0.0 < alpha < 1.0:
+        raise MedmmError(f"eval.conformal.alpha must be in (0, 1), got {alpha}")
+    if refer not in REFER_RULES:
+        raise MedmmError(f"eval.conformal.refer must be one of {', '.join(REFER_RULES)}, got {refer!r}")
+    if mondrian not in ("class", "none"):
+        raise MedmmError(f"eval.conformal.mondrian must be 'class' or 'none', got {mondrian!r}")
+    y = np.asarray(y)
+    by_class = mondrian == "class" and problem != "regression"
+    out: dict[str, Any] = {
+        "format": FORMAT, "version": 1, "problem": problem, "alpha": float(alpha),
+        "score": "absolute residual" if problem == "regression" else "lac (1 - p of the class)",
+        "mondrian": "class" if by_class else "none", "refer": refer,
+        "max_width": None if max_width is None else float(max_width),
+        "classes": [str(c) for c in classes] if classes is not None else None,
+        "thresholds": _thresholds(problem, y, scores, alpha, by_class),
+        "calibrated_on": calibrated_on, "n": int(len(y)),
+    }
+    if problem in ("binary", "multiclass"):
+        out["n_per_class"] = np.bincount(y.astype(int).ravel(), minlength=_probs2(problem, scores).shape[1]).tolist()
+    if groups is not None:
+        g = np.asarray([str(v) for v in groups])
+        s = np.asarray(scores)
+        out["group_column"] = group_column
+        out["group_thresholds"] = {str(v): _thresholds(problem, y[g == v], s[g == v], alpha, by_class)
+                                   for v in sorted(set(g.tolist()))}
+        out["n_per_group"] = {str(v): int((g == v).sum()) for v in sorted(set(g.tolist()))}
+    return out
+
+
+def weighted_threshold(scores: Any, weights: Any, test_weight: float, alpha: float) -> float:
+    """Weighted split-conformal quantile (Tibshirani et al. 2019) for one test point.
+
+    The ``1 - alpha`` quantile of the calibration ``scores`` weighted by ``weights`` (density ratios
+    w(x) = dP_new / dP_cal) plus a point mass at +inf of weight ``test_weight``; ``inf`` when the
+    calibration mass is too small.
+    """
+    s, w = np.asarray(scores, float).ravel(), np.asarray(weights, float).ravel()
+    order = np.argsort(s)
+    s, w = s[order], w[order]
+    total = w.sum() + float(test_weight)
+    cum = np.cumsum(w) / total
+    i = int(np.searchsorted(cum, 1 - alpha - 1e-12))
+    return float(s[i]) if i < len(s) else math.inf
+
+
+# --------------------------------------------------------------------------- application
+
+
+def _finite(q: Any) -> float:
+    return math.inf if q is None else float(q)
+
+
+def _thr_rows(conf: Mapping[str, Any], n: int, groups: Sequence[Any] | None) -> list[Any]:
+    """The thresholds per unit: the group's when it was calibrated, else the pooled ones."""
+    pooled = conf["thresholds"]
+    table = conf.get("group_thresholds") or {}
+    if groups is None or not table:
+        return [pooled] * n
+    return [table.get(str(g), pooled) for g in groups]
+
+
+def _sets_from(p: np.ndarray, thr: Sequence[Any]) -> np.ndarray:
+    q = np.asarray([[_finite(v) for v in t] for t in thr], dtype=float)
+    return (1.0 - p) - q <= TOL
+
+
+def apply_sets(conf: Mapping[str, Any], scores: Any, groups: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+    """Sets (or intervals) and the refer flag for ``scores``.
+
+    Returns ``{"sets": bool [N, C] (multi-label [N, L, 2]), "size": [N], "abstain": bool [N]}`` for
+    classification and ``{"lower", "upper", "width", "abstain"}`` for regression.
+    """
+    problem = conf["problem"]
+    s = np.asarray(scores, dtype=float)
+    n = len(s)
+    thr = _thr_rows(conf, n, groups)
+    if problem == "regression":
+        q = np.asarray([_finite(t) for t in thr], dtype=float)
+        pred = s.reshape(-1)
+        width = 2 * q
+        mw = conf.get("max_width")
+        abstain = width > mw if mw is not None else np.zeros(n, bool)
+        return {"lower": pred - q, "upper": pred + q, "width": width, "abstain": abstain}
+    if problem == "multilabel":
+        s = s.reshape(n, -1)
+        sets = np.stack([_sets_from(_probs2("binary", s[:, j]), [t[j] for t in thr]) for j in range(s.shape[1])],
+                        axis=1) if n else np.zeros((0, s.shape[1] if s.ndim == 2 else 0, 2), bool)
+        size = sets.sum(axis=2)  # [N, L]
+        bad = size != 1 if conf["refer"] == "not_single" else size > 1
+        return {"sets": sets, "size": size, "abstain": bad.any(axis=1) if n else np.zeros(0, bool)}
+    p = _probs2(problem, s)
+    sets = _sets_from(p, thr) if n else np.zeros((0, p.shape[1]), bool)
+    size = sets.sum(axis=1)
+    abstain = size != 1 if conf["refer"] == "not_single" else size > 1
+    return {"sets": sets, "size": size, "abstain": abstain}
+
+
+def prediction_columns(conf: Mapping[str, Any], scores: Any, names: Sequence[str],
+                       groups: Sequence[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
+    """Extra ``predictions.csv`` columns: ``set`` (class names joined by ``;``; multi-label: one
+    ``set_<label>`` column of ``0`` / ``1`` / ``0;1``) or ``lower`` / ``upper``, then ``abstain``."""
+    out = apply_sets(conf, scores, groups)
+    pct = f"{100 * (1 - conf['alpha']):g}"
+    if conf["problem"] == "regression":
+        return ([f"lower_{pct}", f"upper_{pct}", "abstain"],
+                [[f"{lo:.6g}", f"{hi:.6g}", int(a)] for lo, hi, a in zip(out["lower"], out["upper"], out["abstain"])])
+    names = [str(n) for n in names]
+    if conf["problem"] == "multilabel":
+        rows = [[";".join(str(v) for v in (0, 1) if out["sets"][i, j, v]) for j in range(len(names))]
+                + [int(out["abstain"][i])] for i in range(len(out["abstain"]))]
+        return [*(f"set_{n}" for n in names), "abstain"], rows
+    rows = [[";".join(n for n, inc in zip(names, out["sets"][i]) if inc), int(out["abstain"][i])]
+            for i in range(len(out["abstain"]))]
+    return [f"set_{pct}", "abstain"], rows
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def _covered(conf: Mapping[str, Any], out: Mapping[str, np.ndarray], y: np.ndarray) -> np.ndarray:
+    """Per unit 0/1 (multi-label: ``[N, L]``): the truth is in the set / interval."""
+    problem = conf["problem"]
+    if problem == "regression":
+        yy = y.astype(float).ravel()
+        return (yy >= out["lower"] - TOL) & (yy <= out["upper"] + TOL)
+    if problem == "multilabel":
+        t = (y >= 0.5).astype(int)
+        return np.take_along_axis(out["sets"], t[:, :, None], axis=2)[:, :, 0]
+    return out["sets"][np.arange(len(y)), y.astype(int).ravel()]
+
+
+def _ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
+    if not n_boot or len(values) < 2:
+        return (math.nan, math.nan)
+    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
+    m = values[idx].mean(axis=1)
+    return float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))
+
+
+def _cell(cov: np.ndarray, size: np.ndarray, refer: np.ndarray, n_boot: int, rng: np.random.Generator,
+          nominal: float) -> dict[str, Any]:
+    c = cov.astype(float)
+    lo, hi = _ci(c, n_boot, rng)
+    return {"n": int(len(c)), "coverage": float(c.mean()) if len(c) else math.nan, "coverage_ci": [lo, hi],
+            "mean_size": float(size.mean()) if len(size) else math.nan,
+            "mean_size_ci": list(_ci(size.astype(float), n_boot, rng)),
+            "referred": float(refer.mean()) if len(refer) else math.nan,
+            "below_nominal": bool(math.isfinite(hi) and hi < nominal)}
+
+
+def coverage_report(conf: Mapping[str, Any], y: Any, scores: Any, *, label_names: Sequence[str] | None = None,
+                    groups: Mapping[str, Sequence[Any]] | None = None, set_groups: Sequence[Any] | None = None,
+                    min_group_size: int = 10, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Empirical coverage, mean set size (interval width) and share referred, with 95% bootstrap CIs:
+    overall, per class (per label), and per subgroup of each ``groups`` column. A cell whose coverage
+    CI lies wholly below ``1 - alpha`` is flagged; cells under ``min_group_size`` units are suppressed.
+    """
+    y = np.asarray(y)
+    out = apply_sets(conf, scores, set_groups)
+    cov = _covered(conf, out, y)
+    problem, nominal = conf["problem"], 1 - float(conf["alpha"])
+    size = out["width"] if problem == "regression" else out["size"]
+    if problem == "multilabel":  # a unit is covered when every label is; size: labels' mean set size
+        per_label = cov
+        cov, size = per_label.all(axis=1), size.mean(axis=1)
+    rng = np.random.default_rng(seed)
+    report: dict[str, Any] = {"alpha": conf["alpha"], "nominal": nominal, "problem": problem,
+                              "size_name": "interval width" if problem == "regression" else "set size",
+                              "refer_rule": conf.get("refer"), "min_group_size": int(min_group_size),
+                              "overall": _cell(cov, size, out["abstain"], n_boot, rng, nominal), "classes": {},
+                              "groups": {}}
+    names = [str(n) for n in (label_names or [])]
+    if problem in ("binary", "multiclass"):
+        for k, name in enumerate(names):
+            m = y.astype(int).ravel() == k
+            if m.any():
+                report["classes"][name] = _cell(cov[m], size[m], out["abstain"][m], n_boot, rng, nominal)
+    elif problem == "multilabel":
+        for j, name in enumerate(names):
+            report["classes"][name] = _cell(per_label[:, j], out["size"][:, j], out["abstain"], n_boot, rng, nominal)
+    for col, labels in (groups or {}).items():
+        g = np.asarray([str(v) for v in labels])
+        cells = {}
+        for v in sorted(set(g.tolist())):
+            m = g == v
+            cells[v] = ({"n": int(m.sum()), "suppressed": True} if m.sum() < min_group_size
+                        else _cell(cov[m], size[m], out["abstain"][m], n_boot, rng, nominal))
+        report["groups"][col] = {"cells": cells,
+                                 "flagged": [v for v, c in cells.items() if c.get("below_nominal")]}
+    return report
+
+
+# --------------------------------------------------------------------------- storage and views
+
+
+def save_conformal(directory: Path, conf: Mapping[str, Any]) -> Path:
+    """``artifacts/conformal.json`` (atomic, strict JSON: an infinite threshold is ``null``)."""
+    from medmm.io import write_json_atomic
+
+    return write_json_atomic(Path(directory) / FILE, dict(conf))
+
+
+def load_conformal(run_dir: Path) -> dict[str, Any] | None:
+    """The run's stored conformal thresholds, or ``None`` (runs trained without them)."""
+    from medmm.io import read_json
+
+    path = Path(run_dir) / "artifacts" / FILE
+    return read_json(path, format=FORMAT) if path.exists() else None
+
+
+def _f(v: Any, digits: int = 3) -> str:
+    return "n/a" if v is None or not math.isfinite(v) else f"{v:.{digits}f}"
+
+
+def _row(name: str, c: Mapping[str, Any], min_n: int) -> list[str]:
+    if c.get("suppressed"):
+        return [name, f"< {min_n}", "", "", "", ""]
+    lo, hi = c["coverage_ci"]
+    slo, shi = c["mean_size_ci"]
+    cov = _f(c["coverage"]) + (f" ({_f(lo)}–{_f(hi)})" if math.isfinite(lo) else "")
+    size = _f(c["mean_size"]) + (f" ({_f(slo)}–{_f(shi)})" if math.isfinite(slo) else "")
+    return [name, str(c["n"]), cov, size, _f(c["referred"]), "below nominal" if c["below_nominal"] else ""]
+
+
+def coverage_rows(report: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the coverage table (overall, classes, subgroup cells)."""
+    head = ["", "units", "coverage (95% CI)", f"mean {report['size_name']} (95% CI)", "referred", "flag"]
+    m = report["min_group_size"]
+    rows = [_row("overall", report["overall"], m)]
+    rows += [_row(f"class {k}", c, m) for k, c in report["classes"].items()]
+    for col, g in report["groups"].items():
+        rows += [_row(f"{col} = {v}", c, m) for v, c in g["cells"].items()]
+    return head, rows
+
+
+def describe(conf: Mapping[str, Any]) -> str:
+    """One sentence: what the sets are, how they were calibrated and the refer rule."""
+    level = f"{100 * (1 - conf['alpha']):g}%"
+    if conf["problem"] == "regression":
+        rule = (f"referred when the interval is wider than {conf['max_width']:g}" if conf.get("max_width") is not None
+                else "never referred (eval.conformal.max_width unset)")
+        return (f"Split-conformal {level} intervals (prediction +- q, absolute-residual score) calibrated on "
+                f"{conf['n']} {conf['calibrated_on']} units; {rule}.")
+    by = "per class (Mondrian)" if conf["mondrian"] == "class" else "marginal (all classes pooled)"
+    grp = f", and per {conf['group_column']} group" if conf.get("group_column") else ""
+    rule = ("a unit is referred to a clinician when its set is not exactly one class (ambiguous or empty)"
+            if conf["refer"] == "not_single" else "a unit is referred when its set holds two or more classes")
+    per = " (one set per label; referred when any label is)" if conf["problem"] == "multilabel" else ""
+    return (f"Split-conformal {level} prediction sets{per}, LAC score, thresholds {by}{grp}, calibrated on "
+            f"{conf['n']} {conf['calibrated_on']} units; {rule}. Coverage holds on average over units drawn "
+            "like the calibration units, not per patient and not on a shifted site.")
+
+
+def coverage_html(report: Mapping[str, Any], conf: Mapping[str, Any], split: str) -> str:
+    """The report / evaluation page section."""
+    import html
+
+    from medmm.report import html_table
+
+    head, rows = coverage_rows(report)
+    note = (f"{describe(conf)} Figures on the {split} split; 95% bootstrap CIs; a row is flagged when its "
+            f"coverage CI lies wholly below the nominal {report['nominal']:.2f}.")
+    return html_table(head, rows) + f'\n<p class="note">{html.escape(note)}</p>'
+
+
+def coverage_markdown(report: Mapping[str, Any], conf: Mapping[str, Any], split: str) -> str:
+    """The model card / TRIPOD form of :func:`coverage_html`."""
+    head, rows = coverage_rows(report)
+    md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join(
+        "| " + " | ".join(r) + " |" for r in rows)
+    return f"{describe(conf)} On the {split} split:\n\n{md}"
+
+
+# --------------------------------------------------------------------------- training run
+
+
+def unit_groups(data: Path, cfg: Any, units: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
+    """Subgroup labels (banded as the audit bands them) of ``units`` for each of ``columns``."""
+    from medmm.evaluation.attributes import unit_attributes
+    from medmm.evaluation.subgroups import group_labels, parse_bands
+
+    if not columns:
+        return {}
+    attrs = unit_attributes(Path(data), cfg.data, list(units), list(columns))
+    return {c: group_labels(v, c, parse_bands(cfg.eval.bands)) for c, v in attrs.items()}
+
+
+def training_conformal(task: Any, trainer: Any, model: Any, bundle: Any, val: Any, test_ev: Any, split_name: str,
+                       data: Path, cfg: Any, run_dir: Path, *, main: bool) -> dict[str, Any]:
+    """Calibrate on val (``val``: its evaluation when already made), report coverage on ``test_ev``;
+    only ``main`` writes ``artifacts/conformal.json``."""
+    c = cfg.eval.conformal
+    out: dict[str, Any] = {"sections": [], "summary": {}, "conformal": None, "card": None, "set_groups": None}
+    if not c.enabled or task.problem not in PROBLEMS or bundle.val is None or not len(bundle.val.dataset):
+        return out
+    if val is None:
+        val = trainer.evaluate(model, bundle.val, bundle.collate_fn)
+    if val.targets is None:
+        return out
+    (vy, vs), _ = trainer.metric_inputs(val)
+    gcol = c.group_column
+    vgroups = unit_groups(data, cfg, val.units, [gcol])[gcol] if gcol else None
+    conf = calibrate(task.problem, vy, vs, alpha=c.alpha, mondrian=c.mondrian, classes=task.label_names,
+                     groups=vgroups, group_column=gcol, refer=c.refer, max_width=c.max_width)
+    if main:
+        save_conformal(Path(run_dir) / "artifacts", conf)
+    out["conformal"] = conf
+    if test_ev.targets is not None and len(test_ev.units):
+        (y, s), _ = trainer.metric_inputs(test_ev)
+        cols = list(cfg.data.subgroup_columns or [])
+        groups = unit_groups(data, cfg, test_ev.units, sorted({*cols, *([gcol] if gcol else [])}))
+        out["set_groups"] = groups.get(gcol).tolist() if gcol else None
+        rep = coverage_report(conf, y, s, label_names=task.label_names, groups=groups,
+                              set_groups=groups.get(gcol) if gcol else None, min_group_size=cfg.eval.min_group_size,
+                              n_boot=cfg.engine.bootstrap, seed=cfg.seed)
+        where = split_name + (" (the calibration split itself: in-sample)" if split_name == "val" else "")
+        out["sections"].append((f"Prediction sets and referral (on {split_name})", coverage_html(rep, conf, where)))
+        out["card"] = coverage_markdown(rep, conf, where)
+        o = rep["overall"]
+        out["summary"]["conformal"] = {"alpha": conf["alpha"], "coverage": o["coverage"],
+                                       "coverage_ci": o["coverage_ci"], "mean_size": o["mean_size"],
+                                       "referred": o["referred"], "size_name": rep["size_name"],
+                                       "flagged": [f"class {k}" for k, v in rep["classes"].items() if v["below_nominal"]]
+                                       + [f"{col} = {v}" for col, g in rep["groups"].items() for v in g["flagged"]]}
+    return out
+
+
+def summary_line(s: Mapping[str, Any], split: str) -> str:
+    """``conformal 90% sets on test: coverage 0.91 (95% CI ..), mean set size 1.2, referred 18%``."""
+    lo, hi = s["coverage_ci"]
+    ci = f" (95% CI {lo:.3f}-{hi:.3f})" if lo is not None and math.isfinite(lo) else ""
+    line = (f"conformal {100 * (1 - s['alpha']):g}% on {split}: coverage {s['coverage']:.3f}{ci}, mean "
+            f"{s['size_name']} {s['mean_size']:.3g}, referred {100 * s['referred']:.1f}%")
+    return line + (f"; below nominal: {', '.join(s['flagged'])}" if s.get("flagged") else "")
+
+
+def set_groups_of(conf: Mapping[str, Any] | None, data: Path, cfg: Any, units: Sequence[str]) -> list[str] | None:
+    """The units' values of the thresholds' ``group_column`` in ``data`` (``None`` when not grouped)."""
+    col = (conf or {}).get("group_column")
+    return unit_groups(data, cfg, units, [col])[col].tolist() if col else None

@@ -1,0 +1,176 @@
+"""Conformal prediction sets / intervals and the refer flag (medmm.evaluation.conformal).
+
+Sets are checked set-for-set against MAPIE's own split-conformal classes on the same
+probabilities, coverage against planted data whose true probabilities are known.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from medmm.errors import MedmmError
+from medmm.evaluation.conformal import (apply_sets, calibrate, conformal_quantile, coverage_report, load_conformal,
+                                        prediction_columns, save_conformal, weighted_threshold)
+
+
+def _planted(n: int, k: int = 3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from the very probabilities the "model" outputs (a calibrated model; class 0 rarer)."""
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.r_[0.3, np.full(k - 1, 0.8)], size=n)
+    y = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return y, p
+
+
+def _mapie():
+    pytest.importorskip("mapie")
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+
+    class Probs(ClassifierMixin, BaseEstimator):
+        """A prefit 'classifier' whose input is its own probabilities."""
+
+        def fit(self, X, y):  # noqa: N803
+            self.classes_ = np.arange(np.asarray(X).shape[1])
+            self.n_features_in_ = np.asarray(X).shape[1]
+            return self
+
+        def predict_proba(self, X):  # noqa: N803
+            return np.asarray(X)
+
+        def predict(self, X):  # noqa: N803
+            return np.asarray(X).argmax(axis=1)
+
+    class Preds(RegressorMixin, BaseEstimator):
+        def fit(self, X, y):  # noqa: N803
+            self.n_features_in_ = 1
+            return self
+
+        def predict(self, X):  # noqa: N803
+            return np.asarray(X)[:, 0]
+
+    return Probs, Preds
+
+
+def test_quantile_is_the_split_conformal_order_statistic() -> None:
+    s = np.arange(1, 20, dtype=float)  # n = 19: ceil(20 * 0.9) = 18th smallest
+    assert conformal_quantile(s, 0.1) == 18.0
+    assert conformal_quantile(s[:5], 0.1) == math.inf  # ceil(6 * 0.9) = 6 > 5: always include
+    assert conformal_quantile(s[::-1], 0.5) == 10.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_marginal_sets_and_intervals_equal_mapie(seed: int) -> None:
+    from mapie.classification import SplitConformalClassifier
+    from mapie.regression import SplitConformalRegressor
+
+    Probs, Preds = _mapie()
+    y, p = _planted(600, seed=seed)
+    mapie = SplitConformalClassifier(Probs().fit(p, y), confidence_level=0.9, prefit=True).conformalize(p[:300], y[:300])
+    ours = apply_sets(calibrate("multiclass", y[:300], p[:300], alpha=0.1, mondrian="none"), p[300:])
+    assert (ours["sets"] == mapie.predict_set(p[300:])[1][:, :, 0]).all()
+
+    rng = np.random.default_rng(seed)
+    t = rng.normal(size=400)
+    pred = t + rng.standard_t(3, size=400)
+    reg = SplitConformalRegressor(Preds().fit(pred[:, None], t), confidence_level=0.8, prefit=True)
+    iv = reg.conformalize(pred[:200, None], t[:200]).predict_interval(pred[200:, None])[1][:, :, 0]
+    got = apply_sets(calibrate("regression", t[:200], pred[:200], alpha=0.2), pred[200:])
+    np.testing.assert_allclose(np.stack([got["lower"], got["upper"]], axis=1), iv)
+
+
+@pytest.mark.filterwarnings("ignore:WARNING. your conformalization dataset:UserWarning")
+def test_class_conditional_sets_equal_mapie_fitted_per_class() -> None:
+    """Mondrian by class = for each class k, MAPIE conformalized on the calibration units of class k only."""
+    from mapie.classification import SplitConformalClassifier
+
+    Probs, _ = _mapie()
+    y, p = _planted(900, seed=3)
+    ours = apply_sets(calibrate("multiclass", y[:450], p[:450], alpha=0.1), p[450:])["sets"]
+    for k in range(3):
+        m = y[:450] == k
+        mk = SplitConformalClassifier(Probs().fit(p, y), confidence_level=0.9, prefit=True).conformalize(p[:450][m],
+                                                                                                           y[:450][m])
+        assert (ours[:, k] == mk.predict_set(p[450:])[1][:, k, 0]).all()
+
+
+def test_coverage_holds_overall_and_per_class_on_planted_data() -> None:
+    y, p = _planted(20000, seed=4)
+    conf = calibrate("multiclass", y[:10000], p[:10000], alpha=0.1, classes=["a", "b", "c"])
+    rep = coverage_report(conf, y[10000:], p[10000:], label_names=["a", "b", "c"], n_boot=0)
+    assert abs(rep["overall"]["coverage"] - 0.9) < 0.015
+    for c in rep["classes"].values():
+        assert abs(c["coverage"] - 0.9) < 0.02
+    marginal = calibrate("multiclass", y[:10000], p[:10000], alpha=0.1, mondrian="none")
+    rep_m = coverage_report(marginal, y[10000:], p[10000:], label_names=["a", "b", "c"], n_boot=0)
+    assert abs(rep_m["overall"]["coverage"] - 0.9) < 0.015
+
+
+def test_refer_rules_binary_multilabel_and_regression() -> None:
+    y = np.array([0, 1] * 50)
+    p = np.where(y == 1, 0.8, 0.2)
+    p[:20] = 0.5  # ambiguous units: 10 of each class
+    conf = calibrate("binary", y, p, alpha=0.1, classes=["neg", "pos"])
+    out = apply_sets(conf, np.array([0.5, 0.95, 0.05]))
+    assert out["size"].tolist()[1:] == [1, 1] and out["abstain"].tolist()[1:] == [False, False]
+    assert out["size"][0] == 2 and out["abstain"][0]
+    head, rows = prediction_columns(conf, np.array([0.5, 0.95]), ["neg", "pos"])
+    assert head == ["set_90", "abstain"] and rows == [["neg;pos", 1], ["pos", 0]]
+    empty = {**conf, "thresholds": [0.0, 0.0]}  # nothing clears q = 0 but p = 1: empty sets
+    assert apply_sets(empty, np.array([0.6]))["abstain"][0]
+    assert not apply_sets({**empty, "refer": "ambiguous"}, np.array([0.6]))["abstain"][0]
+
+    ml = calibrate("multilabel", np.stack([y, 1 - y], 1), np.stack([p, 1 - p], 1), alpha=0.1)
+    head, rows = prediction_columns(ml, np.array([[0.95, 0.05], [0.5, 0.05]]), ["A", "B"])
+    assert head == ["set_A", "set_B", "abstain"] and rows == [["1", "0", 0], ["0;1", "0", 1]]
+
+    reg = calibrate("regression", np.zeros(99), np.r_[np.arange(1, 100) / 10.0], alpha=0.1, max_width=20.0)
+    got = apply_sets(reg, np.array([0.0]))
+    assert got["upper"][0] == pytest.approx(9.0) and not got["abstain"][0]  # 90th of 0.1..9.9
+    assert apply_sets({**reg, "max_width": 17.0}, np.array([0.0]))["abstain"][0]  # width 18
+
+
+def test_group_thresholds_and_the_flag_on_an_undercovered_subgroup() -> None:
+    """Group B's labels ignore the model: pooled thresholds under-cover B (flagged), per-group ones do not."""
+    rng = np.random.default_rng(5)
+    n = 6000
+    g = rng.choice(["A", "B"], n)
+    p = rng.uniform(0.02, 0.98, n)
+    y = np.where(g == "A", rng.random(n) < p, rng.random(n) < 0.5).astype(int)
+    p = np.where(g == "B", np.clip(p * 0.2 + 0.8 * (1 - y) * p, 0, 1), p)  # B: confident and often wrong
+    cal, test = slice(0, n // 2), slice(n // 2, n)
+    pooled = calibrate("binary", y[cal], p[cal], alpha=0.1)
+    rep = coverage_report(pooled, y[test], p[test], groups={"site": g[test]}, n_boot=300, seed=0)
+    assert rep["groups"]["site"]["flagged"] == ["B"]
+    grouped = calibrate("binary", y[cal], p[cal], alpha=0.1, groups=g[cal], group_column="site")
+    rep = coverage_report(grouped, y[test], p[test], groups={"site": g[test]}, set_groups=g[test], n_boot=300, seed=0)
+    assert rep["groups"]["site"]["flagged"] == []
+    assert abs(rep["groups"]["site"]["cells"]["B"]["coverage"] - 0.9) < 0.03
+    small = coverage_report(pooled, y[test][:5], p[test][:5], groups={"site": g[test][:5]}, n_boot=0)
+    assert all(c.get("suppressed") for c in small["groups"]["site"]["cells"].values())
+
+
+def test_weighted_quantile_reduces_to_the_plain_one_with_equal_weights() -> None:
+    s = np.random.default_rng(1).random(199)
+    assert weighted_threshold(s, np.ones(199), 1.0, 0.1) == conformal_quantile(s, 0.1)
+    assert weighted_threshold(s[:5], np.ones(5), 1.0, 0.1) == math.inf
+    w = np.where(s > 0.5, 10.0, 1.0)  # mass on high scores: a larger threshold
+    assert weighted_threshold(s, w, 1.0, 0.1) > conformal_quantile(s, 0.1)
+
+
+def test_json_round_trip_and_bad_settings(tmp_path) -> None:
+    y, p = _planted(30, seed=6)
+    conf = calibrate("multiclass", y, p, alpha=0.05, classes=["a", "b", "c"])  # few units: infinite thresholds
+    save_conformal(tmp_path / "artifacts", conf)
+    text = (tmp_path / "artifacts" / "conformal.json").read_text()
+    assert "Infinity" not in text and json.loads(text)["alpha"] == 0.05
+    back = load_conformal(tmp_path)
+    assert (apply_sets(back, p)["sets"] == apply_sets(conf, p)["sets"]).all()
+    assert load_conformal(tmp_path / "nothing") is None
+    for kw, msg in [({"alpha": 1.0}, "alpha"), ({"refer": "x"}, "refer"), ({"mondrian": "x"}, "mondrian")]:
+        with pytest.raises(MedmmError, match=msg):
+            calibrate("binary", [0, 1], [0.2, 0.8], **kw)
+    with pytest.raises(MedmmError, match="survival"):
+        calibrate("survival", [0, 1], [0.2, 0.8])
