@@ -420,7 +420,7 @@ class Comparison:
                 "warning": self.warning()}
 
 
-def _diff_ci(problem: str, metric: str, model_ev: Any, base_ev: Any, n_boot: int, seed: int) -> tuple[float, float] | None:
+def paired_diff_ci(problem: str, metric: str, model_ev: Any, base_ev: Any, n_boot: int, seed: int) -> tuple[float, float] | None:
     """Paired percentile bootstrap of ``metric(model) - metric(baseline)`` over the same units."""
     from medmm import metrics as M
 
@@ -473,7 +473,7 @@ def run_baseline(task: Any, split_name: str, model_ev: Any, model_metrics: dict[
     if n_boot:
         args, kw = _metric_inputs(task.problem, ev)
         ci = bootstrap_cis(task.problem, *args, metrics=[name], n_boot=n_boot, seed=seed, **kw)
-    diff = _diff_ci(task.problem, name, model_ev, ev, n_boot, seed) if model_ev.targets is not None else None
+    diff = paired_diff_ci(task.problem, name, model_ev, ev, n_boot, seed) if model_ev.targets is not None else None
     cmp = Comparison(base.description, split_name, name, mode, dict(model_metrics), metrics, dict(model_ci), ci, diff)
     log.info("classic baseline (%s): %s %s %.4f vs model %.4f", base.description, split_name, name,
              cmp.baseline_value, cmp.model_value)

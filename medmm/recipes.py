@@ -45,16 +45,18 @@ def user_keys(user_file: Path | None, overrides: Sequence[str]) -> set[str]:
     return keys | {".".join(parse_override(item)[0]) for item in overrides}
 
 
-def _get(cfg: Mapping[str, Any], key: str) -> Any:
+def get_key(cfg: Mapping[str, Any], key: str) -> Any:
+    """The value of dotted ``key`` (``model.backbone``) in a config; ``KeyError`` when absent."""
     node: Any = cfg
     for part in key.split("."):
         node = node[part]
     return node
 
 
-def _has(cfg: Mapping[str, Any], key: str) -> bool:
+def has_key(cfg: Mapping[str, Any], key: str) -> bool:
+    """Whether the config has dotted ``key``."""
     try:
-        _get(cfg, key)
+        get_key(cfg, key)
     except (KeyError, TypeError):
         return False
     return True
@@ -72,9 +74,9 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
     out = cfg
     user = {current_key(type(cfg), key) for key in user}  # a deprecated name the user set counts as set
     out.user = set(user)
-    if not _has(out, "model.backbone") or not isinstance(_get(out, "model.backbone"), str):
+    if not has_key(out, "model.backbone") or not isinstance(get_key(out, "model.backbone"), str):
         return out
-    name = _get(out, "model.backbone")
+    name = get_key(out, "model.backbone")
     if name == "auto":
         resolver = getattr(spec.load(), "resolve_auto_backbone", None)
         if resolver is None:
@@ -88,7 +90,7 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
         return out  # the task reports an unknown backbone with its own message
     for key, value in dict(comp.extra.get("recipe", {})).items():
         key = current_key(type(cfg), key)  # a recipe written with a deprecated name: the user's key still wins
-        if key in user or _COUPLED.get(key) in user or not _has(out, key):
+        if key in user or _COUPLED.get(key) in user or not has_key(out, key):
             continue
         set_key(out, key, value)
         out.provenance[key] = f"recipe of backbone {name}"
@@ -100,7 +102,7 @@ def describe(cfg: Any) -> str | None:
     prov = getattr(cfg, "provenance", {})
     if not prov:
         return None
-    parts = [f"{k}={_get(cfg, k)} ({v})" for k, v in prov.items()]
+    parts = [f"{k}={get_key(cfg, k)} ({v})" for k, v in prov.items()]
     return "defaults chosen for this run (a --set wins over each): " + "; ".join(parts)
 
 

@@ -1,7 +1,6 @@
 """Small from-scratch baselines: TextCNN and bidirectional GRU / LSTM text encoders."""
 
-from medmm import hookimpl
-from medmm.registry import Component
+from medmm import Component, hookimpl
 
 # Trained from scratch: a larger learning rate and more epochs than a pretrained encoder wants.
 SCRATCH = {"engine.lr": 0.001, "engine.epochs": 10, "engine.patience": 3}

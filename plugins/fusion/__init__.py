@@ -1,8 +1,6 @@
 """Multimodal fusion: text + image (+ tabular) embeddings combined by a selectable head."""
 
-from medmm import hookimpl
-from medmm.registry import Component
-from medmm.task import TaskSpec
+from medmm import Component, hookimpl, TaskSpec
 from medmm_configs import path
 
 HEADS = "medmm.models.fusion_heads"

@@ -6,8 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from medmm.config import DataConfig, ModelConfig, TaskConfig
-from medmm.config.base import Float, Fraction, OptStrList, PosInt
+from medmm import DataConfig, Float, Fraction, ModelConfig, OptStrList, PosInt, TaskConfig
 
 
 class FusionDataConfig(DataConfig):

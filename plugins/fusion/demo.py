@@ -15,7 +15,7 @@ import click
 
 def build(out_dir: Path) -> tuple[Path, list[str]]:
     """Write the synthetic studies into ``out_dir``; frozen MiniLM + EfficientNet-Lite0, concat head."""
-    from medmm.demos.fusion import build_fusion_demo
+    from medmm import build_fusion_demo
 
     pairs = build_fusion_demo(Path(out_dir), n_patients=400)
     click.echo(f"medmm demo fusion: SYNTHETIC data (phantom CT studies + templated notes, no patient data) "

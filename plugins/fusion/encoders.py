@@ -19,13 +19,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.data.embedding_cache import EmbeddingCache, fingerprint_files, fingerprint_module, fingerprint_texts
-from medmm.data.multimodal import pad_tokens
-from medmm.data.tabular.preprocess import Preprocessor
-from medmm.errors import ConfigError, DataError
-from medmm.models.multimodal import FusionModel, ImageEncoder, TabularEncoder
-from medmm.registry import Component
-from medmm.task import pad_id_of
+from medmm import (
+    Component, ConfigError, DataError, EmbeddingCache, fingerprint_files, fingerprint_module,
+    fingerprint_texts, FusionModel, ImageEncoder, pad_id_of, pad_tokens, Preprocessor, TabularEncoder,
+)
 from medmm_plugins.fusion.config import FusionConfig, FusionModelConfig
 from medmm_plugins.fusion.rows import BACKBONE_KEYS, pixel_config, text_tokens
 
@@ -51,7 +48,7 @@ def backbone_of(lookup: BackboneLookup, m: FusionModelConfig, modality: str) -> 
 
 def text_encoder(cfg: FusionConfig, lookup: BackboneLookup, artifacts: Path | None) -> tuple[nn.Module, Any]:
     """The pretrained text encoder and its tokenizer (predict: the run's saved ones in ``artifacts``)."""
-    from medmm.models.text import load_text_backbone
+    from medmm import load_text_backbone
 
     if artifacts is not None:
         return load_text_backbone(artifacts / TEXT_DIR)
@@ -165,7 +162,7 @@ class EncoderInputs:
 
     def encode(self, name: str, encoder: nn.Module, data: dict[str, Any], idx: np.ndarray) -> np.ndarray:
         """Embeddings of rows ``idx`` (in that order) on the engine's device and precision."""
-        from medmm.engine.inference import run_module
+        from medmm import run_module
 
         e, forward, order = self.cfg.engine, None, np.arange(len(idx))
         if name == "text":  # shortest first: batches with little padding

@@ -12,13 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from medmm.data.dicom.pixels import PixelConfig
-from medmm.data.dicom.scan import decode_workers
-from medmm.data.dicom.series import load_row_images
-from medmm.data.readers import is_missing, read_table
-from medmm.data.tabular.preprocess import select_features
-from medmm.errors import ConfigError, DataError
-from medmm.task import read_split_column
+from medmm import (
+    ConfigError, DataError, decode_workers, is_missing, load_row_images, PixelConfig, read_split_column,
+    read_table, select_features,
+)
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
 __all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "raw_labels",
@@ -97,7 +94,7 @@ def text_tokens(texts: list[str], present: np.ndarray, tokenizer: Any, *, max_le
                 cache_dir: Path | None) -> list[np.ndarray]:
     """Per row the int64 token ids of its text (:func:`medmm.data.text.tokenize.tokenize_cached`, cached
     under ``cache_dir`` when given), an empty array where ``present`` is False."""
-    from medmm.data.text.tokenize import tokenize_cached
+    from medmm import tokenize_cached
 
     idx = np.flatnonzero(present)
     corpus = tokenize_cached([texts[i] for i in idx], tokenizer, max_length=max_length, cache_dir=cache_dir)

@@ -27,16 +27,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.data.leakage import warn_leaky_features
-from medmm.data.multimodal import MultimodalRows, collate_rows
-from medmm.data.tabular.preprocess import Preprocessor, fit_preprocessor, infer_column_types
-from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic, write_text_atomic
-from medmm.models.fusion_heads import modality_dropout
-from medmm.models.multimodal import FusionModel
-from medmm.plugins import get_registry
-from medmm.report import html_table
-from medmm.task import BaselineInputs, DataBundle, Split, Task, pad_id_of
+from medmm import (
+    BaselineInputs, collate_rows, ConfigError, DataBundle, DataError, fit_preprocessor, FusionModel,
+    get_registry, html_table, infer_column_types, modality_dropout, MultimodalRows, pad_id_of,
+    Preprocessor, read_json, Split, Task, warn_leaky_features, write_json_atomic, write_text_atomic,
+)
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 from medmm_plugins.fusion.encoders import (
     FROZEN_FILE, TEXT_DIR, EncoderInputs, backbone_of, build_encoders, frozen_modalities, load_frozen, text_encoder,
@@ -200,7 +195,7 @@ class FusionTask(Task):
 
     # ------------------------------------------------------------------ predict
     def save_artifacts(self, directory: Path) -> None:
-        from medmm.models.text import save_text_backbone
+        from medmm import save_text_backbone
 
         directory.mkdir(parents=True, exist_ok=True)
         payload = {"format": _FORMAT, "version": 1, "problem": self.problem, "label_names": self.label_names,
@@ -211,7 +206,7 @@ class FusionTask(Task):
         if frozen:
             from safetensors.torch import save_file
 
-            from medmm.engine.checkpoint import model_state
+            from medmm import model_state
 
             assert self._encoders is not None
             state = {f"{n}.{k}": v for n in frozen for k, v in model_state(self._encoders[n]).items()}
@@ -252,7 +247,7 @@ class FusionTask(Task):
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """Each modality's raw input per row (text, preprocessed table, 32 px pixels) and presence."""
-        from medmm.classic import small_pixels
+        from medmm import small_pixels
 
         part = getattr(self, "_raw", {}).get(split)
         if part is None or not len(part[1]):
@@ -273,10 +268,7 @@ class FusionTask(Task):
 
     def explain_spec(self, model: nn.Module) -> Any:
         """Each modality masked per row, then attributions inside each modality (``medmm explain``)."""
-        from medmm.explain.image import image_input
-        from medmm.explain.spec import ExplainSpec, InputSpec
-        from medmm.explain.tabular import feature_input
-        from medmm.explain.text import token_input
+        from medmm import ExplainSpec, feature_input, image_input, InputSpec, token_input
 
         inner = getattr(model, "module", model)
         names = list(self.names)

@@ -1,8 +1,6 @@
 """Medical image classification on DICOM folders: timm ViT and CNN backbones."""
 
-from medmm import hookimpl
-from medmm.registry import Component
-from medmm.task import TaskSpec
+from medmm import Component, hookimpl, TaskSpec
 from medmm_configs import path
 
 TIMM = "medmm.models.image:create_image_backbone"

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medmm.config import DataConfig, ModelConfig, TaskConfig
-from medmm.config.base import Bool, ConfigModel, Float, Fraction, PosInt
+from medmm import Bool, ConfigModel, DataConfig, Float, Fraction, ModelConfig, PosInt, TaskConfig
 
 
 class ImageClsData(DataConfig):

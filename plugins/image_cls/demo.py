@@ -13,7 +13,7 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
     The folder holds ~60 images of ~20 patients: the recipe is the small-data one (BatchNorm
     statistics frozen, backbone at a tenth of the head's learning rate).
     """
-    from medmm.demos.dicom import build_demo
+    from medmm import build_demo
 
     folder = build_demo(out_dir)
     counts = {d.name: sum(f.suffix == ".dcm" for f in d.iterdir()) for d in sorted(folder.iterdir()) if d.is_dir()}

@@ -12,14 +12,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from medmm.data.dicom.dataset import (
-    DicomImageDataset, PixelCache, PixelConfig, Skipped, group_key, image_items, labels_from_csv,
-    labels_from_folders, scan_folder,
+from medmm import (
+    BaselineInputs, DataBundle, DataError, decode_workers, DicomImageDataset, group_key, image_items,
+    labels_from_csv, labels_from_folders, PixelCache, PixelConfig, read_json, scan_folder, Skipped, Split,
+    Task, write_json_atomic,
 )
-from medmm.data.dicom.scan import decode_workers
-from medmm.errors import DataError
-from medmm.io import read_json, write_json_atomic
-from medmm.task import BaselineInputs, DataBundle, Split, Task
 from medmm_plugins.image_cls.config import ImageClsConfig, ImageClsData
 
 log = logging.getLogger("medmm")
@@ -102,7 +99,7 @@ def auto_backbone(device: str) -> str:
 
 
 def _auto_choice(device: str) -> tuple[str, str]:
-    from medmm.engine.device import select_device
+    from medmm import select_device
 
     if select_device(device).type == "cuda":
         return "vit_base_patch16_224", "a CUDA GPU trains ViT-Base/16 (give it weights: model.weights or model.pretrained)"
@@ -157,7 +154,7 @@ class ImageClsTask(Task):
         if o.include_patient_id and o.hash_patient_id:
             # keyed HMAC with the installation's secret (never written to outputs): not reversible
             # from a list of known ids, unlike a plain hash
-            from medmm.deid.pseudonyms import Pseudonymizer, load_key
+            from medmm import Pseudonymizer, load_key
 
             pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for item in items:
@@ -220,7 +217,7 @@ class ImageClsTask(Task):
     def build_model(self) -> nn.Module:
         d, m = self.cfg.data, self.cfg.model
         comp = self.backbone(m.backbone, "image")
-        from medmm.models.image import ImageClassifier
+        from medmm import ImageClassifier
 
         torch.manual_seed(self.cfg.seed)
         kwargs = {"timm_name": comp.extra.get("timm_name", comp.name)}
@@ -279,7 +276,7 @@ class ImageClsTask(Task):
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """Each image's cached pixels, area-averaged to 32 px as they are read (cheap, honest)."""
-        from medmm.classic import small_pixels
+        from medmm import small_pixels
 
         part = getattr(self, "_raw", {}).get(split)
         if part is None or not part[1]:
@@ -291,8 +288,7 @@ class ImageClsTask(Task):
 
     def explain_spec(self, model: nn.Module) -> Any:
         """Grad-CAM at the backbone's last stage on the windowed pixels (``medmm explain``)."""
-        from medmm.explain.image import image_input
-        from medmm.explain.spec import ExplainSpec
+        from medmm import ExplainSpec, image_input
 
         inner = getattr(model, "module", model)
         return ExplainSpec([image_input("image", inner.classifier.backbone.model, get=lambda b: b[0],

@@ -1,8 +1,6 @@
 """Tabular risk models: regression, binary risk and Cox survival on patient tables."""
 
-from medmm import hookimpl
-from medmm.registry import Component
-from medmm.task import TaskSpec
+from medmm import Component, hookimpl, TaskSpec
 from medmm_configs import path
 
 

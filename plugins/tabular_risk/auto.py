@@ -74,15 +74,13 @@ class AutoChoice:
 
 def _recipe(cfg: Any, name: str) -> dict[str, Any]:
     """Set the candidate's recipe (:mod:`medmm.recipes`) where the user set nothing; the old values."""
-    from medmm.plugins import get_registry
-    from medmm.config import set_key
-    from medmm.recipes import _get, _has
+    from medmm import get_key, get_registry, has_key, set_key
 
     old: dict[str, Any] = {}
     for key, value in dict(get_registry().get("backbone", name).extra.get("recipe", {})).items():
-        if key in getattr(cfg, "user", set()) or not _has(cfg, key):
+        if key in getattr(cfg, "user", set()) or not has_key(cfg, key):
             continue
-        old[key] = _get(cfg, key)
+        old[key] = get_key(cfg, key)
         set_key(cfg, key, value)
     return old
 
@@ -100,10 +98,7 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
 
     Returns ``None`` when the backbone was not ``auto`` (a user's explicit choice is kept).
     """
-    from medmm.classic import _diff_ci  # the paired bootstrap of the model-vs-baseline comparison
-    from medmm.config import set_key
-    from medmm.engine import Trainer
-    from medmm.engine.checkpoint import load_weights
+    from medmm import load_weights, paired_diff_ci, set_key, Trainer
 
     cfg = task.cfg
     if cfg.model.backbone != "auto":
@@ -139,7 +134,8 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
     simple, rich = CANDIDATES
     if _better(values[rich], values[simple], mode):
         try:
-            ci = _diff_ci(task.problem, monitor, evals[rich], evals[simple], max(cfg.engine.bootstrap, BOOT), cfg.seed)
+            ci = paired_diff_ci(task.problem, monitor, evals[rich], evals[simple], max(cfg.engine.bootstrap, BOOT),
+                                cfg.seed)
         except ValueError:  # a monitor the bootstrap does not know (e.g. loss): the raw comparison decides
             ci = None
         if ci is None or (ci[0] > 0 if mode == "max" else ci[1] < 0):  # better beyond the val noise

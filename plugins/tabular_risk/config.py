@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medmm.config import DataConfig, ModelConfig, TaskConfig
-from medmm.config.base import Fraction, NonNegInt, OptStrList, PosInt
+from medmm import DataConfig, Fraction, ModelConfig, NonNegInt, OptStrList, PosInt, TaskConfig
 
 
 class TabularRiskData(DataConfig):

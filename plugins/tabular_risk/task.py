@@ -11,14 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medmm.data.leakage import warn_leaky_features
-from medmm.data.readers import read_table
-from medmm.data.tabular.preprocess import (
-    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features,
+from medmm import (
+    BaselineInputs, ConfigError, DataBundle, DataError, fit_preprocessor, infer_column_types,
+    prepare_target, Preprocessor, read_json, read_split_column, read_table, select_features, Split, Task,
+    warn_leaky_features, write_json_atomic,
 )
-from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic
-from medmm.task import BaselineInputs, DataBundle, Split, Task, read_split_column
 from medmm_plugins.tabular_risk.config import TabularRiskConfig
 
 ARTIFACT = "tabular.json"
@@ -224,8 +221,7 @@ class TabularRiskTask(Task):
 
     def explain_spec(self, model: torch.nn.Module) -> Any:
         """Integrated Gradients on the encoded columns, summed back to source columns (``medmm explain``)."""
-        from medmm.explain.spec import ExplainSpec
-        from medmm.explain.tabular import feature_input
+        from medmm import ExplainSpec, feature_input
 
         return ExplainSpec([feature_input("tabular", self.preprocessor, get=lambda b: b[0],
                                           put=lambda b, x: (x, *b[1:]))])

@@ -1,8 +1,6 @@
 """Clinical text classification: Hugging Face encoders (BERT family) fine-tuned offline."""
 
-from medmm import hookimpl
-from medmm.registry import Component
-from medmm.task import TaskSpec
+from medmm import Component, hookimpl, TaskSpec
 from medmm_configs import path
 
 

@@ -6,8 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medmm.config import DataConfig, ModelConfig, TaskConfig
-from medmm.config.base import Float, Fraction, NonNegInt, PosInt, StrList
+from medmm import DataConfig, Float, Fraction, ModelConfig, NonNegInt, PosInt, StrList, TaskConfig
 
 
 class TextClsData(DataConfig):

@@ -17,7 +17,7 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
     than the general default is enough for the pretrained encoder on this label (val AUROC
     0.989 after epoch 1 of 2 in a two-epoch run; test AUROC 0.991 after two).
     """
-    from medmm.demos.reports import build_reports_csv
+    from medmm import build_reports_csv
 
     path = build_reports_csv(Path(out_dir) / "reports.csv")
     return path, [

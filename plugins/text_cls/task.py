@@ -35,20 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from medmm.data.readers import read_table
-from medmm.data.text.examples import TextExamples, load_text_examples
-from medmm.data.text.tokenize import (
-    SimpleVocab,
-    TokenizedCorpus,
-    TokenizedTextDataset,
-    pad_collate,
-    tokenize_cached,
+from medmm import (
+    BaselineInputs, Component, ConfigError, DataBundle, DataError, load_text_backbone, load_text_examples,
+    pad_collate, pad_id_of, read_json, read_table, save_text_backbone, SimpleVocab, Split, Task,
+    TextClassifier, TextExamples, tokenize_cached, TokenizedCorpus, TokenizedTextDataset,
+    write_json_atomic,
 )
-from medmm.errors import ConfigError, DataError
-from medmm.io import read_json, write_json_atomic
-from medmm.models.text import TextClassifier, load_text_backbone, save_text_backbone
-from medmm.registry import Component
-from medmm.task import BaselineInputs, DataBundle, Split, Task, pad_id_of
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
 __all__ = ["TextClsTask"]
@@ -321,8 +313,7 @@ class TextClsTask(Task):
 
     def explain_spec(self, model: nn.Module) -> Any:
         """Integrated Gradients on the encoder's token embeddings (``medmm explain``)."""
-        from medmm.explain.spec import ExplainSpec
-        from medmm.explain.text import token_input
+        from medmm import ExplainSpec, token_input
 
         inner = getattr(model, "module", model)
         overlap = self.data_cfg.stride if self.data_cfg.long_text == "chunk" else 0

@@ -2,10 +2,7 @@
 
 from pathlib import Path
 
-from medmm import hookimpl
-from medmm.config import Range
-from medmm.registry import Component
-from medmm.task import TaskSpec
+from medmm import Component, hookimpl, Range, TaskSpec
 
 
 @hookimpl

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medmm.errors import MedmmError
+from medmm import MedmmError
 
 
 def build(out_dir: Path) -> tuple[Path, list[str]]:

@@ -29,13 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from medmm.data.readers import read_table
-from medmm.data.tabular.preprocess import (
-    Preprocessor, fit_preprocessor, infer_column_types, prepare_target, select_features,
+from medmm import (
+    BaselineInputs, DataBundle, DataError, fit_preprocessor, infer_column_types, prepare_target,
+    Preprocessor, read_json, read_table, select_features, Split, Task, write_json_atomic,
 )
-from medmm.errors import DataError
-from medmm.io import read_json, write_json_atomic
-from medmm.task import BaselineInputs, DataBundle, Split, Task
 
 log = logging.getLogger("medmm")
 ARTIFACT = "discrete_survival.json"

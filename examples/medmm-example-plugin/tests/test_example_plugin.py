@@ -2,7 +2,7 @@
 
 import torch
 
-from medmm.plugins import load_plugins
+from medmm import load_plugins
 from medmm_example_plugin.models import MaxFusion, SelfNormalizingNet
 
 
