@@ -409,6 +409,14 @@ class ExportedModel:
             return None
         return load_operating_point(self.dir)
 
+    def conformal(self) -> dict[str, Any] | None:
+        """The run's stored conformal thresholds (prediction sets / intervals, refer flag), when it has them."""
+        try:
+            from medmm.evaluation.conformal import load_conformal
+        except ImportError:
+            return None
+        return load_conformal(self.dir)
+
     # -- inputs ----------------------------------------------------------------------------
     def predict_path(self, data: Path) -> Prediction:
         """Predict a table (tabular, text) or a DICOM folder (images), read as the task reads it."""
@@ -448,6 +456,9 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     op = model.operating_point()
     if op is not None:
         kwargs["operating_point"] = op
+    conf = model.conformal()  # prediction set + abstain flag (#32); a group_column falls back to pooled thresholds
+    if conf is not None:
+        kwargs["conformal"] = conf
     write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
     msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if pred.skipped:
@@ -471,7 +482,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
         written, bad = write_reports(dicom_sr, Path(data), pred.units, pred.scores, pred.records, problem=model.problem,
                                 label_names=model.label_names or [], model_name=model.model_name,
                                 model_version=f"medmm {m.get('medmm', '?')} run {m.get('run', '?')}",
-                                threshold=float(m.get("threshold") or 0.5))
+                                threshold=float(m.get("threshold") or 0.5), conformal=conf)
     click.echo(msg)
     if dicom_sr is not None:
         from medmm.deploy.sr import echo_reports

@@ -106,6 +106,15 @@ def _rows_out(model: Any, pred: Any) -> list[dict[str, Any]]:
         out.append(item)
     for item in out:
         item.update((pred.unit_columns or {}).get(item["id"], {}))
+    conf = model.conformal()  # prediction set (class names) or interval, and the refer flag (#32)
+    if conf is not None and out:
+        from medmm.evaluation.conformal import prediction_columns
+
+        head, extra = prediction_columns(conf, pred.scores, model.label_names or [])
+        for item, values in zip(out, extra):
+            for key, value in zip(head, values):
+                item[key] = (bool(value) if key == "abstain" else float(value) if key.startswith(("lower", "upper"))
+                             else [v for v in str(value).split(";") if v])
     return out
 
 

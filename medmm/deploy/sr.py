@@ -52,12 +52,13 @@ def _finding(problem: str, scores: np.ndarray, names: Sequence[str], threshold: 
 
 def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.ndarray,
                   records: Mapping[str, Sequence[Any]], *, problem: str, label_names: Sequence[str],
-                  model_name: str, model_version: str,
-                  threshold: float = 0.5) -> tuple[list[Path], list[tuple[str, str]]]:
+                  model_name: str, model_version: str, threshold: float = 0.5,
+                  conformal: Mapping[str, Any] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
     """One SR file per study under ``out_dir`` (no clashing files); returns ``(written, skipped studies)``.
 
     A study whose source files highdicom cannot reference (e.g. a retired SOP class) is skipped
-    with its reason; nothing is written unless every buildable report is built.
+    with its reason; nothing is written unless every buildable report is built. ``conformal`` (the
+    run's stored thresholds) adds each unit's prediction set members and a "refer to a clinician" yes / no.
     """
     hd = require("highdicom", "sr", "--dicom-sr")
     from pydicom.sr.codedict import codes
@@ -91,7 +92,8 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
         try:
             with _quiet():  # pydicom / highdicom warnings quote header values (patient names): never shown
                 sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
-                                   records, problem, label_names, threshold, device, algorithm, model_name)
+                                   records, problem, label_names, threshold, device, algorithm, model_name,
+                                   conformal)
         except KeyError as exc:  # highdicom's SOP class table lacks the source's (e.g. retired US Image Storage)
             skipped.append((study, f"highdicom cannot reference source SOP class {exc.args[0] if exc.args else '?'}"))
             continue
@@ -122,7 +124,7 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
 
 def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: list[str], scores: list[Any],
                   records: Mapping[str, Sequence[Any]], problem: str, label_names: Sequence[str], threshold: float,
-                  device: Any, algorithm: Any, model_name: str) -> Any:
+                  device: Any, algorithm: Any, model_name: str, conformal: Mapping[str, Any] | None = None) -> Any:
     """The Comprehensive 3D SR of one study: a measurement group per predicted unit."""
     evidence: dict[str, Any] = {}
     groups = []
@@ -138,6 +140,8 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
         findings = [hd.sr.QualitativeEvaluation(
             name=codes.DCM.Finding, value=_concept(f"L{list(label_names).index(f)}" if f in label_names else "NONE", f))
             for f in _finding(problem, score, label_names, threshold)]
+        if conformal is not None:  # prediction set + refer flag (medmm.evaluation.conformal)
+            findings += _set_findings(hd, codes, conformal, score, label_names)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"prediction {n}"),
             algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=findings,
@@ -149,6 +153,23 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
         evidence=list(evidence.values()), content=report, series_instance_uid=generate_uid(), series_number=990,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medmm", is_complete=True,
         is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64])
+
+
+def _set_findings(hd: Any, codes: Any, conformal: Mapping[str, Any], score: Any, names: Sequence[str]) -> list[Any]:
+    """One evaluation per class in the unit's conformal set (multi-label: per label called 1 in it) and
+    "Refer to clinician": yes / no."""
+    from medmm.evaluation.conformal import apply_sets
+
+    out = apply_sets(conformal, np.asarray(score, dtype=float)[None])
+    level = f"{100 * (1 - float(conformal['alpha'])):g}%"
+    name = _concept("SET", f"Member of {level} conformal prediction set")
+    sets = out["sets"][0]
+    members = [k for k in range(len(names)) if (sets[k, 1] if sets.ndim == 2 else sets[k])]
+    evals = [hd.sr.QualitativeEvaluation(name=name, value=_concept(f"L{k}", str(names[k]))) for k in members]
+    refer = codes.SCT.Yes if bool(out["abstain"][0]) else codes.SCT.No
+    evals.append(hd.sr.QualitativeEvaluation(name=_concept("REFER", "Refer to clinician (conformal set not one class)"),
+                                             value=refer))
+    return evals
 
 
 @contextlib.contextmanager
