@@ -291,10 +291,11 @@ class DicomwebServer:
                   study_fields: tuple[str, ...] = ()) -> Iterator[InstanceRef]:
         """Every instance matching ``filters``: studies first (study-level keys), then their
         instances (``Modality`` and other series / instance keys applied there). Each ref carries
-        the study's ``study_fields`` (keyword -> value) in ``attributes``."""
+        the study's ``study_fields`` (keyword -> value) in ``attributes``. ``filters`` default to
+        the source URL's matching keys."""
         from pydicom.datadict import tag_for_keyword
 
-        filters = dict(filters or {})
+        filters = self.url.filter_dict() if filters is None else dict(filters)
         instance_level = {k: v for k, v in filters.items() if k in _INSTANCE_LEVEL}
         study_filters = {k: v for k, v in filters.items() if k not in instance_level or k == "Modality"}
         tags = {name: f"{tag:08X}" for name in study_fields if (tag := tag_for_keyword(name)) is not None}

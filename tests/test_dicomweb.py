@@ -1,0 +1,341 @@
+"""DICOMweb in and out against a real Orthanc on 127.0.0.1 (Debian orthanc + orthanc-dicomweb).
+
+The data are pydicom's own CT_small / MR_small images, given planted identities (patient ids,
+names, accession numbers, institution) and one study per patient, so that the tests know every
+identifier that must not come back and every label (the modality) that must join.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from medmm.cli import main
+from medmm.data.sources import DicomwebSource, parse_source
+from medmm.data.sources.dicomweb import Credentials, DicomwebError
+from medmm.deid.pseudonyms import Pseudonymizer, new_key_file
+from medmm.errors import ConfigError, MedmmError
+from medmm.pacs.pull import pull
+from tests.orthanc import Orthanc, free_port, start_orthanc, unavailable
+
+KEY = bytes(range(32))
+N_PER_CLASS = 6
+
+
+def _planted(folder: Path) -> list[dict[str, str]]:
+    """12 single-instance studies (6 CT, 6 MR), one patient each; returns their identities."""
+    from pydicom.uid import generate_uid
+
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for modality, name in (("CT", "CT_small.dcm"), ("MR", "MR_small.dcm")):
+        for i in range(N_PER_CLASS):
+            ds = pydicom.dcmread(root / name)
+            n = len(rows)
+            ident = {"PatientID": f"MRN{70310 + n}", "PatientName": f"Quimby^Harriet{chr(65 + n)}",
+                     "AccessionNumber": f"ACC{88120 + n}", "StudyInstanceUID": generate_uid(entropy_srcs=[f"st{n}"]),
+                     "SeriesInstanceUID": generate_uid(entropy_srcs=[f"se{n}"]),
+                     "SOPInstanceUID": generate_uid(entropy_srcs=[f"so{n}"]), "Modality": modality}
+            for k, v in ident.items():
+                setattr(ds, k, v)
+            ds.InstitutionName = "Springfield Memorial Hospital"
+            ds.PatientBirthDate = "19580214"
+            ds.file_meta.MediaStorageSOPInstanceUID = ident["SOPInstanceUID"]
+            ds.save_as(folder / f"{n:02d}.dcm", enforce_file_format=True)
+            rows.append(ident)
+    return rows
+
+
+@pytest.fixture(scope="session")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Orthanc, list[dict[str, str]]]:
+    """One Orthanc for the session, holding the planted studies."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("pacs")
+    idents = _planted(root / "files")
+    with start_orthanc(root / "orthanc") as server:
+        assert server is not None
+        assert server.upload(sorted((root / "files").glob("*.dcm"))) == len(idents)
+        yield server, idents
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "deid.key"
+    path.write_text(KEY.hex() + "\n")
+    path.chmod(0o600)
+    return path
+
+
+def _server(url: str, **kw: object):  # type: ignore[no-untyped-def]
+    source = parse_source(url)
+    assert isinstance(source, DicomwebSource)
+    return source.server(Credentials(), backoff=0.01, **kw)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------- no server needed
+
+
+@pytest.mark.parametrize("spec, words", [
+    ("dicomweb+ftp://pacs/dicom-web", "http or https"),
+    ("dicomweb+https://user:secret@pacs/dicom-web", "credentials do not go in the URL"),
+    ("dicomweb+https://pacs/dicom-web?Modalty=CR", "'Modalty' is not a DICOM keyword"),
+    ("dicomweb+https://pacs/dicom-web?Modality=", "has no value"),
+])
+def test_a_bad_source_is_one_line_naming_the_problem(spec: str, words: str, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(")):
+        parse_source(spec)
+    assert main(["predict", str(tmp_path), "--data", spec, "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and words in err[0] and "secret" not in err[0]
+
+
+def test_a_source_keeps_its_matching_keys_and_never_prints_them() -> None:
+    src = parse_source("dicomweb+https://pacs.example:8443/dicom-web/?PatientName=DOE*&StudyDate=20240101-20241231")
+    assert isinstance(src, DicomwebSource)
+    assert src.url.root == "https://pacs.example:8443/dicom-web"
+    assert src.url.filter_dict() == {"PatientName": "DOE*", "StudyDate": "20240101-20241231"}
+    assert "DOE" not in src.describe() and "PatientName" in src.describe()
+
+
+def test_credentials_come_from_files_or_the_environment_and_are_never_shown(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cr3t-token\n")
+    creds = Credentials.from_env(env={"MEDMM_DICOMWEB_TOKEN_FILE": str(token)})
+    assert creds.token == "s3cr3t-token" and "s3cr3t" not in repr(creds)
+    pw = tmp_path / "pw"
+    pw.write_text("hunter22")
+    creds = Credentials.from_env(user="radiology", password_file=pw, env={})
+    assert (creds.user, creds.password) == ("radiology", "hunter22") and "hunter22" not in repr(creds)
+    with pytest.raises(ConfigError, match="needs a password"):
+        Credentials.from_env(env={"MEDMM_DICOMWEB_USER": "radiology"})
+    with pytest.raises(ConfigError, match="not both"):
+        Credentials.from_env(token_file=token, user="radiology", password_file=pw, env={})
+    with pytest.raises(ConfigError, match="CA bundle not found"):
+        Credentials.from_env(env={"MEDMM_DICOMWEB_CA_BUNDLE": str(tmp_path / "nope.pem")})
+    server = parse_source("dicomweb+https://pacs/dicom-web")
+    session = server.server(Credentials(token="tok")).client._session  # type: ignore[union-attr]
+    assert session.headers["Authorization"] == "Bearer tok" and session.verify is True
+
+
+def test_server_down_is_one_line_after_the_retries(tmp_path: Path, key_file: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"dicomweb+http://127.0.0.1:{free_port()}/dicom-web"
+    with pytest.raises(DicomwebError, match="after 3 tries"):
+        list(_server(url, retries=2).instances())
+    code = main(["pull", url, "--out", str(tmp_path / "out"), "--key-file", str(key_file), "--retries", "1",
+                 "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot reach http://127.0.0.1" in err[0] and "after 2 tries" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ---------------------------------------------------------------------------- against Orthanc
+
+
+def _identifiers(idents: list[dict[str, str]]) -> list[str]:
+    out = ["Springfield Memorial", "19580214"]
+    for row in idents:
+        out += [row["PatientID"], row["PatientName"].split("^")[1], row["AccessionNumber"],
+                row["StudyInstanceUID"], row["SOPInstanceUID"], row["SeriesInstanceUID"]]
+    return out
+
+
+def test_search_finds_every_planted_instance_and_matching_keys_narrow_it(pacs) -> None:  # type: ignore[no-untyped-def]
+    server, idents = pacs
+    refs = list(_server(server.url).instances())
+    assert sorted(r.sop for r in refs) == sorted(i["SOPInstanceUID"] for i in idents)
+    ct = list(_server(server.url + "?Modality=CT").instances())
+    assert len(ct) == N_PER_CLASS
+    one = list(_server(f"{server.url}?AccessionNumber={idents[3]['AccessionNumber']}").instances())
+    assert [r.sop for r in one] == [idents[3]["SOPInstanceUID"]]
+
+
+def test_pull_writes_only_deidentified_files_with_the_same_pseudonyms_as_medmm_deid(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from medmm.deid.folder import deidentify_folder
+    from medmm.deid.options import DeidOptions
+
+    server, idents = pacs
+    pseudo = Pseudonymizer(KEY)
+    res = pull(_server(server.url), {}, tmp_path / "out", pseudo=pseudo, progress=False, echo=lambda m: None)
+    assert (res.found, res.fetched, res.skipped) == (len(idents), len(idents), [])
+    files = sorted((tmp_path / "out").rglob("*.dcm"))
+    assert len(files) == len(idents)
+    blob = b"".join(f.read_bytes() for f in sorted((tmp_path / "out").rglob("*")) if f.is_file())
+    for value in _identifiers(idents):  # nothing identified on disk, in any file the pull wrote
+        assert value.encode() not in blob, value
+    pulled = {str(pydicom.dcmread(f).SOPInstanceUID): pydicom.dcmread(f) for f in files}
+    assert set(pulled) == {pseudo.uid(i["SOPInstanceUID"]) for i in idents}
+    for ident in idents:
+        ds = pulled[pseudo.uid(ident["SOPInstanceUID"])]
+        assert ds.PatientID == pseudo.patient_id(ident["PatientID"]) and ds.PatientIdentityRemoved == "YES"
+        assert ds.StudyInstanceUID == pseudo.uid(ident["StudyInstanceUID"])
+    # medmm deid on the same files (exported from the PACS) gives the same pseudonyms
+    src = tmp_path / "export"
+    src.mkdir()
+    for i, ident in enumerate(idents):
+        ds = _server(server.url).retrieve(next(r for r in _server(server.url).instances()
+                                                if r.sop == ident["SOPInstanceUID"]))
+        ds.save_as(src / f"{i}.dcm")
+    deidentify_folder(src, tmp_path / "deid", pseudo, DeidOptions())
+    by_deid = {str(pydicom.dcmread(f).SOPInstanceUID): str(pydicom.dcmread(f).PatientID)
+               for f in (tmp_path / "deid").rglob("*.dcm")}
+    assert by_deid == {uid: str(ds.PatientID) for uid, ds in pulled.items()}
+    report = json.loads((tmp_path / "out" / "pull.json").read_text())
+    assert report["complete"] and report["instances_fetched"] == len(idents) and report["deidentified"]
+
+
+def test_labels_keyed_by_accession_are_rewritten_to_join_the_pulled_files(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from medmm.data.dicom.labels import labels_from_csv
+    from medmm.data.dicom.scan import scan_folder
+
+    server, idents = pacs
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["AccessionNumber", "modality"])
+        w.writerows([i["AccessionNumber"], i["Modality"]] for i in idents)
+        w.writerow(["ACC00000", "CT"])  # no such study: left out, counted
+    out = tmp_path / "out"
+    res = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), labels=labels, progress=False,
+               echo=lambda m: None)
+    assert (res.labels_rows, res.labels_dropped) == (len(idents), 1)
+    text = (out / "labels.csv").read_text()
+    assert "ACC" not in text and text.splitlines()[0] == "StudyInstanceUID,modality"
+    records, _ = scan_folder(out)
+    table = labels_from_csv(records, out / "labels.csv", root=out)
+    assert len(table) == len(idents) and not table.unlabelled
+    truth = {Pseudonymizer(KEY).uid(i["SOPInstanceUID"]): i["Modality"] for i in idents}
+    assert {r.sop_uid: table[r.path] for r in records} == truth
+
+
+def test_an_interrupted_pull_resumes_fetching_only_what_is_missing(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, idents = pacs
+    srv = _server(server.url)
+    calls = Counter()
+    real = srv.retrieve
+
+    def dying(ref):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt  # the user's Ctrl-C (or a kill) mid-pull
+        return real(ref)
+
+    srv.retrieve = dying  # type: ignore[method-assign]
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        pull(srv, {}, out, pseudo=Pseudonymizer(KEY), workers=1, progress=False, echo=lambda m: None)
+    first = len((out / ".medmm-pull" / "manifest.jsonl").read_text().splitlines())
+    assert 1 <= first <= 5
+    victim = next(out.rglob("*.dcm"))
+    victim.write_bytes(victim.read_bytes()[:-10])  # a damaged file fails its fingerprint: fetched again
+    res = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), progress=False, echo=lambda m: None)
+    assert (res.already, res.fetched) == (first - 1, len(idents) - first + 1)
+    assert len(list(out.rglob("*.dcm"))) == len(idents) and pydicom.dcmread(victim).PatientIdentityRemoved == "YES"
+    again = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), progress=False, echo=lambda m: None)
+    assert (again.already, again.fetched) == (len(idents), 0)
+    with pytest.raises(MedmmError, match="another de-identification key"):
+        pull(_server(server.url), {}, out, pseudo=Pseudonymizer(b"x" * 32), progress=False, echo=lambda m: None)
+
+
+class _Flaky(BaseHTTPRequestHandler):
+    """A proxy to Orthanc that answers 503 for some instances and 429 once for another."""
+
+    upstream = ""
+    broken: set[str] = set()
+    once: set[str] = set()
+
+    def do_GET(self) -> None:  # noqa: N802
+        import requests
+
+        for uid in list(self.broken) + list(self.once):
+            if f"/instances/{uid}" in self.path:
+                if uid in self.once:
+                    self.once.discard(uid)
+                    code = 429
+                else:
+                    code = 503
+                self.send_response(code)
+                self.send_header("Retry-After", "0")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+        r = requests.get(self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=30)
+        self.send_response(r.status_code)
+        self.send_header("Content-Type", r.headers.get("Content-Type", "application/octet-stream"))
+        self.send_header("Content-Length", str(len(r.content)))
+        self.end_headers()
+        self.wfile.write(r.content)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, idents = pacs
+    broken = {idents[1]["SOPInstanceUID"], idents[8]["SOPInstanceUID"]}
+    handler = type("Flaky", (_Flaky,), {"upstream": server.rest, "broken": broken,
+                                        "once": {idents[4]["SOPInstanceUID"]}})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"dicomweb+http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
+        res = pull(_server(url, retries=2), {}, tmp_path / "out", pseudo=Pseudonymizer(KEY), progress=False,
+                   echo=lambda m: None)
+    finally:
+        proxy.shutdown()
+    pseudo = Pseudonymizer(KEY)
+    with (tmp_path / "out" / "skipped.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert {r["SOPInstanceUID"] for r in rows} == {pseudo.uid(u) for u in broken}
+    assert all("HTTP 503" in r["reason"] for r in rows)
+    assert res.fetched == len(idents) - 2  # the 429 one was retried and fetched
+    assert not any(u in (tmp_path / "out" / "skipped.csv").read_text() for u in broken)
+    assert json.loads((tmp_path / "out" / "pull.json").read_text())["complete"] is False
+
+
+def test_auth_required_and_wrong_credentials_are_one_line_errors(tmp_path: Path, key_file: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    with start_orthanc(tmp_path / "orthanc", users={"radiology": "c0rrect-horse"}) as server:
+        assert server is not None
+        server.upload([Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"])
+        out = tmp_path / "out"
+        assert main(["pull", server.url, "--out", str(out), "--key-file", str(key_file), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refused access (HTTP 401)" in err[0]
+        pw = tmp_path / "pw"
+        pw.write_text("wrong-horse")
+        assert main(["pull", server.url, "--out", str(out), "--key-file", str(key_file), "--user", "radiology",
+                     "--password-file", str(pw), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "HTTP 401" in err[0] and "wrong-horse" not in err[0]
+        pw.write_text("c0rrect-horse")
+        env = {"MEDMM_DICOMWEB_USER": "radiology", "MEDMM_DICOMWEB_PASSWORD_FILE": str(pw)}
+        old = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            assert main(["pull", server.url, "--out", str(out), "--key-file", str(key_file), "--quiet"]) == 0
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        assert len(list(out.rglob("*.dcm"))) == 1
+
+
+def test_new_key_file_helper_is_the_deid_one(tmp_path: Path) -> None:
+    # pull and deid share one key format: a key made by medmm deid's helper works for pull
+    path = new_key_file(tmp_path / "k")
+    assert len(bytes.fromhex(path.read_text().strip())) == 32
