@@ -27,7 +27,7 @@ from medmm.io import write_text_atomic
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["html_table", "write_report"]
+__all__ = ["figure_html", "html_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +204,11 @@ def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
         rows.append((str(name), int(y.sum()), M._auroc(data.y[:, k], data.s[:, k]),
                      M._auprc(data.y[:, k], data.s[:, k]), f1))
     return html_table(["class", "positives", "AUROC", "AUPRC", "F1"], rows)
+
+
+def figure_html(caption: str, build: _Builder) -> str:
+    """Public form of the report's figure embedding (an ``<figure>`` with a PNG, or a note) for sections."""
+    return _figure(caption, build)
 
 
 def _figure(caption: str, build: _Builder) -> str:

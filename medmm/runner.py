@@ -198,6 +198,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             if trust.get("conformal_card"):  # prediction sets and referral (#32)
                 bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []),
                                                 "## Prediction sets and referral\n\n" + trust["conformal_card"]]
+            if trust.get("decision_curve_card"):  # net benefit vs treat-all / treat-none (#32)
+                bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []),
+                                                "## Decision curves\n\n" + trust["decision_curve_card"]]
             summary.update(trust["summary"])
             from medmm.privacy.membership import privacy_outputs  # ε spent, membership audit (#18)
 

@@ -95,6 +95,12 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
     out["sections"] += conf["sections"]
     out["summary"].update(conf["summary"])
     out.update(conformal=conf["conformal"], conformal_card=conf["card"], conformal_set_groups=conf["set_groups"])
+    from medmm.evaluation.decision_curve import curves_html, curves_markdown, decision_curves  # (#32)
+
+    curves = decision_curves(problem, y_true, y_score, task.label_names, n_boot=min(n_boot, 200), seed=seed)
+    if curves:
+        out["sections"].append((f"Decision curves (on {split_name})", curves_html(curves, split_name)))
+        out["decision_curve_card"] = curves_markdown(curves, split_name)
     columns = list(cfg.data.subgroup_columns or [])
     if columns and test_ev.targets is not None:
         attrs = unit_attributes(Path(data), cfg.data, test_ev.units, columns)
