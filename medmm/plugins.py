@@ -9,6 +9,10 @@ while the rest keep working; ``MEDMM_STRICT_PLUGINS=1`` makes such failures fata
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache, partial
 from importlib.metadata import EntryPoint, entry_points
@@ -63,7 +67,35 @@ def _disabled() -> set[str]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, SystemExit):
         return f"SystemExit({exc.code!r}) raised at import or registration"
+    if isinstance(exc, KeyboardInterrupt):
+        return "KeyboardInterrupt raised by the plugin at import or registration (not a Ctrl-C)"
     return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def _ctrl_c() -> Iterator[list[int]]:
+    """Record a real SIGINT (the user's Ctrl-C) while plugins load.
+
+    A ``KeyboardInterrupt`` is re-raised only when the list this yields is not empty: one that a
+    plugin raises itself at import is that plugin's failure, like any other exception. Outside the
+    main thread, or when SIGINT is not Python's default handler (ignored, or the caller's own),
+    nothing is installed and every ``KeyboardInterrupt`` seen while loading is a plugin's.
+    """
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _sorted_entry_points() -> list[EntryPoint]:
@@ -80,7 +112,16 @@ def _fail(info: PluginInfo, exc: BaseException) -> None:
 
 
 def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
-    """Discover, validate and register every plugin; ``extra`` adds ``(name, module)`` pairs."""
+    """Discover, validate and register every plugin; ``extra`` adds ``(name, module)`` pairs.
+
+    Any ``BaseException`` a plugin raises (``SystemExit``, ``KeyboardInterrupt``, ...) is recorded as
+    that plugin's failure; only the user's own Ctrl-C (a real SIGINT) stops loading.
+    """
+    with _ctrl_c() as ctrl_c:
+        return _load(extra, ctrl_c)
+
+
+def _load(extra: list[tuple[str, Any]] | None, ctrl_c: list[int]) -> Plugins:
     pm = pluggy.PluginManager(GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry()
@@ -95,9 +136,9 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
             continue
         try:
             candidates.append((info, ep.load()))
-        except KeyboardInterrupt:  # the user's Ctrl-C, not the plugin's doing
-            raise
         except BaseException as exc:  # a broken plugin (even one calling sys.exit) must not kill the CLI
+            if ctrl_c and isinstance(exc, KeyboardInterrupt):  # the user's Ctrl-C, not the plugin's doing
+                raise
             _fail(info, exc)
     for name, module in extra or []:
         info = PluginInfo(name, "(in-process)", "")
@@ -108,15 +149,15 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
         try:
             pm.register(module, name=info.name)
             pm.check_pending()  # catches misspelled hook implementations
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:
+            if ctrl_c and isinstance(exc, KeyboardInterrupt):
+                raise
             if pm.is_registered(module):
                 pm.unregister(module)
             _fail(info, exc)
             continue
         info.hooks = sorted(impl.name for impl in pm.get_hookcallers(module) or [])
-        _register_from(module, info, registry)
+        _register_from(module, info, registry, ctrl_c)
     return Plugins(pm, registry, infos)
 
 
@@ -131,7 +172,7 @@ def get_registry() -> Registry:
     return default_plugins().registry
 
 
-def _register_from(module: Any, info: PluginInfo, registry: Registry) -> None:
+def _register_from(module: Any, info: PluginInfo, registry: Registry, ctrl_c: list[int]) -> None:
     """Call one plugin's ``register_*`` hooks; all or nothing, a failure is recorded."""
     calls: list[tuple[str, Any, bool]] = []
 
@@ -148,7 +189,7 @@ def _register_from(module: Any, info: PluginInfo, registry: Registry) -> None:
             staged.add(kind, spec, owner=info.name)  # duplicates inside one plugin raise too
         for kind, spec, override in calls:
             registry.add(kind, spec, owner=info.name, override=override)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:  # SystemExit too: one plugin cannot end the process
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt too: one plugin cannot end the process
+        if ctrl_c and isinstance(exc, KeyboardInterrupt):
+            raise
         _fail(info, exc)

@@ -10,7 +10,9 @@ pixel pipeline incl. windowing; no weights) and the model card, listed with thei
 Parity is checked before anything is written: a sample of the run's test split is predicted
 by the torch path (``Task.build_predict_data`` + ``Trainer.evaluate``) and by the onnxruntime
 path (:mod:`medmm.deploy.runtime`, torch-free preprocessing), and the export fails with the
-figure when they differ by more than 1e-4.
+figure when they differ by more than 1e-4. The graph is also checked at the edges of every
+dynamic axis (size 1 and the largest size prediction feeds, every combination:
+:mod:`medmm.deploy.edges`), which a sample of ordinary inputs never reaches.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ import numpy as np
 from medmm import __version__
 from medmm.deploy.manifest import FORMAT, MANIFEST, MODEL, MODEL_INT8, VERSION, file_hashes, require
 from medmm.errors import MedmmError
-from medmm.task import pad_id_of
 
 TOLERANCE = 1e-4
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy")
@@ -40,44 +41,34 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".npz", ".npy
 
 @dataclass(frozen=True)
 class GraphSpec:
-    """How a task's batch is fed to its ``step`` from named graph inputs."""
+    """A task's :class:`medmm.task.DeploySpec` as export uses it: input names, dynamic axes, the
+    batch its ``step`` takes, how the parity sample is cut, and the spec itself."""
 
     inputs: tuple[str, ...]
     dynamic: dict[str, dict[int, str]]
     batch: Callable[..., Any]
-    data: str  # "table" or "dicom": how a test-split sample is cut from the run's data
+    data: str  # "table" or "files": how a test-split sample is cut from the run's data
+    deploy: Any = None
 
 
-GRAPHS: dict[str, GraphSpec] = {
-    "tabular-risk": GraphSpec(("x",), {"x": {0: "batch"}}, lambda x: (x, None, None), "table"),
-    "image-cls": GraphSpec(("x",), {"x": {0: "batch"}}, lambda x: (x, None, None), "dicom"),
-    "text-cls": GraphSpec(("input_ids", "attention_mask"), {"input_ids": {0: "batch", 1: "sequence"},
-                                                              "attention_mask": {0: "batch", 1: "sequence"}},
-                          lambda ids, mask: {"input_ids": ids, "attention_mask": mask.bool(), "index": None}, "table"),
-    # inputs depend on the run's modalities: see medmm.deploy.fusion.graph_inputs (filled in by _spec)
-    "fusion": GraphSpec((), {}, lambda *inputs: None, "fusion"),
-}
-
-
-def _spec(task_name: str, task: Any) -> GraphSpec:
-    """The task's graph inputs (fusion: the presence mask plus one input per modality of the run)."""
-    spec = GRAPHS[task_name]
-    if task_name == "fusion":
-        from medmm.deploy.fusion import graph_inputs
-
-        inputs, dynamic = graph_inputs(list(task.names))
-        return GraphSpec(inputs, dynamic, spec.batch, spec.data)
-    return spec
+def _spec(task_name: str, task: Any, model: Any) -> GraphSpec:
+    """What the trained task declares for export (:meth:`medmm.task.Task.deploy_spec`)."""
+    deploy = task.deploy_spec(model)
+    if deploy is None:
+        raise MedmmError(f"medmm export: task {task_name!r} declares no export (Task.deploy_spec); predict it "
+                         "with medmm predict RUN_DIR")
+    if deploy.sample not in ("table", "files"):
+        raise MedmmError(f"task {task_name!r}: DeploySpec.sample must be 'table' or 'files', got {deploy.sample!r}")
+    return GraphSpec(deploy.names, deploy.dynamic, deploy.batch, deploy.sample, deploy)
 
 
 def _graph_module(task: Any, model: Any, spec: GraphSpec) -> Any:
-    """``nn.Module`` with named inputs: the task's step, then the problem's scores."""
+    """``nn.Module`` with one named parameter per graph input: the task's step, then the problem's
+    scores (or the task's own ``DeploySpec.graph``)."""
     import torch
 
-    if spec.data == "fusion":
-        from medmm.deploy.fusion import graph_module
-
-        return graph_module(task, model)
+    if spec.deploy is not None and spec.deploy.graph is not None:
+        return spec.deploy.graph.eval()
 
     from medmm.engine.losses import scores_from_output
 
@@ -88,20 +79,15 @@ def _graph_module(task: Any, model: Any, spec: GraphSpec) -> Any:
             super().__init__()
             self.model = model
 
-        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        def scores(self, *inputs: torch.Tensor) -> torch.Tensor:
             out = task.step(self.model, spec.batch(*inputs))["output"]
             return scores_from_output(task.problem, out)
 
-    if spec.inputs == ("x",):
-        class One(Scores):
-            def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-                return super().forward(x)
-        return One().eval()
-
-    class Two(Scores):
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-            return super().forward(input_ids, attention_mask)
-    return Two().eval()
+    # exporters read the input names from forward's signature (names are checked identifiers)
+    params = ", ".join(spec.inputs)
+    namespace: dict[str, Any] = {}
+    exec(f"def forward(self, {params}):\n    return self.scores({params})", namespace)  # noqa: S102
+    return type("Graph", (Scores,), {"forward": namespace["forward"]})().eval()
 
 
 # --------------------------------------------------------------------------- loading a run
@@ -112,9 +98,6 @@ def load_run(run_dir: Path, registry: Any, checkpoint: str = "best") -> tuple[An
     from medmm.run import Run
 
     run = Run.open(run_dir, registry=registry)
-    if run.task_name not in GRAPHS:
-        raise MedmmError(f"medmm export: task {run.task_name!r} has no ONNX export yet (supported: "
-                         f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
     run.cfg.engine.device, run.cfg.engine.precision = "cpu", "fp32"
     task = run.task()
     model = run.model(task, checkpoint)  # a DP run's layers, as predict rebuilds them
@@ -152,15 +135,15 @@ def _split_ids(run_dir: Path) -> list[str]:
 def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, tmp: Path,
                   *, whole: bool) -> Path:
     """A copy of up to ``n`` test units of ``data`` under ``tmp`` (``whole``: the first ``n`` of ``data``)."""
-    if spec.data == "dicom" and not data.is_dir():
+    if spec.data == "files" and not data.is_dir():
         return data  # the task's reader says what is wrong with it
     ids = [] if whole else _split_ids(run_dir)
-    if spec.data == "dicom":
+    if spec.data == "files":
         if ids:
             paths = list(dict.fromkeys(i.split("#")[0] for i in ids))[:n]
         else:
             paths = sorted(p.relative_to(data).as_posix() for p in data.rglob("*") if p.is_file())[:n]
-        root = tmp / "dicom"
+        root = tmp / "files"
         for rel in paths:
             src, dst = data / rel, root / rel
             if src.is_file():
@@ -189,11 +172,11 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
     wanted = set(ids)
     rows = df[keys.isin(wanted).to_numpy()] if wanted else df
     rows = (rows if len(rows) else df).head(n)
-    image_col = getattr(cfg.data, "image_column", None) if spec.data == "fusion" else None
-    if image_col and image_col in rows.columns:  # the sample lives elsewhere: image paths made absolute
-        rows = rows.copy()
-        rows[image_col] = [v if not isinstance(v, str) or not v.strip() or Path(v.strip()).is_absolute()
-                           else str(data.resolve().parent / v.strip()) for v in rows[image_col]]
+    for col in (spec.deploy.path_columns if spec.deploy is not None else ()):
+        if col in rows.columns:  # the sample lives elsewhere: file paths made absolute
+            rows = rows.copy()
+            rows[col] = [v if not isinstance(v, str) or not v.strip() or Path(v.strip()).is_absolute()
+                         else str(data.resolve().parent / v.strip()) for v in rows[col]]
     out = tmp / f"sample{suffix}"
     if suffix == ".parquet":
         rows.to_parquet(out, index=False)
@@ -237,6 +220,35 @@ def _to_onnx(graph: Any, example: tuple[Any, ...], spec: GraphSpec, path: Path, 
             errors.append(f"{kind}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}")
             path.unlink(missing_ok=True)
     raise MedmmError("the model could not be exported to ONNX (" + "; ".join(errors) + ")")
+
+
+def check_edges(graph: Any, run: Callable[[dict[str, np.ndarray]], np.ndarray], spec: GraphSpec, cfg: Any,
+                batches: list[dict[str, np.ndarray]], problem: str) -> tuple[float, list[dict[str, Any]]]:
+    """Torch ``graph`` against the exported ``run`` at size 1 and the largest size of every dynamic axis."""
+    import torch
+
+    from medmm.deploy.edges import axis_edges, edge_cases, edge_parity
+
+    feeds = max(batches, key=lambda b: b[spec.inputs[0]].shape[0])
+
+    def reference(f: dict[str, np.ndarray]) -> np.ndarray:
+        with torch.no_grad():
+            return graph(*(torch.from_numpy(f[name]) for name in spec.inputs)).float().numpy()
+
+    cases = edge_cases(feeds, spec.dynamic, axis_edges(cfg, spec.dynamic, feeds))
+    return edge_parity(reference, run, cases, relative=problem in ("regression", "survival"))
+
+
+def edge_failure(edges: list[dict[str, Any]], tolerance: float) -> str:
+    """The first failing edge case in words."""
+    from medmm.deploy.edges import describe
+
+    for row in edges:
+        if row.get("error"):
+            return f"{describe(row)}: the exported graph fails ({row['error']})"
+        if not row["max_abs_diff"] <= tolerance:
+            return f"{describe(row)}: max |delta| = {row['max_abs_diff']:.3g} > {tolerance:g}"
+    return "no failing case"
 
 
 def _example(batches: list[dict[str, np.ndarray]], spec: GraphSpec) -> tuple[Any, ...]:
@@ -335,17 +347,20 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
                quantize: bool = False, opset: int = 18, sample: int = 256, exporter: str = "auto",
                checkpoint: str = "best", quiet: bool = False) -> Path:
     """Export a run to ``out`` (new or empty folder); returns it. Fails, writing nothing, on a parity miss."""
+    from medmm.deploy.runtime import runtime_reader
     from medmm.rundir import read_info
 
-    task_name = read_info(Path(run_dir)).get("task")
-    if task_name not in GRAPHS:  # before any heavy import
-        raise MedmmError(f"medmm export: task {task_name!r} has no ONNX export yet (supported: "
-                         f"{', '.join(GRAPHS)}); predict it with medmm predict {run_dir}")
+    if registry is None:
+        from medmm.plugins import get_registry
+
+        registry = get_registry()
+    runtime_reader(registry.get("task", str(read_info(Path(run_dir)).get("task"))))  # before any heavy import
     require("onnx", "export", "medmm export")
     ort = require("onnxruntime", "export", "medmm export")
     import onnx
     import torch
 
+    from medmm.deploy.edges import describe as describe_edge
     from medmm.deploy.runtime import ExportedModel
 
     run_dir = Path(run_dir)
@@ -353,7 +368,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise MedmmError(f"--out {out} exists and is not empty; give a new folder (an export is never overwritten)")
     cfg, task, model, info = load_run(run_dir, registry, checkpoint)
-    spec = _spec(info["task"], task)
+    spec = _spec(info["task"], task, model)
     data_path = _data_path(run_dir, info, data)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -370,7 +385,7 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         trainer = Trainer(task, cfg, run_dir, quiet=True)
         with torch.no_grad():
             ref = trainer.evaluate(model, split, collate)
-        pad_id = pad_id_of(getattr(task, "tokenizer", None))
+        pad_id = int(spec.deploy.pad_id)
         base = {"format": FORMAT, "version": VERSION, "task": info["task"], "pad_id": pad_id}
         _write_manifest(stage, base)
         # onnxruntime path: torch-free preprocessing of the same files
@@ -384,7 +399,8 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         rt = ExportedModel(stage, verify=False)
         pred = rt.score(examples, calibrate=False)  # the model's own scores, as the torch path gives
         diff = _compare(task.problem, ref.units, ref.scores, pred.units, pred.scores)
-        if not diff <= TOLERANCE and exporter == "auto" and used == "dynamo":
+        edge_diff, edges = check_edges(graph, rt.run, spec, cfg, examples.batches, task.problem)
+        if not max(diff, edge_diff) <= TOLERANCE and exporter == "auto" and used == "dynamo":
             # a graph the dynamo exporter got wrong (seen on a fusion run with the attention head): retry
             (stage / MODEL).unlink()
             used = _to_onnx(graph, _example(examples.batches, spec), spec, stage / MODEL, opset, "torchscript")
@@ -393,12 +409,16 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
             rt = ExportedModel(stage, verify=False)
             pred = rt.score(examples, calibrate=False)
             diff = _compare(task.problem, ref.units, ref.scores, pred.units, pred.scores)
+            edge_diff, edges = check_edges(graph, rt.run, spec, cfg, examples.batches, task.problem)
         parity = {"units": len(ref.units), "max_abs_diff": diff, "tolerance": TOLERANCE,
                   "measure": "relative" if task.problem in ("regression", "survival") else "probability",
-                  "sample": "--data" if data is not None else "test split"}
+                  "sample": "--data" if data is not None else "test split", "edges": edges}
         if not diff <= TOLERANCE:
             raise MedmmError(f"parity check failed: max |delta {parity['measure']}| = {diff:.3g} > {TOLERANCE:g} "
                              f"between torch and onnxruntime on {len(ref.units)} units; nothing was written")
+        if not edge_diff <= TOLERANCE:
+            raise MedmmError(f"parity check failed at the edges of the dynamic axes: {edge_failure(edges, TOLERANCE)}; "
+                             "nothing was written")
         quant = _quantize(stage, base, examples, ref, task.problem) if quantize else None
         model_cfg = cfg.model.model_dump()
         manifest = {
@@ -414,9 +434,9 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
             "versions": {"torch": torch.__version__.split("+")[0], "onnx": onnx.__version__,
                          "onnxruntime": ort.__version__},
             "inputs": [{"name": i.name, "type": i.type, "shape": i.shape} for i in rt.session.get_inputs()],
-            "output": {"name": "scores", "meaning": _meaning(task.problem, task.label_names)},
+            "output": {"name": "scores", "meaning": spec.deploy.output or _meaning(task.problem, task.label_names)},
             "threshold": _threshold(run_dir, task.problem, task.label_names),
-            "preprocessing": _preprocessing(info["task"], cfg),
+            "preprocessing": dict(spec.deploy.preprocessing),
             "parity": parity,
         }
         if quant is not None:
@@ -432,7 +452,9 @@ def export_run(run_dir: Path, out: Path | None = None, *, registry: Any, data: P
         lines = [f"medmm export: {info['task']} -> {out}",
                  f"  {MODEL:<16} opset {opset}, {used} exporter, {(out / MODEL).stat().st_size / 1e6:.1f} MB",
                  (f"  parity           max |delta {parity['measure']}| {diff:.2e} on {parity['units']} "
-                  f"{parity['sample']} units (limit {TOLERANCE:g})")]
+                  f"{parity['sample']} units (limit {TOLERANCE:g})"),
+                 (f"  edges            max |delta {parity['measure']}| {edge_diff:.2e} at "
+                  + "; ".join(describe_edge(r) for r in edges))]
         if quant is not None:
             agree = "" if quant["label_agreement"] is None else f", label agreement {quant['label_agreement']:.3f}"
             lines.append(f"  {MODEL_INT8:<16} max |delta {parity['measure']}| {quant['max_abs_diff']:.2e}{agree}, "
@@ -446,7 +468,7 @@ def _runtime_examples(stage: Path, manifest: dict[str, Any], data: Path, registr
     """The onnxruntime path's examples for ``data`` (torch-free readers), before the graph exists."""
     from medmm.deploy.runtime import export_config, task_inputs
 
-    inputs = task_inputs(stage, manifest, export_config(stage, manifest["task"], registry))
+    inputs = task_inputs(stage, manifest, export_config(stage, manifest["task"], registry), registry)
     return inputs.examples(inputs.read(Path(data)))
 
 
@@ -472,20 +494,3 @@ def _meaning(problem: str, labels: list[str] | None) -> str:
     if problem == "regression":
         return "prediction in the target's units [batch]"
     return "log hazard (higher = earlier event) [batch]"
-
-
-def _preprocessing(task: str, cfg: Any) -> dict[str, Any]:
-    """A readable summary (the exact parameters are the files under artifacts/)."""
-    d = cfg.data.model_dump(mode="json")
-    if task == "image-cls":
-        return {k: d[k] for k in ("size", "channels", "window", "frames", "level") if k in d} | {
-            "pixels": "artifacts/image.json", "range": "[0, 1] after window, 8-bit quantised"}
-    if task == "text-cls":
-        return {k: d[k] for k in ("text_column", "max_length", "long_text", "stride") if k in d} | {
-            "tokenizer": "artifacts/encoder/tokenizer.json or artifacts/vocab.json"}
-    if task == "fusion":
-        return {k: d[k] for k in ("text_column", "image_column", "max_length", "size", "channels", "window")
-                if k in d} | {"modalities": "artifacts/fusion.json (names, tabular preprocessor)",
-                              "tokenizer": "artifacts/text_encoder/tokenizer.json",
-                              "missing": "mask input: False where a row lacks the modality (its input is ignored)"}
-    return {"preprocessor": "artifacts/tabular.json", "id_column": d.get("id_column")}

@@ -30,7 +30,8 @@ class TextCNN(nn.Module):
     max-pooled over time, ReLU, dropout. ``embed_dim = channels * len(kernel_sizes)``.
 
     Max-pooling only looks at windows made of real tokens (a sequence shorter than a kernel
-    uses its single window, completed with zero vectors).
+    uses its single window, completed with zero vectors). The same graph serves every length, so
+    a traced or exported model takes texts of one token as well as long ones.
     """
 
     def __init__(self, vocab_size: int, embedding_dim: int = 128, kernel_sizes: Sequence[int] = (3, 4, 5),
@@ -47,10 +48,10 @@ class TextCNN(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         mask = attention_mask.bool()
         x = self.embedding(input_ids) * mask.unsqueeze(-1)  # zero vectors on padding, whatever its id
-        shortfall = max(self.kernel_sizes) - x.size(1)
-        if shortfall > 0:
-            x = F.pad(x, (0, 0, 0, shortfall))
-        x = x.transpose(1, 2)  # [B, E, L]
+        # always max(k) - 1 zero vectors at the end, never "only when too short": a Python test on the
+        # length is frozen by tracing / ONNX export, which then broke on texts shorter than a kernel
+        x = F.pad(x, (0, 0, 0, max(self.kernel_sizes) - 1))
+        x = x.transpose(1, 2)  # [B, E, L + max(k) - 1]
         lengths = mask.sum(dim=1, keepdim=True)  # [B, 1]
         pooled = []
         for k, conv in zip(self.kernel_sizes, self.convs):
