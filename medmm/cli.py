@@ -254,8 +254,10 @@ def make_cli() -> click.Group:
     @click.option("--subgroups", help="Comma-separated subgroup columns (default: the run's data.subgroup_columns).")
     @click.option("--site", help="Site label recorded in the report and the model card.")
     @click.option("--date-column", help="Column whose date range is recorded as provenance.")
-    @click.option("--recalibrate", type=click.Choice(["temperature", "isotonic"]),
-                  help="Fit a recalibration on part of the data; writes a new run dir under --out.")
+    @click.option("--recalibrate", type=click.Choice(["temperature", "isotonic", "conformal"]),
+                  help="Fit a recalibration (probabilities: temperature / isotonic; prediction sets: conformal, "
+                       "plus a covariate-shift-weighted check when the shift check fires) on part of the data; "
+                       "writes a new run dir under --out.")
     @click.option("--calibration-fraction", type=float, default=0.5, show_default=True,
                   help="Share of the units the recalibration is fitted on (the rest checks it).")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)

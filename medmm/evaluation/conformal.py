@@ -41,7 +41,7 @@ import numpy as np
 from medmm.errors import MedmmError
 
 __all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report",
-           "load_conformal", "prediction_columns", "save_conformal", "weighted_threshold"]
+           "load_conformal", "prediction_columns", "recalibrate", "save_conformal", "weighted_threshold"]
 
 FORMAT = "medmm-conformal"
 FILE = "conformal.json"
@@ -111,6 +111,9 @@ def calibrate(problem: str, y: Any, scores: Any, *, alpha: float = 0.1, mondrian
         "classes": [str(c) for c in classes] if classes is not None else None,
         "thresholds": _thresholds(problem, y, scores, alpha, by_class),
         "calibrated_on": calibrated_on, "n": int(len(y)),
+        # the calibration units' labels and scores (no ids): the weighted re-calibration reweights them
+        "calibration_units": {"y": np.round(np.asarray(y, float), 6).tolist(),
+                              "scores": np.round(np.asarray(scores, float), 6).tolist()},
     }
     if problem in ("binary", "multiclass"):
         out["n_per_class"] = np.bincount(y.astype(int).ravel(), minlength=_probs2(problem, scores).shape[1]).tolist()
@@ -435,3 +438,125 @@ def set_groups_of(conf: Mapping[str, Any] | None, data: Path, cfg: Any, units: S
     """The units' values of the thresholds' ``group_column`` in ``data`` (``None`` when not grouped)."""
     col = (conf or {}).get("group_column")
     return unit_groups(data, cfg, units, [col])[col].tolist() if col else None
+
+
+# --------------------------------------------------------------------------- re-calibration on a new site
+
+
+def _features(problem: str, scores: Any) -> np.ndarray:
+    """What the shift classifier sees: the model's outputs (log-odds / log-probabilities / predictions)."""
+    s = np.asarray(scores, dtype=float)
+    if problem == "regression":
+        return s.reshape(-1, 1)
+    p = np.clip(s.reshape(len(s), -1), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p)) if problem in ("binary", "multilabel") else np.log(p)
+
+
+def shift_weights(problem: str, cal_scores: Any, new_scores: Any, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Density ratios w = dP_new / dP_cal of the calibration and the new units, from a logistic regression
+    telling the two apart on the model's outputs (clipped to [0.05, 20])."""
+    from sklearn.linear_model import LogisticRegression
+
+    a, b = _features(problem, cal_scores), _features(problem, new_scores)
+    x, d = np.vstack([a, b]), np.r_[np.zeros(len(a)), np.ones(len(b))]
+    clf = LogisticRegression(max_iter=1000, random_state=seed).fit(x, d)
+    ratio = len(a) / len(b)
+    w = np.exp(clf.decision_function(x)) * ratio
+    w = np.clip(w, 0.05, 20.0)
+    return w[: len(a)], w[len(a):]
+
+
+def _weighted_sets(conf: Mapping[str, Any], scores: np.ndarray, w_cal: np.ndarray, w_new: np.ndarray) -> dict[str, Any]:
+    """Per-unit weighted thresholds from the stored calibration units (classification and regression)."""
+    problem, alpha = conf["problem"], float(conf["alpha"])
+    cal = conf["calibration_units"]
+    cy, cs = np.asarray(cal["y"]), np.asarray(cal["scores"], float)
+    if problem == "regression":
+        res = np.abs(cy - cs.ravel())
+        q = np.array([weighted_threshold(res, w_cal, wi, alpha) for wi in w_new])
+        pred = scores.ravel()
+        mw = conf.get("max_width")
+        return {"lower": pred - q, "upper": pred + q, "width": 2 * q,
+                "abstain": (2 * q > mw) if mw is not None else np.zeros(len(q), bool)}
+    if problem == "multilabel":
+        raise MedmmError("the weighted conformal variant covers binary, multiclass and regression runs")
+    pc, pn = _probs2(problem, cs), _probs2(problem, scores)
+    yc = cy.astype(int)
+    sc = 1.0 - pc[np.arange(len(yc)), yc]
+    by_class = conf["mondrian"] == "class"
+    thr = np.empty_like(pn)
+    for k in range(pn.shape[1]):
+        m = (yc == k) if by_class else np.ones(len(yc), bool)
+        thr[:, k] = [weighted_threshold(sc[m], w_cal[m], wi, alpha) for wi in w_new]
+    sets = (1.0 - pn) - thr <= TOL
+    size = sets.sum(axis=1)
+    return {"sets": sets, "size": size, "abstain": size != 1 if conf["refer"] == "not_single" else size > 1}
+
+
+def _summary(conf: Mapping[str, Any], out: Mapping[str, np.ndarray], y: np.ndarray) -> dict[str, float]:
+    cov = _covered(conf, out, y)
+    cov = cov.all(axis=1) if cov.ndim == 2 else cov
+    size = out["width"] if conf["problem"] == "regression" else out["size"]
+    size = size.mean(axis=1) if size.ndim == 2 else size
+    return {"coverage": float(cov.mean()), "mean_size": float(size.mean()), "referred": float(out["abstain"].mean()),
+            "n": int(len(y))}
+
+
+def recalibrate(conf: Mapping[str, Any], y: Any, scores: Any, *, fraction: float, seed: int,
+                weighted: bool) -> dict[str, Any]:
+    """``medmm evaluate --recalibrate conformal``: fit new thresholds on a ``fraction`` of the new site's
+    units (stratified by class), and compare on the rest: the run's sets, the re-calibrated ones and, when
+    ``weighted`` (the shift check fired), the run's own calibration units reweighted to the new site.
+
+    The weighted variant (Tibshirani et al. 2019) assumes covariate shift only (P(y | x) unchanged) and a
+    density ratio that depends on x through the model's outputs alone; it needs no labels at the new site.
+    """
+    from sklearn.model_selection import train_test_split
+
+    from medmm.errors import DataError
+
+    y, s = np.asarray(y), np.asarray(scores, dtype=float)
+    idx = np.arange(len(y))
+    strat = y.astype(int).ravel() if conf["problem"] in ("binary", "multiclass") else None
+    try:
+        fit, held = train_test_split(idx, train_size=fraction, stratify=strat, random_state=seed)
+    except ValueError:
+        raise DataError(f"too few units per class to split {len(y)} units for --recalibrate conformal") from None
+    new = calibrate(conf["problem"], y[fit], s[fit], alpha=float(conf["alpha"]), mondrian=conf["mondrian"],
+                    classes=conf.get("classes"), refer=conf["refer"], max_width=conf.get("max_width"),
+                    calibrated_on="external calibration part")
+    out = {"method": "conformal", "conformal": new, "fit_units": int(len(fit)), "held_out_units": int(len(held)),
+           "alpha": float(conf["alpha"]),
+           "before": _summary(conf, apply_sets(conf, s[held]), y[held]),
+           "after": _summary(new, apply_sets(new, s[held]), y[held]), "weighted": None}
+    if weighted and conf.get("calibration_units") and conf["problem"] != "multilabel":
+        w_cal, w_new = shift_weights(conf["problem"], conf["calibration_units"]["scores"], s, seed)
+        ws = _weighted_sets(conf, s[held], w_cal, w_new[held])
+        out["weighted"] = {**_summary(conf, ws, y[held]),
+                           "assumption": "covariate shift only (P(y | x) unchanged), density ratio a function of "
+                                         "the model's outputs; the run's calibration units reweighted, no new labels "
+                                         "used", "effective_calibration_units": float(w_cal.sum() ** 2 /
+                                                                                        (w_cal ** 2).sum())}
+    return out
+
+
+def recalibration_html(recal: Mapping[str, Any]) -> str:
+    """Before / after coverage on the held-out part of the new site's units."""
+    from medmm.report import html_table
+
+    rows = [["run's sets (calibrated on val)", *_three(recal["before"])],
+            [f"re-calibrated on {recal['fit_units']} new-site units", *_three(recal["after"])]]
+    if recal.get("weighted"):
+        rows.append(["run's calibration units, weighted to the new site", *_three(recal["weighted"])])
+    note = (f"Coverage of the {100 * (1 - recal['alpha']):g}% sets on the other {recal['held_out_units']} units of the "
+            "new data. The re-calibrated thresholds are stored in recalibrated-run/artifacts/conformal.json; the "
+            "original run is unchanged." + (f" Weighted variant: {recal['weighted']['assumption']}."
+                                            if recal.get("weighted") else ""))
+    import html
+
+    return html_table(["sets", "coverage", "mean size / width", "referred"], rows) + \
+        f'\n<p class="note">{html.escape(note)}</p>'
+
+
+def _three(c: Mapping[str, Any]) -> list[str]:
+    return [_f(c["coverage"]), _f(c["mean_size"]), _f(c["referred"])]

@@ -110,7 +110,13 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     _check_out(out)
 
     task = run.task()
-    if recalibrate and (task.problem not in ("binary", "multiclass") or
+    from medmm.evaluation.conformal import load_conformal
+
+    conf = load_conformal(run_dir)  # the run's prediction sets (#32)
+    if recalibrate == "conformal" and conf is None:
+        raise MedmmError("--recalibrate conformal: this run stores no conformal sets (a survival run, one trained "
+                         "with eval.conformal.enabled=false, or by an older medmm)")
+    if recalibrate and recalibrate != "conformal" and (task.problem not in ("binary", "multiclass") or
                         (recalibrate == "isotonic" and task.problem != "binary")):
         raise MedmmError(f"--recalibrate {recalibrate} does not apply to this {task.problem} run "
                          "(temperature: binary or multiclass; isotonic: binary)")
@@ -140,8 +146,20 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     sub = audit(problem, y_for_audit, y_score, groups, op=op if classify else None,
                 min_group_size=ecfg.min_group_size, n_boot=n_boot, seed=seed) if groups else None
     shift = shift_report(task, data, cfg.data, run_dir)
+    from medmm.evaluation.conformal import coverage_report, set_groups_of
+    from medmm.evaluation.conformal import recalibrate as recalibrate_conformal
+    from medmm.evaluation.decision_curve import decision_curves
+
+    set_groups = set_groups_of(conf, data, cfg, ev.units) if conf else None
+    conformal = coverage_report(conf, y_true, y_score, label_names=task.label_names, groups=groups,
+                                set_groups=set_groups, min_group_size=ecfg.min_group_size, n_boot=n_boot,
+                                seed=seed) if conf else None
+    curves = decision_curves(problem, y_true, y_score, task.label_names, n_boot=min(n_boot, 200), seed=seed)
     recal = None
-    if recalibrate:
+    if recalibrate == "conformal":  # weighted variant too when the shift check fired
+        recal = recalibrate_conformal(conf, y_true, y_score, fraction=calibration_fraction, seed=seed,
+                                      weighted=bool(shift["warnings"]))
+    elif recalibrate:
         recal = _recalibrate(problem, np.asarray(y_true), np.asarray(y_score), recalibrate, calibration_fraction,
                              seed, op, task.label_names, ecfg)
     skipped = len(getattr(split, "skipped", None) or [])
@@ -151,12 +169,16 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
                   "run": run_dir.name, "checkpoint": checkpoint}
     result = {"format": "medmm-evaluation", "version": 1, "task": run.spec.name, "problem": problem,
               "provenance": provenance, "metrics": metrics, "ci": ci, "operating_point": op,
-              "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal}
+              "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal,
+              "conformal": conformal, "conformal_sets": {k: v for k, v in (conf or {}).items()
+                                                         if k != "calibration_units"} or None,
+              "decision_curve": curves}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_mkparent(out)))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets a plain mkdir's mode
     try:
-        _write_outputs(tmp, result, ev, task, run.spec, run_dir, trainer, y_true, y_score, kw, op)
+        _write_outputs(tmp, result, ev, task, run.spec, run_dir, trainer, y_true, y_score, kw, op,
+                       conformal=conf, set_groups=set_groups)
         if recal is not None:
             _write_recalibrated_run(tmp / "recalibrated-run", run_dir, recal)
         if out.exists():
@@ -226,12 +248,27 @@ def _write_recalibrated_run(dest: Path, run_dir: Path, recal: Mapping[str, Any])
     write_json_atomic(dest / "run.json", info)
     shutil.copytree(run_dir / "artifacts", dest / "artifacts", copy_function=_link_or_copy)
     shutil.copytree(run_dir / "checkpoints" / "best", dest / "checkpoints" / "best", copy_function=_link_or_copy)
-    write_json_atomic(dest / "artifacts" / CAL_FILE, dict(recal["calibrator"]))
-    if recal["operating_point"] is not None:
+    if recal["method"] == "conformal":  # new thresholds, same probabilities (#32)
+        from medmm.evaluation.conformal import FILE as CONF_FILE
+
+        (dest / "artifacts" / CONF_FILE).unlink(missing_ok=True)  # a hard link: never write through it
+        write_json_atomic(dest / "artifacts" / CONF_FILE, dict(recal["conformal"]))
+    else:
+        write_json_atomic(dest / "artifacts" / CAL_FILE, dict(recal["calibrator"]))
+    if recal.get("operating_point") is not None:
         (dest / "artifacts" / "operating_point.json").unlink(missing_ok=True)  # a hard link: never write through it
         save_operating_point(dest / "artifacts", recal["operating_point"])
     if (run_dir / "model_card.md").exists():
         shutil.copy2(run_dir / "model_card.md", dest / "model_card.md")
+        if recal["method"] == "conformal":
+            b, a = recal["before"], recal["after"]
+            append_validation(dest / "model_card.md", (
+                f"### {datetime.now(timezone.utc).strftime('%Y-%m-%d')}: conformal sets re-calibrated\n\nThis run is "
+                f"`{run_dir.name}` with its prediction-set thresholds re-fitted on {recal['fit_units']} units of the "
+                f"evaluation data (same model, same probabilities). Coverage on the other {recal['held_out_units']} "
+                f"units: {b['coverage']:.3f} -> {a['coverage']:.3f} (nominal {1 - recal['alpha']:.2f}); mean set "
+                f"size {b['mean_size']:.3f} -> {a['mean_size']:.3f}."))
+            return
         cal = recal["calibrator"]
         how = f"temperature scaling (T = {cal['temperature']:.4f})" if cal["method"] == "temperature" else \
             "isotonic regression"
@@ -260,14 +297,16 @@ def _clean(obj: Any) -> Any:
 
 
 def _write_outputs(out: Path, result: Mapping[str, Any], ev: Any, task: Any, spec: Any, run_dir: Path,
-                   trainer: Any, y_true: Any, y_score: Any, kw: Mapping[str, Any], op: Mapping[str, Any] | None) -> None:
+                   trainer: Any, y_true: Any, y_score: Any, kw: Mapping[str, Any], op: Mapping[str, Any] | None,
+                   conformal: Mapping[str, Any] | None = None, set_groups: Any = None) -> None:
     from medmm.evaluation.report_sections import evaluation_sections
     from medmm.io import write_json_atomic
     from medmm.predictions import write_predictions
     from medmm.report import write_report
 
     write_predictions(out / "predictions.csv", ev, task.problem, task.label_names,
-                      getattr(task, "unit_columns", None), operating_point=op)
+                      getattr(task, "unit_columns", None), operating_point=op, conformal=conformal,
+                      set_groups=set_groups)
     write_json_atomic(out / "evaluation.json", _clean(dict(result)))
     history = []
     if (run_dir / "metrics.jsonl").exists():
@@ -288,6 +327,21 @@ def _fmt_ci(value: Any, ci: Any) -> str:
     if ci and all(c is not None and math.isfinite(c) for c in ci):
         v += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
     return v
+
+
+def _conformal_lines(result: Mapping[str, Any]) -> list[str]:
+    """Coverage of the run's prediction sets and the subgroups below nominal (#32)."""
+    c = result.get("conformal")
+    if not c:
+        return []
+    o = c["overall"]
+    lines = [f"  conformal {100 * c['nominal']:g}% sets: coverage {_fmt_ci(o['coverage'], o['coverage_ci'])}, "
+             f"mean {c['size_name']} {o['mean_size']:.3f}, referred {100 * o['referred']:.1f}%"]
+    low = [f"class {k}" for k, v in c["classes"].items() if v.get("below_nominal")]
+    low += [f"{col} = {v}" for col, g in c["groups"].items() for v in g["flagged"]]
+    if low:
+        lines.append(f"  conformal coverage below nominal (95% CI under {c['nominal']:.2f}): {', '.join(low)}")
+    return lines
 
 
 def _console(result: Mapping[str, Any], out: Path) -> str:
@@ -311,7 +365,14 @@ def _console(result: Mapping[str, Any], out: Path) -> str:
         lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged: {', '.join(c['flagged']) or 'none'}")
     for w in result["shift"]["warnings"]:
         lines.append(f"  shift warning: {w}")
-    if result["recalibration"]:
+    lines += _conformal_lines(result)
+    if result["recalibration"] and result["recalibration"]["method"] == "conformal":
+        r = result["recalibration"]
+        lines.append(f"  conformal re-calibration (fit on {r['fit_units']}, checked on {r['held_out_units']} units): "
+                     f"coverage {r['before']['coverage']:.3f} -> {r['after']['coverage']:.3f}"
+                     + (f"; weighted (covariate shift) {r['weighted']['coverage']:.3f}" if r["weighted"] else ""))
+        lines.append(f"  {'recalibrated run':<16} {out / 'recalibrated-run'}")
+    elif result["recalibration"]:
         r = result["recalibration"]
         lines.append(f"  recalibration ({r['method']}, fit on {r['fit_units']}, checked on {r['held_out_units']} units): "
                      f"ECE {r['before'].get('ece', float('nan')):.4f} -> {r['after'].get('ece', float('nan')):.4f}, "
@@ -346,6 +407,7 @@ def validation_markdown(result: Mapping[str, Any]) -> str:
                      f"{_fmt_ci(s['specificity'], s['ci'].get('specificity'))}")
     if result["shift"]["warnings"]:
         lines.append("- Distribution shift warnings: " + "; ".join(result["shift"]["warnings"]))
+    lines += [f"- {x.strip()}" for x in _conformal_lines(result)]
     if result["subgroups"]:
         lines += ["", audit_markdown(result["subgroups"])]
     return "\n".join(lines)

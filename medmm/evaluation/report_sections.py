@@ -44,6 +44,19 @@ def evaluation_sections(result: Mapping[str, Any]) -> list[tuple[str, str]]:
                 '<p class="note">Not audited: no subgroup columns were given (--subgroups or '
                 'data.subgroup_columns).</p>'))
     out.append(("Distribution shift vs training data", shift_html(result["shift"])))
-    if result.get("recalibration"):
+    if result.get("conformal"):  # prediction sets and decision curves (#32)
+        from medmm.evaluation.conformal import coverage_html
+
+        out.append(("Prediction sets and referral", coverage_html(result["conformal"], result["conformal_sets"],
+                                                                  "new data")))
+    if result.get("decision_curve"):
+        from medmm.evaluation.decision_curve import curves_html
+
+        out.append(("Decision curves", curves_html(result["decision_curve"], "the new data")))
+    if result.get("recalibration") and result["recalibration"]["method"] == "conformal":
+        from medmm.evaluation.conformal import recalibration_html as conformal_recalibration_html
+
+        out.append(("Conformal re-calibration", conformal_recalibration_html(result["recalibration"])))
+    elif result.get("recalibration"):
         out.append(("Recalibration", recalibration_html(result["recalibration"])))
     return out
