@@ -282,6 +282,25 @@ def make_cli() -> click.Group:
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
+    @click.option("--tripod-ai", "tripod_ai", is_flag=True, required=True,
+                  help="The TRIPOD+AI checklist filled from the run, each item citing its artefact (Markdown + JSON).")
+    @click.option("--out", "out", type=click.Path(path_type=Path),
+                  help="Output folder, new or empty (default RUN_DIR/tripod-ai).")
+    def report(run_dir: Path, tripod_ai: bool, out: Path | None) -> None:
+        """Reporting-guideline documents of a finished RUN_DIR (--tripod-ai)."""
+        from medmm.evaluation.tripod import SUPPLY, write_tripod_ai
+
+        if not tripod_ai:
+            raise click.UsageError("name the document: --tripod-ai")
+        import json
+
+        md, js = write_tripod_ai(run_dir, out)
+        counts = json.loads(js.read_text())["counts"]
+        click.echo(f"medmm report: TRIPOD+AI checklist, {counts.get('filled', 0)} items filled from the run, "
+                   f"{counts.get('partly', 0)} partly, {counts.get(SUPPLY, 0)} {SUPPLY}\n  {md}\n  {js}")
+
+    @cli.command()
+    @click.argument("run_dir", type=click.Path(path_type=Path))
     @click.option("--data", "data", required=True, type=DATA,
                   help="Data to explain, read as the run's task reads it for predict (or a DICOMweb source).")
     @click.option("--out", "out", type=click.Path(path_type=Path),
