@@ -433,11 +433,9 @@ def paired_diff_ci(problem: str, metric: str, model_ev: Any, base_ev: Any, n_boo
         return None
     with M._quiet():
         d = M._bootstrap_values(problem, metric, dm, n_boot, seed) - M._bootstrap_values(problem, metric, db, n_boot, seed)
-    d = d[np.isfinite(d)]
-    if not d.size:
-        return None
-    low, high = np.quantile(d, [0.025, 0.975])
-    return float(low), float(high)
+    point = M.compute_metrics(problem, yt, ys, **kw)[metric] - M.compute_metrics(problem, yt, bs, **kw)[metric]
+    low, high = M.interval(d, point)  # holds the observed difference
+    return None if not np.isfinite(low) else (low, high)
 
 
 def _align(base_ev: Any, units: list[str]) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -56,9 +57,31 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
+def json_safe(obj: Any) -> Any:
+    """``obj`` as strict-JSON-ready Python: NaN / infinity -> ``None``, numpy scalars and arrays ->
+    Python numbers and lists, tuples -> lists, mapping keys -> ``str``, paths and other objects -> ``str``."""
+    if isinstance(obj, dict) or hasattr(obj, "items") and callable(obj.items):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalar or array
+        return json_safe(obj.tolist())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    return str(obj)
+
+
+def dumps_json(payload: Any, indent: int | None = 1) -> str:
+    """Strict JSON text of ``payload`` (through :func:`json_safe`): never ``NaN`` or ``Infinity``."""
+    return json.dumps(json_safe(payload), indent=indent, allow_nan=False)
+
+
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON (UTF-8) atomically."""
-    return write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
+    """Write ``payload`` as indented strict JSON (UTF-8, :func:`dumps_json`) atomically: the one JSON
+    writer of medmm's outputs."""
+    return write_text_atomic(path, dumps_json(payload) + "\n")
 
 
 def read_json(path: str | Path, *, format: str | None = None) -> dict[str, Any]:

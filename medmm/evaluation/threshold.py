@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from medmm.errors import ConfigError
+from medmm.metrics import interval
 
 __all__ = ["RULES", "choose_threshold", "choose_operating_point", "decisions", "f1_at", "load_operating_point",
            "operating_stats", "save_operating_point", "stats_table"]
@@ -111,8 +112,7 @@ def operating_stats(y: Any, call: Any, *, n_boot: int = 1000, seed: int = 0) -> 
             ws.append(np.stack([w @ m for m in cells]))
         boot = _rates(*np.concatenate(ws, axis=1))
         for k, v in boot.items():
-            v = v[np.isfinite(v)]
-            ci[k] = (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) if v.size else (math.nan, math.nan)
+            ci[k] = interval(v, point[k])  # holds the point estimate
     tp, fp, tn, fn = (int(x) for x in counts)
     return {**point, "ci": ci, "tp": tp, "fp": fp, "tn": tn, "fn": fn, "n": int(y.size)}
 
@@ -156,8 +156,7 @@ def f1_at(y: Any, scores: Any, op: Mapping[str, Any], *, n_boot: int = 1000, see
             mi.append(a)
             ma.append(b)
         for k, v in (("micro_f1", np.concatenate(mi)), ("macro_f1", np.concatenate(ma))):
-            v = v[np.isfinite(v)]
-            out["ci"][k] = (float(np.quantile(v, 0.025)), float(np.quantile(v, 0.975))) if v.size else (math.nan, math.nan)
+            out["ci"][k] = interval(v, out[k])  # holds the point estimate
     return out
 
 

@@ -17,6 +17,7 @@ import torch
 
 from medmm.explain.core import Attribution, Items, Scorer
 from medmm.explain.spec import InputSpec
+from medmm.metrics import interval
 
 
 def feature_items(spec: InputSpec, batch: Any) -> list[Items | None]:
@@ -101,8 +102,8 @@ def permutation_importance(scorer: Scorer, spec: InputSpec, batch: Any, items: I
             change += np.abs(scorer.probs_with(spec, batch, xp, target) - full)
         change /= repeats
         boots = [change[rng.integers(0, n, n)].mean() for _ in range(n_boot)] if n > 1 else [change.mean()]
-        rows.append({"item": name, "importance": float(change.mean()),
-                     "ci_low": float(np.percentile(boots, 2.5)), "ci_high": float(np.percentile(boots, 97.5))})
+        low, high = interval(boots, float(change.mean()))  # holds the estimate
+        rows.append({"item": name, "importance": float(change.mean()), "ci_low": low, "ci_high": high})
     return sorted(rows, key=lambda r: -r["importance"])
 
 
