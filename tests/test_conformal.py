@@ -61,6 +61,7 @@ def test_quantile_is_the_split_conformal_order_statistic() -> None:
     assert conformal_quantile(s[::-1], 0.5) == 10.0
 
 
+@pytest.mark.slow  # importing MAPIE takes seconds
 @pytest.mark.parametrize("seed", [0, 1])
 def test_marginal_sets_and_intervals_equal_mapie(seed: int) -> None:
     from mapie.classification import SplitConformalClassifier
@@ -81,6 +82,7 @@ def test_marginal_sets_and_intervals_equal_mapie(seed: int) -> None:
     np.testing.assert_allclose(np.stack([got["lower"], got["upper"]], axis=1), iv)
 
 
+@pytest.mark.slow  # importing MAPIE takes seconds
 @pytest.mark.filterwarnings("ignore:WARNING. your conformalization dataset:UserWarning")
 def test_class_conditional_sets_equal_mapie_fitted_per_class() -> None:
     """Mondrian by class = for each class k, MAPIE conformalized on the calibration units of class k only."""
@@ -174,3 +176,102 @@ def test_json_round_trip_and_bad_settings(tmp_path) -> None:
             calibrate("binary", [0, 1], [0.2, 0.8], **kw)
     with pytest.raises(MedmmError, match="survival"):
         calibrate("survival", [0, 1], [0.2, 0.8])
+
+
+def test_sr_findings_carry_the_set_and_the_refer_flag() -> None:
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from medmm.deploy.sr import _set_findings  # noqa: PLC2701 (the module's own helper, tested directly)
+
+    y = np.array([0, 1] * 50)
+    p = np.where(y == 1, 0.8, 0.2)
+    p[:20] = 0.5
+    conf = calibrate("binary", y, p, alpha=0.1, classes=["neg", "pos"])
+    both = _set_findings(hd, codes, conf, np.float32(0.5), ["neg", "pos"])
+    assert [e.value.meaning for e in both] == ["neg", "pos", "Yes"]
+    one = _set_findings(hd, codes, conf, np.float32(0.95), ["neg", "pos"])
+    assert [e.value.meaning for e in one] == ["pos", "No"]
+
+
+# --------------------------------------------------------------------------- end to end (slow)
+
+
+class _Result:
+    def __init__(self, exit_code: int, output: str) -> None:
+        self.exit_code, self.output = exit_code, output
+
+
+def _cli(args: list[str]) -> _Result:
+    """Run the CLI in this process as a user would; exit code and everything it printed."""
+    import contextlib
+    import io
+
+    from medmm.cli import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf), contextlib.redirect_stdout(buf):
+        code = main(list(args))
+    return _Result(code, buf.getvalue())
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate_recalibrate_and_tripod_through_the_cli(tmp_path) -> None:
+    """A tiny binary tabular-risk run on the breast-cancer table, used as a user would."""
+    import pandas as pd
+    from sklearn.datasets import load_breast_cancer
+
+    df = load_breast_cancer(as_frame=True).frame.iloc[:, [0, 1, 4, 7, -1]]
+    df.insert(0, "pid", [f"p{i:04d}" for i in range(len(df))])
+    df["y"] = np.where(df.pop("target") == 1, "benign", "malignant")
+    df["site"] = np.random.default_rng(0).choice(["north", "south"], len(df))
+    data = tmp_path / "bc.csv"
+    df.to_csv(data, index=False)
+    run = tmp_path / "run"
+    r = _cli(["run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=y",
+                          "--set", "data.id_column=pid", "--set", "data.subgroup_columns=[site]",
+                          "--set", "data.features=[mean radius,mean texture,mean smoothness,mean concave points]",
+                          "--set", "engine.epochs=3", "--set", "engine.bootstrap=50", "--set", "engine.baseline=none",
+                          "--set", "model.backbone=linear", "--set", "engine.min_steps=1", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert "conformal 90% on test: coverage" in r.output
+    conf = load_conformal(run)
+    assert conf["problem"] == "binary" and conf["calibrated_on"] == "val" and conf["mondrian"] == "class"
+    preds = pd.read_csv(run / "predictions.csv", keep_default_na=False)
+    want = apply_sets(conf, preds["prob_malignant"].to_numpy())
+    names = np.array(["benign", "malignant"])
+    assert preds["set_90"].tolist() == [";".join(names[s]) for s in want["sets"]]
+    assert preds["abstain"].tolist() == want["abstain"].astype(int).tolist()
+    card = (run / "model_card.md").read_text()
+    assert "## Prediction sets and referral" in card and "## Decision curves" in card
+    assert "Decision curves" in (run / "report.html").read_text()
+
+    site = df.sample(300, weights=np.exp(df["mean radius"] / 4), replace=True, random_state=0)
+    site["pid"] = [f"q{i:04d}" for i in range(len(site))]
+    site.to_csv(tmp_path / "site2.csv", index=False)
+    ev = tmp_path / "ev"
+    r = _cli(["evaluate", str(run), "--data", str(tmp_path / "site2.csv"), "--out", str(ev),
+              "--recalibrate", "conformal", "--no-card"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((ev / "evaluation.json").read_text())
+    assert result["conformal"]["groups"]["site"]["cells"].keys() == {"north", "south"}
+    assert result["decision_curve"]["malignant"]["n"] == 300
+    recal = result["recalibration"]
+    assert recal["method"] == "conformal" and recal["fit_units"] == 150
+    assert recal["weighted"] is not None  # the shift check fires on this site: the weighted check runs
+    new = load_conformal(ev / "recalibrated-run")
+    assert new["calibrated_on"] == "external calibration part" and new["n"] == 150
+    assert "Prediction sets and referral" in (ev / "evaluation.html").read_text()
+
+    r = _cli(["report", str(run), "--tripod-ai"])
+    assert r.exit_code == 0, r.output
+    tri = json.loads((run / "tripod-ai" / "tripod-ai.json").read_text())
+    items = {i["item"]: i for i in tri["items"]}
+    assert len({"".join(c for c in k if c.isdigit()) for k in items}) == 27
+    assert "90% conformal prediction sets" in items["15"]["text"] and "conformal.json" in items["15"]["source"]
+    assert items["17"]["status"] == "to be supplied by the authors"
+    assert "by 'pid'" in items["12a"]["text"]
+    assert (run / "tripod-ai" / "tripod-ai.md").read_text().count("| 23a |") == 1
+    r = _cli(["report", str(run), "--tripod-ai"])
+    assert r.exit_code != 0  # never overwrites
