@@ -178,7 +178,8 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
                 click.echo(f"medmm {spec.name}: {why}", err=True)
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # predict rebuilds the chosen backbone
         model = task.build_model()
-        fit = trainer.fit(model, bundle, resume=resume)
+        trained = bool(bundle.meta.get("trained_in_run_dir"))  # e.g. auto's winner: resume it, never train twice
+        fit = trainer.fit(model, bundle, resume=resume or trained)
         best = run_dir / "checkpoints" / "best"
         load_weights(best, model)
         split_name, split = ("test", bundle.test) if bundle.test is not None and len(bundle.test.dataset) else ("val", bundle.val)

@@ -86,3 +86,39 @@ def test_auto_picks_mlp_on_xor_and_the_run_keeps_it(tmp_path: Path) -> None:
     proc = run_cli("predict", str(run), "--data", str(tmp_path / "xor.csv"), "--out", str(tmp_path / "p.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "p.csv")) == 300
+
+
+@pytest.mark.slow
+def test_auto_keeps_the_winners_weights_instead_of_training_it_again(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """#30: two trainings (the candidates), not three; the run's checkpoints are the winner's."""
+    import json
+
+    from medmm.engine import Trainer
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config, run_task
+
+    _xor(200).to_csv(tmp_path / "xor.csv", index=False)
+    steps: list[int] = []
+    real_loop = Trainer._loop
+
+    def counting_loop(self, *args, **kwargs):  # optimizer steps each fit() really takes
+        before = self.state.global_step
+        real_loop(self, *args, **kwargs)
+        steps.append(self.state.global_step - before)
+
+    monkeypatch.setattr(Trainer, "_loop", counting_loop)
+    spec = get_registry().get("task", "tabular-risk")
+    cfg = resolved_config(spec, None, ["data.target=y", "engine.device=cpu", "engine.batch_size=32", "engine.epochs=6",
+                                       "engine.patience=3", "engine.bootstrap=0", "engine.baseline=none",
+                                       "model.backbone=auto"])
+    run = tmp_path / "run"
+    summary = run_task(spec, cfg, tmp_path / "xor.csv", run, quiet=True)
+    assert len(steps) == 3 and steps[0] > 0 and steps[1] > 0 and steps[2] == 0, steps  # the third fit resumes
+    assert "its trained weights are kept, not trained again" in (run / "config.yaml").read_text()
+    assert "keeping" in (run / "train.log").read_text()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    epochs = [r["epoch"] for r in records if r.get("split") == "val"]
+    assert epochs == sorted(set(epochs)) and epochs  # the winner's epochs, once each
+    assert not list(run.glob(".auto-*"))  # the scratch folders are gone
+    assert summary["best_step"] > 0

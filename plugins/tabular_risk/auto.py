@@ -2,8 +2,9 @@
 simpler one unless the MLP's validation metric is better beyond the noise of the val split (#14).
 
 Both candidates go through the same :class:`~medmm.engine.Trainer` (same seed, split, recipe,
-early stopping) into a scratch folder; the winner is written into the run's config, so the
-run trains it for real and ``medmm predict`` rebuilds it. The MLP wins only when the paired bootstrap
+early stopping) into a scratch folder inside the run; the winner is written into the run's config
+(``medmm predict`` rebuilds it) and its finished training (checkpoints, metrics) is moved into the
+run, so the engine resumes that finished training instead of training the winner a third time (#30). The MLP wins only when the paired bootstrap
 95% CI of (mlp - linear) on val excludes 0: picking the raw val winner measured worse than either
 backbone alone on breast cancer / diabetes (bench/accuracy.py --quick), the val splits being small.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -38,6 +40,7 @@ class AutoChoice:
     seconds: float = 0.0
     diff_ci: tuple[float, float] | None = None  # mlp - linear on val, paired bootstrap (when mlp scored better)
     note: str = ""  # why no choice was made
+    kept: bool = False  # the winner's training was moved into the run directory (not trained again)
 
     @property
     def margin(self) -> float:
@@ -54,8 +57,9 @@ class AutoChoice:
         ci = (f"; mlp - linear 95% CI {self.diff_ci[0]:+.4f} to {self.diff_ci[1]:+.4f}, paired"
               + ("" if self.winner == "mlp" else ": within the val noise, so the simpler model")
               if self.diff_ci else "")
+        kept = "; its trained weights are kept, not trained again" if self.kept else ""
         return (f"{self.winner} won on val {self.monitor} ({figs}; by {self.margin:.4f}{ci}; "
-                f"both trained in {self.seconds:.1f} s)")
+                f"both trained in {self.seconds:.1f} s{kept})")
 
     def markdown(self) -> str:
         rows = "\n".join(f"| {k} | {v:.4f} | {'chosen' if k == self.winner else ''} |" for k, v in self.values.items())
@@ -93,8 +97,19 @@ def _better(a: float, b: float, mode: str) -> bool:
     return a > b if mode == "max" else a < b
 
 
+def _keep_training(scratch: Path, run_dir: Path) -> bool:
+    """Move a candidate's finished training (``checkpoints/``, ``metrics.jsonl`` / ``.csv``) into the run."""
+    if not (scratch / "checkpoints" / "last").exists() or (run_dir / "checkpoints").exists():
+        return False  # nothing finished to keep, or the run already has checkpoints of its own: never overwrite
+    for name in ("checkpoints", "metrics.jsonl", "metrics.csv"):
+        if (scratch / name).exists():
+            os.replace(scratch / name, run_dir / name)  # same file system: a rename
+    return True
+
+
 def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
-    """When ``model.backbone`` is ``auto``: train every candidate, set the winner in ``task.cfg``.
+    """When ``model.backbone`` is ``auto``: train every candidate, set the winner in ``task.cfg``, and
+    move the winner's finished training into ``task.run_dir`` (``AutoChoice.kept``).
 
     Returns ``None`` when the backbone was not ``auto`` (a user's explicit choice is kept).
     """
@@ -113,34 +128,43 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
         return AutoChoice(FALLBACK, "", "max", note=why)
     start, values, monitor, mode = time.perf_counter(), {}, "", "max"
     evals: dict[str, Any] = {}
-    for name in CANDIDATES:
-        set_key(cfg, "model.backbone", name)
-        old = _recipe(cfg, name)  # each candidate with its own recipe, as an explicit choice would get
-        log.info("model.backbone=auto: training candidate %s on the run's split (scratch folder; the epoch lines "
-                 "below are its)", name)
-        with tempfile.TemporaryDirectory(prefix="medmm-auto-") as tmp:
-            trainer, model = Trainer(task, cfg, Path(tmp), quiet=True), task.build_model()
+    run_dir = Path(task.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    scratch = {name: Path(tempfile.mkdtemp(prefix=f".auto-{name}-", dir=run_dir)) for name in CANDIDATES}
+    try:
+        for name in CANDIDATES:
+            set_key(cfg, "model.backbone", name)
+            old = _recipe(cfg, name)  # each candidate with its own recipe, as an explicit choice would get
+            log.info("model.backbone=auto: training candidate %s on the run's split (scratch folder; the epoch "
+                     "lines below are its)", name)
+            trainer, model = Trainer(task, cfg, scratch[name], quiet=True), task.build_model()
             fit = trainer.fit(model, bundle)
-            if (Path(tmp) / "checkpoints" / "best").exists():
-                load_weights(Path(tmp) / "checkpoints" / "best", model)
+            if (scratch[name] / "checkpoints" / "best").exists():
+                load_weights(scratch[name] / "checkpoints" / "best", model)
             evals[name] = trainer.evaluate(model, bundle.val, bundle.collate_fn)
-        monitor, mode = fit.monitor, fit.mode
-        best = fit.state.best_value
-        values[name] = float(best) if best is not None else math.nan
-        log.info("model.backbone=auto: %s reached val %s %.4f", name, monitor, values[name])
-        for key, value in old.items():
-            set_key(cfg, key, value)
-    winner, ci = CANDIDATES[0], None
-    simple, rich = CANDIDATES
-    if _better(values[rich], values[simple], mode):
-        try:
-            ci = paired_diff_ci(task.problem, monitor, evals[rich], evals[simple], max(cfg.engine.bootstrap, BOOT),
-                                cfg.seed)
-        except ValueError:  # a monitor the bootstrap does not know (e.g. loss): the raw comparison decides
-            ci = None
-        if ci is None or (ci[0] > 0 if mode == "max" else ci[1] < 0):  # better beyond the val noise
-            winner = rich
-    set_key(cfg, "model.backbone", winner)
-    for key in _recipe(cfg, winner):
-        cfg.provenance[key] = f"recipe of backbone {winner}"
-    return AutoChoice(winner, monitor, mode, values, time.perf_counter() - start, ci)
+            monitor, mode = fit.monitor, fit.mode
+            best = fit.state.best_value
+            values[name] = float(best) if best is not None else math.nan
+            log.info("model.backbone=auto: %s reached val %s %.4f", name, monitor, values[name])
+            for key, value in old.items():
+                set_key(cfg, key, value)
+        winner, ci = CANDIDATES[0], None
+        simple, rich = CANDIDATES
+        if _better(values[rich], values[simple], mode):
+            try:
+                ci = paired_diff_ci(task.problem, monitor, evals[rich], evals[simple],
+                                    max(cfg.engine.bootstrap, BOOT), cfg.seed)
+            except ValueError:  # a monitor the bootstrap does not know (e.g. loss): the raw comparison decides
+                ci = None
+            if ci is None or (ci[0] > 0 if mode == "max" else ci[1] < 0):  # better beyond the val noise
+                winner = rich
+        set_key(cfg, "model.backbone", winner)
+        for key in _recipe(cfg, winner):
+            cfg.provenance[key] = f"recipe of backbone {winner}"
+        kept = _keep_training(scratch[winner], run_dir)
+    finally:
+        for folder in scratch.values():
+            shutil.rmtree(folder, ignore_errors=True)
+    if kept:
+        log.info("model.backbone=auto: keeping %s's trained weights (the run resumes its finished training)", winner)
+    return AutoChoice(winner, monitor, mode, values, time.perf_counter() - start, ci, kept=kept)

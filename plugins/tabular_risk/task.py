@@ -172,6 +172,8 @@ class TabularRiskTask(Task):
         if choice is None:
             return None
         self.cfg.provenance["model.backbone"] = f"auto: {choice.reason()}"
+        if choice.kept:  # the engine resumes the winner's finished training instead of training it again
+            bundle.meta["trained_in_run_dir"] = True
         if choice.values:
             bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []),
                                               ("Backbone chosen by validation", choice.html())]
