@@ -115,6 +115,39 @@ def test_relative_links_resolve() -> None:
     assert not missing, f"README links to missing files: {missing}"
 
 
+def _reference_hook():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("medmm_docs_reference", ROOT / "docs" / "hooks" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_config_reference_is_complete() -> None:
+    """The generated configuration reference lists every key of every task, each described."""
+    from medmm.config import iter_leaves, task_defaults
+    from medmm.plugins import get_registry
+
+    text = _reference_hook().config_reference()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| `")]
+    undescribed = sorted({r.split("|")[1].strip() for r in rows if r.rstrip().endswith("|  |")})
+    assert not undescribed, f"config keys without a description (add Field(description=...)): {undescribed}"
+    for name, spec in get_registry().items("task"):
+        section = text.split(f"## `{name}`", 1)[1].split("\n## `", 1)[0]
+        keys = {key for key, _ in iter_leaves(task_defaults(spec))}
+        missing = sorted(k for k in keys if f"| `{k}` |" not in section)
+        assert not missing, f"{name}: keys missing from the reference: {missing}"
+
+
+def test_cli_reference_lists_every_command() -> None:
+    from medmm.cli import make_cli
+
+    text = _reference_hook().cli_reference()
+    for name in make_cli().commands:
+        assert f"## `medmm {name}`" in text, name
+
+
 def _env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)

@@ -50,7 +50,7 @@ def _rows(schema: dict[str, Any], defs: dict[str, Any], values: dict[str, Any], 
         if "properties" in target:
             rows.extend(_rows(target, defs, value or {}, dotted + "."))
             continue
-        default = "" if value is None else f"`{_cell(value)}`"
+        default = "`null`" if value is None else f"`{_cell(value)}`"
         rows.append(f"| `{dotted}` | {default} | {_type_of(prop, defs)} | {_cell(prop.get('description', ''))} |")
     return rows
 

@@ -18,13 +18,15 @@ __all__ = ["ConformalConfig", "DataConfig", "EngineConfig", "EvalConfig", "Model
 class PrivacyConfig(ConfigModel):
     """Differentially private training (DP-SGD through opacus: pip install 'medmm[privacy]')."""
 
-    enabled: Bool = False
+    enabled: Bool = Field(False,
+        description='train with DP-SGD (opacus): per-sample clipping + noise; ε is reported')
     target_epsilon: Float = Field(3.0, gt=0, description="ε reached at the end of the configured epochs / max_steps "
                                                           "(noise calibrated to it)")
     delta: Float | None = Field(None, gt=0, lt=1, description="null = 0.1 / n_train; must be < 1 / n_train")
     max_grad_norm: Float = Field(1.0, gt=0, description="per-example gradient clipping norm (replaces "
                                                          "engine.max_grad_norm when enabled)")
-    accountant: Literal["rdp", "prv"] = "rdp"
+    accountant: Literal["rdp", "prv"] = Field("rdp",
+        description='privacy accountant: rdp (Rényi DP) | prv (PRV, tighter)')
     audit: Bool = Field(False, description="membership-inference audit (train vs test units) at the end of the run, "
                                            "private or not")
 
@@ -35,27 +37,30 @@ class EngineConfig(ConfigModel):
     device: str = Field("auto", description="auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16")
-    epochs: PosInt = 10
+    epochs: PosInt = Field(10, description='passes over the training split (early stopping may end sooner)')
     max_steps: NonNegInt = Field(0, description="stop after this many optimizer steps (0 = no limit)")
     min_steps: NonNegInt = Field(300, description="raise epochs (unless you set them) until the run takes this many "
                                                   "optimizer steps; 0 = off")
     batch_size: PosInt = Field(32, description="per process micro-batch")
-    eval_batch_size: PosInt = 64
+    eval_batch_size: PosInt = Field(64, description='per process batch for validation, test and predict')
     grad_accum: PosInt = Field(1, description="micro-batches per optimizer step")
     max_grad_norm: Float = Field(1.0, ge=0, description="0 disables clipping")
     lr: Float = Field(0.001, ge=0, description="0 is allowed: a frozen model (e.g. a sanity baseline)")
     weight_decay: Float = Field(0.01, ge=0, description="AdamW; not applied to biases and norm weights")
-    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    schedule: Literal["constant", "linear", "cosine"] = Field("cosine",
+        description='learning-rate decay after warmup')
     warmup_ratio: Fraction = Field(0.1, description="fraction of optimizer steps")
     class_weights: Literal["none", "balanced", "auto"] = Field(
         "none", description="none | balanced (single-label: per class; multi-label: per-label positive weight, "
                             "max 10) | auto (balanced for multi-label only)")
     sampler: Literal["shuffle", "weighted", "bucket"] = Field(
         "shuffle", description="shuffle | weighted (class-balanced) | bucket (similar lengths, class mix kept; text)")
-    label_smoothing: Fraction = 0.0
+    label_smoothing: Fraction = Field(0.0,
+        description='classification: move this much target mass to the other classes')
     eval_every_steps: NonNegInt = Field(0, description="0 = evaluate once per epoch")
     monitor: str = Field("auto", description="metric for best checkpoint + early stopping (auto = the task's headline)")
-    monitor_mode: Literal["auto", "max", "min"] = "auto"
+    monitor_mode: Literal["auto", "max", "min"] = Field("auto",
+        description='auto: max for scores, min for losses / errors; or force max | min')
     patience: NonNegInt = Field(5, description="evaluations without improvement before stopping (0 = never)")
     checkpoint_every_steps: PosInt = Field(50, description="resumable 'last' checkpoint cadence")
     nan_policy: Literal["stop", "skip"] = Field("stop", description="stop | skip (a step whose loss is not finite)")
@@ -111,7 +116,8 @@ class ModelConfig(ConfigModel):
 class TaskConfig(ConfigModel):
     """The root of a task's config: a task subclasses it and narrows ``data`` / ``model``."""
 
-    seed: Int = 0
+    seed: Int = Field(0,
+        description='seeds the split, initialisation, batch plans and augmentation (same seed = same run)')
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)

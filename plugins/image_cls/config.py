@@ -20,8 +20,8 @@ class ImageClsData(DataConfig):
         "middle", description="middle | all (each frame an example) | stack (2.5-D: 3 frames as channels)")
     channels: Literal[1, 3] = Field(1, description="1 = grey (first conv adapted) | 3")
     size: PosInt = Field(224, description="input size (resize the long side, pad)")
-    val_fraction: Fraction = 0.2
-    test_fraction: Fraction = 0.2
+    val_fraction: Fraction = Field(0.2, description='share of patients held for validation')
+    test_fraction: Fraction = Field(0.2, description='share of patients held for the test split')
     cache_dir: str | None = Field(None, description="null = RUN_DIR/cache")
     augment: Bool = Field(True, description="random resized crop + small rotation during training")
     hflip: Bool = Field(False, description="horizontal flips change laterality: off by default")
@@ -37,8 +37,9 @@ class ImageClsModel(ModelConfig):
         "auto", description="auto (packaged weights if any) | none | path (model.weights) | hub (opt-in download "
                             "into the HF cache)")
     weights: str | None = Field(None, description="local timm/HF checkpoint: .safetensors or a .pth state dict")
-    dropout: Fraction = 0.0
-    drop_path: Fraction = 0.0
+    dropout: Fraction = Field(0.0, description='dropout before the classifier')
+    drop_path: Fraction = Field(0.0,
+        description='stochastic depth rate (transformers / ConvNeXt-style backbones)')
     encoder_lr_scale: Float = Field(1.0, ge=0, description="backbone lr = engine.lr * this (the head uses "
                                                            "engine.lr); 0 freezes the backbone")
     freeze_bn: Bool = Field(False, description="keep BatchNorm statistics fixed (pretrained CNNs on small data / "

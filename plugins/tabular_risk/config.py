@@ -23,20 +23,23 @@ class TabularRiskData(DataConfig):
     numeric: OptStrList = Field(None, description="list of columns forced numeric")
     decimal: str = Field(".", description='decimal mark of numbers in text files: "." or "," ("1,5"); thousands '
                                           "separators are read either way")
-    id_column: str | None = None
+    id_column: str | None = Field(None,
+        description='row ids in predictions.csv and skipped.csv (default: row number); must be unique')
     group_column: str | None = Field(None, description="patient id: no patient in two splits")
     split_column: str | None = Field(None, description="use the table's own train / val / test assignment")
-    val_fraction: Fraction = 0.15
-    test_fraction: Fraction = 0.2
+    val_fraction: Fraction = Field(0.15,
+        description='share of rows (patients with data.group_column) held for validation')
+    test_fraction: Fraction = Field(0.2,
+        description='share of rows (patients with data.group_column) held for the test split')
 
 
 class TabularRiskModel(ModelConfig):
     backbone: str = Field("auto", description="auto (trains linear and mlp, keeps linear unless the mlp is better "
                                               "on val beyond its noise) | mlp | linear (medmm backbones --modality "
                                               "tabular)")
-    hidden: PosInt = 128
-    blocks: NonNegInt = 2
-    dropout: Fraction = 0.1
+    hidden: PosInt = Field(128, description='MLP width')
+    blocks: NonNegInt = Field(2, description='MLP residual blocks (0 = linear model)')
+    dropout: Fraction = Field(0.1, description='MLP dropout')
     loss: Literal["mse", "huber"] = Field("mse", description="regression: mse | huber")
 
 

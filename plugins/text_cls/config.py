@@ -12,15 +12,17 @@ from medmm import DataConfig, Float, Fraction, ModelConfig, NonNegInt, PosInt, S
 class TextClsData(DataConfig):
     text_column: StrList = Field(["text"], description="one column, or several joined with data.separator: "
                                                        "[findings, impression]")
-    separator: str = "\n\n"
+    separator: str = Field("\n\n", description='joins several data.text_column columns into one document')
     label_column: StrList = Field(["label"], description="one column of classes, or several 0/1 columns "
                                                          "(multi-label): [edema, effusion]")
     label_delimiter: str | None = Field(None, description='e.g. ";" for a single column holding several labels')
     id_column: str | None = Field(None, description="row ids in predictions.csv (default: row number)")
     group_column: str | None = Field(None, description="patient id: no patient in two splits")
     split_column: str | None = Field(None, description="use the file's own train/val/test assignment")
-    val_fraction: Fraction = 0.15
-    test_fraction: Fraction = 0.15
+    val_fraction: Fraction = Field(0.15,
+        description='share of documents (patients with data.group_column) held for validation')
+    test_fraction: Fraction = Field(0.15,
+        description='share of documents (patients with data.group_column) held for the test split')
     max_length: PosInt = Field(256, description="tokens per document (or per window with long_text=chunk)")
     long_text: Literal["truncate", "chunk"] = Field(
         "truncate", description="truncate | chunk (overlapping windows, probabilities pooled)")
@@ -34,8 +36,9 @@ class TextClsModel(ModelConfig):
     backbone: str = Field("minilm-l6", description="medmm backbones --modality text")
     name_or_path: str | None = Field(None, description="a local Hugging Face folder (backbone hf-local), or a hub "
                                                         "id (backbone hf-hub: opt-in download)")
-    pooling: Literal["mean", "cls"] = "mean"
-    dropout: Fraction = 0.1
+    pooling: Literal["mean", "cls"] = Field("mean",
+        description='document embedding: mean of token states | the CLS token')
+    dropout: Fraction = Field(0.1, description='dropout before the classifier')
     encoder_lr_scale: Float = Field(1.0, ge=0, description="encoder lr = engine.lr * this (head uses engine.lr)")
     length_groups: bool = Field(True, description="pretrained encoders: train each batch as length-sorted "
                                                   "micro-batches (same loss and gradient, less padding computed)")
@@ -43,8 +46,9 @@ class TextClsModel(ModelConfig):
                                            "packed, without any padding (same loss and gradient; others: groups)")
     vocab_min_freq: PosInt = Field(2, description="baselines (textcnn, bigru, bilstm): vocabulary from the training "
                                                   "split; they train from scratch: use engine.lr=0.001")
-    vocab_size: int = Field(30000, ge=2, strict=True)
-    embed_dim: PosInt = 128
+    vocab_size: int = Field(30000, ge=2, strict=True,
+        description='baselines: largest vocabulary kept (most frequent words)')
+    embed_dim: PosInt = Field(128, description='baselines: word embedding size')
 
 
 class TextClsConfig(TaskConfig):
