@@ -483,7 +483,11 @@ def main(argv: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        stop = exc.__cause__
+        if isinstance(stop, KeyboardInterrupt) and hasattr(stop, "signum"):  # medmm.engine.interrupt.Interrupted
+            click.echo(f"medmm: {stop}", err=True)
+            return 128 + int(stop.signum)
         click.echo("medmm: aborted", err=True)
         return 130
     except MedmmError as exc:

@@ -4,7 +4,10 @@ be written where.
 - ``--out`` must be new, empty, or a run of medmm: a folder holding other files is refused
   (medmm never overwrites a user's files).
 - A run that failed (or was killed) before its first checkpoint may be replaced by a new run
-  into the same folder; one with a checkpoint is continued with ``--resume``.
+  into the same folder; one with a checkpoint is continued with ``--resume``. Replacing removes
+  only the files listed in ``run.json["files"]`` (the manifest of what medmm wrote, recorded when
+  the run starts training and when it ends): a folder whose ``run.json`` lists none (written by
+  hand, by an older medmm) or that holds files the list does not name is refused, untouched.
 - A running run holds an exclusive ``flock`` on ``.run.lock`` until it ends; the kernel drops the
   lock when the process dies (also by SIGKILL), so "still running" needs no pid guessing and is
   right across pid namespaces and recycled pids.
@@ -14,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import sys
 import time
@@ -28,10 +30,9 @@ from medmm.errors import MedmmError
 INFO = "run.json"
 LOCK = ".run.lock"
 _held: dict[Path, int] = {}  # run dir -> lock fd held by this process
-# What a run writes at the top of its folder; replacing a failed run removes these (caches stay).
-OUTPUTS = ("config.yaml", INFO, "train.log", "metrics.jsonl", "metrics.csv", "splits.csv", "skipped.csv",
-           "unmatched_labels.csv", "summary.json", "predictions.csv", "report.html", "model_card.md",
-           "data_fingerprint.json", "artifacts", "checkpoints", ".ranks", "tensorboard")
+STOPPED = ("failed", "interrupted")  # runs that ended early: continued with --resume, or replaced
+FILES = "files"  # run.json key: the manifest of the files medmm wrote in the run directory
+CACHE = "cache"  # medmm's reusable cache folder: listed files there stay when a run is replaced
 
 
 def read_info(run_dir: Path) -> dict[str, Any]:
@@ -70,11 +71,14 @@ def finish(run_dir: Path, exc: BaseException | None = None) -> None:
             return
         if exc is None:
             info.update(status="done", error=None)
+        elif isinstance(exc, KeyboardInterrupt):  # SIGTERM / SIGINT (medmm.engine.interrupt.Interrupted names it)
+            name = getattr(exc, "signal_name", "SIGINT")
+            first = (str(exc).strip().splitlines() or [""])[0]
+            info.update(status="interrupted", signal=name, error=(first or f"interrupted by {name}")[:300])
         else:
             first = (str(exc).strip().splitlines() or [""])[0]
-            text = "interrupted" if isinstance(exc, KeyboardInterrupt) else first
-            info.update(status="failed", error=text[:300] or type(exc).__name__)
-        info.update(pid=None, updated=time.time())
+            info.update(status="failed", error=first[:300] or type(exc).__name__)
+        info.update(pid=None, updated=time.time(), **{FILES: own_files(run_dir)})
         write_info(run_dir, info)
     finally:
         _unlock(Path(run_dir))  # also when run.json is gone; after it says done / failed otherwise
@@ -141,7 +145,8 @@ def is_live(info: dict[str, Any], run_dir: Path | None = None) -> bool:
 
 
 def status(info: dict[str, Any], run_dir: Path | None = None) -> str:
-    """``running``, ``failed`` (also: killed, i.e. marked running by a process that is gone), ``done``."""
+    """``running``, ``failed`` (also: killed, i.e. marked running by a process that is gone),
+    ``interrupted`` (stopped by SIGTERM / SIGINT, ``signal`` in run.json), ``done``."""
     s = info.get("status")
     if s == "running" and not is_live(info, run_dir):
         return "failed"
@@ -166,18 +171,13 @@ def check_new(run_dir: Path) -> None:
         if s == "running":
             raise MedmmError(f"{run_dir} holds a run that is still running (pid {info.get('pid')}); "
                              "choose another --out")
-        if s == "failed" and not has_checkpoint(run_dir):
-            for name in OUTPUTS:
-                p = run_dir / name
-                if p.is_dir() and not p.is_symlink():
-                    shutil.rmtree(p)
-                elif p.exists() or p.is_symlink():
-                    p.unlink()
-            click.echo(f"medmm: replacing the run in {run_dir}: it failed before its first checkpoint "
+        if s in STOPPED and not has_checkpoint(run_dir):
+            _remove_own_files(run_dir, info, s)
+            click.echo(f"medmm: replacing the run in {run_dir}: it {s} before its first checkpoint "
                        f"({_error(info)})", err=True)
             return
-        if s == "failed":
-            raise MedmmError(f"{run_dir} holds a run that failed ({_error(info)}) after a checkpoint; "
+        if s in STOPPED:
+            raise MedmmError(f"{run_dir} holds a run that {s} ({_error(info)}) after a checkpoint; "
                              f"continue it with --resume {run_dir}, or choose another --out")
         raise MedmmError(f"{run_dir} already holds a run; use --resume {run_dir} or another --out")
     if run_dir.is_dir() and any(run_dir.iterdir()):
@@ -185,6 +185,63 @@ def check_new(run_dir: Path) -> None:
                          "medmm never overwrites them: choose a new or empty folder")
     if run_dir.exists() and not run_dir.is_dir():
         raise MedmmError(f"--out {run_dir} is a file, not a folder")
+
+
+def own_files(run_dir: Path) -> list[str]:
+    """Every file under ``run_dir`` but run.json and the lock, as sorted POSIX paths (the manifest)."""
+    run_dir = Path(run_dir)
+    out = []
+    for p in run_dir.rglob("*"):
+        if (p.is_file() or p.is_symlink()) and not p.is_dir():
+            rel = p.relative_to(run_dir).as_posix()
+            if rel not in (INFO, LOCK):
+                out.append(rel)
+    return sorted(out)
+
+
+def record_files(run_dir: Path) -> None:
+    """Write the manifest of what is in the run directory now into run.json (the run wrote it all)."""
+    try:
+        info = read_info(run_dir)
+    except MedmmError:
+        return
+    info[FILES] = own_files(run_dir)
+    write_info(run_dir, info)
+
+
+def _remove_own_files(run_dir: Path, info: dict[str, Any], s: str) -> None:
+    """Remove the files run.json lists (caches kept), then emptied folders, run.json and the lock.
+
+    Refuses, removing nothing, when run.json lists no files or the folder holds files it does not list.
+    """
+    listed = info.get(FILES)
+    if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
+        raise MedmmError(f"{run_dir} has a run.json saying the run {s}, but no list of the files medmm wrote (a "
+                         "run.json written by hand or by an older medmm); medmm removes only its own files: "
+                         "choose another --out, or empty the folder yourself")
+    listed = [r for r in listed if r and not r.startswith("/") and ".." not in r.split("/")]  # inside the run only
+    known = set(listed)
+    foreign = [f for f in own_files(run_dir) if f not in known]
+    if foreign:
+        tops = sorted({f.split("/")[0] + ("/" if "/" in f else "") for f in foreign})
+        raise MedmmError(f"{run_dir} holds {len(foreign)} file(s) that the {s} run did not write (in "
+                         f"{', '.join(tops[:3])}{' ...' if len(tops) > 3 else ''}); medmm never deletes them: "
+                         "choose another --out")
+    root = run_dir.resolve()
+    for rel in listed:
+        if rel.split("/")[0] == CACHE:
+            continue
+        p = run_dir / rel
+        if not p.is_symlink() and not p.resolve(strict=False).is_relative_to(root):
+            continue  # through a linked folder out of the run: never followed
+        if p.is_symlink() or p.is_file():
+            p.unlink()
+    folders = {"/".join(rel.split("/")[:i]) for rel in listed for i in range(1, rel.count("/") + 1)}
+    for rel in sorted(folders, key=lambda r: r.count("/"), reverse=True):  # deepest first: emptied ones go
+        d = run_dir / rel
+        if rel.split("/")[0] != CACHE and d.is_dir() and not d.is_symlink() and not any(d.iterdir()):
+            d.rmdir()
+    (run_dir / INFO).unlink(missing_ok=True)
 
 
 def check_resume(run_dir: Path) -> None:
@@ -196,8 +253,9 @@ def check_resume(run_dir: Path) -> None:
     if status(info, run_dir) == "running":
         raise MedmmError(f"--resume {run_dir}: the run is still running (pid {info.get('pid')})")
     if not has_checkpoint(run_dir):
-        if status(info, run_dir) == "failed":
-            raise MedmmError(f"--resume {run_dir}: the run failed before its first checkpoint ({_error(info)}); "
+        if status(info, run_dir) in STOPPED:
+            raise MedmmError(f"--resume {run_dir}: the run {status(info, run_dir)} before its first checkpoint "
+                             f"({_error(info)}); "
                              f"start it again with --out {run_dir}")
         raise MedmmError(f"--resume {run_dir}: no checkpoint to resume from")
 

@@ -115,6 +115,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
     from medmm.recipes import describe as describe_recipe
     from medmm.engine.checkpoint import load_weights
     from medmm.engine.distributed import shutdown
+    from medmm.engine.interrupt import handle_signals
 
     cfg = as_config(cfg)
     run_dir = out or default_run_dir(spec.name)
@@ -134,6 +135,8 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         raise
     _setup_logging(run_dir, main)
     started = False  # run.json says "running": from here on a failure is recorded there
+    signals = handle_signals()  # SIGTERM / SIGINT: run.json says interrupted, exit 128 + signal
+    signals.__enter__()
     try:
         if main and not resume:
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # recipe / auto choices commented
@@ -178,6 +181,8 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
                 click.echo(f"medmm {spec.name}: {why}", err=True)
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # predict rebuilds the chosen backbone
         model = task.build_model()
+        if main:
+            rundir.record_files(run_dir)  # the manifest of what this run wrote so far (replace removes only those)
         trained = bool(bundle.meta.get("trained_in_run_dir"))  # e.g. auto's winner: resume it, never train twice
         fit = trainer.fit(model, bundle, resume=resume or trained)
         best = run_dir / "checkpoints" / "best"
@@ -218,6 +223,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             rundir.finish(run_dir, exc)
         raise
     finally:
+        signals.__exit__(None, None, None)
         shutdown(trainer.dist)
         if not main:
             shutil.rmtree(task_dir, ignore_errors=True)

@@ -166,7 +166,8 @@ def _fake_run(run: Path, **info: object) -> Path:
     for name in ("config.yaml", "train.log", "skipped.csv"):
         (run / name).write_text("x")
     (run / "cache").mkdir()
-    (run / "run.json").write_text(json.dumps({"task": "tabular-risk", **info}))
+    files = ["config.yaml", "skipped.csv", "train.log"]  # the manifest medmm records (#28)
+    (run / "run.json").write_text(json.dumps({"task": "tabular-risk", "files": files, **info}))
     return run
 
 

@@ -150,3 +150,142 @@ def test_cli_survives_a_plugin_raising_keyboard_interrupt(fake_plugin) -> None:
     env = fake_plugin("interrupter", "raise KeyboardInterrupt\n")
     out = run_cli("plugins", env=env)
     assert out.returncode == 0 and "interrupter" in out.stdout and "FAILED" in out.stdout, out.stderr
+
+
+# --------------------------------------------------------------------------- 3. replace only medmm's files
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {p.relative_to(root).as_posix(): p.read_text() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_a_hand_written_failed_run_json_never_deletes_the_users_files(tmp_path: Path) -> None:
+    """The issue's case: the user's files beside a run.json saying failed; the old rule deleted
+    ``checkpoints/`` (any medmm-looking name) before the new run."""
+    import json
+
+    from medmm.errors import MedmmError
+    from medmm.runner import prepare_run_dir
+
+    mine = tmp_path / "mine"
+    (mine / "checkpoints").mkdir(parents=True)
+    (mine / "checkpoints" / "model-v3.pt").write_text("weeks of work")
+    (mine / "config.yaml").write_text("mine: 1\n")
+    (mine / "run.json").write_text(json.dumps({"status": "failed"}))
+    before = _tree(mine)
+    with pytest.raises(MedmmError, match="no list of the files medmm wrote"):
+        prepare_run_dir(mine, resume=False)
+    assert _tree(mine) == before
+
+
+def test_a_stopped_run_is_replaced_file_by_file_from_its_manifest(tmp_path: Path, capsys) -> None:
+    from medmm import rundir
+    from medmm.errors import MedmmError
+    from medmm.runner import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.start(run, {"task": "tabular-risk"})
+    for rel in ("config.yaml", "train.log", "artifacts/labels.json", "artifacts/deep/x.json", "cache/tokens.bin"):
+        (run / rel).parent.mkdir(parents=True, exist_ok=True)
+        (run / rel).write_text(rel)
+    rundir.finish(run, RuntimeError("target column is not in the data"))
+    info = rundir.read_info(run)
+    assert info["status"] == "failed" and "artifacts/deep/x.json" in info["files"] and "run.json" not in info["files"]
+
+    (run / "artifacts" / "my-notes.txt").write_text("mine")  # a file the run did not write
+    with pytest.raises(MedmmError, match="1 file.* the failed run did not write .in artifacts/.*never deletes"):
+        prepare_run_dir(run, resume=False)
+    assert (run / "artifacts" / "my-notes.txt").read_text() == "mine" and (run / "config.yaml").exists()
+
+    (run / "artifacts" / "my-notes.txt").unlink()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    info["files"] = [*info["files"], "../outside.txt"]  # a list that points out of the run is not followed
+    rundir.write_info(run, info)
+    prepare_run_dir(run, resume=False)
+    assert "replacing the run" in capsys.readouterr().err
+    left = {k: v for k, v in _tree(run).items() if k != ".run.lock"}  # the lock file is reused by the next run
+    assert left == {"cache/tokens.bin": "cache/tokens.bin"} and outside.read_text() == "keep"
+
+
+# --------------------------------------------------------------------------- 7. SIGTERM / SIGINT
+
+
+def test_a_signal_inside_the_step_loop_waits_for_the_step_boundary() -> None:
+    from medmm.engine import interrupt
+
+    with interrupt.handle_signals():
+        with interrupt.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert interrupt.pending() == signal.SIGTERM  # recorded, not raised mid-step
+            with pytest.raises(interrupt.Interrupted) as stop:
+                interrupt.raise_pending("saved")
+        assert stop.value.signal_name == "SIGTERM" and stop.value.exit_code == 143 and "saved" in str(stop.value)
+        with pytest.raises(interrupt.Interrupted, match="SIGINT"):  # outside the loop: at once
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # bounded: the handler runs between bytecodes
+                pass
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and interrupt.pending() is None
+
+
+def test_an_interrupted_run_says_so_with_its_signal(tmp_path: Path) -> None:
+    from medmm import rundir
+    from medmm.engine.interrupt import Interrupted
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rundir.start(run, {"task": "tabular-risk"})
+    rundir.finish(run, Interrupted(signal.SIGTERM))
+    info = rundir.read_info(run)
+    assert (info["status"], info["signal"], info["pid"]) == ("interrupted", "SIGTERM", None)
+    assert rundir.status(info, run) == "interrupted"
+
+
+def _binary_table(path: Path, n: int = 240) -> Path:
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    x1, x2 = rng.normal(size=n).round(3), rng.normal(size=n).round(3)
+    y = (x1 + 0.3 * rng.normal(size=n) > 0).astype(int)
+    pd.DataFrame({"pid": [f"p{i}" for i in range(n)], "x1": x1, "x2": x2, "y": y}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+def test_sigterm_and_sigint_mark_the_run_interrupted_with_a_last_checkpoint(tmp_path: Path) -> None:
+    """Two real ``medmm run`` processes, stopped by SIGTERM (as ``timeout`` does) and SIGINT after
+    their first evaluation: exit 128 + signal, one line, run.json ``interrupted`` with the signal,
+    a ``last`` checkpoint at the step boundary after the signal, and ``--resume`` accepted."""
+    import json
+    import time
+
+    data = _binary_table(tmp_path / "train.csv")
+    procs = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        run = tmp_path / f"run-{sig.name}"
+        procs[sig] = (run, subprocess.Popen(
+            [sys.executable, "-m", "medmm", "run", "tabular-risk", "--data", str(data), "--out", str(run),
+             "--set", "data.target=y", "--set", "data.id_column=pid", "--set", "model.backbone=mlp",
+             "--set", "engine.bootstrap=0", "--set", "engine.epochs=4000", "--set", "engine.patience=0",
+             "--set", "engine.checkpoint_every_steps=100000", "--quiet"],
+            env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    deadline = time.monotonic() + 240
+    for sig, (run, proc) in procs.items():
+        while time.monotonic() < deadline and proc.poll() is None:  # bounded wait for the first evaluation
+            if (run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").stat().st_size:
+                break
+            time.sleep(0.05)
+        proc.send_signal(sig)
+    for sig, (run, proc) in procs.items():
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + sig, err[-2000:]
+        assert f"medmm: interrupted by {sig.name}; a resumable checkpoint" in err and "Traceback" not in err
+        info = json.loads((run / "run.json").read_text())
+        assert (info["status"], info["signal"], info["pid"]) == ("interrupted", sig.name, None)
+        state = json.loads((run / "checkpoints" / "last" / "state.json").read_text())["state"]
+        evaluated = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert state["global_step"] >= max(evaluated) and not state["finished"]
+        from medmm.rundir import check_resume
+
+        check_resume(run)  # --resume continues it

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import random
+import signal
 import sys
 import time
 import warnings
@@ -25,6 +26,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from medmm.engine import callbacks as cb
+from medmm.engine import interrupt
 from medmm.engine.checkpoint import clean_orphans, load_trainer_state, load_weights, save_checkpoint
 from medmm.engine.device import autocast, move_to, no_grad_eval, resolve_precision, select_device
 from medmm.engine.distributed import (
@@ -365,11 +367,14 @@ class Trainer:
             ddp_model = self.privacy.wrap_model(model)  # per-example gradients (opacus)
         cb.call(self.callbacks, "on_train_start", self)
         try:
-            self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
-        except KeyboardInterrupt:
-            self._save("last", model, opt, sched, scaler, rng=_rng_state(self._window_rng))
-            raise TrainingError(f"interrupted; a resumable checkpoint is in {self.run_dir}/checkpoints/last "
-                                f"(continue with --resume {self.run_dir})") from None
+            with interrupt.deferred(not self.dist.enabled):  # a first SIGTERM / SIGINT waits for a step boundary
+                self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
+        except KeyboardInterrupt as exc:
+            if not getattr(exc, "at_step_boundary", False):  # mid-step: replay from the window's start
+                self._save("last", model, opt, sched, scaler, rng=_rng_state(self._window_rng))
+            raise interrupt.Interrupted(getattr(exc, "signum", signal.SIGINT),
+                                        f"a resumable checkpoint is in {self.run_dir}/checkpoints/last "
+                                        f"(continue with --resume {self.run_dir})") from None
         st = self.state
         if st.skipped_steps and st.skipped_steps >= st.global_step:
             raise TrainingError(f"every optimizer step ({st.global_step}) had a non-finite loss and was skipped "
@@ -477,8 +482,15 @@ class Trainer:
                     self._evaluate_and_track(raw, data, opt, sched, scaler, st.loss_sum / max(1, st.loss_n),
                                              rate, end_of_epoch)
                     st.loss_sum, st.loss_n, evaluated = 0.0, 0, True
-                if evaluated or st.global_step % ckpt_every == 0:
+                if evaluated or st.global_step % ckpt_every == 0 or interrupt.pending() is not None:
                     self._save("last", raw, opt, sched, scaler)
+                if interrupt.pending() is not None:  # SIGTERM / SIGINT during the step: stop here, saved
+                    bar.close()
+                    try:
+                        interrupt.raise_pending()
+                    except interrupt.Interrupted as exc:
+                        exc.at_step_boundary = True  # type: ignore[attr-defined]
+                        raise
                 if st.stopped_early or at_max:
                     break
             bar.close()
