@@ -23,7 +23,7 @@ hookimpl = pluggy.HookimplMarker("medmm")
 _API: dict[str, str] = {
     # the plugin contract
     "Task": "medmm.task", "TaskSpec": "medmm.task", "Split": "medmm.task", "DataBundle": "medmm.task",
-    "BaselineInputs": "medmm.task",
+    "BaselineInputs": "medmm.task", "DeploySpec": "medmm.task", "GraphInput": "medmm.task",
     "read_split_column": "medmm.task", "assign_splits": "medmm.task", "pad_sequences": "medmm.task",
     "pad_id_of": "medmm.task",
     "Component": "medmm.registry", "get_registry": "medmm.plugins", "load_plugins": "medmm.plugins",
@@ -70,6 +70,10 @@ _API: dict[str, str] = {
     # engine
     "Trainer": "medmm.engine", "select_device": "medmm.engine.device", "load_weights": "medmm.engine.checkpoint",
     "model_state": "medmm.engine.checkpoint", "run_module": "medmm.engine.inference",
+    # deployment (Task.deploy_spec, TaskSpec.runtime): torch-free pieces of the onnxruntime path
+    "Examples": "medmm.deploy.runtime", "FastTokenizer": "medmm.deploy.runtime",
+    "batch_slices": "medmm.deploy.runtime", "require": "medmm.deploy.manifest",
+    "scores_from_output": "medmm.engine.losses",
     # explanations (Task.explain_spec)
     "ExplainSpec": "medmm.explain.spec", "InputSpec": "medmm.explain.spec", "token_input": "medmm.explain.text",
     "image_input": "medmm.explain.image", "feature_input": "medmm.explain.tabular",

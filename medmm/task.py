@@ -68,6 +68,13 @@ class TaskSpec:
         config_model: the task's root config model, a :class:`medmm.config.TaskConfig` subclass
             that narrows ``data`` / ``model`` (Literal choices, Field ranges), or a lazy
             ``"module:Class"`` reference (kept lazy: registering a task imports nothing heavy).
+        runtime: optional torch-free input reader of the task's exports, a lazy ``"module:Class"``
+            reference: ``Class(export_dir, cfg, batch_size, manifest)`` with ``problem``,
+            ``label_names``, ``accepts`` (``"rows"``: JSON rows / a table; ``"dicom"``: a folder of
+            DICOM files; ``"table"``: a table file only), ``read(path)`` and ``examples(read) ->``
+            :class:`medmm.deploy.runtime.Examples`; optionally ``columns`` (the input columns a row
+            needs, for ``medmm serve``) and ``text_columns`` (those that must hold text). With
+            :meth:`Task.deploy_spec` it makes the task exportable (``medmm export / serve``).
     """
 
     name: str
@@ -79,10 +86,68 @@ class TaskSpec:
     demo: str | Callable[..., Any] | None = None
     ranges: Mapping[str, Any] = field(default_factory=dict)
     config_model: str | type | None = None
+    runtime: str | Callable[..., Any] | None = None
 
     def load(self) -> type[Task]:
         """Import the implementation class."""
         return resolve_object(self.impl)
+
+
+@dataclass(frozen=True)
+class GraphInput:
+    """One named input of an exported graph and its dynamic axes (``{0: "batch", 1: "sequence"}``;
+    axes that share a label have the same size). ``name`` is a Python identifier."""
+
+    name: str
+    axes: Mapping[int, str] = field(default_factory=lambda: {0: "batch"})
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"graph input name {self.name!r} is not a Python identifier")
+
+
+def _one_input_batch(x: Any) -> Any:
+    return (x, None, None)
+
+
+@dataclass(frozen=True)
+class DeploySpec:
+    """What ``medmm export`` needs from a trained task (:meth:`Task.deploy_spec`).
+
+    Attributes:
+        inputs: the graph's named inputs, in order; default one float input ``x`` ``[batch, ...]``.
+        batch: graph inputs (tensors, in order) -> the batch :meth:`Task.step` takes; default
+            ``(x, None, None)`` (features, no target, no index).
+        graph: instead of ``batch``, a ready ``nn.Module`` whose ``forward`` takes the inputs by
+            name and returns the scores (for graphs that differ from ``step``, e.g. fusion).
+        sample: how export cuts its parity sample from the run's data: ``"table"`` (the test
+            split's rows) or ``"files"`` (the test split's files of a folder).
+        path_columns: table columns holding file paths relative to the table (made absolute in the
+            sample).
+        preprocessing: a readable summary for ``manifest.json`` (the exact parameters are the
+            run's artifacts, copied into the export).
+        output: what the graph's ``scores`` mean (``manifest.json``); default from the problem.
+        pad_id: the token padding id the runtime reader pads with (``manifest.json``).
+    """
+
+    inputs: tuple[GraphInput, ...] = (GraphInput("x"),)
+    batch: Callable[..., Any] = _one_input_batch
+    graph: Any = None
+    sample: str = "table"
+    path_columns: tuple[str, ...] = ()
+    preprocessing: Mapping[str, Any] = field(default_factory=dict)
+    output: str | None = None
+    pad_id: int = 0
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The graph's input names, in order."""
+        return tuple(i.name for i in self.inputs)
+
+    @property
+    def dynamic(self) -> dict[str, dict[int, str]]:
+        """``{input: {axis: label}}`` for the exporters."""
+        return {i.name: dict(i.axes) for i in self.inputs}
 
 
 @dataclass
@@ -323,3 +388,15 @@ class Task:
         layer, feature columns + names...). ``None`` (the default): occlusion of the batches'
         float tensors, a model-agnostic fallback that ``medmm explain`` names as such."""
         return None
+
+    # -- deployment for ``medmm export`` / ``serve`` ------------------------------------------
+    def deploy_spec(self, model: torch.nn.Module) -> DeploySpec | None:
+        """Optional: how the trained ``model`` becomes an ONNX graph (:class:`DeploySpec`), called
+        after :meth:`load_artifacts`. With the spec's ``runtime`` reader the task is exportable,
+        served and predicted without torch. ``None`` (the default): no export."""
+        return None
+
+    # -- optional members the core reads -------------------------------------------------
+    unit_columns: dict[str, dict[str, str]] | None = None
+    """Extra ``predictions.csv`` columns per unit (e.g. a DICOM unit's SOP instance UID), set by
+    :meth:`build_predict_data`."""

@@ -192,10 +192,14 @@ def test_manifest_refuses_a_file_changed_after_export(tmp_path: Path) -> None:
 
 def test_a_task_without_export_is_refused_with_a_clear_message(tmp_path: Path) -> None:
     from medmm.deploy.export import export_run
+    from medmm.registry import Registry
+    from medmm.task import TaskSpec
 
+    registry = Registry()
+    registry.add("task", TaskSpec("my-plugin-task", "tabular", "no runtime reader", "x.yaml", "x:Y"), owner="p")
     (tmp_path / "run.json").write_text(json.dumps({"task": "my-plugin-task", "data": "x.csv"}))
-    with pytest.raises(MedmmError, match="'my-plugin-task' has no ONNX export yet"):
-        export_run(tmp_path, tmp_path / "out", registry=None)
+    with pytest.raises(MedmmError, match=r"'my-plugin-task' declares no torch-free reader \(TaskSpec.runtime\)"):
+        export_run(tmp_path, tmp_path / "out", registry=registry)
     assert not (tmp_path / "out").exists()
 
 
@@ -227,7 +231,7 @@ def test_export_config_is_the_typed_task_config_without_torch(tmp_path: Path, ca
     version) dropped, missing ones defaulted, bad values named; no torch for any exportable task."""
     import yaml
 
-    from medmm.deploy.runtime import TASKS, export_config
+    from medmm.deploy.runtime import export_config
     from medmm.errors import ConfigError
 
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({
@@ -244,14 +248,17 @@ def test_export_config_is_the_typed_task_config_without_torch(tmp_path: Path, ca
         export_config(tmp_path, "tabular-risk")
     (tmp_path / "config.yaml").write_text("seed: 0\n")
     code = ("import sys\n" + NO_TORCH.split("from medmm.cli")[0] + "from pathlib import Path\n"
-            "from medmm.deploy.runtime import TASKS, export_config\n"
-            f"cfgs = [export_config(Path({str(tmp_path)!r}), t) for t in TASKS]\n"
+            "from medmm.deploy.runtime import export_config, runtime_reader\n"
+            "from medmm.plugins import get_registry\n"
+            "tasks = [n for n, s in get_registry().items('task') if s.runtime is not None]\n"
+            "readers = [runtime_reader(get_registry().get('task', t)) for t in tasks]  # imports each reader\n"
+            f"cfgs = [export_config(Path({str(tmp_path)!r}), t) for t in tasks]\n"
             "print(sum(c.engine.eval_batch_size > 0 for c in cfgs))\n"
             "leaked = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'transformers', 'timm'})\n"
             "assert not leaked, leaked\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-1] == str(len(TASKS))
+    assert int(out.stdout.split()[-1]) >= 4  # the four built-in tasks at least
 
 
 def test_body_limit_refuses_declared_and_chunked_bodies_over_the_limit() -> None:
@@ -320,8 +327,9 @@ def test_text_export_with_chunked_documents_predicts_like_torch(text, tmp_path: 
 @pytest.mark.slow
 def test_parity_miss_fails_with_the_figure_and_writes_nothing(tabular, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm_plugins.tabular_risk import runtime
+
     from medmm.cli import _registry
-    from medmm.deploy import runtime
     from medmm.deploy.export import export_run
 
     _, run, export = tabular

@@ -69,7 +69,7 @@ def test_text_tokens_per_row_empty_where_absent(tmp_path: Path) -> None:
 
 def test_the_shared_reader_and_the_exported_predictor_import_no_training_stack() -> None:
     code = ("import sys\n"
-            "import medmm_plugins.fusion, medmm_plugins.fusion.rows, medmm.deploy.fusion\n"
+            "import medmm_plugins.fusion, medmm_plugins.fusion.rows, medmm_plugins.fusion.runtime\n"
             "heavy = {'torch', 'transformers', 'timm', 'torchvision', 'sklearn'}\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

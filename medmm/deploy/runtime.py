@@ -2,9 +2,10 @@
 
 An export folder (``medmm export``) holds the ONNX graph, the run's ``config.yaml`` and its
 ``artifacts/`` (label map, tabular preprocessor JSON, tokenizer files, pixel pipeline). The
-predictor reads data with the same torch-free readers the task uses (``read_table``, the
-preprocessor, ``tokenize_cached``, the DICOM scan and pixel cache), runs the graph in the
-batches the torch path uses, pools per unit and writes the same ``predictions.csv``.
+predictor reads data with the torch-free reader the task registers (``TaskSpec.runtime``: built
+from the same pieces as the task's own reader, e.g. ``read_table``, the preprocessor,
+``tokenize_cached``, the DICOM scan and pixel cache), runs the graph in the batches the torch path
+uses, pools per unit and writes the same ``predictions.csv``. Nothing here names a task.
 
 Only numpy, onnxruntime, pydicom, tokenizers, pandas, pyyaml and pydantic (the export's ``config.yaml``
 is read as the task's typed config) are imported (``medmm[runtime]``).
@@ -15,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,16 +28,10 @@ from medmm.deploy.manifest import MODEL, MODEL_INT8, read_manifest, require
 from medmm.errors import DataError, MedmmError
 
 if TYPE_CHECKING:
-    from medmm_plugins.image_cls.config import ImageClsConfig
-    from medmm_plugins.tabular_risk.config import TabularRiskConfig
-    from medmm_plugins.text_cls.config import TextClsConfig
-
     from medmm.config import TaskConfig
 
 log = logging.getLogger("medmm")
 EXTRA = "runtime"
-TASKS = ("tabular-risk", "text-cls", "image-cls", "fusion")
-"""Tasks whose exports this runtime predicts."""
 
 
 @dataclass
@@ -94,52 +88,10 @@ class Examples:
     skipped_key: str = "id"  # row "id"s, or file "path"s (DICOM)
 
 
-def _chunks(n: int, size: int) -> Iterator[slice]:
+def batch_slices(n: int, size: int) -> Iterator[slice]:
+    """``slice``s of ``size`` (the last one shorter) over ``n`` examples: the eval batches."""
     for start in range(0, n, size):
         yield slice(start, min(n, start + size))
-
-
-class TabularInputs:
-    """tabular-risk: the run's fitted preprocessor (JSON) on a table's feature columns."""
-
-    accepts = "rows"
-
-    def __init__(self, export_dir: Path, cfg: TabularRiskConfig, batch_size: int) -> None:
-        from medmm.data.tabular.preprocess import Preprocessor
-        from medmm.io import read_json
-
-        self.cfg, self.d, self.batch_size = cfg, cfg.data, batch_size
-        payload = read_json(export_dir / "artifacts" / "tabular.json")
-        self.problem, self.label_names = payload["problem"], payload["label_names"]
-        self.features = list(payload["features"])
-        self.preprocessor = Preprocessor.from_json(payload["preprocessor"])
-
-    def read(self, path: Path) -> Any:
-        from medmm.data.readers import read_table
-
-        return read_table(path, **({"decimal": self.d.decimal} if self.d.decimal else {}))
-
-    def examples(self, df: Any) -> Examples:
-        from medmm.data.tabular.preprocess import prepare_target
-
-        d = self.d
-        x = np.ascontiguousarray(self.preprocessor.transform(df), dtype=np.float32)
-        col = d.id_column
-        if col and col not in df.columns:
-            raise DataError(f"id column {col!r} is not in the data")
-        ids = df[col].astype(str).tolist() if col else [str(i) for i in range(len(df))]
-        y = None
-        cols = [d.time, d.event] if self.problem == "survival" else [d.target]
-        if all(c and c in df.columns for c in cols):
-            try:
-                t = prepare_target(df, self.problem, d.target, d.time, d.event,
-                                   positive_label=self.label_names[1] if self.label_names else None)
-            except DataError as exc:
-                log.warning("no metrics: the label column cannot be scored (%s)", exc)
-                t = None
-            if t is not None and t.mask.all():
-                y = (np.stack([t.time, t.event], axis=1) if self.problem == "survival" else t.y).astype(np.float32)
-        return Examples([{"x": x[s]} for s in _chunks(len(x), self.batch_size)], ids, y)
 
 
 class FastTokenizer:
@@ -178,147 +130,6 @@ class FastTokenizer:
         return {"input_ids": ids[0] if single else ids}
 
 
-def _columns(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
-class TextInputs:
-    """text-cls: the run's tokenizer (or baseline vocabulary), windows and padding per batch."""
-
-    accepts = "rows"
-
-    def __init__(self, export_dir: Path, cfg: TextClsConfig, batch_size: int, pad_id: int) -> None:
-        from medmm.io import read_json
-
-        self.d, self.batch_size, self.pad_id = cfg.data, batch_size, pad_id
-        art = export_dir / "artifacts"
-        payload = read_json(art / "text_cls.json", format="medmm.text-cls")
-        self.problem, self.label_names = payload["problem"], list(payload["label_names"])
-        if "vocab_encoder" in payload:
-            from medmm.data.text.tokenize import SimpleVocab
-
-            self.tokenizer: Any = SimpleVocab.load(art / "vocab.json")
-        else:
-            self.tokenizer = FastTokenizer(art / "encoder")
-
-    def read(self, path: Path) -> Any:
-        from medmm.data.readers import read_table
-
-        return read_table(path, string_columns=[c for c in (self.d.id_column, self.d.group_column) if c])
-
-    def _load(self, df: Any, labels: bool) -> Any:
-        from medmm.data.text.examples import load_text_examples
-
-        d = self.d
-        id_col = d.id_column if d.id_column and d.id_column in df.columns else None
-        return load_text_examples(df, text_columns=_columns(d.text_column),
-                                  label_columns=_columns(d.label_column) if labels else [],
-                                  label_delimiter=d.label_delimiter if labels else None,
-                                  id_column=id_col, separator=d.separator, max_chars=d.max_chars,
-                                  label_names=self.label_names)
-
-    def examples(self, df: Any) -> Examples:
-        from medmm.data.text.tokenize import tokenize_cached
-
-        d = self.d
-        if d.id_column and d.id_column not in df.columns:
-            log.warning("id column %r is not in the data; predictions are keyed by row number", d.id_column)
-        ex = self._load(df, labels=False)
-        labels = None
-        if _columns(d.label_column) and all(c in df.columns for c in _columns(d.label_column)):
-            try:
-                labelled = self._load(df, labels=True)
-            except DataError:
-                labelled = None
-            if labelled is not None and labelled.row_ids == ex.row_ids:
-                labels = labelled.labels
-        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length, cache_dir=None,
-                                 long_text=d.long_text, stride=d.stride)
-        batches = []
-        for s in _chunks(len(corpus), self.batch_size):
-            seqs = [corpus[i] for i in range(s.start, s.stop)]
-            width = max(max((len(q) for q in seqs), default=0), 1)
-            ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(seqs), width), dtype=np.int64)
-            for row, q in enumerate(seqs):
-                ids[row, :len(q)], mask[row, :len(q)] = q, 1
-            batches.append({"input_ids": ids, "attention_mask": mask})
-        doc = corpus.doc_index
-        skipped = [(str(r), str(why)) for r, why in getattr(ex, "skipped", [])]
-        return Examples(batches, [ex.row_ids[i] for i in doc], None if labels is None else labels[doc],
-                        skipped=skipped)
-
-
-class ImageInputs:
-    """image-cls: the DICOM scan and pixel pipeline (windowing, resize, 8-bit cache) of the run."""
-
-    accepts = "dicom"
-
-    def __init__(self, export_dir: Path, cfg: ImageClsConfig, batch_size: int) -> None:
-        from medmm.data.dicom.pixels import PixelConfig
-        from medmm.io import read_json
-
-        require("pydicom", EXTRA, "image prediction from an export")
-        self.cfg, self.d, self.batch_size = cfg, cfg.data, batch_size
-        payload = read_json(export_dir / "artifacts" / "image.json")
-        self.problem, self.label_names = payload["problem"], payload["label_names"]
-        self.pixels = PixelConfig.from_dict(payload["pixels"])
-        self.level = self.d.level
-
-    def read(self, path: Path) -> Path:
-        path = Path(path)
-        if not path.is_dir():
-            raise DataError(f"image prediction expects a folder of DICOM files, got a file: {path}")
-        return path
-
-    def _unit(self, item: Any) -> str:
-        from medmm.data.dicom.scan import group_key
-
-        return item.key if self.level == "instance" else group_key(item, self.level)
-
-    def examples(self, root: Path) -> Examples:
-        from medmm.data.dicom.cache import PixelCache
-        from medmm.data.dicom.labels import labels_from_folders
-        from medmm.data.dicom.scan import image_items, scan_folder
-
-        records, skipped = scan_folder(root, workers=0)
-        if not records:
-            raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped)")
-        items = image_items(records, self.pixels.frames)
-        with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
-            cache = PixelCache.build(root, items, self.pixels, Path(tmp), workers=0)
-            rows = [r for r, it in enumerate(cache.items) if it.key in cache.index]
-            scale = np.float32(cache.scale)
-            images = np.stack([np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows]) if rows else None
-            cache._array = None  # release the memory map before the folder goes
-        chosen = [cache.items[r] for r in rows]
-        names = self.label_names or []
-        folders = labels_from_folders(sorted({it.record for it in items}, key=lambda r: r.path))
-        known = bool(chosen) and self.problem != "multilabel" and all(
-            it.record.path in folders and folders[it.record.path] in names for it in chosen)
-        y = np.asarray([names.index(folders[it.record.path]) for it in chosen], dtype=np.float32) if known else None
-        units = [self._unit(it) for it in chosen]
-        cols: dict[str, dict[str, str]] = {}
-        recs: dict[str, list[Any]] = {}
-        out = self.cfg.output
-        pseudonym = None
-        if out.include_patient_id and out.hash_patient_id:  # as the task does: keyed HMAC
-            from medmm.deid.pseudonyms import Pseudonymizer, load_key
-
-            pseudonym = Pseudonymizer(load_key()[0]).patient_id
-        for unit, it in zip(units, chosen):
-            extra = {"sop_instance_uid": it.record.sop_uid} if self.level == "instance" else {}
-            if out.include_patient_id:
-                extra["patient_id"] = pseudonym(it.record.patient_id) if pseudonym else it.record.patient_id
-            cols.setdefault(unit, extra)
-            recs.setdefault(unit, []).append(it.record)
-        batches = [] if images is None else [{"x": images[s]} for s in _chunks(len(images), self.batch_size)]
-        return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs,
-                        skipped_key="path")
-
-
 # --------------------------------------------------------------------------- the predictor
 
 
@@ -334,20 +145,24 @@ def export_config(directory: Path, task: str, registry: Any = None) -> TaskConfi
     return saved_config(registry.get("task", task), Path(directory) / "config.yaml")
 
 
-def task_inputs(directory: Path, manifest: Mapping[str, Any], cfg: Any) -> Any:
-    """The task's torch-free reader (``read``, ``examples``) for an export folder, in eval batches."""
-    task, batch = manifest["task"], cfg.engine.eval_batch_size
-    if task == "tabular-risk":
-        return TabularInputs(directory, cfg, batch)
-    if task == "text-cls":
-        return TextInputs(directory, cfg, batch, int(manifest["pad_id"]))
-    if task == "image-cls":
-        return ImageInputs(directory, cfg, batch)
-    if task == "fusion":
-        from medmm.deploy.fusion import FusionInputs
+def runtime_reader(spec: Any) -> Any:
+    """The task's torch-free reader class (``TaskSpec.runtime``); a one-line error when it has none."""
+    from medmm.registry import resolve_object
 
-        return FusionInputs(directory, cfg, batch, int(manifest["pad_id"]))
-    raise MedmmError(f"{directory}: task {task!r} has no onnxruntime predictor")
+    if getattr(spec, "runtime", None) is None:
+        raise MedmmError(f"task {spec.name!r} declares no torch-free reader (TaskSpec.runtime), so it has no "
+                         "export / onnxruntime predictor; predict it with medmm predict RUN_DIR")
+    return resolve_object(spec.runtime)
+
+
+def task_inputs(directory: Path, manifest: Mapping[str, Any], cfg: Any, registry: Any = None) -> Any:
+    """The task's torch-free reader (``read``, ``examples``) for an export folder, in eval batches."""
+    if registry is None:
+        from medmm.plugins import get_registry
+
+        registry = get_registry()
+    reader = runtime_reader(registry.get("task", manifest["task"]))
+    return reader(Path(directory), cfg, cfg.engine.eval_batch_size, manifest)
 
 
 class ExportedModel:
@@ -363,9 +178,7 @@ class ExportedModel:
         if not (self.dir / name).is_file():
             raise MedmmError(f"{self.dir} has no {name}" + ("; export with --quantize" if quantized else ""))
         self.task = self.manifest["task"]
-        if self.task not in TASKS:
-            raise MedmmError(f"{self.dir}: task {self.task!r} has no onnxruntime predictor")
-        self.cfg = export_config(self.dir, self.task)
+        self.cfg = export_config(self.dir, self.task)  # an unregistered task: UnknownNameError names the known ones
         self.inputs: Any = task_inputs(self.dir, self.manifest, self.cfg)
         self.problem, self.label_names = self.inputs.problem, self.inputs.label_names
         opts = ort.SessionOptions()
@@ -437,7 +250,7 @@ class ExportedModel:
 
 
 def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool = False,
-                   dicom_sr: Path | None = None) -> Prediction:
+                   dicom_sr: Path | None = None, overwrite: bool = False) -> Prediction:
     """``medmm predict EXPORT_DIR``: write ``predictions.csv`` (and a skipped report) with onnxruntime."""
     import click
 
@@ -446,10 +259,11 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     from medmm.rundir import check_output_file
 
     out = Path(out)
-    check_output_file(out)  # before any work, as the torch path does
+    check_output_file(out, overwrite=overwrite)  # before any work, as the torch path does
     model = ExportedModel(export_dir, quantized=quantized)
-    if dicom_sr is not None and model.task != "image-cls":
-        raise MedmmError(f"--dicom-sr reports image findings; this export is a {model.task!r} model")
+    if dicom_sr is not None and model.inputs.accepts != "dicom":
+        raise MedmmError(f"--dicom-sr reports findings on DICOM images; this export's {model.task!r} task reads "
+                         "no DICOM folder")
     pred = model.predict_path(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}

@@ -119,10 +119,8 @@ def _rows_out(model: Any, pred: Any) -> list[dict[str, Any]]:
 
 
 def _required_columns(model: Any) -> list[str]:
-    if model.task == "tabular-risk":
-        return list(model.inputs.features)
-    cols = model.cfg.data.text_column  # text-cls: a list of columns
-    return [str(c) for c in cols] if isinstance(cols, (list, tuple)) else [str(cols)]
+    """The input columns a row must hold: what the task's runtime reader declares (``columns``)."""
+    return [str(c) for c in getattr(model.inputs, "columns", None) or []]
 
 
 def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 1000) -> Any:
@@ -166,7 +164,7 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
         required = _required_columns(model)
         id_col = model.cfg.data.id_column
         keep = [*required, *([id_col] if id_col else [])]
-        text = model.task == "text-cls"
+        text = [str(c) for c in getattr(model.inputs, "text_columns", None) or []]  # must hold strings
 
         class Rows(BaseModel):
             model_config = ConfigDict(extra="forbid")
@@ -180,7 +178,7 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
                 if missing:
                     raise HTTPException(422, f"rows[{i}] lacks column(s) {missing}")
                 if text:
-                    wrong = [c for c in required if row[c] is not None and not isinstance(row[c], str)]
+                    wrong = [c for c in text if c in row and row[c] is not None and not isinstance(row[c], str)]
                     if wrong:
                         raise HTTPException(422, f"rows[{i}]: column(s) {wrong} must hold text (a string)")
             # only the model's inputs and the id go further: labels or other fields are never parsed

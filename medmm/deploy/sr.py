@@ -241,24 +241,25 @@ def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, le
 
 def reports_for_run(run_dir: Path, predictions: Path, data: Path,
                     out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
-    """``medmm predict RUN_DIR --dicom-sr OUT``: the run's task, labels and model name from its files."""
-    import json
+    """``medmm predict RUN_DIR --dicom-sr OUT``: the run's task, labels and model name from its files.
 
+    Any task that reads a DICOM folder (its data config has ``level`` and ``frames``) qualifies.
+    """
     from medmm import __version__
-    from medmm.config import run_config
-    from medmm.io import read_json
-    from medmm.plugins import get_registry
+    from medmm.run import Run
 
-    run_dir = Path(run_dir)
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    if info.get("task") != "image-cls":
-        raise MedmmError(f"--dicom-sr reports image findings; {run_dir} is a {info.get('task')!r} run")
-    cfg = run_config(get_registry().get("task", "image-cls"), run_dir)
-    art = read_json(run_dir / "artifacts" / "image.json")
-    return reports_from_predictions(predictions, data, out_dir, level=cfg.data.level,
-                                    frames=cfg.data.frames, problem=art["problem"],
-                                    label_names=art["label_names"], model_name=str(cfg.model.backbone),
-                                    model_version=f"medmm {info.get('medmm', __version__)} run {run_dir.resolve().name}")
+    run = Run.open(run_dir)
+    d = run.cfg.data
+    if not (hasattr(d, "level") and hasattr(d, "frames")):
+        raise MedmmError(f"--dicom-sr reports findings on DICOM images; {run_dir} is a {run.task_name!r} run, "
+                         "whose task reads no DICOM folder")
+    task = run.task()  # its artifacts: problem and label names
+    model = run.cfg.model
+    return reports_from_predictions(predictions, data, out_dir, level=d.level, frames=d.frames, problem=task.problem,
+                                    label_names=list(task.label_names or []),
+                                    model_name=str(getattr(model, "backbone", None) or run.task_name),
+                                    model_version=f"medmm {run.info.get('medmm', __version__)} run "
+                                                  f"{run.path.resolve().name}")
 
 
 def echo_reports(out_dir: Path, written: Sequence[Path], skipped: Sequence[tuple[str, str]]) -> None:

@@ -15,6 +15,7 @@ def register_tasks(register):
         config=path("fusion"),
         config_model="medmm_plugins.fusion.config:FusionConfig",
         impl="medmm_plugins.fusion.task:FusionTask",
+        runtime="medmm_plugins.fusion.runtime:FusionInputs",  # torch-free reader of its exports
         demo="medmm_plugins.fusion.demo:build",
     ))
 

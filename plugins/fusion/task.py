@@ -290,3 +290,19 @@ class FusionTask(Task):
             inputs.append(feature_input("tabular", self.preprocessor, get=lambda b: b["tabular"],
                                         put=lambda b, x: {**b, "tabular": x}, present=present("tabular")))
         return ExplainSpec(inputs)
+
+    def deploy_spec(self, model: nn.Module) -> Any:
+        """The presence mask plus one input per modality of the run, through every encoder and the
+        head (:mod:`medmm_plugins.fusion.graph`); image cells are paths relative to the table."""
+        from medmm import DeploySpec, pad_id_of
+        from medmm_plugins.fusion.graph import graph_inputs, graph_module
+
+        d = self.cfg.data.model_dump(mode="json")
+        return DeploySpec(
+            inputs=graph_inputs(list(self.names)), graph=graph_module(self, model), pad_id=pad_id_of(self.tokenizer),
+            path_columns=tuple(c for c in [self.cfg.data.image_column] if c),
+            preprocessing={**{k: d[k] for k in ("text_column", "image_column", "max_length", "size", "channels",
+                                                "window") if k in d},
+                           "modalities": "artifacts/fusion.json (names, tabular preprocessor)",
+                           "tokenizer": "artifacts/text_encoder/tokenizer.json",
+                           "missing": "mask input: False where a row lacks the modality (its input is ignored)"})

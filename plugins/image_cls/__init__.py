@@ -15,6 +15,7 @@ def register_tasks(register):
         config=path("image-cls"),
         config_model="medmm_plugins.image_cls.config:ImageClsConfig",
         impl="medmm_plugins.image_cls.task:ImageClsTask",
+        runtime="medmm_plugins.image_cls.runtime:ImageInputs",  # torch-free reader of its exports
         demo="medmm_plugins.image_cls.demo:build",
     ))
 

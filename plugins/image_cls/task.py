@@ -293,3 +293,12 @@ class ImageClsTask(Task):
         inner = getattr(model, "module", model)
         return ExplainSpec([image_input("image", inner.classifier.backbone.model, get=lambda b: b[0],
                                         put=lambda b, x: (x, *b[1:]))])
+
+    def deploy_spec(self, model: nn.Module) -> Any:
+        """One float input ``x`` ``[batch, C, H, W]`` in ``[0, 1]``; the parity sample is the test split's files."""
+        from medmm import DeploySpec
+
+        d = self.cfg.data.model_dump(mode="json")
+        return DeploySpec(sample="files", preprocessing={
+            **{k: d[k] for k in ("size", "channels", "window", "frames", "level") if k in d},
+            "pixels": "artifacts/image.json", "range": "[0, 1] after window, 8-bit quantised"})

@@ -13,6 +13,7 @@ def register_tasks(register):
         config=path("tabular-risk"),
         config_model="medmm_plugins.tabular_risk.config:TabularRiskConfig",
         impl="medmm_plugins.tabular_risk.task:TabularRiskTask",
+        runtime="medmm_plugins.tabular_risk.runtime:TabularInputs",  # torch-free reader of its exports
         demo="medmm_plugins.tabular_risk.demo:build",
     ))
 

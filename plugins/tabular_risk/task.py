@@ -227,3 +227,10 @@ class TabularRiskTask(Task):
 
         return ExplainSpec([feature_input("tabular", self.preprocessor, get=lambda b: b[0],
                                           put=lambda b, x: (x, *b[1:]))])
+
+    def deploy_spec(self, model: torch.nn.Module) -> Any:
+        """One float input ``x`` ``[batch, features]``: the fitted preprocessor's output (``medmm export``)."""
+        from medmm import DeploySpec
+
+        d = self.cfg.data
+        return DeploySpec(preprocessing={"preprocessor": "artifacts/tabular.json", "id_column": d.id_column})

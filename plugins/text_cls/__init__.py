@@ -13,6 +13,7 @@ def register_tasks(register):
         config=path("text-cls"),
         config_model="medmm_plugins.text_cls.config:TextClsConfig",
         impl="medmm_plugins.text_cls.task:TextClsTask",
+        runtime="medmm_plugins.text_cls.runtime:TextInputs",  # torch-free reader of its exports
         demo="medmm_plugins.text_cls.demo:build",
     ))
 

@@ -320,3 +320,16 @@ class TextClsTask(Task):
         return ExplainSpec([token_input(
             "text", inner.encoder, self.tokenizer, get=lambda b: b["input_ids"],
             put=lambda b, x: {**b, "input_ids": x}, valid=lambda b: b["attention_mask"], window_overlap=overlap)])
+
+    def deploy_spec(self, model: nn.Module) -> Any:
+        """Token ids and attention mask ``[batch, sequence]``, padded with the tokenizer's id."""
+        from medmm import DeploySpec, GraphInput, pad_id_of
+
+        axes = {0: "batch", 1: "sequence"}
+        d = self.cfg.data.model_dump(mode="json")
+        return DeploySpec(
+            inputs=(GraphInput("input_ids", axes), GraphInput("attention_mask", axes)),
+            batch=lambda ids, mask: {"input_ids": ids, "attention_mask": mask.bool(), "index": None},
+            pad_id=pad_id_of(self.tokenizer),
+            preprocessing={**{k: d[k] for k in ("text_column", "max_length", "long_text", "stride") if k in d},
+                           "tokenizer": "artifacts/encoder/tokenizer.json or artifacts/vocab.json"})

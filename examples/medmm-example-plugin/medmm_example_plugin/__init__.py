@@ -13,6 +13,7 @@ def register_tasks(register):
         summary="risk of an event by a horizon from a patient table (discrete-time logistic-hazard survival)",
         config=Path(__file__).with_name("discrete-survival.yaml"),
         impl="medmm_example_plugin.discrete_survival:DiscreteSurvivalTask",
+        runtime="medmm_example_plugin.runtime:SurvivalRows",  # torch-free: medmm export / serve / predict EXPORT
         demo="medmm_example_plugin.demo:build",
         ranges={"data.bins": Range(2), "data.horizon": Range(0, lo_open=True),
                 "data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),

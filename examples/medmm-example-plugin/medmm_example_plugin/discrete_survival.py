@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medmm import (
-    BaselineInputs, DataBundle, DataError, fit_preprocessor, infer_column_types, prepare_target,
-    Preprocessor, read_json, read_table, select_features, Split, Task, write_json_atomic,
+    BaselineInputs, DataBundle, DataError, DeploySpec, Preprocessor, Split, Task, fit_preprocessor,
+    infer_column_types, prepare_target, read_json, read_table, select_features, write_json_atomic,
 )
 
 log = logging.getLogger("medmm")
@@ -175,6 +175,15 @@ class DiscreteSurvivalTask(Task):
         self.has_target = y is not None
         self._raw = {**getattr(self, "_raw", {}), "predict": (x, None if y is None else y[:, :2], ids)}
         return Split(SurvivalRows(x, y), ids, y), None
+
+    def deploy_spec(self, model: torch.nn.Module) -> DeploySpec:
+        """``medmm export``: one input ``x`` (the preprocessed features); the graph is :meth:`step`
+        without targets, so it outputs the cumulative hazard by the horizon, as predict does."""
+        return DeploySpec(
+            preprocessing={"preprocessor": f"artifacts/{ARTIFACT}", "features": len(self.features),
+                           "id_column": self.cfg.data.id_column},
+            output=f"cumulative hazard by horizon {self.horizon:g} [batch] (1 - exp(-risk): probability of the "
+                   "event by then; higher = earlier event)")
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """The preprocessed features of a split: medmm fits its classic Cox model on them."""
