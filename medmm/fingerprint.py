@@ -5,7 +5,12 @@ fingerprints the data it is given and refuses to continue when they differ, nami
 
 - a table (CSV, TSV, JSONL, Parquet; read by the one table reader every task uses): the row count
   and a hash of each column's values;
-- a folder (e.g. DICOM): the content hash (SHA-256) of every file, by relative path;
+- a folder (e.g. DICOM): every file's size and modification time (ns), by relative path: no file
+  is read, so fingerprinting a 10-year image extract costs a directory walk, not a read of every
+  byte (#30). A file rewritten in place gets a new mtime and is reported as changed; a copy of the
+  folder that does not keep mtimes (``cp`` without ``-p``; ``rsync -a`` keeps them) is reported as
+  changed too. Runs made before this fingerprinted folders by content (SHA-256): resuming one of
+  those hashes the folder again to compare like with like;
 - any other file: its content hash.
 
 Hashes only: no cell value and no file content is written to the run directory.
@@ -53,7 +58,7 @@ def _table(path: Path) -> dict[str, Any]:
     return {"kind": "table", "rows": int(len(df)), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
 
 
-def _folder(path: Path, exclude: Path | None) -> dict[str, Any]:
+def _folder(path: Path, exclude: Path | None, *, content: bool = False) -> dict[str, Any]:
     files: dict[str, str] = {}
     skip = exclude.resolve() if exclude is not None else None
     for root, dirs, names in os.walk(path):
@@ -62,18 +67,24 @@ def _folder(path: Path, exclude: Path | None) -> dict[str, Any]:
         for name in sorted(names):
             p = here / name
             if p.is_file():
-                files[p.relative_to(path).as_posix()] = _file_digest(p)
+                if content:
+                    files[p.relative_to(path).as_posix()] = _file_digest(p)
+                else:
+                    st = p.stat()
+                    files[p.relative_to(path).as_posix()] = f"{st.st_size}:{st.st_mtime_ns}"
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
-    return {"kind": "folder", "files": len(files), "sha256": total, "per_file": files}
+    out = {"kind": "folder", "files": len(files), "sha256": total, "per_file": files}
+    return out if content else {**out, "method": "size+mtime"}
 
 
-def fingerprint(path: str | Path, *, exclude: Path | None = None) -> dict[str, Any]:
-    """The fingerprint of a data file or folder (``exclude``: a sub-folder to leave out, e.g. the run)."""
+def fingerprint(path: str | Path, *, exclude: Path | None = None, content: bool = False) -> dict[str, Any]:
+    """The fingerprint of a data file or folder (``exclude``: a sub-folder to leave out, e.g. the run;
+    ``content``: hash a folder's files instead of recording their size and mtime)."""
     from medmm.data.readers import table_format
 
     path = Path(path)
     if path.is_dir():
-        return _folder(path, exclude)
+        return _folder(path, exclude, content=content)
     try:
         table_format(path)
     except DataError:
@@ -130,7 +141,8 @@ def check_same_data(run_dir: Path, data: Path) -> bool:
     if not stored.exists():
         return False
     old = read_json(stored, format=FORMAT)
-    new = fingerprint(data, exclude=Path(run_dir))
+    content = old.get("kind") == "folder" and old.get("method") != "size+mtime"  # an older run's hashes
+    new = fingerprint(data, exclude=Path(run_dir), content=content)
     diffs = differences(old, new)
     if diffs:
         raise MedmmError(f"--resume {run_dir}: {data} is not the data this run started with "

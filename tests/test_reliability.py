@@ -129,9 +129,12 @@ def test_fingerprint_names_what_changed(tmp_path: Path) -> None:
     (folder / "CT" / "2.dcm").write_bytes(b"b" * 100)
     before = fingerprint(folder)
     (folder / "CT" / "2.dcm").write_bytes(b"c" * 100)  # same size, new content
+    st = (folder / "CT" / "2.dcm").stat()  # folders are fingerprinted by size + mtime (#30): a rewrite
+    os.utime(folder / "CT" / "2.dcm", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # within one clock tick reads as one
     (folder / "CT" / "3.dcm").write_bytes(b"d")
     assert differences(before, fingerprint(folder)) == ["1 new file(s): 'CT/3.dcm'", "1 file(s) changed: 'CT/2.dcm'"]
     assert "aaaa" not in json.dumps(before)  # hashes only, never content
+    assert before["method"] == "size+mtime"
 
 
 def test_fingerprint_read_does_not_repeat_the_tasks_warnings(tmp_path: Path, caplog) -> None:

@@ -135,7 +135,7 @@ class ImageClsTask(Task):
     def _scan(self, root: Path) -> tuple[Any, list[Skipped], PixelCache]:
         if not root.is_dir():
             raise DataError(f"image-cls expects a folder of DICOM files, got a file: {root}")
-        records, skipped = scan_folder(root, workers=self._workers())
+        records, skipped = scan_folder(root, workers=self._workers(), index_dir=self.cache_dir)  # headers reused (#30)
         if not records:
             raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped; see skipped.csv)")
         items = image_items(records, self.cfg.data.frames)

@@ -135,7 +135,8 @@ def list_files(root: Path) -> list[str]:
     return sorted(found)
 
 
-def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[Skipped]]:
+def scan_folder(root: Path, workers: int = 0, *, index_dir: Path | None = None,
+                stats: dict[str, int] | None = None) -> tuple[list[DicomRecord], list[Skipped]]:
     """Read every file's header under ``root`` (recursively, sorted, deterministic).
 
     Non-DICOM files, files without pixel data, truncated pixel data and unreadable headers
@@ -143,6 +144,9 @@ def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[S
     terms) is read when it parses and has pixel data; otherwise its reason says "no DICM
     preamble". ``workers > 0`` reads headers
     in that many processes once the folder holds at least a few hundred files.
+    ``index_dir`` (e.g. ``data.cache_dir``): reuse the results of an earlier scan for every file
+    whose size and mtime are unchanged (:mod:`medmm.data.dicom.header_index`). ``stats``, when
+    given, receives ``files``, ``headers_read`` and ``reused`` (counts of work).
     """
     from medmm.errors import DataError
 
@@ -150,12 +154,33 @@ def scan_folder(root: Path, workers: int = 0) -> tuple[list[DicomRecord], list[S
     if not root.is_dir():
         raise DataError(f"DICOM folder not found: {root}")
     files = list_files(root)
-    if workers > 0 and len(files) >= _POOL_MIN_FILES:
-        chunks = [files[i : i + 256] for i in range(0, len(files), 256)]
+    index = None
+    known: dict[str, DicomRecord | Skipped] = {}
+    if index_dir is not None:
+        from medmm.data.dicom.header_index import HeaderIndex, stat_key
+
+        index = HeaderIndex(Path(index_dir), root)
+        stat = {rel: stat_key(root / rel) for rel in files}
+        for rel in files:
+            hit = index.get(rel, stat[rel])
+            if hit is not None:
+                known[rel] = hit
+    todo = [rel for rel in files if rel not in known]
+    if workers > 0 and len(todo) >= _POOL_MIN_FILES:
+        chunks = [todo[i : i + 256] for i in range(0, len(todo), 256)]
         with process_pool(workers) as pool:
-            results = [r for part in pool.map(_scan_many, [str(root)] * len(chunks), chunks) for r in part]
+            fresh = [r for part in pool.map(_scan_many, [str(root)] * len(chunks), chunks) for r in part]
     else:
-        results = _scan_many(str(root), files)
+        fresh = _scan_many(str(root), todo)
+    known.update(zip(todo, fresh))
+    if index is not None:
+        for rel, result in zip(todo, fresh):
+            index.put(rel, stat[rel], result)
+        index.keep_only(set(files))
+        index.save()
+    if stats is not None:
+        stats.update(files=len(files), headers_read=len(todo), reused=len(files) - len(todo))
+    results = [known[rel] for rel in files]
     records = [r for r in results if isinstance(r, DicomRecord)]
     skipped = public_skipped([r for r in results if isinstance(r, Skipped)], records)
     return records, skipped
