@@ -27,7 +27,7 @@ from medmm.io import write_text_atomic
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["figure_html", "html_table", "write_report"]
+__all__ = ["best_step", "decision_rule", "figure_html", "html_table", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ def _esc(value: Any) -> str:
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
+    if isinstance(value, dict):  # e.g. examples per split: "train 35 · val 12 · test 11", never raw JSON
+        return " · ".join(f"{_esc(k)} {_fmt(v)}" for k, v in value.items())
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         return _esc(value)
     if isinstance(value, (int, np.integer)):
@@ -181,29 +183,42 @@ def _metrics_table(
     rows = []
     for name, value in metrics.items():
         cls = ' class="headline"' if name == head else ""
-        cells = f"<td>{_esc(name)}</td><td class=\"num\">{_fmt(value)}</td>"
+        low, high = (ci or {}).get(name, (math.nan, math.nan))
+        defined = low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
+        shown = M.format_estimate(value, (low, high) if defined else None, style="[{lo}, {hi}]")
+        figure, _, interval = shown.partition(" ")
+        cells = f"<td>{_esc(name)}</td><td class=\"num\">{_esc(figure)}</td>"
         if has_ci:
-            low, high = (ci or {}).get(name, (math.nan, math.nan))
-            defined = math.isfinite(low) and math.isfinite(high)
-            interval = f"[{_fmt(low)}, {_fmt(high)}]" if defined else ""
-            cells += f'<td class="num">{interval}</td>'
+            cells += f'<td class="num">{_esc(interval)}</td>'
         rows.append(f"<tr{cls}>{cells}</tr>")
     header = "<tr><th>metric</th><th>value</th>" + ("<th>95% CI</th>" if has_ci else "") + "</tr>"
-    foot = _note(f"Headline metric: {head}. n/a = undefined for these data.")
+    foot = _note(f"Headline metric: {head}. n/a = undefined for these data (e.g. one class only). Figures are "
+                 "rounded to two significant digits of their CI's width" + (f"; CIs: {M.CI_METHOD}." if has_ci else "."))
     return f"<table>{header}{''.join(rows)}</table>\n{foot}"
 
 
 def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
     pred = _hard_predictions(problem, data).astype(bool)
     truth = data.y.astype(bool)
+    rule = decision_rule(problem)
     rows = []
     for k, name in enumerate(names):
         y, p = truth[:, k], pred[:, k]
-        tp, fp, fn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum())
+        tp, fp, fn, tn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum()), int((~y & ~p).sum())
+        none = "n/a (no positives)" if not y.any() else None
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
-        rows.append((str(name), int(y.sum()), M._auroc(data.y[:, k], data.s[:, k]),
-                     M._auprc(data.y[:, k], data.s[:, k]), f1))
-    return html_table(["class", "positives", "AUROC", "AUPRC", "F1"], rows)
+        rows.append((str(name), int(y.sum()), none or M._auroc(data.y[:, k], data.s[:, k]),
+                     none or M._auprc(data.y[:, k], data.s[:, k]), none or tp / (tp + fn),
+                     tn / (tn + fp) if tn + fp else "n/a (no negatives)", f1, tp, fp, fn))
+    head = ["class", "positives", "AUROC", "AUPRC", f"sensitivity ({rule})", f"specificity ({rule})",
+            f"F1 ({rule})", "TP", "FP", "FN"]
+    return html_table(head, rows) + _note(
+        f"Calls by {rule}, the rule of the confusion matrix and of predictions.csv's 'predicted' column.")
+
+
+def decision_rule(problem: str) -> str:
+    """The name of the default decision of ``problem``'s hard calls (``predicted``, confusion matrix)."""
+    return "arg-max" if problem == "multiclass" else f"P >= {M.THRESHOLD:g}"
 
 
 def figure_html(caption: str, build: _Builder) -> str:
@@ -272,21 +287,23 @@ def _eval_figures(problem: str, data: Any, names: list[str]) -> list[tuple[str, 
                  lambda: _fig_km(data.time, data.event, data.s))]
     y_cols, s_cols = _as_columns(problem, data)
     curve_names = [names[1]] if problem == "binary" else names
-    kind = {"binary": "", "multiclass": "One-vs-rest ", "multilabel": "Per-label "}[problem]
+    kind = {"binary": f"Positive class {names[1]!r}: ", "multiclass": "One-vs-rest ",
+            "multilabel": "Per-label "}[problem]
     curves = (f"{kind}ROC and precision-recall curves",
               lambda: _fig_roc_pr(y_cols, s_cols, curve_names))
     if problem == "multilabel":
         return [curves]
+    rule = decision_rule(problem)
     if problem == "binary":
-        y, pred, rule, calib = data.y, (data.s >= M.THRESHOLD).astype(int), "threshold 0.5", \
-            "positive class"
+        y, pred, calib, positive = data.y, (data.s >= M.THRESHOLD).astype(int), \
+            f"positive class {names[1]!r}", names[1]
     else:
-        y, pred, rule, calib = np.argmax(data.y, axis=1), np.argmax(data.s, axis=1), "arg-max", \
-            "top label"
+        y, pred, calib, positive = np.argmax(data.y, axis=1), np.argmax(data.s, axis=1), "top label", None
     return [
-        (f"Confusion matrix ({rule})", lambda: _fig_confusion(y, pred, names)),
+        (f"Confusion matrix (calls by {rule}, as predictions.csv's 'predicted' column)",
+         lambda: _fig_confusion(y, pred, names)),
         curves,
-        (f"Reliability diagram ({calib})", lambda: _fig_calibration(y, data.s)),
+        (f"Reliability diagram ({calib})", lambda: _fig_calibration(y, data.s, positive)),
     ]
 
 
@@ -323,6 +340,8 @@ def _epoch_series(history: list[dict[str, Any]], key: str) -> dict[str, tuple[li
 
 def _fig_training(history: list[dict[str, Any]], head: str, mode: str) -> Figure:
     panels = [(key, _epoch_series(history, key)) for key in ("loss", head, "lr")]
+    panels = [(k, {sp: v for sp, v in series.items() if sp == "train"} if k == "lr" else series)
+              for k, series in panels]  # val rows repeat the training learning rate
     panels = [(key, series) for key, series in panels if series]
     if not panels:
         raise _Skip("no per-epoch history was logged")
@@ -333,14 +352,25 @@ def _fig_training(history: list[dict[str, Any]], head: str, mode: str) -> Figure
         ax.set(xlabel="epoch", title=key if key != "lr" else "learning rate")
         if key == head and "val" in series:
             epochs, values = series["val"]
-            best = (np.argmax if mode == "max" else np.argmin)(values)
+            best = (np.argmax if mode == "max" else np.argmin)(values)  # the first best, as the engine keeps it
+            step = best_step(history, mode, head)
             ax.axvline(epochs[best], color="grey", ls=":", lw=1,
-                       label=f"best val (epoch {epochs[best]:g})")
+                       label=f"best val (epoch {epochs[best]:g}" + (f", step {step})" if step is not None else ")"))
         if key == "lr":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     return fig
+
+
+def best_step(history: list[dict[str, Any]], mode: str, metric: str) -> int | None:
+    """The step of the first best validation ``metric`` in ``history`` (the checkpoint the engine keeps)."""
+    rows = [r for r in history if r.get("split") == "val" and isinstance(r.get(metric), (int, float))
+            and math.isfinite(r[metric])]
+    if not rows:
+        return None
+    best = (max if mode == "max" else min)(r[metric] for r in rows)
+    return next((int(r["step"]) for r in rows if r[metric] == best and "step" in r), None)
 
 
 def _fig_confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> Figure:
@@ -374,17 +404,21 @@ def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
         raise _Skip("y_true has a single class, so ROC and PR curves are undefined")
     shown = sorted(defined, key=lambda k: -int(y[:, k].sum()))[:MAX_CURVES]
     fig, (roc_ax, pr_ax) = _new_figure(11.0 if len(shown) > 1 else 10.0, 4.4, 1, 2)
-    for k in shown:
+    styles = ("-", "--", "-.", ":")
+    for i, k in enumerate(shown):  # earlier curves wider, dashed and below: a curve under another shows round it
+        style = {"lw": 1.5 + 2.5 * (len(shown) - 1 - i) / max(1, len(shown) - 1), "ls": styles[i % 4],
+                 "zorder": 2 + i}
         fpr, tpr, _ = roc_curve(y[:, k], s[:, k])
         precision, recall, _ = precision_recall_curve(y[:, k], s[:, k])
         auc, ap = M._auroc(y[:, k], s[:, k]), M._auprc(y[:, k], s[:, k])
-        roc_ax.plot(fpr, tpr, lw=1.5, label=f"{_short(names[k])}: AUC {auc:.3f}, AP {ap:.3f}")
-        pr_ax.step(recall, precision, where="post", lw=1.5)
+        roc_ax.plot(fpr, tpr, **style, label=f"{_short(names[k])}: AUC {auc:.3f}, AP {ap:.3f}")
+        pr_ax.step(recall, precision, where="post", **style)
     roc_ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
     if len(shown) == 1:
         pr_ax.axhline(y[:, shown[0]].mean(), color="grey", ls="--", lw=1, label="prevalence")
         pr_ax.legend(fontsize=8, loc="lower left")
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate",
+               title="ROC" + (f" (positive class {_short(names[shown[0]])})" if len(shown) == 1 else ""))
     pr_ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     for ax in (roc_ax, pr_ax):
         ax.set_aspect("equal", adjustable="box")
@@ -399,7 +433,7 @@ def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
     return fig
 
 
-def _fig_calibration(y: np.ndarray, prob: np.ndarray) -> Figure:
+def _fig_calibration(y: np.ndarray, prob: np.ndarray, positive: str | None = None) -> Figure:
     if not M._is_probability(prob):
         raise _Skip("scores are not probabilities in [0, 1]")
     mean_pred, observed, _ = M.reliability_curve(y, prob, n_bins=10)
@@ -407,13 +441,14 @@ def _fig_calibration(y: np.ndarray, prob: np.ndarray) -> Figure:
     fig, (ax, hist) = _new_figure(5.2, 6.0, 2, 1, sharex=True, height_ratios=[3, 1])
     ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="perfectly calibrated")
     ax.plot(mean_pred, observed, marker="o", lw=1.5, label=f"model (ECE {ece:.3f}, 15 bins)")
-    ax.set(ylabel="observed frequency" if prob.ndim == 1 else "accuracy", xlim=(0, 1), ylim=(0, 1),
-           title="Reliability diagram")
+    ax.set(ylabel=f"observed fraction {_short(positive or 'positive')}" if prob.ndim == 1 else "accuracy",
+           xlim=(0, 1), ylim=(0, 1), title="Reliability diagram")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     _, confidence = M._calibration_pairs(y, prob)
     hist.hist(confidence, bins=np.linspace(0.0, 1.0, 11), color="#4c72b0", edgecolor="white")
-    what = "predicted P(positive)" if prob.ndim == 1 else "confidence (top-label probability)"
+    what = f"predicted P({_short(positive or 'positive')})" if prob.ndim == 1 else \
+        "confidence (top-label probability)"
     hist.set(xlabel=what, ylabel="count", xlim=(0, 1))
     return fig
 

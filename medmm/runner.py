@@ -188,7 +188,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         best = run_dir / "checkpoints" / "best"
         load_weights(best, model)
         split_name, split = ("test", bundle.test) if bundle.test is not None and len(bundle.test.dataset) else ("val", bundle.val)
-        summary: dict[str, Any] = {"task": spec.name, "run_dir": str(run_dir), "best_step": fit.state.best_step,
+        summary: dict[str, Any] = {"task": spec.name, "problem": task.problem, "run_dir": str(run_dir),
+                                   "best_checkpoint": _best_at(fit.history, fit.state.best_step),
+                                   "best_step": fit.state.best_step,
                                    "monitor": fit.monitor, "best_value": fit.state.best_value}
         if split is not None:
             out_eval = trainer.evaluate(model, split, bundle.collate_fn)
@@ -214,7 +216,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             if main:
                 summary.update(_finish(task, trainer, fit, out_eval, split_name, run_dir, cfg, spec, bundle))
         if main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+            from medmm.io import write_json_atomic
+
+            write_json_atomic(run_dir / "summary.json", summary)  # strict JSON: undefined figures are null
             rundir.finish(run_dir)
             _print_summary(summary)
         return summary
@@ -268,7 +272,7 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     _write_final_record(run_dir / "metrics.jsonl", record)
     sizes = {name: len(s.dataset) for name, s in (("train", bundle.train), ("val", bundle.val), ("test", bundle.test))
              if s is not None}
-    model_name = str(cfg.model.get("backbone", cfg.model.get("name", "?")))  # keys a task's model section may have
+    model_name = _model_name(cfg)
     y_true, y_score = (ev.targets, ev.scores)
     kw: dict[str, Any] = {}
     if task.problem == "survival" and ev.targets is not None:
@@ -278,8 +282,9 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
                  y_true=y_true, y_score=y_score, label_names=task.label_names, metrics=metrics, ci=ci,
                  extra_sections=[*base.report, *bundle.meta.get("report_sections", [])],
                  summary={"task": spec.name, "model": model_name, "device": str(trainer.device),
-                          "precision": trainer.precision, "examples": json.dumps(sizes),
-                          "best step": str(fit.state.best_step), f"monitored ({fit.monitor})": f"{fit.state.best_value}",
+                          "precision": trainer.precision, "examples": sizes,
+                          "best checkpoint": _best_at(fit.history, fit.state.best_step),
+                          f"best val {fit.monitor}": fit.state.best_value,
                           "evaluated on": split_name}, **kw)
     write_model_card(run_dir / "model_card.md", task=spec.name, model=model_name,
                      data_description=bundle.meta.get("description", f"examples per split: {sizes}"),
@@ -300,16 +305,43 @@ def _write_final_record(path: Path, record: dict[str, Any]) -> None:
 
     rows = [r for r in read_jsonl(path) if not r.get("final") and r.get("split") != "test"]
     rows.append({k: (None if isinstance(v, float) and v != v else v) for k, v in record.items()})
-    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+    from medmm.io import dumps_json
+
+    write_text_atomic(path, "".join(dumps_json(r, indent=None) + "\n" for r in rows))
     write_metrics_csv(path.with_name("metrics.csv"), rows)
 
 
 def _fmt(v: Any) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
+    from medmm.metrics import format_estimate
+
+    return format_estimate(v) if isinstance(v, float) else str(v)
+
+
+def _model_name(cfg: TaskConfig) -> str:
+    """The model a run trained: ``model.backbone`` / ``model.name``, or its ``*_backbone`` keys (fusion)
+    with its head."""
+    model = cfg.model
+    for key in ("backbone", "name"):
+        if model.get(key):
+            return str(model.get(key))
+    keys = [k for k in ("text_backbone", "image_backbone", "tabular_backbone") if model.get(k)]
+    parts = " + ".join(str(model.get(k)) for k in keys)
+    head = f"{model.get('head')} head" if model.get("head") else ""
+    return f"{head} over {parts}" if head and parts else parts or head or "task default"
+
+
+def _best_at(history: list[dict[str, Any]], step: int) -> str:
+    """``epoch 3 (step 9)``: where the kept best checkpoint was taken, in the units the report's plots use."""
+    epoch = next((r.get("epoch") for r in history if r.get("split") == "val" and r.get("step") == step), None)
+    return f"epoch {epoch:g} (step {step})" if isinstance(epoch, (int, float)) else f"step {step}"
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
     from medmm.classic import summary_lines as baseline_summary_lines
+
+    from medmm.evaluation.threshold import stat_text
+    from medmm.metrics import format_estimate
+    from medmm.report import decision_rule
 
     run_dir = Path(summary["run_dir"])
     lines = [f"medmm {summary['task']}: done"]
@@ -317,11 +349,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
         lines.append(f"  {_split_size(summary)}:")
         for k, v in summary["metrics"].items():
             ci = summary["ci"].get(k)
-            lines.append(f"    {k:<10} {_fmt(v)}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""))
+            lines.append(f"    {k:<10} " + format_estimate(v, ci, style=" (95% CI {lo}-{hi})"))
         lines += baseline_summary_lines(summary.get("baseline"))
         for cls, op in (summary.get("operating_point") or {}).items():  # chosen on val (#16)
-            lines.append(f"  operating point {cls} >= {op['threshold']:.4f} (chosen on val): sensitivity "
-                         f"{_fmt(op['sensitivity'])}, specificity {_fmt(op['specificity'])}")
+            lines.append(f"  operating point {cls} >= {op['threshold']:.4f} (threshold chosen on val, not the "
+                         f"{decision_rule(summary.get('problem', ''))} of 'predicted'): sensitivity "
+                         f"{stat_text(op, 'sensitivity')}, specificity {stat_text(op, 'specificity')}")
         if summary.get("operating_point_f1"):  # multilabel: F1 at the per-label thresholds (#14)
             from medmm.evaluation import f1_line
 
@@ -333,7 +366,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
     from medmm.privacy.membership import summary_lines as privacy_summary_lines
 
     lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)
-    lines.append(f"  best {summary['monitor']} on val: {_fmt(summary['best_value'])} at step {summary['best_step']}")
+    lines.append(f"  best {summary['monitor']} on val: {_fmt(summary['best_value'])} at "
+                 f"{summary.get('best_checkpoint') or 'step ' + str(summary['best_step'])}")
     for name in ("report.html", "predictions.csv", "metrics.jsonl", "model_card.md", "checkpoints/best"):
         lines.append(f"  {name:<16} {run_dir / name}")
     skipped = run_dir / "skipped.csv"

@@ -86,7 +86,7 @@ def training_evaluation(task: Any, trainer: Any, model: Any, bundle: Any, test_e
         out["sections"].append((f"Operating point (on {split_name})", html))
         out["operating_point"] = op
         out["summary"]["operating_point"] = {c: {k: s[k] for k in ("threshold", "sensitivity", "specificity",
-                                                                    "ppv", "npv")} for c, s in stats.items()}
+                                                                    "ppv", "npv", "ci")} for c, s in stats.items()}
         if main:
             save_operating_point(run_dir / "artifacts", op)
     from medmm.evaluation.conformal import training_conformal  # sets / intervals calibrated on val (#32)

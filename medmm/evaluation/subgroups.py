@@ -1,9 +1,12 @@
 """Subgroup audit: per-group metrics with fairlearn's ``MetricFrame``, gaps, flags, small-cell suppression.
 
-Per group: n, prevalence, the headline metric with a bootstrap CI, sensitivity / specificity
-at the operating point and the ECE. Across groups: the largest headline gap, fairlearn's
-equalized-odds and demographic-parity differences. A group whose CI lies wholly on the bad
-side of the overall CI is flagged. Groups with fewer than ``min_group_size`` units are shown
+Per group: n, prevalence, the headline metric with a bootstrap CI, sensitivity / specificity /
+PPV / NPV at the operating point and the ECE. Across groups: the largest headline gap, fairlearn's
+equalized-odds and demographic-parity differences. The flag rule (:data:`FLAG_RULE`, written on
+every page that shows the audit): a group is flagged when its headline CI lies wholly on the bad
+side of the overall CI, or when one of its operating-point figures is more than :data:`MAX_GAP`
+below the overall figure; a column is flagged when a fairlearn difference exceeds :data:`MAX_GAP`.
+Groups with fewer than ``min_group_size`` units are shown
 as ``< min_group_size`` with no figure at all, and left out of every across-group figure, so
 no table singles out a patient.
 """
@@ -20,13 +23,26 @@ import numpy as np
 from medmm import metrics as M
 from medmm.errors import MedmmError
 
-__all__ = ["audit", "audit_html", "audit_markdown", "group_labels", "parse_bands", "require_fairlearn"]
+__all__ = ["MAX_GAP", "audit", "audit_html", "audit_markdown", "flag_rule", "group_labels", "parse_bands",
+           "require_fairlearn"]
 
 MISSING = "missing"
 AGE_BANDS = (0.0, 40.0, 65.0, 80.0)
 """Default bands of a column named ``age`` / ``PatientAge`` (other numeric columns: quartiles)."""
 MAX_LEVELS = 10
 """A numeric column with more distinct values than this is banded."""
+MAX_GAP = 0.10
+"""An operating-point figure this far below the overall one, or a fairlearn difference above it, is flagged."""
+OP_FIGURES = ("sensitivity", "specificity", "ppv", "npv")
+
+
+def flag_rule(mode: str, metric: str) -> str:
+    """The flag rule in words, for the pages that show the audit."""
+    side = "below" if mode == "max" else "above"
+    return (f"Flag rule: a group is flagged when its {metric} 95% CI lies wholly {side} the overall CI, or when its "
+            f"sensitivity, specificity, PPV or NPV at the operating point is more than {MAX_GAP:.2f} below the overall "
+            f"figure; a column is flagged when fairlearn's equalized-odds or demographic-parity difference exceeds "
+            f"{MAX_GAP:.2f}.")
 
 
 def require_fairlearn() -> Any:
@@ -147,12 +163,15 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
         lo, hi = M.bootstrap_ci(problem, head, *a, **kw, n_boot=n_boot, seed=seed) if n_boot else (math.nan, math.nan)
         return value, lo, hi
 
-    def rate(idx: np.ndarray, positive: int) -> float:  # macro over classes of the one-vs-rest rate
+    def rate(idx: np.ndarray, positive: int, by_call: bool = False) -> float:
+        """Macro over classes (one-vs-rest): sensitivity / specificity (``by_call=False``: among units whose
+        truth is ``positive``, the share called so) or PPV / NPV (``by_call=True``: among the calls)."""
         if calls is None:
             return math.nan
         t, c = truth[idx], calls[idx]
-        vals = [float((c[:, j][t[:, j] == positive] == positive).mean()) for j in range(t.shape[1])
-                if (t[:, j] == positive).any()]
+        given, hit = (c, t) if by_call else (t, c)
+        vals = [float((hit[:, j][given[:, j] == positive] == positive).mean()) for j in range(t.shape[1])
+                if (given[:, j] == positive).any()]
         return float(np.mean(vals)) if vals else math.nan
 
     def ece(yt: np.ndarray, idx: np.ndarray) -> float:
@@ -166,13 +185,17 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
         "headline": headline_ci,
         "sensitivity": lambda yt, idx: rate(idx, 1),
         "specificity": lambda yt, idx: rate(idx, 0),
+        "ppv": lambda yt, idx: rate(idx, 1, by_call=True),
+        "npv": lambda yt, idx: rate(idx, 0, by_call=True),
         "ece": ece,
     }
     index = np.arange(len(s))
     overall_value, overall_lo, overall_hi = headline_ci(y, index)
+    overall_op = {k: _num(funcs[k](y, index)) for k in OP_FIGURES}
     out: dict[str, Any] = {"problem": problem, "metric": head, "mode": mode, "min_group_size": int(min_group_size),
-                           "overall": {"n": int(len(s)), "value": overall_value, "ci": [overall_lo, overall_hi]},
-                           "columns": {}}
+                           "overall": {"n": int(len(s)), "value": overall_value, "ci": [overall_lo, overall_hi],
+                                       **overall_op},
+                           "max_gap": MAX_GAP, "rule": flag_rule(mode, head), "columns": {}}
     for column, labels in groups.items():
         labels = np.asarray(labels, dtype=object)
         frame = fm.MetricFrame(metrics=funcs, y_true=y, y_pred=index, sensitive_features={column: labels})
@@ -186,10 +209,14 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
                 continue
             value, lo, hi = r["headline"]
             worse = (hi < overall_lo) if mode == "max" else (lo > overall_hi)
+            why = [f"{head} 95% CI wholly {'below' if mode == 'max' else 'above'} the overall CI"] \
+                if math.isfinite(lo) and math.isfinite(hi) and worse else []
+            ops = {k: _num(r[k]) for k in OP_FIGURES}
+            why += [f"{_LABEL[k]} {ops[k]:.3f} vs {overall_op[k]:.3f} overall" for k in OP_FIGURES
+                    if ops[k] is not None and overall_op[k] is not None and overall_op[k] - ops[k] > MAX_GAP]
             rows.append({"group": str(g), "n": n, "prevalence": _num(r["prevalence"]), "value": _num(value),
-                         "ci": [_num(lo), _num(hi)], "sensitivity": _num(r["sensitivity"]),
-                         "specificity": _num(r["specificity"]), "ece": _num(r["ece"]),
-                         "flagged": bool(math.isfinite(lo) and math.isfinite(hi) and worse)})
+                         "ci": [_num(lo), _num(hi)], **ops, "ece": _num(r["ece"]),
+                         "flagged": bool(why), "reasons": why})
             kept.append(str(g))
         col: dict[str, Any] = {"groups": rows, "flagged": [r["group"] for r in rows if r.get("flagged")],
                                "suppressed": sum(1 for r in rows if r.get("suppressed"))}
@@ -197,8 +224,15 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
         col["largest_gap"] = float(max(values) - min(values)) if len(values) > 1 else None
         col["equalized_odds_difference"], col["demographic_parity_difference"] = \
             _fairness(fm, truth, calls, labels, kept) if calls is not None and len(kept) > 1 else (None, None)
+        col["column_flags"] = [f"{name} difference {col[key]:.3f} > {MAX_GAP:.2f}" for key, name in
+                               (("equalized_odds_difference", "equalized-odds"),
+                                ("demographic_parity_difference", "demographic-parity"))
+                               if col[key] is not None and col[key] > MAX_GAP]
         out["columns"][column] = col
     return out
+
+
+_LABEL = {"sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV", "npv": "NPV"}
 
 
 def _num(v: Any) -> float | None:
@@ -245,10 +279,10 @@ def _rows(result: Mapping[str, Any], column: str) -> list[list[str]]:
             continue
         lo, hi = r["ci"]
         ci = f"{_f(lo)}–{_f(hi)}" if lo is not None and hi is not None else "n/a"
-        flag = "**FLAGGED**" if r["flagged"] else ""
+        flag = ("**FLAGGED**: " + "; ".join(r.get("reasons") or [])).rstrip(": ") if r["flagged"] else ""
         if _classify(result):
             rows.append([r["group"], str(r["n"]), _f(r["prevalence"]), _f(r["value"]), ci, _f(r["sensitivity"]),
-                         _f(r["specificity"]), _f(r["ece"]), flag])
+                         _f(r["specificity"]), _f(r.get("ppv")), _f(r.get("npv")), _f(r["ece"]), flag])
         else:
             rows.append([r["group"], str(r["n"]), _f(r["value"]), ci, flag])
     return rows
@@ -257,7 +291,8 @@ def _rows(result: Mapping[str, Any], column: str) -> list[list[str]]:
 def _head(result: Mapping[str, Any]) -> list[str]:
     if not _classify(result):
         return ["group", "n", result["metric"], "95% CI", "flag"]
-    return ["group", "n", "prevalence", result["metric"], "95% CI", "sensitivity", "specificity", "ECE", "flag"]
+    return ["group", "n", "prevalence", result["metric"], "95% CI", "sensitivity", "specificity", "PPV", "NPV", "ECE",
+            "flag"]
 
 
 def _summary(result: Mapping[str, Any], column: str) -> str:
@@ -267,18 +302,23 @@ def _summary(result: Mapping[str, Any], column: str) -> str:
         parts += [f"equalized-odds difference {_f(col['equalized_odds_difference'])}",
                   f"demographic-parity difference {_f(col['demographic_parity_difference'])}"]
     flagged = ", ".join(col["flagged"]) or "none"
-    side = "below" if result["mode"] == "max" else "above"
-    return "; ".join(parts) + f"; flagged (95% CI wholly {side} the overall CI): {flagged}"
+    text = "; ".join(parts) + f"; flagged groups: {flagged}"
+    if col.get("column_flags"):
+        text += "; column FLAGGED: " + "; ".join(col["column_flags"])
+    return text + "."
 
 
 def _intro(result: Mapping[str, Any]) -> str:
     o = result["overall"]
     lo, hi = o["ci"]
-    return (f"Overall {result['metric']} {_f(_num(o['value']))} (95% CI {_f(_num(lo))}–{_f(_num(hi))}), "
+    ops = ", ".join(f"{_LABEL[k]} {_f(o[k])}" for k in OP_FIGURES if o.get(k) is not None)
+    return (f"Overall {result['metric']} {_f(_num(o['value']))} (95% CI {_f(_num(lo))}–{_f(_num(hi))})"
+            + (f"; at the operating point {ops}" if ops else "") + ", "
             f"{o['n']} units. Groups with fewer than {result['min_group_size']} units are suppressed and left "
-            "out of the gaps." + (" Sensitivity / specificity at the stored operating point"
+            "out of the gaps." + (" Sensitivity, specificity, PPV and NPV at the stored operating point"
                                   + (" (macro over classes, one-vs-rest)" if result.get("problem") == "multiclass"
-                                     else "") + "; fairness differences from fairlearn." if _classify(result) else ""))
+                                     else "") + "; fairness differences from fairlearn." if _classify(result) else "")
+            + " " + result.get("rule", flag_rule(result["mode"], result["metric"])))
 
 
 def audit_html(result: Mapping[str, Any]) -> str:
@@ -289,7 +329,7 @@ def audit_html(result: Mapping[str, Any]) -> str:
         head = "".join(f"<th>{e(h)}</th>" for h in _head(result))
         body = "".join(
             "<tr" + (' class="headline"' if "FLAGGED" in r[-1] else "") + ">"
-            + "".join(f"<td>{e(c.replace('**FLAGGED**', 'flagged'))}</td>" for c in r) + "</tr>"
+            + "".join(f"<td>{e(c.replace('**FLAGGED**', 'FLAGGED'))}</td>" for c in r) + "</tr>"
             for r in _rows(result, column))
         parts.append(f"<h3>{e(column)}</h3><table><tr>{head}</tr>{body}</table>"
                      f'<p class="note">{e(_summary(result, column))}</p>')

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 
 from medmm.errors import ConfigError
-from medmm.metrics import interval
+from medmm.metrics import CI_METHOD, format_estimate, interval
 
-__all__ = ["RULES", "choose_threshold", "choose_operating_point", "decisions", "f1_at", "load_operating_point",
-           "operating_stats", "save_operating_point", "stats_table"]
+__all__ = ["RULES", "UNDEFINED", "choose_threshold", "choose_operating_point", "decisions", "f1_at",
+           "load_operating_point", "operating_stats", "save_operating_point", "stat_text", "stats_table"]
 
 RULES = ("youden", "target_sensitivity", "target_specificity", "fixed")
 FORMAT = "medmm-operating-point"
@@ -175,14 +175,24 @@ def load_operating_point(run_dir: Path) -> dict[str, Any] | None:
     return read_json(path, format=FORMAT) if path.exists() else None
 
 
+UNDEFINED = {"sensitivity": "n/a (no positives)", "specificity": "n/a (no negatives)",
+             "ppv": "n/a (no positive calls)", "npv": "n/a (no negative calls)"}
+"""How an undefined operating-point figure is shown: never ``nan``."""
+
+
+def stat_text(s: Mapping[str, Any], k: str, style: str = "(95% CI {lo}-{hi})") -> str:
+    """One figure of :func:`operating_stats` with its CI (when ``s`` has one), rounded to what the CI
+    supports; an undefined one says why (``n/a (no positives)``)."""
+    ci = (s.get("ci") or {}).get(k)
+    return format_estimate(s.get(k), ci, undefined=UNDEFINED.get(k, "n/a"), style=style)
+
+
 def stats_table(stats: Mapping[str, Mapping[str, Any]], op: Mapping[str, Any]) -> tuple[str, str]:
     """HTML and Markdown tables of :func:`stats_at` output."""
     import html
 
     def cell(s: Mapping[str, Any], k: str) -> str:
-        v, (lo, hi) = s[k], s["ci"].get(k, (math.nan, math.nan))
-        txt = "n/a" if not math.isfinite(v) else f"{v:.3f}"
-        return txt + (f" ({lo:.3f}–{hi:.3f})" if math.isfinite(lo) and math.isfinite(hi) else "")
+        return stat_text(s, k, style="({lo}–{hi})")
 
     head = ["class", "threshold", "sensitivity", "specificity", "PPV", "NPV", "TP", "FP", "TN", "FN"]
     rows = [[c, f"{s['threshold']:.4f}", *(cell(s, k) for k in STATS), *(str(s[k]) for k in ("tp", "fp", "tn", "fn"))]
@@ -191,8 +201,14 @@ def stats_table(stats: Mapping[str, Mapping[str, Any]], op: Mapping[str, Any]) -
          + "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>" for r in rows)
          + "</table>")
     rule = op["rule"] + (f" (target {op['target']:.2f})" if op["rule"].startswith("target") else "")
-    note = (f"Threshold rule {rule}, chosen on the {op['chosen_on']} split ({op['n']} units); "
-            "called positive when P >= threshold; 95% bootstrap CIs in brackets.")
+    problem = op.get("problem")
+    other = {"multiclass": "arg-max", "binary": "P >= 0.5", "multilabel": "P >= 0.5"}.get(str(problem))
+    note = (f"Decision rule of this table: threshold rule {rule}, chosen on the {op['chosen_on']} split "
+            f"({op['n']} units); called positive when P >= threshold" + (" (one-vs-rest, per class)"
+                                                                        if problem == "multiclass" else "")
+            + ". These calls are predictions.csv's 'decision' columns" + (
+                f"; the confusion matrix, the per-class table and the 'predicted' column use {other}, so their "
+                "counts can differ" if other else "") + f". 95% CIs in brackets: {CI_METHOD}.")
     md = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n" + "\n".join(
         "| " + " | ".join(r) + " |" for r in rows)
     return h + f'\n<p class="note">{html.escape(note)}</p>', md + "\n\n" + note
