@@ -1,0 +1,223 @@
+"""Cost against data size (#30): each part at two sizes 10x apart, printed as ratios.
+
+    python bench/scale.py                       # split 1M/10M, DICOM ingest 800/8000 files, tabular-risk 100k/1M
+    python bench/scale.py --parts split,dicom   # some parts only
+    python bench/scale.py --tiny                # seconds; the fast-tier test runs this and asserts on counts
+
+Goal per part: time ratio <= 1.2x the size ratio, memory above the libraries <= the size ratio,
+predict memory flat. Timings on a shared machine are noisy: read the ratios, never assert them.
+``--tiny`` reports *counts of work* that a return of anything quadratic would change:
+
+- split: function calls (Python and C, ``sys.setprofile``) made by ``group_split``; a scan of the
+  rows per group makes them grow with the table, the sort-based split does not;
+- dicom: headers read on a second scan of the same folder with the same cache (0 expected);
+- predict: the largest number of table rows held at once by ``medmm predict`` (one chunk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+
+# ------------------------------------------------------------------------------ helpers
+def count_calls(fn: Callable[[], Any]) -> int:
+    """Function calls (Python and C) made while ``fn`` runs: a machine-independent count of work."""
+    calls = 0
+
+    def prof(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event in ("call", "c_call"):
+            calls += 1
+
+    sys.setprofile(prof)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def peak_rss_of(cmd: list[str]) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``cmd`` in a fresh wrapper process: (seconds, peak RSS in MB of the child, the process)."""
+    wrapper = ("import resource, subprocess, sys, time, json; t = time.perf_counter(); "
+               "p = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+               "print(json.dumps({'s': time.perf_counter() - t, 'rss': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,"
+               " 'rc': p.returncode, 'err': p.stderr[-3000:]}))")
+    proc = subprocess.run([sys.executable, "-c", wrapper, *cmd], capture_output=True, text=True, check=True)
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    return out["s"], out["rss"] / 1024, subprocess.CompletedProcess(cmd, out["rc"], "", out["err"])
+
+
+def ratio_line(name: str, small: int, large: int, t_small: float, t_large: float, unit: str = "rows") -> str:
+    size = large / small
+    r = t_large / max(t_small, 1e-9)
+    verdict = "ok" if r <= 1.2 * size else "MISSES the goal"
+    return (f"{name}: {small:,} -> {large:,} {unit} ({size:.0f}x): {t_small:.2f} s -> {t_large:.2f} s, "
+            f"time ratio {r:.1f}x (goal <= {1.2 * size:.0f}x: {verdict})")
+
+
+# ------------------------------------------------------------------------------ split
+def split_work(n: int) -> int:
+    """Calls made by the default split (every row its own group, binary labels) of ``n`` rows."""
+    from medmm.data.splits import group_split
+
+    labels = np.arange(n) % 2
+    return count_calls(lambda: group_split(n, labels=labels))
+
+
+def bench_split(small: int, tiny: bool) -> dict[str, Any]:
+    from medmm.data.splits import group_split
+
+    large = small * 10
+    split_work(small)  # first call: lazy imports and caches, not the split's own work
+    out: dict[str, Any] = {"calls": [split_work(small), split_work(large)]}
+    if not tiny:
+        rng = np.random.default_rng(0)
+        times = []
+        for n in (small, large):
+            labels = rng.integers(0, 2, n)
+            times.append(timed(lambda: group_split(n, labels=labels)))
+        out["seconds"] = times
+        print(ratio_line("split (no group column, binary labels)", small, large, *times))
+    print(f"split: function calls {out['calls'][0]} -> {out['calls'][1]} for {small:,} -> {large:,} rows")
+    return out
+
+
+# ------------------------------------------------------------------------------ DICOM ingest
+SMALL_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm")
+
+
+def dicom_folder(root: Path, n: int) -> Path:
+    """``n`` real small pydicom files (copies), two class sub-folders, 100 files per leaf folder."""
+    from medmm.demos.dicom import source_roots
+
+    src = source_roots()[0]
+    for i in range(n):
+        leaf = root / ("a" if i % 2 else "b") / f"s{i // 100:04d}"
+        leaf.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src / SMALL_FILES[i % len(SMALL_FILES)], leaf / f"{i:06d}.dcm")
+    return root
+
+
+def ingest(root: Path, cache: Path, workers: int) -> tuple[float, dict[str, int]]:
+    """What an image run does before training: fingerprint, header scan, pixel cache."""
+    from medmm.data.dicom.cache import PixelCache
+    from medmm.data.dicom.pixels import PixelConfig
+    from medmm.data.dicom.scan import image_items, scan_folder
+    from medmm.fingerprint import fingerprint
+
+    stats: dict[str, int] = {}
+    start = time.perf_counter()
+    fingerprint(root)
+    records, _ = scan_folder(root, workers=workers, index_dir=cache, stats=stats)
+    PixelCache.build(root, image_items(records), PixelConfig(size=64, channels=1), cache, workers=workers)
+    return time.perf_counter() - start, stats
+
+
+def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-") as tmp:
+        for n in sizes:
+            root = dicom_folder(Path(tmp) / f"d{n}", n)
+            cache = Path(tmp) / f"cache{n}"
+            first, s1 = ingest(root, cache, workers)
+            second, s2 = ingest(root, cache, workers)
+            out[n] = {"first": first, "second": second, "headers_read": [s1["headers_read"], s2["headers_read"]]}
+            print(f"dicom ingest, {n:,} files: first {first:.2f} s ({s1['headers_read']} headers read), "
+                  f"cached {second:.2f} s ({s2['headers_read']} headers read): {first / max(second, 1e-9):.1f}x faster")
+    if not tiny:
+        a, b = sizes
+        print(ratio_line("dicom first ingest", a, b, out[a]["first"], out[b]["first"], "files"))
+    return out
+
+
+# ------------------------------------------------------------------------------ tables (tabular-risk)
+def table(path: Path, n: int, cols: int = 35, seed: int = 0) -> Path:
+    """A synthetic patient table: ``cols`` numeric + categorical features, a binary target."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, cols - 5)).astype(np.float32)
+    df = pd.DataFrame(x, columns=[f"x{i}" for i in range(cols - 5)])
+    for j in range(4):
+        df[f"c{j}"] = rng.choice(["a", "b", "c", "d", "e"], n)
+    logit = x[:, 0] - 0.5 * x[:, 1] + 0.3 * (df["c0"] == "a")
+    df["y"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    df.to_csv(path, index=False)
+    return path
+
+
+def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-") as tmp:
+        for n in sizes:
+            data = table(Path(tmp) / f"t{n}.csv", n)
+            run = Path(tmp) / f"run{n}"
+            sets = ["data.target=y", f"engine.epochs={epochs}", "engine.batch_size=1024", "engine.bootstrap=0",
+                    "model.backbone=linear", "engine.device=cpu"]
+            cmd = [sys.executable, "-m", "medmm", "run", "tabular-risk", "--data", str(data), "--out", str(run),
+                   *[a for s in sets for a in ("--set", s)]]
+            secs, rss, proc = peak_rss_of(cmd)
+            if proc.returncode:
+                print(f"tabular-risk {n:,} rows failed: {proc.stderr[-800:]}")
+                continue
+            psecs, prss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data", str(data),
+                                              "--out", str(Path(tmp) / f"p{n}.csv")])
+            out[n] = {"train_s": secs, "train_mb": rss, "predict_s": psecs, "predict_mb": prss}
+            print(f"tabular-risk {n:,} rows x 35 cols: run {secs:.1f} s, peak RSS {rss:.0f} MB "
+                  f"({rss * 2**20 / n:.0f} B/row); predict {psecs:.1f} s, peak RSS {prss:.0f} MB "
+                  f"({prss * 2**20 / n:.0f} B/row){'' if pproc.returncode == 0 else ' (predict FAILED)'}")
+    if len(out) == 2:
+        a, b = sizes
+        print(ratio_line("tabular-risk run", a, b, out[a]["train_s"], out[b]["train_s"]))
+        print(f"tabular-risk peak RSS ratio: run {out[b]['train_mb'] / out[a]['train_mb']:.1f}x, "
+              f"predict {out[b]['predict_mb'] / out[a]['predict_mb']:.1f}x (size ratio {b / a:.0f}x)")
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
+    ap.add_argument("--parts", default="split,dicom,table", help="comma-separated: split, dicom, table")
+    ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
+    ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
+    ap.add_argument("--files", type=int, default=800, help="the smaller DICOM folder (the larger is 10x)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=1)
+    args = ap.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if args.tiny:
+        args.split_rows, args.files, args.workers = 2_000, 5, 0
+        parts -= {"table"}  # end-to-end runs are the slow tier's
+    results: dict[str, Any] = {}
+    if "split" in parts:
+        results["split"] = bench_split(args.split_rows, args.tiny)
+    if "dicom" in parts:
+        results["dicom"] = bench_dicom((args.files, args.files * 10), args.tiny, args.workers)
+    if "table" in parts:
+        results["table"] = bench_table((args.rows, args.rows * 10), args.epochs)
+    return results
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
