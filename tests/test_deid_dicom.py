@@ -65,11 +65,16 @@ def test_folder_profile_pseudonyms_skips_and_labels(tmp_path: Path) -> None:
         w.writerows([["77654033", "1"], ["1CT1", "0"], ["nobody", "1"]])
     out = tmp_path / "out"
     messages: list[str] = []
-    res = deidentify(src, out, key_file=key_file, labels=labels, id_column="patient_id", echo=messages.append)
+    report = tmp_path / "skipped_real.csv"
+    res = deidentify(src, out, key_file=key_file, labels=labels, id_column="patient_id", echo=messages.append,
+                     pixels="keep", skipped_report=report)  # no OCR: files at risk of burned-in text are skipped
     pseudo = Pseudonymizer(load_key(key_file)[0])
 
     assert res.written == 8 and res.remaining == 0
-    skipped = {r["path"]: r["reason"] for r in csv.DictReader(open(out / "skipped.csv"))}
+    skipped = {r["path"]: r["reason"] for r in csv.DictReader(open(report))}
+    inside = {r["file_token"]: r["reason"] for r in csv.DictReader(open(out / "skipped.csv"))}
+    assert inside == {pseudo.token(p, "file", 20): why for p, why in skipped.items()}  # keyed names inside --out
+    assert any("pixels: NOT scanned (--pixels keep)" in m for m in messages)
     assert "secondary capture" in skipped["other/sc.dcm"]
     assert "BurnedInAnnotation=YES" in skipped["other/burned.dcm"]
     assert "not a DICOM file" in skipped["other/notes.txt"]
@@ -315,7 +320,7 @@ def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
         w.writerows(rows)
     out = tmp_path / "out"
     res = deidentify(src, out, key_file=_key(tmp_path), labels=labels, id_column="patient_id",
-                     echo=lambda m: None)
+                     echo=lambda m: None, pixels="keep", skipped_report=tmp_path / "skipped_real.csv")
     assert res.remaining == 0 and res.written > 150 and res.identifiers_checked > 300
     outputs = _outputs(out)
     assert len(outputs) == res.written
@@ -323,7 +328,7 @@ def test_pydicom_test_files_and_pydicom_data_end_to_end(tmp_path: Path) -> None:
     for p in outputs:
         written_ids.add(pydicom.dcmread(p).PatientID)
     out_rows = list(csv.DictReader(open(out / "labels.csv")))
-    written_src = {r["path"] for r in rows} - {r["path"] for r in csv.DictReader(open(out / "skipped.csv"))}
+    written_src = {r["path"] for r in rows} - {r["path"] for r in csv.DictReader(open(tmp_path / "skipped_real.csv"))}
     assert len(out_rows) == len(written_src)
     assert all(r["patient_id"] in written_ids for r in out_rows)  # every label row still joins
 

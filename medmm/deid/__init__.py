@@ -21,8 +21,13 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
                retain_device_identity: bool | None = None, clean_descriptors: bool | None = None,
                labels: Path | None = None, id_column: str | None = None, text_column: str | None = None,
                name_columns: Sequence[str] = (), names_file: Path | None = None,
-               drop_columns: Sequence[str] = (), echo: Callable[[str], None] = print) -> Any:
-    """De-identify a DICOM folder or a notes CSV into ``out``; returns the module's result object."""
+               drop_columns: Sequence[str] = (), echo: Callable[[str], None] = print, pixels: str = "blank",
+               skipped_report: Path | None = None) -> Any:
+    """De-identify a DICOM folder or a notes CSV into ``out``; returns the module's result object.
+
+    ``pixels`` (DICOM): ``blank`` / ``skip`` / ``keep`` / ``scan-all``, the burned-in text policy
+    (:mod:`medmm.deid.pixels`); ``skipped_report``: where to list skipped files by their real names
+    (outside ``out``; inside it they are keyed tokens)."""
     from medmm.deid.options import load_options
     from medmm.deid.pseudonyms import Pseudonymizer, load_key
 
@@ -57,9 +62,22 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
         from medmm.deid.folder import SKIPPED_NAME, deidentify_folder
 
         res = deidentify_folder(path, out, pseudo, options, labels=labels,
-                                id_column=id_column or "patient_id", progress=echo)
+                                id_column=id_column or "patient_id", progress=echo, pixels=pixels,
+                                skipped_report=skipped_report)
+        if res.stale_removed:
+            echo(f"removed {res.stale_removed} unfinished staging folder(s) left by an interrupted run")
         echo(f"{res.written} DICOM file(s) de-identified into {out} ({res.patients} patient(s)); "
-             f"{len(res.skipped)} skipped" + (f" (see {out / SKIPPED_NAME})" if res.skipped else ""))
+             f"{len(res.skipped)} skipped" + (f" (see {out / SKIPPED_NAME}, by keyed token"
+                                              + (f"; real names in {skipped_report})" if skipped_report else ")")
+                                              if res.skipped else ""))
+        c = res.pixel_counts
+        if pixels == "keep":
+            echo(f"pixels: NOT scanned (--pixels keep): {c['not scanned (--pixels keep)']} file(s) of modalities "
+                 "that often carry burned-in text were copied with their pixels unchanged")
+        else:
+            extra = "".join(f"; {n} {k}" for k, n in sorted(c.items()) if k.startswith("re-encoded"))
+            echo(f"pixels ({pixels}, OCR): {c['scanned']} file(s) scanned, {c['blanked']} blanked, "
+                 f"{c['no text']} without text, {c['skipped']} skipped{extra}")
         if res.labels_out is not None:
             n = res.labels_dropped
             dropped = f" ({n} row(s) of skipped files left out)" if n else ""
@@ -73,7 +91,8 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(res.spans_by_kind.items())) or "none"
         echo(f"{res.rows} note(s) de-identified into {out}; replaced: {kinds}")
     n = getattr(res, "pixels_checked", None)
-    pixels = f"; pixel data unchanged in {n} file(s)" if n is not None else ""
+    checked = f"; pixel data as checked in {n} file(s); paths checked for dates and name forms" \
+        if n is not None else ""
     echo(f"verification: {res.remaining} of {res.identifiers_checked} source identifier value(s) remain"
-         f"{pixels}; key id {pseudo.token('key-id', 'key-id', 8)}")
+         f"{checked}; key id {pseudo.token('key-id', 'key-id', 8)}")
     return res

@@ -148,14 +148,17 @@ def pixel_hash(ds: Any) -> str | None:
     return h.hexdigest() if found else None
 
 
-def skip_reason(ds: Any) -> str | None:
-    """Why a dataset must not be copied (burned-in text, secondary capture, DICOMDIR), else None."""
+def skip_reason(ds: Any, pixel_pass: bool = False) -> str | None:
+    """Why a dataset must not be copied (DICOMDIR; and without the OCR pixel pass, burned-in text or
+    a secondary capture), else None."""
     meta = getattr(ds, "file_meta", None)
     sop = str(ds.get("SOPClassUID", "") or getattr(meta, "MediaStorageSOPClassUID", "") or "")
+    if "DirectoryRecordSequence" in ds or sop == "1.2.840.10008.1.3.10":
+        return SKIP_SOP_CLASSES["1.2.840.10008.1.3.10"]
+    if pixel_pass:
+        return None
     if sop in SKIP_SOP_CLASSES:
         return SKIP_SOP_CLASSES[sop]
-    if "DirectoryRecordSequence" in ds:
-        return SKIP_SOP_CLASSES["1.2.840.10008.1.3.10"]
     if str(ds.get("BurnedInAnnotation", "") or "").strip().upper() == "YES":
         return "BurnedInAnnotation=YES (identifiers may be in the pixels)"
     return None

@@ -27,6 +27,7 @@ __all__ = ["FolderResult", "check_output_dir", "deidentify_folder"]
 _UID_COLUMNS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 REPORT_NAME = "deid.json"
 SKIPPED_NAME = "skipped.csv"
+PARTIAL_MARK = ".medmm-deid-partial"  # in every staging folder: the pid of the run that owns it
 
 
 @dataclass
@@ -40,6 +41,8 @@ class FolderResult:
     identifiers_checked: int = 0
     remaining: int = 0
     pixels_checked: int = 0
+    pixel_counts: Counter[str] = field(default_factory=Counter)  # scanned / blanked / no text / skipped
+    stale_removed: int = 0
     labels_out: Path | None = None
     labels_rows: int = 0
     labels_dropped: int = 0
@@ -58,19 +61,68 @@ def check_output_dir(src: Path, out: Path) -> None:
                          "folder")
 
 
-def _out_relpath(rel: str, pseudo: Pseudonymizer, scan: Any, patient_ids: dict[str, str]) -> str:
+def remove_stale_partials(*folders: Path) -> int:
+    """Remove staging folders (``.NAME.partial-*`` holding :data:`PARTIAL_MARK`) that an interrupted
+    ``medmm deid`` left in ``folders``; a folder whose owning process still runs is kept."""
+    removed = 0
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for stale in folder.glob(".*.partial-*"):
+            mark = stale / PARTIAL_MARK
+            if not stale.is_dir() or not mark.is_file():
+                continue  # not medmm's
+            try:
+                pid = int(mark.read_text(encoding="ascii").strip())
+            except (OSError, ValueError):
+                pid = 0
+            if pid > 0 and pid != os.getpid() and _alive(pid):
+                continue
+            shutil.rmtree(stale, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _out_relpath(rel: str, pseudo: Pseudonymizer, scan: Any, patient_ids: dict[str, str],
+                 forms: set[str]) -> str:
     """Same folders, keyed file name; a folder named after a patient id becomes its pseudonym and
-    any other folder name holding an identifier becomes a keyed token."""
+    any other folder name holding an identifier, a date or a name / institution form becomes a
+    keyed token."""
+    from medmm.data.dicom.paths import date_kinds, part_matches
+
     p = PurePosixPath(rel)
     parts = []
     for part in p.parent.parts:
         if part in patient_ids:
             parts.append(patient_ids[part])
-        elif scan.matched_values(part):
+        elif scan.matched_values(part) or date_kinds(part) or part_matches(part, forms):
             parts.append("D" + pseudo.token(part, "dir", 12))
         else:
             parts.append(part)
     return PurePosixPath(*parts, f"{pseudo.token(rel, 'file', 20)}.dcm").as_posix()
+
+
+def path_problems(rel_out: str, forms: dict[str, set[str]]) -> list[str]:
+    """Kinds of identifier found in the components of an output path: ``date``, ``name form``,
+    ``institution`` (``forms``: kind -> lower-case forms)."""
+    from medmm.data.dicom.paths import date_kinds, part_matches
+
+    kinds: list[str] = []
+    for part in PurePosixPath(rel_out).parts:
+        if date_kinds(part):
+            kinds.append("date")
+        kinds.extend(kind for kind, f in forms.items() if part_matches(part, f))
+    return sorted(set(kinds))
 
 
 def _read_labels(path: Path, id_column: str) -> tuple[list[str], list[dict[str, str]]]:
@@ -88,8 +140,12 @@ def _read_labels(path: Path, id_column: str) -> tuple[list[str], list[dict[str, 
 
 def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: DeidOptions,
                       labels: Path | None = None, id_column: str = "patient_id",
-                      progress: Callable[[str], None] | None = None) -> FolderResult:
-    """De-identify every DICOM file under ``src`` into ``out`` (see the module docstring)."""
+                      progress: Callable[[str], None] | None = None, pixels: str = "blank",
+                      skipped_report: Path | None = None) -> FolderResult:
+    """De-identify every DICOM file under ``src`` into ``out`` (see the module docstring).
+
+    ``pixels``: ``blank`` (default) / ``skip`` / ``keep`` / ``scan-all`` (:mod:`medmm.deid.pixels`);
+    ``skipped_report``: a path outside ``out`` for the skipped files under their real names."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -102,12 +158,24 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         skip_reason,
         source_identifiers,
     )
-    from medmm.deid.verify import IdentifierScan
+    from medmm.data.dicom.paths import institution_forms, name_forms
+    from medmm.deid.pixels import POLICIES, TextReader, clean_pixels, in_scope, mark_clean
+    from medmm.deid.verify import IdentifierScan, pattern_kinds
 
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise DataError(f"DICOM folder not found: {src}")
+    if pixels not in POLICIES:
+        raise MedmmError(f"--pixels must be one of {', '.join(POLICIES)}, got {pixels!r}")
+    stale = remove_stale_partials(out.parent, out)
     check_output_dir(src, out)
+    if skipped_report is not None:
+        rep = Path(skipped_report).resolve()
+        if rep == out.resolve() or out.resolve() in rep.parents:
+            raise MedmmError("--skipped-report must lie outside --out (it names source files)")
+        if rep.exists():
+            raise MedmmError(f"--skipped-report {skipped_report} exists; it is never overwritten")
+    reader = TextReader() if pixels != "keep" else None
     header: list[str] = []
     label_rows: list[dict[str, str]] = []
     if labels is not None:
@@ -119,8 +187,11 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
 
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    (stage / PARTIAL_MARK).write_text(str(os.getpid()), encoding="ascii")
     try:
-        result = FolderResult(out=out)
+        result = FolderResult(out=out, stale_removed=stale)
+        pixel_texts: dict[str, list[str]] = {}  # source path -> text the second OCR pass read
+        forms: dict[str, set[str]] = {"name form": set(), "institution": set()}
         identifiers: dict[str, str] = {}
         hashes: dict[str, str | None] = {}
         path_map: dict[str, str] = {}
@@ -149,16 +220,37 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
             except Exception as exc:  # noqa: BLE001 - one bad file never stops the run
                 result.skipped.append((rel, f"unreadable: {short_reason(exc)}"))
                 continue
-            reason = skip_reason(ds)
+            reason = skip_reason(ds, pixel_pass=reader is not None)
             if reason:
                 result.skipped.append((rel, reason))
                 continue
             try:
                 found, kept_vocab = source_identifiers(ds, profile, options)
-                before = pixel_hash(ds)
-                patients.add(str(ds.get("PatientID", "") or "").strip())
+                forms["name form"] |= name_forms(str(ds.get("PatientName", "") or ""))
+                forms["institution"] |= institution_forms(str(ds.get("InstitutionName", "") or ""))
+                scanned = reader is not None and in_scope(ds, scan_all=pixels == "scan-all")
+                patient = str(ds.get("PatientID", "") or "").strip()
                 deidentify_dataset(ds, pseudo, profile, options, found)
                 tmp_rel = f".staging/{pseudo.token(rel, 'file', 20)}.dcm"
+                if scanned:
+                    outcome = clean_pixels(ds, reader, pixels)
+                    result.pixel_counts["scanned"] += 1
+                    if outcome.skip:
+                        result.pixel_counts["skipped"] += 1
+                        result.skipped.append((rel, outcome.skip))
+                        continue
+                    result.pixel_counts["blanked" if outcome.blanked else "no text"] += 1
+                    if outcome.reencoded and outcome.reencoded != "same":
+                        result.pixel_counts[f"re-encoded {outcome.reencoded}"] += 1
+                    pixel_texts[rel] = outcome.texts_after
+                    if result.pixel_counts["scanned"] % 10 == 0:
+                        say(f"  pixels: {result.pixel_counts['scanned']} file(s) read by OCR")
+                    if "PixelData" in ds:
+                        mark_clean(ds)
+                elif reader is None and in_scope(ds):
+                    result.pixel_counts["not scanned (--pixels keep)"] += 1
+                before = pixel_hash(ds)  # what was (or, unscanned, was not) verified free of text
+                patients.add(patient)
                 (stage / tmp_rel).parent.mkdir(parents=True, exist_ok=True)
                 with quiet_pydicom():
                     ds.save_as(stage / tmp_rel, enforce_file_format=False)
@@ -175,7 +267,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         folder_scan = IdentifierScan({v: k for v, k in identifiers.items() if k != "uid"})
         patient_ids = {p: pseudo.patient_id(p) for p in patients if p}
         for rel in list(path_map):
-            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids)
+            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids, forms["name form"] | forms["institution"])
             (stage / dest_rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / path_map[rel], stage / dest_rel)
             hashes[dest_rel] = hashes.pop(rel)
@@ -193,7 +285,9 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                     identifiers.setdefault(value, "id")
         from medmm.io import write_skipped
 
-        write_skipped(stage / SKIPPED_NAME, result.skipped, key="path")
+        # inside the output, skipped files are named by keyed token (their names may identify)
+        write_skipped(stage / SKIPPED_NAME, [(pseudo.token(r, "file", 20), why) for r, why in result.skipped],
+                      key="file_token")
 
         # ---- verification: re-read everything that was written
         ambiguous = IdentifierScan(identifiers).matched_values("\n".join(sorted(vocab)))
@@ -215,9 +309,18 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                 pixel_mismatch.append(dest_rel)
             result.pixels_checked += before is not None
             scan.scan(text, dest_rel)
+        pattern_hits: Counter[str] = Counter()
+        for rel, texts in pixel_texts.items():  # the second OCR pass: empty unless text was left
+            place = f"{path_map[rel]} (pixels)"
+            joined = "\n".join(texts)
+            scan.scan(joined, place)
+            pattern_hits.update(f"{k} in pixels" for k in pattern_kinds(joined))
         for path in sorted(stage.rglob("*")):
             rel_out = path.relative_to(stage).as_posix()
+            if rel_out == PARTIAL_MARK:
+                continue
             scan.scan(rel_out, f"path {rel_out}")
+            pattern_hits.update(f"{k} in a path" for k in path_problems(rel_out, forms))
             if path.is_file() and path.suffix == ".csv":
                 scan.scan(path.read_text(encoding="utf-8"), rel_out)
         residual = scan.result
@@ -228,10 +331,12 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
             places = ", ".join(f"{p} ({k})" for p, k in residual.where[:5])
             problems.append(f"{residual.remaining} source identifier occurrence(s) remain "
                             f"({dict(residual.found)}), e.g. in {places}")
+        if pattern_hits:
+            problems.append("identifier patterns found: " + ", ".join(f"{n} {k}" for k, n in sorted(pattern_hits.items())))
         if unreadable:
             problems.append(f"{len(unreadable)} output file(s) do not read back with pydicom")
         if pixel_mismatch:
-            problems.append(f"{len(pixel_mismatch)} output file(s) changed pixel data")
+            problems.append(f"{len(pixel_mismatch)} output file(s) hold pixel data other than what was checked")
         if problems:
             raise MedmmError("de-identification verification FAILED, nothing written: " + "; ".join(problems))
 
@@ -243,6 +348,11 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
             "files_written": result.written, "files_skipped": len(result.skipped),
             "skipped_by_reason": dict(reasons), "patients": result.patients,
             "pixel_hashes_equal": result.pixels_checked, "verification": residual.summary(),
+            "pixels": {"policy": pixels, "engine": "rapidocr-onnxruntime" if reader else None,
+                       "scanned": result.pixel_counts["scanned"], "blanked": result.pixel_counts["blanked"],
+                       "no_text": result.pixel_counts["no text"], "skipped": result.pixel_counts["skipped"],
+                       "counts": dict(sorted(result.pixel_counts.items()))},
+            "stale_partial_folders_removed": result.stale_removed,
             "ambiguous_values_not_scanned": dict(sorted(ambiguous_kinds.items())),
             "labels_rows": result.labels_rows if labels is not None else None,
             "labels_rows_left_out": result.labels_dropped if labels is not None else None,
@@ -250,6 +360,9 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         from medmm.io import write_json_atomic
 
         write_json_atomic(stage / REPORT_NAME, result.report)
+        (stage / PARTIAL_MARK).unlink()
+        if skipped_report is not None and result.skipped:
+            write_skipped(skipped_report, [(r, why) for r, why in result.skipped], key="path")
         _publish(stage, out)
         if result.labels_out is not None:
             result.labels_out = out / labels.name  # type: ignore[union-attr]

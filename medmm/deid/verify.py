@@ -7,13 +7,29 @@ kinds, files and attributes, never the values themselves.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from medmm.deid.matching import ValueIndex
 
-__all__ = ["IdentifierScan", "Residual"]
+__all__ = ["IdentifierScan", "Residual", "pattern_kinds"]
+
+_ID_LIKE = re.compile(r"(?<![\w.])\d[\d\-/ ]{4,}\d(?![\w.])")
+
+
+def pattern_kinds(text: str) -> list[str]:
+    """Identifier patterns in free text (OCR output): ``date`` (any common format) and ``id number``
+    (6+ digits, possibly split by ``-`` ``/`` or spaces, not a date)."""
+    from medmm.data.dicom.paths import date_kinds
+
+    kinds = ["date"] if date_kinds(text) else []
+    for m in _ID_LIKE.finditer(text):
+        if sum(c.isdigit() for c in m[0]) >= 6 and not date_kinds(m[0]):
+            kinds.append("id number")
+            break
+    return kinds
 
 @dataclass
 class Residual:
