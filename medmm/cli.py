@@ -180,7 +180,9 @@ def make_cli() -> click.Group:
     @click.argument("run_dir", type=click.Path(path_type=Path))
     @click.option("--data", "data", required=True, type=DATA,
                   help="Data to predict: a file, a folder, or a DICOMweb source dicomweb+https://...")
-    @click.option("--out", "out", required=True, type=click.Path(path_type=Path), help="Predictions CSV to write.")
+    @click.option("--out", "out", required=True, type=click.Path(path_type=Path),
+                  help="Predictions CSV to write (a new file unless --overwrite).")
+    @click.option("--overwrite", is_flag=True, help="Replace --out (and its .skipped.csv) if it exists.")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
     @click.option("--baseline", is_flag=True, help="Use the run's classic baseline instead of its model.")
     @click.option("--cache-dir", "cache_dir", type=click.Path(path_type=Path),
@@ -191,44 +193,45 @@ def make_cli() -> click.Group:
     @click.option("--push", "push", metavar="dicomweb+URL",
                   help="Store the DICOM SR reports on this DICOMweb server (STOW-RS), referencing the source "
                        "studies; credentials from MEDMM_DICOMWEB_* (see docs/dicomweb.md).")
-    def predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
+    def predict(run_dir: Path, data: Path | str, out: Path, overwrite: bool, checkpoint: str, baseline: bool,
                 cache_dir: Path | None, dicom_sr: Path | None, push: str | None) -> None:
         """Predict with a trained RUN_DIR (or a `medmm export` folder) on new --data; one CSV row per unit."""
         _check_data(data)
         if push is None:
-            _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr)
+            _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite)
             return
         import tempfile
 
         from medmm.data.sources.dicomweb import parse_dicomweb
-        from medmm.pacs.push import push_reports
+        from medmm.pacs.push import check_target, push_reports
 
         parse_dicomweb(push)  # a bad target fails before any work
         with _local_data(data) as local, tempfile.TemporaryDirectory(prefix="medmm-sr-") as tmp:
+            check_target(push, local.path, pulled=local.pulled)
             sr_dir = dicom_sr if dicom_sr is not None else Path(tmp)
             before = set(sr_dir.glob("*.dcm")) if sr_dir.is_dir() else set()
-            _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, sr_dir)
+            _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, sr_dir, overwrite)
             push_reports(sorted(set(sr_dir.glob("*.dcm")) - before), push, pulled=local.pulled,
                          echo=click.echo)
 
     def _predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
-                 cache_dir: Path | None, dicom_sr: Path | None) -> None:
+                 cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False) -> None:
         from medmm.deploy.manifest import is_export_dir
 
         if isinstance(data, str):
             with _local_data(data) as local:
-                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr)
+                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite)
         if is_export_dir(run_dir):  # an export: onnxruntime, no torch
             from medmm.deploy.runtime import predict_export
 
             if baseline:
                 raise MedmmError("--baseline needs the run directory; an export holds only the model")
-            predict_export(run_dir, data, out, dicom_sr=dicom_sr)
+            predict_export(run_dir, data, out, dicom_sr=dicom_sr, overwrite=overwrite)
             return
         from medmm.runner import predict_run
 
         predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry(), baseline=baseline,
-                    cache_dir=cache_dir)
+                    cache_dir=cache_dir, overwrite=overwrite)
         if dicom_sr is not None:
             from medmm.deploy.sr import echo_reports, reports_for_run
 
@@ -262,11 +265,12 @@ def make_cli() -> click.Group:
                   help="Share of the units the recalibration is fitted on (the rest checks it).")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
     @click.option("--no-card", is_flag=True, help="Do not append a Validation entry to the run's model card.")
+    @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out (nothing else is replaced).")
     @click.option("--membership-audit", is_flag=True,
                   help="Also run the membership-inference audit: the run's own train vs test units (its training data).")
     def evaluate(run_dir: Path, data: Path, out: Path | None, subgroups: str | None, site: str | None,
                  date_column: str | None, recalibrate: str | None, calibration_fraction: float, checkpoint: str,
-                 no_card: bool, membership_audit: bool) -> None:
+                 no_card: bool, membership_audit: bool, overwrite: bool) -> None:
         """Validate a trained RUN_DIR on new labelled --data: metrics, operating point, subgroups, shift."""
         from medmm.evaluation.external import evaluate_run
 
@@ -274,7 +278,7 @@ def make_cli() -> click.Group:
         columns = None if subgroups is None else [c.strip() for c in subgroups.split(",") if c.strip()]
         evaluate_run(run_dir, data, registry=_registry(), out=out, subgroups=columns, site=site,
                      date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
-                     checkpoint=checkpoint, card=not no_card)
+                     checkpoint=checkpoint, card=not no_card, overwrite=overwrite)
         if membership_audit:
             from medmm.privacy.membership import audit_command
 
@@ -342,10 +346,17 @@ def make_cli() -> click.Group:
                   help="Keep descriptions and comments, scrubbed, instead of removing them.")
     @click.option("--config", "config_file", type=click.Path(path_type=Path),
                   help="YAML with those three options.")
+    @click.option("--pixels", type=click.Choice(["blank", "skip", "keep", "scan-all"]), default="blank",
+                  show_default=True, help="Burned-in text (OCR) in US / SC / XA / ES / OT... files: blank it, skip "
+                                          "files with text, keep pixels unscanned, or blank in every file.")
+    @click.option("--skipped-report", type=click.Path(path_type=Path),
+                  help="New CSV outside --out listing skipped files by their real names (inside --out they "
+                       "are keyed tokens).")
     def deid(input_path: Path, out: Path, key_file: Path | None, create_key: bool, labels: Path | None,
              id_column: str | None, text_column: str | None, name_columns: str, names_file: Path | None,
              drop_columns: str, retain_dates: bool | None, retain_device_identity: bool | None,
-             clean_descriptors: bool | None, config_file: Path | None) -> None:
+             clean_descriptors: bool | None, config_file: Path | None, pixels: str = "blank",
+             skipped_report: Path | None = None) -> None:
         """De-identify a DICOM folder (PS3.15 Basic profile) or a notes CSV into --out, then verify it."""
         from medmm.deid import deidentify
 
@@ -364,7 +375,7 @@ def make_cli() -> click.Group:
                    retain_dates=retain_dates, retain_device_identity=retain_device_identity,
                    clean_descriptors=clean_descriptors, labels=labels, id_column=id_column,
                    text_column=text_column, name_columns=_csv_list(name_columns), names_file=names_file,
-                   drop_columns=_csv_list(drop_columns), echo=click.echo)
+                   drop_columns=_csv_list(drop_columns), echo=click.echo, pixels=pixels, skipped_report=skipped_report)
 
     @cli.command()
     @click.argument("source", metavar="dicomweb+URL")
