@@ -15,7 +15,7 @@ from typing import Any
 
 from medmm import __version__
 
-__all__ = ["DEFAULT_INTENDED_USE", "DEFAULT_LIMITATIONS", "write_model_card"]
+__all__ = ["DEFAULT_INTENDED_USE", "DEFAULT_LIMITATIONS", "set_section", "write_model_card"]
 
 DEFAULT_INTENDED_USE = (
     "Research and development: evaluating whether this kind of model can learn the task "
@@ -98,6 +98,24 @@ def _details(task: str, model: str, label_names: Sequence[str] | None) -> str:
     return "\n".join(lines)
 
 
+def set_section(card: Path, heading: str, body: str, *, before: str = "## Limitations") -> None:
+    """Replace the body of the card's ``## heading`` section with ``body`` (atomically); a card without
+    one gets it before the ``before`` section (or at the end)."""
+    from medmm.io import write_text_atomic
+
+    text = Path(card).read_text(encoding="utf-8")
+    head = f"## {heading}\n"
+    block = f"{head}\n{body.strip()}\n\n"
+    at = text.find(head)
+    if at >= 0:
+        end = text.find("\n## ", at + len(head))
+        text = text[:at] + block + (text[end + 1:] if end >= 0 else "")
+    else:
+        where = text.find(before)
+        text = text[:where] + block + text[where:] if where >= 0 else text.rstrip("\n") + "\n\n" + block
+    write_text_atomic(card, text)
+
+
 def _cell(value: Any) -> str:
     """A Markdown table cell: numbers to 4 decimals, undefined as n/a, pipes escaped."""
     if value is None:
@@ -112,13 +130,16 @@ def _metrics_table(
 ) -> str:
     if not metrics:
         return "No metrics were computed."
+    from medmm.metrics import CI_METHOD, format_estimate
+
     rows = ["| metric | value | 95% CI |", "|---|---:|---:|"]
     for name, value in metrics.items():
         low, high = (ci or {}).get(name, (math.nan, math.nan))
-        interval = f"{_cell(float(low))} – {_cell(float(high))}" \
-            if math.isfinite(low) and math.isfinite(high) else ""
-        rows.append(f"| {_cell(name)} | {_cell(value)} | {interval} |")
-    note = "\n\nConfidence intervals: percentile bootstrap over test rows; n/a = undefined."
+        defined = low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
+        figure, _, interval = format_estimate(value, (low, high) if defined else None, style="{lo} – {hi}").partition(" ")
+        rows.append(f"| {_cell(name)} | {figure} | {interval} |")
+    note = (f"\n\nConfidence intervals: {CI_METHOD}; figures rounded to two significant digits of their CI's "
+            "width; n/a = undefined for these data.")
     return "\n".join(rows) + (note if ci else "")
 
 

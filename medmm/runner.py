@@ -435,8 +435,11 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=split.skipped_key)
         msg += f"\n  {len(skipped)} inputs skipped -> {report}"
     if ev.targets is not None:
+        from medmm.evaluation.overlap import caveat, seen_splits
+
         metrics = trainer.metrics_of(ev)
-        msg += "\n" + "\n".join(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())
+        note = caveat(seen_splits(run_dir, ev.units), len(ev.units))  # rows the run trained on: not a validation
+        msg += "\n" + "\n".join([*([f"  {note}"] if note else []), *(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())])
     click.echo(msg)
     return out
 

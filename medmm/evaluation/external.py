@@ -167,6 +167,10 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
                   "date_column": date_column, "date_range": _date_range(data, date_column),
                   "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                   "run": run_dir.name, "checkpoint": checkpoint}
+    from medmm.evaluation.overlap import caveat, seen_splits
+
+    provenance["units_in_run_splits"] = seen_splits(run_dir, ev.units)  # rows the run trained / tuned on
+    provenance["caveat"] = caveat(provenance["units_in_run_splits"], len(ev.units))
     result = {"format": "medmm-evaluation", "version": 1, "task": run.spec.name, "problem": problem,
               "provenance": provenance, "metrics": metrics, "ci": ci, "operating_point": op,
               "operating_stats": op_stats, "subgroups": sub, "shift": shift, "recalibration": recal,
@@ -189,6 +193,14 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
         raise
     if card and (run_dir / "model_card.md").exists():
         append_validation(run_dir / "model_card.md", validation_markdown(result))
+        if sub:  # the card's Subgroups section always shows the latest audit
+            from medmm.evaluation.subgroups import audit_markdown
+            from medmm.model_card import set_section
+
+            set_section(run_dir / "model_card.md", "Subgroups",
+                        f"Latest audit: `medmm evaluate` on {provenance['evaluated'][:10]} ({provenance['data']}, "
+                        f"{provenance['units']} units); its entry under Validation holds the other figures.\n\n"
+                        + audit_markdown(sub))
     if echo:
         click.echo(_console(result, out))
     return {**result, "out": str(out)}
@@ -318,15 +330,16 @@ def _write_outputs(out: Path, result: Mapping[str, Any], ev: Any, task: Any, spe
                  extra_sections=evaluation_sections(result), **kw,
                  summary={"run": p["run"], "data": p["data"], "site": p["site"] or "not given",
                           "units evaluated": str(p["units"]), "inputs skipped": str(p["skipped"]),
+                          **({"caveat": p["caveat"]} if p.get("caveat") else {}),
                           "date range": " to ".join(p["date_range"]) if p["date_range"] else "not given",
                           "evaluated": p["evaluated"]})
 
 
 def _fmt_ci(value: Any, ci: Any) -> str:
-    v = "n/a" if value is None or not math.isfinite(value) else f"{value:.4f}"
-    if ci and all(c is not None and math.isfinite(c) for c in ci):
-        v += f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})"
-    return v
+    """``0.91 (95% CI 0.85-0.96)``, rounded to what the CI supports (as every medmm page rounds it)."""
+    from medmm.metrics import format_estimate
+
+    return format_estimate(value, ci, style="(95% CI {lo}-{hi})")
 
 
 def _conformal_lines(result: Mapping[str, Any]) -> list[str]:
@@ -348,21 +361,27 @@ def _console(result: Mapping[str, Any], out: Path) -> str:
     from medmm.metrics import headline
 
     p = result["provenance"]
+    from medmm.evaluation.threshold import stat_text
+
     lines = [f"medmm evaluate: {result['task']} run {p['run']} on {p['data']} ({p['units']} units, "
              f"{p['skipped']} skipped)"]
+    if p.get("caveat"):
+        lines.append(f"  {p['caveat']}")
     head = headline(result["problem"])[0]
     for k, v in result["metrics"].items():
         lines.append(f"    {k:<12} " + _fmt_ci(v, result["ci"].get(k)) + ("   <- headline" if k == head else ""))
     for cls, s in (result["operating_stats"] or {}).items():
-        lines.append(f"  operating point {cls} >= {s['threshold']:.4f} ({result['operating_point']['rule']}):")
-        lines.append("    " + "  ".join(f"{k} {_fmt_ci(s[k], s['ci'].get(k))}" for k in ("sensitivity", "specificity")))
-        lines.append("    " + "  ".join(f"{k} {_fmt_ci(s[k], s['ci'].get(k))}" for k in ("ppv", "npv")))
+        lines.append(f"  operating point {cls} >= {s['threshold']:.4f} ({result['operating_point']['rule']} threshold "
+                     "chosen on val; predictions.csv's decision columns):")
+        lines.append("    " + "  ".join(f"{k} {stat_text(s, k)}" for k in ("sensitivity", "specificity")))
+        lines.append("    " + "  ".join(f"{k} {stat_text(s, k)}" for k in ("ppv", "npv")))
     sub = result["subgroups"]
     for col, c in (sub or {}).get("columns", {}).items():
         shown = ", ".join(f"{r['group']}: " + ("< " + str(sub["min_group_size"]) if r.get("suppressed") else
                                                f"{r['value']:.3f}" if r.get("value") is not None else "n/a")
                           for r in c["groups"])
-        lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged: {', '.join(c['flagged']) or 'none'}")
+        lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged: {', '.join(c['flagged']) or 'none'}"
+                     + "".join(f"; {f}" for f in c.get("column_flags") or []))
     for w in result["shift"]["warnings"]:
         lines.append(f"  shift warning: {w}")
     lines += _conformal_lines(result)
@@ -389,12 +408,15 @@ def _console(result: Mapping[str, Any], out: Path) -> str:
 def validation_markdown(result: Mapping[str, Any]) -> str:
     """One dated "Validation" entry for the model card: provenance and figures (aggregates only)."""
     from medmm.evaluation.subgroups import audit_markdown
+    from medmm.evaluation.threshold import stat_text
     from medmm.metrics import headline
 
     p = result["provenance"]
     head = headline(result["problem"])[0]
     lines = [f"### {p['evaluated'][:10]}: {p['site'] or 'site not given'} ({p['data']})", "",
              f"- Units evaluated: {p['units']} ({p['skipped']} inputs skipped); checkpoint `{p['checkpoint']}`"]
+    if p.get("caveat"):
+        lines.append(f"- **{p['caveat'][0].upper() + p['caveat'][1:]}**")
     if p["date_range"]:
         lines.append(f"- Dates ({p['date_column']}): {p['date_range'][0]} to {p['date_range'][1]}")
     lines.append(f"- {head}: " + _fmt_ci(result["metrics"].get(head), result["ci"].get(head)))
@@ -402,9 +424,8 @@ def validation_markdown(result: Mapping[str, Any]) -> str:
         if k in result["metrics"]:
             lines.append(f"- {k}: " + _fmt_ci(result["metrics"][k], None))
     for cls, s in (result["operating_stats"] or {}).items():
-        lines.append(f"- At the operating point ({cls} >= {s['threshold']:.4f}): sensitivity "
-                     f"{_fmt_ci(s['sensitivity'], s['ci'].get('sensitivity'))}, specificity "
-                     f"{_fmt_ci(s['specificity'], s['ci'].get('specificity'))}")
+        lines.append(f"- At the operating point ({cls} >= {s['threshold']:.4f}, chosen on val): sensitivity "
+                     f"{stat_text(s, 'sensitivity')}, specificity {stat_text(s, 'specificity')}")
     if result["shift"]["warnings"]:
         lines.append("- Distribution shift warnings: " + "; ".join(result["shift"]["warnings"]))
     lines += [f"- {x.strip()}" for x in _conformal_lines(result)]

@@ -1,0 +1,40 @@
+"""Which evaluated units the run itself trained on: a metric over them is not a validation.
+
+The run's ``splits.csv`` (written when it was trained: unit id and split) tells. Units are matched
+by the same id ``predictions.csv`` uses.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+__all__ = ["caveat", "run_splits", "seen_splits"]
+
+
+def run_splits(run_dir: Path) -> dict[str, str]:
+    """``{unit id: split}`` from ``RUN_DIR/splits.csv`` (empty when the run has none)."""
+    path = Path(run_dir) / "splits.csv"
+    if not path.is_file():
+        return {}
+    with path.open(newline="", encoding="utf-8") as f:
+        return {row["id"]: row["split"] for row in csv.DictReader(f) if row.get("id") is not None}
+
+
+def seen_splits(run_dir: Path, units: Iterable[str]) -> dict[str, int]:
+    """How many of ``units`` the run had in each of its splits (``{"train": 12, "val": 3}``; unseen ones absent)."""
+    splits = run_splits(run_dir)
+    return dict(Counter(splits[u] for u in dict.fromkeys(str(u) for u in units) if u in splits))
+
+
+def caveat(seen: dict[str, int], total: int) -> str | None:
+    """One line saying that the figures include rows the model was fitted or tuned on; ``None`` when none."""
+    fitted, tuned = seen.get("train", 0), seen.get("val", 0)
+    if not fitted and not tuned:
+        return None
+    parts = [f"{fitted} in its training split" if fitted else "", f"{tuned} in its validation split" if tuned else ""]
+    return (f"caveat: {fitted + tuned} of {total} evaluated units were used by this run ("
+            + ", ".join(p for p in parts if p) + "); metrics over them are optimistic and are not a validation "
+            "(evaluate on the run's test split or on new data)")
