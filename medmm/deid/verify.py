@@ -16,12 +16,12 @@ from medmm.deid.matching import ValueIndex
 
 __all__ = ["IdentifierScan", "Residual", "pattern_kinds"]
 
-_ID_LIKE = re.compile(r"(?<![\w.])\d[\d\-/ ]{4,}\d(?![\w.])")
+_ID_LIKE = re.compile(r"(?<![\w.])\d[\d\-/]{4,}\d(?![\w.])")
 
 
 def pattern_kinds(text: str) -> list[str]:
     """Identifier patterns in free text (OCR output): ``date`` (any common format) and ``id number``
-    (6+ digits, possibly split by ``-`` ``/`` or spaces, not a date)."""
+    (6+ digits, possibly split by ``-`` or ``/``, not a date)."""
     from medmm.data.dicom.paths import date_kinds
 
     kinds = ["date"] if date_kinds(text) else []
