@@ -388,11 +388,13 @@ def _split_size(summary: dict[str, Any]) -> str:
 
 
 def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best", registry: Any,
-                baseline: bool = False, cache_dir: Path | None = None) -> Path:
-    """Predict ``data`` with a trained run (or its classic ``baseline``); writes one CSV row per unit."""
+                baseline: bool = False, cache_dir: Path | None = None, overwrite: bool = False) -> Path:
+    """Predict ``data`` with a trained run (or its classic ``baseline``); writes one CSV row per unit.
+
+    An existing ``out`` is refused unless ``overwrite`` (``--overwrite``)."""
     from medmm.rundir import check_output_file
 
-    check_output_file(Path(out))  # before any work: an unwritable --out must not cost a full prediction
+    check_output_file(Path(out), overwrite=overwrite)  # before any work: a refused --out must not cost a prediction
     from medmm.engine import Trainer
     from medmm.io import write_skipped
     from medmm.predictions import write_predictions
