@@ -260,13 +260,28 @@ def check_resume(run_dir: Path) -> None:
         raise MedmmError(f"--resume {run_dir}: no checkpoint to resume from")
 
 
-def check_output_file(path: Path) -> None:
-    """Fail before any work when ``path`` (a file to write, e.g. ``predict --out``) cannot be written."""
+def skipped_report_of(path: Path) -> Path:
+    """The skipped-inputs report written beside a predictions file: ``p.csv`` -> ``p.skipped.csv``."""
+    path = Path(path)
+    return path.with_name(path.stem + ".skipped.csv")
+
+
+def check_output_file(path: Path, *, overwrite: bool = False) -> None:
+    """Fail before any work when ``path`` (a file to write, e.g. ``predict --out``) cannot be written.
+
+    An existing file (or its skipped-inputs report beside it) is never replaced unless ``overwrite``
+    (``--overwrite``): the one rule of predict and evaluate outputs.
+    """
     import tempfile
 
     path = Path(path)
     if path.is_dir():
         raise MedmmError(f"--out {path} is a folder; give a file name, e.g. {path / 'predictions.csv'}")
+    if not overwrite:
+        for existing in (path, skipped_report_of(path)):
+            if existing.exists() or existing.is_symlink():
+                raise MedmmError(f"--out {path}: {existing} already exists; medmm never overwrites a file: give a "
+                                 "new name, or add --overwrite to replace it")
     parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent

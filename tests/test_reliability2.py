@@ -289,3 +289,69 @@ def test_sigterm_and_sigint_mark_the_run_interrupted_with_a_last_checkpoint(tmp_
         from medmm.rundir import check_resume
 
         check_resume(run)  # --resume continues it
+
+
+# --------------------------------------------------------------------------- 4. predict / evaluate --out
+
+
+def test_predict_out_refuses_an_existing_file_unless_overwrite(tmp_path: Path) -> None:
+    from medmm.errors import MedmmError
+    from medmm.rundir import check_output_file
+
+    mine = tmp_path / "p.csv"
+    mine.write_text("my own predictions\n")
+    with pytest.raises(MedmmError, match="already exists; medmm never overwrites a file.*--overwrite"):
+        check_output_file(mine)
+    check_output_file(mine, overwrite=True)
+    (tmp_path / "q.skipped.csv").write_text("mine too\n")  # the report predict writes beside q.csv
+    with pytest.raises(MedmmError, match="q.skipped.csv already exists"):
+        check_output_file(tmp_path / "q.csv")
+    check_output_file(tmp_path / "new.csv")
+    assert mine.read_text() == "my own predictions\n"
+
+
+def test_evaluate_out_overwrite_replaces_only_an_earlier_evaluation(tmp_path: Path) -> None:
+    from medmm.errors import MedmmError
+    from medmm.evaluation.external import _check_out
+
+    earlier = tmp_path / "ev"
+    earlier.mkdir()
+    (earlier / "evaluation.json").write_text("{}")
+    with pytest.raises(MedmmError, match="never overwrites files.*--overwrite"):
+        _check_out(earlier)
+    _check_out(earlier, overwrite=True)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(MedmmError, match="not an earlier medmm evaluation"):
+        _check_out(mine, overwrite=True)
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_cli_follow_one_overwrite_rule(tmp_path: Path, capsys) -> None:
+    from medmm.cli import main
+
+    def medmm(*args: object) -> tuple[int, str]:
+        code = main([str(a) for a in args])
+        return code, capsys.readouterr().err
+
+    data = _binary_table(tmp_path / "t.csv", n=120)
+    run = tmp_path / "run"
+    code, err = medmm("run", "tabular-risk", "--data", data, "--out", run, "--set", "data.target=y",
+                      "--set", "data.id_column=pid", "--set", "model.backbone=linear", "--set", "engine.epochs=1",
+                      "--set", "engine.bootstrap=0", "--set", "engine.device=cpu", "--quiet")
+    assert code == 0, err[-2000:]
+    mine = tmp_path / "p.csv"
+    mine.write_text("my own predictions\n")
+    code, err = medmm("predict", run, "--data", data, "--out", mine)
+    assert code == 2 and "--overwrite" in err and mine.read_text() == "my own predictions\n"
+    code, err = medmm("predict", run, "--data", data, "--out", mine, "--overwrite")
+    assert code == 0 and mine.read_text().startswith("id,"), err[-2000:]
+    ev = tmp_path / "ev"
+    assert medmm("evaluate", run, "--data", data, "--out", ev, "--no-card")[0] == 0
+    (ev / "evaluation.json").write_text("{}")  # marks the earlier one
+    code, err = medmm("evaluate", run, "--data", data, "--out", ev, "--no-card")
+    assert code == 2 and "--overwrite" in err
+    code, err = medmm("evaluate", run, "--data", data, "--out", ev, "--no-card", "--overwrite")
+    assert code == 0 and (ev / "evaluation.json").read_text() != "{}", err[-2000:]
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ev.")]  # the earlier one went, no leftovers

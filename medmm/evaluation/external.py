@@ -67,9 +67,16 @@ def _default_out(run_dir: Path, data: Path) -> Path:
     return run_dir / "evaluations" / f"{data.stem or 'data'}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise MedmmError(f"--out {out} already exists and is not empty; medmm never overwrites files")
+def _check_out(out: Path, overwrite: bool = False) -> None:
+    """``out`` is new or empty; with ``overwrite``, also an earlier evaluation (its files only, nothing else)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise MedmmError(f"--out {out} already exists and is not empty; medmm never overwrites files: give a new "
+                         "folder, or add --overwrite to replace an earlier evaluation there")
+    if not out.is_dir() or out.is_symlink() or not (out / "evaluation.json").is_file():
+        raise MedmmError(f"--out {out} is not an earlier medmm evaluation (no evaluation.json); --overwrite replaces "
+                         "only those: give a new folder")
 
 
 def _date_range(path: Path, column: str | None) -> list[str] | None:
@@ -86,8 +93,10 @@ def _date_range(path: Path, column: str | None) -> list[str] | None:
 def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None = None,
                  subgroups: Sequence[str] | None = None, site: str | None = None, date_column: str | None = None,
                  recalibrate: str | None = None, calibration_fraction: float = 0.5, checkpoint: str = "best",
-                 card: bool = True, echo: bool = True) -> dict[str, Any]:
-    """Evaluate ``run_dir`` on labelled ``data``; writes ``evaluation.html``/``.json`` and ``predictions.csv``."""
+                 card: bool = True, echo: bool = True, overwrite: bool = False) -> dict[str, Any]:
+    """Evaluate ``run_dir`` on labelled ``data``; writes ``evaluation.html``/``.json`` and ``predictions.csv``.
+
+    ``out`` must be new or empty, or (``overwrite``) an earlier evaluation, replaced once the new one is written."""
     from medmm.engine import Trainer
     from medmm.evaluation.attributes import unit_attributes
     from medmm.evaluation.calibration import apply_stored_calibration
@@ -107,7 +116,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     if recalibrate and not 0.0 < calibration_fraction < 1.0:
         raise MedmmError(f"--calibration-fraction must be in (0, 1), got {calibration_fraction}")
     out = Path(out) if out is not None else _default_out(run_dir, data)
-    _check_out(out)
+    _check_out(out, overwrite)
 
     task = run.task()
     from medmm.evaluation.conformal import load_conformal
@@ -186,7 +195,12 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
         if recal is not None:
             _write_recalibrated_run(tmp / "recalibrated-run", run_dir, recal)
         if out.exists():
-            out.rmdir()  # checked empty above
+            if any(out.iterdir()):  # an earlier evaluation (--overwrite, checked above): swapped out, then removed
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+                os.replace(out, old / out.name)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                out.rmdir()  # checked empty above
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
