@@ -193,12 +193,15 @@ def make_cli() -> click.Group:
     @click.option("--push", "push", metavar="dicomweb+URL",
                   help="Store the DICOM SR reports on this DICOMweb server (STOW-RS), referencing the source "
                        "studies; credentials from MEDMM_DICOMWEB_* (see docs/dicomweb.md).")
+    @click.option("--shard", "shard", metavar="I/N",
+                  help="Predict only block I of N (0-based) of the units, in order: the N outputs concatenated "
+                       "in shard order equal one process's (see docs/scale.md).")
     def predict(run_dir: Path, data: Path | str, out: Path, overwrite: bool, checkpoint: str, baseline: bool,
-                cache_dir: Path | None, dicom_sr: Path | None, push: str | None) -> None:
+                cache_dir: Path | None, dicom_sr: Path | None, push: str | None, shard: str | None) -> None:
         """Predict with a trained RUN_DIR (or a `medmm export` folder) on new --data; one CSV row per unit."""
         _check_data(data)
         if push is None:
-            _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite)
+            _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite, shard=shard)
             return
         import tempfile
 
@@ -215,12 +218,14 @@ def make_cli() -> click.Group:
                          echo=click.echo)
 
     def _predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
-                 cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False) -> None:
+                 cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False, shard: str | None = None) -> None:
         from medmm.deploy.manifest import is_export_dir
 
         if isinstance(data, str):
             with _local_data(data) as local:
-                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite)
+                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite, shard)
+        if shard is not None and is_export_dir(run_dir):
+            raise MedmmError("--shard needs the run directory (an export folder predicts every input)")
         if is_export_dir(run_dir):  # an export: onnxruntime, no torch
             from medmm.deploy.runtime import predict_export
 
@@ -230,8 +235,10 @@ def make_cli() -> click.Group:
             return
         from medmm.runner import predict_run
 
+        from medmm.data.shards import parse_shard
+
         predict_run(run_dir, data, out, checkpoint=checkpoint, registry=_registry(), baseline=baseline,
-                    cache_dir=cache_dir, overwrite=overwrite)
+                    cache_dir=cache_dir, overwrite=overwrite, shard=None if shard is None else parse_shard(shard))
         if dicom_sr is not None:
             from medmm.deploy.sr import echo_reports, reports_for_run
 

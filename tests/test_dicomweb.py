@@ -184,10 +184,9 @@ def test_pull_writes_only_deidentified_files_with_the_same_pseudonyms_as_medmm_d
     # medmm deid on the same files (exported from the PACS) gives the same pseudonyms
     src = tmp_path / "export"
     src.mkdir()
-    for i, ident in enumerate(idents):
-        ds = _server(server.url).retrieve(next(r for r in _server(server.url).instances()
-                                                if r.sop == ident["SOPInstanceUID"]))
-        ds.save_as(src / f"{i}.dcm")
+    srv = _server(server.url)
+    for i, ref in enumerate(srv.instances()):
+        srv.retrieve(ref).save_as(src / f"{i}.dcm")
     deidentify_folder(src, tmp_path / "deid", pseudo, DeidOptions())
     by_deid = {str(pydicom.dcmread(f).SOPInstanceUID): str(pydicom.dcmread(f).PatientID)
                for f in (tmp_path / "deid").rglob("*.dcm")}
@@ -236,9 +235,10 @@ def test_an_interrupted_pull_resumes_fetching_only_what_is_missing(pacs, tmp_pat
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         pull(srv, {}, out, pseudo=Pseudonymizer(KEY), workers=1, progress=False, echo=lambda m: None)
-    first = len((out / ".medmm-pull" / "manifest.jsonl").read_text().splitlines())
+    lines = (out / ".medmm-pull" / "manifest.jsonl").read_text().splitlines()
+    first = len(lines)
     assert 1 <= first <= 5
-    victim = next(out.rglob("*.dcm"))
+    victim = out / json.loads(lines[0])["path"]
     victim.write_bytes(victim.read_bytes()[:-10])  # a damaged file fails its fingerprint: fetched again
     res = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), progress=False, echo=lambda m: None)
     assert (res.already, res.fetched) == (first - 1, len(idents) - first + 1)
@@ -339,3 +339,89 @@ def test_new_key_file_helper_is_the_deid_one(tmp_path: Path) -> None:
     # pull and deid share one key format: a key made by medmm deid's helper works for pull
     path = new_key_file(tmp_path / "k")
     assert len(bytes.fromhex(path.read_text().strip())) == 32
+
+
+@pytest.mark.slow
+def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_file: Path) -> None:
+    """run image-cls on a DICOMweb source (1 epoch, 32 px), predict from it with --push: the SR is
+    found by QIDO-RS in the source study; a de-identified local folder is refused for --push."""
+    import requests
+
+    from tests.conftest import run_cli
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    idents = _planted(tmp_path / "files")
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["StudyInstanceUID", "modality"])
+        w.writerows([i["StudyInstanceUID"], i["Modality"]] for i in idents)
+    env = {"MEDMM_DEID_KEY_FILE": str(key_file)}
+    with start_orthanc(tmp_path / "orthanc") as server:
+        assert server is not None
+        server.upload(sorted((tmp_path / "files").glob("*.dcm")))
+        run = tmp_path / "run"
+        out = run_cli("run", "image-cls", "--data", server.url, "--out", str(run), "--set", f"data.labels={labels}",
+                      "--set", "model.backbone=test_resnet", "--set", "model.pretrained=none", "--set", "data.size=32",
+                      "--set", "engine.epochs=1", "--set", "engine.bootstrap=20", "--quiet", env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "12 instance(s) pulled and de-identified" in out.stderr
+        splits = (run / "splits.csv").read_text()
+        assert all(i["PatientID"] not in splits and i["StudyInstanceUID"] not in splits for i in idents)
+        pred = tmp_path / "pred.csv"
+        out = run_cli("predict", str(run), "--data", server.url + "?Modality=CT", "--out", str(pred),
+                      "--push", server.url, env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert "6 DICOM SR report(s) stored" in out.stdout and "6 found again by QIDO-RS" in out.stdout
+        assert not any(i["SOPInstanceUID"] in pred.read_text() for i in idents)  # the CSV stays keyed
+        found = requests.get(f"{server.dicomweb}/instances", params={"Modality": "SR"}, timeout=10).json()
+        studies = {item["0020000D"]["Value"][0] for item in found}
+        assert studies == {i["StudyInstanceUID"] for i in idents if i["Modality"] == "CT"}
+        patients = {item["00100020"]["Value"][0] for item in found}
+        assert patients == {i["PatientID"] for i in idents if i["Modality"] == "CT"}
+        # predicting on de-identified files cannot reference what the PACS knows: refused, nothing sent
+        pulled = tmp_path / "pulled"
+        assert run_cli("pull", server.url + "?Modality=MR", "--out", str(pulled), "--quiet", env=env).returncode == 0
+        out = run_cli("predict", str(run), "--data", str(pulled), "--out", str(tmp_path / "p2.csv"),
+                      "--push", server.url, env=env)
+        assert out.returncode == 2 and "de-identified (PatientIdentityRemoved=YES)" in out.stderr
+        assert "Nothing was sent" in out.stderr and not (tmp_path / "p2.csv").exists()  # refused before predicting
+        assert len(out.stderr.strip().splitlines()) == 1
+        assert len(requests.get(f"{server.dicomweb}/instances", params={"Modality": "SR"}, timeout=10).json()) == 6
+
+
+def test_push_check_refuses_studies_the_target_does_not_hold(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from medmm.pacs.push import check_target
+
+    server, idents = pacs
+    known = tmp_path / "known"
+    _planted(known)  # the same identified files the PACS holds
+    check_target(server.url, known)
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    ds = pydicom.dcmread(next(known.glob("*.dcm")))
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    ds.save_as(stranger / "x.dcm")
+    with pytest.raises(MedmmError, match="does not hold 1 of the studies"):
+        check_target(server.url, stranger)
+    with pytest.raises(MedmmError, match="without a query"):
+        check_target(server.url + "?Modality=CT", known)
+
+
+def test_reidentify_maps_keyed_uids_back_in_memory() -> None:
+    from pydicom.dataset import Dataset
+
+    from medmm.pacs.push import reidentify
+
+    pseudo = Pseudonymizer(KEY)
+    ds, ref = Dataset(), Dataset()
+    ds.StudyInstanceUID, ds.PatientID, ds.PatientIdentityRemoved = pseudo.uid("1.2.3"), pseudo.patient_id("MRN1"), "YES"
+    ref.ReferencedSOPInstanceUID = pseudo.uid("1.2.3.4")
+    ds.CurrentRequestedProcedureEvidenceSequence = [ref]
+    n = reidentify(ds, {pseudo.uid("1.2.3"): "1.2.3", pseudo.uid("1.2.3.4"): "1.2.3.4"},
+                   {"PatientID": "MRN1", "PatientName": "Quimby^Harriet"})
+    assert n == 2 and ds.StudyInstanceUID == "1.2.3" and ds.PatientID == "MRN1"
+    assert ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
+    assert "PatientIdentityRemoved" not in ds

@@ -45,7 +45,7 @@ def local_data(spec: str | Path, *, labels: str | Path | None = None, need_label
                          "keyed by StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID or AccessionNumber "
                          "(--set data.labels=labels.csv), or `medmm pull --label-attribute` first")
     from medmm.deid.pseudonyms import Pseudonymizer, load_key
-    from medmm.pacs.pull import pull
+    from medmm.pacs.pull import REPORT_NAME, SKIPPED_NAME, pull
 
     key, key_path, created = load_key(None)
     if created:
@@ -60,6 +60,12 @@ def local_data(spec: str | Path, *, labels: str | Path | None = None, need_label
         if not res.fetched:
             raise MedmmError(f"no instance could be pulled from {server.url.where}"
                              + (f" ({res.skipped[0][1]})" if res.skipped else " (the search matched nothing)"))
-        yield LocalData(tmp / "data", res.labels_out, res)
+        labels_out = None
+        if res.labels_out is not None:  # beside the folder, so that the readers see DICOM files only
+            labels_out = tmp / res.labels_out.name
+            res.labels_out.replace(labels_out)
+        for name in (REPORT_NAME, SKIPPED_NAME):
+            (tmp / "data" / name).unlink(missing_ok=True)
+        yield LocalData(tmp / "data", labels_out, res)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -25,7 +25,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,7 @@ MANIFEST = "manifest.jsonl"
 REPORT_NAME = "pull.json"
 SKIPPED_NAME = "skipped.csv"
 LABELS_NAME = "labels.csv"
+PROCESS_MIN = 64  # instances to fetch from which ``parallel="auto"`` uses processes
 # Study-level attributes a report pushed back to the PACS must carry (kept in memory only).
 STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                   "AccessionNumber", "StudyID", "ReferringPhysicianName")
@@ -176,13 +177,16 @@ def _short(exc: BaseException) -> str:
 def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None, options: Any = None,
          labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
          workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
-         limit: int | None = None) -> PullResult:
+         limit: int | None = None, parallel: str = "auto") -> PullResult:
     """Pull every instance ``server`` finds for ``filters`` into ``out`` (see the module docstring).
 
     ``pseudo`` is the keyed :class:`~medmm.deid.pseudonyms.Pseudonymizer` (``None`` writes the files
     as the server holds them: identified). ``labels`` is a CSV keyed by SOP / Series / Study Instance
     UID or AccessionNumber, rewritten to the pseudonyms; ``label_attribute`` makes one instead from a
-    study attribute (e.g. ``BodyPartExamined``) read before de-identification.
+    study attribute (e.g. ``BodyPartExamined``) read before de-identification. ``parallel``:
+    ``threads`` (retrieval overlaps; de-identification holds the GIL), ``processes`` (``workers``
+    processes, each with its own connection: de-identification on every core), or ``auto``
+    (processes from ``PROCESS_MIN`` instances to fetch on, on a machine with 4 cores or more).
     """
     from medmm.deid.options import DeidOptions
 
@@ -200,7 +204,8 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
 
         if tag_for_keyword(label_attribute) is None:
             raise MedmmError(f"--label-attribute {label_attribute!r} is not a DICOM keyword")
-    deid = _Deid(pseudo, options or DeidOptions()) if pseudo is not None else None
+    if parallel not in ("auto", "threads", "processes"):
+        raise MedmmError(f"parallel must be auto, threads or processes, not {parallel!r}")
     start = time.monotonic()
 
     def new_uid(uid: str) -> str:
@@ -234,37 +239,14 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
          f"{len(todo)} to fetch with {workers} connection(s)")
 
-    def one(ref: InstanceRef) -> _Done:
-        ds = server.retrieve(ref)
-        from medmm.deid.dicom import skip_reason
-
-        reason = skip_reason(ds) if deid is not None else None
-        if reason:
-            raise ValueError(reason)
-        label = None
-        if label_attribute:
-            value = ds.get(label_attribute)
-            label = str(value.value if hasattr(value, "value") else value or "").strip() or None
-        checked = 0
-        if deid is not None:
-            data, checked = deid(ds)
-        else:
-            data = _encode(ds)
-        del ds
-        key, study = new_uid(ref.sop), new_uid(ref.study)
-        rel = f"{study}/{new_uid(ref.series)}/{key}.dcm"
-        dest = out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out / PULL_DIR / "tmp" / f"{key}.part"
-        tmp.write_bytes(data)
-        os.replace(tmp, dest)
-        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked)
-
+    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, label_attribute)
+    use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
+                                                and (os.cpu_count() or 1) >= 4)
     bar = _bar(len(todo), progress)
     try:
-        with open(manifest_path, "a", encoding="utf-8") as manifest, \
-                ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="medmm-pull") as pool:
-            for ref, fut in _bounded(pool, one, todo, 2 * max(1, workers)):
+        with open(manifest_path, "a", encoding="utf-8") as manifest, _pool(fetch, workers, use_processes) as pool:
+            task = _fetch_in_worker if use_processes else fetch
+            for ref, fut in _bounded(pool, task, todo, 2 * max(1, workers)):
                 try:
                     d = fut.result()
                 except (ValueError, DicomwebError, OSError) as exc:
@@ -315,6 +297,76 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     return result
 
 
+class _Fetcher:
+    """Retrieve one instance, de-identify and verify it in memory, write it atomically."""
+
+    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, label_attribute: str | None):
+        self.server, self.pseudo, self.options = server, pseudo, options
+        self.out, self.label_attribute = Path(out), label_attribute
+        self.deid = _Deid(pseudo, options) if pseudo is not None else None
+
+    def worker_args(self) -> tuple[Any, ...]:
+        """What a worker process needs to build the same fetcher (its own connection)."""
+        return (self.server.spec(), self.pseudo, self.options, str(self.out), self.label_attribute)
+
+    def new_uid(self, uid: str) -> str:
+        return self.pseudo.uid(uid) if self.pseudo is not None else uid
+
+    def __call__(self, ref: InstanceRef) -> _Done:
+        from medmm.deid.dicom import skip_reason
+
+        ds = self.server.retrieve(ref)
+        reason = skip_reason(ds) if self.deid is not None else None
+        if reason:
+            raise ValueError(reason)
+        label = None
+        if self.label_attribute:
+            value = ds.get(self.label_attribute)
+            label = str(value.value if hasattr(value, "value") else value or "").strip() or None
+        checked = 0
+        if self.deid is not None:
+            data, checked = self.deid(ds)
+        else:
+            data = _encode(ds)
+        del ds
+        key, study = self.new_uid(ref.sop), self.new_uid(ref.study)
+        rel = f"{study}/{self.new_uid(ref.series)}/{key}.dcm"
+        dest = self.out / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out / PULL_DIR / "tmp" / f"{key}.{os.getpid()}.part"
+        tmp.write_bytes(data)
+        os.replace(tmp, dest)
+        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked)
+
+
+_WORKER: _Fetcher | None = None
+
+
+def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, label_attribute: str | None) -> None:
+    import signal
+
+    from medmm.data.sources.dicomweb import DicomwebServer
+
+    global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), label_attribute)
+
+
+def _fetch_in_worker(ref: InstanceRef) -> _Done:
+    assert _WORKER is not None
+    return _WORKER(ref)
+
+
+def _pool(fetch: _Fetcher, workers: int, processes: bool) -> Any:
+    if not processes:
+        return ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="medmm-pull")
+    import multiprocessing
+
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"  # fork: no re-import
+    return ProcessPoolExecutor(max_workers=max(1, workers), mp_context=multiprocessing.get_context(method),
+                               initializer=_init_worker, initargs=fetch.worker_args())
+
+
 def _bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
@@ -322,7 +374,7 @@ def _bar(total: int, enabled: bool) -> Any:
                 smoothing=0.1)
 
 
-def _bounded(pool: ThreadPoolExecutor, fn: Callable[[InstanceRef], _Done], items: list[InstanceRef],
+def _bounded(pool: Any, fn: Callable[[InstanceRef], _Done], items: list[InstanceRef],
              in_flight: int) -> Iterator[tuple[InstanceRef, Future[_Done]]]:
     """Yield ``(item, future)`` as they finish, never more than ``in_flight`` submitted at once."""
     pending: dict[Future[_Done], InstanceRef] = {}

@@ -18,7 +18,7 @@ from typing import Any
 from medmm.data.sources import DicomwebSource, parse_source
 from medmm.errors import MedmmError
 
-__all__ = ["push_reports", "reidentify"]
+__all__ = ["check_target", "push_reports", "reidentify"]
 
 _REMOVE = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
            "LongitudinalTemporalInformationModified")
@@ -52,6 +52,40 @@ def _referenced_studies(ds: Any) -> set[str]:
     for item in ds.get("CurrentRequestedProcedureEvidenceSequence", None) or []:
         studies.add(str(item.get("StudyInstanceUID", "") or ""))
     return {s for s in studies if s}
+
+
+def check_target(target: str, data: Path, *, pulled: Any = None, sample: int = 20) -> None:
+    """Before predicting: ``target`` is a reachable DICOMweb server and, without a pull's mapping,
+    the first ``sample`` DICOM files of ``data`` are identified and their studies are on it."""
+    import pydicom
+
+    from medmm.data.dicom.scan import list_files, quiet_pydicom
+
+    source = parse_source(target)
+    if not isinstance(source, DicomwebSource) or source.url.filters:
+        raise MedmmError("--push takes a DICOMweb server without a query: dicomweb+https://host/dicom-web")
+    server = source.server()
+    server.has_study("1.2.3")  # reachable, and the credentials are accepted
+    if pulled is not None or not Path(data).is_dir():
+        return
+    studies: set[str] = set()
+    for rel in list_files(Path(data))[: 10 * sample]:
+        try:
+            with quiet_pydicom():
+                ds = pydicom.dcmread(Path(data) / rel, stop_before_pixels=True)
+        except Exception:  # noqa: BLE001 - not DICOM: the reader reports it
+            continue
+        if str(ds.get("PatientIdentityRemoved", "") or "").upper() == "YES":
+            raise MedmmError("--push: the files of --data are de-identified (PatientIdentityRemoved=YES): a report "
+                             "on them would reference keyed UIDs the PACS does not know; predict with --data "
+                             "dicomweb+... so that medmm maps them back in memory. Nothing was sent")
+        studies.add(str(ds.get("StudyInstanceUID", "") or ""))
+        if len(studies) >= sample:
+            break
+    missing = [s for s in studies if s and not server.has_study(s)]
+    if missing:
+        raise MedmmError(f"--push: {server.url.where} does not hold {len(missing)} of the studies of --data; "
+                         "nothing was sent")
 
 
 def push_reports(files: Sequence[Path], target: str, *, pulled: Any = None,

@@ -35,8 +35,6 @@ ENV_CA_BUNDLE = "MEDMM_DICOMWEB_CA_BUNDLE"
 RETRY_STATUS = (429, 500, 502, 503, 504)
 PAGE = 500  # QIDO results asked for per request
 MAX_PAGES = 10_000  # every search loop is bounded
-_INSTANCE_LEVEL = frozenset({"Modality", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "SeriesNumber",
-                             "InstanceNumber", "BodyPartExamined", "SeriesDescription"})
 _UID_TAGS = {"study": "0020000D", "series": "0020000E", "sop": "00080018", "accession": "00080050"}
 
 
@@ -218,6 +216,7 @@ class DicomwebServer:
 
         self.url, self.retries = url, retries
         creds = credentials or Credentials()
+        self._spec = (url, creds, connections, retries, backoff, timeout)
         session = requests.Session()
         retry = Retry(total=retries, connect=retries, read=retries, status=retries, other=0,
                       backoff_factor=backoff, backoff_max=10.0, status_forcelist=RETRY_STATUS,
@@ -236,6 +235,16 @@ class DicomwebServer:
         with _quiet_client():
             self.client = DICOMwebClient(url.root, session=session, timeout=(10.0, timeout))
             self.client.set_http_retry_params(retry=False)  # urllib3 retries (connection errors too)
+
+    def spec(self) -> tuple[Any, ...]:
+        """What :meth:`from_spec` needs to open the same server in another process (secrets included:
+        pass it only to this machine's worker processes, never to a log or a file)."""
+        return self._spec
+
+    @classmethod
+    def from_spec(cls, spec: tuple[Any, ...]) -> DicomwebServer:
+        url, creds, _, retries, backoff, timeout = spec
+        return cls(url, creds, connections=1, retries=retries, backoff=backoff, timeout=timeout)
 
     # -- errors -------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -278,38 +287,25 @@ class DicomwebServer:
         raise DicomwebError(f"DICOMweb search: more than {MAX_PAGES * PAGE} results at {self.url.where}; "
                             "narrow the query")
 
-    def studies(self, filters: Mapping[str, str] | None = None,
-                fields: tuple[str, ...] = ()) -> Iterator[dict[str, Any]]:
-        """Study-level QIDO-RS results (JSON model), every page."""
-        filters = dict(filters or {})
-        if "Modality" in filters:  # study-level matching uses Modalities in Study
-            filters["ModalitiesInStudy"] = filters.pop("Modality")
-        yield from self._paged(self.client.search_for_studies, search_filters=filters,
-                               fields=["AccessionNumber", "ModalitiesInStudy", *fields])
-
     def instances(self, filters: Mapping[str, str] | None = None,
                   study_fields: tuple[str, ...] = ()) -> Iterator[InstanceRef]:
-        """Every instance matching ``filters``: studies first (study-level keys), then their
-        instances (``Modality`` and other series / instance keys applied there). Each ref carries
-        the study's ``study_fields`` (keyword -> value) in ``attributes``. ``filters`` default to
-        the source URL's matching keys."""
+        """Every instance matching ``filters`` (one paged QIDO-RS search of all instances, PS3.18
+        10.6: study, series and instance keys alike). Each ref carries the study's ``study_fields``
+        (keyword -> value) in ``attributes``. ``filters`` default to the source URL's matching keys."""
         from pydicom.datadict import tag_for_keyword
 
         filters = self.url.filter_dict() if filters is None else dict(filters)
-        instance_level = {k: v for k, v in filters.items() if k in _INSTANCE_LEVEL}
-        study_filters = {k: v for k, v in filters.items() if k not in instance_level or k == "Modality"}
         tags = {name: f"{tag:08X}" for name in study_fields if (tag := tag_for_keyword(name)) is not None}
-        for study in self.studies(study_filters, tuple(tags)):
-            uid = _value(study, _UID_TAGS["study"])
-            if not uid:
+        studies: dict[tuple[str, ...], dict[str, str]] = {}  # one shared dict per distinct study answer
+        for item in self._paged(self.client.search_for_instances, search_filters=filters,
+                                fields=["StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber", *tags]):
+            study, series = _value(item, _UID_TAGS["study"]), _value(item, _UID_TAGS["series"])
+            sop = _value(item, _UID_TAGS["sop"])
+            if not (study and series and sop):
                 continue
-            accession = _value(study, _UID_TAGS["accession"])
-            attrs = {name: _value(study, tag) for name, tag in tags.items()}
-            for item in self._paged(self.client.search_for_instances, study_instance_uid=uid,
-                                    search_filters=instance_level):
-                sop, series = _value(item, _UID_TAGS["sop"]), _value(item, _UID_TAGS["series"])
-                if sop and series:
-                    yield InstanceRef(uid, series, sop, accession, attrs)
+            values = tuple(_value(item, tag) for tag in tags.values())
+            attrs = studies.setdefault((study, *values), dict(zip(tags, values)))
+            yield InstanceRef(study, series, sop, _value(item, _UID_TAGS["accession"]), attrs)
 
     def find(self, study: str, sop: str) -> bool:
         """Whether the server holds instance ``sop`` of ``study`` (QIDO-RS)."""

@@ -1,0 +1,155 @@
+"""DICOMweb pull throughput and peak memory: medmm pull vs a plain dicomweb-client retrieve loop.
+
+    python bench/dicomweb_pull.py [--copies 4] [--repeats 3] [--workers 4]
+
+Starts a local Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) on 127.0.0.1 and loads it with
+pydicom's real test images (``tests/orthanc.py``: ``sample_files``), each stored ``--copies``
+times under new UIDs and patient ids (a few hundred instances). Then, each in a fresh process,
+alternating, ``--repeats`` times:
+
+  (a) plain loop: ``DICOMwebClient.search_for_instances`` (every page) and, one at a time,
+      ``retrieve_instance`` (original transfer syntax) + ``save_as`` of the same files, no de-id;
+  (b) ``medmm pull`` de-identified (PS3.15 Basic profile in memory, each instance verified on its
+      written bytes), ``--workers`` connections on threads, and (b') on as many processes;
+  (c) ``medmm pull --identified`` (no de-id), ``--workers`` connections;
+  (d) ``medmm pull`` de-identified with one connection.
+
+Prints instances/s (median of the repeats, search included) and the peak RSS of each run's main
+process (worker processes of (b') not included),
+and the ratios (b)/(a) (goal >= 0.8) and (c)/(a) (goal >= 1.0). No asserts: read the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+_CHILD = r"""
+import json, resource, sys, time
+from pathlib import Path
+mode, url, out, workers, parallel = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+start = time.perf_counter()
+if mode == "plain":
+    import logging
+    from dicomweb_client.api import DICOMwebClient
+    logging.getLogger("dicomweb_client").setLevel(logging.ERROR)
+    client = DICOMwebClient(url)
+    refs, offset = [], 0
+    while True:
+        page = client.search_for_instances(limit=500, offset=offset)
+        refs += page
+        offset += len(page)
+        if len(page) < 500:
+            break
+    out.mkdir(parents=True)
+    n = 0
+    for item in refs:
+        study, series, sop = (item[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018"))
+        ds = client.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
+        ds.save_as(out / f"{sop}.dcm")
+        n += 1
+else:
+    from medmm.data.sources import parse_source
+    from medmm.pacs.pull import pull
+    pseudo = None
+    if mode != "identified":
+        from medmm.deid.pseudonyms import Pseudonymizer
+        pseudo = Pseudonymizer(bytes(range(32)))
+    src = parse_source("dicomweb+" + url)
+    res = pull(src.server(connections=workers), {}, out, pseudo=pseudo, workers=workers, progress=False,
+               echo=lambda m: None, parallel=parallel)
+    n = res.fetched
+    assert not res.skipped or all("secondary capture" in r for _, r in res.skipped), res.skipped[:3]
+seconds = time.perf_counter() - start
+print(json.dumps({"n": n, "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def load(server, copies: int, folder: Path) -> int:  # type: ignore[no-untyped-def]
+    """Store every sample file ``copies`` times under new UIDs and patient ids; returns the count."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    from tests.orthanc import sample_files
+
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for c in range(copies):
+        for i, f in enumerate(sample_files()):
+            try:
+                ds = pydicom.dcmread(f)
+            except Exception:  # noqa: BLE001 - a deliberately broken test file
+                continue
+            if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
+                continue
+            for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+                setattr(ds, kw, generate_uid(entropy_srcs=[f"{c}-{i}-{kw}-{ds.get(kw)}"]))
+            ds.PatientID = f"BENCH{c:02d}{i:03d}"
+            if getattr(ds, "file_meta", None) is not None:
+                ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            path = folder / f"{c}-{i}.dcm"
+            ds.save_as(path)
+            files.append(path)
+    return server.upload(files)
+
+
+def run_child(mode: str, url: str, out: Path, workers: int, parallel: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-c", _CHILD, mode, url, str(out), str(workers), parallel],
+                          capture_output=True,
+                          text=True, cwd=ROOT, timeout=900)
+    if proc.returncode != 0:
+        raise SystemExit(f"{mode} failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--copies", type=int, default=4)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", type=int, default=4)
+    args = ap.parse_args()
+    from tests.orthanc import start_orthanc, unavailable
+
+    reason = unavailable()
+    if reason:
+        raise SystemExit(f"cannot run: {reason}")
+    w = args.workers
+    modes = [("plain", 1, "threads"), ("deid", w, "threads"), ("deid", w, "processes"), ("identified", w, "threads"),
+             ("deid", 1, "threads")]
+    names = {modes[0]: "(a) plain dicomweb-client loop, no de-id",
+             modes[1]: f"(b) medmm pull, de-identified, {w} threads",
+             modes[2]: f"(b') medmm pull, de-identified, {w} processes",
+             modes[3]: f"(c) medmm pull --identified, {w} threads",
+             modes[4]: "(d) medmm pull, de-identified, 1 connection"}
+    with tempfile.TemporaryDirectory() as tmp_s, start_orthanc(Path(tmp_s) / "orthanc") as server:
+        tmp = Path(tmp_s)
+        stored = load(server, args.copies, tmp / "files")
+        print(f"Orthanc on 127.0.0.1 holds {stored} instances")
+        results: dict[tuple[str, int, str], list[dict[str, float]]] = {m: [] for m in modes}
+        for r in range(args.repeats):
+            for mode, workers, parallel in modes:
+                out = tmp / f"{mode}-{workers}-{parallel}-{r}"
+                results[(mode, workers, parallel)].append(run_child(mode, server.dicomweb, out, workers, parallel))
+        rate = {}
+        for m in modes:
+            runs = results[m]
+            rate[m] = statistics.median(x["n"] / x["seconds"] for x in runs)
+            peak = max(x["peak_rss_mb"] for x in runs)
+            print(f"{names[m]:<48} {int(runs[0]['n']):>4} inst  {rate[m]:7.1f} inst/s  peak RSS {peak:6.0f} MB")
+        base = rate[modes[0]]
+        print(f"ratio de-identified (threads) / plain:   {rate[modes[1]] / base:.2f}x (goal >= 0.8)")
+        print(f"ratio de-identified (processes) / plain: {rate[modes[2]] / base:.2f}x (goal >= 0.8)")
+        print(f"ratio identified / plain:                {rate[modes[3]] / base:.2f}x (goal >= 1.0)")
+        print(f"ratio de-identified, 1 connection / plain: {rate[modes[4]] / base:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
