@@ -27,7 +27,7 @@ _API: dict[str, str] = {
     "read_split_column": "medmm.task", "assign_splits": "medmm.task", "pad_sequences": "medmm.task",
     "pad_id_of": "medmm.task",
     "Component": "medmm.registry", "get_registry": "medmm.plugins", "load_plugins": "medmm.plugins",
-    "Run": "medmm.run",
+    "Run": "medmm.run", "check_task": "medmm.testing", "CheckReport": "medmm.testing",
     # errors (one line on the command line, no traceback)
     "MedmmError": "medmm.errors", "ConfigError": "medmm.errors", "DataError": "medmm.errors",
     "PluginError": "medmm.errors", "CheckpointError": "medmm.errors", "UnknownNameError": "medmm.errors",
