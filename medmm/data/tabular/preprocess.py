@@ -53,7 +53,6 @@ PROBLEMS: tuple[str, ...] = ("regression", "binary", "survival")
 _FORMAT = "medmm.tabular.preprocessor"
 _VERSION = 1
 _MOSTLY_NUMERIC = 0.5  # share of parseable values above which strings are "garbage in a number"
-_SHOWN = 5  # offending values quoted in an error message
 _NUMERIC_KINDS = {"integer", "floating", "mixed-integer-float", "decimal"}
 _UNSUPPORTED_KINDS = {"datetime", "datetime64", "date", "time", "timedelta", "timedelta64", "period"}
 
@@ -116,10 +115,10 @@ def _to_float(series: pd.Series, column: str) -> np.ndarray:
     values = pd.to_numeric(series, errors="coerce")
     bad = values.isna() & series.notna()
     if bad.any():
-        shown = list(dict.fromkeys(series[bad].astype(str)))[:_SHOWN]
+        first = int(np.flatnonzero(bad.to_numpy())[0])  # a position, never the value (it may be PHI)
         raise DataError(
-            f"column {column!r} should be numeric but {int(bad.sum())} value(s) are not numbers, "
-            f"e.g. {shown}; blank them out (empty cells are missing values), fix them, or "
+            f"column {column!r} should be numeric but {int(bad.sum())} value(s) are text, not numbers "
+            f"(first at data row {first + 1}); blank them out (empty cells are missing values), fix them, or "
             f"declare the column categorical"
         )
     out = values.to_numpy(dtype="float64", na_value=np.nan)
@@ -523,8 +522,8 @@ def prepare_target(
         if (t <= 0).any():
             raise DataError(f"time column {time!r} has {int((t <= 0).sum())} value(s) <= 0; times must be > 0")
         if not np.isin(e, (0.0, 1.0)).all():
-            shown = list(dict.fromkeys(e[~np.isin(e, (0.0, 1.0))].tolist()))[:_SHOWN]
-            raise DataError(f"event column {event!r} must be 0/1 (1 = event observed), found {shown}")
+            other = int((~np.isin(e, (0.0, 1.0))).sum())  # a count, never the values
+            raise DataError(f"event column {event!r} must be 0/1 (1 = event observed); {other} value(s) are other numbers")
         if not e.any():
             raise DataError(f"event column {event!r} has no events (all 0): a survival model cannot be fitted")
         return TabularTarget(
