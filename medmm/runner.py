@@ -388,8 +388,10 @@ def _split_size(summary: dict[str, Any]) -> str:
 
 
 def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best", registry: Any,
-                baseline: bool = False, cache_dir: Path | None = None, overwrite: bool = False) -> Path:
+                baseline: bool = False, cache_dir: Path | None = None, overwrite: bool = False,
+                shard: tuple[int, int] | None = None) -> Path:
     """Predict ``data`` with a trained run (or its classic ``baseline``); writes one CSV row per unit.
+    ``shard=(i, n)``: only block ``i`` of ``n`` of the units, in order (:mod:`medmm.data.shards`).
 
     An existing ``out`` is refused unless ``overwrite`` (``--overwrite``)."""
     from medmm.rundir import check_output_file
@@ -410,7 +412,16 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     _cache = predict_cache(cfg, cache_dir)  # the new data's caches, never in the run dir; a temp one goes on return
     task = run.task()
     model = run.model(task, checkpoint)
-    split, collate = run.predict_data(task, data)
+    _view = None  # --shard i/n of a folder: read only this shard's files (a temporary view, gone on return)
+    if shard is not None:
+        from medmm.data.shards import FolderShard, shard_split
+
+        if baseline:
+            raise MedmmError("--shard predicts with the run's model; it cannot be combined with --baseline")
+        _view = FolderShard(Path(data), shard) if Path(data).is_dir() else None
+    split, collate = run.predict_data(task, _view.path if _view is not None else data)
+    if shard is not None and _view is None:  # a table: every row is read (ids kept), this block predicted
+        split = shard_split(split, shard)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
     if baseline:
         from medmm.classic import predict_baseline

@@ -1,0 +1,116 @@
+"""``medmm predict --shard i/n``: one contiguous block of the input per process (#30).
+
+Shard ``i`` of ``n`` (0-based) predicts a contiguous block of the units a single process would
+predict, in the same order, so the ``n`` prediction files concatenated in shard order (one header)
+equal the single-process file. A cluster scheduler (Slurm array, Kubernetes indexed job, Ray)
+starts the ``n`` processes; nothing here talks to the others.
+
+- a table: every shard reads the table (rows keep their ids: the row number when there is no id
+  column) and predicts only its block of units;
+- a folder: the sorted file list is cut into blocks, only between files of different folders
+  (the files of one series / study folder stay in one shard), and the shard reads only its files,
+  through a temporary folder of links with the same relative paths (the same keys in outputs).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import weakref
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medmm.errors import ConfigError
+
+__all__ = ["ShardDataset", "block", "FolderShard", "folder_files", "parse_shard", "shard_split"]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; a :class:`ConfigError` otherwise."""
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", str(text))
+    if not m or not 0 <= int(m.group(1)) < int(m.group(2)):
+        raise ConfigError(f"--shard must be i/n with 0 <= i < n (e.g. 0/4), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def block(count: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """``[start, stop)`` of shard ``i`` of ``n`` over ``count`` items: sizes differ by at most one."""
+    i, n = shard
+    return count * i // n, count * (i + 1) // n
+
+
+class ShardDataset:
+    """The examples at ``positions`` of ``base``; batches keep the base's example index, so units
+    and pooling are those of the whole split."""
+
+    def __init__(self, base: Any, positions: np.ndarray) -> None:
+        self.base, self.positions = base, np.asarray(positions, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.base[int(self.positions[i])]
+
+    def __getitems__(self, idx: list[int]) -> Any:
+        mapped = [int(self.positions[i]) for i in idx]
+        many = getattr(self.base, "__getitems__", None)
+        return many(mapped) if many is not None else [self.base[i] for i in mapped]
+
+
+def shard_split(split: Any, shard: tuple[int, int]) -> Any:
+    """``split`` (a :class:`medmm.task.Split`) restricted to shard ``i``'s block of units (first-seen
+    order); the skipped-inputs report goes with shard 0 only."""
+    order: dict[str, int] = {}
+    for u in split.units:
+        order.setdefault(u, len(order))
+    start, stop = block(len(order), shard)
+    rank = np.fromiter((order[u] for u in split.units), dtype=np.int64, count=len(split.units))
+    positions = np.flatnonzero((rank >= start) & (rank < stop))
+    return replace(split, dataset=ShardDataset(split.dataset, positions),
+                   skipped=list(split.skipped) if shard[0] == 0 else [])
+
+
+def _cut_points(files: Sequence[str]) -> list[int]:
+    """Positions where the folder changes: the only places a folder's files may be cut."""
+    parents = [os.path.dirname(f) for f in files]
+    return [k for k in range(1, len(files)) if parents[k] != parents[k - 1]]
+
+
+def folder_files(files: Sequence[str], shard: tuple[int, int]) -> list[str]:
+    """Shard ``i``'s contiguous block of the sorted ``files``, cut only between folders (balanced by
+    file count: each block ends at the cut point nearest its even share)."""
+    cuts = [0, *_cut_points(files), len(files)]
+
+    def edge(j: int) -> int:
+        target = len(files) * j // shard[1]
+        return min(cuts, key=lambda c: (abs(c - target), c))
+
+    return list(files[edge(shard[0]): edge(shard[0] + 1)])
+
+
+class FolderShard:
+    """A temporary folder of links to shard ``i``'s files of ``root`` under their relative paths
+    (``.path``); removed by :meth:`close` or when dropped, as a temporary predict cache is."""
+
+    def __init__(self, root: Path, shard: tuple[int, int]) -> None:
+        from medmm.data.dicom.scan import list_files
+
+        root = Path(root).resolve()
+        self._tmp = Path(tempfile.mkdtemp(prefix="medmm-shard-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self._tmp), True)
+        self.path = self._tmp / root.name
+        self.path.mkdir()
+        self.files = folder_files(list_files(root), shard)
+        for rel in self.files:
+            (self.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(root / rel, self.path / rel)
+
+    def close(self) -> None:
+        self._finalizer()
