@@ -153,7 +153,7 @@ def test_skipped_report_must_lie_outside_out(tmp_path: Path) -> None:
 def test_real_ultrasound_text_found_blanked_and_gone(tmp_path: Path) -> None:
     """BAPTIST MED CTR (GE US, lossless J2K) and the Philips OB date / ID (RLE) are read, blanked,
     re-encoded losslessly, and a fresh OCR of the output reads nothing."""
-    from medmm.deid.pixels import TextReader, _display
+    from medmm.deid.pixels import TextReader, display_image
 
     src = tmp_path / "src"
     (src / "us").mkdir(parents=True)
@@ -175,7 +175,7 @@ def test_real_ultrasound_text_found_blanked_and_gone(tmp_path: Path) -> None:
         assert ds.BurnedInAnnotation == "NO"
         assert "113101" in [i.CodeValue for i in ds.DeidentificationMethodCodeSequence]
         frames = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) > 1 else ds.pixel_array[None]
-        assert reader.read(_display(ds, frames[0])) == []
+        assert reader.read(display_image(ds, frames[0])) == []
     assert syntaxes == {"1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"}  # lossless stays in its family
     blob = b"".join(p.read_bytes() for p in out.rglob("*") if p.is_file())
     for value in (b"BAPTIST", b"11-05-25-142825", b"Philips Healthcare"):

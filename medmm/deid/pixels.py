@@ -27,7 +27,8 @@ from typing import Any
 
 from medmm.errors import MedmmError
 
-__all__ = ["KNOWN_BANDS", "MAX_FRAMES", "POLICIES", "PixelOutcome", "TextReader", "clean_pixels", "in_scope"]
+__all__ = ["KNOWN_BANDS", "MAX_FRAMES", "POLICIES", "PixelOutcome", "TextReader", "clean_pixels", "display_image",
+           "frames_first", "in_scope", "known_band", "mark_clean", "sample_frames"]
 
 POLICIES = ("blank", "skip", "keep", "scan-all")
 MAX_FRAMES = 5
@@ -97,13 +98,13 @@ def in_scope(ds: Any, scan_all: bool = False) -> bool:
     return burned or modality in MODALITIES or sop.startswith(SOP_PREFIXES)
 
 
-def _frames(ds: Any, arr: Any) -> tuple[Any, int]:
+def frames_first(ds: Any, arr: Any) -> tuple[Any, int]:
     """``arr`` as ``(frames, rows, cols[, samples])`` and the frame count."""
     n = int(ds.get("NumberOfFrames", 1) or 1)
     return (arr if n > 1 else arr[None]), n
 
 
-def _display(ds: Any, frame: Any) -> Any:
+def display_image(ds: Any, frame: Any) -> Any:
     """One frame as a uint8 image as a viewer shows it (palette applied, VOI LUT / window, MONOCHROME1
     inverted, min-max scaled)."""
     import numpy as np
@@ -126,7 +127,8 @@ def _display(ds: Any, frame: Any) -> Any:
     return np.ascontiguousarray(img.astype(np.uint8))
 
 
-def _sample(n: int) -> list[int]:
+def sample_frames(n: int) -> list[int]:
+    """The frames read by OCR: all of them up to MAX_FRAMES, else MAX_FRAMES evenly spaced."""
     if n <= MAX_FRAMES:
         return list(range(n))
     return sorted({round(i * (n - 1) / (MAX_FRAMES - 1)) for i in range(MAX_FRAMES)})
@@ -195,7 +197,7 @@ def _read_texts(reader: TextReader, ds: Any, arr: Any, frames: list[int]) -> tup
     boxes: list[Any] = []
     texts: list[str] = []
     for f in frames:
-        for box, text in reader.read(_display(ds, arr[f])):
+        for box, text in reader.read(display_image(ds, arr[f])):
             boxes.append(box)
             texts.append(text)
     return boxes, texts
@@ -211,8 +213,8 @@ def clean_pixels(ds: Any, reader: TextReader, policy: str) -> PixelOutcome:
             out.skip = "encapsulated document (text cannot be checked)"
         return out
     ds.pixel_array_options(as_rgb=True)
-    arr, n = _frames(ds, np.asarray(ds.pixel_array))
-    frames = _sample(n)
+    arr, n = frames_first(ds, np.asarray(ds.pixel_array))
+    frames = sample_frames(n)
     boxes, out.texts_before = _read_texts(reader, ds, arr, frames)
     if not boxes and not known_band(ds):
         return out
@@ -223,7 +225,7 @@ def clean_pixels(ds: Any, reader: TextReader, policy: str) -> PixelOutcome:
         arr = _blank(ds, arr, boxes)
         out.reencoded = _write_pixels(ds, arr, n)
         ds.pixel_array_options(as_rgb=True)
-        back, _ = _frames(ds, np.asarray(ds.pixel_array))  # the second pass reads what will be written
+        back, _ = frames_first(ds, np.asarray(ds.pixel_array))  # the second pass reads what will be written
         boxes, out.texts_after = _read_texts(reader, ds, back, frames)
         if not boxes:
             out.blanked = True
