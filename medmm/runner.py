@@ -443,6 +443,9 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None), operating_point=op,
                       conformal=conf, set_groups=set_groups_of(conf, Path(data), cfg, ev.units))
     msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
+    from medmm.evaluation.conformal import referred_line
+
+    msg += referred_line(conf, ev.scores, set_groups_of(conf, Path(data), cfg, ev.units))  # (#32)
     skipped = getattr(split, "skipped", None)
     if skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=split.skipped_key)

@@ -275,6 +275,10 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
         kwargs["conformal"] = conf
     write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
     msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
+    if conf is not None:
+        from medmm.evaluation.conformal import referred_line
+
+        msg += referred_line(conf, pred.scores)
     if pred.skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=pred.skipped_key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"

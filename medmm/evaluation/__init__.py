@@ -28,6 +28,8 @@ def check_subgroup_columns(data: Path, cfg: Any) -> None:
 
     cfg = as_config(cfg)
     columns = list(cfg.data.subgroup_columns or [])
+    if cfg.eval.conformal.group_column and cfg.eval.conformal.group_column not in columns:  # (#32)
+        columns.append(cfg.eval.conformal.group_column)
     parse_bands(cfg.eval.bands)
     if not columns:
         return

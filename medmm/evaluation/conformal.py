@@ -560,3 +560,13 @@ def recalibration_html(recal: Mapping[str, Any]) -> str:
 
 def _three(c: Mapping[str, Any]) -> list[str]:
     return [_f(c["coverage"]), _f(c["mean_size"]), _f(c["referred"])]
+
+
+def referred_line(conf: Mapping[str, Any] | None, scores: Any, groups: Sequence[Any] | None = None) -> str:
+    """``\\n  referred (abstain = 1): 36 of 569 units (90% conformal sets, rule not_single)``, or ``""``."""
+    if conf is None or not len(np.asarray(scores)):
+        return ""
+    a = apply_sets(conf, scores, groups)["abstain"]
+    what = "intervals" if conf["problem"] == "regression" else "sets"
+    return (f"\n  referred (abstain = 1): {int(a.sum())} of {len(a)} units ({100 * (1 - conf['alpha']):g}% conformal "
+            f"{what}, rule {conf['refer'] if conf['problem'] != 'regression' else 'max_width'})")
