@@ -492,6 +492,9 @@ def _add_plugin_commands(cli: click.Group) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors are one line on stderr and exit code 2."""
     debug = os.environ.get("MEDMM_DEBUG", "").lower() in {"1", "true", "yes"} or "--debug" in (argv or sys.argv)
+    from medmm.runlog import guard_root_logger
+
+    guard_root_logger()  # before any library import: opacus' logging.basicConfig() would double every line
     try:
         cli = make_cli()
         cli.main(args=argv, prog_name="medmm", standalone_mode=False)

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 import click
 
-__all__ = ["ConsoleHandler", "attach_console", "config_changes", "echo", "log_evaluation"]
+__all__ = ["ConsoleHandler", "attach_console", "config_changes", "echo", "guard_root_logger", "log_evaluation"]
 
 log = logging.getLogger("medmm")
 
@@ -42,6 +42,26 @@ class ConsoleHandler(logging.StreamHandler):
         return super().format(record)
 
 
+class _OthersLastResort(logging.StreamHandler):
+    """The root logger's handler while medmm owns the console: other libraries' WARNING and up on
+    stderr, as Python's last-resort handler prints them; never a ``medmm.*`` record (those have
+    their own handlers). Its presence makes a library's ``logging.basicConfig()`` at import a no-op
+    (opacus calls it, which printed every medmm console line twice)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setLevel(logging.WARNING)
+        self.addFilter(lambda r: not (r.name == "medmm" or r.name.startswith("medmm.")))
+
+    @property
+    def stream(self) -> TextIO:  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 class _PyWarningsConsole(logging.StreamHandler):
     """Python warnings captured into logging, printed on stderr as Python prints them."""
 
@@ -60,6 +80,14 @@ class _PyWarningsConsole(logging.StreamHandler):
             self.handleError(record)
 
 
+def guard_root_logger() -> None:
+    """Give the root logger medmm's last-resort handler when it has none, so that a library calling
+    ``logging.basicConfig()`` at import (opacus) changes nothing: call it before such imports."""
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(_OthersLastResort())
+
+
 def attach_console(file_handler: logging.Handler | None) -> None:
     """Show medmm warnings on stderr, and log Python warnings to ``file_handler`` (the run's train.log) too.
 
@@ -69,6 +97,7 @@ def attach_console(file_handler: logging.Handler | None) -> None:
     logger = logging.getLogger("medmm")
     if not any(isinstance(h, ConsoleHandler) for h in logger.handlers):
         logger.addHandler(ConsoleHandler())
+    guard_root_logger()
     py = logging.getLogger("py.warnings")
     for h in [h for h in py.handlers if isinstance(h, logging.FileHandler) and h is not file_handler]:
         py.removeHandler(h)

@@ -355,3 +355,28 @@ def test_predict_and_evaluate_cli_follow_one_overwrite_rule(tmp_path: Path, caps
     code, err = medmm("evaluate", run, "--data", data, "--out", ev, "--no-card", "--overwrite")
     assert code == 0 and (ev / "evaluation.json").read_text() != "{}", err[-2000:]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".ev.")]  # the earlier one went, no leftovers
+
+
+# --------------------------------------------------------------------------- 5. a library's logging setup
+
+
+@pytest.mark.slow  # imports opacus (and torch) in a fresh process
+def test_a_library_calling_basicconfig_at_import_does_not_double_medmms_console() -> None:
+    """opacus calls ``logging.basicConfig`` at import; with ``engine.privacy.enabled`` every console
+    line was printed twice (medmm's handler, then the root's). The CLI guards the root first."""
+    pytest.importorskip("opacus")
+    script = ("import logging\n"
+              "from medmm.runlog import guard_root_logger, attach_console, echo\n"
+              "guard_root_logger()  # what medmm.cli.main does first\n"
+              "import opacus\n"
+              "attach_console(None)\n"
+              "logging.getLogger('medmm').setLevel(logging.INFO)\n"
+              "echo('line-one')\n"
+              "logging.getLogger('medmm').warning('line-two')\n"
+              "logging.getLogger('otherlib').warning('line-three')\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **ENV},
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stderr.splitlines()
+    assert [sum(m in x for x in lines) for m in ("line-one", "line-two", "line-three")] == [1, 1, 1], lines
+    assert "medmm: warning: line-two" in lines and "line-three" in lines  # other libraries' warnings still show
