@@ -373,9 +373,13 @@ def make_cli() -> click.Group:
                                  "CSV, not a DICOMweb source")
             from medmm.pacs.cli import pull_command
 
+            if skipped_report is not None:
+                raise MedmmError("--skipped-report is for a DICOM folder; a pull lists skipped instances by "
+                                 "keyed UID in --out/skipped.csv")
             pull_command(input_path, out, key_file=key_file, create_key=create_key, labels=labels,
                          id_column=id_column, config=config_file, retain_dates=retain_dates,
-                         retain_device_identity=retain_device_identity, clean_descriptors=clean_descriptors)
+                         retain_device_identity=retain_device_identity, clean_descriptors=clean_descriptors,
+                         pixels=pixels, echo=click.echo)
             return
 
         deidentify(input_path, out, key_file=key_file, create_key=create_key, config=config_file,
@@ -415,12 +419,15 @@ def make_cli() -> click.Group:
     @click.option("--clean-descriptors/--no-clean-descriptors", default=None,
                   help="Keep descriptions and comments, scrubbed, instead of removing them.")
     @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML with those three options.")
+    @click.option("--pixels", type=click.Choice(["blank", "skip", "keep", "scan-all"]), default="blank",
+                  show_default=True, help="Burned-in text (OCR), as medmm deid: blank it, skip instances with text, "
+                                          "keep pixels unscanned, or blank in every instance.")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def pull(source: str, out: Path, key_file: Path | None, create_key: bool, labels: Path | None,
              label_attribute: str | None, id_column: str | None, identified: bool, workers: int, retries: int,
              limit: int | None, token_file: Path | None, user: str | None, password_file: Path | None,
              ca_bundle: Path | None, retain_dates: bool | None, retain_device_identity: bool | None,
-             clean_descriptors: bool | None, config_file: Path | None, quiet: bool) -> None:
+             clean_descriptors: bool | None, config_file: Path | None, pixels: str, quiet: bool) -> None:
         """Retrieve DICOM instances from a PACS over DICOMweb into --out, de-identified in memory (QIDO-RS +
         WADO-RS; resumable; failures listed in skipped.csv)."""
         from medmm.pacs.cli import pull_command
@@ -430,7 +437,7 @@ def make_cli() -> click.Group:
                      retain_dates=retain_dates, retain_device_identity=retain_device_identity,
                      clean_descriptors=clean_descriptors, workers=workers, retries=retries, limit=limit,
                      token_file=token_file, user=user, password_file=password_file, ca_bundle=ca_bundle,
-                     quiet=quiet, echo=click.echo)
+                     pixels=pixels, quiet=quiet, echo=click.echo)
 
     @cli.command("export")
     @click.argument("run_dir", type=click.Path(path_type=Path))

@@ -425,3 +425,32 @@ def test_reidentify_maps_keyed_uids_back_in_memory() -> None:
     assert n == 2 and ds.StudyInstanceUID == "1.2.3" and ds.PatientID == "MRN1"
     assert ds.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSOPInstanceUID == "1.2.3.4"
     assert "PatientIdentityRemoved" not in ds
+
+
+@pytest.mark.slow
+def test_pull_blanks_burned_in_text_as_medmm_deid_does(tmp_path: Path) -> None:
+    """pydicom's US1_UNCR.dcm has "BAPTIST MED CTR" burned into its pixels: the pull reads it with
+    OCR, blanks it, reads again, and writes BurnedInAnnotation=NO + Clean Pixel Data (DCM 113101)."""
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    pytest.importorskip("rapidocr_onnxruntime")
+    import importlib.util
+
+    spec = importlib.util.find_spec("data_store")  # pydicom-data, walked: never fetched
+    source = Path(spec.origin).parent / "data" / "US1_UNCR.dcm" if spec and spec.origin else Path("-")
+    if not source.is_file():
+        pytest.skip("pydicom-data (US1_UNCR.dcm) is not installed")
+    with start_orthanc(tmp_path / "orthanc") as server:
+        assert server is not None and server.upload([source]) == 1
+        res = pull(_server(server.url), {}, tmp_path / "out", pseudo=Pseudonymizer(KEY), progress=False,
+                   echo=lambda m: None)
+        kept = pull(_server(server.url), {}, tmp_path / "keep", pseudo=Pseudonymizer(KEY), progress=False,
+                    echo=lambda m: None, pixels="keep")
+    assert (res.fetched, res.pixels_scanned, kept.pixels_scanned) == (1, 1, 0)
+    out = pydicom.dcmread(next((tmp_path / "out").rglob("*.dcm")))
+    assert out.BurnedInAnnotation == "NO"
+    assert "113101" in {str(i.CodeValue) for i in out.DeidentificationMethodCodeSequence}
+    original = pydicom.dcmread(source).pixel_array
+    assert (out.pixel_array != original).any()  # the text box was blanked
+    assert (pydicom.dcmread(next((tmp_path / "keep").rglob("*.dcm"))).pixel_array == original).all()

@@ -17,7 +17,7 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
                  retain_device_identity: bool | None = None, clean_descriptors: bool | None = None,
                  workers: int = 4, retries: int = 4, limit: int | None = None, token_file: Path | None = None,
                  user: str | None = None, password_file: Path | None = None, ca_bundle: Path | None = None,
-                 quiet: bool = False, echo: Callable[[str], None] = print) -> Any:
+                 pixels: str = "blank", quiet: bool = False, echo: Callable[[str], None] = print) -> Any:
     """Pull ``source`` into ``out``: de-identified unless ``identified``; prints counts, never values."""
     from medmm.data.sources import DicomwebSource, parse_source
     from medmm.data.sources.dicomweb import Credentials
@@ -38,8 +38,8 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
                                  ca_bundle=ca_bundle)
     pseudo = options = None
     if identified:
-        if key_file or create_key or config or any(v is not None for v in (retain_dates, retain_device_identity,
-                                                                            clean_descriptors)):
+        flags = (retain_dates, retain_device_identity, clean_descriptors)
+        if key_file or create_key or config or pixels != "blank" or any(v is not None for v in flags):
             raise MedmmError("--identified writes the files as the PACS holds them: de-identification "
                              "options do not apply")
         echo("warning: --identified: the files written hold patient identifiers (PHI); keep them inside "
@@ -57,7 +57,7 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
     server = src.server(creds, connections=workers, retries=retries)
     res = pull(server, src.url.filter_dict(), Path(out), pseudo=pseudo, options=options, labels=labels,
                label_attribute=label_attribute, id_column=id_column, workers=workers, progress=not quiet,
-               echo=echo, limit=limit)
+               echo=echo, limit=limit, pixels=pixels)
     rate = res.fetched / res.seconds if res.seconds > 0 else 0.0
     state = "de-identified" if pseudo is not None else "identified (as stored)"
     echo(f"{res.fetched} instance(s) pulled {state} into {out} ({rate:.1f}/s), {res.already} already there; "
@@ -67,6 +67,11 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
         dropped = f" ({res.labels_dropped} row(s) matched no pulled instance, left out)" if res.labels_dropped else ""
         echo(f"labels: {res.labels_rows} row(s) keyed as the pulled files are -> {res.labels_out}{dropped}")
     if pseudo is not None:
+        if pixels == "keep":
+            echo("pixels: NOT scanned (--pixels keep): burned-in text in US / SC / XA ... instances was not looked for")
+        else:
+            echo(f"pixels ({pixels}, OCR): {res.pixels_scanned} instance(s) of modalities that often carry "
+                 "burned-in text read, blanked where text was found, and read again")
         echo(f"verification: every written instance re-read, {res.identifiers_checked} source identifier "
              f"value(s) checked, 0 remain, pixel data unchanged; key id {pseudo.token('key-id', 'key-id', 8)}; "
              f"report {Path(out) / REPORT_NAME}")

@@ -58,6 +58,7 @@ class PullResult:
     already: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)
     identifiers_checked: int = 0
+    pixels_scanned: int = 0
     deidentified: bool = True
     labels_out: Path | None = None
     labels_rows: int = 0
@@ -81,27 +82,61 @@ class _Done:
     study: str
     label: str | None
     identifiers: int
+    ocr: bool = False
 
 
 class _Deid:
-    """The in-memory de-identification of one dataset with medmm.deid's public functions."""
+    """The in-memory de-identification of one dataset with medmm.deid's public functions: the header
+    (PS3.15 table, keyed pseudonyms) and, unless ``pixels`` is ``keep``, burned-in pixel text (OCR,
+    blank, read again: :mod:`medmm.deid.pixels`)."""
 
-    def __init__(self, pseudo: Any, options: Any) -> None:
+    def __init__(self, pseudo: Any, options: Any, pixels: str = "blank") -> None:
+        import threading
+
         from medmm.deid.dicom import load_profile
+        from medmm.deid.pixels import POLICIES
 
-        self.pseudo, self.options, self.profile = pseudo, options, load_profile()
+        if pixels not in POLICIES:
+            raise MedmmError(f"--pixels must be one of {', '.join(POLICIES)}, got {pixels!r}")
+        self.pseudo, self.options, self.profile, self.pixels = pseudo, options, load_profile(), pixels
+        self._reader: Any = None
+        self._lock = threading.Lock()  # one OCR engine, one image at a time
 
-    def __call__(self, ds: Any) -> tuple[bytes, int]:
-        """De-identified Part 10 bytes of ``ds`` and the number of identifier values checked; raises
-        :class:`ValueError` naming kinds (never values) when the verification fails."""
+    def _ocr(self) -> Any:
+        from medmm.deid.pixels import TextReader
+
+        if self._reader is None:
+            self._reader = TextReader()  # loaded on the first image in scope
+        return self._reader
+
+    def skip_reason(self, ds: Any) -> str | None:
+        from medmm.deid.dicom import skip_reason
+
+        return skip_reason(ds, pixel_pass=self.pixels != "keep")
+
+    def __call__(self, ds: Any) -> tuple[bytes, int, bool]:
+        """De-identified Part 10 bytes of ``ds``, the number of identifier values checked and whether
+        the pixels went through OCR; raises :class:`ValueError` naming kinds (never values) when the
+        pixel pass or the verification fails."""
         import pydicom
 
         from medmm.deid.dicom import deidentify_dataset, pixel_hash, scan_text, source_identifiers
+        from medmm.deid.pixels import clean_pixels, in_scope, mark_clean
         from medmm.deid.verify import IdentifierScan
 
         found, vocab = source_identifiers(ds, self.profile, self.options)
-        before = pixel_hash(ds)
+        scanned = self.pixels != "keep" and in_scope(ds, scan_all=self.pixels == "scan-all")
         deidentify_dataset(ds, self.pseudo, self.profile, self.options, found)
+        texts: list[str] = []
+        if scanned:
+            with self._lock:
+                outcome = clean_pixels(ds, self._ocr(), self.pixels)
+            if outcome.skip:
+                raise ValueError(outcome.skip)
+            texts = outcome.texts_after
+            if "PixelData" in ds:
+                mark_clean(ds)
+        before = pixel_hash(ds)  # what was (or, out of scope, was not) checked free of text
         data = _encode(ds)
         ambiguous = IdentifierScan(found).matched_values("\n".join(sorted(vocab)))
         scan = IdentifierScan({v: k for v, k in found.items() if v.casefold() not in ambiguous})
@@ -113,10 +148,10 @@ class _Deid:
                              f"({type(exc).__name__})") from None
         if pixel_hash(back) != before:
             raise ValueError("verification failed: pixel data changed")
-        if scan.scan(text, "instance"):
+        if scan.scan(text, "instance") + scan.scan("\n".join(texts), "pixels"):
             kinds = ", ".join(sorted(scan.result.found))
             raise ValueError(f"verification failed: source identifier(s) remain ({kinds})")
-        return data, scan.result.checked
+        return data, scan.result.checked, scanned
 
 
 def _encode(ds: Any) -> bytes:
@@ -177,13 +212,14 @@ def _short(exc: BaseException) -> str:
 def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None, options: Any = None,
          labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
          workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
-         limit: int | None = None, parallel: str = "auto") -> PullResult:
+         limit: int | None = None, parallel: str = "auto", pixels: str = "blank") -> PullResult:
     """Pull every instance ``server`` finds for ``filters`` into ``out`` (see the module docstring).
 
     ``pseudo`` is the keyed :class:`~medmm.deid.pseudonyms.Pseudonymizer` (``None`` writes the files
     as the server holds them: identified). ``labels`` is a CSV keyed by SOP / Series / Study Instance
     UID or AccessionNumber, rewritten to the pseudonyms; ``label_attribute`` makes one instead from a
-    study attribute (e.g. ``BodyPartExamined``) read before de-identification. ``parallel``:
+    study attribute (e.g. ``BodyPartExamined``) read before de-identification. ``pixels``: the
+    burned-in text policy of ``medmm deid`` (``blank`` / ``skip`` / ``keep`` / ``scan-all``). ``parallel``:
     ``threads`` (retrieval overlaps; de-identification holds the GIL), ``processes`` (``workers``
     processes, each with its own connection: de-identification on every core), or ``auto``
     (processes from ``PROCESS_MIN`` instances to fetch on, on a machine with 4 cores or more).
@@ -239,7 +275,7 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
          f"{len(todo)} to fetch with {workers} connection(s)")
 
-    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, label_attribute)
+    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, label_attribute, pixels)
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
     bar = _bar(len(todo), progress)
@@ -261,6 +297,7 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
                     manifest.flush()
                     result.fetched += 1
                     result.identifiers_checked += d.identifiers
+                    result.pixels_scanned += d.ocr
                     fetched_keys.add(d.key)
                     if d.label is not None:
                         study_labels.setdefault(d.study, d.label)
@@ -288,6 +325,7 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
         "instances_already_here": result.already, "instances_skipped": len(result.skipped),
         "skipped_by_reason": dict(reasons), "complete": result.complete,
         "identifier_values_checked": result.identifiers_checked,
+        "pixels": {"policy": pixels if pseudo is not None else None, "scanned_by_ocr": result.pixels_scanned},
         "labels_rows": result.labels_rows if result.labels_out else None,
         "labels_rows_left_out": result.labels_dropped if result.labels_out else None,
         "seconds": round(result.seconds, 2),
@@ -300,32 +338,31 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
 class _Fetcher:
     """Retrieve one instance, de-identify and verify it in memory, write it atomically."""
 
-    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, label_attribute: str | None):
-        self.server, self.pseudo, self.options = server, pseudo, options
+    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, label_attribute: str | None,
+                 pixels: str = "blank"):
+        self.server, self.pseudo, self.options, self.pixels = server, pseudo, options, pixels
         self.out, self.label_attribute = Path(out), label_attribute
-        self.deid = _Deid(pseudo, options) if pseudo is not None else None
+        self.deid = _Deid(pseudo, options, pixels) if pseudo is not None else None
 
     def worker_args(self) -> tuple[Any, ...]:
         """What a worker process needs to build the same fetcher (its own connection)."""
-        return (self.server.spec(), self.pseudo, self.options, str(self.out), self.label_attribute)
+        return (self.server.spec(), self.pseudo, self.options, str(self.out), self.label_attribute, self.pixels)
 
     def new_uid(self, uid: str) -> str:
         return self.pseudo.uid(uid) if self.pseudo is not None else uid
 
     def __call__(self, ref: InstanceRef) -> _Done:
-        from medmm.deid.dicom import skip_reason
-
         ds = self.server.retrieve(ref)
-        reason = skip_reason(ds) if self.deid is not None else None
+        reason = self.deid.skip_reason(ds) if self.deid is not None else None
         if reason:
             raise ValueError(reason)
         label = None
         if self.label_attribute:
             value = ds.get(self.label_attribute)
             label = str(value.value if hasattr(value, "value") else value or "").strip() or None
-        checked = 0
+        checked, scanned = 0, False
         if self.deid is not None:
-            data, checked = self.deid(ds)
+            data, checked, scanned = self.deid(ds)
         else:
             data = _encode(ds)
         del ds
@@ -336,20 +373,21 @@ class _Fetcher:
         tmp = self.out / PULL_DIR / "tmp" / f"{key}.{os.getpid()}.part"
         tmp.write_bytes(data)
         os.replace(tmp, dest)
-        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked)
+        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked, scanned)
 
 
 _WORKER: _Fetcher | None = None
 
 
-def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, label_attribute: str | None) -> None:
+def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, label_attribute: str | None,
+                 pixels: str) -> None:
     import signal
 
     from medmm.data.sources.dicomweb import DicomwebServer
 
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), label_attribute)
+    _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), label_attribute, pixels)
 
 
 def _fetch_in_worker(ref: InstanceRef) -> _Done:
