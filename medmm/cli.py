@@ -320,14 +320,18 @@ def make_cli() -> click.Group:
     @click.option("--method", type=click.Choice(["auto", "ig", "gradcam", "occlusion", "shap"]), default="auto",
                   show_default=True, help="auto: IG for text and tables, Grad-CAM for images, masking for modalities.")
     @click.option("--checkpoint", type=click.Choice(["best", "last"]), default="best", show_default=True)
-    def explain(run_dir: Path, data: Path, out: Path | None, limit: int, method: str, checkpoint: str) -> None:
+    @click.option("--split", "split_name", type=click.Choice(["test", "val", "train", "all"]), default=None,
+                  help="Units of the run's split to explain (its splits.csv). Default: the held-out test units when "
+                       "--data is the run's own data, else all.")
+    def explain(run_dir: Path, data: Path, out: Path | None, limit: int, method: str, checkpoint: str,
+                split_name: str | None) -> None:
         """Explain a trained RUN_DIR's predictions on --data, with faithfulness checks."""
         from medmm.explain.run import explain_run
 
         _check_data(data)
         with _local_data(data) as local:
             explain_run(run_dir, local.path, out, registry=_registry(), limit=limit, method=method,
-                        checkpoint=checkpoint)
+                        checkpoint=checkpoint, split_name=split_name)
 
     @cli.command()
     @click.argument("input_path", metavar="INPUT", type=DATA)

@@ -120,9 +120,27 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> byte
     colour = colormaps["jet"](heat)[..., :3]
     weight = alpha * heat[..., None] ** 0.5
     blend = (1 - weight) * rgb + weight * colour
+    picture = Image.fromarray((blend * 255).round().astype(np.uint8))
     buf = io.BytesIO()
-    Image.fromarray((blend * 255).round().astype(np.uint8)).save(buf, format="PNG", optimize=True)
+    _with_colour_bar(picture, colormaps["jet"]).save(buf, format="PNG", optimize=True)
     return buf.getvalue()
+
+
+def _with_colour_bar(picture: Any, cmap: Any) -> Any:
+    """The overlay with its colour scale at the right: the map's maximum at the top, 0 at the bottom."""
+    from PIL import Image, ImageDraw
+
+    h = picture.height
+    bar_w, pad, text_w = max(6, h // 40), 4, 30
+    canvas = Image.new("RGB", (picture.width + pad + bar_w + text_w, h), "white")
+    canvas.paste(picture, (0, 0))
+    ramp = np.linspace(1.0, 0.0, h)[:, None].repeat(bar_w, axis=1)
+    canvas.paste(Image.fromarray((cmap(ramp)[..., :3] * 255).astype(np.uint8)), (picture.width + pad, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = picture.width + pad + bar_w + 2
+    draw.text((x, 0), "max", fill="black")
+    draw.text((x, h - 12), "0", fill="black")
+    return canvas
 
 
 def image_input(name: str, timm_model: Any, *, get: Any, put: Any, present: Any = None) -> InputSpec:

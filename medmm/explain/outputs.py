@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from medmm.io import write_text_atomic
+from medmm.io import write_json_atomic, write_text_atomic
 from medmm.report import _esc, _header, _kv_table, _note, _page, _section
 
 CAVEATS = (
@@ -23,6 +22,41 @@ CAVEATS = (
     "template phrase, a site-specific column) rather than hiding it. They describe this model on these inputs only."
 )
 HIGH_CORRELATION = 0.5
+PASS_RATIO = 1.5
+"""Deletion passes when the top-k items drop the score this many times more than k random ones."""
+
+
+def deletion_verdict(f: dict[str, Any]) -> str:
+    """The deletion check in words, with its rule (``pass: ... 3.1x more than random``)."""
+    top, rand, n = f.get("deletion_top"), f.get("deletion_random"), f.get("deletion_n", 0)
+    what = "items" if f.get("kind") != "image" else "grid cells"
+    rule = f"(rule: pass when deleting the top 10% of {what} drops the score at least {PASS_RATIO:g}x as much as " \
+           "deleting as many random ones)"
+    if top is None or rand is None or not n:
+        return f"not checked: no example with at least two {what} {rule}"
+    if top <= 0:
+        return f"fail: deleting the top-attributed {what} does not lower the score (mean drop {top:.3f}) {rule}"
+    ratio = f"{top / rand:.1f}x" if rand > 0 else "more than"
+    if rand <= 0 or top >= PASS_RATIO * rand:
+        return f"pass: deleting the top 10% of {what} drops the score {ratio} more than random ({top:.3f} vs " \
+               f"{rand:.3f}, {n} examples) {rule}"
+    if top > rand:
+        return f"weak: the top 10% of {what} drop the score only {ratio} as much as random ({top:.3f} vs {rand:.3f}, " \
+               f"{n} examples) {rule}"
+    return f"fail: deleting the top-attributed {what} moves the score no more than random ({top:.3f} vs {rand:.3f}) {rule}"
+
+
+def randomisation_verdict(f: dict[str, Any]) -> str:
+    """The model-randomisation check in words, with its rule."""
+    rho, n = f.get("randomisation_spearman"), f.get("randomisation_n", 0)
+    rule = f"(rule: pass when the rank correlation with a randomised model's attributions is below {HIGH_CORRELATION:g})"
+    if rho is None or not n:
+        return f"not checked: no example with a non-flat map {rule}"
+    if rho < HIGH_CORRELATION:
+        return f"pass: a model with random weights ranks the items differently (rank correlation {rho:.2f}, {n} " \
+               f"examples) {rule}"
+    return f"fail: a model with random weights ranks the items much the same (rank correlation {rho:.2f}): the map " \
+           f"shows the input more than what the model learnt {rule}"
 
 
 def _mean(v: Sequence[float]) -> float | None:
@@ -63,11 +97,12 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
                 (out / "overlays" / fname).write_bytes(png)
                 pngs[(n, name)] = base64.b64encode(png).decode()
                 h, w = a.extra["cam"].shape
-                overlays.append([e.unit, e.position, name, f"overlays/{fname}", a.extra["peak"][0],
-                                 a.extra["peak"][1], h, w])
+                blank = bool(a.extra.get("degenerate"))
+                overlays.append([e.unit, e.position, name, f"overlays/{fname}", "" if blank else a.extra["peak"][0],
+                                 "" if blank else a.extra["peak"][1], h, w, int(blank)])
     if overlays:
         write_csv(out / "overlays.csv", ["unit", "example", "input", "png", "peak_row", "peak_col", "height",
-                                         "width"], overlays)
+                                         "width", "blank"], overlays)
     # ---------------------------------------------------------------- faithfulness
     faithfulness = {}
     for s in espec.inputs:
@@ -75,7 +110,7 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
         top, rand = f.get("top", []), f.get("random", [])
         corr = f.get("spearman", [])
         faithfulness[s.name] = {
-            "method": methods.get(used[s.name], used[s.name]),
+            "kind": s.kind, "method": methods.get(used[s.name], used[s.name]),
             "baseline": s.baseline_doc or ("each image's mean" if s.kind == "image" else "zero"),
             "deletion_k": "10% of the items (at least 1; 1 below 10 items)",
             "deletion_top": _mean(top), "deletion_random": _mean(rand), "deletion_n": len(top),
@@ -83,7 +118,10 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
             "randomisation_spearman": _mean(corr), "randomisation_n": len(corr),
             "ig_delta_mean": _mean(f.get("delta", [])),
             "ig_delta_max": float(np.max(f["delta"])) if f.get("delta") else None,
+            "degenerate": int(sum(f.get("degenerate", []))),
         }
+        faithfulness[s.name]["deletion_verdict"] = deletion_verdict(faithfulness[s.name])
+        faithfulness[s.name]["randomisation_verdict"] = randomisation_verdict(faithfulness[s.name])
     # ---------------------------------------------------------------- per-modality summaries
     docs: dict[str, list[tuple[str, float]]] = {}
     lex: dict[str, Any] = {}
@@ -123,9 +161,10 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
         "methods": {n: methods.get(m, m) for n, m in used.items()}, "fallback": fallback,
         "faithfulness": faithfulness, "lexicon": lex, "global": global_items,
         "permutation_importance": extras.get("permutation"), "overlays": len(overlays),
+        "selection": extras.get("selection"),
         "notes": list(espec.notes),
     }
-    write_text_atomic(out / "summary.json", json.dumps(summary, indent=1, default=str) + "\n")
+    write_json_atomic(out / "summary.json", summary)  # strict JSON
     html = _html(task_name, summary, espec, examples, docs, pngs, signed, top_k)
     write_text_atomic(out / "explanations.html", html)
     return summary
@@ -142,8 +181,15 @@ def _faith_table(summary: dict[str, Any]) -> str:
     head = ("<tr><th>input</th><th>method</th><th>baseline</th><th>drop, top-k deleted</th>"
             "<th>drop, k random deleted</th><th>top-k beats random</th><th>examples</th>"
             "<th>rank correlation with a randomised model</th><th>IG delta (mean / max)</th></tr>")
-    rows, warn = [], []
+    rows, warn, verdicts = [], [], []
     for name, f in summary["faithfulness"].items():
+        verdicts.append(f"<li><strong>{_esc(name)}</strong>, deletion: {_esc(f.get('deletion_verdict', ''))}</li>"
+                        f"<li><strong>{_esc(name)}</strong>, model randomisation: "
+                        f"{_esc(f.get('randomisation_verdict', ''))}</li>")
+        if f.get("degenerate"):
+            verdicts.append(f"<li><strong>{_esc(name)}</strong>: {f['degenerate']} blank or flat map(s) (nothing above "
+                            "zero after Grad-CAM's ReLU, or one value everywhere) are marked in the examples and left "
+                            "out of both checks.</li>")
         rows.append(f"<tr><td>{_esc(name)}</td><td>{_esc(f['method'])}</td><td>{_esc(f['baseline'])}</td>"
                     f"<td class=num>{_num(f['deletion_top'])}</td><td class=num>{_num(f['deletion_random'])}</td>"
                     f"<td class=num>{_num(f['deletion_top_beats_random'])}</td><td class=num>{f['deletion_n']}</td>"
@@ -160,7 +206,7 @@ def _faith_table(summary: dict[str, Any]) -> str:
                  "the control replaces k random items of the same example. Model randomisation (Adebayo et al., 2018): "
                  "the same method on the model with re-initialised weights; low correlation is what a method that "
                  "reads the model should show (a flat map from the randomised model counts as 0).")
-    return (f"<table>{head}{''.join(rows)}</table>" + expl
+    return (f"<ul>{''.join(verdicts)}</ul><table>{head}{''.join(rows)}</table>" + expl
             + "".join(f'<p><strong>Warning.</strong> {_esc(w)}</p>' for w in warn))
 
 
@@ -176,9 +222,22 @@ def _words_html(words: Sequence[tuple[str, float]]) -> str:
 
 
 def _items_table(a: Any, signed: bool, top_k: int) -> str:
-    body = "".join(f"<tr><td>{_esc(a.items.names[j])}</td><td class=num>{float(a.scores[j]):.4g}</td></tr>"
-                   for j in _order(a.scores, signed)[:top_k])
-    return f"<table><tr><th>item</th><th>attribution</th></tr>{body}</table>"
+    """Top items with the example's own value beside the attribution, and a bar per attribution."""
+    values = a.extra.get("values")
+    order = _order(a.scores, signed)[:top_k]
+    top = max((abs(float(a.scores[j])) for j in order), default=0.0) or 1.0
+    rows = []
+    for j in order:
+        sc = float(a.scores[j])
+        width = 100 * abs(sc) / top
+        colour = "#dc2626" if sc > 0 else "#2563eb"
+        bar = (f'<div style="width:160px;background:#f3f4f6"><div style="width:{width:.0f}%;height:10px;'
+               f'background:{colour}"></div></div>')
+        value = f"<td>{_esc(values[j])}</td>" if values is not None else ""
+        rows.append(f"<tr><td>{_esc(a.items.names[j])}</td>{value}<td class=num>{sc:.4g}</td><td>{bar}</td></tr>")
+    head = "<tr><th>item</th>" + ("<th>value in this example</th>" if values is not None else "") + \
+        "<th>attribution</th><th></th></tr>"
+    return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[Any], docs: dict[str, Any],
@@ -186,7 +245,7 @@ def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[An
     parts = [_header(f"medmm explain: {task_name}", summary["problem"], summary["examples"]),
              _section("Summary", _kv_table({
                  "task": task_name, "problem": summary["problem"], "examples explained": summary["examples"],
-                 "units": summary["units"], **{f"method ({n})": m for n, m in summary["methods"].items()},
+                 "units": summary["units"], "units chosen": summary.get("selection") or "n/a", **{f"method ({n})": m for n, m in summary["methods"].items()},
                  "seconds per example (attributions / with the checks)":
                      f"{summary['attribution_seconds_per_example']:.3f} / {summary['seconds_per_example']:.3f}"})
                  + "".join(_note(n) for n in summary["notes"])),
@@ -218,7 +277,13 @@ def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[An
     shown: set[str] = set()
     blocks = []
     for n, e in enumerate(examples):
-        head = f"<h3>{_esc(e.unit)}: predicted {_esc(e.predicted)} ({e.prob:.3f})</h3>"
+        if summary["problem"] == "regression":
+            said = f"predicted value {e.prob:.4g}"
+        elif summary["problem"] == "survival":
+            said = f"predicted log hazard {e.prob:.4g}"
+        else:
+            said = f"predicted {_esc(e.predicted)} (P = {e.prob:.3f})"
+        head = f"<h3>{_esc(e.unit)}: {said}</h3>"
         body = ""
         for s in espec.inputs:
             a = e.attrs.get(s.name)
@@ -229,14 +294,17 @@ def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[An
                     continue  # a chunked document is shown once, whole
                 body += f"<p><em>{_esc(s.name)}</em></p>" + _words_html(docs.get(e.unit, []))
             elif (n, s.name) in pngs:
+                blank = " — blank map (no region raised the score): not used in the faithfulness figures" \
+                    if a.extra.get("degenerate") else ""
                 body += (f'<figure><img alt="{_esc(s.name)} attribution" src="data:image/png;base64,{pngs[(n, s.name)]}" '
-                         f'style="max-width:320px"><figcaption>{_esc(s.name)}</figcaption></figure>')
+                         f'style="max-width:360px"><figcaption>{_esc(s.name)}{_esc(blank)}</figcaption></figure>')
             else:
                 body += f"<p><em>{_esc(s.name)}</em></p>" + _items_table(a, signed, top_k)
         shown.add(e.unit)
         if body:
             blocks.append(head + body)
     parts.append(_section("Examples", "\n".join(blocks) + _note(
-        "Red: pushes towards the predicted class; blue: away from it (text). Heat maps: Grad-CAM, drawn over the "
-        "pixels the model was given.")))
+        "Red: pushes towards the predicted class; blue: away from it (text and tables; regression: raises / lowers "
+        "the prediction). Heat maps: drawn over the pixels the model was given; the colour bar at each map's right "
+        "runs from 0 (no attribution, bottom) to that map's largest attribution (top).")))
     return _page(f"medmm explain {task_name}", "\n".join(parts))

@@ -72,8 +72,14 @@ class Example:
 
 def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry: Any, limit: int = 20,
                 method: str = "auto", checkpoint: str = "best", top_k: int = 10, steps: int = 32,
-                internal_batch_size: int = 256, batch_size: int = 16, seed: int = 0) -> Path:
-    """Explain the first ``limit`` units of ``data`` with the trained run; returns the output folder."""
+                internal_batch_size: int = 256, batch_size: int = 16, seed: int = 0,
+                split_name: str | None = None) -> Path:
+    """Explain the first ``limit`` distinct units of ``data`` with the trained run; returns the output folder.
+
+    ``split_name`` (``test`` / ``val`` / ``train`` / ``all``) picks units by the run's ``splits.csv``; by
+    default the held-out test units when ``data`` holds the run's own units (else all of them). Units whose
+    model input is identical to an earlier unit's (one image stored in several transfer syntaxes) are skipped.
+    """
     import torch
     from torch.utils.data import DataLoader, Subset
 
@@ -90,6 +96,8 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
         raise MedmmError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if limit < 1:
         raise MedmmError(f"--limit must be at least 1, got {limit}")
+    if split_name not in (None, *SPLITS):
+        raise MedmmError(f"--split must be one of {', '.join(SPLITS)}, got {split_name!r}")
     run_dir = Path(run_dir)
     read_info(run_dir)  # a medmm run directory
     read_state(run_dir / "checkpoints" / checkpoint)  # weights present and intact, before any work
@@ -100,11 +108,10 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
 
     spec, task, model, split, collate, device, _cache = load_run(run_dir, data, registry=registry, checkpoint=checkpoint)
 
-    chosen: dict[str, None] = {}
-    for u in split.units:
-        if u not in chosen and len(chosen) >= limit:
-            continue
-        chosen.setdefault(u, None)
+    candidates, selection = _candidates(run_dir, split.units, split_name)
+    chosen, duplicates = _distinct(split, candidates, limit)
+    selection += f"; {duplicates} duplicate unit(s) skipped (model input identical to an earlier unit's)" \
+        if duplicates else ""
     positions = [i for i, u in enumerate(split.units) if u in chosen]
     loader = DataLoader(Subset(split.dataset, positions), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
@@ -155,20 +162,23 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
             t0 = time.perf_counter()
             attrs = attribute(scorer, s, batch, target, m, steps, internal_batch_size)
             attr_seconds += time.perf_counter() - t0
+            _annotate(s, batch, attrs)  # blank maps flagged; each feature's own value
+            checked = [None if a is not None and a.extra.get("degenerate") else a for a in attrs]
+            faith[s.name]["degenerate"].append(sum(1 for a in attrs if a is not None and a.extra.get("degenerate")))
             pixels = s.get(batch).detach().float().cpu().numpy() if s.kind == "image" else None
             for i, (ex, a) in enumerate(zip(batch_ex, attrs)):
                 if a is not None:
                     ex.attrs[s.name] = a
                     if pixels is not None:
                         a.extra["pixels"] = pixels[i]  # what the model saw, for the overlay
-            top, rand = deletion(scorer, s, batch, attrs, target, rng)
+            top, rand = deletion(scorer, s, batch, checked, target, rng)  # blank maps left out
             faith[s.name]["top"] += top
             faith[s.name]["random"] += rand
             faith[s.name]["delta"] += [a.extra["delta"] for a in attrs if a is not None and "delta" in a.extra]
             # until RANDOMISED_EXAMPLES examples have a defined correlation (bounded in batches)
             if len(faith[s.name]["spearman"]) < RANDOMISED_EXAMPLES and randomised[s.name] < RANDOMISED_BATCHES:
                 r_attrs = attribute(rand_scorer, rand_specs[s.name], batch, target, m, steps, internal_batch_size)
-                faith[s.name]["spearman"] += rank_correlation(attrs, r_attrs)
+                faith[s.name]["spearman"] += rank_correlation(checked, r_attrs)
                 randomised[s.name] += 1
         examples.extend(batch_ex)
     examples.sort(key=lambda e: e.position)  # the data's order (a chunked document's windows in order)
@@ -180,7 +190,8 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        extras = _global_tables(task, scorer, espec, split, positions, collate, device, unit_pred, seed)
+        extras = {**_global_tables(task, scorer, espec, split, positions, collate, device, unit_pred, seed),
+                  "selection": selection}
         summary = build_outputs(tmp, task=task, task_name=spec.name, run_dir=run_dir, espec=espec, used=used,
                                 methods=_NAMES, examples=examples, faith=faith, extras=extras, top_k=top_k,
                                 seconds=seconds, attr_seconds=attr_seconds, fallback=fallback)
@@ -192,6 +203,92 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
         raise
     _print(out, summary)
     return out
+
+
+SPLITS = ("test", "val", "train", "all")
+
+
+def _candidates(run_dir: Path, units: list[str], split_name: str | None) -> tuple[list[str], str]:
+    """The data's units in the asked split of the run (default: test when the data is the run's own), in
+    data order, and that choice in words."""
+    from medmm.evaluation.overlap import run_splits
+
+    assigned = run_splits(run_dir)
+    distinct = list(dict.fromkeys(units))
+    own = [u for u in distinct if u in assigned]
+    if split_name is None:
+        split_name = "all" if not own else "test"
+        if split_name == "test" and not any(assigned[u] == "test" for u in own):
+            split_name = "val"  # a run without a test split: its held-out units are val
+    if split_name == "all":
+        why = f"all {len(distinct)} units of the data" + (f" ({len(own)} of them used by the run: train / val / test)"
+                                                         if own else " (none was used by the run)")
+        return distinct, why
+    if not own:
+        raise MedmmError(f"--split {split_name}: none of the data's units is in the run's splits.csv (new data): "
+                         "use --split all")
+    picked = [u for u in own if assigned[u] == split_name]
+    if not picked:
+        raise MedmmError(f"--split {split_name}: the data holds no unit of the run's {split_name} split")
+    held = "held-out " if split_name in ("test", "val") else "training "
+    return picked, f"{held}units of the run's {split_name} split ({len(picked)} in the data)"
+
+
+def _distinct(split: Any, candidates: list[str], limit: int) -> tuple[dict[str, None], int]:
+    """The first ``limit`` candidates whose first example's model input is new, and how many were skipped."""
+    first = {}
+    for i, u in enumerate(split.units):
+        first.setdefault(u, i)
+    chosen: dict[str, None] = {}
+    seen: set[str] = set()
+    skipped = 0
+    for u in candidates:  # bounded by the candidates
+        if len(chosen) >= limit:
+            break
+        key = _content_hash(split.dataset[first[u]])
+        if key in seen:
+            skipped += 1
+            continue
+        seen.add(key)
+        chosen[u] = None
+    return chosen, skipped
+
+
+def _content_hash(item: Any) -> str:
+    """A hash of the tensors / arrays (at least 1-D) of one dataset item: identical inputs, identical hash."""
+    h = hashlib.sha256()
+
+    def walk(x: Any) -> None:
+        if isinstance(x, dict):
+            for k in sorted(x, key=str):
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+        elif hasattr(x, "detach") or isinstance(x, np.ndarray):
+            a = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+            if a.ndim >= 1:
+                h.update(str(a.shape).encode())
+                h.update(np.ascontiguousarray(a).tobytes())
+
+    walk(item)
+    return h.hexdigest()
+
+
+def _annotate(s: Any, batch: Any, attrs: list[Any]) -> None:
+    """Image maps with nothing above zero or one value everywhere get ``extra['degenerate']``; feature
+    attributions get each feature's value in the example (``extra['values']``, from ``s.describe``)."""
+    values = None
+    if s.kind == "features" and s.describe is not None:
+        values = s.get(batch).detach().float().cpu().numpy()
+    for i, a in enumerate(attrs):
+        if a is None:
+            continue
+        cam = a.extra.get("cam")
+        if s.kind == "image" and (np.ptp(a.scores) == 0 or (cam is not None and float(np.max(cam)) <= 0)):
+            a.extra["degenerate"] = True
+        if values is not None:
+            a.extra["values"] = s.describe(values[i])
 
 
 def load_run(run_dir: Path, data: Path, *, registry: Any, checkpoint: str = "best") -> tuple[Any, ...]:
@@ -331,9 +428,13 @@ def _print(out: Path, summary: dict[str, Any]) -> None:
     lines = [(f"medmm explain: {summary['examples']} examples of {summary['units']} units "
               f"({summary['attribution_seconds_per_example']:.3f} s/example for attributions, "
               f"{summary['seconds_per_example']:.3f} s/example with the checks)")]
+    if summary.get("selection"):
+        lines.append(f"  units: {summary['selection']}")
     for name, f in summary["faithfulness"].items():
-        lines.append(f"  {name:<10} {f['method']}: deletion top-k drop {_f(f['deletion_top'])} vs random "
-                     f"{_f(f['deletion_random'])}; randomised-model rank correlation {_f(f['randomisation_spearman'])}")
+        lines.append(f"  {name:<10} {f['method']}, deletion: {f['deletion_verdict'].split(' (rule:')[0]}")
+        lines.append(f"  {'':<10} model randomisation: {f['randomisation_verdict'].split(' (rule:')[0]}")
+        if f.get("degenerate"):
+            lines.append(f"  {'':<10} {f['degenerate']} blank map(s) flagged and left out of both checks")
     for name in ("explanations.html", "attributions.csv", "summary.json"):
         lines.append(f"  {name:<18} {out / name}")
     if summary.get("overlays"):

@@ -43,6 +43,8 @@ class InputSpec:
         patch_grid / prefix_tokens: ``image`` with a ViT layer: tokens -> ``(h, w)`` grid.
         window_overlap: ``tokens``: content tokens a window shares with the previous window of
             its unit (long documents split into windows); shown once when the windows are joined.
+        describe: ``features``: one model row ``[D]`` -> each item's value in the source's own units
+            (shown beside its attribution), e.g. ``["31.8", "missing", "female"]``.
     """
 
     name: str
@@ -62,6 +64,7 @@ class InputSpec:
     patch_grid: tuple[int, int] | None = None
     prefix_tokens: int = 0
     window_overlap: int = 0
+    describe: Callable[[Any], list[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

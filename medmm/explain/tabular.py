@@ -128,4 +128,25 @@ def feature_input(name: str, preprocessor: Any, *, get: Any, put: Any, present: 
     return InputSpec(name=name, kind="features", get=get, put=put, baseline=torch.from_numpy(baseline),
                      baseline_doc="training reference: numeric columns at their training mean, categorical "
                                   "columns at their most frequent training value",
-                     feature_names=names, groups=groups, present=present)
+                     feature_names=names, groups=groups, present=present, describe=_describer(p, list(groups)))
+
+
+def _describer(p: Any, items: list[str]) -> Any:
+    """``row [D] -> [value per source column]``: the preprocessor undone (scaling, one-hot; an imputed
+    value shows as ``missing``), in the order of ``items``."""
+    n_num = len(p.numeric)
+
+    def describe(row: Any) -> list[str]:
+        x = np.asarray(row, dtype=np.float64)
+        raw = x[: len(p.means)] * np.asarray(p.scales) + np.asarray(p.means)
+        out: dict[str, str] = {c: f"{raw[j]:.4g}" for j, c in enumerate(p.numeric)}
+        for k, c in enumerate(p.indicators):
+            if raw[n_num + k] > 0.5:
+                out[c] = "missing"
+        start = len(p.means)
+        for col, cats in zip(p.categorical, p.categories):
+            out[col] = str(cats[int(np.argmax(x[start:start + len(cats)]))])
+            start += len(cats)
+        return [out.get(c, "") for c in items]
+
+    return describe
