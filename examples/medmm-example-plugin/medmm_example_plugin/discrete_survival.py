@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medmm import (
-    BaselineInputs, DataBundle, DataError, DeploySpec, Preprocessor, Split, Task, fit_preprocessor,
-    infer_column_types, prepare_target, read_json, read_table, select_features, write_json_atomic,
+    BaselineInputs, DataBundle, DataError, DeploySpec, ExplainSpec, Preprocessor, Split, Task, feature_input,
+    fit_preprocessor, infer_column_types, prepare_target, read_json, read_table, select_features, write_json_atomic,
 )
 
 log = logging.getLogger("medmm")
@@ -175,6 +175,11 @@ class DiscreteSurvivalTask(Task):
         self.has_target = y is not None
         self._raw = {**getattr(self, "_raw", {}), "predict": (x, None if y is None else y[:, :2], ids)}
         return Split(SurvivalRows(x, y), ids, y), None
+
+    def explain_spec(self, model: torch.nn.Module) -> ExplainSpec:
+        """``medmm explain``: Integrated Gradients on the encoded columns, summed back to the source columns."""
+        return ExplainSpec([feature_input("features", self.preprocessor, get=lambda b: b[0],
+                                          put=lambda b, x: (x, *b[1:]))])
 
     def deploy_spec(self, model: torch.nn.Module) -> DeploySpec:
         """``medmm export``: one input ``x`` (the preprocessed features); the graph is :meth:`step`

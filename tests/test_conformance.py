@@ -1,0 +1,58 @@
+"""medmm.testing.check_task, the conformance kit: a built-in task passes it; a broken task is reported."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medmm import check_task
+from medmm.registry import Registry
+from medmm.task import Task, TaskSpec
+
+
+def tiny_breast_cancer(folder: Path) -> tuple[Path, list[str]]:
+    """150 rows of scikit-learn's breast-cancer table, 6 features, an id column."""
+    from sklearn.datasets import load_breast_cancer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    df = load_breast_cancer(as_frame=True).frame.iloc[:150, [0, 1, 2, 7, 20, 27, 30]]
+    df.columns = [c.replace(" ", "_") for c in df.columns]
+    df["target"] = df["target"].map({0: "malignant", 1: "benign"})
+    df.insert(0, "pid", [f"p{i:03d}" for i in range(len(df))])
+    df.to_csv(folder / "bc.csv", index=False)
+    return folder / "bc.csv", ["data.target=target", "data.id_column=pid"]
+
+
+class Broken(Task):
+    """A planted non-conforming task: its reader fails on every input."""
+
+    def build_data(self, data_path: Path) -> None:
+        raise RuntimeError("the reader of this task is broken")
+
+
+@pytest.mark.slow  # imports the engine (torch) in-process: ~10 s on a loaded 2-core VM
+def test_a_failing_run_is_reported_and_the_checks_that_need_it_are_skipped(tmp_path: Path) -> None:
+    registry = Registry()
+    yaml = tmp_path / "broken.yaml"
+    yaml.write_text("data: {target: '', id_column: ''}\nmodel: {}\n")
+    registry.add("task", TaskSpec("broken", "tabular", "a broken task", yaml, Broken), owner="test")
+    report = check_task("broken", tiny_breast_cancer, tmp_path / "work", registry=registry)
+    assert not report.ok and [c.name for c in report.failed] == ["run"]
+    assert "the reader of this task is broken" in report["run"].detail
+    assert all(c.ok is None and "needs the" in c.detail for c in report.checks[1:])
+    assert "FAIL  run" in str(report) and "skip  export" in str(report)
+
+
+def test_unknown_checks_are_refused(tmp_path: Path) -> None:
+    from medmm.errors import MedmmError
+
+    with pytest.raises(MedmmError, match="unknown check"):
+        check_task("tabular-risk", tiny_breast_cancer, tmp_path, checks=["run", "fly"])
+
+
+@pytest.mark.slow
+def test_tabular_risk_passes_the_conformance_kit(tmp_path: Path) -> None:
+    report = check_task("tabular-risk", tiny_breast_cancer, tmp_path, overrides=["engine.epochs=2"])
+    assert report.ok, str(report)
+    assert all(c.ok for c in report.checks), str(report)  # nothing skipped: tabular-risk exports and serves
