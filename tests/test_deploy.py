@@ -153,8 +153,8 @@ def fusion(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 # --------------------------------------------------------------------------- unit tests
 
 
-def test_runtime_pooling_averages_windows_per_unit_in_first_seen_order() -> None:
-    from medmm.deploy.runtime import pool_by_unit
+def test_pooling_averages_windows_per_unit_in_first_seen_order() -> None:
+    from medmm.pooling import pool_by_unit
 
     scores = np.array([[0.2, 0.8], [0.6, 0.4], [0.4, 0.6], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     units, pooled, targets = pool_by_unit(["b", "a", "b", "c", "a"], scores, np.array([1, 0, 1, 2, 0]))
@@ -162,20 +162,6 @@ def test_runtime_pooling_averages_windows_per_unit_in_first_seen_order() -> None
     assert np.allclose(pooled, [[0.3, 0.7], [0.3, 0.7], [1.0, 0.0]])
     same = pool_by_unit(["x", "y"], scores[:2], None)  # one example per unit: passed through
     assert same[0] == ["x", "y"] and same[1] is not None and same[2] is None
-
-
-def test_runtime_pooling_equals_the_engines() -> None:
-    """The torch-free copy in medmm.deploy.runtime pools exactly as medmm.engine.trainer does."""
-    from medmm.deploy.runtime import pool_by_unit
-    from medmm.engine.trainer import pool_by_unit as engine_pool
-
-    rng = np.random.default_rng(0)
-    units = [f"u{i}" for i in rng.integers(0, 7, size=40)]
-    scores, targets = rng.random((40, 3)).astype(np.float32), rng.integers(0, 3, size=40)
-    ours, theirs = pool_by_unit(units, scores, targets), engine_pool(units, np.arange(40), scores, targets)
-    assert ours[0] == theirs[0]
-    np.testing.assert_array_equal(ours[1], theirs[1])
-    np.testing.assert_array_equal(ours[2], theirs[2])
 
 
 def test_manifest_refuses_a_file_changed_after_export(tmp_path: Path) -> None:
@@ -402,6 +388,13 @@ def test_image_export_predicts_like_torch_and_writes_dicom_sr(image, tmp_path: P
             match = [row for row in preds[uid] if all(abs(probs[f"Probability of {n}"] - float(row[f"prob_{n}"])) < 1e-6
                                                       for n in names)]
             assert match and finding == [match[0]["predicted"]]
+            code = {i.ConceptNameCodeSequence[0].CodeMeaning: i.ConceptCodeSequence[0].CodeMeaning for i in items
+                    if i.ValueType == "CODE"}  # the conformal set's members and the refer flag (#32)
+            in_set = [i.ConceptCodeSequence[0].CodeMeaning for i in items if i.ValueType == "CODE" and
+                      i.ConceptNameCodeSequence[0].CodeMeaning.startswith("Member of 90% conformal")]
+            assert in_set == [n for n in match[0]["set_90"].split(";") if n]
+            assert code["Refer to clinician (conformal set not one class)"] == ("Yes" if match[0]["abstain"] == "1"
+                                                                                else "No")
             algorithm = [i.TextValue for i in items if i.ConceptNameCodeSequence[0].CodeMeaning == "Algorithm Name"]
             assert algorithm == ["resnet18"]
             checked += 1

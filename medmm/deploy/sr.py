@@ -212,7 +212,8 @@ def _header(path: Path) -> Any:
 
 def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, level: str, frames: str,
                              problem: str, label_names: Sequence[str], model_name: str,
-                             model_version: str) -> tuple[list[Path], list[tuple[str, str]]]:
+                             model_version: str, conformal: Mapping[str, Any] | None = None,
+                             ) -> tuple[list[Path], list[tuple[str, str]]]:
     """SRs from a written ``predictions.csv`` (the torch ``medmm predict RUN_DIR`` path).
 
     The DICOM folder is scanned again (headers only) to trace each predicted unit to its files.
@@ -236,7 +237,8 @@ def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, le
     if problem == "binary":
         scores = scores[:, 0]
     return write_reports(out_dir, data, [r["id"] for r in rows], scores, traced, problem=problem,
-                         label_names=names, model_name=model_name, model_version=model_version)
+                         label_names=names, model_name=model_name, model_version=model_version,
+                         conformal=conformal)
 
 
 def reports_for_run(run_dir: Path, predictions: Path, data: Path,
@@ -246,6 +248,7 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
     Any task that reads a DICOM folder (its data config has ``level`` and ``frames``) qualifies.
     """
     from medmm import __version__
+    from medmm.evaluation.conformal import load_conformal
     from medmm.run import Run
 
     run = Run.open(run_dir)
@@ -259,7 +262,8 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
                                     label_names=list(task.label_names or []),
                                     model_name=str(getattr(model, "backbone", None) or run.task_name),
                                     model_version=f"medmm {run.info.get('medmm', __version__)} run "
-                                                  f"{run.path.resolve().name}")
+                                                  f"{run.path.resolve().name}",
+                                    conformal=load_conformal(run.path))  # set + refer flag (#32)
 
 
 def echo_reports(out_dir: Path, written: Sequence[Path], skipped: Sequence[tuple[str, str]]) -> None:
