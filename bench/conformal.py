@@ -124,23 +124,23 @@ def _mapie_classes():
     class Probs(ClassifierMixin, BaseEstimator):
         """A prefit 'classifier' whose input is its own probability matrix."""
 
-        def fit(self, X, y):  # noqa: N803
+        def fit(self, X, y):
             self.classes_ = np.arange(np.asarray(X).shape[1])
             self.n_features_in_ = np.asarray(X).shape[1]
             return self
 
-        def predict_proba(self, X):  # noqa: N803
+        def predict_proba(self, X):
             return np.asarray(X)
 
-        def predict(self, X):  # noqa: N803
+        def predict(self, X):
             return np.asarray(X).argmax(axis=1)
 
     class Preds(RegressorMixin, BaseEstimator):
-        def fit(self, X, y):  # noqa: N803
+        def fit(self, X, y):
             self.n_features_in_ = 1
             return self
 
-        def predict(self, X):  # noqa: N803
+        def predict(self, X):
             return np.asarray(X)[:, 0]
 
     return Probs, Preds
@@ -186,7 +186,7 @@ def run_one(name: str, alpha: float, seed: int, data: tuple[Any, ...], splits: i
         perm = rng.permutation(len(pool))
         c, t = perm[: len(cal)], perm[len(cal):]
         parts.append(_partition(problem, names, alpha, y[pool[c]], scores[c], y[pool[t]], scores[t]))
-    out: dict[str, Any] = {"n_cal": int(len(cal)), "n_test": int(len(te)), "splits": splits}
+    out: dict[str, Any] = {"n_cal": len(cal), "n_test": len(te), "splits": splits}
     for k in ("coverage", "mapie_coverage", "mean_size", "referred", "same_as_mapie"):
         out[k] = float(np.mean([p[k] for p in parts]))
     for k in ("classes", "mapie_classes"):

@@ -32,23 +32,23 @@ def _mapie():
     class Probs(ClassifierMixin, BaseEstimator):
         """A prefit 'classifier' whose input is its own probabilities."""
 
-        def fit(self, X, y):  # noqa: N803
+        def fit(self, X, y):
             self.classes_ = np.arange(np.asarray(X).shape[1])
             self.n_features_in_ = np.asarray(X).shape[1]
             return self
 
-        def predict_proba(self, X):  # noqa: N803
+        def predict_proba(self, X):
             return np.asarray(X)
 
-        def predict(self, X):  # noqa: N803
+        def predict(self, X):
             return np.asarray(X).argmax(axis=1)
 
     class Preds(RegressorMixin, BaseEstimator):
-        def fit(self, X, y):  # noqa: N803
+        def fit(self, X, y):
             self.n_features_in_ = 1
             return self
 
-        def predict(self, X):  # noqa: N803
+        def predict(self, X):
             return np.asarray(X)[:, 0]
 
     return Probs, Preds
@@ -183,7 +183,7 @@ def test_sr_findings_carry_the_set_and_the_refer_flag() -> None:
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from medmm.deploy.sr import _set_findings  # noqa: PLC2701 (the module's own helper, tested directly)
+    from medmm.deploy.sr import _set_findings
 
     y = np.array([0, 1] * 50)
     p = np.where(y == 1, 0.8, 0.2)

@@ -110,7 +110,7 @@ def calibrate(problem: str, y: Any, scores: Any, *, alpha: float = 0.1, mondrian
         "max_width": None if max_width is None else float(max_width),
         "classes": [str(c) for c in classes] if classes is not None else None,
         "thresholds": _thresholds(problem, y, scores, alpha, by_class),
-        "calibrated_on": calibrated_on, "n": int(len(y)),
+        "calibrated_on": calibrated_on, "n": len(y),
         # the calibration units' labels and scores (no ids): the weighted re-calibration reweights them
         "calibration_units": {"y": np.round(np.asarray(y, float), 6).tolist(),
                               "scores": np.round(np.asarray(scores, float), 6).tolist()},
@@ -241,7 +241,7 @@ def _cell(cov: np.ndarray, size: np.ndarray, refer: np.ndarray, n_boot: int, rng
           nominal: float) -> dict[str, Any]:
     c = cov.astype(float)
     lo, hi = _ci(c, n_boot, rng)
-    return {"n": int(len(c)), "coverage": float(c.mean()) if len(c) else math.nan, "coverage_ci": [lo, hi],
+    return {"n": len(c), "coverage": float(c.mean()) if len(c) else math.nan, "coverage_ci": [lo, hi],
             "mean_size": float(size.mean()) if len(size) else math.nan,
             "mean_size_ci": list(_ci(size.astype(float), n_boot, rng)),
             "referred": float(refer.mean()) if len(refer) else math.nan,
@@ -499,7 +499,7 @@ def _summary(conf: Mapping[str, Any], out: Mapping[str, np.ndarray], y: np.ndarr
     size = out["width"] if conf["problem"] == "regression" else out["size"]
     size = size.mean(axis=1) if size.ndim == 2 else size
     return {"coverage": float(cov.mean()), "mean_size": float(size.mean()), "referred": float(out["abstain"].mean()),
-            "n": int(len(y))}
+            "n": len(y)}
 
 
 def recalibrate(conf: Mapping[str, Any], y: Any, scores: Any, *, fraction: float, seed: int,
@@ -525,7 +525,7 @@ def recalibrate(conf: Mapping[str, Any], y: Any, scores: Any, *, fraction: float
     new = calibrate(conf["problem"], y[fit], s[fit], alpha=float(conf["alpha"]), mondrian=conf["mondrian"],
                     classes=conf.get("classes"), refer=conf["refer"], max_width=conf.get("max_width"),
                     calibrated_on="external calibration part")
-    out = {"method": "conformal", "conformal": new, "fit_units": int(len(fit)), "held_out_units": int(len(held)),
+    out = {"method": "conformal", "conformal": new, "fit_units": len(fit), "held_out_units": len(held),
            "alpha": float(conf["alpha"]),
            "before": _summary(conf, apply_sets(conf, s[held]), y[held]),
            "after": _summary(new, apply_sets(new, s[held]), y[held]), "weighted": None}

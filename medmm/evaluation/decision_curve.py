@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["THRESHOLDS", "TABLE_AT", "decision_curves", "net_benefit", "curves_html", "curves_markdown"]
+__all__ = ["TABLE_AT", "THRESHOLDS", "curves_html", "curves_markdown", "decision_curves", "net_benefit"]
 
 THRESHOLDS = np.round(np.arange(0.01, 1.0, 0.01), 2)
 TABLE_AT = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -38,7 +38,7 @@ def net_benefit(y: Any, p: Any, thresholds: Sequence[float] = THRESHOLDS) -> tup
 def _one(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]:
     model, all_ = net_benefit(y, p)
     out = {"thresholds": THRESHOLDS.tolist(), "model": model.tolist(), "treat_all": all_.tolist(),
-           "prevalence": float(y.mean()) if len(y) else math.nan, "n": int(len(y))}
+           "prevalence": float(y.mean()) if len(y) else math.nan, "n": len(y)}
     if n_boot and len(y) > 1:
         rng = np.random.default_rng(seed)
         boots = []

@@ -334,12 +334,12 @@ def tripod_ai(run_dir: Path) -> dict[str, Any]:
 
 
 def _md(report: dict[str, Any]) -> str:
-    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    esc = lambda s: str(s).replace("|", "\\|").replace("\n", " ")
     c = report["counts"]
     lines = [f"# TRIPOD+AI checklist: run `{report['run']}`", "",
-             f"{report['checklist']}; filled by medmm from the run directory on {report['made']}. Items: "
-             f"{c.get('filled', 0)} filled from the run, {c.get('partly', 0)} partly, {c.get(SUPPLY, 0)} {SUPPLY}. "
-             "Each answer cites the run artefact it came from; item wording is paraphrased.", ""]
+             (f"{report['checklist']}; filled by medmm from the run directory on {report['made']}. Items: "
+              f"{c.get('filled', 0)} filled from the run, {c.get('partly', 0)} partly, {c.get(SUPPLY, 0)} {SUPPLY}. "
+              "Each answer cites the run artefact it came from; item wording is paraphrased."), ""]
     section = None
     for r in report["items"]:
         if r["section"] != section:
