@@ -3,16 +3,20 @@ the model card's latest audit, and (slow) every artefact of a demo run read back
 
 from __future__ import annotations
 
+import html as _html
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from medmm import metrics as M
 from medmm.evaluation.overlap import caveat, seen_splits
 from medmm.io import dumps_json, write_json_atomic
 from medmm.model_card import set_section
+from tests.conftest import run_cli
 
 
 def _strict(text: str) -> object:
@@ -55,3 +59,116 @@ def test_the_card_subgroups_section_is_replaced_not_duplicated(tmp_path: Path) -
     bare.write_text("# Model card\n\n## Limitations and ethical considerations\n\n- y\n")
     set_section(bare, "Subgroups", "Latest audit.")
     assert bare.read_text().index("## Subgroups") < bare.read_text().index("## Limitations")
+
+
+# --------------------------------------------------------------------------- every artefact of demo runs
+
+
+
+DEMOS = {  # each demo, as small as it gets (the figures are checked for agreement, not for accuracy)
+    "image-cls": ["--set", "model.backbone=resnet18", "--set", "model.pretrained=none", "--set", "data.size=32",
+                  "--set", "engine.epochs=2", "--set", "engine.bootstrap=50"],
+    "tabular-risk": ["--set", "engine.epochs=3", "--set", "engine.bootstrap=50"],
+}
+
+
+def _visible(page: str) -> str:
+    """The text a reader sees on an HTML page: no tags, no embedded images, entities decoded."""
+    page = re.sub(r'src="data:[^"]*"', "", page)
+    page = re.sub(r"<style>.*?</style>", "", page, flags=re.DOTALL)
+    return _html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def _no_glitches(text: str, where: str) -> None:
+    assert not re.search(r"\bnan\b", text, re.IGNORECASE), (where, re.search(r".{40}\bnan\b.{40}", text, re.IGNORECASE | re.DOTALL))
+    assert not re.search(r"\binf(inity)?\b", text, re.IGNORECASE), where
+    assert not re.search(r"(^|\s)\?(\s|$)", text), (where, "a '?' where a value should be")
+    assert '{"' not in text and "{'" not in text, (where, "raw JSON / dict in user-facing text")
+
+
+def _inside(value: float | None, ci: list | tuple | None, where: str) -> None:
+    if value is None or ci is None or ci[0] is None:
+        return
+    assert ci[0] <= value <= ci[1], (where, value, ci)
+
+
+@pytest.fixture(params=list(DEMOS))
+def demo_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path, str]:
+    """``(task, run dir, what the demo printed)``."""
+    task = request.param
+    run = tmp_path_factory.mktemp(task) / "run"
+    done = run_cli("demo", task, "--out", str(run), *DEMOS[task], "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return task, run, done.stdout
+
+
+@pytest.mark.slow
+def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tmp_path: Path) -> None:
+    task, run, console = demo_run
+    summary = _strict((run / "summary.json").read_text())
+    rows = [_strict(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    final = next(r for r in rows if r.get("final"))
+    metrics, ci, split = summary["metrics"], summary["ci"], summary["split"]
+    assert final["split"] == split
+    report = (run / "report.html").read_text()
+    card = (run / "model_card.md").read_text()
+    for name, value in metrics.items():
+        assert final.get(name) == value, (name, final.get(name), value)  # one figure per metric and split
+        _inside(value, ci.get(name), f"summary.json {name}")
+        shown = M.format_estimate(value, ci.get(name) and tuple(ci[name]), style="[{lo}, {hi}]")
+        figure, _, interval = shown.partition(" ")
+        cell = re.search(rf"<td>{re.escape(name)}</td><td class=\"num\">([^<]*)</td><td class=\"num\">([^<]*)</td>",
+                         report)
+        assert cell and cell.group(1) == figure and cell.group(2) == interval, (name, cell and cell.groups(), shown)
+        row = re.search(rf"^\| {re.escape(name)} \| ([^|]*) \| ([^|]*) \|$", card, re.MULTILINE)
+        assert row and row.group(1) == figure, (name, row and row.groups(), shown)
+        printed = M.format_estimate(value, ci.get(name) and tuple(ci[name]), style=" (95% CI {lo}-{hi})")
+        assert f"{name:<10} {printed}" in console, (name, printed)
+    for cls, op in (summary.get("operating_point") or {}).items():
+        for k in ("sensitivity", "specificity", "ppv", "npv"):
+            _inside(op[k], op["ci"].get(k), f"operating point {cls} {k}")
+    best = summary["best_checkpoint"]
+    assert f"best checkpoint</th><td>{best}" in report and f"at {best}" in console  # one best, said the same way
+    for where, text in (("report.html", _visible(report)), ("model_card.md", card), ("console", console)):
+        _no_glitches(text, where)
+    assert "best val (" in report or "no per-epoch history" in report
+
+    # evaluate on the demo's own data: the caveat, the same figures on the test rows, the card's latest audit
+    data = run / "demo-data"
+    data = data if task == "image-cls" else next(data.glob("*.csv"))
+    extra = ["--subgroups", "Modality"] if task == "image-cls" else []
+    done = run_cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "eval"), *extra)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "caveat:" in done.stdout and "were used by this run" in done.stdout
+    ev = _strict((tmp_path / "eval" / "evaluation.json").read_text())
+    assert ev["provenance"]["caveat"].startswith("caveat:")
+    for name, value in ev["metrics"].items():
+        _inside(value, ev["ci"].get(name), f"evaluation.json {name}")
+    page = (tmp_path / "eval" / "evaluation.html").read_text()
+    _no_glitches(_visible(page), "evaluation.html")
+    assert "caveat:" in _visible(page)
+    card = (run / "model_card.md").read_text()
+    if extra:
+        sub = card.split("## Subgroups", 1)[1].split("\n## ", 1)[0]
+        assert "Latest audit: `medmm evaluate`" in sub and "Not audited" not in sub and "Flag rule:" in sub
+    _no_glitches(card, "model_card.md after evaluate")
+
+    # explain on the run's own data: its held-out units by default
+    done = run_cli("explain", str(run), "--data", str(data), "--out", str(tmp_path / "explain"), "--limit", "4")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "held-out units of the run's" in done.stdout
+    ex = _strict((tmp_path / "explain" / "summary.json").read_text())
+    assert all(f["deletion_verdict"].split(":")[0] in ("pass", "weak", "fail", "not checked")
+               for f in ex["faithfulness"].values())
+    explanations = (tmp_path / "explain" / "explanations.html").read_text()
+    _no_glitches(_visible(explanations), "explanations.html")
+
+    # every page in a real browser: no console message, nothing loaded from outside the file
+    from tests.browser import open_page
+
+    for name, html_path in (("report", run / "report.html"), ("evaluation", tmp_path / "eval" / "evaluation.html"),
+                            ("explanations", tmp_path / "explain" / "explanations.html")):
+        text = html_path.read_text()
+        assert not re.search(r'(src|href)="(?!data:|#)', text), (name, "a resource outside the page")
+        console_lines = open_page(html_path, tmp_path / f"{task}-{name}.png")
+        assert console_lines == [], (name, console_lines)
