@@ -275,3 +275,14 @@ def test_train_predict_evaluate_recalibrate_and_tripod_through_the_cli(tmp_path)
     assert (run / "tripod-ai" / "tripod-ai.md").read_text().count("| 23a |") == 1
     r = _cli(["report", str(run), "--tripod-ai"])
     assert r.exit_code != 0  # never overwrites
+
+
+def test_multilabel_coverage_is_per_label_and_the_joint_figure_is_reported_apart() -> None:
+    rng = np.random.default_rng(7)
+    p = rng.uniform(0.02, 0.98, size=(6000, 3))
+    y = (rng.random((6000, 3)) < p).astype(int)
+    conf = calibrate("multilabel", y[:3000], p[:3000], alpha=0.1)
+    rep = coverage_report(conf, y[3000:], p[3000:], label_names=["a", "b", "c"], n_boot=0)
+    assert abs(rep["overall"]["coverage"] - 0.9) < 0.015  # the per-label guarantee
+    assert all(abs(c["coverage"] - 0.9) < 0.02 for c in rep["classes"].values())
+    assert rep["all_labels_covered"] < 0.8  # about 0.9 ** 3: not what the sets promise, shown apart
