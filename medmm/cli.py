@@ -257,8 +257,12 @@ def make_cli() -> click.Group:
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
-    @click.option("--data", "data", required=True, type=click.Path(path_type=Path),
-                  help="Labelled data: a table or a DICOM folder, read as the run's task reads it.")
+    @click.option("--data", "data", required=True, type=DATA,
+                  help="Labelled data: a table or a DICOM folder, read as the run's task reads it; or a DICOMweb "
+                       "source with --labels.")
+    @click.option("--labels", "dicomweb_labels", type=click.Path(path_type=Path),
+                  help="DICOMweb --data: CSV of one label column keyed by StudyInstanceUID / SeriesInstanceUID / "
+                       "SOPInstanceUID / AccessionNumber (instances are pulled into one folder per label).")
     @click.option("--out", "out", type=click.Path(path_type=Path),
                   help="Output folder, new or empty (default RUN_DIR/evaluations/<data>-<time>).")
     @click.option("--subgroups", help="Comma-separated subgroup columns (default: the run's data.subgroup_columns).")
@@ -277,15 +281,20 @@ def make_cli() -> click.Group:
                   help="Also run the membership-inference audit: the run's own train vs test units (its training data).")
     def evaluate(run_dir: Path, data: Path, out: Path | None, subgroups: str | None, site: str | None,
                  date_column: str | None, recalibrate: str | None, calibration_fraction: float, checkpoint: str,
-                 no_card: bool, membership_audit: bool, overwrite: bool) -> None:
+                 no_card: bool, membership_audit: bool, overwrite: bool, dicomweb_labels: Path | None = None) -> None:
         """Validate a trained RUN_DIR on new labelled --data: metrics, operating point, subgroups, shift."""
         from medmm.evaluation.external import evaluate_run
 
         _check_data(data)
+        if dicomweb_labels is not None and not isinstance(data, str):
+            raise MedmmError("--labels goes with a DICOMweb --data (a folder's labels are its sub-folder names)")
+        if isinstance(data, str) and dicomweb_labels is None:
+            raise MedmmError("a DICOMweb --data needs --labels (CSV keyed by StudyInstanceUID / ... / AccessionNumber)")
         columns = None if subgroups is None else [c.strip() for c in subgroups.split(",") if c.strip()]
-        evaluate_run(run_dir, data, registry=_registry(), out=out, subgroups=columns, site=site,
-                     date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
-                     checkpoint=checkpoint, card=not no_card, overwrite=overwrite)
+        with _local_data(data, labels=dicomweb_labels, layout="label") as local:
+            evaluate_run(run_dir, local.path, registry=_registry(), out=out, subgroups=columns, site=site,
+                         date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
+                         checkpoint=checkpoint, card=not no_card, overwrite=overwrite)
         if membership_audit:
             from medmm.privacy.membership import audit_command
 
@@ -405,6 +414,9 @@ def make_cli() -> click.Group:
     @click.option("--label-attribute", metavar="KEYWORD",
                   help="Write labels.csv from this study attribute instead (read before de-identification).")
     @click.option("--id-column", help="Patient id column of --labels (becomes the keyed pseudonym).")
+    @click.option("--layout", type=click.Choice(["uid", "label"]), default="uid", show_default=True,
+                  help="uid: STUDY/SERIES/INSTANCE.dcm (keyed UIDs); label: LABEL/STUDY/... (one label column: the "
+                       "folder readers take the class from the sub-folder).")
     @click.option("--identified", is_flag=True, help="Do not de-identify (files hold PHI; for protected storage).")
     @click.option("--workers", type=int, default=4, show_default=True, help="Parallel connections.")
     @click.option("--retries", type=int, default=4, show_default=True,
@@ -428,7 +440,8 @@ def make_cli() -> click.Group:
                                           "keep pixels unscanned, or blank in every instance.")
     @click.option("--quiet", is_flag=True, help="No progress bar.")
     def pull(source: str, out: Path, key_file: Path | None, create_key: bool, labels: Path | None,
-             label_attribute: str | None, id_column: str | None, identified: bool, workers: int, retries: int,
+             label_attribute: str | None, id_column: str | None, layout: str, identified: bool, workers: int,
+             retries: int,
              limit: int | None, token_file: Path | None, user: str | None, password_file: Path | None,
              ca_bundle: Path | None, retain_dates: bool | None, retain_device_identity: bool | None,
              clean_descriptors: bool | None, config_file: Path | None, pixels: str, quiet: bool) -> None:
@@ -441,7 +454,7 @@ def make_cli() -> click.Group:
                      retain_dates=retain_dates, retain_device_identity=retain_device_identity,
                      clean_descriptors=clean_descriptors, workers=workers, retries=retries, limit=limit,
                      token_file=token_file, user=user, password_file=password_file, ca_bundle=ca_bundle,
-                     pixels=pixels, quiet=quiet, echo=click.echo)
+                     pixels=pixels, layout=layout, quiet=quiet, echo=click.echo)
 
     @cli.command("export")
     @click.argument("run_dir", type=click.Path(path_type=Path))

@@ -219,6 +219,32 @@ def test_labels_keyed_by_accession_are_rewritten_to_join_the_pulled_files(pacs, 
     assert {r.sop_uid: table[r.path] for r in records} == truth
 
 
+def test_a_layout_by_label_gives_the_folder_reader_its_classes(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from medmm.data.dicom.labels import labels_from_folders
+    from medmm.data.dicom.scan import scan_folder
+
+    server, idents = pacs
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["SeriesInstanceUID", "finding"])
+        w.writerows([i["SeriesInstanceUID"], f"{i['Modality']} scan"] for i in idents[:-1])  # the last: no label
+    out = tmp_path / "out"
+    res = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), labels=labels, layout="label",
+               progress=False, echo=lambda m: None)
+    assert res.fetched == len(idents) - 1 and res.skipped == [(Pseudonymizer(KEY).uid(idents[-1]["SOPInstanceUID"]),
+                                                               "no label for this instance")]
+    records, _ = scan_folder(out)
+    table = labels_from_folders(records)
+    truth = {Pseudonymizer(KEY).uid(i["SOPInstanceUID"]): f"{i['Modality']}_scan" for i in idents[:-1]}
+    assert {r.sop_uid: table[r.path] for r in records} == truth
+    with pytest.raises(MedmmError, match="exactly one label column"):
+        two = tmp_path / "two.csv"
+        two.write_text("StudyInstanceUID,a,b\n1.2,x,y\n")
+        pull(_server(server.url), {}, tmp_path / "o2", pseudo=Pseudonymizer(KEY), labels=two, layout="label",
+             progress=False, echo=lambda m: None)
+
+
 def test_an_interrupted_pull_resumes_fetching_only_what_is_missing(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server, idents = pacs
     srv = _server(server.url)
@@ -381,6 +407,13 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         assert studies == {i["StudyInstanceUID"] for i in idents if i["Modality"] == "CT"}
         patients = {item["00100020"]["Value"][0] for item in found}
         assert patients == {i["PatientID"] for i in idents if i["Modality"] == "CT"}
+        by_accession = tmp_path / "by_accession.csv"
+        by_accession.write_text("AccessionNumber,modality\n" + "".join(f"{i['AccessionNumber']},{i['Modality']}\n"
+                                                                        for i in idents))
+        out = run_cli("evaluate", str(run), "--data", server.url, "--labels", str(by_accession), "--out",
+                      str(tmp_path / "eval"), "--no-card", env=env)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["provenance"]["units"] == len(idents)
         # predicting on de-identified files cannot reference what the PACS knows: refused, nothing sent
         pulled = tmp_path / "pulled"
         assert run_cli("pull", server.url + "?Modality=MR", "--out", str(pulled), "--quiet", env=env).returncode == 0

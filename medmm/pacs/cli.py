@@ -17,7 +17,8 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
                  retain_device_identity: bool | None = None, clean_descriptors: bool | None = None,
                  workers: int = 4, retries: int = 4, limit: int | None = None, token_file: Path | None = None,
                  user: str | None = None, password_file: Path | None = None, ca_bundle: Path | None = None,
-                 pixels: str = "blank", quiet: bool = False, echo: Callable[[str], None] = print) -> Any:
+                 pixels: str = "blank", layout: str = "uid", quiet: bool = False,
+                 echo: Callable[[str], None] = print) -> Any:
     """Pull ``source`` into ``out``: de-identified unless ``identified``; prints counts, never values."""
     from medmm.data.sources import DicomwebSource, parse_source
     from medmm.data.sources.dicomweb import Credentials
@@ -57,7 +58,7 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
     server = src.server(creds, connections=workers, retries=retries)
     res = pull(server, src.url.filter_dict(), Path(out), pseudo=pseudo, options=options, labels=labels,
                label_attribute=label_attribute, id_column=id_column, workers=workers, progress=not quiet,
-               echo=echo, limit=limit, pixels=pixels)
+               echo=echo, limit=limit, pixels=pixels, layout=layout)
     rate = res.fetched / res.seconds if res.seconds > 0 else 0.0
     state = "de-identified" if pseudo is not None else "identified (as stored)"
     echo(f"{res.fetched} instance(s) pulled {state} into {out} ({rate:.1f}/s), {res.already} already there; "

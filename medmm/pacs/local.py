@@ -33,9 +33,10 @@ class LocalData:
 
 @contextlib.contextmanager
 def local_data(spec: str | Path, *, labels: str | Path | None = None, need_labels: bool = False,
-               echo: Callable[[str], None] = print, progress: bool = True,
-               workers: int = 4) -> Iterator[LocalData]:
-    """Yield ``spec`` as a local folder (see the module docstring)."""
+               echo: Callable[[str], None] = print, progress: bool = True, workers: int = 4,
+               layout: str = "uid") -> Iterator[LocalData]:
+    """Yield ``spec`` as a local folder (see the module docstring); ``layout="label"`` puts each
+    instance under its label's folder (for readers that take labels from sub-folder names)."""
     source = parse_source(spec)
     if not source.is_remote:
         yield LocalData(Path(source.path), Path(labels) if labels else None)
@@ -54,7 +55,8 @@ def local_data(spec: str | Path, *, labels: str | Path | None = None, need_label
     tmp = Path(tempfile.mkdtemp(prefix="medmm-dicomweb-"))
     try:
         res = pull(server, source.url.filter_dict(), tmp / "data", pseudo=Pseudonymizer(key),
-                   labels=Path(labels) if labels else None, workers=workers, progress=progress, echo=echo)
+                   labels=Path(labels) if labels else None, workers=workers, progress=progress, echo=echo,
+                   layout=layout)
         echo(f"{res.fetched} instance(s) pulled and de-identified from {server.url.where}; "
              f"{len(res.skipped)} skipped")
         if not res.fetched:

@@ -73,6 +73,16 @@ class PullResult:
         return not self.skipped
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """How each instance is handled (picklable: worker processes get a copy)."""
+
+    label_attribute: str | None = None
+    pixels: str = "blank"
+    layout: str = "uid"  # uid: <study>/<series>/<instance>.dcm; label: <label>/<study>/...
+    label_by_sop: dict[str, str] = field(default_factory=dict, repr=False)  # source SOP UID -> label (memory)
+
+
 @dataclass
 class _Done:
     key: str
@@ -212,7 +222,8 @@ def _short(exc: BaseException) -> str:
 def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None, options: Any = None,
          labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
          workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
-         limit: int | None = None, parallel: str = "auto", pixels: str = "blank") -> PullResult:
+         limit: int | None = None, parallel: str = "auto", pixels: str = "blank",
+         layout: str = "uid") -> PullResult:
     """Pull every instance ``server`` finds for ``filters`` into ``out`` (see the module docstring).
 
     ``pseudo`` is the keyed :class:`~medmm.deid.pseudonyms.Pseudonymizer` (``None`` writes the files
@@ -235,6 +246,13 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     if labels is not None and label_attribute:
         raise MedmmError("give --labels or --label-attribute, not both")
     label_rows = _read_labels(labels) if labels is not None else None
+    if layout not in ("uid", "label"):
+        raise MedmmError(f"layout must be uid or label, not {layout!r}")
+    if layout == "label" and label_rows is None and not label_attribute:
+        raise MedmmError("a layout by label needs --labels or --label-attribute")
+    if layout == "label" and label_rows is not None and len(_label_columns(label_rows[0], id_column)) != 1:
+        raise MedmmError(f"a layout by label needs exactly one label column in {labels} besides the key "
+                         f"(columns: {', '.join(label_rows[0])})")
     if label_attribute:
         from pydicom.datadict import tag_for_keyword
 
@@ -275,7 +293,9 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
          f"{len(todo)} to fetch with {workers} connection(s)")
 
-    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, label_attribute, pixels)
+    plan = _Plan(label_attribute, pixels, layout,
+                 _labels_by_sop(label_rows, refs, id_column) if layout == "label" and label_rows is not None else {})
+    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
     bar = _bar(len(todo), progress)
@@ -338,15 +358,14 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
 class _Fetcher:
     """Retrieve one instance, de-identify and verify it in memory, write it atomically."""
 
-    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, label_attribute: str | None,
-                 pixels: str = "blank"):
-        self.server, self.pseudo, self.options, self.pixels = server, pseudo, options, pixels
-        self.out, self.label_attribute = Path(out), label_attribute
-        self.deid = _Deid(pseudo, options, pixels) if pseudo is not None else None
+    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, plan: _Plan):
+        self.server, self.pseudo, self.options, self.plan = server, pseudo, options, plan
+        self.out = Path(out)
+        self.deid = _Deid(pseudo, options, plan.pixels) if pseudo is not None else None
 
     def worker_args(self) -> tuple[Any, ...]:
         """What a worker process needs to build the same fetcher (its own connection)."""
-        return (self.server.spec(), self.pseudo, self.options, str(self.out), self.label_attribute, self.pixels)
+        return (self.server.spec(), self.pseudo, self.options, str(self.out), self.plan)
 
     def new_uid(self, uid: str) -> str:
         return self.pseudo.uid(uid) if self.pseudo is not None else uid
@@ -356,10 +375,12 @@ class _Fetcher:
         reason = self.deid.skip_reason(ds) if self.deid is not None else None
         if reason:
             raise ValueError(reason)
-        label = None
-        if self.label_attribute:
-            value = ds.get(self.label_attribute)
+        label = self.plan.label_by_sop.get(ref.sop)
+        if self.plan.label_attribute:
+            value = ds.get(self.plan.label_attribute)
             label = str(value.value if hasattr(value, "value") else value or "").strip() or None
+        if self.plan.layout == "label" and label is None:
+            raise ValueError("no label for this instance")
         checked, scanned = 0, False
         if self.deid is not None:
             data, checked, scanned = self.deid(ds)
@@ -368,6 +389,8 @@ class _Fetcher:
         del ds
         key, study = self.new_uid(ref.sop), self.new_uid(ref.study)
         rel = f"{study}/{self.new_uid(ref.series)}/{key}.dcm"
+        if self.plan.layout == "label":
+            rel = f"{_folder_name(str(label))}/{rel}"
         dest = self.out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out / PULL_DIR / "tmp" / f"{key}.{os.getpid()}.part"
@@ -379,15 +402,14 @@ class _Fetcher:
 _WORKER: _Fetcher | None = None
 
 
-def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, label_attribute: str | None,
-                 pixels: str) -> None:
+def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, plan: _Plan) -> None:
     import signal
 
     from medmm.data.sources.dicomweb import DicomwebServer
 
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), label_attribute, pixels)
+    _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), plan)
 
 
 def _fetch_in_worker(ref: InstanceRef) -> _Done:
@@ -500,6 +522,35 @@ def _write_labels(result: PullResult, label_rows: tuple[list[str], list[dict[str
             path.unlink()
             raise MedmmError(f"labels verification FAILED: {scan.result.remaining} source key(s) remain in the "
                              f"rewritten labels CSV ({dict(scan.result.found)}); it was not kept")
+
+
+def _label_columns(header: list[str], id_column: str | None) -> list[str]:
+    return [h for h in header if h not in _LABEL_KEYS and h != id_column and h != "path"]
+
+
+def _labels_by_sop(label_rows: tuple[list[str], list[dict[str, str]]], refs: list[InstanceRef],
+                   id_column: str | None) -> dict[str, str]:
+    """Source SOP Instance UID -> label, from a CSV keyed at any level (in memory only)."""
+    header, rows = label_rows
+    key = next(k for k in _LABEL_KEYS if k in header)
+    column = _label_columns(header, id_column)[0]
+    by_key = {str(r.get(key) or "").strip(): str(r.get(column) or "").strip() for r in rows}
+    field_of = {"SOPInstanceUID": "sop", "SeriesInstanceUID": "series", "StudyInstanceUID": "study",
+                "AccessionNumber": "accession"}[key]
+    out = {}
+    for ref in refs:
+        label = by_key.get(getattr(ref, field_of))
+        if label:
+            out[ref.sop] = label
+    return out
+
+
+def _folder_name(label: str) -> str:
+    """A label as one safe folder name (the class name the folder reader will see)."""
+    import re
+
+    name = re.sub(r"[^\w.+-]+", "_", label).strip("._") or "_"
+    return name[:64]
 
 
 def _write_attribute_labels(result: PullResult, study_labels: dict[str, str], attribute: str) -> None:
