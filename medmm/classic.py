@@ -282,11 +282,9 @@ class Predictions:
 
 def _pooled(units: list[str], scores: np.ndarray, targets: np.ndarray | None) -> Any:
     """Per-unit predictions (mean over a unit's examples), as the engine pools them."""
-    if len(set(units)) == len(units):  # one example per unit: nothing to pool (no torch import)
-        return Predictions(list(units), np.asarray(scores), targets)
-    from medmm.engine.trainer import pool_by_unit
+    from medmm.pooling import pool_by_unit
 
-    u, s, t = pool_by_unit(list(units), np.arange(len(units)), np.asarray(scores), targets)
+    u, s, t = pool_by_unit(list(units), np.asarray(scores), targets)
     return Predictions(u, s, t)
 
 

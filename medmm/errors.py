@@ -26,6 +26,22 @@ class CheckpointError(MedmmError):
     """A checkpoint is missing, truncated, or not written by medmm."""
 
 
+class TrainingError(MedmmError):
+    """Training cannot continue (non-finite loss, interrupted, ...)."""
+
+
+class PrivacyError(MedmmError):
+    """A differentially private run cannot be set up as configured."""
+
+
+class PixelDecodeError(DataError):
+    """Pixel data that cannot be decoded or turned into a valid image."""
+
+    def __init__(self, path: object, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
 class UnknownNameError(MedmmError, KeyError):
     """A task, backbone, reader or fusion head name that is not registered."""
 

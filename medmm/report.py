@@ -92,19 +92,19 @@ def write_report(
     names, names_note = _label_names(problem, data, label_names)
     head_metric, head_mode = M.headline(problem)
     parts = [
-        _header(title, problem, len(data)),
-        _section("Summary", _kv_table(summary or {})) if summary else "",
-        _section("Metrics", _metrics_table(metrics, ci, head_metric)),
-        _section("Training", _figure(
+        page_header(title, problem, len(data)),
+        html_section("Summary", kv_table(summary or {})) if summary else "",
+        html_section("Metrics", _metrics_table(metrics, ci, head_metric)),
+        html_section("Training", _figure(
             "Training curves", lambda: _fig_training(history, head_metric, head_mode))),
-        _section("Evaluation", (_note(names_note) if names_note else "") + "".join(
+        html_section("Evaluation", (html_note(names_note) if names_note else "") + "".join(
             _figure(caption, build) for caption, build in _eval_figures(problem, data, names))),
     ]
     if problem in ("multiclass", "multilabel") and len(data) and data.valid:
-        parts.append(_section("Per-class metrics", _per_class_table(problem, data, names)))
+        parts.append(html_section("Per-class metrics", _per_class_table(problem, data, names)))
     for heading, body in extra_sections or []:
-        parts.append(_section(heading, body))
-    page = _page(title, "\n".join(p for p in parts if p))
+        parts.append(html_section(heading, body))
+    page = html_page(title, "\n".join(p for p in parts if p))
     path = Path(path)
     write_text_atomic(path, page)
     return path
@@ -113,7 +113,8 @@ def write_report(
 # --------------------------------------------------------------------------- HTML
 
 
-def _esc(value: Any) -> str:
+def esc_html(value: Any) -> str:
+    """``value`` as HTML-escaped text (quotes too)."""
     return html.escape(str(value), quote=True)
 
 
@@ -121,39 +122,44 @@ def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
     if isinstance(value, dict):  # e.g. examples per split: "train 35 · val 12 · test 11", never raw JSON
-        return " · ".join(f"{_esc(k)} {_fmt(v)}" for k, v in value.items())
+        return " · ".join(f"{esc_html(k)} {_fmt(v)}" for k, v in value.items())
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
-        return _esc(value)
+        return esc_html(value)
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     return "n/a" if not math.isfinite(float(value)) else f"{float(value):.4f}"
 
 
-def _page(title: str, body: str) -> str:
+def html_page(title: str, body: str) -> str:
+    """A self-contained HTML page (medmm's style sheet inline) around ``body``."""
     return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
+        f"<title>{esc_html(title)}</title>\n<style>{_CSS}</style>\n</head>\n"
         f"<body>\n<main>\n{body}\n</main>\n</body>\n</html>\n"
     )
 
 
-def _header(title: str, problem: str, n: int) -> str:
+def page_header(title: str, problem: str, n: int) -> str:
+    """The page heading: title, problem, number of examples and the UTC time of writing."""
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta = f"{problem} problem · {n} evaluated rows · medmm {__version__} · {stamp}"
-    return f"<h1>{_esc(title)}</h1>\n<p class=\"meta\">{_esc(meta)}</p>"
+    return f"<h1>{esc_html(title)}</h1>\n<p class=\"meta\">{esc_html(meta)}</p>"
 
 
-def _section(heading: str, body: str) -> str:
-    return f"<section>\n<h2>{_esc(heading)}</h2>\n{body}\n</section>"
+def html_section(heading: str, body: str) -> str:
+    """A ``<section>`` with an escaped ``<h2>`` heading."""
+    return f"<section>\n<h2>{esc_html(heading)}</h2>\n{body}\n</section>"
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
+def html_note(text: str) -> str:
+    """An escaped explanatory note paragraph."""
+    return f'<p class="note">{esc_html(text)}</p>'
 
 
-def _kv_table(rows: dict[str, Any]) -> str:
-    body = "".join(f"<tr><th>{_esc(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows.items())
+def kv_table(rows: dict[str, Any]) -> str:
+    """A two-column key / value table (values formatted as the report formats numbers)."""
+    body = "".join(f"<tr><th>{esc_html(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in rows.items())
     return f"<table>{body}</table>"
 
 
@@ -163,7 +169,7 @@ def html_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     Text is escaped; numbers are printed as the report prints them (4 decimals, ``n/a`` when
     undefined) and right-aligned.
     """
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    head = "".join(f"<th>{esc_html(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(_cell(c) for c in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -178,7 +184,7 @@ def _metrics_table(
     metrics: dict[str, float], ci: dict[str, tuple[float, float]] | None, head: str
 ) -> str:
     if not metrics:
-        return _note("No metrics were computed.")
+        return html_note("No metrics were computed.")
     has_ci = bool(ci)
     rows = []
     for name, value in metrics.items():
@@ -187,12 +193,12 @@ def _metrics_table(
         defined = low is not None and high is not None and math.isfinite(low) and math.isfinite(high)
         shown = M.format_estimate(value, (low, high) if defined else None, style="[{lo}, {hi}]")
         figure, _, interval = shown.partition(" ")
-        cells = f"<td>{_esc(name)}</td><td class=\"num\">{_esc(figure)}</td>"
+        cells = f"<td>{esc_html(name)}</td><td class=\"num\">{esc_html(figure)}</td>"
         if has_ci:
-            cells += f'<td class="num">{_esc(interval)}</td>'
+            cells += f'<td class="num">{esc_html(interval)}</td>'
         rows.append(f"<tr{cls}>{cells}</tr>")
     header = "<tr><th>metric</th><th>value</th>" + ("<th>95% CI</th>" if has_ci else "") + "</tr>"
-    foot = _note(f"Headline metric: {head}. n/a = undefined for these data (e.g. one class only). Figures are "
+    foot = html_note(f"Headline metric: {head}. n/a = undefined for these data (e.g. one class only). Figures are "
                  "rounded to two significant digits of their CI's width" + (f"; CIs: {M.CI_METHOD}." if has_ci else "."))
     return f"<table>{header}{''.join(rows)}</table>\n{foot}"
 
@@ -212,7 +218,7 @@ def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
                      tn / (tn + fp) if tn + fp else "n/a (no negatives)", f1, tp, fp, fn))
     head = ["class", "positives", "AUROC", "AUPRC", f"sensitivity ({rule})", f"specificity ({rule})",
             f"F1 ({rule})", "TP", "FP", "FN"]
-    return html_table(head, rows) + _note(
+    return html_table(head, rows) + html_note(
         f"Calls by {rule}, the rule of the confusion matrix and of predictions.csv's 'predicted' column.")
 
 
@@ -231,15 +237,15 @@ def _figure(caption: str, build: _Builder) -> str:
     try:
         fig = build()
     except _Skip as skip:
-        return _note(f"{caption}: not shown ({skip}).")
+        return html_note(f"{caption}: not shown ({skip}).")
     except Exception as exc:  # a figure must never cost a finished run its report
         log.warning("report figure %r failed", caption, exc_info=True)
-        return _note(f"{caption}: not shown (drawing failed: {type(exc).__name__}: {exc}).")
+        return html_note(f"{caption}: not shown (drawing failed: {type(exc).__name__}: {exc}).")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     png = base64.b64encode(buf.getvalue()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{png}" alt="{_esc(caption)}">'
-            f"<figcaption>{_esc(caption)}</figcaption></figure>")
+    return (f'<figure><img src="data:image/png;base64,{png}" alt="{esc_html(caption)}">'
+            f"<figcaption>{esc_html(caption)}</figcaption></figure>")
 
 
 # --------------------------------------------------------------------------- data helpers

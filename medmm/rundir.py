@@ -35,6 +35,11 @@ FILES = "files"  # run.json key: the manifest of the files medmm wrote in the ru
 CACHE = "cache"  # medmm's reusable cache folder: listed files there stay when a run is replaced
 
 
+def is_main_process() -> bool:
+    """Rank 0 under ``torchrun``, or a plain single process: the one that writes the run directory."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def read_info(run_dir: Path) -> dict[str, Any]:
     """``run.json`` of a run directory."""
     try:

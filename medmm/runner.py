@@ -68,18 +68,12 @@ def task_defaults(spec: TaskSpec) -> Any:
     return defaults(spec)
 
 
-def choices(spec: TaskSpec) -> dict[str, Any]:
-    """Deprecated: choices and ranges live in the config models; a legacy task's tables are
-    already part of the model derived from its YAML (:func:`medmm.config.model_from_defaults`)."""
-    return {}
-
-
 def resolved_config(spec: TaskSpec, user_file: Path | None, overrides: Sequence[str]) -> TaskConfig:
     """Defaults, the user's YAML and ``--set`` overrides, validated; then the backbone's recipe
     for every key the user did not set (:mod:`medmm.recipes`)."""
     from medmm.recipes import apply_recipe, user_keys
 
-    cfg = resolve(task_defaults(spec), user_file, overrides, choices(spec))
+    cfg = resolve(task_defaults(spec), user_file, overrides)
     return apply_recipe(cfg, spec, user_keys(user_file, overrides))
 
 

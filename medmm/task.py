@@ -294,7 +294,7 @@ class Task:
     @property
     def is_main(self) -> bool:
         """Rank 0 under ``torchrun`` (or a plain process): the one process that writes the run directory."""
-        from medmm.engine.distributed import is_main_process
+        from medmm.rundir import is_main_process
 
         return is_main_process()
 

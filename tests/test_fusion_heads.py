@@ -520,14 +520,3 @@ def test_each_head_learns_and_task(name: str) -> None:
     accuracy = (pred == test_y).float().mean().item()
     assert chance < 0.6
     assert accuracy > 0.85, f"{name}: accuracy {accuracy:.3f}"
-
-
-def test_medmm_models_fusion_is_a_deprecated_alias_of_fusion_heads() -> None:
-    import medmm.models.fusion
-    from medmm.models import fusion_heads
-
-    with pytest.warns(DeprecationWarning, match="medmm.models.fusion_heads"):
-        from medmm.models.fusion import FusionHead as old
-    assert old is fusion_heads.FusionHead
-    with pytest.raises(AttributeError):
-        medmm.models.fusion.Tensor  # noqa: B018 - only the heads' public names are aliased

@@ -160,13 +160,3 @@ def test_linear_cox_fit_matches_breslow_reference_and_lifelines():
     # lifelines uses Efron's ties: close but not identical on data with this many ties
     efron = lifelines.CoxPHFitter().fit(df, "week", "arrest").params_[covariates].to_numpy()
     np.testing.assert_allclose(ours / sd, efron, atol=5e-3)
-
-
-def test_medmm_losses_is_a_deprecated_alias_of_engine_losses() -> None:
-    import medmm.losses
-
-    with pytest.warns(DeprecationWarning, match="medmm.engine.losses"):
-        from medmm.losses import cox_ph_loss as old
-    assert old is cox_ph_loss
-    with pytest.raises(AttributeError):
-        medmm.losses.problem_loss  # noqa: B018 - only the moved name is aliased

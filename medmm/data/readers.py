@@ -163,7 +163,7 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
         if plugin is not None:
             df = _read_with_plugin(path, plugin, list(string_columns), decimal)
         elif fmt in ("csv", "tsv"):
-            sep = _csv_separator(path) if fmt == "csv" else "\t"
+            sep = csv_separator(path) if fmt == "csv" else "\t"
             df = pd.read_csv(path, sep=sep, dtype=dtype, encoding="utf-8-sig", low_memory=False, decimal=decimal)
         elif fmt == "jsonl":
             df = pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
@@ -222,7 +222,7 @@ def _read_with_plugin(path: Path, reader: Component, string_columns: list[str], 
     return df
 
 
-def _csv_separator(path: Path) -> str:
+def csv_separator(path: Path) -> str:
     """``;`` when the header line has semicolons and no comma, else ``,``."""
     import pandas as pd
 

@@ -155,11 +155,11 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
         return root
     import pandas as pd
 
-    from medmm.data.readers import _csv_separator  # the separator read_table chooses
+    from medmm.data.readers import csv_separator  # the separator read_table chooses
 
     suffix = data.suffix.lower()
     if suffix in (".csv", ".tsv"):  # cells exactly as written, same separator: the readers see the same text
-        sep = "\t" if suffix == ".tsv" else _csv_separator(data)
+        sep = "\t" if suffix == ".tsv" else csv_separator(data)
         df = pd.read_csv(data, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     elif suffix == ".parquet":
         df = pd.read_parquet(data)

@@ -26,6 +26,7 @@ import numpy as np
 
 from medmm.deploy.manifest import MODEL, MODEL_INT8, read_manifest, require
 from medmm.errors import DataError, MedmmError
+from medmm.pooling import pool_by_unit
 
 if TYPE_CHECKING:
     from medmm.config import TaskConfig
@@ -46,30 +47,6 @@ class Prediction:
     records: dict[str, list[Any]] = field(default_factory=dict)  # image unit -> DicomRecords (for SR)
     loss: float = math.nan
     skipped_key: str = "id"  # as medmm.task.Split: the skipped inputs are row "id"s or file "path"s
-
-
-def pool_by_unit(units: Sequence[str], scores: np.ndarray,
-                 targets: np.ndarray | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Mean score of the examples of each unit, in first-seen order (as the engine pools them).
-
-    Mirrors :func:`medmm.engine.trainer.pool_by_unit` without importing torch; a unit test keeps
-    the two identical.
-    """
-    order: dict[str, int] = {}
-    for u in units:
-        order.setdefault(u, len(order))
-    if len(order) == len(units):
-        return list(units), scores, targets
-    group = np.array([order[u] for u in units])
-    counts = np.bincount(group, minlength=len(order)).astype(np.float64)
-    pooled = np.zeros((len(order),) + scores.shape[1:], dtype=np.float64)
-    np.add.at(pooled, group, scores)
-    pooled /= counts.reshape((-1,) + (1,) * (scores.ndim - 1))
-    first = np.full(len(order), -1)
-    for pos, g in enumerate(group):
-        if first[g] < 0:
-            first[g] = pos
-    return list(order), pooled.astype(np.float32), None if targets is None else targets[first]
 
 
 # --------------------------------------------------------------------------- inputs per task

@@ -37,11 +37,6 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
-def is_main_process() -> bool:
-    """Rank 0 under ``torchrun``, or a plain single process: the one that writes the run directory."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def local_rank_from_env() -> int | None:
     """LOCAL_RANK set by torchrun, if any."""
     value = os.environ.get("LOCAL_RANK")

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medmm.errors import MedmmError
+from medmm.errors import MedmmError, PrivacyError
 
 if TYPE_CHECKING:
     import torch
@@ -45,10 +45,6 @@ ACCOUNTANTS = ("rdp", "prv")
 DEFAULTS: dict[str, Any] = {"enabled": False, "target_epsilon": 3.0, "delta": None, "max_grad_norm": 1.0,
                             "accountant": "rdp", "audit": False}
 EXTRA = "pip install 'medmm[privacy]'"
-
-
-class PrivacyError(MedmmError):
-    """A differentially private run cannot be set up as configured."""
 
 
 def settings(engine: dict[str, Any]) -> dict[str, Any]:

@@ -33,15 +33,12 @@ from medmm.engine.distributed import (
     DistInfo, barrier, broadcast_object, gather_objects, init_distributed, local_rank_from_env,
 )
 from medmm.engine.losses import problem_loss, scores_from_output
+from medmm.pooling import pool_by_unit
 from medmm.engine.sampling import balanced_class_weights, epoch_generator, eval_batches, plan_epoch, shard
 from medmm.engine.schedule import build_optimizer, lr_lambda
-from medmm.errors import CheckpointError, ConfigError, MedmmError
+from medmm.errors import CheckpointError, ConfigError, MedmmError, TrainingError
 from medmm.runlog import log_evaluation
 from medmm.task import DataBundle, Split, Task
-
-
-class TrainingError(MedmmError):
-    """Training cannot continue (non-finite loss, interrupted, ...)."""
 
 
 def _warn(msg: str) -> None:
@@ -126,27 +123,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def pool_by_unit(units: list[str], index: np.ndarray, scores: np.ndarray,
-                 targets: np.ndarray | None) -> tuple[list[str], np.ndarray, np.ndarray | None]:
-    """Average the scores of examples that belong to one unit (windows, instances)."""
-    ex_units = [units[i] for i in index]
-    order: dict[str, int] = {}
-    for u in ex_units:
-        order.setdefault(u, len(order))
-    if len(order) == len(ex_units):
-        return ex_units, scores, targets
-    group = np.array([order[u] for u in ex_units])
-    counts = np.bincount(group, minlength=len(order)).astype(np.float64)
-    pooled = np.zeros((len(order),) + scores.shape[1:], dtype=np.float64)
-    np.add.at(pooled, group, scores)
-    pooled /= counts.reshape((-1,) + (1,) * (scores.ndim - 1))
-    first = np.full(len(order), -1)
-    for pos, g in enumerate(group):
-        if first[g] < 0:
-            first[g] = pos
-    return list(order), pooled.astype(np.float32), None if targets is None else targets[first]
-
-
 class Trainer:
     """Fits a task's model; every task goes through here."""
 
@@ -223,7 +199,7 @@ class Trainer:
         target = np.concatenate([p[2] for p in parts if p[2] is not None]) if has_t else None
         loss = sum(p[3] for p in parts) / max(1, sum(p[4] for p in parts))
         order = np.argsort(index, kind="stable")
-        units, pooled, pooled_t = pool_by_unit(split.units, index[order], score[order],
+        units, pooled, pooled_t = pool_by_unit([split.units[i] for i in index[order]], score[order],
                                                None if target is None else target[order])
         return EvalOutput(units, pooled, pooled_t, loss if n else float("nan"))
 

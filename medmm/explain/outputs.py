@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Sequence
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medmm.io import write_json_atomic, write_text_atomic
-from medmm.report import _esc, _header, _kv_table, _note, _page, _section
+from medmm.report import esc_html, page_header, kv_table, html_note, html_page, html_section
 
 CAVEATS = (
     "Attributions say which parts of the input the model's output is sensitive to; they are not causal "
@@ -71,7 +73,6 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
                   methods: dict[str, str], examples: list[Any], faith: dict[str, Any], extras: dict[str, Any],
                   top_k: int, seconds: float, attr_seconds: float, fallback: bool) -> dict[str, Any]:
     from medmm.explain.image import overlay_png
-    from medmm.explain.run import safe_name, write_csv
     from medmm.explain.text import join_windows, lexicon
 
     signed = task.problem not in ("regression", "survival")
@@ -183,14 +184,14 @@ def _faith_table(summary: dict[str, Any]) -> str:
             "<th>rank correlation with a randomised model</th><th>IG delta (mean / max)</th></tr>")
     rows, warn, verdicts = [], [], []
     for name, f in summary["faithfulness"].items():
-        verdicts.append(f"<li><strong>{_esc(name)}</strong>, deletion: {_esc(f.get('deletion_verdict', ''))}</li>"
-                        f"<li><strong>{_esc(name)}</strong>, model randomisation: "
-                        f"{_esc(f.get('randomisation_verdict', ''))}</li>")
+        verdicts.append(f"<li><strong>{esc_html(name)}</strong>, deletion: {esc_html(f.get('deletion_verdict', ''))}</li>"
+                        f"<li><strong>{esc_html(name)}</strong>, model randomisation: "
+                        f"{esc_html(f.get('randomisation_verdict', ''))}</li>")
         if f.get("degenerate"):
-            verdicts.append(f"<li><strong>{_esc(name)}</strong>: {f['degenerate']} blank or flat map(s) (nothing above "
+            verdicts.append(f"<li><strong>{esc_html(name)}</strong>: {f['degenerate']} blank or flat map(s) (nothing above "
                             "zero after Grad-CAM's ReLU, or one value everywhere) are marked in the examples and left "
                             "out of both checks.</li>")
-        rows.append(f"<tr><td>{_esc(name)}</td><td>{_esc(f['method'])}</td><td>{_esc(f['baseline'])}</td>"
+        rows.append(f"<tr><td>{esc_html(name)}</td><td>{esc_html(f['method'])}</td><td>{esc_html(f['baseline'])}</td>"
                     f"<td class=num>{_num(f['deletion_top'])}</td><td class=num>{_num(f['deletion_random'])}</td>"
                     f"<td class=num>{_num(f['deletion_top_beats_random'])}</td><td class=num>{f['deletion_n']}</td>"
                     f"<td class=num>{_num(f['randomisation_spearman'])} (n={f['randomisation_n']})</td>"
@@ -201,13 +202,13 @@ def _faith_table(summary: dict[str, Any]) -> str:
         if f["randomisation_spearman"] is not None and f["randomisation_spearman"] > HIGH_CORRELATION:
             warn.append(f"{name}: the attributions of a model with random weights rank the items much like the trained "
                         "model's (high correlation): this method shows the input more than what the model learnt.")
-    expl = _note("Deletion: the k items with the highest attribution are replaced by the baseline and the drop in the "
+    expl = html_note("Deletion: the k items with the highest attribution are replaced by the baseline and the drop in the "
                  "predicted class's probability is recorded (regression / survival: the absolute change of the output); "
                  "the control replaces k random items of the same example. Model randomisation (Adebayo et al., 2018): "
                  "the same method on the model with re-initialised weights; low correlation is what a method that "
                  "reads the model should show (a flat map from the randomised model counts as 0).")
     return (f"<ul>{''.join(verdicts)}</ul><table>{head}{''.join(rows)}</table>" + expl
-            + "".join(f'<p><strong>Warning.</strong> {_esc(w)}</p>' for w in warn))
+            + "".join(f'<p><strong>Warning.</strong> {esc_html(w)}</p>' for w in warn))
 
 
 def _words_html(words: Sequence[tuple[str, float]]) -> str:
@@ -217,7 +218,7 @@ def _words_html(words: Sequence[tuple[str, float]]) -> str:
         a = min(1.0, abs(s) / top) * 0.85
         colour = f"rgba(220,38,38,{a:.2f})" if s > 0 else f"rgba(37,99,235,{a:.2f})"
         parts.append(f'<span style="background:{colour};padding:1px 2px;border-radius:2px" '
-                     f'title="{s:.4g}">{_esc(w)}</span>')
+                     f'title="{s:.4g}">{esc_html(w)}</span>')
     return f'<p style="line-height:1.9">{" ".join(parts)}</p>'
 
 
@@ -233,8 +234,8 @@ def _items_table(a: Any, signed: bool, top_k: int) -> str:
         colour = "#dc2626" if sc > 0 else "#2563eb"
         bar = (f'<div style="width:160px;background:#f3f4f6"><div style="width:{width:.0f}%;height:10px;'
                f'background:{colour}"></div></div>')
-        value = f"<td>{_esc(values[j])}</td>" if values is not None else ""
-        rows.append(f"<tr><td>{_esc(a.items.names[j])}</td>{value}<td class=num>{sc:.4g}</td><td>{bar}</td></tr>")
+        value = f"<td>{esc_html(values[j])}</td>" if values is not None else ""
+        rows.append(f"<tr><td>{esc_html(a.items.names[j])}</td>{value}<td class=num>{sc:.4g}</td><td>{bar}</td></tr>")
     head = "<tr><th>item</th>" + ("<th>value in this example</th>" if values is not None else "") + \
         "<th>attribution</th><th></th></tr>"
     return f"<table>{head}{''.join(rows)}</table>"
@@ -242,36 +243,36 @@ def _items_table(a: Any, signed: bool, top_k: int) -> str:
 
 def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[Any], docs: dict[str, Any],
           pngs: dict[tuple[int, str], str], signed: bool, top_k: int) -> str:
-    parts = [_header(f"medmm explain: {task_name}", summary["problem"], summary["examples"]),
-             _section("Summary", _kv_table({
+    parts = [page_header(f"medmm explain: {task_name}", summary["problem"], summary["examples"]),
+             html_section("Summary", kv_table({
                  "task": task_name, "problem": summary["problem"], "examples explained": summary["examples"],
                  "units": summary["units"], "units chosen": summary.get("selection") or "n/a", **{f"method ({n})": m for n, m in summary["methods"].items()},
                  "seconds per example (attributions / with the checks)":
                      f"{summary['attribution_seconds_per_example']:.3f} / {summary['seconds_per_example']:.3f}"})
-                 + "".join(_note(n) for n in summary["notes"])),
-             _section("Faithfulness", _faith_table(summary)),
-             _section("What these explanations do not prove", f"<p>{_esc(CAVEATS)}</p>")]
+                 + "".join(html_note(n) for n in summary["notes"])),
+             html_section("Faithfulness", _faith_table(summary)),
+             html_section("What these explanations do not prove", f"<p>{esc_html(CAVEATS)}</p>")]
     if summary["lexicon"]:
         body = ""
         for cls, rows in summary["lexicon"].items():
-            body += (f"<h3>predicted {_esc(cls)}</h3><table><tr><th>word</th><th>mean attribution</th>"
+            body += (f"<h3>predicted {esc_html(cls)}</h3><table><tr><th>word</th><th>mean attribution</th>"
                      "<th>documents</th></tr>" + "".join(
-                         f"<tr><td>{_esc(w)}</td><td class=num>{m:.4g}</td><td class=num>{n}</td></tr>"
+                         f"<tr><td>{esc_html(w)}</td><td class=num>{m:.4g}</td><td class=num>{n}</td></tr>"
                          for w, m, n in rows) + "</table>")
-        parts.append(_section("Global lexicon (words with the highest mean attribution per predicted class)",
-                              body + _note("A template phrase or a de-identification token at the top of this list "
+        parts.append(html_section("Global lexicon (words with the highest mean attribution per predicted class)",
+                              body + html_note("A template phrase or a de-identification token at the top of this list "
                                            "means the model keys on it.")))
     for name, rows in summary["global"].items():
         body = "<table><tr><th>item</th><th>mean |attribution|</th><th>mean attribution</th><th>ranked first</th></tr>"
-        body += "".join(f"<tr><td>{_esc(r['item'])}</td><td class=num>{r['mean_abs']:.4g}</td>"
+        body += "".join(f"<tr><td>{esc_html(r['item'])}</td><td class=num>{r['mean_abs']:.4g}</td>"
                         f"<td class=num>{r['mean']:.4g}</td><td class=num>{r['ranked_first']:.0%}</td></tr>"
                         for r in rows) + "</table>"
-        parts.append(_section(f"Global importance: {name}", body))
+        parts.append(html_section(f"Global importance: {name}", body))
     if summary.get("permutation_importance"):
         body = "<table><tr><th>column</th><th>mean |change| when shuffled</th><th>95% CI</th></tr>" + "".join(
-            f"<tr><td>{_esc(r['item'])}</td><td class=num>{r['importance']:.4g}</td>"
+            f"<tr><td>{esc_html(r['item'])}</td><td class=num>{r['importance']:.4g}</td>"
             f"<td class=num>[{r['ci_low']:.4g}, {r['ci_high']:.4g}]</td></tr>" for r in summary["permutation_importance"])
-        parts.append(_section("Permutation importance", body + "</table>" + _note(
+        parts.append(html_section("Permutation importance", body + "</table>" + html_note(
             "Each column shuffled across the explained rows (5 shuffles); the change of the model's output "
             "(the predicted class's probability, or the predicted value); bootstrap CI over rows.")))
     shown: set[str] = set()
@@ -282,8 +283,8 @@ def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[An
         elif summary["problem"] == "survival":
             said = f"predicted log hazard {e.prob:.4g}"
         else:
-            said = f"predicted {_esc(e.predicted)} (P = {e.prob:.3f})"
-        head = f"<h3>{_esc(e.unit)}: {said}</h3>"
+            said = f"predicted {esc_html(e.predicted)} (P = {e.prob:.3f})"
+        head = f"<h3>{esc_html(e.unit)}: {said}</h3>"
         body = ""
         for s in espec.inputs:
             a = e.attrs.get(s.name)
@@ -292,19 +293,32 @@ def _html(task_name: str, summary: dict[str, Any], espec: Any, examples: list[An
             if s.kind == "tokens":
                 if e.unit in shown:
                     continue  # a chunked document is shown once, whole
-                body += f"<p><em>{_esc(s.name)}</em></p>" + _words_html(docs.get(e.unit, []))
+                body += f"<p><em>{esc_html(s.name)}</em></p>" + _words_html(docs.get(e.unit, []))
             elif (n, s.name) in pngs:
                 blank = " — blank map (no region raised the score): not used in the faithfulness figures" \
                     if a.extra.get("degenerate") else ""
-                body += (f'<figure><img alt="{_esc(s.name)} attribution" src="data:image/png;base64,{pngs[(n, s.name)]}" '
-                         f'style="max-width:360px"><figcaption>{_esc(s.name)}{_esc(blank)}</figcaption></figure>')
+                body += (f'<figure><img alt="{esc_html(s.name)} attribution" src="data:image/png;base64,{pngs[(n, s.name)]}" '
+                         f'style="max-width:360px"><figcaption>{esc_html(s.name)}{esc_html(blank)}</figcaption></figure>')
             else:
-                body += f"<p><em>{_esc(s.name)}</em></p>" + _items_table(a, signed, top_k)
+                body += f"<p><em>{esc_html(s.name)}</em></p>" + _items_table(a, signed, top_k)
         shown.add(e.unit)
         if body:
             blocks.append(head + body)
-    parts.append(_section("Examples", "\n".join(blocks) + _note(
+    parts.append(html_section("Examples", "\n".join(blocks) + html_note(
         "Red: pushes towards the predicted class; blue: away from it (text and tables; regression: raises / lowers "
         "the prediction). Heat maps: drawn over the pixels the model was given; the colour bar at each map's right "
         "runs from 0 (no attribution, bottom) to that map's largest attribution (top).")))
-    return _page(f"medmm explain {task_name}", "\n".join(parts))
+    return html_page(f"medmm explain {task_name}", "\n".join(parts))
+
+
+def safe_name(unit: str, i: int) -> str:
+    """A file name for a unit's overlay that reveals nothing about it (no path, no UID)."""
+    return f"{i:04d}-{hashlib.sha256(unit.encode()).hexdigest()[:10]}.png"
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
+    """A small CSV of the explanation outputs (header + rows)."""
+    with path.open("w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)

@@ -10,7 +10,6 @@ nothing half-written.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import logging
@@ -86,7 +85,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     from medmm.engine.checkpoint import read_state
     from medmm.engine.device import move_to
     from medmm.engine.losses import scores_from_output
-    from medmm.engine.trainer import pool_by_unit
+    from medmm.pooling import pool_by_unit
     from medmm.explain.core import Scorer
     from medmm.explain.faithfulness import deletion, randomized_copy, rank_correlation, same_layer
     from medmm.explain.occlusion import fallback_spec
@@ -138,7 +137,8 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
             idx_all.append(o["index"].cpu().numpy())
             scores_all.append(scores_from_output(task.problem, o["output"]).float().cpu().numpy())
     index = np.concatenate(idx_all)
-    units, pooled, _ = pool_by_unit(split.units, np.sort(index), np.concatenate(scores_all)[np.argsort(index)], None)
+    units, pooled, _ = pool_by_unit([split.units[i] for i in np.sort(index)],
+                                    np.concatenate(scores_all)[np.argsort(index)], None)
     unit_pred = {u: _predicted(task.problem, s) for u, s in zip(units, pooled)}
 
     rand_model = randomized_copy(model, seed)
@@ -444,15 +444,3 @@ def _print(out: Path, summary: dict[str, Any]) -> None:
 
 def _f(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
-
-
-def safe_name(unit: str, i: int) -> str:
-    """A file name for a unit's overlay that reveals nothing about it (no path, no UID)."""
-    return f"{i:04d}-{hashlib.sha256(unit.encode()).hexdigest()[:10]}.png"
-
-
-def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)

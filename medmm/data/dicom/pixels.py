@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medmm.data.dicom.scan import quiet_pydicom, short_reason
-from medmm.errors import ConfigError, DataError
+from medmm.errors import ConfigError, DataError, PixelDecodeError
 
 __all__ = [
     "FRAME_MODES",
@@ -63,14 +63,6 @@ _FRAME_VOI_SQ = "FrameVOILUTSequence"
 _FUNCTIONAL_GROUPS = [0x52009229, 0x52009230]  # Shared / Per-frame Functional Groups
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _PALETTES: dict[str, np.ndarray] = {}  # palette fingerprint -> RGB table, per process
-
-
-class PixelDecodeError(DataError):
-    """Pixel data that cannot be decoded or turned into a valid image."""
-
-    def __init__(self, path: str | Path, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
 
 
 @dataclass(frozen=True)
