@@ -169,6 +169,8 @@ def make_cli() -> click.Group:
             out = resume
         else:
             cfg = _resolved_config(spec, config_file, overrides)
+        if isinstance(data, str) and spec.modality != "image":
+            raise MedmmError(f"a DICOMweb --data source holds images; {task} is a {spec.modality} task")
         data_cfg = getattr(cfg, "data", None)
         labels = getattr(data_cfg, "labels", None)
         with _local_data(data, labels=labels, need_labels=hasattr(data_cfg, "labels"), progress=not quiet) as local:

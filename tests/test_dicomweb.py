@@ -308,7 +308,11 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(pacs, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                               caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)  # a user's debug logging must still not show a UID of a retried URL
     server, idents = pacs
     broken = {idents[1]["SOPInstanceUID"], idents[8]["SOPInstanceUID"]}
     handler = type("Flaky", (_Flaky,), {"upstream": server.rest, "broken": broken,
@@ -329,6 +333,7 @@ def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(
     assert res.fetched == len(idents) - 2  # the 429 one was retried and fetched
     assert not any(u in (tmp_path / "out" / "skipped.csv").read_text() for u in broken)
     assert json.loads((tmp_path / "out" / "pull.json").read_text())["complete"] is False
+    assert not any(i["SOPInstanceUID"] in caplog.text or i["StudyInstanceUID"] in caplog.text for i in idents)
 
 
 def test_auth_required_and_wrong_credentials_are_one_line_errors(tmp_path: Path, key_file: Path,

@@ -191,14 +191,12 @@ def _value(item: Mapping[str, Any], tag: str) -> str:
 
 @contextlib.contextmanager
 def _quiet_client() -> Iterator[None]:
-    """dicomweb-client logs UIDs and query strings at INFO / DEBUG: never let them through."""
-    logger = logging.getLogger("dicomweb_client")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
+    """dicomweb-client logs UIDs and query strings at INFO / DEBUG, urllib3 logs each retried URL
+    (UIDs, matching values) at WARNING: in this process they never get through (set once, not
+    restored, so that threads cannot race on it)."""
+    for name in ("dicomweb_client", "urllib3.connectionpool", "urllib3.util.retry"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    yield
 
 
 class DicomwebServer:
