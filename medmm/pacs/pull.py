@@ -37,6 +37,7 @@ __all__ = ["PULL_DIR", "PullResult", "pull"]
 
 PULL_DIR = ".medmm-pull"
 MANIFEST = "manifest.jsonl"
+STATE = "state.json"  # written before the first instance: the key id and whether files are de-identified
 REPORT_NAME = "pull.json"
 SKIPPED_NAME = "skipped.csv"
 LABELS_NAME = "labels.csv"
@@ -174,14 +175,17 @@ def _encode(ds: Any) -> bytes:
 
 
 def _check_out(out: Path) -> dict[str, Any] | None:
-    """``out`` must be new, empty, or an earlier pull (returns its report then)."""
+    """``out`` must be new, empty, or an earlier pull (returns its state then: key id, de-id)."""
     if not out.exists():
         return None
     if not out.is_dir():
         raise MedmmError(f"--out {out} exists and is not a folder")
-    if (out / PULL_DIR / MANIFEST).is_file():
-        report = out / REPORT_NAME
-        return json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    state = out / PULL_DIR / STATE
+    if state.is_file():
+        try:
+            return dict(json.loads(state.read_text(encoding="utf-8")))
+        except (ValueError, TypeError):
+            raise MedmmError(f"--out {out}: {PULL_DIR}/{STATE} is damaged; pull into a new folder") from None
     if any(out.iterdir()):
         raise MedmmError(f"--out {out} is not empty and holds no earlier pull; pull into a new or empty folder "
                          "(files are never overwritten)")
@@ -240,7 +244,7 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     out = Path(out)
     earlier = _check_out(out)
     key_id = pseudo.token("key-id", "key-id", 8) if pseudo is not None else None
-    if earlier is not None and earlier.get("key_id", key_id) != key_id:
+    if earlier is not None and (earlier.get("key_id") != key_id or earlier.get("deidentified") != (pseudo is not None)):
         raise MedmmError(f"--out {out} holds a pull made with another de-identification key (or none); "
                          "resume with the same key, or pull into a new folder")
     if labels is not None and label_attribute:
@@ -275,6 +279,11 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
             result.uid_map[new_uid(uid)] = uid
         result.studies.setdefault(new_uid(ref.study), ref.attributes)
     (out / PULL_DIR / "tmp").mkdir(parents=True, exist_ok=True)
+    if earlier is None:
+        from medmm.io import write_json_atomic
+
+        write_json_atomic(out / PULL_DIR / STATE, {"format": "medmm-pull-state", "key_id": key_id,
+                                                   "deidentified": pseudo is not None})
     manifest_path = out / PULL_DIR / MANIFEST
     done = _read_manifest(manifest_path)
     todo: list[InstanceRef] = []
