@@ -78,10 +78,10 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
         return out
     name = get_key(out, "model.backbone")
     if name == "auto":
-        resolver = getattr(spec.load(), "resolve_auto_backbone", None)
-        if resolver is None:
+        chosen = spec.load().resolve_auto_backbone(out)  # Task's default: None (the task decides later, on data)
+        if chosen is None:
             return out
-        name, why = resolver(out)
+        name, why = chosen
         set_key(out, "model.backbone", name)
         out.provenance["model.backbone"] = f"auto: {why}"
     try:

@@ -167,8 +167,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")
-        choose = getattr(task, "choose_backbone", None)  # model.backbone=auto decided on val (#14)
-        why = choose(bundle) if choose is not None else None  # None unless the config still says auto
+        why = task.choose_backbone(bundle)  # model.backbone=auto decided on val (#14); None: nothing chosen
         if why and main:
             log.info("medmm %s: %s", spec.name, why)
             if not quiet:
@@ -434,7 +433,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     from medmm.evaluation.conformal import load_conformal, set_groups_of
 
     conf = None if baseline else load_conformal(run_dir)  # prediction set + refer flag (#32)
-    write_predictions(out, ev, task.problem, task.label_names, getattr(task, "unit_columns", None), operating_point=op,
+    write_predictions(out, ev, task.problem, task.label_names, task.unit_columns, operating_point=op,
                       conformal=conf, set_groups=set_groups_of(conf, Path(data), cfg, ev.units))
     msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medmm.errors import ConfigError, DataError
+from medmm.errors import ConfigError, DataError, PluginError
 from medmm.registry import resolve_object
 
 if TYPE_CHECKING:
@@ -60,11 +60,8 @@ class TaskSpec:
             models' defaults (e.g. engine epochs); without it (legacy), every default: the YAML is
             then the schema (each key takes its default's type).
         impl: the :class:`Task` subclass, or a lazy ``"module:Class"`` reference.
-        choices: legacy (YAML-schema tasks): allowed values per dotted key, e.g. ``{"model.pooling": [...]}``.
         demo: optional ``"module:function"`` ``(out_dir: Path) -> (data_path, overrides)``
             that builds a bundled demo data set for ``medmm demo NAME``.
-        ranges: legacy: allowed intervals of numeric keys, e.g. ``{"data.size": Range(1)}``
-            (:class:`medmm.config.Range`).
         config_model: the task's root config model, a :class:`medmm.config.TaskConfig` subclass
             that narrows ``data`` / ``model`` (Literal choices, Field ranges), or a lazy
             ``"module:Class"`` reference (kept lazy: registering a task imports nothing heavy).
@@ -82,11 +79,18 @@ class TaskSpec:
     summary: str
     config: str | Path
     impl: str | Callable[..., Task]
-    choices: Mapping[str, Sequence[Any]] = field(default_factory=dict)
     demo: str | Callable[..., Any] | None = None
-    ranges: Mapping[str, Any] = field(default_factory=dict)
     config_model: str | type | None = None
     runtime: str | Callable[..., Any] | None = None
+    choices: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
+    ranges: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
+
+    def __post_init__(self) -> None:
+        for name in ("choices", "ranges"):
+            if getattr(self, name) is not None:
+                raise PluginError(f"task {self.name!r}: TaskSpec({name}=...) was removed; declare allowed values "
+                                  "and bounds in a config_model (pydantic: Literal[...] choices, Field(ge=..., "
+                                  "le=...) ranges); see docs/plugins.md")
 
     def load(self) -> type[Task]:
         """Import the implementation class."""
@@ -400,3 +404,23 @@ class Task:
     unit_columns: dict[str, dict[str, str]] | None = None
     """Extra ``predictions.csv`` columns per unit (e.g. a DICOM unit's SOP instance UID), set by
     :meth:`build_predict_data`."""
+
+    has_target: bool = True
+    """Whether :meth:`step` reads targets from its batch: ``medmm export`` sets it False while it
+    traces the graph (no targets there); a task's predict reader sets it when the data has none."""
+
+    preprocessor: Any = None
+    """The fitted tabular preprocessor (:class:`medmm.data.tabular.preprocess.Preprocessor`) when the
+    task has one: ``medmm evaluate`` compares feature distributions through it (shift warnings)."""
+
+    def choose_backbone(self, bundle: DataBundle) -> str | None:
+        """Optional: decide an ``auto`` backbone on the validation split after :meth:`build_data` (e.g.
+        train the candidates and keep the best), setting it in ``self.cfg``; returns a line saying what
+        was chosen and why, or ``None`` (the default: nothing to choose)."""
+        return None
+
+    @staticmethod
+    def resolve_auto_backbone(cfg: Any) -> tuple[str, str] | None:
+        """Optional: resolve ``model.backbone=auto`` from the config alone, before any data is read:
+        ``(backbone name, why)``; ``None`` (the default): the task does not resolve ``auto`` here."""
+        return None

@@ -166,10 +166,19 @@ def test_recipe_provenance_and_user_wins() -> None:
 def test_legacy_yaml_task_keeps_working(tmp_path: Path) -> None:
     """A third-party TaskSpec with only a YAML (no config_model): its defaults are the schema."""
     (tmp_path / "mine.yaml").write_text("data:\n  column: text\n  k: 3\nengine:\n  epochs: 2\n")
-    spec = TaskSpec(name="mine", modality="text", summary="x", config=tmp_path / "mine.yaml", impl="x:y",
-                    choices={"data.column": ["text", "note"]}, ranges={"data.k": Range(1)})
+    spec = TaskSpec(name="mine", modality="text", summary="x", config=tmp_path / "mine.yaml", impl="x:y")
     cfg = resolve(task_defaults(spec), None, ["data.k=5"])
     assert cfg.data.k == 5 and cfg.engine.epochs == 2 and cfg.engine.batch_size == EngineConfig().batch_size
-    with pytest.raises(ConfigError, match="'data.column' must be one of: text, note"):
-        resolve(task_defaults(spec), None, ["data.column=body"])
+    with pytest.raises(ConfigError, match="data.k"):
+        resolve(task_defaults(spec), None, ["data.k=many"])  # the default's type is the schema
     assert json_schema(spec)["properties"]["data"]
+
+
+def test_removed_taskspec_fields_name_their_replacement(tmp_path: Path) -> None:
+    from medmm.errors import PluginError
+
+    for field in ("choices", "ranges"):
+        with pytest.raises(PluginError, match=rf"TaskSpec\({field}=...\) was removed; .* config_model") as err:
+            TaskSpec(name="mine", modality="text", summary="x", config=tmp_path / "m.yaml", impl="x:y",
+                     **{field: {"data.k": Range(1)}})
+        assert "\n" not in str(err.value)

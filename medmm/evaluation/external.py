@@ -331,7 +331,7 @@ def _write_outputs(out: Path, result: Mapping[str, Any], ev: Any, task: Any, spe
     from medmm.report import write_report
 
     write_predictions(out / "predictions.csv", ev, task.problem, task.label_names,
-                      getattr(task, "unit_columns", None), operating_point=op, conformal=conformal,
+                      task.unit_columns, operating_point=op, conformal=conformal,
                       set_groups=set_groups)
     write_json_atomic(out / "evaluation.json", _clean(dict(result)))
     history = []

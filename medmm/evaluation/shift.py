@@ -105,7 +105,7 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
     path = Path(data_path)
     profile_path = Path(run_dir) / "artifacts" / FILE
     profile = read_json(profile_path, format=FORMAT) if profile_path.exists() else {}
-    pre = getattr(task, "preprocessor", None)
+    pre = task.preprocessor
     df = None
     if not path.is_dir():
         from medmm.data.readers import read_table

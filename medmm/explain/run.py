@@ -116,7 +116,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    espec = getattr(task, "explain_spec", lambda _m: None)(model)
+    espec = task.explain_spec(model)
     probe = move_to(next(iter(loader)), device)
     fallback = espec is None
     if fallback:

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from medmm import Component, hookimpl, Range, TaskSpec
+from medmm import Component, hookimpl, TaskSpec
 
 
 @hookimpl
@@ -15,9 +15,7 @@ def register_tasks(register):
         impl="medmm_example_plugin.discrete_survival:DiscreteSurvivalTask",
         runtime="medmm_example_plugin.runtime:SurvivalRows",  # torch-free: medmm export / serve / predict EXPORT
         demo="medmm_example_plugin.demo:build",
-        ranges={"data.bins": Range(2), "data.horizon": Range(0, lo_open=True),
-                "data.val_fraction": Range(0, 1, hi_open=True), "data.test_fraction": Range(0, 1, hi_open=True),
-                "model.hidden": Range(1), "model.blocks": Range(0), "model.dropout": Range(0, 1, hi_open=True)},
+        config_model="medmm_example_plugin.config:DiscreteSurvivalConfig",  # types, bounds, descriptions
     ))
 
 
