@@ -243,6 +243,27 @@ def test_train_predict_evaluate_recalibrate_and_tripod_through_the_cli(tmp_path)
     names = np.array(["benign", "malignant"])
     assert preds["set_90"].tolist() == [";".join(names[s]) for s in want["sets"]]
     assert preds["abstain"].tolist() == want["abstain"].astype(int).tolist()
+    r = _cli(["predict", str(run), "--data", str(data), "--out", str(tmp_path / "torch.csv")])
+    assert r.exit_code == 0 and "referred (abstain = 1)" in r.output, r.output
+    r = _cli(["export", str(run), "--out", str(tmp_path / "export")])
+    assert r.exit_code == 0, r.output
+    r = _cli(["predict", str(tmp_path / "export"), "--data", str(data), "--out", str(tmp_path / "onnx.csv")])
+    assert r.exit_code == 0, r.output
+    torch_p, onnx_p = (pd.read_csv(tmp_path / f, keep_default_na=False) for f in ("torch.csv", "onnx.csv"))
+    assert (torch_p.set_90 == onnx_p.set_90).all() and (torch_p.abstain == onnx_p.abstain).all()
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+
+    client = TestClient(create_app(ExportedModel(tmp_path / "export")))
+    assert "refer" in client.get("/model").json()["prediction_sets"]
+    rows = df.drop(columns=["y", "site"]).head(5).to_dict("records")
+    got = client.post("/predict", json={"rows": rows}).json()["predictions"]
+    first = torch_p.set_index("id").loc[[g["id"] for g in got]]
+    assert [g["set_90"] for g in got] == [[n for n in s.split(";") if n] for s in first.set_90]
+    assert [g["abstain"] for g in got] == [bool(a) for a in first.abstain]
     card = (run / "model_card.md").read_text()
     assert "## Prediction sets and referral" in card and "## Decision curves" in card
     assert "Decision curves" in (run / "report.html").read_text()

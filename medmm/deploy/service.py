@@ -158,6 +158,11 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
 
     @app.get("/model", summary="Manifest (hashes, opset, parity, labels) and model card")
     def model_info() -> dict[str, Any]:
+        conf = model.conformal()  # what "set" / "abstain" in a prediction mean (#32)
+        if conf is not None:
+            from medmm.evaluation.conformal import describe
+
+            return {"manifest": manifest, "model_card": card, "prediction_sets": describe(conf)}
         return {"manifest": manifest, "model_card": card}
 
     if model.inputs.accepts == "rows":
