@@ -380,3 +380,77 @@ def test_a_library_calling_basicconfig_at_import_does_not_double_medmms_console(
     lines = out.stderr.splitlines()
     assert [sum(m in x for x in lines) for m in ("line-one", "line-two", "line-three")] == [1, 1, 1], lines
     assert "medmm: warning: line-two" in lines and "line-three" in lines  # other libraries' warnings still show
+
+
+# --------------------------------------------------------------------------- 8. follow-up time leakage
+
+
+def _death_table(n: int = 600, seed: int = 0):
+    """Heart-failure-like rows: a binary death outcome, three moderate real risk factors, and a
+    follow-up ``time`` that is short for the patients who died (known only after the outcome)."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.32).astype(float)
+    df = pd.DataFrame({
+        "age": rng.normal(60, 11, n) + 4 * y,
+        "ejection_fraction": rng.normal(38, 11, n) - 4 * y,
+        "serum_creatinine": rng.lognormal(0.2, 0.35, n) + 0.15 * y,
+        "sex": rng.choice(["F", "M"], n),
+        "time": np.where(y == 1, rng.uniform(4, 150, n), rng.uniform(40, 285, n)).round(),
+    })
+    return df, y
+
+
+@pytest.mark.slow  # 3 x 6 x 5 small logistic fits: about a second, more on a loaded machine
+def test_follow_up_time_under_the_single_feature_rule_is_named_with_its_evidence(caplog) -> None:
+    """The issue's fault: ``time`` scores well under 0.95 alone, so the single-feature rule was silent."""
+    import logging
+
+    from medmm.data.leakage import feature_scores, warn_leaky_features
+    from medmm.data.tabular.preprocess import fit_preprocessor
+
+    df, y = _death_table()
+    types = {"age": "numeric", "ejection_fraction": "numeric", "serum_creatinine": "numeric", "sex": "categorical",
+             "time": "numeric"}
+    train, val = np.arange(len(df)) < 400, np.arange(len(df)) >= 400
+    assert 0.7 < feature_scores(df[train], types, "binary", y[train])["time"] < 0.95  # what the old rule saw
+    pre = fit_preprocessor(df[train], types)
+    with caplog.at_level(logging.WARNING, logger="medmm"):
+        found = dict(warn_leaky_features(df[train], types, "binary", y[train], preprocessor=pre,
+                                         val=(df[val], y[val])))
+    assert list(found) == ["time"]
+    text = caplog.text
+    assert "possible leakage: feature 'time'" in text and "removing it lowers a classic baseline's AUROC" in text
+    assert "name looks like a follow-up" in text and "data.exclude=[time]" in text
+
+    renamed = df.rename(columns={"time": "x7"})  # no telling name: drop-column importance alone finds it
+    types7 = {("x7" if k == "time" else k): v for k, v in types.items()}
+    pre7 = fit_preprocessor(renamed[train], types7)
+    assert [c for c, _ in warn_leaky_features(renamed[train], types7, "binary", y[train], preprocessor=pre7,
+                                              val=(renamed[val], y[val]))] == ["x7"]
+
+    honest = df.drop(columns=["time"])  # moderate real risk factors only: nothing is named
+    types_h = {k: v for k, v in types.items() if k != "time"}
+    pre_h = fit_preprocessor(honest[train], types_h)
+    assert warn_leaky_features(honest[train], types_h, "binary", y[train], preprocessor=pre_h,
+                               val=(honest[val], y[val])) == []
+
+
+def test_a_column_of_dates_beside_a_binary_target_is_named_without_its_values(caplog) -> None:
+    import logging
+
+    import pandas as pd
+
+    from medmm.data.leakage import warn_leaky_features
+
+    rng = np.random.default_rng(1)
+    n = 120
+    y = (rng.random(n) < 0.4).astype(float)
+    dates = pd.Timestamp("2021-01-01") + pd.to_timedelta(rng.integers(0, 700, n), unit="D")
+    df = pd.DataFrame({"age": rng.normal(60, 10, n), "last_seen": dates.strftime("%Y-%m-%d")})
+    with caplog.at_level(logging.WARNING, logger="medmm"):
+        found = [c for c, _ in warn_leaky_features(df, {"age": "numeric", "last_seen": "categorical"}, "binary", y)]
+    assert found == ["last_seen"] and "values are dates" in caplog.text
+    assert not any(d in caplog.text for d in df["last_seen"])  # never a value
+    assert warn_leaky_features(df, {"age": "numeric", "last_seen": "categorical"}, "regression", y * 3) == []

@@ -117,7 +117,9 @@ class TabularRiskTask(Task):
         splits = self.assign_splits(ids, given=given, groups=groups, labels=strat)
         train = splits == "train"
         self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
-        warn_leaky_features(kept[train], types, self.problem, y[train])
+        val = splits == "val"  # drop-column importance and follow-up names need validation rows
+        warn_leaky_features(kept[train], types, self.problem, y[train], preprocessor=self.preprocessor,
+                            val=(kept[val], y[val]) if val.any() else None)
         x = self.preprocessor.transform(kept)
         self.label_names = [str(c) for c in target.classes] if target.classes is not None else None
         self.features = features
