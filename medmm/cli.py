@@ -191,7 +191,7 @@ def make_cli() -> click.Group:
                   help="Keep the pixel/token cache of --data here (default: the run's data.cache_dir if set, "
                        "else a temporary folder removed afterwards; never the run directory).")
     @click.option("--dicom-sr", "dicom_sr", type=click.Path(path_type=Path),
-                  help="Also write one DICOM Structured Report per study into this folder (image-cls).")
+                  help="Also write one DICOM Structured Report per study into this folder (tasks that read DICOM).")
     @click.option("--push", "push", metavar="dicomweb+URL",
                   help="Store the DICOM SR reports on this DICOMweb server (STOW-RS), referencing the source "
                        "studies; credentials from MEDMM_DICOMWEB_* (see docs/dicomweb.md).")

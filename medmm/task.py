@@ -53,7 +53,7 @@ class TaskSpec:
     """What a plugin registers for a task.
 
     Attributes:
-        name: CLI name, e.g. ``image-cls``.
+        name: CLI name (``medmm run NAME``), lower case with hyphens.
         modality: ``text``, ``image``, ``tabular`` or ``multimodal``.
         summary: one line for ``medmm tasks``.
         config: path of the task's YAML: with ``config_model``, only the values that differ from the

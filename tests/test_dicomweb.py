@@ -14,6 +14,7 @@ import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pydicom
 import pytest
@@ -127,6 +128,10 @@ def test_credentials_come_from_files_or_the_environment_and_are_never_shown(tmp_
     server = parse_source("dicomweb+https://pacs/dicom-web")
     session = server.server(Credentials(token="tok")).client._session  # type: ignore[union-attr]
     assert session.headers["Authorization"] == "Bearer tok" and session.verify is True
+    bundle = tmp_path / "hospital-ca.pem"
+    bundle.write_text("-----BEGIN CERTIFICATE-----\n")
+    creds = Credentials.from_env(env={"MEDMM_DICOMWEB_CA_BUNDLE": str(bundle)})
+    assert server.server(creds).client._session.verify == str(bundle)  # type: ignore[union-attr]
 
 
 def test_server_down_is_one_line_after_the_retries(tmp_path: Path, key_file: Path,
@@ -219,6 +224,22 @@ def test_labels_keyed_by_accession_are_rewritten_to_join_the_pulled_files(pacs, 
     assert {r.sop_uid: table[r.path] for r in records} == truth
 
 
+def test_labels_from_a_study_attribute_are_read_before_deidentification(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    server, idents = pacs
+    out = tmp_path / "out"
+    res = pull(_server(server.url), {}, out, pseudo=Pseudonymizer(KEY), label_attribute="Modality",
+               progress=False, echo=lambda m: None)
+    with (out / "labels.csv").open() as f:
+        rows = {r["StudyInstanceUID"]: r["Modality"] for r in csv.DictReader(f)}
+    assert res.labels_rows == len(idents)
+    assert rows == {Pseudonymizer(KEY).uid(i["StudyInstanceUID"]): i["Modality"] for i in idents}
+    for identifying in ("AccessionNumber", "PatientName", "StudyDate", "PatientBirthDate", "StudyInstanceUID"):
+        with pytest.raises(MedmmError, match="holds identifiers"):
+            pull(_server(server.url), {}, tmp_path / "o2", pseudo=Pseudonymizer(KEY), label_attribute=identifying,
+                 progress=False, echo=lambda m: None)
+    assert not (tmp_path / "o2").exists()
+
+
 def test_a_layout_by_label_gives_the_folder_reader_its_classes(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from medmm.data.dicom.labels import labels_from_folders
     from medmm.data.dicom.scan import scan_folder
@@ -280,10 +301,10 @@ class _Flaky(BaseHTTPRequestHandler):
     """A proxy to Orthanc that answers 503 for some instances and 429 once for another."""
 
     upstream = ""
-    broken: set[str] = set()
-    once: set[str] = set()
+    broken: ClassVar[set[str]] = set()
+    once: ClassVar[set[str]] = set()
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         import requests
 
         for uid in list(self.broken) + list(self.once):
@@ -434,7 +455,7 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
 def test_push_check_refuses_studies_the_target_does_not_hold(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from medmm.pacs.push import check_target
 
-    server, idents = pacs
+    server, _ = pacs
     known = tmp_path / "known"
     _planted(known)  # the same identified files the PACS holds
     check_target(server.url, known)

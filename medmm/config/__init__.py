@@ -4,8 +4,8 @@ Layers, each checked against the model (unknown keys are errors naming the dotte
 did-you-mean; wrong types and out-of-range values are one-line errors naming the key):
 
 1. the model's defaults: :class:`medmm.config.engine.EngineConfig` (defined once, here) and the
-   task's ``data`` / ``model`` sections (in the task's plugin package, e.g.
-   ``medmm_plugins.text_cls.config``);
+   task's ``data`` / ``model`` sections (its ``TaskSpec.config_model``, in the task's plugin
+   package);
 2. the task's YAML (``configs/<task>.yaml``): only the values that differ from those defaults;
 3. the user's ``--config FILE``; a run directory's saved ``config.yaml`` is read leniently (keys
    this medmm no longer knows are dropped with a warning), so old runs still load;

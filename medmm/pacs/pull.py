@@ -262,6 +262,9 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
 
         if tag_for_keyword(label_attribute) is None:
             raise MedmmError(f"--label-attribute {label_attribute!r} is not a DICOM keyword")
+        if pseudo is not None and _identifying(label_attribute):
+            raise MedmmError(f"--label-attribute {label_attribute} holds identifiers (a name, id, date or UID): "
+                             "its values would be written into labels.csv; use a CSV of labels instead")
     if parallel not in ("auto", "threads", "processes"):
         raise MedmmError(f"parallel must be auto, threads or processes, not {parallel!r}")
     start = time.monotonic()
@@ -531,6 +534,17 @@ def _write_labels(result: PullResult, label_rows: tuple[list[str], list[dict[str
             path.unlink()
             raise MedmmError(f"labels verification FAILED: {scan.result.remaining} source key(s) remain in the "
                              f"rewritten labels CSV ({dict(scan.result.found)}); it was not kept")
+
+
+def _identifying(keyword: str) -> bool:
+    """Whether a label attribute's values would identify (names, ids, dates, UIDs, free-text places)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    from medmm.deid.dicom import ID_KEYWORDS
+
+    vr = dictionary_VR(tag_for_keyword(keyword))
+    return keyword in ID_KEYWORDS or vr in ("PN", "DA", "DT", "TM", "UI") or keyword.startswith("Patient") and \
+        keyword not in ("PatientSex", "PatientAge", "PatientSize", "PatientWeight")
 
 
 def _label_columns(header: list[str], id_column: str | None) -> list[str]:

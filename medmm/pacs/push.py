@@ -73,7 +73,7 @@ def check_target(target: str, data: Path, *, pulled: Any = None, sample: int = 2
         try:
             with quiet_pydicom():
                 ds = pydicom.dcmread(Path(data) / rel, stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - not DICOM: the reader reports it
+        except Exception:  # noqa: BLE001, S112 - not DICOM: the reader reports it
             continue
         if str(ds.get("PatientIdentityRemoved", "") or "").upper() == "YES":
             raise MedmmError("--push: the files of --data are de-identified (PatientIdentityRemoved=YES): a report "

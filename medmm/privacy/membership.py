@@ -118,7 +118,7 @@ def audit_split(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, heldou
 
 @contextlib.contextmanager
 def _no_augmentation(dataset: Any) -> Iterator[None]:
-    """Switch off a training split's random ``transform`` (image-cls augmentation) for a while."""
+    """Switch off a training split's random ``transform`` (image augmentation) for a while."""
     transform = getattr(dataset, "transform", None)
     if transform is None:
         yield

@@ -206,7 +206,7 @@ def public_skipped(skipped: Sequence[Skipped], records: Sequence[DicomRecord]) -
 
 
 def decode_workers(num_workers: int | None) -> int:
-    """Worker processes for scanning / decoding DICOM (image-cls, fusion): ``engine.num_workers`` when
+    """Worker processes for scanning / decoding DICOM (the image tasks): ``engine.num_workers`` when
     set, else the CPU count; at least 1, at most 4."""
     return max(1, min(4, num_workers or (os.cpu_count() or 1)))
 

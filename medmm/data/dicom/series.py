@@ -2,7 +2,7 @@
 
 A cell names a DICOM file, a series folder or a study folder (relative to the table): the row's
 image is the middle instance (in file order) of its largest series. Torch-free: the fusion
-task and its exported runtime (:mod:`medmm_plugins.fusion.runtime`) both read images through here.
+task and its exported runtime reader both read images through here.
 """
 
 from __future__ import annotations

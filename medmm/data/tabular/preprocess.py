@@ -1,4 +1,4 @@
-"""Tabular patient records: column typing, preprocessing and targets for tabular-risk.
+"""Tabular patient records: column typing, preprocessing and targets for table tasks.
 
 Rules the functions here enforce:
 
@@ -494,7 +494,7 @@ def prepare_target(
     *,
     positive_label: Any = None,
 ) -> TabularTarget:
-    """Validate and encode the target of a tabular-risk problem.
+    """Validate and encode the target of a table task's problem.
 
     - ``regression``: ``target`` must be numeric and not constant.
     - ``binary``: ``target`` must have exactly two distinct values. 0/1 (or False/True) is kept
