@@ -69,3 +69,15 @@ def test_import_medmm_is_cheap() -> None:
             "print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == ""
+
+
+def test_the_core_names_no_built_in_task_and_imports_no_built_in_plugin() -> None:
+    """``medmm/`` knows tasks only through the contract: no built-in task name, no ``medmm_plugins``."""
+    from medmm.plugins import get_registry
+
+    builtin = [name for name, spec in get_registry().items("task") if str(spec.impl).startswith("medmm_plugins.")]
+    assert {"tabular-risk", "text-cls", "image-cls", "fusion"} <= set(builtin)
+    words = [n for n in builtin if "-" in n] + ["medmm_plugins"]  # "fusion" alone is also a plain word
+    found = [f"{path.relative_to(ROOT)}:{i}: {w}" for path in sorted((ROOT / "medmm").rglob("*.py"))
+             for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) for w in words if w in line]
+    assert not found, "\n".join(found)
