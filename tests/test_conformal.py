@@ -307,3 +307,16 @@ def test_multilabel_coverage_is_per_label_and_the_joint_figure_is_reported_apart
     assert abs(rep["overall"]["coverage"] - 0.9) < 0.015  # the per-label guarantee
     assert all(abs(c["coverage"] - 0.9) < 0.02 for c in rep["classes"].values())
     assert rep["all_labels_covered"] < 0.8  # about 0.9 ** 3: not what the sets promise, shown apart
+
+
+def test_a_misspelled_group_column_fails_before_training_naming_its_key(tmp_path) -> None:
+    import pandas as pd
+
+    from medmm.errors import DataError
+    from medmm.evaluation import check_subgroup_columns
+
+    data = tmp_path / "t.csv"
+    pd.DataFrame({"x": [1, 2], "site": ["a", "b"], "y": [0, 1]}).to_csv(data, index=False)
+    check_subgroup_columns(data, {"data": {}, "eval": {"conformal": {"group_column": "site"}}})
+    with pytest.raises(DataError, match="eval.conformal.group_column: 'sitez' is not a column of t.csv"):
+        check_subgroup_columns(data, {"data": {}, "eval": {"conformal": {"group_column": "sitez"}}})

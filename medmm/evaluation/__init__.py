@@ -38,7 +38,9 @@ def check_subgroup_columns(data: Path, cfg: Any) -> None:
     absent = [c for c in columns if c not in known]
     if absent:
         where = "an allowed DICOM header attribute" if Path(data).is_dir() else f"a column of {Path(data).name}"
-        raise DataError(f"data.subgroup_columns: {absent[0]!r} is not {where}; choose from {known[:20]}")
+        key = "data.subgroup_columns" if absent[0] in (cfg.data.subgroup_columns or []) else \
+            "eval.conformal.group_column"
+        raise DataError(f"{key}: {absent[0]!r} is not {where}; choose from {known[:20]}")
 
 
 def f1_line(f1: dict[str, Any], split_name: str) -> str:
