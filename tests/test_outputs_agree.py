@@ -131,7 +131,6 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     assert f"best checkpoint</th><td>{best}" in report and f"at {best}" in console  # one best, said the same way
     for where, text in (("report.html", _visible(report)), ("model_card.md", card), ("console", console)):
         _no_glitches(text, where)
-    assert "best val (" in report or "no per-epoch history" in report
 
     # evaluate on the demo's own data: the caveat, the same figures on the test rows, the card's latest audit
     data = run / "demo-data"
