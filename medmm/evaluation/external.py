@@ -362,7 +362,8 @@ def _conformal_lines(result: Mapping[str, Any]) -> list[str]:
     if not c:
         return []
     o = c["overall"]
-    lines = [f"  conformal {100 * c['nominal']:g}% sets: coverage {_fmt_ci(o['coverage'], o['coverage_ci'])}, "
+    what = "intervals" if c["problem"] == "regression" else "sets"
+    lines = [f"  conformal {100 * c['nominal']:g}% {what}: coverage {_fmt_ci(o['coverage'], o['coverage_ci'])}, "
              f"mean {c['size_name']} {o['mean_size']:.3f}, referred {100 * o['referred']:.1f}%"]
     low = [f"class {k}" for k, v in c["classes"].items() if v.get("below_nominal")]
     low += [f"{col} = {v}" for col, g in c["groups"].items() for v in g["flagged"]]
