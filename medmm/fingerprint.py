@@ -27,6 +27,7 @@ from medmm.errors import DataError, MedmmError
 
 FORMAT = "medmm-data-fingerprint/1"
 FILE = "data_fingerprint.json"
+DISPLAY = "display"  # a folder fingerprint's token -> path map: for messages to the user, never written
 
 
 def _file_digest(path: Path) -> str:
@@ -58,8 +59,13 @@ def _table(path: Path) -> dict[str, Any]:
     return {"kind": "table", "rows": int(len(df)), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
 
 
-def _folder(path: Path, exclude: Path | None, *, content: bool = False) -> dict[str, Any]:
+def _folder(path: Path, exclude: Path | None, *, content: bool = False, keyed: bool = True) -> dict[str, Any]:
+    """``keyed``: files are named by a keyed token of their relative path (a path can hold a patient id
+    or a date: ``medmm.data.dicom.paths``); runs made before this named them by the path itself."""
+    from medmm.data.dicom.paths import token
+
     files: dict[str, str] = {}
+    shown: dict[str, str] = {}  # token -> relative path, in memory only (never saved)
     skip = exclude.resolve() if exclude is not None else None
     for root, dirs, names in os.walk(path):
         here = Path(root)
@@ -67,24 +73,29 @@ def _folder(path: Path, exclude: Path | None, *, content: bool = False) -> dict[
         for name in sorted(names):
             p = here / name
             if p.is_file():
+                rel = p.relative_to(path).as_posix()
+                name = token(rel) if keyed else rel
+                shown[name] = rel
                 if content:
-                    files[p.relative_to(path).as_posix()] = _file_digest(p)
+                    files[name] = _file_digest(p)
                 else:
                     st = p.stat()
-                    files[p.relative_to(path).as_posix()] = f"{st.st_size}:{st.st_mtime_ns}"
+                    files[name] = f"{st.st_size}:{st.st_mtime_ns}"
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
-    out = {"kind": "folder", "files": len(files), "sha256": total, "per_file": files}
+    out = {"kind": "folder", "files": len(files), "sha256": total, "per_file": files,
+           **({"names": "keyed tokens", DISPLAY: shown} if keyed else {})}
     return out if content else {**out, "method": "size+mtime"}
 
 
-def fingerprint(path: str | Path, *, exclude: Path | None = None, content: bool = False) -> dict[str, Any]:
+def fingerprint(path: str | Path, *, exclude: Path | None = None, content: bool = False,
+                keyed: bool = True) -> dict[str, Any]:
     """The fingerprint of a data file or folder (``exclude``: a sub-folder to leave out, e.g. the run;
     ``content``: hash a folder's files instead of recording their size and mtime)."""
     from medmm.data.readers import table_format
 
     path = Path(path)
     if path.is_dir():
-        return _folder(path, exclude, content=content)
+        return _folder(path, exclude, content=content, keyed=keyed)
     try:
         table_format(path)
     except DataError:
@@ -115,11 +126,12 @@ def differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
             out.append(f"column(s) {_names(changed)} changed")
     elif old["kind"] == "folder":
         a, b = old["per_file"], new["per_file"]
+        shown = {**old.get(DISPLAY, {}), **new.get(DISPLAY, {})}
         if gone := sorted(set(a) - set(b)):
-            out.append(f"{len(gone)} file(s) missing: {_names(gone)}")
-        if added := sorted(set(b) - set(a)):
+            out.append(f"{len(gone)} file(s) missing" + ("" if old.get("names") else f": {_names(gone)}"))
+        if added := sorted(shown.get(k, k) for k in set(b) - set(a)):
             out.append(f"{len(added)} new file(s): {_names(added)}")
-        if changed := sorted(k for k in set(a) & set(b) if a[k] != b[k]):
+        if changed := sorted(shown.get(k, k) for k in set(a) & set(b) if a[k] != b[k]):
             out.append(f"{len(changed)} file(s) changed: {_names(changed)}")
     elif old.get("sha256") != new.get("sha256"):
         out.append("the file's content changed")
@@ -130,6 +142,7 @@ def save(run_dir: Path, data: Path, fp: dict[str, Any]) -> None:
     """Store the run's fingerprint (hashes only)."""
     from medmm.io import write_json_atomic
 
+    fp = {k: v for k, v in fp.items() if k != DISPLAY}
     write_json_atomic(Path(run_dir) / FILE, {"format": FORMAT, "data": str(data), **fp})
 
 
@@ -142,7 +155,8 @@ def check_same_data(run_dir: Path, data: Path) -> bool:
         return False
     old = read_json(stored, format=FORMAT)
     content = old.get("kind") == "folder" and old.get("method") != "size+mtime"  # an older run's hashes
-    new = fingerprint(data, exclude=Path(run_dir), content=content)
+    keyed = old.get("kind") != "folder" or old.get("names") == "keyed tokens"  # older runs: paths as names
+    new = fingerprint(data, exclude=Path(run_dir), content=content, keyed=keyed)
     diffs = differences(old, new)
     if diffs:
         raise MedmmError(f"--resume {run_dir}: {data} is not the data this run started with "

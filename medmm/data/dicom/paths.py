@@ -8,9 +8,13 @@ date (any common format); :func:`public_path` replaces those components by keyed
 (``T`` + 12 hex, HMAC-SHA256 under :func:`path_key`). Reading files always uses the real path;
 every id column, report and log line uses the public one.
 
-The key is the de-identification key when one exists (``$MEDMM_DEID_KEY_FILE`` or
-``~/.config/medmm/deid.key``: the same tokens as ``medmm deid``'s), else a random per-process key
-(tokens then differ between runs and cannot be reversed by anyone). Standard library only.
+The key is the de-identification key (``$MEDMM_DEID_KEY_FILE``, else ``~/.config/medmm/deid.key``,
+the key ``medmm deid`` uses), created there (mode 0600) the first time a path needs a token, exactly
+as ``medmm deid`` creates it on first use: run, predict, evaluate, explain and export then give the
+same token for the same folder, the key's holder can recompute a token from a source id, and no run
+directory holds the key. When the key cannot be read or created, a random key for this process is
+used (tokens are still safe, but do not join across commands) and a warning says so.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -23,11 +27,11 @@ import re
 import secrets
 from collections.abc import Iterable
 from functools import lru_cache
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 __all__ = ["date_kinds", "identifier_parts", "institution_forms", "name_forms", "part_matches", "path_key",
-           "public_path", "token"]
+           "public_path", "real_paths", "token"]
 
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|" \
           "august|september|october|november|december"
@@ -151,20 +155,40 @@ def identifier_parts(rel_path: str, ds: Any) -> tuple[int, ...]:
 
 @lru_cache(maxsize=1)
 def path_key() -> bytes:
-    """The de-identification key when one is configured (``$MEDMM_DEID_KEY_FILE``, else the default
-    key file when it exists and is private), else a random key for this process."""
-    from pathlib import Path
+    """The de-identification key (see the module docstring), created 0600 when absent; a random
+    per-process key when it cannot be used."""
+    import logging
 
-    candidate = os.environ.get("MEDMM_DEID_KEY_FILE") or "~/.config/medmm/deid.key"
-    path = Path(candidate).expanduser()
+    path = Path(os.environ.get("MEDMM_DEID_KEY_FILE") or "~/.config/medmm/deid.key").expanduser()
     try:
-        if path.is_file() and not (path.stat().st_mode & 0o077):
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(secrets.token_hex(32) + "\n")
+            except FileExistsError:
+                pass  # another process made it first: read theirs
+        if not (path.stat().st_mode & 0o077):
             key = bytes.fromhex(path.read_text(encoding="ascii").strip())
             if len(key) >= 16:
                 return key
     except (OSError, ValueError):
         pass
+    logging.getLogger("medmm").warning(
+        "path tokens use a random per-process key: the key file %s is missing, unreadable or readable by "
+        "others (chmod 600 it); tokens will not match other commands' tokens", path)
     return secrets.token_bytes(32)
+
+
+def real_paths(root: Path, public: Iterable[str]) -> dict[str, str]:
+    """``public path -> relative path`` under ``root`` for the given public paths (what outputs show
+    back to the files; headers of every file under ``root`` are read once)."""
+    from medmm.data.dicom.scan import scan_folder
+
+    wanted = set(public)
+    records, _ = scan_folder(root)
+    return {rec.public_path: rec.path for rec in records if rec.public_path in wanted}
 
 
 def token(value: str, key: bytes | None = None) -> str:
