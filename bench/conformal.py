@@ -21,6 +21,7 @@ conformal papers do; the worst seed and the mean over seeds are both printed.
 
     python bench/conformal.py                      # alpha 0.1, seeds 0 1 2, all data sets
     python bench/conformal.py --alpha 0.2 --only breast_cancer diabetes --out conformal.json
+    python bench/conformal.py --runs runs/my-run runs/other --splits 100   # medmm runs' own model outputs
 """
 
 from __future__ import annotations
@@ -147,7 +148,10 @@ def _mapie_classes():
 
 
 def _mapie_sets(p_cal: np.ndarray, y_cal: np.ndarray, p_te: np.ndarray, alpha: float) -> np.ndarray:
-    """Class-conditional LAC sets from MAPIE: conformalized on each class's calibration units in turn."""
+    """Class-conditional LAC sets from MAPIE: conformalized on each class's calibration units in turn.
+
+    MAPIE refuses a class with at most max(1 / alpha, 1 / (1 - alpha)) calibration units; such a class is
+    then always in the set (the conservative fallback), counted in ``MAPIE_REFUSED``."""
     from mapie.classification import SplitConformalClassifier
 
     Probs, _ = _mapie_classes()
@@ -155,14 +159,18 @@ def _mapie_sets(p_cal: np.ndarray, y_cal: np.ndarray, p_te: np.ndarray, alpha: f
     out = np.ones((len(p_te), k), bool)
     for c in range(k):
         m = y_cal == c
-        if m.sum() < np.ceil((m.sum() + 1) * (1 - alpha)) or not m.any():
-            continue  # too few units for the order statistic: always included (MAPIE would refuse)
+        if m.sum() <= max(1 / alpha, 1 / (1 - alpha)):
+            MAPIE_REFUSED[0] += 1
+            continue  # MAPIE refuses so few units: always included
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             mp = SplitConformalClassifier(Probs().fit(p_cal, y_cal), confidence_level=1 - alpha,
                                           prefit=True).conformalize(p_cal[m], y_cal[m])
             out[:, c] = mp.predict_set(p_te)[1][:, c, 0]
     return out
+
+
+MAPIE_REFUSED = [0]
 
 
 def _two(p: np.ndarray) -> np.ndarray:
@@ -238,6 +246,57 @@ def _partition(problem: str, names: list[str], alpha: float, y_cal: np.ndarray, 
     return res
 
 
+def run_outputs(run_dir: str) -> tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A finished medmm run's own model outputs: its validation units (stored in artifacts/conformal.json)
+    and its test predictions (predictions.csv)."""
+    import csv
+    from pathlib import Path
+
+    from medmm.evaluation.conformal import load_conformal
+
+    conf = load_conformal(Path(run_dir))
+    if conf is None or not conf.get("calibration_units"):
+        raise SystemExit(f"{run_dir}: no artifacts/conformal.json with calibration units (train with this medmm)")
+    problem, names = conf["problem"], [str(n) for n in conf.get("classes") or []]
+    with open(Path(run_dir) / "predictions.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    if problem == "regression":
+        st = np.array([float(r["prediction"]) for r in rows])
+        yt = np.array([float(r["true"]) for r in rows])
+    elif problem == "binary":
+        st = np.array([float(r[f"prob_{names[1]}"]) for r in rows])
+        yt = np.array([names.index(r["true"]) for r in rows])
+    elif problem == "multiclass":
+        st = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+        yt = np.array([names.index(r["true"]) for r in rows])
+    else:
+        names = [k[5:] for k in rows[0] if k.startswith("prob_")]
+        st = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
+        yt = np.array([[int(n in r["true"].split(";")) for n in names] for r in rows])
+    cal = conf["calibration_units"]
+    yc = np.asarray(cal["y"])
+    yc = yc.astype(int) if problem in ("binary", "multiclass", "multilabel") else yc
+    return problem, names, yc, np.asarray(cal["scores"], float), yt, st
+
+
+def bench_run(run_dir: str, alpha: float, seeds: list[int], splits: int) -> dict[str, Any]:
+    """As shipped (val -> test, one draw) and averaged over random val+test re-partitions, vs MAPIE."""
+    problem, names, yc, sc, yt, st = run_outputs(run_dir)
+    shipped = _partition(problem, names, alpha, yc, sc, yt, st)
+    y, s = np.concatenate([yc, yt]), np.concatenate([sc, st])
+    parts = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        for _ in range(splits):
+            perm = rng.permutation(len(y))
+            c, t = perm[: len(yc)], perm[len(yc):]
+            parts.append(_partition(problem, names, alpha, y[c], s[c], y[t], s[t]))
+    avg = {k: float(np.mean([p[k] for p in parts])) for k in ("coverage", "mapie_coverage", "mean_size",
+                                                                 "referred", "same_as_mapie")}
+    avg["classes"] = {n: float(np.nanmean([p["classes"][n] for p in parts])) for n in parts[0]["classes"]}
+    return {"problem": problem, "n_cal": int(len(yc)), "n_test": int(len(yt)), "shipped": shipped, "resampled": avg}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--alpha", type=float, default=0.1)
@@ -247,7 +306,11 @@ def main() -> None:
                     help="random calibration / test partitions per seed (coverage is their mean)")
     ap.add_argument("--tol", type=float, default=0.02, help="allowed |coverage - (1 - alpha)|")
     ap.add_argument("--out", help="also write every figure as JSON here")
+    ap.add_argument("--runs", nargs="+", default=[],
+                    help="finished medmm run directories: their own models' validation and test outputs")
     a = ap.parse_args()
+    if a.runs:
+        a.only = []
     nominal = 1 - a.alpha
     report: dict[str, Any] = {"alpha": a.alpha, "seeds": a.seeds, "sets": {}}
     print(f"conformal {100 * nominal:g}% sets: medmm vs MAPIE on the same probabilities; goal |coverage - "
@@ -275,6 +338,24 @@ def main() -> None:
         print(f"  worst |coverage - {nominal:g}|: mean over seeds {worst_mean:.4f} ({'ok' if ok_mean else 'MISSES'}), "
               f"single seed {worst_seed:.4f} ({'ok' if ok_seed else 'misses'})")
         report["sets"][name + "_summary"] = {"worst_mean": worst_mean, "worst_seed": worst_seed}
+    for run_dir in a.runs:
+        MAPIE_REFUSED[0] = 0
+        r = bench_run(run_dir, a.alpha, a.seeds, a.splits)
+        report["sets"][run_dir] = r
+        sh, rs = r["shipped"], r["resampled"]
+        print(f"\n{run_dir} (medmm {r['problem']} run; val {r['n_cal']} units calibrate, test {r['n_test']})")
+        print(f"  as shipped (val -> test, one draw): coverage {sh['coverage']:.4f} (MAPIE {sh['mapie_coverage']:.4f}), "
+              f"sets equal to MAPIE's {sh['same_as_mapie']:.4f}; per class "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sh["classes"].items()))
+        worst = max([abs(rs["coverage"] - nominal), *(abs(v - nominal) for v in rs["classes"].values())])
+        print(f"  val+test re-partitioned ({len(a.seeds)} seeds x {a.splits}): coverage {rs['coverage']:.4f} (MAPIE "
+              f"{rs['mapie_coverage']:.4f}), sets equal {rs['same_as_mapie']:.4f}; per class "
+              + ", ".join(f"{k} {v:.3f}" for k, v in rs["classes"].items())
+              + f"; mean size {rs['mean_size']:.3f}, referred {100 * rs['referred']:.1f}%; worst |coverage - "
+              f"{nominal:g}| {worst:.4f} ({'ok' if worst <= a.tol else 'MISSES'})")
+        if MAPIE_REFUSED[0]:
+            print(f"  MAPIE refused {MAPIE_REFUSED[0]} class calibrations (too few units; the class is then always in "
+                  "its set, where medmm may still use a finite threshold)")
     if a.out:
         with open(a.out, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=1)
