@@ -104,7 +104,10 @@ class TabularRiskTask(Task):
             ok = np.asarray([s is not None for s in given], dtype=bool)
             rows, y, given = rows[ok], y[ok], [s for s in given if s is not None]
         self.write_skipped(skipped)
-        kept = df.iloc[rows].reset_index(drop=True)
+        import pandas as pd
+
+        whole = len(rows) == len(df) and df.index.equals(pd.RangeIndex(len(df)))
+        kept = df if whole else df.iloc[rows].reset_index(drop=True)  # no copy of the table when every row is kept
         ids = [ids_all[r] for r in rows]
         reserved = {d.target, d.time, d.event, d.id_column, d.group_column, d.split_column} - {None}
         features = select_features(list(df.columns), d.features, d.exclude, reserved)
@@ -126,15 +129,20 @@ class TabularRiskTask(Task):
         if self.problem == "regression":  # train on a standardised target; predict in original units
             self.y_mean, self.y_std = float(y[train].mean()), float(y[train].std() or 1.0)
 
-        def split(name: str) -> Split | None:
-            m = splits == name
-            if not m.any():
-                return None
-            return Split(TableDataset(x[m], y[m]), [i for i, k in zip(ids, m) if k], y[m])
+        parts = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+        width = x.shape[1]
+        xs = {name: x[p] for name, p in parts.items()}  # each row's float32 features once, in its split (#30)
+        del x
 
-        self._raw = {name: (x[splits == name], y[splits == name], [i for i, k in zip(ids, splits == name) if k])
-                     for name in ("train", "val", "test")}  # for the classic baseline
-        desc = (f"{len(kept)} rows x {len(features)} features ({x.shape[1]} after encoding), "
+        def split(name: str) -> Split | None:
+            p = parts[name]
+            if not len(p):
+                return None
+            return Split(TableDataset(xs[name], y[p]), [ids[i] for i in p], y[p])
+
+        # the classic baseline reads the same matrices the model trains on (no copy)
+        self._raw = {name: (xs[name], y[p], [ids[i] for i in p]) for name, p in parts.items()}
+        desc = (f"{len(kept)} rows x {len(features)} features ({width} after encoding), "
                 f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
                           meta={"description": desc})

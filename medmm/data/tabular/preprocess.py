@@ -298,25 +298,26 @@ class Preprocessor:
         """
         frame = _input_frame(df, self.numeric, self.categorical)
         n = len(frame)
-        blocks: list[np.ndarray] = []
-        if self.numeric:
-            x = frame[self.numeric].to_numpy(dtype=np.float64)
+        out = np.zeros((n, self.n_features), dtype=np.float32)  # the one matrix, filled a column at a time (#30)
+        means, scales = np.asarray(self.means, dtype=np.float64), np.asarray(self.scales, dtype=np.float64)
+        indicator_of = {int(j): len(self.numeric) + k for k, j in enumerate(self._indicator_idx)}
+        for j, col in enumerate(self.numeric):  # float64 arithmetic per column, as on the whole block before
+            x = frame[col].to_numpy(dtype=np.float64)
             missing = np.isnan(x)
-            x = np.where(missing, np.asarray(self.medians, dtype=np.float64), x)
-            z = np.hstack([x, missing[:, self._indicator_idx].astype(np.float64)])
-            z -= np.asarray(self.means, dtype=np.float64)
-            z /= np.asarray(self.scales, dtype=np.float64)
-            blocks.append(z)
+            out[:, j] = (np.where(missing, np.float64(self.medians[j]), x) - means[j]) / scales[j]
+            if j in indicator_of:
+                k = indicator_of[j]
+                out[:, k] = (missing.astype(np.float64) - means[k]) / scales[k]
         unseen: dict[str, int] = {}
+        offset = len(self.means)
         for col, mode, lookup in zip(self.categorical, self.modes, self._lookup):
             values = frame[col].to_numpy(dtype=object)
             idx = np.array([lookup.get(mode if v != v else v, -1) for v in values], dtype=np.intp)  # v != v: NaN
-            onehot = np.zeros((n, len(lookup)), dtype=np.float64)
             known = idx >= 0
-            onehot[np.flatnonzero(known), idx[known]] = 1.0
+            out[np.flatnonzero(known), offset + idx[known]] = 1.0
             if not known.all():
                 unseen[col] = int((~known).sum())
-            blocks.append(onehot)
+            offset += len(lookup)
         if unseen:
             warnings.warn(
                 f"{sum(unseen.values())} categorical value(s) not seen in training were encoded "
@@ -324,8 +325,7 @@ class Preprocessor:
                 UserWarning,
                 stacklevel=2,
             )
-        out = np.hstack(blocks) if blocks else np.zeros((n, 0))
-        return out.astype(np.float32)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """The fitted numbers as a JSON-serialisable dict (see :meth:`from_json`)."""

@@ -1,0 +1,49 @@
+"""Tabular memory (#30): the transform fills one float32 matrix column by column and gives exactly the
+values of the former whole-block float64 transform."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pandas as pd
+
+from medmm.data.tabular.preprocess import fit_preprocessor, infer_column_types
+
+
+def _former_transform(pre, df: pd.DataFrame) -> np.ndarray:
+    """The pre-#30 transform (whole numeric block in float64, one-hot blocks, hstack, then float32)."""
+    n = len(df)
+    blocks = []
+    if pre.numeric:
+        x = df[pre.numeric].to_numpy(dtype=np.float64)
+        missing = np.isnan(x)
+        x = np.where(missing, np.asarray(pre.medians, dtype=np.float64), x)
+        z = np.hstack([x, missing[:, pre._indicator_idx].astype(np.float64)])
+        z -= np.asarray(pre.means, dtype=np.float64)
+        z /= np.asarray(pre.scales, dtype=np.float64)
+        blocks.append(z)
+    for col, mode, lookup in zip(pre.categorical, pre.modes, pre._lookup):
+        idx = np.array([lookup.get(mode if v != v else v, -1) for v in df[col].to_numpy(dtype=object)], dtype=np.intp)
+        onehot = np.zeros((n, len(lookup)))
+        onehot[np.flatnonzero(idx >= 0), idx[idx >= 0]] = 1.0
+        blocks.append(onehot)
+    return (np.hstack(blocks) if blocks else np.zeros((n, 0))).astype(np.float32)
+
+
+def test_transform_is_bitwise_the_former_one_in_float32() -> None:
+    rng = np.random.default_rng(0)
+    n = 500
+    df = pd.DataFrame({"a": rng.normal(size=n) * 1e3, "b": rng.integers(0, 9, n).astype(float),
+                       "c": rng.choice(np.array(["x", "y", "z", np.nan], dtype=object), n), "d": rng.normal(size=n)})
+    df.loc[rng.random(n) < 0.2, "a"] = np.nan  # missing values: median + indicator
+    df.loc[rng.random(n) < 0.1, "d"] = np.nan
+    pre = fit_preprocessor(df.iloc[:300], infer_column_types(df, ["a", "b", "c", "d"], {}))
+    new = df.iloc[300:].copy()
+    new.loc[new.index[:5], "c"] = "unseen"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = pre.transform(new)
+        want = _former_transform(pre, new)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    assert got.shape == want.shape and np.array_equal(got, want)
