@@ -95,7 +95,8 @@ def test_report_per_problem(tmp_path: Path, problem: str) -> None:
     assert "not shown" not in page
     for name, value in metrics.items():
         assert f"<td>{name}</td>" in page
-        assert f"{value:.4f}" in page and f"[{value - 0.01:.4f}, {value + 0.01:.4f}]" in page
+        # rounded to what the CI supports (width 0.02: 3 decimals), value and interval alike (#27)
+        assert f"{value:.3f}</td>" in page and f"[{value - 0.01:.3f}, {value + 0.01:.3f}]" in page
     assert f"{problem} &lt;run&gt; &amp; co" in page  # escaped title
     assert "<h2>Modality ablation</h2>" in page and "<td>text only</td>" in page
     assert "400/120/120" in page
@@ -185,7 +186,7 @@ def test_model_card(tmp_path: Path) -> None:
                     "## Training data", "## Evaluation",
                     "## Limitations and ethical considerations", "## How to reproduce"):
         assert heading in card
-    assert "| auroc | 0.9123 | 0.8800 – 0.9400 |" in card
+    assert "| auroc | 0.912 | 0.880 – 0.940 |" in card  # CI width 0.06: three decimals (#27)
     assert "| f1 | n/a |  |" in card
     assert "Not a medical device" in card and "- Single-site data." in card
     assert "medmm run image-cls --data <DATA> --config config.yaml" in card
