@@ -94,13 +94,14 @@ class _Skip(Exception):
 
 def check_task(task_name: str, build_data: Callable[[Path], Any], workdir: str | Path, *,
                overrides: Sequence[str] = (), checks: Sequence[str] = CHECKS, registry: Any = None,
-               env: dict[str, str] | None = None) -> CheckReport:
+               env: dict[str, str] | None = None, exporter: str = "auto") -> CheckReport:
     """Run the conformance checks of task ``task_name`` in ``workdir`` (a new or empty folder).
 
     ``build_data(folder)`` writes a tiny labelled data set into ``folder`` and returns its path, or
     ``(path, overrides)`` (``--set`` items the data needs); ``overrides`` are added after those
     (keep training to a few steps). ``env``: extra environment of the child processes (e.g.
-    ``PYTHONPATH`` of a plugin that is not installed). Returns the report; nothing raises for a
+    ``PYTHONPATH`` of a plugin that is not installed). ``exporter``: ``medmm export --exporter``
+    (``torchscript`` is the quicker one in tests). Returns the report; nothing raises for a
     failed check.
     """
     from medmm.plugins import get_registry
@@ -114,7 +115,7 @@ def check_task(task_name: str, build_data: Callable[[Path], Any], workdir: str |
     spec = registry.get("task", task_name)
     built = build_data(work / "data")
     data, extra = (built if isinstance(built, tuple) else (built, []))
-    ctx = _Context(spec, registry, Path(data), [*_BASE, *extra, *overrides], work, dict(env or {}))
+    ctx = _Context(spec, registry, Path(data), [*_BASE, *extra, *overrides], work, dict(env or {}), exporter)
     report = CheckReport(task_name)
     needs = {"resume": "run", "predict": "run", "evaluate": "run", "explain": "run", "export": "run",
              "serve": "export", "bad-input": "run"}
@@ -142,8 +143,9 @@ class _Context:
     """State shared by the checks of one task (the trained run, its export)."""
 
     def __init__(self, spec: Any, registry: Any, data: Path, overrides: list[str], work: Path,
-                 env: dict[str, str]) -> None:
+                 env: dict[str, str], exporter: str) -> None:
         self.spec, self.registry, self.data, self.overrides, self.work = spec, registry, data, overrides, work
+        self.exporter = exporter
         self.env = {**os.environ, **env}
         self.run_dir, self.export_dir = work / "run", work / "export"
         self.passed: dict[str, bool] = {}
@@ -228,7 +230,7 @@ class _Context:
         from medmm.explain.run import explain_run
 
         out = _quiet_call(explain_run, self.run_dir, self.data, self.work / "explain", registry=self.registry,
-                          limit=16)
+                          limit=12)
         faith = json.loads((Path(out) / "summary.json").read_text())["faithfulness"]
         assert faith, "no explanation set"
         parts = []
@@ -251,7 +253,8 @@ class _Context:
             runtime_reader(self.spec)
         except MedmmError as exc:
             raise _Skip(f"not exportable: {exc}") from None
-        _quiet_call(export_run, self.run_dir, self.export_dir, registry=self.registry, quiet=True)
+        _quiet_call(export_run, self.run_dir, self.export_dir, registry=self.registry, quiet=True,
+                    exporter=self.exporter)
         manifest = json.loads((self.export_dir / "manifest.json").read_text())
         diff = manifest["parity"]["max_abs_diff"]
         assert diff <= TOLERANCE, f"parity {diff} > {TOLERANCE}"
