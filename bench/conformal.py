@@ -247,16 +247,16 @@ def _partition(problem: str, names: list[str], alpha: float, y_cal: np.ndarray, 
 
 
 def run_outputs(run_dir: str) -> tuple[str, list[str], np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """A finished medmm run's own model outputs: its validation units (stored in artifacts/conformal.json)
-    and its test predictions (predictions.csv)."""
+    """A finished medmm run's own model outputs: its validation units (conformal_calibration.json) and its
+    test predictions (predictions.csv)."""
     import csv
     from pathlib import Path
 
-    from medmm.evaluation.conformal import load_conformal
+    from medmm.evaluation.conformal import load_calibration_units, load_conformal
 
-    conf = load_conformal(Path(run_dir))
-    if conf is None or not conf.get("calibration_units"):
-        raise SystemExit(f"{run_dir}: no artifacts/conformal.json with calibration units (train with this medmm)")
+    conf, cal = load_conformal(Path(run_dir)), load_calibration_units(Path(run_dir))
+    if conf is None or cal is None:
+        raise SystemExit(f"{run_dir}: no artifacts/conformal.json and conformal_calibration.json (train with this medmm)")
     problem, names = conf["problem"], [str(n) for n in conf.get("classes") or []]
     with open(Path(run_dir) / "predictions.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
@@ -273,7 +273,6 @@ def run_outputs(run_dir: str) -> tuple[str, list[str], np.ndarray, np.ndarray, n
         names = [k[5:] for k in rows[0] if k.startswith("prob_")]
         st = np.array([[float(r[f"prob_{n}"]) for n in names] for r in rows])
         yt = np.array([[int(n in r["true"].split(";")) for n in names] for r in rows])
-    cal = conf["calibration_units"]
     yc = np.asarray(cal["y"])
     yc = yc.astype(int) if problem in ("binary", "multiclass", "multilabel") else yc
     return problem, names, yc, np.asarray(cal["scores"], float), yt, st

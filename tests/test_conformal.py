@@ -168,6 +168,7 @@ def test_json_round_trip_and_bad_settings(tmp_path) -> None:
     save_conformal(tmp_path / "artifacts", conf)
     text = (tmp_path / "artifacts" / "conformal.json").read_text()
     assert "Infinity" not in text and json.loads(text)["alpha"] == 0.05
+    assert "calibration_units" not in json.loads(text)  # artifacts/ travels with an export: thresholds only
     back = load_conformal(tmp_path)
     assert (apply_sets(back, p)["sets"] == apply_sets(conf, p)["sets"]).all()
     assert load_conformal(tmp_path / "nothing") is None
@@ -238,6 +239,8 @@ def test_train_predict_evaluate_recalibrate_and_tripod_through_the_cli(tmp_path)
     assert "conformal 90% on test: coverage" in r.output
     conf = load_conformal(run)
     assert conf["problem"] == "binary" and conf["calibrated_on"] == "val" and conf["mondrian"] == "class"
+    units = json.loads((run / "conformal_calibration.json").read_text())
+    assert len(units["y"]) == len(units["scores"]) == conf["n"]
     preds = pd.read_csv(run / "predictions.csv", keep_default_na=False)
     want = apply_sets(conf, preds["prob_malignant"].to_numpy())
     names = np.array(["benign", "malignant"])
@@ -281,6 +284,7 @@ def test_train_predict_evaluate_recalibrate_and_tripod_through_the_cli(tmp_path)
     recal = result["recalibration"]
     assert recal["method"] == "conformal" and recal["fit_units"] == 150
     assert recal["weighted"] is not None  # the shift check fires on this site: the weighted check runs
+    assert not (tmp_path / "export" / "conformal_calibration.json").exists()  # validation units stay home
     new = load_conformal(ev / "recalibrated-run")
     assert new["calibrated_on"] == "external calibration part" and new["n"] == 150
     assert "Prediction sets and referral" in (ev / "evaluation.html").read_text()

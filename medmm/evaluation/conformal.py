@@ -41,10 +41,13 @@ import numpy as np
 from medmm.errors import MedmmError
 
 __all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report",
-           "load_conformal", "prediction_columns", "recalibrate", "save_conformal", "weighted_threshold"]
+           "load_calibration_units", "load_conformal", "prediction_columns", "recalibrate", "save_calibration_units",
+           "save_conformal", "weighted_threshold"]
 
 FORMAT = "medmm-conformal"
 FILE = "conformal.json"
+UNITS_FILE = "conformal_calibration.json"
+UNITS_FORMAT = "medmm-conformal-calibration"
 PROBLEMS = ("binary", "multiclass", "multilabel", "regression")
 REFER_RULES = ("not_single", "ambiguous")
 TOL = 1e-8  # MAPIE's machine-precision tolerance on the LAC comparison
@@ -296,10 +299,30 @@ def coverage_report(conf: Mapping[str, Any], y: Any, scores: Any, *, label_names
 
 
 def save_conformal(directory: Path, conf: Mapping[str, Any]) -> Path:
-    """``artifacts/conformal.json`` (atomic, strict JSON: an infinite threshold is ``null``)."""
+    """``artifacts/conformal.json``: the thresholds only (atomic, strict JSON: an infinite threshold is
+    ``null``). The calibration units never go there: artifacts/ travels with an export."""
     from medmm.io import write_json_atomic
 
-    return write_json_atomic(Path(directory) / FILE, dict(conf))
+    return write_json_atomic(Path(directory) / FILE, {k: v for k, v in conf.items() if k != "calibration_units"})
+
+
+def save_calibration_units(run_dir: Path, conf: Mapping[str, Any]) -> Path | None:
+    """``RUN_DIR/conformal_calibration.json``: the calibration units' labels and scores (no ids), which the
+    weighted re-calibration reweights; kept in the run directory, out of ``artifacts/`` and so out of exports."""
+    from medmm.io import write_json_atomic
+
+    units = conf.get("calibration_units")
+    if not units:
+        return None
+    return write_json_atomic(Path(run_dir) / UNITS_FILE, {"format": UNITS_FORMAT, "version": 1, **units})
+
+
+def load_calibration_units(run_dir: Path) -> dict[str, Any] | None:
+    """What :func:`save_calibration_units` wrote, or ``None``."""
+    from medmm.io import read_json
+
+    path = Path(run_dir) / UNITS_FILE
+    return read_json(path, format=UNITS_FORMAT) if path.exists() else None
 
 
 def load_conformal(run_dir: Path) -> dict[str, Any] | None:
@@ -409,6 +432,7 @@ def training_conformal(task: Any, trainer: Any, model: Any, bundle: Any, val: An
                      groups=vgroups, group_column=gcol, refer=c.refer, max_width=c.max_width)
     if main:
         save_conformal(Path(run_dir) / "artifacts", conf)
+        save_calibration_units(run_dir, conf)
     out["conformal"] = conf
     if test_ev.targets is not None and len(test_ev.units):
         (y, s), _ = trainer.metric_inputs(test_ev)
@@ -508,7 +532,7 @@ def _summary(conf: Mapping[str, Any], out: Mapping[str, np.ndarray], y: np.ndarr
 
 
 def recalibrate(conf: Mapping[str, Any], y: Any, scores: Any, *, fraction: float, seed: int,
-                weighted: bool) -> dict[str, Any]:
+                weighted: bool, calibration_units: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``medmm evaluate --recalibrate conformal``: fit new thresholds on a ``fraction`` of the new site's
     units (stratified by class), and compare on the rest: the run's sets, the re-calibrated ones and, when
     ``weighted`` (the shift check fired), the run's own calibration units reweighted to the new site.
@@ -534,8 +558,10 @@ def recalibrate(conf: Mapping[str, Any], y: Any, scores: Any, *, fraction: float
            "alpha": float(conf["alpha"]),
            "before": _summary(conf, apply_sets(conf, s[held]), y[held]),
            "after": _summary(new, apply_sets(new, s[held]), y[held]), "weighted": None}
-    if weighted and conf.get("calibration_units") and conf["problem"] != "multilabel":
-        w_cal, w_new = shift_weights(conf["problem"], conf["calibration_units"]["scores"], s, seed)
+    units = calibration_units or conf.get("calibration_units")
+    if weighted and units and conf["problem"] != "multilabel":
+        conf = {**conf, "calibration_units": units}
+        w_cal, w_new = shift_weights(conf["problem"], units["scores"], s, seed)
         ws = _weighted_sets(conf, s[held], w_cal, w_new[held])
         out["weighted"] = {**_summary(conf, ws, y[held]),
                            "assumption": "covariate shift only (P(y | x) unchanged), density ratio a function of "

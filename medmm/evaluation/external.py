@@ -166,8 +166,10 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     curves = decision_curves(problem, y_true, y_score, task.label_names, n_boot=min(n_boot, 200), seed=seed)
     recal = None
     if recalibrate == "conformal":  # weighted variant too when the shift check fired
+        from medmm.evaluation.conformal import load_calibration_units
+
         recal = recalibrate_conformal(conf, y_true, y_score, fraction=calibration_fraction, seed=seed,
-                                      weighted=bool(shift["warnings"]))
+                                      weighted=bool(shift["warnings"]), calibration_units=load_calibration_units(run_dir))
     elif recalibrate:
         recal = _recalibrate(problem, np.asarray(y_true), np.asarray(y_score), recalibrate, calibration_fraction,
                              seed, op, task.label_names, ecfg)
@@ -276,9 +278,11 @@ def _write_recalibrated_run(dest: Path, run_dir: Path, recal: Mapping[str, Any])
     shutil.copytree(run_dir / "checkpoints" / "best", dest / "checkpoints" / "best", copy_function=_link_or_copy)
     if recal["method"] == "conformal":  # new thresholds, same probabilities (#32)
         from medmm.evaluation.conformal import FILE as CONF_FILE
+        from medmm.evaluation.conformal import save_calibration_units, save_conformal
 
         (dest / "artifacts" / CONF_FILE).unlink(missing_ok=True)  # a hard link: never write through it
-        write_json_atomic(dest / "artifacts" / CONF_FILE, dict(recal["conformal"]))
+        save_conformal(dest / "artifacts", recal["conformal"])
+        save_calibration_units(dest, recal["conformal"])
     else:
         write_json_atomic(dest / "artifacts" / CAL_FILE, dict(recal["calibrator"]))
     if recal.get("operating_point") is not None:
