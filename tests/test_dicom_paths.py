@@ -58,3 +58,13 @@ def test_public_path_is_keyed_and_keeps_suffix() -> None:
     a = public_path("77654033/CT2/17106.dcm", (0, 2), KEY)
     assert a.split("/")[1] == "CT2" and a.endswith(".dcm") and "77654033" not in a
     assert a.split("/")[0] == token("77654033", KEY) != token("77654033", bytes(32))
+
+
+def test_uploaded_file_names_holding_ids_or_dates_become_tokens() -> None:
+    from medmm.data.dicom.paths import public_name
+
+    raw = (ROOT / "CT_small.dcm").read_bytes()  # PatientID 1CT1, StudyDate 20040119
+    assert public_name("1CT1.dcm", raw).startswith("T") and public_name("1CT1.dcm", raw).endswith(".dcm")
+    assert public_name("scan_20040119.dcm", raw).startswith("T")
+    assert public_name("CT_small.dcm", raw) == "CT_small.dcm"
+    assert public_name("x.dcm", b"not dicom") == "x.dcm"

@@ -204,6 +204,8 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
                           ) -> dict[str, Any]:
             if len(files) > max_rows:
                 raise HTTPException(422, f"at most {max_rows} files per request")
+            from medmm.data.dicom.paths import public_name
+
             tmp = Path(tempfile.mkdtemp(prefix="medmm-serve-"))
             try:
                 names: dict[str, str] = {}
@@ -213,7 +215,7 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
                         raise HTTPException(415, f"files[{i}] is not a DICOM Part 10 file (no DICM preamble)")
                     rel = f"{i:05d}.dcm"  # never the client's file name as a path
                     (tmp / rel).write_bytes(data)
-                    names[rel] = _safe_name(upload.filename, i)
+                    names[rel] = public_name(_safe_name(upload.filename, i), data)  # an id / date: a token
                 pred = model.predict_path(tmp)
                 rows = _rows_out(model, pred)
                 for row in rows:

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 __all__ = ["date_kinds", "identifier_parts", "institution_forms", "name_forms", "part_matches", "path_key",
-           "public_path", "real_paths", "token"]
+           "public_name", "public_path", "real_paths", "token"]
 
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|" \
           "august|september|october|november|december"
@@ -179,6 +179,20 @@ def path_key() -> bytes:
         "path tokens use a random per-process key: the key file %s is missing, unreadable or readable by "
         "others (chmod 600 it); tokens will not match other commands' tokens", path)
     return secrets.token_bytes(32)
+
+
+def public_name(name: str, dicom_bytes: bytes) -> str:
+    """A client's file name for a DICOM file given as bytes (``medmm serve`` uploads), tokenised when
+    it equals or holds the file's PatientID / AccessionNumber / a PatientName form or a date."""
+    from io import BytesIO
+
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(BytesIO(dicom_bytes), stop_before_pixels=True)
+    except Exception:  # noqa: BLE001 - unreadable: only the date rule applies
+        return public_path(name, (0,)) if date_kinds(name) else name
+    return public_path(name, identifier_parts(name, ds))
 
 
 def real_paths(root: Path, public: Iterable[str]) -> dict[str, str]:
