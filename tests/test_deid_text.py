@@ -153,3 +153,13 @@ def test_value_index_matches_whole_values_only() -> None:
     assert [v for _, _, v in ValueIndex(["Doe"], ignore_case=False).finditer("DOE Doe doe")] == ["Doe"]
     many = ValueIndex(f"MRN{i:07d}" for i in range(20_000))  # many ids: still one lookup per token
     assert [v for _, _, v in many.finditer("old chart MRN0012345 and MRN9999999")] == ["MRN0012345"]
+
+
+def test_short_numeric_value_is_not_matched_inside_a_longer_number() -> None:
+    """#26: an accession "0010" matched inside a file name refused a whole run."""
+    from medmm.deid.matching import ValueIndex
+
+    index = ValueIndex(["0010"])
+    assert [v for *_, v in index.finditer("ID 0010, file 0010.dcm, a/0010/b")] == ["0010"] * 3
+    for text in ("1.2.0010", "20-0010", "7_0010", "0010-2", "100105", "2004/0010"):
+        assert not list(index.finditer(text)), text

@@ -65,11 +65,12 @@ def _bounded(text: str, start: int, end: int, uid_like: bool) -> bool:
     before = text[start - 1] if start > 0 else ""
     after = text[end] if end < len(text) else ""
     if uid_like:
-        # "1.2.3" inside "1.2.3.4", or "12345" inside "2.25.123456": not a whole value
+        # "1.2.3" inside "1.2.3.4", "12345" inside "2.25.123456", "0010" inside "20-0010" or "7_0010":
+        # part of a longer number, not a whole value
         if before.isdigit() or after.isdigit():
             return False
-        if before == "." and start > 1 and text[start - 2].isdigit():
+        if before in ".-_/" and start > 1 and text[start - 2].isdigit():
             return False
-        return not (after == "." and end + 1 < len(text) and text[end + 1].isdigit())
+        return not (after in ".-_/" and end + 1 < len(text) and text[end + 1].isdigit())
     word = lambda c: c.isalnum() or c == "_"  # noqa: E731
     return not (before and word(before)) and not (after and word(after))
