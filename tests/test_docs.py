@@ -151,9 +151,11 @@ def test_cli_reference_lists_every_command() -> None:
 def _env(tmp: Path) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
-    env.update({"PATH": bindir + os.pathsep + env.get("PATH", ""), "HF_HUB_OFFLINE": "1",
-                "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg",
-                "MEDMM_DEID_KEY_FILE": str(tmp / "deid.key"), "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2")})
+    home = tmp / "home"  # a new user's home: medmm deid creates its key under ~/.config/medmm/
+    home.mkdir(exist_ok=True)
+    env.pop("MEDMM_DEID_KEY_FILE", None)
+    env.update({"PATH": bindir + os.pathsep + env.get("PATH", ""), "HOME": str(home), "HF_HUB_OFFLINE": "1",
+                "TRANSFORMERS_OFFLINE": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2")})
     return env
 
 
