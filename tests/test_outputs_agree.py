@@ -79,6 +79,11 @@ def _visible(page: str) -> str:
     return _html.unescape(re.sub(r"<[^>]+>", " ", page))
 
 
+def _prose(markdown: str) -> str:
+    """A Markdown file without its code blocks (the card's resolved config is YAML, quoted as it is)."""
+    return re.sub(r"```.*?```", "", markdown, flags=re.DOTALL)
+
+
 def _no_glitches(text: str, where: str) -> None:
     assert not re.search(r"\bnan\b", text, re.IGNORECASE), (where, re.search(r".{40}\bnan\b.{40}", text, re.IGNORECASE | re.DOTALL))
     assert not re.search(r"\binf(inity)?\b", text, re.IGNORECASE), where
@@ -129,7 +134,7 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
             _inside(op[k], op["ci"].get(k), f"operating point {cls} {k}")
     best = summary["best_checkpoint"]
     assert f"best checkpoint</th><td>{best}" in report and f"at {best}" in console  # one best, said the same way
-    for where, text in (("report.html", _visible(report)), ("model_card.md", card), ("console", console)):
+    for where, text in (("report.html", _visible(report)), ("model_card.md", _prose(card)), ("console", console)):
         _no_glitches(text, where)
 
     # evaluate on the demo's own data: the caveat, the same figures on the test rows, the card's latest audit
@@ -150,7 +155,7 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     if extra:
         sub = card.split("## Subgroups", 1)[1].split("\n## ", 1)[0]
         assert "Latest audit: `medmm evaluate`" in sub and "Not audited" not in sub and "Flag rule:" in sub
-    _no_glitches(card, "model_card.md after evaluate")
+    _no_glitches(_prose(card), "model_card.md after evaluate")
 
     # explain on the run's own data: its held-out units by default
     done = run_cli("explain", str(run), "--data", str(data), "--out", str(tmp_path / "explain"), "--limit", "4")
@@ -171,3 +176,33 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
         assert not re.search(r'(src|href)="(?!data:|#)', text), (name, "a resource outside the page")
         console_lines = open_page(html_path, tmp_path / f"{task}-{name}.png")
         assert console_lines == [], (name, console_lines)
+
+
+def test_report_names_its_rules_and_never_prints_nan_or_raw_json(tmp_path: Path) -> None:
+    from medmm.report import best_step, write_report
+    from medmm.runner import _model_name
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 6)  # class 2 ("covid") absent from the evaluated split
+    s = rng.dirichlet([1, 1, 1], 12)
+    history = [{"epoch": 1, "step": 3, "split": "train", "loss": 1.0, "lr": 0.1},
+               {"epoch": 1, "step": 3, "split": "val", "loss": 0.9, "macro_f1": 0.5, "lr": 0.1},
+               {"epoch": 2, "step": 6, "split": "val", "loss": 0.8, "macro_f1": 0.7, "lr": 0.05},
+               {"epoch": 3, "step": 9, "split": "val", "loss": 0.7, "macro_f1": 0.7, "lr": 0.01}]
+    assert best_step(history, "max", "macro_f1") == 6  # the first best, the checkpoint the engine keeps
+    metrics = M.compute_metrics("multiclass", y, s)
+    page = write_report(tmp_path / "r.html", title="t", problem="multiclass", history=history, y_true=y, y_score=s,
+                        label_names=["normal", "pneumonia", "covid"], metrics=metrics,
+                        ci=M.bootstrap_cis("multiclass", y, s, n_boot=30),
+                        summary={"examples": {"train": 35, "val": 12, "test": 11}}).read_text()
+    text = _visible(page)
+    _no_glitches(text, "report")
+    assert "train 35 · val 12 · test 11" in text
+    assert "sensitivity (arg-max)" in text and "F1 (arg-max)" in text and "n/a (no positives)" in text
+    assert "Confusion matrix (calls by arg-max" in text and "widened where needed to contain" in text
+    binary = write_report(tmp_path / "b.html", title="t", problem="binary", history=[], y_true=y, y_score=s[:, 1],
+                          label_names=["benign", "malignant"], metrics={}).read_text()
+    binary = _visible(binary)
+    assert "Positive class 'malignant'" in binary and "Reliability diagram (positive class 'malignant')" in binary
+    fusion = {"head": "concat", "text_backbone": "minilm-l6", "image_backbone": "efficientnet_lite0"}
+    assert _model_name(type("C", (), {"model": fusion})()) == "concat head over minilm-l6 + efficientnet_lite0"

@@ -206,4 +206,4 @@ def describe(data: dict[str, Any], rows: np.ndarray, splits: np.ndarray, names: 
     listed = "skipped.csv lists them" if unusable else "skipped.csv"
     encoders = ", ".join(f"{n}={getattr(m, BACKBONE_KEYS[n])}" for n in names)
     return (f"{len(rows)} rows ({sizes}); modalities present: {have}; {len(data['skipped'])} rows skipped, "
-            f"{kept} ({listed}); classes {label_names}; head {m.head}, mode {m.mode}, encoders {encoders}")
+            f"{kept} ({listed}); classes {', '.join(map(str, label_names or [])) or 'n/a'}; head {m.head}, mode {m.mode}, encoders {encoders}")

@@ -206,7 +206,8 @@ class ImageClsTask(Task):
                      for name in ("train", "val", "test")}  # for the classic baseline
         counts = {c: int((y == k).sum()) for k, c in enumerate(self.label_names)} if y.ndim == 1 else {}
         desc = (f"{len(rows)} labelled DICOM images ({len(set(patients))} patients) from a folder scan; "
-                f"{len(skipped)} files skipped (see skipped.csv); classes {counts or self.label_names}; "
+                f"{len(skipped)} files skipped (see skipped.csv); classes "
+                f"{', '.join(f'{c} {n}' for c, n in counts.items()) if counts else ', '.join(map(str, self.label_names))}; "
                 f"split by patient; unit of prediction: {d.level}")
         return DataBundle(split("train", True), split("val", False), split("test", False),
                           meta={"description": desc, "unit_columns": self.unit_columns,
