@@ -506,11 +506,14 @@ def summary_lines(info: dict[str, Any] | None) -> list[str]:
         return [f"  classic baseline: not fitted ({info['skipped']})"]
     diff = info.get("diff_ci")
     ci = info.get("ci", {}).get(info["headline"])
+    from medmm.metrics import decimals, format_estimate
+
     lines = [f"  classic baseline on the same split: {info['description']}",
-             f"    {info['headline']:<10} {info['baseline']:.4f}" + (f"  (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else "")]
+             f"    {info['headline']:<10} " + format_estimate(info["baseline"], ci, style=" (95% CI {lo}-{hi})")]
     if diff:
-        lines.append(f"    model - baseline {info['model'] - info['baseline']:+.4f}  "
-                     f"(95% CI {diff[0]:+.4f} to {diff[1]:+.4f}, paired)")
+        d = decimals(diff)  # rounded to what the paired CI supports, as every figure is
+        lines.append(f"    model - baseline {info['model'] - info['baseline']:+.{d}f}  "
+                     f"(95% CI {diff[0]:+.{d}f} to {diff[1]:+.{d}f}, paired)")
     if info.get("warning"):
         lines.append(f"  WARNING: {info['warning']}")
     return lines

@@ -39,10 +39,10 @@ __all__ = [
     "bootstrap_ci",
     "bootstrap_cis",
     "compute_metrics",
-    "expected_calibration_error",
-    "harrell_c_index",
     "decimals",
+    "expected_calibration_error",
     "format_estimate",
+    "harrell_c_index",
     "headline",
     "interval",
     "metric_mode",
@@ -188,8 +188,8 @@ def decimals(ci: tuple[float, float] | None, most: int = 4, least: int = 2) -> i
     if ci is None or len(ci) != 2 or not all(c is not None and np.isfinite(c) for c in ci):
         return most
     width = float(ci[1]) - float(ci[0])
-    if width <= 0:
-        return most
+    if width <= 0:  # every resample gave the same value: three places, no false precision
+        return min(most, max(least, 3))
     return int(min(most, max(least, 1 - np.floor(np.log10(width)))))
 
 
