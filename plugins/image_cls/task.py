@@ -135,7 +135,11 @@ class ImageClsTask(Task):
     def _scan(self, root: Path) -> tuple[Any, list[Skipped], PixelCache]:
         if not root.is_dir():
             raise DataError(f"image-cls expects a folder of DICOM files, got a file: {root}")
-        records, skipped = scan_folder(root, workers=self._workers(), index_dir=self.cache_dir)  # headers reused (#30)
+        stats: dict[str, int] = {}
+        records, skipped = scan_folder(root, workers=self._workers(), index_dir=self.cache_dir, stats=stats)
+        if stats.get("reused"):  # the header index of data.cache_dir (#30)
+            log.info("DICOM header index: %d of %d files unchanged since the last scan, %d headers read",
+                     stats["reused"], stats["files"], stats["headers_read"])
         if not records:
             raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped; see skipped.csv)")
         items = image_items(records, self.cfg.data.frames)
