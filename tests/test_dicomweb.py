@@ -397,7 +397,7 @@ def test_new_key_file_helper_is_the_deid_one(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_file: Path) -> None:
     """run image-cls on a DICOMweb source (1 epoch, 32 px), predict from it with --push: the SR is
-    found by QIDO-RS in the source study; a de-identified local folder is refused for --push."""
+    found by QIDO-RS in the source study, with the source patient; evaluate from the PACS."""
     import requests
 
     from tests.conftest import run_cli
@@ -441,14 +441,6 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
                       str(tmp_path / "eval"), "--no-card", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
         assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["provenance"]["units"] == len(idents)
-        # predicting on de-identified files cannot reference what the PACS knows: refused, nothing sent
-        pulled = tmp_path / "pulled"
-        assert run_cli("pull", server.url + "?Modality=MR", "--out", str(pulled), "--quiet", env=env).returncode == 0
-        out = run_cli("predict", str(run), "--data", str(pulled), "--out", str(tmp_path / "p2.csv"),
-                      "--push", server.url, env=env)
-        assert out.returncode == 2 and "de-identified (PatientIdentityRemoved=YES)" in out.stderr
-        assert "Nothing was sent" in out.stderr and not (tmp_path / "p2.csv").exists()  # refused before predicting
-        assert len(out.stderr.strip().splitlines()) == 1
         assert len(requests.get(f"{server.dicomweb}/instances", params={"Modality": "SR"}, timeout=10).json()) == 6
 
 
@@ -468,6 +460,12 @@ def test_push_check_refuses_studies_the_target_does_not_hold(pacs, tmp_path: Pat
         check_target(server.url, stranger)
     with pytest.raises(MedmmError, match="without a query"):
         check_target(server.url + "?Modality=CT", known)
+    # predicting on de-identified files cannot reference what the PACS knows: refused before predicting
+    pulled = tmp_path / "pulled"
+    pull(_server(server.url + "?Modality=MR"), None, pulled, pseudo=Pseudonymizer(KEY), progress=False,
+         echo=lambda m: None)
+    with pytest.raises(MedmmError, match=r"de-identified \(PatientIdentityRemoved=YES\).*Nothing was sent"):
+        check_target(server.url, pulled)
 
 
 def test_reidentify_maps_keyed_uids_back_in_memory() -> None:

@@ -74,6 +74,6 @@ def pull_command(source: str, out: Path, *, key_file: Path | None = None, create
             echo(f"pixels ({pixels}, OCR): {res.pixels_scanned} instance(s) of modalities that often carry "
                  "burned-in text read, blanked where text was found, and read again")
         echo(f"verification: every written instance re-read, {res.identifiers_checked} source identifier "
-             f"value(s) checked, 0 remain, pixel data unchanged; key id {pseudo.token('key-id', 'key-id', 8)}; "
+             f"value(s) checked, 0 remain, pixel data as checked; key id {pseudo.token('key-id', 'key-id', 8)}; "
              f"report {Path(out) / REPORT_NAME}")
     return res

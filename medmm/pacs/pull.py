@@ -223,12 +223,13 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:120]}" if not isinstance(exc, ValueError) else str(exc)[:160]
 
 
-def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None, options: Any = None,
+def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any | None, options: Any = None,
          labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
          workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
          limit: int | None = None, parallel: str = "auto", pixels: str = "blank",
          layout: str = "uid") -> PullResult:
-    """Pull every instance ``server`` finds for ``filters`` into ``out`` (see the module docstring).
+    """Pull every instance ``server`` finds for ``filters`` (``None``: its URL's matching keys) into
+    ``out`` (see the module docstring).
 
     ``pseudo`` is the keyed :class:`~medmm.deid.pseudonyms.Pseudonymizer` (``None`` writes the files
     as the server holds them: identified). ``labels`` is a CSV keyed by SOP / Series / Study Instance
@@ -241,6 +242,7 @@ def pull(server: Any, filters: dict[str, str], out: Path, *, pseudo: Any | None,
     """
     from medmm.deid.options import DeidOptions
 
+    filters = server.url.filter_dict() if filters is None else dict(filters)
     out = Path(out)
     earlier = _check_out(out)
     key_id = pseudo.token("key-id", "key-id", 8) if pseudo is not None else None
