@@ -20,14 +20,14 @@ import argparse
 import json
 import math
 import os
-import resource
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -95,7 +95,7 @@ def bench_split(small: int, tiny: bool) -> dict[str, Any]:
         times = []
         for n in (small, large):
             labels = rng.integers(0, 2, n)
-            times.append(timed(lambda: group_split(n, labels=labels)))
+            times.append(timed(lambda n=n, labels=labels: group_split(n, labels=labels)))
         out["seconds"] = times
         print(ratio_line("split (no group column, binary labels)", small, large, *times))
     print(f"split: function calls {out['calls'][0]} -> {out['calls'][1]} for {small:,} -> {large:,} rows")
@@ -203,7 +203,9 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
     if len(out) == 2:
         a, b = sizes
         print(ratio_line("tabular-risk run", a, b, out[a]["train_s"], out[b]["train_s"]))
-        ratio = lambda k: out[b][k] / max(out[a][k], 1e-9)  # noqa: E731
+        def ratio(k: str) -> float:
+            return out[b][k] / max(out[a][k], 1e-9)
+
         print(f"tabular-risk peak RSS above the libraries, ratio: run {ratio('train_above'):.1f}x, predict "
               f"{ratio('predict_above'):.1f}x (size ratio {b / a:.0f}x; goal: run <= size ratio, predict flat)")
     return out

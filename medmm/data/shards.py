@@ -28,7 +28,7 @@ import numpy as np
 
 from medmm.errors import ConfigError
 
-__all__ = ["ShardDataset", "block", "FolderShard", "folder_files", "parse_shard", "shard_split"]
+__all__ = ["FolderShard", "ShardDataset", "block", "folder_files", "parse_shard", "shard_split"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
