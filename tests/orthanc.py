@@ -134,7 +134,7 @@ def sample_files(limit: int | None = None) -> list[Path]:
     import pydicom
 
     root = Path(pydicom.__file__).parent / "data" / "test_files"
-    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm", "SC_rgb.dcm"]
+    names = ["CT_small.dcm", "MR_small.dcm", "JPEG2000.dcm", "rtdose.dcm"]
     files = [root / n for n in names if (root / n).is_file()]
     files += sorted((root / "dicomdirtests").rglob("*"))
     files = [f for f in files if f.is_file() and f.name != "DICOMDIR" and os.path.getsize(f) > 0]
