@@ -236,7 +236,8 @@ class _Context:
         parts = []
         for name, f in faith.items():
             top, rand = f.get("deletion_top"), f.get("deletion_random")
-            assert top is not None and rand is not None, f"{name}: no deletion figures"
+            assert top is not None and rand is not None, (  # explain's own reason (e.g. a one-cell Grad-CAM map)
+                f"{name}: no deletion figures: {f.get('deletion_verdict') or 'none computed'}")
             assert top > rand, (f"{name}: deleting the top-attributed items moves the output by {top:.4g}, no more "
                                 f"than deleting random ones ({rand:.4g})")
             parts.append(f"{name} ({f['method']}): top-k deletion {top:.3g} > random {rand:.3g}")
