@@ -212,7 +212,7 @@ def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
         y, p = truth[:, k], pred[:, k]
         tp, fp, fn, tn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum()), int((~y & ~p).sum())
         none = "n/a (no positives)" if not y.any() else None
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else math.nan
+        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else "n/a (no positives, no calls)"
         rows.append((str(name), int(y.sum()), none or M._auroc(data.y[:, k], data.s[:, k]),
                      none or M._auprc(data.y[:, k], data.s[:, k]), none or tp / (tp + fn),
                      tn / (tn + fp) if tn + fp else "n/a (no negatives)", f1, tp, fp, fn))

@@ -176,6 +176,14 @@ def _dicom_shift(train: Mapping[str, Mapping[str, int]], new: Mapping[str, Count
     return out
 
 
+def _counts(value: Any) -> str:
+    """``{'CR': 8, 'CT': 9}`` as ``CR 8 · CT 9`` (most frequent first): never a raw dict on a page."""
+    if isinstance(value, dict):
+        return " · ".join(f"{k} {v}" for k, v in sorted(value.items(), key=lambda kv: -kv[1]
+                                                          if isinstance(kv[1], (int, float)) else 0))
+    return str(value)
+
+
 def shift_html(report: Mapping[str, Any]) -> str:
     """The shift report as HTML."""
     import html
@@ -197,10 +205,10 @@ def shift_html(report: Mapping[str, Any]) -> str:
         t = report["text"]
         parts.append(f"<p>Words never seen in ≥ {MIN_DOCS} training documents: {t['oov_share']:.1%} "
                      f"(training: {t['train_oov_share']:.1%}). Length quantiles (10/25/50/75/90%, words): "
-                     f"{e(str([round(v) for v in t['length_quantiles']]))} vs training "
-                     f"{e(str([round(v) for v in t['train_length_quantiles']]))}.</p>")
+                     f"{e(', '.join(str(round(v)) for v in t['length_quantiles']))} vs training "
+                     f"{e(', '.join(str(round(v)) for v in t['train_length_quantiles']))}.</p>")
     if report.get("dicom"):
-        rows = "".join(f"<tr><td>{e(k)}</td><td>{e(str(v['new']))}</td><td>{e(str(v['train']))}</td></tr>"
+        rows = "".join(f"<tr><td>{e(k)}</td><td>{e(_counts(v['new']))}</td><td>{e(_counts(v['train']))}</td></tr>"
                        for k, v in report["dicom"].items())
         parts.append(f"<table><tr><th>attribute</th><th>new data (files)</th><th>training (files)</th></tr>{rows}"
                      "</table>")
