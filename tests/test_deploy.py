@@ -524,3 +524,31 @@ def test_image_service_takes_dicom_uploads_and_refuses_other_files(image) -> Non
     assert len(rows) == 2 and all(row["sop_instance_uid"] for row in rows)
     r = client.post("/predict", files=[("files", ("notes.txt", b"not an image", "text/plain"))])
     assert r.status_code == 415 and "DICOM" in r.json()["detail"]
+
+
+@pytest.mark.slow
+def test_serve_fuzz_every_exportable_task_never_answers_5xx(tabular, text, image, fusion) -> None:
+    """#28: shortest / longest inputs, empty strings, missing and extra fields, wrong types and broken
+    bodies (tests/serve_fuzz.py) against the service of every exportable built-in task."""
+    import pydicom
+
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+    from tests.serve_fuzz import fuzz_dicom, fuzz_rows, server_errors
+
+    for _, _, export in (tabular, text):
+        model = ExportedModel(export)
+        statuses = fuzz_rows(create_app(model, max_rows=8), model, max_rows=8)
+        assert not server_errors(statuses), (model.task, server_errors(statuses))
+        assert statuses["row-short"] == 200 and statuses["max-rows"] == 200 and statuses["extra-field"] == 200
+        assert statuses["empty-row"] == 422 and statuses["max-rows-plus-one"] == 422
+    data, _, export = image
+    model = ExportedModel(export)
+    files = Path(pydicom.__file__).parent / "data" / "test_files"  # exact installed names (never a download)
+    good = next(p for p in sorted(Path(data).rglob("*")) if p.is_file())
+    statuses = fuzz_dicom(create_app(model, max_rows=4), good, {"no-pixels": files / "rtplan.dcm",
+                                                                "truncated-mr": files / "MR_truncated.dcm"}, 4)
+    assert not server_errors(statuses), server_errors(statuses)
+    assert statuses["one-good"] == 200 and statuses["not-dicom"] == 415 and statuses["too-many"] == 422
+    with pytest.raises(MedmmError, match="predicts a table"):  # fusion is predicted from files, not served
+        create_app(ExportedModel(fusion[2]))

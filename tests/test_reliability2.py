@@ -454,3 +454,98 @@ def test_a_column_of_dates_beside_a_binary_target_is_named_without_its_values(ca
     assert found == ["last_seen"] and "values are dates" in caplog.text
     assert not any(d in caplog.text for d in df["last_seen"])  # never a value
     assert warn_leaky_features(df, {"age": "numeric", "last_seen": "categorical"}, "regression", y * 3) == []
+
+
+# --------------------------------------------------------------------------- 1 + serve: TextCNN end to end
+
+
+@pytest.mark.slow
+def test_textcnn_export_predicts_and_serves_notes_shorter_than_its_kernels(tmp_path: Path, capsys) -> None:
+    """The issue's case end to end: a TextCNN run exported with ``medmm export``; a file of notes with
+    fewer tokens than the widest kernel predicts through the export as through the run, and the
+    service answers the fuzz list (tests/serve_fuzz.py) without a 5xx."""
+    import pandas as pd
+
+    from medmm.cli import main
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+    from tests.serve_fuzz import fuzz_rows, server_errors
+    from tests.test_text_cls import synthetic_notes
+
+    def medmm(*args: object) -> None:
+        code = main([str(a) for a in args])
+        assert code == 0, (args, capsys.readouterr().err[-2000:])
+
+    synthetic_notes(40, ["normal", "pneumonia"]).to_csv(tmp_path / "notes.csv", index=False)
+    short = tmp_path / "short.csv"
+    pd.DataFrame({"note_id": ["a", "b", "c"], "text": ["pneumonia opacity", "clear", ""]}).to_csv(short, index=False)
+    run, export = tmp_path / "run", tmp_path / "export"
+    medmm("run", "text-cls", "--data", tmp_path / "notes.csv", "--out", run, "--set", "model.backbone=textcnn",
+          "--set", "data.id_column=note_id", "--set", "engine.epochs=1", "--set", "engine.max_steps=2",
+          "--set", "engine.bootstrap=0", "--set", "engine.device=cpu", "--quiet")
+    medmm("export", run, "--out", export, "--exporter", "torchscript")
+    parity = __import__("json").loads((export / "manifest.json").read_text())["parity"]
+    assert {tuple(sorted(e["sizes"].items())) for e in parity["edges"]} >= {(("batch", 1), ("sequence", 1))}
+    assert all(e["max_abs_diff"] <= 1e-4 for e in parity["edges"])
+    medmm("predict", run, "--data", short, "--out", tmp_path / "torch.csv")
+    medmm("predict", export, "--data", short, "--out", tmp_path / "onnx.csv")
+    a, b = pd.read_csv(tmp_path / "torch.csv"), pd.read_csv(tmp_path / "onnx.csv")
+    assert a["id"].tolist() == b["id"].tolist() and len(a) >= 2
+    assert np.abs(a.filter(like="prob_").to_numpy() - b.filter(like="prob_").to_numpy()).max() < 1e-5
+    model = ExportedModel(export)
+    statuses = fuzz_rows(create_app(model, max_rows=8), model, max_rows=8)
+    assert not server_errors(statuses), server_errors(statuses)
+    assert statuses["row-short"] == 200 and statuses["row-long"] == 200
+
+
+# --------------------------------------------------------------------------- serve: a plugin's task
+
+
+PLUGIN_FUZZ = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from medmm.cli import main
+from medmm.deploy.runtime import ExportedModel
+from medmm.deploy.service import create_app
+from tests.serve_fuzz import fuzz_rows
+tmp = Path(sys.argv[1])
+for argv in (["run", "discrete-survival", "--data", str(tmp / "gbsg2.csv"), "--out", str(tmp / "run"), "--quiet",
+              "--set", "data.time=time", "--set", "data.event=cens", "--set", "data.id_column=patient",
+              "--set", "data.horizon=1825", "--set", "engine.epochs=1", "--set", "engine.min_steps=0",
+              "--set", "engine.bootstrap=0", "--set", "engine.device=cpu"],
+             ["export", str(tmp / "run"), "--out", str(tmp / "export"), "--exporter", "torchscript"]):
+    assert main(argv) == 0, argv
+model = ExportedModel(tmp / "export")
+edges = json.loads((tmp / "export" / "manifest.json").read_text())["parity"]["edges"]
+print(json.dumps({"task": model.task, "edges": edges, "statuses": fuzz_rows(create_app(model, max_rows=8), model, 8)}))
+"""
+
+
+@pytest.mark.slow
+def test_a_plugin_tasks_export_is_edge_checked_and_its_service_survives_the_fuzz_list(tmp_path: Path) -> None:
+    """The example third-party package (examples/medmm-example-plugin), installed as a user would:
+    its discrete-survival task exports through its own runtime reader, the parity check covers
+    the edges of its batch axis, and ``medmm serve`` answers the fuzz list without a 5xx."""
+    import json
+    import shutil
+
+    lifelines = pytest.importorskip("lifelines")
+    target, source = tmp_path / "site", tmp_path / "medmm-example-plugin"
+    shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr
+    lifelines.datasets.load_gbsg2().iloc[:240].to_csv(tmp_path / "gbsg2.csv", index_label="patient")
+    out = subprocess.run([sys.executable, "-c", PLUGIN_FUZZ, str(tmp_path), str(ROOT)], capture_output=True,
+                         text=True, timeout=900,
+                         env={**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["task"] == "discrete-survival"
+    assert {e["sizes"]["batch"] for e in result["edges"]} >= {1} and len(result["edges"]) >= 2
+    assert all(e["max_abs_diff"] is not None and e["max_abs_diff"] <= 1e-4 for e in result["edges"])
+    statuses = result["statuses"]
+    assert not {k: v for k, v in statuses.items() if v >= 500}, statuses
+    assert statuses["row-short"] == 200 and statuses["empty-row"] == 422

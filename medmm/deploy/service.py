@@ -186,6 +186,10 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
                     wrong = [c for c in text if c in row and row[c] is not None and not isinstance(row[c], str)]
                     if wrong:
                         raise HTTPException(422, f"rows[{i}]: column(s) {wrong} must hold text (a string)")
+                broken = [c for c in keep if isinstance(row.get(c), str) and not _is_unicode(row[c])]
+                if broken:  # JSON's \ud800 escapes decode to lone surrogates, which tokenizers cannot encode (#28)
+                    raise HTTPException(422, f"rows[{i}]: column(s) {broken} hold text that is not valid Unicode "
+                                             "(a lone surrogate escape)")
             # only the model's inputs and the id go further: labels or other fields are never parsed
             rows = [{k: row[k] for k in keep if k in row} for row in body.rows]
             if id_col:  # rows are keyed by the id column, or by their position when no row has one
@@ -231,6 +235,15 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
 
     app.state.model = model
     return BodyLimit(app, max_body)
+
+
+def _is_unicode(text: str) -> bool:
+    """False for a string that cannot be written as UTF-8 (it holds a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_name(name: str | None, i: int) -> str:
