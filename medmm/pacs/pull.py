@@ -1,17 +1,20 @@
 """``medmm pull``: DICOMweb instances into a folder, de-identified in memory on the way.
 
-Each instance is retrieved (WADO-RS) into memory, de-identified with :mod:`medmm.deid`'s own
-functions (PS3.15 Basic profile table, the deid key, the same keyed pseudonyms and UIDs as
-``medmm deid``), serialised, and verified on the serialised bytes (they read back with pydicom, no
-source identifier value of that instance remains, the pixel data are unchanged) before the bytes
-are written, atomically, under ``<study>/<series>/<instance>.dcm`` (keyed UIDs). Identified bytes
-live only in memory; an instance that fails anything is not written and is named in
-``skipped.csv`` (keyed instance UID, reason).
+Each instance is retrieved (WADO-RS) into memory and de-identified with :mod:`medmm.deid`'s own
+functions: the PS3.15 Basic profile table, the deid key, the same keyed pseudonyms and UIDs as
+``medmm deid``, and its pixel pass (OCR, blank, read again) for modalities that often carry
+burned-in text. It is then serialised and verified on the serialised bytes: they read back with
+pydicom, no source identifier value of that instance remains in the text or the second OCR pass,
+and the pixel data are the ones checked. Only then are the bytes written, atomically, under
+``<study>/<series>/<instance>.dcm`` (keyed UIDs; ``layout="label"`` adds a ``<label>/`` folder).
+Identified bytes live only in memory; an instance that fails anything is not written and is named
+in ``skipped.csv`` (keyed instance UID, reason).
 
-Retrieval runs on a bounded thread pool (``workers`` connections, at most ``2 x workers``
-instances in memory: a study larger than memory streams instance by instance). Every written
-file is fingerprinted (SHA-256) in ``.medmm-pull/manifest.jsonl``, so a second pull into the same
-folder (after a kill, or to pick up new studies) fetches only what is missing or changed.
+Retrieval runs on a bounded pool (``workers`` connections on threads or processes, at most
+``2 x workers`` instances in memory: a study larger than memory streams instance by instance).
+Every written file is fingerprinted (SHA-256) in ``.medmm-pull/manifest.jsonl``, so a second pull
+into the same folder (after a kill, or to pick up new studies) fetches only what is missing or
+changed; ``.medmm-pull/state.json`` (key id, de-id mode) is written before the first instance.
 """
 
 from __future__ import annotations
