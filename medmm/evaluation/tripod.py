@@ -162,6 +162,7 @@ def tripod_ai(run_dir: Path) -> dict[str, Any]:
         problem = (_read(run / "artifacts" / "tabular.json") or {}).get("problem", "?")
     evals = _evaluations(run)
     n_skip, reasons = _skipped(run / "skipped.csv")
+    skip_src = ", skipped.csv" if n_skip else ""
     data_name = Path(str(info.get("data", "?"))).name
     task = info.get("task", "?")
     model = (cfg.get("model") or {}).get("backbone") or (cfg.get("model") or {}).get("name") or "?"
@@ -222,7 +223,7 @@ def tripod_ai(run_dir: Path) -> dict[str, Any]:
     put("11", "partly", ("Rows without an outcome are excluded (skipped.csv). " if n_skip else "")
         + ("Numeric predictors: median imputation with missing indicators fitted on the training split "
            "(artifacts/tabular.json)." if (run / "artifacts" / "tabular.json").is_file() else
-           "Missing inputs are skipped with a reason by the task's reader."), "artifacts/, skipped.csv")
+           "Missing inputs are skipped with a reason by the task's reader."), "artifacts/" + skip_src)
     by = data_cfg.get("group_column") or data_cfg.get("id_column")
     put("12a", "filled", f"Split {json.dumps(sizes)} (train / val / test) " + (
         f"by {by!r}: no unit in two splits" if by else "by row (no patient id column configured)")
@@ -280,7 +281,7 @@ def tripod_ai(run_dir: Path) -> dict[str, Any]:
     put("19", SUPPLY, "", "")
     put("20a", "partly", (f"{fp.get('rows')} rows read; " if "rows" in fp else "") + f"{n_skip} excluded; split "
         f"{json.dumps(units or sizes)}; outcome on {split}: {_test_events(run / 'predictions.csv', problem) or 'n/a'}.",
-        "data_fingerprint.json, skipped.csv, splits.csv, predictions.csv")
+        "data_fingerprint.json" + skip_src + ", splits.csv, predictions.csv")
     put("20b", SUPPLY, "", "")
     put("20c", "filled" if shifts else SUPPLY, "See 16 (standardized mean differences vs the training profile)."
         if shifts else "", ", ".join(s for s, _ in shifts))
@@ -318,7 +319,7 @@ def tripod_ai(run_dir: Path) -> dict[str, Any]:
         "model_card.md")
     put("27a", "filled", "Unreadable inputs are skipped with a reason (skipped.csv, predict's .skipped.csv); "
         + ("a unit whose conformal set is not a single class is flagged abstain = 1 (refer to a clinician)."
-           if conf else "no abstention rule is stored."), "skipped.csv, artifacts/conformal.json" if conf else "skipped.csv")
+           if conf else "no abstention rule is stored."), "medmm.data readers" + skip_src + (", artifacts/conformal.json" if conf else ""))
     put("27b", SUPPLY, "", "")
     put("27c", SUPPLY, "", "")
 
