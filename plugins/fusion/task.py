@@ -19,7 +19,6 @@ the row's image is the middle instance (in file order) of its largest series.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from torch import nn
 from medmm import (
     BaselineInputs, collate_rows, ConfigError, DataBundle, DataError, fit_preprocessor, FusionModel,
     get_registry, html_table, infer_column_types, modality_dropout, MultimodalRows, pad_id_of,
-    Preprocessor, read_json, Split, Task, warn_leaky_features, write_json_atomic, write_text_atomic,
+    Preprocessor, read_json, Split, Task, warn_leaky_features, write_json_atomic,
 )
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 from medmm_plugins.fusion.encoders import (
@@ -190,7 +189,7 @@ class FusionTask(Task):
                 "as missing, exactly as for a row that lacks them). A large drop means the model relies on that "
                 "modality; rows left with no modality get the head's constant output.</p>")
         if self.is_main:
-            write_text_atomic(self.run_dir / "modality_ablation.json", json.dumps(dict(rows), indent=1) + "\n")
+            write_json_atomic(self.run_dir / "modality_ablation.json", dict(rows))  # strict JSON (null, never NaN)
         return [("Per-modality contribution", note + table)]
 
     # ------------------------------------------------------------------ predict
