@@ -1,7 +1,8 @@
 """Stopping a run on SIGTERM / SIGINT: cleanly, at a step boundary, with its status right.
 
-``timeout``, a batch scheduler or Ctrl-C stops a run with a signal. While :func:`handle_signals`
-is active (the runner, around a training run), SIGTERM and SIGINT raise :class:`Interrupted`, a
+``timeout``, a batch scheduler, Ctrl-C or a closed terminal stops a run with a signal. While
+:func:`handle_signals` is active (the runner, around a training run), SIGTERM, SIGINT and SIGHUP
+(unless ignored, as under ``nohup``) raise :class:`Interrupted`, a
 ``KeyboardInterrupt`` that names the signal, so the run's ``except`` path marks ``run.json``
 ``interrupted`` and the process exits with ``128 + signal``. Inside :func:`deferred` (the
 engine's step loop on a single process) the first signal is only recorded: the loop saves a
@@ -21,7 +22,7 @@ from typing import Any
 __all__ = ["Interrupted", "deferred", "handle_signals", "pending", "raise_pending"]
 
 log = logging.getLogger("medmm")
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else []))  # HUP: terminal gone
 _state: dict[str, Any] = {"defer": 0, "pending": None}
 
 
