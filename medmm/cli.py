@@ -507,12 +507,17 @@ def _add_plugin_commands(cli: click.Group) -> None:
     wanted = next((a for a in argv if not a.startswith("-")), None)
     if wanted in builtin:
         return  # do not load plugins for built-in commands that do not need them
-    try:
-        plugins().pm.hook.register_commands(cli=cli)
-    except (MedmmError, KeyboardInterrupt):
-        raise
-    except BaseException as exc:  # a plugin's command hook (even sys.exit) must not kill the CLI
-        click.echo(f"medmm: warning: a plugin's register_commands failed: {type(exc).__name__}: {exc}", err=True)
+    from medmm.plugins import user_interrupts
+
+    with user_interrupts() as ctrl_c:
+        try:
+            plugins().pm.hook.register_commands(cli=cli)
+        except MedmmError:
+            raise
+        except BaseException as exc:  # a plugin's command hook (even sys.exit, KeyboardInterrupt) must not kill the CLI
+            if ctrl_c and isinstance(exc, KeyboardInterrupt):  # the user's own Ctrl-C
+                raise
+            click.echo(f"medmm: warning: a plugin's register_commands failed: {type(exc).__name__}: {exc}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

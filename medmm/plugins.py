@@ -72,28 +72,38 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-@contextmanager
-def _ctrl_c() -> Iterator[list[int]]:
-    """Record a real SIGINT (the user's Ctrl-C) while plugins load.
+class _Recorder:
+    """SIGINT handler that records the signal, then raises ``KeyboardInterrupt`` as Python's does."""
 
-    A ``KeyboardInterrupt`` is re-raised only when the list this yields is not empty: one that a
-    plugin raises itself at import is that plugin's failure, like any other exception. Outside the
-    main thread, or when SIGINT is not Python's default handler (ignored, or the caller's own),
-    nothing is installed and every ``KeyboardInterrupt`` seen while loading is a plugin's.
-    """
-    seen: list[int] = []
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield seen
-        return
+    def __init__(self) -> None:
+        self.seen: list[int] = []
 
-    def handler(signum: int, frame: Any) -> None:
-        seen.append(signum)
+    def __call__(self, signum: int, frame: Any) -> None:
+        self.seen.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+
+@contextmanager
+def user_interrupts() -> Iterator[list[int]]:
+    """Record a real SIGINT (the user's Ctrl-C) while plugin code runs (import, hooks).
+
+    A ``KeyboardInterrupt`` is re-raised only when the list this yields is not empty: one that a
+    plugin raises itself is that plugin's failure, like any other exception. Nested blocks share
+    the outer block's list. Outside the main thread, or when SIGINT is not Python's default handler
+    (ignored, or the caller's own), nothing is installed and every ``KeyboardInterrupt`` seen is a
+    plugin's.
+    """
+    current = signal.getsignal(signal.SIGINT) if threading.current_thread() is threading.main_thread() else None
+    if isinstance(current, _Recorder):
+        yield current.seen
+        return
+    if current is not signal.default_int_handler:
+        yield []
+        return
+    recorder = _Recorder()
+    signal.signal(signal.SIGINT, recorder)
     try:
-        yield seen
+        yield recorder.seen
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -117,7 +127,7 @@ def load_plugins(extra: list[tuple[str, Any]] | None = None) -> Plugins:
     Any ``BaseException`` a plugin raises (``SystemExit``, ``KeyboardInterrupt``, ...) is recorded as
     that plugin's failure; only the user's own Ctrl-C (a real SIGINT) stops loading.
     """
-    with _ctrl_c() as ctrl_c:
+    with user_interrupts() as ctrl_c:
         return _load(extra, ctrl_c)
 
 

@@ -549,3 +549,29 @@ def test_a_plugin_tasks_export_is_edge_checked_and_its_service_survives_the_fuzz
     statuses = result["statuses"]
     assert not {k: v for k, v in statuses.items() if v >= 500}, statuses
     assert statuses["row-short"] == 200 and statuses["empty-row"] == 422
+
+
+def test_a_plugin_command_hook_raising_keyboard_interrupt_does_not_kill_the_cli(fake_plugin) -> None:
+    env = fake_plugin("cmd_interrupter", """
+        from medmm import hookimpl
+
+        @hookimpl
+        def register_commands(cli):
+            raise KeyboardInterrupt
+        """)
+    out = subprocess.run([sys.executable, "-m", "medmm", "--help"], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=120)
+    assert out.returncode == 0 and "register_commands failed: KeyboardInterrupt" in out.stderr, out.stderr[-2000:]
+
+
+def test_nested_interrupt_guards_share_the_users_ctrl_c() -> None:
+    from medmm.plugins import user_interrupts
+
+    with user_interrupts() as outer:
+        with user_interrupts() as inner:
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):  # bounded: the handler runs between bytecodes
+                    pass
+        assert inner is outer and outer == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
