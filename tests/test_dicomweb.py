@@ -303,9 +303,16 @@ class _Flaky(BaseHTTPRequestHandler):
     upstream = ""
     broken: ClassVar[set[str]] = set()
     once: ClassVar[set[str]] = set()
+    token: ClassVar[str | None] = None  # a bearer token the proxy requires (an OAuth-fronted PACS)
 
     def do_GET(self) -> None:
         import requests
+
+        if self.token is not None and self.headers.get("Authorization") != f"Bearer {self.token}":
+            self.send_response(401)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
 
         for uid in list(self.broken) + list(self.once):
             if f"/instances/{uid}" in self.path:
@@ -356,6 +363,29 @@ def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(
     assert not any(u in (tmp_path / "out" / "skipped.csv").read_text() for u in broken)
     assert json.loads((tmp_path / "out" / "pull.json").read_text())["complete"] is False
     assert not any(i["SOPInstanceUID"] in caplog.text or i["StudyInstanceUID"] in caplog.text for i in idents)
+
+
+def test_a_bearer_token_from_a_file_is_sent_and_a_wrong_one_is_one_line(pacs, tmp_path: Path, key_file: Path,  # type: ignore[no-untyped-def]
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    server, _ = pacs
+    handler = type("Bearer", (_Flaky,), {"upstream": server.rest, "broken": set(), "once": set(),
+                                         "token": "t0ken-from-the-idp"})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        url = f"dicomweb+http://127.0.0.1:{proxy.server_address[1]}/dicom-web?Modality=CT"
+        token = tmp_path / "token"
+        token.write_text("wrong-token\n")
+        args = ["pull", url, "--out", str(tmp_path / "out"), "--key-file", str(key_file), "--quiet",
+                "--token-file", str(token)]
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "refused access (HTTP 401)" in err[0] and "wrong-token" not in err[0]
+        token.write_text("t0ken-from-the-idp\n")
+        assert main(args) == 0
+    finally:
+        proxy.shutdown()
+    assert len(list((tmp_path / "out").rglob("*.dcm"))) == N_PER_CLASS
 
 
 def test_auth_required_and_wrong_credentials_are_one_line_errors(tmp_path: Path, key_file: Path,
