@@ -220,6 +220,10 @@ def _remove_own_files(run_dir: Path, info: dict[str, Any], s: str) -> None:
     Refuses, removing nothing, when run.json lists no files or the folder holds files it does not list.
     """
     listed = info.get(FILES)
+    if listed is None and info.get("status") == "running":  # killed (SIGKILL, out of memory) while preparing data
+        raise MedmmError(f"{run_dir} holds a run that was killed before it recorded the files it wrote (while "
+                         "preparing its data); medmm removes only files it knows it wrote: remove the folder "
+                         "yourself, or choose another --out")
     if not isinstance(listed, list) or not all(isinstance(x, str) for x in listed):
         raise MedmmError(f"{run_dir} has a run.json saying the run {s}, but no list of the files medmm wrote (a "
                          "run.json written by hand or by an older medmm); medmm removes only its own files: "

@@ -176,6 +176,11 @@ def test_a_hand_written_failed_run_json_never_deletes_the_users_files(tmp_path: 
     with pytest.raises(MedmmError, match="no list of the files medmm wrote"):
         prepare_run_dir(mine, resume=False)
     assert _tree(mine) == before
+    (mine / "run.json").write_text(json.dumps({"status": "running", "pid": 0}))  # as a SIGKILL leaves it
+    with pytest.raises(MedmmError, match="killed before it recorded the files it wrote"):
+        prepare_run_dir(mine, resume=False)
+    assert {k: v for k, v in _tree(mine).items() if k != "run.json"} == {k: v for k, v in before.items()
+                                                                          if k != "run.json"}
 
 
 def test_a_stopped_run_is_replaced_file_by_file_from_its_manifest(tmp_path: Path, capsys) -> None:
