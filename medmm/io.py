@@ -8,7 +8,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -57,31 +57,36 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
     return Path(path)
 
 
-def json_safe(obj: Any) -> Any:
-    """``obj`` as strict-JSON-ready Python: NaN / infinity -> ``None``, numpy scalars and arrays ->
-    Python numbers and lists, tuples -> lists, mapping keys -> ``str``, paths and other objects -> ``str``."""
-    if isinstance(obj, dict) or hasattr(obj, "items") and callable(obj.items):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+def json_safe(obj: Any, default: Callable[[Any], Any] | None = None) -> Any:
+    """``obj`` as strict-JSON-ready Python: NaN / infinity -> ``None``, numpy scalars and arrays -> Python
+    numbers and lists, tuples and sets -> lists, mapping keys -> ``str``, paths -> ``str``. Anything else goes
+    through ``default`` (e.g. ``str``), or is a ``TypeError`` as in :func:`json.dumps`."""
+    if isinstance(obj, dict) or (hasattr(obj, "items") and callable(obj.items)):
+        return {str(k): json_safe(v, default) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, set, frozenset)):
-        return [json_safe(v) for v in obj]
+        return [json_safe(v, default) for v in obj]
     if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy scalar or array
-        return json_safe(obj.tolist())
+        return json_safe(obj.tolist(), default)
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if obj is None or isinstance(obj, (str, int, bool)):
         return obj
-    return str(obj)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if default is not None:
+        return json_safe(default(obj))
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-def dumps_json(payload: Any, indent: int | None = 1) -> str:
+def dumps_json(payload: Any, indent: int | None = 1, default: Callable[[Any], Any] | None = None) -> str:
     """Strict JSON text of ``payload`` (through :func:`json_safe`): never ``NaN`` or ``Infinity``."""
-    return json.dumps(json_safe(payload), indent=indent, allow_nan=False)
+    return json.dumps(json_safe(payload, default), indent=indent, allow_nan=False)
 
 
-def write_json_atomic(path: str | Path, payload: Any) -> Path:
+def write_json_atomic(path: str | Path, payload: Any, default: Callable[[Any], Any] | None = None) -> Path:
     """Write ``payload`` as indented strict JSON (UTF-8, :func:`dumps_json`) atomically: the one JSON
     writer of medmm's outputs."""
-    return write_text_atomic(path, dumps_json(payload) + "\n")
+    return write_text_atomic(path, dumps_json(payload, default=default) + "\n")
 
 
 def read_json(path: str | Path, *, format: str | None = None) -> dict[str, Any]:

@@ -211,7 +211,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         if main:
             from medmm.io import write_json_atomic
 
-            write_json_atomic(run_dir / "summary.json", summary)  # strict JSON: undefined figures are null
+            write_json_atomic(run_dir / "summary.json", summary, default=str)  # strict JSON: undefined figures are null
             rundir.finish(run_dir)
             _print_summary(summary)
         return summary

@@ -165,7 +165,7 @@ def build_outputs(out: Path, *, task: Any, task_name: str, run_dir: Path, espec:
         "selection": extras.get("selection"),
         "notes": list(espec.notes),
     }
-    write_json_atomic(out / "summary.json", summary)  # strict JSON
+    write_json_atomic(out / "summary.json", summary, default=str)  # strict JSON
     html = _html(task_name, summary, espec, examples, docs, pngs, signed, top_k)
     write_text_atomic(out / "explanations.html", html)
     return summary
