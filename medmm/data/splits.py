@@ -30,6 +30,10 @@ def group_strata(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int
     if labels is None or np.asarray(labels).ndim != 1:
         return np.zeros(n_groups, dtype=np.int64)
     codes = _label_codes(np.asarray(labels))
+    if n_groups == len(codes):  # every group has one example (no group column): its label is the group's
+        out = np.empty(n_groups, dtype=np.int64)
+        out[np.asarray(group_ids, dtype=np.int64)] = codes
+        return out
     width = int(codes.max()) + 1
     pairs = np.asarray(group_ids, dtype=np.int64) * width + codes
     if n_groups * width <= 4 * len(pairs) + 1024:  # few labels: count in a table, no sort at all
