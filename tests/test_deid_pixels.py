@@ -209,3 +209,17 @@ def test_kill_mid_run_then_next_run_leaves_nothing_behind(tmp_path: Path) -> Non
     with open(tmp_path / "out" / "deid.json") as f:
         assert json.load(f)["stale_partial_folders_removed"] == 1
     assert not (tmp_path / "out" / "skipped.csv").exists() or list(csv.reader(open(tmp_path / "out" / "skipped.csv")))
+
+
+def test_patientid_studyuid_layout_becomes_pseudonym_and_keyed_uid(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    ds = pydicom.dcmread(PYDICOM / "CT_small.dcm", stop_before_pixels=True)
+    folder = src / ds.PatientID / ds.StudyInstanceUID
+    folder.mkdir(parents=True)
+    shutil.copy(PYDICOM / "CT_small.dcm", folder / "CT_small.dcm")
+    out = tmp_path / "out"
+    res = deidentify(src, out, key_file=_key(tmp_path), echo=lambda m: None)
+    assert res.written == 1 and res.remaining == 0
+    (written,) = out.rglob("*.dcm")
+    back = pydicom.dcmread(written, stop_before_pixels=True)
+    assert written.relative_to(out).parts[:2] == (back.PatientID, back.StudyInstanceUID)  # joins the headers

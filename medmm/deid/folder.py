@@ -94,10 +94,10 @@ def _alive(pid: int) -> bool:
 
 
 def _out_relpath(rel: str, pseudo: Pseudonymizer, scan: Any, patient_ids: dict[str, str],
-                 forms: set[str]) -> str:
-    """Same folders, keyed file name; a folder named after a patient id becomes its pseudonym and
-    any other folder name holding an identifier, a date or a name / institution form becomes a
-    keyed token."""
+                 forms: set[str], uids: set[str]) -> str:
+    """Same folders, keyed file name; a folder named after a patient id becomes its pseudonym, one
+    named after a source UID (``PATIENTID/STUDYUID/``) the keyed UID its files now carry, and any
+    other folder name holding an identifier, a date or a name / institution form a keyed token."""
     from medmm.data.dicom.paths import date_kinds, part_matches
 
     p = PurePosixPath(rel)
@@ -105,6 +105,8 @@ def _out_relpath(rel: str, pseudo: Pseudonymizer, scan: Any, patient_ids: dict[s
     for part in p.parent.parts:
         if part in patient_ids:
             parts.append(patient_ids[part])
+        elif part in uids:
+            parts.append(pseudo.uid(part))
         elif scan.matched_values(part) or date_kinds(part) or part_matches(part, forms):
             parts.append("D" + pseudo.token(part, "dir", 12))
         else:
@@ -266,8 +268,10 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         # final places: folders kept unless their names hold identifiers, file names keyed
         folder_scan = IdentifierScan({v: k for v, k in identifiers.items() if k != "uid"})
         patient_ids = {p: pseudo.patient_id(p) for p in patients if p}
+        uid_values = {v for v, k in identifiers.items() if k == "uid"}
         for rel in list(path_map):
-            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids, forms["name form"] | forms["institution"])
+            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids, forms["name form"] | forms["institution"],
+                                    uid_values)
             (stage / dest_rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / path_map[rel], stage / dest_rel)
             hashes[dest_rel] = hashes.pop(rel)
