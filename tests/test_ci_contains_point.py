@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from medmm import metrics as M
 from medmm.evaluation.threshold import f1_at, operating_stats
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _data(problem: str, n: int, k: int, sharp: float, prevalence: float, seed: int) -> dict:
@@ -43,14 +43,14 @@ def _data(problem: str, n: int, k: int, sharp: float, prevalence: float, seed: i
     return {"y_true": None, "y_score": rng.normal(size=n), "time": time, "event": rng.random(n) < prevalence}
 
 
-@settings(SETTINGS, max_examples=25)
+@settings(SETTINGS, max_examples=20)
 @given(problem=st.sampled_from(M.PROBLEMS), n=st.integers(2, 40), k=st.integers(2, 4),
        sharp=st.floats(0.2, 6.0), prevalence=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1))
 def test_every_metric_lies_inside_its_ci(problem: str, n: int, k: int, sharp: float, prevalence: float,
                                          seed: int) -> None:
     inputs = _data(problem, n, k, sharp, prevalence, seed)
     point = M.compute_metrics(problem, **inputs)
-    cis = M.bootstrap_cis(problem, **inputs, n_boot=30, seed=seed % 1000)
+    cis = M.bootstrap_cis(problem, **inputs, n_boot=20, seed=seed % 1000)
     for name in M.METRICS[problem]:
         low, high = cis[name]
         if math.isfinite(point[name]):
