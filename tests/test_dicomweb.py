@@ -200,6 +200,32 @@ def test_pull_writes_only_deidentified_files_with_the_same_pseudonyms_as_medmm_d
     assert report["complete"] and report["instances_fetched"] == len(idents) and report["deidentified"]
 
 
+@pytest.mark.parametrize("left, outcome", [
+    ("DOB 03/11/1961", "identifier patterns in the pixels (date)"),
+    ("MRN 4471-2209", "identifier patterns in the pixels (id number)"),
+    ("R  L  5 cm", None),
+])
+def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_does(
+        pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str, outcome: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Text the OCR still reads after blanking is checked with medmm deid's own ``pattern_kinds``:
+    a date or an ID number that is not one of the instance's identifiers still keeps it out."""
+    import medmm.deid.pixels as pixels
+
+    server, _ = pacs
+    monkeypatch.setattr(pixels, "TextReader", lambda: object())  # no OCR model: the outcome is planted
+    monkeypatch.setattr(pixels, "clean_pixels",
+                        lambda ds, reader, policy: pixels.PixelOutcome(scanned=True, blanked=True, texts_after=[left]))
+    res = pull(_server(server.url + "?Modality=CT"), None, tmp_path / "out", pseudo=Pseudonymizer(KEY),
+               pixels="scan-all", parallel="threads", progress=False, echo=lambda m: None)
+    assert res.found == N_PER_CLASS and res.pixels_scanned == res.fetched
+    if outcome is None:
+        assert (res.fetched, res.skipped) == (N_PER_CLASS, [])
+    else:
+        assert res.fetched == 0 and {why for _, why in res.skipped} == {f"verification failed: {outcome}"}
+        assert not list((tmp_path / "out").rglob("*.dcm"))
+        assert left not in (tmp_path / "out" / "skipped.csv").read_text()
+
+
 def test_labels_keyed_by_accession_are_rewritten_to_join_the_pulled_files(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from medmm.data.dicom.labels import labels_from_csv
     from medmm.data.dicom.scan import scan_folder

@@ -5,7 +5,8 @@ functions: the PS3.15 Basic profile table, the deid key, the same keyed pseudony
 ``medmm deid``, and its pixel pass (OCR, blank, read again) for modalities that often carry
 burned-in text. It is then serialised and verified on the serialised bytes: they read back with
 pydicom, no source identifier value of that instance remains in the text or the second OCR pass,
-and the pixel data are the ones checked. Only then are the bytes written, atomically, under
+the second pass holds no date or ID-number pattern (``medmm.deid.verify.pattern_kinds``, as in
+``medmm deid``), and the pixel data are the ones checked. Only then are the bytes written, atomically, under
 ``<study>/<series>/<instance>.dcm`` (keyed UIDs; ``layout="label"`` adds a ``<label>/`` folder).
 Identified bytes live only in memory; an instance that fails anything is not written and is named
 in ``skipped.csv`` (keyed instance UID, reason).
@@ -136,7 +137,7 @@ class _Deid:
 
         from medmm.deid.dicom import deidentify_dataset, pixel_hash, scan_text, source_identifiers
         from medmm.deid.pixels import clean_pixels, in_scope, mark_clean
-        from medmm.deid.verify import IdentifierScan
+        from medmm.deid.verify import IdentifierScan, pattern_kinds
 
         found, vocab = source_identifiers(ds, self.profile, self.options)
         scanned = self.pixels != "keep" and in_scope(ds, scan_all=self.pixels == "scan-all")
@@ -162,9 +163,13 @@ class _Deid:
                              f"({type(exc).__name__})") from None
         if pixel_hash(back) != before:
             raise ValueError("verification failed: pixel data changed")
-        if scan.scan(text, "instance") + scan.scan("\n".join(texts), "pixels"):
+        joined = "\n".join(texts)  # the second OCR pass: empty unless text was left
+        if scan.scan(text, "instance") + scan.scan(joined, "pixels"):
             kinds = ", ".join(sorted(scan.result.found))
             raise ValueError(f"verification failed: source identifier(s) remain ({kinds})")
+        patterns = pattern_kinds(joined)  # medmm deid's date / ID-number check of the OCR text
+        if patterns:
+            raise ValueError(f"verification failed: identifier patterns in the pixels ({', '.join(patterns)})")
         return data, scan.result.checked, scanned
 
 
