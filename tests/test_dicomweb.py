@@ -330,9 +330,15 @@ class _Flaky(BaseHTTPRequestHandler):
     broken: ClassVar[set[str]] = set()
     once: ClassVar[set[str]] = set()
     token: ClassVar[str | None] = None  # a bearer token the proxy requires (an OAuth-fronted PACS)
+    delay: ClassVar[float] = 0.0  # seconds before each instance retrieval (a slow PACS)
 
     def do_GET(self) -> None:
+        import time
+
         import requests
+
+        if self.delay and "/instances/" in self.path:  # WADO-RS only (the QIDO search is /instances?...)
+            time.sleep(self.delay)
 
         if self.token is not None and self.headers.get("Authorization") != f"Bearer {self.token}":
             self.send_response(401)
@@ -389,6 +395,60 @@ def test_a_5xx_on_some_instances_lists_them_in_skipped_csv_and_a_429_is_retried(
     assert not any(u in (tmp_path / "out" / "skipped.csv").read_text() for u in broken)
     assert json.loads((tmp_path / "out" / "pull.json").read_text())["complete"] is False
     assert not any(i["SOPInstanceUID"] in caplog.text or i["StudyInstanceUID"] in caplog.text for i in idents)
+
+
+@pytest.mark.slow
+def test_a_sigkilled_medmm_pull_is_resumed_by_a_second_pull_fetching_only_what_is_missing(
+        pacs, tmp_path: Path, key_file: Path) -> None:  # type: ignore[no-untyped-def]
+    """A real `medmm pull` child process is SIGKILLed mid-run (no handler runs, no report written);
+    a second `medmm pull` into the same folder keeps every fingerprinted file and fetches the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import run_cli
+
+    server, idents = pacs
+    handler = type("Slow", (_Flaky,), {"upstream": server.rest, "broken": set(), "once": set(), "delay": 0.4})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"dicomweb+http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
+    out = tmp_path / "out"
+    manifest = out / ".medmm-pull" / "manifest.jsonl"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MEDMM_DEID_KEY_FILE": str(key_file)}
+    try:
+        child = subprocess.Popen([sys.executable, "-m", "medmm", "pull", url, "--out", str(out), "--workers", "1",
+                                  "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and child.poll() is None:
+            if manifest.is_file() and len(manifest.read_text().splitlines()) >= 3:
+                break
+            time.sleep(0.05)
+        assert child.poll() is None, "the pull ended before it could be killed"
+        child.send_signal(signal.SIGKILL)
+        child.communicate(timeout=30)
+        assert child.returncode == -signal.SIGKILL
+        first = len([line for line in manifest.read_text().splitlines() if line.endswith("}")])
+        assert 3 <= first < len(idents) and not (out / "pull.json").exists()
+        kept = {f: f.stat().st_mtime_ns for f in out.rglob("*.dcm")}
+        assert len(kept) >= first
+        handler.delay = 0.0
+        done = run_cli("pull", url, "--out", str(out), "--workers", "2", "--quiet", env={"MEDMM_DEID_KEY_FILE": str(key_file)})
+    finally:
+        proxy.shutdown()
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{len(idents) - first} instance(s) pulled de-identified" in done.stdout
+    assert f"{first} already there; 0 skipped" in done.stdout
+    report = json.loads((out / "pull.json").read_text())
+    assert (report["instances_already_here"], report["instances_fetched"], report["complete"]) == \
+        (first, len(idents) - first, True)
+    files = sorted(out.rglob("*.dcm"))
+    assert len(files) == len(idents) and not list(out.rglob("*.part"))
+    fingerprinted = {json.loads(line)["path"] for line in manifest.read_text().splitlines()[:first]}
+    assert all(kept[out / rel] == (out / rel).stat().st_mtime_ns for rel in fingerprinted)  # not fetched again
+    blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
+    assert not any(v.encode() in blob for v in _identifiers(idents))
 
 
 def test_a_bearer_token_from_a_file_is_sent_and_a_wrong_one_is_one_line(pacs, tmp_path: Path, key_file: Path,  # type: ignore[no-untyped-def]
