@@ -119,7 +119,7 @@ def test_edge_parity_reports_the_case_an_exported_graph_gets_wrong_or_cannot_run
 
 def test_plugin_raising_keyboard_interrupt_or_any_base_exception_is_isolated(tmp_path: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import medmm.plugins as plugins
+    from medmm import plugins
 
     (tmp_path / "kbd_at_import.py").write_text("raise KeyboardInterrupt\n")
     (tmp_path / "gen_exit_at_import.py").write_text("raise GeneratorExit('odd')\n")
@@ -141,7 +141,7 @@ def test_plugin_raising_keyboard_interrupt_or_any_base_exception_is_isolated(tmp
 def test_a_real_ctrl_c_while_plugins_load_still_stops_the_command(fake_plugin) -> None:
     env = fake_plugin("slow_plugin", "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\ntime.sleep(5)\n")
     out = subprocess.run([sys.executable, "-c", "from medmm.plugins import load_plugins; load_plugins(); print('loaded')"],
-                         capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+                         capture_output=True, text=True, env={**os.environ, **env}, timeout=60, check=False)
     assert out.returncode != 0 and "KeyboardInterrupt" in out.stderr and "loaded" not in out.stdout
 
 
@@ -380,7 +380,7 @@ def test_a_library_calling_basicconfig_at_import_does_not_double_medmms_console(
               "logging.getLogger('medmm').warning('line-two')\n"
               "logging.getLogger('otherlib').warning('line-three')\n")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **ENV},
-                         timeout=300)
+                         timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stderr.splitlines()
     assert [sum(m in x for x in lines) for m in ("line-one", "line-two", "line-three")] == [1, 1, 1], lines
@@ -540,12 +540,14 @@ def test_a_plugin_tasks_export_is_edge_checked_and_its_service_survives_the_fuzz
     shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
                     ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600)
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600,
+                         check=False)
     assert pip.returncode == 0, pip.stderr
     lifelines.datasets.load_gbsg2().iloc[:240].to_csv(tmp_path / "gbsg2.csv", index_label="patient")
     out = subprocess.run([sys.executable, "-c", PLUGIN_FUZZ, str(tmp_path), str(ROOT)], capture_output=True,
                          text=True, timeout=900,
-                         env={**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])})
+                         env={**os.environ, **ENV, "PYTHONPATH": os.pathsep.join([str(target), str(ROOT)])},
+                         check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["task"] == "discrete-survival"
@@ -565,7 +567,7 @@ def test_a_plugin_command_hook_raising_keyboard_interrupt_does_not_kill_the_cli(
             raise KeyboardInterrupt
         """)
     out = subprocess.run([sys.executable, "-m", "medmm", "--help"], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=120)
+                         env={**os.environ, **env}, timeout=120, check=False)
     assert out.returncode == 0 and "register_commands failed: KeyboardInterrupt" in out.stderr, out.stderr[-2000:]
 
 
@@ -573,10 +575,9 @@ def test_nested_interrupt_guards_share_the_users_ctrl_c() -> None:
     from medmm.plugins import user_interrupts
 
     with user_interrupts() as outer:
-        with user_interrupts() as inner:
-            with pytest.raises(KeyboardInterrupt):
-                os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(1000):  # bounded: the handler runs between bytecodes
-                    pass
+        with user_interrupts() as inner, pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # bounded: the handler runs between bytecodes
+                pass
         assert inner is outer and outer == [signal.SIGINT]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -107,8 +107,8 @@ def warn_leaky_features(frame: pd.DataFrame, types: Mapping[str, str], problem: 
     evidence: dict[str, list[str]] = {}
     for col, score in sorted(scores.items(), key=lambda cs: -cs[1]):
         if score > threshold:
-            evidence[col] = [f"alone it predicts the target almost perfectly ({_METRIC[problem]} {score:.3f} on the "
-                             "training rows)"]
+            evidence[col] = [(f"alone it predicts the target almost perfectly ({_METRIC[problem]} {score:.3f} on "
+                              "the training rows)")]
     if val is not None and preprocessor is not None:
         drops = drop_column_importance(preprocessor, frame, y, val[0], val[1], problem)
         for col, why in _drop_suspects(drops, problem).items():
