@@ -237,7 +237,9 @@ def _ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[floa
         return (math.nan, math.nan)
     idx = rng.integers(0, len(values), size=(n_boot, len(values)))
     m = values[idx].mean(axis=1)
-    return float(np.quantile(m, 0.025)), float(np.quantile(m, 0.975))
+    from medmm.metrics import interval
+
+    return interval(m, float(np.mean(values)))  # holds the point estimate, as every medmm CI (#27)
 
 
 def _cell(cov: np.ndarray, size: np.ndarray, refer: np.ndarray, n_boot: int, rng: np.random.Generator,

@@ -48,8 +48,12 @@ def _one(y: np.ndarray, p: np.ndarray, n_boot: int, seed: int) -> dict[str, Any]
             boots.append((m, m - np.maximum(a, 0.0)))
         m = np.array([b[0] for b in boots])
         d = np.array([b[1] for b in boots])
-        out["model_ci"] = [np.quantile(m, 0.025, axis=0).tolist(), np.quantile(m, 0.975, axis=0).tolist()]
-        out["gain_ci"] = [np.quantile(d, 0.025, axis=0).tolist(), np.quantile(d, 0.975, axis=0).tolist()]
+        gain = model - np.maximum(all_, 0.0)
+        # percentile intervals widened to hold each point estimate, as every medmm CI (medmm.metrics.interval)
+        out["model_ci"] = [np.fmin(np.quantile(m, 0.025, axis=0), model).tolist(),
+                           np.fmax(np.quantile(m, 0.975, axis=0), model).tolist()]
+        out["gain_ci"] = [np.fmin(np.quantile(d, 0.025, axis=0), gain).tolist(),
+                          np.fmax(np.quantile(d, 0.975, axis=0), gain).tolist()]
     return out
 
 
