@@ -66,14 +66,15 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
                                 skipped_report=skipped_report)
         if res.stale_removed:
             echo(f"removed {res.stale_removed} unfinished staging folder(s) left by an interrupted run")
+        real = f"; real names in {skipped_report})" if skipped_report else ")"
+        where = f" (see {out / SKIPPED_NAME}, by keyed token{real}" if res.skipped else ""
         echo(f"{res.written} DICOM file(s) de-identified into {out} ({res.patients} patient(s)); "
-             f"{len(res.skipped)} skipped" + (f" (see {out / SKIPPED_NAME}, by keyed token"
-                                              + (f"; real names in {skipped_report})" if skipped_report else ")")
-                                              if res.skipped else ""))
+             f"{len(res.skipped)} skipped{where}")
         c = res.pixel_counts
         if pixels == "keep":
-            echo(f"pixels: NOT scanned (--pixels keep): {c['not scanned (--pixels keep)']} file(s) of modalities "
-                 "that often carry burned-in text were copied with their pixels unchanged")
+            n = c["not scanned (--pixels keep)"]
+            echo(f"pixels: NOT scanned (--pixels keep): {n} file(s) of modalities that often carry burned-in "
+                 "text were copied with their pixels unchanged")
         else:
             extra = "".join(f"; {n} {k}" for k, n in sorted(c.items()) if k.startswith("re-encoded"))
             echo(f"pixels ({pixels}, OCR): {c['scanned']} file(s) scanned, {c['blanked']} blanked, "

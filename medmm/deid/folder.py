@@ -151,6 +151,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
     import pydicom
     from pydicom.errors import InvalidDicomError
 
+    from medmm.data.dicom.paths import institution_forms, name_forms
     from medmm.data.dicom.scan import list_files, quiet_pydicom, short_reason
     from medmm.deid.dicom import (
         deidentify_dataset,
@@ -160,7 +161,6 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         skip_reason,
         source_identifiers,
     )
-    from medmm.data.dicom.paths import institution_forms, name_forms
     from medmm.deid.pixels import POLICIES, TextReader, clean_pixels, in_scope, mark_clean
     from medmm.deid.verify import IdentifierScan, pattern_kinds
 
@@ -270,8 +270,8 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         patient_ids = {p: pseudo.patient_id(p) for p in patients if p}
         uid_values = {v for v, k in identifiers.items() if k == "uid"}
         for rel in list(path_map):
-            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids, forms["name form"] | forms["institution"],
-                                    uid_values)
+            dest_rel = _out_relpath(rel, pseudo, folder_scan, patient_ids,
+                                    forms["name form"] | forms["institution"], uid_values)
             (stage / dest_rel).parent.mkdir(parents=True, exist_ok=True)
             os.replace(stage / path_map[rel], stage / dest_rel)
             hashes[dest_rel] = hashes.pop(rel)
@@ -336,11 +336,13 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
             problems.append(f"{residual.remaining} source identifier occurrence(s) remain "
                             f"({dict(residual.found)}), e.g. in {places}")
         if pattern_hits:
-            problems.append("identifier patterns found: " + ", ".join(f"{n} {k}" for k, n in sorted(pattern_hits.items())))
+            found = ", ".join(f"{n} {k}" for k, n in sorted(pattern_hits.items()))
+            problems.append(f"identifier patterns found: {found}")
         if unreadable:
             problems.append(f"{len(unreadable)} output file(s) do not read back with pydicom")
         if pixel_mismatch:
-            problems.append(f"{len(pixel_mismatch)} output file(s) hold pixel data other than what was checked")
+            problems.append(f"{len(pixel_mismatch)} output file(s) hold pixel data other than what was "
+                            "checked")
         if problems:
             raise MedmmError("de-identification verification FAILED, nothing written: " + "; ".join(problems))
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from medmm.errors import MedmmError
 
-__all__ = ["KNOWN_BANDS", "MAX_FRAMES", "POLICIES", "PixelOutcome", "TextReader", "clean_pixels", "display_image",
-           "frames_first", "in_scope", "known_band", "mark_clean", "sample_frames"]
+__all__ = ["KNOWN_BANDS", "MAX_FRAMES", "POLICIES", "PixelOutcome", "TextReader", "clean_pixels",
+           "display_image", "frames_first", "in_scope", "known_band", "mark_clean", "sample_frames"]
 
 POLICIES = ("blank", "skip", "keep", "scan-all")
 MAX_FRAMES = 5
@@ -56,7 +56,7 @@ class PixelOutcome:
     scanned: bool = False
     blanked: bool = False
     skip: str | None = None  # reason the file must not be written
-    reencoded: str = ""  # "", "same", "uncompressed (lossless)", "uncompressed (lossy source, not recompressed)"
+    reencoded: str = ""  # "", "same", "uncompressed (lossless)" or "uncompressed (lossy source, ...)"
     texts_before: list[str] = field(default_factory=list, repr=False)
     texts_after: list[str] = field(default_factory=list, repr=False)
 
@@ -68,8 +68,8 @@ class TextReader:
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ModuleNotFoundError:
-            raise MedmmError("the pixel pass of medmm deid needs rapidocr-onnxruntime: pip install 'medmm[deid]' "
-                             "(or --pixels keep to leave pixels unscanned)") from None
+            raise MedmmError("the pixel pass of medmm deid needs rapidocr-onnxruntime: pip install "
+                             "'medmm[deid]' (or --pixels keep to leave pixels unscanned)") from None
         import logging
 
         self._engine = RapidOCR()
@@ -168,7 +168,8 @@ def known_band(ds: Any) -> float:
     """The top-band fraction listed for this file's manufacturer and modality, else 0."""
     maker = str(ds.get("Manufacturer", "") or "").upper()
     modality = str(ds.get("Modality", "") or "").strip().upper()
-    return max((f for (word, mod), f in KNOWN_BANDS.items() if word in maker and mod == modality), default=0.0)
+    bands = (f for (word, mod), f in KNOWN_BANDS.items() if word in maker and mod == modality)
+    return max(bands, default=0.0)
 
 
 def _write_pixels(ds: Any, arr: Any, n_frames: int) -> str:

@@ -47,13 +47,15 @@ _DATE_RES = [
 ]
 _MONTH_NUM = {m: i for i, names in enumerate(
     (("jan", "january"), ("feb", "february"), ("mar", "march"), ("apr", "april"), ("may",), ("jun", "june"),
-     ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"), ("oct", "october"), ("nov", "november"),
-     ("dec", "december")), 1) for m in names}
+     ("jul", "july"), ("aug", "august"), ("sep", "sept", "september"), ("oct", "october"),
+     ("nov", "november"), ("dec", "december")), 1) for m in names}
 _TOKEN = re.compile(r"[^\W_]+")
-GENERIC_WORDS = frozenset({"THE", "OF", "AND", "HOSPITAL", "MEDICAL", "CENTER", "CENTRE", "CLINIC", "UNIVERSITY",
-                           "GENERAL", "HEALTH", "HEALTHCARE", "SAINT", "ST", "MED", "CTR", "INSTITUTE", "RADIOLOGY",
+GENERIC_WORDS = frozenset({"THE", "OF", "AND", "HOSPITAL", "MEDICAL", "CENTER", "CENTRE", "CLINIC",
+                           "UNIVERSITY", "GENERAL", "HEALTH", "HEALTHCARE", "SAINT", "ST", "MED", "CTR",
+                           "INSTITUTE", "RADIOLOGY",
                            "IMAGING", "DEPARTMENT", "DEPT", "REGIONAL", "COMMUNITY", "MEMORIAL", "CHILDREN",
-                           "CHILDRENS", "NATIONAL", "CITY", "COUNTY", "STATE", "PHILIPS", "SIEMENS", "GE", "TOSHIBA"})
+                           "CHILDRENS", "NATIONAL", "CITY", "COUNTY", "STATE", "PHILIPS", "SIEMENS", "GE",
+                           "TOSHIBA"})
 
 
 def _valid(y: int, m: int, d: int) -> bool:
