@@ -221,3 +221,17 @@ def test_patientid_studyuid_layout_becomes_pseudonym_and_keyed_uid(tmp_path: Pat
     (written,) = out.rglob("*.dcm")
     back = pydicom.dcmread(written, stop_before_pixels=True)
     assert written.relative_to(out).parts[:2] == (back.PatientID, back.StudyInstanceUID)  # joins the headers
+
+
+def test_a_run_into_the_parent_of_a_killed_runs_output_removes_its_staging_folder(tmp_path: Path) -> None:
+    parent = tmp_path / "exports"
+    stale = parent / ".old.partial-xyz"
+    stale.mkdir(parents=True)
+    (stale / PARTIAL_MARK).write_text("999999999")  # no such process
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(PYDICOM / "CT_small.dcm", src / "a.dcm")
+    messages: list[str] = []
+    res = deidentify(src, parent, key_file=_key(tmp_path), echo=messages.append)  # --out is that parent
+    assert res.written == 1 and not stale.exists() and res.stale_removed == 1
+    assert any("removed 1 unfinished staging folder" in m for m in messages)

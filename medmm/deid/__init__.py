@@ -42,8 +42,9 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
                              "notes CSV, not a DICOM folder")
         if labels is not None and not labels.is_file():
             raise MedmmError(f"--labels file not found: {labels}")
-        from medmm.deid.folder import check_output_dir
+        from medmm.deid.folder import check_output_dir, remove_stale_partials
 
+        stale = remove_stale_partials(out.parent, out)  # a killed run's staging folder, even inside --out
         check_output_dir(path, out)  # before a key is created
     else:
         if not text_column:
@@ -63,7 +64,7 @@ def deidentify(path: Path, out: Path, *, key_file: Path | None = None, create_ke
 
         res = deidentify_folder(path, out, pseudo, options, labels=labels,
                                 id_column=id_column or "patient_id", progress=echo, pixels=pixels,
-                                skipped_report=skipped_report)
+                                skipped_report=skipped_report, stale_removed=stale)
         if res.stale_removed:
             echo(f"removed {res.stale_removed} unfinished staging folder(s) left by an interrupted run")
         real = f"; real names in {skipped_report})" if skipped_report else ")"

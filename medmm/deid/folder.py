@@ -86,7 +86,7 @@ def remove_stale_partials(*folders: Path) -> int:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True
@@ -143,11 +143,12 @@ def _read_labels(path: Path, id_column: str) -> tuple[list[str], list[dict[str, 
 def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: DeidOptions,
                       labels: Path | None = None, id_column: str = "patient_id",
                       progress: Callable[[str], None] | None = None, pixels: str = "blank",
-                      skipped_report: Path | None = None) -> FolderResult:
+                      skipped_report: Path | None = None, stale_removed: int = 0) -> FolderResult:
     """De-identify every DICOM file under ``src`` into ``out`` (see the module docstring).
 
     ``pixels``: ``blank`` (default) / ``skip`` / ``keep`` / ``scan-all`` (:mod:`medmm.deid.pixels`);
-    ``skipped_report``: a path outside ``out`` for the skipped files under their real names."""
+    ``skipped_report``: a path outside ``out`` for the skipped files under their real names;
+    ``stale_removed``: staging folders of killed runs the caller already removed (for the report)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -169,7 +170,7 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
         raise DataError(f"DICOM folder not found: {src}")
     if pixels not in POLICIES:
         raise MedmmError(f"--pixels must be one of {', '.join(POLICIES)}, got {pixels!r}")
-    stale = remove_stale_partials(out.parent, out)
+    stale = stale_removed + remove_stale_partials(out.parent, out)
     check_output_dir(src, out)
     if skipped_report is not None:
         rep = Path(skipped_report).resolve()
