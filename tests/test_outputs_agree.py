@@ -144,6 +144,9 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     done = run_cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "eval"), *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "caveat:" in done.stdout and "were used by this run" in done.stdout
+    if task == "tabular-risk":  # predict with labels prints metrics: the same caveat
+        done = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "pred.csv"))
+        assert done.returncode == 0 and "caveat:" in done.stdout, done.stderr[-2000:]
     ev = _strict((tmp_path / "eval" / "evaluation.json").read_text())
     assert ev["provenance"]["caveat"].startswith("caveat:")
     for name, value in ev["metrics"].items():
@@ -206,3 +209,28 @@ def test_report_names_its_rules_and_never_prints_nan_or_raw_json(tmp_path: Path)
     assert "Positive class 'malignant'" in binary and "Reliability diagram (positive class 'malignant')" in binary
     fusion = {"head": "concat", "text_backbone": "minilm-l6", "image_backbone": "efficientnet_lite0"}
     assert _model_name(type("C", (), {"model": fusion})()) == "concat head over minilm-l6 + efficientnet_lite0"
+
+
+@pytest.mark.slow
+def test_serve_422_names_the_column_never_the_value(tmp_path: Path) -> None:
+    """The fault seen: `medmm serve` answered a text cell in a numeric column with `e.g. ['old']`."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("onnxruntime")
+    from fastapi.testclient import TestClient
+
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+
+    run = tmp_path / "run"
+    done = run_cli("demo", "tabular-risk", "--out", str(run), "--set", "engine.epochs=1", "--set", "engine.bootstrap=0",
+                   "--set", "engine.baseline=none", "--quiet", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = run_cli("export", str(run), "--out", str(tmp_path / "export"), "--sample", "8")
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = TestClient(create_app(ExportedModel(tmp_path / "export")))
+    row = {"patient": "p1", "age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "s1": 157, "s2": 93.2, "s3": 38, "s4": 4,
+           "s5": 4.86, "s6": 87}
+    assert client.post("/predict", json={"rows": [row]}).status_code == 200
+    marker = "zebra-old-7731"
+    r = client.post("/predict", json={"rows": [{**row, "bmi": marker}]})
+    assert r.status_code == 422 and "bmi" in r.text and marker not in r.text and "zebra" not in r.text, r.text
