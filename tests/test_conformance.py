@@ -57,3 +57,46 @@ def test_tabular_risk_passes_the_conformance_kit(tmp_path: Path) -> None:
                         exporter="torchscript")  # the quicker exporter; test_deploy covers dynamo
     assert report.ok, str(report)
     assert all(c.ok for c in report.checks), str(report)  # nothing skipped: tabular-risk exports and serves
+
+
+def tiny_notes(folder: Path) -> tuple[Path, list[str]]:
+    """60 synthetic two-class notes and a tiny BERT tokenizer built from their words."""
+    from medmm.models.text import build_tiny_tokenizer
+    from tests.test_text_cls import WORDS, synthetic_notes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    build_tiny_tokenizer(folder / "tok", WORDS)
+    synthetic_notes(60, ["normal", "effusion"]).to_csv(folder / "notes.csv", index=False)
+    return folder / "notes.csv", ["model.backbone=bert-tiny", f"model.name_or_path={folder / 'tok'}",
+                                  "data.id_column=note_id", "data.max_length=24"]
+
+
+def tiny_dicom(folder: Path) -> tuple[Path, list[str]]:
+    """pydicom's sample files by modality (medmm demo image-cls); 64 px so Grad-CAM has 2x2 cells."""
+    from medmm.demos.dicom import build_demo
+
+    return build_demo(folder / "dicom"), ["model.backbone=resnet18", "model.pretrained=none", "data.size=64"]
+
+
+def tiny_pairs(folder: Path) -> tuple[Path, list[str]]:
+    """12 synthetic patients of text + CT phantom + age / sex (medmm demo fusion), some modalities missing."""
+    from medmm.demos.fusion import build_fusion_demo
+
+    return build_fusion_demo(folder / "data", n_patients=12), [
+        "model.mode=finetune", "model.text_backbone=bert-tiny", "model.image_backbone=resnet18",
+        "model.image_pretrained=none", "data.tabular_columns=[age,sex]", "data.label_column=label",
+        "data.classes=[no_malignancy,malignant]", "data.id_column=id", "data.group_column=patient", "data.size=64"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("MEDMM_CONFORMANCE_ALL"),
+                    reason="3-6 min each on a 2-core VM: set MEDMM_CONFORMANCE_ALL=1 (tabular-risk and the example "
+                           "plugin always run)")
+@pytest.mark.parametrize(("task", "build", "steps"), [
+    ("text-cls", tiny_notes, ["engine.epochs=1"]),
+    ("image-cls", tiny_dicom, ["engine.epochs=1"]),
+    ("fusion", tiny_pairs, ["engine.epochs=1", "engine.max_steps=3"]),
+])
+def test_built_in_task_passes_the_conformance_kit(task: str, build, steps: list[str], tmp_path: Path) -> None:
+    report = check_task(task, build, tmp_path, overrides=steps, exporter="torchscript")
+    assert report.ok, str(report)
