@@ -172,7 +172,14 @@ class Split:
 
 @dataclass
 class DataBundle:
-    """The splits a task built, and how to batch them."""
+    """The splits a task built, and how to batch them.
+
+    ``meta`` keys a task may set (the core reads them; it adds its own during a run):
+    ``description`` (one line about the data, printed and put in the card), ``report_sections`` /
+    ``card_sections`` (extra ``(heading, html)`` / Markdown sections), ``unit_columns`` (extra
+    ``predictions.csv`` columns per unit), ``unit_name`` / ``example_name`` (e.g. ``series`` /
+    ``instances`` in the summary line).
+    """
 
     train: Split | None
     val: Split | None
