@@ -173,7 +173,17 @@ def make_cli() -> click.Group:
             raise MedmmError(f"a DICOMweb --data source holds images; {task} is a {spec.modality} task")
         data_cfg = getattr(cfg, "data", None)
         labels = getattr(data_cfg, "labels", None)
-        with _local_data(data, labels=labels, need_labels=hasattr(data_cfg, "labels"), progress=not quiet) as local:
+        image_source = getattr(data_cfg, "image_source", None)  # a table's image column read from a PACS
+        if image_source and isinstance(data, str):
+            raise MedmmError("data.image_source goes with a table as --data (its image column names the studies)")
+        if image_source:
+            from medmm.pacs.local import local_table
+
+            opened = local_table(data, data_cfg.image_column, image_source, progress=not quiet,
+                                 echo=lambda m: click.echo(m, err=True))
+        else:
+            opened = _local_data(data, labels=labels, need_labels=hasattr(data_cfg, "labels"), progress=not quiet)
+        with opened as local:
             if local.pulled is not None and local.labels is not None:
                 data_cfg.labels = str(local.labels)  # rewritten to the pulled files' keyed UIDs
             run_task(spec, cfg, local.path, out, resume=resume is not None, quiet=quiet)

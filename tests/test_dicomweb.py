@@ -209,7 +209,7 @@ def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_
         pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, left: str, outcome: str | None) -> None:  # type: ignore[no-untyped-def]
     """Text the OCR still reads after blanking is checked with medmm deid's own ``pattern_kinds``:
     a date or an ID number that is not one of the instance's identifiers still keeps it out."""
-    import medmm.deid.pixels as pixels
+    from medmm.deid import pixels
 
     server, _ = pacs
     monkeypatch.setattr(pixels, "TextReader", lambda: object())  # no OCR model: the outcome is planted
@@ -290,6 +290,81 @@ def test_a_layout_by_label_gives_the_folder_reader_its_classes(pacs, tmp_path: P
         two.write_text("StudyInstanceUID,a,b\n1.2,x,y\n")
         pull(_server(server.url), {}, tmp_path / "o2", pseudo=Pseudonymizer(KEY), labels=two, layout="label",
              progress=False, echo=lambda m: None)
+
+
+def _fusion_table(path: Path, idents: list[dict[str, str]]) -> None:
+    """A fusion table naming 10 of the 12 planted studies by study UID, accession, series or
+    instance UID, plus one unknown study; the label is the modality, age a tabular feature."""
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "image", "age", "label"])
+        for n, i in enumerate(idents[:10]):
+            cell = [i["StudyInstanceUID"], i["AccessionNumber"], i["SeriesInstanceUID"], i["SOPInstanceUID"]][n % 4]
+            w.writerow([f"r{n}", cell, 40 + n, i["Modality"]])
+        w.writerow(["r10", "1.2.826.0.1.3680043.8.498.99", 61, "CT"])  # the PACS does not hold it
+
+
+def test_a_table_image_column_of_uids_is_pulled_and_rewritten_to_the_deidentified_files(  # type: ignore[no-untyped-def]
+        pacs, tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm.pacs.local import local_table
+
+    server, idents = pacs
+    monkeypatch.setenv("MEDMM_DEID_KEY_FILE", str(key_file))
+    table = tmp_path / "pairs.csv"
+    _fusion_table(table, idents)
+    said: list[str] = []
+    pseudo = Pseudonymizer(KEY)
+    with local_table(table, "image", server.url, progress=False, echo=said.append) as local:
+        assert local.pulled.fetched == 10 and local.pulled.found == 10  # only what the table names
+        with local.path.open() as f:
+            rows = list(csv.DictReader(f))
+        assert [r["id"] for r in rows] == [f"r{n}" for n in range(11)] and rows[10]["image"] == ""
+        for n, (row, ident) in enumerate(zip(rows, idents[:10])):
+            target = local.path.parent / row["image"]
+            files = [target] if target.is_file() else sorted(target.rglob("*.dcm"))
+            assert len(files) == 1, row["image"]
+            ds = pydicom.dcmread(files[0])
+            assert ds.SOPInstanceUID == pseudo.uid(ident["SOPInstanceUID"]) and ds.PatientIdentityRemoved == "YES"
+            assert row["age"] == str(40 + n) and row["label"] == ident["Modality"]
+        text = local.path.read_text()
+        assert not any(i[k] in text for i in idents for k in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                               "SOPInstanceUID", "AccessionNumber"))
+        folder = local.path.parent
+    assert not folder.exists()  # removed when the block ends
+    assert any("1 image cell(s) of pairs.csv matched no pulled instance" in m for m in said)
+    with pytest.raises(MedmmError, match="needs --data to be a CSV or TSV"), \
+            local_table(tmp_path / "pairs.parquet", "image", server.url):
+        pass
+    with pytest.raises(MedmmError, match="no image column 'img'"), local_table(table, "img", server.url):
+        pass
+
+
+@pytest.mark.slow
+def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studies(  # type: ignore[no-untyped-def]
+        pacs, tmp_path: Path, key_file: Path) -> None:
+    """`medmm run fusion --set data.image_source=dicomweb+...`: image + tabular, 1 epoch at 32 px; the
+    run directory holds no source UID or accession number."""
+    from tests.conftest import run_cli
+
+    server, idents = pacs
+    table = tmp_path / "pairs.csv"
+    _fusion_table(table, idents)
+    run = tmp_path / "run"
+    out = run_cli("run", "fusion", "--data", str(table), "--out", str(run), "--set", f"data.image_source={server.url}",
+                  "--set", "data.text_column=null", "--set", "data.tabular_columns=[age]", "--set", "data.id_column=id",
+                  "--set", "model.mode=finetune", "--set", "model.image_backbone=resnet18",
+                  "--set", "model.image_pretrained=none", "--set", "data.size=32", "--set", "engine.epochs=1",
+                  "--set", "engine.max_steps=2", "--set", "engine.bootstrap=20", "--quiet",
+                  env={"MEDMM_DEID_KEY_FILE": str(key_file)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "10 instance(s) pulled and de-identified" in out.stderr
+    assert json.loads((run / "run.json").read_text())["status"] == "done" and any((run / "checkpoints").iterdir())
+    with (run / "predictions.csv").open() as f:
+        assert {r["id"] for r in csv.DictReader(f)} <= {f"r{n}" for n in range(11)}
+    blob = "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000)
+    for i in idents:
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "PatientID"):
+            assert i[k] not in blob, k
 
 
 def test_an_interrupted_pull_resumes_fetching_only_what_is_missing(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

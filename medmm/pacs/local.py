@@ -3,7 +3,8 @@
 A folder is used as it is. A ``dicomweb+https://...`` source is pulled (de-identified in memory
 with the deid key, as ``medmm pull`` does) into a temporary folder that is removed when the
 command ends; the in-memory pull result (pseudonym -> source UID map) stays available for
-``predict --push``.
+``predict --push``. ``local_table`` does the same for a table whose image column names studies,
+series or instances of a DICOMweb source (``run fusion`` with ``data.image_source``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 from medmm.data.sources import parse_source
 from medmm.errors import MedmmError
 
-__all__ = ["LocalData", "local_data"]
+__all__ = ["LocalData", "local_data", "local_table"]
 
 
 @dataclass
@@ -45,23 +46,12 @@ def local_data(spec: str | Path, *, labels: str | Path | None = None, need_label
         raise MedmmError("a DICOMweb --data source has no sub-folders to take labels from: give a labels CSV "
                          "keyed by StudyInstanceUID, SeriesInstanceUID, SOPInstanceUID or AccessionNumber "
                          "(--set data.labels=labels.csv), or `medmm pull --label-attribute` first")
-    from medmm.deid.pseudonyms import Pseudonymizer, load_key
-    from medmm.pacs.pull import REPORT_NAME, SKIPPED_NAME, pull
+    from medmm.pacs.pull import REPORT_NAME, SKIPPED_NAME
 
-    key, key_path, created = load_key(None)
-    if created:
-        echo(f"created a new de-identification key: {key_path} (mode 0600; keep it)")
-    server = source.server(connections=workers)
     tmp = Path(tempfile.mkdtemp(prefix="medmm-dicomweb-"))
     try:
-        res = pull(server, source.url.filter_dict(), tmp / "data", pseudo=Pseudonymizer(key),
-                   labels=Path(labels) if labels else None, workers=workers, progress=progress, echo=echo,
-                   layout=layout)
-        echo(f"{res.fetched} instance(s) pulled and de-identified from {server.url.where}; "
-             f"{len(res.skipped)} skipped")
-        if not res.fetched:
-            raise MedmmError(f"no instance could be pulled from {server.url.where}"
-                             + (f" ({res.skipped[0][1]})" if res.skipped else " (the search matched nothing)"))
+        res, _ = _pull(source, tmp / "data", labels=Path(labels) if labels else None, echo=echo,
+                       progress=progress, workers=workers, layout=layout)
         labels_out = None
         if res.labels_out is not None:  # beside the folder, so that the readers see DICOM files only
             labels_out = tmp / res.labels_out.name
@@ -71,3 +61,104 @@ def local_data(spec: str | Path, *, labels: str | Path | None = None, need_label
         yield LocalData(tmp / "data", labels_out, res)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pull(source: Any, dest: Path, *, echo: Callable[[str], None], progress: bool, workers: int,
+          labels: Path | None = None, layout: str = "uid",
+          select: Callable[[Any], bool] | None = None) -> tuple[Any, Any]:
+    """Pull ``source`` into ``dest`` with the deid key (a one-line error when nothing came);
+    returns the pull result and the pseudonymizer."""
+    from medmm.deid.pseudonyms import Pseudonymizer, load_key
+    from medmm.pacs.pull import pull
+
+    key, key_path, created = load_key(None)
+    if created:
+        echo(f"created a new de-identification key: {key_path} (mode 0600; keep it)")
+    pseudo = Pseudonymizer(key)
+    server = source.server(connections=workers)
+    res = pull(server, source.url.filter_dict(), dest, pseudo=pseudo, labels=labels, workers=workers,
+               progress=progress, echo=echo, layout=layout, select=select)
+    echo(f"{res.fetched} instance(s) pulled and de-identified from {server.url.where}; "
+         f"{len(res.skipped)} skipped")
+    if not res.fetched:
+        raise MedmmError(f"no instance could be pulled from {server.url.where}"
+                         + (f" ({res.skipped[0][1]})" if res.skipped else " (the search matched nothing)"))
+    return res, pseudo
+
+
+TABLE_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber")
+
+
+@contextlib.contextmanager
+def local_table(table: str | Path, column: str | None, source: str, *, echo: Callable[[str], None] = print,
+                progress: bool = True, workers: int = 4) -> Iterator[LocalData]:
+    """Yield a copy of ``table`` (CSV / TSV) whose ``column`` cells, StudyInstanceUID /
+    SeriesInstanceUID / SOPInstanceUID / AccessionNumber values of ``source`` (``dicomweb+...``), point
+    at those images pulled de-identified, as ``local_data`` does, into a temporary folder beside it:
+    a study or series folder, or one file, named by keyed UIDs. Only the instances the table names
+    are retrieved (the source's matching keys narrow the search); a cell that matches nothing is
+    emptied (that row has no image) and counted."""
+    import csv
+
+    table = Path(table)
+    if not column:
+        raise MedmmError("data.image_source needs data.image_column (the column of UIDs to pull)")
+    src = parse_source(source)
+    if not src.is_remote:
+        raise MedmmError(f"data.image_source must be a DICOMweb source (dicomweb+https://host/dicom-web), "
+                         f"got {src.describe()}")
+    if not table.is_file() or table.suffix.lower() not in (".csv", ".tsv"):
+        raise MedmmError(f"data.image_source needs --data to be a CSV or TSV table, got {table.name}")
+    text = table.read_text(encoding="utf-8-sig")
+    first = text.split("\n", 1)[0]
+    delimiter = "\t" if table.suffix.lower() == ".tsv" else ";" if ";" in first and "," not in first else ","
+    rows = list(csv.reader(text.splitlines(), delimiter=delimiter))
+    if not rows or column not in rows[0]:
+        raise MedmmError(f"{table.name}: no image column {column!r} (data.image_column) to resolve against "
+                         "data.image_source")
+    col = rows[0].index(column)
+    wanted = {r[col].strip() for r in rows[1:] if len(r) > col and r[col].strip()}
+    if not wanted:
+        raise MedmmError(f"{table.name}: the image column {column!r} is empty; it holds the "
+                         f"{' / '.join(TABLE_KEYS)} values to pull")
+    tmp = Path(tempfile.mkdtemp(prefix="medmm-dicomweb-"))
+    try:
+        res, pseudo = _pull(src, tmp / "images", echo=echo, progress=progress, workers=workers,
+                            select=lambda r: bool({r.study, r.series, r.sop, r.accession} & wanted))
+        where = _pulled_paths(tmp / "images", res.studies)
+        missed = 0
+        for r in rows[1:]:
+            if len(r) > col and r[col].strip():
+                value = r[col].strip()
+                rel = where.get(pseudo.uid(value)) or where.get(f"accession:{value}")
+                missed += rel is None
+                r[col] = f"images/{rel}" if rel else ""
+        if missed:
+            echo(f"{missed} image cell(s) of {table.name} matched no pulled instance (by "
+                 f"{' / '.join(TABLE_KEYS)}): those rows have no image")
+        out = tmp / table.name
+        with out.open("w", newline="", encoding="utf-8") as f:
+            csv.writer(f, delimiter=delimiter).writerows(rows)
+        yield LocalData(out, None, res)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pulled_paths(folder: Path, studies: dict[str, dict[str, str]]) -> dict[str, str]:
+    """Keyed study / series / instance UID (and ``accession:<number>``) -> its path under ``folder``."""
+    import json
+
+    from medmm.pacs.pull import MANIFEST, PULL_DIR
+
+    where: dict[str, str] = {}
+    manifest = folder / PULL_DIR / MANIFEST
+    for line in manifest.read_text(encoding="utf-8").splitlines() if manifest.is_file() else []:
+        rel = str(json.loads(line)["path"])
+        study, series, name = rel.split("/")[-3:]
+        where.setdefault(study, study)
+        where.setdefault(series, f"{study}/{series}")
+        where[name.removesuffix(".dcm")] = rel
+    for study, attrs in studies.items():
+        if attrs.get("AccessionNumber") and study in where:
+            where[f"accession:{attrs['AccessionNumber']}"] = study
+    return where

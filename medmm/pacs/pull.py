@@ -235,7 +235,7 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
          labels: Path | None = None, label_attribute: str | None = None, id_column: str | None = None,
          workers: int = 4, progress: bool = True, echo: Callable[[str], None] = print,
          limit: int | None = None, parallel: str = "auto", pixels: str = "blank",
-         layout: str = "uid") -> PullResult:
+         layout: str = "uid", select: Callable[[InstanceRef], bool] | None = None) -> PullResult:
     """Pull every instance ``server`` finds for ``filters`` (``None``: its URL's matching keys) into
     ``out`` (see the module docstring).
 
@@ -247,6 +247,7 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
     ``threads`` (retrieval overlaps; de-identification holds the GIL), ``processes`` (``workers``
     processes, each with its own connection: de-identification on every core), or ``auto``
     (processes from ``PROCESS_MIN`` instances to fetch on, on a machine with 4 cores or more).
+    ``select``: keep only the instances it accepts among those found (e.g. the studies a table names).
     """
     from medmm.deid.options import DeidOptions
 
@@ -284,6 +285,8 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
 
     echo(f"searching {server.url.where} ...")
     refs = list(server.instances(filters, STUDY_KEYWORDS))
+    if select is not None:
+        refs = [r for r in refs if select(r)]
     if limit is not None:
         refs = refs[:limit]
     result = PullResult(out=out, found=len(refs), deidentified=pseudo is not None)

@@ -14,6 +14,10 @@ class FusionDataConfig(DataConfig):
                                                         "null = no text modality")
     image_column: str | None = Field("image", description="DICOM file, series or study folder, relative to the "
                                                           "table; null = no image modality")
+    image_source: str | None = Field(None, description="DICOMweb source (dicomweb+https://host/dicom-web?Keyword=value): "
+                                                       "the image column holds StudyInstanceUID / SeriesInstanceUID / "
+                                                       "SOPInstanceUID / AccessionNumber values, pulled de-identified "
+                                                       "(docs/dicomweb.md)")
     tabular_columns: Literal["all"] | OptStrList = Field(
         None, description="list of feature columns, all (every column no other key names), or null for none")
     exclude: OptStrList = Field(None, description="columns never used as tabular features (e.g. follow-up time, "
