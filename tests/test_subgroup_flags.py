@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("fairlearn")
 
-from medmm.evaluation.subgroups import MAX_GAP, audit, audit_html, audit_markdown  # noqa: E402
+from medmm.evaluation.subgroups import MAX_GAP, audit, audit_html, audit_markdown
 
 
 def _shifted(n: int = 600, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

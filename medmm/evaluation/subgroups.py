@@ -193,7 +193,7 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
     overall_value, overall_lo, overall_hi = headline_ci(y, index)
     overall_op = {k: _num(funcs[k](y, index)) for k in OP_FIGURES}
     out: dict[str, Any] = {"problem": problem, "metric": head, "mode": mode, "min_group_size": int(min_group_size),
-                           "overall": {"n": int(len(s)), "value": overall_value, "ci": [overall_lo, overall_hi],
+                           "overall": {"n": len(s), "value": overall_value, "ci": [overall_lo, overall_hi],
                                        **overall_op},
                            "max_gap": MAX_GAP, "rule": flag_rule(mode, head), "columns": {}}
     for column, labels in groups.items():

@@ -17,8 +17,19 @@ import numpy as np
 from medmm.errors import ConfigError
 from medmm.metrics import CI_METHOD, format_estimate, interval
 
-__all__ = ["RULES", "UNDEFINED", "choose_threshold", "choose_operating_point", "decisions", "f1_at",
-           "load_operating_point", "operating_stats", "save_operating_point", "stat_text", "stats_table"]
+__all__ = [
+    "RULES",
+    "UNDEFINED",
+    "choose_operating_point",
+    "choose_threshold",
+    "decisions",
+    "f1_at",
+    "load_operating_point",
+    "operating_stats",
+    "save_operating_point",
+    "stat_text",
+    "stats_table",
+]
 
 RULES = ("youden", "target_sensitivity", "target_specificity", "fixed")
 FORMAT = "medmm-operating-point"
@@ -73,7 +84,7 @@ def choose_operating_point(problem: str, y: Any, scores: Any, label_names: Seque
     yc, sc = _columns(problem, y, scores, len(names))
     thresholds = {c: choose_threshold(yc[:, k], sc[:, k], rule, target, fixed) for k, c in enumerate(classes)}
     return {"format": FORMAT, "version": 1, "problem": problem, "rule": rule, "target": float(target),
-            "classes": names, "thresholds": thresholds, "chosen_on": chosen_on, "n": int(len(yc))}
+            "classes": names, "thresholds": thresholds, "chosen_on": chosen_on, "n": len(yc)}
 
 
 def decisions(problem: str, scores: Any, op: Mapping[str, Any]) -> np.ndarray:
@@ -145,7 +156,7 @@ def f1_at(y: Any, scores: Any, op: Mapping[str, Any], *, n_boot: int = 1000, see
         return micro, macro
 
     micro, macro = f1s(*cells.sum(1))
-    out: dict[str, Any] = {"micro_f1": float(micro), "macro_f1": float(macro), "ci": {}, "n": int(len(yc))}
+    out: dict[str, Any] = {"micro_f1": float(micro), "macro_f1": float(macro), "ci": {}, "n": len(yc)}
     if n_boot and len(yc):
         rng = np.random.default_rng(seed)
         mi, ma = [], []
