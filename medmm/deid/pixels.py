@@ -34,6 +34,7 @@ POLICIES = ("blank", "skip", "keep", "scan-all")
 MAX_FRAMES = 5
 PAD = 6  # pixels added around each detected box
 MAX_ROUNDS = 3  # blank, read again, blank what is left ...; then give up on the file
+DET_MAX_SIDE = 2000  # OCR detection runs at the image's size, the long side capped here (RapidOCR's own cap)
 MODALITIES = frozenset({"US", "IVUS", "SC", "XA", "RF", "ES", "XC", "GM", "OT", "DOC", "SM", "OP", "OPT"})
 # SOP class prefixes: secondary capture (x.7.*), encapsulated documents (x.104.*), ultrasound (x.6.*,
 # x.3.1), X-ray angiography (x.12.*), visible light (x.77.*)
@@ -72,7 +73,10 @@ class TextReader:
                              "'medmm[deid]' (or --pixels keep to leave pixels unscanned)") from None
         import logging
 
-        self._engine = RapidOCR()
+        # Detection at the image's own size (the long side capped at DET_MAX_SIDE), never upscaled: the
+        # engine's default scales the SHORT side up to 736 px, 8.3x the pixels of a 1024x256 secondary
+        # capture (the detector's cost) for no recall (bench/deid_pixels.py: 29/29 known strings read).
+        self._engine = RapidOCR(det_limit_type="max", det_limit_side_len=DET_MAX_SIDE)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)  # it logs nothing we need
 
     def read(self, image: Any) -> list[tuple[tuple[int, int, int, int], str]]:
