@@ -1,6 +1,6 @@
 """Cost against data size (#30): each part at two sizes 10x apart, printed as ratios.
 
-    python bench/scale.py                       # split 1M/10M, DICOM ingest 800/8000 files, tabular-risk 100k/1M
+    python bench/scale.py                       # split 1M/10M, DICOM 800/8000 files, tabular-risk 100k/1M, text-cls 10k/100k
     python bench/scale.py --parts split,dicom   # some parts only
     python bench/scale.py --tiny                # seconds; the fast-tier test runs this and asserts on counts
 
@@ -211,11 +211,50 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------ reports (text-cls)
+def reports(path: Path, n: int) -> Path:
+    """``n`` rows of the Indiana University reports (read from the torchxrayvision wheel), repeated
+    with new ids past the 3,9xx real ones."""
+    import pandas as pd
+
+    from medmm.demos.reports import build_reports_csv
+
+    base = pd.read_csv(build_reports_csv(path.with_name("reports-source.csv")))
+    reps = -(-n // len(base))
+    df = pd.concat([base.assign(report_id=base.report_id.astype(str) + f"-{k}") for k in range(reps)]).head(n)
+    df[["report_id", "text", "label"]].to_csv(path, index=False)
+    return path
+
+
+def bench_text(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
+    """text-cls (TextCNN from scratch + the TF-IDF baseline) at two sizes: time and peak RSS."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-") as tmp:
+        for n in sizes:
+            data = reports(Path(tmp) / f"r{n}.csv", n)
+            sets = ["data.text_column=text", "data.label_column=label", "data.id_column=report_id",
+                    "model.backbone=textcnn", f"engine.epochs={epochs}", "engine.bootstrap=0", "engine.device=cpu"]
+            cmd = [sys.executable, "-m", "medmm", "run", "text-cls", "--data", str(data), "--out", str(Path(tmp) / f"run{n}"),
+                   *[a for s in sets for a in ("--set", s)]]
+            secs, rss, proc = peak_rss_of(cmd)
+            if proc.returncode:
+                print(f"text-cls {n:,} reports failed: {proc.stderr[-800:]}")
+                continue
+            out[n] = {"train_s": secs, "train_mb": rss}
+            print(f"text-cls (textcnn) {n:,} reports: run {secs:.1f} s, peak RSS {rss:.0f} MB")
+    if len(out) == 2:
+        a, b = sizes
+        print(ratio_line("text-cls run", a, b, out[a]["train_s"], out[b]["train_s"], "reports"))
+        print(f"text-cls peak RSS ratio: {out[b]['train_mb'] / out[a]['train_mb']:.1f}x (size ratio {b / a:.0f}x)")
+    return out
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
-    ap.add_argument("--parts", default="split,dicom,table", help="comma-separated: split, dicom, table")
+    ap.add_argument("--parts", default="split,dicom,table,text", help="comma-separated: split, dicom, table, text")
+    ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
     ap.add_argument("--files", type=int, default=800, help="the smaller DICOM folder (the larger is 10x)")
@@ -225,7 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = set(args.parts.split(","))
     if args.tiny:
         args.split_rows, args.files, args.workers = 2_000, 5, 0
-        parts -= {"table"}  # end-to-end runs are the slow tier's
+        parts -= {"table", "text"}  # end-to-end runs are the slow tier's
     results: dict[str, Any] = {}
     if "split" in parts:
         results["split"] = bench_split(args.split_rows, args.tiny)
@@ -233,6 +272,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["dicom"] = bench_dicom((args.files, args.files * 10), args.tiny, args.workers)
     if "table" in parts:
         results["table"] = bench_table((args.rows, args.rows * 10), args.epochs)
+    if "text" in parts:
+        results["text"] = bench_text((args.reports, args.reports * 10), args.epochs)
     return results
 
 
