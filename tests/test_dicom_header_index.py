@@ -59,3 +59,26 @@ def test_a_damaged_index_is_ignored_not_trusted(tmp_path: Path) -> None:
     stats: dict[str, int] = {}
     assert scan_folder(root, index_dir=cache, stats=stats) == first
     assert stats["reused"] == 0
+
+
+def test_folder_fingerprint_reads_no_file_unless_an_old_run_needs_hashes(tmp_path, monkeypatch) -> None:
+    """A run's folder fingerprint is size + mtime (no file read); only an older run's content
+    fingerprint makes --resume hash the folder again."""
+    from medmm import fingerprint as fp
+
+    root = tmp_path / "data"
+    (root / "a").mkdir(parents=True)
+    (root / "a" / "1.dcm").write_bytes(b"x" * 10)
+    reads: list[str] = []
+    real = fp._file_digest
+    monkeypatch.setattr(fp, "_file_digest", lambda p: reads.append(str(p)) or real(p))
+    new = fp.fingerprint(root)
+    assert new["method"] == "size+mtime" and not reads
+    run = tmp_path / "run"
+    run.mkdir()
+    fp.save(run, root, new)
+    assert fp.check_same_data(run, root) and not reads  # resume: a directory walk
+    old = fp.fingerprint(root, content=True)  # what a run made before #30 stored
+    fp.save(run, root, old)
+    reads.clear()
+    assert fp.check_same_data(run, root) and len(reads) == 1  # compared like with like: hashed
