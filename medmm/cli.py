@@ -230,12 +230,20 @@ def make_cli() -> click.Group:
                          echo=click.echo)
 
     def _predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
-                 cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False, shard: str | None = None) -> None:
+                 cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False, shard: str | None = None,
+                 image_source_done: bool = False) -> None:
         from medmm.deploy.manifest import is_export_dir
 
         if isinstance(data, str):
             with _local_data(data) as local:
                 return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite, shard)
+        from medmm.pacs.local import local_table, run_image_source
+
+        image_source = run_image_source(run_dir) if not image_source_done and Path(data).is_file() else None
+        if image_source:  # a run trained with data.image_source: the table's image cells name PACS studies
+            with local_table(data, image_source[1], image_source[0], echo=lambda m: click.echo(m, err=True)) as local:
+                return _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite, shard,
+                                image_source_done=True)
         if shard is not None and is_export_dir(run_dir):
             raise MedmmError("--shard needs the run directory (an export folder predicts every input)")
         if is_export_dir(run_dir):  # an export: onnxruntime, no torch

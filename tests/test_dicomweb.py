@@ -361,7 +361,14 @@ def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studi
     assert json.loads((run / "run.json").read_text())["status"] == "done" and any((run / "checkpoints").iterdir())
     with (run / "predictions.csv").open() as f:
         assert {r["id"] for r in csv.DictReader(f)} <= {f"r{n}" for n in range(11)}
-    blob = "".join(p.read_text(errors="ignore") for p in run.rglob("*") if p.is_file() and p.stat().st_size < 5_000_000)
+    pred = tmp_path / "pred.csv"  # predict pulls the table's images the same way (the run's data.image_source)
+    out = run_cli("predict", str(run), "--data", str(table), "--out", str(pred), env={"MEDMM_DEID_KEY_FILE": str(key_file)})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "10 instance(s) pulled and de-identified" in out.stderr
+    with pred.open() as f:
+        assert [r["id"] for r in csv.DictReader(f)] == [f"r{n}" for n in range(11)]
+    blob = "".join(p.read_text(errors="ignore") for p in [*run.rglob("*"), pred] if p.is_file()
+                   and p.stat().st_size < 5_000_000)
     for i in idents:
         for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "PatientID"):
             assert i[k] not in blob, k

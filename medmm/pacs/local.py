@@ -20,7 +20,7 @@ from typing import Any
 from medmm.data.sources import parse_source
 from medmm.errors import MedmmError
 
-__all__ = ["LocalData", "local_data", "local_table"]
+__all__ = ["LocalData", "local_data", "local_table", "run_image_source"]
 
 
 @dataclass
@@ -162,3 +162,15 @@ def _pulled_paths(folder: Path, studies: dict[str, dict[str, str]]) -> dict[str,
         if attrs.get("AccessionNumber") and study in where:
             where[f"accession:{attrs['AccessionNumber']}"] = study
     return where
+
+
+def run_image_source(run_dir: Path) -> tuple[str, str | None] | None:
+    """``(data.image_source, data.image_column)`` of a trained run's ``config.yaml``, or ``None``."""
+    import yaml
+
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        return None
+    data = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data") or {}
+    source = data.get("image_source") if isinstance(data, dict) else None
+    return (str(source), data.get("image_column")) if source else None
