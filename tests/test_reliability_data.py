@@ -291,5 +291,6 @@ def test_survival_risk_meaning_is_documented() -> None:
     # the task's config documentation: the YAML's comments, or the typed config's field descriptions
     config_doc = "".join(p.read_text() for p in (root / "configs" / "tabular-risk.yaml",
                                                  root / "plugins" / "tabular_risk" / "config.py") if p.exists())
-    for text in (medmm.predictions.__doc__, config_doc, (root / "README.md").read_text()):
+    user_doc = (root / "docs" / "guide" / "tabular-risk.md").read_text()  # the task's page of the site
+    for text in (medmm.predictions.__doc__, config_doc, user_doc):
         assert "log hazard" in text and "higher" in text and "earlier event" in text
