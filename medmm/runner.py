@@ -447,7 +447,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         from medmm.evaluation.overlap import caveat, seen_splits
 
         metrics = trainer.metrics_of(ev)
-        note = caveat(seen_splits(run_dir, ev.units), len(ev.units))  # rows the run trained on: not a validation
+        note = caveat(seen_splits(run_dir, ev.units, Path(data)), len(ev.units))  # rows the run trained on
         msg += "\n" + "\n".join([*([f"  {note}"] if note else []), *(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())])
     click.echo(msg)
     return out

@@ -31,6 +31,11 @@ def test_the_run_own_data_defaults_to_its_held_out_units(tmp_path: Path) -> None
     assert _candidates(run, new, None) == (new, "all 2 units of the data (none was used by the run)")
     with pytest.raises(MedmmError, match="--split all"):
         _candidates(run, new, "test")
+    (run / "run.json").write_text('{"task": "image-cls", "data": "/somewhere/train"}')
+    other = tmp_path / "new-folder"
+    other.mkdir()
+    assert _candidates(run, units, None, other)[0] == units  # same ids, another data set: all of it
+    assert _candidates(run, units, None, Path("/somewhere/train"))[0] == ["u8", "u9"]  # the run's own
     (tmp_path / "splits.csv").write_text("id,split\na,train\nb,val\n")  # no test split: val is held out
     assert _candidates(tmp_path, ["a", "b"], None)[0] == ["b"]
 

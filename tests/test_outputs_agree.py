@@ -44,6 +44,14 @@ def test_units_the_run_trained_on_get_a_caveat(tmp_path: Path) -> None:
                            "1 in its validation split)")
     assert caveat(seen_splits(tmp_path, ["d", "e"]), 2) is None  # test rows and new rows: no caveat
     assert caveat(seen_splits(tmp_path / "nowhere", ["a"]), 1) is None  # a run without splits.csv
+    # ids alone do not tell (row numbers and relative paths repeat across data sets): the data must be the run's
+    trained, other = tmp_path / "train.csv", tmp_path / "other.csv"
+    for f in (trained, other):
+        f.write_text("id,x\na,1\nb,2\n")
+    other.write_text("id,x\na,5\nb,6\n")
+    (tmp_path / "run.json").write_text(json.dumps({"task": "t", "data": str(trained)}))
+    assert seen_splits(tmp_path, ["a", "b"], trained) == {"train": 2}
+    assert seen_splits(tmp_path, ["a", "b"], other) == {}  # same ids, other rows: no caveat
 
 
 def test_the_card_subgroups_section_is_replaced_not_duplicated(tmp_path: Path) -> None:

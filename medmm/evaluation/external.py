@@ -180,7 +180,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
                   "run": run_dir.name, "checkpoint": checkpoint}
     from medmm.evaluation.overlap import caveat, seen_splits
 
-    provenance["units_in_run_splits"] = seen_splits(run_dir, ev.units)  # rows the run trained / tuned on
+    provenance["units_in_run_splits"] = seen_splits(run_dir, ev.units, data)  # rows the run trained / tuned on
     provenance["caveat"] = caveat(provenance["units_in_run_splits"], len(ev.units))
     result = {"format": "medmm-evaluation", "version": 1, "task": run.spec.name, "problem": problem,
               "provenance": provenance, "metrics": metrics, "ci": ci, "operating_point": op,

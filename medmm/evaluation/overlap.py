@@ -1,17 +1,19 @@
 """Which evaluated units the run itself trained on: a metric over them is not a validation.
 
-The run's ``splits.csv`` (written when it was trained: unit id and split) tells. Units are matched
-by the same id ``predictions.csv`` uses.
+When the data is the run's own (the same path, or the same fingerprint), the run's ``splits.csv``
+(unit id and split, written when it was trained) tells which units it trained on; units are matched by
+the id ``predictions.csv`` uses.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["caveat", "run_splits", "seen_splits"]
+__all__ = ["caveat", "own_data", "run_splits", "seen_splits"]
 
 
 def run_splits(run_dir: Path) -> dict[str, str]:
@@ -23,8 +25,32 @@ def run_splits(run_dir: Path) -> dict[str, str]:
         return {row["id"]: row["split"] for row in csv.DictReader(f) if row.get("id") is not None}
 
 
-def seen_splits(run_dir: Path, units: Iterable[str]) -> dict[str, int]:
-    """How many of ``units`` the run had in each of its splits (``{"train": 12, "val": 3}``; unseen ones absent)."""
+def own_data(run_dir: Path, data: Path) -> bool:
+    """Is ``data`` the data the run was trained on: the same path, or the same fingerprint (a copy)?
+
+    Unit ids alone do not tell: row numbers and relative paths repeat across data sets.
+    """
+    from medmm.errors import MedmmError
+    from medmm.fingerprint import check_same_data
+
+    try:
+        trained = json.loads((Path(run_dir) / "run.json").read_text(encoding="utf-8")).get("data")
+    except (OSError, ValueError):
+        return False
+    if trained and Path(trained).resolve() == Path(data).resolve():
+        return True
+    try:
+        return check_same_data(Path(run_dir), Path(data))
+    except (MedmmError, OSError, ValueError):
+        return False
+
+
+def seen_splits(run_dir: Path, units: Iterable[str], data: Path | None = None) -> dict[str, int]:
+    """How many of ``units`` the run had in each of its splits (``{"train": 12, "val": 3}``; unseen ones absent).
+
+    With ``data``: empty unless it is the run's own data (:func:`own_data`)."""
+    if data is not None and not own_data(run_dir, data):
+        return {}
     splits = run_splits(run_dir)
     return dict(Counter(splits[u] for u in dict.fromkeys(str(u) for u in units) if u in splits))
 

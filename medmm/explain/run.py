@@ -107,7 +107,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
 
     spec, task, model, split, collate, device, _cache = load_run(run_dir, data, registry=registry, checkpoint=checkpoint)
 
-    candidates, selection = _candidates(run_dir, split.units, split_name)
+    candidates, selection = _candidates(run_dir, split.units, split_name, Path(data))
     chosen, duplicates = _distinct(split, candidates, limit)
     selection += f"; {duplicates} duplicate unit(s) skipped (model input identical to an earlier unit's)" \
         if duplicates else ""
@@ -208,12 +208,13 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
 SPLITS = ("test", "val", "train", "all")
 
 
-def _candidates(run_dir: Path, units: list[str], split_name: str | None) -> tuple[list[str], str]:
+def _candidates(run_dir: Path, units: list[str], split_name: str | None,
+                data: Path | None = None) -> tuple[list[str], str]:
     """The data's units in the asked split of the run (default: test when the data is the run's own), in
-    data order, and that choice in words."""
-    from medmm.evaluation.overlap import run_splits
+    data order, and that choice in words. ``data`` that is not the run's own (:func:`own_data`) has no split."""
+    from medmm.evaluation.overlap import own_data, run_splits
 
-    assigned = run_splits(run_dir)
+    assigned = run_splits(run_dir) if data is None or own_data(run_dir, data) else {}
     distinct = list(dict.fromkeys(units))
     own = [u for u in distinct if u in assigned]
     if split_name is None:
@@ -225,8 +226,8 @@ def _candidates(run_dir: Path, units: list[str], split_name: str | None) -> tupl
                                                          if own else " (none was used by the run)")
         return distinct, why
     if not own:
-        raise MedmmError(f"--split {split_name}: none of the data's units is in the run's splits.csv (new data): "
-                         "use --split all")
+        raise MedmmError(f"--split {split_name}: this is not the data the run was trained on (another path and "
+                         "fingerprint), so it has no train / val / test split: use --split all")
     picked = [u for u in own if assigned[u] == split_name]
     if not picked:
         raise MedmmError(f"--split {split_name}: the data holds no unit of the run's {split_name} split")
