@@ -52,7 +52,10 @@ def test_regression_matches_ridge_on_the_same_split(diabetes: tuple[Path, Path])
     skipped = list(csv.DictReader((run / "skipped.csv").open()))
     assert skipped == [{"id": "3", "reason": "missing target"}]
     preds = pd.read_csv(run / "predictions.csv")
-    assert list(preds.columns) == ["id", "prediction", "true"] and len(preds) == s["sizes"]["test"]
+    # the conformal interval (eval.conformal, default alpha 0.1) and its refer flag sit beside the value
+    assert list(preds.columns) == ["id", "prediction", "lower_90", "upper_90", "abstain", "true"]
+    assert len(preds) == s["sizes"]["test"]
+    assert (preds.lower_90 <= preds.prediction).all() and (preds.prediction <= preds.upper_90).all()
     assert preds.prediction.between(0, 400).all()  # original units, not standardised ones
     art = json.loads((run / "artifacts" / "tabular.json").read_text())
     assert art["preprocessor"] and not list((run / "artifacts").glob("*.pkl"))
@@ -65,7 +68,7 @@ def test_predict_on_a_table_without_target(diabetes: tuple[Path, Path], tmp_path
     out = run_cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
     assert out.returncode == 0, out.stderr
     preds = pd.read_csv(tmp_path / "p.csv")
-    assert len(preds) == 20 and list(preds.columns) == ["id", "prediction"]
+    assert len(preds) == 20 and list(preds.columns) == ["id", "prediction", "lower_90", "upper_90", "abstain"]
     df.drop(columns=["bmi"]).to_csv(tmp_path / "bad.csv", index=False)
     bad = run_cli("predict", str(run), "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv"))
     assert bad.returncode == 2 and "bmi" in bad.stderr and "Traceback" not in bad.stderr
