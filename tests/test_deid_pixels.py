@@ -235,3 +235,19 @@ def test_a_run_into_the_parent_of_a_killed_runs_output_removes_its_staging_folde
     res = deidentify(src, parent, key_file=_key(tmp_path), echo=messages.append)  # --out is that parent
     assert res.written == 1 and not stale.exists() and res.stale_removed == 1
     assert any("removed 1 unfinished staging folder" in m for m in messages)
+
+
+def test_big_endian_source_with_text_is_written_little_endian(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    ds = pydicom.dcmread(PYDICOM / "MR_small_bigendian.dcm")
+    ds.Modality = "US"
+    src = tmp_path / "src"
+    src.mkdir()
+    ds.save_as(src / "a.dcm")
+    monkeypatch.setattr("medmm.deid.pixels.TextReader", lambda: PlantedReader([(10, 5, 30, 12)]))
+    res = deidentify(src, tmp_path / "out", key_file=_key(tmp_path), echo=lambda m: None)
+    assert res.written == 1 and res.pixel_counts["blanked"] == 1, res.skipped
+    (written,) = (tmp_path / "out").rglob("*.dcm")
+    back = pydicom.dcmread(written)
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and back.BurnedInAnnotation == "NO"
+    assert (back.pixel_array[:18, 4:36] == back.pixel_array.min()).all()

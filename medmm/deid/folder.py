@@ -235,6 +235,8 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                 patient = str(ds.get("PatientID", "") or "").strip()
                 deidentify_dataset(ds, pseudo, profile, options, found)
                 tmp_rel = f".staging/{pseudo.token(rel, 'file', 20)}.dcm"
+                encoding: dict[str, bool] = {}
+                texts_after: list[str] | None = None
                 if scanned:
                     outcome = clean_pixels(ds, reader, pixels)
                     result.pixel_counts["scanned"] += 1
@@ -245,7 +247,11 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                     result.pixel_counts["blanked" if outcome.blanked else "no text"] += 1
                     if outcome.reencoded and outcome.reencoded != "same":
                         result.pixel_counts[f"re-encoded {outcome.reencoded}"] += 1
-                    pixel_texts[rel] = outcome.texts_after
+                    if outcome.reencoded:  # written in the (possibly new) transfer syntax's encoding
+                        syntax = ds.file_meta.TransferSyntaxUID
+                        encoding = {"implicit_vr": syntax.is_implicit_VR,
+                                    "little_endian": syntax.is_little_endian}
+                    texts_after = outcome.texts_after
                     if result.pixel_counts["scanned"] % 10 == 0:
                         say(f"  pixels: {result.pixel_counts['scanned']} file(s) read by OCR")
                     if "PixelData" in ds:
@@ -256,10 +262,15 @@ def deidentify_folder(src: Path, out: Path, pseudo: Pseudonymizer, options: Deid
                 patients.add(patient)
                 (stage / tmp_rel).parent.mkdir(parents=True, exist_ok=True)
                 with quiet_pydicom():
-                    ds.save_as(stage / tmp_rel, enforce_file_format=False)
+                    if encoding:  # new pixel data: write in its transfer syntax's encoding (big endian too)
+                        pydicom.dcmwrite(stage / tmp_rel, ds, enforce_file_format=False, **encoding)
+                    else:
+                        ds.save_as(stage / tmp_rel, enforce_file_format=False)
             except Exception as exc:  # noqa: BLE001
                 result.skipped.append((rel, f"could not be de-identified: {short_reason(exc)}"))
                 continue
+            if texts_after is not None:  # written: its second pass is part of the verification
+                pixel_texts[rel] = texts_after
             identifiers.update(found)
             vocab.update(kept_vocab)
             hashes[rel] = before

@@ -192,6 +192,8 @@ def _write_pixels(ds: Any, arr: Any, n_frames: int) -> str:
             return "same"
         except Exception:  # noqa: BLE001 - no encoder for this image: lossless uncompressed below
             pass
+    if syntax == "1.2.840.10008.1.2.2":  # big endian: pydicom writes new pixel data little endian only
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
     ds.set_pixel_data(data, photometric, bits, generate_instance_uid=False)
     if syntax in _LOSSY:
         return "uncompressed (lossy source, not recompressed)"
