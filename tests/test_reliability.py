@@ -333,7 +333,7 @@ def test_sigkilled_run_resumes_only_on_its_own_data(tmp_path: Path, capsys) -> N
     data = _binary_table(tmp_path / "train.csv")
     run = tmp_path / "run"
     args = ["run", "tabular-risk", "--data", str(data), "--set", "data.target=y", "--set", "data.id_column=pid",
-            "--set", "engine.bootstrap=0", "--quiet"]
+            "--set", "engine.bootstrap=0", "--set", "model.backbone=mlp", "--quiet"]  # one training, no auto choice
     proc = subprocess.Popen([sys.executable, "-m", "medmm", *args, "--out", str(run), "--set", "engine.epochs=400",
                              "--set", "engine.patience=0", "--set", "engine.checkpoint_every_steps=1"],
                             env={**os.environ, **ENV}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -119,7 +119,8 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
     if cfg.model.backbone != "auto":
         return None
     why = ("engine.privacy is on: the privacy budget covers one training" if cfg.engine.privacy.enabled
-           else "under torchrun the choice would run on every rank" if int(os.environ.get("WORLD_SIZE", "1")) > 1
+           else "under torchrun the choice would run on every rank"
+           if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("RANK", "0")) != 0
            else "no validation split to choose on" if bundle.val is None or not len(bundle.val.dataset) else None)
     if why is not None:  # no choice possible: the former default, trained once
         set_key(cfg, "model.backbone", FALLBACK)
