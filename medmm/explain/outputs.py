@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from medmm.io import write_json_atomic, write_text_atomic
-from medmm.report import esc_html, page_header, kv_table, html_note, html_page, html_section
+from medmm.report import esc_html, html_note, html_page, html_section, kv_table, page_header
 
 CAVEATS = (
     "Attributions say which parts of the input the model's output is sensitive to; they are not causal "

@@ -85,10 +85,10 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
     from medmm.engine.checkpoint import read_state
     from medmm.engine.device import move_to
     from medmm.engine.losses import scores_from_output
-    from medmm.pooling import pool_by_unit
     from medmm.explain.core import Scorer
     from medmm.explain.faithfulness import deletion, randomized_copy, rank_correlation, same_layer
     from medmm.explain.occlusion import fallback_spec
+    from medmm.pooling import pool_by_unit
     from medmm.rundir import read_info
 
     if method not in METHODS:
