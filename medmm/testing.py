@@ -23,7 +23,8 @@ output are reported as skipped):
 ``predict``   ``medmm predict RUN_DIR``: one finite score per unit of the data;
 ``evaluate``  ``medmm evaluate``: metrics on the labelled data, written to ``evaluation.json``;
 ``explain``   ``medmm explain``: deleting the top-attributed items moves predictions more than
-              deleting random ones (faithfulness beats random) for every input;
+              deleting random ones (faithfulness beats random) for at least one input, and no
+              less for any (an input the model ignores ties);
 ``export``    ``medmm export``: ONNX parity <= 1e-4, then ``medmm predict EXPORT_DIR`` in a process
               where torch cannot be imported gives the torch path's scores (<= 1e-4);
 ``serve``     the FastAPI app of ``medmm serve`` answers one ``POST /predict`` (rows or DICOM files);
@@ -233,14 +234,19 @@ class _Context:
                           limit=12)
         faith = json.loads((Path(out) / "summary.json").read_text())["faithfulness"]
         assert faith, "no explanation set"
-        parts = []
+        parts, beats = [], 0
         for name, f in faith.items():
             top, rand = f.get("deletion_top"), f.get("deletion_random")
             assert top is not None and rand is not None, (  # explain's own reason (e.g. a one-cell Grad-CAM map)
                 f"{name}: no deletion figures: {f.get('deletion_verdict') or 'none computed'}")
-            assert top > rand, (f"{name}: deleting the top-attributed items moves the output by {top:.4g}, no more "
-                                f"than deleting random ones ({rand:.4g})")
-            parts.append(f"{name} ({f['method']}): top-k deletion {top:.3g} > random {rand:.3g}")
+            # an input the model ignores (e.g. an uninformative modality) moves nothing either way: a tie
+            # passes; an input whose top items move the output less than random ones does not
+            assert top >= rand, (f"{name}: deleting the top-attributed items moves the output by {top:.4g}, less "
+                                 f"than deleting random ones ({rand:.4g})")
+            beats += top > rand
+            parts.append(f"{name} ({f['method']}): top-k deletion {top:.3g} {'>' if top > rand else '='} "
+                         f"random {rand:.3g}")
+        assert beats, "no input's top-attributed items move the output more than random ones"
         return "; ".join(parts)
 
     def export(self) -> str:

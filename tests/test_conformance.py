@@ -71,31 +71,33 @@ def tiny_notes(folder: Path) -> tuple[Path, list[str]]:
                                   "data.id_column=note_id", "data.max_length=24"]
 
 
-def tiny_dicom(folder: Path) -> tuple[Path, list[str]]:
-    """pydicom's sample files by modality (medmm demo image-cls); 64 px so Grad-CAM has 2x2 cells."""
-    from medmm.demos.dicom import build_demo
+def tiny_squares(folder: Path) -> tuple[Path, list[str]]:
+    """64 noise DICOM images, every second with a bright square (the label): a planted signal, so a
+    trained model's Grad-CAM maps are faithful (an untrained one's are not, and the check says so)."""
+    from tests.test_explain import _squares
 
-    return build_demo(folder / "dicom"), ["model.backbone=resnet18", "model.pretrained=none", "data.size=64"]
+    _squares(folder / "dicom", 64, 0)
+    return folder / "dicom", ["model.backbone=test_resnet", "model.pretrained=none", "data.size=64",
+                              "data.augment=false", "model.freeze_bn=true", "engine.lr=0.003", "engine.monitor=loss"]
 
 
 def tiny_pairs(folder: Path) -> tuple[Path, list[str]]:
-    """12 synthetic patients of text + CT phantom + age / sex (medmm demo fusion), some modalities missing."""
-    from medmm.demos.fusion import build_fusion_demo
+    """160 rows of text (filler) + two table columns; the label is decided by the column ``marker``."""
+    from tests.test_explain import _pairs
 
-    return build_fusion_demo(folder / "data", n_patients=12), [
-        "model.mode=finetune", "model.text_backbone=bert-tiny", "model.image_backbone=resnet18",
-        "model.image_pretrained=none", "data.tabular_columns=[age,sex]", "data.label_column=label",
-        "data.classes=[no_malignancy,malignant]", "data.id_column=id", "data.group_column=patient", "data.size=64"]
+    folder.mkdir(parents=True, exist_ok=True)
+    return _pairs(folder / "pairs.csv", 160, 0), ["data.image_column=null", "data.tabular_columns=[marker,noise]",
+                                                  "model.text_backbone=bert-tiny", "data.id_column=id"]
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("os").environ.get("MEDMM_CONFORMANCE_ALL"),
-                    reason="3-6 min each on a 2-core VM: set MEDMM_CONFORMANCE_ALL=1 (tabular-risk and the example "
-                           "plugin always run)")
+                    reason="1.5-4 min each on a loaded 2-core VM: set MEDMM_CONFORMANCE_ALL=1 (tabular-risk and "
+                           "the example plugin always run)")
 @pytest.mark.parametrize(("task", "build", "steps"), [
     ("text-cls", tiny_notes, ["engine.epochs=1"]),
-    ("image-cls", tiny_dicom, ["engine.epochs=1"]),
-    ("fusion", tiny_pairs, ["engine.epochs=1", "engine.max_steps=3"]),
+    ("image-cls", tiny_squares, ["engine.epochs=6"]),
+    ("fusion", tiny_pairs, ["engine.epochs=8"]),
 ])
 def test_built_in_task_passes_the_conformance_kit(task: str, build, steps: list[str], tmp_path: Path) -> None:
     report = check_task(task, build, tmp_path, overrides=steps, exporter="torchscript")
