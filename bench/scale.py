@@ -212,6 +212,37 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------ reports (text-cls)
+def bench_predict(sizes: tuple[int, int]) -> dict[str, Any]:
+    """``medmm predict`` of one 1,000-row tabular-risk run on tables of 1,000 (the floor: the libraries),
+    ``sizes[0]`` and ``sizes[1]`` rows: peak RSS above the floor per row (streaming: flat in the rows)."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        run = tmp / "run"
+        sets = ["data.target=y", "engine.epochs=1", "engine.bootstrap=0", "engine.baseline=none",
+                "model.backbone=linear", "engine.device=cpu"]
+        proc = subprocess.run([sys.executable, "-m", "medmm", "run", "tabular-risk", "--data",
+                               str(table(tmp / "t1000.csv", 1000)), "--out", str(run),
+                               *[a for s in sets for a in ("--set", s)]], check=False, capture_output=True, text=True)
+        if proc.returncode:
+            print(f"tabular-risk 1,000-row run failed: {proc.stderr[-800:]}")
+            return out
+        for n in (1000, *sizes):
+            data = tmp / f"t{n}.csv" if n == 1000 else table(tmp / f"t{n}.csv", n)
+            secs, rss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data", str(data),
+                                            "--out", str(tmp / f"p{n}.csv")])
+            if pproc.returncode:
+                print(f"predict {n:,} rows failed: {pproc.stderr[-800:]}")
+                return out
+            out[n] = {"predict_s": secs, "predict_mb": rss}
+            above = max(rss - out[1000]["predict_mb"], 0.0)
+            out[n]["predict_above"] = above
+            print(f"predict {n:,} rows x 35 cols: {secs:.1f} s, peak RSS {rss:.0f} MB"
+                  + ("" if n == 1000 else f" ({above:.0f} MB above 1,000 rows: {above * 2**20 / n:.0f} B/row)"))
+            (tmp / f"t{n}.csv").unlink()
+    return out
+
+
 def reports(path: Path, n: int) -> Path:
     """``n`` rows of the Indiana University reports (read from the torchxrayvision wheel), repeated
     with new ids past the 3,9xx real ones."""
@@ -253,7 +284,7 @@ def bench_text(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
-    ap.add_argument("--parts", default="split,dicom,table,text", help="comma-separated: split, dicom, table, text")
+    ap.add_argument("--parts", default="split,dicom,table,text", help="comma-separated: split, dicom, table, predict, text")
     ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
@@ -264,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parts = set(args.parts.split(","))
     if args.tiny:
         args.split_rows, args.files, args.workers = 2_000, 5, 0
-        parts -= {"table", "text"}  # end-to-end runs are the slow tier's
+        parts -= {"table", "predict", "text"}  # end-to-end runs are the slow tier's
     results: dict[str, Any] = {}
     if "split" in parts:
         results["split"] = bench_split(args.split_rows, args.tiny)
@@ -272,6 +303,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["dicom"] = bench_dicom((args.files, args.files * 10), args.tiny, args.workers)
     if "table" in parts:
         results["table"] = bench_table((args.rows, args.rows * 10), args.epochs)
+    if "predict" in parts:
+        results["predict"] = bench_predict((args.rows, args.rows * 10))
     if "text" in parts:
         results["text"] = bench_text((args.reports, args.reports * 10), args.epochs)
     return results

@@ -58,11 +58,14 @@ def prediction_rows(ev: Any, problem: str, label_names: list[str] | None) -> tup
     return header, rows
 
 
-def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
+def predictions_table(ev: Any, problem: str, label_names: list[str] | None,
                       unit_columns: dict[str, dict[str, str]] | None = None,
                       operating_point: dict[str, Any] | None = None, conformal: dict[str, Any] | None = None,
-                      set_groups: Any = None) -> Path:
-    """Atomically write the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs).
+                      set_groups: Any = None) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of the predictions CSV; ``unit_columns`` adds columns per unit (e.g. UIDs).
+
+    Every row depends on its own unit only, so the rows of consecutive blocks of units, written one
+    block after another, are the rows of all of them at once (streaming ``medmm predict``).
 
     ``operating_point`` (the run's stored one) adds the thresholded decision: ``decision``
     (binary: a class name) or ``decision_<class>`` 0/1 columns (multiclass one-vs-rest; multilabel,
@@ -102,6 +105,15 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
     if extra:
         header = [header[0], *extra, *header[1:]]
         rows = [[r[0], *[unit_columns.get(r[0], {}).get(k, "") for k in extra], *r[1:]] for r in rows]
+    return header, rows
+
+
+def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,
+                      unit_columns: dict[str, dict[str, str]] | None = None,
+                      operating_point: dict[str, Any] | None = None, conformal: dict[str, Any] | None = None,
+                      set_groups: Any = None) -> Path:
+    """Atomically write the predictions CSV (:func:`predictions_table`)."""
+    header, rows = predictions_table(ev, problem, label_names, unit_columns, operating_point, conformal, set_groups)
     with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)

@@ -412,29 +412,39 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         if baseline:
             raise MedmmError("--shard predicts with the run's model; it cannot be combined with --baseline")
         _view = FolderShard(Path(data), shard) if Path(data).is_dir() else None
-    split, collate = run.predict_data(task, _view.path if _view is not None else data)
-    if shard is not None and _view is None:  # a table: every row is read (ids kept), this block predicted
-        split = shard_split(split, shard)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
-    if baseline:
-        from medmm.classic import predict_baseline
+    from medmm.predict_stream import stream_predict
 
-        ev, _ = predict_baseline(task, run_dir)
+    # a table the task reads in blocks: predicted and written block by block (memory flat in its rows)
+    streamed = None if baseline or shard is not None else stream_predict(task, Path(data), run_dir, trainer, model,
+                                                                         Path(out))
+    if streamed is None:
+        split, collate = run.predict_data(task, _view.path if _view is not None else data)
+        if shard is not None and _view is None:  # a table: every row is read (ids kept), this block predicted
+            split = shard_split(split, shard)
+        if baseline:
+            from medmm.classic import predict_baseline
+
+            ev, _ = predict_baseline(task, run_dir)
+        else:
+            model.to(trainer.device)
+            ev = trainer.evaluate(model, split, collate)
+        from medmm.evaluation.calibration import apply_stored_calibration
+        from medmm.evaluation.threshold import load_operating_point
+
+        op = None if baseline else load_operating_point(run_dir)  # thresholded decision next to the probabilities
+        ev = ev if baseline else apply_stored_calibration(run_dir, task.problem, ev)  # a recalibrated run (evaluate)
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        from medmm.evaluation.conformal import load_conformal, set_groups_of
+
+        conf = None if baseline else load_conformal(run_dir)  # prediction set + refer flag (#32)
+        write_predictions(out, ev, task.problem, task.label_names, task.unit_columns, operating_point=op,
+                          conformal=conf, set_groups=set_groups_of(conf, Path(data), cfg, ev.units))
     else:
-        model.to(trainer.device)
-        ev = trainer.evaluate(model, split, collate)
-    from medmm.evaluation.calibration import apply_stored_calibration
-    from medmm.evaluation.threshold import load_operating_point
+        from medmm.evaluation.conformal import load_conformal, set_groups_of
 
-    op = None if baseline else load_operating_point(run_dir)  # thresholded decision next to the probabilities
-    ev = ev if baseline else apply_stored_calibration(run_dir, task.problem, ev)  # a recalibrated run (evaluate)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from medmm.evaluation.conformal import load_conformal, set_groups_of
-
-    conf = None if baseline else load_conformal(run_dir)  # prediction set + refer flag (#32)
-    write_predictions(out, ev, task.problem, task.label_names, task.unit_columns, operating_point=op,
-                      conformal=conf, set_groups=set_groups_of(conf, Path(data), cfg, ev.units))
+        split, ev, conf, out = None, streamed, load_conformal(run_dir), Path(out)
     msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line
 

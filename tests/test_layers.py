@@ -22,7 +22,7 @@ LAYERS: list[list[str]] = [
     ["medmm.run"],
     ["medmm.evaluation", "medmm.explain", "medmm.privacy", "medmm.deid", "medmm.deploy", "medmm.predictions",
      "medmm.classic"],
-    ["medmm.runner", "medmm.demos", "medmm.pacs", "medmm.testing"],
+    ["medmm.runner", "medmm.predict_stream", "medmm.demos", "medmm.pacs", "medmm.testing"],
     ["medmm.cli", "medmm.__main__"],
 ]
 

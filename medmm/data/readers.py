@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["DECIMALS", "TABLE_SUFFIXES", "is_missing", "known_formats", "parse_number_columns", "plugin_readers",
-           "read_table", "table_format"]
+           "read_table", "read_table_chunks", "table_format"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,52 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     except OSError:
         source = None
     return parse_number_columns(df, decimal=decimal, skip=string_columns, source=source)
+
+
+def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | None = None,
+                      decimal: str = ".") -> Iterator[pd.DataFrame]:
+    """``path`` as consecutive frames of at most ``rows`` rows (index = row number in the table), so a
+    caller holds one chunk at a time. CSV / TSV stream (``columns``: only those the table has, at least one); other
+    formats (JSON Lines, Parquet, plugin readers) are read whole by :func:`read_table` and cut. Each
+    chunk gets :func:`read_table`'s checks and number parsing; a table with no rows is a
+    :class:`DataError` as there.
+    """
+    import pandas as pd
+
+    if rows < 1:
+        raise ConfigError(f"chunk rows must be >= 1, got {rows}")
+    path = Path(path)
+    fmt, plugin = _resolve(path)
+    if plugin is not None or fmt not in ("csv", "tsv") or not path.is_file():
+        df = read_table(path, decimal=decimal)
+        keep = [c for c in columns if c in df.columns] if columns is not None else None
+        for start in range(0, len(df), rows):
+            part = df.iloc[start:start + rows]
+            yield part[keep] if keep is not None else part
+        return
+    if decimal not in DECIMALS:
+        raise ConfigError(f"data.decimal must be one of {list(DECIMALS)}, got {decimal!r}")
+    sep = csv_separator(path) if fmt == "csv" else "\t"
+    st = path.stat()
+    source = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    wanted = None if columns is None else set(columns)
+    n = 0
+    try:
+        with pd.read_csv(path, sep=sep, encoding="utf-8-sig", decimal=decimal, chunksize=rows,
+                         usecols=None if wanted is None else (lambda c: c in wanted)) as reader:
+            for chunk in reader:
+                n += len(chunk)
+                yield parse_number_columns(chunk, decimal=decimal, source=source)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
+                        "re-save the file as UTF-8") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"cannot read {path}: the file is empty") from None
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot read {path} as {fmt.upper()}: {msg}") from None
+    if n == 0:
+        raise DataError(f"cannot read {path}: the table has no rows")
 
 
 def _read_with_plugin(path: Path, reader: Component, string_columns: list[str], decimal: str) -> pd.DataFrame:

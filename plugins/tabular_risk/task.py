@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +223,45 @@ class TabularRiskTask(Task):
         self.has_target = y is not None
         self._raw = {**getattr(self, "_raw", {}), "predict": (x, y, ids)}
         return Split(TableDataset(x, y), ids, y), _collate
+
+    def predict_chunks(self, data_path: Path, rows: int) -> Iterator[tuple[Split, Any]]:
+        """:meth:`build_predict_data` in consecutive blocks of at most ``rows`` rows, so ``medmm predict``
+        holds one block of the table at a time (CSV / TSV stream; other formats are read whole).
+
+        A first pass reads only the id and target columns (duplicate ids and whether every row can be
+        scored are whole-table questions); the second reads the features block by block. The blocks'
+        rows, ids and targets are those of :meth:`build_predict_data`, in order."""
+        import pandas as pd
+
+        from medmm.data.readers import read_table_chunks
+
+        d = self.cfg.data
+        cols = [d.time, d.event] if self.problem == "survival" else [d.target]
+        present = next(read_table_chunks(data_path, 1, decimal=d.decimal)).columns  # the header (one row read)
+        head = [c for c in dict.fromkeys([d.id_column, *cols]) if c and c in present]
+        small = (pd.concat(list(read_table_chunks(data_path, rows, columns=head, decimal=d.decimal))) if head
+                 else pd.DataFrame())
+        ids = self._row_ids(small) if d.id_column else None
+        y = None
+        if all(c and c in small.columns for c in cols):
+            try:
+                target = prepare_target(small, self.problem, d.target, d.time, d.event,
+                                        positive_label=self.label_names[1] if self.label_names else None)
+            except DataError as exc:  # as build_predict_data: predictions without metrics
+                logging.getLogger("medmm").warning("no metrics: the label column cannot be scored (%s)", exc)
+                target = None
+            if target is not None and target.mask.all():
+                y = self._targets(target)
+        self.has_target = y is not None
+        del small
+        start = 0
+        for df in read_table_chunks(data_path, rows, decimal=d.decimal):
+            stop = start + len(df)
+            x = self.preprocessor.transform(df)
+            part = ids[start:stop] if ids is not None else [str(i) for i in range(start, stop)]
+            yc = None if y is None else y[start:stop]
+            yield Split(TableDataset(x, yc), part, yc), _collate
+            start = stop
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """The preprocessed feature matrix of a split, for the linear / Cox baseline."""

@@ -1,0 +1,137 @@
+"""Streaming ``medmm predict`` of a table (#30): blocks of the one table reader, the same file as one pass,
+and no block larger than asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medmm.data.readers import read_table, read_table_chunks
+from medmm.errors import ConfigError, DataError
+
+
+def _table(path: Path, n: int = 53) -> Path:
+    import pandas as pd
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 2))
+    cat = rng.choice(["a", "b", "c"], size=n).astype(object)
+    cat[::9] = None  # missing categories in several blocks
+    df = pd.DataFrame({"pid": [f"P{i:04d}" for i in range(n)], "a": x[:, 0], "b": x[:, 1], "k": cat,
+                       "y": (x[:, 0] + (cat == "a") > 0).astype(int)})
+    df.loc[7, "b"] = np.nan
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_chunks_are_the_table_in_order(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = _table(tmp_path / "t.csv")
+    whole = read_table(path)
+    parts = list(read_table_chunks(path, 10))
+    assert [len(p) for p in parts] == [10, 10, 10, 10, 10, 3]
+    pd.testing.assert_frame_equal(pd.concat(parts), whole)  # index = row number in the table, same values
+    only = list(read_table_chunks(path, 20, columns=["y", "pid", "absent"]))
+    assert [list(p.columns) for p in only] == [["pid", "y"]] * 3
+    tsv = tmp_path / "t.tsv"
+    whole.to_csv(tsv, sep="\t", index=False)
+    pd.testing.assert_frame_equal(pd.concat(read_table_chunks(tsv, 7)), whole)
+
+
+def test_formats_that_cannot_stream_are_read_whole_and_cut(tmp_path: Path) -> None:
+    import pandas as pd
+
+    whole = read_table(_table(tmp_path / "t.csv"))
+    path = tmp_path / "t.jsonl"
+    whole.to_json(path, orient="records", lines=True)
+    parts = list(read_table_chunks(path, 25))
+    assert [len(p) for p in parts] == [25, 25, 3]
+    pd.testing.assert_frame_equal(pd.concat(parts), read_table(path))
+
+
+def test_chunk_errors_are_read_tables(tmp_path: Path) -> None:
+    empty = tmp_path / "e.csv"
+    empty.write_text("a,b\n")
+    with pytest.raises(DataError, match="no rows"):
+        list(read_table_chunks(empty, 5))
+    with pytest.raises(ConfigError, match="chunk rows"):
+        list(read_table_chunks(empty, 0))
+    bad = tmp_path / "bad.csv"
+    bad.write_bytes(b"a,b\n1,\xff\xfe\n")
+    with pytest.raises(DataError, match="UTF-8"):
+        list(read_table_chunks(bad, 5))
+
+
+def test_chunk_rows_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm.predict_stream import CHUNK_ROWS, chunk_rows
+
+    monkeypatch.delenv("MEDMM_PREDICT_CHUNK_ROWS", raising=False)
+    assert chunk_rows() == CHUNK_ROWS
+    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", "12")
+    assert chunk_rows() == 12
+    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", "-3")
+    with pytest.raises(ConfigError, match="positive integer"):
+        chunk_rows()
+
+
+@pytest.mark.slow
+def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose eval batch is 8 rows, predicted in blocks of 8 rows (7 asked, rounded up to whole
+    batches), writes the same bytes as in one block; with labels (metrics) and without; a second
+    reading of the whole table never happens and no block holds more than 8 rows."""
+    from click.testing import CliRunner
+    from medmm_plugins.tabular_risk.task import TabularRiskTask
+
+    from medmm import cli as cli_mod
+    from medmm.data import readers
+    from tests.conftest import run_cli
+
+    data = _table(tmp_path / "t.csv")
+    unlabelled = tmp_path / "u.csv"
+    read_table(data).drop(columns=["y"]).to_csv(unlabelled, index=False)
+    sets = [a for s in ["data.target=y", "data.id_column=pid", "engine.epochs=1", "engine.bootstrap=0",
+                        "engine.baseline=none", "model.backbone=linear", "engine.device=cpu",
+                        "engine.eval_batch_size=8"] for a in ("--set", s)]
+    proc = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(tmp_path / "run"), *sets)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+    sizes: list[int] = []
+    original = TabularRiskTask.predict_chunks
+
+    def counted(self: TabularRiskTask, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for split, collate in original(self, path, rows):
+            sizes.append(len(split.units))
+            yield split, collate
+
+    def no_whole_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("streaming predict read the whole table")
+
+    monkeypatch.setattr(TabularRiskTask, "predict_chunks", counted)
+    monkeypatch.setattr(readers, "read_table", no_whole_read)
+    runner = CliRunner()
+    for src in (data, unlabelled):
+        files = []
+        for rows in ("7", "100000"):
+            monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+            out = tmp_path / f"{src.stem}-{rows}.csv"
+            res = runner.invoke(cli_mod.make_cli(), ["predict", str(tmp_path / "run"), "--data", str(src), "--out", str(out)])
+            assert res.exit_code == 0, res.output
+            assert "53 predictions" in res.output
+            files.append(out.read_bytes())
+        assert files[0] == files[1]
+        assert files[0].count(b"\n") == 54
+    assert sizes == ([8] * 6 + [5] + [53]) * 2
+    assert b",true" in (tmp_path / "t-7.csv").read_bytes().splitlines()[0]
+    # --shard still reads the whole table and predicts its block: the blocks concatenate to the file
+    monkeypatch.setattr(readers, "read_table", read_table)
+    parts = []
+    for i in range(2):
+        out = tmp_path / f"s{i}.csv"
+        res = runner.invoke(cli_mod.make_cli(), ["predict", str(tmp_path / "run"), "--data", str(data), "--out", str(out),
+                                          "--shard", f"{i}/2"])
+        assert res.exit_code == 0, res.output
+        parts.append(out.read_bytes().splitlines(keepends=True))
+    assert b"".join(parts[0] + parts[1][1:]) == (tmp_path / "t-7.csv").read_bytes()
