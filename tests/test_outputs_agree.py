@@ -77,6 +77,7 @@ DEMOS = {  # each demo, as small as it gets (the figures are checked for agreeme
     "image-cls": ["--set", "model.backbone=resnet18", "--set", "model.pretrained=none", "--set", "data.size=32",
                   "--set", "engine.epochs=2", "--set", "engine.bootstrap=50"],
     "tabular-risk": ["--set", "engine.epochs=3", "--set", "engine.bootstrap=50"],
+    "text-cls": ["--set", "model.backbone=textcnn", "--set", "engine.bootstrap=50"],
 }
 
 
