@@ -278,13 +278,15 @@ def _rows(result: Mapping[str, Any], column: str) -> list[list[str]]:
             rows.append([r["group"], r["n"], "suppressed", *[""] * (width - 3)])
             continue
         lo, hi = r["ci"]
-        ci = f"{_f(lo)}–{_f(hi)}" if lo is not None and hi is not None else "n/a"
+        value, _, ci = M.format_estimate(r["value"], (lo, hi) if lo is not None and hi is not None else None,
+                                         style="{lo}–{hi}").partition(" ")  # rounded to what its CI supports
+        ci = ci or "n/a"
         flag = ("**FLAGGED**: " + "; ".join(r.get("reasons") or [])).rstrip(": ") if r["flagged"] else ""
         if _classify(result):
-            rows.append([r["group"], str(r["n"]), _f(r["prevalence"]), _f(r["value"]), ci, _f(r["sensitivity"]),
+            rows.append([r["group"], str(r["n"]), _f(r["prevalence"]), value, ci, _f(r["sensitivity"]),
                          _f(r["specificity"]), _f(r.get("ppv")), _f(r.get("npv")), _f(r["ece"]), flag])
         else:
-            rows.append([r["group"], str(r["n"]), _f(r["value"]), ci, flag])
+            rows.append([r["group"], str(r["n"]), value, ci, flag])
     return rows
 
 
@@ -312,7 +314,8 @@ def _intro(result: Mapping[str, Any]) -> str:
     o = result["overall"]
     lo, hi = o["ci"]
     ops = ", ".join(f"{_LABEL[k]} {_f(o[k])}" for k in OP_FIGURES if o.get(k) is not None)
-    return (f"Overall {result['metric']} {_f(_num(o['value']))} (95% CI {_f(_num(lo))}–{_f(_num(hi))})"
+    ci = (_num(lo), _num(hi)) if _num(lo) is not None and _num(hi) is not None else None
+    return (f"Overall {result['metric']} " + M.format_estimate(_num(o["value"]), ci, style="(95% CI {lo}–{hi})")
             + (f"; at the operating point {ops}" if ops else "") + ", "
             f"{o['n']} units. Groups with fewer than {result['min_group_size']} units are suppressed and left "
             "out of the gaps." + (" Sensitivity, specificity, PPV and NPV at the stored operating point"
