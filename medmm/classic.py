@@ -313,11 +313,14 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
         base.arrays["idf"] = vec.idf_.astype(np.float64)
     else:
         raw = tr.tabular if modality == "tabular" else tr.image
-        x = np.nan_to_num(np.asarray(raw, float) if modality == "tabular" else _downsample(raw).astype(float))
+        # one float64 matrix, standardised in place (the same values as out-of-place arithmetic)
+        x = np.array(raw, dtype=np.float64) if modality == "tabular" else _downsample(raw).astype(np.float64)
+        np.nan_to_num(x, copy=False)
         mean, scale = x.mean(axis=0), x.std(axis=0)
         scale[scale == 0] = 1.0
         base.arrays["mean"], base.arrays["scale"] = mean, scale
-        x = (x - mean) / scale
+        x -= mean
+        x /= scale
     grid = (RIDGE_ALPHAS if problem == "regression" else COX_PENALIZERS if problem == "survival"
             else GRIDS[modality])
     best: tuple[float, float, dict[str, np.ndarray]] | None = None

@@ -118,6 +118,41 @@ def test_preprocessor_output_and_names(frame):
     assert (onehots.sum(1) == 1).all()  # missing stage imputed to the most frequent one
 
 
+def _sklearn_reference(train, pre):
+    """The whole-table scikit-learn pipeline that fit_preprocessor's per-column statistics reproduce."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    ct = ColumnTransformer([
+        ("num", Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True)),
+                          ("scale", StandardScaler())]), pre.numeric),
+        ("cat", Pipeline([("impute", SimpleImputer(strategy="most_frequent")),
+                          ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False))]), pre.categorical),
+    ], remainder="drop", sparse_threshold=0.0)
+    return ct.fit(_input_frame(train, pre.numeric, pre.categorical))
+
+
+def test_per_column_fit_has_the_sklearn_pipelines_statistics(frame):
+    """Each statistic equals the whole-table ColumnTransformer's (medians, indicators, mean/scale of values
+    and indicators, modes, categories); the float64 sums may differ in the last bit only."""
+    types = infer_column_types(frame, FEATURES, {"site": "categorical"})
+    train = frame.iloc[:40].copy()
+    train.loc[train.index[:3], "age"] = np.nan  # an indicator column, and a median over fewer rows
+    pre = fit_preprocessor(train, types)
+    ct = _sklearn_reference(train, pre)
+    num, cat = ct.named_transformers_["num"], ct.named_transformers_["cat"]
+    assert pre.medians == num.named_steps["impute"].statistics_.tolist()
+    assert pre.indicators == [pre.numeric[i] for i in num.named_steps["impute"].indicator_.features_] == ["age"]
+    np.testing.assert_allclose(pre.means, num.named_steps["scale"].mean_, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(pre.scales, num.named_steps["scale"].scale_, rtol=1e-13)
+    assert pre.modes == [str(m) for m in cat.named_steps["impute"].statistics_]
+    assert pre.categories == [[str(c) for c in cats] for cats in cat.named_steps["onehot"].categories_]
+    np.testing.assert_array_equal(pre.transform(frame), ct.transform(_input_frame(frame, pre.numeric,
+                                                                                  pre.categorical)).astype(np.float32))
+
+
 def test_json_round_trip_matches_sklearn(frame):
     types = infer_column_types(frame, FEATURES, {"site": "categorical"})
     pre = fit_preprocessor(frame.iloc[:40], types)
@@ -129,10 +164,10 @@ def test_json_round_trip_matches_sklearn(frame):
     new = new[["site", "stage", "bmi", "smoker", "age", "note"]]  # order and extras do not matter
 
     loaded = Preprocessor.from_json(json.loads(json.dumps(pre.to_json())))
-    assert loaded == pre and loaded.column_transformer is None
+    assert loaded == pre
     with pytest.warns(UserWarning, match="2 categorical value"):
         ours = loaded.transform(new)
-    reference = pre.column_transformer.transform(_input_frame(new, pre.numeric, pre.categorical))
+    reference = _sklearn_reference(frame.iloc[:40], pre).transform(_input_frame(new, pre.numeric, pre.categorical))
     np.testing.assert_array_equal(ours, reference.astype(np.float32))
     assert not np.isnan(ours).any()
     assert ours[1, 3:6].sum() == 0 and ours[2, -3:].sum() == 0  # unseen -> all zero

@@ -29,7 +29,6 @@ from medmm.errors import CheckpointError, ConfigError, DataError
 
 if TYPE_CHECKING:
     import pandas as pd
-    from sklearn.compose import ColumnTransformer
 
 __all__ = [
     "ColumnType",
@@ -252,8 +251,6 @@ class Preprocessor:
     scales: list[float]
     modes: list[str]
     categories: list[list[str]]
-    column_transformer: ColumnTransformer | None = field(default=None, repr=False, compare=False)
-    """The fitted scikit-learn transformer (only after :func:`fit_preprocessor`; not saved)."""
 
     def __post_init__(self) -> None:
         n_num, n_cat = len(self.numeric), len(self.categorical)
@@ -381,15 +378,15 @@ def _float_list(value: Any) -> list[float]:
 
 
 def fit_preprocessor(df: pd.DataFrame, column_types: Mapping[str, ColumnType]) -> Preprocessor:
-    """Fit the feature transform on training rows ``df`` with scikit-learn.
+    """Fit the feature transform on training rows ``df`` with scikit-learn, one column at a time.
 
     Numeric: ``SimpleImputer(strategy="median", add_indicator=True)`` then ``StandardScaler``.
     Categorical: ``SimpleImputer(strategy="most_frequent")`` then
-    ``OneHotEncoder(handle_unknown="ignore")``. Fit on the training split only.
+    ``OneHotEncoder(handle_unknown="ignore")``. Fit on the training split only. These are the
+    statistics of that ``ColumnTransformer``; each column is fitted alone (all of them are per-column
+    statistics), so the fit holds one column in float64 at a time, never the transformed split.
     """
-    from sklearn.compose import ColumnTransformer
     from sklearn.impute import SimpleImputer
-    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
     wrong = {c: t for c, t in column_types.items() if t not in (NUMERIC, CATEGORICAL)}
@@ -399,41 +396,38 @@ def fit_preprocessor(df: pd.DataFrame, column_types: Mapping[str, ColumnType]) -
     _check_not_empty(df, features)
     numeric = [c for c in features if column_types[c] == NUMERIC]
     categorical = [c for c in features if column_types[c] == CATEGORICAL]
-    frame = _input_frame(df, numeric, categorical)
-
-    steps = []
-    if numeric:
-        num = Pipeline([
-            ("impute", SimpleImputer(strategy="median", add_indicator=True)),
-            ("scale", StandardScaler()),
-        ])
-        steps.append(("num", num, numeric))
-    if categorical:
-        cat = Pipeline([
-            ("impute", SimpleImputer(strategy="most_frequent")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
-        ])
-        steps.append(("cat", cat, categorical))
-    ct = ColumnTransformer(steps, remainder="drop", sparse_threshold=0.0)
-    ct.fit(frame)
+    missing = [c for c in (*numeric, *categorical) if c not in df.columns]
+    if missing:
+        raise DataError(f"the data lacks feature columns the model was trained on: {missing}")
 
     medians: list[float] = []
     indicators: list[str] = []
     means: list[float] = []
     scales: list[float] = []
-    if numeric:
-        imputer = ct.named_transformers_["num"].named_steps["impute"]
-        scaler = ct.named_transformers_["num"].named_steps["scale"]
-        medians = imputer.statistics_.tolist()
-        if imputer.indicator_ is not None:
-            indicators = [numeric[i] for i in imputer.indicator_.features_]
-        means, scales = scaler.mean_.tolist(), scaler.scale_.tolist()
+    flag_stats: list[tuple[float, float]] = []  # the indicators' scaler statistics, after the numeric ones
+    for c in numeric:
+        col = np.asarray(_to_float(df[c], c), dtype=np.float64).reshape(-1, 1)
+        imputer = SimpleImputer(strategy="median", add_indicator=True).fit(col)
+        medians.append(float(imputer.statistics_[0]))
+        filled = imputer.transform(col)  # [imputed, indicator when the column has missing values]
+        del col
+        scaler = StandardScaler().fit(filled[:, :1])
+        means.append(float(scaler.mean_[0]))
+        scales.append(float(scaler.scale_[0]))
+        if filled.shape[1] > 1:
+            indicators.append(c)
+            flag = StandardScaler().fit(filled[:, 1:])
+            flag_stats.append((float(flag.mean_[0]), float(flag.scale_[0])))
+    means += [m for m, _ in flag_stats]
+    scales += [s for _, s in flag_stats]
     modes: list[str] = []
     categories: list[list[str]] = []
-    if categorical:
-        cat_pipe = ct.named_transformers_["cat"]
-        modes = [str(m) for m in cat_pipe.named_steps["impute"].statistics_]
-        categories = [[str(c) for c in cats] for cats in cat_pipe.named_steps["onehot"].categories_]
+    for c in categorical:
+        col = np.asarray(_category_strings(df[c]), dtype=object).reshape(-1, 1)
+        imputer = SimpleImputer(strategy="most_frequent").fit(col)
+        modes.append(str(imputer.statistics_[0]))
+        encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(imputer.transform(col))
+        categories.append([str(v) for v in encoder.categories_[0]])
     return Preprocessor(
         numeric=numeric,
         categorical=categorical,
@@ -443,7 +437,6 @@ def fit_preprocessor(df: pd.DataFrame, column_types: Mapping[str, ColumnType]) -
         scales=scales,
         modes=modes,
         categories=categories,
-        column_transformer=ct,
     )
 
 
