@@ -41,7 +41,8 @@ _API: dict[str, str] = {
     # files
     "read_json": "medmm.io", "write_json_atomic": "medmm.io", "write_text_atomic": "medmm.io",
     # tables
-    "read_table": "medmm.data.readers", "is_missing": "medmm.data.readers",
+    "read_table": "medmm.data.readers", "read_table_chunks": "medmm.data.readers",
+    "is_missing": "medmm.data.readers",
     "Preprocessor": "medmm.data.tabular.preprocess", "fit_preprocessor": "medmm.data.tabular.preprocess",
     "infer_column_types": "medmm.data.tabular.preprocess", "prepare_target": "medmm.data.tabular.preprocess",
     "select_features": "medmm.data.tabular.preprocess", "warn_leaky_features": "medmm.data.leakage",
@@ -68,14 +69,16 @@ _API: dict[str, str] = {
     "FusionModel": "medmm.models.multimodal", "ImageEncoder": "medmm.models.multimodal",
     "TabularEncoder": "medmm.models.multimodal", "modality_dropout": "medmm.models.fusion_heads",
     # engine
-    "Trainer": "medmm.engine", "select_device": "medmm.engine.device", "load_weights": "medmm.engine.checkpoint",
+    "Trainer": "medmm.engine", "select_device": "medmm.engine.device",
+    "load_weights": "medmm.engine.checkpoint",
     "model_state": "medmm.engine.checkpoint", "run_module": "medmm.engine.inference",
     # deployment (Task.deploy_spec, TaskSpec.runtime): torch-free pieces of the onnxruntime path
     "Examples": "medmm.deploy.runtime", "FastTokenizer": "medmm.deploy.runtime",
     "batch_slices": "medmm.deploy.runtime", "require": "medmm.deploy.manifest",
     "scores_from_output": "medmm.engine.losses",
     # explanations (Task.explain_spec)
-    "ExplainSpec": "medmm.explain.spec", "InputSpec": "medmm.explain.spec", "token_input": "medmm.explain.text",
+    "ExplainSpec": "medmm.explain.spec", "InputSpec": "medmm.explain.spec",
+    "token_input": "medmm.explain.text",
     "image_input": "medmm.explain.image", "feature_input": "medmm.explain.tabular",
     # reports, baselines, pseudonyms, demo data
     "html_table": "medmm.report", "small_pixels": "medmm.classic", "paired_diff_ci": "medmm.classic",

@@ -1,7 +1,7 @@
 """Streaming ``medmm predict`` of a table: one block of rows at a time, appended to the output CSV.
 
 A task that can read its prediction input in blocks offers ``predict_chunks(path, rows)`` (an iterator
-of ``(Split, collate)``, blocks in table order; tabular-risk does). Each block is predicted, its rows
+of ``(Split, collate)``, blocks in table order; the built-in table task does). Each block is predicted, its rows
 of ``predictions.csv`` are written, and only its scores are kept (for the metrics and the summary
 line), so the memory of a prediction does not grow with the table beyond a few numbers per row.
 The file is byte-identical to the one a single block gives: every row depends on its own unit only

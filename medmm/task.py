@@ -412,6 +412,11 @@ class Task:
     """Extra ``predictions.csv`` columns per unit (e.g. a DICOM unit's SOP instance UID), set by
     :meth:`build_predict_data`."""
 
+    predict_chunks: Callable[[Path, int], Iterable[tuple[Split, Any]]] | None = None
+    """Optional: ``predict_chunks(data_path, rows)`` -> ``(Split, collate)`` blocks of a table in
+    order, for a streaming ``medmm predict`` whose memory does not grow with the table
+    (:mod:`medmm.predict_stream`); ``None`` (the default): predict reads the input whole."""
+
     has_target: bool = True
     """Whether :meth:`step` reads targets from its batch: ``medmm export`` sets it False while it
     traces the graph (no targets there); a task's predict reader sets it when the data has none."""

@@ -233,7 +233,7 @@ class TabularRiskTask(Task):
         rows, ids and targets are those of :meth:`build_predict_data`, in order."""
         import pandas as pd
 
-        from medmm.data.readers import read_table_chunks
+        from medmm import read_table_chunks
 
         d = self.cfg.data
         cols = [d.time, d.event] if self.problem == "survival" else [d.target]
