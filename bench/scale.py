@@ -151,8 +151,8 @@ def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------ tables (tabular-risk)
-def table(path: Path, n: int, cols: int = 35, seed: int = 0) -> Path:
-    """A synthetic patient table: ``cols`` numeric + categorical features, a binary target."""
+def table(path: Path, n: int, cols: int = 35, seed: int = 0, label: bool = True) -> Path:
+    """A synthetic patient table: ``cols`` numeric + categorical features, a binary target (unless not ``label``)."""
     import pandas as pd
 
     rng = np.random.default_rng(seed)
@@ -162,7 +162,7 @@ def table(path: Path, n: int, cols: int = 35, seed: int = 0) -> Path:
         df[f"c{j}"] = rng.choice(["a", "b", "c", "d", "e"], n)
     logit = x[:, 0] - 0.5 * x[:, 1] + 0.3 * (df["c0"] == "a")
     df["y"] = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
-    df.to_csv(path, index=False)
+    (df if label else df.drop(columns=["y"])).to_csv(path, index=False)
     return path
 
 
@@ -177,9 +177,15 @@ def _table_run(tmp: Path, n: int, epochs: int) -> dict[str, float] | None:
     if proc.returncode:
         print(f"tabular-risk {n:,} rows failed: {proc.stderr[-800:]}")
         return None
+    phases = json.loads((run / "summary.json").read_text()).get("phase_seconds", {})
+    if phases:  # the runner's own seconds per phase
+        total = sum(phases.values()) or 1.0
+        print(f"tabular-risk {n:,} rows, share of each phase: "
+              + ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in phases.items()))
     psecs, prss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data", str(data),
                                       "--out", str(tmp / f"p{n}.csv")])
-    return {"train_s": secs, "train_mb": rss, "predict_s": psecs, "predict_mb": prss if pproc.returncode == 0 else math.nan}
+    return {"train_s": secs, "train_mb": rss, "predict_s": psecs, "predict_mb": prss if pproc.returncode == 0 else math.nan,
+            "phases": phases}
 
 
 def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
@@ -227,19 +233,22 @@ def bench_predict(sizes: tuple[int, int]) -> dict[str, Any]:
         if proc.returncode:
             print(f"tabular-risk 1,000-row run failed: {proc.stderr[-800:]}")
             return out
-        for n in (1000, *sizes):
-            data = tmp / f"t{n}.csv" if n == 1000 else table(tmp / f"t{n}.csv", n)
-            secs, rss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data", str(data),
-                                            "--out", str(tmp / f"p{n}.csv")])
-            if pproc.returncode:
-                print(f"predict {n:,} rows failed: {pproc.stderr[-800:]}")
-                return out
-            out[n] = {"predict_s": secs, "predict_mb": rss}
-            above = max(rss - out[1000]["predict_mb"], 0.0)
-            out[n]["predict_above"] = above
-            print(f"predict {n:,} rows x 35 cols: {secs:.1f} s, peak RSS {rss:.0f} MB"
-                  + ("" if n == 1000 else f" ({above:.0f} MB above 1,000 rows: {above * 2**20 / n:.0f} B/row)"))
-            (tmp / f"t{n}.csv").unlink()
+        for label in (False, True):  # unlabelled: predictions only; labelled: + metrics over every row
+            kind = "labelled" if label else "unlabelled"
+            for n in (1000, *sizes):
+                data = table(tmp / f"p{n}.csv", n, label=label)
+                secs, rss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data",
+                                                str(data), "--out", str(tmp / f"out{n}{kind}.csv")])
+                data.unlink()
+                if pproc.returncode:
+                    print(f"predict {n:,} rows failed: {pproc.stderr[-800:]}")
+                    return out
+                got = out.setdefault(kind, {})
+                got[n] = {"predict_s": secs, "predict_mb": rss, "predict_above": max(rss - got[1000]["predict_mb"]
+                                                                                     if n != 1000 else 0.0, 0.0)}
+                above = got[n]["predict_above"]
+                print(f"predict {kind} {n:,} rows x 35 cols: {secs:.1f} s, peak RSS {rss:.0f} MB"
+                      + ("" if n == 1000 else f" ({above:.0f} MB above 1,000 rows: {above * 2**20 / n:.0f} B/row)"))
     return out
 
 

@@ -152,7 +152,10 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         from medmm.evaluation import check_subgroup_columns
 
         check_subgroup_columns(Path(data), cfg)  # a typo must not cost a whole training run
+        phases: dict[str, float] = {}  # seconds per phase (summary.json, train.log): where a large run's time goes
+        lap = time.perf_counter()
         bundle = task.build_data(Path(data))
+        lap = _lap(phases, "data (read, split, preprocess)", lap)
         if main and bundle.meta.get("description"):
             from medmm.runlog import echo
 
@@ -167,7 +170,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")
+        lap = _lap(phases, "setup", lap)
         why = task.choose_backbone(bundle)  # model.backbone=auto decided on val (#14); None: nothing chosen
+        lap = _lap(phases, "backbone choice (auto)" if why else "setup", lap)
         if why and main:
             log.info("medmm %s: %s", spec.name, why)
             if not quiet:
@@ -177,7 +182,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         if main:
             rundir.record_files(run_dir)  # the manifest of what this run wrote so far (replace removes only those)
         trained = bool(bundle.meta.get("trained_in_run_dir"))  # e.g. auto's winner: resume it, never train twice
+        lap = _lap(phases, "setup", lap)
         fit = trainer.fit(model, bundle, resume=resume or trained)
+        lap = _lap(phases, "train", lap)
         best = run_dir / "checkpoints" / "best"
         load_weights(best, model)
         split_name, split = ("test", bundle.test) if bundle.test is not None and len(bundle.test.dataset) else ("val", bundle.val)
@@ -206,10 +213,18 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             from medmm.privacy.membership import privacy_outputs  # ε spent, membership audit (#18)
 
             summary.update(privacy_outputs(trainer, model, bundle, out_eval, split_name, cfg, run_dir, main=main))
+            lap = _lap(phases, "evaluate", lap)
             if main:
-                summary.update(_finish(task, trainer, fit, out_eval, split_name, run_dir, cfg, spec, bundle))
+                summary.update(_finish(task, trainer, fit, out_eval, split_name, run_dir, cfg, spec, bundle,
+                                       phases=phases))
         if main:
             from medmm.io import write_json_atomic
+
+            _lap(phases, "report", lap)
+            phases["report"] -= phases.get("baseline", 0.0)  # timed inside _finish
+            summary["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
+            total = sum(phases.values()) or 1.0
+            log.info("phases (seconds, share): %s", ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in phases.items()))
 
             write_json_atomic(run_dir / "summary.json", summary, default=str)  # strict JSON: undefined figures are null
             rundir.finish(run_dir)
@@ -241,9 +256,16 @@ def _plugin_callbacks(cfg: TaskConfig, run_dir: Path) -> list[Any]:
     return out
 
 
+def _lap(phases: dict[str, float], name: str, since: float) -> float:
+    """Add the seconds since ``since`` to ``phases[name]``; the time now (the next phase's start)."""
+    now = time.perf_counter()
+    phases[name] = phases.get(name, 0.0) + now - since
+    return now
+
+
 def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir: Path, cfg: TaskConfig,
-            spec: TaskSpec, bundle: Any) -> dict[str, Any]:
-    """Metrics with CIs, predictions.csv, report.html and the model card."""
+            spec: TaskSpec, bundle: Any, phases: dict[str, float] | None = None) -> dict[str, Any]:
+    """Metrics with CIs, predictions.csv, report.html and the model card (``phases``: the baseline's seconds)."""
     from medmm.classic import baseline_for_run
     from medmm.metrics import bootstrap_cis
     from medmm.model_card import write_model_card
@@ -259,7 +281,10 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"),
                       operating_point=bundle.meta.get("operating_point"),
                       conformal=bundle.meta.get("conformal"), set_groups=bundle.meta.get("conformal_set_groups"))
+    started = time.perf_counter()
     base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.get("unit_columns"))
+    if phases is not None:  # counted apart from the report phase the caller times around this call
+        phases["baseline"] = phases.get("baseline", 0.0) + time.perf_counter() - started
     record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics,
               "final": True}
     _write_final_record(run_dir / "metrics.jsonl", record)

@@ -97,6 +97,12 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
                         "engine.eval_batch_size=8"] for a in ("--set", s)]
     proc = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(tmp_path / "run"), *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
+    import json  # the runner's seconds per phase (bench/scale.py prints their shares)
+
+    phases = json.loads((tmp_path / "run" / "summary.json").read_text())["phase_seconds"]
+    assert {"data (read, split, preprocess)", "train", "evaluate", "baseline", "report"} <= set(phases)
+    assert all(v >= 0 for v in phases.values())
+    assert "phases (seconds, share): data (read, split, preprocess)" in (tmp_path / "run" / "train.log").read_text()
 
     sizes: list[int] = []
     original = TabularRiskTask.predict_chunks
