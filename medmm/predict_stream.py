@@ -37,9 +37,10 @@ def chunk_rows() -> int:
 def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: Any, out: Path,
                    rows: int | None = None) -> Any:
     """Predict ``data`` block by block into ``out`` (atomically); the pooled scores as an
-    :class:`~medmm.engine.trainer.EvalOutput`, or ``None`` when this input cannot stream (the task has
-    no ``predict_chunks``, ``data`` is a folder, or the run's prediction sets are grouped by a column:
-    those need the whole column) and the caller reads it whole."""
+    :class:`~medmm.engine.trainer.EvalOutput`, or ``None`` when this input does not stream (the task has
+    no ``predict_chunks``; ``data`` is a folder or not a CSV / TSV file; or the run's prediction sets
+    are grouped by a column, which needs the whole column) and the caller reads it whole."""
+    from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
     from medmm.evaluation.calibration import apply_stored_calibration
     from medmm.evaluation.conformal import load_conformal
@@ -48,7 +49,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     from medmm.predictions import predictions_table
 
     chunks = getattr(task, "predict_chunks", None)
-    if chunks is None or not Path(data).is_file():
+    if chunks is None or not streams(data):  # JSON Lines, Parquet, plugin formats: read whole, one pass
         return None
     conf = load_conformal(run_dir)
     if conf is not None and conf.get("group_column"):

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medmm.data.readers import read_table, read_table_chunks
+from medmm.data.readers import read_table, read_table_chunks, streams
 from medmm.errors import ConfigError, DataError
 
 
@@ -49,6 +49,7 @@ def test_formats_that_cannot_stream_are_read_whole_and_cut(tmp_path: Path) -> No
     whole.to_json(path, orient="records", lines=True)
     parts = list(read_table_chunks(path, 25))
     assert [len(p) for p in parts] == [25, 25, 3]
+    assert not streams(path) and streams(tmp_path / "t.csv") and not streams(tmp_path)
     pd.testing.assert_frame_equal(pd.concat(parts), read_table(path))
 
 

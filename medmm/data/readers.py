@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["DECIMALS", "TABLE_SUFFIXES", "is_missing", "known_formats", "parse_number_columns", "plugin_readers",
-           "read_table", "read_table_chunks", "table_format"]
+           "read_table", "read_table_chunks", "streams", "table_format"]
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +191,17 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     except OSError:
         source = None
     return parse_number_columns(df, decimal=decimal, skip=string_columns, source=source)
+
+
+def streams(path: str | Path) -> bool:
+    """Whether :func:`read_table_chunks` reads ``path`` block by block (a CSV / TSV file read by medmm
+    itself) rather than whole and cut (JSON Lines, Parquet, plugin readers)."""
+    path = Path(path)
+    try:
+        fmt, plugin = _resolve(path)
+    except DataError:
+        return False
+    return plugin is None and fmt in ("csv", "tsv") and path.is_file()
 
 
 def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | None = None,
