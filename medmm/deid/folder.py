@@ -21,6 +21,7 @@ from typing import Any
 from medmm.deid.options import DeidOptions
 from medmm.deid.pseudonyms import Pseudonymizer
 from medmm.errors import DataError, MedmmError
+from medmm.io import current_umask
 
 __all__ = ["FolderResult", "check_output_dir", "deidentify_folder"]
 
@@ -397,10 +398,10 @@ def _read_bare(path: Path) -> Any:
     import pydicom
     from pydicom.dataset import FileMetaDataset
 
-    from medmm.data.dicom.scan import _BARE_STARTS, ENCODING_SYNTAX, quiet_pydicom
+    from medmm.data.dicom.scan import BARE_STARTS, ENCODING_SYNTAX, quiet_pydicom
 
     with open(path, "rb") as f:
-        if f.read(2) not in _BARE_STARTS:
+        if f.read(2) not in BARE_STARTS:
             return None
     try:
         with quiet_pydicom():
@@ -462,11 +463,5 @@ def _publish(stage: Path, out: Path) -> None:
     if out.exists():
         out.rmdir()  # empty: checked before anything was written
     os.replace(stage, out)
-    os.chmod(out, 0o777 & ~_umask())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    os.chmod(out, 0o777 & ~current_umask())
 

@@ -142,7 +142,7 @@ def parity_sample(run_dir: Path, cfg: Any, spec: GraphSpec, data: Path, n: int, 
         if ids:
             paths = list(dict.fromkeys(i.split("#")[0] for i in ids))[:n]
             if not all((data / p).is_file() for p in paths):  # ids name identifier folders by keyed token
-                from medmm.data.dicom.paths import real_paths
+                from medmm.data.dicom.scan import real_paths
 
                 found = real_paths(data, paths)
                 paths = [found.get(p, p) for p in paths]

@@ -23,7 +23,7 @@ import click
 import numpy as np
 
 from medmm.errors import DataError, MedmmError
-from medmm.io import _umask
+from medmm.io import current_umask
 
 __all__ = ["append_validation", "evaluate_run", "validation_markdown"]
 
@@ -55,8 +55,9 @@ def _precheck_table(path: Path, task: Any, data_cfg: Mapping[str, Any], extra: M
         values = [_norm_label(v) for v in df[cols[0]] if not is_missing(v)]
         unseen = sorted(set(values) - {str(n) for n in task.label_names})
         if unseen:
-            raise DataError(f"label column {cols[0]!r} holds value(s) the model was never trained on: "
-                            f"{unseen[:5]} (trained on {list(task.label_names)})")
+            rows = sum(1 for v in values if v in set(unseen))  # values of the data are never echoed
+            raise DataError(f"label column {cols[0]!r} holds {len(unseen)} value(s) the model was never trained on, "
+                            f"in {rows} row(s) (trained on {list(task.label_names)})")
         missing = sum(1 for v in df[cols[0]] if is_missing(v))
         if missing:
             raise DataError(f"label column {cols[0]!r} is empty in {missing} row(s); evaluate needs a label "
@@ -190,7 +191,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
               "decision_curve": curves}
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=_mkparent(out)))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the folder gets a plain mkdir's mode
+    os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the folder gets a plain mkdir's mode
     try:
         _write_outputs(tmp, result, ev, task, run.spec, run_dir, trainer, y_true, y_score, kw, op,
                        conformal=conf, set_groups=set_groups)

@@ -123,13 +123,13 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
 
 
 def _tabular_shift(pre: Any, df: Any, warnings: list[str]) -> dict[str, Any]:
-    from medmm.data.tabular.preprocess import _category_strings, _to_float
+    from medmm.data.tabular.preprocess import category_strings, to_float
 
     rows = []
     for i, col in enumerate(pre.numeric):
         if col not in df.columns:
             continue
-        x = _to_float(df[col], col)
+        x = to_float(df[col], col)
         x = x[np.isfinite(x)]
         smd = float((x.mean() - pre.means[i]) / pre.scales[i]) if x.size else math.nan
         rows.append({"feature": col, "smd": smd, "missing_share": float(1 - x.size / max(len(df), 1))})
@@ -139,7 +139,7 @@ def _tabular_shift(pre: Any, df: Any, warnings: list[str]) -> dict[str, Any]:
     for col, cats in zip(pre.categorical, pre.categories):
         if col not in df.columns:
             continue
-        values = [v for v in _category_strings(df[col]) if v == v and v is not None]
+        values = [v for v in category_strings(df[col]) if v == v and v is not None]
         n = sum(1 for v in values if v not in set(cats))
         unseen[col] = n
         if n:

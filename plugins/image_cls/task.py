@@ -136,7 +136,10 @@ class ImageClsTask(Task):
         if not root.is_dir():
             raise DataError(f"image-cls expects a folder of DICOM files, got a file: {root}")
         stats: dict[str, int] = {}
-        records, skipped = scan_folder(root, workers=self._workers(), index_dir=self.cache_dir, stats=stats)
+        # The header index holds PatientIDs (patient-level splits need them): it is kept only in a cache
+        # folder the user named (data.cache_dir, beside the data), never in the run directory, an output.
+        index_dir = self.cache_dir if self.cfg.data.get("cache_dir") else None
+        records, skipped = scan_folder(root, workers=self._workers(), index_dir=index_dir, stats=stats)
         if stats.get("reused"):  # the header index of data.cache_dir (#30)
             log.info("DICOM header index: %d of %d files unchanged since the last scan, %d headers read",
                      stats["reused"], stats["files"], stats["headers_read"])

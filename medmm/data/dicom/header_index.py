@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import astuple, fields
 from pathlib import Path
 
-from medmm.data.dicom.scan import CACHEDIR_TAG, DicomRecord, Skipped
+from medmm.data.dicom.records import CACHEDIR_TAG, DicomRecord, Skipped
 
 __all__ = ["FORMAT", "HeaderIndex", "stat_key"]
 

@@ -31,7 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 __all__ = ["date_kinds", "identifier_parts", "institution_forms", "name_forms", "part_matches", "path_key",
-           "public_name", "public_path", "real_paths", "token"]
+           "public_name", "public_path", "token"]
 
 _MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec|january|february|march|april|june|july|" \
           "august|september|october|november|december"
@@ -195,16 +195,6 @@ def public_name(name: str, dicom_bytes: bytes) -> str:
     except Exception:  # noqa: BLE001 - unreadable: only the date rule applies
         return public_path(name, (0,)) if date_kinds(name) else name
     return public_path(name, identifier_parts(name, ds))
-
-
-def real_paths(root: Path, public: Iterable[str]) -> dict[str, str]:
-    """``public path -> relative path`` under ``root`` for the given public paths (what outputs show
-    back to the files; headers of every file under ``root`` are read once)."""
-    from medmm.data.dicom.scan import scan_folder
-
-    wanted = set(public)
-    records, _ = scan_folder(root)
-    return {rec.public_path: rec.path for rec in records if rec.public_path in wanted}
 
 
 def token(value: str, key: bytes | None = None) -> str:

@@ -18,32 +18,33 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import get_all_start_methods, get_context
 from pathlib import Path
 
+from medmm.data.dicom.records import CACHEDIR_TAG, DicomRecord, Skipped
+
 __all__ = [
+    "BARE_STARTS",
     "CACHEDIR_TAG",
     "LEVELS",
     "DicomRecord",
     "ImageItem",
     "Skipped",
+    "decode_workers",
     "expand_frames",
     "group_key",
     "image_items",
-    "decode_workers",
     "list_files",
     "process_pool",
     "public_skipped",
     "quiet_pydicom",
+    "real_paths",
     "scan_file",
     "scan_folder",
     "short_reason",
     "write_skipped_csv",
 ]
-
-CACHEDIR_TAG = "CACHEDIR.TAG"
-"""Directories holding this file (https://bford.info/cachedir/) are not scanned."""
 
 LEVELS = ("instance", "series", "study", "patient")
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})  # Pixel / Float / Double
@@ -54,47 +55,9 @@ _POOL_MIN_FILES = 512  # below this a process pool costs more than it saves
 _NO_PREAMBLE = "no DICM preamble"
 # First element group of a DICOM stream without the 128-byte preamble: file meta (0002) or data
 # set (0008), little or big endian. Anything else is not tried as DICOM at all.
-_BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
+BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
 ENCODING_SYNTAX = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
               (False, False): "1.2.840.10008.1.2.2"}  # (implicit VR, little endian) -> transfer syntax
-
-
-@dataclass(frozen=True)
-class DicomRecord:
-    """One DICOM instance with pixel data; ``path`` is relative to the scanned root.
-
-    ``patient_id`` is for patient-level splits only: it is left out of ``repr`` so that
-    logging or printing a record never shows it.
-    """
-
-    path: str
-    patient_id: str = field(repr=False)
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    modality: str
-    rows: int
-    cols: int
-    frames: int
-    transfer_syntax: str
-    photometric: str
-    id_parts: tuple[int, ...] = field(default=(), repr=False)  # path components holding an identifier
-
-    @property
-    def public_path(self) -> str:
-        """``path`` with identifier components as keyed tokens: what every output shows
-        (:mod:`medmm.data.dicom.paths`)."""
-        from medmm.data.dicom.paths import public_path
-
-        return public_path(self.path, self.id_parts)
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A file (or frame) that was not ingested, and why."""
-
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -299,7 +262,7 @@ def _read_bare(fp, stop_when, found: dict[str, int]):
     from pydicom.filereader import read_partial
 
     fp.seek(0)
-    if fp.read(2) not in _BARE_STARTS:
+    if fp.read(2) not in BARE_STARTS:
         raise _NotImage(f"not a DICOM file ({_NO_PREAMBLE} / file meta)")
     fp.seek(0)
     found.clear()
@@ -410,3 +373,11 @@ def group_key(record: DicomRecord | ImageItem, level: str) -> str:
     coarse_to_fine = ("patient", "study", "series")
     chain = coarse_to_fine[coarse_to_fine.index(level):] if level in ids else ()
     return next((f"{name}:{ids[name]}" for name in chain if ids[name]), f"path:{rec.public_path}")
+
+
+def real_paths(root: Path, public: Iterable[str]) -> dict[str, str]:
+    """``public path -> relative path`` under ``root`` for the given public paths (what outputs show
+    back to the files; headers of every file under ``root`` are read once)."""
+    wanted = set(public)
+    records, _ = scan_folder(root)
+    return {rec.public_path: rec.path for rec in records if rec.public_path in wanted}

@@ -35,10 +35,12 @@ __all__ = [
     "Preprocessor",
     "Problem",
     "TabularTarget",
+    "category_strings",
     "fit_preprocessor",
     "infer_column_types",
     "prepare_target",
     "select_features",
+    "to_float",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,7 @@ def _check_not_empty(df: pd.DataFrame, features: Sequence[str]) -> None:
         )
 
 
-def _to_float(series: pd.Series, column: str) -> np.ndarray:
+def to_float(series: pd.Series, column: str) -> np.ndarray:
     """Numeric values of ``series`` as float64 (missing -> NaN); non-numbers are a DataError."""
     import pandas as pd
 
@@ -169,7 +171,7 @@ def infer_column_types(
         if col in overrides:
             types[col] = overrides[col]  # type: ignore[assignment]
             if types[col] == NUMERIC:
-                _to_float(series, col)  # a column declared numeric must hold numbers
+                to_float(series, col)  # a column declared numeric must hold numbers
             continue
         kind = _kind(series)
         if kind in _UNSUPPORTED_KINDS:
@@ -188,7 +190,7 @@ def infer_column_types(
             if share == 1.0:
                 types[col] = NUMERIC
             elif share >= _MOSTLY_NUMERIC:
-                _to_float(series, col)  # raises, naming the offending values
+                to_float(series, col)  # raises, naming the offending values
             else:
                 types[col] = CATEGORICAL
     return types
@@ -197,7 +199,7 @@ def infer_column_types(
 # --------------------------------------------------------------------------- preprocessing
 
 
-def _category_strings(series: pd.Series) -> np.ndarray:
+def category_strings(series: pd.Series) -> np.ndarray:
     """Categorical values as stripped strings (object array; missing -> NaN).
 
     Numbers are written the same way whatever the dtype (``1``, ``1.0`` and ``"1"`` -> ``"1"``),
@@ -229,8 +231,8 @@ def _input_frame(df: pd.DataFrame, numeric: Sequence[str], categorical: Sequence
     missing = [c for c in (*numeric, *categorical) if c not in df.columns]
     if missing:
         raise DataError(f"the data lacks feature columns the model was trained on: {missing}")
-    data: dict[str, Any] = {c: _to_float(df[c], c) for c in numeric}
-    data.update({c: _category_strings(df[c]) for c in categorical})
+    data: dict[str, Any] = {c: to_float(df[c], c) for c in numeric}
+    data.update({c: category_strings(df[c]) for c in categorical})
     return pd.DataFrame(data, index=df.index, columns=[*numeric, *categorical])
 
 
@@ -406,7 +408,7 @@ def fit_preprocessor(df: pd.DataFrame, column_types: Mapping[str, ColumnType]) -
     scales: list[float] = []
     flag_stats: list[tuple[float, float]] = []  # the indicators' scaler statistics, after the numeric ones
     for c in numeric:
-        col = np.asarray(_to_float(df[c], c), dtype=np.float64).reshape(-1, 1)
+        col = np.asarray(to_float(df[c], c), dtype=np.float64).reshape(-1, 1)
         imputer = SimpleImputer(strategy="median", add_indicator=True).fit(col)
         medians.append(float(imputer.statistics_[0]))
         filled = imputer.transform(col)  # [imputed, indicator when the column has missing values]
@@ -423,7 +425,7 @@ def fit_preprocessor(df: pd.DataFrame, column_types: Mapping[str, ColumnType]) -
     modes: list[str] = []
     categories: list[list[str]] = []
     for c in categorical:
-        col = np.asarray(_category_strings(df[c]), dtype=object).reshape(-1, 1)
+        col = np.asarray(category_strings(df[c]), dtype=object).reshape(-1, 1)
         imputer = SimpleImputer(strategy="most_frequent").fit(col)
         modes.append(str(imputer.statistics_[0]))
         encoder = OneHotEncoder(handle_unknown="ignore", sparse_output=False).fit(imputer.transform(col))
@@ -506,8 +508,8 @@ def prepare_target(
         e_raw = _column(df, event, "event", problem)
         if pd.api.types.is_bool_dtype(e_raw):
             e_raw = e_raw.astype("Float64")
-        t_all = _to_float(t_raw, time)  # type: ignore[arg-type]
-        e_all = _to_float(e_raw, event)  # type: ignore[arg-type]
+        t_all = to_float(t_raw, time)  # type: ignore[arg-type]
+        e_all = to_float(e_raw, event)  # type: ignore[arg-type]
         no_time, no_event = np.isnan(t_all), np.isnan(e_all)
         skipped = {"missing time": int(no_time.sum()), "missing event": int((no_event & ~no_time).sum())}
         mask = ~(no_time | no_event)
@@ -533,14 +535,14 @@ def prepare_target(
         raise DataError(f"target column {target!r} has {len(kept)} usable value(s); at least 2 are needed")
 
     if problem == "regression":
-        y = _to_float(kept, target)  # type: ignore[arg-type]
+        y = to_float(kept, target)  # type: ignore[arg-type]
         if np.all(y == y[0]):
-            raise DataError(f"target column {target!r} is constant ({y[0]:g}); nothing to learn")
+            raise DataError(f"target column {target!r} is constant; nothing to learn")
         return TabularTarget(problem, mask, skipped, y=y.astype(np.float32))
 
     values = [_python_scalar(v) for v in pd.unique(kept)]
     if len(values) == 1:
-        raise DataError(f"target column {target!r} has a single class ({values[0]!r}); binary needs two")
+        raise DataError(f"target column {target!r} has a single class; binary needs two")
     if len(values) > 2:
         raise DataError(
             f"target column {target!r} has {len(values)} distinct values; binary needs exactly two "
@@ -550,7 +552,7 @@ def prepare_target(
         # a run's label names are strings: '1' names 1, 1.0 and '1' alike
         match = [v for v in values if _category_string(v) == _category_string(positive_label)]
         if not match:
-            raise ConfigError(f"positive_label {positive_label!r} is not a value of {target!r}: {values}")
+            raise ConfigError(f"positive_label {positive_label!r} is not one of the {len(values)} values of {target!r}")
         positive_label = match[0]
         classes = [v for v in values if v != positive_label] + [positive_label]
     elif all(isinstance(v, (bool, int, float)) for v in values):
