@@ -47,3 +47,24 @@ def test_transform_is_bitwise_the_former_one_in_float32() -> None:
         want = _former_transform(pre, new)
     assert got.dtype == np.float32 and got.flags.c_contiguous
     assert got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_classic_baseline_standardises_its_own_copy_in_place() -> None:
+    """The baseline's one float64 matrix is standardised in place: the task's float32 features are left
+    as they were, and mean / scale are those of the out-of-place formula."""
+    from medmm.classic import fit_baseline
+    from medmm.task import BaselineInputs
+
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(600, 6)).astype(np.float32)
+    x[::17, 3] = np.nan
+    x[:, 5] = 1.0  # constant: scale 1
+    y = (x[:, 0] + rng.normal(size=600) > 0).astype(np.float32)
+    before = x.copy()
+    base = fit_baseline("binary", ["0", "1"], BaselineInputs([str(i) for i in range(400)], y[:400], tabular=x[:400]),
+                        BaselineInputs([str(i) for i in range(400, 600)], y[400:], tabular=x[400:]))
+    assert np.array_equal(x, before, equal_nan=True)
+    ref = np.nan_to_num(np.asarray(before[:400], float))
+    scale = ref.std(axis=0)
+    scale[scale == 0] = 1.0
+    assert np.array_equal(base.arrays["mean"], ref.mean(axis=0)) and np.array_equal(base.arrays["scale"], scale)
