@@ -142,3 +142,34 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
         assert res.exit_code == 0, res.output
         parts.append(out.read_bytes().splitlines(keepends=True))
     assert b"".join(parts[0] + parts[1][1:]) == (tmp_path / "t-7.csv").read_bytes()
+
+
+def test_a_table_of_another_shape_is_told_apart_without_reading_it_whole(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training-rows caveat of a labelled predict asks whether the table is the run's data: a table
+    with other rows or columns is answered from its shape, read one column block at a time."""
+    from medmm import fingerprint
+    from medmm.data import readers
+    from medmm.errors import MedmmError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    data = _table(tmp_path / "t.csv", 40)
+    fingerprint.save(run, data, fingerprint.fingerprint(data))
+    whole = read_table(data)
+    longer, same_shape = tmp_path / "longer.csv", tmp_path / "same.csv"
+    _table(longer, 60)
+    changed = whole.copy()
+    changed.loc[3, "a"] = 99.0
+    changed.to_csv(same_shape, index=False)
+
+    def no_whole_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the whole table was read")
+
+    monkeypatch.setattr(readers, "read_table", no_whole_read)
+    with pytest.raises(MedmmError, match="40 rows, now 60"):
+        fingerprint.check_same_data(run, longer)
+    monkeypatch.setattr(readers, "read_table", read_table)  # same shape: the column digests decide
+    with pytest.raises(MedmmError, match="column\\(s\\) 'a' changed"):
+        fingerprint.check_same_data(run, same_shape)
+    assert fingerprint.check_same_data(run, data)
