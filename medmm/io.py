@@ -110,6 +110,19 @@ def read_json(path: str | Path, *, format: str | None = None) -> dict[str, Any]:
     return payload
 
 
+def read_csv_rows(path: str | Path, what: str = "CSV") -> tuple[list[str], list[dict[str, str]]]:
+    """``(header, rows)`` of a small CSV read as text (BOM tolerated); a file that cannot be read is a
+    :class:`~medmm.errors.DataError` naming the kind of failure, never the file's content."""
+    from medmm.errors import DataError
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {what} {path}: {type(exc).__name__}") from None
+
+
 def write_skipped(path: str | Path, rows: Iterable[tuple[str, str]], key: str = "id") -> Path | None:
     """Write a ``key,reason`` report of inputs that were not used; no rows: no file (a stale one is removed).
 

@@ -21,7 +21,7 @@ from typing import Any
 from medmm.deid.options import DeidOptions
 from medmm.deid.pseudonyms import Pseudonymizer
 from medmm.errors import DataError, MedmmError
-from medmm.io import current_umask
+from medmm.io import current_umask, read_csv_rows
 
 __all__ = ["FolderResult", "check_output_dir", "deidentify_folder"]
 
@@ -129,13 +129,7 @@ def path_problems(rel_out: str, forms: dict[str, set[str]]) -> list[str]:
 
 
 def _read_labels(path: Path, id_column: str) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read labels CSV {path}: {exc}") from None
+    header, rows = read_csv_rows(path, "labels CSV")
     if id_column not in header:
         raise DataError(f"labels CSV {path} has no column {id_column!r} (columns: {', '.join(header)})")
     return header, rows

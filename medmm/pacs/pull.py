@@ -36,6 +36,7 @@ from typing import Any
 
 from medmm.data.sources.dicomweb import DicomwebError, InstanceRef
 from medmm.errors import DataError, MedmmError
+from medmm.io import read_csv_rows
 
 __all__ = ["PULL_DIR", "PullResult", "pull"]
 
@@ -481,13 +482,7 @@ def _bounded(pool: Any, fn: Callable[[InstanceRef], _Done], items: list[Instance
 
 
 def _read_labels(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = list(reader.fieldnames or [])
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read labels CSV {path}: {type(exc).__name__}") from None
+    header, rows = read_csv_rows(path, "labels CSV")
     if not any(k in header for k in _LABEL_KEYS):
         raise DataError(f"labels CSV {path} has none of the key columns {', '.join(_LABEL_KEYS)} "
                         f"(columns: {', '.join(header)})")
