@@ -72,8 +72,12 @@ def assert_same_predictions(torch_csv: Path, onnx_csv: Path) -> None:
     assert num and np.abs(a[num].to_numpy(float) - b[num].to_numpy(float)).max() <= 2e-6
     # operating-point decisions may flip only for a score within float error of its threshold (the
     # thresholds are observed validation scores, so ties happen on the validation rows themselves)
-    decision = [c for c in a.columns if c.startswith("decision")]
-    rest = [c for c in a.columns if c not in num and c not in decision]
+    # so may conformal set membership and the refer flag (their thresholds are validation scores too)
+    decision = [c for c in a.columns if c.startswith(("decision", "set_")) or c == "abstain"]
+    bounds = [c for c in a.columns if c.startswith(("lower_", "upper_"))]
+    if bounds:
+        assert np.abs(a[bounds].to_numpy(float) - b[bounds].to_numpy(float)).max() <= 2e-6
+    rest = [c for c in a.columns if c not in num and c not in decision and c not in bounds]
     assert a[rest].astype(str).equals(b[rest].astype(str))
     if decision:
         assert (a[decision].astype(str) == b[decision].astype(str)).to_numpy().mean() >= 0.97

@@ -51,9 +51,13 @@ def test_run_writes_every_output_and_accounts_for_every_file(trained: tuple[Path
 
 def test_patients_never_cross_splits(trained: tuple[Path, Path]) -> None:
     data, run = trained
+    from medmm.data.dicom.scan import real_paths
+
     by_patient: dict[str, set[str]] = {}
-    for row in _rows(run / "splits.csv"):
-        ds = pydicom.dcmread(data / row["id"], stop_before_pixels=True)
+    rows = _rows(run / "splits.csv")
+    real = real_paths(data, [row["id"] for row in rows])  # ids show identifier path parts as keyed tokens
+    for row in rows:
+        ds = pydicom.dcmread(data / real[row["id"]], stop_before_pixels=True)
         pid = str(ds.get("PatientID", "") or "")
         if pid:  # files without a PatientID fall back to their study (they are not one patient)
             by_patient.setdefault(pid, set()).add(row["split"])

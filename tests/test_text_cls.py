@@ -123,7 +123,8 @@ def test_run_outputs_and_chunk_pooling(chunked_run: tuple[Path, pd.DataFrame]) -
     pred = pd.read_csv(run / "predictions.csv", dtype={"id": str})
     test_ids = set(splits.loc[splits["split"] == "test", "id"])
     assert list(pred.columns) == ["id", "prob_effusion", "prob_normal", "prob_pneumonia", "predicted",
-                                  "decision_effusion", "decision_normal", "decision_pneumonia", "true"]  # #16
+                                  "decision_effusion", "decision_normal", "decision_pneumonia",  # #16
+                                  "set_90", "abstain", "true"]  # the conformal set and refer flag (#32)
     assert len(pred) == len(test_ids) and set(pred["id"]) == test_ids  # windows pooled per document
     np.testing.assert_allclose(pred.filter(like="prob_").sum(axis=1), 1.0, atol=1e-5)
     assert (pred["true"] == df.set_index("note_id").loc[pred["id"], "label"].to_numpy()).all()
