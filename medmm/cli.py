@@ -34,6 +34,22 @@ def _resolved_config(spec: Any, config_file: Path | None, overrides: tuple[str, 
     return resolved_config(spec, config_file, overrides)
 
 
+def _deid_profile_options(f: Any) -> Any:
+    """The PS3.15 profile options ``medmm deid`` and ``medmm pull`` share (flags, or a YAML of them)."""
+    for option in reversed([
+        click.option("--retain-dates/--no-retain-dates", default=None,
+                     help="Shift dates per patient (keyed) instead of removing them."),
+        click.option("--retain-device-identity/--no-retain-device-identity", default=None,
+                     help="Keep device serial numbers and station names."),
+        click.option("--clean-descriptors/--no-clean-descriptors", default=None,
+                     help="Keep descriptions and comments, scrubbed, instead of removing them."),
+        click.option("--config", "config_file", type=click.Path(path_type=Path),
+                     help="YAML with those three options."),
+    ]):
+        f = option(f)
+    return f
+
+
 def _csv_list(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
 
@@ -378,14 +394,7 @@ def make_cli() -> click.Group:
                   help="Notes CSV: comma-separated name columns (used, then dropped).")
     @click.option("--names-file", type=click.Path(path_type=Path), help="Names to remove, one per line.")
     @click.option("--drop-columns", default="", help="Notes CSV: comma-separated columns not to copy.")
-    @click.option("--retain-dates/--no-retain-dates", default=None,
-                  help="Shift dates per patient (keyed) instead of removing them.")
-    @click.option("--retain-device-identity/--no-retain-device-identity", default=None,
-                  help="Keep device serial numbers and station names.")
-    @click.option("--clean-descriptors/--no-clean-descriptors", default=None,
-                  help="Keep descriptions and comments, scrubbed, instead of removing them.")
-    @click.option("--config", "config_file", type=click.Path(path_type=Path),
-                  help="YAML with those three options.")
+    @_deid_profile_options
     @click.option("--pixels", type=click.Choice(["blank", "skip", "keep", "scan-all"]), default="blank",
                   show_default=True, help="Burned-in text (OCR) in US / SC / XA / ES / OT... files: blank it, skip "
                                           "files with text, keep pixels unscanned, or blank in every file.")
@@ -448,13 +457,7 @@ def make_cli() -> click.Group:
                   help="Basic auth password file (or MEDMM_DICOMWEB_PASSWORD_FILE).")
     @click.option("--ca-bundle", type=click.Path(path_type=Path),
                   help="CA certificates to verify the server with (or MEDMM_DICOMWEB_CA_BUNDLE).")
-    @click.option("--retain-dates/--no-retain-dates", default=None,
-                  help="Shift dates per patient (keyed) instead of removing them.")
-    @click.option("--retain-device-identity/--no-retain-device-identity", default=None,
-                  help="Keep device serial numbers and station names.")
-    @click.option("--clean-descriptors/--no-clean-descriptors", default=None,
-                  help="Keep descriptions and comments, scrubbed, instead of removing them.")
-    @click.option("--config", "config_file", type=click.Path(path_type=Path), help="YAML with those three options.")
+    @_deid_profile_options
     @click.option("--pixels", type=click.Choice(["blank", "skip", "keep", "scan-all"]), default="blank",
                   show_default=True, help="Burned-in text (OCR), as medmm deid: blank it, skip instances with text, "
                                           "keep pixels unscanned, or blank in every instance.")

@@ -18,6 +18,7 @@ from typing import Any
 from medmm.deid.options import DeidOptions
 from medmm.deid.pseudonyms import Pseudonymizer
 from medmm.errors import DataError, MedmmError
+from medmm.io import read_csv_rows
 
 __all__ = ["NotesResult", "NotesScrubber", "deidentify_notes", "read_names"]
 
@@ -41,15 +42,6 @@ def read_names(path: Path) -> list[str]:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read names file {path}: {exc}") from None
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            return list(reader.fieldnames or []), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read notes CSV {path}: {exc}") from None
 
 
 def _name_words(value: str) -> list[str]:
@@ -117,7 +109,7 @@ def deidentify_notes(src: Path, out: Path, pseudo: Pseudonymizer, options: DeidO
         raise MedmmError(f"--out {out} exists; de-identified notes go to a new file (never overwritten)")
     if out.resolve() == src.resolve():
         raise MedmmError("--out must differ from the input CSV")
-    header, rows = _read_csv(src)
+    header, rows = read_csv_rows(src, "notes CSV")
     wanted = [text_column, *([id_column] if id_column else []), *name_columns, *drop_columns]
     missing = [c for c in wanted if c not in header]
     if missing:
