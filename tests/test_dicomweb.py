@@ -292,6 +292,38 @@ def test_a_layout_by_label_gives_the_folder_reader_its_classes(pacs, tmp_path: P
              progress=False, echo=lambda m: None)
 
 
+def test_a_label_folder_holding_a_date_name_or_id_is_written_as_a_keyed_token(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """#26's rule for folder names holds for `--layout label`: a label holding a date, a patient's name
+    form, a patient ID or accession number (of any instance found) or the instance's institution becomes
+    medmm deid's keyed folder token, the same one for every instance it labels; plain labels stay."""
+    from medmm.data.dicom.paths import date_kinds
+
+    server, idents = pacs
+    planted = {0: "follow-up 2024-03-01", 1: "Quimby", 6: "Quimby", 2: idents[2]["PatientID"],
+               3: f"{idents[5]['AccessionNumber']} review", 4: "Springfield Memorial"}
+    labels = tmp_path / "labels.csv"
+    with labels.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["StudyInstanceUID", "finding"])
+        w.writerows([i["StudyInstanceUID"], planted.get(n, i["Modality"])] for n, i in enumerate(idents))
+    out = tmp_path / "out"
+    said: list[str] = []
+    pseudo = Pseudonymizer(KEY)
+    res = pull(_server(server.url), {}, out, pseudo=pseudo, labels=labels, layout="label", progress=False,
+               echo=said.append)
+    assert (res.fetched, res.skipped) == (len(idents), [])
+    folder_of = {str(pydicom.dcmread(f).SOPInstanceUID): f.relative_to(out).parts[0] for f in out.rglob("*.dcm")}
+    keyed = {n: "D" + pseudo.token(label.replace(" ", "_"), "dir", 12) for n, label in planted.items()}
+    for n, ident in enumerate(idents):
+        assert folder_of[pseudo.uid(ident["SOPInstanceUID"])] == keyed.get(n, ident["Modality"]), n
+    assert keyed[1] == keyed[6]  # one label, one folder: the class stays whole
+    names = " ".join(sorted(set(folder_of.values()))).casefold()
+    assert not date_kinds(names) and not any(v.casefold() in names for v in
+                                             ("quimby", "springfield", idents[2]["PatientID"], "acc"))
+    assert json.loads((out / "pull.json").read_text())["label_folders_keyed"] == 5
+    assert any("5 label folder name(s) held a date, a name or an ID" in m for m in said)
+
+
 def _fusion_table(path: Path, idents: list[dict[str, str]]) -> None:
     """A fusion table naming 10 of the 12 planted studies by study UID, accession, series or
     instance UID, plus one unknown study; the label is the modality, age a tabular feature."""

@@ -25,6 +25,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import time
 from collections import Counter
@@ -87,6 +88,9 @@ class _Plan:
     pixels: str = "blank"
     layout: str = "uid"  # uid: <study>/<series>/<instance>.dcm; label: <label>/<study>/...
     label_by_sop: dict[str, str] = field(default_factory=dict, repr=False)  # source SOP UID -> label (memory)
+    # identifiers of every instance found (QIDO answer, memory only): a label folder holding one is keyed
+    label_ids: frozenset[str] = field(default=frozenset(), repr=False)
+    label_forms: frozenset[str] = field(default=frozenset(), repr=False)
 
 
 @dataclass
@@ -99,6 +103,7 @@ class _Done:
     label: str | None
     identifiers: int
     ocr: bool = False
+    label_keyed: bool = False  # the label folder name held an identifier: written as a keyed token
 
 
 class _Deid:
@@ -319,8 +324,10 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
     echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
          f"{len(todo)} to fetch with {workers} connection(s)")
 
-    plan = _Plan(label_attribute, pixels, layout,
-                 _labels_by_sop(label_rows, refs, id_column) if layout == "label" and label_rows is not None else {})
+    by_sop = _labels_by_sop(label_rows, refs, id_column) if layout == "label" and label_rows is not None else {}
+    ids, forms = _found_identifiers(refs) if layout == "label" and pseudo is not None else (frozenset(), frozenset())
+    plan = _Plan(label_attribute, pixels, layout, by_sop, ids, forms)
+    keyed_labels: set[str] = set()
     fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
@@ -347,6 +354,8 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
                     fetched_keys.add(d.key)
                     if d.label is not None:
                         study_labels.setdefault(d.study, d.label)
+                    if d.label_keyed:
+                        keyed_labels.add(d.rel.split("/", 1)[0])
                 bar.update(1)
     finally:
         bar.close()
@@ -374,9 +383,13 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
         "pixels": {"policy": pixels if pseudo is not None else None, "scanned_by_ocr": result.pixels_scanned},
         "labels_rows": result.labels_rows if result.labels_out else None,
         "labels_rows_left_out": result.labels_dropped if result.labels_out else None,
+        "label_folders_keyed": len(keyed_labels) if layout == "label" else None,
         "seconds": round(result.seconds, 2),
     }
     write_json_atomic(out / REPORT_NAME, result.report)
+    if keyed_labels:
+        echo(f"{len(keyed_labels)} label folder name(s) held a date, a name or an ID and were written as keyed "
+             "tokens (as medmm deid names such folders); labels.csv joins by keyed UID")
     shutil.rmtree(out / PULL_DIR / "tmp", ignore_errors=True)
     return result
 
@@ -407,6 +420,11 @@ class _Fetcher:
             label = str(value.value if hasattr(value, "value") else value or "").strip() or None
         if self.plan.layout == "label" and label is None:
             raise ValueError("no label for this instance")
+        folder, keyed = "", False
+        if self.plan.layout == "label":
+            folder = _folder_name(str(label))
+            if self.pseudo is not None and _identifying_folder(folder, ds, self.plan):
+                folder, keyed = "D" + self.pseudo.token(folder, "dir", 12), True  # medmm deid's folder token
         checked, scanned = 0, False
         if self.deid is not None:
             data, checked, scanned = self.deid(ds)
@@ -416,13 +434,13 @@ class _Fetcher:
         key, study = self.new_uid(ref.sop), self.new_uid(ref.study)
         rel = f"{study}/{self.new_uid(ref.series)}/{key}.dcm"
         if self.plan.layout == "label":
-            rel = f"{_folder_name(str(label))}/{rel}"
+            rel = f"{folder}/{rel}"
         dest = self.out / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.out / PULL_DIR / "tmp" / f"{key}.{os.getpid()}.part"
         tmp.write_bytes(data)
         os.replace(tmp, dest)
-        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked, scanned)
+        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked, scanned, keyed)
 
 
 _WORKER: _Fetcher | None = None
@@ -578,10 +596,44 @@ def _labels_by_sop(label_rows: tuple[list[str], list[dict[str, str]]], refs: lis
 
 def _folder_name(label: str) -> str:
     """A label as one safe folder name (the class name the folder reader will see)."""
-    import re
-
     name = re.sub(r"[^\w.+-]+", "_", label).strip("._") or "_"
     return name[:64]
+
+
+def _found_identifiers(refs: list[InstanceRef]) -> tuple[frozenset[str], frozenset[str]]:
+    """Patient IDs and accession numbers (3+ characters, lower case) and name forms (patient, referring
+    physician) of every instance found, from the QIDO-RS answer: a label folder holding any of them is
+    keyed for every instance it labels, not only for that patient's."""
+    from medmm.data.dicom.paths import name_forms
+
+    ids: set[str] = set()
+    forms: set[str] = set()
+    seen: set[int] = set()
+    for ref in refs:
+        if ref.accession and len(ref.accession.strip()) >= 3:
+            ids.add(ref.accession.strip().casefold())
+        if id(ref.attributes) in seen:  # one shared dict per study answer
+            continue
+        seen.add(id(ref.attributes))
+        pid = str(ref.attributes.get("PatientID") or "").strip()
+        if len(pid) >= 3:
+            ids.add(pid.casefold())
+        for keyword in ("PatientName", "ReferringPhysicianName"):
+            forms |= name_forms(str(ref.attributes.get(keyword) or ""))
+    return frozenset(ids), frozenset(forms)
+
+
+def _identifying_folder(folder: str, ds: Any, plan: _Plan) -> bool:
+    """Whether a label folder name holds a date, an identifier of this instance (the path-token check of
+    :func:`medmm.data.dicom.paths.identifier_parts`, plus its institution's name forms), or a patient ID,
+    accession number or name form of any instance found."""
+    from medmm.data.dicom.paths import date_kinds, identifier_parts, institution_forms, part_matches
+
+    if date_kinds(folder) or identifier_parts(folder, ds):
+        return True
+    words = {w.casefold() for w in re.findall(r"[^\W_]+", folder)}
+    return folder.casefold() in plan.label_ids or bool(words & plan.label_ids) or \
+        part_matches(folder, plan.label_forms | institution_forms(str(ds.get("InstitutionName", "") or "")))
 
 
 def _write_attribute_labels(result: PullResult, study_labels: dict[str, str], attribute: str) -> None:
