@@ -23,7 +23,8 @@ hookimpl = pluggy.HookimplMarker("medmm")
 _API: dict[str, str] = {
     # the plugin contract
     "Task": "medmm.task", "TaskSpec": "medmm.task", "Split": "medmm.task", "DataBundle": "medmm.task",
-    "BaselineInputs": "medmm.task", "DeploySpec": "medmm.task", "GraphInput": "medmm.task",
+    "BundleMeta": "medmm.task", "BaselineInputs": "medmm.task", "DeploySpec": "medmm.task",
+    "GraphInput": "medmm.task",
     "read_split_column": "medmm.task", "assign_splits": "medmm.task", "pad_sequences": "medmm.task",
     "pad_id_of": "medmm.task",
     "Component": "medmm.registry", "get_registry": "medmm.plugins", "load_plugins": "medmm.plugins",

@@ -154,15 +154,18 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         check_subgroup_columns(Path(data), cfg)  # a typo must not cost a whole training run
         phases: dict[str, float] = {}  # seconds per phase (summary.json, train.log): where a large run's time goes
         lap = time.perf_counter()
+        chosen_before = dict(cfg.provenance)
         bundle = task.build_data(Path(data))
         lap = _lap(phases, "data (read, split, preprocess)", lap)
-        if main and bundle.meta.get("description"):
+        if main and cfg.provenance != chosen_before:  # e.g. model.mode=auto decided on the data, and its recipe
+            (run_dir / "config.yaml").write_text(annotated_yaml(cfg))
+        if main and bundle.meta.description:
             from medmm.runlog import echo
 
             if quiet:
-                log.info("medmm %s: %s", spec.name, bundle.meta["description"])
+                log.info("medmm %s: %s", spec.name, bundle.meta.description)
             else:
-                echo(f"medmm {spec.name}: {bundle.meta['description']}")
+                echo(f"medmm {spec.name}: {bundle.meta.description}")
         if main and not quiet and describe_recipe(cfg):
             click.echo(f"medmm {spec.name}: {describe_recipe(cfg)}", err=True)
         accum = cfg.engine.grad_accum
@@ -181,7 +184,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         model = task.build_model()
         if main:
             rundir.record_files(run_dir)  # the manifest of what this run wrote so far (replace removes only those)
-        trained = bool(bundle.meta.get("trained_in_run_dir"))  # e.g. auto's winner: resume it, never train twice
+        trained = bundle.meta.trained_in_run_dir  # e.g. auto's winner: resume it, never train twice
         lap = _lap(phases, "setup", lap)
         fit = trainer.fit(model, bundle, resume=resume or trained)
         lap = _lap(phases, "train", lap)
@@ -195,20 +198,21 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         if split is not None:
             out_eval = trainer.evaluate(model, split, bundle.collate_fn)
             sections = task.report_sections(lambda: trainer.metrics_of(trainer.evaluate(model, split, bundle.collate_fn)))
-            bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []), *sections]
+            bundle.meta.report_sections = [*bundle.meta.report_sections, *sections]
             from medmm.evaluation import training_evaluation  # operating point on val, subgroup audit (#16)
 
             trust = training_evaluation(task, trainer, model, bundle, out_eval, split_name, Path(data), cfg, run_dir,
                                         main=main)
-            bundle.meta["report_sections"] = [*bundle.meta["report_sections"], *trust["sections"]]
-            bundle.meta.update(operating_point=trust["operating_point"], subgroups_card=trust["card"],
-                               conformal=trust.get("conformal"), conformal_set_groups=trust.get("conformal_set_groups"))
+            bundle.meta.report_sections = [*bundle.meta.report_sections, *trust["sections"]]
+            meta = bundle.meta
+            meta.operating_point, meta.subgroups_card = trust["operating_point"], trust["card"]
+            meta.conformal, meta.conformal_set_groups = trust.get("conformal"), trust.get("conformal_set_groups")
             if trust.get("conformal_card"):  # prediction sets and referral (#32)
-                bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []),
-                                                "## Prediction sets and referral\n\n" + trust["conformal_card"]]
+                bundle.meta.card_sections = [*bundle.meta.card_sections,
+                                              "## Prediction sets and referral\n\n" + trust["conformal_card"]]
             if trust.get("decision_curve_card"):  # net benefit vs treat-all / treat-none (#32)
-                bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []),
-                                                "## Decision curves\n\n" + trust["decision_curve_card"]]
+                bundle.meta.card_sections = [*bundle.meta.card_sections,
+                                              "## Decision curves\n\n" + trust["decision_curve_card"]]
             summary.update(trust["summary"])
             from medmm.privacy.membership import privacy_outputs  # ε spent, membership audit (#18)
 
@@ -278,11 +282,11 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
     if metrics and n_boot:
         (y_true, y_score), kw = trainer.metric_inputs(ev)
         ci = bootstrap_cis(task.problem, y_true, y_score, n_boot=n_boot, seed=cfg.seed, **kw)
-    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.get("unit_columns"),
-                      operating_point=bundle.meta.get("operating_point"),
-                      conformal=bundle.meta.get("conformal"), set_groups=bundle.meta.get("conformal_set_groups"))
+    write_predictions(run_dir / "predictions.csv", ev, task.problem, task.label_names, bundle.meta.unit_columns,
+                      operating_point=bundle.meta.operating_point,
+                      conformal=bundle.meta.conformal, set_groups=bundle.meta.conformal_set_groups)
     started = time.perf_counter()
-    base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.get("unit_columns"))
+    base = baseline_for_run(task, cfg, ev, split_name, metrics, ci, run_dir, bundle.meta.unit_columns)
     if phases is not None:  # counted apart from the report phase the caller times around this call
         phases["baseline"] = phases.get("baseline", 0.0) + time.perf_counter() - started
     record = {"epoch": fit.state.epoch, "step": fit.state.global_step, "split": split_name, "loss": ev.loss, **metrics,
@@ -298,20 +302,20 @@ def _finish(task: Any, trainer: Any, fit: Any, ev: Any, split_name: str, run_dir
         y_true = None
     write_report(run_dir / "report.html", title=f"medmm {spec.name}", problem=task.problem, history=fit.history,
                  y_true=y_true, y_score=y_score, label_names=task.label_names, metrics=metrics, ci=ci,
-                 extra_sections=[*base.report, *bundle.meta.get("report_sections", [])],
+                 extra_sections=[*base.report, *bundle.meta.report_sections],
                  summary={"task": spec.name, "model": model_name, "device": str(trainer.device),
                           "precision": trainer.precision, "examples": sizes,
                           "best checkpoint": _best_at(fit.history, fit.state.best_step),
                           f"best val {fit.monitor}": fit.state.best_value,
                           "evaluated on": split_name}, **kw)
     write_model_card(run_dir / "model_card.md", task=spec.name, model=model_name,
-                     data_description=bundle.meta.get("description", f"examples per split: {sizes}"),
-                     metrics=metrics, ci=ci, label_names=task.label_names, config=cfg, sections=[*base.card, *bundle.meta.get("card_sections", [])],
-                     subgroups=bundle.meta.get("subgroups_card"))
+                     data_description=bundle.meta.description or f"examples per split: {sizes}",
+                     metrics=metrics, ci=ci, label_names=task.label_names, config=cfg, sections=[*base.card, *bundle.meta.card_sections],
+                     subgroups=bundle.meta.subgroups_card)
     units = {name: len(dict.fromkeys(s.units)) for name, s in (("train", bundle.train), ("val", bundle.val),
                                                                 ("test", bundle.test)) if s is not None}
     return {"split": split_name, "metrics": metrics, "ci": ci, "sizes": sizes, "units": units,
-            "unit_name": bundle.meta.get("unit_name", "units"), "example_name": bundle.meta.get("example_name", "examples"),
+            "unit_name": bundle.meta.unit_name, "example_name": bundle.meta.example_name,
             **base.summary}
 
 

@@ -27,7 +27,7 @@ The split rule (every task, documented once):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,15 +171,59 @@ class Split:
 
 
 @dataclass
-class DataBundle:
-    """The splits a task built, and how to batch them.
+class BundleMeta:
+    """What a task tells the core about its data (:attr:`DataBundle.meta`), and what the core adds.
 
-    ``meta`` keys a task may set (the core reads them; it adds its own during a run):
-    ``description`` (one line about the data, printed and put in the card), ``report_sections`` /
-    ``card_sections`` (extra ``(heading, html)`` / Markdown sections), ``unit_columns`` (extra
-    ``predictions.csv`` columns per unit), ``unit_name`` / ``example_name`` (e.g. ``series`` /
-    ``instances`` in the summary line).
+    Set by a task in :meth:`Task.build_data` (all optional):
+
+    Attributes:
+        description: one line about the data, printed at the start of a run and put in the card.
+        report_sections: extra ``(heading, html)`` sections of ``report.html``.
+        card_sections: extra Markdown sections of ``model_card.md``.
+        unit_columns: extra ``predictions.csv`` columns per unit (``{unit: {column: value}}``, e.g. a
+            DICOM unit's SOP instance UID, a row's ``StudyInstanceUID`` for ``--dicom-sr``).
+        unit_name: what a unit is in the summary line (e.g. ``series``).
+        example_name: what an example is in the summary line (e.g. ``instances``).
+        trained_in_run_dir: the task already trained the model in the run directory (e.g. while
+            choosing an ``auto`` backbone): the engine resumes it instead of training again.
+        extra: anything else a task wants to keep with its bundle (the core never reads it).
+
+    Added by the core during a run (a task leaves them unset): ``operating_point`` (the threshold
+    chosen on the validation split), ``subgroups_card`` (the subgroup audit's card text),
+    ``conformal`` / ``conformal_set_groups`` (conformal thresholds and their groups).
     """
+
+    description: str | None = None
+    report_sections: list[tuple[str, str]] = field(default_factory=list)
+    card_sections: list[str] = field(default_factory=list)
+    unit_columns: dict[str, dict[str, str]] | None = None
+    unit_name: str = "units"
+    example_name: str = "examples"
+    trained_in_run_dir: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+    operating_point: Any = None
+    subgroups_card: str | None = None
+    conformal: Any = None
+    conformal_set_groups: Any = None
+
+    @classmethod
+    def of(cls, meta: BundleMeta | Mapping[str, Any] | None) -> BundleMeta:
+        """``meta`` as a :class:`BundleMeta`; a plain dict names its fields (its ``extra`` key holds the
+        rest). An unknown key raises a one-line :class:`PluginError` naming it."""
+        if isinstance(meta, BundleMeta):
+            return meta
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(k for k in (meta or {}) if k not in known)
+        if unknown:
+            raise PluginError(f"DataBundle.meta has no key {unknown[0]!r} (known: {', '.join(sorted(known))}); "
+                              "keep a task's own values in meta.extra")
+        return cls(**dict(meta or {}))
+
+
+@dataclass
+class DataBundle:
+    """The splits a task built, and how to batch them; ``meta`` (:class:`BundleMeta`, or a dict of its
+    fields) says what the core should know about the data."""
 
     train: Split | None
     val: Split | None
@@ -187,7 +231,10 @@ class DataBundle:
     collate_fn: Callable[..., Any] | None = None
     # optional: (lengths) for length-bucketed batching of the train split
     lengths: Sequence[int] | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
+    meta: BundleMeta = field(default_factory=BundleMeta)
+
+    def __post_init__(self) -> None:
+        self.meta = BundleMeta.of(self.meta)
 
 
 @dataclass

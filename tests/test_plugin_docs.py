@@ -1,5 +1,5 @@
 """The plugin author guide (docs/plugins.md) documents every hook, every TaskSpec / Task /
-DeploySpec member, every check of check_task and every name of the public API."""
+DeploySpec / BundleMeta member, every check of check_task and every name of the public API."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import medmm
-from medmm.task import DeploySpec, Task, TaskSpec
+from medmm.task import BundleMeta, DeploySpec, Task, TaskSpec
 from medmm.testing import CHECKS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +41,8 @@ def test_every_hook_is_documented() -> None:
 
 def test_every_contract_member_is_documented() -> None:
     members = [f.name for f in dataclasses.fields(TaskSpec)] + [f.name for f in dataclasses.fields(DeploySpec)]
-    members += [n for n in dir(Task) if not n.startswith("_")]
-    assert {"build_data", "deploy_spec", "runtime", "inputs"} <= set(members)
+    members += [n for n in dir(Task) if not n.startswith("_")] + [f.name for f in dataclasses.fields(BundleMeta)]
+    assert {"build_data", "deploy_spec", "runtime", "inputs", "unit_columns", "extra"} <= set(members)
     assert not _missing(members)
 
 

@@ -62,7 +62,7 @@ def test_auto_picks_linear_on_a_small_linear_problem(tmp_path: Path) -> None:
     assert task.cfg.engine.lr == 0.02 and task.cfg.provenance["engine.lr"] == "recipe of backbone linear"
     assert line.startswith("model.backbone=auto -> linear won on val") and "mlp" in line
     assert task.cfg.provenance["model.backbone"].startswith("auto: linear won")
-    assert any(h == "Backbone chosen by validation" for h, _ in bundle.meta["report_sections"])
+    assert any(h == "Backbone chosen by validation" for h, _ in bundle.meta.report_sections)
 
 
 @pytest.mark.slow

@@ -134,3 +134,16 @@ def test_pad_sequences_and_pad_id() -> None:
         pad_token_id = 9
 
     assert pad_id_of(Tok()) == 9 and pad_id_of(object()) == 0
+
+
+def test_bundle_meta_is_typed_a_dict_of_its_fields_is_accepted_and_a_misspelt_key_is_refused() -> None:
+    from medmm import BundleMeta, DataBundle, PluginError
+
+    bundle = DataBundle(None, None, None, meta={"description": "40 rows", "extra": {"my_key": 1}})
+    assert isinstance(bundle.meta, BundleMeta) and bundle.meta.description == "40 rows"
+    assert bundle.meta.extra == {"my_key": 1} and bundle.meta.report_sections == [] and bundle.meta.unit_name == "units"
+    assert DataBundle(None, None, None).meta == BundleMeta()  # each bundle its own (no shared lists)
+    assert DataBundle(None, None, None).meta.card_sections is not DataBundle(None, None, None).meta.card_sections
+    with pytest.raises(PluginError, match="no key 'descripton'.*meta.extra") as err:
+        DataBundle(None, None, None, meta={"descripton": "40 rows"})
+    assert "\n" not in str(err.value)

@@ -235,9 +235,9 @@ def privacy_outputs(trainer: Any, model: Any, bundle: Any, heldout_eval: Any, he
         n_boot = cfg.engine.bootstrap or 1000
         result = audit_split(trainer, model, bundle, heldout_eval, heldout_name, seed=cfg.seed, n_boot=n_boot)
     heading, body = report_section(result, dp)
-    bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []), (heading, body)]
+    bundle.meta.report_sections = [*bundle.meta.report_sections, (heading, body)]
     heading, text = card_section(result, dp)
-    bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []), f"## {heading}\n\n{text}"]
+    bundle.meta.card_sections = [*bundle.meta.card_sections, f"## {heading}\n\n{text}"]
     summary: dict[str, Any] = {}
     if dp is not None:
         summary["privacy"] = {k: v for k, v in dp.items() if k != "notes"}

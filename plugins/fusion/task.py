@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from medmm import (
-    BaselineInputs, collate_rows, ConfigError, DataBundle, DataError, fit_preprocessor, FusionModel,
+    BaselineInputs, BundleMeta, collate_rows, ConfigError, DataBundle, DataError, fit_preprocessor, FusionModel,
     get_registry, html_table, infer_column_types, modality_dropout, MultimodalRows, pad_id_of,
     Preprocessor, read_json, Split, Task, warn_leaky_features, write_json_atomic,
 )
@@ -124,7 +124,7 @@ class FusionTask(Task):
         desc = describe(data, rows, splits, self.names, self.label_names, self.m)  # the runner prints and logs it
         self._raw = {name: (data, rows[splits == name], y[splits == name]) for name in ("train", "val", "test")}
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
-                          meta={"description": desc})
+                          meta=BundleMeta(description=desc))
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from medmm import (
-    BaselineInputs, DataBundle, DataError, decode_workers, DicomImageDataset, group_key, image_items,
+    BaselineInputs, BundleMeta, DataBundle, DataError, decode_workers, DicomImageDataset, group_key, image_items,
     labels_from_csv, labels_from_folders, PixelCache, PixelConfig, read_json, scan_folder, Skipped, Split,
     Task, write_json_atomic,
 )
@@ -217,9 +217,9 @@ class ImageClsTask(Task):
                 f"{', '.join(f'{c} {n}' for c, n in counts.items()) if counts else ', '.join(map(str, self.label_names))}; "
                 f"split by patient; unit of prediction: {d.level}")
         return DataBundle(split("train", True), split("val", False), split("test", False),
-                          meta={"description": desc, "unit_columns": self.unit_columns,
-                                "unit_name": _UNIT_NAMES.get(d.level, d.level),
-                                "example_name": "frames" if d.frames == "all" else "instances"})
+                          meta=BundleMeta(description=desc, unit_columns=self.unit_columns,
+                                         unit_name=_UNIT_NAMES.get(d.level, d.level),
+                                         example_name="frames" if d.frames == "all" else "instances"))
 
     # ------------------------------------------------------------------ model
     def build_model(self) -> nn.Module:

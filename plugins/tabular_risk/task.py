@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from medmm import (
-    BaselineInputs, ConfigError, DataBundle, DataError, fit_preprocessor, infer_column_types,
+    BaselineInputs, BundleMeta, ConfigError, DataBundle, DataError, fit_preprocessor, infer_column_types,
     prepare_target, Preprocessor, read_json, read_split_column, read_table, select_features, Split, Task,
     warn_leaky_features, write_json_atomic,
 )
@@ -146,7 +146,7 @@ class TabularRiskTask(Task):
         desc = (f"{len(kept)} rows x {len(features)} features ({width} after encoding), "
                 f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
-                          meta={"description": desc})
+                          meta=BundleMeta(description=desc))
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.model
@@ -184,11 +184,11 @@ class TabularRiskTask(Task):
             return None
         self.cfg.provenance["model.backbone"] = f"auto: {choice.reason()}"
         if choice.kept:  # the engine resumes the winner's finished training instead of training it again
-            bundle.meta["trained_in_run_dir"] = True
+            bundle.meta.trained_in_run_dir = True
         if choice.values:
-            bundle.meta["report_sections"] = [*bundle.meta.get("report_sections", []),
-                                              ("Backbone chosen by validation", choice.html())]
-            bundle.meta["card_sections"] = [*bundle.meta.get("card_sections", []), choice.markdown()]
+            bundle.meta.report_sections = [*bundle.meta.report_sections,
+                                          ("Backbone chosen by validation", choice.html())]
+            bundle.meta.card_sections = [*bundle.meta.card_sections, choice.markdown()]
         return f"model.backbone=auto -> {choice.reason()}"
 
     # ------------------------------------------------------------------ prediction

@@ -36,9 +36,9 @@ import torch
 from torch import nn
 
 from medmm import (
-    BaselineInputs, Component, ConfigError, DataBundle, DataError, load_text_backbone, load_text_examples,
-    pad_collate, pad_id_of, read_json, read_table, save_text_backbone, SimpleVocab, Split, Task,
-    TextClassifier, TextExamples, tokenize_cached, TokenizedCorpus, TokenizedTextDataset,
+    BaselineInputs, BundleMeta, Component, ConfigError, DataBundle, DataError, load_text_backbone,
+    load_text_examples, pad_collate, pad_id_of, read_json, read_table, save_text_backbone, SimpleVocab, Split,
+    Task, TextClassifier, TextExamples, tokenize_cached, TokenizedCorpus, TokenizedTextDataset,
     write_json_atomic,
 )
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
@@ -204,7 +204,7 @@ class TextClsTask(Task):
         train = docs["train"]
         assert train is not None
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
-                          lengths=train.lengths.tolist(), meta={"description": self._describe(ex, docs)})
+                          lengths=train.lengths.tolist(), meta=BundleMeta(description=self._describe(ex, docs)))
 
     def _describe(self, ex: TextExamples, docs: dict[str, _Docs | None]) -> str:
         d = self.data_cfg

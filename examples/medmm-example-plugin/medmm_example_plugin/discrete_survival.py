@@ -30,8 +30,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from medmm import (
-    BaselineInputs, DataBundle, DataError, DeploySpec, ExplainSpec, Preprocessor, Split, Task, feature_input,
-    fit_preprocessor, infer_column_types, prepare_target, read_json, read_table, select_features, write_json_atomic,
+    BaselineInputs, BundleMeta, DataBundle, DataError, DeploySpec, ExplainSpec, Preprocessor, Split, Task,
+    feature_input, fit_preprocessor, infer_column_types, prepare_target, read_json, read_table, select_features,
+    write_json_atomic,
 )
 
 log = logging.getLogger("medmm")
@@ -133,7 +134,7 @@ class DiscreteSurvivalTask(Task):
                      for name in ("train", "val", "test")}
         desc = (f"{len(kept)} patients x {len(self.features)} features, {int(target.event.sum())} events, "
                 f"{len(self.cuts) + 1} intervals, risk = cumulative hazard by horizon {self.horizon:g}")
-        return DataBundle(split("train"), split("val"), split("test"), meta={"description": desc})
+        return DataBundle(split("train"), split("val"), split("test"), meta=BundleMeta(description=desc))
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.model
