@@ -6,13 +6,48 @@ A task's YAML (``configs/<task>.yaml``) holds only the values that differ from t
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, PrivateAttr
+from pydantic import BeforeValidator, Field, PrivateAttr
 
 from medmm.config.base import Bool, ConfigModel, Float, Fraction, Int, NonNegInt, PosInt, Probability
 
-__all__ = ["ConformalConfig", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "PrivacyConfig", "TaskConfig"]
+__all__ = ["ConformalConfig", "DataConfig", "EngineConfig", "EvalConfig", "ModelConfig", "PrivacyConfig", "TaskConfig",
+           "parse_duration"]
+
+_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(hours?|h|minutes?|mins?|m|seconds?|secs?|s)?", re.I)
+_UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds of a duration: ``600``, ``"600"``, ``"90s"``, ``"10m"``, ``"1h"``, ``"1h30m"``; ``None`` stays ``None``.
+
+    Raises ``ValueError`` (one line) for anything else, e.g. a negative or unitless junk string.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 600 (seconds), 90s, 10m, 1h or 1h30m")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    else:
+        text, seconds, pos = str(value).strip(), 0.0, 0
+        if text.lower() in ("", "none", "null", "off"):
+            return None
+        for m in _DURATION.finditer(text):
+            if text[pos:m.start()].strip() or (m.group(2) is None and m.end() != len(text)):
+                break
+            seconds += float(m.group(1)) * _UNIT_S[(m.group(2) or "s")[0].lower()]
+            pos = m.end()
+        if pos == 0 or text[pos:].strip():
+            raise ValueError("a duration such as 600 (seconds), 90s, 10m, 1h or 1h30m")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError("a positive, finite duration such as 600 (seconds), 90s, 10m or 1h")
+    return seconds
+
+
+Duration = Annotated[float | None, BeforeValidator(parse_duration)]
 
 
 class PrivacyConfig(ConfigModel):
@@ -36,7 +71,14 @@ class EngineConfig(ConfigModel):
 
     device: str = Field("auto", description="auto (cuda > mps > cpu) | cpu | cuda | cuda:N | mps")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto (bf16 on GPUs that support it, else fp32) | fp32 | bf16 | fp16")
+        "auto", description="auto (bf16 on GPUs that support it, else fp32; on a CPU see cpu_bf16) | fp32 | bf16 | fp16")
+    cpu_bf16: Literal["off", "auto"] = Field(
+        "off", description="precision=auto on a CPU: off = fp32 | auto = bf16 autocast when the CPU has native bf16 "
+                           "(avx512_bf16 / AMX, detected) and a probe step is faster than fp32, else fp32")
+    time_limit: Duration = Field(
+        None, description="wall-clock budget of the whole run (600, 90s, 10m, 1h; null = none): after the first "
+                          "steps the run is planned to fit (fewer steps, or the task's cheaper recipe) and stops "
+                          "at the next step boundary when it is reached, report written (--time-limit)")
     epochs: PosInt = Field(10, description='passes over the training split (early stopping may end sooner)')
     max_steps: NonNegInt = Field(0, description="stop after this many optimizer steps (0 = no limit)")
     min_steps: NonNegInt = Field(300, description="raise epochs (unless you set them) until the run takes this many "
