@@ -146,6 +146,47 @@ def test_server_down_is_one_line_after_the_retries(tmp_path: Path, key_file: Pat
     assert not (tmp_path / "out").exists()
 
 
+def test_the_written_text_scan_covers_every_text_value_scan_text_reads() -> None:
+    """The pull's verification reads text from the written bytes' raw elements (not every converted
+    value): on pydicom's test files it holds every word `medmm.deid.dicom.scan_text` finds, and a name in
+    a nested item under another character set is found by the identifier scan."""
+    import io
+    import re
+    import warnings
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+
+    from medmm.deid.dicom import scan_text
+    from medmm.deid.verify import IdentifierScan
+    from medmm.pacs.pull import _written_text
+
+    def words(text: str) -> set[str]:
+        return {w.casefold() for w in re.findall(r"[^\W_]{3,}", text)}
+
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    checked = 0
+    for f in sorted(root.glob("*.dcm")):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                full, raw = pydicom.dcmread(f), pydicom.dcmread(f)
+            except Exception:  # noqa: BLE001, S112 - a deliberately broken test file
+                continue
+            assert words(scan_text(full)) <= words(_written_text(raw)), f.name
+        checked += 1
+    assert checked >= 60
+    ds, item = Dataset(), Dataset()
+    ds.SpecificCharacterSet, ds.PatientID, ds.Modality = "ISO_IR 192", "P1", "OT"
+    item.SpecificCharacterSet, item.PersonName = "ISO_IR 100", "Müller^Jürgen"
+    ds.ContentSequence = [item]
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=False)
+    scan = IdentifierScan({"Jürgen": "name"})
+    assert scan.scan(_written_text(pydicom.dcmread(io.BytesIO(buf.getvalue()), force=True)), "instance") == 1
+
+
 # ---------------------------------------------------------------------------- against Orthanc
 
 

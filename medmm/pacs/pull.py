@@ -141,7 +141,7 @@ class _Deid:
         pixel pass or the verification fails."""
         import pydicom
 
-        from medmm.deid.dicom import deidentify_dataset, pixel_hash, scan_text, source_identifiers
+        from medmm.deid.dicom import deidentify_dataset, pixel_hash, source_identifiers
         from medmm.deid.pixels import clean_pixels, in_scope, mark_clean
         from medmm.deid.verify import IdentifierScan, pattern_kinds
 
@@ -163,7 +163,7 @@ class _Deid:
         scan = IdentifierScan({v: k for v, k in found.items() if v.casefold() not in ambiguous})
         try:
             back = pydicom.dcmread(io.BytesIO(data))
-            text = scan_text(back)
+            text = _written_text(back)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"verification failed: the de-identified instance does not read back "
                              f"({type(exc).__name__})") from None
@@ -177,6 +177,71 @@ class _Deid:
         if patterns:
             raise ValueError(f"verification failed: identifier patterns in the pixels ({', '.join(patterns)})")
         return data, scan.result.checked, scanned
+
+
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_TEXT_VRS = frozenset({"AE", "AS", "CS", "DA", "DT", "LO", "LT", "PN", "SH", "ST", "TM", "UC", "UI", "UR", "UT"})
+
+
+def _written_text(ds: Any, encodings: list[str] | None = None) -> str:
+    """Every textual value of a dataset just read from bytes (file meta, nested sequences; UN / OB as
+    latin-1; pixels excluded): :func:`medmm.deid.dicom.scan_text`'s coverage, read from each element's
+    raw bytes (decoded with the character set) instead of converting every value: about half the cost."""
+    from pydicom.charset import convert_encodings, decode_bytes
+    from pydicom.datadict import dictionary_VR
+    from pydicom.dataelem import RawDataElement
+
+    from medmm.data.dicom.scan import quiet_pydicom
+
+    chunks: list[str] = []
+
+    def visit(dataset: Any, encodings: list[str]) -> None:
+        if 0x00080005 in dataset:  # an item may name its own character set
+            encodings = convert_encodings(dataset.SpecificCharacterSet)
+        for tag in list(dataset.keys()):
+            if int(tag) in _PIXEL_TAGS:
+                continue
+            elem = dataset.get_item(tag)
+            if not isinstance(elem, RawDataElement):  # already a value (file meta, a sequence)
+                elem = dataset[tag]
+                if elem.VR == "SQ":
+                    for item in elem.value or []:
+                        visit(item, encodings)
+                elif elem.VR in _TEXT_VRS:
+                    chunks.append("\n".join(str(v) for v in (elem.value if elem.VM > 1 else [elem.value]) if v is not None))
+                elif elem.VR in ("UN", "OB") and isinstance(elem.value, (bytes, bytearray)):
+                    chunks.append(bytes(elem.value).decode("latin-1"))
+                continue
+            vr = elem.VR
+            if vr is None:
+                try:
+                    vr = dictionary_VR(elem.tag)
+                except KeyError:
+                    vr = "UN"
+            if vr == "SQ" or elem.length == 0xFFFFFFFF and vr not in _TEXT_VRS:
+                sequence = dataset[tag]
+                if sequence.VR == "SQ":
+                    for item in sequence.value or []:
+                        visit(item, encodings)
+                elif isinstance(sequence.value, (bytes, bytearray)):
+                    chunks.append(bytes(sequence.value).decode("latin-1"))
+                continue
+            raw = elem.value or b""
+            if vr in _TEXT_VRS:
+                chunks.append(decode_bytes(raw, encodings, {0x5C, 0x5E, 0x3D}) if vr in _CHARSET_VRS
+                              else raw.decode("latin-1"))
+            elif vr in ("UN", "OB"):
+                chunks.append(bytes(raw).decode("latin-1"))
+
+    with quiet_pydicom():
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None:
+            visit(meta, ["iso8859"])
+        visit(ds, encodings or convert_encodings(ds.get("SpecificCharacterSet", None) or None))
+    return "\n".join(chunks)
+
+
+_CHARSET_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
 
 
 def _encode(ds: Any) -> bytes:
