@@ -31,6 +31,8 @@ def test_the_work_counter_sees_a_loop_per_group() -> None:
 def test_tiny_scale_bench_counts_of_work() -> None:
     results = _bench().main(["--tiny"])
     small, large = results["split"]["calls"]
-    assert large <= small + 10, results["split"]  # the split's calls do not grow with the rows
+    # the split's calls grow with the number of digits of the row count (a few numpy calls per digit
+    # pair) and one block per 65,536 rows, never per row or per group (the planted scan: ~10x)
+    assert large < 1.5 * small, results["split"]
     for n, got in results["dicom"].items():
         assert got["headers_read"] == [n, 0]  # a second scan with the same cache reads no header

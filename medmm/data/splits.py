@@ -13,8 +13,35 @@ from medmm.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
+#: Elements per block of the row-wise passes below: their scratch arrays stay in the CPU cache, so a
+#: pass over 10M rows costs 10x one over 1M (fresh 80 MB temporaries cost 20-30x: page faults and
+#: memory traffic, measured in docs/scale.md).
+BLOCK = 1 << 16
+
+
+def _blocks(n: int) -> list[slice]:
+    """``slice``s of at most :data:`BLOCK` elements covering ``range(n)``."""
+    return [slice(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
+
+
+def _code_dtype(count: int) -> type:
+    """The smallest integer type for codes ``0 .. count - 1`` (less memory traffic per row)."""
+    return np.int8 if count <= 2 ** 7 else np.int16 if count <= 2 ** 15 else np.int64
+
+
 def _label_codes(labels: np.ndarray) -> np.ndarray:
     """Each label's rank among the distinct ``str(label)`` values (the order ``sorted`` gives)."""
+    if labels.dtype.kind in "biu" and labels.size:  # integers of a small range: one count, no sort
+        lo, hi = int(labels.min()), int(labels.max())
+        if hi - lo <= max(4 * labels.size, 1 << 16):
+            present = np.flatnonzero(np.bincount((labels - lo).astype(np.int64, copy=False))) + lo
+            order = np.argsort(present.astype(str), kind="stable")  # the distinct values as strings
+            lut = np.zeros(hi - lo + 1, dtype=_code_dtype(len(present)))
+            lut[present[order] - lo] = np.arange(len(present))
+            codes = np.empty(labels.size, dtype=lut.dtype)
+            for b in _blocks(labels.size):
+                codes[b] = lut[labels[b] - lo]
+            return codes
     try:
         values, codes = np.unique(labels, return_inverse=True)  # native values: no string per row
     except TypeError:  # mixed kinds (e.g. None beside numbers) compare only as strings
@@ -31,11 +58,11 @@ def group_strata(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int
         return np.zeros(n_groups, dtype=np.int64)
     codes = _label_codes(np.asarray(labels))
     if n_groups == len(codes):  # every group has one example (no group column): its label is the group's
-        out = np.empty(n_groups, dtype=np.int64)
+        out = np.empty(n_groups, dtype=codes.dtype)
         out[np.asarray(group_ids, dtype=np.int64)] = codes
         return out
     width = int(codes.max()) + 1
-    pairs = np.asarray(group_ids, dtype=np.int64) * width + codes
+    pairs = np.asarray(group_ids, dtype=np.int64) * width + codes.astype(np.int64)
     if n_groups * width <= 4 * len(pairs) + 1024:  # few labels: count in a table, no sort at all
         table = np.bincount(pairs, minlength=n_groups * width).reshape(n_groups, width)
         return table.argmax(axis=1).astype(np.int64)  # argmax: the first (smallest) label of the most
@@ -49,19 +76,35 @@ def group_strata(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int
 
 
 def _row_key_ranks(n: int) -> np.ndarray:
-    """Rank of ``str(i)`` among ``str(0) .. str(n-1)`` in string order, without making the strings.
+    """Rank of ``str(i)`` among ``str(0) .. str(n-1)`` in string order, without making the strings
+    and without a sort.
 
-    Digits right-padded with zeros to one width and ties broken by length (a prefix sorts first)
-    order decimal strings exactly as string comparison does.
+    For ``i`` of ``L`` digits, the strings below it among the ``m``-digit numbers are those under
+    its first ``m`` digits plus that prefix itself (``m < L``), the ``L``-digit numbers below it, and
+    the ``m``-digit numbers below ``i * 10**(m - L)`` (``m > L``). Counted in cache-sized blocks.
     """
-    values = np.arange(n, dtype=np.int64)
-    lengths = np.ones(n, dtype=np.int64)
-    for k in range(1, len(str(max(n - 1, 0)))):
-        lengths += values >= 10 ** k
-    width = int(lengths.max(initial=1))
-    key = values * 10 ** (width - lengths) * 32 + lengths  # unique per row: one plain sort
     ranks = np.empty(n, dtype=np.int64)
-    ranks[np.argsort(key)] = np.arange(n)
+    digits = len(str(max(n - 1, 0)))
+    bounds = [(0 if m == 1 else 10 ** (m - 1), min(10 ** m, n)) for m in range(1, digits + 1)]
+    base = np.arange(BLOCK, dtype=np.int64)
+    i_buf, t_buf = np.empty(BLOCK, dtype=np.int64), np.empty(BLOCK, dtype=np.int64)
+    for length, (lo, hi) in enumerate(bounds, start=1):
+        for start in range(lo, hi, BLOCK):
+            k = min(BLOCK, hi - start)
+            i, t, r = i_buf[:k], t_buf[:k], ranks[start : start + k]
+            np.add(base[:k], start, out=i)
+            np.subtract(i, lo, out=r)  # the L-digit numbers below i
+            for m, (lo_m, hi_m) in enumerate(bounds, start=1):
+                if m < length:  # m-digit numbers below i's first m digits, and that prefix
+                    np.floor_divide(i, 10 ** (length - m), out=t)
+                    np.minimum(t, hi_m, out=t)
+                    r += t
+                    r += 1 - lo_m
+                elif m > length:  # m-digit numbers whose first L digits are below i
+                    np.multiply(i, 10 ** (m - length), out=t)
+                    t -= lo_m
+                    np.clip(t, 0, hi_m - lo_m, out=t)
+                    r += t
     return ranks
 
 
@@ -110,15 +153,23 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
     strata = group_strata(group_ids, None if labels is None else np.asarray(labels), n_groups)
     rng = np.random.default_rng(seed)
     assignment = np.zeros(n_groups, dtype=np.int8)  # index into SPLITS
-    by_stratum = np.argsort(strata, kind="stable")  # members of each stratum in group order
-    bounds = np.flatnonzero(np.r_[True, np.diff(strata[by_stratum]) != 0, True])
-    for lo, hi in zip(bounds[:-1], bounds[1:]):  # strata in string order, as before
-        members = by_stratum[lo:hi]
-        members = members[rng.permutation(len(members))]
-        n_val, n_test = _allocate(len(members), val_fraction, test_fraction)
-        assignment[members[:n_test]] = 2
-        assignment[members[n_test : n_test + n_val]] = 1
-    return np.asarray(SPLITS, dtype=object)[assignment[group_ids]]
+    top = int(strata.max(initial=0))
+    by_stratum = np.argsort(strata.astype(_code_dtype(top + 1), copy=False), kind="stable")  # radix sort
+    sizes = np.bincount(strata, minlength=top + 1)
+    ends = np.cumsum(sizes)
+    for hi, size in zip(ends, sizes):  # members of each stratum in group order; strata in string order
+        if not size:
+            continue
+        shuffled = rng.permutation(size)  # positions in the stratum's group order: test first, then val
+        n_val, n_test = _allocate(size, val_fraction, test_fraction)
+        local = np.zeros(size, dtype=np.int8)  # written at the shuffled positions (a small array), then
+        local[shuffled[:n_test]] = 2  # copied out in group order (no random gather over the groups)
+        local[shuffled[n_test : n_test + n_val]] = 1
+        assignment[by_stratum[hi - size : hi]] = local
+    names, out = np.asarray(SPLITS, dtype=object), np.empty(n, dtype=object)
+    for b in _blocks(n):
+        out[b] = names[assignment[group_ids[b]]]
+    return out
 
 
 SPLIT_ALIASES = {"train": "train", "training": "train", "val": "val", "valid": "val",
