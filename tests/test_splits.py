@@ -109,3 +109,18 @@ def test_split_work_is_linear_in_rows(monkeypatch: pytest.MonkeyPatch) -> None:
     calls["n"] = 0
     group_split(30000, labels=np.arange(30000) % 2)
     assert calls["n"] == small <= 5
+
+
+def test_row_id_ranks_and_labels_across_blocks_equal_the_string_sort() -> None:
+    """Past one block (65,536 rows) and a digit boundary: the counted ranks are the string sort's,
+    and integer labels of a small range (one count, no sort) get the ranks of their strings."""
+    n = 2 * splits_module.BLOCK + 100_003
+    keys = np.arange(n).astype(str)
+    expected = np.empty(n, dtype=np.int64)
+    expected[np.argsort(keys, kind="stable")] = np.arange(n)
+    assert np.array_equal(splits_module._row_key_ranks(n), expected)
+    labels = np.random.default_rng(3).integers(-3, 12, n)
+    strings = np.unique(labels.astype(str), return_inverse=True)[1].reshape(-1)
+    assert np.array_equal(splits_module._label_codes(labels), strings)
+    small = np.random.default_rng(4).integers(0, 2, 5000)
+    assert np.array_equal(group_split(5000, labels=small), _old_group_split(5000, labels=small))
