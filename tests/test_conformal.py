@@ -324,3 +324,148 @@ def test_a_misspelled_group_column_fails_before_training_naming_its_key(tmp_path
     check_subgroup_columns(data, {"data": {}, "eval": {"conformal": {"group_column": "site"}}})
     with pytest.raises(DataError, match="eval.conformal.group_column: 'sitez' is not a column of t.csv"):
         check_subgroup_columns(data, {"data": {}, "eval": {"conformal": {"group_column": "sitez"}}})
+
+
+# --------------------------------------------------------------------------- grouped thresholds everywhere (#32)
+
+
+def test_numeric_groups_band_with_the_calibration_edges_and_a_missing_value_uses_the_per_class_thresholds() -> None:
+    from medmm.evaluation.conformal import group_values, threshold_sources
+
+    rng = np.random.default_rng(3)
+    n = 4000
+    score = rng.uniform(0, 100, n)
+    p = rng.uniform(0.02, 0.98, n)
+    y = np.where(score < 75, rng.random(n) < p, rng.random(n) < 0.5).astype(int)  # top band: labels ignore p
+    from medmm.evaluation.subgroups import band_edges, label_values
+
+    edges = band_edges(score, "score")
+    conf = calibrate("binary", y, p, alpha=0.1, groups=label_values(score, edges), group_column="score",
+                     group_edges=edges, classes=["a", "b"])
+    assert conf["group_edges"] == edges and len(edges) == 3 and "missing" not in conf["group_thresholds"]
+    top = group_values(conf, [99.0])[0]
+    assert top.startswith("≥") and conf["group_thresholds"][top] != conf["thresholds"]  # the top band differs
+    # one value alone bands as the calibration split did (not as a batch of one: its own "quartiles")
+    batch = group_values(conf, list(score[:50]))
+    assert [group_values(conf, [v])[0] for v in score[:50]] == batch
+    # a unit with no value, or with a group never calibrated, uses the per-class thresholds, and says so
+    groups = [top, "missing", "[200, 300)"]
+    got = apply_sets(conf, np.full(3, 0.85), groups)["sets"]
+    pooled = apply_sets(conf, np.full(1, 0.85))["sets"][0]
+    assert (got[1] == pooled).all() and (got[2] == pooled).all() and not (got[0] == pooled).all()
+    assert threshold_sources(conf, groups, 3) == [f"score={top}", "per class (no score value)",
+                                                  "per class (score group not calibrated)"]
+    head, rows = prediction_columns(conf, np.full(3, 0.85), ["a", "b"], groups)
+    assert head == ["set_90", "abstain", "set_thresholds"] and rows[1][2] == "per class (no score value)"
+    assert "200" not in "".join(map(str, rows[2]))  # an uncalibrated value is never echoed
+
+
+def test_sr_findings_use_the_units_group_thresholds() -> None:
+    pytest.importorskip("highdicom")
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from medmm.deploy.sr import _set_findings
+
+    rng = np.random.default_rng(4)
+    g = np.repeat(["A", "B"], 400)
+    y = rng.integers(0, 2, 800)
+    p = np.where(g == "A", np.where(y == 1, 0.9, 0.1), rng.uniform(0.05, 0.95, 800))  # B: the scores say nothing
+    conf = calibrate("binary", y, p, alpha=0.1, groups=g, group_column="site", classes=["neg", "pos"])
+    def meaning(score: float, group: str | None) -> list[str]:
+        return [e.value.meaning for e in _set_findings(hd, codes, conf, np.float32(score), ["neg", "pos"], group)]
+
+    assert meaning(0.95, "A") == ["pos", "No"]
+    assert meaning(0.5, "A") == ["Yes"]  # A's thresholds are tight: an empty set, referred
+    assert meaning(0.5, "B") == meaning(0.5, None) == ["neg", "pos", "Yes"]  # B's and the per-class ones are wide
+
+
+def _same_sets(a, b, conf, cols=("set_90", "abstain", "set_thresholds")) -> None:
+    """Rows of two predictions tables (indexed by id) hold the same sets, except where the score is within float
+    error of one of its group's thresholds (they are validation scores: torch and onnxruntime may round apart)."""
+    cols = list(cols)
+    b = b.loc[a.index]
+    assert (a["set_thresholds"] == b["set_thresholds"]).all()
+    for uid in a.index[(a[cols] != b[cols]).any(axis=1)]:
+        q = conf["group_thresholds"].get(a.set_thresholds[uid].split("=", 1)[-1], conf["thresholds"])
+        p = a.prob_pos[uid]
+        assert min(abs((1 - p) - q[1]), abs(p - q[0])) < 1e-5, (uid, a.loc[uid, cols], b.loc[uid, cols])
+
+
+@pytest.mark.slow
+def test_group_thresholds_travel_to_onnxruntime_and_serve_and_a_one_row_request_bands_as_val(tmp_path) -> None:
+    """A planted table whose top band of a numeric column has labels the model cannot see: its thresholds
+    differ from the others'. torch predict == onnxruntime predict == serve, row by row and one row alone."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 1600
+    df = pd.DataFrame({"pid": [f"p{i:04d}" for i in range(n)], "x1": rng.normal(size=n), "x2": rng.normal(size=n),
+                       "score": np.round(rng.uniform(0, 100, n), 2)})
+    p = 1 / (1 + np.exp(-(2.5 * df.x1 + 1.5 * df.x2)))
+    y = np.where(df.score < 75, rng.random(n) < p, rng.random(n) < 0.5)
+    df["y"] = np.where(y, "pos", "neg")
+    data = tmp_path / "planted.csv"
+    df.to_csv(data, index=False)
+    run = tmp_path / "run"
+    r = _cli(["run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=y",
+              "--set", "data.id_column=pid", "--set", "data.features=[x1,x2]",
+              "--set", "eval.conformal.group_column=score", "--set", "engine.epochs=3", "--set", "engine.bootstrap=0",
+              "--set", "engine.baseline=none", "--set", "model.backbone=linear", "--quiet"])
+    assert r.exit_code == 0, r.output
+    conf = load_conformal(run)
+    assert len(conf["group_edges"]) == 3  # quartiles of val's scores, fixed with the run
+    assert len({json.dumps(t) for t in conf["group_thresholds"].values()}) > 1  # the groups' thresholds differ
+    r = _cli(["predict", str(run), "--data", str(data), "--out", str(tmp_path / "torch.csv")])
+    assert r.exit_code == 0 and "thresholds per score group" in r.output, r.output
+    assert _cli(["export", str(run), "--out", str(tmp_path / "export")]).exit_code == 0
+    r = _cli(["predict", str(tmp_path / "export"), "--data", str(data), "--out", str(tmp_path / "onnx.csv")])
+    assert r.exit_code == 0 and "thresholds per score group" in r.output, r.output
+    torch_p, onnx_p = (pd.read_csv(tmp_path / f, keep_default_na=False).set_index("id")
+                       for f in ("torch.csv", "onnx.csv"))
+    assert torch_p.set_thresholds.str.startswith("score=").all()
+    assert torch_p.set_thresholds.nunique() == len(conf["group_thresholds"])
+    cols = ["set_90", "abstain", "set_thresholds"]
+    _same_sets(torch_p, onnx_p, conf)
+    # pooled thresholds would give other sets on this data: the groups are really used
+    pooled = apply_sets(conf, torch_p.prob_pos.to_numpy())["sets"]
+    assert (np.array([";".join(np.array(["neg", "pos"])[s]) for s in pooled]) != torch_p.set_90.to_numpy()).any()
+
+    # one row alone (a table of one row, torch and onnxruntime): banded with the run's edges, same set
+    pick = [i for i in range(n) if df.score[i] >= 75][:1] + [i for i in range(n) if df.score[i] < 25][:1]
+    for i in pick:
+        one = tmp_path / f"one{i}.csv"
+        df.iloc[[i]].drop(columns=["y"]).to_csv(one, index=False)
+        for src, name, whole in ((run, "t", torch_p), (tmp_path / "export", "o", onnx_p)):
+            assert _cli(["predict", str(src), "--data", str(one), "--out", str(tmp_path / f"{name}{i}.csv")]).exit_code == 0
+            got = pd.read_csv(tmp_path / f"{name}{i}.csv", keep_default_na=False).set_index("id")
+            assert got.set_thresholds.iloc[0] == whole.set_thresholds[got.index[0]]
+            _same_sets(got, whole, conf)
+
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from medmm.deploy.runtime import ExportedModel
+    from medmm.deploy.service import create_app
+
+    client = TestClient(create_app(ExportedModel(tmp_path / "export")))
+    def served(rows: list[dict]) -> pd.DataFrame:
+        got = client.post("/predict", json={"rows": rows}).json()["predictions"]
+        return pd.DataFrame([{**g, "set_90": ";".join(g["set_90"]), "abstain": int(g["abstain"])}
+                             for g in got]).set_index("id")
+
+    rows = df.drop(columns=["y"]).iloc[:40].to_dict("records")
+    got = served(rows)
+    assert len(got) == 40 and got.set_thresholds.str.startswith("score=").all()
+    _same_sets(got, onnx_p, conf)
+    _same_sets(got, torch_p, conf)
+    for i in pick:  # one row per request
+        one = served([df.drop(columns=["y"]).iloc[i].to_dict()])
+        assert one.set_thresholds.iloc[0] == torch_p.set_thresholds[one.index[0]]
+        _same_sets(one, onnx_p, conf)
+    # no group value: the per-class thresholds, said in the response
+    bare = client.post("/predict", json={"rows": [{k: v for k, v in rows[0].items() if k != "score"}]}).json()
+    g = bare["predictions"][0]
+    assert g["set_thresholds"] == "per class (no score value)"
+    names = np.array(["neg", "pos"])
+    assert g["set_90"] == list(names[apply_sets(conf, np.array([g["prob_pos"]]))["sets"][0]])

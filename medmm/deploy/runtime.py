@@ -47,6 +47,7 @@ class Prediction:
     records: dict[str, list[Any]] = field(default_factory=dict)  # image unit -> DicomRecords (for SR)
     loss: float = math.nan
     skipped_key: str = "id"  # as medmm.task.Split: the skipped inputs are row "id"s or file "path"s
+    set_groups: list[str] | None = None  # per unit, its group of the conformal thresholds' group_column (#32)
 
 
 # --------------------------------------------------------------------------- inputs per task
@@ -207,19 +208,40 @@ class ExportedModel:
             return None
         return load_conformal(self.dir)
 
+    def group_column(self) -> str | None:
+        """The column whose groups have conformal thresholds of their own (``eval.conformal.group_column``)."""
+        conf = self.conformal()
+        return str(conf["group_column"]) if conf and conf.get("group_thresholds") else None
+
     # -- inputs ----------------------------------------------------------------------------
     def predict_path(self, data: Path) -> Prediction:
         """Predict a table (tabular, text) or a DICOM folder (images), read as the task reads it."""
-        return self.score(self.inputs.examples(self.inputs.read(Path(data))))
+        pred = self.score(self.inputs.examples(self.inputs.read(Path(data))))
+        conf = self.conformal()
+        if conf is not None and conf.get("group_thresholds"):  # the group column of each unit, as the torch path reads it
+            from medmm.evaluation.conformal import set_groups_of
+
+            pred.set_groups = set_groups_of(conf, Path(data), self.cfg, pred.units)
+        return pred
 
     def predict_rows(self, rows: list[dict[str, Any]]) -> Prediction:
-        """Predict JSON-like rows (tabular, text): one dict of column -> value per row."""
+        """Predict JSON-like rows (tabular, text): one dict of column -> value per row. A grouped run's
+        thresholds follow each row's value of the group column (none: the per-class thresholds)."""
         if self.inputs.accepts != "rows":
             raise DataError(f"{self.task} predicts " + ("DICOM files" if self.inputs.accepts == "dicom" else
                                                          "a table file (image cells are paths)") + ", not rows")
         import pandas as pd
 
-        return self.score(self.inputs.examples(pd.DataFrame.from_records(rows)))
+        pred = self.score(self.inputs.examples(pd.DataFrame.from_records(rows)))
+        col = self.group_column()
+        if col is not None:
+            from medmm.evaluation.conformal import group_values
+
+            id_col = self.cfg.data.id_column
+            keys = [str(r[id_col]) if id_col and r.get(id_col) is not None else str(i) for i, r in enumerate(rows)]
+            value = dict(zip(keys, (r.get(col) for r in rows)))
+            pred.set_groups = group_values(self.conformal(), [value.get(u) for u in pred.units])  # type: ignore[arg-type]
+        return pred
 
     @property
     def model_name(self) -> str:
@@ -247,15 +269,16 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     op = model.operating_point()
     if op is not None:
         kwargs["operating_point"] = op
-    conf = model.conformal()  # prediction set + abstain flag (#32); a group_column falls back to pooled thresholds
+    conf = model.conformal()  # prediction set + abstain flag (#32), per group of its group_column when it has one
     if conf is not None:
         kwargs["conformal"] = conf
+        kwargs["set_groups"] = pred.set_groups
     write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
     msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if conf is not None:
         from medmm.evaluation.conformal import referred_line
 
-        msg += referred_line(conf, pred.scores)
+        msg += referred_line(conf, pred.scores, pred.set_groups)
     if pred.skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=pred.skipped_key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
@@ -277,7 +300,8 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
         written, bad = write_reports(dicom_sr, Path(data), pred.units, pred.scores, pred.records, problem=model.problem,
                                 label_names=model.label_names or [], model_name=model.model_name,
                                 model_version=f"medmm {m.get('medmm', '?')} run {m.get('run', '?')}",
-                                threshold=float(m.get("threshold") or 0.5), conformal=conf)
+                                threshold=float(m.get("threshold") or 0.5), conformal=conf,
+                                set_groups=pred.set_groups)
     click.echo(msg)
     if dicom_sr is not None:
         from medmm.deploy.sr import echo_reports

@@ -110,11 +110,11 @@ def _rows_out(model: Any, pred: Any) -> list[dict[str, Any]]:
     if conf is not None and out:
         from medmm.evaluation.conformal import prediction_columns
 
-        head, extra = prediction_columns(conf, pred.scores, model.label_names or [])
+        head, extra = prediction_columns(conf, pred.scores, model.label_names or [], pred.set_groups)
         for item, values in zip(out, extra):
             for key, value in zip(head, values):
                 item[key] = (bool(value) if key == "abstain" else float(value) if key.startswith(("lower", "upper"))
-                             else [v for v in str(value).split(";") if v])
+                             else value if key == "set_thresholds" else [v for v in str(value).split(";") if v])
     return out
 
 
@@ -168,13 +168,17 @@ def create_app(model: Any, *, max_body: int = 32 * 1024 * 1024, max_rows: int = 
     if model.inputs.accepts == "rows":
         required = _required_columns(model)
         id_col = model.cfg.data.id_column
-        keep = [*required, *([id_col] if id_col else [])]
+        group = model.group_column()  # optional: picks the prediction-set thresholds of the row's group (#32)
+        keep = [*required, *([id_col] if id_col else []), *([group] if group and group not in required else [])]
         text = [str(c) for c in getattr(model.inputs, "text_columns", None) or []]  # must hold strings
 
         class Rows(BaseModel):
             model_config = ConfigDict(extra="forbid")
             rows: list[dict[str, Cell]] = Field(min_length=1, max_length=max_rows,
-                                                description=f"one object per row; needs columns {required}")
+                                                description=f"one object per row; needs columns {required}" + (
+                                                    f"; optional {group!r}: the prediction set uses that group's "
+                                                    "thresholds (absent: the per-class ones, said in "
+                                                    "set_thresholds)" if group else ""))
 
         @app.post("/predict", summary="Predict table rows (JSON)")
         def predict(body: Rows) -> dict[str, Any]:

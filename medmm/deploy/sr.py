@@ -53,12 +53,14 @@ def _finding(problem: str, scores: np.ndarray, names: Sequence[str], threshold: 
 def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.ndarray,
                   records: Mapping[str, Sequence[Any]], *, problem: str, label_names: Sequence[str],
                   model_name: str, model_version: str, threshold: float = 0.5,
-                  conformal: Mapping[str, Any] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
+                  conformal: Mapping[str, Any] | None = None, set_groups: Sequence[Any] | None = None,
+                  ) -> tuple[list[Path], list[tuple[str, str]]]:
     """One SR file per study under ``out_dir`` (no clashing files); returns ``(written, skipped studies)``.
 
     A study whose source files highdicom cannot reference (e.g. a retired SOP class) is skipped
     with its reason; nothing is written unless every buildable report is built. ``conformal`` (the
-    run's stored thresholds) adds each unit's prediction set members and a "refer to a clinician" yes / no.
+    run's stored thresholds) adds each unit's prediction set members and a "refer to a clinician" yes / no;
+    ``set_groups`` (per unit, its group of the thresholds' group column) picks its group's thresholds.
     """
     hd = require("highdicom", "sr", "--dicom-sr")
     from pydicom.sr.codedict import codes
@@ -93,7 +95,7 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
             with _quiet():  # pydicom / highdicom warnings quote header values (patient names): never shown
                 sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
                                    records, problem, label_names, threshold, device, algorithm, model_name,
-                                   conformal)
+                                   conformal, None if set_groups is None else [set_groups[i] for i in idx])
         except KeyError as exc:  # highdicom's SOP class table lacks the source's (e.g. retired US Image Storage)
             skipped.append((study, f"highdicom cannot reference source SOP class {exc.args[0] if exc.args else '?'}"))
             continue
@@ -124,11 +126,13 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
 
 def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: list[str], scores: list[Any],
                   records: Mapping[str, Sequence[Any]], problem: str, label_names: Sequence[str], threshold: float,
-                  device: Any, algorithm: Any, model_name: str, conformal: Mapping[str, Any] | None = None) -> Any:
+                  device: Any, algorithm: Any, model_name: str, conformal: Mapping[str, Any] | None = None,
+                  set_groups: Sequence[Any] | None = None) -> Any:
     """The Comprehensive 3D SR of one study: a measurement group per predicted unit."""
     evidence: dict[str, Any] = {}
     groups = []
     for n, (unit, score) in enumerate(zip(units, scores), start=1):
+        group = None if set_groups is None else set_groups[n - 1]
         sources = []
         for rec in records[unit]:
             if rec.sop_uid not in evidence:
@@ -141,7 +145,7 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
             name=codes.DCM.Finding, value=_concept(f"L{list(label_names).index(f)}" if f in label_names else "NONE", f))
             for f in _finding(problem, score, label_names, threshold)]
         if conformal is not None:  # prediction set + refer flag (medmm.evaluation.conformal)
-            findings += _set_findings(hd, codes, conformal, score, label_names)
+            findings += _set_findings(hd, codes, conformal, score, label_names, group)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"prediction {n}"),
             algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=findings,
@@ -155,12 +159,13 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
         is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64])
 
 
-def _set_findings(hd: Any, codes: Any, conformal: Mapping[str, Any], score: Any, names: Sequence[str]) -> list[Any]:
+def _set_findings(hd: Any, codes: Any, conformal: Mapping[str, Any], score: Any, names: Sequence[str],
+                  group: Any = None) -> list[Any]:
     """One evaluation per class in the unit's conformal set (multi-label: per label called 1 in it) and
-    "Refer to clinician": yes / no."""
+    "Refer to clinician": yes / no. ``group``: the unit's group of a grouped run's thresholds (``None``: per class)."""
     from medmm.evaluation.conformal import apply_sets
 
-    out = apply_sets(conformal, np.asarray(score, dtype=float)[None])
+    out = apply_sets(conformal, np.asarray(score, dtype=float)[None], None if group is None else [group])
     level = f"{100 * (1 - float(conformal['alpha'])):g}%"
     name = _concept("SET", f"Member of {level} conformal prediction set")
     sets = out["sets"][0]
@@ -213,7 +218,7 @@ def _header(path: Path) -> Any:
 def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, level: str, frames: str,
                              problem: str, label_names: Sequence[str], model_name: str,
                              model_version: str, conformal: Mapping[str, Any] | None = None,
-                             ) -> tuple[list[Path], list[tuple[str, str]]]:
+                             set_groups: Sequence[Any] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
     """SRs from a written ``predictions.csv`` (the torch ``medmm predict RUN_DIR`` path).
 
     The DICOM folder is scanned again (headers only) to trace each predicted unit to its files.
@@ -238,7 +243,7 @@ def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, le
         scores = scores[:, 0]
     return write_reports(out_dir, data, [r["id"] for r in rows], scores, traced, problem=problem,
                          label_names=names, model_name=model_name, model_version=model_version,
-                         conformal=conformal)
+                         conformal=conformal, set_groups=set_groups)
 
 
 def reports_for_run(run_dir: Path, predictions: Path, data: Path,
@@ -248,7 +253,7 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
     Any task that reads a DICOM folder (its data config has ``level`` and ``frames``) qualifies.
     """
     from medmm import __version__
-    from medmm.evaluation.conformal import load_conformal
+    from medmm.evaluation.conformal import load_conformal, set_groups_of
     from medmm.run import Run
 
     run = Run.open(run_dir)
@@ -258,12 +263,16 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
                          "whose task reads no DICOM folder")
     task = run.task()  # its artifacts: problem and label names
     model = run.cfg.model
+    conf = load_conformal(run.path)
+    with Path(predictions).open(newline="", encoding="utf-8") as f:
+        ids = [r["id"] for r in csv.DictReader(f)] if conf and conf.get("group_thresholds") else []
     return reports_from_predictions(predictions, data, out_dir, level=d.level, frames=d.frames, problem=task.problem,
                                     label_names=list(task.label_names or []),
                                     model_name=str(getattr(model, "backbone", None) or run.task_name),
                                     model_version=f"medmm {run.info.get('medmm', __version__)} run "
                                                   f"{run.path.resolve().name}",
-                                    conformal=load_conformal(run.path))  # set + refer flag (#32)
+                                    conformal=conf,  # set + refer flag (#32), per group when grouped
+                                    set_groups=set_groups_of(conf, Path(data), run.cfg, ids) if ids else None)
 
 
 def echo_reports(out_dir: Path, written: Sequence[Path], skipped: Sequence[tuple[str, str]]) -> None:

@@ -13,8 +13,10 @@ Scores and rules (the ones MAPIE 1.x uses, checked set-for-set in ``tests/test_c
   every class) or of all units (``mondrian: none``: coverage holds on average only). Too few units
   for the order statistic (``ceil((n + 1)(1 - alpha)) > n``) -> the class is always included.
   Binary problems are two-class problems; multi-label problems get one binary set per label.
-  With ``group_column``, thresholds are per (group, class); units of a group unseen at calibration
-  use the pooled ones.
+  With ``group_column``, thresholds are per (group, class); a unit with no value in that column, or
+  with a group unseen at calibration, uses the per-class (pooled) ones, and the ``set_thresholds``
+  column says which were used. A numeric group column is banded with edges fixed at calibration
+  (``group_edges``), so a one-row request bands as the validation split did.
 - regression: the absolute residual; the interval is ``prediction +- q``.
 - survival: no sets. The risk score is a relative log hazard, and a coverage guarantee for event
   times under censoring needs censoring-aware methods that medmm does not implement.
@@ -40,9 +42,9 @@ import numpy as np
 
 from medmm.errors import MedmmError
 
-__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report",
+__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report", "group_values",
            "load_calibration_units", "load_conformal", "prediction_columns", "recalibrate", "save_calibration_units",
-           "save_conformal", "weighted_threshold"]
+           "save_conformal", "set_groups_of", "threshold_sources", "weighted_threshold"]
 
 FORMAT = "medmm-conformal"
 FILE = "conformal.json"
@@ -89,12 +91,14 @@ def _thresholds(problem: str, y: np.ndarray, scores: Any, alpha: float, mondrian
 
 def calibrate(problem: str, y: Any, scores: Any, *, alpha: float = 0.1, mondrian: str = "class",
               classes: Sequence[str] | None = None, groups: Sequence[Any] | None = None,
-              group_column: str | None = None, refer: str = "not_single", max_width: float | None = None,
-              calibrated_on: str = "val") -> dict[str, Any]:
+              group_column: str | None = None, group_edges: Sequence[float] | None = None, refer: str = "not_single",
+              max_width: float | None = None, calibrated_on: str = "val") -> dict[str, Any]:
     """The JSON form of split-conformal thresholds fitted on labels ``y`` and scores ``scores``.
 
     ``scores`` follow :mod:`medmm.metrics` (binary: P(positive); multiclass / multi-label:
-    ``[N, C]`` probabilities; regression: predictions).
+    ``[N, C]`` probabilities; regression: predictions). ``groups`` are the units' labels of
+    ``group_column`` (banded with ``group_edges`` when it is numeric, as :func:`group_values` labels
+    new units); units with no value get no group thresholds of their own.
     """
     if problem not in PROBLEMS:
         raise MedmmError(f"conformal sets apply to {', '.join(PROBLEMS)} tasks, not {problem}")
@@ -121,12 +125,15 @@ def calibrate(problem: str, y: Any, scores: Any, *, alpha: float = 0.1, mondrian
     if problem in ("binary", "multiclass"):
         out["n_per_class"] = np.bincount(y.astype(int).ravel(), minlength=_probs2(problem, scores).shape[1]).tolist()
     if groups is not None:
+        from medmm.evaluation.subgroups import MISSING
+
         g = np.asarray([str(v) for v in groups])
         s = np.asarray(scores)
+        seen = sorted(set(g.tolist()) - {MISSING})  # no value: the per-class thresholds, never a group of its own
         out["group_column"] = group_column
-        out["group_thresholds"] = {str(v): _thresholds(problem, y[g == v], s[g == v], alpha, by_class)
-                                   for v in sorted(set(g.tolist()))}
-        out["n_per_group"] = {str(v): int((g == v).sum()) for v in sorted(set(g.tolist()))}
+        out["group_edges"] = None if group_edges is None else [float(e) for e in group_edges]
+        out["group_thresholds"] = {v: _thresholds(problem, y[g == v], s[g == v], alpha, by_class) for v in seen}
+        out["n_per_group"] = {v: int((g == v).sum()) for v in seen}
     return out
 
 
@@ -160,6 +167,20 @@ def _thr_rows(conf: Mapping[str, Any], n: int, groups: Sequence[Any] | None) -> 
     if groups is None or not table:
         return [pooled] * n
     return [table.get(str(g), pooled) for g in groups]
+
+
+def threshold_sources(conf: Mapping[str, Any], groups: Sequence[Any] | None, n: int) -> list[str]:
+    """Per unit, which thresholds made its set (grouped runs): ``site=A``, ``per class (no site value)`` or
+    ``per class (site group not calibrated)``. Only calibrated group labels are written (they are in
+    ``conformal.json`` already); an unseen value is never echoed."""
+    from medmm.evaluation.subgroups import MISSING
+
+    col, table = conf.get("group_column") or "group", conf.get("group_thresholds") or {}
+    if groups is None:
+        return [f"per class (no {col} value)"] * n
+    return [f"{col}={g}" if str(g) in table else
+            f"per class (no {col} value)" if str(g) == MISSING else f"per class ({col} group not calibrated)"
+            for g in groups]
 
 
 def _sets_from(p: np.ndarray, thr: Sequence[Any]) -> np.ndarray:
@@ -201,8 +222,18 @@ def apply_sets(conf: Mapping[str, Any], scores: Any, groups: Sequence[Any] | Non
 def prediction_columns(conf: Mapping[str, Any], scores: Any, names: Sequence[str],
                        groups: Sequence[Any] | None = None) -> tuple[list[str], list[list[Any]]]:
     """Extra ``predictions.csv`` columns: ``set`` (class names joined by ``;``; multi-label: one
-    ``set_<label>`` column of ``0`` / ``1`` / ``0;1``) or ``lower`` / ``upper``, then ``abstain``."""
-    out = apply_sets(conf, scores, groups)
+    ``set_<label>`` column of ``0`` / ``1`` / ``0;1``) or ``lower`` / ``upper``, then ``abstain``; a run
+    with group thresholds adds ``set_thresholds`` (:func:`threshold_sources`)."""
+    head, rows = _set_columns(conf, apply_sets(conf, scores, groups), names)
+    if conf.get("group_thresholds"):
+        head.append("set_thresholds")
+        for r, src in zip(rows, threshold_sources(conf, groups, len(rows))):
+            r.append(src)
+    return head, rows
+
+
+def _set_columns(conf: Mapping[str, Any], out: Mapping[str, np.ndarray],
+                 names: Sequence[str]) -> tuple[list[str], list[list[Any]]]:
     pct = f"{100 * (1 - conf['alpha']):g}"
     if conf["problem"] == "regression":
         return ([f"lower_{pct}", f"upper_{pct}", "abstain"],
@@ -404,6 +435,16 @@ def coverage_markdown(report: Mapping[str, Any], conf: Mapping[str, Any], split:
 # --------------------------------------------------------------------------- training run
 
 
+def group_values(conf: Mapping[str, Any], values: Sequence[Any]) -> list[str]:
+    """Labels of the thresholds' ``group_column`` for raw ``values``: banded with the edges fixed at
+    calibration (``group_edges``; a run calibrated before they were stored bands ``values`` themselves)."""
+    from medmm.evaluation.subgroups import group_labels, label_values
+
+    if "group_edges" in conf:
+        return label_values(values, conf["group_edges"]).tolist()
+    return group_labels(values, str(conf.get("group_column"))).tolist()
+
+
 def unit_groups(data: Path, cfg: Any, units: Sequence[str], columns: Sequence[str]) -> dict[str, np.ndarray]:
     """Subgroup labels (banded as the audit bands them) of ``units`` for each of ``columns``."""
     from medmm.evaluation.attributes import unit_attributes
@@ -429,9 +470,16 @@ def training_conformal(task: Any, trainer: Any, model: Any, bundle: Any, val: An
         return out
     (vy, vs), _ = trainer.metric_inputs(val)
     gcol = c.group_column
-    vgroups = unit_groups(data, cfg, val.units, [gcol])[gcol] if gcol else None
+    vgroups = edges = None
+    if gcol:  # band edges fixed here, on val, and stored: every later predict bands a unit the same way
+        from medmm.evaluation.attributes import unit_attributes
+        from medmm.evaluation.subgroups import band_edges, label_values, parse_bands
+
+        raw = unit_attributes(Path(data), cfg.data, list(val.units), [gcol])[gcol]
+        edges = band_edges(raw, gcol, parse_bands(cfg.eval.bands))
+        vgroups = label_values(raw, edges)
     conf = calibrate(task.problem, vy, vs, alpha=c.alpha, mondrian=c.mondrian, classes=task.label_names,
-                     groups=vgroups, group_column=gcol, refer=c.refer, max_width=c.max_width)
+                     groups=vgroups, group_column=gcol, group_edges=edges, refer=c.refer, max_width=c.max_width)
     if main:
         save_conformal(Path(run_dir) / "artifacts", conf)
         save_calibration_units(run_dir, conf)
@@ -439,7 +487,9 @@ def training_conformal(task: Any, trainer: Any, model: Any, bundle: Any, val: An
     if test_ev.targets is not None and len(test_ev.units):
         (y, s), _ = trainer.metric_inputs(test_ev)
         cols = list(cfg.data.subgroup_columns or [])
-        groups = unit_groups(data, cfg, test_ev.units, sorted({*cols, *([gcol] if gcol else [])}))
+        groups = unit_groups(data, cfg, test_ev.units, cols)
+        if gcol:  # the thresholds' groups, banded with the calibration's edges
+            groups[gcol] = np.asarray(set_groups_of(conf, data, cfg, test_ev.units), dtype=object)
         out["set_groups"] = groups.get(gcol).tolist() if gcol else None
         rep = coverage_report(conf, y, s, label_names=task.label_names, groups=groups,
                               set_groups=groups.get(gcol) if gcol else None, min_group_size=cfg.eval.min_group_size,
@@ -466,9 +516,14 @@ def summary_line(s: Mapping[str, Any], split: str) -> str:
 
 
 def set_groups_of(conf: Mapping[str, Any] | None, data: Path, cfg: Any, units: Sequence[str]) -> list[str] | None:
-    """The units' values of the thresholds' ``group_column`` in ``data`` (``None`` when not grouped)."""
+    """The units' labels of the thresholds' ``group_column`` in ``data`` (:func:`group_values`; ``None`` when
+    the sets are not grouped)."""
+    from medmm.evaluation.attributes import unit_attributes
+
     col = (conf or {}).get("group_column")
-    return unit_groups(data, cfg, units, [col])[col].tolist() if col else None
+    if not col:
+        return None
+    return group_values(conf, unit_attributes(Path(data), cfg.data, list(units), [col])[col])  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------- re-calibration on a new site
@@ -601,5 +656,12 @@ def referred_line(conf: Mapping[str, Any] | None, scores: Any, groups: Sequence[
         return ""
     a = apply_sets(conf, scores, groups)["abstain"]
     what = "intervals" if conf["problem"] == "regression" else "sets"
-    return (f"\n  referred (abstain = 1): {int(a.sum())} of {len(a)} units ({100 * (1 - conf['alpha']):g}% conformal "
+    line = (f"\n  referred (abstain = 1): {int(a.sum())} of {len(a)} units ({100 * (1 - conf['alpha']):g}% conformal "
             f"{what}, rule {conf['refer'] if conf['problem'] != 'regression' else 'max_width'})")
+    if conf.get("group_thresholds"):
+        src = threshold_sources(conf, groups, len(a))
+        pooled = sum(s.startswith("per class") for s in src)
+        col = conf["group_column"]
+        line += (f"; thresholds per {col} group" + (f", {pooled} unit(s) with no {col} value or an uncalibrated "
+                                                    f"group used the per-class ones (set_thresholds)" if pooled else ""))
+    return line

@@ -23,8 +23,8 @@ import numpy as np
 from medmm import metrics as M
 from medmm.errors import MedmmError
 
-__all__ = ["MAX_GAP", "audit", "audit_html", "audit_markdown", "flag_rule", "group_labels", "parse_bands",
-           "require_fairlearn"]
+__all__ = ["MAX_GAP", "MISSING", "audit", "audit_html", "audit_markdown", "band_edges", "flag_rule", "group_labels",
+           "label_values", "parse_bands", "require_fairlearn"]
 
 MISSING = "missing"
 AGE_BANDS = (0.0, 40.0, 65.0, 80.0)
@@ -104,8 +104,10 @@ def _band(x: float, edges: Sequence[float]) -> str:
     return f"≥ {_g(edges[-1])}"
 
 
-def group_labels(values: Sequence[Any], column: str, bands: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
-    """One string label per value: bands for numeric columns (given, age defaults or quartiles), else the value."""
+def band_edges(values: Sequence[Any], column: str, bands: Mapping[str, Sequence[float]] | None = None,
+               ) -> list[float] | None:
+    """The band edges :func:`group_labels` uses for ``values`` (given, the age defaults or the quartiles of a
+    numeric column with more than :data:`MAX_LEVELS` values); ``None`` when the values are kept as they are."""
     present = [v for v in values if not _missing(v)]
     nums = [_number(v) for v in present]
     numeric = bool(present) and all(x is not None for x in nums)
@@ -115,6 +117,12 @@ def group_labels(values: Sequence[Any], column: str, bands: Mapping[str, Sequenc
     elif edges is None and numeric and len(set(nums)) > MAX_LEVELS:
         q = np.unique(np.round(np.quantile(np.asarray(nums, float), [0.25, 0.5, 0.75]), 6))
         edges = [float(_g(e)) for e in q]
+    return None if edges is None else sorted(float(e) for e in edges)
+
+
+def label_values(values: Sequence[Any], edges: Sequence[float] | None) -> np.ndarray:
+    """One string label per value: its band of ``edges`` (numeric values), or the value itself when ``edges``
+    is ``None``; a missing value (or a non-number to band) is :data:`MISSING`."""
     if edges is not None:
         edges = sorted(float(e) for e in edges)
         return np.asarray([MISSING if _missing(v) or _number(v) is None else _band(_number(v), edges)  # type: ignore[arg-type]
@@ -127,6 +135,12 @@ def group_labels(values: Sequence[Any], column: str, bands: Mapping[str, Sequenc
         return str(int(x)) if x is not None and x == int(x) and not isinstance(v, str) else str(v).strip()
 
     return np.asarray([plain(v) for v in values], dtype=object)
+
+
+def group_labels(values: Sequence[Any], column: str, bands: Mapping[str, Sequence[float]] | None = None) -> np.ndarray:
+    """One string label per value: bands for numeric columns (given, age defaults or quartiles of ``values``
+    themselves), else the value."""
+    return label_values(values, band_edges(values, column, bands))
 
 
 # --------------------------------------------------------------------------- audit
