@@ -79,6 +79,14 @@ def _local_data(data: Path | str, **kwargs: Any) -> Any:
     return local_data(data, echo=lambda m: click.echo(m, err=True), **kwargs)
 
 
+def _local_run_data(run_dir: Path, data: Path | str, **kwargs: Any) -> Any:
+    """``_local_data`` for a command on a trained run: a table of a run trained with ``data.image_source``
+    has its image cells pulled from that source, de-identified, as ``predict`` does."""
+    from medmm.pacs.local import local_run_data
+
+    return local_run_data(run_dir, data, echo=lambda m: click.echo(m, err=True), **kwargs)
+
+
 def _check_data(path: Path | str) -> Path | str:
     if isinstance(path, str):
         return path  # a DICOMweb source, validated by DataParam
@@ -170,12 +178,19 @@ def make_cli() -> click.Group:
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
     @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/<task>-<time>).")
     @click.option("--resume", "resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
+    @click.option("--time-limit", "time_limit", metavar="DURATION",
+                  help="Wall-clock budget of the whole run (600, 90s, 10m, 1h): planned to fit, stopped at the limit "
+                       "with its report written (engine.time_limit).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     def run(task: str, data: Path, config_file: Path | None, overrides: tuple[str, ...],
-            out: Path | None, resume: Path | None, quiet: bool) -> None:
+            out: Path | None, resume: Path | None, time_limit: str | None, quiet: bool) -> None:
         """Train and evaluate TASK on --data."""
+        import time
+
         from medmm.runner import run_task
 
+        started = time.perf_counter()  # --time-limit counts from here
+        overrides = (*overrides, *([f"engine.time_limit={time_limit}"] if time_limit is not None else []))
         spec = _task_spec(task)
         _check_data(data)
         if resume is not None:
@@ -202,7 +217,7 @@ def make_cli() -> click.Group:
         with opened as local:
             if local.pulled is not None and local.labels is not None:
                 data_cfg.labels = str(local.labels)  # rewritten to the pulled files' keyed UIDs
-            run_task(spec, cfg, local.path, out, resume=resume is not None, quiet=quiet)
+            run_task(spec, cfg, local.path, out, resume=resume is not None, quiet=quiet, started=started)
 
     @cli.command()
     @click.argument("run_dir", type=click.Path(path_type=Path))
@@ -284,11 +299,15 @@ def make_cli() -> click.Group:
     @click.argument("task")
     @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/demo-<task>).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
+    @click.option("--time-limit", "time_limit", metavar="DURATION",
+                  help="Wall-clock budget of the whole run (600, 90s, 10m, 1h): planned to fit, stopped at the limit "
+                       "with its report written (engine.time_limit).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def demo(task: str, out: Path | None, overrides: tuple[str, ...], quiet: bool) -> None:
+    def demo(task: str, out: Path | None, overrides: tuple[str, ...], time_limit: str | None, quiet: bool) -> None:
         """Build TASK's bundled demo data inside the run directory and train on it."""
         from medmm.runner import run_demo
 
+        overrides = (*overrides, *([f"engine.time_limit={time_limit}"] if time_limit is not None else []))
         run_demo(_task_spec(task), out, overrides, quiet=quiet)
 
     @cli.command()
@@ -327,7 +346,7 @@ def make_cli() -> click.Group:
         if isinstance(data, str) and dicomweb_labels is None:
             raise MedmmError("a DICOMweb --data needs --labels (CSV keyed by StudyInstanceUID / ... / AccessionNumber)")
         columns = None if subgroups is None else [c.strip() for c in subgroups.split(",") if c.strip()]
-        with _local_data(data, labels=dicomweb_labels, layout="label") as local:
+        with _local_run_data(run_dir, data, labels=dicomweb_labels, layout="label") as local:
             evaluate_run(run_dir, local.path, registry=_registry(), out=out, subgroups=columns, site=site,
                          date_column=date_column, recalibrate=recalibrate, calibration_fraction=calibration_fraction,
                          checkpoint=checkpoint, card=not no_card, overwrite=overwrite)
@@ -374,7 +393,7 @@ def make_cli() -> click.Group:
         from medmm.explain.run import explain_run
 
         _check_data(data)
-        with _local_data(data) as local:
+        with _local_run_data(run_dir, data) as local:
             explain_run(run_dir, local.path, out, registry=_registry(), limit=limit, method=method,
                         checkpoint=checkpoint, split_name=split_name)
 

@@ -187,6 +187,31 @@ def test_the_written_text_scan_covers_every_text_value_scan_text_reads() -> None
     assert scan.scan(_written_text(pydicom.dcmread(io.BytesIO(buf.getvalue()), force=True)), "instance") == 1
 
 
+def test_the_ocr_engine_is_loaded_ahead_only_when_the_search_finds_an_instance_in_scope(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm.data.sources.dicomweb import InstanceRef
+    from medmm.deid import pixels
+    from medmm.deid.options import DeidOptions
+    from medmm.pacs.pull import _Deid
+
+    made: list[int] = []
+    monkeypatch.setattr(pixels, "TextReader", lambda: made.append(1) or object())
+    ct, us = InstanceRef("1", "2", "3", modality="CT"), InstanceRef("1", "2", "4", modality="US")
+    sc = InstanceRef("1", "2", "5", modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7")
+    deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank")
+    assert deid.preload([ct]) is None and _Deid(Pseudonymizer(KEY), DeidOptions(), "keep").preload([us]) is None
+    for refs in ([ct, us], [sc]):
+        deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank")
+        thread = deid.preload(refs)
+        assert thread is not None
+        thread.join(10)
+        deid._ocr()  # the instance that needs it finds it loaded
+    thread = _Deid(Pseudonymizer(KEY), DeidOptions(), "scan-all").preload([ct])
+    assert thread is not None
+    thread.join(10)
+    assert len(made) == 3
+
+
 # ---------------------------------------------------------------------------- against Orthanc
 
 
@@ -253,12 +278,14 @@ def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_
     from medmm.deid import pixels
 
     server, _ = pacs
-    monkeypatch.setattr(pixels, "TextReader", lambda: object())  # no OCR model: the outcome is planted
+    made: list[int] = []
+    monkeypatch.setattr(pixels, "TextReader", lambda: made.append(1) or object())  # no OCR model: outcome planted
     monkeypatch.setattr(pixels, "clean_pixels",
                         lambda ds, reader, policy: pixels.PixelOutcome(scanned=True, blanked=True, texts_after=[left]))
     res = pull(_server(server.url + "?Modality=CT"), None, tmp_path / "out", pseudo=Pseudonymizer(KEY),
                pixels="scan-all", parallel="threads", progress=False, echo=lambda m: None)
     assert res.found == N_PER_CLASS and res.pixels_scanned == res.fetched
+    assert made == [1]  # loaded once (started ahead by the search's answer), shared by the 4 threads
     if outcome is None:
         assert (res.fetched, res.skipped) == (N_PER_CLASS, [])
     else:
@@ -414,9 +441,10 @@ def test_a_table_image_column_of_uids_is_pulled_and_rewritten_to_the_deidentifie
 
 @pytest.mark.slow
 def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studies(  # type: ignore[no-untyped-def]
-        pacs, tmp_path: Path, key_file: Path) -> None:
-    """`medmm run fusion --set data.image_source=dicomweb+...`: image + tabular, 1 epoch at 32 px; the
-    run directory holds no source UID or accession number."""
+        pacs, tmp_path: Path, key_file: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`medmm run fusion --set data.image_source=dicomweb+...`: image + tabular, 1 epoch at 32 px; predict,
+    evaluate and explain on the same table pull its images the same way; no output holds a source UID,
+    accession number or patient ID."""
     from tests.conftest import run_cli
 
     server, idents = pacs
@@ -440,8 +468,19 @@ def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studi
     assert "10 instance(s) pulled and de-identified" in out.stderr
     with pred.open() as f:
         assert [r["id"] for r in csv.DictReader(f)] == [f"r{n}" for n in range(11)]
-    blob = "".join(p.read_text(errors="ignore") for p in [*run.rglob("*"), pred] if p.is_file()
-                   and p.stat().st_size < 5_000_000)
+    # evaluate and explain read the same table the same way (in this process: no second torch start-up)
+    monkeypatch.setenv("MEDMM_DEID_KEY_FILE", str(key_file))
+    assert main(["evaluate", str(run), "--data", str(table), "--out", str(tmp_path / "eval"), "--no-card"]) == 0
+    assert "10 instance(s) pulled and de-identified" in capsys.readouterr().err
+    assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["provenance"]["units"] == 11
+    assert main(["explain", str(run), "--data", str(table), "--out", str(tmp_path / "explain"), "--limit", "1",
+                 "--split", "all"]) == 0
+    assert "10 instance(s) pulled and de-identified" in capsys.readouterr().err
+    summary = json.loads((tmp_path / "explain" / "summary.json").read_text())
+    assert summary["methods"]["image"] == "Grad-CAM" and list((tmp_path / "explain" / "overlays").glob("*.png"))
+    blob = "".join(p.read_text(errors="ignore") for p in [*run.rglob("*"), pred, *(tmp_path / "eval").rglob("*"),
+                                                          *(tmp_path / "explain").rglob("*")]
+                   if p.is_file() and p.stat().st_size < 5_000_000)
     for i in idents:
         for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "AccessionNumber", "PatientID"):
             assert i[k] not in blob, k

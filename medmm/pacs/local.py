@@ -4,7 +4,8 @@ A folder is used as it is. A ``dicomweb+https://...`` source is pulled (de-ident
 with the deid key, as ``medmm pull`` does) into a temporary folder that is removed when the
 command ends; the in-memory pull result (pseudonym -> source UID map) stays available for
 ``predict --push``. ``local_table`` does the same for a table whose image column names studies,
-series or instances of a DICOMweb source (``run fusion`` with ``data.image_source``).
+series or instances of a DICOMweb source (``run fusion`` with ``data.image_source``);
+``local_run_data`` picks between them for a command on a trained run (evaluate, explain).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 from medmm.data.sources import parse_source
 from medmm.errors import MedmmError
 
-__all__ = ["LocalData", "local_data", "local_table", "run_image_source"]
+__all__ = ["LocalData", "local_data", "local_run_data", "local_table", "run_image_source"]
 
 
 @dataclass
@@ -174,3 +175,23 @@ def run_image_source(run_dir: Path) -> tuple[str, str | None] | None:
     data = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("data") or {}
     source = data.get("image_source") if isinstance(data, dict) else None
     return (str(source), data.get("image_column")) if source else None
+
+
+@contextlib.contextmanager
+def local_run_data(run_dir: Path, spec: str | Path, *, echo: Callable[[str], None] = print, progress: bool = True,
+                   **kwargs: Any) -> Iterator[LocalData]:
+    """``--data`` of a command on a trained ``run_dir`` as local data: a table for a run trained with
+    ``data.image_source`` gets its image cells pulled as :func:`local_table` does (the run's source and
+    image column); anything else goes through :func:`local_data` (``kwargs``: its options)."""
+    source = parse_source(spec)
+    trained = run_image_source(run_dir)
+    if trained is not None and source.is_remote:
+        raise MedmmError("this run was trained with data.image_source: give --data the table (CSV / TSV) whose "
+                         f"{trained[1] or 'image'} column names the studies; they are pulled from the run's source")
+    trained = trained if Path(spec).is_file() else None
+    if trained is not None:
+        with local_table(spec, trained[1], trained[0], echo=echo, progress=progress) as local:
+            yield local
+        return
+    with local_data(spec, echo=echo, progress=progress, **kwargs) as local:
+        yield local
