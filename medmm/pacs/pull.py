@@ -20,6 +20,7 @@ changed; ``.medmm-pull/state.json`` (key id, de-id mode) is written before the f
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -122,13 +123,35 @@ class _Deid:
         self.pseudo, self.options, self.profile, self.pixels = pseudo, options, load_profile(), pixels
         self._reader: Any = None
         self._lock = threading.Lock()  # one OCR engine, one image at a time
+        self._loading = threading.Lock()  # loaded once, by a worker or by :meth:`preload`
 
     def _ocr(self) -> Any:
         from medmm.deid.pixels import TextReader
 
-        if self._reader is None:
-            self._reader = TextReader()  # loaded on the first image in scope
+        with self._loading:
+            if self._reader is None:
+                self._reader = TextReader()  # loaded on the first image in scope, or by preload
         return self._reader
+
+    def preload(self, refs: list[InstanceRef]) -> Any:
+        """Start loading the OCR engine on a background thread when the search says that one of ``refs``
+        will get the pixel pass (modality or SOP class; ``scan-all``: any), so that the load overlaps
+        retrieval instead of holding up the first such instance. Returns the thread, or ``None``."""
+        import threading
+
+        from medmm.deid.pixels import in_scope
+
+        if self.pixels == "keep" or not any(in_scope({"Modality": r.modality, "SOPClassUID": r.sop_class},
+                                                     scan_all=self.pixels == "scan-all") for r in refs):
+            return None
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # a missing OCR package is reported by the instance needing it
+                self._ocr()
+
+        thread = threading.Thread(target=load, name="medmm-pull-ocr", daemon=True)
+        thread.start()
+        return thread
 
     def skip_reason(self, ds: Any) -> str | None:
         from medmm.deid.dicom import skip_reason
@@ -208,7 +231,8 @@ def _written_text(ds: Any, encodings: list[str] | None = None) -> str:
                     for item in elem.value or []:
                         visit(item, encodings)
                 elif elem.VR in _TEXT_VRS:
-                    chunks.append("\n".join(str(v) for v in (elem.value if elem.VM > 1 else [elem.value]) if v is not None))
+                    values = elem.value if elem.VM > 1 else [elem.value]
+                    chunks.append("\n".join(str(v) for v in values if v is not None))
                 elif elem.VR in ("UN", "OB") and isinstance(elem.value, (bytes, bytearray)):
                     chunks.append(bytes(elem.value).decode("latin-1"))
                 continue
@@ -396,6 +420,8 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
     fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
+    if fetch.deid is not None and not use_processes:  # a process loads its own engine when it needs one
+        fetch.deid.preload(todo)
     bar = _bar(len(todo), progress)
     try:
         with open(manifest_path, "a", encoding="utf-8") as manifest, _pool(fetch, workers, use_processes) as pool:

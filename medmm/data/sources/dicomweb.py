@@ -170,13 +170,16 @@ class Credentials:
 
 @dataclass(frozen=True)
 class InstanceRef:
-    """One instance found by QIDO-RS: its three UIDs, accession number and requested attributes."""
+    """One instance found by QIDO-RS: its three UIDs, accession number, requested study attributes, and
+    its modality and SOP class (what decides, before retrieval, whether it may need the pixel pass)."""
 
     study: str
     series: str
     sop: str
     accession: str = ""
     attributes: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    modality: str = field(default="", compare=False)
+    sop_class: str = field(default="", compare=False)
 
 
 def _value(item: Mapping[str, Any], tag: str) -> str:
@@ -296,14 +299,16 @@ class DicomwebServer:
         tags = {name: f"{tag:08X}" for name in study_fields if (tag := tag_for_keyword(name)) is not None}
         studies: dict[tuple[str, ...], dict[str, str]] = {}  # one shared dict per distinct study answer
         for item in self._paged(self.client.search_for_instances, search_filters=filters,
-                                fields=["StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber", *tags]):
+                                fields=["StudyInstanceUID", "SeriesInstanceUID", "AccessionNumber", "Modality",
+                                        "SOPClassUID", *tags]):
             study, series = _value(item, _UID_TAGS["study"]), _value(item, _UID_TAGS["series"])
             sop = _value(item, _UID_TAGS["sop"])
             if not (study and series and sop):
                 continue
             values = tuple(_value(item, tag) for tag in tags.values())
             attrs = studies.setdefault((study, *values), dict(zip(tags, values)))
-            yield InstanceRef(study, series, sop, _value(item, _UID_TAGS["accession"]), attrs)
+            yield InstanceRef(study, series, sop, _value(item, _UID_TAGS["accession"]), attrs,
+                              _value(item, "00080060"), _value(item, "00080016"))
 
     def find(self, study: str, sop: str) -> bool:
         """Whether the server holds instance ``sop`` of ``study`` (QIDO-RS)."""
