@@ -46,6 +46,8 @@ SKIPPED_CSV = "skipped.csv"
 SPLITS_CSV = "splits.csv"
 MISSING_SPLIT = "missing split"
 INVALID_SPLIT = "invalid split value (expected train/val/test)"
+STUDY_UID = "StudyInstanceUID"  # the unit column that references a unit's imaging study (DICOM SR of a table task)
+ACCESSION = "AccessionNumber"  # optional: the study's accession number, copied into the SR's request reference
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,12 @@ class TaskSpec:
             :class:`medmm.deploy.runtime.Examples`; optionally ``columns`` (the input columns a row
             needs, for ``medmm serve``) and ``text_columns`` (those that must hold text). With
             :meth:`Task.deploy_spec` it makes the task exportable (``medmm export / serve``).
+        study_key: for a task whose rows come from imaging studies (a table task has no DICOM file to
+            reference): the config key (e.g. ``"data.study_column"``) naming the table column of each
+            row's StudyInstanceUID. The task puts each unit's study into its unit columns with
+            :func:`study_references`; ``medmm predict --dicom-sr`` then writes one DICOM SR per
+            referenced study (:mod:`medmm.deploy.sr`). ``None`` (the default): only tasks that read
+            DICOM folders write SRs.
     """
 
     name: str
@@ -82,6 +90,7 @@ class TaskSpec:
     demo: str | Callable[..., Any] | None = None
     config_model: str | type | None = None
     runtime: str | Callable[..., Any] | None = None
+    study_key: str | None = None
     choices: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
     ranges: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
 
@@ -272,6 +281,42 @@ def read_split_column(ids: Sequence[str], cells: Sequence[Any]) -> tuple[list[st
             skipped.append((str(row_id), MISSING_SPLIT if is_missing(cell) else INVALID_SPLIT))
         splits.append(split)
     return splits, skipped
+
+
+def study_references(df: Any, ids: Sequence[str], study_column: str | None, accession_column: str | None = None,
+                     *, required: bool = True) -> dict[str, dict[str, str]]:
+    """Each row's imaging study as unit columns: ``{id: {"StudyInstanceUID": ..., "AccessionNumber": ...}}``
+    (``predictions.csv`` columns; ``medmm predict --dicom-sr`` files an SR in each study).
+
+    ``df`` is the table (rows in the order of ``ids``); ``study_column`` / ``accession_column`` name its
+    columns (``None``: no references, ``{}``). A row whose study cell is empty gets none. A named column
+    that the table lacks is a :class:`DataError` naming it (``required=False``, e.g. new data to predict
+    or a served row: no references from it); a cell that is not a DICOM UID (digits and dots, at most 64
+    characters) is one naming the column, never the value.
+    """
+    from medmm.data.readers import is_missing
+
+    if not required:
+        study_column = study_column if study_column in df.columns else None
+        accession_column = accession_column if accession_column in df.columns else None
+    if not study_column:
+        return {}
+    for col in (study_column, accession_column):
+        if col and col not in df.columns:
+            raise DataError(f"study column {col!r} is not in the data")
+    if len(ids) != len(df):
+        raise DataError("one id per row is required")
+    studies = df[study_column].tolist()
+    accessions = df[accession_column].tolist() if accession_column else [None] * len(df)
+    out: dict[str, dict[str, str]] = {}
+    for row_id, uid, acc in zip(ids, studies, accessions):
+        if is_missing(uid):
+            continue
+        uid = str(uid).strip()
+        if len(uid) > 64 or not uid.replace(".", "").isdigit():
+            raise DataError(f"column {study_column!r} holds a value that is not a DICOM UID (digits and dots)")
+        out[str(row_id)] = {STUDY_UID: uid, **({ACCESSION: str(acc).strip()[:16]} if not is_missing(acc) else {})}
+    return out
 
 
 def assign_splits(ids: Sequence[str], *, given: Sequence[str | None] | None = None,

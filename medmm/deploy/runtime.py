@@ -260,9 +260,12 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     out = Path(out)
     check_output_file(out, overwrite=overwrite)  # before any work, as the torch path does
     model = ExportedModel(export_dir, quantized=quantized)
-    if dicom_sr is not None and model.inputs.accepts != "dicom":
-        raise MedmmError(f"--dicom-sr reports findings on DICOM images; this export's {model.task!r} task reads "
-                         "no DICOM folder")
+    if dicom_sr is not None and model.inputs.accepts != "dicom":  # a table task: its rows must name their study
+        from medmm.deploy.sr import study_column
+        from medmm.plugins import get_registry
+        from medmm.task import STUDY_UID
+
+        column = study_column(get_registry().get("task", model.task), model.cfg)
     pred = model.predict_path(data)
     out.parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {}
@@ -293,6 +296,9 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
                                       pred.scores)
         msg += "\n" + "\n".join(f"  {k:<10} {v:.4f}" if isinstance(v, float) else f"  {k:<10} {v}"
                                 for k, v in metrics.items())
+    if dicom_sr is not None and model.inputs.accepts != "dicom" and not any(
+            STUDY_UID in (pred.unit_columns or {}).get(u, {}) for u in pred.units):
+        raise DataError(f"--dicom-sr: no row of the data names its study in column {column!r}")
     if dicom_sr is not None:
         from medmm.deploy.sr import write_reports
 
@@ -301,7 +307,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
                                 label_names=model.label_names or [], model_name=model.model_name,
                                 model_version=f"medmm {m.get('medmm', '?')} run {m.get('run', '?')}",
                                 threshold=float(m.get("threshold") or 0.5), conformal=conf,
-                                set_groups=pred.set_groups)
+                                set_groups=pred.set_groups, unit_columns=pred.unit_columns)
     click.echo(msg)
     if dicom_sr is not None:
         from medmm.deploy.sr import echo_reports

@@ -6,6 +6,13 @@ qualitative evaluation), the probability of each class, the algorithm's name and
 references to the source images (SOP class / instance UIDs; study and series via the evidence).
 This is how imaging AI results go back to a PACS; the report carries the study's patient module
 (copied from the source by highdicom, as PACS matching needs), so treat the files as patient data.
+
+A unit with no DICOM file (a row of a table task) is reported when its unit columns carry the
+study it came from (``StudyInstanceUID``, optionally ``AccessionNumber``; a task declares its
+study column with ``TaskSpec.study_key`` and fills them with :func:`medmm.task.study_references`):
+its SR is filed in that study (the SR's StudyInstanceUID) and names it in the Referenced Request
+Sequence (study UID and accession number); it references no image, so its patient module is
+empty. Regression and survival scores are reported as measurements without a finding.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import numpy as np
 
 from medmm.deploy.manifest import require
 from medmm.errors import DataError, MedmmError
+from medmm.task import ACCESSION, STUDY_UID
 
 SCHEME = "99MEDMM"  # private coding scheme of medmm's label names
 MAX_CLASSES = 50
@@ -35,13 +43,21 @@ def _concept(value: str, meaning: str, scheme: str = SCHEME) -> Any:
     return CodedConcept(value=value[:16] or "?", scheme_designator=scheme, meaning=meaning[:64] or "?")
 
 
-def _class_probs(problem: str, scores: np.ndarray, names: Sequence[str]) -> list[tuple[str, float]]:
+def _measured(problem: str, scores: np.ndarray, names: Sequence[str]) -> list[tuple[str, str, float]]:
+    """``(code, meaning, value)`` of each measurement of one unit: class probabilities, or the score."""
+    if problem == "survival":
+        return [("RISK", "Predicted risk (higher = earlier event)", float(np.asarray(scores).ravel()[0]))]
+    if problem == "regression":
+        return [("VALUE", "Predicted value", float(np.asarray(scores).ravel()[0]))]
     if problem == "binary":
-        return [(str(names[1]), float(scores))]
-    return [(str(n), float(p)) for n, p in zip(names, np.asarray(scores).ravel())][:MAX_CLASSES]
+        return [("P0", f"Probability of {names[1]}", float(scores))]  # as before: one measurement, P0
+    return [(f"P{k}", f"Probability of {n}", float(p))
+            for k, (n, p) in enumerate(zip(names, np.asarray(scores).ravel()))][:MAX_CLASSES]
 
 
 def _finding(problem: str, scores: np.ndarray, names: Sequence[str], threshold: float) -> list[str]:
+    if problem in ("regression", "survival"):  # a score, no class: measurements only
+        return []
     s = np.asarray(scores, dtype=float)
     if problem == "binary":
         return [str(names[int(float(s) >= threshold)])]
@@ -54,8 +70,12 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
                   records: Mapping[str, Sequence[Any]], *, problem: str, label_names: Sequence[str],
                   model_name: str, model_version: str, threshold: float = 0.5,
                   conformal: Mapping[str, Any] | None = None, set_groups: Sequence[Any] | None = None,
+                  unit_columns: Mapping[str, Mapping[str, str]] | None = None,
                   ) -> tuple[list[Path], list[tuple[str, str]]]:
     """One SR file per study under ``out_dir`` (no clashing files); returns ``(written, skipped studies)``.
+
+    A unit's study comes from its DICOM ``records``, else from its ``unit_columns``' ``StudyInstanceUID``
+    (a table row: the module docstring).
 
     A study whose source files highdicom cannot reference (e.g. a retired SOP class) is skipped
     with its reason; nothing is written unless every buildable report is built. ``conformal`` (the
@@ -66,16 +86,22 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
     from pydicom.sr.codedict import codes
     from pydicom.uid import generate_uid
 
-    if problem not in ("binary", "multiclass", "multilabel"):
-        raise MedmmError(f"--dicom-sr reports classification findings; this model predicts {problem}")
+    if problem not in ("binary", "multiclass", "multilabel", "regression", "survival"):
+        raise MedmmError(f"--dicom-sr reports classification findings or scores; this model predicts {problem}")
     out_dir, root = Path(out_dir), Path(root)
     by_study: dict[str, list[int]] = {}
+    referenced: dict[str, dict[str, str]] = {}  # study -> the unit columns naming it (units without a file)
     for i, unit in enumerate(units):
         recs = records.get(unit) or []
+        ref = (unit_columns or {}).get(unit) or {}
         if recs:
             by_study.setdefault(recs[0].study_uid or f"path:{recs[0].path}", []).append(i)
+        elif ref.get(STUDY_UID):
+            by_study.setdefault(ref[STUDY_UID], []).append(i)
+            referenced.setdefault(ref[STUDY_UID], dict(ref))
     if not by_study:
-        raise DataError("--dicom-sr: no predicted image could be traced back to its DICOM file")
+        raise DataError("--dicom-sr: no predicted unit could be traced back to a DICOM file or carries a "
+                        f"{STUDY_UID} unit column")
     names = {study: f"SR_{study if not study.startswith('path:') else generate_uid()}.dcm" for study in by_study}
     clash = [n for n in names.values() if (out_dir / n).exists()]
     if clash:
@@ -95,7 +121,8 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
             with _quiet():  # pydicom / highdicom warnings quote header values (patient names): never shown
                 sr = _study_report(hd, codes, generate_uid, root, [units[i] for i in idx], [scores[i] for i in idx],
                                    records, problem, label_names, threshold, device, algorithm, model_name,
-                                   conformal, None if set_groups is None else [set_groups[i] for i in idx])
+                                   conformal, None if set_groups is None else [set_groups[i] for i in idx],
+                                   referenced.get(study))
         except KeyError as exc:  # highdicom's SOP class table lacks the source's (e.g. retired US Image Storage)
             skipped.append((study, f"highdicom cannot reference source SOP class {exc.args[0] if exc.args else '?'}"))
             continue
@@ -127,20 +154,21 @@ def write_reports(out_dir: Path, root: Path, units: Sequence[str], scores: np.nd
 def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: list[str], scores: list[Any],
                   records: Mapping[str, Sequence[Any]], problem: str, label_names: Sequence[str], threshold: float,
                   device: Any, algorithm: Any, model_name: str, conformal: Mapping[str, Any] | None = None,
-                  set_groups: Sequence[Any] | None = None) -> Any:
-    """The Comprehensive 3D SR of one study: a measurement group per predicted unit."""
+                  set_groups: Sequence[Any] | None = None, reference: Mapping[str, str] | None = None) -> Any:
+    """The Comprehensive 3D SR of one study: a measurement group per predicted unit. ``reference``: the
+    unit columns naming a study whose units have no DICOM file (the SR is filed in it, no image evidence)."""
     evidence: dict[str, Any] = {}
     groups = []
     for n, (unit, score) in enumerate(zip(units, scores), start=1):
         group = None if set_groups is None else set_groups[n - 1]
         sources = []
-        for rec in records[unit]:
+        for rec in [] if reference is not None else records[unit]:
             if rec.sop_uid not in evidence:
                 evidence[rec.sop_uid] = _header(root / rec.path)
             sources.append(hd.sr.SourceImageForMeasurementGroup.from_source_image(evidence[rec.sop_uid]))
-        measurements = [hd.sr.Measurement(name=_concept(f"P{k}", f"Probability of {label}"), value=p,
-                                          unit=codes.UCUM.NoUnits, algorithm_id=algorithm)
-                        for k, (label, p) in enumerate(_class_probs(problem, score, label_names))]
+        measurements = [hd.sr.Measurement(name=_concept(code, meaning), value=value, unit=codes.UCUM.NoUnits,
+                                          algorithm_id=algorithm)
+                        for code, meaning, value in _measured(problem, score, label_names)]
         findings = [hd.sr.QualitativeEvaluation(
             name=codes.DCM.Finding, value=_concept(f"L{list(label_names).index(f)}" if f in label_names else "NONE", f))
             for f in _finding(problem, score, label_names, threshold)]
@@ -148,15 +176,55 @@ def _study_report(hd: Any, codes: Any, generate_uid: Any, root: Path, units: lis
             findings += _set_findings(hd, codes, conformal, score, label_names, group)
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"prediction {n}"),
-            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=findings,
-            source_images=sources))
+            algorithm_id=algorithm, measurements=measurements, qualitative_evaluations=findings or None,
+            source_images=sources or None))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=codes.SCT.ImagingProcedure, imaging_measurements=groups)
-    return hd.sr.Comprehensive3DSR(
+    extra: dict[str, Any] = {}
+    if reference is not None:  # no instance to cite: the study itself, as highdicom's first "evidence"
+        evidence = {"study": _study_stub(reference, generate_uid)}
+        extra["requested_procedures"] = [_request(reference)]
+    sr = hd.sr.Comprehensive3DSR(
         evidence=list(evidence.values()), content=report, series_instance_uid=generate_uid(), series_number=990,
         sop_instance_uid=generate_uid(), instance_number=1, manufacturer="medmm", is_complete=True,
-        is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64])
+        is_final=False, is_verified=False, series_description=f"medmm {model_name} prediction"[:64], **extra)
+    if reference is not None:  # the stub is no instance: the SR cites none (the sequence is type 1C)
+        for keyword in ("CurrentRequestedProcedureEvidenceSequence", "PertinentOtherEvidenceSequence"):
+            if keyword in sr:
+                delattr(sr, keyword)
+    return sr
+
+
+def _study_stub(reference: Mapping[str, str], generate_uid: Any) -> Any:
+    """The study of a unit without a DICOM file, as the dataset highdicom takes its study and (empty)
+    patient attributes from; its SOP instance is a placeholder the SR does not cite."""
+    from pydicom import Dataset
+    from pydicom.uid import SecondaryCaptureImageStorage
+
+    ds = Dataset()
+    ds.StudyInstanceUID = reference[STUDY_UID]
+    ds.SeriesInstanceUID, ds.SOPInstanceUID = generate_uid(), generate_uid()
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    for keyword in _TYPE2:
+        setattr(ds, keyword, "")
+    ds.AccessionNumber = reference.get(ACCESSION, "")
+    return ds
+
+
+def _request(reference: Mapping[str, str]) -> Any:
+    """A Referenced Request Sequence item: the referenced study's UID and accession number."""
+    from pydicom import Dataset
+
+    item = Dataset()
+    item.StudyInstanceUID = reference[STUDY_UID]
+    item.AccessionNumber = reference.get(ACCESSION, "")
+    item.ReferencedStudySequence = []
+    for keyword in ("PlacerOrderNumberImagingServiceRequest", "FillerOrderNumberImagingServiceRequest",
+                    "RequestedProcedureID", "RequestedProcedureDescription"):
+        setattr(item, keyword, "")
+    item.RequestedProcedureCodeSequence = []
+    return item
 
 
 def _set_findings(hd: Any, codes: Any, conformal: Mapping[str, Any], score: Any, names: Sequence[str],
@@ -215,42 +283,50 @@ def _header(path: Path) -> Any:
     return ds
 
 
-def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, level: str, frames: str,
+def reports_from_predictions(predictions: Path, data: Path, out_dir: Path, *, level: str | None, frames: str,
                              problem: str, label_names: Sequence[str], model_name: str,
-                             model_version: str, conformal: Mapping[str, Any] | None = None,
+                             model_version: str, conformal: Mapping[str, Any] | None = None, study: str = "",
                              set_groups: Sequence[Any] | None = None) -> tuple[list[Path], list[tuple[str, str]]]:
     """SRs from a written ``predictions.csv`` (the torch ``medmm predict RUN_DIR`` path).
 
-    The DICOM folder is scanned again (headers only) to trace each predicted unit to its files.
+    The DICOM folder is scanned again (headers only) to trace each predicted unit to its files;
+    ``level=None`` (a table task): each unit's study is its ``StudyInstanceUID`` column (read from the
+    data's column ``study``).
     """
     from medmm.data.dicom.scan import group_key, image_items, scan_folder
 
-    records, _ = scan_folder(Path(data), workers=0)
     traced: dict[str, list[Any]] = {}
-    for item in image_items(records, frames):
-        unit = item.key if level == "instance" else group_key(item, level)
-        if item.record not in traced.get(unit, []):
-            traced.setdefault(unit, []).append(item.record)
+    if level is not None:
+        records, _ = scan_folder(Path(data), workers=0)
+        for item in image_items(records, frames):
+            unit = item.key if level == "instance" else group_key(item, level)
+            if item.record not in traced.get(unit, []):
+                traced.setdefault(unit, []).append(item.record)
     with Path(predictions).open(newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
+    if level is None and not any(r.get(STUDY_UID) for r in rows):
+        raise DataError(f"--dicom-sr: no row of the data names its study in column {study!r}")
+    refs = {r["id"]: {k: r[k] for k in (STUDY_UID, ACCESSION) if r.get(k)} for r in rows} if level is None else None
     names = [str(n) for n in label_names]
-    cols = [f"prob_{names[1]}"] if problem == "binary" else [f"prob_{n}" for n in names]
+    cols = ({"survival": ["risk"], "regression": ["prediction"]}.get(problem) or
+            ([f"prob_{names[1]}"] if problem == "binary" else [f"prob_{n}" for n in names]))
     try:
         scores = np.asarray([[float(r[c]) for c in cols] for r in rows], dtype=np.float32)
     except KeyError as exc:
         raise DataError(f"{predictions} has no column {exc}; it was not written by this run") from None
-    if problem == "binary":
+    if problem in ("binary", "regression", "survival"):
         scores = scores[:, 0]
     return write_reports(out_dir, data, [r["id"] for r in rows], scores, traced, problem=problem,
                          label_names=names, model_name=model_name, model_version=model_version,
-                         conformal=conformal, set_groups=set_groups)
+                         conformal=conformal, unit_columns=refs, set_groups=set_groups)
 
 
 def reports_for_run(run_dir: Path, predictions: Path, data: Path,
                     out_dir: Path) -> tuple[list[Path], list[tuple[str, str]]]:
     """``medmm predict RUN_DIR --dicom-sr OUT``: the run's task, labels and model name from its files.
 
-    Any task that reads a DICOM folder (its data config has ``level`` and ``frames``) qualifies.
+    Any task that reads a DICOM folder (its data config has ``level`` and ``frames``) qualifies, and a
+    table task whose rows name their study (``TaskSpec.study_key``, :func:`study_column`).
     """
     from medmm import __version__
     from medmm.evaluation.conformal import load_conformal, set_groups_of
@@ -258,21 +334,37 @@ def reports_for_run(run_dir: Path, predictions: Path, data: Path,
 
     run = Run.open(run_dir)
     d = run.cfg.data
-    if not (hasattr(d, "level") and hasattr(d, "frames")):
-        raise MedmmError(f"--dicom-sr reports findings on DICOM images; {run_dir} is a {run.task_name!r} run, "
-                         "whose task reads no DICOM folder")
+    images = hasattr(d, "level") and hasattr(d, "frames")
+    study = "" if images else study_column(run.spec, run.cfg)  # a one-line error unless rows name their study
     task = run.task()  # its artifacts: problem and label names
     model = run.cfg.model
     conf = load_conformal(run.path)
     with Path(predictions).open(newline="", encoding="utf-8") as f:
         ids = [r["id"] for r in csv.DictReader(f)] if conf and conf.get("group_thresholds") else []
-    return reports_from_predictions(predictions, data, out_dir, level=d.level, frames=d.frames, problem=task.problem,
+    return reports_from_predictions(predictions, data, out_dir, level=d.level if images else None,
+                                    frames=d.frames if images else "first", problem=task.problem,
                                     label_names=list(task.label_names or []),
                                     model_name=str(getattr(model, "backbone", None) or run.task_name),
                                     model_version=f"medmm {run.info.get('medmm', __version__)} run "
                                                   f"{run.path.resolve().name}",
-                                    conformal=conf,  # set + refer flag (#32), per group when grouped
+                                    conformal=conf, study=study,  # set + refer flag (#32), per group when grouped
                                     set_groups=set_groups_of(conf, Path(data), run.cfg, ids) if ids else None)
+
+
+def study_column(spec: Any, cfg: Any) -> str:
+    """The table column of each row's StudyInstanceUID for a task that reads no DICOM folder (its
+    ``TaskSpec.study_key`` names the config key); a one-line :class:`MedmmError` naming what is missing."""
+    key = getattr(spec, "study_key", None)
+    if not key:
+        raise MedmmError(f"--dicom-sr reports on DICOM studies; task {spec.name!r} reads no DICOM folder and its "
+                         "rows name no study (TaskSpec.study_key)")
+    node: Any = cfg
+    for part in key.split("."):
+        node = node.get(part) if node is not None else None
+    if not node:
+        raise MedmmError(f"--dicom-sr needs the study of each {spec.name} row: the run was trained without {key} "
+                         f"(the column of each row's {STUDY_UID}); train with --set {key}=COLUMN")
+    return str(node)
 
 
 def echo_reports(out_dir: Path, written: Sequence[Path], skipped: Sequence[tuple[str, str]]) -> None:

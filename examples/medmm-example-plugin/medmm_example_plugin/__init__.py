@@ -16,6 +16,7 @@ def register_tasks(register):
         runtime="medmm_example_plugin.runtime:SurvivalRows",  # torch-free: medmm export / serve / predict EXPORT
         demo="medmm_example_plugin.demo:build",
         config_model="medmm_example_plugin.config:DiscreteSurvivalConfig",  # types, bounds, descriptions
+        study_key="data.study_column",  # rows name their imaging study: medmm predict --dicom-sr files an SR there
     ))
 
 

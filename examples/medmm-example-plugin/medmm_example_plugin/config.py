@@ -21,6 +21,11 @@ class SurvivalData(DataConfig):
     decimal: str = Field(".", description='decimal mark of numbers in text files: "." or ","')
     id_column: str | None = Field(None, description="row ids in predictions.csv (default: row number)")
     group_column: str | None = Field(None, description="patient id: no patient in two splits")
+    study_column: str | None = Field(None, description="each row's imaging StudyInstanceUID (never a feature): "
+                                                       "predictions.csv keeps it and --dicom-sr files an SR "
+                                                       "in that study")
+    accession_column: str | None = Field(None, description="the study's accession number (never a feature), "
+                                                           "copied into the SR's request reference")
     val_fraction: Fraction = Field(0.15, lt=1, description="share of rows (patients) held for validation")
     test_fraction: Fraction = Field(0.2, lt=1, description="share of rows (patients) held for the test split")
 

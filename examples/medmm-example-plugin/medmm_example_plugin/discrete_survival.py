@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 from medmm import (
     BaselineInputs, BundleMeta, DataBundle, DataError, DeploySpec, ExplainSpec, Preprocessor, Split, Task,
     feature_input, fit_preprocessor, infer_column_types, prepare_target, read_json, read_table, select_features,
-    write_json_atomic,
+    study_references, write_json_atomic,
 )
 
 log = logging.getLogger("medmm")
@@ -114,7 +114,7 @@ class DiscreteSurvivalTask(Task):
         self.write_skipped([(i, "missing time or event") for i, keep in zip(ids_all, target.mask) if not keep])
         kept = df[target.mask].reset_index(drop=True)
         ids = [i for i, keep in zip(ids_all, target.mask) if keep]
-        reserved = {d.time, d.event, d.id_column, d.group_column} - {None}
+        reserved = {d.time, d.event, d.id_column, d.group_column, d.study_column, d.accession_column} - {None}
         self.features = select_features(list(df.columns), d.features, d.exclude, reserved)
         groups = kept[d.group_column].tolist() if d.group_column else None
         splits = self.assign_splits(ids, groups=groups, labels=target.event)  # the one split rule (medmm.task)
@@ -134,7 +134,9 @@ class DiscreteSurvivalTask(Task):
                      for name in ("train", "val", "test")}
         desc = (f"{len(kept)} patients x {len(self.features)} features, {int(target.event.sum())} events, "
                 f"{len(self.cuts) + 1} intervals, risk = cumulative hazard by horizon {self.horizon:g}")
-        return DataBundle(split("train"), split("val"), split("test"), meta=BundleMeta(description=desc))
+        studies = study_references(kept, ids, d.study_column, d.accession_column)  # predictions.csv, --dicom-sr
+        return DataBundle(split("train"), split("val"), split("test"), meta=BundleMeta(description=desc,
+                                                                                       unit_columns=studies))
 
     def build_model(self) -> torch.nn.Module:
         m = self.cfg.model
@@ -170,6 +172,8 @@ class DiscreteSurvivalTask(Task):
         d = self.cfg.data
         df = read_table(data_path, decimal=d.decimal)
         x, ids, y = self.preprocessor.transform(df), self._ids(df), None
+        self.unit_columns = study_references(df, ids, d.study_column, d.accession_column,  # --dicom-sr's studies
+                                             required=False)  # new data may lack them
         if d.time in df.columns and d.event in df.columns:
             target = prepare_target(df, "survival", time=d.time, event=d.event)
             y = self._targets(target) if target.mask.all() else None

@@ -15,7 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from medmm import DataError, Examples, Preprocessor, batch_slices, prepare_target, read_json, read_table
+from medmm import (
+    DataError, Examples, Preprocessor, batch_slices, prepare_target, read_json, read_table, study_references,
+)
 
 ARTIFACT = "discrete_survival.json"
 
@@ -46,4 +48,5 @@ class SurvivalRows:
         if d.time in df.columns and d.event in df.columns:
             t = prepare_target(df, "survival", time=d.time, event=d.event)
             y = np.stack([t.time, t.event], axis=1).astype(np.float32) if t.mask.all() else None
-        return Examples([{"x": x[s]} for s in batch_slices(len(x), self.batch_size)], ids, y)
+        studies = study_references(df, ids, d.study_column, d.accession_column, required=False)  # --dicom-sr
+        return Examples([{"x": x[s]} for s in batch_slices(len(x), self.batch_size)], ids, y, unit_columns=studies)
