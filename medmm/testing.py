@@ -39,6 +39,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -61,10 +62,12 @@ class Check:
     name: str
     ok: bool | None
     detail: str = ""
+    seconds: float = 0.0  # wall time of the check (0 when skipped)
 
     def __str__(self) -> str:
         mark = {True: "ok  ", False: "FAIL", None: "skip"}[self.ok]
-        return f"{mark}  {self.name:<10} {self.detail}"
+        took = f" [{self.seconds:.0f} s]" if self.seconds >= 0.5 else ""
+        return f"{mark}  {self.name:<10} {self.detail}{took}"
 
 
 @dataclass
@@ -127,16 +130,18 @@ def check_task(task_name: str, build_data: Callable[[Path], Any], workdir: str |
         if dep is not None and not ctx.passed.get(dep):
             report.checks.append(Check(name, None, f"needs the {dep} check"))
             continue
+        started = time.perf_counter()
         try:
             detail = getattr(ctx, name.replace("-", "_"))()
             ctx.passed[name] = True
-            report.checks.append(Check(name, True, detail))
+            report.checks.append(Check(name, True, detail, time.perf_counter() - started))
         except _Skip as exc:
-            report.checks.append(Check(name, None, str(exc)))
+            report.checks.append(Check(name, None, str(exc), time.perf_counter() - started))
         except Exception as exc:  # noqa: BLE001 - every failure is reported, with where it happened
             where = traceback.extract_tb(exc.__traceback__)[-1]
             report.checks.append(Check(name, False, f"{type(exc).__name__}: {str(exc).strip()[:400]} "
-                                                    f"({Path(where.filename).name}:{where.lineno})"))
+                                                    f"({Path(where.filename).name}:{where.lineno})",
+                                       time.perf_counter() - started))
     return report
 
 
