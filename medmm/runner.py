@@ -96,10 +96,11 @@ def _setup_logging(run_dir: Path, main: bool) -> None:
 
 
 def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, resume: bool = False,
-             quiet: bool = False, prepared: bool = False) -> dict[str, Any]:
+             quiet: bool = False, prepared: bool = False, started: float | None = None) -> dict[str, Any]:
     """Train, evaluate on the test split and write every output of a run; returns the summary.
 
     ``prepared``: the caller already checked and created ``out`` (e.g. a demo wrote its data there).
+    ``started``: ``time.perf_counter()`` when the command started (``engine.time_limit`` counts from there).
     """
     import tempfile
 
@@ -112,6 +113,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
     from medmm.engine.interrupt import handle_signals
 
     cfg = as_config(cfg)
+    from medmm.engine.budget import Budget, SwitchRecipe, activate
+
+    budget = Budget(cfg.engine.time_limit, started=started, cheaper=None if resume else _cheaper_recipe(spec, cfg))
     run_dir = out or default_run_dir(spec.name)
     rank = int(os.environ.get("RANK", "0"))
     main = rank == 0
@@ -131,6 +135,8 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
     started = False  # run.json says "running": from here on a failure is recorded there
     signals = handle_signals()  # SIGTERM / SIGINT: run.json says interrupted, exit 128 + signal
     signals.__enter__()
+    budget_scope = activate(budget)  # every Trainer of this run (also a task's own fits) plans within it
+    budget_scope.__enter__()
     try:
         if main and not resume:
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # recipe / auto choices commented
@@ -186,7 +192,14 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             rundir.record_files(run_dir)  # the manifest of what this run wrote so far (replace removes only those)
         trained = bundle.meta.trained_in_run_dir  # e.g. auto's winner: resume it, never train twice
         lap = _lap(phases, "setup", lap)
-        fit = trainer.fit(model, bundle, resume=resume or trained)
+        if main:
+            trainer.callbacks.append(_PlanWriter(run_dir, cfg))  # a plan of the time limit goes into config.yaml
+        try:
+            fit = trainer.fit(model, bundle, resume=resume or trained)
+        except SwitchRecipe as switch:  # the time limit fits too few steps: the task's cheaper recipe, from scratch
+            task, trainer, bundle, model = _switch_recipe(spec, cfg, run_dir, task_dir, Path(data), switch, main,
+                                                          quiet=quiet)
+            fit = trainer.fit(model, bundle, resume=bundle.meta.trained_in_run_dir)
         lap = _lap(phases, "train", lap)
         best = run_dir / "checkpoints" / "best"
         load_weights(best, model)
@@ -230,7 +243,10 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             total = sum(phases.values()) or 1.0
             log.info("phases (seconds, share): %s", ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in phases.items()))
 
+            summary["time_budget"] = {"limit_s": budget.limit_s, "stopped": budget.stopped, "notes": budget.notes}
+            summary["eta_check"] = budget.eta_check()  # each printed estimate against the real time it had left
             write_json_atomic(run_dir / "summary.json", summary, default=str)  # strict JSON: undefined figures are null
+            _mark_stopped(run_dir, budget.stopped)
             rundir.finish(run_dir)
             _print_summary(summary)
         return summary
@@ -239,10 +255,92 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             rundir.finish(run_dir, exc)
         raise
     finally:
+        budget_scope.__exit__(None, None, None)
         signals.__exit__(None, None, None)
         shutdown(trainer.dist)
         if not main:
             shutil.rmtree(task_dir, ignore_errors=True)
+
+
+def _cheaper_recipe(spec: TaskSpec, cfg: TaskConfig) -> dict[str, Any] | None:
+    """The task's declared cheaper recipe (``TaskSpec.cheaper_recipe``), unless the user set one of its keys
+    or the run already uses it."""
+    from medmm.recipes import get_key, has_key
+
+    recipe = dict(spec.cheaper_recipe or {})
+    user = cfg.user or set()
+    if not recipe or user & set(recipe) or not all(has_key(cfg, k) for k in recipe):
+        return None
+    if all(get_key(cfg, k) == v for k, v in recipe.items()):
+        return None
+    return recipe
+
+
+class _PlanWriter:
+    """Engine callback: the time limit lowered ``engine.max_steps``; config.yaml says so (resume keeps the plan)."""
+
+    def __init__(self, run_dir: Path, cfg: TaskConfig) -> None:
+        self.run_dir, self.cfg = run_dir, cfg
+
+    def on_plan(self, trainer: Any, total: int) -> None:
+        from medmm.recipes import annotated_yaml
+
+        self.cfg.provenance["engine.max_steps"] = f"planned to fit engine.time_limit ({total} steps)"
+        (self.run_dir / "config.yaml").write_text(annotated_yaml(self.cfg))
+
+
+def _switch_recipe(spec: TaskSpec, cfg: TaskConfig, run_dir: Path, task_dir: Path, data: Path, switch: Any,
+                   main: bool, *, quiet: bool) -> tuple[Any, Any, Any, Any]:
+    """Restart the run on the task's cheaper recipe (``switch.overrides``): says so, drops the first
+    attempt's checkpoints and metrics, rewrites config.yaml; the new task, trainer, data and model."""
+    from medmm.config import set_key
+    from medmm.engine import Trainer
+    from medmm.recipes import annotated_yaml
+    from medmm.runlog import echo
+
+    log.warning("%s", switch.reason)
+    if main and not quiet:
+        echo(f"medmm {spec.name}: {switch.reason}")
+    for key, value in switch.overrides.items():
+        set_key(cfg, key, value)
+        cfg.provenance[key] = "cheaper recipe: fine-tuning did not fit engine.time_limit"
+    if main:
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for name in ("metrics.jsonl", "metrics.csv"):
+            (run_dir / name).unlink(missing_ok=True)
+        (run_dir / "config.yaml").write_text(annotated_yaml(cfg))
+    from medmm.engine.budget import current
+
+    budget = current()
+    if budget is not None:
+        budget.cheaper = None  # one switch per run
+        budget.notes.append(switch.reason)
+    task = spec.load()(cfg, task_dir)
+    trainer = Trainer(task, cfg, run_dir, quiet=quiet, callbacks=_plugin_callbacks(cfg, run_dir))
+    bundle = task.build_data(data)
+    task.choose_backbone(bundle)
+    model = task.build_model()
+    if main:
+        trainer.callbacks.append(_PlanWriter(run_dir, cfg))
+        from medmm import rundir
+
+        rundir.record_files(run_dir)
+    return task, trainer, bundle, model
+
+
+def _mark_stopped(run_dir: Path, stopped: str | None) -> None:
+    """``run.json``: ``stopped: time limit`` when training stopped at the limit (removed when a resume finished)."""
+    from medmm import rundir
+
+    try:
+        info = rundir.read_info(run_dir)
+    except MedmmError:
+        return
+    if stopped:
+        info["stopped"] = stopped
+    else:
+        info.pop("stopped", None)
+    rundir.write_info(run_dir, info)
 
 
 def _plugin_callbacks(cfg: TaskConfig, run_dir: Path) -> list[Any]:
@@ -388,6 +486,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
     from medmm.privacy.membership import summary_lines as privacy_summary_lines
 
     lines += privacy_summary_lines(summary)  # ε spent, membership audit (#18)
+    for note in (summary.get("time_budget") or {}).get("notes", []):
+        lines.append(f"  time limit: {note}")
+    if (summary.get("time_budget") or {}).get("stopped"):
+        lines.append(f"  stopped at the time limit: the best checkpoint so far is reported (continue with "
+                     f"--resume {run_dir} --time-limit <more>)")
     lines.append(f"  best {summary['monitor']} on val: {_fmt(summary['best_value'])} at "
                  f"{summary.get('best_checkpoint') or 'step ' + str(summary['best_step'])}")
     for name in ("report.html", "predictions.csv", "metrics.jsonl", "model_card.md", "checkpoints/best"):
@@ -498,8 +601,9 @@ def run_demo(spec: TaskSpec, out: Path | None, overrides: Sequence[str], *, quie
 
     if spec.demo is None:
         raise MedmmError(f"task {spec.name!r} has no bundled demo")
+    started = time.perf_counter()  # engine.time_limit counts the demo data's building too
     run_dir = prepare_run_dir(out or Path("runs") / f"demo-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", resume=False)
     click.echo(f"medmm demo {spec.name}: building demo data in {run_dir / 'demo-data'} ...", err=True)
     data, demo_overrides = resolve_object(spec.demo)(run_dir / "demo-data")
     cfg = resolved_config(spec, None, [*demo_overrides, *overrides])
-    return run_task(spec, cfg, Path(data), run_dir, resume=False, quiet=quiet, prepared=True)
+    return run_task(spec, cfg, Path(data), run_dir, resume=False, quiet=quiet, prepared=True, started=started)

@@ -80,6 +80,9 @@ class TaskSpec:
             :func:`study_references`; ``medmm predict --dicom-sr`` then writes one DICOM SR per
             referenced study (:mod:`medmm.deploy.sr`). ``None`` (the default): only tasks that read
             DICOM folders write SRs.
+        cheaper_recipe: optional config overrides (dotted keys, e.g. ``{"model.mode": "frozen"}``) of a
+            cheaper recipe of the task: when ``engine.time_limit`` fits too few fine-tuning steps, the run
+            restarts on it and says so (unless the user set one of its keys); see ``medmm.engine.budget``.
     """
 
     name: str
@@ -91,6 +94,7 @@ class TaskSpec:
     config_model: str | type | None = None
     runtime: str | Callable[..., Any] | None = None
     study_key: str | None = None
+    cheaper_recipe: Mapping[str, Any] | None = None
     choices: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
     ranges: Any = field(default=None, repr=False)  # removed: a one-line error names the replacement
 

@@ -187,15 +187,3 @@ def test_multilabel_pos_weight_up_weights_rare_labels() -> None:
     weighted, _ = problem_loss("multilabel", out, t, class_weights=torch.tensor(w))
     assert float(weighted) > float(plain)
 
-
-def test_eta_line_and_cpu_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    from medmm.engine import eta as eta_mod
-
-    lines: list[str] = []
-    monkeypatch.setattr("medmm.runlog.echo", lambda msg, **_: lines.append(msg))
-    clock = iter([0.0, *[2.0 * (i + 1) for i in range(20)]])
-    monkeypatch.setattr(eta_mod.time, "perf_counter", lambda: next(clock))
-    e = eta_mod.Eta(1000, "cpu", announce=True)
-    texts = [e.step(i + 1) for i in range(6)]
-    assert texts[-1] == "33.1 min" and len(lines) == 1  # 2 s/step, 994 steps left
-    assert "about 33.2 min of training left" in lines[0] and "textcnn" in lines[0]

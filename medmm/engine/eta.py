@@ -1,15 +1,19 @@
-"""How long the run will take: one line after the first steps, and the progress bar's ``eta``.
+"""How long the run will take: one line after the first steps, one after the first evaluation, and
+the progress bar's ``eta``.
 
-The estimate is the wall time per optimizer step measured so far (evaluations amortised once
-they happen) times the steps left; early stopping can only make the run shorter. On a CPU, a long estimate
-comes with the faster options the user has.
+The estimate (:class:`medmm.engine.budget.Planner`) is the whole time left: the steps left at the
+measured seconds per step, the evaluations left at the measured seconds per evaluation, and the
+finish (test and validation passes, bootstrap CIs, classic baseline, report) estimated from the
+sizes; early stopping can only make the run shorter. On a CPU, a long estimate comes with the
+faster options the user has.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["Eta", "format_seconds"]
+__all__ = ["Eta", "format_seconds", "speed_hint"]
 
 FIRST_AFTER_STEPS = 5
 FIRST_AFTER_S = 10.0
@@ -26,35 +30,56 @@ def format_seconds(s: float) -> str:
 
 
 class Eta:
-    """Per-run step timer; :meth:`step` returns the bar text and announces the estimate once."""
+    """Prints the estimate of a fit's :class:`~medmm.engine.budget.Planner`; :meth:`step` returns the bar text."""
 
-    def __init__(self, total_steps: int, device_type: str, announce: bool) -> None:
-        self.total, self.device_type, self.announce = total_steps, device_type, announce
-        self.t0 = time.perf_counter()
-        self.steps = 0
+    def __init__(self, planner: Any, device_type: str, announce: bool, hints: Sequence[str] = ()) -> None:
+        self.planner, self.device_type, self.announce = planner, device_type, announce
+        self.hints = list(hints)  # the task's speed hints (Task.speed_hints)
         self.done = False
+        self.after_eval = False
 
     def step(self, global_step: int) -> str:
-        """Count one optimizer step; the bar's ``eta`` text ('' until measured)."""
-        self.steps += 1
-        if not self.total:
+        """After an optimizer step: the bar's ``eta`` text ('' until measured); announces the estimate once."""
+        p = self.planner
+        if not p.total or not p.steps:
             return ""
-        elapsed = time.perf_counter() - self.t0
-        per_step = elapsed / self.steps
-        left = max(0, self.total - global_step) * per_step
-        if not self.done and self.steps >= FIRST_AFTER_STEPS and elapsed >= FIRST_AFTER_S:
+        left = p.remaining_s(global_step)
+        if not self.done and p.measured and p.budget.elapsed() >= FIRST_AFTER_S:
             self.done = True
+            p.budget.record_eta("after the first steps", left)
             if self.announce:
-                self._announce(left, per_step)
+                self._announce(global_step, left, "")
         return format_seconds(left)
 
-    def _announce(self, left: float, per_step: float) -> None:
+    def evaluated(self, global_step: int) -> None:
+        """After an evaluation: the first one's measured cost makes the estimate firm; say it once."""
+        p = self.planner
+        if self.after_eval or not p.total or global_step >= p.total:
+            return
+        self.after_eval = True
+        left = p.remaining_s(global_step)
+        p.budget.record_eta("after the first evaluation", left)
+        if self.announce and left >= FIRST_AFTER_S:
+            self._announce(global_step, left, "after the first evaluation: ")
+
+    def _announce(self, global_step: int, left: float, when: str) -> None:
         from medmm.runlog import echo
 
-        msg = (f"medmm: about {format_seconds(left)} of training left ({self.total} optimizer steps at "
-               f"{per_step:.2f} s/step; evaluations extra, early stopping may end it sooner)")
-        if self.device_type == "cpu" and left > LONG_S:
-            msg += ("\n  faster on this CPU: a TextCNN (model.backbone=textcnn) for text, fewer steps "
-                    "(engine.max_steps), or the classic baseline this run also fits (engine.baseline); "
-                    "or a GPU (engine.device=cuda)")
+        p = self.planner
+        steps = max(0, p.total - global_step)
+        evals = p.evals_left(global_step)
+        limit = f" of the {format_seconds(p.budget.limit_s)} time limit" if p.budget.limit_s else ""
+        msg = (f"medmm: {when}about {format_seconds(left)} left{limit}: {steps} optimizer steps at "
+               f"{p.step_s():.2f} s/step, {evals} evaluations at {p.one_eval_s():.1f} s, then test, baseline, "
+               f"bootstrap and report about {format_seconds(p.finish_s())} (early stopping may end it sooner)")
+        if not when:
+            msg += speed_hint(self.device_type, left, self.hints)
         echo(msg)
+
+
+def speed_hint(device_type: str, left: float, hints: Sequence[str]) -> str:
+    """The faster options after a long estimate on a CPU ('' otherwise): the task's own, measured for
+    it (:meth:`medmm.task.Task.speed_hints`), one line each."""
+    if device_type == "cpu" and left > LONG_S and hints:
+        return "\n  faster on this CPU:" + "".join(f"\n  - {h}" for h in hints)
+    return ""

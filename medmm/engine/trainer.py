@@ -29,6 +29,7 @@ from medmm.engine import callbacks as cb
 from medmm.engine import interrupt
 from medmm.engine.checkpoint import clean_orphans, load_trainer_state, load_weights, save_checkpoint
 from medmm.engine.device import autocast, move_to, no_grad_eval, resolve_precision, select_device
+from medmm.engine.eta import format_seconds
 from medmm.engine.distributed import (
     DistInfo, barrier, broadcast_object, gather_objects, init_distributed, local_rank_from_env,
 )
@@ -144,6 +145,8 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.class_weights: torch.Tensor | None = None
         self.privacy: Any = None  # medmm.engine.dp.PrivateTraining under engine.privacy.enabled
+        self.planner: Any = None  # medmm.engine.budget.Planner of the running fit (ETA, time limit)
+        self.stopped: str | None = None  # "time limit" when the fit stopped at engine.time_limit
 
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
@@ -325,6 +328,7 @@ class Trainer:
             total = min(total, self.e.max_steps) if total else self.e.max_steps
         warmup = int(round(self.e.warmup_ratio * total))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.e.schedule, total, warmup))
+        self.total, self.steps_per_epoch = total, steps_per_epoch
         scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         logger = cb.MetricsLogger(self.run_dir)
         if self.dist.is_main:
@@ -341,10 +345,15 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.privacy is not None:
             ddp_model = self.privacy.wrap_model(model)  # per-example gradients (opacus)
+        from medmm.engine.budget import Budget, Planner, Sizes, current
+
+        budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
+        self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
+                               sizes=Sizes.of(data, self.e), start_step=self.state.global_step)
         cb.call(self.callbacks, "on_train_start", self)
         try:
             with interrupt.deferred(not self.dist.enabled):  # a first SIGTERM / SIGINT waits for a step boundary
-                self._loop(ddp_model, model, data, opt, sched, scaler, accum, total)
+                self._loop(ddp_model, model, data, opt, sched, scaler, accum)
         except KeyboardInterrupt as exc:
             if not getattr(exc, "at_step_boundary", False):  # mid-step: replay from the window's start
                 self._save("last", model, opt, sched, scaler, rng=_rng_state(self._window_rng))
@@ -368,8 +377,16 @@ class Trainer:
         cb.call(self.callbacks, "on_train_end", self, result)  # loggers flush and close (TensorBoard)
         return result
 
+    def _replan(self, sched: Any, total: int) -> None:
+        """The time limit lowered the run to ``total`` steps: the schedule ends there; saved as engine.max_steps."""
+        self.total = total
+        self.e.max_steps = total
+        sched.lr_lambdas[0] = lr_lambda(self.e.schedule, total, int(round(self.e.warmup_ratio * total)))
+        _warn(self.planner.budget.notes[-1])
+        cb.call(self.callbacks, "on_plan", self, total)  # the runner rewrites config.yaml (resume keeps the plan)
+
     def _loop(self, model: torch.nn.Module, raw: torch.nn.Module, data: DataBundle, opt: Any, sched: Any,
-              scaler: Any, accum: int, total: int) -> None:
+              scaler: Any, accum: int) -> None:
         from tqdm.auto import tqdm
 
         st, e = self.state, self.e
@@ -378,8 +395,14 @@ class Trainer:
         self._window_rng = _rng_snapshot()
         from medmm.engine.eta import Eta
 
-        eta = Eta(total, self.device.type, announce=self.dist.is_main)  # one ETA line after the first steps
-        while st.epoch < e.epochs and not st.stopped_early and not (total and st.global_step >= total):
+        planner = self.planner
+        hints = self.task.speed_hints(len(data.train.dataset)) if self.device.type == "cpu" else []
+        eta = Eta(planner, self.device.type, announce=self.dist.is_main, hints=hints)  # ETA lines: after the first steps and evaluation
+        self._eta = eta
+        planner.started()
+        stop = False
+        while (st.epoch < e.epochs and not st.stopped_early and not (self.total and st.global_step >= self.total)
+               and not stop):
             plan = self._plan(data, st.epoch)
             if not plan:
                 raise ConfigError("the training split yields no batch (fewer examples than processes?)")
@@ -446,11 +469,16 @@ class Trainer:
                 st.batch_in_epoch += len(window)
                 st.samples_seen += n_window
                 rate = seen * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
+                planner.step()
+                if not self.dist.enabled:  # one plan for all ranks would need a broadcast: time limits are single-process
+                    new_total = planner.plan(st.global_step)  # once, after the first steps; may raise SwitchRecipe
+                    if new_total is not None:
+                        self._replan(sched, new_total)
                 bar.update(1)
                 bar.set_postfix(loss=f"{st.loss_sum / max(1, st.loss_n):.4f}", samples_s=f"{rate:.0f}",
                                 eta=eta.step(st.global_step))
                 end_of_epoch = st.batch_in_epoch >= len(plan)
-                at_max = bool(total) and st.global_step >= total
+                at_max = bool(self.total) and st.global_step >= self.total
                 evaluated = False
                 if (eval_every and st.global_step % eval_every == 0) or end_of_epoch or at_max:
                     if end_of_epoch:
@@ -458,7 +486,8 @@ class Trainer:
                     self._evaluate_and_track(raw, data, opt, sched, scaler, st.loss_sum / max(1, st.loss_n),
                                              rate, end_of_epoch)
                     st.loss_sum, st.loss_n, evaluated = 0.0, 0, True
-                if evaluated or st.global_step % ckpt_every == 0 or interrupt.pending() is not None:
+                stop = not self.dist.enabled and not at_max and planner.must_stop(st.global_step)
+                if evaluated or st.global_step % ckpt_every == 0 or interrupt.pending() is not None or stop:
                     self._save("last", raw, opt, sched, scaler)
                 if interrupt.pending() is not None:  # SIGTERM / SIGINT during the step: stop here, saved
                     bar.close()
@@ -467,7 +496,12 @@ class Trainer:
                     except interrupt.Interrupted as exc:
                         exc.at_step_boundary = True  # type: ignore[attr-defined]
                         raise
-                if st.stopped_early or at_max:
+                if stop:  # engine.time_limit: the next step and the finish would not fit
+                    self.stopped = planner.budget.stopped = "time limit"
+                    _warn(f"time limit ({format_seconds(planner.budget.limit_s)}) reached at step {st.global_step} of "
+                          f"{self.total}: training stops here; the best checkpoint is evaluated and reported "
+                          f"(continue with --resume {self.run_dir} and a larger --time-limit)")
+                if st.stopped_early or at_max or stop:
                     break
             bar.close()
             if st.batch_in_epoch == 0:
@@ -486,8 +520,12 @@ class Trainer:
         if data.val is None or len(data.val.dataset) == 0:
             log_evaluation([train_rec])  # train.log: the per-evaluation metrics
             return
+        clock = self.planner.budget.clock if self.planner is not None else time.perf_counter
+        started = clock()
         out = self.evaluate(raw, data.val, data.collate_fn)
+        t_metrics = clock()
         metrics = self.metrics_of(out) if self.dist.is_main else {}
+        t_metrics = clock() - t_metrics
         metrics = broadcast_object(metrics, self.dist)
         rec = {**base, "split": "val", "loss": out.loss, **metrics, "lr": lr, "samples_per_s": rate}
         self.history.append(rec)
@@ -504,3 +542,7 @@ class Trainer:
             st.bad_evals += 1
             if self.e.patience and st.bad_evals >= self.e.patience:
                 st.stopped_early = True
+        if self.planner is not None:  # the evaluation's cost, for the ETA and the time limit
+            self.planner.evaluated(clock() - started, t_metrics)
+            if getattr(self, "_eta", None) is not None and not st.stopped_early:
+                self._eta.evaluated(st.global_step)

@@ -1,0 +1,290 @@
+"""The run's clock: a wall-clock budget (``engine.time_limit`` / ``--time-limit``), the plan that fits
+it, and the estimate of the time left that the ETA prints.
+
+The rule (docs/reliability.md, "Time budget"):
+
+- The budget counts from the start of the command (a demo's data building included) and covers
+  everything the run does after training too: the test evaluation, the validation pass of the
+  operating point, the bootstrap CIs, the classic baseline and the report (the *finish*).
+- After the first :data:`FIRST_AFTER_STEPS` optimizer steps the plan is made once, from the
+  measured seconds per step, the cost of an evaluation (measured at the first one; before, the
+  forward share of a step for each validation example) and the finish estimated from the sizes.
+  When the configured steps do not fit, ``engine.max_steps`` is lowered to what fits (the learning
+  rate schedule then ends there) and the run says so. When fewer than :data:`USEFUL_FRACTION` of
+  the configured steps (and less than one epoch) fit and the task declares a cheaper recipe
+  (:attr:`medmm.task.TaskSpec.cheaper_recipe`) the user has not overridden, the run restarts on that
+  recipe (:class:`SwitchRecipe`) and says so.
+- At every step boundary: when the next step plus the finish would pass the limit, training
+  stops there with a ``last`` checkpoint; the best checkpoint, the report and every output are
+  written, and ``run.json`` says ``stopped: time limit``. ``--resume`` continues exactly (a larger
+  ``--time-limit`` lets it run on).
+
+Every clock read goes through ``Budget.clock`` so tests drive the planner with a fake clock.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Budget", "Planner", "Sizes", "SwitchRecipe", "activate", "current", "evals_between"]
+
+FIRST_AFTER_STEPS = 5  # optimizer steps measured before the plan is made
+USEFUL_FRACTION = 0.25  # fewer steps than this share of the configured ones (and < 1 epoch): the cheaper recipe
+MARGIN = 0.05  # share of the limit kept free for the noise of the estimate
+MIN_MARGIN_S = 1.0
+FORWARD_SHARE = 0.35  # an evaluated example costs about this share of a trained one (forward only, larger batches)
+# The finish, estimated from sizes (calibrated on the four demos, see docs/reliability.md):
+REPORT_S = 3.0  # report.html figures, model card, predictions
+BASELINE_S = 1.0  # classic baseline, fixed part ...
+BASELINE_S_PER_EXAMPLE = 0.002  # ... and per training example
+BOOT_PASSES = 3.0  # bootstrap passes over the test metrics (CIs, operating point, decision curves, subgroups)
+METRICS_S_GUESS = 0.003  # one metrics pass over val, before it is measured
+
+
+class SwitchRecipe(Exception):
+    """Fine-tuning cannot reach a useful number of steps in the budget: restart on ``overrides``."""
+
+    def __init__(self, overrides: Mapping[str, Any], reason: str) -> None:
+        self.overrides, self.reason = dict(overrides), reason
+        super().__init__(reason)
+
+
+@dataclass
+class Budget:
+    """One run's limit and start (``clock`` seconds), the cheaper recipe it may switch to, and its record.
+
+    ``limit_s=None``: no limit; the budget still keeps the ETA record for the run's summary.
+    """
+
+    limit_s: float | None = None
+    clock: Callable[[], float] = time.perf_counter
+    started: float | None = None
+    cheaper: dict[str, Any] | None = None  # config overrides (dotted keys) of the task's cheaper recipe
+    notes: list[str] = field(default_factory=list)  # what the budget did, in words (run.json, summary)
+    stopped: str | None = None  # "time limit" once training was stopped at the limit
+    etas: list[dict[str, float | str]] = field(default_factory=list)  # estimates printed: when, how much left
+
+    def __post_init__(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
+
+    def elapsed(self) -> float:
+        """Seconds since the run started."""
+        return self.clock() - float(self.started)  # type: ignore[arg-type]
+
+    def left(self) -> float:
+        """Seconds left in the budget (``inf`` without a limit)."""
+        return math.inf if self.limit_s is None else self.limit_s - self.elapsed()
+
+    def margin(self) -> float:
+        """Seconds kept free for the noise of the estimate."""
+        return 0.0 if self.limit_s is None else max(MIN_MARGIN_S, MARGIN * self.limit_s)
+
+    def record_eta(self, label: str, left_s: float) -> None:
+        """Keep an estimate (``label``: when it was made) to compare with the real remaining time."""
+        self.etas.append({"label": label, "at_s": round(self.elapsed(), 3), "predicted_s": round(left_s, 3)})
+
+    def eta_check(self) -> list[dict[str, float | str]]:
+        """Each recorded estimate with the real time it had left (call at the very end of the run)."""
+        now = self.elapsed()
+        return [{**e, "actual_s": round(now - float(e["at_s"]), 3)} for e in self.etas]
+
+
+_active: list[Budget] = []
+
+
+@contextmanager
+def activate(budget: Budget) -> Iterator[Budget]:
+    """Make ``budget`` the one every :class:`~medmm.engine.Trainer` of this run uses (also a task's own fits)."""
+    _active.append(budget)
+    try:
+        yield budget
+    finally:
+        _active.remove(budget)
+
+
+def current() -> Budget | None:
+    """The active run's budget, if any."""
+    return _active[-1] if _active else None
+
+
+@dataclass
+class Sizes:
+    """What the finish costs depend on."""
+
+    n_train: int
+    n_val: int
+    n_test: int
+    n_boot: int
+    batch_size: int
+    val_pass: bool = True  # the finish evaluates val again (operating point / conformal calibration)
+    baseline: bool = True
+
+    @classmethod
+    def of(cls, data: Any, engine: Any) -> Sizes:
+        """From a :class:`~medmm.task.DataBundle` and the engine config."""
+        def n(split: Any) -> int:
+            return len(split.dataset) if split is not None else 0
+
+        return cls(n(data.train), n(data.val), n(data.test), int(engine.bootstrap),
+                   int(engine.batch_size) * int(engine.grad_accum), baseline=engine.baseline != "none")
+
+
+def evals_between(done: int, total: int, steps_per_epoch: int, eval_every: int) -> int:
+    """Evaluations at steps ``done+1 .. total``: every ``eval_every`` steps, each epoch end, and the last step."""
+    if total <= done:
+        return 0
+
+    def count(k: int) -> int:
+        return 0 if k <= 0 else total // k - done // k
+
+    n = count(steps_per_epoch)
+    if eval_every:
+        n += count(eval_every) - count(math.lcm(eval_every, steps_per_epoch))
+    last_counted = (steps_per_epoch and total % steps_per_epoch == 0) or (eval_every and total % eval_every == 0)
+    return n + (0 if last_counted else 1)
+
+
+class Planner:
+    """One fit's measurements and plan: seconds per step and per evaluation, the finish, the stop."""
+
+    def __init__(self, budget: Budget | None, *, total: int, steps_per_epoch: int, eval_every: int, sizes: Sizes,
+                 start_step: int = 0, useful: int | None = None) -> None:
+        self.budget = budget or Budget()
+        self.total, self.spe, self.eval_every, self.sizes = total, max(1, steps_per_epoch), eval_every, sizes
+        self.start_step = start_step
+        self.useful = useful if useful is not None else min(self.spe, max(1, math.ceil(USEFUL_FRACTION * total)))
+        self.t_first: float | None = None  # clock after the first step (its time holds one-off warm-up work)
+        self.steps = 0
+        self.eval_s: list[float] = []
+        self.eval_in_steps = 0.0  # evaluation seconds between the first and the last step (not step time)
+        self.pending_eval = 0.0  # evaluation seconds since the last step
+        self.metrics_s: float | None = None
+        self.planned = False
+        self.last_step_at: float | None = None
+
+    # ------------------------------------------------------------------ measurements
+    def step(self) -> None:
+        """One optimizer step ended now."""
+        now = self.budget.clock()
+        if self.steps:  # evaluations since the last step are not step time
+            self.eval_in_steps += self.pending_eval
+        self.pending_eval = 0.0
+        self.steps += 1
+        if self.steps == 1:
+            self.t_first = now
+            self.t_first_cost = now - (self.last_step_at if self.last_step_at is not None else now)
+        self.last_step_at = now
+
+    def started(self) -> None:
+        """The step loop starts now (the first step's time is measured from here)."""
+        self.last_step_at = self.budget.clock()
+
+    def evaluated(self, seconds: float, metrics_seconds: float | None = None) -> None:
+        """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``."""
+        self.eval_s.append(seconds)
+        self.pending_eval += seconds
+        if metrics_seconds is not None:
+            self.metrics_s = metrics_seconds
+
+    @property
+    def measured(self) -> bool:
+        """Enough steps to estimate from."""
+        return self.steps >= min(FIRST_AFTER_STEPS, max(1, self.total - self.start_step))
+
+    def step_s(self) -> float:
+        """Seconds per optimizer step, evaluations excluded (the first step's warm-up too, once others exist)."""
+        if self.steps >= 2 and self.t_first is not None and self.last_step_at is not None:
+            return max(0.0, self.last_step_at - self.t_first - self.eval_in_steps) / (self.steps - 1)
+        return max(0.0, getattr(self, "t_first_cost", 0.0))
+
+    def one_eval_s(self) -> float:
+        """Seconds per evaluation: measured (the latest), else the forward share of the steps' work."""
+        if self.eval_s:
+            return self.eval_s[-1]
+        per_example = self.step_s() / max(1, self.sizes.batch_size)
+        return FORWARD_SHARE * per_example * self.sizes.n_val + (self.metrics_s or METRICS_S_GUESS)
+
+    def finish_s(self) -> float:
+        """The work after training: test (and val) pass, bootstrap, baseline, report."""
+        s = self.sizes
+        per_val_example = (self.one_eval_s() / s.n_val) if s.n_val else FORWARD_SHARE * self.step_s() / max(1, s.batch_size)
+        passes = per_val_example * (s.n_test + (s.n_val if s.val_pass else 0))
+        metrics = self.metrics_s if self.metrics_s is not None else METRICS_S_GUESS
+        boot = BOOT_PASSES * s.n_boot * metrics * (s.n_test / s.n_val if s.n_val else 1.0)
+        base = (BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train) if s.baseline else 0.0
+        return passes + boot + base + REPORT_S
+
+    def train_left_s(self, done: int, total: int | None = None) -> float:
+        """Training steps and evaluations from step ``done`` to ``total``."""
+        total = self.total if total is None else total
+        return (max(0, total - done) * self.step_s()
+                + evals_between(done, total, self.spe, self.eval_every) * self.one_eval_s())
+
+    def evals_left(self, done: int) -> int:
+        """Evaluations after step ``done`` in the plan."""
+        return evals_between(done, self.total, self.spe, self.eval_every)
+
+    def remaining_s(self, done: int) -> float:
+        """The estimate of the time the run has left: training, evaluations and the finish."""
+        return self.train_left_s(done) + self.finish_s()
+
+    # ------------------------------------------------------------------ decisions
+    def plan(self, done: int) -> int | None:
+        """Once, when measured: the lowered total that fits the budget, or ``None`` (it fits / no limit).
+
+        Raises :class:`SwitchRecipe` when too few steps fit and a cheaper recipe is declared.
+        """
+        if self.planned or not self.measured or self.budget.limit_s is None:
+            return None
+        self.planned = True
+        avail = self.budget.left() - self.budget.margin() - self.finish_s()
+        if self.train_left_s(done) <= avail:
+            return None
+        lo, hi = done, self.total  # the largest total whose steps and evaluations fit
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.train_left_s(done, mid) <= avail:
+                lo = mid
+            else:
+                hi = mid - 1
+        fits = max(lo, done + 1)  # at least one more step: a run is never planned to zero
+        limit = _fmt(self.budget.limit_s)
+        if fits < self.useful and self.budget.cheaper:
+            raise SwitchRecipe(self.budget.cheaper, (
+                f"the time limit ({limit}) fits only {fits} of {self.total} optimizer steps at "
+                f"{self.step_s():.2f} s/step (a useful fine-tuning needs >= {self.useful}): switching to the "
+                f"task's cheaper recipe {_overrides(self.budget.cheaper)}"))
+        short = "" if fits >= self.useful else " (too few for a useful fine-tuning; no cheaper recipe is declared)"
+        note = (f"the time limit ({limit}) fits {fits} of {self.total} optimizer steps at {self.step_s():.2f} s/step "
+                f"with {self.finish_s():.0f} s kept for test, baseline, bootstrap and report: engine.max_steps="
+                f"{fits}{short}; a larger --time-limit trains the full run")
+        self.budget.notes.append(note)
+        self.total = fits
+        return fits
+
+    def evaluates_at(self, step: int) -> bool:
+        """Whether the loop evaluates after optimizer step ``step``."""
+        return step % self.spe == 0 or bool(self.eval_every and step % self.eval_every == 0) or step >= self.total
+
+    def must_stop(self, done: int) -> bool:
+        """Stop at this step boundary: the next step (and its evaluation) plus the finish would pass the limit."""
+        if self.budget.limit_s is None or not self.steps or done >= self.total:
+            return False
+        nxt = self.step_s() + (self.one_eval_s() if self.evaluates_at(done + 1) else 0.0)
+        return self.budget.left() < nxt + self.finish_s()
+
+
+def _fmt(seconds: float) -> str:
+    from medmm.engine.eta import format_seconds
+
+    return format_seconds(seconds)
+
+
+def _overrides(overrides: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in overrides.items())

@@ -1,0 +1,177 @@
+"""engine.time_limit / --time-limit: the planner, the stop at the limit, the cheaper recipe, and the ETA
+(medmm.engine.budget), driven by a fake clock: a training step costs 1 s of it, an evaluation batch 0.05 s."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tests.toy_task import ENGINE, ToyTask, make_cfg
+
+
+class Clock:
+    """A fake clock the toy task advances: each training step ``per_step`` seconds, each eval batch 0.05 s."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.per_step = 1.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+CLOCK = Clock()
+
+
+class SlowToy(ToyTask):
+    """The toy task on the fake clock; ``model.slow: false`` (its cheaper recipe) makes a step 100x cheaper."""
+
+    def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        slow = self.cfg.get("model", {}).get("slow", True)
+        CLOCK.t += (CLOCK.per_step if slow else 0.01) if model.training else 0.05
+        return super().step(model, batch)
+
+
+def _fit(run: Path, limit: float | None, *, resume: bool = False, slow_after: int | None = None,
+         per_step: float = 1.0, **engine: Any) -> tuple[Any, Any, Any]:
+    from medmm.engine import Trainer
+    from medmm.engine.budget import Budget, activate
+
+    cfg = make_cfg(**{"epochs": 4, "checkpoint_every_steps": 50, **engine})
+    task = SlowToy(cfg, run)
+    data = task.build_data(Path("."))
+    model = task.build_model()
+    run.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(task, cfg, run, quiet=True)
+    if slow_after is not None:  # from this step on a step costs 4 s (the machine got busy)
+        trainer.callbacks.append(type("Slower", (), {"on_evaluate": lambda self, tr, rec: setattr(
+            CLOCK, "per_step", 4.0 if tr.state.global_step >= slow_after else 1.0)})())
+    CLOCK.per_step = per_step
+    with activate(Budget(limit, clock=CLOCK)) as budget:
+        trainer.fit(model, data, resume=resume)
+    return trainer, budget, model
+
+
+@pytest.mark.parametrize("text, seconds", [(600, 600.0), ("600", 600.0), ("90s", 90.0), ("10m", 600.0),
+                                           ("1h", 3600.0), ("1h30m", 5400.0), ("2.5 min", 150.0), (None, None)])
+def test_durations_parse(text: Any, seconds: float | None) -> None:
+    from medmm.config.engine import parse_duration
+
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("junk", ["junk", "10x", "-5", "0", "10m junk", "m", True])
+def test_junk_durations_are_one_line_errors(junk: Any) -> None:
+    from medmm.config.engine import parse_duration
+    from medmm.runner import resolved_config
+    from medmm.errors import ConfigError
+    from medmm.plugins import get_registry
+
+    with pytest.raises(ValueError):
+        parse_duration(junk)
+    if isinstance(junk, str):
+        with pytest.raises(ConfigError) as err:
+            resolved_config(get_registry().get("task", "tabular-risk"), None, [f"engine.time_limit={junk}"])
+        assert "engine.time_limit" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_evaluations_counted_between_steps() -> None:
+    from medmm.engine.budget import evals_between
+
+    assert evals_between(0, 30, 10, 0) == 3  # epoch ends 10, 20, 30
+    assert evals_between(0, 25, 10, 0) == 3  # 10, 20 and the last step
+    assert evals_between(5, 30, 10, 4) == 8  # 10, 20, 30 + every 4th: 8, 12, 16, 24, 28 (20 counted once)
+    assert evals_between(30, 30, 10, 0) == 0
+
+
+def test_planner_estimates_and_plans_on_a_fake_clock() -> None:
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    clock = Clock()
+    sizes = Sizes(n_train=1000, n_val=200, n_test=200, n_boot=0, batch_size=10, baseline=False)
+    p = Planner(Budget(100.0, clock=clock), total=200, steps_per_epoch=100, eval_every=0, sizes=sizes)
+    p.started()
+    clock.t = 3.0  # the first step holds 2 s of warm-up
+    p.step()
+    for _ in range(4):
+        clock.t += 0.5
+        p.step()
+    assert p.step_s() == pytest.approx(0.5)
+    clock.t += 4.0
+    p.evaluated(4.0, metrics_seconds=0.0)
+    # 195 steps x 0.5 s + 2 evaluations x 4 s + finish (a test and a val pass, 4 s each, + the report)
+    from medmm.engine.budget import REPORT_S
+
+    finish = 8.0 + REPORT_S
+    assert p.finish_s() == pytest.approx(finish)
+    assert p.remaining_s(5) == pytest.approx(195 * 0.5 + 8.0 + finish)
+    total = p.plan(5)  # 100 s budget, 9 spent, 5 kept as margin: the largest total whose steps + evals fit
+    assert total is not None and total < 200
+    avail = 100.0 - clock.t - 5.0 - finish
+    assert total == 139  # 134 steps x 0.5 s + 2 evaluations (step 100, the last) x 4 s = 75 s = avail
+    assert p.train_left_s(5, total) <= avail < p.train_left_s(5, total + 1)
+    assert p.plan(5) is None  # planned once
+
+
+def test_time_limit_lowers_the_steps_and_the_run_ends_inside_it(tmp_path: Path) -> None:
+    trainer, budget, _ = _fit(tmp_path / "r", 30.0, epochs=2)
+    assert trainer.e.max_steps == trainer.total == trainer.state.global_step < 48  # 2 epochs of 24 steps planned down
+    assert budget.notes and "fits" in budget.notes[0] and budget.stopped is None
+    assert budget.elapsed() + trainer.planner.finish_s() <= 30.0  # training ended with the finish inside the limit
+
+
+def test_stop_at_the_limit_then_resume_with_more_time_is_exact(tmp_path: Path) -> None:
+    ref, _, ref_model = _fit(tmp_path / "ref", None, epochs=2)  # no limit: the whole 48 steps
+    trainer, budget, _ = _fit(tmp_path / "run", 75.0, slow_after=12, epochs=2)  # the plan fits at 1 s/step; then 4 s
+    assert trainer.stopped == budget.stopped == "time limit"
+    assert 12 < trainer.state.global_step < 48 and trainer.e.max_steps == 0  # stopped, not planned down
+    assert budget.elapsed() <= 75.0 - trainer.planner.finish_s()  # the finish still fits
+    assert (tmp_path / "run" / "checkpoints" / "best").exists()
+    resumed, budget2, model = _fit(tmp_path / "run", 1000.0, resume=True, epochs=2)
+    assert resumed.state.global_step == 48 and budget2.stopped is None
+    for k, v in ref_model.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k
+
+
+def test_eta_line_names_steps_evaluations_and_finish(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    lines: list[str] = []
+    monkeypatch.setattr("medmm.runlog.echo", lambda msg, **_: lines.append(msg))
+    _fit(tmp_path / "r", None, epochs=2, per_step=20.0)
+    assert len(lines) == 2 and "after the first evaluation" in lines[1]
+    assert "optimizer steps at 20.00 s/step" in lines[0] and "then test, baseline, bootstrap and report" in lines[0]
+    assert "textcnn" in lines[0]  # 43 steps x 20 s left on a CPU: the faster options
+
+
+@pytest.mark.slow
+def test_run_switches_to_the_cheaper_recipe_and_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import yaml
+
+    import medmm.engine.budget as budget_mod
+    from medmm.runner import resolved_config, run_task
+    from medmm.task import TaskSpec
+
+    (tmp_path / "toy.yaml").write_text(yaml.safe_dump({
+        "seed": 0, "model": {"dropout": 0.2, "slow": True, "nan_at_step": None},
+        "engine": {**ENGINE, "epochs": 20, "min_steps": 0, "checkpoint_every_steps": 50}}))
+    (tmp_path / "data.csv").write_text("a\n1\n")
+    spec = TaskSpec("toy", "tabular", "toy", tmp_path / "toy.yaml", SlowToy, cheaper_recipe={"model.slow": False})
+    post = budget_mod.Budget.__post_init__
+    monkeypatch.setattr(budget_mod.Budget, "__post_init__", lambda self: (setattr(self, "clock", CLOCK), post(self)))
+    CLOCK.per_step = 1.0
+    start = CLOCK.t
+    summary = run_task(spec, resolved_config(spec, None, ["engine.time_limit=30"]), tmp_path / "data.csv",
+                       tmp_path / "run", quiet=True)
+    err = capsys.readouterr().err
+    assert "switching to the task's cheaper recipe model.slow=False" in err
+    assert summary["time_budget"]["notes"] and summary["time_budget"]["stopped"] is None
+    assert CLOCK.t - start <= 30.0
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["model"]["slow"] is False and "cheaper recipe" in (tmp_path / "run" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["final"] and max(r["step"] for r in rows) == 480  # the cheap recipe trained all its steps
