@@ -135,6 +135,67 @@ def test_run_outputs_and_chunk_pooling(chunked_run: tuple[Path, pd.DataFrame]) -
 
 
 @pytest.mark.slow
+def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataFrame], tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``medmm predict`` of a CSV of notes streams (#30): long notes split into windows, an empty note
+    and a repeated id; blocks of whole evaluation batches (32 windows) that end between documents, the
+    whole table never read at once, and the bytes of one pass (``--shard 0/1`` reads the table whole),
+    with labels (metrics) and without; one missing label means no metrics, as in one pass."""
+    from click.testing import CliRunner
+    from medmm_plugins.text_cls.task import TextClsTask
+
+    from medmm import cli as cli_mod
+    from medmm.data import readers
+
+    run, df = chunked_run
+    df = df.assign(site="a")  # another shape than the run's table (the same shape is read whole by the
+    df.loc[5, "text"] = "   "  # training-rows check, docs/scale.md)
+    df.loc[9, "note_id"] = df.loc[8, "note_id"]
+    data, unlabelled, partly = tmp_path / "notes.csv", tmp_path / "unlabelled.csv", tmp_path / "partly.csv"
+    df.to_csv(data, index=False)
+    df.drop(columns=["label"]).to_csv(unlabelled, index=False)
+    df.assign(label=df.label.where(df.index != 40)).to_csv(partly, index=False)
+    runner = CliRunner()
+
+    def predict(src: Path, out: Path, *extra: str) -> str:
+        res = runner.invoke(cli_mod.make_cli(), ["predict", str(run), "--data", str(src), "--out", str(out), *extra])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    reference = {src: tmp_path / f"{src.stem}-one.csv" for src in (data, unlabelled, partly)}
+    for src, out in reference.items():
+        predict(src, out, "--shard", "0/1")  # one pass: the whole table read by build_predict_data
+
+    blocks: list[tuple[int, bool]] = []  # (windows, ends between documents)
+    original = TextClsTask.predict_chunks
+
+    def counted(self: TextClsTask, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for split, collate in original(self, path, rows):
+            units = split.units
+            blocks.append((len(units), len(set(units)) < len(units)))
+            yield split, collate
+
+    def no_whole_read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("streaming predict read the whole table")
+
+    monkeypatch.setattr(TextClsTask, "predict_chunks", counted)
+    monkeypatch.setattr(readers, "read_table", no_whole_read)
+    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", "5")  # rounded up to one batch: 32 windows
+    for src, one in reference.items():
+        out = tmp_path / f"{src.stem}-streamed.csv"
+        blocks.clear()
+        printed = predict(src, out)
+        assert out.read_bytes() == one.read_bytes()
+        assert "178 predictions" in printed
+        assert ("auroc" in printed) == (src == data)  # metrics only when every predicted row has a label
+        windows = [n for n, _ in blocks]
+        assert len(blocks) > 3 and all(n % 32 == 0 for n in windows[:-1])
+        assert any(several for _, several in blocks)  # documents of several windows, never cut between blocks
+    first = pd.read_csv(reference[data])
+    assert len(first) == 178 and first["id"].is_unique
+
+
+@pytest.mark.slow
 def test_predict_from_the_run_directory_alone(chunked_run: tuple[Path, pd.DataFrame], tiny_tokenizer: Path,
                                               tmp_path: Path) -> None:
     run, df = chunked_run

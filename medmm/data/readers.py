@@ -205,21 +205,22 @@ def streams(path: str | Path) -> bool:
 
 
 def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | None = None,
-                      decimal: str = ".") -> Iterator[pd.DataFrame]:
+                      decimal: str = ".", string_columns: Iterable[str] = ()) -> Iterator[pd.DataFrame]:
     """``path`` as consecutive frames of at most ``rows`` rows (index = row number in the table), so a
     caller holds one chunk at a time. CSV / TSV stream (``columns``: only those the table has, at least one); other
     formats (JSON Lines, Parquet, plugin readers) are read whole by :func:`read_table` and cut. Each
     chunk gets :func:`read_table`'s checks and number parsing; a table with no rows is a
-    :class:`DataError` as there.
+    :class:`DataError` as there. ``string_columns`` are read as strings, as by :func:`read_table`
+    (a block of digits only must not turn an identifier or a note into a number).
     """
     import pandas as pd
 
     if rows < 1:
         raise ConfigError(f"chunk rows must be >= 1, got {rows}")
-    path = Path(path)
+    path, string_columns = Path(path), list(string_columns)
     fmt, plugin = _resolve(path)
     if plugin is not None or fmt not in ("csv", "tsv") or not path.is_file():
-        df = read_table(path, decimal=decimal)
+        df = read_table(path, decimal=decimal, string_columns=string_columns)
         keep = [c for c in columns if c in df.columns] if columns is not None else None
         for start in range(0, len(df), rows):
             part = df.iloc[start:start + rows]
@@ -234,10 +235,11 @@ def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | N
     n = 0
     try:
         with pd.read_csv(path, sep=sep, encoding="utf-8-sig", decimal=decimal, chunksize=rows,
+                         dtype={c: str for c in string_columns} or None,
                          usecols=None if wanted is None else (lambda c: c in wanted)) as reader:
             for chunk in reader:
                 n += len(chunk)
-                yield parse_number_columns(chunk, decimal=decimal, source=source)
+                yield parse_number_columns(chunk, decimal=decimal, skip=string_columns, source=source)
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
                         "re-save the file as UTF-8") from None

@@ -311,6 +311,99 @@ class TextClsTask(Task):
         docs = self._tokenize(ex, cache_dir=None)
         return Split(docs.dataset, docs.units, docs.targets), self._collate()
 
+    def predict_chunks(self, data_path: Path, rows: int) -> Any:
+        """:meth:`build_predict_data` block by block (``medmm predict`` of a CSV / TSV of notes): one
+        block of the table, its tokens and its scores at a time.
+
+        Ids are unique across blocks and rows keep their table numbers; a first pass (only when a label
+        column is configured) decides, as the one-pass read does, whether every predicted row has a
+        usable label. Blocks hold ``rows`` token sequences (whole evaluation batches: the model sees the
+        batches of one pass) and end between documents (a long note's windows stay in one block)."""
+        from medmm import read_table_chunks
+
+        d = self.data_cfg
+        text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
+        id_col = d.id_column
+        if id_col and id_col not in next(read_table_chunks(data_path, 1)).columns:
+            logger.warning("id column %r is not in %s; predictions are keyed by row number",
+                           id_col, Path(data_path).name)
+            id_col = None
+        strings = [c for c in (id_col, d.group_column, *text_cols) if c]  # a block of digits stays text
+        common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
+                  "max_chars": d.max_chars, "label_names": self.label_names, "block": True}
+        labelled = {"label_columns": label_cols, "label_delimiter": d.label_delimiter}
+        unlabelled = {"label_columns": [], "label_delimiter": None}
+
+        def blocks(with_labels: bool) -> Any:
+            seen: dict[bool, set[str]] = {False: set(), True: set()}
+            for df in read_table_chunks(data_path, rows, string_columns=strings):
+                first = int(df.index[0]) if len(df) else 0
+                ex = load_text_examples(df, **common, **unlabelled, first_row=first, seen_ids=seen[False])
+                lab = (load_text_examples(df, **common, **labelled, first_row=first, seen_ids=seen[True])
+                       if with_labels else None)
+                yield len(df), ex, lab
+
+        use_labels = False
+        if label_cols:  # the one-pass rule: labels only when every predicted row has a usable one
+            try:
+                same, n_labelled = True, 0
+                for _, ex, lab in blocks(True):
+                    same, n_labelled = same and lab.row_ids == ex.row_ids, n_labelled + len(lab.row_ids)
+                use_labels = same and n_labelled > 0
+                if not same and n_labelled:
+                    logger.warning("some rows have missing or unknown labels: predictions only, no metrics")
+            except DataError:
+                use_labels = False  # no label columns
+        n_rows, skipped, truncated, done = 0, [], [], 0
+        seqs: list[np.ndarray] = []
+        docs: list[int] = []  # per sequence: its document (numbered over the table)
+        units: list[str] = []
+        targets: list[Any] = []  # per document
+
+        mode: Any = "truncate"
+
+        def cut(size: int) -> tuple[Split, Any]:
+            nonlocal seqs, docs, units, targets
+            first, last = docs[0], docs[size - 1]
+            corpus = TokenizedCorpus.from_lists(seqs[:size], [k - first for k in docs[:size]], last - first + 1, mode)
+            y = np.asarray(targets[: last - first + 1]) if use_labels else None
+            split = Split(TokenizedTextDataset(corpus, y), units[:size],
+                          None if y is None else y[corpus.doc_index])
+            seqs, docs, units, targets = seqs[size:], docs[size:], units[size:], targets[last - first + 1:]
+            return split, self._collate()
+
+        for n, ex, lab in blocks(use_labels):
+            n_rows, skipped, truncated = n_rows + n, skipped + ex.skipped, truncated + ex.truncated
+            if not ex.texts:
+                continue
+            ex.labels = lab.labels if lab is not None else None
+            tok = self._tokenize(ex, cache_dir=None)
+            corpus = tok.dataset.corpus
+            mode = corpus.mode
+            seqs += [corpus[i] for i in range(len(corpus))]
+            docs += [done + int(k) for k in corpus.doc_index]
+            units += tok.units
+            if use_labels:
+                targets += list(ex.labels)
+            done += len(ex.texts)
+            ends = [k for k in range(rows, len(seqs) + 1, rows)  # whole batches, between two documents
+                    if k == len(seqs) or docs[k] != docs[k - 1]]
+            if ends:
+                yield cut(ends[-1])
+        if not done:
+            from collections import Counter
+
+            reasons = ", ".join(f"{r}: {k}" for r, k in Counter(r for _, r in skipped).items())
+            raise DataError(f"no usable rows among {n_rows} ({reasons or 'the table is empty'})")
+        if seqs:
+            yield cut(len(seqs))
+        if skipped:
+            summary = TextExamples([], None, [], False, [], skipped=skipped).skip_summary()
+            logger.warning("skipped %d of %d rows: %s", len(skipped), n_rows, summary)
+            logger.warning("not predicted: %s", summary)
+        if truncated:
+            logger.warning("truncated %d document(s) longer than %d characters", len(truncated), d.max_chars)
+
     def explain_spec(self, model: nn.Module) -> Any:
         """Integrated Gradients on the encoder's token embeddings (``medmm explain``)."""
         from medmm import ExplainSpec, token_input

@@ -119,6 +119,9 @@ def load_text_examples(
     separator: str = "\n\n",
     max_chars: int = 1_000_000,
     label_names: Sequence[str] | None = None,
+    first_row: int = 0,
+    seen_ids: set[str] | None = None,
+    block: bool = False,
 ) -> TextExamples:
     """Turn table rows into :class:`TextExamples`.
 
@@ -137,6 +140,10 @@ def load_text_examples(
         max_chars: longer documents are truncated to this many characters.
         label_names: the label set of a trained model (prediction time); rows with labels
             outside it are skipped. Default: the sorted labels found in ``df``.
+        first_row: the table row number of ``df``'s first row (row-number ids of a block).
+        seen_ids: the ids of earlier blocks (a repeat is a duplicate); updated in place.
+        block: ``df`` is one block of a table read in blocks: no row usable is not an error, and
+            the skipped / truncated rows are left to the caller to report once.
 
     Raises:
         DataError: a column is missing, or no row is usable.
@@ -171,11 +178,11 @@ def load_text_examples(
     splits: list[str] = []
     skipped: list[tuple[str, str]] = []
     truncated: list[str] = []
-    seen_ids: set[str] = set()
+    seen_ids = set() if seen_ids is None else seen_ids
     known = None if label_names is None else {n: i for i, n in enumerate(label_names)}
 
     records = df[list(dict.fromkeys(wanted))].to_dict("records")
-    for pos, rec in enumerate(records):
+    for pos, rec in enumerate(records, start=first_row):
         row_id = str(pos)
         if id_column:
             if is_missing(rec[id_column]):
@@ -242,13 +249,13 @@ def load_text_examples(
         if split is not None:
             splits.append(split)
 
-    if not texts:
+    if not texts and not block:
         reasons = ", ".join(f"{r}: {n}" for r, n in Counter(r for _, r in skipped).items())
         raise DataError(f"no usable rows among {len(records)} ({reasons or 'the table is empty'})")
-    if skipped:
+    if skipped and not block:
         logger.warning("skipped %d of %d rows: %s", len(skipped), len(records),
                        dict(Counter(r for _, r in skipped)))
-    if truncated:
+    if truncated and not block:
         logger.warning("truncated %d document(s) longer than %d characters", len(truncated),
                        max_chars)
 
