@@ -527,6 +527,13 @@ class Task:
         was chosen and why, or ``None`` (the default: nothing to choose)."""
         return None
 
+    def speed_hints(self, n_train: int) -> list[str]:
+        """Optional: the faster options printed after a long CPU estimate, one line each, naming only
+        options measured good for this task and size (with their cost). The default names the
+        task-independent ones: fewer steps, a time budget."""
+        return ["fewer passes over the data: engine.epochs or engine.max_steps (early stopping keeps the best)",
+                "a time budget: --time-limit 10m plans the run to fit it (docs/reliability.md)"]
+
     @staticmethod
     def resolve_auto_backbone(cfg: Any) -> tuple[str, str] | None:
         """Optional: resolve ``model.backbone=auto`` from the config alone, before any data is read:

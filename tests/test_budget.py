@@ -143,7 +143,7 @@ def test_eta_line_names_steps_evaluations_and_finish(monkeypatch: pytest.MonkeyP
     _fit(tmp_path / "r", None, epochs=2, per_step=20.0)
     assert len(lines) == 2 and "after the first evaluation" in lines[1]
     assert "optimizer steps at 20.00 s/step" in lines[0] and "then test, baseline, bootstrap and report" in lines[0]
-    assert "textcnn" in lines[0]  # 43 steps x 20 s left on a CPU: the faster options
+    assert "faster on this CPU" in lines[0] and "--time-limit" in lines[0]  # 43 steps x 20 s left: the task's hints
 
 
 @pytest.mark.slow
