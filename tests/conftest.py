@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
 import textwrap
+import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +25,66 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "medmm", *args], capture_output=True, text=True, env=full,
                           cwd=cwd, timeout=timeout)
+
+
+# Python's own warning filters in a fresh process (pytest's differ), so a command run in this process
+# shows the warnings a user would see, each time (entering catch_warnings resets the "shown once" memory).
+_FRESH_PROCESS_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore", DeprecationWarning, None),
+                          ("ignore", PendingDeprecationWarning, None), ("ignore", ImportWarning, None),
+                          ("ignore", ResourceWarning, None)]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``medmm`` in this process: what ``run_cli`` returns (exit code, stdout, stderr), without
+    paying Python's start and the torch / torchvision / sklearn imports again (seconds per command).
+
+    For tests about a command's outputs, not about the process: environment variables, plugins
+    installed for the test, signals and interpreter start still need ``run_cli``. The loggers start
+    without handlers and Python's warning filters are a new process's, so the console shows what a
+    user's would; process-wide state a command leaves behind (the run log's file handler, captured
+    warnings, ``MEDMM_DEBUG``, the working directory) is put back, as a process exit would.
+    """
+    from click.testing import CliRunner
+
+    from medmm.cli import main
+
+    loggers = [logging.getLogger(n) for n in ("", "medmm", "py.warnings")]
+    kept = [(lg, list(lg.handlers), lg.level, lg.propagate) for lg in loggers]
+    environ, here = dict(os.environ), Path.cwd()
+    try:
+        with CliRunner().isolation() as (out, err, _), warnings.catch_warnings():
+            warnings.resetwarnings()
+            for action, category, module in reversed(_FRESH_PROCESS_FILTERS):
+                warnings.filterwarnings(action, category=category, module=module or "")
+            for lg in loggers:  # as in a new process: no handler yet (medmm adds its own)
+                lg.handlers[:] = []
+            if cwd is not None:
+                os.chdir(cwd)
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            except Exception:  # noqa: BLE001 - as an uncaught exception ends a process: traceback, exit 1
+                sys.stderr.write(traceback.format_exc())
+                code = 1
+            finally:
+                logging.captureWarnings(False)
+                sys.stdout.flush()
+                sys.stderr.flush()
+            stdout, stderr = out.getvalue(), err.getvalue()
+    finally:
+        os.chdir(here)
+        os.environ.clear()
+        os.environ.update(environ)
+        for lg, handlers, level, propagate in kept:
+            for h in lg.handlers:
+                if h not in handlers:
+                    h.close()
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+    return subprocess.CompletedProcess(["medmm", *map(str, args)], code, stdout.decode("utf-8", "replace"),
+                                       stderr.decode("utf-8", "replace"))
 
 
 @pytest.fixture
