@@ -12,7 +12,7 @@ import pytest
 from medmm.data.dicom.paths import name_forms
 from medmm.deid.verify import IdentifierScan
 from medmm.demos.dicom import build_demo
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 pytestmark = pytest.mark.slow  # trains a tiny model once
 
@@ -68,7 +68,7 @@ def test_every_output_byte_is_free_of_patient_ids(tmp_path: Path) -> None:
                   "--limit", "2"],
                  ["export", str(run), "--out", str(tmp_path / "export"), "--sample", "4"]):
         (tmp_path / "pred").mkdir(exist_ok=True)
-        done = run_cli(*args)
+        done = cli(*args)
         assert done.returncode == 0, (args[0], done.stderr[-3000:])
         logs.append(done.stdout + done.stderr)
     scan = IdentifierScan(identifiers)
