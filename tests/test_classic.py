@@ -12,7 +12,7 @@ import pytest
 
 from medmm.classic import Comparison, fit_baseline, load_baseline
 from medmm.task import BaselineInputs
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 WORDS = {"pos": ["effusion", "pleural fluid", "blunted angle"], "neg": ["clear lungs", "normal heart", "no acute"]}
 
@@ -132,9 +132,9 @@ def test_crippled_model_is_flagged_and_baseline_is_everywhere(tmp_path: Path) ->
     data.insert(0, "pid", [f"p{i}" for i in range(len(data))])
     data.to_csv(tmp_path / "bc.csv", index=False)
     run = tmp_path / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run), "--quiet",
-                  "--set", "data.target=target", "--set", "data.id_column=pid", "--set", "engine.lr=0",
-                  "--set", "engine.epochs=2", "--set", "engine.device=cpu", "--set", "engine.bootstrap=100")
+    out = cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run), "--quiet",
+              "--set", "data.target=target", "--set", "data.id_column=pid", "--set", "engine.lr=0",
+              "--set", "engine.epochs=2", "--set", "engine.device=cpu", "--set", "engine.bootstrap=100")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "classic baseline on the same split: features + logistic regression" in out.stdout
     assert "WARNING: the model is not better than the classic baseline" in out.stdout
@@ -148,7 +148,7 @@ def test_crippled_model_is_flagged_and_baseline_is_everywhere(tmp_path: Path) ->
     model = pd.read_csv(run / "predictions.csv")
     assert sorted(base["id"]) == sorted(model["id"])  # same test units
     pred = tmp_path / "p.csv"
-    out = run_cli("predict", str(run), "--data", str(tmp_path / "bc.csv"), "--out", str(pred), "--baseline")
+    out = cli("predict", str(run), "--data", str(tmp_path / "bc.csv"), "--out", str(pred), "--baseline")
     assert out.returncode == 0, out.stderr[-2000:]
     again = pd.read_csv(pred).set_index("id").loc[base["id"]]
     np.testing.assert_allclose(again.iloc[:, 0].to_numpy(), base.set_index("id").iloc[:, 0].to_numpy(), atol=1e-6)
@@ -160,9 +160,9 @@ def test_text_run_shows_tfidf_baseline_and_recipe(tmp_path: Path) -> None:
 
     synthetic_notes(90, ["normal", "effusion", "pneumonia"]).to_csv(tmp_path / "notes.csv", index=False)
     run = tmp_path / "run"
-    out = run_cli("run", "text-cls", "--data", str(tmp_path / "notes.csv"), "--out", str(run),
-                  "--set", "model.backbone=textcnn", "--set", "engine.epochs=2", "--set", "engine.device=cpu",
-                  "--set", "engine.bootstrap=50", "--set", "data.id_column=note_id", "--set", "data.group_column=patient")
+    out = cli("run", "text-cls", "--data", str(tmp_path / "notes.csv"), "--out", str(run),
+              "--set", "model.backbone=textcnn", "--set", "engine.epochs=2", "--set", "engine.device=cpu",
+              "--set", "engine.bootstrap=50", "--set", "data.id_column=note_id", "--set", "data.group_column=patient")
     assert out.returncode == 0, out.stderr[-2000:]
     assert "engine.lr=0.001 (recipe of backbone textcnn)" in out.stderr
     config = (run / "config.yaml").read_text()
@@ -186,4 +186,3 @@ def test_multilabel_pos_weight_up_weights_rare_labels() -> None:
     plain, _ = problem_loss("multilabel", out, t)
     weighted, _ = problem_loss("multilabel", out, t, class_weights=torch.tensor(w))
     assert float(weighted) > float(plain)
-
