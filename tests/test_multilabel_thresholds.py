@@ -99,7 +99,7 @@ def test_predictions_csv_decision_columns_use_the_per_label_thresholds(tmp_path:
 
 @pytest.mark.slow
 def test_multilabel_run_stores_thresholds_and_uses_them(tmp_path: Path) -> None:
-    from tests.conftest import run_cli
+    from tests.conftest import cli
     from tests.test_text_cls import FAST, _ok, note
 
     rng = random.Random(3)
@@ -110,11 +110,11 @@ def test_multilabel_run_stores_thresholds_and_uses_them(tmp_path: Path) -> None:
         rows.append({"text": note(rng, labels), "findings": ";".join(labels)})
     pd.DataFrame(rows).to_csv(tmp_path / "ml.csv", index=False)
     run = tmp_path / "ml"
-    proc = run_cli("run", "text-cls", "--data", str(tmp_path / "ml.csv"), "--out", str(run), *FAST,
-                   "--set", "model.backbone=bigru", "--set", "data.label_column=findings",
-                   "--set", "data.label_delimiter=;", "--set", "model.vocab_min_freq=1",
-                   "--set", "engine.lr=0.003", "--set", "engine.epochs=1", "--set", "engine.min_steps=0",
-                   "--set", "eval.threshold=target_sensitivity")
+    proc = cli("run", "text-cls", "--data", str(tmp_path / "ml.csv"), "--out", str(run), *FAST,
+               "--set", "model.backbone=bigru", "--set", "data.label_column=findings",
+               "--set", "data.label_delimiter=;", "--set", "model.vocab_min_freq=1",
+               "--set", "engine.lr=0.003", "--set", "engine.epochs=1", "--set", "engine.min_steps=0",
+               "--set", "eval.threshold=target_sensitivity")
     _ok(proc)
     op = json.loads((run / "artifacts" / "operating_point.json").read_text())
     assert op["problem"] == "multilabel" and op["rule"] == "target_sensitivity" and set(op["thresholds"]) == set(names)
@@ -125,7 +125,7 @@ def test_multilabel_run_stores_thresholds_and_uses_them(tmp_path: Path) -> None:
     assert list(summary["metrics"])[0] == "auroc"  # macro AUROC is the headline
     assert set(summary["operating_point"]) == set(names) and "macro_f1" in summary["operating_point_f1"]
     assert "at the per-label thresholds chosen on val" in proc.stdout
-    proc = run_cli("predict", str(run), "--data", str(tmp_path / "ml.csv"), "--out", str(tmp_path / "p.csv"))
+    proc = cli("predict", str(run), "--data", str(tmp_path / "ml.csv"), "--out", str(tmp_path / "p.csv"))
     _ok(proc)
     assert [c for c in pd.read_csv(tmp_path / "p.csv").columns if c.startswith("decision_")] == \
         [f"decision_{n}" for n in names]
