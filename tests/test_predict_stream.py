@@ -88,7 +88,7 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
 
     from medmm import cli as cli_mod
     from medmm.data import readers
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     data = _table(tmp_path / "t.csv")
     unlabelled = tmp_path / "u.csv"
@@ -96,7 +96,7 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
     sets = [a for s in ["data.target=y", "data.id_column=pid", "engine.epochs=1", "engine.bootstrap=0",
                         "engine.baseline=none", "model.backbone=linear", "engine.device=cpu",
                         "engine.eval_batch_size=8"] for a in ("--set", s)]
-    proc = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(tmp_path / "run"), *sets)
+    proc = cli("run", "tabular-risk", "--data", str(data), "--out", str(tmp_path / "run"), *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json  # the runner's seconds per phase (bench/scale.py prints their shares)
 
