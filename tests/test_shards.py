@@ -83,7 +83,7 @@ def test_folder_shard_view_keeps_relative_paths(tmp_path: Path) -> None:
 def test_shard_outputs_concatenate_to_the_single_process_file(tmp_path: Path) -> None:
     import pandas as pd
 
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(120, 3))
@@ -91,19 +91,19 @@ def test_shard_outputs_concatenate_to_the_single_process_file(tmp_path: Path) ->
         tmp_path / "t.csv", index=False)
     sets = [a for s in ["data.target=y", "engine.epochs=1", "engine.bootstrap=0", "engine.baseline=none",
                         "model.backbone=linear", "engine.device=cpu"] for a in ("--set", s)]
-    proc = run_cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), *sets)
+    proc = cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "run"), *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
     whole = tmp_path / "all.csv"
-    assert run_cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out", str(whole)).returncode == 0
+    assert cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out", str(whole)).returncode == 0
     parts = []
     for i in range(3):
         out = tmp_path / f"part{i}.csv"
-        proc = run_cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out", str(out),
-                       "--shard", f"{i}/3")
+        proc = cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out", str(out),
+                   "--shard", f"{i}/3")
         assert proc.returncode == 0, proc.stderr[-2000:]
         parts.append(pd.read_csv(out))
     assert [len(p) for p in parts] == [40, 40, 40]
     pd.testing.assert_frame_equal(pd.concat(parts, ignore_index=True), pd.read_csv(whole))
-    proc = run_cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out",
-                   str(tmp_path / "bad.csv"), "--shard", "3/3")
+    proc = cli("predict", str(tmp_path / "run"), "--data", str(tmp_path / "t.csv"), "--out",
+               str(tmp_path / "bad.csv"), "--shard", "3/3")
     assert proc.returncode != 0 and "--shard must be i/n" in proc.stderr
