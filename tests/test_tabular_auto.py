@@ -69,21 +69,21 @@ def test_auto_picks_linear_on_a_small_linear_problem(tmp_path: Path) -> None:
 def test_auto_picks_mlp_on_xor_and_the_run_keeps_it(tmp_path: Path) -> None:
     import pandas as pd
 
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     _xor(300).to_csv(tmp_path / "xor.csv", index=False)
     run = tmp_path / "run"
     quick = ["engine.device=cpu", "engine.batch_size=32", "engine.epochs=30", "engine.patience=5",
              "engine.bootstrap=0", "engine.baseline=none"]
     sets = [a for s in ["data.target=y", *quick, "model.backbone=auto"] for a in ("--set", s)]
-    proc = run_cli("run", "tabular-risk", "--data", str(tmp_path / "xor.csv"), "--out", str(run), *sets)
+    proc = cli("run", "tabular-risk", "--data", str(tmp_path / "xor.csv"), "--out", str(run), *sets)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "model.backbone=auto -> mlp won on val auroc (linear" in proc.stderr
     cfg = (run / "config.yaml").read_text()
     assert "backbone: mlp  # auto: mlp won" in cfg
     assert "Backbone chosen by validation" in (run / "model_card.md").read_text()
     assert "model.backbone=auto: training candidate linear" in (run / "train.log").read_text()
-    proc = run_cli("predict", str(run), "--data", str(tmp_path / "xor.csv"), "--out", str(tmp_path / "p.csv"))
+    proc = cli("predict", str(run), "--data", str(tmp_path / "xor.csv"), "--out", str(tmp_path / "p.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(pd.read_csv(tmp_path / "p.csv")) == 300
 
