@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 pytestmark = pytest.mark.slow  # every test trains through `medmm run`
 
@@ -30,8 +30,8 @@ def diabetes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     data = root / "diabetes.csv"
     df.to_csv(data, index_label="patient")
     run = root / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=progression",
-                  "--set", "data.id_column=patient", "--set", "model.backbone=linear", "--set", "engine.epochs=60", *QUICK)
+    out = cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=progression",
+              "--set", "data.id_column=patient", "--set", "model.backbone=linear", "--set", "engine.epochs=60", *QUICK)
     assert out.returncode == 0, out.stderr[-3000:]
     return data, run
 
@@ -65,12 +65,12 @@ def test_predict_on_a_table_without_target(diabetes: tuple[Path, Path], tmp_path
     data, run = diabetes
     df = pd.read_csv(data).drop(columns=["progression"]).head(20)
     df.to_csv(tmp_path / "new.csv", index=False)
-    out = run_cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
+    out = cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
     assert out.returncode == 0, out.stderr
     preds = pd.read_csv(tmp_path / "p.csv")
     assert len(preds) == 20 and list(preds.columns) == ["id", "prediction", "lower_90", "upper_90", "abstain"]
     df.drop(columns=["bmi"]).to_csv(tmp_path / "bad.csv", index=False)
-    bad = run_cli("predict", str(run), "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv"))
+    bad = cli("predict", str(run), "--data", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "q.csv"))
     assert bad.returncode == 2 and "bmi" in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -81,8 +81,8 @@ def test_binary_risk_on_breast_cancer(tmp_path: Path) -> None:
     df["target"] = df["target"].map({0: "malignant", 1: "benign"})
     df.to_csv(tmp_path / "bc.csv", index=False)
     run = tmp_path / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run),
-                  "--set", "data.target=target", "--set", "engine.epochs=30", "--set", "model.backbone=linear", *QUICK)
+    out = cli("run", "tabular-risk", "--data", str(tmp_path / "bc.csv"), "--out", str(run),
+              "--set", "data.target=target", "--set", "engine.epochs=30", "--set", "model.backbone=linear", *QUICK)
     assert out.returncode == 0, out.stderr[-3000:]
     s = _summary(run)
     assert s["metrics"]["auroc"] > 0.95
@@ -96,9 +96,9 @@ def test_survival_cox_on_gbsg2(tmp_path: Path) -> None:
     df = lifelines.datasets.load_gbsg2()  # categorical columns: horTh, menostat, tgrade
     df.to_csv(tmp_path / "gbsg2.csv", index=False)
     run = tmp_path / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "gbsg2.csv"), "--out", str(run),
-                  "--set", "data.time=time", "--set", "data.event=cens", "--set", "engine.batch_size=256",
-                  "--set", "engine.epochs=40", "--set", "model.backbone=linear", *QUICK)
+    out = cli("run", "tabular-risk", "--data", str(tmp_path / "gbsg2.csv"), "--out", str(run),
+              "--set", "data.time=time", "--set", "data.event=cens", "--set", "engine.batch_size=256",
+              "--set", "engine.epochs=40", "--set", "model.backbone=linear", *QUICK)
     assert out.returncode == 0, out.stderr[-3000:]
     s = _summary(run)
     assert s["monitor"] == "c_index" and s["metrics"]["c_index"] > 0.6
@@ -119,7 +119,7 @@ def test_bad_tables_give_one_clear_line(tmp_path: Path, edit, overrides, message
     df = edit(load_diabetes(as_frame=True, scaled=False).frame.rename(columns={"target": "progression"}))
     df.to_csv(tmp_path / "t.csv", index=False)
     args = [a for o in overrides for a in ("--set", o)]
-    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), *args, *QUICK)
+    out = cli("run", "tabular-risk", "--data", str(tmp_path / "t.csv"), "--out", str(tmp_path / "r"), *args, *QUICK)
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
@@ -132,9 +132,9 @@ def test_user_split_column_and_finite_val_loss(tmp_path: Path) -> None:
     data = tmp_path / "d.csv"
     df.to_csv(data, index_label="pid")
     run = tmp_path / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=target",
-                  "--set", "data.id_column=pid", "--set", "data.split_column=fold", "--set", "engine.epochs=3",
-                  "--set", "engine.bootstrap=0", "--quiet")
+    out = cli("run", "tabular-risk", "--data", str(data), "--out", str(run), "--set", "data.target=target",
+              "--set", "data.id_column=pid", "--set", "data.split_column=fold", "--set", "engine.epochs=3",
+              "--set", "engine.bootstrap=0", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     split = pd.read_csv(run / "splits.csv").set_index("id")["split"]
     assert len(split) == len(df) - 2 and (split == df.fold.str.replace("valid", "val")[split.index]).all()
