@@ -175,3 +175,41 @@ def test_run_switches_to_the_cheaper_recipe_and_says_so(tmp_path: Path, monkeypa
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "done"
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["final"] and max(r["step"] for r in rows) == 480  # the cheap recipe trained all its steps
+
+
+def test_bf16_is_detected_from_the_cpu_flags() -> None:
+    from medmm.engine.device import cpu_native_bf16
+
+    assert cpu_native_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile\n")
+    assert cpu_native_bf16("flags : sse amx_bf16\n")
+    assert not cpu_native_bf16("processor: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not cpu_native_bf16("")
+
+
+@pytest.mark.parametrize("native, bf16_s, chosen", [(False, 0.1, "fp32"), (True, 0.5, "bf16"), (True, 0.95, "fp32")])
+def test_cpu_bf16_auto_needs_native_bf16_and_a_faster_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            native: bool, bf16_s: float, chosen: str) -> None:
+    """The probe's steps are timed by a fake clock: fp32 1 s, bf16 ``bf16_s``; the weights it leaves are the
+    fp32 run's (the probe changes nothing), and only a CPU with native bf16 is probed at all."""
+    import medmm.engine.device as device
+    from medmm.engine import Trainer
+
+    monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: native)
+    clock = {"t": 0.0}
+    monkeypatch.setattr("time.perf_counter", lambda: clock["t"])
+
+    class Timed(ToyTask):
+        def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+            bf16 = torch.is_autocast_enabled("cpu")
+            clock["t"] += bf16_s if bf16 else 1.0
+            return super().step(model, batch)
+
+    cfg = make_cfg(precision="auto", cpu_bf16="auto", epochs=1)
+    task = Timed(cfg, tmp_path)
+    data = task.build_data(Path("."))
+    model = task.build_model()
+    trainer = Trainer(task, cfg, tmp_path, quiet=True)
+    probed = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer._choose_cpu_precision(model, data, resume=False)
+    assert trainer.precision == trainer.state.precision == chosen
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in probed.items())  # the probe left no trace

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -38,7 +38,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, fp32 elsewhere.
 
     CPUs without native bf16 run it orders of magnitude slower than fp32, so ``auto`` never
-    picks reduced precision on a CPU; an explicit ``bf16`` there is honoured with a warning.
+    picks reduced precision on a CPU here; with ``engine.cpu_bf16=auto`` the trainer may switch to
+    bf16 after detection (:func:`cpu_native_bf16`) and a probe step (:func:`probe_bf16`). An
+    explicit ``bf16`` on a CPU is honoured with a warning.
     """
     if precision == "auto":
         if device.type == "cuda":
@@ -49,6 +51,45 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "bf16" and device.type == "cpu":
         log.warning("bf16 on the CPU can be far slower than fp32 on CPUs without native bf16")
     return precision
+
+
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic (x86)
+PROBE_GAIN = 0.9  # bf16 is kept only when a probe step takes at most this share of the fp32 one
+
+
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16 in ``/proc/cpuinfo``'s flags).
+
+    Elsewhere (no flags, another OS, ARM) ``False``: bf16 there is emulated, orders of magnitude slower.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[-1].split())
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def probe_bf16(step: Callable[[str], None], repeats: int = 2) -> tuple[bool, float, float]:
+    """Time ``step(precision)`` (one forward + backward) in fp32 and in bf16 autocast, after one warm-up
+    each; ``(bf16 faster by PROBE_GAIN, fp32 seconds, bf16 seconds)`` (the best of ``repeats``)."""
+    import time
+
+    best = {}
+    for precision in ("fp32", "bf16"):
+        step(precision)  # warm-up: kernels chosen, caches filled
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            step(precision)
+            times.append(time.perf_counter() - t0)
+        best[precision] = min(times)
+    return best["bf16"] <= PROBE_GAIN * best["fp32"], best["fp32"], best["bf16"]
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:

@@ -68,6 +68,7 @@ class TrainState:
     loss_n: int = 0
     stopped_early: bool = False
     finished: bool = False
+    precision: str = ""  # the precision the run trains in (engine.cpu_bf16=auto: chosen once, kept on resume)
 
 
 @dataclass
@@ -345,6 +346,7 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if self.privacy is not None:
             ddp_model = self.privacy.wrap_model(model)  # per-example gradients (opacus)
+        self._choose_cpu_precision(model, data, resume)
         from medmm.engine.budget import Budget, Planner, Sizes, current
 
         budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
@@ -376,6 +378,50 @@ class Trainer:
         result = FitResult(self.state, self.history, monitor, mode)
         cb.call(self.callbacks, "on_train_end", self, result)  # loggers flush and close (TensorBoard)
         return result
+
+    def _choose_cpu_precision(self, model: torch.nn.Module, data: DataBundle, resume: bool) -> None:
+        """``engine.cpu_bf16=auto`` with precision auto on a CPU: bf16 autocast only where the CPU has native
+        bf16 and a probe step on a real batch is faster than fp32 (weights, buffers and RNG untouched)."""
+        e, st = self.e, self.state
+        if resume and st.precision:  # a resumed run keeps the precision it trained in (exact resume)
+            self.precision = st.precision
+            return
+        if not (e.precision == "auto" and e.cpu_bf16 == "auto" and self.device.type == "cpu"
+                and self.privacy is None and not self.dist.enabled):
+            st.precision = self.precision
+            return
+        from medmm.engine.device import cpu_native_bf16, probe_bf16
+
+        if not cpu_native_bf16():
+            logging.getLogger("medmm").info("engine.cpu_bf16=auto: this CPU has no native bf16 (avx512_bf16 / "
+                                            "amx_bf16): fp32")
+            st.precision = self.precision = "fp32"
+            return
+        batch = move_to(next(iter(self._loader(data.train.dataset, self._plan(data, 0)[:1], data.collate_fn, 0))),
+                        self.device)
+        saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        rng = _rng_snapshot()
+        model.train()
+
+        def step(precision: str) -> None:
+            with autocast(self.device, precision):
+                out = self.task.step(model, batch)
+            loss = out["loss"] if "loss" in out else problem_loss(
+                self.task.problem, out["output"], out["target"], class_weights=self.class_weights,
+                regression_loss=self._regression_loss())[0]
+            loss.float().sum().backward()
+            model.zero_grad(set_to_none=True)
+
+        faster, t32, t16 = probe_bf16(step)
+        model.load_state_dict(saved)  # batch-norm statistics of the probe steps undone
+        _set_rng_state(_rng_state(rng))
+        st.precision = self.precision = "bf16" if faster else "fp32"
+        from medmm.runlog import echo
+
+        msg = (f"medmm: engine.cpu_bf16=auto: native bf16 on this CPU; a probe step took {t16:.3f} s in bf16 vs "
+               f"{t32:.3f} s in fp32: training in {self.precision}")
+        if self.dist.is_main:
+            echo(msg)
 
     def _replan(self, sched: Any, total: int) -> None:
         """The time limit lowered the run to ``total`` steps: the schedule ends there; saved as engine.max_steps."""
