@@ -19,6 +19,13 @@ by about sqrt(alpha (1 - alpha) / n_test) (e.g. 2.9 points for diabetes' 111 tes
 (one model) averages ``--splits`` random calibration / test partitions of its held-out half, as
 conformal papers do; the worst seed and the mean over seeds are both printed.
 
+Exact split conformal over-covers a class with ``n_k`` calibration units: conditional on ``n_k`` its
+expected coverage is ``ceil((n_k + 1)(1 - alpha)) / (n_k + 1)``, between ``1 - alpha`` and
+``1 - alpha + 1 / (n_k + 1)`` (no ties). Printed per class beside the observed mean ("expected", averaged
+over the partitions' ``n_k``), with the Monte-Carlo standard error of that mean ("se"): the partitions
+re-split one held-out half, so a small class's mean scatters by its se around the expectation. Within 2
+points is guaranteed in expectation only for ``n_k >= 49`` (``1 / (n_k + 1) <= 0.02``).
+
     python bench/conformal.py                      # alpha 0.1, seeds 0 1 2, all data sets
     python bench/conformal.py --alpha 0.2 --only breast_cancer diabetes --out conformal.json
     python bench/conformal.py --runs runs/my-run runs/other --splits 100   # medmm runs' own model outputs
@@ -197,10 +204,21 @@ def run_one(name: str, alpha: float, seed: int, data: tuple[Any, ...], splits: i
     out: dict[str, Any] = {"n_cal": len(cal), "n_test": len(te), "splits": splits}
     for k in ("coverage", "mapie_coverage", "mean_size", "referred", "same_as_mapie"):
         out[k] = float(np.mean([p[k] for p in parts]))
-    for k in ("classes", "mapie_classes"):
+    for k in ("classes", "mapie_classes", "expected", "n_k"):
         keys = parts[0].get(k, {})
         out[k] = {n: float(np.nanmean([p[k][n] for p in parts])) for n in keys}
+    out["se"] = {n: float(np.nanstd([p["classes"][n] for p in parts], ddof=1) / np.sqrt(splits))
+                 for n in parts[0].get("classes", {})} if splits > 1 else {}
     return out
+
+
+def _expected(y_cal: np.ndarray, names: list[str], alpha: float) -> dict[str, Any]:
+    """Per class: the exact split-conformal expected coverage given its ``n_k`` calibration units, and ``n_k``."""
+    import math
+
+    n_k = {n: int((y_cal == k).sum()) for k, n in enumerate(names)}
+    return {"expected": {n: min(1.0, math.ceil((m + 1) * (1 - alpha) - 1e-12) / (m + 1)) for n, m in n_k.items()},
+            "n_k": n_k}
 
 
 def _partition(problem: str, names: list[str], alpha: float, y_cal: np.ndarray, sc: np.ndarray, y_te: np.ndarray,
@@ -238,6 +256,7 @@ def _partition(problem: str, names: list[str], alpha: float, y_cal: np.ndarray, 
     ms = _mapie_sets(pc, y_cal, pt, alpha)
     cov = out["sets"][np.arange(n_te), y_te]
     mcov = ms[np.arange(n_te), y_te]
+    res.update(_expected(y_cal, names, alpha))
     res.update(coverage=float(cov.mean()), mapie_coverage=float(mcov.mean()),
                classes={n: float(cov[y_te == k].mean()) for k, n in enumerate(names)},
                mapie_classes={n: float(mcov[y_te == k].mean()) for k, n in enumerate(names)},
@@ -330,7 +349,12 @@ def main() -> None:
               f"{np.mean([r['same_as_mapie'] for r in runs]):.4f}")
         for k, v in per_class.items():
             mk = [r.get("mapie_classes", {}).get(k) for r in runs]
-            print(f"    {k:<22} {v.mean():.4f} ± {v.std():.4f}" + (f"   MAPIE {np.mean(mk):.4f}" if None not in mk else ""))
+            ex = [r.get("expected", {}).get(k) for r in runs]
+            seeds = ", ".join(f"{c:.4f} (se {r['se'][k]:.4f}, expected {r['expected'][k]:.4f})" for c, r in zip(v, runs)) \
+                if None not in ex else ""
+            print(f"    {k:<22} {v.mean():.4f} ± {v.std():.4f}" + (f"   MAPIE {np.mean(mk):.4f}" if None not in mk else "")
+                  + (f"   expected {np.mean(ex):.4f} (n_k {np.mean([r['n_k'][k] for r in runs]):.0f}); "
+                     f"per seed {seeds}" if None not in ex else ""))
         print(f"  mean {'interval width' if SETS[name][0] == 'regression' else 'set size'} "
               f"{np.mean([r['mean_size'] for r in runs]):.3f}, referred {100 * np.mean([r['referred'] for r in runs]):.1f}%")
         ok_mean, ok_seed = worst_mean <= a.tol, worst_seed <= a.tol

@@ -400,8 +400,9 @@ def _console(result: Mapping[str, Any], out: Path) -> str:
         shown = ", ".join(f"{r['group']}: " + ("< " + str(sub["min_group_size"]) if r.get("suppressed") else
                                                f"{r['value']:.3f}" if r.get("value") is not None else "n/a")
                           for r in c["groups"])
-        lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged: {', '.join(c['flagged']) or 'none'}"
-                     + "".join(f"; {f}" for f in c.get("column_flags") or []))
+        flags = c.get("column_flags") or []  # worded as the pages word them: a column flag is not "none" (#27)
+        lines.append(f"  subgroups {col} ({sub['metric']}): {shown}; flagged groups: {', '.join(c['flagged']) or 'none'}"
+                     + ("; column FLAGGED: " + "; ".join(flags) if flags else ""))
     for w in result["shift"]["warnings"]:
         lines.append(f"  shift warning: {w}")
     lines += _conformal_lines(result)
