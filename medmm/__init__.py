@@ -39,7 +39,8 @@ _API: dict[str, str] = {
     "ConfigModel": "medmm.config.base", "Bool": "medmm.config.base", "Float": "medmm.config.base",
     "Fraction": "medmm.config.base", "PosInt": "medmm.config.base", "NonNegInt": "medmm.config.base",
     "StrList": "medmm.config.base", "OptStrList": "medmm.config.base",
-    "get_key": "medmm.recipes", "has_key": "medmm.recipes",
+    "get_key": "medmm.recipes", "has_key": "medmm.recipes", "apply_defaults": "medmm.recipes",
+    "choose_mode": "medmm.recipes",
     # files
     "read_json": "medmm.io", "write_json_atomic": "medmm.io", "write_text_atomic": "medmm.io",
     # tables
@@ -64,7 +65,8 @@ _API: dict[str, str] = {
     "MultimodalRows": "medmm.data.multimodal", "collate_rows": "medmm.data.multimodal",
     "pad_tokens": "medmm.data.multimodal", "EmbeddingCache": "medmm.data.embedding_cache",
     "fingerprint_files": "medmm.data.embedding_cache", "fingerprint_module": "medmm.data.embedding_cache",
-    "fingerprint_texts": "medmm.data.embedding_cache",
+    "fingerprint_texts": "medmm.data.embedding_cache", "cached_embeddings": "medmm.data.embedding_cache",
+    "EmbeddingRows": "medmm.data.embedding_cache", "collate_embeddings": "medmm.data.embedding_cache",
     # models
     "TextClassifier": "medmm.models.text", "load_text_backbone": "medmm.models.text",
     "save_text_backbone": "medmm.models.text", "ImageClassifier": "medmm.models.image",

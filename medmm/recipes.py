@@ -19,7 +19,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["annotated_yaml", "apply_min_steps", "apply_recipe", "user_keys"]
+__all__ = ["CPU_FINETUNE_BUDGET_S", "annotated_yaml", "apply_defaults", "apply_min_steps", "apply_recipe",
+           "choose_mode", "user_keys"]
+
+CPU_FINETUNE_BUDGET_S = 300.0
+"""``model.mode=auto`` on a CPU fine-tunes a pretrained encoder only when the estimated fine-tuning
+time fits in this many seconds (five minutes: a laptop user waits that long); longer estimates
+train a head on frozen, cached embeddings instead (measured in docs/guide/frozen.md)."""
 
 log = logging.getLogger("medmm")
 
@@ -95,6 +101,48 @@ def apply_recipe(cfg: Any, spec: Any, user: set[str]) -> Any:
         set_key(out, key, value)
         out.provenance[key] = f"recipe of backbone {name}"
     return out
+
+
+def apply_defaults(cfg: Any, values: Mapping[str, Any], origin: str) -> list[str]:
+    """Set dotted ``values`` the user did not set (``cfg.user``), recording ``origin`` in the
+    provenance (``config.yaml`` comments); returns the keys changed. A config without a record of
+    the user's keys (a saved run's, ``user=None``) is left as it is."""
+    from medmm.config import set_key
+
+    user = getattr(cfg, "user", None)
+    if user is None:
+        return []
+    changed = []
+    for key, value in values.items():
+        if key in user or _COUPLED.get(key) in user or not has_key(cfg, key) or get_key(cfg, key) == value:
+            continue
+        set_key(cfg, key, value)
+        cfg.provenance[key] = origin
+        changed.append(key)
+    return changed
+
+
+def choose_mode(device: str, *, pretrained: bool, finetune_s: float | None) -> tuple[str, str]:
+    """``model.mode=auto``: ``("finetune" | "frozen", why)``.
+
+    The rule (measured in docs/guide/frozen.md): an encoder without pretrained weights always trains
+    (frozen random features are noise); a GPU fine-tunes; a CPU fine-tunes when ``finetune_s``, the
+    task's estimate of the fine-tuning time, fits :data:`CPU_FINETUNE_BUDGET_S`, and otherwise trains
+    a head on the frozen encoder's cached embeddings (fine-tuning was more accurate wherever
+    measured, at 10-60x the cost).
+    """
+    from medmm.engine.device import select_device
+
+    if not pretrained:
+        return "finetune", "the encoder has no pretrained weights: it must train"
+    if select_device(device).type != "cpu":
+        return "finetune", "an accelerator fine-tunes the encoder"
+    if finetune_s is None or finetune_s <= CPU_FINETUNE_BUDGET_S:
+        est = "" if finetune_s is None else f" (about {finetune_s / 60:.1f} min estimated)"
+        return "finetune", f"fine-tuning fits {CPU_FINETUNE_BUDGET_S / 60:.0f} min on this CPU{est}"
+    return "frozen", (f"fine-tuning would take about {finetune_s / 60:.0f} min on this CPU (over "
+                      f"{CPU_FINETUNE_BUDGET_S / 60:.0f}): the encoder runs once and a head trains on its "
+                      "cached embeddings (model.mode=finetune to fine-tune anyway)")
 
 
 def describe(cfg: Any) -> str | None:

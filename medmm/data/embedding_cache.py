@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,8 @@ from medmm.io import atomic_write
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["EmbeddingCache", "fingerprint_files", "fingerprint_module", "fingerprint_texts"]
+__all__ = ["EmbeddingCache", "EmbeddingRows", "cached_embeddings", "collate_embeddings", "fingerprint_files",
+           "fingerprint_module", "fingerprint_texts"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +109,56 @@ class EmbeddingCache:
         tag = self.cache_dir / "CACHEDIR.TAG"
         if not tag.exists():
             tag.write_text(_CACHEDIR_TAG, encoding="utf-8")
+
+
+def cached_embeddings(cache_dir: str | os.PathLike[str], data_fingerprint: str, encoder: nn.Module, extra: str,
+                      encode: Callable[[], np.ndarray], *, rows: int, what: str = "embeddings") -> np.ndarray:
+    """The embeddings of one data set by one frozen ``encoder``: from ``cache_dir/embeddings`` when
+    present (same data fingerprint, same weights and ``extra`` settings), else ``encode()`` once and
+    cached. ``rows`` is the expected row count (a cached array of another length is a miss)."""
+    cache = EmbeddingCache(Path(cache_dir) / "embeddings")
+    key = cache.key(data_fingerprint, fingerprint_module(encoder, extra=extra))
+    emb = cache.load(key)
+    if emb is not None and emb.shape[0] == rows:
+        logger.info("%s: %d rows from the cache", what, rows)
+        return emb
+    emb = np.asarray(encode(), dtype=np.float32)
+    cache.save(key, emb)
+    logger.info("%s: %d rows encoded and cached", what, rows)
+    return emb
+
+
+class EmbeddingRows:
+    """A map-style dataset over precomputed embedding rows: ``{"emb", "labels"?, "index"}`` per item
+    (item ``i`` is ``embeddings[rows[i]]``); batch it with :func:`collate_embeddings`."""
+
+    def __init__(self, embeddings: np.ndarray, rows: Sequence[int], labels: np.ndarray | None = None) -> None:
+        self.embeddings, self.rows = embeddings, np.asarray(rows, dtype=np.int64)
+        self.labels = None if labels is None else np.asarray(labels)
+        if self.labels is not None and len(self.labels) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} embedding rows but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, object]:
+        item: dict[str, object] = {"emb": self.embeddings[self.rows[i]], "index": i}
+        if self.labels is not None:
+            item["labels"] = self.labels[i]
+        return item
+
+
+def collate_embeddings(batch: Sequence[dict[str, object]]) -> dict[str, object]:
+    """``emb`` float32 ``[B, D]``, ``index`` int64 ``[B]`` and ``labels`` (int64 ``[B]`` or float32 ``[B, K]``)."""
+    import torch
+
+    out: dict[str, object] = {
+        "emb": torch.from_numpy(np.stack([np.asarray(item["emb"], dtype=np.float32) for item in batch])),
+        "index": torch.tensor([int(item["index"]) for item in batch], dtype=torch.long)}  # type: ignore[call-overload]
+    if batch and "labels" in batch[0]:
+        labels = np.stack([np.asarray(item["labels"]) for item in batch])
+        out["labels"] = torch.from_numpy(labels.astype(np.float32 if labels.dtype.kind == "f" else np.int64, copy=False))
+    return out
 
 
 def fingerprint_texts(texts: Iterable[str | None]) -> str:

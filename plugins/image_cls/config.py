@@ -37,6 +37,10 @@ class ImageClsModel(ModelConfig):
         "auto", description="auto (packaged weights if any) | none | path (model.weights) | hub (opt-in download "
                             "into the HF cache)")
     weights: str | None = Field(None, description="local timm/HF checkpoint: .safetensors or a .pth state dict")
+    mode: Literal["auto", "finetune", "frozen"] = Field(
+        "auto", description="finetune the backbone | frozen: run the pretrained backbone once (embeddings cached on "
+                            "disk, keyed by data + weights; no augmentation) and train the head only | auto: "
+                            "fine-tune on a GPU or when the CPU estimate fits 5 min, else frozen (docs/guide/frozen.md)")
     dropout: Fraction = Field(0.0, description='dropout before the classifier')
     drop_path: Fraction = Field(0.0,
         description='stochastic depth rate (transformers / ConvNeXt-style backbones)')

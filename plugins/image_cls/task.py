@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,22 @@ from medmm import (
     labels_from_csv, labels_from_folders, PixelCache, PixelConfig, read_json, scan_folder, Skipped, Split,
     Task, write_json_atomic,
 )
+from medmm import (  # model.mode=frozen / auto
+    apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_files,
+    fingerprint_texts, model_state, run_module, set_key,
+)
 from medmm_plugins.image_cls.config import ImageClsConfig, ImageClsData
 
 log = logging.getLogger("medmm")
 ARTIFACT = "image.json"
+FROZEN_FILE = "frozen_backbone.safetensors"  # model.mode=frozen: the backbone's weights, once
+# Head-only training on cached embeddings: cheap steps, so a larger rate and more epochs (early stopping decides).
+FROZEN_RECIPE = {"engine.lr": 0.003, "engine.epochs": 60, "engine.patience": 8, "engine.warmup_ratio": 0.0}
+# Fine-tuning cost on a CPU, seconds per 224-px training image per million backbone parameters
+# (EfficientNet-Lite0, 3.4M parameters, 2-core VM: docs/guide/frozen.md); model.mode=auto's estimate.
+CPU_FINETUNE_S_PER_IMAGE_MPARAM = 0.03
+# What the speed hint quotes (bench/frozen_vs_finetune.py, 2-core VM; docs/guide/frozen.md).
+MEASURED = {"frozen": "measured: TODO"}
 _UNIT_NAMES = {"instance": "instances", "series": "series", "study": "studies", "patient": "patients"}
 
 
@@ -81,6 +94,19 @@ class Normalized(nn.Module):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
+
+
+def _load_frozen(backbone: nn.Module, path: Path) -> None:
+    """The frozen backbone's weights, saved once with the run's artifacts."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
+        raise DataError(f"cannot read the frozen backbone weights {path.name}: {type(exc).__name__}") from None
+    missing, unexpected = backbone.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{path.name} does not fit the backbone: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _augmentation(d: ImageClsData) -> Any:
@@ -208,6 +234,15 @@ class ImageClsTask(Task):
             ds = AugmentedImages(base, _augmentation(d) if train and d.augment else None, seed)
             return Split(ds, [units[i] for i in idx], y[idx])
 
+        frozen = self._resolve_mode(int((splits == "train").sum())) == "frozen"
+        emb = self._embeddings(root, cache, rows, y) if frozen else None
+
+        def frozen_split(name: str) -> Split | None:
+            idx = np.flatnonzero(splits == name)
+            if len(idx) == 0 or emb is None:
+                return None
+            return Split(EmbeddingRows(emb, idx, y[idx]), [units[i] for i in idx], y[idx])
+
         self._raw = {name: (cache, [rows[i] for i in np.flatnonzero(splits == name)],
                             [units[i] for i in np.flatnonzero(splits == name)], y[splits == name])
                      for name in ("train", "val", "test")}  # for the classic baseline
@@ -216,13 +251,85 @@ class ImageClsTask(Task):
                 f"{len(skipped)} files skipped (see skipped.csv); classes "
                 f"{', '.join(f'{c} {n}' for c, n in counts.items()) if counts else ', '.join(map(str, self.label_names))}; "
                 f"split by patient; unit of prediction: {d.level}")
+        if frozen:
+            desc += f"; backbone {self.cfg.model.backbone} frozen: head trained on cached embeddings"
+            return DataBundle(frozen_split("train"), frozen_split("val"), frozen_split("test"),
+                              collate_fn=collate_embeddings,
+                              meta={"description": desc, "unit_columns": self.unit_columns,
+                                    "unit_name": _UNIT_NAMES.get(d.level, d.level),
+                                    "example_name": "frames" if d.frames == "all" else "instances"})
         return DataBundle(split("train", True), split("val", False), split("test", False),
                           meta=BundleMeta(description=desc, unit_columns=self.unit_columns,
                                          unit_name=_UNIT_NAMES.get(d.level, d.level),
                                          example_name="frames" if d.frames == "all" else "instances"))
 
     # ------------------------------------------------------------------ model
+    # ------------------------------------------------------------------ frozen backbone
+    def _resolve_mode(self, n_train: int) -> str:
+        """``model.mode`` for this run (``auto``: :func:`medmm.choose_mode` on the fine-tuning estimate)."""
+        m, e, d = self.cfg.model, self.cfg.engine, self.cfg.data
+        if m.mode != "auto":
+            return m.mode
+        model = self._stash()
+        params = sum(p.numel() for p in model.classifier.backbone.parameters()) / 1e6
+        steps = max(1, -(-n_train // (e.batch_size * e.grad_accum))) * e.epochs
+        if e.max_steps:
+            steps = min(steps, e.max_steps)
+        images = steps * min(n_train, e.batch_size * e.grad_accum)
+        estimate = images * params * (d.size / 224) ** 2 * CPU_FINETUNE_S_PER_IMAGE_MPARAM
+        pretrained = not str(getattr(self, "weights_source", "random")).startswith(("random", "?"))
+        mode, why = choose_mode(e.device, pretrained=pretrained, finetune_s=estimate)
+        set_key(self.cfg, "model.mode", mode)
+        self.cfg.provenance["model.mode"] = f"auto: {why}"
+        log.info("model.mode=%s: %s", mode, why)
+        return mode
+
+    def speed_hints(self, n_train: int) -> list[str]:
+        """Options measured good for image classification on a CPU (docs/guide/frozen.md), with their cost."""
+        hints = []
+        if self.cfg.model.mode != "frozen":
+            hints.append("model.mode=frozen: the pretrained backbone runs once over the images (cached) and a head "
+                         f"trains on its embeddings (no augmentation); {MEASURED['frozen']}")
+        hints.append("fewer passes over the data: engine.epochs or engine.max_steps (early stopping keeps the best)")
+        return hints
+
+    def _stash(self) -> nn.Module:
+        """The model built once in build_data (its pretrained backbone embeds the frozen run's images)."""
+        if getattr(self, "_model", None) is None:
+            self._model = self._new_model()
+        return self._model
+
+    def _embeddings(self, root: Path, cache: Any, rows: list[int], y: np.ndarray) -> np.ndarray:
+        """Every labelled image embedded once by the frozen backbone, cached keyed by files + pixels + weights."""
+        apply_defaults(self.cfg, FROZEN_RECIPE, "model.mode=frozen recipe")
+        model = self._stash()
+        e = self.cfg.engine
+        items = [cache.items[r] for r in rows]
+        data_fp = fingerprint_texts([it.key for it in items]) + fingerprint_files([it.record.path for it in items], root)
+        extra = f"image-cls;{json.dumps(self._pixel_config().to_dict(), sort_keys=True)}"
+        base = DicomImageDataset(cache, rows, [0] * len(rows))
+
+        def encode() -> np.ndarray:
+            parts = [range(s, min(s + e.eval_batch_size, len(rows))) for s in range(0, len(rows), e.eval_batch_size)]
+            batches = (torch.stack([base[i][0] for i in part]) for part in parts)
+            out = run_module(model, batches, device=e.device, precision=e.precision, forward=lambda mod, b: mod.embed(b))
+            return torch.cat(out).numpy() if out else np.zeros((0, 1), np.float32)
+
+        return cached_embeddings(self.cache_dir, data_fp,
+                                 model.classifier.backbone, extra, encode, rows=len(rows), what="image embeddings")
+
     def build_model(self) -> nn.Module:
+        model, self._model = getattr(self, "_model", None), None  # a second model gets its own
+        model = model if model is not None else self._new_model()
+        if self.cfg.model.mode == "frozen":
+            # the pretrained backbone never changes: stored once with the artifacts, not in every checkpoint
+            model.classifier.backbone.requires_grad_(False)
+            model.checkpoint_exclude = ("classifier.backbone.",)
+            if getattr(self, "_artifacts", None) is not None:
+                _load_frozen(model.classifier.backbone, self._artifacts / FROZEN_FILE)
+        return model
+
+    def _new_model(self) -> nn.Module:
         d, m = self.cfg.data, self.cfg.model
         comp = self.backbone(m.backbone, "image")
         from medmm import ImageClassifier
@@ -237,6 +344,8 @@ class ImageClsTask(Task):
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Backbone at ``model.encoder_lr_scale`` x the head's learning rate (0 freezes it)."""
+        if self.cfg.model.mode == "frozen":
+            return [("head", list(model.classifier.head.parameters()), 1.0)]
         scale = self.cfg.model.encoder_lr_scale
         backbone = list(model.classifier.backbone.parameters())
         if scale == 0:
@@ -245,8 +354,13 @@ class ImageClsTask(Task):
         return [("backbone", backbone, scale), ("head", list(model.classifier.head.parameters()), 1.0)]
 
     def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
-        x, y, idx = batch
-        out = model(x)
+        if isinstance(batch, dict):  # model.mode=frozen: the head on cached embeddings
+            inner = getattr(model, "module", model).classifier
+            x, y, idx = batch["emb"], batch.get("labels"), batch["index"]
+            out = inner.head(inner.dropout(x))
+        else:
+            x, y, idx = batch
+            out = model(x)
         if self.problem == "binary":
             out = out.squeeze(-1)
         return {"output": out, "target": y if self.has_target else None, "index": idx}
@@ -254,12 +368,21 @@ class ImageClsTask(Task):
     # ------------------------------------------------------------------ predict
     def save_artifacts(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        frozen = self.cfg.model.mode == "frozen"
+        if frozen:
+            from safetensors.torch import save_file
+
+            save_file(model_state(self._stash().classifier.backbone), str(directory / FROZEN_FILE))
         write_json_atomic(directory / ARTIFACT, {"problem": self.problem, "label_names": self.label_names,
-                                                 "pixels": self._pixel_config().to_dict()})
+                                                 "pixels": self._pixel_config().to_dict(),
+                                                 "mode": "frozen" if frozen else "finetune"})
 
     def load_artifacts(self, directory: Path) -> None:
         payload = read_json(directory / ARTIFACT)
         self.problem, self.label_names = payload["problem"], payload["label_names"]
+        self._artifacts = directory
+        # frozen: the checkpoints hold the head, artifacts the backbone; predict reads raw pixels
+        set_key(self.cfg, "model.mode", "frozen" if payload.get("mode") == "frozen" else "finetune")
         if self.cfg.model.pretrained in ("auto", "hub") and not self.cfg.model.weights:
             self.cfg.model.pretrained = "none"  # the run's checkpoint holds the weights
 

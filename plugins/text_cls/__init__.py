@@ -29,11 +29,12 @@ def register_backbones(register):
                        "2-layer 64-wide BERT from a config, random init (tests, smoke runs)"))
     register(Component("hf-local", "medmm.models.text:load_hf_encoder", "text",
                        "any Hugging Face encoder in a local folder: model.name_or_path=/models/bioclinicalbert",
-                       {"recipe": {"engine.lr": 0.0001, "model.encoder_lr_scale": 0.3}}))  # BERT-base: encoder 3e-5
+                       {"pretrained": "model.name_or_path",
+                        "recipe": {"engine.lr": 0.0001, "model.encoder_lr_scale": 0.3}}))  # BERT-base: encoder 3e-5
     register(Component("hf-hub", "medmm.models.text:load_hf_encoder", "text",
                        "opt-in: a Hugging Face hub encoder by id (model.name_or_path=emilyalsentzer/Bio_ClinicalBERT), "
                        "downloaded once into the HF cache; HF_HUB_OFFLINE=1 reads the cache only",
-                       {"recipe": {"engine.lr": 0.0001, "model.encoder_lr_scale": 0.3}}))
+                       {"pretrained": "model.name_or_path", "recipe": {"engine.lr": 0.0001, "model.encoder_lr_scale": 0.3}}))
 
 
 @hookimpl

@@ -38,6 +38,10 @@ class TextClsModel(ModelConfig):
                                                         "id (backbone hf-hub: opt-in download)")
     pooling: Literal["mean", "cls"] = Field("mean",
         description='document embedding: mean of token states | the CLS token')
+    mode: Literal["auto", "finetune", "frozen"] = Field(
+        "auto", description="finetune the encoder | frozen: run the pretrained encoder once (embeddings cached on "
+                            "disk, keyed by data + weights) and train the head only | auto: fine-tune on a GPU or "
+                            "when the CPU estimate fits 5 min, else frozen (docs/guide/frozen.md)")
     dropout: Fraction = Field(0.1, description='dropout before the classifier')
     encoder_lr_scale: Float = Field(1.0, ge=0, description="encoder lr = engine.lr * this (head uses engine.lr)")
     length_groups: bool = Field(True, description="pretrained encoders: train each batch as length-sorted "

@@ -17,6 +17,11 @@ document becomes several overlapping windows whose :attr:`~medmm.task.Split.unit
 document's row id, so the engine averages the window probabilities back into one prediction
 per document.
 
+With ``model.mode=frozen`` a pretrained encoder runs once over every document (embeddings cached
+on disk keyed by data + weights, :func:`medmm.cached_embeddings`) and only the head trains on the
+cached embeddings; the model is still encoder + head, so predict, explain and export read raw text
+as in a fine-tuned run. ``model.mode=auto`` picks between the two (:func:`medmm.choose_mode`).
+
 ``RUN_DIR/artifacts`` holds the label map, the tokenizer (or vocabulary) and the encoder
 definition, so ``medmm predict`` rebuilds the model from the run directory alone.
 """
@@ -41,6 +46,10 @@ from medmm import (
     Task, TextClassifier, TextExamples, tokenize_cached, TokenizedCorpus, TokenizedTextDataset,
     write_json_atomic,
 )
+from medmm import (  # model.mode=frozen / auto
+    apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_texts, model_state,
+    pad_tokens, run_module, set_key,
+)
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
 __all__ = ["TextClsTask"]
@@ -50,7 +59,20 @@ logger = logging.getLogger("medmm.text_cls")
 ARTIFACT = "text_cls.json"
 ENCODER_DIR = "encoder"
 VOCAB_FILE = "vocab.json"
+FROZEN_FILE = "frozen_encoder.safetensors"  # model.mode=frozen: the encoder's weights, once
 _FORMAT = "medmm.text-cls"
+# Head-only training on cached embeddings: steps cost microseconds, so a larger rate and more epochs
+# (early stopping on val decides); measured on the IU and PadChest sets (bench/frozen_vs_finetune.py).
+FROZEN_RECIPE = {"engine.lr": 0.003, "engine.epochs": 60, "engine.patience": 8, "engine.warmup_ratio": 0.0,
+                 "engine.batch_size": 32, "model.dropout": 0.1}
+# Fine-tuning cost on a CPU, seconds per training token per million encoder parameters (MiniLM-L6, 22.7M
+# parameters, packed steps, 2-core VM: see docs/guide/frozen.md); used by model.mode=auto's estimate.
+CPU_FINETUNE_S_PER_TOKEN_MPARAM = 3.5e-5
+# What the speed hints quote (bench/frozen_vs_finetune.py, 2-core VM; docs/guide/frozen.md).
+MEASURED = {
+    "frozen": "measured: TODO",
+    "tfidf": "measured: TODO",
+}
 
 
 def _columns(value: Any) -> list[str]:
@@ -58,6 +80,19 @@ def _columns(value: Any) -> list[str]:
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+def _load_frozen(encoder: nn.Module, path: Path) -> None:
+    """The frozen encoder's weights, saved once with the run's artifacts."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
+        raise DataError(f"cannot read the frozen encoder weights {path.name}: {type(exc).__name__}") from None
+    missing, unexpected = encoder.load_state_dict(tensors, strict=False)
+    if missing or unexpected:
+        raise DataError(f"{path.name} does not fit the encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _is_vocab_backbone(factory: Any) -> bool:
@@ -189,6 +224,11 @@ class TextClsTask(Task):
             self._encoder, self.tokenizer = self._pretrained_encoder()
 
         cache = self.cache_dir
+        if self.model_cfg.mode == "frozen" and self._encoder is None:
+            raise ConfigError(f"model.mode=frozen needs a pretrained encoder; {self.model_cfg.backbone!r} trains "
+                              "from a vocabulary (model.backbone=minilm-l6, hf-local, ...)")
+        if self._encoder is not None and self._resolve_mode(parts["train"], cache) == "frozen":
+            return self._frozen_bundle(ex, splits, parts, cache)
         # val is evaluated every epoch in sequential batches: in length order they hold
         # almost no padding.
         docs = {name: self._tokenize(part, cache, by_length=name == "val") if len(part) else None
@@ -205,6 +245,104 @@ class TextClsTask(Task):
         assert train is not None
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=self._collate(),
                           lengths=train.lengths.tolist(), meta=BundleMeta(description=self._describe(ex, docs)))
+
+    # ------------------------------------------------------------------ frozen encoder
+    def _resolve_mode(self, train: TextExamples, cache: Path) -> str:
+        """``model.mode`` for this run (``auto`` decided from the fine-tuning estimate; a vocabulary
+        baseline always trains); the decision is recorded in the config's provenance."""
+        m, e = self.model_cfg, self.cfg.engine
+        if m.mode != "auto":
+            return m.mode
+        pretrained = bool(self._component().extra.get("pretrained"))
+        estimate = None
+        if pretrained:
+            d = self.data_cfg
+            lengths = tokenize_cached(train.texts, self.tokenizer, max_length=d.max_length, cache_dir=cache,
+                                      long_text=d.long_text, stride=d.stride).lengths
+            estimate = self.finetune_seconds(lengths)
+        mode, why = choose_mode(e.device, pretrained=pretrained, finetune_s=estimate)
+        set_key(self.cfg, "model.mode", mode)
+        self.cfg.provenance["model.mode"] = f"auto: {why}"
+        logger.info("model.mode=%s: %s", mode, why)
+        return mode
+
+    def speed_hints(self, n_train: int) -> list[str]:
+        """Options measured good for text classification on a CPU (docs/guide/frozen.md), with their cost;
+        a TextCNN is not among them (it lost to TF-IDF on every real set tried)."""
+        hints = []
+        if self.model_cfg.mode != "frozen":
+            pretrained = bool(self._component().extra.get("pretrained"))
+            switch = "model.mode=frozen" if pretrained else "model.backbone=minilm-l6 model.mode=frozen"
+            hints.append(f"{switch}: the encoder runs once over the documents (cached) and a head trains on its "
+                         f"embeddings; {MEASURED['frozen']}")
+        hints.append(f"the TF-IDF + logistic regression baseline this run also fits (engine.baseline): "
+                     f"{MEASURED['tfidf']}")
+        hints.append("fewer passes over the data: engine.epochs or engine.max_steps (early stopping keeps the best)")
+        return hints
+
+    def finetune_seconds(self, lengths: np.ndarray) -> float:
+        """Estimated CPU seconds to fine-tune on training sequences of these token ``lengths``: the
+        optimizer steps the run takes (``engine.min_steps`` included) x tokens per step x the measured
+        cost per token and encoder parameter."""
+        e, n = self.cfg.engine, len(lengths)
+        steps_per_epoch = max(1, -(-n // (e.batch_size * e.grad_accum)))
+        steps = steps_per_epoch * e.epochs
+        if e.min_steps and not {"engine.epochs", "engine.max_steps"} & set(getattr(self.cfg, "user", None) or ()):
+            steps = max(steps, e.min_steps)
+        if e.max_steps:
+            steps = min(steps, e.max_steps)
+        tokens_per_step = float(np.mean(lengths)) * min(n, e.batch_size * e.grad_accum) if n else 0.0
+        params = sum(p.numel() for p in self._encoder.parameters()) / 1e6 if self._encoder is not None else 22.7
+        return steps * tokens_per_step * params * CPU_FINETUNE_S_PER_TOKEN_MPARAM
+
+    def _frozen_bundle(self, ex: TextExamples, splits: np.ndarray, parts: dict[str, TextExamples],
+                       cache: Path) -> DataBundle:
+        """Every document (window) embedded once by the frozen encoder, cached on disk keyed by the
+        whole data set's texts + the encoder's weights (so other seeds / splits reuse it)."""
+        apply_defaults(self.cfg, FROZEN_RECIPE, "model.mode=frozen recipe")
+        d, m = self.data_cfg, self.model_cfg
+        corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length, cache_dir=cache,
+                                 long_text=d.long_text, stride=d.stride)
+        assert self._encoder is not None
+        extra = (f"text-cls;max_length={d.max_length};long_text={d.long_text};stride={d.stride};"
+                 f"pooling={m.pooling}")
+        emb = cached_embeddings(cache, fingerprint_texts(ex.texts), self._encoder, extra,
+                                lambda: self._encode(corpus), rows=len(corpus), what="text embeddings")
+        windows: dict[int, list[int]] = {}
+        for row, doc in enumerate(corpus.doc_index):
+            windows.setdefault(int(doc), []).append(row)
+
+        def split(name: str) -> Split | None:
+            docs = np.flatnonzero(splits == name)
+            rows = [r for i in docs for r in windows.get(int(i), [])]
+            if not rows:
+                return None
+            doc_of = corpus.doc_index[rows]
+            targets = None if ex.labels is None else ex.labels[doc_of]
+            return Split(EmbeddingRows(emb, rows, targets), [ex.row_ids[i] for i in doc_of], targets)
+
+        sizes = ", ".join(f"{name} {len(part)}" for name, part in parts.items() if len(part))
+        desc = (f"{len(ex)} documents ({sizes}); {self.problem} over {len(self.label_names or [])} labels; "
+                f"backbone {m.backbone} frozen: {len(corpus)} embeddings ({emb.shape[1]}-d, cached), head trained "
+                f"on them; max_length {d.max_length}, long_text {d.long_text}")
+        if ex.skipped:
+            desc += f"; {len(ex.skipped)} rows skipped (skipped.csv)"
+        return DataBundle(split("train"), split("val"), split("test"), collate_fn=collate_embeddings,
+                          meta=BundleMeta(description=desc))
+
+    def _encode(self, corpus: TokenizedCorpus) -> np.ndarray:
+        """The encoder's pooled embedding of each sequence, shortest first in batches (little padding)."""
+        assert self._encoder is not None
+        e = self.cfg.engine
+        order = np.argsort(corpus.lengths, kind="stable")
+        pad = pad_id_of(self.tokenizer)
+        parts = [order[s : s + e.eval_batch_size] for s in range(0, len(order), e.eval_batch_size)]
+        batches = (pad_tokens([np.asarray(corpus[int(i)]) for i in part], pad) for part in parts)
+        outputs = run_module(self._encoder, batches, device=e.device, precision=e.precision, forward=lambda mod, b: mod(*b))
+        emb = np.zeros((len(corpus), int(self._encoder.embed_dim)), dtype=np.float32)
+        if outputs:
+            emb[order] = torch.cat(outputs).numpy()
+        return emb
 
     def _describe(self, ex: TextExamples, docs: dict[str, _Docs | None]) -> str:
         d = self.data_cfg
@@ -244,16 +382,30 @@ class TextClsTask(Task):
             else:
                 encoder, _ = self._pretrained_encoder()
         torch.manual_seed(seed)
-        return TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout,
-                              length_groups=self.model_cfg.length_groups, packed=self.model_cfg.packed)
+        model = TextClassifier(encoder, num_outputs, dropout=self.model_cfg.dropout,
+                               length_groups=self.model_cfg.length_groups, packed=self.model_cfg.packed)
+        if self.model_cfg.mode == "frozen":
+            # the pretrained encoder never changes: its weights are stored once with the artifacts
+            # (FROZEN_FILE), not in every checkpoint
+            model.encoder.requires_grad_(False)
+            model.checkpoint_exclude = ("encoder.",)
+            if self._artifacts is not None:
+                _load_frozen(model.encoder, self._artifacts / FROZEN_FILE)
+        return model
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if "emb" in batch:  # model.mode=frozen: the head on cached embeddings
+            inner = getattr(model, "module", model)
+            logits = inner.head(inner.dropout(batch["emb"]))
+            return {"output": logits, "target": batch.get("labels"), "index": batch["index"]}
         logits = model(batch["input_ids"], batch["attention_mask"])
         return {"output": logits, "target": batch.get("labels"), "index": batch["index"]}
 
     def param_groups(self, model: nn.Module) -> list[tuple[str, list[Any], float]]:
         """Encoder at ``engine.lr * model.encoder_lr_scale``; the head at ``engine.lr``."""
         inner = getattr(model, "module", model)
+        if self.model_cfg.mode == "frozen":
+            return [("head", list(inner.head.parameters()), 1.0)]
         return [("encoder", list(inner.encoder.parameters()), self.model_cfg.encoder_lr_scale),
                 ("head", list(inner.head.parameters()), 1.0)]
 
@@ -269,7 +421,7 @@ class TextClsTask(Task):
         directory.mkdir(parents=True, exist_ok=True)
         payload: dict[str, Any] = {"format": _FORMAT, "version": 1, "problem": self.problem,
                                    "label_names": self.label_names, "multilabel": self.multilabel,
-                                   "backbone": self.model_cfg.backbone}
+                                   "backbone": self.model_cfg.backbone, "mode": self.model_cfg.mode}
         if self._encoder_kwargs:
             self.tokenizer.save(directory / VOCAB_FILE)
             payload["vocab_encoder"] = self._encoder_kwargs
@@ -278,6 +430,10 @@ class TextClsTask(Task):
                 raise ConfigError(f"backbone {self.model_cfg.backbone!r}: the encoder cannot be saved "
                                   "for prediction (it needs a save_pretrained method)")
             save_text_backbone(directory / ENCODER_DIR, self._encoder, self.tokenizer)
+            if self.model_cfg.mode == "frozen":
+                from safetensors.torch import save_file
+
+                save_file(model_state(self._encoder), str(directory / FROZEN_FILE))
         write_json_atomic(directory / ARTIFACT, payload)
 
     def load_artifacts(self, directory: Path) -> None:
@@ -285,6 +441,8 @@ class TextClsTask(Task):
         self.problem, self.label_names = payload["problem"], list(payload["label_names"])
         self.multilabel = bool(payload["multilabel"])
         self._artifacts = directory
+        # frozen: the checkpoints hold the head, artifacts/encoder the encoder; predict reads raw text
+        set_key(self.cfg, "model.mode", "frozen" if payload.get("mode") == "frozen" else "finetune")
         if "vocab_encoder" in payload:
             self.tokenizer = SimpleVocab.load(directory / VOCAB_FILE)
             self._encoder_kwargs = dict(payload["vocab_encoder"])
