@@ -213,3 +213,18 @@ def test_cpu_bf16_auto_needs_native_bf16_and_a_faster_probe(tmp_path: Path, monk
     trainer._choose_cpu_precision(model, data, resume=False)
     assert trainer.precision == trainer.state.precision == chosen
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in probed.items())  # the probe left no trace
+
+
+def test_eta_expects_early_stopping_patience_evaluations_after_the_best() -> None:
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    sizes = Sizes(n_train=100, n_val=50, n_test=50, n_boot=0, batch_size=10, baseline=False)
+    p = Planner(Budget(None, clock=Clock()), total=200, steps_per_epoch=10, eval_every=0, sizes=sizes, patience=3)
+    assert p.expected_total(0) == 40  # before any evaluation: patience + 1 epochs
+    p.evaluated(1.0, 0.0, bad_evals=0)  # best at the 1st evaluation: expected to improve 1 more, then 3 without
+    assert p.expected_total(10) == 50
+    for bad in (0, 0, 0, 1):  # 5 evaluations, the best at the 4th
+        p.evaluated(1.0, 0.0, bad_evals=bad)
+    assert p.expected_total(50) == 50 + (2 * 4 + 3 - 5) * 10
+    assert p.expected_total(195) == 200  # never past the plan
+    assert Planner(Budget(None), total=100, steps_per_epoch=10, eval_every=0, sizes=sizes).expected_total(0) == 100

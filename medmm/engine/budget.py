@@ -154,7 +154,7 @@ class Planner:
     """One fit's measurements and plan: seconds per step and per evaluation, the finish, the stop."""
 
     def __init__(self, budget: Budget | None, *, total: int, steps_per_epoch: int, eval_every: int, sizes: Sizes,
-                 start_step: int = 0, useful: int | None = None) -> None:
+                 start_step: int = 0, useful: int | None = None, patience: int = 0) -> None:
         self.budget = budget or Budget()
         self.total, self.spe, self.eval_every, self.sizes = total, max(1, steps_per_epoch), eval_every, sizes
         self.start_step = start_step
@@ -167,6 +167,8 @@ class Planner:
         self.metrics_s: float | None = None
         self.planned = False
         self.last_step_at: float | None = None
+        self.patience = patience if sizes.n_val else 0  # early stopping (evaluations without improvement)
+        self.bad_evals = 0  # evaluations since the best one
 
     # ------------------------------------------------------------------ measurements
     def step(self) -> None:
@@ -185,8 +187,10 @@ class Planner:
         """The step loop starts now (the first step's time is measured from here)."""
         self.last_step_at = self.budget.clock()
 
-    def evaluated(self, seconds: float, metrics_seconds: float | None = None) -> None:
-        """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``."""
+    def evaluated(self, seconds: float, metrics_seconds: float | None = None, bad_evals: int = 0) -> None:
+        """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``; ``bad_evals``: evaluations
+        since the best one (early stopping's count)."""
+        self.bad_evals = bad_evals
         self.eval_s.append(seconds)
         self.pending_eval += seconds
         if metrics_seconds is not None:
@@ -226,13 +230,31 @@ class Planner:
         return (max(0, total - done) * self.step_s()
                 + evals_between(done, total, self.spe, self.eval_every) * self.one_eval_s())
 
-    def evals_left(self, done: int) -> int:
-        """Evaluations after step ``done`` in the plan."""
-        return evals_between(done, self.total, self.spe, self.eval_every)
+    def evals_left(self, done: int, end: int | None = None) -> int:
+        """Evaluations after step ``done`` up to ``end`` (default: the plan's total)."""
+        return evals_between(done, self.total if end is None else end, self.spe, self.eval_every)
+
+    def expected_total(self, done: int) -> int:
+        """The step early stopping is expected to end the run at (``total`` without it).
+
+        The best evaluation so far came after ``k - bad`` of ``k`` evaluations; the run is expected to keep
+        improving for as long again, then stop ``patience`` evaluations after its last best.
+        """
+        full = evals_between(done, self.total, self.spe, self.eval_every)
+        if not self.patience or not full:
+            return self.total
+        k = len(self.eval_s)
+        best_at = k - self.bad_evals
+        left = max(1, 2 * best_at + self.patience - k) if k else self.patience + 1
+        if left >= full:
+            return self.total
+        every = min(self.spe, self.eval_every) if self.eval_every else self.spe
+        return min(self.total, done + left * every - done % every)
 
     def remaining_s(self, done: int) -> float:
-        """The estimate of the time the run has left: training, evaluations and the finish."""
-        return self.train_left_s(done) + self.finish_s()
+        """The estimate of the time the run has left: training and evaluations until early stopping is
+        expected to end it (:meth:`expected_total`), and the finish."""
+        return self.train_left_s(done, self.expected_total(done)) + self.finish_s()
 
     # ------------------------------------------------------------------ decisions
     def plan(self, done: int) -> int | None:

@@ -66,12 +66,14 @@ class Eta:
         from medmm.runlog import echo
 
         p = self.planner
-        steps = max(0, p.total - global_step)
-        evals = p.evals_left(global_step)
+        end = p.expected_total(global_step)
+        steps, evals = max(0, end - global_step), p.evals_left(global_step, end)
         limit = f" of the {format_seconds(p.budget.limit_s)} time limit" if p.budget.limit_s else ""
+        stop = (f" (early stopping expected near step {end} of {p.total}; at most "
+                f"{format_seconds(p.train_left_s(global_step) + p.finish_s())})" if end < p.total else "")
         msg = (f"medmm: {when}about {format_seconds(left)} left{limit}: {steps} optimizer steps at "
                f"{p.step_s():.2f} s/step, {evals} evaluations at {p.one_eval_s():.1f} s, then test, baseline, "
-               f"bootstrap and report about {format_seconds(p.finish_s())} (early stopping may end it sooner)")
+               f"bootstrap and report about {format_seconds(p.finish_s())}{stop}")
         if not when:
             msg += speed_hint(self.device_type, left, self.hints)
         echo(msg)

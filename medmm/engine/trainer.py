@@ -351,7 +351,8 @@ class Trainer:
 
         budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
-                               sizes=Sizes.of(data, self.e), start_step=self.state.global_step)
+                               sizes=Sizes.of(data, self.e), start_step=self.state.global_step,
+                               patience=self.e.patience)
         cb.call(self.callbacks, "on_train_start", self)
         try:
             with interrupt.deferred(not self.dist.enabled):  # a first SIGTERM / SIGINT waits for a step boundary
@@ -589,6 +590,6 @@ class Trainer:
             if self.e.patience and st.bad_evals >= self.e.patience:
                 st.stopped_early = True
         if self.planner is not None:  # the evaluation's cost, for the ETA and the time limit
-            self.planner.evaluated(clock() - started, t_metrics)
+            self.planner.evaluated(clock() - started, t_metrics, st.bad_evals)
             if getattr(self, "_eta", None) is not None and not st.stopped_early:
                 self._eta.evaluated(st.global_step)
