@@ -3,7 +3,8 @@
 A task that can read its prediction input in blocks offers ``predict_chunks(path, rows)`` (an iterator
 of ``(Split, collate)``, blocks in table order; the built-in table task does). Each block is predicted, its rows
 of ``predictions.csv`` are written, and only its scores are kept (for the metrics and the summary
-line), so the memory of a prediction does not grow with the table beyond a few numbers per row.
+line), so the memory of a prediction does not grow with the table beyond a few numbers per row
+(the ids are kept only for the training-rows caveat of the run's own data).
 The file is byte-identical to the one a single block gives: every row depends on its own unit only
 (:func:`medmm.predictions.predictions_table`).
 """
@@ -39,11 +40,15 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     """Predict ``data`` block by block into ``out`` (atomically); the pooled scores as an
     :class:`~medmm.engine.trainer.EvalOutput`, or ``None`` when this input does not stream (the task has
     no ``predict_chunks``; ``data`` is a folder or not a CSV / TSV file; or the run's prediction sets
-    are grouped by a column, which needs the whole column) and the caller reads it whole."""
+    are grouped by a column, which needs the whole column) and the caller reads it whole.
+
+    Per row only the scores (and targets) are kept; the unit ids only when the table is the run's own
+    labelled data (the training-rows caveat counts them), else ``units`` is empty: count ``scores``."""
     from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
     from medmm.evaluation.calibration import apply_stored_calibration
     from medmm.evaluation.conformal import load_conformal
+    from medmm.evaluation.overlap import own_data
     from medmm.evaluation.threshold import load_operating_point
     from medmm.io import atomic_write
     from medmm.predictions import predictions_table
@@ -58,7 +63,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     model.to(trainer.device)
     batch = max(int(trainer.e.eval_batch_size), 1)  # blocks of whole batches: the model sees the same batches
     rows = -(-(rows or chunk_rows()) // batch) * batch  # as in one pass, so its float32 sums are the same bits
-    units: list[str] = []
+    units: list[str] = []  # kept only for the training-rows caveat of the run's own data (labelled)
+    keep_units: bool | None = None
     scores: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     loss, n = 0.0, 0
@@ -71,7 +77,10 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
             if i == 0:
                 writer.writerow(header)
             writer.writerows(lines)
-            units += ev.units
+            if keep_units is None:  # decided once: ids are kept only where the caveat needs them
+                keep_units = ev.targets is not None and own_data(run_dir, Path(data))
+            if keep_units:
+                units += ev.units
             scores.append(np.asarray(ev.scores))
             if ev.targets is not None:
                 targets.append(np.asarray(ev.targets))

@@ -577,7 +577,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         from medmm.evaluation.conformal import load_conformal, set_groups_of
 
         split, ev, conf, out = None, streamed, load_conformal(run_dir), Path(out)
-    msg = f"medmm predict: {len(ev.units)} {'classic baseline ' if baseline else ''}predictions -> {out}"
+    msg = f"medmm predict: {len(ev.scores)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line
 
     msg += referred_line(conf, ev.scores, set_groups_of(conf, Path(data), cfg, ev.units))  # (#32)
@@ -589,7 +589,8 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         from medmm.evaluation.overlap import caveat, seen_splits
 
         metrics = trainer.metrics_of(ev)
-        note = caveat(seen_splits(run_dir, ev.units, Path(data)), len(ev.units))  # rows the run trained on
+        seen = seen_splits(run_dir, ev.units, Path(data)) if len(ev.units) else {}  # streamed: ids kept only for
+        note = caveat(seen, len(ev.scores))  # the run's own data; the rows the run trained on
         msg += "\n" + "\n".join([*([f"  {note}"] if note else []), *(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())])
     click.echo(msg)
     return out

@@ -173,3 +173,31 @@ def test_a_table_of_another_shape_is_told_apart_without_reading_it_whole(tmp_pat
     with pytest.raises(MedmmError, match="column\\(s\\) 'a' changed"):
         fingerprint.check_same_data(run, same_shape)
     assert fingerprint.check_same_data(run, data)
+
+
+def test_streamed_ids_keep_the_column_type_and_repeats_name_their_lines(tmp_path: Path) -> None:
+    """The first pass keeps the id column as read (not a string per row) and checks repeats by a hash per
+    id: a repeat is the one-pass error naming its table line; ids whose column is integer in one block
+    and float in another (a missing id) are the strings of one read of the whole column."""
+    import pandas as pd
+    from medmm_plugins.tabular_risk.task import TabularRiskTask
+
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+
+    spec = get_registry().get("task", "tabular-risk")
+    task = TabularRiskTask(resolved_config(spec, None, ["data.target=y", "data.id_column=pid"]), tmp_path)
+    task.problem, task.label_names = "binary", ["0", "1"]
+
+    class Identity:  # the features are not what this test is about
+        def transform(self, df: pd.DataFrame) -> np.ndarray:
+            return np.zeros((len(df), 1), np.float32)
+
+    task.preprocessor = Identity()
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"pid": [*range(100, 112), None, 200], "a": 1.0, "y": [0, 1] * 7}).to_csv(path, index=False)
+    ids = [u for split, _ in task.predict_chunks(path, 5) for u in split.units]
+    assert ids == [str(u) for u in read_table(path)["pid"].astype(str)] and ids[0] == "100.0"
+    pd.DataFrame({"pid": [f"P{i}" for i in [*range(10), 3]], "a": 1.0, "y": 0}).to_csv(path, index=False)
+    with pytest.raises(DataError, match="table line 12 repeats"):
+        next(iter(task.predict_chunks(path, 4)))

@@ -239,9 +239,23 @@ class TabularRiskTask(Task):
         cols = [d.time, d.event] if self.problem == "survival" else [d.target]
         present = next(read_table_chunks(data_path, 1, decimal=d.decimal)).columns  # the header (one row read)
         head = [c for c in dict.fromkeys([d.id_column, *cols]) if c and c in present]
-        small = (pd.concat(list(read_table_chunks(data_path, rows, columns=head, decimal=d.decimal))) if head
-                 else pd.DataFrame())
-        ids = self._row_ids(small) if d.id_column else None
+        parts, id_blocks = [], []  # the targets; the id column as read (8 bytes a row when numeric), not strings
+        for block in read_table_chunks(data_path, rows, columns=head, decimal=d.decimal) if head else ():
+            if d.id_column in block.columns:
+                id_blocks.append(block[d.id_column])
+            parts.append(block[[c for c in block.columns if c != d.id_column or c in cols]])
+        raw_ids = None
+        if d.id_column:
+            if d.id_column not in present:
+                self._row_ids(pd.DataFrame())  # the one-line error naming the column
+            raw_ids = pd.concat(id_blocks, ignore_index=True)  # one dtype for the column, as one read gives
+            del id_blocks
+            hashes = np.concatenate([pd.util.hash_pandas_object(raw_ids[i:i + rows].astype(str), index=False).to_numpy()
+                                     for i in range(0, len(raw_ids), rows)])
+            if len(np.unique(hashes)) < len(hashes):  # a repeated id (or a hash collision): the exact check
+                self._row_ids(pd.DataFrame({d.id_column: raw_ids}))  # names the table lines
+            del hashes
+        small = pd.concat(parts) if parts else pd.DataFrame()
         y = None
         if all(c and c in small.columns for c in cols):
             try:
@@ -253,12 +267,12 @@ class TabularRiskTask(Task):
             if target is not None and target.mask.all():
                 y = self._targets(target)
         self.has_target = y is not None
-        del small
+        del small, parts
         start = 0
         for df in read_table_chunks(data_path, rows, decimal=d.decimal):
             stop = start + len(df)
             x = self.preprocessor.transform(df)
-            part = ids[start:stop] if ids is not None else [str(i) for i in range(start, stop)]
+            part = raw_ids[start:stop].astype(str).tolist() if raw_ids is not None else [str(i) for i in range(start, stop)]
             yc = None if y is None else y[start:stop]
             yield Split(TableDataset(x, yc), part, yc), _collate
             start = stop
