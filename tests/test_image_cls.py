@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from medmm.demos.dicom import build_demo
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 pytestmark = pytest.mark.slow  # every test runs `medmm run` (most train)
 
@@ -23,7 +23,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("img")
     data = build_demo(root / "dicom")
     run = root / "run"
-    out = run_cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST)
+    out = cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST)
     assert out.returncode == 0, out.stderr[-3000:]
     return data, run
 
@@ -91,7 +91,7 @@ def test_predictions_are_keyed_by_path_and_uid_without_phi(trained: tuple[Path, 
 
 def test_predict_reuses_the_run_and_matches_its_predictions(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, run = trained
-    out = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    out = cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.csv"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "predictions" in out.stdout and "skipped" in out.stdout
     new = {r["id"]: r for r in _rows(tmp_path / "p.csv")}
@@ -107,8 +107,8 @@ def test_predict_reuses_the_run_and_matches_its_predictions(trained: tuple[Path,
 def test_series_level_pools_instances(trained: tuple[Path, Path], tmp_path: Path) -> None:
     data, _ = trained
     run = tmp_path / "series"
-    out = run_cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST,
-                  "--set", "data.level=series", "--set", "engine.epochs=1")
+    out = cli("run", "image-cls", "--data", str(data), "--out", str(run), *FAST,
+              "--set", "data.level=series", "--set", "engine.epochs=1")
     assert out.returncode == 0, out.stderr[-3000:]
     ids = [r["id"] for r in _rows(run / "predictions.csv")]
     assert ids and all(i.startswith(("series:", "path:")) for i in ids) and len(ids) == len(set(ids))
@@ -119,7 +119,7 @@ def test_series_level_pools_instances(trained: tuple[Path, Path], tmp_path: Path
 def test_folder_without_dicom_is_a_clear_error(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "notes.txt").write_text("hello")
-    out = run_cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *FAST)
+    out = cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"), *FAST)
     assert out.returncode == 2 and "no readable DICOM image" in out.stderr and "Traceback" not in out.stderr
 
 
@@ -136,6 +136,6 @@ def test_auto_backbone_is_resolved_into_the_run_config(tmp_path: Path) -> None:
     spec.load()(cfg, tmp_path)
     assert cfg["model"]["backbone"] == "efficientnet_lite0"  # what config.yaml and predict will see
     if not torch.cuda.is_available():
-        out = run_cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
-                      "--set", "engine.device=cuda")
+        out = cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
+                  "--set", "engine.device=cuda")
         assert out.returncode == 2 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
