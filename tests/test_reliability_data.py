@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 CT = get_testdata_file("CT_small.dcm")  # installed with pydicom; 128 x 128 CT
 
@@ -200,10 +200,10 @@ def _listing(folder: Path) -> set[str]:
 def test_series_summary_counts_units_and_instances_and_predict_leaves_the_run_alone(tmp_path: Path) -> None:
     data = _series_folder(tmp_path / "dicom")
     run = tmp_path / "run"
-    out = run_cli("run", "image-cls", "--data", str(data), "--out", str(run), "--set", "model.backbone=resnet18",
-                  "--set", "model.pretrained=none", "--set", "data.size=32", "--set", "data.level=series",
-                  "--set", "engine.epochs=1", "--set", "engine.bootstrap=0", "--set", "data.test_fraction=0.25",
-                  "--quiet")
+    out = cli("run", "image-cls", "--data", str(data), "--out", str(run), "--set", "model.backbone=resnet18",
+              "--set", "model.pretrained=none", "--set", "data.size=32", "--set", "data.level=series",
+              "--set", "engine.epochs=1", "--set", "engine.bootstrap=0", "--set", "data.test_fraction=0.25",
+              "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     n_test = len(_rows(run / "predictions.csv"))
     assert f"test split ({n_test} series from {3 * n_test} instances)" in out.stdout
@@ -213,7 +213,7 @@ def test_series_summary_counts_units_and_instances_and_predict_leaves_the_run_al
     new = _series_folder(tmp_path / "new", n_patients=2)
     before = _listing(run)
     cache = tmp_path / "predict-cache"
-    pred = run_cli("predict", str(run), "--data", str(new), "--out", str(tmp_path / "p.csv"), "--cache-dir", str(cache))
+    pred = cli("predict", str(run), "--data", str(new), "--out", str(tmp_path / "p.csv"), "--cache-dir", str(cache))
     assert pred.returncode == 0, pred.stderr[-3000:]
     assert _listing(run) == before  # nothing of the new data lands in the trained run
     assert len(_rows(tmp_path / "p.csv")) == 4 and list(cache.glob("*/pixels.npy"))
@@ -261,9 +261,9 @@ def test_tabular_run_reads_separators_warns_on_leakage_excludes_and_logs_everyth
     })
     df.to_csv(tmp_path / "hf.csv", index=False)
     run = tmp_path / "run"
-    out = run_cli("run", "tabular-risk", "--data", str(tmp_path / "hf.csv"), "--out", str(run),
-                  "--set", "data.target=death", "--set", "data.id_column=id", "--set", "data.exclude=[follow_up_days]",
-                  "--set", "model.backbone=linear", "--set", "engine.epochs=3", "--set", "engine.bootstrap=0")
+    out = cli("run", "tabular-risk", "--data", str(tmp_path / "hf.csv"), "--out", str(run),
+              "--set", "data.target=death", "--set", "data.id_column=id", "--set", "data.exclude=[follow_up_days]",
+              "--set", "model.backbone=linear", "--set", "engine.epochs=3", "--set", "engine.bootstrap=0")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "medmm: warning: column 'platelets' holds numbers written with thousands separators" in out.stderr
     assert "possible leakage: feature 'discharge'" in out.stderr and "data.exclude=[discharge]" in out.stderr
@@ -279,7 +279,7 @@ def test_tabular_run_reads_separators_warns_on_leakage_excludes_and_logs_everyth
     assert "test split (" in log and "auroc" in log  # the final summary, as printed
 
     df.drop(columns=["follow_up_days", "death"]).head(15).to_csv(tmp_path / "new.csv", index=False)
-    pred = run_cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
+    pred = cli("predict", str(run), "--data", str(tmp_path / "new.csv"), "--out", str(tmp_path / "p.csv"))
     assert pred.returncode == 0, pred.stderr[-3000:]  # the excluded column is not needed to predict
     assert len(_rows(tmp_path / "p.csv")) == 15
 
