@@ -109,10 +109,12 @@ class Baseline:
         raw = inputs.tabular if self.modality == "tabular" else inputs.image
         if raw is None:
             raise DataError(f"the baseline reads {self.modality} inputs, and these have none")
-        x = np.asarray(raw, dtype=np.float64) if self.modality == "tabular" else _downsample(raw).astype(np.float64)
-        x = np.nan_to_num(x)
+        # one float64 copy, cleaned and standardised in place (the values of the out-of-place formula)
+        x = np.array(raw, dtype=np.float64) if self.modality == "tabular" else _downsample(raw).astype(np.float64)
+        np.nan_to_num(x, copy=False)
         if "mean" in self.arrays:
-            x = (x - self.arrays["mean"]) / self.arrays["scale"]
+            x -= self.arrays["mean"]
+            x /= self.arrays["scale"]
         return x
 
     # ------------------------------------------------------------------ prediction
@@ -122,7 +124,7 @@ class Baseline:
         prior, n = np.asarray(self.arrays["prior"], np.float64).reshape(-1), len(inputs.units)
         out = np.full(n, prior[0]) if self.problem in ("binary", "regression", "survival") else np.tile(prior, (n, 1))
         if present.any():
-            sub = _take(inputs, np.flatnonzero(present))
+            sub = inputs if present.all() else _take(inputs, np.flatnonzero(present))
             out[present] = self.decision(self.features(sub))
         return out.astype(np.float32)
 
@@ -165,6 +167,17 @@ def load_baseline(directory: Path) -> Baseline:
     arrays = {k: np.asarray(v) for k, v in load_file(str(directory / _ARRAYS)).items()}
     return Baseline(meta["modality"], meta["problem"], meta["label_names"], meta["description"],
                     dict(meta["params"]), arrays, meta.get("vocabulary"))
+
+
+def _column_std(x: np.ndarray, width: int = 8) -> np.ndarray:
+    """``x.std(axis=0)`` a few columns at a time: the same values (each column's sums run over the rows in
+    the same order), with a temporary of ``width`` columns instead of one the size of ``x``."""
+    k = x.shape[1]
+    starts = [j for j in range(0, k, width) if k - j > 1 or j == 0]  # never a block of one column of several:
+    out = np.empty(k, dtype=np.float64)  # numpy sums a lone column pairwise, a block of columns row by row
+    for j, end in zip(starts, [*starts[1:], k]):
+        out[j:end] = x[:, j:end].std(axis=0)
+    return out
 
 
 def _take(inputs: BaselineInputs, idx: np.ndarray) -> BaselineInputs:
@@ -295,7 +308,7 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
     y_all = np.asarray(train.targets)
     prior = _prior(problem, y_all, k)
     present = np.asarray(train.present.get(modality, np.ones(len(train.units), bool)), bool)
-    tr = _take(train, np.flatnonzero(present))
+    tr = train if present.all() else _take(train, np.flatnonzero(present))  # no copy when every row has it
     y = np.asarray(tr.targets)
     if len(y) < 2:
         raise DataError(f"too few training rows with {modality} for a baseline")
@@ -316,7 +329,7 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
         # one float64 matrix, standardised in place (the same values as out-of-place arithmetic)
         x = np.array(raw, dtype=np.float64) if modality == "tabular" else _downsample(raw).astype(np.float64)
         np.nan_to_num(x, copy=False)
-        mean, scale = x.mean(axis=0), x.std(axis=0)
+        mean, scale = x.mean(axis=0), _column_std(x)
         scale[scale == 0] = 1.0
         base.arrays["mean"], base.arrays["scale"] = mean, scale
         x -= mean

@@ -68,3 +68,14 @@ def test_classic_baseline_standardises_its_own_copy_in_place() -> None:
     scale = ref.std(axis=0)
     scale[scale == 0] = 1.0
     assert np.array_equal(base.arrays["mean"], ref.mean(axis=0)) and np.array_equal(base.arrays["scale"], scale)
+
+
+def test_column_std_is_numpys_without_a_copy_of_the_matrix() -> None:
+    """The baseline's scale, computed a few columns at a time (a temporary of a few columns, not of the
+    training matrix), is bitwise ``x.std(axis=0)``, including a last block that would hold one column."""
+    from medmm.classic import _column_std
+
+    for seed, k in enumerate((1, 2, 9, 17, 50)):
+        rng = np.random.default_rng(seed)
+        x = rng.normal(size=(20_011, k)) * rng.uniform(1e-3, 1e3, k) + rng.normal(size=k) * 100
+        assert np.array_equal(_column_std(x), x.std(axis=0))
