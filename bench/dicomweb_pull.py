@@ -17,6 +17,9 @@ alternating, ``--repeats`` times:
 Prints instances/s (median of the repeats, search included) and the peak RSS of each run's main
 process (worker processes of (b') not included),
 and the ratios (b)/(a) (goal >= 0.8) and (c)/(a) (goal >= 1.0). No asserts: read the ratios.
+
+``--before DIR`` (a copy of an earlier medmm, e.g. ``git archive COMMIT | tar -x -C DIR``) also runs
+(b) and (d) with that code, in the same alternation, so that a change is measured within one run.
 """
 
 from __future__ import annotations
@@ -100,10 +103,11 @@ def load(server, copies: int, folder: Path) -> int:  # type: ignore[no-untyped-d
     return server.upload(files)
 
 
-def run_child(mode: str, url: str, out: Path, workers: int, parallel: str) -> dict[str, float]:
+def run_child(mode: str, url: str, out: Path, workers: int, parallel: str, tree: Path = ROOT) -> dict[str, float]:
+    """One mode in a fresh process, importing medmm from ``tree`` (its working directory)."""
     proc = subprocess.run([sys.executable, "-c", _CHILD, mode, url, str(out), str(workers), parallel],
                           check=False, capture_output=True,
-                          text=True, cwd=ROOT, timeout=900)
+                          text=True, cwd=tree, timeout=900)
     if proc.returncode != 0:
         raise SystemExit(f"{mode} failed: {proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -114,7 +118,10 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--before", type=Path, help="an earlier medmm tree: (b) and (d) also run with its code")
     args = ap.parse_args()
+    if args.before is not None and not (args.before / "medmm" / "pacs" / "pull.py").is_file():
+        raise SystemExit(f"--before {args.before}: no medmm/pacs/pull.py there")
     from tests.orthanc import start_orthanc, unavailable
 
     reason = unavailable()
@@ -128,6 +135,12 @@ def main() -> None:
              modes[2]: f"(b') medmm pull, de-identified, {w} processes",
              modes[3]: f"(c) medmm pull --identified, {w} threads",
              modes[4]: f"(d) medmm pull --pixels keep, {w} threads"}
+    before = {}
+    if args.before is not None:  # the same modes with the earlier code
+        before = {("deid-before", w, "threads"): ("deid", f"(b) before: {args.before.name}"),
+                  ("deid-keep-pixels-before", w, "threads"): ("deid-keep-pixels", f"(d) before: {args.before.name}")}
+        modes += list(before)
+        names.update({m: label for m, (_, label) in before.items()})
     with tempfile.TemporaryDirectory() as tmp_s, start_orthanc(Path(tmp_s) / "orthanc") as server:
         tmp = Path(tmp_s)
         stored = load(server, args.copies, tmp / "files")
@@ -136,7 +149,10 @@ def main() -> None:
         for r in range(args.repeats):
             for mode, workers, parallel in modes:
                 out = tmp / f"{mode}-{workers}-{parallel}-{r}"
-                results[(mode, workers, parallel)].append(run_child(mode, server.dicomweb, out, workers, parallel))
+                run = (before[(mode, workers, parallel)][0], args.before) if (mode, workers, parallel) in before \
+                    else (mode, ROOT)
+                results[(mode, workers, parallel)].append(run_child(run[0], server.dicomweb, out, workers, parallel,
+                                                                   run[1]))
         rate = {}
         for m in modes:
             runs = results[m]
@@ -149,6 +165,8 @@ def main() -> None:
         print(f"ratio de-identified (processes) / plain: {rate[modes[2]] / base:.2f}x (goal >= 0.8)")
         print(f"ratio identified / plain:                {rate[modes[3]] / base:.2f}x (goal >= 1.0)")
         print(f"ratio de-identified without OCR / plain: {rate[modes[4]] / base:.2f}x")
+        for m in before:
+            print(f"ratio {names[m]} / plain: {rate[m] / base:.2f}x")
 
 
 if __name__ == "__main__":
