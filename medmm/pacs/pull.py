@@ -410,10 +410,14 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
                 study_labels.setdefault(row["study"], row["label"])
         else:
             todo.append(ref)
-    echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
-         f"{len(todo)} to fetch with {workers} connection(s)")
-
     by_sop = _labels_by_sop(label_rows, refs, id_column) if layout == "label" and label_rows is not None else {}
+    if layout == "label" and label_rows is not None:  # an instance the CSV gives no label is not fetched
+        result.skipped += [(new_uid(r.sop), "no label for this instance") for r in todo if r.sop not in by_sop]
+        todo = [r for r in todo if r.sop in by_sop]
+    echo(f"{len(refs)} instance(s) found; {result.already} already here (fingerprints match), "
+         f"{len(todo)} to fetch with {workers} connection(s)" + (f", {len(result.skipped)} without a label"
+                                                                 if result.skipped else ""))
+
     ids, forms = _found_identifiers(refs) if layout == "label" and pseudo is not None else (frozenset(), frozenset())
     plan = _Plan(label_attribute, pixels, layout, by_sop, ids, forms)
     keyed_labels: set[str] = set()
