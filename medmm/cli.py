@@ -87,6 +87,17 @@ def _local_run_data(run_dir: Path, data: Path | str, **kwargs: Any) -> Any:
     return local_run_data(run_dir, data, echo=lambda m: click.echo(m, err=True), **kwargs)
 
 
+def _check_duration(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--time-limit``: checked before any work (a demo would build its data first)."""
+    from medmm.config.engine import parse_duration
+
+    try:
+        parse_duration(value)
+    except ValueError as exc:
+        raise click.BadParameter(f"must be {exc}") from None
+    return value
+
+
 def _check_data(path: Path | str) -> Path | str:
     if isinstance(path, str):
         return path  # a DICOMweb source, validated by DataParam
@@ -178,7 +189,7 @@ def make_cli() -> click.Group:
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
     @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/<task>-<time>).")
     @click.option("--resume", "resume", type=click.Path(path_type=Path), help="Continue the run in this directory.")
-    @click.option("--time-limit", "time_limit", metavar="DURATION",
+    @click.option("--time-limit", "time_limit", metavar="DURATION", callback=_check_duration,
                   help="Wall-clock budget of the whole run (600, 90s, 10m, 1h): planned to fit, stopped at the limit "
                        "with its report written (engine.time_limit).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -299,7 +310,7 @@ def make_cli() -> click.Group:
     @click.argument("task")
     @click.option("--out", "out", type=click.Path(path_type=Path), help="Run directory (default runs/demo-<task>).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key.")
-    @click.option("--time-limit", "time_limit", metavar="DURATION",
+    @click.option("--time-limit", "time_limit", metavar="DURATION", callback=_check_duration,
                   help="Wall-clock budget of the whole run (600, 90s, 10m, 1h): planned to fit, stopped at the limit "
                        "with its report written (engine.time_limit).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
