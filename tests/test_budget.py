@@ -228,3 +228,11 @@ def test_eta_expects_early_stopping_patience_evaluations_after_the_best() -> Non
     assert p.expected_total(50) == 50 + (2 * 4 + 3 - 5) * 10
     assert p.expected_total(195) == 200  # never past the plan
     assert Planner(Budget(None), total=100, steps_per_epoch=10, eval_every=0, sizes=sizes).expected_total(0) == 100
+
+
+def test_junk_time_limit_fails_before_the_demo_builds_its_data(tmp_path: Path) -> None:
+    from tests.conftest import cli
+
+    out = cli("demo", "tabular-risk", "--time-limit", "ten minutes", "--out", str(tmp_path / "run"))
+    assert out.returncode != 0 and "--time-limit" in out.stderr and "10m" in out.stderr
+    assert not (tmp_path / "run").exists()
