@@ -102,7 +102,7 @@ def test_planner_estimates_and_plans_on_a_fake_clock() -> None:
         p.step()
     assert p.step_s() == pytest.approx(0.5)
     clock.t += 4.0
-    p.evaluated(4.0, metrics_seconds=0.0)
+    p.evaluated(4.0, boot_seconds=0.0)
     # 195 steps x 0.5 s + 2 evaluations x 4 s + finish (a test and a val pass, 4 s each, + the report)
     from medmm.engine.budget import REPORT_S
 

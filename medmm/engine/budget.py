@@ -43,7 +43,7 @@ REPORT_S = 3.0  # report.html figures, model card, predictions
 BASELINE_S = 1.0  # classic baseline, fixed part ...
 BASELINE_S_PER_EXAMPLE = 0.002  # ... and per training example
 BOOT_PASSES = 3.0  # bootstrap passes over the test metrics (CIs, operating point, decision curves, subgroups)
-METRICS_S_GUESS = 0.003  # one metrics pass over val, before it is measured
+BOOT_S_GUESS = 0.002  # seconds per bootstrap resample of every metric, before it is timed
 
 
 class SwitchRecipe(Exception):
@@ -164,7 +164,7 @@ class Planner:
         self.eval_s: list[float] = []
         self.eval_in_steps = 0.0  # evaluation seconds between the first and the last step (not step time)
         self.pending_eval = 0.0  # evaluation seconds since the last step
-        self.metrics_s: float | None = None
+        self.boot_s: float | None = None  # seconds per bootstrap resample of the metrics (timed at the first evaluation)
         self.planned = False
         self.last_step_at: float | None = None
         self.patience = patience if sizes.n_val else 0  # early stopping (evaluations without improvement)
@@ -187,14 +187,14 @@ class Planner:
         """The step loop starts now (the first step's time is measured from here)."""
         self.last_step_at = self.budget.clock()
 
-    def evaluated(self, seconds: float, metrics_seconds: float | None = None, bad_evals: int = 0) -> None:
-        """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``; ``bad_evals``: evaluations
-        since the best one (early stopping's count)."""
+    def evaluated(self, seconds: float, boot_seconds: float | None = None, bad_evals: int = 0) -> None:
+        """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``; ``boot_seconds``: one
+        bootstrap resample of the metrics, when timed; ``bad_evals``: evaluations since the best one."""
         self.bad_evals = bad_evals
         self.eval_s.append(seconds)
         self.pending_eval += seconds
-        if metrics_seconds is not None:
-            self.metrics_s = metrics_seconds
+        if boot_seconds is not None:
+            self.boot_s = boot_seconds
 
     @property
     def measured(self) -> bool:
@@ -212,15 +212,15 @@ class Planner:
         if self.eval_s:
             return self.eval_s[-1]
         per_example = self.step_s() / max(1, self.sizes.batch_size)
-        return FORWARD_SHARE * per_example * self.sizes.n_val + (self.metrics_s or METRICS_S_GUESS)
+        return FORWARD_SHARE * per_example * self.sizes.n_val
 
     def finish_s(self) -> float:
         """The work after training: test (and val) pass, bootstrap, baseline, report."""
         s = self.sizes
         per_val_example = (self.one_eval_s() / s.n_val) if s.n_val else FORWARD_SHARE * self.step_s() / max(1, s.batch_size)
         passes = per_val_example * (s.n_test + (s.n_val if s.val_pass else 0))
-        metrics = self.metrics_s if self.metrics_s is not None else METRICS_S_GUESS
-        boot = BOOT_PASSES * s.n_boot * metrics * (s.n_test / s.n_val if s.n_val else 1.0)
+        per_resample = self.boot_s if self.boot_s is not None else BOOT_S_GUESS
+        boot = BOOT_PASSES * s.n_boot * per_resample * (s.n_test / s.n_val if s.n_val else 1.0)
         base = (BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train) if s.baseline else 0.0
         return passes + boot + base + REPORT_S
 

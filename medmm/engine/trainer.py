@@ -51,6 +51,9 @@ def _warn(msg: str) -> None:
         print(f"medmm: warning: {msg}", file=sys.stderr)
 
 
+BOOT_PROBE = 50  # bootstrap resamples timed at the first evaluation (the ETA's estimate of the finish)
+
+
 @dataclass
 class TrainState:
     """Progress counters; saved in every checkpoint's ``state.json``."""
@@ -206,6 +209,21 @@ class Trainer:
         units, pooled, pooled_t = pool_by_unit([split.units[i] for i in index[order]], score[order],
                                                None if target is None else target[order])
         return EvalOutput(units, pooled, pooled_t, loss if n else float("nan"))
+
+    def _time_bootstrap(self, out: EvalOutput, clock: Callable[[], float]) -> float | None:
+        """Seconds per resample of the bootstrap CIs on ``out`` (timed on a few resamples; the ETA scales it)."""
+        from medmm.metrics import bootstrap_cis
+
+        if not self.e.bootstrap:
+            return None
+        (y_true, y_score), kw = self.metric_inputs(out)
+        n = min(self.e.bootstrap, BOOT_PROBE)
+        started = clock()
+        try:
+            bootstrap_cis(self.task.problem, y_true, y_score, n_boot=n, seed=self.seed, **kw)
+        except ValueError:
+            return None
+        return (clock() - started) / n
 
     def _regression_loss(self) -> str:
         return str(getattr(self.cfg.model, "loss", "mse")) if self.task.problem == "regression" else "mse"
@@ -570,13 +588,10 @@ class Trainer:
         clock = self.planner.budget.clock if self.planner is not None else time.perf_counter
         started = clock()
         out = self.evaluate(raw, data.val, data.collate_fn)
-        t_metrics = clock()
         metrics = self.metrics_of(out) if self.dist.is_main else {}
-        t_metrics = clock() - t_metrics
-        if self.planner is not None and not self.planner.eval_s and self.dist.is_main:  # the first call holds imports
-            again = clock()
-            self.metrics_of(out)
-            t_metrics = min(t_metrics, clock() - again)  # one metrics pass: what each bootstrap resample costs
+        boot_s = None
+        if self.planner is not None and not self.planner.eval_s and self.dist.is_main and out.targets is not None:
+            boot_s = self._time_bootstrap(out, clock)  # what one resample of the finish's bootstrap costs
         metrics = broadcast_object(metrics, self.dist)
         rec = {**base, "split": "val", "loss": out.loss, **metrics, "lr": lr, "samples_per_s": rate}
         self.history.append(rec)
@@ -594,6 +609,6 @@ class Trainer:
             if self.e.patience and st.bad_evals >= self.e.patience:
                 st.stopped_early = True
         if self.planner is not None:  # the evaluation's cost, for the ETA and the time limit
-            self.planner.evaluated(clock() - started, t_metrics, st.bad_evals)
+            self.planner.evaluated(clock() - started, boot_s, st.bad_evals)
             if getattr(self, "_eta", None) is not None and not st.stopped_early:
                 self._eta.evaluated(st.global_step)
