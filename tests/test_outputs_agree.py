@@ -78,6 +78,7 @@ DEMOS = {  # each demo, as small as it gets (the figures are checked for agreeme
                   "--set", "engine.epochs=2", "--set", "engine.bootstrap=50"],
     "tabular-risk": ["--set", "engine.epochs=3", "--set", "engine.bootstrap=50"],
     "text-cls": ["--set", "model.backbone=textcnn", "--set", "engine.bootstrap=50"],
+    "fusion": ["--set", "data.size=64", "--set", "engine.epochs=2", "--set", "engine.bootstrap=50"],  # frozen encoders
 }
 
 
@@ -147,12 +148,12 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
         _no_glitches(text, where)
 
     # evaluate on the demo's own data: the caveat, the same figures on the test rows, the card's latest audit
-    data = run / "demo-data"
-    data = data if task == "image-cls" else next(data.glob("*.csv"))
-    extra = ["--subgroups", "Modality"] if task == "image-cls" else []
+    data = run / "demo-data" if task == "image-cls" else Path(_strict((run / "run.json").read_text())["data"])
+    extra = {"image-cls": ["--subgroups", "Modality"], "fusion": ["--subgroups", "sex"]}.get(task, [])
     done = run_cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "eval"), *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "caveat:" in done.stdout and "were used by this run" in done.stdout
+    done_eval = done.stdout
     if task == "tabular-risk":  # predict with labels prints metrics: the same caveat
         done = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "pred.csv"))
         assert done.returncode == 0 and "caveat:" in done.stdout, done.stderr[-2000:]
@@ -163,6 +164,11 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     page = (tmp_path / "eval" / "evaluation.html").read_text()
     _no_glitches(_visible(page), "evaluation.html")
     assert "caveat:" in _visible(page)
+    for col, c in ((ev.get("subgroups") or {}).get("columns") or {}).items():  # console and page flag alike
+        groups = f"flagged groups: {', '.join(c['flagged']) or 'none'}"
+        assert groups in done_eval and groups in _visible(page), (col, groups)
+        for flag in c.get("column_flags") or []:
+            assert f"column FLAGGED: {flag}" in done_eval and flag in _visible(page), (col, flag)
     card = (run / "model_card.md").read_text()
     if extra:
         sub = card.split("## Subgroups", 1)[1].split("\n## ", 1)[0]
