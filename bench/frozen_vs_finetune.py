@@ -55,6 +55,7 @@ def padchest(tmp: Path, per_class: int = 60, classes: int = 8) -> tuple[Path, li
     one = df[labels.map(len) == 1].assign(label=labels[labels.map(len) == 1].str[0])
     one = one[~one["label"].isin(SKIP)]
     top = one["label"].value_counts().index[:classes]
+    # (pandas may warn that apply sees the grouping column: kept, it is the sample the figures came from)
     small = (one[one["label"].isin(top)].groupby("label", group_keys=False)
              .apply(lambda g: g.sample(min(per_class, len(g)), random_state=0)))
     path = tmp / "padchest-8.csv"
