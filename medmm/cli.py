@@ -247,13 +247,19 @@ def make_cli() -> click.Group:
     @click.option("--push", "push", metavar="dicomweb+URL",
                   help="Store the DICOM SR reports on this DICOMweb server (STOW-RS), referencing the source "
                        "studies; credentials from MEDMM_DICOMWEB_* (see docs/dicomweb.md).")
+    @click.option("--push-gradcam", "push_gradcam", is_flag=True,
+                  help="With --push: also store medmm explain's Grad-CAM overlay of each predicted image "
+                       "(identical images once) as a secondary capture in its source study.")
     @click.option("--shard", "shard", metavar="I/N",
                   help="Predict only block I of N (0-based) of the units, in order: the N outputs concatenated "
                        "in shard order equal one process's (see docs/scale.md).")
     def predict(run_dir: Path, data: Path | str, out: Path, overwrite: bool, checkpoint: str, baseline: bool,
-                cache_dir: Path | None, dicom_sr: Path | None, push: str | None, shard: str | None) -> None:
+                cache_dir: Path | None, dicom_sr: Path | None, push: str | None, shard: str | None,
+                push_gradcam: bool = False) -> None:
         """Predict with a trained RUN_DIR (or a `medmm export` folder) on new --data; one CSV row per unit."""
         _check_data(data)
+        if push_gradcam and push is None:
+            raise MedmmError("--push-gradcam goes with --push dicomweb+https://...")
         if push is None:
             _predict(run_dir, data, out, checkpoint, baseline, cache_dir, dicom_sr, overwrite, shard=shard)
             return
@@ -268,8 +274,16 @@ def make_cli() -> click.Group:
             sr_dir = dicom_sr if dicom_sr is not None else Path(tmp)
             before = set(sr_dir.glob("*.dcm")) if sr_dir.is_dir() else set()
             _predict(run_dir, local.path, out, checkpoint, baseline, cache_dir, sr_dir, overwrite)
-            push_reports(sorted(set(sr_dir.glob("*.dcm")) - before), push, pulled=local.pulled,
-                         echo=click.echo)
+            files = sorted(set(sr_dir.glob("*.dcm")) - before)
+            if push_gradcam:  # medmm explain's Grad-CAM overlays, as secondary captures in the source studies
+                from medmm.explain.run import explain_run
+                from medmm.pacs.push import gradcam_captures
+
+                units = sum(1 for _ in Path(local.path).rglob("*.dcm")) if Path(local.path).is_dir() else 1
+                explained = explain_run(run_dir, local.path, Path(tmp) / "explain", registry=_registry(),
+                                        limit=max(1, units), method="gradcam", checkpoint=checkpoint, split_name="all")
+                files += gradcam_captures(explained, local.path, Path(tmp) / "gradcam", model_name=Path(run_dir).name)
+            push_reports(files, push, pulled=local.pulled, echo=click.echo)
 
     def _predict(run_dir: Path, data: Path | str, out: Path, checkpoint: str, baseline: bool,
                  cache_dir: Path | None, dicom_sr: Path | None, overwrite: bool = False, shard: str | None = None,

@@ -706,8 +706,9 @@ def test_new_key_file_helper_is_the_deid_one(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_file: Path) -> None:
-    """run image-cls on a DICOMweb source (1 epoch, 32 px), predict from it with --push: the SR is
-    found by QIDO-RS in the source study, with the source patient; evaluate from the PACS."""
+    """run image-cls on a DICOMweb source (1 epoch, 32 px), predict from it with --push --push-gradcam: the
+    SR and the Grad-CAM secondary capture are found by QIDO-RS in the source study, with the source
+    patient; evaluate from the PACS."""
     import requests
 
     from tests.conftest import run_cli
@@ -735,9 +736,14 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         assert all(i["PatientID"] not in splits and i["StudyInstanceUID"] not in splits for i in idents)
         pred = tmp_path / "pred.csv"
         out = run_cli("predict", str(run), "--data", server.url + "?Modality=CT", "--out", str(pred),
-                      "--push", server.url, env=env)
+                      "--push", server.url, "--push-gradcam", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert "6 DICOM SR report(s) stored" in out.stdout and "6 found again by QIDO-RS" in out.stdout
+        # the 6 CT images are one picture (CT_small.dcm): medmm explain explains identical inputs once
+        assert "6 DICOM SR report(s) and 1 Grad-CAM secondary capture(s) stored" in out.stdout
+        assert "7 found again by QIDO-RS" in out.stdout
+        captures = requests.get(f"{server.dicomweb}/instances", params={"Modality": "OT"}, timeout=10).json()
+        ct = {i["StudyInstanceUID"]: i["PatientID"] for i in idents if i["Modality"] == "CT"}
+        assert len(captures) == 1 and ct.get(captures[0]["0020000D"]["Value"][0]) == captures[0]["00100020"]["Value"][0]
         assert not any(i["SOPInstanceUID"] in pred.read_text() for i in idents)  # the CSV stays keyed
         found = requests.get(f"{server.dicomweb}/instances", params={"Modality": "SR"}, timeout=10).json()
         studies = {item["0020000D"]["Value"][0] for item in found}
@@ -750,7 +756,9 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         out = run_cli("evaluate", str(run), "--data", server.url, "--labels", str(by_accession), "--out",
                       str(tmp_path / "eval"), "--no-card", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
-        assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["provenance"]["units"] == len(idents)
+        # the Grad-CAM capture is an image of a labelled study now: a search that does not narrow it out
+        # (e.g. Modality=CT) pulls it too
+        assert json.loads((tmp_path / "eval" / "evaluation.json").read_text())["provenance"]["units"] == len(idents) + 1
         assert len(requests.get(f"{server.dicomweb}/instances", params={"Modality": "SR"}, timeout=10).json()) == 6
 
 
@@ -776,6 +784,35 @@ def test_push_check_refuses_studies_the_target_does_not_hold(pacs, tmp_path: Pat
          echo=lambda m: None)
     with pytest.raises(MedmmError, match=r"de-identified \(PatientIdentityRemoved=YES\).*Nothing was sent"):
         check_target(server.url, pulled)
+
+
+def test_gradcam_overlays_become_secondary_captures_in_the_source_study(tmp_path: Path) -> None:
+    """medmm explain's overlay of a file becomes an RGB Secondary Capture in that file's study (its
+    patient and study attributes, one new series per study), referencing the source image."""
+    import numpy as np
+    from PIL import Image
+
+    from medmm.pacs.push import gradcam_captures
+
+    idents = _planted(tmp_path / "data" / "s")[:2]
+    explain = tmp_path / "explain"
+    (explain / "overlays").mkdir(parents=True)
+    Image.fromarray(np.full((32, 68, 3), 200, dtype=np.uint8)).save(explain / "overlays" / "0000-x.png")
+    (explain / "overlays.csv").write_text("unit,example,input,png\n"
+                                          "s/00.dcm,0,image,overlays/0000-x.png\ns/01.dcm,1,image,overlays/0000-x.png\n"
+                                          "gone.dcm,2,image,overlays/0000-x.png\n")
+    files = gradcam_captures(explain, tmp_path / "data", tmp_path / "sc", model_name="cxr")
+    assert len(files) == 2  # the unit without a file has no source image
+    for path, ident in zip(files, idents):
+        ds = pydicom.dcmread(path)
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and ds.Modality == "OT"
+        assert (ds.StudyInstanceUID, ds.PatientID, ds.AccessionNumber) == \
+            (ident["StudyInstanceUID"], ident["PatientID"], ident["AccessionNumber"])
+        assert ds.SourceImageSequence[0].ReferencedSOPInstanceUID == ident["SOPInstanceUID"]
+        assert ds.pixel_array.shape == (32, 68, 3) and int(ds.pixel_array[0, 0, 0]) == 200
+    assert len({pydicom.dcmread(f).SeriesInstanceUID for f in files}) == 2  # two studies, two series
+    with pytest.raises(MedmmError, match="no Grad-CAM overlay"):
+        gradcam_captures(tmp_path / "nothing", tmp_path / "data", tmp_path / "sc2")
 
 
 def test_reidentify_maps_keyed_uids_back_in_memory() -> None:

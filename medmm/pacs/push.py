@@ -6,7 +6,8 @@ in memory only (keyed UIDs mapped back to the source UIDs, the study's patient /
 from the QIDO-RS answer) just before it is sent, so the files on disk stay de-identified. Without
 that mapping (a local folder), every study a report references must already be on the target,
 else nothing is sent: a report on pseudonymous UIDs would be an orphan in the PACS. After the
-store, a QIDO-RS search checks that each report is found.
+store, a QIDO-RS search checks that each report is found. ``gradcam_captures`` turns ``medmm explain``'s
+Grad-CAM overlays into secondary captures filed in each source study, pushed with the reports.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from medmm.data.sources import DicomwebSource, parse_source
 from medmm.errors import MedmmError
 
-__all__ = ["check_target", "push_reports", "reidentify"]
+__all__ = ["check_target", "gradcam_captures", "push_reports", "reidentify"]
 
 _REMOVE = ("PatientIdentityRemoved", "DeidentificationMethod", "DeidentificationMethodCodeSequence",
            "LongitudinalTemporalInformationModified")
@@ -88,6 +89,70 @@ def check_target(target: str, data: Path, *, pulled: Any = None, sample: int = 2
                          "nothing was sent")
 
 
+_STUDY_MODULE = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "PatientIdentityRemoved",
+                 "DeidentificationMethod", "StudyInstanceUID", "StudyDate", "StudyTime", "AccessionNumber",
+                 "StudyID", "ReferringPhysicianName", "StudyDescription")
+
+
+def gradcam_captures(explain_dir: Path, data: Path, out_dir: Path, *, model_name: str = "medmm") -> list[Path]:
+    """One Secondary Capture per Grad-CAM overlay of ``explain_dir`` (``medmm explain`` output whose units
+    are files under ``data``), filed in the source file's study (a new series per study, the patient
+    and study attributes copied from it) and referencing the source image; written into ``out_dir``.
+    The overlay is the model's input under the heat map with its colour scale (RGB, 8 bits)."""
+    import csv
+
+    import numpy as np
+    import pydicom
+    from PIL import Image
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from medmm.data.dicom.scan import quiet_pydicom
+
+    rows_path = Path(explain_dir) / "overlays.csv"
+    if not rows_path.is_file():
+        raise MedmmError("--push-gradcam: medmm explain wrote no Grad-CAM overlay (is this an image task?)")
+    with rows_path.open(newline="", encoding="utf-8") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("input") and r.get("png")]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    series: dict[str, str] = {}
+    written: list[Path] = []
+    for n, row in enumerate(rows, 1):
+        source = Path(data) / row["unit"]
+        if not source.is_file():
+            continue  # a unit that is not one file (a study pooled from several): no single source image
+        with quiet_pydicom():
+            src = pydicom.dcmread(source, stop_before_pixels=True)
+        pixels = np.asarray(Image.open(Path(explain_dir) / row["png"]).convert("RGB"), dtype=np.uint8)
+        ds = Dataset()
+        for keyword in _STUDY_MODULE:
+            if keyword in src:
+                setattr(ds, keyword, src.data_element(keyword).value)
+        study = str(src.StudyInstanceUID)
+        ds.SeriesInstanceUID = series.setdefault(study, generate_uid())
+        ds.SOPInstanceUID, ds.SOPClassUID = generate_uid(), SecondaryCaptureImageStorage
+        ds.Modality, ds.ConversionType, ds.SeriesNumber, ds.InstanceNumber = "OT", "WSD", 991, n
+        ds.SeriesDescription = f"medmm {model_name} Grad-CAM"[:64]
+        ds.ImageType = ["DERIVED", "SECONDARY"]
+        ds.DerivationDescription = "Grad-CAM heat map of a model's prediction over the model's input image"
+        ds.ImageComments = "medmm explain: where the model looked; not for diagnosis"
+        ref = Dataset()
+        ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = src.SOPClassUID, src.SOPInstanceUID
+        ds.SourceImageSequence = [ref]
+        ds.Rows, ds.Columns = int(pixels.shape[0]), int(pixels.shape[1])
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.BurnedInAnnotation = "NO"  # the scale's "max" / "0" only
+        ds.PixelData = pixels.tobytes()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        path = out_dir / f"gradcam-{n:04d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        written.append(path)
+    return written
+
+
 def push_reports(files: Sequence[Path], target: str, *, pulled: Any = None,
                  echo: Callable[[str], None] = print) -> int:
     """Store the SR ``files`` on ``target`` (a ``dicomweb+...`` URL); returns how many a QIDO-RS
@@ -118,8 +183,10 @@ def push_reports(files: Sequence[Path], target: str, *, pulled: Any = None,
                              "nothing was sent")
     server.store(reports)
     found = sum(server.find(str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)) for ds in reports)
-    echo(f"  {len(reports)} DICOM SR report(s) stored on {server.url.where} (STOW-RS); "
-         f"{found} found again by QIDO-RS")
+    captures = sum(str(ds.SOPClassUID) == "1.2.840.10008.5.1.4.1.1.7" for ds in reports)
+    what = f"{len(reports) - captures} DICOM SR report(s)" + (f" and {captures} Grad-CAM secondary capture(s)"
+                                                              if captures else "")
+    echo(f"  {what} stored on {server.url.where} (STOW-RS); {found} found again by QIDO-RS")
     if found != len(reports):
         raise MedmmError(f"--push: only {found} of {len(reports)} stored report(s) are found by a QIDO-RS search")
     return found
