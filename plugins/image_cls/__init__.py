@@ -17,6 +17,7 @@ def register_tasks(register):
         impl="medmm_plugins.image_cls.task:ImageClsTask",
         runtime="medmm_plugins.image_cls.runtime:ImageInputs",  # torch-free reader of its exports
         demo="medmm_plugins.image_cls.demo:build",
+        cheaper_recipe={"model.mode": "frozen"},  # --time-limit: when fine-tuning cannot fit (docs/guide/frozen.md)
     ))
 
 

@@ -269,16 +269,18 @@ class ImageClsTask(Task):
     def _resolve_mode(self, n_train: int) -> str:
         """``model.mode`` for this run (``auto``: :func:`medmm.choose_mode` on the fine-tuning estimate)."""
         m, e, d = self.cfg.model, self.cfg.engine, self.cfg.data
+        model = self._stash()
+        pretrained = not str(getattr(self, "weights_source", "random")).startswith(("random", "?"))
+        if m.mode == "frozen" and not pretrained and "model.mode" not in (self.cfg.user or {"model.mode"}):
+            m.mode = "auto"  # the task's cheaper recipe (--time-limit) freezes only pretrained backbones
         if m.mode != "auto":
             return m.mode
-        model = self._stash()
         params = sum(p.numel() for p in model.classifier.backbone.parameters()) / 1e6
         steps = max(1, -(-n_train // (e.batch_size * e.grad_accum))) * e.epochs
         if e.max_steps:
             steps = min(steps, e.max_steps)
         images = steps * min(n_train, e.batch_size * e.grad_accum)
         estimate = images * params * (d.size / 224) ** 2 * CPU_FINETUNE_S_PER_IMAGE_MPARAM
-        pretrained = not str(getattr(self, "weights_source", "random")).startswith(("random", "?"))
         mode, why = choose_mode(e.device, pretrained=pretrained, finetune_s=estimate)
         set_key(self.cfg, "model.mode", mode)
         self.cfg.provenance["model.mode"] = f"auto: {why}"

@@ -15,6 +15,7 @@ def register_tasks(register):
         impl="medmm_plugins.text_cls.task:TextClsTask",
         runtime="medmm_plugins.text_cls.runtime:TextInputs",  # torch-free reader of its exports
         demo="medmm_plugins.text_cls.demo:build",
+        cheaper_recipe={"model.mode": "frozen"},  # --time-limit: when fine-tuning cannot fit (docs/guide/frozen.md)
     ))
 
 

@@ -225,6 +225,11 @@ class TextClsTask(Task):
             self._encoder, self.tokenizer = self._pretrained_encoder()
 
         cache = self.cache_dir
+        pretrained = self._encoder is not None and bool(self._component().extra.get("pretrained"))
+        if self.model_cfg.mode == "frozen" and not pretrained and "model.mode" not in (self.cfg.user or {"model.mode"}):
+            # the task's cheaper recipe (--time-limit) freezes only pretrained encoders
+            set_key(self.cfg, "model.mode", "finetune")
+            self.cfg.provenance["model.mode"] = "the encoder has no pretrained weights: it must train"
         if self.model_cfg.mode == "frozen" and self._encoder is None:
             raise ConfigError(f"model.mode=frozen needs a pretrained encoder; {self.model_cfg.backbone!r} trains "
                               "from a vocabulary (model.backbone=minilm-l6, hf-local, ...)")
