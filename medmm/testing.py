@@ -51,8 +51,9 @@ from medmm.errors import MedmmError
 CHECKS = ("run", "resume", "predict", "evaluate", "explain", "export", "serve", "bad-input")
 TOLERANCE = 1e-4
 SECRET = "zz-planted-value-7731"  # written into the bad input; no error may repeat it
-_BASE = ("engine.device=cpu", "engine.precision=fp32", "engine.bootstrap=0", "engine.checkpoint_every_steps=1",
-         "engine.min_steps=0", "engine.num_workers=0")
+_BASE = ("engine.device=cpu", "engine.precision=fp32", "engine.bootstrap=0", "engine.min_steps=0",
+         "engine.num_workers=0")
+_KILL_AT = "engine.checkpoint_every_steps=1"  # the killed child only: a checkpoint after its first step
 
 
 @dataclass
@@ -194,11 +195,13 @@ class _Context:
                 "run_task(spec, resolved_config(spec, None, sys.argv[4:]), Path(sys.argv[2]), Path(sys.argv[3]), "
                 "quiet=True)\n")
         proc = subprocess.run([sys.executable, "-c", code, self.spec.name, str(self.data), str(killed),
-                               *self.overrides], capture_output=True, text=True, env=self.env, timeout=1800,
+                               *self.overrides, _KILL_AT], capture_output=True, text=True, env=self.env, timeout=1800,
                               check=False)
         assert proc.returncode == -9, (f"the child was not killed at its first checkpoint (exit {proc.returncode}): "
                                        f"{proc.stderr.strip()[-300:]}")
-        _quiet_call(run_task, self.spec, resume_config(killed, self.spec, []), self.data, killed, resume=True,
+        # resumed with the uninterrupted run's checkpoint cadence: a checkpoint every step only where it was killed
+        cadence = f"engine.checkpoint_every_steps={self._config().engine.checkpoint_every_steps}"
+        _quiet_call(run_task, self.spec, resume_config(killed, self.spec, [cadence]), self.data, killed, resume=True,
                     quiet=True)
         worst = _weights_diff(self.run_dir / "checkpoints" / "last", killed / "checkpoints" / "last")
         assert worst == 0.0, f"resumed weights differ from the uninterrupted run's (max |delta| {worst:.3g})"
