@@ -469,3 +469,21 @@ def test_group_thresholds_travel_to_onnxruntime_and_serve_and_a_one_row_request_
     assert g["set_thresholds"] == "per class (no score value)"
     names = np.array(["neg", "pos"])
     assert g["set_90"] == list(names[apply_sets(conf, np.array([g["prob_pos"]]))["sets"][0]])
+
+
+def test_a_dicom_unit_shown_as_a_keyed_path_finds_its_header_attributes(tmp_path) -> None:
+    """Units of a folder whose path holds the PatientID or a date are public paths (keyed tokens): the group
+    of the thresholds (and the subgroup audit) is still read from their headers, not taken as missing."""
+    import shutil
+
+    from medmm.data.dicom.scan import ImageItem, scan_folder
+    from medmm.demos.dicom import source_roots
+    from medmm.evaluation.attributes import unit_attributes
+
+    study = tmp_path / "src" / "1CT1" / "2004-01-19_CT"  # CT_small.dcm: PatientID 1CT1
+    study.mkdir(parents=True)
+    shutil.copy(source_roots()[0] / "CT_small.dcm", study / "x.dcm")
+    records, _ = scan_folder(tmp_path / "src")
+    units = [ImageItem(r).key for r in records]
+    assert len(units) == 1 and "1CT1" not in units[0]
+    assert unit_attributes(tmp_path / "src", {}, units, ["Modality"]) == {"Modality": ["CT"]}

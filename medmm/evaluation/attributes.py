@@ -81,9 +81,12 @@ def _dicom_attributes(root: Path, units: Sequence[str], columns: Sequence[str]) 
                         f"audit; use one of {', '.join(DICOM_ATTRIBUTES)}")
     import pydicom
 
+    from medmm.data.dicom.paths import identifier_parts, public_path
     from medmm.data.dicom.scan import list_files, quiet_pydicom
 
-    wanted = [*columns, "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"]
+    # the identifiers only find the path component a unit shows as a keyed token; they are never returned
+    wanted = [*columns, "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "PatientID", "AccessionNumber",
+              "OtherPatientIDs", "PatientName"]
     by_key: dict[str, dict[str, Any]] = {}
     for rel in list_files(root)[:MAX_FILES]:
         try:
@@ -91,6 +94,7 @@ def _dicom_attributes(root: Path, units: Sequence[str], columns: Sequence[str]) 
                 ds = pydicom.dcmread(root / rel, stop_before_pixels=True, specific_tags=wanted)
                 values = {c: _dicom_value(ds, c) for c in columns}
                 keys = [str(ds.get(uid, "") or "") for uid in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")]
+                keys.append(public_path(rel, identifier_parts(rel, ds)))  # units are public paths (ids keyed)
         except Exception:  # not DICOM or unreadable: the task's scan skipped it too
             continue
         by_key.setdefault(rel, values)
