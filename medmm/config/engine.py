@@ -122,7 +122,9 @@ class ConformalConfig(ConfigModel):
     alpha: Float = Field(0.1, gt=0, lt=1, description="miscoverage: sets hold the true class for >= 1 - alpha of units")
     mondrian: Literal["class", "none"] = Field(
         "class", description="class: one threshold per class (coverage in every class) | none: one pooled threshold")
-    group_column: str | None = Field(None, description="also one threshold per group of this subgroup column")
+    group_column: str | None = Field(
+        None, description="also thresholds per (group, class) of this column (numeric: banded on val), used by "
+                          "predict, export, serve and SR; a unit with no value gets the per-class ones")
     refer: Literal["not_single", "ambiguous"] = Field(
         "not_single", description="abstain / refer when the set is not exactly one class | only when it holds 2+")
     max_width: Float | None = Field(None, gt=0, description="regression: refer when the interval is wider than this")
