@@ -69,6 +69,7 @@ def test_its_sr_is_filed_in_each_rows_study(checked, source: str) -> None:
     import subprocess
     import sys
 
+    pytest.importorskip("highdicom")  # medmm[sr]
     report, work = checked
     assert report["export"].ok, str(report)
     out, sr = work / f"sr-{source}.csv", work / f"sr-{source}"
