@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -103,3 +104,19 @@ def fake_plugin(tmp_path: Path) -> Callable[..., dict[str, str]]:
         return {"PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
 
     return make
+
+
+@pytest.fixture(scope="session")
+def example_plugin(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """examples/medmm-example-plugin pip-installed as a user would, once per session (tests only read
+    it): the ``--target`` site folder and the copy it was built from (its own tests live there)."""
+    root = tmp_path_factory.mktemp("example_plugin")
+    target, source = root / "site", root / "medmm-example-plugin"
+    # build from a copy: setuptools writes build/ and *.egg-info into the folder it builds
+    shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
+                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
+                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600,
+                         check=False)
+    assert pip.returncode == 0, pip.stderr
+    return target, source

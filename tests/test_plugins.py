@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from medmm.errors import PluginError, UnknownNameError
 from medmm.plugins import load_plugins
 from medmm.registry import Component, Registry
-from tests.conftest import ROOT, run_cli
+from tests.conftest import run_cli
 
 BUILTINS = {"text_cls", "image_cls", "baselines", "tabular_risk", "fusion"}
 
@@ -109,21 +108,15 @@ def test_registry_unknown_name_lists_known_and_closest() -> None:
 
 
 @pytest.mark.slow
-def test_example_package_installs_and_runs_through_the_public_cli(tmp_path: Path) -> None:
-    """pip-install examples/medmm-example-plugin, then train and predict with its task through ``medmm``."""
+def test_example_package_installs_and_runs_through_the_public_cli(tmp_path: Path,
+                                                                   example_plugin: tuple[Path, Path]) -> None:
+    """pip-install examples/medmm-example-plugin (conftest), then train and predict with its task through ``medmm``."""
     import json
 
     import pandas as pd
 
     lifelines = pytest.importorskip("lifelines")
-    target, source = tmp_path / "site", tmp_path / "medmm-example-plugin"
-    # build from a copy: setuptools writes build/ and *.egg-info into the folder it builds
-    shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                          "--target", str(target), str(source)],
-                         capture_output=True, text=True)
-    assert pip.returncode == 0, pip.stderr
+    target, source = example_plugin
     env = {"PYTHONPATH": str(target)}
     plugins = run_cli("plugins", env=env).stdout
     assert "medmm-example-plugin" in plugins and "register_backbones, register_fusion_heads, register_tasks" in plugins

@@ -528,21 +528,15 @@ print(json.dumps({"task": model.task, "edges": edges, "statuses": fuzz_rows(crea
 
 
 @pytest.mark.slow
-def test_a_plugin_tasks_export_is_edge_checked_and_its_service_survives_the_fuzz_list(tmp_path: Path) -> None:
-    """The example third-party package (examples/medmm-example-plugin), installed as a user would:
+def test_a_plugin_tasks_export_is_edge_checked_and_its_service_survives_the_fuzz_list(
+        tmp_path: Path, example_plugin: tuple[Path, Path]) -> None:
+    """The example third-party package (examples/medmm-example-plugin), installed as a user would (conftest):
     its discrete-survival task exports through its own runtime reader, the parity check covers
     the edges of its batch axis, and ``medmm serve`` answers the fuzz list without a 5xx."""
     import json
-    import shutil
 
     lifelines = pytest.importorskip("lifelines")
-    target, source = tmp_path / "site", tmp_path / "medmm-example-plugin"
-    shutil.copytree(ROOT / "examples" / "medmm-example-plugin", source,
-                    ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--quiet",
-                          "--target", str(target), str(source)], capture_output=True, text=True, timeout=600,
-                         check=False)
-    assert pip.returncode == 0, pip.stderr
+    target, _ = example_plugin
     lifelines.datasets.load_gbsg2().iloc[:240].to_csv(tmp_path / "gbsg2.csv", index_label="patient")
     out = subprocess.run([sys.executable, "-c", PLUGIN_FUZZ, str(tmp_path), str(ROOT)], capture_output=True,
                          text=True, timeout=900,
