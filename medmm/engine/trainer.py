@@ -564,8 +564,8 @@ class Trainer:
                 if stop:  # engine.time_limit: the next step and the finish would not fit
                     self.stopped = planner.budget.stopped = "time limit"
                     _warn(f"time limit ({format_seconds(planner.budget.limit_s)}) reached at step {st.global_step} of "
-                          f"{self.total}: training stops here; the best checkpoint is evaluated and reported "
-                          f"(continue with --resume {self.run_dir} and a larger --time-limit)")
+                          f"{self.total}: training stops here with a 'last' checkpoint; the best one is evaluated "
+                          "and reported")
                 if st.stopped_early or at_max or stop:
                     break
             bar.close()
