@@ -12,7 +12,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from medmm.demos.fusion import build_fusion_demo
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 pytestmark = pytest.mark.slow
 DEMO_PATIENTS = 400  # as `medmm demo fusion`
@@ -51,8 +51,8 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _train(demo: Path, name: str, *extra: str) -> Path:
     run = demo.parent.parent / name
-    out = run_cli("run", "fusion", "--data", str(demo), "--out", str(run), "--set",
-                  f"data.cache_dir={demo.parent.parent / 'cache'}", *COMMON, *extra)
+    out = cli("run", "fusion", "--data", str(demo), "--out", str(run), "--set",
+              f"data.cache_dir={demo.parent.parent / 'cache'}", *COMMON, *extra)
     assert out.returncode == 0, out.stderr[-3000:]
     return run
 
@@ -118,7 +118,7 @@ def test_predict_new_table_with_missing_image(demo: Path, runs: dict[str, Path],
     table = demo.parent / "new.csv"
     _write(table, rows)
     out = tmp_path / "pred.csv"
-    res = run_cli("predict", str(runs["fused"]), "--data", str(table), "--out", str(out))
+    res = cli("predict", str(runs["fused"]), "--data", str(table), "--out", str(out))
     assert res.returncode == 0, res.stderr[-3000:]
     pred = {r["id"]: r for r in _rows(out)}
     assert set(pred) == {r["id"] for r in rows} - {rows[6]["id"]}
@@ -132,16 +132,25 @@ def test_predict_new_table_with_missing_image(demo: Path, runs: dict[str, Path],
 
 
 def test_finetune_mode_trains_encoders_end_to_end(demo: Path, tmp_path: Path) -> None:
-    """Tiny random encoders (bert-tiny, resnet18 at 32 px) + tabular age/sex, a few steps: the whole path runs."""
+    """Tiny random encoders (bert-tiny, resnet18 at 32 px) + tabular age/sex, a few steps: the whole path runs.
+    On the demo's first 80 patients (every split, both classes): the series scan and the evaluation passes
+    that follow the steps cost in proportion to the rows, what is asserted does not depend on them."""
     from safetensors.torch import load_file
 
+    every = _rows(demo)
+    first = set(list(dict.fromkeys(r["patient"] for r in every))[:80])
+    rows = [r for r in every if r["patient"] in first]
+    assert {(r["split"], r["label"]) for r in rows} == {(s, c) for s in ("train", "val", "test")
+                                                        for c in ("no_malignancy", "malignant")}
+    table = demo.with_name("first_80_patients.csv")
+    _write(table, rows)
     run = tmp_path / "ft"
-    out = run_cli("run", "fusion", "--data", str(demo), "--out", str(run), "--set", "model.mode=finetune",
-                  "--set", "model.text_backbone=bert-tiny", "--set", "model.image_backbone=resnet18",
-                  "--set", "model.image_pretrained=none", "--set", "model.head=attention",
-                  "--set", "data.tabular_columns=[age,sex]",
-                  "--set", "data.size=32", "--set", "engine.epochs=2", "--set", "engine.max_steps=6",
-                  *COMMON[:10], "--set", "engine.bootstrap=0", "--quiet")
+    out = cli("run", "fusion", "--data", str(table), "--out", str(run), "--set", "model.mode=finetune",
+              "--set", "model.text_backbone=bert-tiny", "--set", "model.image_backbone=resnet18",
+              "--set", "model.image_pretrained=none", "--set", "model.head=attention",
+              "--set", "data.tabular_columns=[age,sex]",
+              "--set", "data.size=32", "--set", "engine.epochs=2", "--set", "engine.max_steps=6",
+              *COMMON[:10], "--set", "engine.bootstrap=0", "--quiet")
     assert out.returncode == 0, out.stderr[-3000:]
     weights = load_file(str(run / "checkpoints" / "last" / "model.safetensors"))
     assert any(k.startswith("encoders.text.") for k in weights)
@@ -160,11 +169,11 @@ def test_finetune_mode_trains_encoders_end_to_end(demo: Path, tmp_path: Path) ->
     (["--set", "model.image_backbone=minilm-l6"], "is a text backbone"),
 ])
 def test_bad_config_fails_with_one_clear_line(demo: Path, tmp_path: Path, args: list[str], message: str) -> None:
-    out = run_cli("run", "fusion", "--data", str(demo), "--out", str(tmp_path / "r"), *args)
+    out = cli("run", "fusion", "--data", str(demo), "--out", str(tmp_path / "r"), *args)
     assert out.returncode == 2, out.stderr[-2000:]
     assert message in out.stderr and "Traceback" not in out.stderr
 
 
 def test_folder_instead_of_table_is_refused(demo: Path, tmp_path: Path) -> None:
-    out = run_cli("run", "fusion", "--data", str(demo.parent / "dicom"), "--out", str(tmp_path / "r"))
+    out = cli("run", "fusion", "--data", str(demo.parent / "dicom"), "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "got a folder" in out.stderr
