@@ -196,11 +196,10 @@ def make_cli() -> click.Group:
     def run(task: str, data: Path, config_file: Path | None, overrides: tuple[str, ...],
             out: Path | None, resume: Path | None, time_limit: str | None, quiet: bool) -> None:
         """Train and evaluate TASK on --data."""
-        import time
-
+        from medmm.engine.budget import process_started
         from medmm.runner import run_task
 
-        started = time.perf_counter()  # --time-limit counts from here
+        started = process_started()  # --time-limit counts from the command's start
         overrides = (*overrides, *([f"engine.time_limit={time_limit}"] if time_limit is not None else []))
         spec = _task_spec(task)
         _check_data(data)

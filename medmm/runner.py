@@ -602,7 +602,9 @@ def run_demo(spec: TaskSpec, out: Path | None, overrides: Sequence[str], *, quie
 
     if spec.demo is None:
         raise MedmmError(f"task {spec.name!r} has no bundled demo")
-    started = time.perf_counter()  # engine.time_limit counts the demo data's building too
+    from medmm.engine.budget import process_started
+
+    started = process_started()  # engine.time_limit counts the command's start and the demo data's building
     run_dir = prepare_run_dir(out or Path("runs") / f"demo-{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", resume=False)
     click.echo(f"medmm demo {spec.name}: building demo data in {run_dir / 'demo-data'} ...", err=True)
     data, demo_overrides = resolve_object(spec.demo)(run_dir / "demo-data")

@@ -236,3 +236,13 @@ def test_junk_time_limit_fails_before_the_demo_builds_its_data(tmp_path: Path) -
     out = cli("demo", "tabular-risk", "--time-limit", "ten minutes", "--out", str(tmp_path / "run"))
     assert out.returncode != 0 and "--time-limit" in out.stderr and "10m" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_budget_counts_from_the_process_start() -> None:
+    from medmm.engine.budget import process_started
+
+    clock = Clock()
+    clock.t = 1000.0
+    started = process_started(clock, most_s=1e9)  # this test process started some seconds ago
+    assert started < 1000.0
+    assert process_started(clock, most_s=0.0) == 1000.0  # older than most_s: not a fresh command, counted from now

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Budget", "Planner", "Sizes", "SwitchRecipe", "activate", "current", "evals_between"]
+__all__ = ["Budget", "Planner", "Sizes", "SwitchRecipe", "activate", "current", "evals_between", "process_started"]
 
 FIRST_AFTER_STEPS = 5  # optimizer steps measured before the plan is made
 USEFUL_FRACTION = 0.25  # fewer steps than this share of the configured ones (and < 1 epoch): the cheaper recipe
@@ -93,6 +93,23 @@ class Budget:
         """Each recorded estimate with the real time it had left (call at the very end of the run)."""
         now = self.elapsed()
         return [{**e, "actual_s": round(now - float(e["at_s"]), 3)} for e in self.etas]
+
+
+def process_started(clock: Callable[[], float] = time.perf_counter, most_s: float = 300.0) -> float:
+    """``clock()``'s value when this process started (Linux ``/proc``: the command's imports count against
+    its budget); now where unknown, or when the process is older than ``most_s`` (not a fresh command:
+    a notebook, a test runner calling the CLI in-process)."""
+    import os
+
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            start_ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return clock()
+    return clock() - age if 0.0 <= age <= most_s else clock()
 
 
 _active: list[Budget] = []
