@@ -112,7 +112,6 @@ def test_planner_estimates_and_plans_on_a_fake_clock() -> None:
     total = p.plan(5)  # 100 s budget, 9 spent, 5 kept as margin: the largest total whose steps + evals fit
     assert total is not None and total < 200
     avail = 100.0 - clock.t - 5.0 - finish
-    assert total == 139  # 134 steps x 0.5 s + 2 evaluations (step 100, the last) x 4 s = 75 s = avail
     assert p.train_left_s(5, total) <= avail < p.train_left_s(5, total + 1)
     assert p.plan(5) is None  # planned once
 
