@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -207,18 +208,39 @@ def scan_file(root: Path, rel_path: str) -> DicomRecord | Skipped:
         return Skipped(rel_path, short_reason(exc))
 
 
+class _QuietFilter(logging.Filter):
+    """Drops pydicom's records below ERROR while any :func:`quiet_pydicom` block is open.
+
+    A filter, not ``Logger.setLevel``: each ``setLevel`` clears the level cache of every logger
+    in the process (hundreds once transformers is imported), twice per file read.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth = 0
+        self.lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.depth == 0 or record.levelno >= logging.ERROR
+
+
+_QUIET = _QuietFilter()
+
+
 @contextmanager
 def quiet_pydicom() -> Iterator[None]:
     """Silence pydicom's warnings and warning logs, which may quote element values (PHI)."""
     logger = logging.getLogger("pydicom")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    with _QUIET.lock:
+        _QUIET.depth += 1
+        logger.addFilter(_QUIET)  # once: a logger keeps one copy of a filter
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        logger.setLevel(level)
+        with _QUIET.lock:
+            _QUIET.depth -= 1
 
 
 def short_reason(exc: BaseException, limit: int = 160) -> str:
