@@ -35,12 +35,13 @@ _FRESH_PROCESS_FILTERS = [("default", DeprecationWarning, "__main__"), ("ignore"
                           ("ignore", ResourceWarning, None)]
 
 
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``medmm`` in this process: what ``run_cli`` returns (exit code, stdout, stderr), without
     paying Python's start and the torch / torchvision / sklearn imports again (seconds per command).
 
     For tests about a command's outputs, not about the process: environment variables, plugins
-    installed for the test, signals and interpreter start still need ``run_cli``. The loggers start
+    installed for the test, signals and interpreter start still need ``run_cli``; ``env`` is added
+    to the environment for the command only. The loggers start
     without handlers and Python's warning filters are a new process's, so the console shows what a
     user's would; process-wide state a command leaves behind (the run log's file handler, captured
     warnings, ``MEDMM_DEBUG``, the working directory) is put back, as a process exit would.
@@ -61,6 +62,7 @@ def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
                 lg.handlers[:] = []
             if cwd is not None:
                 os.chdir(cwd)
+            os.environ.update(env or {})
             try:
                 code = main([str(a) for a in args])
             except SystemExit as exc:

@@ -445,13 +445,13 @@ def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studi
     """`medmm run fusion --set data.image_source=dicomweb+...`: image + tabular, 1 epoch at 32 px; predict,
     evaluate and explain on the same table pull its images the same way; no output holds a source UID,
     accession number or patient ID."""
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     server, idents = pacs
     table = tmp_path / "pairs.csv"
     _fusion_table(table, idents)
     run = tmp_path / "run"
-    out = run_cli("run", "fusion", "--data", str(table), "--out", str(run), "--set", f"data.image_source={server.url}",
+    out = cli("run", "fusion", "--data", str(table), "--out", str(run), "--set", f"data.image_source={server.url}",
                   "--set", "data.text_column=null", "--set", "data.tabular_columns=[age]", "--set", "data.id_column=id",
                   "--set", "model.mode=finetune", "--set", "model.image_backbone=resnet18",
                   "--set", "model.image_pretrained=none", "--set", "data.size=32", "--set", "engine.epochs=1",
@@ -463,7 +463,7 @@ def test_run_fusion_with_an_image_source_trains_on_the_pulled_deidentified_studi
     with (run / "predictions.csv").open() as f:
         assert {r["id"] for r in csv.DictReader(f)} <= {f"r{n}" for n in range(11)}
     pred = tmp_path / "pred.csv"  # predict pulls the table's images the same way (the run's data.image_source)
-    out = run_cli("predict", str(run), "--data", str(table), "--out", str(pred), env={"MEDMM_DEID_KEY_FILE": str(key_file)})
+    out = cli("predict", str(run), "--data", str(table), "--out", str(pred), env={"MEDMM_DEID_KEY_FILE": str(key_file)})
     assert out.returncode == 0, out.stderr[-3000:]
     assert "10 instance(s) pulled and de-identified" in out.stderr
     with pred.open() as f:
@@ -601,7 +601,7 @@ def test_a_sigkilled_medmm_pull_is_resumed_by_a_second_pull_fetching_only_what_i
     import sys
     import time
 
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     server, idents = pacs
     handler = type("Slow", (_Flaky,), {"upstream": server.rest, "broken": set(), "once": set(), "delay": 0.4})
@@ -628,7 +628,7 @@ def test_a_sigkilled_medmm_pull_is_resumed_by_a_second_pull_fetching_only_what_i
         kept = {f: f.stat().st_mtime_ns for f in out.rglob("*.dcm")}
         assert len(kept) >= first
         handler.delay = 0.0
-        done = run_cli("pull", url, "--out", str(out), "--workers", "2", "--quiet", env={"MEDMM_DEID_KEY_FILE": str(key_file)})
+        done = cli("pull", url, "--out", str(out), "--workers", "2", "--quiet", env={"MEDMM_DEID_KEY_FILE": str(key_file)})
     finally:
         proxy.shutdown()
     assert done.returncode == 0, done.stderr[-2000:]
@@ -711,7 +711,7 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
     patient; evaluate from the PACS."""
     import requests
 
-    from tests.conftest import run_cli
+    from tests.conftest import cli
 
     reason = unavailable()
     if reason:
@@ -727,7 +727,7 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         assert server is not None
         server.upload(sorted((tmp_path / "files").glob("*.dcm")))
         run = tmp_path / "run"
-        out = run_cli("run", "image-cls", "--data", server.url, "--out", str(run), "--set", f"data.labels={labels}",
+        out = cli("run", "image-cls", "--data", server.url, "--out", str(run), "--set", f"data.labels={labels}",
                       "--set", "model.backbone=test_resnet", "--set", "model.pretrained=none", "--set", "data.size=32",
                       "--set", "engine.epochs=1", "--set", "engine.bootstrap=20", "--quiet", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
@@ -735,7 +735,7 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         splits = (run / "splits.csv").read_text()
         assert all(i["PatientID"] not in splits and i["StudyInstanceUID"] not in splits for i in idents)
         pred = tmp_path / "pred.csv"
-        out = run_cli("predict", str(run), "--data", server.url + "?Modality=CT", "--out", str(pred),
+        out = cli("predict", str(run), "--data", server.url + "?Modality=CT", "--out", str(pred),
                       "--push", server.url, "--push-gradcam", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
         # the 6 CT images are one picture (CT_small.dcm): medmm explain explains identical inputs once
@@ -753,7 +753,7 @@ def test_train_from_the_pacs_predict_and_push_the_sr_back(tmp_path: Path, key_fi
         by_accession = tmp_path / "by_accession.csv"
         by_accession.write_text("AccessionNumber,modality\n" + "".join(f"{i['AccessionNumber']},{i['Modality']}\n"
                                                                         for i in idents))
-        out = run_cli("evaluate", str(run), "--data", server.url, "--labels", str(by_accession), "--out",
+        out = cli("evaluate", str(run), "--data", server.url, "--labels", str(by_accession), "--out",
                       str(tmp_path / "eval"), "--no-card", env=env)
         assert out.returncode == 0, out.stderr[-2000:]
         # the Grad-CAM capture is an image of a labelled study now: a search that does not narrow it out

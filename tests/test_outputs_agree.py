@@ -16,7 +16,7 @@ from medmm import metrics as M
 from medmm.evaluation.overlap import caveat, seen_splits
 from medmm.io import dumps_json, write_json_atomic
 from medmm.model_card import set_section
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 
 def _strict(text: str) -> object:
@@ -112,7 +112,7 @@ def demo_run(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     """``(task, run dir, what the demo printed)``."""
     task = request.param
     run = tmp_path_factory.mktemp(task) / "run"
-    done = run_cli("demo", task, "--out", str(run), *DEMOS[task], "--quiet", timeout=900)
+    done = cli("demo", task, "--out", str(run), *DEMOS[task], "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
     return task, run, done.stdout
 
@@ -150,12 +150,12 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     # evaluate on the demo's own data: the caveat, the same figures on the test rows, the card's latest audit
     data = run / "demo-data" if task == "image-cls" else Path(_strict((run / "run.json").read_text())["data"])
     extra = {"image-cls": ["--subgroups", "Modality"], "fusion": ["--subgroups", "sex"]}.get(task, [])
-    done = run_cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "eval"), *extra)
+    done = cli("evaluate", str(run), "--data", str(data), "--out", str(tmp_path / "eval"), *extra)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "caveat:" in done.stdout and "were used by this run" in done.stdout
     done_eval = done.stdout
     if task == "tabular-risk":  # predict with labels prints metrics: the same caveat
-        done = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "pred.csv"))
+        done = cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "pred.csv"))
         assert done.returncode == 0 and "caveat:" in done.stdout, done.stderr[-2000:]
     ev = _strict((tmp_path / "eval" / "evaluation.json").read_text())
     assert ev["provenance"]["caveat"].startswith("caveat:")
@@ -176,7 +176,7 @@ def test_every_artefact_of_a_demo_run_agrees(demo_run: tuple[str, Path, str], tm
     _no_glitches(_prose(card), "model_card.md after evaluate")
 
     # explain on the run's own data: its held-out units by default
-    done = run_cli("explain", str(run), "--data", str(data), "--out", str(tmp_path / "explain"), "--limit", "4")
+    done = cli("explain", str(run), "--data", str(data), "--out", str(tmp_path / "explain"), "--limit", "4")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "held-out units of the run's" in done.stdout
     ex = _strict((tmp_path / "explain" / "summary.json").read_text())
@@ -237,10 +237,10 @@ def test_serve_422_names_the_column_never_the_value(tmp_path: Path) -> None:
     from medmm.deploy.service import create_app
 
     run = tmp_path / "run"
-    done = run_cli("demo", "tabular-risk", "--out", str(run), "--set", "engine.epochs=1", "--set", "engine.bootstrap=0",
-                   "--set", "engine.baseline=none", "--quiet", timeout=900)
+    done = cli("demo", "tabular-risk", "--out", str(run), "--set", "engine.epochs=1", "--set", "engine.bootstrap=0",
+                   "--set", "engine.baseline=none", "--quiet")
     assert done.returncode == 0, done.stderr[-3000:]
-    done = run_cli("export", str(run), "--out", str(tmp_path / "export"), "--sample", "8")
+    done = cli("export", str(run), "--out", str(tmp_path / "export"), "--sample", "8")
     assert done.returncode == 0, done.stderr[-3000:]
     client = TestClient(create_app(ExportedModel(tmp_path / "export")))
     row = {"patient": "p1", "age": 59, "sex": 2, "bmi": 32.1, "bp": 101, "s1": 157, "s2": 93.2, "s3": 38, "s4": 4,

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cli
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -94,7 +94,7 @@ def chunked_run(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) 
     df.loc[5, "text"] = "   "  # skipped with a reason, never a crash
     df.to_csv(tmp / "notes.csv", index=False)
     run = tmp / "run"
-    proc = run_cli("run", "text-cls", "--data", str(tmp / "notes.csv"), "--out", str(run), *FAST,
+    proc = cli("run", "text-cls", "--data", str(tmp / "notes.csv"), "--out", str(run), *FAST,
                    *_bert_tiny(tiny_tokenizer), "--set", "data.id_column=note_id",
                    "--set", "data.group_column=patient", "--set", "data.long_text=chunk",
                    "--set", "data.max_length=24", "--set", "data.stride=4",
@@ -205,7 +205,7 @@ def test_predict_from_the_run_directory_alone(chunked_run: tuple[Path, pd.DataFr
     hidden = tiny_tokenizer.with_name(tiny_tokenizer.name + "-moved")
     tiny_tokenizer.rename(hidden)
     try:
-        proc = run_cli("predict", str(run), "--data", str(new), "--out", str(tmp_path / "p.csv"))
+        proc = cli("predict", str(run), "--data", str(new), "--out", str(tmp_path / "p.csv"))
     finally:
         hidden.rename(tiny_tokenizer)
     _ok(proc)
@@ -218,7 +218,7 @@ def test_predict_from_the_run_directory_alone(chunked_run: tuple[Path, pd.DataFr
 
     labelled = tmp_path / "labelled.csv"
     df.to_csv(labelled, index=False)  # with labels: predict also reports metrics
-    proc = run_cli("predict", str(run), "--data", str(labelled), "--out", str(tmp_path / "q.csv"))
+    proc = cli("predict", str(run), "--data", str(labelled), "--out", str(tmp_path / "q.csv"))
     _ok(proc)
     assert "accuracy" in proc.stdout and "true" in pd.read_csv(tmp_path / "q.csv").columns
 
@@ -243,14 +243,14 @@ def _binary_reports(path: Path, n: int) -> Path:
 def test_textcnn_baseline_learns(tmp_path: Path) -> None:
     data = _binary_reports(tmp_path / "reports.csv", 400)
     run = tmp_path / "cnn"
-    proc = run_cli("run", "text-cls", "--data", str(data), "--out", str(run), *FAST,
+    proc = cli("run", "text-cls", "--data", str(data), "--out", str(run), *FAST,
                    "--set", "model.backbone=textcnn", "--set", "data.id_column=report_id",
                    "--set", "model.vocab_min_freq=1", "--set", "engine.lr=0.001", "--set", "engine.epochs=6",
                    "--set", "engine.patience=0")
     _ok(proc)
     assert _val_metric(run, "auroc") > 0.8
     assert (run / "artifacts" / "vocab.json").exists() and not (run / "artifacts" / "encoder").exists()
-    proc = run_cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    proc = cli("predict", str(run), "--data", str(data), "--out", str(tmp_path / "p.csv"))
     _ok(proc)
     assert len(pd.read_csv(tmp_path / "p.csv")) == 400
 
@@ -265,7 +265,7 @@ def test_multilabel_with_a_delimited_label_column(tmp_path: Path) -> None:
         rows.append({"text": note(rng, labels), "findings": ";".join(labels)})
     pd.DataFrame(rows).to_csv(tmp_path / "ml.csv", index=False)
     run = tmp_path / "ml"
-    proc = run_cli("run", "text-cls", "--data", str(tmp_path / "ml.csv"), "--out", str(run), *FAST,
+    proc = cli("run", "text-cls", "--data", str(tmp_path / "ml.csv"), "--out", str(run), *FAST,
                    "--set", "model.backbone=bigru", "--set", "data.label_column=findings",
                    "--set", "data.label_delimiter=;", "--set", "model.vocab_min_freq=1",
                    "--set", "engine.lr=0.003", "--set", "engine.epochs=4")
