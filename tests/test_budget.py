@@ -245,3 +245,51 @@ def test_budget_counts_from_the_process_start() -> None:
     started = process_started(clock, most_s=1e9)  # this test process started some seconds ago
     assert started < 1000.0
     assert process_started(clock, most_s=0.0) == 1000.0  # older than most_s: not a fresh command, counted from now
+
+
+def test_step_rate_is_measured_on_the_latest_epoch_not_the_first() -> None:
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    clock = Clock()
+    sizes = Sizes(n_train=100, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
+    p = Planner(Budget(None, clock=clock), total=30, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    p.started()
+    for _ in range(10):  # epoch 1 fills a cache: 3 s per step
+        clock.t += 3.0
+        p.step()
+    clock.t += 4.0
+    p.evaluated(4.0, boot_seconds=0.0)
+    assert p.step_s() == pytest.approx(3.0)  # only the first epoch measured yet
+    for k in range(1, 6):  # epoch 2: 1 s per step
+        clock.t += 1.0
+        p.step()
+        if k < 5:  # too few steps after the evaluation: the first epoch's steps 2-10, the 4 s evaluation excluded
+            assert p.step_s() == pytest.approx((9 * 3.0 + k * 1.0) / (9 + k))
+    assert p.window_start() == 10 and p.step_s() == pytest.approx(1.0)  # 5 steps of epoch 2: its own rate
+
+
+def test_after_the_first_evaluation_line_waits_for_the_next_epochs_steps() -> None:
+    from medmm.engine.budget import Budget, Planner, Sizes
+    from medmm.engine.eta import Eta
+
+    clock = Clock()
+    sizes = Sizes(n_train=100, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
+    budget = Budget(None, clock=clock)
+    p = Planner(budget, total=30, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    eta = Eta(p, "cpu", announce=False)
+    p.started()
+    for step in range(1, 16):
+        clock.t += 3.0 if step <= 10 else 1.0
+        p.step()
+        eta.step(step)
+        if step == 10:
+            clock.t += 2.0
+            p.evaluated(2.0, boot_seconds=0.0)
+            eta.evaluated(step)
+            assert [e["label"] for e in budget.etas] == ["after the first steps"]  # not yet: epoch 2 unmeasured
+    said = [e for e in budget.etas if e["label"] == "after the first evaluation"]
+    assert len(said) == 1 and said[0]["at_s"] == pytest.approx(37.0)  # at step 15
+    # 15 steps x 1 s + 2 evaluations x 2 s + finish (test and val passes at 0.1 s/example x 40 + the report)
+    from medmm.engine.budget import REPORT_S
+
+    assert said[0]["predicted_s"] == pytest.approx(15 * 1.0 + 2 * 2.0 + 4.0 + REPORT_S, abs=1e-3)

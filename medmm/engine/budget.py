@@ -6,6 +6,9 @@ The rule (docs/reliability.md, "Time budget"):
 - The budget counts from the start of the command (a demo's data building included) and covers
   everything the run does after training too: the test evaluation, the validation pass of the
   operating point, the bootstrap CIs, the classic baseline and the report (the *finish*).
+- Seconds per step are measured on the latest epoch: the steps since the latest evaluation that has
+  :data:`FIRST_AFTER_STEPS` steps after it (else since the one before, ...), never the first step,
+  so a first epoch that fills caches or warms up does not count once later steps are measured.
 - After the first :data:`FIRST_AFTER_STEPS` optimizer steps the plan is made once, from the
   measured seconds per step, the cost of an evaluation (measured at the first one; before, the
   forward share of a step for each validation example) and the finish estimated from the sizes.
@@ -186,6 +189,8 @@ class Planner:
         self.last_step_at: float | None = None
         self.patience = patience if sizes.n_val else 0  # early stopping (evaluations without improvement)
         self.bad_evals = 0  # evaluations since the best one
+        self.hist: list[tuple[float, float]] = []  # after each step: (clock, evaluation seconds inside the steps so far)
+        self.eval_at: list[int] = []  # steps done at each evaluation (the windows the rate is measured on)
 
     # ------------------------------------------------------------------ measurements
     def step(self) -> None:
@@ -199,6 +204,7 @@ class Planner:
             self.t_first = now
             self.t_first_cost = now - (self.last_step_at if self.last_step_at is not None else now)
         self.last_step_at = now
+        self.hist.append((now, self.eval_in_steps))
 
     def started(self) -> None:
         """The step loop starts now (the first step's time is measured from here)."""
@@ -208,6 +214,7 @@ class Planner:
         """An evaluation (validation pass, metrics, best checkpoint) took ``seconds``; ``boot_seconds``: one
         bootstrap resample of the metrics, when timed; ``bad_evals``: evaluations since the best one."""
         self.bad_evals = bad_evals
+        self.eval_at.append(self.steps)
         self.eval_s.append(seconds)
         self.pending_eval += seconds
         if boot_seconds is not None:
@@ -218,10 +225,20 @@ class Planner:
         """Enough steps to estimate from."""
         return self.steps >= min(FIRST_AFTER_STEPS, max(1, self.total - self.start_step))
 
+    def window_start(self) -> int:
+        """The step the rate is measured from: the latest evaluation with :data:`FIRST_AFTER_STEPS` steps
+        after it (the latest epoch), else the first step (its warm-up excluded)."""
+        for mark in reversed(self.eval_at):
+            if mark >= 1 and self.steps - mark >= FIRST_AFTER_STEPS:
+                return mark
+        return 1
+
     def step_s(self) -> float:
-        """Seconds per optimizer step, evaluations excluded (the first step's warm-up too, once others exist)."""
-        if self.steps >= 2 and self.t_first is not None and self.last_step_at is not None:
-            return max(0.0, self.last_step_at - self.t_first - self.eval_in_steps) / (self.steps - 1)
+        """Seconds per optimizer step on the latest epoch (:meth:`window_start`), evaluations excluded."""
+        if self.steps >= 2 and len(self.hist) == self.steps:
+            a = self.window_start()
+            (ta, ea), (tb, eb) = self.hist[a - 1], self.hist[-1]
+            return max(0.0, tb - ta - (eb - ea)) / (self.steps - a)
         return max(0.0, getattr(self, "t_first_cost", 0.0))
 
     def one_eval_s(self) -> float:

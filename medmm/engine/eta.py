@@ -1,8 +1,9 @@
-"""How long the run will take: one line after the first steps, one after the first evaluation, and
-the progress bar's ``eta``.
+"""How long the run will take: one line after the first steps, one after the first evaluation (said
+:data:`FIRST_AFTER_STEPS` steps after it, once the next epoch's steps are measured), and the progress
+bar's ``eta`` (re-estimated at every step).
 
 The estimate (:class:`medmm.engine.budget.Planner`) is the whole time left: the steps left at the
-measured seconds per step, the evaluations left at the measured seconds per evaluation, and the
+seconds per step measured on the latest epoch, the evaluations left at the measured seconds per evaluation, and the
 finish (test and validation passes, bootstrap CIs, classic baseline, report) estimated from the
 sizes; early stopping can only make the run shorter. On a CPU, a long estimate comes with the
 faster options the user has.
@@ -15,7 +16,7 @@ from typing import Any
 
 __all__ = ["Eta", "format_seconds", "speed_hint"]
 
-FIRST_AFTER_STEPS = 5
+FIRST_AFTER_STEPS = 5  # also: steps after the first evaluation measured before its line
 FIRST_AFTER_S = 10.0
 LONG_S = 600.0  # on a CPU, estimates beyond this get a hint of faster options
 
@@ -37,6 +38,8 @@ class Eta:
         self.hints = list(hints)  # the task's speed hints (Task.speed_hints)
         self.done = False
         self.after_eval = False
+        self.first_eval_at: int | None = None  # the planner's step count at the first evaluation
+        self.first_eval_step = 0
 
     def step(self, global_step: int) -> str:
         """After an optimizer step: the bar's ``eta`` text ('' until measured); announces the estimate once."""
@@ -49,16 +52,22 @@ class Eta:
             p.budget.record_eta("after the first steps", left)
             if self.announce:
                 self._announce(global_step, left, "")
+        if self.first_eval_at is not None and not self.after_eval and (
+                p.steps - self.first_eval_at >= min(FIRST_AFTER_STEPS, max(1, p.total - self.first_eval_step))):
+            self._after_first_eval(global_step, left)
         return format_seconds(left)
 
     def evaluated(self, global_step: int) -> None:
-        """After an evaluation: the first one's measured cost makes the estimate firm; say it once."""
+        """After an evaluation: the first one's measured cost makes the estimate firm. It is said once, when
+        the steps after it are measured too (the first epoch's steps may have filled caches or warmed up)."""
         p = self.planner
-        if self.after_eval or not p.total or global_step >= p.total:
+        if self.first_eval_at is not None or not p.total or global_step >= p.total:
             return
+        self.first_eval_at, self.first_eval_step = p.steps, global_step
+
+    def _after_first_eval(self, global_step: int, left: float) -> None:
         self.after_eval = True
-        left = p.remaining_s(global_step)
-        p.budget.record_eta("after the first evaluation", left)
+        self.planner.budget.record_eta("after the first evaluation", left)
         if self.announce and left >= FIRST_AFTER_S:
             self._announce(global_step, left, "after the first evaluation: ")
 
