@@ -74,7 +74,7 @@ _API: dict[str, str] = {
     "TabularEncoder": "medmm.models.multimodal", "modality_dropout": "medmm.models.fusion_heads",
     # engine
     "Trainer": "medmm.engine", "select_device": "medmm.engine.device",
-    "load_weights": "medmm.engine.checkpoint",
+    "load_weights": "medmm.engine.checkpoint", "load_module_weights": "medmm.engine.checkpoint",
     "model_state": "medmm.engine.checkpoint", "run_module": "medmm.engine.inference",
     # deployment (Task.deploy_spec, TaskSpec.runtime): torch-free pieces of the onnxruntime path
     "Examples": "medmm.deploy.runtime", "FastTokenizer": "medmm.deploy.runtime",

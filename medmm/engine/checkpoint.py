@@ -165,6 +165,21 @@ def load_weights(directory: Path, model: torch.nn.Module, strict: bool = True) -
     return state
 
 
+def load_module_weights(module: torch.nn.Module, path: Path, *, only: list[str] | None = None) -> None:
+    """Safetensors weights saved beside a run's artifacts (e.g. a frozen encoder, stored once) into
+    ``module``; a key the file lacks counts only under the top-level names in ``only`` (all if None)."""
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
+        raise CheckpointError(f"cannot read the weights file {path.name}: {type(exc).__name__}") from None
+    missing, unexpected = module.load_state_dict(tensors, strict=False)
+    if only is not None:
+        missing = [k for k in missing if k.split(".")[0] in only]
+    if missing or unexpected:
+        raise CheckpointError(f"{path.name} does not fit the model: missing {list(missing)[:3]}, "
+                              f"unexpected {list(unexpected)[:3]}")
+
+
 def load_trainer_state(directory: Path) -> dict[str, Any]:
     """The optimizer / scheduler / RNG state, loaded with ``weights_only=True``."""
     state = read_state(directory)

@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from medmm import (
-    Component, ConfigError, DataError, EmbeddingCache, fingerprint_files, fingerprint_module,
-    fingerprint_texts, FusionModel, ImageEncoder, pad_id_of, pad_tokens, Preprocessor, TabularEncoder,
+    Component, ConfigError, EmbeddingCache, fingerprint_files, fingerprint_module,
+    fingerprint_texts, FusionModel, ImageEncoder, load_module_weights, pad_id_of, pad_tokens, Preprocessor,
+    TabularEncoder,
 )
 from medmm_plugins.fusion.config import FusionConfig, FusionModelConfig
 from medmm_plugins.fusion.rows import BACKBONE_KEYS, pixel_config, text_tokens
@@ -101,16 +102,7 @@ def build_encoders(cfg: FusionConfig, names: list[str], lookup: BackboneLookup, 
 
 def load_frozen(model: FusionModel, path: Path, frozen: list[str]) -> None:
     """The weights of the ``frozen`` encoders, saved once with the run's artifacts, into ``model``."""
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
-        raise DataError(f"cannot read the frozen encoder weights {path}: {exc}") from None
-    missing, unexpected = model.encoders.load_state_dict(tensors, strict=False)
-    missing = [k for k in missing if k.split(".")[0] in frozen]
-    if missing or unexpected:
-        raise DataError(f"{path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    load_module_weights(model.encoders, path, only=frozen)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from medmm import (
 )
 from medmm import (  # model.mode=frozen / auto
     apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_files,
-    fingerprint_texts, model_state, run_module, set_key,
+    fingerprint_texts, load_module_weights, model_state, run_module, set_key,
 )
 from medmm_plugins.image_cls.config import ImageClsConfig, ImageClsData
 
@@ -95,19 +95,6 @@ class Normalized(nn.Module):
                 if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
         return self
-
-
-def _load_frozen(backbone: nn.Module, path: Path) -> None:
-    """The frozen backbone's weights, saved once with the run's artifacts."""
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
-        raise DataError(f"cannot read the frozen backbone weights {path.name}: {type(exc).__name__}") from None
-    missing, unexpected = backbone.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise DataError(f"{path.name} does not fit the backbone: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _augmentation(d: ImageClsData) -> Any:
@@ -329,7 +316,7 @@ class ImageClsTask(Task):
             model.classifier.backbone.requires_grad_(False)
             model.checkpoint_exclude = ("classifier.backbone.",)
             if getattr(self, "_artifacts", None) is not None:
-                _load_frozen(model.classifier.backbone, self._artifacts / FROZEN_FILE)
+                load_module_weights(model.classifier.backbone, self._artifacts / FROZEN_FILE)
         return model
 
     def _new_model(self) -> nn.Module:

@@ -47,8 +47,8 @@ from medmm import (
     write_json_atomic,
 )
 from medmm import (  # model.mode=frozen / auto
-    apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_texts, model_state,
-    pad_tokens, run_module, set_key,
+    apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_texts,
+    load_module_weights, model_state, pad_tokens, run_module, set_key,
 )
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
@@ -81,19 +81,6 @@ def _columns(value: Any) -> list[str]:
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
-
-
-def _load_frozen(encoder: nn.Module, path: Path) -> None:
-    """The frozen encoder's weights, saved once with the run's artifacts."""
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any read failure is the same user-facing error
-        raise DataError(f"cannot read the frozen encoder weights {path.name}: {type(exc).__name__}") from None
-    missing, unexpected = encoder.load_state_dict(tensors, strict=False)
-    if missing or unexpected:
-        raise DataError(f"{path.name} does not fit the encoder: missing {missing[:3]}, unexpected {unexpected[:3]}")
 
 
 def _is_vocab_backbone(factory: Any) -> bool:
@@ -396,7 +383,7 @@ class TextClsTask(Task):
             model.encoder.requires_grad_(False)
             model.checkpoint_exclude = ("encoder.",)
             if self._artifacts is not None:
-                _load_frozen(model.encoder, self._artifacts / FROZEN_FILE)
+                load_module_weights(model.encoder, self._artifacts / FROZEN_FILE)
         return model
 
     def step(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
