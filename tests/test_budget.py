@@ -93,7 +93,7 @@ def test_planner_estimates_and_plans_on_a_fake_clock() -> None:
 
     clock = Clock()
     sizes = Sizes(n_train=1000, n_val=200, n_test=200, n_boot=0, batch_size=10, baseline=False)
-    p = Planner(Budget(100.0, clock=clock), total=200, steps_per_epoch=100, eval_every=0, sizes=sizes)
+    p = Planner(Budget(100.0, clock=clock, load=lambda: 0.5), total=200, steps_per_epoch=100, eval_every=0, sizes=sizes)
     p.started()
     clock.t = 3.0  # the first step holds 2 s of warm-up
     p.step()
@@ -274,7 +274,7 @@ def test_after_the_first_evaluation_line_waits_for_the_next_epochs_steps() -> No
 
     clock = Clock()
     sizes = Sizes(n_train=100, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
-    budget = Budget(None, clock=clock)
+    budget = Budget(None, clock=clock, load=lambda: 4.0)  # 4 runnable per core: fixed costs x 2
     p = Planner(budget, total=30, steps_per_epoch=10, eval_every=0, sizes=sizes)
     eta = Eta(p, "cpu", announce=False)
     p.started()
@@ -292,4 +292,4 @@ def test_after_the_first_evaluation_line_waits_for_the_next_epochs_steps() -> No
     # 15 steps x 1 s + 2 evaluations x 2 s + finish (test and val passes at 0.1 s/example x 40 + the report)
     from medmm.engine.budget import REPORT_S
 
-    assert said[0]["predicted_s"] == pytest.approx(15 * 1.0 + 2 * 2.0 + 4.0 + REPORT_S, abs=1e-3)
+    assert said[0]["predicted_s"] == pytest.approx(15 * 1.0 + 2 * 2.0 + 4.0 + 2 * REPORT_S, abs=1e-3)

@@ -11,7 +11,9 @@ The rule (docs/reliability.md, "Time budget"):
   so a first epoch that fills caches or warms up does not count once later steps are measured.
 - After the first :data:`FIRST_AFTER_STEPS` optimizer steps the plan is made once, from the
   measured seconds per step, the cost of an evaluation (measured at the first one; before, the
-  forward share of a step for each validation example) and the finish estimated from the sizes.
+  forward share of a step for each validation example) and the finish: the passes at the measured
+  evaluation speed, the bootstrap at its timed resample, and the report and baseline from sizes
+  at quiet-machine costs scaled by sqrt(load average per core).
   When the configured steps do not fit, ``engine.max_steps`` is lowered to what fits (the learning
   rate schedule then ends there) and the run says so. When fewer than :data:`USEFUL_FRACTION` of
   the configured steps (and less than one epoch) fit and the task declares a cheaper recipe
@@ -28,6 +30,7 @@ Every clock read goes through ``Budget.clock`` so tests drive the planner with a
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,9 +45,10 @@ MARGIN = 0.05  # share of the limit kept free for the noise of the estimate
 MIN_MARGIN_S = 1.0
 FORWARD_SHARE = 0.35  # an evaluated example costs about this share of a trained one (forward only, larger batches)
 # The finish, estimated from sizes (calibrated on the four demos, see docs/reliability.md):
-REPORT_S = 8.0  # report.html figures, model card, predictions (5.5-9.4 s measured on the loaded 2-core VM)
-BASELINE_S = 1.0  # classic baseline, fixed part ...
-BASELINE_S_PER_EXAMPLE = 0.002  # ... and per training example
+# fixed costs on a quiet CPU, scaled by sqrt(load per core) when the machine is busier (Budget.load_factor)
+REPORT_S = 1.5  # report.html figures, model card, predictions (1.0-2.0 s at load 2.5-3 per core, 5.5-9.4 s at 8-11)
+BASELINE_S = 0.3  # classic baseline, fixed part ...
+BASELINE_S_PER_EXAMPLE = 0.0005  # ... and per training example (0.06-1.2 s measured on the demos at load 2.5-3 per core)
 BOOT_PASSES = 3.0  # bootstrap passes over the test metrics (CIs, operating point, decision curves, subgroups)
 BOOT_S_GUESS = 0.002  # seconds per bootstrap resample of every metric, before it is timed
 
@@ -71,10 +75,22 @@ class Budget:
     notes: list[str] = field(default_factory=list)  # what the budget did, in words (run.json, summary)
     stopped: str | None = None  # "time limit" once training was stopped at the limit
     etas: list[dict[str, float | str]] = field(default_factory=list)  # estimates printed: when, how much left
+    load: Callable[[], float] | None = None  # runnable processes per core (default: the 1-minute load average)
 
     def __post_init__(self) -> None:
         if self.started is None:
             self.started = self.clock()
+
+    def load_factor(self) -> float:
+        """How much slower than on a quiet machine the fixed finish costs run: sqrt(load per core), >= 1."""
+        if self.load is not None:
+            per_core = self.load()
+        else:
+            try:
+                per_core = os.getloadavg()[0] / max(1, os.cpu_count() or 1)
+            except OSError:  # no load average on this platform
+                per_core = 1.0
+        return math.sqrt(max(1.0, per_core))
 
     def elapsed(self) -> float:
         """Seconds since the run started."""
@@ -256,7 +272,7 @@ class Planner:
         per_resample = self.boot_s if self.boot_s is not None else BOOT_S_GUESS
         boot = BOOT_PASSES * s.n_boot * per_resample * (s.n_test / s.n_val if s.n_val else 1.0)
         base = (BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train) if s.baseline else 0.0
-        return passes + boot + base + REPORT_S
+        return passes + boot + (base + REPORT_S) * self.budget.load_factor()
 
     def train_left_s(self, done: int, total: int | None = None) -> float:
         """Training steps and evaluations from step ``done`` to ``total``."""
