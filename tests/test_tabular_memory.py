@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
-from medmm.data.tabular.preprocess import fit_preprocessor, infer_column_types
+from medmm.data.tabular.preprocess import _input_frame, fit_preprocessor, infer_column_types
 
 
 def _former_transform(pre, df: pd.DataFrame) -> np.ndarray:
@@ -79,3 +79,44 @@ def test_column_std_is_numpys_without_a_copy_of_the_matrix() -> None:
         rng = np.random.default_rng(seed)
         x = rng.normal(size=(20_011, k)) * rng.uniform(1e-3, 1e3, k) + rng.normal(size=k) * 100
         assert np.array_equal(_column_std(x), x.std(axis=0))
+
+
+def test_transform_of_chosen_rows_is_the_whole_transform_indexed() -> None:
+    """``transform(df, rows=r)`` (what training writes into its split-ordered matrix) is bitwise
+    ``transform(df)[r]``, numbers written as text and unseen categories included, and warns the same count."""
+    rng = np.random.default_rng(3)
+    n = 400
+    df = pd.DataFrame({"a": rng.normal(size=n), "k": rng.integers(0, 5, n),
+                       "c": rng.choice(np.array(["1", "2.50", " x ", "", np.nan, 7, 1.5], dtype=object), n)})
+    df.loc[rng.random(n) < 0.3, "a"] = np.nan
+    pre = fit_preprocessor(df.iloc[:200], infer_column_types(df, ["a", "k", "c"], {"k": "categorical",
+                                                                                   "c": "categorical"}))
+    df.loc[df.index[250:260], "c"] = "unseen"
+    rows = rng.permutation(n)[:300]
+    with warnings.catch_warnings(record=True) as whole:
+        warnings.simplefilter("always")
+        want = pre.transform(df)
+        some = pre.transform(df.iloc[rows])
+    with warnings.catch_warnings(record=True) as chosen:
+        warnings.simplefilter("always")
+        got = pre.transform(df, rows=rows)
+    assert np.array_equal(got, want[rows]) and np.array_equal(got, some)
+    assert np.array_equal(want, _former_transform(pre, _input_frame(df, pre.numeric, pre.categorical)))
+    assert [str(w.message) for w in chosen] == [str(w.message) for w in whole][1:]
+
+
+def test_drop_column_rows_are_drawn_before_encoding(monkeypatch) -> None:
+    """The leakage check encodes only the rows it draws: the same matrix as encoding train + val whole and
+    drawing from it (the pre-#30 way)."""
+    import medmm.data.leakage as leakage
+
+    rng = np.random.default_rng(4)
+    df = pd.DataFrame({"a": rng.normal(size=300), "c": rng.choice(["p", "q", "r"], 300)})
+    pre = fit_preprocessor(df.iloc[:200], infer_column_types(df, ["a", "c"], {}))
+    train, val = df.iloc[:200], df.iloc[200:]
+    monkeypatch.setattr(leakage, "_DROP_MAX_ROWS", 77)
+    whole = np.concatenate([pre.transform(train), pre.transform(val)])
+    keep = np.sort(np.random.default_rng(0).choice(len(whole), 77, replace=False))
+    assert np.array_equal(leakage._drop_rows(pre, train, val), whole[keep])
+    monkeypatch.setattr(leakage, "_DROP_MAX_ROWS", 20_000)
+    assert np.array_equal(leakage._drop_rows(pre, train, val), whole)

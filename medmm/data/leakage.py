@@ -32,6 +32,7 @@ more checks name such a column as possible leakage, with their evidence:
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -145,17 +146,17 @@ def drop_column_importance(preprocessor: Any, train: pd.DataFrame, y_train: Any,
     groups = {col: [i for i, n in enumerate(names) if not (n == col or n == f"{col}__missing" or n.startswith(f"{col}="))]
               for col in preprocessor.columns}
     groups = {col: keep for col, keep in groups.items() if len(keep) < len(names)}
-    xt, xv = preprocessor.transform(train), preprocessor.transform(val)
     if len(groups) <= _CV_MAX_FEATURES:
-        x, y = np.concatenate([xt, xv]), np.concatenate([yt, yv])
-        if len(x) > _DROP_MAX_ROWS:
-            keep_rows = np.sort(np.random.default_rng(0).choice(len(x), _DROP_MAX_ROWS, replace=False))
-            x, y = x[keep_rows], y[keep_rows]
+        x, y = _drop_rows(preprocessor, train, val), np.concatenate([yt, yv])
+        if len(y) > _DROP_MAX_ROWS:
+            y = y[np.sort(np.random.default_rng(0).choice(len(y), _DROP_MAX_ROWS, replace=False))]
         folds = _folds(problem, y)
 
         def score(cols: list[int] | None) -> float:
             return _oof_score(problem, x if cols is None else x[:, cols], y, folds)
     else:
+        xt, xv = preprocessor.transform(train), preprocessor.transform(val)
+
         def score(cols: list[int] | None) -> float:
             return _baseline_score(problem, xt if cols is None else xt[:, cols], yt,
                                    xv if cols is None else xv[:, cols], yv)
@@ -168,6 +169,19 @@ def drop_column_importance(preprocessor: Any, train: pd.DataFrame, y_train: Any,
 
 _CV_MAX_FEATURES = 40  # above: one fit per feature on the validation split (cost)
 _DROP_MAX_ROWS = 20_000
+
+
+def _drop_rows(preprocessor: Any, train: pd.DataFrame, val: pd.DataFrame) -> np.ndarray:
+    """The encoded training + validation rows, or the ``_DROP_MAX_ROWS`` of them drawn at random above that:
+    only the drawn rows are encoded (the same values as drawing from the whole encoded matrix, #30)."""
+    n = len(train) + len(val)
+    if n <= _DROP_MAX_ROWS:
+        return np.concatenate([preprocessor.transform(train), preprocessor.transform(val)])
+    keep = np.sort(np.random.default_rng(0).choice(n, _DROP_MAX_ROWS, replace=False))
+    with warnings.catch_warnings():  # unseen categories: the run's own transform of every row counts them
+        warnings.simplefilter("ignore", UserWarning)
+        return np.concatenate([preprocessor.transform(train, rows=keep[keep < len(train)]),
+                               preprocessor.transform(val, rows=keep[keep >= len(train)] - len(train))])
 
 
 def _folds(problem: str, y: np.ndarray, k: int = 5) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -120,19 +120,23 @@ class TabularRiskTask(Task):
         strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
         splits = self.assign_splits(ids, given=given, groups=groups, labels=strat)
         train = splits == "train"
-        self.preprocessor = fit_preprocessor(kept[train], types)  # fitted on training rows only
+        train_rows = kept[train]  # one copy of the training rows for the fit and the leakage check
+        self.preprocessor = fit_preprocessor(train_rows, types)  # fitted on training rows only
         val = splits == "val"  # drop-column importance and follow-up names need validation rows
-        warn_leaky_features(kept[train], types, self.problem, y[train], preprocessor=self.preprocessor,
+        warn_leaky_features(train_rows, types, self.problem, y[train], preprocessor=self.preprocessor,
                             val=(kept[val], y[val]) if val.any() else None)
-        x = self.preprocessor.transform(kept)
+        del train_rows
+        parts = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
+        # one float32 matrix, its rows in split order, filled a column at a time; each split is a view (#30)
+        x = self.preprocessor.transform(kept, rows=np.concatenate(list(parts.values())))
+        del kept, df
         self.label_names = [str(c) for c in target.classes] if target.classes is not None else None
         self.features = features
         if self.problem == "regression":  # train on a standardised target; predict in original units
             self.y_mean, self.y_std = float(y[train].mean()), float(y[train].std() or 1.0)
 
-        parts = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-        width = x.shape[1]
-        xs = {name: x[p] for name, p in parts.items()}  # each row's float32 features once, in its split (#30)
+        width, ends = x.shape[1], np.cumsum([len(p) for p in parts.values()])
+        xs = {name: x[end - len(p):end] for (name, p), end in zip(parts.items(), ends)}
         del x
 
         def split(name: str) -> Split | None:
@@ -143,7 +147,7 @@ class TabularRiskTask(Task):
 
         # the classic baseline reads the same matrices the model trains on (no copy)
         self._raw = {name: (xs[name], y[p], [ids[i] for i in p]) for name, p in parts.items()}
-        desc = (f"{len(kept)} rows x {len(features)} features ({width} after encoding), "
+        desc = (f"{len(ids)} rows x {len(features)} features ({width} after encoding), "
                 f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
                           meta=BundleMeta(description=desc))

@@ -225,7 +225,8 @@ def _category_string(value: Any) -> str:
 
 
 def _input_frame(df: pd.DataFrame, numeric: Sequence[str], categorical: Sequence[str]) -> pd.DataFrame:
-    """The model-ready input: numeric columns as float64, categorical ones as strings."""
+    """The model-ready input: numeric columns as float64, categorical ones as strings (the whole frame;
+    :meth:`Preprocessor.transform` converts one column at a time instead)."""
     import pandas as pd
 
     missing = [c for c in (*numeric, *categorical) if c not in df.columns]
@@ -234,6 +235,17 @@ def _input_frame(df: pd.DataFrame, numeric: Sequence[str], categorical: Sequence
     data: dict[str, Any] = {c: to_float(df[c], c) for c in numeric}
     data.update({c: category_strings(df[c]) for c in categorical})
     return pd.DataFrame(data, index=df.index, columns=[*numeric, *categorical])
+
+
+def _category_index(series: pd.Series, missing: int, lookup: Mapping[str, int]) -> np.ndarray:
+    """Each value's position in ``lookup`` by its :func:`category_strings` string (missing -> ``missing``,
+    unknown -> -1), computed once per distinct value."""
+    import pandas as pd
+
+    codes, uniques = pd.factorize(series, use_na_sentinel=True)
+    strings = (_category_string(v) for v in uniques)
+    table = np.array([missing if s == "" else lookup.get(s, -1) for s in strings] + [missing], dtype=np.intp)
+    return table[codes]  # code -1 (missing) picks the trailing entry
 
 
 @dataclass
@@ -288,30 +300,37 @@ class Preprocessor:
         """The input columns the transform needs."""
         return [*self.numeric, *self.categorical]
 
-    def transform(self, df: pd.DataFrame) -> np.ndarray:
+    def transform(self, df: pd.DataFrame, *, rows: np.ndarray | None = None) -> np.ndarray:
         """Transform ``df`` into a ``float32`` array ``[N, D]``.
 
-        Extra columns are ignored; a missing feature column is a :class:`DataError`; values of
-        a categorical column not seen in training are encoded as all zeros and counted in a
-        ``UserWarning`` (which names columns, never values).
+        ``rows``: positions of ``df``'s rows to transform, in the output's order (default: every row);
+        the same values as ``transform(df)[rows]`` without the whole matrix. Extra columns are ignored;
+        a missing feature column is a :class:`DataError`; values of a categorical column not seen in
+        training are encoded as all zeros and counted in a ``UserWarning`` (which names columns, never
+        values). One column is converted at a time, straight into the one output matrix (#30).
         """
-        frame = _input_frame(df, self.numeric, self.categorical)
-        n = len(frame)
-        out = np.zeros((n, self.n_features), dtype=np.float32)  # the one matrix, filled a column at a time (#30)
+        missing = [c for c in self.columns if c not in df.columns]
+        if missing:
+            raise DataError(f"the data lacks feature columns the model was trained on: {missing}")
+        n = len(df) if rows is None else len(rows)
+        out = np.zeros((n, self.n_features), dtype=np.float32)
         means, scales = np.asarray(self.means, dtype=np.float64), np.asarray(self.scales, dtype=np.float64)
         indicator_of = {int(j): len(self.numeric) + k for k, j in enumerate(self._indicator_idx)}
         for j, col in enumerate(self.numeric):  # float64 arithmetic per column, as on the whole block before
-            x = frame[col].to_numpy(dtype=np.float64)
-            missing = np.isnan(x)
-            out[:, j] = (np.where(missing, np.float64(self.medians[j]), x) - means[j]) / scales[j]
+            x = to_float(df[col], col)  # the first column that is not numbers raises, as before
+            if rows is not None:
+                x = x[rows]
+            missing_x = np.isnan(x)
+            out[:, j] = (np.where(missing_x, np.float64(self.medians[j]), x) - means[j]) / scales[j]
             if j in indicator_of:
                 k = indicator_of[j]
-                out[:, k] = (missing.astype(np.float64) - means[k]) / scales[k]
+                out[:, k] = (missing_x.astype(np.float64) - means[k]) / scales[k]
         unseen: dict[str, int] = {}
         offset = len(self.means)
         for col, mode, lookup in zip(self.categorical, self.modes, self._lookup):
-            values = frame[col].to_numpy(dtype=object)
-            idx = np.array([lookup.get(mode if v != v else v, -1) for v in values], dtype=np.intp)  # v != v: NaN
+            idx = _category_index(df[col], lookup.get(mode, -1), lookup)
+            if rows is not None:
+                idx = idx[rows]
             known = idx >= 0
             out[np.flatnonzero(known), offset + idx[known]] = 1.0
             if not known.all():
