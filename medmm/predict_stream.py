@@ -12,42 +12,40 @@ The file is byte-identical to the one a single block gives: every row depends on
 from __future__ import annotations
 
 import csv
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-#: Rows per block: about 10 MB of features at 50 columns; small against the libraries' footprint.
-#: ``MEDMM_PREDICT_CHUNK_ROWS`` sets another (a smaller one for a tight memory limit).
-CHUNK_ROWS = 50_000
+from medmm.data.readers import CHUNK_ROWS, chunk_rows
+
+__all__ = ["CHUNK_ROWS", "Streamed", "chunk_rows", "stream_predict"]
 
 
-def chunk_rows() -> int:
-    """Rows per block: ``MEDMM_PREDICT_CHUNK_ROWS`` when set (a positive integer), else :data:`CHUNK_ROWS`."""
-    from medmm.errors import ConfigError
+@dataclass
+class Streamed:
+    """What a streamed prediction keeps: the pooled scores and, for a run whose prediction sets are grouped
+    by a column, each unit's group label (for the console's referral line)."""
 
-    raw = os.environ.get("MEDMM_PREDICT_CHUNK_ROWS", "").strip()
-    if not raw:
-        return CHUNK_ROWS
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError("MEDMM_PREDICT_CHUNK_ROWS must be a positive integer (rows per block)")
-    return int(raw)
+    ev: Any
+    set_groups: list[str] | None = None
 
 
 def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: Any, out: Path,
-                   rows: int | None = None) -> Any:
+                   rows: int | None = None) -> Streamed | None:
     """Predict ``data`` block by block into ``out`` (atomically); the pooled scores as an
-    :class:`~medmm.engine.trainer.EvalOutput`, or ``None`` when this input does not stream (the task has
-    no ``predict_chunks``; ``data`` is a folder or not a CSV / TSV file; or the run's prediction sets
-    are grouped by a column, which needs the whole column) and the caller reads it whole.
+    :class:`~medmm.engine.trainer.EvalOutput` (in :class:`Streamed`), or ``None`` when this input does not
+    stream (the task has no ``predict_chunks``; ``data`` is a folder or not a CSV / TSV file; a grouped
+    run calibrated before its group bands were stored) and the caller reads it whole. A run whose sets are
+    grouped by a column reads that column alongside, block by block (:class:`~medmm.evaluation.conformal.StreamedGroups`).
 
-    Per row only the scores (and targets) are kept; the unit ids only when the table is the run's own
+    Per row only the scores (and targets, and a grouped run's group label) are kept; the unit ids only when the table is the run's own
     labelled data (the training-rows caveat counts them), else ``units`` is empty: count ``scores``."""
     from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
     from medmm.evaluation.calibration import apply_stored_calibration
-    from medmm.evaluation.conformal import load_conformal
+    from medmm.evaluation.conformal import StreamedGroups, load_conformal
     from medmm.evaluation.overlap import own_data
     from medmm.evaluation.threshold import load_operating_point
     from medmm.io import atomic_write
@@ -57,12 +55,16 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     if chunks is None or not streams(data):  # JSON Lines, Parquet, plugin formats: read whole, one pass
         return None
     conf = load_conformal(run_dir)
-    if conf is not None and conf.get("group_column"):
+    grouped = conf is not None and bool(conf.get("group_column"))
+    if grouped and "group_edges" not in conf:  # banded by the new data's own quartiles: a whole-column question
         return None
     op = load_operating_point(run_dir)
     model.to(trainer.device)
     batch = max(int(trainer.e.eval_batch_size), 1)  # blocks of whole batches: the model sees the same batches
     rows = -(-(rows or chunk_rows()) // batch) * batch  # as in one pass, so its float32 sums are the same bits
+    side = StreamedGroups(conf, Path(data), trainer.cfg, rows) if grouped else None  # type: ignore[arg-type]
+    labels: list[str] = []  # grouped runs: each unit's group label (a few distinct strings, shared)
+    shared: dict[str, str] = {}
     units: list[str] = []  # kept only for the training-rows caveat of the run's own data (labelled)
     keep_units: bool | None = None
     scores: list[np.ndarray] = []
@@ -72,8 +74,10 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
         writer = csv.writer(f)
         for i, (split, collate) in enumerate(chunks(Path(data), rows)):
             ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
+            groups = None if side is None else [shared.setdefault(g, g) for g in side.labels(ev.units)]
             header, lines = predictions_table(ev, task.problem, task.label_names, task.unit_columns,
-                                              operating_point=op, conformal=conf)
+                                              operating_point=op, conformal=conf, set_groups=groups)
+            labels += groups or []
             if i == 0:
                 writer.writerow(header)
             writer.writerows(lines)
@@ -86,5 +90,5 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
                 targets.append(np.asarray(ev.targets))
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
-    return EvalOutput(units, np.concatenate(scores), np.concatenate(targets) if targets else None,
-                      loss / max(n, 1))
+    ev = EvalOutput(units, np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
+    return Streamed(ev, labels if side is not None else None)

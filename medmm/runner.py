@@ -576,11 +576,12 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     else:
         from medmm.evaluation.conformal import load_conformal, set_groups_of
 
-        split, ev, conf, out = None, streamed, load_conformal(run_dir), Path(out)
+        split, ev, conf, out = None, streamed.ev, load_conformal(run_dir), Path(out)
     msg = f"medmm predict: {len(ev.scores)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line
 
-    msg += referred_line(conf, ev.scores, set_groups_of(conf, Path(data), cfg, ev.units))  # (#32)
+    groups = streamed.set_groups if streamed is not None else set_groups_of(conf, Path(data), cfg, ev.units)
+    msg += referred_line(conf, ev.scores, groups)  # (#32)
     skipped = getattr(split, "skipped", None)
     if skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=split.skipped_key)

@@ -201,3 +201,74 @@ def test_streamed_ids_keep_the_column_type_and_repeats_name_their_lines(tmp_path
     pd.DataFrame({"pid": [f"P{i}" for i in [*range(10), 3]], "a": 1.0, "y": 0}).to_csv(path, index=False)
     with pytest.raises(DataError, match="table line 12 repeats"):
         next(iter(task.predict_chunks(path, 4)))
+
+
+def _predict_bytes(run: Path, data: Path, out: Path, monkeypatch: pytest.MonkeyPatch, rows: str,
+                   whole: bool = False) -> tuple[bytes, str]:
+    """``medmm predict RUN --data DATA`` in blocks of ``rows`` (or in one pass when ``whole``): its bytes and console."""
+    from click.testing import CliRunner
+
+    from medmm import cli as cli_mod
+    from medmm.data import readers
+
+    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+    if whole:  # the one-pass path: the input does not stream
+        monkeypatch.setattr(readers, "streams", lambda path: False)
+    res = CliRunner().invoke(cli_mod.make_cli(), ["predict", str(run), "--data", str(data), "--out", str(out),
+                                                  "--overwrite"])
+    monkeypatch.setattr(readers, "streams", streams)
+    assert res.exit_code == 0, res.output
+    return out.read_bytes(), res.output
+
+
+@pytest.mark.slow
+def test_grouped_sets_and_the_onnxruntime_path_stream_to_the_one_pass_file(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run whose conformal sets are grouped by a numeric column (Mondrian, banded at calibration) streams on the
+    torch and the onnxruntime path: blocks of 8 rows write the one-pass bytes, set and set_thresholds columns
+    included, and the referral line is the same; the export reads its blocks through ``TabularInputs.blocks``
+    and never the whole table."""
+    import pandas as pd
+    from medmm_plugins.tabular_risk.runtime import TabularInputs
+
+    from medmm.data import readers
+    from tests.conftest import cli
+
+    rng = np.random.default_rng(0)
+    n = 300
+    df = pd.DataFrame({"pid": [f"p{i:04d}" for i in range(n)], "x1": rng.normal(size=n), "x2": rng.normal(size=n),
+                       "score": np.round(rng.uniform(0, 100, n), 2)})
+    df.loc[[5, 17], "score"] = np.nan  # no group value: the per-class thresholds, said per row
+    p = 1 / (1 + np.exp(-(2.5 * df.x1 + 1.5 * df.x2)))
+    df["y"] = np.where(np.where(df.score.fillna(0) < 75, rng.random(n) < p, rng.random(n) < 0.5), "pos", "neg")
+    data, unlabelled = tmp_path / "planted.csv", tmp_path / "u.csv"
+    df.to_csv(data, index=False)
+    df.drop(columns=["y"]).iloc[::-1].to_csv(unlabelled, index=False)  # another order: rows found by id
+    run = tmp_path / "run"
+    sets = [a for s in ["data.target=y", "data.id_column=pid", "data.features=[x1,x2]", "eval.conformal.group_column=score",
+                        "engine.epochs=2", "engine.bootstrap=0", "engine.baseline=none", "model.backbone=linear",
+                        "engine.eval_batch_size=8", "engine.device=cpu"] for a in ("--set", s)]
+    proc = cli("run", "tabular-risk", "--data", str(data), "--out", str(run), *sets, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert cli("export", str(run), "--out", str(tmp_path / "export")).returncode == 0
+    sizes: list[int] = []
+    original = TabularInputs.blocks
+
+    def counted(self: TabularInputs, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for ex in original(self, path, rows):
+            sizes.append(len(ex.units))
+            yield ex
+
+    monkeypatch.setattr(TabularInputs, "blocks", counted)
+    for src in (data, unlabelled):
+        for model in (run, tmp_path / "export"):
+            whole, said = _predict_bytes(model, src, tmp_path / "whole.csv", monkeypatch, "100000", whole=True)
+            monkeypatch.setattr(readers, "read_table", lambda *a, **k: (_ for _ in ()).throw(AssertionError("whole read")))
+            got, told = _predict_bytes(model, src, tmp_path / "blocks.csv", monkeypatch, "7")
+            monkeypatch.setattr(readers, "read_table", read_table)
+            assert got == whole
+            assert told.splitlines()[1:] == said.splitlines()[1:]  # referral line (and metrics) as one pass
+            assert "thresholds per score group, 2 unit(s) with no score value" in told
+    header = (tmp_path / "blocks.csv").read_bytes().splitlines()[0]
+    assert b"set_90" in header and b"set_thresholds" in header
+    assert sizes == ([8] * 37 + [4]) * 2  # 300 rows of the export in blocks of 8

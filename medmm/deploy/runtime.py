@@ -266,18 +266,20 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
         from medmm.task import STUDY_UID
 
         column = study_column(get_registry().get("task", model.task), model.cfg)
-    pred = model.predict_path(data)
     out.parent.mkdir(parents=True, exist_ok=True)
-    kwargs: dict[str, Any] = {}
-    op = model.operating_point()
-    if op is not None:
-        kwargs["operating_point"] = op
     conf = model.conformal()  # prediction set + abstain flag (#32), per group of its group_column when it has one
-    if conf is not None:
-        kwargs["conformal"] = conf
-        kwargs["set_groups"] = pred.set_groups
-    write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
-    msg = f"medmm predict: {len(pred.units)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
+    pred = stream_export(model, Path(data), out, keep_units=dicom_sr is not None)  # a table: block by block (#30)
+    if pred is None:
+        pred = model.predict_path(data)
+        kwargs: dict[str, Any] = {}
+        op = model.operating_point()
+        if op is not None:
+            kwargs["operating_point"] = op
+        if conf is not None:
+            kwargs["conformal"] = conf
+            kwargs["set_groups"] = pred.set_groups
+        write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
+    msg = f"medmm predict: {len(pred.scores)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if conf is not None:
         from medmm.evaluation.conformal import referred_line
 
@@ -285,7 +287,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     if pred.skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=pred.skipped_key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
-    if pred.targets is not None and len(pred.units) and _has("sklearn"):  # metrics need scikit-learn
+    if pred.targets is not None and len(pred.scores) and _has("sklearn"):  # metrics need scikit-learn
         from medmm.metrics import compute_metrics
 
         t = pred.targets
@@ -314,6 +316,65 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
 
         echo_reports(dicom_sr, written, bad)
     return pred
+
+
+def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | None = None,
+                  keep_units: bool = False) -> Prediction | None:
+    """``predict_export`` of a CSV / TSV table block by block: each block's rows are scored and appended to
+    ``out`` (atomically), so memory does not grow with the table beyond its scores (and targets, and a
+    grouped run's group labels; the units and their columns only when ``keep_units``, for ``--dicom-sr``).
+    The file is byte-identical to one pass: blocks are whole eval batches, every row depends on its own
+    unit. ``None`` when the input does not stream (the task's reader has no ``blocks``; not a CSV / TSV
+    file; a grouped run calibrated before its group bands were stored): the caller reads it whole."""
+    import csv
+
+    from medmm.data.readers import chunk_rows, streams
+    from medmm.evaluation.conformal import StreamedGroups
+    from medmm.io import atomic_write
+    from medmm.predictions import predictions_table
+
+    blocks = getattr(model.inputs, "blocks", None)
+    if blocks is None or not streams(data):
+        return None
+    conf = model.conformal()
+    grouped = bool(conf and conf.get("group_thresholds"))
+    if grouped and "group_edges" not in conf:  # type: ignore[operator]
+        return None
+    batch = max(int(model.inputs.batch_size), 1)
+    rows = -(-(rows or chunk_rows()) // batch) * batch  # whole eval batches: the graph sees one pass's batches
+    side = StreamedGroups(conf, data, model.cfg, rows) if grouped else None  # type: ignore[arg-type]
+    op = model.operating_point()
+    units: list[str] = []
+    unit_columns: dict[str, dict[str, str]] = {}
+    scores: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    labels: list[str] = []
+    shared: dict[str, str] = {}  # one string per distinct group label
+    skipped: list[tuple[str, str]] = []
+    skipped_key = "id"
+    has_targets = True
+    with atomic_write(out, newline="") as f:
+        writer = csv.writer(f)
+        for i, ex in enumerate(blocks(data, rows)):
+            pred = model.score(ex)
+            groups = None if side is None else [shared.setdefault(g, g) for g in side.labels(pred.units)]
+            header, lines = predictions_table(pred, model.problem, model.label_names, pred.unit_columns or None,
+                                              operating_point=op, conformal=conf, set_groups=groups)
+            if i == 0:
+                writer.writerow(header)
+            writer.writerows(lines)
+            scores.append(np.asarray(pred.scores))
+            has_targets = has_targets and pred.targets is not None
+            if pred.targets is not None:
+                targets.append(np.asarray(pred.targets))
+            labels += groups or []
+            skipped += pred.skipped
+            skipped_key = pred.skipped_key
+            if keep_units:
+                units += pred.units
+                unit_columns.update(pred.unit_columns)
+    return Prediction(units, np.concatenate(scores), np.concatenate(targets) if has_targets and targets else None,
+                      unit_columns, skipped, skipped_key=skipped_key, set_groups=labels if side is not None else None)
 
 
 def _has(module: str) -> bool:

@@ -34,15 +34,15 @@ than ``eval.conformal.max_width`` (never, when unset).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medmm.errors import MedmmError
+from medmm.errors import DataError, MedmmError
 
-__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "apply_sets", "calibrate", "coverage_report", "group_values",
+__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "StreamedGroups", "apply_sets", "calibrate", "coverage_report", "group_values",
            "load_calibration_units", "load_conformal", "prediction_columns", "recalibrate", "save_calibration_units",
            "save_conformal", "set_groups_of", "threshold_sources", "weighted_threshold"]
 
@@ -524,6 +524,56 @@ def set_groups_of(conf: Mapping[str, Any] | None, data: Path, cfg: Any, units: S
     if not col:
         return None
     return group_values(conf, unit_attributes(Path(data), cfg.data, list(units), [col])[col])  # type: ignore[arg-type]
+
+
+class StreamedGroups:
+    """The units' labels of the thresholds' ``group_column`` for a table predicted block by block
+    (streaming ``medmm predict``): the id and group columns are read in blocks alongside, and the units of
+    each block, in table order (a skipped row is passed over), take their rows' values, as
+    :func:`set_groups_of` finds them in the whole table. Only the current block of those two columns is held.
+
+    A unit matches its row's id as text, or as a number equal to it (a task that reads ids as numbers);
+    without an id column (or one the table lacks) the unit is the row number."""
+
+    def __init__(self, conf: Mapping[str, Any], data: Path, cfg: Any, rows: int) -> None:
+        from medmm.data.readers import read_table_chunks
+
+        self.conf, self.column = conf, str(conf["group_column"])
+        header = next(read_table_chunks(data, 1)).columns
+        if self.column not in header:
+            raise DataError(f"subgroup column {self.column!r} is not in {Path(data).name}; the table has "
+                            f"{[str(c) for c in header][:20]}")
+        id_col = cfg.data.get("id_column")
+        self.id_col = id_col if id_col and id_col in header else None
+        self._rows = self._read(read_table_chunks(data, rows, columns=[c for c in (self.id_col, self.column) if c],
+                                                  string_columns=[self.id_col] if self.id_col else []))
+
+    def _read(self, blocks: Any) -> Iterator[tuple[str, Any]]:
+        for df in blocks:
+            ids = (df[self.id_col].astype(str).tolist() if self.id_col
+                   else [str(i) for i in range(int(df.index[0]), int(df.index[0]) + len(df))])
+            yield from zip(ids, df[self.column].tolist())
+
+    @staticmethod
+    def _same(unit: str, key: str) -> bool:
+        if unit == key:
+            return True
+        try:
+            return float(unit) == float(key)
+        except ValueError:
+            return False
+
+    def labels(self, units: Sequence[str]) -> list[str]:
+        """Group labels of the next ``units`` (:func:`group_values`)."""
+        values = []
+        for u in units:
+            value = None
+            for key, v in self._rows:
+                if self._same(str(u), key):
+                    value = v
+                    break
+            values.append(value)
+        return group_values(self.conf, values)
 
 
 # --------------------------------------------------------------------------- re-calibration on a new site

@@ -67,24 +67,14 @@ class TabularRiskTask(Task):
         return "binary" if df[d.target].dropna().nunique() == 2 else "regression"
 
     def _row_ids(self, df: Any) -> list[str]:
-        col = self.cfg.data.id_column
-        if col:
-            if col not in df.columns:
-                raise DataError(f"id column {col!r} is not in the data")
-            ids = df[col].astype(str)
-            repeated = np.flatnonzero(ids.duplicated().to_numpy())
-            if len(repeated):  # the engine pools scores by id: repeated ids would be averaged silently
-                rows = ", ".join(str(r + 2) for r in repeated[:5]) + (", ..." if len(repeated) > 5 else "")
-                many = len(repeated) > 1
-                raise DataError(f"data.id_column {col!r} has duplicate values (table line{'s' * many} {rows} "
-                                f"repeat{'' if many else 's'} an earlier row's id): each row needs its own id")
-            return ids.tolist()
-        return [str(i) for i in range(len(df))]
+        from medmm_plugins.tabular_risk.runtime import row_ids
+
+        return row_ids(df, self.cfg.data.id_column)
 
     def _targets(self, t: Any) -> np.ndarray:
-        if self.problem == "survival":
-            return np.stack([t.time, t.event], axis=1).astype(np.float32)
-        return t.y.astype(np.float32)
+        from medmm_plugins.tabular_risk.runtime import target_array
+
+        return target_array(t, self.problem)
 
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
@@ -234,52 +224,14 @@ class TabularRiskTask(Task):
 
         A first pass reads only the id and target columns (duplicate ids and whether every row can be
         scored are whole-table questions); the second reads the features block by block. The blocks'
-        rows, ids and targets are those of :meth:`build_predict_data`, in order."""
-        import pandas as pd
+        rows, ids and targets are those of :meth:`build_predict_data`, in order
+        (:func:`~medmm_plugins.tabular_risk.runtime.table_blocks`, shared with the export's predict)."""
+        from medmm_plugins.tabular_risk.runtime import table_blocks
 
-        from medmm import read_table_chunks
-
-        d = self.cfg.data
-        cols = [d.time, d.event] if self.problem == "survival" else [d.target]
-        present = next(read_table_chunks(data_path, 1, decimal=d.decimal)).columns  # the header (one row read)
-        head = [c for c in dict.fromkeys([d.id_column, *cols]) if c and c in present]
-        parts, id_blocks = [], []  # the targets; the id column as read (8 bytes a row when numeric), not strings
-        for block in read_table_chunks(data_path, rows, columns=head, decimal=d.decimal) if head else ():
-            if d.id_column in block.columns:
-                id_blocks.append(block[d.id_column])
-            parts.append(block[[c for c in block.columns if c != d.id_column or c in cols]])
-        raw_ids = None
-        if d.id_column:
-            if d.id_column not in present:
-                self._row_ids(pd.DataFrame())  # the one-line error naming the column
-            raw_ids = pd.concat(id_blocks, ignore_index=True)  # one dtype for the column, as one read gives
-            del id_blocks
-            hashes = np.concatenate([pd.util.hash_pandas_object(raw_ids[i:i + rows].astype(str), index=False).to_numpy()
-                                     for i in range(0, len(raw_ids), rows)])
-            if len(np.unique(hashes)) < len(hashes):  # a repeated id (or a hash collision): the exact check
-                self._row_ids(pd.DataFrame({d.id_column: raw_ids}))  # names the table lines
-            del hashes
-        small = pd.concat(parts) if parts else pd.DataFrame()
-        y = None
-        if all(c and c in small.columns for c in cols):
-            try:
-                target = prepare_target(small, self.problem, d.target, d.time, d.event,
-                                        positive_label=self.label_names[1] if self.label_names else None)
-            except DataError as exc:  # as build_predict_data: predictions without metrics
-                logging.getLogger("medmm").warning("no metrics: the label column cannot be scored (%s)", exc)
-                target = None
-            if target is not None and target.mask.all():
-                y = self._targets(target)
-        self.has_target = y is not None
-        del small, parts
-        start = 0
-        for df in read_table_chunks(data_path, rows, decimal=d.decimal):
-            stop = start + len(df)
-            x = self.preprocessor.transform(df)
-            part = raw_ids[start:stop].astype(str).tolist() if raw_ids is not None else [str(i) for i in range(start, stop)]
-            yc = None if y is None else y[start:stop]
-            yield Split(TableDataset(x, yc), part, yc), _collate
-            start = stop
+        self.has_target, parts = table_blocks(Path(data_path), rows, self.cfg.data, self.problem, self.label_names,
+                                              self.preprocessor)
+        for x, ids, yc in parts:
+            yield Split(TableDataset(x, yc), ids, yc), _collate
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """The preprocessed feature matrix of a split, for the linear / Cox baseline."""
