@@ -177,7 +177,8 @@ def _table_run(tmp: Path, n: int, epochs: int) -> dict[str, float] | None:
     if proc.returncode:
         print(f"tabular-risk {n:,} rows failed: {proc.stderr[-800:]}")
         return None
-    phases = json.loads((run / "summary.json").read_text()).get("phase_seconds", {})
+    summary = json.loads((run / "summary.json").read_text())
+    phases, memory = summary.get("phase_seconds", {}), summary.get("memory_mb", {})
     if phases:  # the runner's own seconds per phase
         total = sum(phases.values()) or 1.0
         print(f"tabular-risk {n:,} rows, share of each phase: "
@@ -185,7 +186,20 @@ def _table_run(tmp: Path, n: int, epochs: int) -> dict[str, float] | None:
     psecs, prss, pproc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(run), "--data", str(data),
                                       "--out", str(tmp / f"p{n}.csv")])
     return {"train_s": secs, "train_mb": rss, "predict_s": psecs, "predict_mb": prss if pproc.returncode == 0 else math.nan,
-            "phases": phases}
+            "phases": phases, "memory": memory}
+
+
+def _in_process(got: dict[str, Any], n: int) -> str:
+    """The run's own memory figures (summary.json ``memory_mb``): peak and data phase above the RSS it had
+    before reading a row (the libraries, measured in the same process), in MB and bytes per row."""
+    m = got.get("memory") or {}
+    if not m.get("before_data") or not m.get("peak"):
+        return ""
+    got["peak_above_start"] = m["peak"] - m["before_data"]
+    got["data_above_start"] = m["peak_after_data"] - m["before_data"]
+    return (f"; in the run's own process: {m['before_data']:.0f} MB before the data, peak "
+            f"{got['peak_above_start']:.0f} MB above it ({got['peak_above_start'] * 2**20 / n:.0f} B/row), "
+            f"data phase {got['data_above_start']:.0f} MB above it ({got['data_above_start'] * 2**20 / n:.0f} B/row)")
 
 
 def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
@@ -205,7 +219,8 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
             got.update(train_above=above["train_mb"], predict_above=above["predict_mb"])
             print(f"tabular-risk {n:,} rows x 35 cols: run {got['train_s']:.1f} s, peak RSS {got['train_mb']:.0f} MB "
                   f"({above['train_mb'] * 2**20 / n:.0f} B/row above the libraries); predict {got['predict_s']:.1f} s, "
-                  f"peak RSS {got['predict_mb']:.0f} MB ({above['predict_mb'] * 2**20 / n:.0f} B/row above)")
+                  f"peak RSS {got['predict_mb']:.0f} MB ({above['predict_mb'] * 2**20 / n:.0f} B/row above)"
+                  + _in_process(got, n))
     if len(out) == 2:
         a, b = sizes
         print(ratio_line("tabular-risk run", a, b, out[a]["train_s"], out[b]["train_s"]))
@@ -214,6 +229,11 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
 
         print(f"tabular-risk peak RSS above the libraries, ratio: run {ratio('train_above'):.1f}x, predict "
               f"{ratio('predict_above'):.1f}x (size ratio {b / a:.0f}x; goal: run <= size ratio, predict flat)")
+        if "peak_above_start" in out[a] and "peak_above_start" in out[b]:  # the floor measured in the same process
+            print(f"tabular-risk run memory above the RSS before the data (same process), ratio: peak "
+                  f"{ratio('peak_above_start'):.1f}x, data phase {ratio('data_above_start'):.1f}x (size ratio "
+                  f"{b / a:.0f}x); marginal {(out[b]['train_mb'] - out[a]['train_mb']) * 2**20 / (b - a):.0f} B per "
+                  f"added row of peak RSS")
     return out
 
 

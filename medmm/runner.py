@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -160,9 +161,11 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         check_subgroup_columns(Path(data), cfg)  # a typo must not cost a whole training run
         phases: dict[str, float] = {}  # seconds per phase (summary.json, train.log): where a large run's time goes
         lap = time.perf_counter()
+        memory = {"before_data": _rss_mb()}  # MB: the libraries, before any row is read (summary.json, #30)
         chosen_before = dict(cfg.provenance)
         bundle = task.build_data(Path(data))
         lap = _lap(phases, "data (read, split, preprocess)", lap)
+        memory["peak_after_data"] = _peak_rss_mb()
         if main and cfg.provenance != chosen_before:  # e.g. model.mode=auto decided on the data, and its recipe
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))
         if main and bundle.meta.description:
@@ -240,6 +243,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
             _lap(phases, "report", lap)
             phases["report"] -= phases.get("baseline", 0.0)  # timed inside _finish
             summary["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
+            summary["memory_mb"] = {**memory, "peak": _peak_rss_mb()}
             total = sum(phases.values()) or 1.0
             log.info("phases (seconds, share): %s", ", ".join(f"{k} {v:.1f} ({v / total:.0%})" for k, v in phases.items()))
 
@@ -356,6 +360,25 @@ def _plugin_callbacks(cfg: TaskConfig, run_dir: Path) -> list[Any]:
     for _, comp in get_registry().items("callback"):
         out.append(comp.build(cfg, run_dir))
     return out
+
+
+def _rss_mb() -> float | None:
+    """This process's resident memory now, in MB (Linux ``/proc``; ``None`` elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+    return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (``None`` where ``resource`` is missing)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(kb / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def _lap(phases: dict[str, float], name: str, since: float) -> float:

@@ -108,7 +108,7 @@ def test_transform_of_chosen_rows_is_the_whole_transform_indexed() -> None:
 def test_drop_column_rows_are_drawn_before_encoding(monkeypatch) -> None:
     """The leakage check encodes only the rows it draws: the same matrix as encoding train + val whole and
     drawing from it (the pre-#30 way)."""
-    import medmm.data.leakage as leakage
+    from medmm.data import leakage
 
     rng = np.random.default_rng(4)
     df = pd.DataFrame({"a": rng.normal(size=300), "c": rng.choice(["p", "q", "r"], 300)})
@@ -120,3 +120,15 @@ def test_drop_column_rows_are_drawn_before_encoding(monkeypatch) -> None:
     assert np.array_equal(leakage._drop_rows(pre, train, val), whole[keep])
     monkeypatch.setattr(leakage, "_DROP_MAX_ROWS", 20_000)
     assert np.array_equal(leakage._drop_rows(pre, train, val), whole)
+
+
+def test_the_runner_reads_its_own_memory() -> None:
+    """summary.json's ``memory_mb`` (bench/scale.py's in-process floor): RSS now and the peak see an allocation."""
+    from medmm.runner import _peak_rss_mb, _rss_mb
+
+    before, peak_before = _rss_mb(), _peak_rss_mb()
+    block = np.ones(40 * 2**20 // 8)  # 40 MB, touched
+    now = _rss_mb()
+    assert before is not None and now is not None and peak_before is not None
+    assert now - before > 30 and _peak_rss_mb() >= now - 1
+    del block
