@@ -54,6 +54,7 @@ _API: dict[str, str] = {
     "SimpleVocab": "medmm.data.text.tokenize", "TokenizedCorpus": "medmm.data.text.tokenize",
     "TokenizedTextDataset": "medmm.data.text.tokenize", "pad_collate": "medmm.data.text.tokenize",
     "tokenize_cached": "medmm.data.text.tokenize",
+    "eval_window": "medmm.batching", "length_order": "medmm.batching",
     # DICOM images
     "PixelConfig": "medmm.data.dicom.pixels", "PixelCache": "medmm.data.dicom.cache",
     "DicomImageDataset": "medmm.data.dicom.dataset", "Skipped": "medmm.data.dicom.scan",

@@ -181,6 +181,8 @@ class Split:
     targets: Any = None  # per-example targets (numpy) for class weights / weighted sampling
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (input, reason), reported by predict
     skipped_key: str = "id"  # what an input is in that report: a row "id" or a file "path"
+    # per-example token counts: evaluation batches in length order inside fixed windows (medmm.batching)
+    lengths: Sequence[int] | None = None
 
 
 @dataclass

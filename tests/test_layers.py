@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1] / "medmm"
 
 # Lowest first: a module may import its own layer and the layers below, never above.
 LAYERS: list[list[str]] = [
-    ["medmm", "medmm.errors", "medmm.io", "medmm.hookspecs", "medmm.pooling"],
+    ["medmm", "medmm.errors", "medmm.io", "medmm.hookspecs", "medmm.pooling", "medmm.batching"],
     ["medmm.registry", "medmm.runlog", "medmm.rundir"],
     ["medmm.config", "medmm.plugins", "medmm.metrics"],
     ["medmm.data", "medmm.task", "medmm.report", "medmm.fingerprint"],

@@ -138,15 +138,18 @@ def test_run_outputs_and_chunk_pooling(chunked_run: tuple[Path, pd.DataFrame]) -
 def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataFrame], tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """``medmm predict`` of a CSV of notes streams (#30): long notes split into windows, an empty note
-    and a repeated id; blocks of whole evaluation batches (32 windows) that end between documents, the
-    whole table never read at once, and the bytes of one pass (``--shard 0/1`` reads the table whole),
-    with labels (metrics) and without; one missing label means no metrics, as in one pass."""
+    and a repeated id; blocks of whole length-sorted windows of evaluation batches that end between
+    documents, the whole table never read at once, and the bytes of one pass (``--shard 0/1`` reads the
+    table whole), with labels (metrics) and without; one missing label means no metrics, as in one pass."""
     from click.testing import CliRunner
     from medmm_plugins.text_cls.task import TextClsTask
 
-    from medmm import cli as cli_mod
+    from medmm import batching, cli as cli_mod
     from medmm.data import readers
 
+    # evaluation batches are length-sorted inside windows of 16 batches (512 windows here, more than
+    # this table has); 2 batches (64 windows) give several blocks, in both paths
+    monkeypatch.setattr(batching, "WINDOW_BATCHES", 2)
     run, df = chunked_run
     df = df.assign(site="a")  # another shape than the run's table (the same shape is read whole by the
     df.loc[5, "text"] = "   "  # training-rows check, docs/scale.md)
@@ -180,7 +183,7 @@ def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataF
 
     monkeypatch.setattr(TextClsTask, "predict_chunks", counted)
     monkeypatch.setattr(readers, "read_table", no_whole_read)
-    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", "5")  # rounded up to one batch: 32 windows
+    monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", "5")  # rounded up to one length window
     for src, one in reference.items():
         out = tmp_path / f"{src.stem}-streamed.csv"
         blocks.clear()
@@ -189,7 +192,7 @@ def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataF
         assert "178 predictions" in printed
         assert ("auroc" in printed) == (src == data)  # metrics only when every predicted row has a label
         windows = [n for n, _ in blocks]
-        assert len(blocks) > 3 and all(n % 32 == 0 for n in windows[:-1])
+        assert len(blocks) > 2 and all(n % 64 == 0 for n in windows[:-1])
         assert any(several for _, several in blocks)  # documents of several windows, never cut between blocks
     first = pd.read_csv(reference[data])
     assert len(first) == 178 and first["id"].is_unique

@@ -73,7 +73,8 @@ def shard_split(split: Any, shard: tuple[int, int]) -> Any:
     start, stop = block(len(order), shard)
     rank = np.fromiter((order[u] for u in split.units), dtype=np.int64, count=len(split.units))
     positions = np.flatnonzero((rank >= start) & (rank < stop))
-    return replace(split, dataset=ShardDataset(split.dataset, positions),
+    lengths = None if split.lengths is None else np.asarray(split.lengths)[positions]
+    return replace(split, dataset=ShardDataset(split.dataset, positions), lengths=lengths,
                    skipped=list(split.skipped) if shard[0] == 0 else [])
 
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from medmm.batching import length_order
 from medmm.errors import ConfigError
 
 
@@ -100,7 +101,12 @@ def shard(batch: list[int], rank: int, world_size: int) -> list[int]:
     return batch[bounds[rank] : bounds[rank + 1]]
 
 
-def eval_batches(n: int, batch: int, rank: int = 0, world_size: int = 1) -> list[list[int]]:
-    """Sequential evaluation batches of this rank's strided share (no padding duplicates)."""
-    mine = list(range(rank, n, world_size))
+def eval_batches(n: int, batch: int, rank: int = 0, world_size: int = 1,
+                 lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Sequential evaluation batches of this rank's strided share (no padding duplicates); with
+    per-example ``lengths``, in length order inside fixed windows (:func:`medmm.batching.length_order`)."""
+    if lengths is not None and len(lengths) != n:
+        raise ValueError(f"{len(lengths)} lengths for {n} examples")
+    order = range(n) if lengths is None else length_order(lengths, batch).tolist()
+    mine = list(order[rank::world_size])
     return [mine[i : i + batch] for i in range(0, len(mine), batch)]

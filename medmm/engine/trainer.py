@@ -178,7 +178,8 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, model: torch.nn.Module, split: Split, collate: Callable[..., Any] | None) -> EvalOutput:
         """Predict a split on every rank, gather, pool per unit; the same result on all ranks."""
-        batches = eval_batches(len(split.dataset), self.e.eval_batch_size, self.dist.rank, self.dist.world_size)
+        batches = eval_batches(len(split.dataset), self.e.eval_batch_size, self.dist.rank, self.dist.world_size,
+                               lengths=split.lengths)  # token counts: length order inside fixed windows
         idx, scores, targets, loss_sum, n = [], [], [], 0.0, 0
         with no_grad_eval(model):
             for batch in self._loader(split.dataset, batches, collate, epoch=0):

@@ -232,7 +232,7 @@ class TextClsTask(Task):
 
         def split(name: str) -> Split | None:
             part = docs[name]
-            return None if part is None else Split(part.dataset, part.units, part.targets)
+            return None if part is None else Split(part.dataset, part.units, part.targets, lengths=part.lengths)
 
         train = docs["train"]
         assert train is not None
@@ -460,7 +460,7 @@ class TextClsTask(Task):
         ex.labels = labels
         self._raw = {**getattr(self, "_raw", {}), "predict": ex}
         docs = self._tokenize(ex, cache_dir=None)
-        return Split(docs.dataset, docs.units, docs.targets), self._collate()
+        return Split(docs.dataset, docs.units, docs.targets, lengths=docs.lengths), self._collate()
 
     def predict_chunks(self, data_path: Path, rows: int) -> Any:
         """:meth:`build_predict_data` block by block (``medmm predict`` of a CSV / TSV of notes): one
@@ -468,11 +468,14 @@ class TextClsTask(Task):
 
         Ids are unique across blocks and rows keep their table numbers; a first pass (only when a label
         column is configured) decides, as the one-pass read does, whether every predicted row has a
-        usable label. Blocks hold ``rows`` token sequences (whole evaluation batches: the model sees the
-        batches of one pass) and end between documents (a long note's windows stay in one block)."""
-        from medmm import read_table_chunks
+        usable label. Blocks hold ``rows`` token sequences rounded up to whole length-sorted windows of
+        evaluation batches (:func:`medmm.eval_window`: the model sees the batches of one pass) and end
+        between documents (a long note's windows stay in one block)."""
+        from medmm import eval_window, read_table_chunks
 
         d = self.data_cfg
+        window = eval_window(self.cfg.engine.eval_batch_size)
+        rows = -(-rows // window) * window
         text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
         id_col = d.id_column
         if id_col and id_col not in next(read_table_chunks(data_path, 1)).columns:
@@ -519,7 +522,7 @@ class TextClsTask(Task):
             corpus = TokenizedCorpus.from_lists(seqs[:size], [k - first for k in docs[:size]], last - first + 1, mode)
             y = np.asarray(targets[: last - first + 1]) if use_labels else None
             split = Split(TokenizedTextDataset(corpus, y), units[:size],
-                          None if y is None else y[corpus.doc_index])
+                          None if y is None else y[corpus.doc_index], lengths=corpus.lengths)
             seqs, docs, units, targets = seqs[size:], docs[size:], units[size:], targets[last - first + 1:]
             return split, self._collate()
 
