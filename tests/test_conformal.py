@@ -470,6 +470,18 @@ def test_group_thresholds_travel_to_onnxruntime_and_serve_and_a_one_row_request_
     names = np.array(["neg", "pos"])
     assert g["set_90"] == list(names[apply_sets(conf, np.array([g["prob_pos"]]))["sets"][0]])
 
+    # evaluate on new data whose scores lie in the top half only: its coverage cells for the thresholds'
+    # column use the run's stored bands (those the sets were made with), not the new data's own quartiles
+    top = df[df.score >= 50]
+    top.to_csv(tmp_path / "top.csv", index=False)
+    r = _cli(["evaluate", str(run), "--data", str(tmp_path / "top.csv"), "--out", str(tmp_path / "ev"),
+              "--subgroups", "score", "--no-card"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    cells = set(result["conformal"]["groups"]["score"]["cells"])
+    want = set(torch_p.set_thresholds[top.pid].str.removeprefix("score="))
+    assert cells == want and len(cells) == 2  # the two stored bands above 50, not four new quartiles
+
 
 def test_a_dicom_unit_shown_as_a_keyed_path_finds_its_header_attributes(tmp_path) -> None:
     """Units of a folder whose path holds the PatientID or a date are public paths (keyed tokens): the group

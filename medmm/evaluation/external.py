@@ -161,7 +161,10 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     from medmm.evaluation.decision_curve import decision_curves
 
     set_groups = set_groups_of(conf, data, cfg, ev.units) if conf else None
-    conformal = coverage_report(conf, y_true, y_score, label_names=task.label_names, groups=groups,
+    cover_groups = dict(groups)
+    if set_groups is not None and conf.get("group_column") in cover_groups:  # bands of the thresholds' edges
+        cover_groups[conf["group_column"]] = np.asarray(set_groups, dtype=object)
+    conformal = coverage_report(conf, y_true, y_score, label_names=task.label_names, groups=cover_groups,
                                 set_groups=set_groups, min_group_size=ecfg.min_group_size, n_boot=n_boot,
                                 seed=seed) if conf else None
     curves = decision_curves(problem, y_true, y_score, task.label_names, n_boot=min(n_boot, 200), seed=seed)
