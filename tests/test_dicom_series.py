@@ -63,3 +63,27 @@ def test_load_row_images_decodes_once_and_drops_undecodable_rows(tmp_path: Path)
     assert not any((tmp_path / "data").rglob("*.npy"))  # the pixel cache lives in cache_dir only
     empty = load_row_images([None, "gone"], tmp_path / "data", cfg, tmp_path / "cache", workers=0)
     assert empty.pixels is None and empty.keys == ["", ""] and empty.problems == [(1, "image path does not exist")]
+
+
+def test_a_second_choice_reads_no_header_and_a_changed_file_is_read_again(tmp_path: Path) -> None:
+    """With the cache folder as header index, headers are read once per file, then only for files whose
+    size or mtime changed; the choice is the same."""
+    import os
+
+    _study(tmp_path / "data")
+    cells = ["study", "study/s2/z.dcm", "notes"]
+    first: dict[str, int] = {}
+    got = choose_images(cells, tmp_path / "data", index_dir=tmp_path / "cache", stats=first)
+    assert first == {"headers_read": 5, "reused": 0}  # a, b, c, z and the readme (not DICOM: remembered too)
+    again: dict[str, int] = {}
+    assert choose_images(cells, tmp_path / "data", index_dir=tmp_path / "cache", stats=again) == got
+    assert again == {"headers_read": 0, "reused": 5}
+    z = tmp_path / "data" / "study" / "s2" / "z.dcm"
+    st = z.stat()
+    os.utime(z, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    third: dict[str, int] = {}
+    assert choose_images(cells, tmp_path / "data", index_dir=tmp_path / "cache", stats=third) == got
+    assert third == {"headers_read": 1, "reused": 4}
+    plain: dict[str, int] = {}
+    assert choose_images(cells, tmp_path / "data", stats=plain) == got  # no index: every header, once
+    assert plain == {"headers_read": 5, "reused": 0}
