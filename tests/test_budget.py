@@ -188,14 +188,14 @@ def test_bf16_is_detected_from_the_cpu_flags() -> None:
 @pytest.mark.parametrize("native, bf16_s, chosen", [(False, 0.1, "fp32"), (True, 0.5, "bf16"), (True, 0.95, "fp32")])
 def test_cpu_bf16_auto_needs_native_bf16_and_a_faster_probe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                             native: bool, bf16_s: float, chosen: str) -> None:
-    """The probe's steps are timed by a fake clock: fp32 1 s, bf16 ``bf16_s``; the weights it leaves are the
+    """The probe's steps are timed by a fake CPU clock: fp32 1 s, bf16 ``bf16_s``; the weights it leaves are the
     fp32 run's (the probe changes nothing), and only a CPU with native bf16 is probed at all."""
     import medmm.engine.device as device
     from medmm.engine import Trainer
 
     monkeypatch.setattr(device, "cpu_native_bf16", lambda cpuinfo=None: native)
     clock = {"t": 0.0}
-    monkeypatch.setattr("time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr("time.process_time", lambda: clock["t"])
 
     class Timed(ToyTask):
         def step(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
@@ -212,6 +212,32 @@ def test_cpu_bf16_auto_needs_native_bf16_and_a_faster_probe(tmp_path: Path, monk
     trainer._choose_cpu_precision(model, data, resume=False)
     assert trainer.precision == trainer.state.precision == chosen
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in probed.items())  # the probe left no trace
+
+
+def test_bf16_probe_takes_the_median_of_interleaved_cpu_timed_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known answer: fp32 steps cost 1.0 CPU s, bf16 0.6, but one bf16 step is hit by a 5 s spike and the
+    wall clock (busy machine) makes every bf16 step look 3x slower: the median of 3 CPU-timed steps per
+    precision, fp32 / bf16 interleaved, still finds bf16 faster (0.6 <= 0.9 x 1.0)."""
+    from medmm.engine.device import PROBE_REPEATS, probe_bf16
+
+    cpu, wall, calls = {"t": 0.0}, {"t": 0.0}, []
+    cost = {"fp32": [1.0] * 4, "bf16": [0.6, 0.6, 5.6, 0.6]}  # the first of each is the warm-up
+    monkeypatch.setattr("time.process_time", lambda: cpu["t"])
+    monkeypatch.setattr("time.perf_counter", lambda: wall["t"])
+
+    def step(precision: str) -> None:
+        calls.append(precision)
+        c = cost[precision][calls.count(precision) - 1]
+        cpu["t"] += c
+        wall["t"] += 3 * c if precision == "bf16" else c
+
+    faster, t32, t16 = probe_bf16(step)
+    assert PROBE_REPEATS == 3 and calls == ["fp32", "bf16", "fp32", "bf16", "bf16", "fp32", "fp32", "bf16"]
+    assert faster and (t32, t16) == pytest.approx((1.0, 0.6))
+    # a given clock is used instead (the wall clock here: bf16 1.8 s vs 1.0 s, not faster)
+    calls.clear()
+    faster, t32, t16 = probe_bf16(step, clock=lambda: wall["t"])
+    assert not faster and (t32, t16) == pytest.approx((1.0, 1.8))
 
 
 def test_eta_expects_early_stopping_patience_evaluations_after_the_best() -> None:

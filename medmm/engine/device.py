@@ -55,6 +55,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 arithmetic (x86)
 PROBE_GAIN = 0.9  # bf16 is kept only when a probe step takes at most this share of the fp32 one
+PROBE_REPEATS = 3  # timed probe steps per precision (interleaved; the median counts)
 
 
 def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
@@ -75,21 +76,29 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     return any(f in flags for f in BF16_FLAGS)
 
 
-def probe_bf16(step: Callable[[str], None], repeats: int = 2) -> tuple[bool, float, float]:
-    """Time ``step(precision)`` (one forward + backward) in fp32 and in bf16 autocast, after one warm-up
-    each; ``(bf16 faster by PROBE_GAIN, fp32 seconds, bf16 seconds)`` (the best of ``repeats``)."""
+def probe_bf16(step: Callable[[str], None], repeats: int = PROBE_REPEATS,
+               clock: Callable[[], float] | None = None) -> tuple[bool, float, float]:
+    """Time ``step(precision)`` (one forward + backward) in fp32 and in bf16 autocast.
+
+    One warm-up each, then ``repeats`` rounds, interleaved (fp32, bf16 / bf16, fp32 / ...) so both see
+    the same drift; each precision's median counts. ``clock`` defaults to ``time.process_time``: the
+    process's CPU seconds (all its threads), which time spent waiting for a core on a busy machine does
+    not inflate. ``(bf16 median <= PROBE_GAIN x fp32 median, fp32 seconds, bf16 seconds)``.
+    """
+    import statistics
     import time
 
-    best = {}
-    for precision in ("fp32", "bf16"):
-        step(precision)  # warm-up: kernels chosen, caches filled
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
+    tick = clock or time.process_time
+    step("fp32")  # warm-up: kernels chosen, caches filled
+    step("bf16")
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for r in range(repeats):
+        for precision in (("fp32", "bf16") if r % 2 == 0 else ("bf16", "fp32")):
+            t0 = tick()
             step(precision)
-            times.append(time.perf_counter() - t0)
-        best[precision] = min(times)
-    return best["bf16"] <= PROBE_GAIN * best["fp32"], best["fp32"], best["bf16"]
+            times[precision].append(tick() - t0)
+    t32, t16 = statistics.median(times["fp32"]), statistics.median(times["bf16"])
+    return t16 <= PROBE_GAIN * t32, t32, t16
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[None]:

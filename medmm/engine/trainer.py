@@ -401,7 +401,7 @@ class Trainer:
 
     def _choose_cpu_precision(self, model: torch.nn.Module, data: DataBundle, resume: bool) -> None:
         """``engine.cpu_bf16=auto`` with precision auto on a CPU: bf16 autocast only where the CPU has native
-        bf16 and a probe step on a real batch is faster than fp32 (weights, buffers and RNG untouched)."""
+        bf16 and a probe step on a real batch takes less CPU time than fp32 (weights, buffers, RNG untouched)."""
         e, st = self.e, self.state
         if resume and st.precision:  # a resumed run keeps the precision it trained in (exact resume)
             self.precision = st.precision
@@ -410,7 +410,7 @@ class Trainer:
                 and self.privacy is None and not self.dist.enabled):
             st.precision = self.precision
             return
-        from medmm.engine.device import cpu_native_bf16, probe_bf16
+        from medmm.engine.device import PROBE_REPEATS, cpu_native_bf16, probe_bf16
 
         if not cpu_native_bf16():
             logging.getLogger("medmm").info("engine.cpu_bf16=auto: this CPU has no native bf16 (avx512_bf16 / "
@@ -438,8 +438,8 @@ class Trainer:
         st.precision = self.precision = "bf16" if faster else "fp32"
         from medmm.runlog import echo
 
-        msg = (f"medmm: engine.cpu_bf16=auto: native bf16 on this CPU; a probe step took {t16:.3f} s in bf16 vs "
-               f"{t32:.3f} s in fp32: training in {self.precision}")
+        msg = (f"medmm: engine.cpu_bf16=auto: native bf16 on this CPU; a probe step took {t16:.3f} CPU s in "
+               f"bf16 vs {t32:.3f} in fp32 (median of {PROBE_REPEATS}, interleaved): training in {self.precision}")
         if self.dist.is_main:
             echo(msg)
 
