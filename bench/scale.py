@@ -309,22 +309,76 @@ def bench_text(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
     return out
 
 
+def bench_text_predict(n: int, repeats: int) -> dict[str, Any]:
+    """text-cls predict of ``n`` reports with one TextCNN run (2,000 reports, 1 epoch), in-process:
+    evaluation batches in file order (as before) vs length-sorted inside fixed windows (now), interleaved
+    ``repeats`` times; ms per document, padded / real tokens, and the largest difference of a score."""
+    import dataclasses
+
+    from medmm.engine import Trainer
+    from medmm.engine.sampling import eval_batches
+    from medmm.run import Run
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-") as tmp_s:
+        tmp = Path(tmp_s)
+        sets = ["data.text_column=text", "data.label_column=label", "data.id_column=report_id",
+                "model.backbone=textcnn", "engine.epochs=1", "engine.bootstrap=0", "engine.baseline=none",
+                "engine.device=cpu"]
+        proc = subprocess.run([sys.executable, "-m", "medmm", "run", "text-cls", "--data",
+                               str(reports(tmp / "train.csv", 2000)), "--out", str(tmp / "run"),
+                               *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True)
+        if proc.returncode:
+            print(f"text-cls run failed: {proc.stderr[-800:]}")
+            return out
+        run = Run.open(tmp / "run")
+        task = run.task()
+        model = run.model(task, "best")
+        split, collate = run.predict_data(task, reports(tmp / "predict.csv", n))
+        trainer = Trainer(task, run.cfg, run.path, quiet=True)
+        model.to(trainer.device)
+        lengths = np.asarray(split.lengths)
+        batch = trainer.e.eval_batch_size
+        variants = {"file order": dataclasses.replace(split, lengths=None), "length windows": split}
+        seconds: dict[str, list[float]] = {k: [] for k in variants}
+        scores: dict[str, np.ndarray] = {}
+        for _ in range(repeats):
+            for name, s in variants.items():
+                start = time.perf_counter()
+                scores[name] = trainer.evaluate(model, s, collate).scores
+                seconds[name].append(time.perf_counter() - start)
+        real = int(lengths.sum())
+        for name, s in variants.items():
+            padded = sum(len(b) * int(lengths[b].max()) for b in eval_batches(len(lengths), batch, lengths=s.lengths))
+            best = min(seconds[name])
+            out[name] = {"ms_per_doc": 1000 * best / n, "padding": padded / real}
+            print(f"text-cls predict, {n:,} reports, {name}: {1000 * best / n:.2f} ms/doc (best of {repeats}), "
+                  f"padded tokens {padded / real:.2f}x the real ones")
+        diff = float(np.abs(scores["file order"] - scores["length windows"]).max())
+        a, b = (out[k]["ms_per_doc"] for k in variants)
+        print(f"text-cls predict: {a / b:.2f}x faster per document; largest score difference {diff:.1e}")
+        out["max_abs_diff"] = diff
+    return out
+
+
 # ------------------------------------------------------------------------------ main
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
-    ap.add_argument("--parts", default="split,dicom,table,text", help="comma-separated: split, dicom, table, predict, text")
+    ap.add_argument("--parts", default="split,dicom,table,text",
+                    help="comma-separated: split, dicom, table, predict, text, textpredict")
     ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
     ap.add_argument("--files", type=int, default=800, help="the smaller DICOM folder (the larger is 10x)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3, help="textpredict: interleaved repeats (best kept)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if args.tiny:
         args.split_rows, args.files, args.workers = 2_000, 5, 0
-        parts -= {"table", "predict", "text"}  # end-to-end runs are the slow tier's
+        parts -= {"table", "predict", "text", "textpredict"}  # end-to-end runs are the slow tier's
     results: dict[str, Any] = {}
     if "split" in parts:
         results["split"] = bench_split(args.split_rows, args.tiny)
@@ -336,6 +390,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["predict"] = bench_predict((args.rows, args.rows * 10))
     if "text" in parts:
         results["text"] = bench_text((args.reports, args.reports * 10), args.epochs)
+    if "textpredict" in parts:
+        results["textpredict"] = bench_text_predict(args.reports, args.repeats)
     return results
 
 
