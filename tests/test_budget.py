@@ -319,3 +319,54 @@ def test_after_the_first_evaluation_line_waits_for_the_next_epochs_steps() -> No
     from medmm.engine.budget import REPORT_S
 
     assert said[0]["predicted_s"] == pytest.approx(15 * 1.0 + 2 * 2.0 + 4.0 + 2 * REPORT_S, abs=1e-3)
+
+
+def test_eta_counts_the_fits_the_run_trains_after_this_one() -> None:
+    """model.backbone=auto's first candidate: the estimate holds the next candidate's fit (its probed step
+    2 s dearer than this one's) and the run's finish once."""
+    from medmm.engine.budget import REPORT_S, Budget, Planner, Sizes
+
+    clock = Clock()
+    sizes = Sizes(n_train=100, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
+    budget = Budget(None, clock=clock, load=lambda: 1.0, later=[2.0])
+    p = Planner(budget, total=30, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    p.started()
+    for step in range(1, 16):
+        clock.t += 1.0
+        p.step()
+        if step == 10:
+            clock.t += 2.0
+            p.evaluated(2.0, boot_seconds=0.0)
+    assert p.step_s() == pytest.approx(1.0) and p.one_eval_s() == pytest.approx(2.0)
+    # the next fit: 30 steps at 1 + 2 s, 3 evaluations at 2 s + 0.35 x 2 s x 2 validation batches
+    assert p.later_s(15) == pytest.approx(30 * 3.0 + 3 * 3.4)
+    finish = 0.1 * 40 + REPORT_S  # test and val passes at 0.1 s per example, the report
+    assert p.remaining_s(15) == pytest.approx(15 * 1.0 + 2 * 2.0 + 100.2 + finish)
+    budget.later = []  # the last candidate: only its own steps are left
+    assert p.remaining_s(15) == pytest.approx(15 * 1.0 + 2 * 2.0 + finish)
+
+
+def test_plan_shares_the_time_limit_with_the_fits_after_this_one() -> None:
+    """The first of two equal fits under a 100 s limit gets its share of what is left (in proportion to
+    the full cost of each), not all of it; the count of a later fit's steps that fit is known too."""
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    clock = Clock()
+    sizes = Sizes(n_train=1000, n_val=200, n_test=200, n_boot=0, batch_size=10, baseline=False)
+    budget = Budget(100.0, clock=clock, load=lambda: 0.5, later=[0.0])
+    p = Planner(budget, total=200, steps_per_epoch=100, eval_every=0, sizes=sizes)
+    p.started()
+    clock.t = 3.0
+    p.step()
+    for _ in range(4):
+        clock.t += 0.5
+        p.step()
+    # 0.5 s/step; an evaluation 0.35 x 0.05 s x 200 = 3.5 s; finish 2 passes x 3.5 s + report 1.5 s = 8.5 s
+    assert p.one_eval_s() == pytest.approx(3.5) and p.finish_s() == pytest.approx(8.5)
+    # left 100 - 5 spent - 5 margin - 8.5 = 81.5 s; this fit's full rest 104.5 s, the next one's 107 s:
+    # this one gets 81.5 x 104.5 / 211.5 = 40.27 s -> (t - 5) x 0.5 + 3.5 <= 40.27 -> t = 78
+    assert p.plan(5) == 78
+    assert "and 41 s for the fits this run trains after this one" in budget.notes[-1]
+    # a later fit whose step is 1.5 s dearer: 2 s/step + (3.5 + 0.35 x 1.5 x 20 batches) / 100 per step
+    assert p.steps_that_fit(1.5) == int(81.5 // 2.14)
+    assert Planner(Budget(None), total=10, steps_per_epoch=5, eval_every=0, sizes=sizes).steps_that_fit(1.0) is None

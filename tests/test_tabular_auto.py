@@ -122,3 +122,29 @@ def test_auto_keeps_the_winners_weights_instead_of_training_it_again(tmp_path: P
     assert epochs == sorted(set(epochs)) and epochs  # the winner's epochs, once each
     assert not list(run.glob(".auto-*"))  # the scratch folders are gone
     assert summary["best_step"] > 0
+
+
+@pytest.mark.slow
+def test_time_limit_plans_the_candidates_and_skips_one_that_cannot_fit(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """#29: the first candidate plans with the second in view (its share of the limit), and a second
+    candidate whose steps cannot fit one epoch in what is left is not trained, and the run says so. The
+    probe is planted: the mlp's step 1000 s dearer than the linear's."""
+    from medmm.engine import Trainer
+    from medmm.engine.budget import Budget, activate
+
+    monkeypatch.setattr(Trainer, "probe_step_s", lambda self, models, data, repeats=5: [0.001, 1000.001])
+    fits: list[tuple[list[float], int]] = []
+    real_fit = Trainer.fit
+    monkeypatch.setattr(Trainer, "fit", lambda self, model, data, **kw: (
+        fits.append((list(self.later_step_s), self.e.max_steps)), real_fit(self, model, data, **kw))[1])
+    task, bundle = _task(tmp_path, _linear(120), "model.backbone=auto")
+    with activate(Budget(600.0)) as budget:
+        line = task.choose_backbone(bundle)
+    assert fits == [([1000.0], 0)]  # the linear knew the mlp would follow; the mlp was never trained
+    assert task.cfg.model.backbone == "linear"
+    assert "mlp not trained: the time limit left fits 0 of its steps" in line
+    assert any("mlp not trained" in n for n in budget.notes)
+    planned = task.cfg.engine.max_steps  # the linear's share: the mlp's full run would not fit beside it
+    assert 0 < planned < 60 * 6 and "planned to fit engine.time_limit" in task.cfg.provenance["engine.max_steps"]
+    assert any("for the fits this run trains after this one" in n for n in budget.notes)

@@ -76,6 +76,10 @@ class Budget:
     stopped: str | None = None  # "time limit" once training was stopped at the limit
     etas: list[dict[str, float | str]] = field(default_factory=list)  # estimates printed: when, how much left
     load: Callable[[], float] | None = None  # runnable processes per core (default: the 1-minute load average)
+    # the fits this run trains after the current one (a task's own, e.g. model.backbone=auto's next candidate):
+    # how many seconds more (or less) each one's step takes than the current fit's, from a probe of both
+    # models on one batch (Trainer.probe_step_s): the loop's own cost per step (data, optimizer) is shared
+    later: list[float] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -301,10 +305,37 @@ class Planner:
         every = min(self.spe, self.eval_every) if self.eval_every else self.spe
         return min(self.total, done + left * every - done % every)
 
+    def later_step_s(self, extra: float) -> float:
+        """Seconds per step of a later fit whose probed step takes ``extra`` seconds more than this one's:
+        this fit's measured step plus the difference (at least a tenth of it)."""
+        return max(0.1 * self.step_s(), self.step_s() + extra)
+
+    def later_eval_s(self, extra: float) -> float:
+        """Seconds per evaluation of such a later fit: this fit's evaluation plus the forward share of the
+        extra step cost for each validation batch."""
+        batches = self.sizes.n_val / max(1, self.sizes.batch_size)
+        return max(0.1 * self.one_eval_s(), self.one_eval_s() + FORWARD_SHARE * extra * batches)
+
+    def later_s(self, done: int, total: int | None = None) -> float:
+        """The fits the run trains after this one (:attr:`Budget.later`), each on the same data and schedule,
+        expected to end where this one is (``total``, default: :meth:`expected_total`)."""
+        end = self.expected_total(done) if total is None else total
+        evals = evals_between(0, end, self.spe, self.eval_every)
+        return sum(end * self.later_step_s(x) + evals * self.later_eval_s(x) for x in self.budget.later)
+
     def remaining_s(self, done: int) -> float:
         """The estimate of the time the run has left: training and evaluations until early stopping is
-        expected to end it (:meth:`expected_total`), and the finish."""
-        return self.train_left_s(done, self.expected_total(done)) + self.finish_s()
+        expected to end it (:meth:`expected_total`), the fits the run trains after this one, and the finish."""
+        return self.train_left_s(done, self.expected_total(done)) + self.later_s(done) + self.finish_s()
+
+    def steps_that_fit(self, extra: float = 0.0) -> int | None:
+        """How many steps (with their evaluations) of a fit started now, whose probed step takes ``extra``
+        seconds more than this one's, fit in the time left after the finish and the margin; ``None``: no limit."""
+        if self.budget.limit_s is None:
+            return None
+        avail = self.budget.left() - self.budget.margin() - self.finish_s()
+        per_step = self.later_step_s(extra) + self.later_eval_s(extra) / self.spe
+        return max(0, int(avail // per_step)) if per_step > 0 else self.total
 
     # ------------------------------------------------------------------ decisions
     def plan(self, done: int) -> int | None:
@@ -316,8 +347,13 @@ class Planner:
             return None
         self.planned = True
         avail = self.budget.left() - self.budget.margin() - self.finish_s()
-        if self.train_left_s(done) <= avail:
+        later = self.later_s(0, self.total)  # the fits after this one, were they trained in full
+        if self.train_left_s(done) + later <= avail:
             return None
+        kept = 0.0
+        if later > 0:  # this fit and the ones after it share what is left in proportion to their full cost
+            kept = avail * later / (self.train_left_s(done) + later)
+            avail -= kept
         lo, hi = done, self.total  # the largest total whose steps and evaluations fit
         while lo < hi:
             mid = (lo + hi + 1) // 2
@@ -333,8 +369,9 @@ class Planner:
                 f"{self.step_s():.2f} s/step (a useful fine-tuning needs >= {self.useful}): switching to the "
                 f"task's cheaper recipe {_overrides(self.budget.cheaper)}"))
         short = "" if fits >= self.useful else " (too few for a useful fine-tuning; no cheaper recipe is declared)"
+        shared = f" and {kept:.0f} s for the fits this run trains after this one" if kept > 0 else ""
         note = (f"the time limit ({limit}) fits {fits} of {self.total} optimizer steps at {self.step_s():.2f} s/step "
-                f"with {self.finish_s():.0f} s kept for test, baseline, bootstrap and report: engine.max_steps="
+                f"with {self.finish_s():.0f} s kept for test, baseline, bootstrap and report{shared}: engine.max_steps="
                 f"{fits}{short}; a larger --time-limit trains the full run")
         self.budget.notes.append(note)
         self.total = fits

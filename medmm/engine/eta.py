@@ -79,9 +79,12 @@ class Eta:
         steps, evals = max(0, end - global_step), p.evals_left(global_step, end)
         limit = f" of the {format_seconds(p.budget.limit_s)} time limit" if p.budget.limit_s else ""
         stop = (f" (early stopping expected near step {end} of {p.total}; at most "
-                f"{format_seconds(p.train_left_s(global_step) + p.finish_s())})" if end < p.total else "")
+                f"{format_seconds(p.train_left_s(global_step) + p.later_s(global_step, p.total) + p.finish_s())})" if end < p.total else "")
+        n_later = len(p.budget.later)
+        later = (f", then {n_later} more fit{'s' if n_later > 1 else ''} of this run about "
+                 f"{format_seconds(p.later_s(global_step))}" if n_later else "")
         msg = (f"medmm: {when}about {format_seconds(left)} left{limit}: {steps} optimizer steps at "
-               f"{p.step_s():.2f} s/step, {evals} evaluations at {p.one_eval_s():.1f} s, then test, baseline, "
+               f"{p.step_s():.2f} s/step, {evals} evaluations at {p.one_eval_s():.1f} s{later}, then test, baseline, "
                f"bootstrap and report about {format_seconds(p.finish_s())}{stop}")
         if not when:
             msg += speed_hint(self.device_type, left, self.hints)

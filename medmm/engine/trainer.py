@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -151,6 +151,9 @@ class Trainer:
         self.privacy: Any = None  # medmm.engine.dp.PrivateTraining under engine.privacy.enabled
         self.planner: Any = None  # medmm.engine.budget.Planner of the running fit (ETA, time limit)
         self.stopped: str | None = None  # "time limit" when the fit stopped at engine.time_limit
+        # the fits the run trains after this one (a task's own, e.g. auto's candidates): how many seconds more
+        # each one's step takes than this fit's (probe_step_s); the ETA and the time limit count them
+        self.later_step_s: list[float] = []
 
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
@@ -369,6 +372,7 @@ class Trainer:
         from medmm.engine.budget import Budget, Planner, Sizes, current
 
         budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
+        budget.later = list(self.later_step_s)
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
                                sizes=Sizes.of(data, self.e), start_step=self.state.global_step,
                                patience=self.e.patience)
@@ -417,22 +421,11 @@ class Trainer:
                                             "amx_bf16): fp32")
             st.precision = self.precision = "fp32"
             return
-        batch = move_to(next(iter(self._loader(data.train.dataset, self._plan(data, 0)[:1], data.collate_fn, 0))),
-                        self.device)
+        batch = self._probe_batch(data)
         saved = {k: v.detach().clone() for k, v in model.state_dict().items()}
         rng = _rng_snapshot()
         model.train()
-
-        def step(precision: str) -> None:
-            with autocast(self.device, precision):
-                out = self.task.step(model, batch)
-            loss = out["loss"] if "loss" in out else problem_loss(
-                self.task.problem, out["output"], out["target"], class_weights=self.class_weights,
-                regression_loss=self._regression_loss())[0]
-            loss.float().sum().backward()
-            model.zero_grad(set_to_none=True)
-
-        faster, t32, t16 = probe_bf16(step)
+        faster, t32, t16 = probe_bf16(lambda precision: self._probe_step(model, batch, precision))
         model.load_state_dict(saved)  # batch-norm statistics of the probe steps undone
         _set_rng_state(_rng_state(rng))
         st.precision = self.precision = "bf16" if faster else "fp32"
@@ -442,6 +435,49 @@ class Trainer:
                f"bf16 vs {t32:.3f} in fp32 (median of {PROBE_REPEATS}, interleaved): training in {self.precision}")
         if self.dist.is_main:
             echo(msg)
+
+    def _probe_batch(self, data: DataBundle) -> Any:
+        """The first training batch of epoch 0, on the device (for the probes)."""
+        assert data.train is not None
+        batches = self._loader(data.train.dataset, self._plan(data, 0)[:1], data.collate_fn, 0)
+        return move_to(next(iter(batches)), self.device)
+
+    def _probe_step(self, model: torch.nn.Module, batch: Any, precision: str) -> None:
+        """One forward + backward of ``model`` on ``batch``, gradients dropped (no update)."""
+        with autocast(self.device, precision):
+            out = self.task.step(model, batch)
+        loss = out["loss"] if "loss" in out else problem_loss(
+            self.task.problem, out["output"], out["target"], class_weights=self.class_weights,
+            regression_loss=self._regression_loss())[0]
+        loss.float().sum().backward()
+        model.zero_grad(set_to_none=True)
+
+    def probe_step_s(self, models: Sequence[torch.nn.Module], data: DataBundle, repeats: int = 5) -> list[float]:
+        """Wall seconds of one training step (forward + backward on the same real batch, no update) of each of
+        ``models``: one warm-up, then ``repeats`` rounds interleaved so that all see the same load; the
+        median each. Weights, buffers and random streams are left as they were. A task that trains
+        several fits in one run (``model.backbone=auto``'s candidates) weighs the later ones with it for the
+        run's ETA and time limit (:attr:`medmm.engine.budget.Budget.later`)."""
+        import statistics
+
+        batch = self._probe_batch(data)
+        rng = _rng_snapshot()
+        saved = []
+        for model in models:
+            model.to(self.device)
+            saved.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            model.train()
+        times: list[list[float]] = [[] for _ in models]
+        for r in range(repeats + 1):
+            for i, model in enumerate(models):
+                t0 = time.perf_counter()
+                self._probe_step(model, batch, self.precision)
+                if r:  # round 0 warms up
+                    times[i].append(time.perf_counter() - t0)
+        for model, state in zip(models, saved):
+            model.load_state_dict(state)
+        _set_rng_state(_rng_state(rng))
+        return [statistics.median(t) for t in times]
 
     def _replan(self, sched: Any, total: int) -> None:
         """The time limit lowered the run to ``total`` steps: the schedule ends there; saved as engine.max_steps."""

@@ -41,6 +41,7 @@ class AutoChoice:
     diff_ci: tuple[float, float] | None = None  # mlp - linear on val, paired bootstrap (when mlp scored better)
     note: str = ""  # why no choice was made
     kept: bool = False  # the winner's training was moved into the run directory (not trained again)
+    skipped: str = ""  # a candidate not trained, and why (engine.time_limit)
 
     @property
     def margin(self) -> float:
@@ -58,6 +59,8 @@ class AutoChoice:
               + ("" if self.winner == "mlp" else ": within the val noise, so the simpler model")
               if self.diff_ci else "")
         kept = "; its trained weights are kept, not trained again" if self.kept else ""
+        if self.skipped:
+            return f"{self.winner}, val {self.monitor} {figs}; {self.skipped}; trained in {self.seconds:.1f} s{kept}"
         return (f"{self.winner} won on val {self.monitor} ({figs}; by {self.margin:.4f}{ci}; "
                 f"both trained in {self.seconds:.1f} s{kept})")
 
@@ -132,14 +135,30 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
     run_dir = Path(task.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     scratch = {name: Path(tempfile.mkdtemp(prefix=f".auto-{name}-", dir=run_dir)) for name in CANDIDATES}
+    planned = cfg.engine.max_steps  # a candidate's plan for engine.time_limit is its own
+    steps: dict[str, int] = {}
+    skipped = ""
     try:
-        for name in CANDIDATES:
+        costs = _step_costs(task, cfg, bundle, scratch[CANDIDATES[0]])
+        previous: Any = None
+        for i, name in enumerate(CANDIDATES):
+            if previous is not None and previous.planner is not None:
+                fit_n = previous.planner.steps_that_fit(costs[i] - costs[i - 1])
+                if fit_n is not None and fit_n < previous.planner.useful:  # not even one epoch of it fits
+                    skipped = (f"{name} not trained: the time limit left fits {fit_n} of its steps "
+                               f"(at least {previous.planner.useful} needed)")
+                    previous.planner.budget.notes.append(f"model.backbone=auto: {skipped}")
+                    log.warning("model.backbone=auto: %s", skipped)
+                    break
             set_key(cfg, "model.backbone", name)
+            set_key(cfg, "engine.max_steps", planned)
             old = _recipe(cfg, name)  # each candidate with its own recipe, as an explicit choice would get
             log.info("model.backbone=auto: training candidate %s on the run's split (scratch folder; the epoch "
                      "lines below are its)", name)
             trainer, model = Trainer(task, cfg, scratch[name], quiet=True), task.build_model()
+            trainer.later_step_s = [c - costs[i] for c in costs[i + 1:]]  # the run's ETA and plan see the next ones
             fit = trainer.fit(model, bundle)
+            steps[name], previous = cfg.engine.max_steps, trainer
             if (scratch[name] / "checkpoints" / "best").exists():
                 load_weights(scratch[name] / "checkpoints" / "best", model)
             evals[name] = trainer.evaluate(model, bundle.val, bundle.collate_fn)
@@ -151,7 +170,7 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
                 set_key(cfg, key, value)
         winner, ci = CANDIDATES[0], None
         simple, rich = CANDIDATES
-        if _better(values[rich], values[simple], mode):
+        if rich in values and _better(values[rich], values[simple], mode):
             try:
                 ci = paired_diff_ci(task.problem, monitor, evals[rich], evals[simple],
                                     max(cfg.engine.bootstrap, BOOT), cfg.seed)
@@ -160,6 +179,9 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
             if ci is None or (ci[0] > 0 if mode == "max" else ci[1] < 0):  # better beyond the val noise
                 winner = rich
         set_key(cfg, "model.backbone", winner)
+        set_key(cfg, "engine.max_steps", steps[winner])  # the winner's plan (its finished training is resumed)
+        if steps[winner] != planned:
+            cfg.provenance["engine.max_steps"] = f"planned to fit engine.time_limit ({steps[winner]} steps)"
         for key in _recipe(cfg, winner):
             cfg.provenance[key] = f"recipe of backbone {winner}"
         kept = _keep_training(scratch[winner], run_dir)
@@ -168,4 +190,19 @@ def choose_backbone(task: Any, bundle: Any) -> AutoChoice | None:
             shutil.rmtree(folder, ignore_errors=True)
     if kept:
         log.info("model.backbone=auto: keeping %s's trained weights (the run resumes its finished training)", winner)
-    return AutoChoice(winner, monitor, mode, values, time.perf_counter() - start, ci, kept=kept)
+    return AutoChoice(winner, monitor, mode, values, time.perf_counter() - start, ci, kept=kept, skipped=skipped)
+
+
+def _step_costs(task: Any, cfg: Any, bundle: Any, scratch: Path) -> list[float]:
+    """Each candidate's seconds per training step, probed on one real batch before any is trained: the
+    run's ETA and ``engine.time_limit`` plan weigh the candidates still to come with them."""
+    from medmm import set_key, Trainer
+
+    models = []
+    for name in CANDIDATES:
+        set_key(cfg, "model.backbone", name)
+        models.append(task.build_model())
+    costs = Trainer(task, cfg, scratch, quiet=True).probe_step_s(models, bundle)
+    log.info("model.backbone=auto: a training step probed at %s", ", ".join(
+        f"{name} {1000 * c:.1f} ms" for name, c in zip(CANDIDATES, costs)))
+    return costs
