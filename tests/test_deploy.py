@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from medmm.data.readers import streams as _streams
 from medmm.errors import MedmmError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -312,6 +313,64 @@ def test_text_export_with_chunked_documents_predicts_like_torch(text, tmp_path: 
     medmm("predict", run, "--data", data, "--out", tmp_path / "torch.csv")
     medmm("predict", export, "--data", data, "--out", tmp_path / "onnx.csv")
     assert_same_predictions(tmp_path / "torch.csv", tmp_path / "onnx.csv")
+
+
+@pytest.mark.slow
+def test_text_export_streams_a_table_of_notes_to_the_one_pass_file(text, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``medmm predict EXPORT_DIR`` of a CSV of notes reads it in blocks (#30): long notes' windows never cut
+    between blocks, an empty note and a repeated id skipped as in one pass, labels (metrics) only when every row
+    has one; the bytes, the console and the skipped report are one pass's, and the whole table is never read."""
+    from click.testing import CliRunner
+    from medmm_plugins.text_cls.runtime import TextInputs
+
+    from medmm import cli as cli_mod
+    from medmm.data import readers
+
+    data, _, export = text
+    df = pd.read_csv(data)
+    df.loc[5, "text"] = "   "
+    df.loc[9, "note_id"] = df.loc[8, "note_id"]
+    sources = {"labelled": df, "unlabelled": df.drop(columns=["label"]),
+               "partly": df.assign(label=df.label.where(df.index != 40))}
+    blocks: list[tuple[int, bool]] = []
+    original = TextInputs.blocks
+
+    def counted(self: TextInputs, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for ex in original(self, path, rows):
+            blocks.append((len(ex.units), len(set(ex.units)) < len(ex.units)))
+            yield ex
+
+    monkeypatch.setattr(TextInputs, "blocks", counted)
+
+    def predict(src: Path, out: Path, rows: str) -> str:
+        monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+        res = CliRunner().invoke(cli_mod.make_cli(), ["predict", str(export), "--data", str(src), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    for name, frame in sources.items():
+        src = tmp_path / f"{name}.csv"
+        frame.to_csv(src, index=False)
+        monkeypatch.setattr(readers, "streams", lambda path: False)  # one pass: the table read whole
+        said = predict(src, tmp_path / f"{name}-one.csv", "100000")
+        monkeypatch.setattr(readers, "streams", _streams)
+        monkeypatch.setattr(readers, "read_table", lambda *a, **k: (_ for _ in ()).throw(AssertionError("whole read")))
+        blocks.clear()
+        told = predict(src, tmp_path / f"{name}-blocks.csv", "5")  # rounded up to whole eval batches
+        monkeypatch.undo()
+        monkeypatch.setattr(TextInputs, "blocks", counted)
+        assert (tmp_path / f"{name}-blocks.csv").read_bytes() == (tmp_path / f"{name}-one.csv").read_bytes()
+        warned = "medmm: warning: skipped 2 of 90 rows: {'empty text': 1, 'duplicate id': 1}"
+        assert told.splitlines().count(warned) == 1 and warned in said  # one pass says it per reading of the table
+        rest = [[ln for ln in out.splitlines() if not ln.startswith("medmm: warning: skipped")]
+                for out in (told.replace("-blocks.", "-one."), said)]
+        assert rest[0] == rest[1]  # the referral line and metrics as one pass
+        assert "88 predictions" in told
+        assert (tmp_path / f"{name}-blocks.skipped.csv").read_bytes() == (tmp_path / f"{name}-one.skipped.csv").read_bytes()
+        assert ("auroc" in told) == (name == "labelled")
+        assert len(blocks) >= 2 and all(n % 32 == 0 for n, _ in blocks[:-1])  # whole eval batches
+        assert any(several for _, several in blocks)  # a note of several windows stays in its block
 
 
 @pytest.mark.slow

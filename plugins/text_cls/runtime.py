@@ -5,7 +5,8 @@ predict reader tokenizes."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import numpy as np
 
 from medmm import (
     DataError, Examples, FastTokenizer, SimpleVocab, batch_slices, load_text_examples, read_json, read_table,
-    tokenize_cached,
+    read_table_chunks, tokenize_cached,
 )
 from medmm_plugins.text_cls.config import TextClsConfig
 
@@ -53,6 +54,96 @@ class TextInputs:
                                   label_delimiter=d.label_delimiter if labels else None,
                                   id_column=id_col, separator=d.separator, max_chars=d.max_chars,
                                   label_names=self.label_names)
+
+    def _batches(self, seqs: list[Any]) -> list[dict[str, np.ndarray]]:
+        """Eval batches of token windows (in order), each padded to its longest window: as :meth:`examples`."""
+        batches = []
+        for s in batch_slices(len(seqs), self.batch_size):
+            part = seqs[s]
+            width = max(max((len(q) for q in part), default=0), 1)
+            ids = np.full((len(part), width), self.pad_id, dtype=np.int64)
+            mask = np.zeros((len(part), width), dtype=np.int64)
+            for row, q in enumerate(part):
+                ids[row, :len(q)], mask[row, :len(q)] = q, 1
+            batches.append({"input_ids": ids, "attention_mask": mask})
+        return batches
+
+    def blocks(self, path: Path, rows: int) -> Iterator[Examples]:
+        """:meth:`examples` of a CSV / TSV of notes in blocks (the streamed ``medmm predict EXPORT_DIR``), as
+        the task's own ``predict_chunks`` cuts them: ids unique across blocks, rows keep their table numbers,
+        a first pass (when a label column is configured) decides whether every predicted row has a usable
+        label; each block holds ``rows`` token windows (whole eval batches: the graph sees one pass's
+        batches) and ends between documents."""
+        d = self.d
+        rows = -(-rows // self.batch_size) * self.batch_size
+        text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
+        id_col = d.id_column
+        if id_col and id_col not in next(read_table_chunks(path, 1)).columns:
+            log.warning("id column %r is not in the data; predictions are keyed by row number", id_col)
+            id_col = None
+        strings = [c for c in (id_col, d.group_column, *text_cols) if c]  # a block of digits stays text
+        common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
+                  "max_chars": d.max_chars, "label_names": self.label_names, "block": True}
+
+        def read(with_labels: bool) -> Iterator[tuple[int, Any, Any]]:
+            seen: dict[bool, set[str]] = {False: set(), True: set()}
+            for df in read_table_chunks(path, rows, string_columns=strings):
+                first = int(df.index[0]) if len(df) else 0
+                ex = load_text_examples(df, **common, label_columns=[], label_delimiter=None, first_row=first,
+                                        seen_ids=seen[False])
+                lab = (load_text_examples(df, **common, label_columns=label_cols, label_delimiter=d.label_delimiter,
+                                          first_row=first, seen_ids=seen[True]) if with_labels else None)
+                yield len(df), ex, lab
+
+        use_labels = False
+        if label_cols:  # the one-pass rule: labels only when every predicted row has a usable one
+            try:
+                same, n_labelled = True, 0
+                for _, ex, lab in read(True):
+                    same, n_labelled = same and lab.row_ids == ex.row_ids, n_labelled + len(lab.row_ids)
+                use_labels = same and n_labelled > 0
+            except DataError:
+                use_labels = False
+        seqs: list[Any] = []  # token windows not yet predicted, their units and targets
+        units: list[str] = []
+        targets: list[Any] = []
+        docs: list[int] = []
+        done, n_rows, skipped, truncated = 0, 0, [], 0
+
+        def cut(size: int) -> Examples:
+            nonlocal seqs, units, targets, docs
+            ex = Examples(self._batches(seqs[:size]), units[:size], np.asarray(targets[:size]) if use_labels else None)
+            seqs, units, targets, docs = seqs[size:], units[size:], targets[size:], docs[size:]
+            return ex
+
+        for n, ex, lab in read(use_labels):
+            n_rows += n
+            skipped += [(str(r), str(why)) for r, why in getattr(ex, "skipped", [])]
+            truncated += len(getattr(ex, "truncated", []))
+            if not ex.texts:
+                continue
+            corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length, cache_dir=None,
+                                     long_text=d.long_text, stride=d.stride)
+            doc = corpus.doc_index
+            seqs += [corpus[i] for i in range(len(corpus))]
+            units += [ex.row_ids[i] for i in doc]
+            docs += [done + int(i) for i in doc]
+            if use_labels:
+                targets += list(lab.labels[doc])
+            done += len(ex.texts)
+            ends = [k for k in range(rows, len(seqs) + 1, rows) if k == len(seqs) or docs[k] != docs[k - 1]]
+            if ends:
+                yield cut(ends[-1])
+        reasons = dict(Counter(r for _, r in skipped))
+        if not done:
+            raise DataError(f"no usable rows among {n_rows} ({', '.join(f'{r}: {k}' for r, k in reasons.items()) or 'the table is empty'})")
+        if skipped:  # once, as one pass words it
+            log.warning("skipped %d of %d rows: %s", len(skipped), n_rows, reasons)
+        if truncated:
+            log.warning("truncated %d document(s) longer than %d characters", truncated, d.max_chars)
+        last = cut(len(seqs))
+        last.skipped = skipped  # the skip report, once
+        yield last
 
     def examples(self, df: Any) -> Examples:
         d = self.d
