@@ -19,6 +19,11 @@ SPLITS = ("train", "val", "test")
 BLOCK = 1 << 16
 
 
+#: Up to this many strata (label values) the split finds each stratum's groups by one comparison pass
+#: over the groups instead of sorting them (same order: a stable sort keeps group order within a stratum).
+_FEW_STRATA = 16
+
+
 def _blocks(n: int) -> list[slice]:
     """``slice``s of at most :data:`BLOCK` elements covering ``range(n)``."""
     return [slice(i, min(i + BLOCK, n)) for i in range(0, n, BLOCK)]
@@ -29,12 +34,22 @@ def _code_dtype(count: int) -> type:
     return np.int8 if count <= 2 ** 7 else np.int16 if count <= 2 ** 15 else np.int64
 
 
+def _counts(values: np.ndarray, size: int, offset: int = 0) -> np.ndarray:
+    """``np.bincount(values - offset, minlength=size)`` counted a block at a time: no row-sized int64
+    temporary (a fresh 80 MB at 10M rows)."""
+    out = np.zeros(size, dtype=np.int64)
+    for b in _blocks(len(values)):
+        block = values[b]
+        out += np.bincount((block - offset if offset else block).astype(np.intp, copy=False), minlength=size)
+    return out
+
+
 def _label_codes(labels: np.ndarray) -> np.ndarray:
     """Each label's rank among the distinct ``str(label)`` values (the order ``sorted`` gives)."""
     if labels.dtype.kind in "biu" and labels.size:  # integers of a small range: one count, no sort
         lo, hi = int(labels.min()), int(labels.max())
         if hi - lo <= max(4 * labels.size, 1 << 16):
-            present = np.flatnonzero(np.bincount((labels - lo).astype(np.int64, copy=False))) + lo
+            present = np.flatnonzero(_counts(labels, hi - lo + 1, lo)) + lo
             order = np.argsort(present.astype(str), kind="stable")  # the distinct values as strings
             lut = np.zeros(hi - lo + 1, dtype=_code_dtype(len(present)))
             lut[present[order] - lo] = np.arange(len(present))
@@ -59,7 +74,7 @@ def group_strata(group_ids: np.ndarray, labels: np.ndarray | None, n_groups: int
     codes = _label_codes(np.asarray(labels))
     if n_groups == len(codes):  # every group has one example (no group column): its label is the group's
         out = np.empty(n_groups, dtype=codes.dtype)
-        out[np.asarray(group_ids, dtype=np.int64)] = codes
+        out[np.asarray(group_ids)] = codes  # int32 / int64 ranks index as they are (no int64 copy)
         return out
     width = int(codes.max()) + 1
     pairs = np.asarray(group_ids, dtype=np.int64) * width + codes.astype(np.int64)
@@ -83,15 +98,15 @@ def _row_key_ranks(n: int) -> np.ndarray:
     its first ``m`` digits plus that prefix itself (``m < L``), the ``L``-digit numbers below it, and
     the ``m``-digit numbers below ``i * 10**(m - L)`` (``m > L``). Counted in cache-sized blocks.
     """
-    ranks = np.empty(n, dtype=np.int64)
+    ranks = np.empty(n, dtype=np.int32 if n < 2 ** 31 else np.int64)  # half the memory traffic below 2**31 rows
     digits = len(str(max(n - 1, 0)))
     bounds = [(0 if m == 1 else 10 ** (m - 1), min(10 ** m, n)) for m in range(1, digits + 1)]
     base = np.arange(BLOCK, dtype=np.int64)
-    i_buf, t_buf = np.empty(BLOCK, dtype=np.int64), np.empty(BLOCK, dtype=np.int64)
+    i_buf, t_buf, r_buf = (np.empty(BLOCK, dtype=np.int64) for _ in range(3))
     for length, (lo, hi) in enumerate(bounds, start=1):
         for start in range(lo, hi, BLOCK):
             k = min(BLOCK, hi - start)
-            i, t, r = i_buf[:k], t_buf[:k], ranks[start : start + k]
+            i, t, r = i_buf[:k], t_buf[:k], r_buf[:k]
             np.add(base[:k], start, out=i)
             np.subtract(i, lo, out=r)  # the L-digit numbers below i
             for m, (lo_m, hi_m) in enumerate(bounds, start=1):
@@ -105,6 +120,7 @@ def _row_key_ranks(n: int) -> np.ndarray:
                     t -= lo_m
                     np.clip(t, 0, hi_m - lo_m, out=t)
                     r += t
+            ranks[start : start + k] = r
     return ranks
 
 
@@ -154,10 +170,11 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
     rng = np.random.default_rng(seed)
     assignment = np.zeros(n_groups, dtype=np.int8)  # index into SPLITS
     top = int(strata.max(initial=0))
-    by_stratum = np.argsort(strata.astype(_code_dtype(top + 1), copy=False), kind="stable")  # radix sort
-    sizes = np.bincount(strata, minlength=top + 1)
-    ends = np.cumsum(sizes)
-    for hi, size in zip(ends, sizes):  # members of each stratum in group order; strata in string order
+    strata = strata.astype(_code_dtype(top + 1), copy=False)
+    sizes = _counts(strata, top + 1)
+    few = top < _FEW_STRATA  # few strata: each one's members by one comparison pass, no sort
+    by_stratum = None if few else np.argsort(strata, kind="stable")  # radix sort
+    for code, (hi, size) in enumerate(zip(np.cumsum(sizes), sizes)):  # members in group order; strata in string order
         if not size:
             continue
         shuffled = rng.permutation(size)  # positions in the stratum's group order: test first, then val
@@ -165,7 +182,11 @@ def group_split(n: int, *, groups: Sequence[str] | None = None, labels: np.ndarr
         local = np.zeros(size, dtype=np.int8)  # written at the shuffled positions (a small array), then
         local[shuffled[:n_test]] = 2  # copied out in group order (no random gather over the groups)
         local[shuffled[n_test : n_test + n_val]] = 1
-        assignment[by_stratum[hi - size : hi]] = local
+        del shuffled
+        if few:  # the stable sort's block of this stratum, without the sort
+            assignment[strata == code] = local
+        else:
+            assignment[by_stratum[hi - size : hi]] = local
     names, out = np.asarray(SPLITS, dtype=object), np.empty(n, dtype=object)
     for b in _blocks(n):
         out[b] = names[assignment[group_ids[b]]]
