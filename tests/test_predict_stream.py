@@ -128,8 +128,12 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
             assert res.exit_code == 0, res.output
             assert "53 predictions" in res.output
             files.append(out.read_bytes())
+            caveats = [line for line in res.output.splitlines() if "caveat:" in line]
+            assert bool(caveats) == (src == data), res.output  # the run's own labelled rows: counted in blocks
         assert files[0] == files[1]
         assert files[0].count(b"\n") == 54
+        if src == data:
+            own_caveat = caveats
     assert sizes == ([8] * 6 + [5] + [53]) * 2
     assert b",true" in (tmp_path / "t-7.csv").read_bytes().splitlines()[0]
     # --shard still reads the whole table and predicts its block: the blocks concatenate to the file
@@ -142,6 +146,9 @@ def test_streamed_predict_is_the_one_pass_file(tmp_path: Path, monkeypatch: pyte
         assert res.exit_code == 0, res.output
         parts.append(out.read_bytes().splitlines(keepends=True))
     assert b"".join(parts[0] + parts[1][1:]) == (tmp_path / "t-7.csv").read_bytes()
+    whole = runner.invoke(cli_mod.make_cli(), ["predict", str(tmp_path / "run"), "--data", str(data), "--out",
+                                               str(tmp_path / "whole.csv"), "--shard", "0/1"])  # ids kept: seen_splits
+    assert [line for line in whole.output.splitlines() if "caveat:" in line] == own_caveat
 
 
 def test_a_table_of_another_shape_is_told_apart_without_reading_it_whole(tmp_path: Path,
@@ -272,3 +279,24 @@ def test_grouped_sets_and_the_onnxruntime_path_stream_to_the_one_pass_file(tmp_p
     header = (tmp_path / "blocks.csv").read_bytes().splitlines()[0]
     assert b"set_90" in header and b"set_thresholds" in header
     assert sizes == ([8] * 37 + [4]) * 2  # 300 rows of the export in blocks of 8
+
+
+def test_image_export_batches_are_read_one_at_a_time_from_the_pixel_file(tmp_path: Path) -> None:
+    """The onnxruntime image reader's batches come from the pixel cache's file, one batch per read (never
+    every image at once), scaled to [0, 1] as the whole array was, in the rows' order."""
+    from types import SimpleNamespace
+
+    from medmm_plugins.image_cls.runtime import PixelBatches
+
+    pixels = np.arange(7 * 1 * 2 * 2, dtype=np.uint8).reshape(7, 1, 2, 2)
+    np.save(tmp_path / "pixels.npy", pixels)
+    rows = [6, 0, 2, 3, 5]  # a decoded subset, in the cache's order of units
+    batches = PixelBatches(SimpleNamespace(path=tmp_path, scale=1 / 255), rows, 2)
+    whole = pixels[rows].astype(np.float32) * np.float32(1 / 255)
+    assert len(batches) == 3 and [len(b["x"]) for b in batches] == [2, 2, 1]
+    np.testing.assert_array_equal(np.concatenate([b["x"] for b in batches]), whole)
+    np.testing.assert_array_equal(batches[-1]["x"], whole[4:])
+    assert max(batches, key=lambda b: b["x"].shape[0])["x"].shape == (2, 1, 2, 2)
+    with pytest.raises(IndexError):
+        batches[3]
+    assert len(PixelBatches(SimpleNamespace(path=tmp_path, scale=1.0), [], 4)) == 0

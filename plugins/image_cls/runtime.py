@@ -5,16 +5,43 @@ study as the task pools them, and the source records each unit came from (for DI
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from medmm import DataError, Examples, batch_slices, read_json, require
+from medmm import DataError, Examples, read_json, require
 from medmm_plugins.image_cls.config import ImageClsConfig
 
 EXTRA = "runtime"
+
+
+class PixelBatches(Sequence):  # type: ignore[type-arg]
+    """The eval batches of a pixel cache's ``rows``, read from its file one batch at a time (``[B, C, H, W]``
+    float32 in ``[0, 1]``), so a prediction never holds every image: each batch opens the file's memory map
+    and lets it go, so the pages read do not stay in the process's memory either. Holds the temporary folder
+    the cache lives in (removed with this object)."""
+
+    def __init__(self, cache: Any, rows: list[int], batch_size: int, folder: Any = None) -> None:
+        self.file, self.rows, self.batch_size, self.folder = Path(cache.path) / "pixels.npy", rows, batch_size, folder
+        self.scale = np.float32(cache.scale)
+
+    def __len__(self) -> int:
+        return (len(self.rows) + self.batch_size - 1) // self.batch_size
+
+    def __getitem__(self, i: int) -> dict[str, np.ndarray]:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        start = (i % len(self)) * self.batch_size
+        pixels = np.load(self.file, mmap_mode="r")
+        x = np.stack([np.asarray(pixels[r], dtype=np.float32) * self.scale
+                      for r in self.rows[start:start + self.batch_size]])
+        del pixels  # the map (and its resident pages) goes with the batch
+        return {"x": x}
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (self[i] for i in range(len(self)))
 
 
 class ImageInputs:
@@ -50,12 +77,9 @@ class ImageInputs:
         if not records:
             raise DataError(f"no readable DICOM image in {root} ({len(skipped)} files skipped)")
         items = image_items(records, self.pixels.frames)
-        with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
-            cache = PixelCache.build(root, items, self.pixels, Path(tmp), workers=0)
-            rows = [r for r, it in enumerate(cache.items) if it.key in cache.index]
-            scale = np.float32(cache.scale)
-            images = np.stack([np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows]) if rows else None
-            cache._array = None  # release the memory map before the folder goes
+        folder = tempfile.TemporaryDirectory(prefix="medmm-pixels-")  # removed with the batches that read it
+        cache = PixelCache.build(root, items, self.pixels, Path(folder.name), workers=0)
+        rows = [r for r, it in enumerate(cache.items) if it.key in cache.index]
         chosen = [cache.items[r] for r in rows]
         names = self.label_names or []
         folders = labels_from_folders(sorted({it.record for it in items}, key=lambda r: r.path))
@@ -77,6 +101,6 @@ class ImageInputs:
                 extra["patient_id"] = pseudonym(it.record.patient_id) if pseudonym else it.record.patient_id
             cols.setdefault(unit, extra)
             recs.setdefault(unit, []).append(it.record)
-        batches = [] if images is None else [{"x": images[s]} for s in batch_slices(len(images), self.batch_size)]
+        batches = PixelBatches(cache, rows, self.batch_size, folder)  # read batch by batch, never all images at once
         return Examples(batches, units, y, cols, [(s.path, s.reason) for s in [*skipped, *cache.failed]], recs,
                         skipped_key="path")
