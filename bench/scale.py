@@ -1,6 +1,6 @@
 """Cost against data size (#30): each part at two sizes 10x apart, printed as ratios.
 
-    python bench/scale.py                       # split 1M/10M, DICOM 800/8000 files, tabular-risk 100k/1M, text-cls 10k/100k
+    python bench/scale.py                       # split 1M/10M, DICOM 2k/20k files, tabular-risk 100k/1M, text-cls 10k/100k
     python bench/scale.py --parts split,dicom   # some parts only
     python bench/scale.py --tiny                # seconds; the fast-tier test runs this and asserts on counts
 
@@ -10,7 +10,9 @@ predict memory flat. Timings on a shared machine are noisy: read the ratios, nev
 
 - split: function calls (Python and C, ``sys.setprofile``) made by ``group_split``; a scan of the
   rows per group makes them grow with the table, the sort-based split does not;
-- dicom: headers read on a second scan of the same folder with the same cache (0 expected);
+- dicom: headers read on a second scan of the same folder with the same cache (0 expected), and the
+  function calls of a cached ingest (fingerprint, header index, pixel cache): about 10x for 10x files,
+  never per pair of files;
 - predict: the largest number of table rows held at once by ``medmm predict`` (one chunk).
 """
 
@@ -112,14 +114,25 @@ SMALL_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_smal
 
 
 def dicom_folder(root: Path, n: int) -> Path:
-    """``n`` real small pydicom files (copies), two class sub-folders, 100 files per leaf folder."""
+    """``n`` small real-looking DICOM files: pydicom's CT / MR test files with new patient ids and new study /
+    series / SOP instance UIDs (20 instances per patient and study, 10 per series), one class folder per
+    patient's class (``a`` / ``b``), 100 files per leaf folder."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
     from medmm.demos.dicom import source_roots
 
     src = source_roots()[0]
+    sources = [pydicom.dcmread(src / name) for name in SMALL_FILES]
     for i in range(n):
-        leaf = root / ("a" if i % 2 else "b") / f"s{i // 100:04d}"
+        ds, patient = sources[i % len(sources)], i // 20
+        ds.PatientID, ds.PatientName = f"SCALE{patient:07d}", f"Scale^{patient}"
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(patient)])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(i // 10)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sop", str(i)])
+        leaf = root / ("a" if patient % 2 else "b") / f"s{i // 100:05d}"
         leaf.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src / SMALL_FILES[i % len(SMALL_FILES)], leaf / f"{i:06d}.dcm")
+        ds.save_as(leaf / f"{i:07d}.dcm")
     return root
 
 
@@ -138,20 +151,132 @@ def ingest(root: Path, cache: Path, workers: int) -> tuple[float, dict[str, int]
     return time.perf_counter() - start, stats
 
 
+def image_cls_data(root: Path, cache: Path, run_dir: Path, workers: int) -> dict[str, Any]:
+    """The ingest of ``medmm run image-cls`` with ``data.cache_dir``: the run's data fingerprint, then the
+    task's own ``build_data`` (header scan, pixel cache, folder labels, patient split), seconds per phase."""
+    from medmm.fingerprint import fingerprint
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+    from medmm.task import Task
+
+    spec = get_registry().get("task", "image-cls")
+    sets = [f"data.cache_dir={cache}", "data.size=64", "data.channels=1", "model.backbone=test_resnet",
+            "model.mode=finetune", f"engine.num_workers={workers}", "engine.device=cpu"]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    import sklearn.model_selection  # noqa: F401 - the libraries' import time is not the ingest's
+    import timm  # noqa: F401
+    import torchvision.transforms.v2  # noqa: F401
+
+    task = spec.load()(resolved_config(spec, None, sets), run_dir)
+    module = sys.modules[type(task).__module__]
+    phases: dict[str, float] = {}
+
+    def timing(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+        return timed_call
+
+    stats: dict[str, int] = {}
+    scan = module.scan_folder
+    module.scan_folder = timing("header scan", lambda *a, **k: scan(*a, **{**k, "stats": stats}))
+    build = module.PixelCache.build
+    originals = {"labels_from_folders": module.labels_from_folders}
+    module.labels_from_folders = timing("folder labels", module.labels_from_folders)
+    split = Task.assign_splits
+    try:
+        module.PixelCache.build = timing("pixel cache", build)
+        Task.assign_splits = timing("patient split", split)  # type: ignore[method-assign]
+        start = time.perf_counter()
+        fingerprint(root)
+        phases["fingerprint"] = time.perf_counter() - start
+        bundle = task.build_data(root)
+        phases["whole ingest"] = time.perf_counter() - start
+    finally:
+        module.scan_folder, module.PixelCache.build, Task.assign_splits = scan, build, split  # type: ignore[method-assign]
+        module.labels_from_folders = originals["labels_from_folders"]
+    phases["rest of build_data"] = phases["whole ingest"] - sum(v for k, v in phases.items() if k != "whole ingest")
+    phases["files (fingerprint, headers, pixels)"] = sum(phases[k] for k in ("fingerprint", "header scan", "pixel cache"))
+    sizes = [len(s.units) for s in (bundle.train, bundle.val, bundle.test) if s is not None]
+    return {"phases": phases, "headers_read": stats.get("headers_read", 0), "images": sum(sizes)}
+
+
+def _dicom_child(root: str, cache: str, run_dir: str, workers: str) -> None:
+    """``--dicom-child``: one ingest in a fresh process; prints its phases and peak RSS as JSON."""
+    import resource
+
+    out = image_cls_data(Path(root), Path(cache), Path(run_dir), int(workers))
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(json.dumps({**out, "rss_mb": own, "worker_rss_mb": kids}))
+
+
+def dicom_child(root: Path, cache: Path, run_dir: Path, workers: int) -> dict[str, Any]:
+    """:func:`image_cls_data` in a fresh process (its own peak RSS)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--dicom-child", str(root), str(cache),
+                           str(run_dir), str(workers)], capture_output=True, text=True, check=False)
+    if proc.returncode:
+        raise RuntimeError(proc.stderr[-2000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, Any]:
+    """Folders of ``sizes`` files: the image-cls ingest twice with one cache (fresh processes, peak RSS),
+    time and memory ratios and phase shares. ``tiny``: the in-process ingest, counts of work only."""
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="medmm-scale-") as tmp:
         for n in sizes:
+            need = n * 60_000 * 2  # about 40 KB per file and its cached pixels, with room
+            free = shutil.disk_usage(tmp).free
+            if free < need:
+                print(f"dicom {n:,} files: skipped, {free / 2**30:.1f} GB free in {tmp} (needs {need / 2**30:.1f})")
+                continue
+            start = time.perf_counter()
             root = dicom_folder(Path(tmp) / f"d{n}", n)
+            made = time.perf_counter() - start
             cache = Path(tmp) / f"cache{n}"
-            first, s1 = ingest(root, cache, workers)
-            second, s2 = ingest(root, cache, workers)
-            out[n] = {"first": first, "second": second, "headers_read": [s1["headers_read"], s2["headers_read"]]}
-            print(f"dicom ingest, {n:,} files: first {first:.2f} s ({s1['headers_read']} headers read), "
-                  f"cached {second:.2f} s ({s2['headers_read']} headers read): {first / max(second, 1e-9):.1f}x faster")
-    if not tiny:
+            if tiny:
+                first, s1 = ingest(root, cache, workers)
+                second, s2 = ingest(root, cache, workers)
+                calls = count_calls(lambda root=root, cache=cache: ingest(root, cache, workers))  # a third, cached
+                out[n] = {"first": first, "second": second, "headers_read": [s1["headers_read"], s2["headers_read"]],
+                          "cached_calls": calls}
+                continue
+            runs = [dicom_child(root, cache, Path(tmp) / f"run{n}-{k}", workers) for k in range(2)]
+            first, second = (r["phases"]["whole ingest"] for r in runs)
+            out[n] = {"first": first, "second": second, "headers_read": [r["headers_read"] for r in runs],
+                      "rss_mb": [r["rss_mb"] for r in runs], "phases": [r["phases"] for r in runs]}
+            print(f"dicom {n:,} files (written in {made:.1f} s): image-cls ingest {first:.2f} s, "
+                  f"{runs[0]['headers_read']:,} headers read, peak RSS {runs[0]['rss_mb']:.0f} MB; with the same cache "
+                  f"{second:.2f} s, {runs[1]['headers_read']:,} headers read, peak RSS {runs[1]['rss_mb']:.0f} MB: "
+                  f"{first / max(second, 1e-9):.1f}x faster")
+            for label, r in zip(("first", "cached"), runs):
+                ph = r["phases"]
+                total = ph["whole ingest"] or 1.0
+                print(f"  {label}: " + ", ".join(f"{k} {v:.2f} s ({v / total:.0%})" for k, v in ph.items()
+                                                   if k not in ("whole ingest", "files (fingerprint, headers, pixels)")))
+            files = [r["phases"]["files (fingerprint, headers, pixels)"] for r in runs]
+            print(f"  the files alone (fingerprint, headers, pixels): {files[0]:.2f} s, cached {files[1]:.2f} s: "
+                  f"{files[0] / max(files[1], 1e-9):.0f}x faster")
+            shutil.rmtree(root)
+            shutil.rmtree(cache)
+    if tiny:
+        for n, got in out.items():
+            print(f"dicom ingest, {n:,} files: headers read {got['headers_read'][0]} then {got['headers_read'][1]}; "
+                  f"function calls of a cached ingest {got['cached_calls']:,}")
+    elif len(out) == 2:
         a, b = sizes
-        print(ratio_line("dicom first ingest", a, b, out[a]["first"], out[b]["first"], "files"))
+        print(ratio_line("dicom image-cls ingest, first", a, b, out[a]["first"], out[b]["first"], "files"))
+        print(ratio_line("dicom image-cls ingest, cached", a, b, out[a]["second"], out[b]["second"], "files"))
+        for k in range(2):
+            for phase in out[a]["phases"][k]:
+                x, y = out[a]["phases"][k][phase], out[b]["phases"][k][phase]
+                print(f"  {('first', 'cached')[k]} {phase}: {x:.2f} -> {y:.2f} s ({y / max(x, 1e-9):.1f}x)")
+        print(f"dicom peak RSS {out[a]['rss_mb'][0]:.0f} -> {out[b]['rss_mb'][0]:.0f} MB (first ingest), "
+              f"{out[a]['rss_mb'][1]:.0f} -> {out[b]['rss_mb'][1]:.0f} MB (cached)")
     return out
 
 
@@ -332,7 +457,7 @@ def bench_text_predict(n: int, repeats: int) -> dict[str, Any]:
                 "engine.device=cpu"]
         proc = subprocess.run([sys.executable, "-m", "medmm", "run", "text-cls", "--data",
                                str(reports(tmp / "train.csv", 2000)), "--out", str(tmp / "run"),
-                               *[a for s in sets for a in ("--set", s)]], capture_output=True, text=True)
+                               *[a for s in sets for a in ("--set", s)]], check=False, capture_output=True, text=True)
         if proc.returncode:
             print(f"text-cls run failed: {proc.stderr[-800:]}")
             return out
@@ -375,7 +500,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
-    ap.add_argument("--files", type=int, default=800, help="the smaller DICOM folder (the larger is 10x)")
+    ap.add_argument("--files", type=int, default=2_000, help="the smaller DICOM folder (the larger is 10x)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="textpredict: interleaved repeats (best kept)")
@@ -402,4 +527,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    main()
+    if sys.argv[1:2] == ["--dicom-child"]:
+        _dicom_child(*sys.argv[2:6])
+    else:
+        main()

@@ -36,3 +36,5 @@ def test_tiny_scale_bench_counts_of_work() -> None:
     assert large < 1.5 * small, results["split"]
     for n, got in results["dicom"].items():
         assert got["headers_read"] == [n, 0]  # a second scan with the same cache reads no header
+    small, large = (results["dicom"][n]["cached_calls"] for n in sorted(results["dicom"]))
+    assert large < 15 * small, results["dicom"]  # 10x files: linear in the files (work per pair: ~100x)
