@@ -30,6 +30,7 @@ class Streamed:
 
     ev: Any
     set_groups: list[str] | None = None
+    seen: dict[str, int] | None = None  # the run's own labelled data: units per run split (the training-rows caveat)
 
 
 def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: Any, out: Path,
@@ -40,13 +41,14 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     run calibrated before its group bands were stored) and the caller reads it whole. A run whose sets are
     grouped by a column reads that column alongside, block by block (:class:`~medmm.evaluation.conformal.StreamedGroups`).
 
-    Per row only the scores (and targets, and a grouped run's group label) are kept; the unit ids only when the table is the run's own
-    labelled data (the training-rows caveat counts them), else ``units`` is empty: count ``scores``."""
+    Per row only the scores (and targets, and a grouped run's group label) are kept, never the unit ids
+    (``units`` is empty: count ``scores``); for the run's own labelled data the training-rows caveat's
+    counts are made block by block (:class:`~medmm.evaluation.overlap.SplitCounter`, in ``seen``)."""
     from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
     from medmm.evaluation.calibration import apply_stored_calibration
     from medmm.evaluation.conformal import StreamedGroups, load_conformal
-    from medmm.evaluation.overlap import own_data
+    from medmm.evaluation.overlap import SplitCounter, own_data
     from medmm.evaluation.threshold import load_operating_point
     from medmm.io import atomic_write
     from medmm.predictions import predictions_table
@@ -65,8 +67,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     side = StreamedGroups(conf, Path(data), trainer.cfg, rows) if grouped else None  # type: ignore[arg-type]
     labels: list[str] = []  # grouped runs: each unit's group label (a few distinct strings, shared)
     shared: dict[str, str] = {}
-    units: list[str] = []  # kept only for the training-rows caveat of the run's own data (labelled)
-    keep_units: bool | None = None
+    seen: SplitCounter | None = None  # the run's own labelled data: its splits counted block by block
+    own: bool | None = None
     scores: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     loss, n = 0.0, 0
@@ -81,14 +83,15 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
             if i == 0:
                 writer.writerow(header)
             writer.writerows(lines)
-            if keep_units is None:  # decided once: ids are kept only where the caveat needs them
-                keep_units = ev.targets is not None and own_data(run_dir, Path(data))
-            if keep_units:
-                units += ev.units
+            if own is None:  # decided once: the caveat counts the run's splits only for its own labelled data
+                own = ev.targets is not None and own_data(run_dir, Path(data))
+                seen = SplitCounter(run_dir) if own else None
+            if seen is not None:
+                seen.add(ev.units)
             scores.append(np.asarray(ev.scores))
             if ev.targets is not None:
                 targets.append(np.asarray(ev.targets))
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
-    ev = EvalOutput(units, np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
-    return Streamed(ev, labels if side is not None else None)
+    ev = EvalOutput([], np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
+    return Streamed(ev, labels if side is not None else None, None if seen is None else seen.result())

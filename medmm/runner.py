@@ -613,8 +613,11 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         from medmm.evaluation.overlap import caveat, seen_splits
 
         metrics = trainer.metrics_of(ev)
-        seen = seen_splits(run_dir, ev.units, Path(data)) if len(ev.units) else {}  # streamed: ids kept only for
-        note = caveat(seen, len(ev.scores))  # the run's own data; the rows the run trained on
+        if streamed is not None:  # counted block by block for the run's own data (no ids kept)
+            seen = streamed.seen or {}
+        else:
+            seen = seen_splits(run_dir, ev.units, Path(data)) if len(ev.units) else {}
+        note = caveat(seen, len(ev.scores))  # the rows the run trained on
         msg += "\n" + "\n".join([*([f"  {note}"] if note else []), *(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())])
     click.echo(msg)
     return out

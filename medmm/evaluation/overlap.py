@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["caveat", "own_data", "run_splits", "seen_splits"]
+__all__ = ["SplitCounter", "caveat", "own_data", "run_splits", "seen_splits"]
 
 
 def run_splits(run_dir: Path) -> dict[str, str]:
@@ -53,6 +53,49 @@ def seen_splits(run_dir: Path, units: Iterable[str], data: Path | None = None) -
         return {}
     splits = run_splits(run_dir)
     return dict(Counter(splits[u] for u in dict.fromkeys(str(u) for u in units) if u in splits))
+
+
+class SplitCounter:
+    """:func:`seen_splits` for units that arrive in blocks, without holding their ids or the run's whole
+    ``splits.csv``: the file is read alongside, in step, when the units come in its order (the run's own
+    table, predicted row by row); a unit not next in the file waits in a list that the rest of the file
+    settles at the end (the same counts whatever the order, held only for such units)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        path = Path(run_dir) / "splits.csv"
+        self._file = path.open(newline="", encoding="utf-8") if path.is_file() else None
+        self._rows = csv.DictReader(self._file) if self._file is not None else iter(())
+        self._next: dict[str, str] | None = self._advance()
+        self._pending: dict[str, None] = {}
+        self.counts: Counter[str] = Counter()
+
+    def _advance(self) -> dict[str, str] | None:
+        for row in self._rows:
+            if row.get("id") is not None:
+                return row
+        return None
+
+    def add(self, units: Iterable[str]) -> None:
+        """Count the next block of units (in order)."""
+        for u in units:
+            u = str(u)
+            if self._next is not None and self._next["id"] == u:
+                self.counts[self._next["split"]] += 1
+                self._next = self._advance()
+            else:
+                self._pending[u] = None
+
+    def result(self) -> dict[str, int]:
+        """``{split: units}``, as :func:`seen_splits` counts them; closes the file."""
+        try:
+            while self._pending and self._next is not None:  # units that came out of the file's order
+                if self._pending.pop(self._next["id"], 0) is None:
+                    self.counts[self._next["split"]] += 1
+                self._next = self._advance()
+        finally:
+            if self._file is not None:
+                self._file.close()
+        return dict(self.counts)
 
 
 def caveat(seen: dict[str, int], total: int) -> str | None:
