@@ -4,22 +4,26 @@
 
 Starts a local Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) on 127.0.0.1 and loads it with
 pydicom's real test images (``tests/orthanc.py``: ``sample_files``), each stored ``--copies``
-times under new UIDs and patient ids (a few hundred instances). Then, each in a fresh process,
-alternating, ``--repeats`` times:
+times under new UIDs and patient ids (a few hundred instances), in their own studies and series
+(18 series per copy, 1 to 50 instances each; ``--flat``: every instance its own study and series).
+Then, each in a fresh process, alternating, ``--repeats`` times:
 
   (a) plain loop: ``DICOMwebClient.search_for_instances`` (every page) and, one at a time,
       ``retrieve_instance`` (original transfer syntax) + ``save_as`` of the same files, no de-id;
   (b) ``medmm pull`` de-identified (PS3.15 Basic profile in memory, each instance verified on its
       written bytes), ``--workers`` connections on threads, and (b') on as many processes;
   (c) ``medmm pull --identified`` (no de-id), ``--workers`` connections;
-  (d) ``medmm pull --pixels keep`` (de-identified headers, no OCR of burned-in text).
+  (d) ``medmm pull --pixels keep`` (de-identified headers, no OCR of burned-in text);
+  (a') the plain loop with one streamed ``iter_series`` request per series instead (like for like:
+       medmm retrieves a series of 2 or more instances to fetch that way).
 
 Prints instances/s (median of the repeats, search included) and the peak RSS of each run's main
 process (worker processes of (b') not included),
-and the ratios (b)/(a) (goal >= 0.8) and (c)/(a) (goal >= 1.0). No asserts: read the ratios.
+and the ratios (b)/(a) (goal >= 0.8) and (c)/(a) (goal >= 1.0), and each against (a'). No asserts: read
+the ratios.
 
 ``--before DIR`` (a copy of an earlier medmm, e.g. ``git archive COMMIT | tar -x -C DIR``) also runs
-(b) and (d) with that code, in the same alternation, so that a change is measured within one run.
+(b), (c) and (d) with that code, in the same alternation, so that a change is measured within one run.
 """
 
 from __future__ import annotations
@@ -40,7 +44,7 @@ import json, resource, sys, time
 from pathlib import Path
 mode, url, out, workers, parallel = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 start = time.perf_counter()
-if mode == "plain":
+if mode.startswith("plain"):
     import logging
     from dicomweb_client.api import DICOMwebClient
     logging.getLogger("dicomweb_client").setLevel(logging.ERROR)
@@ -54,11 +58,18 @@ if mode == "plain":
             break
     out.mkdir(parents=True)
     n = 0
-    for item in refs:
-        study, series, sop = (item[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018"))
-        ds = client.retrieve_instance(study, series, sop, media_types=(("application/dicom", "*"),))
-        ds.save_as(out / f"{sop}.dcm")
-        n += 1
+    media = (("application/dicom", "*"),)
+    if mode == "plain":
+        for item in refs:
+            study, series, sop = (item[t]["Value"][0] for t in ("0020000D", "0020000E", "00080018"))
+            ds = client.retrieve_instance(study, series, sop, media_types=media)
+            ds.save_as(out / f"{sop}.dcm")
+            n += 1
+    else:  # one streamed request per series
+        for study, series in dict.fromkeys((item["0020000D"]["Value"][0], item["0020000E"]["Value"][0]) for item in refs):
+            for ds in client.iter_series(study, series, media_types=media):
+                ds.save_as(out / f"{ds.SOPInstanceUID}.dcm")
+                n += 1
 else:
     from medmm.data.sources import parse_source
     from medmm.pacs.pull import pull
@@ -71,12 +82,16 @@ else:
                echo=lambda m: None, parallel=parallel, pixels="keep" if mode == "deid-keep-pixels" else "blank")
     n = res.fetched
 seconds = time.perf_counter() - start
-print(json.dumps({"n": n, "skipped": 0 if mode == "plain" else len(res.skipped), "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"n": n, "skipped": 0 if mode.startswith("plain") else len(res.skipped), "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
-def load(server, copies: int, folder: Path) -> int:  # type: ignore[no-untyped-def]
-    """Store every sample file ``copies`` times under new UIDs and patient ids; returns the count."""
+def load(server, copies: int, folder: Path, flat: bool = False) -> int:  # type: ignore[no-untyped-def]
+    """Store every sample file ``copies`` times under new UIDs and patient ids; returns the count.
+
+    Each copy keeps the files' own study / series structure (18 series in 11 studies per copy, one
+    series of 50 instances), as a PACS holds them; ``flat`` gives every file its own study and series
+    (one instance per series, the layout of the figures before 7 Dec 2026's second session)."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -93,8 +108,9 @@ def load(server, copies: int, folder: Path) -> int:  # type: ignore[no-untyped-d
             if "SOPInstanceUID" not in ds or "StudyInstanceUID" not in ds:
                 continue
             for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-                setattr(ds, kw, generate_uid(entropy_srcs=[f"{c}-{i}-{kw}-{ds.get(kw)}"]))
-            ds.PatientID = f"BENCH{c:02d}{i:03d}"
+                unit = i if flat or kw == "SOPInstanceUID" else ""
+                setattr(ds, kw, generate_uid(entropy_srcs=[f"{c}-{unit}-{kw}-{ds.get(kw)}"]))
+            ds.PatientID = f"BENCH{c:02d}{i if flat else ds.get('PatientID', '')}"
             if getattr(ds, "file_meta", None) is not None:
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             path = folder / f"{c}-{i}.dcm"
@@ -118,6 +134,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--flat", action="store_true", help="every instance its own study and series")
     ap.add_argument("--before", type=Path, help="an earlier medmm tree: (b) and (d) also run with its code")
     args = ap.parse_args()
     if args.before is not None and not (args.before / "medmm" / "pacs" / "pull.py").is_file():
@@ -129,22 +146,24 @@ def main() -> None:
         raise SystemExit(f"cannot run: {reason}")
     w = args.workers
     modes = [("plain", 1, "threads"), ("deid", w, "threads"), ("deid", w, "processes"), ("identified", w, "threads"),
-             ("deid-keep-pixels", w, "threads")]
+             ("deid-keep-pixels", w, "threads"), ("plain-series", 1, "threads")]
     names = {modes[0]: "(a) plain dicomweb-client loop, no de-id",
              modes[1]: f"(b) medmm pull, de-identified, {w} threads",
              modes[2]: f"(b') medmm pull, de-identified, {w} processes",
              modes[3]: f"(c) medmm pull --identified, {w} threads",
-             modes[4]: f"(d) medmm pull --pixels keep, {w} threads"}
+             modes[4]: f"(d) medmm pull --pixels keep, {w} threads",
+             modes[5]: "(a') plain loop, one request per series"}
     before = {}
     if args.before is not None:  # the same modes with the earlier code
         before = {("deid-before", w, "threads"): ("deid", f"(b) before: {args.before.name}"),
+                  ("identified-before", w, "threads"): ("identified", f"(c) before: {args.before.name}"),
                   ("deid-keep-pixels-before", w, "threads"): ("deid-keep-pixels", f"(d) before: {args.before.name}")}
         modes += list(before)
         names.update({m: label for m, (_, label) in before.items()})
     with tempfile.TemporaryDirectory() as tmp_s, start_orthanc(Path(tmp_s) / "orthanc") as server:
         tmp = Path(tmp_s)
-        stored = load(server, args.copies, tmp / "files")
-        print(f"Orthanc on 127.0.0.1 holds {stored} instances")
+        stored = load(server, args.copies, tmp / "files", flat=args.flat)
+        print(f"Orthanc on 127.0.0.1 holds {stored} instances ({'one per series' if args.flat else 'in their series'})")
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {m: [] for m in modes}
         for r in range(args.repeats):
             for mode, workers, parallel in modes:
@@ -160,11 +179,15 @@ def main() -> None:
             peak = max(x["peak_rss_mb"] for x in runs)
             print(f"{names[m]:<48} {int(runs[0]['n']):>4} inst ({int(runs[0]['skipped'])} skipped) "
                   f"{rate[m]:7.1f} inst/s  peak RSS {peak:6.0f} MB")
-        base = rate[modes[0]]
+        base, series = rate[modes[0]], rate[modes[5]]
         print(f"ratio de-identified (threads) / plain:   {rate[modes[1]] / base:.2f}x (goal >= 0.8)")
         print(f"ratio de-identified (processes) / plain: {rate[modes[2]] / base:.2f}x (goal >= 0.8)")
         print(f"ratio identified / plain:                {rate[modes[3]] / base:.2f}x (goal >= 1.0)")
         print(f"ratio de-identified without OCR / plain: {rate[modes[4]] / base:.2f}x")
+        print("like for like, against the plain loop with one request per series (a'):")
+        for m, label in ((modes[1], "de-identified (threads)"), (modes[3], "identified"),
+                         (modes[4], "de-identified without OCR")):
+            print(f"  {label} / plain per series: {rate[m] / series:.2f}x")
         for m in before:
             print(f"ratio {names[m]} / plain: {rate[m] / base:.2f}x")
 

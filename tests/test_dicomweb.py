@@ -195,7 +195,7 @@ def test_the_ocr_engine_is_loaded_ahead_only_when_the_search_finds_an_instance_i
     from medmm.pacs.pull import _Deid
 
     made: list[int] = []
-    monkeypatch.setattr(pixels, "TextReader", lambda: made.append(1) or object())
+    monkeypatch.setattr(pixels, "TextReader", lambda **kw: made.append(1) or object())
     ct, us = InstanceRef("1", "2", "3", modality="CT"), InstanceRef("1", "2", "4", modality="US")
     sc = InstanceRef("1", "2", "5", modality="OT", sop_class="1.2.840.10008.5.1.4.1.1.7")
     deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank")
@@ -279,7 +279,7 @@ def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_
 
     server, _ = pacs
     made: list[int] = []
-    monkeypatch.setattr(pixels, "TextReader", lambda: made.append(1) or object())  # no OCR model: outcome planted
+    monkeypatch.setattr(pixels, "TextReader", lambda **kw: made.append(1) or object())  # no OCR model: outcome planted
     monkeypatch.setattr(pixels, "clean_pixels",
                         lambda ds, reader, policy: pixels.PixelOutcome(scanned=True, blanked=True, texts_after=[left]))
     res = pull(_server(server.url + "?Modality=CT"), None, tmp_path / "out", pseudo=Pseudonymizer(KEY),
@@ -643,6 +643,136 @@ def test_a_sigkilled_medmm_pull_is_resumed_by_a_second_pull_fetching_only_what_i
     assert all(kept[out / rel] == (out / rel).stat().st_mtime_ns for rel in fingerprinted)  # not fetched again
     blob = b"".join(f.read_bytes() for f in out.rglob("*") if f.is_file())
     assert not any(v.encode() in blob for v in _identifiers(idents))
+
+
+class _SeriesProxy(_Flaky):
+    """A proxy that counts series and instance retrievals and can break a series request: ``fail``
+    (503, every try), ``cut`` (the first ``cut_at`` bytes of the answer, then the connection is closed)."""
+
+    calls: ClassVar[Counter[str]] = Counter()
+    series_mode: ClassVar[str] = ""
+    cut_at: ClassVar[int] = 0
+
+    def do_GET(self) -> None:
+        import requests
+
+        kind = "instance" if "/instances/" in self.path else "series" if "/series/" in self.path else "search"
+        self.calls[kind] += 1
+        if kind != "series" or not self.series_mode:
+            super().do_GET()
+            return
+        if self.series_mode == "fail":
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        r = requests.get(self.upstream + self.path, headers={"Accept": self.headers.get("Accept", "*/*")}, timeout=30)
+        self.send_response(r.status_code)
+        self.send_header("Content-Type", r.headers.get("Content-Type", ""))
+        self.send_header("Content-Length", str(len(r.content)))
+        self.end_headers()
+        self.wfile.write(r.content[: self.cut_at])
+        self.close_connection = True
+
+
+@pytest.fixture(scope="module")
+def series_pacs(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An Orthanc holding one series of 5 instances (one patient, planted identity) and one single-instance
+    series of another study; yields the server and the 6 source SOP UIDs (the big series' first, in order)."""
+    from pydicom.uid import generate_uid
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = tmp_path_factory.mktemp("series-pacs")
+    (root / "files").mkdir()
+    sops = []
+    for n in range(6):
+        ds = pydicom.dcmread(Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm")
+        one = n == 5
+        ds.PatientID, ds.PatientName = ("MRN55121", "Okafor^Chidi") if not one else ("MRN55122", "Okafor^Ada")
+        ds.AccessionNumber = "ACC55121" if not one else "ACC55122"
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["series-st", str(one)])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series-se", str(one)])
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["series-so", str(n)])
+        ds.InstanceNumber = n + 1
+        ds.save_as(root / "files" / f"{n}.dcm", enforce_file_format=True)
+        sops.append(str(ds.SOPInstanceUID))
+    with start_orthanc(root / "orthanc") as server:
+        assert server is not None and server.upload(sorted((root / "files").glob("*.dcm"))) == 6
+        yield server, sops
+
+
+def _series_proxy(server: Orthanc, mode: str = "", cut_at: int = 0):  # type: ignore[no-untyped-def]
+    handler = type("SeriesProxy", (_SeriesProxy,), {"upstream": server.rest, "broken": set(), "once": set(),
+                                                    "calls": Counter(), "series_mode": mode, "cut_at": cut_at})
+    proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    return proxy, handler, f"dicomweb+http://127.0.0.1:{proxy.server_address[1]}/dicom-web"
+
+
+def test_a_series_comes_in_one_streamed_request_and_each_instance_is_fingerprinted(series_pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """5 instances of one series: one series request, no instance request; each file de-identified and in
+    the manifest; an instance of the series the search did not select is read past, not written."""
+    server, sops = series_pacs
+    pseudo = Pseudonymizer(KEY)
+    proxy, handler, url = _series_proxy(server)
+    try:
+        res = pull(_server(url), {}, tmp_path / "out", pseudo=pseudo, workers=2, progress=False, echo=lambda m: None)
+        assert (res.fetched, res.skipped) == (6, [])
+        assert (handler.calls["series"], handler.calls["instance"]) == (1, 1)  # the single-instance series: alone
+        lines = [json.loads(x) for x in (tmp_path / "out" / ".medmm-pull" / "manifest.jsonl").read_text().splitlines()]
+        assert sorted(x["key"] for x in lines) == sorted(pseudo.uid(u) for u in sops)
+        blob = b"".join(f.read_bytes() for f in (tmp_path / "out").rglob("*") if f.is_file())
+        for value in ("MRN55121", "MRN55122", "Okafor", "ACC55121", *sops):
+            assert value.encode() not in blob, value
+        assert all(pydicom.dcmread(tmp_path / "out" / x["path"]).PatientIdentityRemoved == "YES" for x in lines)
+        # a selection of 3 of the 5: still one series request; the 2 others are not written
+        handler.calls.clear()
+        res = pull(_server(url), {}, tmp_path / "some", pseudo=pseudo, progress=False, echo=lambda m: None,
+                   select=lambda r: r.sop in sops[1:4])
+        assert (res.fetched, res.skipped, handler.calls["series"], handler.calls["instance"]) == (3, [], 1, 0)
+        assert sorted(p.stem for p in (tmp_path / "some").rglob("*.dcm")) == sorted(pseudo.uid(u) for u in sops[1:4])
+        assert "skipped.csv" not in {p.name for p in (tmp_path / "some").iterdir()}
+    finally:
+        proxy.shutdown()
+
+
+@pytest.mark.parametrize("mode", ["fail", "cut"])
+def test_a_broken_series_request_falls_back_to_the_missing_instances_alone(series_pacs, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                           mode: str) -> None:
+    """A series request answered 503 (after the retries), or cut after its first instances: the instances it
+    brought are kept (fingerprinted), the others retrieved one by one; a second pull fetches nothing."""
+    server, sops = series_pacs
+    pseudo = Pseudonymizer(KEY)
+    whole = len(requests_get_series(server, sops[0]))
+    proxy, handler, url = _series_proxy(server, mode, cut_at=int(whole * 0.55))
+    try:
+        srv = _server(url, retries=1)
+        srv.client.set_chunk_size(16 * 1024)  # read in pieces smaller than one instance, as for a large series
+        res = pull(srv, {}, tmp_path / "out", pseudo=pseudo, workers=1, progress=False, echo=lambda m: None)
+        assert (res.fetched, res.skipped) == (6, [])
+        streamed = 5 - (handler.calls["instance"] - 1)  # the single-instance series is always alone
+        assert (streamed == 0) if mode == "fail" else (1 <= streamed <= 4), (mode, handler.calls)
+        manifest = (tmp_path / "out" / ".medmm-pull" / "manifest.jsonl").read_text().splitlines()
+        keys = sorted(pseudo.uid(u) for u in sops)
+        assert sorted(json.loads(x)["key"] for x in manifest) == keys  # each once
+        assert sorted(p.stem for p in (tmp_path / "out").rglob("*.dcm")) == keys
+        again = pull(_server(url), {}, tmp_path / "out", pseudo=pseudo, progress=False, echo=lambda m: None)
+        assert (again.already, again.fetched) == (6, 0)
+    finally:
+        proxy.shutdown()
+
+
+def requests_get_series(server: Orthanc, sop: str) -> bytes:
+    """The whole WADO-RS answer of the series holding ``sop``, straight from Orthanc."""
+    import requests
+
+    ref = next(r for r in _server(server.url).instances() if r.sop == sop)
+    return requests.get(f"{server.dicomweb}/studies/{ref.study}/series/{ref.series}",
+                        headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+                        timeout=30).content
 
 
 def test_a_bearer_token_from_a_file_is_sent_and_a_wrong_one_is_one_line(pacs, tmp_path: Path, key_file: Path,  # type: ignore[no-untyped-def]

@@ -63,9 +63,14 @@ class PixelOutcome:
 
 
 class TextReader:
-    """RapidOCR, loaded once; a one-line error naming the ``deid`` extra when it is missing."""
+    """RapidOCR, loaded once; a one-line error naming the ``deid`` extra when it is missing.
 
-    def __init__(self) -> None:
+    ``threads``: onnxruntime's threads per model run (``None``: the engine's default, every core).
+    ``medmm pull`` gives 1: its other threads de-identify and retrieve meanwhile, and a run spread
+    over cores that are busy waits on the slowest (measured: 0.40 s vs 0.6-0.9 s per 1024x256
+    secondary capture on the shared 2-core VM, load 14)."""
+
+    def __init__(self, threads: int | None = None) -> None:
         try:
             from rapidocr_onnxruntime import RapidOCR
         except ModuleNotFoundError:
@@ -76,7 +81,8 @@ class TextReader:
         # Detection at the image's own size (the long side capped at DET_MAX_SIDE), never upscaled: the
         # engine's default scales the SHORT side up to 736 px, 8.3x the pixels of a 1024x256 secondary
         # capture (the detector's cost) for no recall (bench/deid_pixels.py: 29/29 known strings read).
-        self._engine = RapidOCR(det_limit_type="max", det_limit_side_len=DET_MAX_SIDE)
+        kwargs = {} if threads is None else {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+        self._engine = RapidOCR(det_limit_type="max", det_limit_side_len=DET_MAX_SIDE, **kwargs)
         logging.getLogger("RapidOCR").setLevel(logging.ERROR)  # it logs nothing we need
 
     def read(self, image: Any) -> list[tuple[tuple[int, int, int, int], str]]:

@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from medmm.data.sources.dicomweb import DicomwebError, InstanceRef
 from medmm.errors import DataError, MedmmError
@@ -49,9 +51,12 @@ REPORT_NAME = "pull.json"
 SKIPPED_NAME = "skipped.csv"
 LABELS_NAME = "labels.csv"
 PROCESS_MIN = 64  # instances to fetch from which ``parallel="auto"`` uses processes
+SERIES_MIN = 2  # instances of one series to fetch from which the series is retrieved in one streamed request
 # Study-level attributes a report pushed back to the PACS must carry (kept in memory only).
 STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                   "AccessionNumber", "StudyID", "ReferringPhysicianName")
+_U = TypeVar("_U")
+_R = TypeVar("_R")
 _LABEL_KEYS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID", "AccessionNumber")
 
 
@@ -92,6 +97,7 @@ class _Plan:
     # identifiers of every instance found (QIDO answer, memory only): a label folder holding one is keyed
     label_ids: frozenset[str] = field(default=frozenset(), repr=False)
     label_forms: frozenset[str] = field(default=frozenset(), repr=False)
+    manifest: str = ""  # .medmm-pull/manifest.jsonl: a line per written file, appended as soon as it is in place
 
 
 @dataclass
@@ -130,7 +136,7 @@ class _Deid:
 
         with self._loading:
             if self._reader is None:
-                self._reader = TextReader()  # loaded on the first image in scope, or by preload
+                self._reader = TextReader(threads=1)  # loaded on the first image in scope, or by preload
         return self._reader
 
     def preload(self, refs: list[InstanceRef]) -> Any:
@@ -419,41 +425,49 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
                                                                  if result.skipped else ""))
 
     ids, forms = _found_identifiers(refs) if layout == "label" and pseudo is not None else (frozenset(), frozenset())
-    plan = _Plan(label_attribute, pixels, layout, by_sop, ids, forms)
+    plan = _Plan(label_attribute, pixels, layout, by_sop, ids, forms, str(manifest_path))
     keyed_labels: set[str] = set()
-    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
+    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
     if fetch.deid is not None and not use_processes:  # a process loads its own engine when it needs one
         fetch.deid.preload(todo)
+    units = _units(todo)
     bar = _bar(len(todo), progress)
+    lock = threading.Lock()
+
+    def report(sop: str, outcome: _Done | str) -> None:
+        """One instance's outcome (its manifest line is already written): counts, labels, the bar."""
+        with lock:
+            if isinstance(outcome, str):
+                result.skipped.append((new_uid(sop), outcome))
+            else:
+                result.fetched += 1
+                result.identifiers_checked += outcome.identifiers
+                result.pixels_scanned += outcome.ocr
+                fetched_keys.add(outcome.key)
+                if outcome.label is not None:
+                    study_labels.setdefault(outcome.study, outcome.label)
+                if outcome.label_keyed:
+                    keyed_labels.add(outcome.rel.split("/", 1)[0])
+            bar.update(1)
+
     try:
-        with open(manifest_path, "a", encoding="utf-8") as manifest, _pool(fetch, workers, use_processes) as pool:
-            task = _fetch_in_worker if use_processes else fetch
-            for ref, fut in _bounded(pool, task, todo, 2 * max(1, workers)):
+        with _pool(fetch, workers, use_processes) as pool:
+            task: Callable[[tuple[InstanceRef, ...]], list[tuple[str, _Done | str]]] = \
+                _fetch_in_worker if use_processes else functools.partial(fetch.unit, report=report)
+            for unit, fut in _bounded(pool, task, units, 2 * max(1, workers)):
                 try:
-                    d = fut.result()
-                except (ValueError, DicomwebError, OSError) as exc:
-                    result.skipped.append((new_uid(ref.sop), _short(exc)))
+                    outcomes = fut.result()
                 except MedmmError:
                     raise
-                except Exception as exc:  # noqa: BLE001 - one odd instance never stops the pull
-                    result.skipped.append((new_uid(ref.sop), _short(exc)))
-                else:
-                    manifest.write(json.dumps({"key": d.key, "path": d.rel, "sha256": d.sha256, "size": d.size,
-                                               "study": d.study, "label": d.label}) + "\n")
-                    manifest.flush()
-                    result.fetched += 1
-                    result.identifiers_checked += d.identifiers
-                    result.pixels_scanned += d.ocr
-                    fetched_keys.add(d.key)
-                    if d.label is not None:
-                        study_labels.setdefault(d.study, d.label)
-                    if d.label_keyed:
-                        keyed_labels.add(d.rel.split("/", 1)[0])
-                bar.update(1)
+                except Exception as exc:  # noqa: BLE001 - one odd unit never stops the pull
+                    outcomes = [(ref.sop, _short(exc)) for ref in unit]
+                for sop, outcome in outcomes:  # threads: reported already, as each instance ended
+                    report(sop, outcome)
     finally:
         bar.close()
+        fetch.close()
     result.seconds = time.monotonic() - start
     from medmm.io import write_json_atomic, write_skipped
 
@@ -490,12 +504,15 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
 
 
 class _Fetcher:
-    """Retrieve one instance, de-identify and verify it in memory, write it atomically."""
+    """Retrieve instances (one, or a series in one streamed request), de-identify and verify each in
+    memory, write it atomically and append its fingerprint to the manifest."""
 
     def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, plan: _Plan):
         self.server, self.pseudo, self.options, self.plan = server, pseudo, options, plan
         self.out = Path(out)
         self.deid = _Deid(pseudo, options, plan.pixels) if pseudo is not None else None
+        self._manifest_fd: int | None = None
+        self._folders: set[Path] = set()  # folders made (set.add is atomic: threads share it)
 
     def worker_args(self) -> tuple[Any, ...]:
         """What a worker process needs to build the same fetcher (its own connection)."""
@@ -504,8 +521,62 @@ class _Fetcher:
     def new_uid(self, uid: str) -> str:
         return self.pseudo.uid(uid) if self.pseudo is not None else uid
 
-    def __call__(self, ref: InstanceRef) -> _Done:
-        ds = self.server.retrieve(ref)
+    def unit(self, refs: tuple[InstanceRef, ...],
+             report: Callable[[str, _Done | str], None] | None = None) -> list[tuple[str, _Done | str]]:
+        """Fetch ``refs``: one instance, or several of one series, which come in one streamed series
+        request (an instance of the series that the search did not find is read past, not written; one
+        the stream did not bring, or brought broken, is then retrieved alone). Each outcome (a written
+        file, or the reason it was skipped) is given to ``report`` as soon as it is known, else returned."""
+        outcomes: list[tuple[str, _Done | str]] = []
+
+        def done(ref: InstanceRef, outcome: _Done | str) -> None:
+            if report is not None:
+                report(ref.sop, outcome)
+            else:
+                outcomes.append((ref.sop, outcome))
+
+        left = {r.sop: r for r in refs}
+        if len(refs) > 1:
+            try:
+                with self.server.series_stream(refs[0].study, refs[0].series) as parts:
+                    for ds in parts:
+                        ref = left.pop(str(ds.get("SOPInstanceUID", "")), None)
+                        if ref is not None:
+                            done(ref, self._outcome(ref, ds))
+                        del ds
+                        if not left:
+                            break
+            except MedmmError as exc:
+                if not isinstance(exc, DicomwebError):
+                    raise
+            except Exception:  # noqa: BLE001, S110 - a broken stream or part: the rest is retrieved alone
+                pass
+        for ref in left.values():
+            try:
+                ds = self.server.retrieve(ref)
+            except MedmmError as exc:
+                if not isinstance(exc, DicomwebError):
+                    raise
+                done(ref, _short(exc))
+            except Exception as exc:  # noqa: BLE001 - one odd instance never stops the pull
+                done(ref, _short(exc))
+            else:
+                done(ref, self._outcome(ref, ds))
+        return outcomes
+
+    def _outcome(self, ref: InstanceRef, ds: Any) -> _Done | str:
+        """The written file, or why the instance was skipped (kinds, never values); a configuration
+        error (e.g. no OCR engine for the pixel pass) stops the pull."""
+        try:
+            return self(ref, ds)
+        except MedmmError as exc:
+            if not isinstance(exc, DicomwebError):
+                raise
+            return _short(exc)
+        except Exception as exc:  # noqa: BLE001 - one odd instance never stops the pull
+            return _short(exc)
+
+    def __call__(self, ref: InstanceRef, ds: Any) -> _Done:
         reason = self.deid.skip_reason(ds) if self.deid is not None else None
         if reason:
             raise ValueError(reason)
@@ -531,11 +602,47 @@ class _Fetcher:
         if self.plan.layout == "label":
             rel = f"{folder}/{rel}"
         dest = self.out / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.parent not in self._folders:  # one mkdir per series folder, not per instance
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            self._folders.add(dest.parent)
         tmp = self.out / PULL_DIR / "tmp" / f"{key}.{os.getpid()}.part"
         tmp.write_bytes(data)
         os.replace(tmp, dest)
-        return _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked, scanned, keyed)
+        d = _Done(key, rel, hashlib.sha256(data).hexdigest(), len(data), study, label, checked, scanned, keyed)
+        self._record(d)
+        return d
+
+    def _record(self, d: _Done) -> None:
+        """Append the file's manifest line with one ``write`` on an O_APPEND descriptor (whole lines from
+        every thread and worker process; a kill leaves at most a cut last line, which is ignored)."""
+        if not self.plan.manifest:
+            return
+        if self._manifest_fd is None:
+            self._manifest_fd = os.open(self.plan.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        line = json.dumps({"key": d.key, "path": d.rel, "sha256": d.sha256, "size": d.size, "study": d.study,
+                           "label": d.label}) + "\n"
+        os.write(self._manifest_fd, line.encode("utf-8"))
+
+    def close(self) -> None:
+        if self._manifest_fd is not None:
+            os.close(self._manifest_fd)
+            self._manifest_fd = None
+
+
+def _units(todo: list[InstanceRef]) -> list[tuple[InstanceRef, ...]]:
+    """The instances to fetch as work units: the instances of one series together (retrieved by one
+    streamed series request when there are ``SERIES_MIN`` or more), else alone; the largest series
+    first (a long series started last would leave the other connections idle at the end)."""
+    by_series: dict[tuple[str, str], list[InstanceRef]] = {}
+    for ref in todo:
+        by_series.setdefault((ref.study, ref.series), []).append(ref)
+    units: list[tuple[InstanceRef, ...]] = []
+    for refs in by_series.values():
+        if len(refs) >= SERIES_MIN:
+            units.append(tuple(refs))
+        else:
+            units += [(r,) for r in refs]
+    return sorted(units, key=len, reverse=True)  # stable: search order within a size
 
 
 _WORKER: _Fetcher | None = None
@@ -551,9 +658,9 @@ def _init_worker(spec: tuple[Any, ...], pseudo: Any, options: Any, out: str, pla
     _WORKER = _Fetcher(DicomwebServer.from_spec(spec), pseudo, options, Path(out), plan)
 
 
-def _fetch_in_worker(ref: InstanceRef) -> _Done:
+def _fetch_in_worker(unit: tuple[InstanceRef, ...]) -> list[tuple[str, _Done | str]]:
     assert _WORKER is not None
-    return _WORKER(ref)
+    return _WORKER.unit(unit)
 
 
 def _pool(fetch: _Fetcher, workers: int, processes: bool) -> Any:
@@ -573,10 +680,9 @@ def _bar(total: int, enabled: bool) -> Any:
                 smoothing=0.1)
 
 
-def _bounded(pool: Any, fn: Callable[[InstanceRef], _Done], items: list[InstanceRef],
-             in_flight: int) -> Iterator[tuple[InstanceRef, Future[_Done]]]:
+def _bounded(pool: Any, fn: Callable[[_U], _R], items: list[_U], in_flight: int) -> Iterator[tuple[_U, Future[_R]]]:
     """Yield ``(item, future)`` as they finish, never more than ``in_flight`` submitted at once."""
-    pending: dict[Future[_Done], InstanceRef] = {}
+    pending: dict[Future[_R], _U] = {}
     it = iter(items)
     try:
         for item in it:

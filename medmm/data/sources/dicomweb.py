@@ -327,6 +327,28 @@ class DicomwebServer:
             return self.client.retrieve_instance(ref.study, ref.series, ref.sop,
                                                  media_types=(("application/dicom", "*"),))
 
+    @contextlib.contextmanager
+    def series_stream(self, study: str, series: str) -> Iterator[Iterator[Any]]:
+        """Every instance of one series from one streamed WADO-RS request, as pydicom Datasets one at a
+        time (dicomweb-client ``iter_series``: a part is parsed as soon as it has arrived, so memory
+        holds one instance, not the series). Errors, while the request starts or mid-stream, are
+        :class:`DicomwebError`; the connection is closed when the block ends, even mid-stream."""
+        def read() -> Iterator[Any]:
+            with self._errors("retrieve"):
+                parts = self.client.iter_series(study, series, media_types=(("application/dicom", "*"),))
+                try:
+                    yield from parts
+                finally:
+                    close = getattr(parts, "close", None)
+                    if close is not None:
+                        close()
+
+        stream = read()
+        try:
+            yield stream
+        finally:
+            stream.close()
+
     def store(self, datasets: list[Any]) -> None:
         """STOW-RS; a failure of any instance is an error."""
         with self._errors("store"):
