@@ -324,6 +324,7 @@ def test_text_export_streams_a_table_of_notes_to_the_one_pass_file(text, tmp_pat
     from click.testing import CliRunner
     from medmm_plugins.text_cls.runtime import TextInputs
 
+    from medmm import batching
     from medmm import cli as cli_mod
     from medmm.data import readers
 
@@ -345,6 +346,7 @@ def test_text_export_streams_a_table_of_notes_to_the_one_pass_file(text, tmp_pat
 
     def predict(src: Path, out: Path, rows: str) -> str:
         monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+        monkeypatch.setattr(batching, "WINDOW_BATCHES", 2)  # length-sorted windows of 64 token windows, both paths
         res = CliRunner().invoke(cli_mod.make_cli(), ["predict", str(export), "--data", str(src), "--out", str(out)])
         assert res.exit_code == 0, res.output
         return res.output
@@ -357,7 +359,7 @@ def test_text_export_streams_a_table_of_notes_to_the_one_pass_file(text, tmp_pat
         monkeypatch.setattr(readers, "streams", _streams)
         monkeypatch.setattr(readers, "read_table", lambda *a, **k: (_ for _ in ()).throw(AssertionError("whole read")))
         blocks.clear()
-        told = predict(src, tmp_path / f"{name}-blocks.csv", "5")  # rounded up to whole eval batches
+        told = predict(src, tmp_path / f"{name}-blocks.csv", "5")  # rounded up to a whole length-sorted window
         monkeypatch.undo()
         monkeypatch.setattr(TextInputs, "blocks", counted)
         assert (tmp_path / f"{name}-blocks.csv").read_bytes() == (tmp_path / f"{name}-one.csv").read_bytes()
@@ -369,7 +371,7 @@ def test_text_export_streams_a_table_of_notes_to_the_one_pass_file(text, tmp_pat
         assert "88 predictions" in told
         assert (tmp_path / f"{name}-blocks.skipped.csv").read_bytes() == (tmp_path / f"{name}-one.skipped.csv").read_bytes()
         assert ("auroc" in told) == (name == "labelled")
-        assert len(blocks) >= 2 and all(n % 32 == 0 for n, _ in blocks[:-1])  # whole eval batches
+        assert len(blocks) >= 2 and all(n % 64 == 0 for n, _ in blocks[:-1])  # whole length-sorted windows
         assert any(several for _, several in blocks)  # a note of several windows stays in its block
 
 
@@ -493,6 +495,88 @@ def test_fusion_export_predicts_like_torch_with_missing_modalities_and_without_t
     assert probs["no-image"] == probs["lost-image"] and len(set(probs.round(6))) >= 3  # the mask changes scores
     skipped = (tmp_path / "onnx.skipped.csv").read_text()
     assert skipped == (tmp_path / "torch.skipped.csv").read_text() and "nothing" in skipped
+
+
+@pytest.mark.slow
+def test_fusion_predict_streams_a_table_to_the_one_pass_file(fusion, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``medmm predict`` of a fusion table streams on the torch and the onnxruntime path (#30): blocks of rows
+    whose kept rows are cut to whole eval batches (4 here; the rest is read again with the next block), rows
+    without a modality or with a lost image in several blocks; the bytes, the skipped report and the console
+    are one pass's, with labels (metrics) and with one row's label missing (no metrics, as one pass)."""
+    import shutil
+
+    from click.testing import CliRunner
+    from medmm_plugins.fusion.runtime import FusionInputs
+
+    from medmm import cli as cli_mod
+    from medmm.data import readers
+
+    data, run, export = fusion
+    small = tmp_path / "run"  # the run with eval batches of 4 rows
+    shutil.copytree(run, small)
+    cfg = (small / "config.yaml").read_text()
+    assert "eval_batch_size:" in cfg
+    (small / "config.yaml").write_text("\n".join("  eval_batch_size: 4" if ln.strip().startswith("eval_batch_size:")
+                                                 else ln for ln in cfg.splitlines()) + "\n")
+    init = FusionInputs.__init__
+
+    def four(self: FusionInputs, *args: object, **kwargs: object) -> None:
+        init(self, *args, **kwargs)  # type: ignore[arg-type]
+        self.batch_size = 4
+
+    monkeypatch.setattr(FusionInputs, "__init__", four)
+    from medmm_plugins.fusion.task import FusionTask
+
+    sizes: list[int] = []  # units per block, both paths
+    chunks, feeds = FusionTask.predict_chunks, FusionInputs.blocks
+
+    def counted_chunks(self: FusionTask, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for split, collate in chunks(self, path, rows):
+            sizes.append(len(split.units))
+            yield split, collate
+
+    def counted_feeds(self: FusionInputs, path: Path, rows: int):  # type: ignore[no-untyped-def]
+        for ex in feeds(self, path, rows):
+            sizes.append(len(ex.units))
+            yield ex
+
+    monkeypatch.setattr(FusionTask, "predict_chunks", counted_chunks)
+    monkeypatch.setattr(FusionInputs, "blocks", counted_feeds)
+    df = pd.read_csv(data, dtype=str, keep_default_na=False)
+    full = df[(df["text"] != "") & (df["image"] != "")].iloc[0].to_dict()
+    odd = [{**full, "id": "no-image", "image": ""}, {**full, "id": "tabular-only", "text": "", "image": ""},
+           {**full, "id": "lost-image", "image": "dicom/NOPE"},
+           {**full, "id": "nothing", "text": "", "image": "", "age": "", "sex": ""}]
+    rows = df.to_dict("records")
+    for k, row in enumerate(odd * 2):  # each kind in two places
+        rows.insert(3 + 5 * k, {**row, "id": f"{row['id']}-{k}"})
+    tables = {"labelled": pd.DataFrame(rows)}
+    tables["partly"] = tables["labelled"].assign(label=["" if i == 11 else v for i, v in enumerate(tables["labelled"].label)])
+    runner = CliRunner()
+
+    def predict(model: Path, src: Path, out: Path, rows: str) -> str:
+        monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+        res = runner.invoke(cli_mod.make_cli(), ["predict", str(model), "--data", str(src), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        return res.output.replace(str(out.with_suffix("")), "OUT")
+
+    for name, frame in tables.items():
+        src = data.with_name(f"stream-{name}.csv")  # next to the demo: image paths are relative to the table
+        frame.to_csv(src, index=False)
+        for model in (small, export):
+            stem = tmp_path / f"{name}-{model.name}"
+            monkeypatch.setattr(readers, "streams", lambda path: False)  # one pass: the whole table
+            said = predict(model, src, stem.with_name(stem.name + "-one.csv"), "100000")
+            monkeypatch.setattr(readers, "streams", _streams)
+            sizes.clear()
+            told = predict(model, src, stem.with_name(stem.name + "-blocks.csv"), "5")
+            assert len(sizes) > 3 and all(k % 4 == 0 for k in sizes[:-1]), sizes  # whole batches of 4 rows
+            one, blocks = (stem.with_name(stem.name + f"-{k}.csv") for k in ("one", "blocks"))
+            assert blocks.read_bytes() == one.read_bytes()
+            assert (blocks.with_suffix(".skipped.csv").read_bytes() == one.with_suffix(".skipped.csv").read_bytes())
+            assert told == said and ("auroc" in told) == (name == "labelled")
+            assert b"lost-image-2," in blocks.read_bytes() and b"nothing-3" not in blocks.read_bytes()
 
 
 @pytest.mark.slow

@@ -144,7 +144,8 @@ def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataF
     from click.testing import CliRunner
     from medmm_plugins.text_cls.task import TextClsTask
 
-    from medmm import batching, cli as cli_mod
+    from medmm import batching
+    from medmm import cli as cli_mod
     from medmm.data import readers
 
     # evaluation batches are length-sorted inside windows of 16 batches (512 windows here, more than

@@ -64,6 +64,9 @@ class Examples:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     records: dict[str, list[Any]] = field(default_factory=dict)
     skipped_key: str = "id"  # row "id"s, or file "path"s (DICOM)
+    # the example of each batch row, batches concatenated (length-sorted windows, medmm.batching);
+    # None: batches in example order
+    order: np.ndarray | None = None
 
 
 def batch_slices(n: int, size: int) -> Iterator[slice]:
@@ -179,6 +182,10 @@ class ExportedModel:
         else:
             k = 1 if self.problem in ("binary", "regression", "survival") else len(self.label_names or [])
             scores = np.zeros((0,) if k == 1 else (0, k), dtype=np.float32)
+        if ex.order is not None and len(scores):  # back to example order, as the torch path pools
+            restored = np.empty_like(scores)
+            restored[ex.order] = scores
+            scores = restored
         units, pooled, targets = pool_by_unit(ex.units, scores, ex.targets)
         pred = Prediction(units, pooled, targets, ex.unit_columns, ex.skipped, ex.records, skipped_key=ex.skipped_key)
         return self._calibrated(pred) if calibrate else pred

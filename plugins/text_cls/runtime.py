@@ -1,6 +1,7 @@
 """text-cls's torch-free input reader for its exports (``TaskSpec.runtime``): the run's tokenizer
 (``tokenizers`` alone, or the baseline vocabulary), windows and padding per batch, as the task's
-predict reader tokenizes."""
+predict reader tokenizes; batches in length order inside fixed windows, as ``Trainer.evaluate``
+(:mod:`medmm.batching`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from medmm import (
-    DataError, Examples, FastTokenizer, SimpleVocab, batch_slices, load_text_examples, read_json, read_table,
-    read_table_chunks, tokenize_cached,
+    DataError, Examples, FastTokenizer, SimpleVocab, batch_slices, eval_window, length_order, load_text_examples,
+    read_json, read_table, read_table_chunks, tokenize_cached,
 )
 from medmm_plugins.text_cls.config import TextClsConfig
 
@@ -55,27 +56,30 @@ class TextInputs:
                                   id_column=id_col, separator=d.separator, max_chars=d.max_chars,
                                   label_names=self.label_names)
 
-    def _batches(self, seqs: list[Any]) -> list[dict[str, np.ndarray]]:
-        """Eval batches of token windows (in order), each padded to its longest window: as :meth:`examples`."""
+    def _batches(self, seqs: list[Any]) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+        """Eval batches of token windows, each padded to its longest window, and the order they hold the
+        windows in: length-sorted inside fixed windows of batches, as the torch path batches them."""
         batches = []
+        order = length_order([len(q) for q in seqs], self.batch_size)
         for s in batch_slices(len(seqs), self.batch_size):
-            part = seqs[s]
+            part = [seqs[int(i)] for i in order[s]]
             width = max(max((len(q) for q in part), default=0), 1)
             ids = np.full((len(part), width), self.pad_id, dtype=np.int64)
             mask = np.zeros((len(part), width), dtype=np.int64)
             for row, q in enumerate(part):
                 ids[row, :len(q)], mask[row, :len(q)] = q, 1
             batches.append({"input_ids": ids, "attention_mask": mask})
-        return batches
+        return batches, order
 
     def blocks(self, path: Path, rows: int) -> Iterator[Examples]:
         """:meth:`examples` of a CSV / TSV of notes in blocks (the streamed ``medmm predict EXPORT_DIR``), as
         the task's own ``predict_chunks`` cuts them: ids unique across blocks, rows keep their table numbers,
         a first pass (when a label column is configured) decides whether every predicted row has a usable
-        label; each block holds ``rows`` token windows (whole eval batches: the graph sees one pass's
-        batches) and ends between documents."""
+        label; each block holds ``rows`` token windows rounded up to whole length-sorted windows of eval
+        batches (:func:`medmm.eval_window`: the graph sees one pass's batches) and ends between documents."""
         d = self.d
-        rows = -(-rows // self.batch_size) * self.batch_size
+        window = eval_window(self.batch_size)
+        rows = -(-rows // window) * window
         text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
         id_col = d.id_column
         if id_col and id_col not in next(read_table_chunks(path, 1)).columns:
@@ -112,7 +116,8 @@ class TextInputs:
 
         def cut(size: int) -> Examples:
             nonlocal seqs, units, targets, docs
-            ex = Examples(self._batches(seqs[:size]), units[:size], np.asarray(targets[:size]) if use_labels else None)
+            batches, order = self._batches(seqs[:size])
+            ex = Examples(batches, units[:size], np.asarray(targets[:size]) if use_labels else None, order=order)
             seqs, units, targets, docs = seqs[size:], units[size:], targets[size:], docs[size:]
             return ex
 
@@ -160,16 +165,8 @@ class TextInputs:
                 labels = labelled.labels
         corpus = tokenize_cached(ex.texts, self.tokenizer, max_length=d.max_length, cache_dir=None,
                                  long_text=d.long_text, stride=d.stride)
-        batches = []
-        for s in batch_slices(len(corpus), self.batch_size):
-            seqs = [corpus[i] for i in range(s.start, s.stop)]
-            width = max(max((len(q) for q in seqs), default=0), 1)
-            ids = np.full((len(seqs), width), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(seqs), width), dtype=np.int64)
-            for row, q in enumerate(seqs):
-                ids[row, :len(q)], mask[row, :len(q)] = q, 1
-            batches.append({"input_ids": ids, "attention_mask": mask})
+        batches, order = self._batches([corpus[i] for i in range(len(corpus))])
         doc = corpus.doc_index
         skipped = [(str(r), str(why)) for r, why in getattr(ex, "skipped", [])]
         return Examples(batches, [ex.row_ids[i] for i in doc], None if labels is None else labels[doc],
-                        skipped=skipped)
+                        skipped=skipped, order=order)
