@@ -370,3 +370,47 @@ def test_plan_shares_the_time_limit_with_the_fits_after_this_one() -> None:
     # a later fit whose step is 1.5 s dearer: 2 s/step + (3.5 + 0.35 x 1.5 x 20 batches) / 100 per step
     assert p.steps_that_fit(1.5) == int(81.5 // 2.14)
     assert Planner(Budget(None), total=10, steps_per_epoch=5, eval_every=0, sizes=sizes).steps_that_fit(1.0) is None
+
+
+def test_step_rate_is_measured_per_token_where_batches_differ_in_length() -> None:
+    """Text batches of different real lengths: four short batches (50 tokens, 0.5 s each) measured first do
+    not make the epoch's steps (100 tokens on average) look twice as fast."""
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    clock = Clock()
+    sizes = Sizes(n_train=200, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
+    p = Planner(Budget(None, clock=clock), total=20, steps_per_epoch=20, eval_every=0, sizes=sizes, work_per_step=100.0)
+    p.started()
+    clock.t = 1.0
+    p.step(120.0)
+    for _ in range(4):
+        clock.t += 0.5
+        p.step(50.0)
+    assert p.step_s() == pytest.approx(1.0)  # 0.01 s per token x 100 tokens per step
+    assert p.train_left_s(5) == pytest.approx(15 * 1.0 + p.one_eval_s())
+    q = Planner(Budget(None, clock=clock), total=20, steps_per_epoch=20, eval_every=0, sizes=sizes)
+    q.started()
+    for _ in range(5):
+        clock.t += 0.5
+        q.step()
+    assert q.step_s() == pytest.approx(0.5)  # without lengths every step weighs the same
+
+
+def test_a_fit_with_one_evaluation_says_its_estimate_at_a_quarter_of_its_steps() -> None:
+    from medmm.engine.budget import REPORT_S, Budget, Planner, Sizes
+    from medmm.engine.eta import Eta
+
+    clock = Clock()
+    sizes = Sizes(n_train=400, n_val=20, n_test=20, n_boot=0, batch_size=10, baseline=False)
+    budget = Budget(None, clock=clock, load=lambda: 1.0)
+    p = Planner(budget, total=40, steps_per_epoch=40, eval_every=0, sizes=sizes)  # one epoch: its evaluation ends it
+    eta = Eta(p, "cpu", announce=False)
+    p.started()
+    for step in range(1, 41):
+        clock.t += 1.0
+        p.step()
+        eta.step(step)
+    said = [e for e in budget.etas if e["label"] == "after 25% of the steps (one evaluation, at the end)"]
+    assert len(said) == 1 and said[0]["at_s"] == pytest.approx(10.0)
+    # 30 steps x 1 s, the evaluation 0.35 x 0.1 s x 20 = 0.7 s, the finish: 40 examples at 0.035 s + the report
+    assert said[0]["predicted_s"] == pytest.approx(30.0 + 0.7 + 1.4 + REPORT_S, abs=1e-3)

@@ -104,6 +104,29 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_torchrun_ranks_agree_on_the_time_limit_plan_and_stop(tmp_path: Path) -> None:
+    """#29: rank 0 plans engine.time_limit and decides the stop; both ranks train the same steps (a rank
+    that stepped alone would hang DDP). Steps take 0.02 s, then 1 s from step 8: the plan (made at 0.02
+    s/step) lowers 480 steps, then the slow steps reach the limit before the plan's end."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29534", str(TOY), str(tmp_path / "two"), "batch_size=8", "epochs=20",
+                          "checkpoint_every_steps=1000", "time_limit=10", "sleep=[0.02, 8, 1.0]"],
+                         env=env, capture_output=True, timeout=240)
+    out, err = two.stdout.decode(), two.stderr.decode()
+    assert two.returncode == 0, err[-3000:]
+    import re
+
+    done = sorted(re.findall(r"toy rank (\d): step (\d+) of (\d+), stopped (.+)", out))
+    assert [d[0] for d in done] == ["0", "1"], out
+    assert done[0][1:] == done[1][1:], done  # the same step, plan and stop on both ranks
+    step, total, stopped = int(done[0][1]), int(done[0][2]), done[0][3]
+    assert 8 < step < total < 480 and stopped == "time limit", done
+    assert len(re.findall(r"warning: the time limit \(10 s\) fits \d+ of 480", err)) == 1, err  # by rank 0 alone
+    assert err.count(f"warning: time limit (10 s) reached at step {step} of {total}") == 1, err
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_names_the_step(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="step 5"):
         train(tmp_path / "r", nan_at_step=5, checkpoint_every_steps=2)

@@ -59,6 +59,12 @@ class ToyTask(Task):
         x, y, idx = batch
         out = model(x).squeeze(-1)
         nan_at = self.cfg.get("model", {}).get("nan_at_step")
+        sleep = self.cfg.get("model", {}).get("sleep")  # [seconds per training step, from step k, seconds after]
+        if sleep and model.training:
+            import time
+
+            self.trained = getattr(self, "trained", 0) + 1
+            time.sleep(sleep[0] if self.trained < sleep[1] else sleep[2])
         if nan_at is not None and model.training:
             self.calls = getattr(self, "calls", 0) + 1
             if self.calls == nan_at:
@@ -66,8 +72,13 @@ class ToyTask(Task):
         return {"output": out, "target": y, "index": idx}
 
 
-def make_cfg(dropout: float = 0.2, nan_at_step: int | None = None, **engine: Any) -> dict[str, Any]:
-    return {"seed": 0, "model": {"dropout": dropout, "nan_at_step": nan_at_step}, "engine": {**ENGINE, **engine}}
+def make_cfg(dropout: float = 0.2, nan_at_step: int | None = None, sleep: list[float] | None = None,
+             **engine: Any) -> dict[str, Any]:
+    return {"seed": 0, "model": {"dropout": dropout, "nan_at_step": nan_at_step, "sleep": sleep},
+            "engine": {**ENGINE, **engine}}
+
+
+LAST: dict[str, Any] = {}  # the last train()'s Trainer (the script prints what it did)
 
 
 def train(run_dir: Path, resume: bool = False, **kw: Any) -> dict[str, torch.Tensor]:
@@ -79,6 +90,7 @@ def train(run_dir: Path, resume: bool = False, **kw: Any) -> dict[str, torch.Ten
     model = task.build_model()
     run_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
+    LAST["trainer"] = trainer
     trainer.fit(model, data, resume=resume)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -100,3 +112,6 @@ if __name__ == "__main__":
 
     if int(os.environ.get("RANK", "0")) == 0:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(run / "final.safetensors"))
+    done = LAST["trainer"]
+    print(f"toy rank {os.environ.get('RANK', '0')}: step {done.state.global_step} of {done.total}, "
+          f"stopped {done.stopped}", flush=True)

@@ -194,8 +194,11 @@ class Planner:
     """One fit's measurements and plan: seconds per step and per evaluation, the finish, the stop."""
 
     def __init__(self, budget: Budget | None, *, total: int, steps_per_epoch: int, eval_every: int, sizes: Sizes,
-                 start_step: int = 0, useful: int | None = None, patience: int = 0) -> None:
+                 start_step: int = 0, useful: int | None = None, patience: int = 0, work_per_step: float = 1.0) -> None:
         self.budget = budget or Budget()
+        # what a step's time is proportional to, on average over an epoch (text: the real tokens of its batch,
+        # whose lengths differ from batch to batch; 1.0: every step alike); step() is told each step's own
+        self.work_per_step = work_per_step if work_per_step > 0 else 1.0
         self.total, self.spe, self.eval_every, self.sizes = total, max(1, steps_per_epoch), eval_every, sizes
         self.start_step = start_step
         self.useful = useful if useful is not None else min(self.spe, max(1, math.ceil(USEFUL_FRACTION * total)))
@@ -209,12 +212,13 @@ class Planner:
         self.last_step_at: float | None = None
         self.patience = patience if sizes.n_val else 0  # early stopping (evaluations without improvement)
         self.bad_evals = 0  # evaluations since the best one
-        self.hist: list[tuple[float, float]] = []  # after each step: (clock, evaluation seconds inside the steps so far)
+        self.hist: list[tuple[float, float, float]] = []  # after each step: (clock, evaluation seconds inside the
+        # steps so far, work so far)
         self.eval_at: list[int] = []  # steps done at each evaluation (the windows the rate is measured on)
 
     # ------------------------------------------------------------------ measurements
-    def step(self) -> None:
-        """One optimizer step ended now."""
+    def step(self, work: float | None = None) -> None:
+        """One optimizer step ended now; ``work``: its share of the work (e.g. its tokens; default: the mean)."""
         now = self.budget.clock()
         if self.steps:  # evaluations since the last step are not step time
             self.eval_in_steps += self.pending_eval
@@ -224,7 +228,8 @@ class Planner:
             self.t_first = now
             self.t_first_cost = now - (self.last_step_at if self.last_step_at is not None else now)
         self.last_step_at = now
-        self.hist.append((now, self.eval_in_steps))
+        done = self.hist[-1][2] if self.hist else 0.0
+        self.hist.append((now, self.eval_in_steps, done + (self.work_per_step if work is None else work)))
 
     def started(self) -> None:
         """The step loop starts now (the first step's time is measured from here)."""
@@ -254,11 +259,15 @@ class Planner:
         return 1
 
     def step_s(self) -> float:
-        """Seconds per optimizer step on the latest epoch (:meth:`window_start`), evaluations excluded."""
+        """Seconds per optimizer step on the latest epoch (:meth:`window_start`), evaluations excluded: the
+        seconds per unit of work measured there times a step's mean work (steps of short batches measured
+        early do not make the whole epoch look short)."""
         if self.steps >= 2 and len(self.hist) == self.steps:
             a = self.window_start()
-            (ta, ea), (tb, eb) = self.hist[a - 1], self.hist[-1]
-            return max(0.0, tb - ta - (eb - ea)) / (self.steps - a)
+            (ta, ea, wa), (tb, eb, wb) = self.hist[a - 1], self.hist[-1]
+            if wb <= wa:
+                return 0.0
+            return max(0.0, tb - ta - (eb - ea)) / (wb - wa) * self.work_per_step
         return max(0.0, getattr(self, "t_first_cost", 0.0))
 
     def one_eval_s(self) -> float:

@@ -1,6 +1,7 @@
 """How long the run will take: one line after the first steps, one after the first evaluation (said
-:data:`FIRST_AFTER_STEPS` steps after it, once the next epoch's steps are measured), and the progress
-bar's ``eta`` (re-estimated at every step).
+:data:`FIRST_AFTER_STEPS` steps after it, once the next epoch's steps are measured) or, for a fit whose
+one evaluation ends it, after a quarter of its steps, and the progress bar's ``eta`` (re-estimated at
+every step).
 
 The estimate (:class:`medmm.engine.budget.Planner`) is the whole time left: the steps left at the
 seconds per step measured on the latest epoch, the evaluations left at the measured seconds per evaluation, and the
@@ -11,12 +12,14 @@ faster options the user has.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["Eta", "format_seconds", "speed_hint"]
 
 FIRST_AFTER_STEPS = 5  # also: steps after the first evaluation measured before its line
+QUARTER = 0.25  # a fit whose one evaluation ends it: its firm estimate is said after this share of its steps
 FIRST_AFTER_S = 10.0
 LONG_S = 600.0  # on a CPU, estimates beyond this get a hint of faster options
 
@@ -40,6 +43,7 @@ class Eta:
         self.after_eval = False
         self.first_eval_at: int | None = None  # the planner's step count at the first evaluation
         self.first_eval_step = 0
+        self.quarter_said = False
 
     def step(self, global_step: int) -> str:
         """After an optimizer step: the bar's ``eta`` text ('' until measured); announces the estimate once."""
@@ -55,6 +59,12 @@ class Eta:
         if self.first_eval_at is not None and not self.after_eval and (
                 p.steps - self.first_eval_at >= min(FIRST_AFTER_STEPS, max(1, p.total - self.first_eval_step))):
             self._after_first_eval(global_step, left)
+        if not self.quarter_said and p.measured and global_step < p.total and p.evals_left(p.start_step) == 1 and (
+                p.steps >= max(FIRST_AFTER_STEPS, math.ceil(QUARTER * (p.total - p.start_step)))):
+            self.quarter_said = True  # its one evaluation ends the fit: the estimate a quarter of the way in
+            p.budget.record_eta(f"after {QUARTER:.0%} of the steps (one evaluation, at the end)", left)
+            if self.announce and left >= FIRST_AFTER_S:
+                self._announce(global_step, left, f"after {QUARTER:.0%} of the steps: ")
         return format_seconds(left)
 
     def evaluated(self, global_step: int) -> None:

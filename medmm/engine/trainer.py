@@ -154,6 +154,7 @@ class Trainer:
         # the fits the run trains after this one (a task's own, e.g. auto's candidates): how many seconds more
         # each one's step takes than this fit's (probe_step_s); the ETA and the time limit count them
         self.later_step_s: list[float] = []
+        self._lengths: np.ndarray | None = None  # tokens per training example (DataBundle.lengths), for the ETA
 
     # ------------------------------------------------------------------ data loading
     def _loader(self, dataset: Any, batches: list[list[int]], collate: Callable[..., Any] | None,
@@ -373,9 +374,13 @@ class Trainer:
 
         budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
         budget.later = list(self.later_step_s)
+        self._lengths = None if data.lengths is None else np.asarray(data.lengths, dtype=np.float64)
+        work = 1.0  # a step's mean work: its batch's real tokens where the task reports lengths (text)
+        if self._lengths is not None and len(self._lengths):
+            work = self._window_work(*self._plan(data, 0)) / max(1, steps_per_epoch)
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
                                sizes=Sizes.of(data, self.e), start_step=self.state.global_step,
-                               patience=self.e.patience)
+                               patience=self.e.patience, work_per_step=work)
         cb.call(self.callbacks, "on_train_start", self)
         try:
             with interrupt.deferred(not self.dist.enabled):  # a first SIGTERM / SIGINT waits for a step boundary
@@ -479,12 +484,54 @@ class Trainer:
         _set_rng_state(_rng_state(rng))
         return [statistics.median(t) for t in times]
 
+    def _window_work(self, *batches: list[int]) -> float:
+        """The real tokens of these batches (where the task reports lengths; else 1 per step)."""
+        if self._lengths is None:
+            return 1.0
+        return float(sum(self._lengths[b].sum() for b in batches if len(b)))
+
+    def _agreed_plan(self, step: int) -> int | None:
+        """The planner's lowered total (:meth:`~medmm.engine.budget.Planner.plan`), decided once by rank 0
+        under torchrun and broadcast, so every rank trains the same steps (a cheaper recipe likewise)."""
+        from medmm.engine.budget import SwitchRecipe
+
+        planner = self.planner
+        if not self.dist.enabled:
+            return planner.plan(step)
+        if planner.planned or not planner.measured or planner.budget.limit_s is None:
+            return None  # the same on every rank: the steps are counted alike and the limit is the config's
+        decision: tuple[Any, ...] = ()
+        if self.dist.is_main:
+            try:
+                total = planner.plan(step)
+                decision = ("plan", total, planner.budget.notes[-1] if total is not None else "")
+            except SwitchRecipe as switch:
+                decision = ("switch", switch.overrides, switch.reason)
+        decision = broadcast_object(decision, self.dist)
+        planner.planned = True
+        if decision[0] == "switch":
+            raise SwitchRecipe(decision[1], decision[2])
+        if decision[1] is not None and not self.dist.is_main:
+            planner.total = decision[1]
+            planner.budget.notes.append(decision[2])
+        return decision[1]
+
+    def _agreed_stop(self, step: int) -> bool:
+        """Whether training stops at this step boundary for the time limit; under torchrun rank 0's clock
+        decides and every rank stops at the same step."""
+        planner = self.planner
+        if planner.budget.limit_s is None:
+            return False
+        stop = planner.must_stop(step) if self.dist.is_main else False
+        return bool(broadcast_object(stop, self.dist))
+
     def _replan(self, sched: Any, total: int) -> None:
         """The time limit lowered the run to ``total`` steps: the schedule ends there; saved as engine.max_steps."""
         self.total = total
         self.e.max_steps = total
         sched.lr_lambdas[0] = lr_lambda(self.e.schedule, total, int(round(self.e.warmup_ratio * total)))
-        _warn(self.planner.budget.notes[-1])
+        if self.dist.is_main:
+            _warn(self.planner.budget.notes[-1])
         cb.call(self.callbacks, "on_plan", self, total)  # the runner rewrites config.yaml (resume keeps the plan)
 
     def _loop(self, model: torch.nn.Module, raw: torch.nn.Module, data: DataBundle, opt: Any, sched: Any,
@@ -571,11 +618,10 @@ class Trainer:
                 st.batch_in_epoch += len(window)
                 st.samples_seen += n_window
                 rate = seen * self.dist.world_size / max(1e-9, time.perf_counter() - t0)
-                planner.step()
-                if not self.dist.enabled:  # one plan for all ranks would need a broadcast: time limits are single-process
-                    new_total = planner.plan(st.global_step)  # once, after the first steps; may raise SwitchRecipe
-                    if new_total is not None:
-                        self._replan(sched, new_total)
+                planner.step(self._window_work(*window) if self._lengths is not None else None)
+                new_total = self._agreed_plan(st.global_step)  # once, after the first steps; may raise SwitchRecipe
+                if new_total is not None:
+                    self._replan(sched, new_total)
                 bar.update(1)
                 bar.set_postfix(loss=f"{st.loss_sum / max(1, st.loss_n):.4f}", samples_s=f"{rate:.0f}",
                                 eta=eta.step(st.global_step))
@@ -588,7 +634,7 @@ class Trainer:
                     self._evaluate_and_track(raw, data, opt, sched, scaler, st.loss_sum / max(1, st.loss_n),
                                              rate, end_of_epoch)
                     st.loss_sum, st.loss_n, evaluated = 0.0, 0, True
-                stop = not self.dist.enabled and not at_max and planner.must_stop(st.global_step)
+                stop = not at_max and self._agreed_stop(st.global_step)
                 if evaluated or st.global_step % ckpt_every == 0 or interrupt.pending() is not None or stop:
                     self._save("last", raw, opt, sched, scaler)
                 if interrupt.pending() is not None:  # SIGTERM / SIGINT during the step: stop here, saved
@@ -600,9 +646,10 @@ class Trainer:
                         raise
                 if stop:  # engine.time_limit: the next step and the finish would not fit
                     self.stopped = planner.budget.stopped = "time limit"
-                    _warn(f"time limit ({format_seconds(planner.budget.limit_s)}) reached at step {st.global_step} of "
-                          f"{self.total}: training stops here with a 'last' checkpoint; the best one is evaluated "
-                          "and reported")
+                    if self.dist.is_main:
+                        _warn(f"time limit ({format_seconds(planner.budget.limit_s)}) reached at step {st.global_step} "
+                              f"of {self.total}: training stops here with a 'last' checkpoint; the best one is "
+                              "evaluated and reported")
                 if st.stopped_early or at_max or stop:
                     break
             bar.close()
