@@ -12,7 +12,7 @@ The file is byte-identical to the one a single block gives: every row depends on
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,8 @@ class Streamed:
     ev: Any
     set_groups: list[str] | None = None
     seen: dict[str, int] | None = None  # the run's own labelled data: units per run split (the training-rows caveat)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # the inputs not predicted (input, reason)
+    skipped_key: str = "id"
 
 
 def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: Any, out: Path,
@@ -72,6 +74,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     scores: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     loss, n = 0.0, 0
+    skipped: list[tuple[str, str]] = []
+    skipped_key = "id"
     with atomic_write(out, newline="") as f:
         writer = csv.writer(f)
         for i, (split, collate) in enumerate(chunks(Path(data), rows)):
@@ -80,6 +84,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
             header, lines = predictions_table(ev, task.problem, task.label_names, task.unit_columns,
                                               operating_point=op, conformal=conf, set_groups=groups)
             labels += groups or []
+            skipped += getattr(split, "skipped", None) or []  # a task's block: the rows it did not predict
+            skipped_key = getattr(split, "skipped_key", skipped_key)
             if i == 0:
                 writer.writerow(header)
             writer.writerows(lines)
@@ -94,4 +100,5 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
     ev = EvalOutput([], np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
-    return Streamed(ev, labels if side is not None else None, None if seen is None else seen.result())
+    return Streamed(ev, labels if side is not None else None, None if seen is None else seen.result(),
+                    skipped, skipped_key)

@@ -605,9 +605,10 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
 
     groups = streamed.set_groups if streamed is not None else set_groups_of(conf, Path(data), cfg, ev.units)
     msg += referred_line(conf, ev.scores, groups)  # (#32)
-    skipped = getattr(split, "skipped", None)
+    skipped, key = (streamed.skipped, streamed.skipped_key) if streamed is not None else (
+        getattr(split, "skipped", None), getattr(split, "skipped_key", "id"))
     if skipped:
-        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=split.skipped_key)
+        report = write_skipped(out.with_name(out.stem + ".skipped.csv"), skipped, key=key)
         msg += f"\n  {len(skipped)} inputs skipped -> {report}"
     if ev.targets is not None:
         from medmm.evaluation.overlap import caveat, seen_splits

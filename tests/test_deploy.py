@@ -571,7 +571,7 @@ def test_fusion_predict_streams_a_table_to_the_one_pass_file(fusion, tmp_path: P
             monkeypatch.setattr(readers, "streams", _streams)
             sizes.clear()
             told = predict(model, src, stem.with_name(stem.name + "-blocks.csv"), "5")
-            assert len(sizes) > 3 and all(k % 4 == 0 for k in sizes[:-1]), sizes  # whole batches of 4 rows
+            assert len(sizes) >= 3 and all(k % 4 == 0 for k in sizes[:-1]), sizes  # whole batches of 4 rows
             one, blocks = (stem.with_name(stem.name + f"-{k}.csv") for k in ("one", "blocks"))
             assert blocks.read_bytes() == one.read_bytes()
             assert (blocks.with_suffix(".skipped.csv").read_bytes() == one.with_suffix(".skipped.csv").read_bytes())

@@ -7,6 +7,7 @@ goes to the skip list (row id and reason, never cell contents).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +15,13 @@ import numpy as np
 
 from medmm import (
     ConfigError, DataError, decode_workers, is_missing, load_row_images, PixelConfig, read_split_column,
-    read_table, select_features,
+    read_table, read_table_chunks, select_features,
 )
 from medmm_plugins.fusion.config import FusionConfig, FusionDataConfig, FusionModelConfig
 
-__all__ = ["describe", "encode_labels", "label_key", "load_rows", "modalities", "pixel_config", "raw_labels",
-           "read_fusion_table", "read_texts", "tabular_columns", "tabular_present", "text_tokens", "without_modality"]
+__all__ = ["PredictBlocks", "check_frame", "describe", "encode_labels", "frame_rows", "label_key", "load_rows",
+           "modalities", "pixel_config", "raw_labels", "read_fusion_table", "read_texts", "tabular_columns",
+           "tabular_present", "text_tokens", "whole_batches", "without_modality"]
 
 BACKBONE_KEYS = {"text": "text_backbone", "image": "image_backbone", "tabular": "tabular_backbone"}
 
@@ -64,9 +66,18 @@ def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, traine
     if path.is_dir():
         raise DataError(f"fusion reads a table (CSV, TSV, JSONL, Parquet) with one row per unit, got a folder: "
                         f"{path}")
-    df = read_table(path, string_columns=[c for c in (d.id_column, d.group_column, d.text_column,
-                                                      d.image_column, d.label_column) if c],
-                    decimal=d.decimal)
+    df = read_table(path, string_columns=_string_columns(d), decimal=d.decimal)
+    return check_frame(df, path.name, d, labelled=labelled, trained=trained)
+
+
+def _string_columns(d: FusionDataConfig) -> list[str]:
+    return [c for c in (d.id_column, d.group_column, d.text_column, d.image_column, d.label_column) if c]
+
+
+def check_frame(df: Any, name: str, d: FusionDataConfig, *, labelled: bool, trained: list[str] | None = None,
+                first_row: int = 0) -> tuple[Any, list[str], list[str] | None]:
+    """:func:`read_fusion_table`'s checks of a table (or of a block of it whose first row is ``first_row``:
+    row-number ids count from there): the frame (index reset), its row ids and tabular columns."""
     group = d.group_column if labelled else None
     needed = [c for c in (d.text_column, d.image_column, d.id_column, group) if c]
     if labelled and d.split_column:
@@ -77,10 +88,10 @@ def read_fusion_table(path: Path, d: FusionDataConfig, *, labelled: bool, traine
         needed.append(d.label_column)
     absent = [c for c in needed if c not in df.columns]
     if absent:
-        raise DataError(f"{path.name}: no column(s) {absent}; the table has {list(df.columns)[:20]}")
-    ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(len(df))]
+        raise DataError(f"{name}: no column(s) {absent}; the table has {list(df.columns)[:20]}")
+    ids = [str(v) for v in df[d.id_column]] if d.id_column else [str(i) for i in range(first_row, first_row + len(df))]
     if len(set(ids)) != len(ids):
-        raise DataError(f"{path.name}: data.id_column {d.id_column!r} has duplicate values")
+        raise DataError(f"{name}: data.id_column {d.id_column!r} has duplicate values")
     return df.reset_index(drop=True), ids, tab
 
 
@@ -128,9 +139,15 @@ def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled:
               trained_columns: list[str] | None = None) -> dict[str, Any]:
     """Read the table and every modality in ``names``: row-aligned arrays, presence ``mask``, ``keep``
     and the ``skipped`` / ``partial`` lists. ``trained_columns``: predict's tabular columns."""
+    df, ids, tab = read_fusion_table(Path(data_path), cfg.data, labelled=labelled, trained=trained_columns)
+    return frame_rows(df, ids, tab, Path(data_path).resolve().parent, cfg, names, labelled=labelled,
+                      cache_dir=cache_dir, trained_columns=trained_columns)
+
+
+def frame_rows(df: Any, ids: list[str], tab: list[str] | None, base: Path, cfg: FusionConfig, names: list[str], *,
+               labelled: bool, cache_dir: Path, trained_columns: list[str] | None = None) -> dict[str, Any]:
+    """:func:`load_rows` of a checked frame (:func:`check_frame`) whose image paths are relative to ``base``."""
     d = cfg.data
-    df, ids, tab = read_fusion_table(Path(data_path), d, labelled=labelled, trained=trained_columns)
-    base = Path(data_path).resolve().parent
     n = len(df)
     present = np.zeros((n, len(names)), dtype=bool)
     reasons: dict[int, str] = {}
@@ -167,6 +184,97 @@ def load_rows(data_path: Path, cfg: FusionConfig, names: list[str], *, labelled:
         out["groups"] = ["" if is_missing(v) else str(v) for v in df[d.group_column]]
     out["keep"], out["skipped"] = keep, skipped
     return out
+
+
+def whole_batches(keep: np.ndarray, batch: int, last: bool) -> tuple[int, int]:
+    """How much of a block of a streamed prediction to predict now: ``(kept rows, table rows)``. Not the last
+    block: the kept rows are cut to whole eval batches, so the model sees one pass's batches; the table rows
+    from the first kept row left over come again at the start of the next block (:meth:`PredictBlocks.carry`)."""
+    kept = np.flatnonzero(keep)
+    n = len(kept) if last else len(kept) // batch * batch
+    return n, (len(keep) if n == len(kept) else int(kept[n]))
+
+
+class PredictBlocks:
+    """A fusion table for a streamed ``medmm predict`` (torch and onnxruntime), read in blocks of about ``rows``
+    table rows, with the whole-table answers of a first pass that reads only the id, label, text and tabular
+    columns: repeated ids (the one-pass error), and whether every predicted row has a known label (metrics and
+    the ``true`` column, as one pass decides; a row with only an image cell and no known label has its image
+    checked, since a row whose image does not decode is not predicted).
+
+    :meth:`frames` yields ``(frame, ids, tabular columns, last)``, checked as :func:`read_fusion_table` checks the
+    whole table; the caller predicts a block's rows up to a cut and :meth:`carry` s the rest into the next one."""
+
+    def __init__(self, path: Path, cfg: FusionConfig, names: list[str], rows: int, *,
+                 trained: list[str] | None, label_names: list[str] | None) -> None:
+        import pandas as pd
+
+        self.path, self.cfg, self.d, self.names, self.rows, self.trained = Path(path), cfg, cfg.data, names, rows, trained
+        if self.path.is_dir():
+            read_fusion_table(self.path, self.d, labelled=False)  # the one-line error
+        d = self.d
+        index = {label_key(n) for n in label_names or []}
+        labels = bool(d.label_column)
+        hashes, image_only, present = [], [], False
+        for block in self._chunks():
+            df, ids, tab = check_frame(block, self.path.name, d, labelled=False, trained=trained,
+                                       first_row=int(block.index[0]) if len(block) else 0)
+            hashes.append(pd.util.hash_pandas_object(pd.Series(ids, dtype=object), index=False).to_numpy())
+            if not labels or d.label_column not in df.columns:
+                labels = False
+                continue
+            unknown = np.asarray([label_key(v) not in index for v in raw_labels(df[d.label_column])], dtype=bool)
+            if not unknown.any():
+                continue
+            if "text" in names:
+                present = present or bool(read_texts(df[d.text_column])[1][unknown].any())
+            if "tabular" in names and tab:
+                present = present or bool(tabular_present(df[tab])[unknown].any())
+            if "image" in names:
+                image_only += [v for v, u in zip(df[d.image_column], unknown) if u and not is_missing(v)]
+            if present:
+                labels = False
+        every = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        if d.id_column and len(np.unique(every)) < len(every):  # a repeated id (or a hash collision): exactly
+            seen: set[str] = set()
+            for block in self._chunks(columns=[d.id_column]):
+                for v in block[d.id_column]:
+                    if str(v) in seen:
+                        raise DataError(f"{self.path.name}: data.id_column {d.id_column!r} has duplicate values")
+                    seen.add(str(v))
+        if labels and image_only:  # unlabelled rows with only an image cell: predicted when the image decodes
+            import tempfile
+
+            with tempfile.TemporaryDirectory(prefix="medmm-pixels-") as tmp:
+                keys = load_row_images(image_only, self.path.resolve().parent, pixel_config(d), Path(tmp),
+                                       workers=0).keys
+            labels = not any(keys)
+        self.labelled = labels
+        self._pending: Any = None
+        self._current: Any = None
+
+    def _chunks(self, columns: list[str] | None = None) -> Iterator[Any]:
+        return read_table_chunks(self.path, self.rows, columns=columns, string_columns=_string_columns(self.d),
+                                 decimal=self.d.decimal)
+
+    def frames(self) -> Iterator[tuple[Any, list[str], list[str] | None, bool]]:
+        import pandas as pd
+
+        chunks = self._chunks()
+        nxt = next(chunks, None)
+        while nxt is not None:
+            cur = nxt if self._pending is None else pd.concat([self._pending, nxt])
+            self._pending, nxt = None, next(chunks, None)
+            self._current = cur
+            df, ids, tab = check_frame(cur, self.path.name, self.d, labelled=False, trained=self.trained,
+                                       first_row=int(cur.index[0]) if len(cur) else 0)
+            yield df, ids, tab, nxt is None
+        if self._pending is not None:  # carried past the last block: never (the last block is predicted whole)
+            raise DataError(f"{self.path.name}: rows left after the last block")
+
+    def carry(self, row: int) -> None:
+        """The current block's table rows from ``row`` on come again at the start of the next block."""
+        self._pending = self._current.iloc[row:] if row < len(self._current) else None
 
 
 def label_key(value: str) -> str:

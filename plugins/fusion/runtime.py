@@ -11,7 +11,7 @@ tokens, labels and the skip list come from the task's own torch-free reader
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,8 @@ import numpy as np
 from medmm import Examples, FastTokenizer, Preprocessor, batch_slices, read_json, require
 from medmm_plugins.fusion.config import FusionConfig
 from medmm_plugins.fusion.rows import (
-    label_key, pixel_config, raw_labels, read_fusion_table, read_texts, tabular_present, text_tokens, without_modality,
+    PredictBlocks, label_key, pixel_config, raw_labels, read_fusion_table, read_texts, tabular_present, text_tokens,
+    whole_batches, without_modality,
 )
 
 EXTRA = "runtime"
@@ -51,7 +52,26 @@ class FusionInputs:
         df, ids, _ = read_fusion_table(Path(path), self.d, labelled=False, trained=trained)
         return df, ids, Path(path).resolve().parent
 
-    def examples(self, source: tuple[Any, list[str], Path]) -> Any:
+    def blocks(self, path: Path, rows: int) -> Iterator[Examples]:
+        """:meth:`examples` of a CSV / TSV table in blocks of about ``rows`` rows (the streamed ``medmm predict
+        EXPORT_DIR``): each block's kept rows cut to whole eval batches (the rest comes again with the next
+        block), the whole-table checks and the label rule from a first pass (:class:`PredictBlocks`)."""
+        trained = list(self.preprocessor.columns) if self.preprocessor is not None else None
+        cfg = self.cfg
+        if "image" in self.names:  # a block's pixels are held as float32: about 128 MB of them at most
+            per_row = 4 * int(np.prod(pixel_config(self.d).shape))
+            rows = min(rows, max(self.batch_size, (128 << 20) // per_row // self.batch_size * self.batch_size))
+        source = PredictBlocks(Path(path), cfg, self.names, rows, trained=trained, label_names=self.label_names)
+        base = Path(path).resolve().parent
+        for df, ids, _, last in source.frames():
+            ex = self.examples((df, ids, base), last=last, carry=source.carry, labelled=source.labelled)
+            yield ex
+
+    def examples(self, source: tuple[Any, list[str], Path], *, last: bool = True, carry: Any = None,
+                 labelled: bool = True) -> Any:
+        """The feeds of a table's rows with a modality. A block of a streamed prediction (``last`` False) keeps
+        whole eval batches of rows and hands the table row where the rest starts to ``carry``; ``labelled``
+        False: no targets (the whole table's label rule said so)."""
         df, ids, base = source
         d, names = self.d, self.names
         n = len(df)
@@ -76,6 +96,10 @@ class FusionInputs:
             tabular = np.ascontiguousarray(self.preprocessor.transform(table), dtype=np.float32)
         kept, skipped = without_modality(ids, present, reasons)
         keep = np.flatnonzero(kept)
+        n, cut = whole_batches(kept, self.batch_size, last)
+        if cut < len(df):  # the rest of this block comes again at the start of the next one
+            carry(cut)
+            keep, skipped = keep[:n], skipped[:cut - n]
         batches = []
         for s in batch_slices(len(keep), self.batch_size):
             rows = keep[s]
@@ -92,7 +116,7 @@ class FusionInputs:
             if tabular is not None:
                 feeds["tabular"] = tabular[rows]
             batches.append(feeds)
-        return Examples(batches, [ids[r] for r in keep], self._targets(df, keep), skipped=skipped)
+        return Examples(batches, [ids[r] for r in keep], self._targets(df, keep) if labelled else None, skipped=skipped)
 
     def _images(self, cells: Any, base: Path) -> tuple[np.ndarray, list[bool], list[tuple[int, str]]]:
         """``[N, C, H, W]`` pixels in ``[0, 1]`` (zeros where a row has no usable image), presence, failures."""

@@ -244,6 +244,35 @@ class FusionTask(Task):
         self._raw = {**getattr(self, "_raw", {}), "predict": (data, rows, labels)}
         return split, self._collate()
 
+    def predict_chunks(self, data_path: Path, rows: int) -> Any:
+        """:meth:`build_predict_data` block by block (``medmm predict`` of a CSV / TSV table): one block of rows,
+        its images, tokens and scores at a time. Each block's kept rows are cut to whole eval batches (the model
+        sees one pass's batches; the rest comes again with the next block); repeated ids and the label rule
+        are answered by a first pass (:class:`~medmm_plugins.fusion.rows.PredictBlocks`)."""
+        from medmm_plugins.fusion.rows import PredictBlocks, frame_rows, whole_batches
+
+        if "text" in self.names and self.tokenizer is None:
+            _, self.tokenizer = text_encoder(self.cfg, self.backbone, self._artifacts)
+        trained = self.preprocessor.columns if self.preprocessor is not None else None
+        source = PredictBlocks(Path(data_path), self.cfg, self.names, rows, trained=trained,
+                               label_names=self.label_names)
+        base, batch = Path(data_path).resolve().parent, max(int(self.cfg.engine.eval_batch_size), 1)
+        index = {label_key(n): i for i, n in enumerate(self.label_names or [])}
+        for df, ids, tab, last in source.frames():
+            data = frame_rows(df, ids, tab, base, self.cfg, self.names, labelled=False, cache_dir=self.cache_dir,
+                              trained_columns=trained)
+            n, cut = whole_batches(data["keep"], batch, last)
+            if cut < len(df):
+                source.carry(cut)
+            rows_ = np.flatnonzero(data["keep"])[:n]
+            self._inputs().prepare(data, frozen=self._frozen(), preprocessor=self.preprocessor)
+            values = data.get("labels_raw")
+            labels = (np.asarray([index[label_key(values[r])] for r in rows_], dtype=np.int64)
+                      if source.labelled and values is not None else None)
+            split = Split(MultimodalRows(rows_, data, labels), [ids[r] for r in rows_], labels)
+            split.skipped = list(data["skipped"])[:cut - n]
+            yield split, self._collate()
+
     def baseline_inputs(self, split: str) -> BaselineInputs | None:
         """Each modality's raw input per row (text, preprocessed table, 32 px pixels) and presence."""
         from medmm import small_pixels
