@@ -17,8 +17,10 @@ Then, each in a fresh process, alternating, ``--repeats`` times:
   (a') the plain loop with one streamed ``iter_series`` request per series instead (like for like:
        medmm retrieves a series of 2 or more instances to fetch that way).
 
-Prints instances/s (median of the repeats, search included) and the peak RSS of each run's main
-process (worker processes of (b') not included),
+Prints instances/s (median of the repeats, search included), the peak RSS of each run's main
+process (worker processes of (b') not included), and the CPU time per instance (median) of the
+client process (imports and search included; worker processes included) and of Orthanc, which
+depend far less on the machine's load than the rates do,
 and the ratios (b)/(a) (goal >= 0.8) and (c)/(a) (goal >= 1.0), and each against (a'). No asserts: read
 the ratios.
 
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -82,7 +85,10 @@ else:
                echo=lambda m: None, parallel=parallel, pixels="keep" if mode == "deid-keep-pixels" else "blank")
     n = res.fetched
 seconds = time.perf_counter() - start
-print(json.dumps({"n": n, "skipped": 0 if mode.startswith("plain") else len(res.skipped), "seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+cpu = sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+          for f in ("ru_utime", "ru_stime"))
+print(json.dumps({"n": n, "skipped": 0 if mode.startswith("plain") else len(res.skipped), "seconds": seconds,
+                  "cpu": cpu, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -117,6 +123,12 @@ def load(server, copies: int, folder: Path, flat: bool = False) -> int:  # type:
             ds.save_as(path)
             files.append(path)
     return server.upload(files)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_child(mode: str, url: str, out: Path, workers: int, parallel: str, tree: Path = ROOT) -> dict[str, float]:
@@ -170,15 +182,20 @@ def main() -> None:
                 out = tmp / f"{mode}-{workers}-{parallel}-{r}"
                 run = (before[(mode, workers, parallel)][0], args.before) if (mode, workers, parallel) in before \
                     else (mode, ROOT)
-                results[(mode, workers, parallel)].append(run_child(run[0], server.dicomweb, out, workers, parallel,
-                                                                   run[1]))
+                server_cpu = cpu_seconds(server.process.pid)
+                one = run_child(run[0], server.dicomweb, out, workers, parallel, run[1])
+                one["server_cpu"] = cpu_seconds(server.process.pid) - server_cpu
+                results[(mode, workers, parallel)].append(one)
         rate = {}
         for m in modes:
             runs = results[m]
             rate[m] = statistics.median(x["n"] / x["seconds"] for x in runs)
             peak = max(x["peak_rss_mb"] for x in runs)
+            cpu = statistics.median(1000 * x["cpu"] / x["n"] for x in runs)
+            server_cpu = statistics.median(1000 * x["server_cpu"] / x["n"] for x in runs)
             print(f"{names[m]:<48} {int(runs[0]['n']):>4} inst ({int(runs[0]['skipped'])} skipped) "
-                  f"{rate[m]:7.1f} inst/s  peak RSS {peak:6.0f} MB")
+                  f"{rate[m]:7.1f} inst/s  peak RSS {peak:6.0f} MB  CPU/inst: client {cpu:5.2f} ms, "
+                  f"Orthanc {server_cpu:5.2f} ms")
         base, series = rate[modes[0]], rate[modes[5]]
         print(f"ratio de-identified (threads) / plain:   {rate[modes[1]] / base:.2f}x (goal >= 0.8)")
         print(f"ratio de-identified (processes) / plain: {rate[modes[2]] / base:.2f}x (goal >= 0.8)")
