@@ -280,6 +280,32 @@ def test_grouped_sets_and_the_onnxruntime_path_stream_to_the_one_pass_file(tmp_p
     assert b"set_90" in header and b"set_thresholds" in header
     assert sizes == ([8] * 37 + [4]) * 2  # 300 rows of the export in blocks of 8
 
+    # evaluate scores the table block by block too (only the id, label and subgroup columns read whole): the
+    # same evaluation as one pass, subgroup table and conformal coverage by group included
+    import json
+
+    from medmm.evaluation import shift as shift_mod
+
+    results = {}
+    for rows, whole in (("100000", True), ("7", False)):
+        monkeypatch.setenv("MEDMM_PREDICT_CHUNK_ROWS", rows)
+        if whole:
+            monkeypatch.setattr(readers, "streams", lambda path: False)
+        else:
+            monkeypatch.setattr(readers, "read_table", lambda *a, **k: (_ for _ in ()).throw(AssertionError("whole read")))
+            monkeypatch.setattr(shift_mod, "shift_report", lambda *a, **k: shift)  # reads the feature columns whole
+        out = tmp_path / f"eval-{rows}"
+        proc = cli("evaluate", str(run), "--data", str(data), "--out", str(out), "--subgroups", "score", "--no-card")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        monkeypatch.setattr(readers, "streams", streams)
+        monkeypatch.setattr(readers, "read_table", read_table)
+        result = json.loads((out / "evaluation.json").read_text())
+        shift = result["shift"]
+        result["provenance"].pop("evaluated")
+        results[whole] = (result, (out / "predictions.csv").read_bytes())
+    assert results[True] == results[False]
+    assert results[True][0]["subgroups"] and results[True][0]["provenance"]["units"] == n
+
 
 def test_image_export_batches_are_read_one_at_a_time_from_the_pixel_file(tmp_path: Path) -> None:
     """The onnxruntime image reader's batches come from the pixel cache's file, one batch per read (never

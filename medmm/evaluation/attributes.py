@@ -52,16 +52,14 @@ def table_columns(path: Path) -> list[str]:
 
 def _table_attributes(path: Path, data_cfg: Mapping[str, Any], units: Sequence[str],
                       columns: Sequence[str]) -> dict[str, list[Any]]:
-    from medmm.data.readers import read_table
-
     id_col = data_cfg.get("id_column")
     best: tuple[int, Any, dict[str, int]] | None = None
     for as_string in (True, False):  # tasks read ids as text (text, fusion) or as typed values (tabular)
-        df = read_table(path, string_columns=[id_col] if (as_string and id_col) else [])
+        df = _id_and(path, id_col, columns, as_string)
         absent = [c for c in columns if c not in df.columns]
         if absent:
             raise DataError(f"subgroup column {absent[0]!r} is not in {path.name}; the table has "
-                            f"{[str(c) for c in df.columns][:20]}")
+                            f"{df.attrs['header'][:20]}")
         ids = df[id_col].astype(str).tolist() if id_col and id_col in df.columns else [str(i) for i in range(len(df))]
         index = {u: i for i, u in enumerate(ids)}
         hits = sum(u in index for u in units)
@@ -72,6 +70,26 @@ def _table_attributes(path: Path, data_cfg: Mapping[str, Any], units: Sequence[s
     _, df, index = best  # type: ignore[misc]
     rows = [index.get(u) for u in units]
     return {c: [None if r is None else df[c].iloc[r] for r in rows] for c in columns}
+
+
+def _id_and(path: Path, id_col: str | None, columns: Sequence[str], as_string: bool) -> Any:
+    """The table's id column and ``columns`` (a CSV / TSV read in blocks of those columns only, the others never
+    held; other formats read whole), with every column name in ``.attrs["header"]``."""
+    import pandas as pd
+
+    from medmm.data.readers import chunk_rows, read_table, read_table_chunks, streams
+
+    strings = [id_col] if (as_string and id_col) else []
+    if not streams(path):
+        df = read_table(path, string_columns=strings)
+        df.attrs["header"] = [str(c) for c in df.columns]
+        return df
+    header = [str(c) for c in next(read_table_chunks(path, 1)).columns]
+    wanted = [c for c in dict.fromkeys([*([id_col] if id_col else []), *columns]) if c in header]
+    df = (pd.concat(list(read_table_chunks(path, chunk_rows(), columns=wanted, string_columns=strings)))
+          if wanted else pd.DataFrame())
+    df.attrs["header"] = header
+    return df
 
 
 def _dicom_attributes(root: Path, units: Sequence[str], columns: Sequence[str]) -> dict[str, list[Any]]:

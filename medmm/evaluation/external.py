@@ -43,13 +43,13 @@ def _norm_label(v: Any) -> str:
 
 def _precheck_table(path: Path, task: Any, data_cfg: Mapping[str, Any], extra: Mapping[str, str]) -> None:
     """Label column present, every label known to the model, ``extra`` columns (name -> role) present."""
-    from medmm.data.readers import is_missing, read_table
+    from medmm.data.readers import is_missing
 
-    df = read_table(path)
     cols = _label_columns(task.problem, data_cfg)
+    df = _columns_of(path, [*cols, *extra])  # only the columns checked (a CSV / TSV read in blocks)
     for c, role in [*((c, "label") for c in cols), *extra.items()]:
         if c not in df.columns:
-            raise DataError(f"{path.name} has no {role} column {c!r}; the table has {[str(x) for x in df.columns][:20]}")
+            raise DataError(f"{path.name} has no {role} column {c!r}; the table has {df.attrs['header'][:20]}")
     if task.problem in ("binary", "multiclass") and len(cols) == 1 and task.label_names and not data_cfg.get(
             "label_delimiter"):
         values = [_norm_label(v) for v in df[cols[0]] if not is_missing(v)]
@@ -80,15 +80,62 @@ def _check_out(out: Path, overwrite: bool = False) -> None:
                          "only those: give a new folder")
 
 
+def _columns_of(path: Path, columns: Sequence[str]) -> Any:
+    """``path`` with only ``columns`` (those it has), and every column name in ``.attrs["header"]``: a CSV / TSV
+    is read in blocks of those columns, so a wide table is never held whole; other formats are read whole."""
+    import pandas as pd
+
+    from medmm.data.readers import chunk_rows, read_table, read_table_chunks, streams
+
+    if not streams(path):
+        df = read_table(path)
+        df.attrs["header"] = [str(c) for c in df.columns]
+        return df
+    header = [str(c) for c in next(read_table_chunks(path, 1)).columns]
+    wanted = [c for c in dict.fromkeys(columns) if c in header]
+    df = (pd.concat(list(read_table_chunks(path, chunk_rows(), columns=wanted))) if wanted
+          else pd.DataFrame(index=pd.RangeIndex(0)))
+    df.attrs["header"] = header
+    return df
+
+
 def _date_range(path: Path, column: str | None) -> list[str] | None:
     if not column or path.is_dir():
         return None
     import pandas as pd
 
-    from medmm.data.readers import read_table
-
-    dates = pd.to_datetime(read_table(path)[column], errors="coerce").dropna()
+    dates = pd.to_datetime(_columns_of(path, [column])[column], errors="coerce").dropna()
     return [dates.min().date().isoformat(), dates.max().date().isoformat()] if len(dates) else None
+
+
+def _scored(run: Any, task: Any, data: Path, trainer: Any, model: Any) -> tuple[Any, list[tuple[str, str]]]:
+    """The model's pooled scores on ``data`` and the inputs it skipped. A CSV / TSV that the task reads in blocks
+    (``predict_chunks``) is scored block by block, so only each unit's id, scores and targets are held, never
+    the table's features, tokens or pixels; each block is whole eval batches ending between units, so the
+    scores are one pass's. Other inputs are read whole (``build_predict_data``)."""
+    from medmm.data.readers import chunk_rows, streams
+    from medmm.engine.trainer import EvalOutput
+
+    chunks = getattr(task, "predict_chunks", None)
+    if chunks is None or not streams(data):
+        split, collate = run.predict_data(task, data)
+        return trainer.evaluate(model, split, collate), list(getattr(split, "skipped", None) or [])
+    batch = max(int(trainer.e.eval_batch_size), 1)
+    rows = -(-chunk_rows() // batch) * batch
+    units: list[str] = []
+    scores, targets, skipped = [], [], []
+    loss, n, labelled = 0.0, 0, True
+    for split, collate in chunks(Path(data), rows):
+        ev = trainer.evaluate(model, split, collate)
+        units += ev.units
+        scores.append(np.asarray(ev.scores))
+        labelled = labelled and ev.targets is not None
+        if ev.targets is not None:
+            targets.append(np.asarray(ev.targets))
+        loss, n = loss + float(ev.loss) * len(ev.units), n + len(ev.units)
+        skipped += list(getattr(split, "skipped", None) or [])
+    return EvalOutput(units, np.concatenate(scores), np.concatenate(targets) if labelled and targets else None,
+                      loss / max(n, 1)), skipped
 
 
 def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None = None,
@@ -134,10 +181,10 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
         _precheck_table(data, task, cfg.data, {**{c: "subgroup" for c in columns},
                                                    **({date_column: "date"} if date_column else {})})
     model = run.model(task, checkpoint)
-    split, collate = run.predict_data(task, data)
     trainer = Trainer(task, cfg, run_dir, quiet=True)
     model.to(trainer.device)
-    ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
+    ev, skipped_inputs = _scored(run, task, data, trainer, model)
+    ev = apply_stored_calibration(run_dir, task.problem, ev)
     if ev.targets is None or len(ev.units) == 0:
         label = ", ".join(repr(c) for c in _label_columns(task.problem, cfg.data)) or "sub-folder names"
         raise DataError(f"{data.name}: no usable label for every unit (labels from {label}, classes "
@@ -177,7 +224,7 @@ def evaluate_run(run_dir: Path, data: Path, *, registry: Any, out: Path | None =
     elif recalibrate:
         recal = _recalibrate(problem, np.asarray(y_true), np.asarray(y_score), recalibrate, calibration_fraction,
                              seed, op, task.label_names, ecfg)
-    skipped = len(getattr(split, "skipped", None) or [])
+    skipped = len(skipped_inputs)
     provenance = {"data": data.name, "units": len(ev.units), "skipped": skipped, "site": site,
                   "date_column": date_column, "date_range": _date_range(data, date_column),
                   "evaluated": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
