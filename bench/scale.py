@@ -339,7 +339,8 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
         floor = _table_run(Path(tmp), 1000, epochs)
         if floor is None:
             return out
-        print(f"libraries (1,000 rows): run peak RSS {floor['train_mb']:.0f} MB, predict {floor['predict_mb']:.0f} MB")
+        print(f"libraries (1,000 rows): run peak RSS {floor['train_mb']:.0f} MB, predict {floor['predict_mb']:.0f} MB"
+              + _in_process(floor, 1000))
         for n in sizes:
             got = _table_run(Path(tmp), n, epochs)
             if got is None:
@@ -347,10 +348,15 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
             out[n] = got
             above = {k: max(got[k] - floor[k], 0.0) for k in ("train_mb", "predict_mb")}
             got.update(train_above=above["train_mb"], predict_above=above["predict_mb"])
+            rows_own = _in_process(got, n) and "data_above_start" in floor
+            if rows_own:  # the data phase's growth beyond the 1,000-row run's (its imports): the rows' own memory
+                got["data_rows"] = max(got["data_above_start"] - floor["data_above_start"], 0.0)
             print(f"tabular-risk {n:,} rows x 35 cols: run {got['train_s']:.1f} s, peak RSS {got['train_mb']:.0f} MB "
                   f"({above['train_mb'] * 2**20 / n:.0f} B/row above the libraries); predict {got['predict_s']:.1f} s, "
                   f"peak RSS {got['predict_mb']:.0f} MB ({above['predict_mb'] * 2**20 / n:.0f} B/row above)"
-                  + _in_process(got, n))
+                  + _in_process(got, n)
+                  + (f"; data phase beyond the 1,000-row run's: {got['data_rows']:.0f} MB "
+                     f"({got['data_rows'] * 2**20 / n:.0f} B/row)" if rows_own else ""))
     if len(out) == 2:
         a, b = sizes
         print(ratio_line("tabular-risk run", a, b, out[a]["train_s"], out[b]["train_s"]))
@@ -364,6 +370,9 @@ def bench_table(sizes: tuple[int, int], epochs: int) -> dict[str, Any]:
                   f"{ratio('peak_above_start'):.1f}x, data phase {ratio('data_above_start'):.1f}x (size ratio "
                   f"{b / a:.0f}x); marginal {(out[b]['train_mb'] - out[a]['train_mb']) * 2**20 / (b - a):.0f} B per "
                   f"added row of peak RSS")
+        if "data_rows" in out[a] and "data_rows" in out[b]:
+            print(f"tabular-risk data phase beyond the 1,000-row run's (same-process floors), ratio "
+                  f"{ratio('data_rows'):.1f}x (size ratio {b / a:.0f}x; goal <= size ratio)")
     return out
 
 
