@@ -77,22 +77,6 @@ def test_text_auto_picks_frozen_from_the_estimate(tmp_path: Path, tok: Path, mon
     assert task.cfg.engine.lr == 0.003  # the frozen recipe, where the user set nothing
 
 
-def test_frozen_image_views_cycle_over_epochs() -> None:
-    """data.frozen_views: epoch e reads view e mod (K+1); view 0 is the plain rows of the full table."""
-    from medmm_plugins.image_cls.task import ViewRows
-
-    plain = np.arange(10, dtype=np.float32).reshape(5, 2)  # 5 labelled images, rows 1 and 3 train
-    views = [np.full((2, 2), 100.0 + v, dtype=np.float32) + np.arange(2)[:, None] for v in (1, 2)]
-    ds = ViewRows(plain, [1, 3], np.array([0, 1]), views)
-    got = []
-    for epoch in range(4):
-        ds.set_epoch(epoch)
-        got.append([ds[i]["emb"].tolist() for i in range(len(ds))])
-    assert got[0] == got[3] == [[2.0, 3.0], [6.0, 7.0]]
-    assert got[1] == [[101.0, 101.0], [102.0, 102.0]] and got[2] == [[102.0, 102.0], [103.0, 103.0]]
-    assert [ds[i]["labels"] for i in range(2)] == [0, 1] and len(ds) == 2
-
-
 def test_text_embedding_cache_hit(tmp_path: Path, tok: Path, monkeypatch) -> None:
     """The second build of the same data (another split) encodes nothing. (bert-tiny's random weights follow
     the seed, so another seed is another encoder here: a pretrained one is the same for every seed.)"""

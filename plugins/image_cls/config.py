@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from medmm import Bool, ConfigModel, DataConfig, Float, Fraction, ModelConfig, NonNegInt, PosInt, TaskConfig
+from medmm import Bool, ConfigModel, DataConfig, Float, Fraction, ModelConfig, PosInt, TaskConfig
 
 
 class ImageClsData(DataConfig):
@@ -25,10 +25,6 @@ class ImageClsData(DataConfig):
     cache_dir: str | None = Field(None, description="null = RUN_DIR/cache")
     augment: Bool = Field(True, description="random resized crop + small rotation during training")
     hflip: Bool = Field(False, description="horizontal flips change laterality: off by default")
-    frozen_views: NonNegInt = Field(
-        0, le=16, description="model.mode=frozen with augment: K augmented views of each training image embedded "
-                              "once (cached) beside the plain one; epoch e trains the head on view e mod (K+1). "
-                              "0 = plain images only (docs/guide/frozen.md)")
 
 
 class ImageClsModel(ModelConfig):

@@ -97,20 +97,6 @@ class Normalized(nn.Module):
         return self
 
 
-class ViewRows(EmbeddingRows):
-    """The training split of a frozen run with augmented views: epoch ``e`` reads view ``e mod (K+1)``
-    (view 0: the plain images' embeddings; view ``v``: ``views[v - 1]``, one row per training image)."""
-
-    def __init__(self, embeddings: np.ndarray, rows: Any, labels: np.ndarray, views: list[np.ndarray]) -> None:
-        super().__init__(embeddings, rows, labels)
-        self.plain, self.plain_rows, self.views = embeddings, self.rows, views
-
-    def set_epoch(self, epoch: int) -> None:
-        v = epoch % (len(self.views) + 1)
-        self.embeddings = self.plain if v == 0 else self.views[v - 1]
-        self.rows = self.plain_rows if v == 0 else np.arange(len(self.plain_rows))
-
-
 def _augmentation(d: ImageClsData) -> Any:
     from torchvision.transforms import v2
 
@@ -243,9 +229,6 @@ class ImageClsTask(Task):
             idx = np.flatnonzero(splits == name)
             if len(idx) == 0 or emb is None:
                 return None
-            if name == "train" and d.augment and d.frozen_views:
-                views = self._view_embeddings(root, cache, [rows[i] for i in idx])
-                return Split(ViewRows(emb, idx, y[idx], views), [units[i] for i in idx], y[idx])
             return Split(EmbeddingRows(emb, idx, y[idx]), [units[i] for i in idx], y[idx])
 
         self._raw = {name: (cache, [rows[i] for i in np.flatnonzero(splits == name)],
@@ -324,30 +307,6 @@ class ImageClsTask(Task):
 
         return cached_embeddings(self.cache_dir, data_fp,
                                  model.classifier.backbone, extra, encode, rows=len(rows), what="image embeddings")
-
-    def _view_embeddings(self, root: Path, cache: Any, rows: list[int]) -> list[np.ndarray]:
-        """``data.frozen_views`` augmented views of the training images, each embedded once and cached
-        (keyed by files + pixels + weights + the augmentation, its seed and the view number)."""
-        d, e, model = self.cfg.data, self.cfg.engine, self._stash()
-        items = [cache.items[r] for r in rows]
-        data_fp = fingerprint_texts([it.key for it in items]) + fingerprint_files([it.record.path for it in items], root)
-        base = AugmentedImages(DicomImageDataset(cache, rows, [0] * len(rows)), _augmentation(d), self.cfg.seed)
-        out = []
-        for view in range(1, d.frozen_views + 1):
-            extra = (f"image-cls;{json.dumps(self._pixel_config().to_dict(), sort_keys=True)};augmented view {view} "
-                     f"of seed {self.cfg.seed};{base.transform!r}")
-
-            def encode(view: int = view) -> np.ndarray:
-                base.set_epoch(view)  # each view its own per-image augmentation draws
-                parts = [range(s, min(s + e.eval_batch_size, len(rows))) for s in range(0, len(rows), e.eval_batch_size)]
-                batches = (torch.stack([base[i][0] for i in part]) for part in parts)
-                emb = run_module(model, batches, device=e.device, precision=e.precision,
-                                 forward=lambda mod, b: mod.embed(b))
-                return torch.cat(emb).numpy()
-
-            out.append(cached_embeddings(self.cache_dir, data_fp, model.classifier.backbone, extra, encode,
-                                         rows=len(rows), what=f"augmented view {view} image embeddings"))
-        return out
 
     def build_model(self) -> nn.Module:
         model, self._model = getattr(self, "_model", None), None  # a second model gets its own
