@@ -411,6 +411,127 @@ def bench_predict(sizes: tuple[int, int]) -> dict[str, Any]:
     return out
 
 
+def _medmm(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medmm", *args], check=False, capture_output=True, text=True)
+
+
+def _sets(*pairs: str) -> list[str]:
+    return [a for s in pairs for a in ("--set", s)]
+
+
+def _predict_rss(model: Path, make: Callable[[int], Path], sizes: tuple[int, ...], name: str,
+                 unit: str) -> dict[int, dict[str, float]]:
+    """Peak RSS and seconds of ``medmm predict MODEL`` on the inputs ``make(n)`` builds; the first size is the floor."""
+    got: dict[int, dict[str, float]] = {}
+    for n in sizes:
+        data = make(n)
+        out = data.parent / f"{data.stem}-pred-{model.name}.csv"
+        secs, rss, proc = peak_rss_of([sys.executable, "-m", "medmm", "predict", str(model), "--data", str(data),
+                                       "--out", str(out)])
+        if proc.returncode:
+            print(f"{name}: predict {n:,} {unit} failed: {proc.stderr[-800:]}")
+            return got
+        above = max(rss - got[sizes[0]]["mb"], 0.0) if got else 0.0
+        got[n] = {"s": secs, "mb": rss, "above": above}
+        print(f"{name}: predict {n:,} {unit}: {secs:.1f} s, peak RSS {rss:.0f} MB"
+              + (f" ({above:.0f} MB above {sizes[0]:,}: {above * 2**20 / n:.0f} B per {unit[:-1]})" if n != sizes[0] else ""),
+              flush=True)
+    if len(got) == len(sizes) == 3:
+        a, b = sizes[1:]
+        ratio = got[b]["above"] / got[a]["above"] if got[a]["above"] > 0 else math.nan
+        print(f"{name}: peak RSS above the floor {got[a]['above']:.0f} -> {got[b]['above']:.0f} MB for {b // a}x "
+              f"{unit} ({ratio:.1f}x); time {got[b]['s'] / got[a]['s']:.1f}x", flush=True)
+    return got
+
+
+def bench_predict_paths(rows: int, reports_n: int, files: int,
+                        paths: tuple[str, ...] = ("tabular", "text", "image", "fusion")) -> dict[str, Any]:
+    """Peak RSS of ``medmm predict`` on each streamed path at a floor size and two sizes 10x apart: tabular-risk
+    through onnxruntime (tables of 1,000 / ``rows`` / 10x), text-cls through onnxruntime (reports), image-cls on a
+    DICOM folder (torch and onnxruntime; ``files`` / 10x), fusion tables (text + image + tabular; torch and
+    onnxruntime). One small run per task, exported; unlabelled inputs except the folders (sub-folder labels)."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-predict-paths-") as tmp_s:
+        tmp = Path(tmp_s)
+        # tabular-risk, onnxruntime
+        if "tabular" in paths:
+            run = tmp / "tab"
+            proc = _medmm("run", "tabular-risk", "--data", str(table(tmp / "t1000.csv", 1000)), "--out", str(run),
+                          *_sets("data.target=y", "engine.epochs=1", "engine.bootstrap=0", "engine.baseline=none",
+                                 "model.backbone=linear", "engine.device=cpu"), "--quiet")
+            if proc.returncode == 0 and _medmm("export", str(run), "--out", str(tmp / "tab-export")).returncode == 0:
+                out["tabular onnxruntime"] = _predict_rss(tmp / "tab-export", lambda n: table(tmp / f"p{n}.csv", n, label=False),
+                                                          (1000, rows, rows * 10), "tabular-risk onnxruntime", "rows")
+            else:
+                print(f"tabular-risk run / export failed: {proc.stderr[-800:]}")
+        # text-cls (TextCNN), onnxruntime
+        if "text" in paths:
+            run = tmp / "txt"
+            proc = _medmm("run", "text-cls", "--data", str(reports(tmp / "r500.csv", 500)), "--out", str(run),
+                          *_sets("data.text_column=text", "data.label_column=label", "data.id_column=report_id",
+                                 "model.backbone=textcnn", "engine.epochs=1", "engine.bootstrap=0", "engine.baseline=none",
+                                 "engine.device=cpu"), "--quiet")
+            if proc.returncode == 0 and _medmm("export", str(run), "--out", str(tmp / "txt-export")).returncode == 0:
+                def notes(n: int) -> Path:
+                    import pandas as pd
+
+                    path = reports(tmp / f"r{n}.csv", n)
+                    pd.read_csv(path).drop(columns=["label"]).to_csv(path, index=False)
+                    return path
+
+                out["text onnxruntime"] = _predict_rss(tmp / "txt-export", notes, (500, reports_n, reports_n * 10),
+                                                       "text-cls onnxruntime", "reports")
+            else:
+                print(f"text-cls run / export failed: {proc.stderr[-800:]}")
+        # image-cls on a DICOM folder, torch and onnxruntime
+        if "image" in paths:
+            run = tmp / "img"
+            proc = _medmm("run", "image-cls", "--data", str(dicom_folder(tmp / "d100", 100)), "--out", str(run),
+                          *_sets("model.backbone=resnet18", "model.pretrained=none", "data.size=64", "engine.epochs=1",
+                                 "engine.bootstrap=0", "engine.baseline=none", "engine.device=cpu"), "--quiet")
+            if proc.returncode == 0 and _medmm("export", str(run), "--out", str(tmp / "img-export"),
+                                               "--exporter", "torchscript").returncode == 0:
+                def folder(n: int) -> Path:
+                    return tmp / f"d{n}" if (tmp / f"d{n}").is_dir() else dicom_folder(tmp / f"d{n}", n)
+
+                for model in (run, tmp / "img-export"):
+                    kind = "torch" if model == run else "onnxruntime"
+                    out[f"image {kind}"] = _predict_rss(model, folder, (100, files, files * 10), f"image-cls {kind}", "files")
+            else:
+                print(f"image-cls run / export failed: {proc.stderr[-800:]}")
+        # fusion (text + image + tabular), torch and onnxruntime
+        if "fusion" in paths:
+            from medmm.demos.fusion import build_fusion_demo
+
+            pairs = build_fusion_demo(tmp / "fusion", n_patients=24)
+            run = tmp / "fus"
+            proc = _medmm("run", "fusion", "--data", str(pairs), "--out", str(run),
+                          *_sets("model.mode=finetune", "model.text_backbone=bert-tiny", "model.image_backbone=resnet18",
+                                 "model.image_pretrained=none", "model.head=attention", "data.tabular_columns=[age,sex]",
+                                 "data.label_column=label", "data.classes=[no_malignancy,malignant]", "data.id_column=id",
+                                 "data.group_column=patient", "data.size=32", "engine.epochs=1", "engine.max_steps=2",
+                                 "engine.bootstrap=0", "engine.baseline=none", "engine.device=cpu"), "--quiet")
+            if proc.returncode == 0 and _medmm("export", str(run), "--out", str(tmp / "fus-export"),
+                                               "--exporter", "torchscript").returncode == 0:
+                import pandas as pd
+
+                base = pd.read_csv(pairs, dtype=str, keep_default_na=False)
+
+                def rows_of(n: int) -> Path:  # next to the demo: image paths are relative to the table
+                    path = pairs.with_name(f"f{n}.csv")
+                    reps = -(-n // len(base))
+                    df = pd.concat([base.assign(id=base["id"] + f"-{k}") for k in range(reps)]).head(n)
+                    df.drop(columns=[c for c in ("label",) if c in df.columns]).to_csv(path, index=False)
+                    return path
+
+                for model in (run, tmp / "fus-export"):
+                    kind = "torch" if model == run else "onnxruntime"
+                    out[f"fusion {kind}"] = _predict_rss(model, rows_of, (100, files, files * 10), f"fusion {kind}", "rows")
+            else:
+                print(f"fusion run / export failed: {proc.stderr[-800:]}")
+    return out
+
+
 def reports(path: Path, n: int) -> Path:
     """``n`` rows of the Indiana University reports (read from the torchxrayvision wheel), repeated
     with new ids past the 3,9xx real ones."""
@@ -505,7 +626,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
     ap.add_argument("--parts", default="split,dicom,table,text",
-                    help="comma-separated: split, dicom, table, predict, text, textpredict")
+                    help="comma-separated: split, dicom, table, predict, predictpaths, text, textpredict")
     ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
@@ -513,11 +634,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="textpredict: interleaved repeats (best kept)")
+    ap.add_argument("--paths", default="tabular,text,image,fusion",
+                    help="predictpaths: which paths (tabular and text through onnxruntime; image, fusion: both)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if args.tiny:
         args.split_rows, args.files, args.workers = 2_000, 5, 0
-        parts -= {"table", "predict", "text", "textpredict"}  # end-to-end runs are the slow tier's
+        parts -= {"table", "predict", "predictpaths", "text", "textpredict"}  # end-to-end runs are the slow tier's
     results: dict[str, Any] = {}
     if "split" in parts:
         results["split"] = bench_split(args.split_rows, args.tiny)
@@ -527,6 +650,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["table"] = bench_table((args.rows, args.rows * 10), args.epochs)
     if "predict" in parts:
         results["predict"] = bench_predict((args.rows, args.rows * 10))
+    if "predictpaths" in parts:
+        results["predictpaths"] = bench_predict_paths(args.rows, args.reports, args.files,
+                                                      tuple(args.paths.split(",")))
     if "text" in parts:
         results["text"] = bench_text((args.reports, args.reports * 10), args.epochs)
     if "textpredict" in parts:
