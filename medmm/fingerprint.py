@@ -49,6 +49,7 @@ def _table(path: Path) -> dict[str, Any]:
     import logging
 
     from medmm.data.readers import read_table
+    from medmm.io import release_free_memory
 
     quiet = logging.getLogger("medmm.data.readers")  # the task's own read says it (once)
     was, quiet.disabled = quiet.disabled, True
@@ -56,7 +57,10 @@ def _table(path: Path) -> dict[str, Any]:
         df = read_table(path)
     finally:
         quiet.disabled = was
-    return {"kind": "table", "rows": len(df), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
+    out = {"kind": "table", "rows": len(df), "columns": {str(c): _column_digest(df[c]) for c in df.columns}}
+    del df
+    release_free_memory()  # the table's pages, before the task reads it again
+    return out
 
 
 def _table_shape(path: Path) -> dict[str, Any] | None:

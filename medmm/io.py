@@ -20,6 +20,20 @@ def current_umask() -> int:
     return mask
 
 
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): after a large table is
+    read and dropped, its freed blocks otherwise stay resident while later large arrays take new pages
+    (#30). ``False`` where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return bool(libc.malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | Path, mode: str = "w", **open_kwargs: Any) -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path``; on success it replaces ``path``, on error it is removed.

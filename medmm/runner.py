@@ -166,6 +166,9 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         bundle = task.build_data(Path(data))
         lap = _lap(phases, "data (read, split, preprocess)", lap)
         memory["peak_after_data"] = _peak_rss_mb()
+        from medmm.io import release_free_memory
+
+        release_free_memory()  # what reading the table freed (its frame, the parser's blocks): not kept resident
         if main and cfg.provenance != chosen_before:  # e.g. model.mode=auto decided on the data, and its recipe
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))
         if main and bundle.meta.description:

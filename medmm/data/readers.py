@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medmm.errors import ConfigError, DataError
+from medmm.io import release_free_memory
 from medmm.registry import Component, resolve_object
 
 if TYPE_CHECKING:
@@ -231,8 +232,14 @@ def _read_csv_whole(path: Path, *, sep: str, dtype: Any, decimal: str) -> pd.Dat
         blocks = list(reader)
     if len(blocks) > 1 and not _joinable(blocks):
         del blocks
+        release_free_memory()
         return pd.read_csv(path, low_memory=False, **kwargs)
-    return pd.concat(blocks, ignore_index=True) if len(blocks) > 1 else blocks[0]
+    if len(blocks) == 1:
+        return blocks[0]
+    df = pd.concat(blocks, ignore_index=True)
+    del blocks
+    release_free_memory()  # the blocks' pages, not kept resident beside the frame
+    return df
 
 
 def _joinable(blocks: list[pd.DataFrame]) -> bool:
