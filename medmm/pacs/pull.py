@@ -12,10 +12,12 @@ Identified bytes live only in memory; an instance that fails anything is not wri
 in ``skipped.csv`` (keyed instance UID, reason).
 
 Retrieval runs on a bounded pool (``workers`` connections on threads or processes, at most
-``2 x workers`` instances in memory: a study larger than memory streams instance by instance).
-Every written file is fingerprinted (SHA-256) in ``.medmm-pull/manifest.jsonl``, so a second pull
-into the same folder (after a kill, or to pick up new studies) fetches only what is missing or
-changed; ``.medmm-pull/state.json`` (key id, de-id mode) is written before the first instance.
+``2 x workers`` requests in flight, each holding one instance at a time: a study larger than memory
+streams instance by instance). The instances of a series with ``SERIES_MIN`` or more to fetch come in
+one streamed series request (fewer round trips; what the stream did not bring is retrieved alone).
+Every written file is fingerprinted (SHA-256) in ``.medmm-pull/manifest.jsonl`` as it is written,
+so a second pull into the same folder (after a kill, or to pick up new studies) fetches only what is
+missing or changed; ``.medmm-pull/state.json`` (key id, de-id mode) is written before the first instance.
 """
 
 from __future__ import annotations
