@@ -132,3 +132,17 @@ def test_the_runner_reads_its_own_memory() -> None:
     assert before is not None and now is not None and peak_before is not None
     assert now - before > 30 and _peak_rss_mb() >= now - 1
     del block
+
+
+def test_free_heap_pages_are_handed_back() -> None:
+    """``release_free_memory`` (glibc ``malloc_trim``) after many freed small blocks: RSS does not grow, and it
+    answers whether glibc did it (never raises)."""
+    from medmm.io import release_free_memory
+    from medmm.runner import _rss_mb
+
+    blocks = [np.ones(2**17) for _ in range(200)]  # 200 MB of 1 MB heap blocks (below the mmap threshold)
+    del blocks[::2]
+    before = _rss_mb()
+    done = release_free_memory()
+    assert isinstance(done, bool) and before is not None and _rss_mb() <= before + 1
+    del blocks
