@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -92,20 +93,22 @@ def _folder(path: Path, exclude: Path | None, *, content: bool = False, keyed: b
     files: dict[str, str] = {}
     shown: dict[str, str] = {}  # token -> relative path, in memory only (never saved)
     skip = exclude.resolve() if exclude is not None else None
-    for root, dirs, names in os.walk(path):
-        here = Path(root)
-        dirs[:] = sorted(d for d in dirs if skip is None or (here / d).resolve() != skip)
+    top = os.fspath(path)
+    for root, dirs, names in os.walk(top):
+        dirs[:] = sorted(d for d in dirs if skip is None or Path(root, d).resolve() != skip)
+        rel_dir = root[len(top):].strip(os.sep).replace(os.sep, "/")  # strings and one stat per file
         for name in sorted(names):
-            p = here / name
-            if p.is_file():
-                rel = p.relative_to(path).as_posix()
-                name = token(rel) if keyed else rel
-                shown[name] = rel
-                if content:
-                    files[name] = _file_digest(p)
-                else:
-                    st = p.stat()
-                    files[name] = f"{st.st_size}:{st.st_mtime_ns}"
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # a broken link: not a file
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            key = token(rel) if keyed else rel
+            shown[key] = rel
+            files[key] = _file_digest(Path(full)) if content else f"{st.st_size}:{st.st_mtime_ns}"
     total = hashlib.sha256("".join(f"{k}\0{v}\n" for k, v in sorted(files.items())).encode()).hexdigest()
     out = {"kind": "folder", "files": len(files), "sha256": total, "per_file": files,
            **({"names": "keyed tokens", DISPLAY: shown} if keyed else {})}

@@ -32,10 +32,10 @@ _RECORD_FIELDS = [f.name for f in fields(DicomRecord)]
 _TAG_TEXT = "Signature: 8a477f597d28d172789f06886806bc55\n# DICOM header index created by medmm.\n"
 
 
-def stat_key(path: Path) -> tuple[int, int] | None:
+def stat_key(path: str | Path) -> tuple[int, int] | None:
     """``(size, mtime_ns)`` of a file, or None when it cannot be stat'ed."""
     try:
-        st = path.stat()
+        st = os.stat(path)
     except OSError:
         return None
     return int(st.st_size), int(st.st_mtime_ns)

@@ -87,15 +87,17 @@ def list_files(root: Path) -> list[str]:
     directory symlinks are not followed.
     """
     found: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    top = os.fspath(root)
+    for dirpath, dirnames, filenames in os.walk(top):
         dirnames[:] = sorted(
             d for d in dirnames
             if not d.startswith(".") and not os.path.exists(os.path.join(dirpath, d, CACHEDIR_TAG))
         )
-        rel_dir = Path(dirpath).relative_to(root)
+        rel_dir = dirpath[len(top):].strip(os.sep).replace(os.sep, "/")  # strings: no Path per file
+        prefix = f"{rel_dir}/" if rel_dir else ""
         for name in filenames:
             if os.path.isfile(os.path.join(dirpath, name)):
-                found.append((rel_dir / name).as_posix())
+                found.append(prefix + name)
     return sorted(found)
 
 
@@ -124,7 +126,8 @@ def scan_folder(root: Path, workers: int = 0, *, index_dir: Path | None = None,
         from medmm.data.dicom.header_index import HeaderIndex, stat_key
 
         index = HeaderIndex(Path(index_dir), root)
-        stat = {rel: stat_key(root / rel) for rel in files}
+        top = os.fspath(root)
+        stat = {rel: stat_key(os.path.join(top, rel)) for rel in files}
         for rel in files:
             hit = index.get(rel, stat[rel])
             if hit is not None:
@@ -153,6 +156,8 @@ def scan_folder(root: Path, workers: int = 0, *, index_dir: Path | None = None,
 def public_skipped(skipped: Sequence[Skipped], records: Sequence[DicomRecord]) -> list[Skipped]:
     """Skipped files named as outputs show them: under a folder that a record's header marks as an
     identifier, that folder's token; any component holding a date, a token."""
+    if not skipped:
+        return []
     from medmm.data.dicom.paths import date_kinds, public_path
 
     prefixes: dict[tuple[str, ...], int] = {}
