@@ -64,9 +64,9 @@ def labels_from_folders(records: Iterable[DicomRecord]) -> LabelTable:
     labels: dict[str, Label] = {}
     unlabelled: list[str] = []
     for rec in records:
-        parts = PurePosixPath(rec.path).parts
-        if len(parts) > 1:
-            labels[rec.path] = parts[0]
+        folder, sep, _ = rec.path.partition("/")  # a scan's relative posix path (no Path per record)
+        if sep:
+            labels[rec.path] = folder
         else:
             unlabelled.append(rec.public_path)
     return LabelTable(labels, sorted(set(labels.values())), unlabelled=unlabelled, key="folder")
