@@ -1,6 +1,6 @@
 """DICOMweb pull throughput and peak memory: medmm pull vs a plain dicomweb-client retrieve loop.
 
-    python bench/dicomweb_pull.py [--copies 4] [--repeats 3] [--workers 4]
+    python bench/dicomweb_pull.py [--copies 4] [--repeats 3] [--workers 4] [--flat] [--image-size 512]
 
 Starts a local Orthanc (Debian ``orthanc`` + ``orthanc-dicomweb``) on 127.0.0.1 and loads it with
 pydicom's real test images (``tests/orthanc.py``: ``sample_files``), each stored ``--copies``
@@ -92,12 +92,15 @@ print(json.dumps({"n": n, "skipped": 0 if mode.startswith("plain") else len(res.
 """
 
 
-def load(server, copies: int, folder: Path, flat: bool = False) -> int:  # type: ignore[no-untyped-def]
+def load(server, copies: int, folder: Path, flat: bool = False, size: int = 0) -> int:  # type: ignore[no-untyped-def]
     """Store every sample file ``copies`` times under new UIDs and patient ids; returns the count.
 
     Each copy keeps the files' own study / series structure (18 series in 11 studies per copy, one
     series of 50 instances), as a PACS holds them; ``flat`` gives every file its own study and series
-    (one instance per series, the layout of the figures before 7 Dec 2026's second session)."""
+    (one instance per series, the layout of the figures before 7 Dec 2026's second session). Most of
+    the files (pydicom's ``dicomdirtests``) hold no pixel data, so the instances are small (median
+    748 bytes); ``size`` gives each file without pixel data a ``size`` x ``size`` 12-bit image (seeded
+    noise, Explicit VR Little Endian), the bytes of a CT slice at 512."""
     import pydicom
     from pydicom.uid import generate_uid
 
@@ -117,6 +120,13 @@ def load(server, copies: int, folder: Path, flat: bool = False) -> int:  # type:
                 unit = i if flat or kw == "SOPInstanceUID" else ""
                 setattr(ds, kw, generate_uid(entropy_srcs=[f"{c}-{unit}-{kw}-{ds.get(kw)}"]))
             ds.PatientID = f"BENCH{c:02d}{i if flat else ds.get('PatientID', '')}"
+            if size and "PixelData" not in ds:
+                import numpy as np
+                from pydicom.uid import ExplicitVRLittleEndian
+
+                ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+                pixels = np.random.default_rng(c * 1000 + i).integers(0, 4096, (size, size), dtype=np.uint16)
+                ds.set_pixel_data(pixels, "MONOCHROME2", 12, generate_instance_uid=False)
             if getattr(ds, "file_meta", None) is not None:
                 ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             path = folder / f"{c}-{i}.dcm"
@@ -147,6 +157,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--flat", action="store_true", help="every instance its own study and series")
+    ap.add_argument("--image-size", type=int, default=0,
+                    help="give each file without pixel data an N x N 12-bit image (512: a CT slice's bytes)")
     ap.add_argument("--before", type=Path, help="an earlier medmm tree: (b) and (d) also run with its code")
     args = ap.parse_args()
     if args.before is not None and not (args.before / "medmm" / "pacs" / "pull.py").is_file():
@@ -174,7 +186,7 @@ def main() -> None:
         names.update({m: label for m, (_, label) in before.items()})
     with tempfile.TemporaryDirectory() as tmp_s, start_orthanc(Path(tmp_s) / "orthanc") as server:
         tmp = Path(tmp_s)
-        stored = load(server, args.copies, tmp / "files", flat=args.flat)
+        stored = load(server, args.copies, tmp / "files", flat=args.flat, size=args.image_size)
         print(f"Orthanc on 127.0.0.1 holds {stored} instances ({'one per series' if args.flat else 'in their series'})")
         results: dict[tuple[str, int, str], list[dict[str, float]]] = {m: [] for m in modes}
         for r in range(args.repeats):

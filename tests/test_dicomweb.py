@@ -294,6 +294,27 @@ def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_
         assert left not in (tmp_path / "out" / "skipped.csv").read_text()
 
 
+def test_pixels_changed_between_the_check_and_the_written_bytes_keep_the_instance_out(
+        pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """The written bytes' pixel data must be the checked ones, byte for byte: one flipped pixel byte in
+    the serialised instance (PixelData is its last element) and it is not written."""
+    import medmm.pacs.pull as pull_module
+
+    real = pull_module._encode
+
+    def flipped(ds):  # type: ignore[no-untyped-def]
+        data = bytearray(real(ds))
+        data[-1] ^= 0xFF
+        return bytes(data)
+
+    monkeypatch.setattr(pull_module, "_encode", flipped)
+    server, _ = pacs
+    res = pull(_server(server.url + "?Modality=CT"), None, tmp_path / "out", pseudo=Pseudonymizer(KEY),
+               pixels="keep", progress=False, echo=lambda m: None)
+    assert res.fetched == 0 and {why for _, why in res.skipped} == {"verification failed: pixel data changed"}
+    assert len(res.skipped) == N_PER_CLASS and not list((tmp_path / "out").rglob("*.dcm"))
+
+
 def test_labels_keyed_by_accession_are_rewritten_to_join_the_pulled_files(pacs, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from medmm.data.dicom.labels import labels_from_csv
     from medmm.data.dicom.scan import scan_folder
