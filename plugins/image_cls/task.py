@@ -33,8 +33,9 @@ FROZEN_RECIPE = {"engine.lr": 0.003, "engine.epochs": 60, "engine.patience": 8, 
 # (EfficientNet-Lite0, 3.4M parameters, 2-core VM: docs/guide/frozen.md); model.mode=auto's estimate.
 CPU_FINETUNE_S_PER_IMAGE_MPARAM = 0.03
 # What the speed hint quotes (bench/frozen_vs_finetune.py, 2-core VM; docs/guide/frozen.md).
-MEASURED = {"frozen": ("measured (EfficientNet-Lite0, DICOM demo): macro-F1 0.87 +/- 0.23 over 3 seeds, encoding "
-                       "once at about 1.5 s per image on a loaded 2-core CPU, then seconds per run")}
+MEASURED = {"frozen": ("measured (EfficientNet-Lite0, DICOM demo): macro-F1 0.87 +/- 0.23 over 3 seeds (fine-tuned "
+                       "0.64 +/- 0.37), encoding once at about 1.5 s per image on a loaded 2-core CPU, then seconds "
+                       "per run")}
 _UNIT_NAMES = {"instance": "instances", "series": "series", "study": "studies", "patient": "patients"}
 
 
