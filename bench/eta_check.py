@@ -8,7 +8,7 @@ shared machine say which it was when quoting a figure). The goal (#29) is the fi
 ends it (text-cls's one epoch). ``model.backbone=auto`` (tabular-risk) trains two candidates: the
 run's first estimates are the first candidate's and count the second.
 
-    python bench/eta_check.py [--tasks fusion,image-cls,tabular-risk,text-cls] [--set KEY=VALUE ...]
+    python bench/eta_check.py [--tasks fusion,image-cls,tabular-risk,text-cls] [--set KEY=VALUE ...] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -51,10 +51,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default="fusion,image-cls,tabular-risk,text-cls")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--keep", type=Path, help="write the runs here (a new folder) instead of a temporary one")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) if args.keep is None else args.keep
         for task in args.tasks.split(","):
-            for row in check(task.strip(), args.overrides, Path(tmp)):
+            for row in check(task.strip(), args.overrides, root):
                 print(json.dumps(row), flush=True)
 
 

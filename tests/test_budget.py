@@ -414,3 +414,19 @@ def test_a_fit_with_one_evaluation_says_its_estimate_at_a_quarter_of_its_steps()
     assert len(said) == 1 and said[0]["at_s"] == pytest.approx(10.0)
     # 30 steps x 1 s, the evaluation 0.35 x 0.1 s x 20 = 0.7 s, the finish: 40 examples at 0.035 s + the report
     assert said[0]["predicted_s"] == pytest.approx(30.0 + 0.7 + 1.4 + REPORT_S, abs=1e-3)
+
+
+def test_early_stopping_is_not_expected_before_twice_the_warmup() -> None:
+    """A run still improving while its learning rate warms up (40 steps, evaluations every 10) is expected
+    to reach its best no sooner than step 80, then stop ``patience`` evaluations later (fusion's demo)."""
+    from medmm.engine.budget import Budget, Planner, Sizes
+
+    sizes = Sizes(n_train=100, n_val=50, n_test=50, n_boot=0, batch_size=10, baseline=False)
+    p = Planner(Budget(None, clock=Clock()), total=400, steps_per_epoch=10, eval_every=0, sizes=sizes, patience=10,
+                warmup=40)
+    assert p.expected_total(0) == (8 + 10) * 10
+    p.evaluated(1.0, 0.0, bad_evals=0)  # the best at the first evaluation: the warm-up, not the Lindy rule, decides
+    assert p.expected_total(10) == 10 + (8 + 10 - 1) * 10
+    for _ in range(8):  # 9 evaluations, each the best: improving for as long again (18), then 10 without
+        p.evaluated(1.0, 0.0, bad_evals=0)
+    assert p.expected_total(90) == 90 + (18 + 10 - 9) * 10

@@ -194,8 +194,10 @@ class Planner:
     """One fit's measurements and plan: seconds per step and per evaluation, the finish, the stop."""
 
     def __init__(self, budget: Budget | None, *, total: int, steps_per_epoch: int, eval_every: int, sizes: Sizes,
-                 start_step: int = 0, useful: int | None = None, patience: int = 0, work_per_step: float = 1.0) -> None:
+                 start_step: int = 0, useful: int | None = None, patience: int = 0, work_per_step: float = 1.0,
+                 warmup: int = 0) -> None:
         self.budget = budget or Budget()
+        self.warmup = warmup  # learning-rate warm-up steps (the best is not expected before twice as many)
         # what a step's time is proportional to, on average over an epoch (text: the real tokens of its batch,
         # whose lengths differ from batch to batch; 1.0: every step alike); step() is told each step's own
         self.work_per_step = work_per_step if work_per_step > 0 else 1.0
@@ -301,17 +303,20 @@ class Planner:
         """The step early stopping is expected to end the run at (``total`` without it).
 
         The best evaluation so far came after ``k - bad`` of ``k`` evaluations; the run is expected to keep
-        improving for as long again, then stop ``patience`` evaluations after its last best.
+        improving for as long again (and at least until twice the learning-rate warm-up: a run still
+        improving while its rate warms up has barely started), then stop ``patience`` evaluations after its
+        last best.
         """
         full = evals_between(done, self.total, self.spe, self.eval_every)
         if not self.patience or not full:
             return self.total
         k = len(self.eval_s)
         best_at = k - self.bad_evals
-        left = max(1, 2 * best_at + self.patience - k) if k else self.patience + 1
+        every = min(self.spe, self.eval_every) if self.eval_every else self.spe
+        best = max(2 * best_at, math.ceil(2 * self.warmup / every))  # the evaluation the best is expected at
+        left = max(1, best + self.patience - k) if k else max(best, 1) + self.patience
         if left >= full:
             return self.total
-        every = min(self.spe, self.eval_every) if self.eval_every else self.spe
         return min(self.total, done + left * every - done % every)
 
     def later_step_s(self, extra: float) -> float:

@@ -380,7 +380,7 @@ class Trainer:
             work = self._window_work(*self._plan(data, 0)) / max(1, steps_per_epoch)
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
                                sizes=Sizes.of(data, self.e), start_step=self.state.global_step,
-                               patience=self.e.patience, work_per_step=work)
+                               patience=self.e.patience, work_per_step=work, warmup=warmup)
         cb.call(self.callbacks, "on_train_start", self)
         try:
             with interrupt.deferred(not self.dist.enabled):  # a first SIGTERM / SIGINT waits for a step boundary
