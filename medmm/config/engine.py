@@ -74,7 +74,8 @@ class EngineConfig(ConfigModel):
         "auto", description="auto (bf16 on GPUs that support it, else fp32; on a CPU see cpu_bf16) | fp32 | bf16 | fp16")
     cpu_bf16: Literal["off", "auto"] = Field(
         "off", description="precision=auto on a CPU: off = fp32 | auto = bf16 autocast when the CPU has native bf16 "
-                           "(avx512_bf16 / AMX, detected) and a probe step is faster than fp32, else fp32")
+                           "(avx512_bf16 / AMX, detected) and a probe step takes at most 0.9x fp32's process CPU time (median of 3, "
+                           "interleaved), else fp32")
     time_limit: Duration = Field(
         None, description="wall-clock budget of the whole run (600, 90s, 10m, 1h; null = none): after the first "
                           "steps the run is planned to fit (fewer steps, or the task's cheaper recipe) and stops "
