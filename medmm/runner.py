@@ -578,7 +578,13 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
                                                                          Path(out))
     if streamed is None:
         split, collate = run.predict_data(task, _view.path if _view is not None else data)
-        if shard is not None and _view is None:  # a table: every row is read (ids kept), this block predicted
+        keep = None
+        if shard is not None and _view is None and split.lengths is not None:  # length-sorted windows (text):
+            from medmm.batching import eval_window
+            from medmm.data.shards import keep_units, shard_windows
+
+            split, keep = shard_windows(split, shard, eval_window(cfg.engine.eval_batch_size))  # whole windows
+        elif shard is not None and _view is None:  # a table: every row is read (ids kept), this block predicted
             split = shard_split(split, shard)
         if baseline:
             from medmm.classic import predict_baseline
@@ -587,6 +593,8 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         else:
             model.to(trainer.device)
             ev = trainer.evaluate(model, split, collate)
+            if keep is not None:  # the whole windows were predicted: this shard's block of units is written
+                ev = keep_units(ev, keep)
         from medmm.evaluation.calibration import apply_stored_calibration
         from medmm.evaluation.threshold import load_operating_point
 

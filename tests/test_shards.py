@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medmm.data.shards import FolderShard, ShardDataset, block, folder_files, parse_shard, shard_split
+from medmm.data.shards import (FolderShard, ShardDataset, block, folder_files, keep_units, parse_shard, shard_split,
+                               shard_windows)
 from medmm.errors import ConfigError
 from medmm.task import Split
 
@@ -63,6 +64,42 @@ def test_shard_split_keeps_whole_units_and_the_base_index() -> None:
         assert len({units[g] for g in got}) == len({units[g] for g in got} - {units[g] for g in seen[:-len(got)]})
     assert seen == list(range(len(units)))
     assert ShardDataset(_Rows(5), np.array([4, 1])).__getitems__([0, 1]) == [4, 1]
+
+
+def test_text_shards_predict_whole_length_windows_so_every_batch_is_the_one_pass_batch() -> None:
+    """Batches sorted by length inside windows (text): a shard that starts inside a window would batch its
+    part of that window otherwise than one pass (other padding, other bits); :func:`shard_windows` gives the
+    whole windows its block touches, and :func:`keep_units` keeps the block's units."""
+    from medmm.batching import eval_window
+    from medmm.engine.sampling import eval_batches
+    from medmm.engine.trainer import EvalOutput
+
+    rng = np.random.default_rng(0)
+    units = [f"d{k:03d}" for k in range(120) for _ in range(int(rng.integers(1, 4)))]  # documents of 1-3 windows
+    lengths = rng.integers(5, 200, len(units))
+    split = Split(_Rows(len(units)), units, lengths=lengths)
+    batch = 4
+    whole = {tuple(b) for b in eval_batches(len(units), batch, lengths=lengths)}
+
+    def batches(part: Split) -> set[tuple[int, ...]]:
+        pos = part.dataset.positions
+        return {tuple(int(pos[j]) for j in b) for b in eval_batches(len(pos), batch, lengths=part.lengths)}
+
+    kept: list[str] = []
+    for i in range(3):
+        part, keep = shard_windows(split, (i, 3), eval_window(batch))
+        assert batches(part) <= whole  # every batch is one of the one pass's
+        block_units = list(dict.fromkeys(units[int(p)] for p in shard_split(split, (i, 3)).dataset.positions))
+        assert keep == block_units
+        kept += keep
+        seen = list(dict.fromkeys(units[int(p)] for p in part.dataset.positions))  # pooled units, in order
+        ev = EvalOutput(seen, np.arange(3.0 * len(seen)).reshape(-1, 3), None, 0.0)
+        got = keep_units(ev, keep)
+        assert got.units == keep and got.targets is None
+        assert got.scores.tolist() == [ev.scores[seen.index(u)].tolist() for u in keep]
+    assert kept == list(dict.fromkeys(units))  # each unit in one shard, in order
+    # the plain block would have batched a shard's first window otherwise (what shard_windows is for)
+    assert any(not batches(shard_split(split, (i, 3))) <= whole for i in range(1, 3))
 
 
 def test_folder_shard_view_keeps_relative_paths(tmp_path: Path) -> None:

@@ -170,6 +170,15 @@ def test_streamed_predict_is_the_one_pass_file(chunked_run: tuple[Path, pd.DataF
     for src, out in reference.items():
         predict(src, out, "--shard", "0/1")  # one pass: the whole table read by build_predict_data
 
+    # --shard i/3: each shard predicts the whole length windows its block touches and writes its block,
+    # so the three files concatenate to the one pass's bytes (blocks end inside windows here)
+    parts = [tmp_path / f"shard{i}.csv" for i in range(3)]
+    for i, part in enumerate(parts):
+        predict(data, part, "--shard", f"{i}/3")
+    texts = [p.read_text().splitlines(keepends=True) for p in parts]
+    assert all(len(t) > 1 for t in texts)
+    assert "".join(texts[0] + texts[1][1:] + texts[2][1:]) == reference[data].read_text()
+
     blocks: list[tuple[int, bool]] = []  # (windows, ends between documents)
     original = TextClsTask.predict_chunks
 

@@ -28,7 +28,8 @@ import numpy as np
 
 from medmm.errors import ConfigError
 
-__all__ = ["FolderShard", "ShardDataset", "block", "folder_files", "parse_shard", "shard_split"]
+__all__ = ["FolderShard", "ShardDataset", "block", "folder_files", "keep_units", "parse_shard", "shard_split",
+           "shard_windows"]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -76,6 +77,31 @@ def shard_split(split: Any, shard: tuple[int, int]) -> Any:
     lengths = None if split.lengths is None else np.asarray(split.lengths)[positions]
     return replace(split, dataset=ShardDataset(split.dataset, positions), lengths=lengths,
                    skipped=list(split.skipped) if shard[0] == 0 else [])
+
+
+def shard_windows(split: Any, shard: tuple[int, int], window: int) -> tuple[Any, list[str]]:
+    """Shard ``i``'s block of a split batched by length inside windows of ``window`` examples
+    (:mod:`medmm.batching`): the whole windows its block touches, so that every batch is the one
+    pass's batch (the same bits), and the block's units, to keep (:func:`keep_units`) after
+    prediction. The extra work is under two windows per shard."""
+    part = shard_split(split, shard)
+    positions = part.dataset.positions
+    keep = list(dict.fromkeys(split.units[int(p)] for p in positions))  # units stay the whole split's
+    if not len(positions):
+        return part, keep
+    lo = int(positions.min()) // window * window
+    hi = min(len(split.units), -(-(int(positions.max()) + 1) // window) * window)
+    whole = np.arange(lo, hi, dtype=np.int64)
+    return replace(part, dataset=ShardDataset(split.dataset, whole),
+                   lengths=np.asarray(split.lengths)[whole]), keep
+
+
+def keep_units(ev: Any, units: Sequence[str]) -> Any:
+    """``ev`` (pooled predictions: ``units``, ``scores``, ``targets``) reduced to ``units``, in its order."""
+    wanted = set(units)
+    rows = [k for k, u in enumerate(ev.units) if u in wanted]
+    return replace(ev, units=[ev.units[k] for k in rows], scores=ev.scores[rows],
+                   targets=None if ev.targets is None else ev.targets[rows])
 
 
 def _cut_points(files: Sequence[str]) -> list[int]:
