@@ -25,14 +25,14 @@ __all__ = ["CHUNK_ROWS", "Streamed", "chunk_rows", "stream_predict"]
 
 @dataclass
 class Streamed:
-    """What a streamed prediction keeps: the pooled scores and, for a run whose prediction sets are grouped
-    by a column, each unit's group label (for the console's referral line)."""
+    """What a streamed prediction keeps: the pooled scores (and targets), and counts for the console."""
 
     ev: Any
     set_groups: list[str] | None = None
     seen: dict[str, int] | None = None  # the run's own labelled data: units per run split (the training-rows caveat)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # the inputs not predicted (input, reason)
     skipped_key: str = "id"
+    referral: str = ""  # the console's referral line (:class:`~medmm.evaluation.conformal.ReferralCount`)
 
 
 def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: Any, out: Path,
@@ -49,7 +49,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
     from medmm.evaluation.calibration import apply_stored_calibration
-    from medmm.evaluation.conformal import StreamedGroups, load_conformal
+    from medmm.evaluation.conformal import ReferralCount, StreamedGroups, load_conformal
     from medmm.evaluation.overlap import SplitCounter, own_data
     from medmm.evaluation.threshold import load_operating_point
     from medmm.io import atomic_write
@@ -67,8 +67,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     batch = max(int(trainer.e.eval_batch_size), 1)  # blocks of whole batches: the model sees the same batches
     rows = -(-(rows or chunk_rows()) // batch) * batch  # as in one pass, so its float32 sums are the same bits
     side = StreamedGroups(conf, Path(data), trainer.cfg, rows) if grouped else None  # type: ignore[arg-type]
-    labels: list[str] = []  # grouped runs: each unit's group label (a few distinct strings, shared)
-    shared: dict[str, str] = {}
+    refer = ReferralCount(conf)  # the referral line's counts, block by block (no unit's set is kept)
     seen: SplitCounter | None = None  # the run's own labelled data: its splits counted block by block
     own: bool | None = None
     scores: list[np.ndarray] = []
@@ -80,10 +79,10 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
         writer = csv.writer(f)
         for i, (split, collate) in enumerate(chunks(Path(data), rows)):
             ev = apply_stored_calibration(run_dir, task.problem, trainer.evaluate(model, split, collate))
-            groups = None if side is None else [shared.setdefault(g, g) for g in side.labels(ev.units)]
+            groups = None if side is None else side.labels(ev.units)
             header, lines = predictions_table(ev, task.problem, task.label_names, task.unit_columns,
                                               operating_point=op, conformal=conf, set_groups=groups)
-            labels += groups or []
+            refer.add(ev.scores, groups)
             skipped += getattr(split, "skipped", None) or []  # a task's block: the rows it did not predict
             skipped_key = getattr(split, "skipped_key", skipped_key)
             if i == 0:
@@ -100,5 +99,4 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
     ev = EvalOutput([], np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
-    return Streamed(ev, labels if side is not None else None, None if seen is None else seen.result(),
-                    skipped, skipped_key)
+    return Streamed(ev, None, None if seen is None else seen.result(), skipped, skipped_key, refer.line())

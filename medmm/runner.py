@@ -614,8 +614,8 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
     msg = f"medmm predict: {len(ev.scores)} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line
 
-    groups = streamed.set_groups if streamed is not None else set_groups_of(conf, Path(data), cfg, ev.units)
-    msg += referred_line(conf, ev.scores, groups)  # (#32)
+    msg += (streamed.referral if streamed is not None  # (#32); counted block by block when streamed
+            else referred_line(conf, ev.scores, set_groups_of(conf, Path(data), cfg, ev.units)))
     skipped, key = (streamed.skipped, streamed.skipped_key) if streamed is not None else (
         getattr(split, "skipped", None), getattr(split, "skipped_key", "id"))
     if skipped:

@@ -48,6 +48,7 @@ class Prediction:
     loss: float = math.nan
     skipped_key: str = "id"  # as medmm.task.Split: the skipped inputs are row "id"s or file "path"s
     set_groups: list[str] | None = None  # per unit, its group of the conformal thresholds' group_column (#32)
+    referral: str | None = None  # a streamed prediction's referral line, counted block by block
 
 
 # --------------------------------------------------------------------------- inputs per task
@@ -290,7 +291,7 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
     if conf is not None:
         from medmm.evaluation.conformal import referred_line
 
-        msg += referred_line(conf, pred.scores, pred.set_groups)
+        msg += pred.referral if pred.referral is not None else referred_line(conf, pred.scores, pred.set_groups)
     if pred.skipped:
         report = write_skipped(out.with_name(out.stem + ".skipped.csv"), pred.skipped, key=pred.skipped_key)
         msg += f"\n  {len(pred.skipped)} inputs skipped -> {report}"
@@ -328,15 +329,16 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
 def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | None = None,
                   keep_units: bool = False) -> Prediction | None:
     """``predict_export`` of a CSV / TSV table block by block: each block's rows are scored and appended to
-    ``out`` (atomically), so memory does not grow with the table beyond its scores (and targets, and a
-    grouped run's group labels; the units and their columns only when ``keep_units``, for ``--dicom-sr``).
+    ``out`` (atomically), so memory does not grow with the table beyond its scores (and targets; the referral
+    line is counted per block; the units, their columns and a grouped run's labels only when ``keep_units``,
+    for ``--dicom-sr``).
     The file is byte-identical to one pass: blocks are whole eval batches, every row depends on its own
     unit. ``None`` when the input does not stream (the task's reader has no ``blocks``; not a CSV / TSV
     file; a grouped run calibrated before its group bands were stored): the caller reads it whole."""
     import csv
 
     from medmm.data.readers import chunk_rows, streams
-    from medmm.evaluation.conformal import StreamedGroups
+    from medmm.evaluation.conformal import ReferralCount, StreamedGroups
     from medmm.io import atomic_write
     from medmm.predictions import predictions_table
 
@@ -355,8 +357,8 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
     unit_columns: dict[str, dict[str, str]] = {}
     scores: list[np.ndarray] = []
     targets: list[np.ndarray] = []
-    labels: list[str] = []
-    shared: dict[str, str] = {}  # one string per distinct group label
+    refer = ReferralCount(conf)  # the referral line's counts, block by block (no unit's set is kept)
+    labels: list[str] = []  # --dicom-sr of a grouped run: each unit's group label (its SR's set)
     skipped: list[tuple[str, str]] = []
     skipped_key = "id"
     has_targets = True
@@ -364,7 +366,7 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
         writer = csv.writer(f)
         for i, ex in enumerate(blocks(data, rows)):
             pred = model.score(ex)
-            groups = None if side is None else [shared.setdefault(g, g) for g in side.labels(pred.units)]
+            groups = None if side is None else side.labels(pred.units)
             header, lines = predictions_table(pred, model.problem, model.label_names, pred.unit_columns or None,
                                               operating_point=op, conformal=conf, set_groups=groups)
             if i == 0:
@@ -374,14 +376,16 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
             has_targets = has_targets and pred.targets is not None
             if pred.targets is not None:
                 targets.append(np.asarray(pred.targets))
-            labels += groups or []
+            refer.add(pred.scores, groups)
             skipped += pred.skipped
             skipped_key = pred.skipped_key
             if keep_units:
                 units += pred.units
                 unit_columns.update(pred.unit_columns)
+                labels += groups or []
     return Prediction(units, np.concatenate(scores), np.concatenate(targets) if has_targets and targets else None,
-                      unit_columns, skipped, skipped_key=skipped_key, set_groups=labels if side is not None else None)
+                      unit_columns, skipped, skipped_key=skipped_key, referral=refer.line(),
+                      set_groups=labels if keep_units and side is not None else None)
 
 
 def _has(module: str) -> bool:

@@ -42,7 +42,7 @@ import numpy as np
 
 from medmm.errors import DataError, MedmmError
 
-__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "StreamedGroups", "apply_sets", "calibrate", "coverage_report", "group_values",
+__all__ = ["FILE", "FORMAT", "PROBLEMS", "REFER_RULES", "ReferralCount", "StreamedGroups", "apply_sets", "calibrate", "coverage_report", "group_values",
            "load_calibration_units", "load_conformal", "prediction_columns", "recalibrate", "save_calibration_units",
            "save_conformal", "set_groups_of", "threshold_sources", "weighted_threshold"]
 
@@ -701,17 +701,38 @@ def _three(c: Mapping[str, Any]) -> list[str]:
 
 
 def referred_line(conf: Mapping[str, Any] | None, scores: Any, groups: Sequence[Any] | None = None) -> str:
-    """``\\n  referred (abstain = 1): 36 of 569 units (90% conformal sets, rule not_single)``, or ``""``."""
-    if conf is None or not len(np.asarray(scores)):
-        return ""
-    a = apply_sets(conf, scores, groups)["abstain"]
-    what = "intervals" if conf["problem"] == "regression" else "sets"
-    line = (f"\n  referred (abstain = 1): {int(a.sum())} of {len(a)} units ({100 * (1 - conf['alpha']):g}% conformal "
-            f"{what}, rule {conf['refer'] if conf['problem'] != 'regression' else 'max_width'})")
-    if conf.get("group_thresholds"):
-        src = threshold_sources(conf, groups, len(a))
-        pooled = sum(s.startswith("per class") for s in src)
-        col = conf["group_column"]
-        line += (f"; thresholds per {col} group" + (f", {pooled} unit(s) with no {col} value or an uncalibrated "
-                                                    f"group used the per-class ones (set_thresholds)" if pooled else ""))
-    return line
+    """``\n  referred (abstain = 1): 36 of 569 units (90% conformal sets, rule not_single)``, or ``""``."""
+    count = ReferralCount(conf)
+    count.add(scores, groups)
+    return count.line()
+
+
+class ReferralCount:
+    """The counts of :func:`referred_line`, added block by block: a streamed prediction keeps no unit's set
+    or thresholds (at 1M units the whole-input sets were the prediction's peak memory)."""
+
+    def __init__(self, conf: Mapping[str, Any] | None) -> None:
+        self.conf, self.units, self.referred, self.pooled = conf, 0, 0, 0
+
+    def add(self, scores: Any, groups: Sequence[Any] | None = None) -> None:
+        """Count one block's units (``groups``: their labels of the thresholds' group column)."""
+        conf = self.conf
+        if conf is None or not len(np.asarray(scores)):
+            return
+        a = apply_sets(conf, scores, groups)["abstain"]
+        self.units, self.referred = self.units + len(a), self.referred + int(a.sum())
+        if conf.get("group_thresholds"):
+            self.pooled += sum(s.startswith("per class") for s in threshold_sources(conf, groups, len(a)))
+
+    def line(self) -> str:
+        conf = self.conf
+        if conf is None or not self.units:
+            return ""
+        what = "intervals" if conf["problem"] == "regression" else "sets"
+        line = (f"\n  referred (abstain = 1): {self.referred} of {self.units} units ({100 * (1 - conf['alpha']):g}% "
+                f"conformal {what}, rule {conf['refer'] if conf['problem'] != 'regression' else 'max_width'})")
+        if conf.get("group_thresholds"):
+            col, pooled = conf["group_column"], self.pooled
+            line += (f"; thresholds per {col} group" + (f", {pooled} unit(s) with no {col} value or an uncalibrated "
+                                                        f"group used the per-class ones (set_thresholds)" if pooled else ""))
+        return line
