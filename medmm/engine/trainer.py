@@ -673,9 +673,11 @@ class Trainer:
         started = clock()
         out = self.evaluate(raw, data.val, data.collate_fn)
         metrics = self.metrics_of(out) if self.dist.is_main else {}
-        boot_s = None
+        boot_s, probe_s = None, 0.0
         if self.planner is not None and not self.planner.eval_s and self.dist.is_main and out.targets is not None:
+            probe_at = clock()
             boot_s = self._time_bootstrap(out, clock)  # what one resample of the finish's bootstrap costs
+            probe_s = clock() - probe_at  # a one-off: not part of what each evaluation costs
         metrics = broadcast_object(metrics, self.dist)
         rec = {**base, "split": "val", "loss": out.loss, **metrics, "lr": lr, "samples_per_s": rate}
         self.history.append(rec)
@@ -693,6 +695,6 @@ class Trainer:
             if self.e.patience and st.bad_evals >= self.e.patience:
                 st.stopped_early = True
         if self.planner is not None:  # the evaluation's cost, for the ETA and the time limit
-            self.planner.evaluated(clock() - started, boot_s, st.bad_evals)
+            self.planner.evaluated(clock() - started - probe_s, boot_s, st.bad_evals)
             if getattr(self, "_eta", None) is not None and not st.stopped_early:
                 self._eta.evaluated(st.global_step)
