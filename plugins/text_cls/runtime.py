@@ -14,18 +14,14 @@ from typing import Any
 import numpy as np
 
 from medmm import (
-    DataError, Examples, FastTokenizer, SimpleVocab, batch_slices, eval_window, length_order, load_text_examples,
-    read_json, read_table, read_table_chunks, tokenize_cached,
+    DataError, Examples, FastTokenizer, SimpleVocab, batch_slices, length_order, load_text_examples,
+    read_json, read_table, tokenize_cached,
 )
+from medmm_plugins.text_cls.blocks import columns as _columns
+from medmm_plugins.text_cls.blocks import note_blocks
 from medmm_plugins.text_cls.config import TextClsConfig
 
 log = logging.getLogger("medmm")
-
-
-def _columns(value: Any) -> list[str]:
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
 class TextInputs:
@@ -78,36 +74,8 @@ class TextInputs:
         label; each block holds ``rows`` token windows rounded up to whole length-sorted windows of eval
         batches (:func:`medmm.eval_window`: the graph sees one pass's batches) and ends between documents."""
         d = self.d
-        window = eval_window(self.batch_size)
-        rows = -(-rows // window) * window
-        text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
-        id_col = d.id_column
-        if id_col and id_col not in next(read_table_chunks(path, 1)).columns:
-            log.warning("id column %r is not in the data; predictions are keyed by row number", id_col)
-            id_col = None
-        strings = [c for c in (id_col, d.group_column, *text_cols) if c]  # a block of digits stays text
-        common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
-                  "max_chars": d.max_chars, "label_names": self.label_names, "block": True}
-
-        def read(with_labels: bool) -> Iterator[tuple[int, Any, Any]]:
-            seen: dict[bool, set[str]] = {False: set(), True: set()}
-            for df in read_table_chunks(path, rows, string_columns=strings):
-                first = int(df.index[0]) if len(df) else 0
-                ex = load_text_examples(df, **common, label_columns=[], label_delimiter=None, first_row=first,
-                                        seen_ids=seen[False])
-                lab = (load_text_examples(df, **common, label_columns=label_cols, label_delimiter=d.label_delimiter,
-                                          first_row=first, seen_ids=seen[True]) if with_labels else None)
-                yield len(df), ex, lab
-
-        use_labels = False
-        if label_cols:  # the one-pass rule: labels only when every predicted row has a usable one
-            try:
-                same, n_labelled = True, 0
-                for _, ex, lab in read(True):
-                    same, n_labelled = same and lab.row_ids == ex.row_ids, n_labelled + len(lab.row_ids)
-                use_labels = same and n_labelled > 0
-            except DataError:
-                use_labels = False
+        rows, use_labels, read = note_blocks(path, d, self.label_names, rows, self.batch_size,
+                                             warn_unlabelled=False)  # as examples() of one pass
         seqs: list[Any] = []  # token windows not yet predicted, their units and targets
         units: list[str] = []
         targets: list[Any] = []

@@ -50,6 +50,7 @@ from medmm import (  # model.mode=frozen / auto
     apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_texts,
     load_module_weights, model_state, pad_tokens, run_module, set_key,
 )
+from medmm_plugins.text_cls.blocks import columns as _columns
 from medmm_plugins.text_cls.config import TextClsConfig, TextClsData, TextClsModel
 
 __all__ = ["TextClsTask"]
@@ -76,13 +77,6 @@ MEASURED = {
     "tfidf": ("seconds; measured macro-F1 0.83 on IU 5-class reports (fine-tuned MiniLM 0.96), 0.94 on PadChest "
               "8-class (fine-tuned MiniLM 0.96)"),
 }
-
-
-def _columns(value: Any) -> list[str]:
-    """A config value naming one column or a list of columns -> list of names."""
-    if value is None:
-        return []
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
 def _is_vocab_backbone(factory: Any) -> bool:
@@ -473,43 +467,11 @@ class TextClsTask(Task):
         usable label. Blocks hold ``rows`` token sequences rounded up to whole length-sorted windows of
         evaluation batches (:func:`medmm.eval_window`: the model sees the batches of one pass) and end
         between documents (a long note's windows stay in one block)."""
-        from medmm import eval_window, read_table_chunks
+        from medmm_plugins.text_cls.blocks import note_blocks
 
         d = self.data_cfg
-        window = eval_window(self.cfg.engine.eval_batch_size)
-        rows = -(-rows // window) * window
-        text_cols, label_cols = _columns(d.text_column), _columns(d.label_column)
-        id_col = d.id_column
-        if id_col and id_col not in next(read_table_chunks(data_path, 1)).columns:
-            logger.warning("id column %r is not in %s; predictions are keyed by row number",
-                           id_col, Path(data_path).name)
-            id_col = None
-        strings = [c for c in (id_col, d.group_column, *text_cols) if c]  # a block of digits stays text
-        common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
-                  "max_chars": d.max_chars, "label_names": self.label_names, "block": True}
-        labelled = {"label_columns": label_cols, "label_delimiter": d.label_delimiter}
-        unlabelled = {"label_columns": [], "label_delimiter": None}
-
-        def blocks(with_labels: bool) -> Any:
-            seen: dict[bool, set[str]] = {False: set(), True: set()}
-            for df in read_table_chunks(data_path, rows, string_columns=strings):
-                first = int(df.index[0]) if len(df) else 0
-                ex = load_text_examples(df, **common, **unlabelled, first_row=first, seen_ids=seen[False])
-                lab = (load_text_examples(df, **common, **labelled, first_row=first, seen_ids=seen[True])
-                       if with_labels else None)
-                yield len(df), ex, lab
-
-        use_labels = False
-        if label_cols:  # the one-pass rule: labels only when every predicted row has a usable one
-            try:
-                same, n_labelled = True, 0
-                for _, ex, lab in blocks(True):
-                    same, n_labelled = same and lab.row_ids == ex.row_ids, n_labelled + len(lab.row_ids)
-                use_labels = same and n_labelled > 0
-                if not same and n_labelled:
-                    logger.warning("some rows have missing or unknown labels: predictions only, no metrics")
-            except DataError:
-                use_labels = False  # no label columns
+        rows, use_labels, blocks = note_blocks(data_path, d, self.label_names, rows,
+                                               self.cfg.engine.eval_batch_size)
         n_rows, skipped, truncated, done = 0, [], [], 0
         seqs: list[np.ndarray] = []
         docs: list[int] = []  # per sequence: its document (numbered over the table)
