@@ -548,6 +548,10 @@ class Trainer:
         hints = self.task.speed_hints(len(data.train.dataset)) if self.device.type == "cpu" else []
         eta = Eta(planner, self.device.type, announce=self.dist.is_main, hints=hints)  # ETA lines: after the first steps and evaluation
         self._eta = eta
+        if data.val is not None and len(data.val.dataset):  # a one-off import, not the first evaluation's cost
+            from medmm.metrics import preload
+
+            preload()
         planner.started()
         stop = False
         while (st.epoch < e.epochs and not st.stopped_early and not (self.total and st.global_step >= self.total)
