@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import json
 import math
 import os
@@ -20,18 +21,24 @@ def current_umask() -> int:
     return mask
 
 
-def release_free_memory() -> bool:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): after a large table is
-    read and dropped, its freed blocks otherwise stay resident while later large arrays take new pages
-    (#30). ``False`` where there is no glibc."""
+@functools.cache
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs a subprocess), or None."""
     import ctypes
     import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return bool(libc.malloc_trim(0))
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
+        return None
+
+
+def release_free_memory() -> bool:
+    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``): after a large table is
+    read and dropped, its freed blocks otherwise stay resident while later large arrays take new pages
+    (#30). ``False`` where there is no glibc."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 @contextlib.contextmanager
