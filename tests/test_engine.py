@@ -22,6 +22,14 @@ TOY = Path(__file__).with_name("toy_task.py")
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _free_port() -> str:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return str(sock.getsockname()[1])
+
+
 def same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
@@ -94,7 +102,7 @@ def test_torchrun_two_processes_match_one(tmp_path: Path) -> None:
     assert one.wait(timeout=300) == 0, one.stderr.read().decode()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29533", str(TOY), str(tmp_path / "two"), "dropout=0", "batch_size=8",
+                          "--master_port", _free_port(), str(TOY), str(tmp_path / "two"), "dropout=0", "batch_size=8",
                           "checkpoint_every_steps=1000", "epochs=2"], env=env, capture_output=True, timeout=300)
     assert two.returncode == 0, two.stderr.decode()[-3000:]
     a = load_file(str(tmp_path / "one" / "final.safetensors"))
@@ -110,14 +118,15 @@ def test_torchrun_ranks_agree_on_the_time_limit_plan_and_stop(tmp_path: Path) ->
     s/step) lowers 480 steps, then the slow steps reach the limit before the plan's end."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29534", str(TOY), str(tmp_path / "two"), "batch_size=8", "epochs=20",
+                          "--master_port", _free_port(), str(TOY), str(tmp_path / "two"), "batch_size=8", "epochs=20",
                           "checkpoint_every_steps=1000", "time_limit=14", "sleep=[0.02, 8, 1.0]"],
                          env=env, capture_output=True, timeout=240)
     out, err = two.stdout.decode(), two.stderr.decode()
     assert two.returncode == 0, err[-3000:]
     import re
 
-    done = sorted(re.findall(r"toy rank (\d): step (\d+) of (\d+), stopped (.+)", out))
+    lines = "".join(p.read_text() for p in sorted((tmp_path / "two").glob("done-rank*.txt")))
+    done = sorted(re.findall(r"toy rank (\d): step (\d+) of (\d+), stopped (.+)", lines))
     assert [d[0] for d in done] == ["0", "1"], out
     assert done[0][1:] == done[1][1:], done  # the same step, plan and stop on both ranks
     step, total, stopped = int(done[0][1]), int(done[0][2]), done[0][3]

@@ -113,5 +113,7 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         save_file({k: v.contiguous() for k, v in weights.items()}, str(run / "final.safetensors"))
     done = LAST["trainer"]
-    print(f"toy rank {os.environ.get('RANK', '0')}: step {done.state.global_step} of {done.total}, "
-          f"stopped {done.stopped}", flush=True)
+    rank = os.environ.get("RANK", "0")
+    line = f"toy rank {rank}: step {done.state.global_step} of {done.total}, stopped {done.stopped}\n"
+    (run / f"done-rank{rank}.txt").write_text(line)  # one file per rank: two ranks' prints interleave
+    sys.stdout.write(line)
