@@ -97,8 +97,13 @@ def write_training_profile(data_path: Path, data_cfg: Mapping[str, Any], directo
     return write_json_atomic(Path(directory) / FILE, payload)
 
 
-def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
-    """``{"tabular": ..., "text": ..., "dicom": ..., "warnings": [...]}`` for the new data."""
+def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_dir: Path,
+                 rows: int | None = None) -> dict[str, Any]:
+    """``{"tabular": ..., "text": ..., "dicom": ..., "warnings": [...]}`` for the new data.
+
+    A table is read block by block (``rows`` per block, default :func:`~medmm.data.readers.chunk_rows`), only
+    the columns the checks use: per numeric feature a sum and a count, per categorical feature a count, per
+    document its word counts (4 bytes per document for the length quantiles); never the table."""
     from medmm.io import read_json
 
     out: dict[str, Any] = {"warnings": []}
@@ -106,15 +111,12 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
     profile_path = Path(run_dir) / "artifacts" / FILE
     profile = read_json(profile_path, format=FORMAT) if profile_path.exists() else {}
     pre = task.preprocessor
-    df = None
     if not path.is_dir():
-        from medmm.data.readers import read_table
-
-        df = read_table(path)
-    if pre is not None and df is not None:
-        out["tabular"] = _tabular_shift(pre, df, out["warnings"])
-    if "text" in profile and df is not None and all(c in df.columns for c in _text_columns(data_cfg)):
-        out["text"] = _text_shift(profile["text"], _texts(df, _text_columns(data_cfg)), out["warnings"])
+        tab, text = _table_shift(path, pre, profile.get("text"), _text_columns(data_cfg), rows)
+        if tab is not None:
+            out["tabular"] = tab.result(out["warnings"])
+        if text is not None:
+            out["text"] = text.result(out["warnings"])
     if "dicom" in profile and path.is_dir():
         out["dicom"] = _dicom_shift(profile["dicom"], _dicom_mix(path), out["warnings"])
     if not any(k in out for k in ("tabular", "text", "dicom")):
@@ -122,38 +124,98 @@ def shift_report(task: Any, data_path: Path, data_cfg: Mapping[str, Any], run_di
     return out
 
 
-def _tabular_shift(pre: Any, df: Any, warnings: list[str]) -> dict[str, Any]:
-    from medmm.data.tabular.preprocess import category_strings, to_float
+def _table_shift(path: Path, pre: Any, train_text: Mapping[str, Any] | None, text_cols: list[str],
+                 rows: int | None) -> tuple[TabularShift | None, TextShift | None]:
+    """The tabular and text checks of a table, fed block by block (only the columns they read)."""
+    from medmm.data.readers import chunk_rows, read_table_chunks
 
-    rows = []
-    for i, col in enumerate(pre.numeric):
-        if col not in df.columns:
-            continue
-        x = to_float(df[col], col)
-        x = x[np.isfinite(x)]
-        smd = float((x.mean() - pre.means[i]) / pre.scales[i]) if x.size else math.nan
-        rows.append({"feature": col, "smd": smd, "missing_share": float(1 - x.size / max(len(df), 1))})
-        if math.isfinite(smd) and abs(smd) > SMD_WARN:
-            warnings.append(f"feature {col!r}: standardized mean difference {smd:+.2f} vs training")
-    unseen = {}
-    for col, cats in zip(pre.categorical, pre.categories):
-        if col not in df.columns:
-            continue
-        values = [v for v in category_strings(df[col]) if v == v and v is not None]
-        n = sum(1 for v in values if v not in set(cats))
-        unseen[col] = n
-        if n:
-            warnings.append(f"feature {col!r}: {n} value(s) of categories never seen in training")
-    return {"numeric": rows, "unseen_categories": unseen}
+    header = [str(c) for c in next(read_table_chunks(path, 1)).columns]
+    tab = TabularShift(pre, header) if pre is not None else None
+    text = TextShift(train_text, text_cols) if train_text is not None and all(c in header for c in text_cols) else None
+    wanted = [*(tab.columns if tab is not None else []), *(text_cols if text is not None else [])]
+    wanted = [c for c in dict.fromkeys(wanted) if c in header]
+    if tab is None and text is None:
+        return None, None
+    if not wanted:  # no feature column in the data: each check on its row count alone
+        n = sum(len(b) for b in read_table_chunks(path, rows or chunk_rows(), columns=header[:1]))
+        if tab is not None:
+            tab.rows = n
+        return tab, text
+    for block in read_table_chunks(path, rows or chunk_rows(), columns=wanted):
+        if tab is not None:
+            tab.add(block)
+        if text is not None:
+            text.add(block)
+    return tab, text
 
 
-def _text_shift(train: Mapping[str, Any], texts: list[str], warnings: list[str]) -> dict[str, Any]:
-    vocab = set(train["vocab"])
-    docs = [_WORD.findall(t.lower()) for t in texts]
-    tokens = sum(len(d) for d in docs)
-    oov = sum(1 for d in docs for w in d if _h(w) not in vocab) / max(tokens, 1)
-    lengths = np.asarray([len(d) for d in docs], float)
-    q = [float(v) for v in np.quantile(lengths, _QUANTILES)] if len(docs) else []
+class TabularShift:
+    """Standardized mean differences and unseen categories, block by block. Per numeric feature an exact
+    running sum (``math.fsum`` of each block and its rounding residual) and a count; the mean is the correctly
+    rounded mean of every finite value, which equals numpy's pairwise ``mean`` up to its last bits."""
+
+    def __init__(self, pre: Any, header: list[str]) -> None:
+        self.pre = pre
+        self.numeric = [(i, c) for i, c in enumerate(pre.numeric) if c in header]
+        self.categorical = [(c, set(cats)) for c, cats in zip(pre.categorical, pre.categories) if c in header]
+        self.columns = [c for _, c in self.numeric] + [c for c, _ in self.categorical]
+        self.partials: dict[str, list[float]] = {c: [] for _, c in self.numeric}
+        self.counts: dict[str, int] = {c: 0 for _, c in self.numeric}
+        self.unseen: dict[str, int] = {c: 0 for c, _ in self.categorical}
+        self.rows = 0
+
+    def add(self, df: Any) -> None:
+        from medmm.data.tabular.preprocess import category_strings, to_float
+
+        self.rows += len(df)
+        for _, col in self.numeric:
+            x = to_float(df[col], col)
+            x = x[np.isfinite(x)]
+            if x.size:
+                values = x.tolist()
+                s = math.fsum(values)
+                values.append(-s)
+                self.partials[col] += [s, math.fsum(values)]  # the block's sum and what its rounding left out
+                self.counts[col] += int(x.size)
+        for col, cats in self.categorical:
+            self.unseen[col] += sum(1 for v in category_strings(df[col]) if v == v and v is not None and v not in cats)
+
+    def result(self, warnings: list[str]) -> dict[str, Any]:
+        pre, rows = self.pre, []
+        for i, col in self.numeric:
+            n = self.counts[col]
+            smd = float((math.fsum(self.partials[col]) / n - pre.means[i]) / pre.scales[i]) if n else math.nan
+            rows.append({"feature": col, "smd": smd, "missing_share": float(1 - n / max(self.rows, 1))})
+            if math.isfinite(smd) and abs(smd) > SMD_WARN:
+                warnings.append(f"feature {col!r}: standardized mean difference {smd:+.2f} vs training")
+        for col, n in self.unseen.items():
+            if n:
+                warnings.append(f"feature {col!r}: {n} value(s) of categories never seen in training")
+        return {"numeric": rows, "unseen_categories": dict(self.unseen)}
+
+
+class TextShift:
+    """Share of words never seen in training and the length quantiles, block by block: counts, and each
+    document's word count (``uint32``, 4 bytes per document)."""
+
+    def __init__(self, train: Mapping[str, Any], cols: list[str]) -> None:
+        self.train, self.cols, self.vocab = train, cols, set(train["vocab"])
+        self.tokens = self.oov = 0
+        self.lengths: list[np.ndarray] = []
+
+    def add(self, df: Any) -> None:
+        docs = [_WORD.findall(t.lower()) for t in _texts(df, self.cols)]
+        self.tokens += sum(len(d) for d in docs)
+        self.oov += sum(1 for d in docs for w in d if _h(w) not in self.vocab)
+        self.lengths.append(np.fromiter((len(d) for d in docs), dtype=np.uint32, count=len(docs)))
+
+    def result(self, warnings: list[str]) -> dict[str, Any]:
+        lengths = np.concatenate(self.lengths).astype(float) if self.lengths else np.zeros(0)
+        return _text_summary(self.train, self.oov / max(self.tokens, 1), lengths, warnings)
+
+
+def _text_summary(train: Mapping[str, Any], oov: float, lengths: np.ndarray, warnings: list[str]) -> dict[str, Any]:
+    q = [float(v) for v in np.quantile(lengths, _QUANTILES)] if len(lengths) else []
     ref = float(train["oov_share"])
     if oov > max(2 * ref, ref + 0.05):
         warnings.append(f"text: {oov:.1%} of words were never (or rarely) seen in training vs {ref:.1%} there")
