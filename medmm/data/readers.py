@@ -258,24 +258,34 @@ def _joinable(blocks: list[pd.DataFrame]) -> bool:
 
 
 def streams(path: str | Path) -> bool:
-    """Whether :func:`read_table_chunks` reads ``path`` block by block (a CSV / TSV file read by medmm
-    itself) rather than whole and cut (JSON Lines, Parquet, plugin readers)."""
+    """Whether :func:`read_table_chunks` reads ``path`` block by block (a CSV / TSV / JSON Lines file, or an
+    uncompressed Parquet file when pyarrow is installed, read by medmm itself) rather than whole and cut
+    (plugin readers, folders)."""
     path = Path(path)
     try:
         fmt, plugin = _resolve(path)
     except DataError:
         return False
-    return plugin is None and fmt in ("csv", "tsv") and path.is_file()
+    if plugin is not None or not path.is_file():
+        return False
+    if fmt == "parquet":
+        import importlib.util
+
+        return path.suffix.lower() not in _COMPRESSION and importlib.util.find_spec("pyarrow") is not None
+    return fmt in ("csv", "tsv", "jsonl")
 
 
 def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | None = None,
                       decimal: str = ".", string_columns: Iterable[str] = ()) -> Iterator[pd.DataFrame]:
     """``path`` as consecutive frames of at most ``rows`` rows (index = row number in the table), so a
-    caller holds one chunk at a time. CSV / TSV stream (``columns``: only those the table has, at least one); other
-    formats (JSON Lines, Parquet, plugin readers) are read whole by :func:`read_table` and cut. Each
+    caller holds one chunk at a time. CSV / TSV, JSON Lines and Parquet stream (:func:`streams`; ``columns``:
+    only those the table has, at least one); plugin readers are read whole by :func:`read_table` and cut. Each
     chunk gets :func:`read_table`'s checks and number parsing; a table with no rows is a
     :class:`DataError` as there. ``string_columns`` are read as strings, as by :func:`read_table`
-    (a block of digits only must not turn an identifier or a note into a number).
+    (a block of digits only must not turn an identifier or a note into a number; CSV / TSV: other
+    formats store types). A JSON Lines block has every column of the file, in the order of a whole read
+    (a first pass collects the keys: rows may leave out keys); a Parquet block is cut from its record
+    batches, with the whole file's columns and types.
     """
     import pandas as pd
 
@@ -283,8 +293,9 @@ def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | N
         raise ConfigError(f"chunk rows must be >= 1, got {rows}")
     path, string_columns = Path(path), list(string_columns)
     fmt, plugin = _resolve(path)
-    if plugin is not None or fmt not in ("csv", "tsv") or not path.is_file():
-        df = read_table(path, decimal=decimal, string_columns=string_columns)
+    keys = _jsonl_keys(path) if fmt == "jsonl" and streams(path) else None
+    if not streams(path) or (fmt == "jsonl" and keys is None):  # plugin readers; a JSON Lines file that is not
+        df = read_table(path, decimal=decimal, string_columns=string_columns)  # one object a line: a whole read
         keep = [c for c in columns if c in df.columns] if columns is not None else None
         for start in range(0, len(df), rows):
             part = df.iloc[start:start + rows]
@@ -292,18 +303,20 @@ def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | N
         return
     if decimal not in DECIMALS:
         raise ConfigError(f"data.decimal must be one of {list(DECIMALS)}, got {decimal!r}")
-    sep = csv_separator(path) if fmt == "csv" else "\t"
     st = path.stat()
     source = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     wanted = None if columns is None else set(columns)
     n = 0
     try:
-        with pd.read_csv(path, sep=sep, encoding="utf-8-sig", decimal=decimal, chunksize=rows,
-                         dtype={c: str for c in string_columns} or None,
-                         usecols=None if wanted is None else (lambda c: c in wanted)) as reader:
-            for chunk in reader:
-                n += len(chunk)
-                yield parse_number_columns(chunk, decimal=decimal, skip=string_columns, source=source)
+        if fmt == "jsonl":
+            blocks = _jsonl_blocks(path, rows, keys or [], wanted)
+        elif fmt == "parquet":
+            blocks = _parquet_blocks(path, rows, wanted)
+        else:
+            blocks = _csv_blocks(path, rows, fmt, wanted, decimal, string_columns)
+        for chunk in blocks:
+            n += len(chunk)
+            yield parse_number_columns(chunk, decimal=decimal, skip=string_columns, source=source)
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
                         "re-save the file as UTF-8") from None
@@ -314,6 +327,101 @@ def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | N
         raise DataError(f"cannot read {path} as {fmt.upper()}: {msg}") from None
     if n == 0:
         raise DataError(f"cannot read {path}: the table has no rows")
+
+
+def _csv_blocks(path: Path, rows: int, fmt: str, wanted: set[str] | None, decimal: str,
+                string_columns: list[str]) -> Iterator[pd.DataFrame]:
+    """A CSV / TSV file in frames of ``rows`` rows (pandas' own chunked parser)."""
+    import pandas as pd
+
+    sep = csv_separator(path) if fmt == "csv" else "\t"
+    with pd.read_csv(path, sep=sep, encoding="utf-8-sig", decimal=decimal, chunksize=rows,
+                     dtype={c: str for c in string_columns} or None,
+                     usecols=None if wanted is None else (lambda c: c in wanted)) as reader:
+        yield from reader
+
+
+_JSONL_KEYS: dict[tuple[Any, ...], list[str] | None] = {}
+
+
+def _jsonl_keys(path: Path) -> list[str] | None:
+    """Every key of a JSON Lines file in order of first appearance (the columns of a whole read), or ``None``
+    when a line is not one JSON object (the whole read then says what is wrong). One pass of ``json.loads``
+    (about half of pandas' parse), remembered per file (path, size, modification time)."""
+    import json
+
+    import pandas as pd
+
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _JSONL_KEYS:
+        return _JSONL_KEYS[key]
+    keys: dict[str, None] = {}
+    found: list[str] | None = None
+    try:
+        with pd.io.common.get_handle(path, "r", encoding="utf-8-sig", compression="infer") as handle:
+            for line in handle.handle:
+                if not line.strip():
+                    continue
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    break
+                keys.update(dict.fromkeys(obj))
+            else:
+                found = list(keys)
+    except (ValueError, OSError, EOFError):
+        found = None
+    if len(_JSONL_KEYS) > 64:
+        _JSONL_KEYS.clear()
+    _JSONL_KEYS[key] = found
+    return found
+
+
+def _jsonl_blocks(path: Path, rows: int, keys: list[str], wanted: set[str] | None) -> Iterator[pd.DataFrame]:
+    """A JSON Lines file in frames of ``rows`` rows (pandas' chunked ``read_json``, the whole read's options),
+    each with every key of the file (one no row of the block has: missing values), in the whole read's order."""
+    import pandas as pd
+
+    order = keys if wanted is None else [c for c in keys if c in wanted]
+    with pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False, chunksize=rows) as reader:
+        for chunk in reader:
+            if list(chunk.columns) != order:
+                if any(c not in keys for c in chunk.columns):  # pandas named a column otherwise: never guess
+                    raise ValueError("a block has a column that is not a key of the file")
+                chunk = chunk.reindex(columns=order)
+            yield chunk
+
+
+def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[pd.DataFrame]:
+    """A Parquet file in frames of exactly ``rows`` rows (the last fewer), converted as ``pandas.read_parquet``
+    converts the whole file (its pandas metadata: types; a stored index is replaced by the row numbers and,
+    as in a whole read, is not a column)."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    meta = pf.schema_arrow.pandas_metadata or {}
+    index = sorted(c for c in meta.get("index_columns", []) if isinstance(c, str))
+    names = [c for c in pf.schema_arrow.names if c not in index]
+    cols = names if wanted is None else [c for c in names if c in wanted]
+    start, buf, have = 0, [], 0
+
+    def frame(table: Any) -> pd.DataFrame:
+        df = table.to_pandas()
+        df.index = pd.RangeIndex(start, start + len(df))
+        return df
+
+    for batch in pf.iter_batches(batch_size=rows, columns=[*cols, *index], use_pandas_metadata=True):
+        buf.append(batch)
+        have += batch.num_rows
+        while have >= rows:  # batches stop at row groups: blocks of exactly `rows` rows, as a CSV's
+            table = pa.Table.from_batches(buf)
+            yield frame(table.slice(0, rows))
+            start, have = start + rows, have - rows
+            buf = table.slice(rows).to_batches()
+    if have:
+        yield frame(pa.Table.from_batches(buf))
 
 
 def _read_with_plugin(path: Path, reader: Component, string_columns: list[str], decimal: str) -> pd.DataFrame:
