@@ -8,6 +8,7 @@ identifier that must not come back and every label (the modality) that must join
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import threading
@@ -212,6 +213,55 @@ def test_the_ocr_engine_is_loaded_ahead_only_when_the_search_finds_an_instance_i
     assert len(made) == 3
 
 
+def test_instances_that_get_the_pixel_pass_are_spread_among_the_others_first_one_first() -> None:
+    """With the OCR in its own process, a series that needs it is not left to the end (where its OCR
+    would run alone): the units that need it go in at even steps of the others' instance count."""
+    from medmm.data.sources.dicomweb import InstanceRef
+    from medmm.pacs.pull import _units
+
+    def ref(series: str, n: int, modality: str = "CT") -> InstanceRef:
+        return InstanceRef("1", series, f"{series}.{n}", modality=modality)
+
+    todo = [ref("s1", i) for i in range(6)] + [ref("s2", i) for i in range(4)] + [ref(f"u{i}", 0) for i in range(2)]
+    todo += [ref(f"sc{i}", 0, "SC") for i in range(2)]
+    plain = _units(todo)
+    assert [len(u) for u in plain] == [6, 4, 1, 1, 1, 1] and plain[-1][0].series == "sc1"  # largest first
+    spread = _units(todo, lambda r: r.modality == "SC")
+    assert [u[0].series for u in spread] == ["sc0", "s1", "sc1", "s2", "u0", "u1"]  # at 0 and 6 of 12 others
+    assert sorted(spread, key=lambda u: u[0].series) == sorted(plain, key=lambda u: u[0].series)
+    assert _units(todo, lambda r: True) == plain == _units(todo, lambda r: False)
+
+
+@pytest.mark.slow
+def test_the_pixel_pass_in_the_ocr_process_writes_the_same_bytes_as_in_this_process() -> None:
+    """pydicom-data's US1_UNCR.dcm ("BAPTIST MED CTR" burned in): the pull's OCR worker process reads,
+    blanks and re-reads it exactly as the engine in this process does, byte for byte."""
+    import copy
+    import importlib.util
+
+    pytest.importorskip("rapidocr_onnxruntime")
+    from medmm.deid.options import DeidOptions
+    from medmm.pacs.pull import _Deid
+
+    spec = importlib.util.find_spec("data_store")  # pydicom-data, walked: never fetched
+    source = Path(spec.origin).parent / "data" / "US1_UNCR.dcm" if spec and spec.origin else Path("-")
+    if not source.is_file():
+        pytest.skip("pydicom-data (US1_UNCR.dcm) is not installed")
+    original = pydicom.dcmread(source)
+    written = []
+    for process in (True, False):
+        deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank", ocr_process=process)
+        try:
+            data, _, scanned = deid(copy.deepcopy(original))
+        finally:
+            deid.close()
+        assert scanned
+        written.append(data)
+    assert written[0] == written[1]
+    out = pydicom.dcmread(io.BytesIO(written[0]))
+    assert out.BurnedInAnnotation == "NO" and (out.pixel_array != original.pixel_array).any()
+
+
 # ---------------------------------------------------------------------------- against Orthanc
 
 
@@ -276,9 +326,11 @@ def test_pull_checks_the_second_ocr_pass_for_dates_and_id_numbers_as_medmm_deid_
     """Text the OCR still reads after blanking is checked with medmm deid's own ``pattern_kinds``:
     a date or an ID number that is not one of the instance's identifiers still keeps it out."""
     from medmm.deid import pixels
+    from medmm.pacs import pull as pull_module
 
     server, _ = pacs
     made: list[int] = []
+    monkeypatch.setattr(pull_module, "OCR_PROCESS", False)  # the planted engine lives in this process
     monkeypatch.setattr(pixels, "TextReader", lambda **kw: made.append(1) or object())  # no OCR model: outcome planted
     monkeypatch.setattr(pixels, "clean_pixels",
                         lambda ds, reader, policy: pixels.PixelOutcome(scanned=True, blanked=True, texts_after=[left]))

@@ -53,6 +53,9 @@ REPORT_NAME = "pull.json"
 SKIPPED_NAME = "skipped.csv"
 LABELS_NAME = "labels.csv"
 PROCESS_MIN = 64  # instances to fetch from which ``parallel="auto"`` uses processes
+# Threads: the pixel pass (decode, OCR, blank, re-encode, OCR again) runs in one worker process holding the
+# engine, so that its Python pre- and post-processing does not hold the header work's GIL.
+OCR_PROCESS = True
 SERIES_MIN = 2  # instances of one series to fetch from which the series is retrieved in one streamed request
 # Study-level attributes a report pushed back to the PACS must carry (kept in memory only).
 STUDY_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -120,7 +123,7 @@ class _Deid:
     (PS3.15 table, keyed pseudonyms) and, unless ``pixels`` is ``keep``, burned-in pixel text (OCR,
     blank, read again: :mod:`medmm.deid.pixels`)."""
 
-    def __init__(self, pseudo: Any, options: Any, pixels: str = "blank") -> None:
+    def __init__(self, pseudo: Any, options: Any, pixels: str = "blank", ocr_process: bool = False) -> None:
         import threading
 
         from medmm.deid.dicom import load_profile
@@ -129,7 +132,9 @@ class _Deid:
         if pixels not in POLICIES:
             raise MedmmError(f"--pixels must be one of {', '.join(POLICIES)}, got {pixels!r}")
         self.pseudo, self.options, self.profile, self.pixels = pseudo, options, load_profile(), pixels
+        self.ocr_process = ocr_process and OCR_PROCESS
         self._reader: Any = None
+        self._pool: Any = None  # ocr_process: one worker process holding the engine
         self._lock = threading.Lock()  # one OCR engine, one image at a time
         self._loading = threading.Lock()  # loaded once, by a worker or by :meth:`preload`
 
@@ -141,17 +146,23 @@ class _Deid:
                 self._reader = TextReader(threads=1)  # loaded on the first image in scope, or by preload
         return self._reader
 
-    def preload(self, refs: list[InstanceRef]) -> Any:
-        """Start loading the OCR engine on a background thread when the search says that one of ``refs``
-        will get the pixel pass (modality or SOP class; ``scan-all``: any), so that the load overlaps
-        retrieval instead of holding up the first such instance. Returns the thread, or ``None``."""
-        import threading
-
+    def in_scope(self, ref: InstanceRef) -> bool:
+        """Whether the search says that ``ref`` gets the pixel pass (modality or SOP class; ``scan-all``:
+        any). The instance itself decides (e.g. ``BurnedInAnnotation=YES``); this only plans."""
         from medmm.deid.pixels import in_scope
 
-        if self.pixels == "keep" or not any(in_scope({"Modality": r.modality, "SOPClassUID": r.sop_class},
-                                                     scan_all=self.pixels == "scan-all") for r in refs):
+        return self.pixels != "keep" and in_scope({"Modality": ref.modality, "SOPClassUID": ref.sop_class},
+                                                  scan_all=self.pixels == "scan-all")
+
+    def preload(self, refs: list[InstanceRef]) -> Any:
+        """Start loading the OCR engine when the search says that one of ``refs`` will get the pixel pass
+        (modality or SOP class; ``scan-all``: any), so that the load overlaps retrieval instead of holding
+        up the first such instance: in the OCR worker process (returns the load's future) or on a
+        background thread (returns the thread); ``None`` when nothing is in scope."""
+        if not any(self.in_scope(r) for r in refs):
             return None
+        if self.ocr_process:  # the engine loads in its process; a missing package is reported per instance
+            return self._ocr_pool().submit(_ocr_job, None, self.pixels)
 
         def load() -> None:
             with contextlib.suppress(Exception):  # a missing OCR package is reported by the instance needing it
@@ -160,6 +171,35 @@ class _Deid:
         thread = threading.Thread(target=load, name="medmm-pull-ocr", daemon=True)
         thread.start()
         return thread
+
+    def _ocr_pool(self) -> Any:
+        """The OCR worker process (started once). Forked while this process runs one thread (no lock
+        can be held by another thread then: :meth:`preload` runs before the pull's threads start),
+        else spawned."""
+        import multiprocessing
+
+        with self._loading:
+            if self._pool is None:
+                fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+                self._pool = ProcessPoolExecutor(max_workers=1, initializer=_ocr_worker_init,
+                                                 mp_context=multiprocessing.get_context("fork" if fork else "spawn"))
+        return self._pool
+
+    def _clean(self, ds: Any) -> tuple[Any, Any]:
+        """The pixel pass on ``ds``: the dataset as it will be written, and the :class:`PixelOutcome`."""
+        from medmm.deid.pixels import clean_pixels
+
+        if self.ocr_process:  # decode, OCR, blank, re-encode and OCR again off this process's GIL
+            result: tuple[Any, Any] = self._ocr_pool().submit(_ocr_job, ds, self.pixels).result()
+            return result
+        with self._lock:
+            return ds, clean_pixels(ds, self._ocr(), self.pixels)
+
+    def close(self) -> None:
+        """Stop the OCR worker process, if one was started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
     def skip_reason(self, ds: Any) -> str | None:
         from medmm.deid.dicom import skip_reason
@@ -173,7 +213,7 @@ class _Deid:
         import pydicom
 
         from medmm.deid.dicom import deidentify_dataset, source_identifiers
-        from medmm.deid.pixels import clean_pixels, in_scope, mark_clean
+        from medmm.deid.pixels import in_scope, mark_clean
         from medmm.deid.verify import IdentifierScan, pattern_kinds
 
         found, vocab = source_identifiers(ds, self.profile, self.options)
@@ -181,8 +221,7 @@ class _Deid:
         deidentify_dataset(ds, self.pseudo, self.profile, self.options, found)
         texts: list[str] = []
         if scanned:
-            with self._lock:
-                outcome = clean_pixels(ds, self._ocr(), self.pixels)
+            ds, outcome = self._clean(ds)
             if outcome.skip:
                 raise ValueError(outcome.skip)
             texts = outcome.texts_after
@@ -208,6 +247,29 @@ class _Deid:
         if patterns:
             raise ValueError(f"verification failed: identifier patterns in the pixels ({', '.join(patterns)})")
         return data, scan.result.checked, scanned
+
+
+_OCR_READER: Any = None  # the engine of the OCR worker process
+
+
+def _ocr_worker_init() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+
+
+def _ocr_job(ds: Any, policy: str) -> tuple[Any, Any] | None:
+    """In the OCR worker process: load the engine once (``ds`` ``None``: only that), then the pixel
+    pass on ``ds``; returns the dataset and its outcome (texts go back to the caller, never shown)."""
+    from medmm.deid.pixels import TextReader, clean_pixels
+
+    global _OCR_READER
+    if _OCR_READER is None:
+        _OCR_READER = TextReader(threads=1)
+    if ds is None:
+        return None
+    outcome = clean_pixels(ds, _OCR_READER, policy)
+    return ds, outcome
 
 
 _PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -442,10 +504,10 @@ def pull(server: Any, filters: dict[str, str] | None, out: Path, *, pseudo: Any 
     keyed_labels: set[str] = set()
     use_processes = parallel == "processes" or (parallel == "auto" and workers > 1 and len(todo) >= PROCESS_MIN
                                                 and (os.cpu_count() or 1) >= 4)
-    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan)
+    fetch = _Fetcher(server, pseudo, options or DeidOptions(), out, plan, ocr_process=not use_processes)
     if fetch.deid is not None and not use_processes:  # a process loads its own engine when it needs one
         fetch.deid.preload(todo)
-    units = _units(todo)
+    units = _units(todo, fetch.deid.in_scope if fetch.deid is not None and fetch.deid.ocr_process else None)
     bar = _bar(len(todo), progress)
     lock = threading.Lock()
 
@@ -520,10 +582,11 @@ class _Fetcher:
     """Retrieve instances (one, or a series in one streamed request), de-identify and verify each in
     memory, write it atomically and append its fingerprint to the manifest."""
 
-    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, plan: _Plan):
+    def __init__(self, server: Any, pseudo: Any | None, options: Any, out: Path, plan: _Plan,
+                 ocr_process: bool = False):
         self.server, self.pseudo, self.options, self.plan = server, pseudo, options, plan
         self.out = Path(out)
-        self.deid = _Deid(pseudo, options, plan.pixels) if pseudo is not None else None
+        self.deid = _Deid(pseudo, options, plan.pixels, ocr_process) if pseudo is not None else None
         self._manifest_fd: int | None = None
         self._folders: set[Path] = set()  # folders made (set.add is atomic: threads share it)
 
@@ -637,15 +700,20 @@ class _Fetcher:
         os.write(self._manifest_fd, line.encode("utf-8"))
 
     def close(self) -> None:
+        if self.deid is not None:
+            self.deid.close()
         if self._manifest_fd is not None:
             os.close(self._manifest_fd)
             self._manifest_fd = None
 
 
-def _units(todo: list[InstanceRef]) -> list[tuple[InstanceRef, ...]]:
+def _units(todo: list[InstanceRef], spread: Callable[[InstanceRef], bool] | None = None) -> list[tuple[InstanceRef, ...]]:
     """The instances to fetch as work units: the instances of one series together (retrieved by one
     streamed series request when there are ``SERIES_MIN`` or more), else alone; the largest series
-    first (a long series started last would leave the other connections idle at the end)."""
+    first (a long series started last would leave the other connections idle at the end). Units with
+    an instance ``spread`` accepts (the pixel pass, in its own process) are spread evenly among the
+    others by instance count, the first one first: their OCR then runs beside the header work instead
+    of after it, one image at a time."""
     by_series: dict[tuple[str, str], list[InstanceRef]] = {}
     for ref in todo:
         by_series.setdefault((ref.study, ref.series), []).append(ref)
@@ -655,7 +723,23 @@ def _units(todo: list[InstanceRef]) -> list[tuple[InstanceRef, ...]]:
             units.append(tuple(refs))
         else:
             units += [(r,) for r in refs]
-    return sorted(units, key=len, reverse=True)  # stable: search order within a size
+    units.sort(key=len, reverse=True)  # stable: search order within a size
+    if spread is None:
+        return units
+    heavy = [u for u in units if any(spread(r) for r in u)]
+    light = [u for u in units if not any(spread(r) for r in u)]
+    if not heavy or not light:
+        return units
+    total, done = sum(map(len, light)), 0
+    ordered: list[tuple[InstanceRef, ...]] = []
+    next_heavy = 0
+    for unit in light:
+        while next_heavy < len(heavy) and done >= next_heavy * total / len(heavy):
+            ordered.append(heavy[next_heavy])
+            next_heavy += 1
+        ordered.append(unit)
+        done += len(unit)
+    return ordered + heavy[next_heavy:]
 
 
 _WORKER: _Fetcher | None = None
