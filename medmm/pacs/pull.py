@@ -229,8 +229,10 @@ class _Deid:
                 mark_clean(ds)
         before = _pixel_values(ds)  # what was (or, out of scope, was not) checked free of text
         data = _encode(ds)
-        ambiguous = IdentifierScan(found).matched_values("\n".join(sorted(vocab)))
-        scan = IdentifierScan({v: k for v, k in found.items() if v.casefold() not in ambiguous})
+        scan = IdentifierScan(found)
+        ambiguous = scan.matched_values("\n".join(sorted(vocab)))
+        if ambiguous:  # a value that is also a kept code word is not looked for (built again without it)
+            scan = IdentifierScan({v: k for v, k in found.items() if v.casefold() not in ambiguous})
         try:
             back = pydicom.dcmread(io.BytesIO(data))
             text = _written_text(back)
