@@ -94,3 +94,48 @@ def test_parquet_blocks_are_exactly_rows_long_across_row_groups(tmp_path: Path, 
 
 def test_plugin_formats_are_still_read_whole_and_cut(tmp_path: Path) -> None:
     assert not streams(tmp_path) and not streams(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.slow
+def test_predict_and_evaluate_of_jsonl_and_parquet_stream_to_the_whole_reads_files(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In blocks of 8 rows (7 asked, whole eval batches) and never read whole: the bytes of the whole read's
+    predictions and the same evaluation (metrics, shift check, subgroups)."""
+    from medmm.data import readers
+    from tests.conftest import cli
+
+    df = _frame(53)
+    df["k"] = df["k"].fillna("a")
+    csv = tmp_path / "t.csv"
+    df.to_csv(csv, index=False)
+    sets = [a for s in ["data.target=y", "data.id_column=pid", "engine.epochs=1", "engine.bootstrap=0",
+                        "engine.baseline=none", "model.backbone=linear", "engine.device=cpu",
+                        "engine.eval_batch_size=8"] for a in ("--set", s)]
+    proc = cli("run", "tabular-risk", "--data", str(csv), "--out", str(tmp_path / "run"), *sets)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shifted = df.assign(age=df["age"] + 30)
+    jsonl, parquet = tmp_path / "t.jsonl", tmp_path / "t.parquet"
+    shifted.to_json(jsonl, orient="records", lines=True)
+    shifted.to_parquet(parquet, row_group_size=10)
+
+    def outputs(source: Path, name: str) -> tuple[bytes, dict]:
+        pred = cli("predict", str(tmp_path / "run"), "--data", str(source), "--out", str(tmp_path / f"{name}.csv"))
+        assert pred.returncode == 0, pred.stderr[-2000:]
+        ev = cli("evaluate", str(tmp_path / "run"), "--data", str(source), "--out", str(tmp_path / f"{name}-ev"),
+                 "--subgroups", "k")
+        assert ev.returncode == 0, ev.stderr[-2000:]
+        result = json.loads((tmp_path / f"{name}-ev" / "evaluation.json").read_text())
+        result["provenance"].pop("evaluated")
+        return (tmp_path / f"{name}.csv").read_bytes(), result
+
+    for source in (jsonl, parquet):
+        with monkeypatch.context() as m:
+            m.setattr(readers, "streams", lambda path: False)  # the whole read, as before #30
+            whole = outputs(source, f"{source.suffix[1:]}-whole")
+        with monkeypatch.context() as m:
+            m.setenv("MEDMM_PREDICT_CHUNK_ROWS", "7")
+            m.setattr(readers, "read_table", lambda *a, **k: pytest.fail("read whole"))
+            streamed = outputs(source, f"{source.suffix[1:]}-blocks")
+        assert streamed[0] == whole[0] and streamed[0].count(b"\n") == 54
+        assert streamed[1] == whole[1]
+        assert any("'age'" in w for w in streamed[1]["shift"]["warnings"])

@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -105,13 +106,20 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
         raise MedmmError(f"{out} already exists; medmm explain never overwrites files: pass another --out")
     require_captum()  # after the cheap checks: importing captum takes seconds
 
-    spec, task, model, split, collate, device, _cache = load_run(run_dir, data, registry=registry, checkpoint=checkpoint)
-
-    candidates, selection = _candidates(run_dir, split.units, split_name, Path(data))
-    chosen, duplicates = _distinct(split, candidates, limit)
+    spec, task, model, device, _cache, run = _open(run_dir, registry=registry, checkpoint=checkpoint)
+    picked = streamed_pick(task, run_dir, Path(data), split_name, limit)  # a table: read in blocks until --limit
+    if picked is None:  # a folder, a task without predict_chunks: the whole input
+        split, collate = run.predict_data(task, data)
+        if len(split.dataset) == 0:
+            raise MedmmError(f"no example to explain in {data}")
+        candidates, selection = _candidates(run_dir, split.units, split_name, Path(data))
+        chosen, duplicates = _distinct(split, candidates, limit)
+        positions = where = [i for i, u in enumerate(split.units) if u in chosen]
+    else:
+        split, collate, positions, where, selection, duplicates = picked
+    where_of = dict(zip(positions, where))  # an example's position in the whole input (attributions.csv)
     selection += f"; {duplicates} duplicate unit(s) skipped (model input identical to an earlier unit's)" \
         if duplicates else ""
-    positions = [i for i, u in enumerate(split.units) if u in chosen]
     loader = DataLoader(Subset(split.dataset, positions), batch_size=batch_size, shuffle=False, collate_fn=collate)
 
     torch.manual_seed(seed)
@@ -155,7 +163,7 @@ def explain_run(run_dir: Path, data: Path, out: Path | None = None, *, registry:
         pos = o["index"].cpu().numpy()
         target = torch.tensor([unit_pred[split.units[p]][0] for p in pos], device=device)
         probs = scorer.prob(scorer.output(batch), target).detach().cpu().numpy()
-        batch_ex = [Example(split.units[p], int(p), _label(task, unit_pred[split.units[p]][0]), float(pr), {})
+        batch_ex = [Example(split.units[p], where_of[int(p)], _label(task, unit_pred[split.units[p]][0]), float(pr), {})
                     for p, pr in zip(pos, probs)]
         for s in espec.inputs:
             m = used[s.name]
@@ -276,6 +284,201 @@ def _content_hash(item: Any) -> str:
     return h.hexdigest()
 
 
+def streamed_pick(task: Any, run_dir: Path, data: Path, split_name: str | None, limit: int,
+                  rows: int | None = None) -> tuple[Any, Any, list[int], list[int], str, int] | None:
+    """The units :func:`explain_run` explains, from a table read block by block (the task's ``predict_chunks``)
+    and no further than the block where ``limit`` distinct units were found: ``(split, collate, positions,
+    where, selection, duplicates)``: the chosen examples' ``positions`` in ``split`` (the one block that holds
+    them, or :class:`PickedExamples` of several) and ``where`` they are in the whole input. The same units as a whole read (:func:`_candidates`, :func:`_distinct`); ``None`` when
+    the input does not stream (the caller reads it whole). Memory: the blocks read (a set of their unit ids)
+    and the blocks that hold a chosen unit (at most ``limit``).
+
+    The selection's count is the whole data's when every block was read; when the read stopped early, a
+    split's count is that of the run's ``splits.csv`` (the same for the run's own data) and ``all`` says how
+    many units were read."""
+    from medmm.data.readers import chunk_rows, streams
+    from medmm.evaluation.overlap import own_data, run_splits
+
+    chunks = getattr(task, "predict_chunks", None)
+    if chunks is None or not streams(data):
+        return None
+    assigned = run_splits(run_dir) if own_data(run_dir, data) else {}
+    if split_name not in (None, "all") and not assigned:
+        raise MedmmError(f"--split {split_name}: this is not the data the run was trained on (another path and "
+                         "fingerprint), so it has no train / val / test split: use --split all")
+    name = split_name or ("all" if not assigned else "test" if "test" in assigned.values() else "val")
+    rows = rows or chunk_rows()
+    got = _pick(iter(chunks(data, rows)), rows, assigned, name, limit)
+    if got is not None and got.complete and split_name is None:  # every block read: the whole read's rule
+        right = "all" if not got.own else "test" if got.own_test else "val"
+        if right != name:
+            name, got = right, _pick(iter(chunks(data, rows)), rows, assigned, right, limit)
+    if got is None:
+        return None
+    if not got.examples:
+        if name != "all" and not got.own:
+            raise MedmmError(f"--split {name}: this is not the data the run was trained on (another path and "
+                             "fingerprint), so it has no train / val / test split: use --split all")
+        if name != "all":
+            raise MedmmError(f"--split {name}: the data holds no unit of the run's {name} split")
+        raise MedmmError(f"no example to explain in {data}")
+    if name == "all":
+        used = f" ({got.own} of them used by the run: train / val / test)" if got.own else " (none was used by the run)"
+        why = (f"all {got.distinct} units of the data" if got.complete else
+               f"the first {got.distinct} units of the data (read in blocks until {limit} were found)") + used
+    else:
+        count = got.picked if got.complete else sum(1 for v in assigned.values() if v == name)
+        held = "held-out " if name in ("test", "val") else "training "
+        why = f"{held}units of the run's {name} split ({count} in the data)"
+    return got.split, got.collate, got.positions, got.where, why, got.duplicates
+
+
+@dataclasses.dataclass
+class _Picked:
+    split: Any = None
+    collate: Any = None
+    positions: list[int] = dataclasses.field(default_factory=list)  # in ``split``
+    where: list[int] = dataclasses.field(default_factory=list)  # in the whole input
+    examples: int = 0
+    distinct: int = 0
+    own: int = 0
+    own_test: int = 0
+    picked: int = 0
+    duplicates: int = 0
+    complete: bool = True
+
+
+def _pick(blocks: Iterator[Any], rows: int, assigned: dict[str, str], name: str, limit: int) -> _Picked | None:
+    """:func:`_candidates` and :func:`_distinct` over ``blocks`` (``(split, collate)`` in input order, of up to
+    ``rows`` units), stopping after the block where ``limit`` units were chosen (``complete`` when that was the
+    last: a block of fewer units is followed by a look for one more); ``None`` when the chosen examples of several blocks cannot
+    be put under one index (:class:`PickedExamples`)."""
+    from medmm.task import Split
+
+    got = _Picked()
+    seen: set[str] = set()
+    chosen: dict[str, None] = {}
+    hashes: set[str] = set()
+    entries: list[tuple[Any, int]] = []
+    units: list[str] = []
+    offset = 0
+    for split, collate in blocks:
+        for p, u in enumerate(split.units):
+            if u in seen:
+                continue
+            seen.add(u)
+            got.distinct += 1
+            s = assigned.get(u)
+            if s is not None:
+                got.own += 1
+                got.own_test += s == "test"
+            if name == "all" or s == name:
+                got.picked += 1
+                if len(chosen) < limit:
+                    key = _content_hash(split.dataset[p])
+                    if key in hashes:
+                        got.duplicates += 1
+                    else:
+                        hashes.add(key)
+                        chosen[u] = None
+        for p, u in enumerate(split.units):
+            if u in chosen:
+                entries.append((split, p))
+                units.append(u)
+                got.where.append(offset + p)
+                got.collate = collate
+        offset += len(split.units)
+        if len(chosen) >= limit:  # done; a short block is most likely the last: then the counts are the whole's
+            got.complete = len(set(split.units)) < rows and next(blocks, None) is None
+            break
+    got.examples = len(entries)
+    if not entries:
+        return got
+    if len({id(sp) for sp, _ in entries}) == 1:  # one block (the usual case): its split, its example indexes
+        got.split, got.positions = entries[0][0], [p for _, p in entries]
+        return got
+    data = PickedExamples([(sp.dataset, p) for sp, p in entries])
+    try:
+        data.check()
+    except LookupError:  # items whose example index is not recognisable: the caller reads the input whole
+        return None
+    got.split, got.positions = Split(data, units, None), list(range(len(entries)))
+    return got
+
+
+class PickedExamples:
+    """Examples of several blocks' datasets as one dataset ``0..k-1`` (the blocks that hold a chosen unit are
+    kept, never the others). Each item's (and batch's) example index is renumbered: a dict's ``"index"`` or a
+    tuple's last member, checked to be the index asked for (:meth:`check`); ``__getitems__`` (batched
+    reads) when the blocks' datasets have it."""
+
+    def __init__(self, entries: list[tuple[Any, int]]) -> None:
+        self.entries = entries
+        if all(callable(getattr(ds, "__getitems__", None)) for ds, _ in entries):
+            self.__getitems__ = self._many
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, k: int) -> Any:
+        ds, p = self.entries[k]
+        return _renumber(ds[p], [p], [k], one=True)
+
+    def _many(self, ks: list[int]) -> Any:
+        parts, start = [], 0
+        while start < len(ks):  # runs of one block's dataset
+            ds = self.entries[ks[start]][0]
+            stop = start
+            while stop < len(ks) and self.entries[ks[stop]][0] is ds:
+                stop += 1
+            run = ks[start:stop]
+            parts.append(_renumber(ds.__getitems__([self.entries[k][1] for k in run]), [self.entries[k][1] for k in run],
+                                   run, one=False))
+            start = stop
+        return parts[0] if len(parts) == 1 else _join(parts)
+
+    def check(self) -> None:
+        """A :class:`LookupError` when an item's example index is not where this class renumbers it."""
+        self[0]
+        if callable(getattr(self, "__getitems__", None)):
+            self._many(list(range(min(len(self), 3))))
+
+
+def _renumber(item: Any, old: list[int], new: list[int], *, one: bool) -> Any:
+    import torch
+
+    def same(v: Any) -> bool:
+        if one and isinstance(v, (int, np.integer)) and not isinstance(v, bool):
+            return int(v) == old[0]
+        if isinstance(v, torch.Tensor) and v.ndim == (0 if one else 1):
+            return v.reshape(-1).tolist() == old
+        return False
+
+    def like(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            return torch.as_tensor(new[0] if one else new, dtype=v.dtype)
+        return int(new[0])
+
+    if isinstance(item, dict) and "index" in item and same(item["index"]):
+        return {**item, "index": like(item["index"])}
+    if isinstance(item, tuple) and item and same(item[-1]):
+        return (*item[:-1], like(item[-1]))
+    if not one and isinstance(item, list) and len(item) == len(old):  # items fetched one by one
+        return [_renumber(it, [o], [n], one=True) for it, o, n in zip(item, old, new)]
+    raise LookupError("an example index that cannot be renumbered")
+
+
+def _join(parts: list[Any]) -> Any:
+    """Batched reads of several blocks as one (tensors concatenated; lists of items joined)."""
+    import torch
+
+    if all(isinstance(p, list) for p in parts):
+        return [it for p in parts for it in p]
+    if all(isinstance(p, tuple) for p in parts) and all(isinstance(v, torch.Tensor) for p in parts for v in p):
+        return tuple(torch.cat(vs) for vs in zip(*parts))
+    raise LookupError("batches of several blocks that cannot be joined")
+
+
 def _annotate(s: Any, batch: Any, attrs: list[Any]) -> None:
     """Image maps with nothing above zero or one value everywhere get ``extra['degenerate']``; feature
     attributions get each feature's value in the example (``extra['values']``, from ``s.describe``)."""
@@ -297,6 +500,15 @@ def load_run(run_dir: Path, data: Path, *, registry: Any, checkpoint: str = "bes
     rebuilds it (saved config, artifacts, verified weights), its model in eval mode with gradients
     on, and ``data`` read by the task's own reader. Keep ``cache`` alive while explaining: the new
     data's caches live there, never in the run directory."""
+    spec, task, model, device, cache, run = _open(run_dir, registry=registry, checkpoint=checkpoint)
+    split, collate = run.predict_data(task, data)
+    if len(split.dataset) == 0:
+        raise MedmmError(f"no example to explain in {data}")
+    return spec, task, model, split, collate, device, cache
+
+
+def _open(run_dir: Path, *, registry: Any, checkpoint: str) -> tuple[Any, ...]:
+    """``(spec, task, model, device, cache, run)``: :func:`load_run` before the data is read."""
     from medmm.data.cache_dirs import predict_cache
     from medmm.engine.device import select_device
     from medmm.run import Run
@@ -306,13 +518,10 @@ def load_run(run_dir: Path, data: Path, *, registry: Any, checkpoint: str = "bes
     cache = predict_cache(cfg, None)
     task = run.task()
     model = run.model(task, checkpoint)
-    split, collate = run.predict_data(task, data)
-    if len(split.dataset) == 0:
-        raise MedmmError(f"no example to explain in {data}")
     device = select_device(str(cfg.engine.device))
     model.to(device).eval()
     model.requires_grad_(True)  # gradients reach every layer (frozen encoders included)
-    return spec, task, model, split, collate, device, cache
+    return spec, task, model, device, cache, run
 
 
 def _explain_loader(dataset: Any, positions: list[int], espec: Any, batch_size: int, collate: Any, seed: int) -> Any:
