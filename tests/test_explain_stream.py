@@ -84,7 +84,7 @@ def test_streamed_pick_is_the_whole_reads_choice(tmp_path: Path, kind: type, row
     consumed: list[int] = []
     got = streamed_pick(_task(n, kind, consumed), run, data, split_name, limit, rows=rows)
     assert got is not None
-    split, collate, positions, where, why, dups = got
+    split, _, positions, where, why, dups = got
     whole, expected, whole_why, whole_dups = _whole(run, data, n, kind, split_name, limit)
     assert where == expected and dups == whole_dups
     assert [split.units[p] for p in positions] == [whole.units[p] for p in expected]
@@ -112,7 +112,7 @@ def test_duplicates_new_data_and_the_val_fallback(tmp_path: Path) -> None:
     other.write_text("a\n" + "1\n" * n)
     consumed: list[int] = []
     got = streamed_pick(_task(n, _Rows, consumed), run, other, None, 20, rows=8)
-    split, _, positions, where, why, dups = got
+    _, _, _, where, why, dups = got
     assert dups == 1 and 17 not in where and len(where) == 20 and where[-1] == 20
     assert why == "the first 24 units of the data (read in blocks until 20 were found) (none was used by the run)"
     assert consumed == [0, 8, 16]
@@ -132,7 +132,7 @@ def test_items_without_a_recognisable_index_fall_back_to_the_whole_read() -> Non
     with pytest.raises(LookupError):
         picked.check()
     batched = PickedExamples([(_Table(0, 4), 1), (_Table(4, 4), 2)])
-    x, y, index = batched.__getitems__([0, 1])
+    x, _, index = batched.__getitems__([0, 1])
     assert x[:, 0].tolist() == [1.0, 6.0] and index.tolist() == [0, 1]
     assert np.array_equal(batched[1][0].numpy(), [6.0, 6.0])
 

@@ -31,10 +31,11 @@ from medmm.io import release_free_memory
 from medmm.registry import Component, resolve_object
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
 
-__all__ = ["CHUNK_ROWS", "DECIMALS", "TABLE_SUFFIXES", "chunk_rows", "is_missing", "known_formats",
-           "parse_number_columns", "plugin_readers", "read_table", "read_table_chunks", "streams", "table_format"]
+__all__ = ["BlockTable", "CHUNK_ROWS", "DECIMALS", "TABLE_SUFFIXES", "chunk_rows", "is_missing", "known_formats",
+           "parse_number_columns", "plugin_readers", "read_table", "read_table_blocks", "read_table_chunks", "streams", "table_format"]
 
 log = logging.getLogger(__name__)
 
@@ -151,25 +152,201 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
     ``decimal=","``. Every failure is a :class:`DataError` that names the file and never
     quotes cell contents.
     """
+    frames, source = _read_frames(Path(path), string_columns, decimal)
+    df = frames[0] if len(frames) == 1 else _join(frames)
+    return parse_number_columns(df, decimal=decimal, skip=string_columns, source=source)
+
+
+def read_table_blocks(path: str | Path, *, string_columns: Iterable[str] = (), decimal: str = ".") -> BlockTable:
+    """:func:`read_table`'s table held as the row blocks a large CSV / TSV is parsed in, never joined (#30):
+    a :class:`BlockTable` whose every column is exactly that of :func:`read_table` (dtype and values), so a
+    caller can encode it block by block and free each block. Other formats and small files: one block."""
+    frames, source = _read_frames(Path(path), string_columns, decimal)
+    if len(frames) == 1:
+        return BlockTable([parse_number_columns(frames[0], decimal=decimal, skip=string_columns, source=source)])
+    table = BlockTable(frames)
+    text = [c for c in table.columns if table.dtypes[c] == object]
+    if text:  # the joined frame's number parsing (and its warnings), on its text columns only
+        import pandas as pd
+
+        joined = pd.DataFrame({c: table[c] for c in text}, copy=False)
+        parsed = parse_number_columns(joined, decimal=decimal, skip=string_columns, source=source)
+        for c in text:
+            if parsed is not joined and parsed[c].dtype != object:
+                table.replace(c, parsed[c].to_numpy())
+    return table
+
+
+class BlockTable:
+    """A table held as consecutive row blocks (the frames it was parsed in), never joined (#30).
+
+    ``table[column]`` is that whole column as one Series (the dtype of the joined frame: integers in some
+    blocks and floats in others are floats); ``table[mask]`` / :meth:`take` select rows without copying;
+    ``table.iloc[positions]`` is a DataFrame of those rows; :meth:`row_blocks` walks selected rows block by
+    block, optionally dropping each block once the caller is done with it, so a table can be encoded into
+    a matrix while its blocks are freed. ``columns`` and ``len()`` are those of a DataFrame."""
+
+    def __init__(self, blocks: list[pd.DataFrame], rows: np.ndarray | None = None, *,
+                 _base: BlockTable | None = None) -> None:
+        import numpy as np
+
+        if _base is not None:
+            self._blocks, self._starts, self.columns, self.dtypes = (_base._blocks, _base._starts, _base.columns,
+                                                                    _base.dtypes)
+        else:
+            self._blocks = list(blocks)
+            self._starts = np.cumsum([0, *(len(b) for b in self._blocks)])
+            self.columns = self._blocks[0].columns
+            self.dtypes = {c: _joined_dtype([b[c].dtype for b in self._blocks]) for c in self.columns}
+        self._rows = rows  # positions in the whole table, or None: every row in order
+
+    def __len__(self) -> int:
+        return int(self._starts[-1]) if self._rows is None else len(self._rows)
+
+    def take(self, rows: Any) -> BlockTable:
+        """The rows at ``rows`` (positions, or a boolean mask, of this table's rows), sharing the blocks."""
+        import numpy as np
+
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp, copy=False)
+        return BlockTable([], rows if self._rows is None else self._rows[rows], _base=self)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            return self._column(key)
+        return self.take(key)
+
+    def _pieces(self, rows: np.ndarray | None) -> Iterator[tuple[int, np.ndarray | slice, np.ndarray | slice]]:
+        """``(block, positions in the block, positions in the output)`` of ``rows`` (positions of this table's
+        rows; None: all), block by block in table order."""
+        import numpy as np
+
+        whole = self._rows if rows is None or self._rows is None else self._rows[rows]
+        if whole is None:
+            if rows is None:
+                for b in range(len(self._blocks)):
+                    yield b, slice(None), slice(int(self._starts[b]), int(self._starts[b + 1]))
+                return
+            whole = np.asarray(rows, dtype=np.intp)
+        order = np.argsort(whole, kind="stable")
+        at = np.searchsorted(whole[order], self._starts)
+        for b in range(len(self._blocks)):
+            if at[b] < at[b + 1]:
+                out = order[at[b]:at[b + 1]]
+                yield b, whole[out] - self._starts[b], out
+
+    def _column(self, col: str) -> pd.Series:
+        import numpy as np
+        import pandas as pd
+
+        if col not in self.columns:
+            raise KeyError(col)
+        parts, where = [], []
+        for b, local, out in self._pieces(None):
+            parts.append(self._block(b)[col].iloc[local])
+            where.append(np.arange(out.start, out.stop) if isinstance(out, slice) else out)
+        if not parts:
+            return pd.Series([], dtype=self.dtypes[col], name=col)
+        series = parts[0].reset_index(drop=True) if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+        at = np.concatenate(where)
+        if not np.array_equal(at, np.arange(len(at))):
+            back = np.empty(len(at), dtype=np.intp)
+            back[at] = np.arange(len(at))
+            series = series.iloc[back].reset_index(drop=True)  # the order of the selection
+        return series if series.dtype == self.dtypes[col] else series.astype(self.dtypes[col])
+
+    def _block(self, b: int) -> pd.DataFrame:
+        block = self._blocks[b]
+        if block is None:
+            raise RuntimeError("this table's blocks were released (BlockTable.row_blocks(release=True))")
+        return block
+
+    @property
+    def iloc(self) -> _Rows:
+        """``table.iloc[positions]``: those rows as a DataFrame (the joined frame's dtypes)."""
+        return _Rows(self)
+
+    def frame(self, rows: Any = None) -> pd.DataFrame:
+        """The selected rows (``rows``: positions of this table's rows, None: all) as one DataFrame, in order."""
+        import numpy as np
+        import pandas as pd
+
+        rows = None if rows is None else np.asarray(rows, dtype=np.intp)
+        parts, where = [], []
+        for b, local, out in self._pieces(rows):
+            parts.append(self._block(b).iloc[local])
+            where.append(np.arange(out.start, out.stop) if isinstance(out, slice) else out)
+        if not parts:
+            df = next(b for b in self._blocks if b is not None).iloc[:0]
+        else:
+            df = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+            at = np.concatenate(where)
+            if not np.array_equal(at, np.arange(len(at))):
+                back = np.empty(len(at), dtype=np.intp)
+                back[at] = np.arange(len(at))
+                df = df.iloc[back].reset_index(drop=True)  # the order asked for
+        wrong = {c: t for c, t in self.dtypes.items() if df[c].dtype != t}
+        return df.astype(wrong) if wrong else df
+
+    def row_blocks(self, rows: Any = None, *, release: bool = False) -> Iterator[tuple[pd.DataFrame, Any, Any]]:
+        """``(block, positions in the block, positions in the output)`` per block holding any of ``rows``
+        (positions of this table's rows, in the output's order; None: all in order). ``release``: each block is
+        dropped from the table (and every table sharing it) once the caller asks for the next one."""
+        import numpy as np
+
+        rows = None if rows is None else np.asarray(rows, dtype=np.intp)
+        for b, local, out in self._pieces(rows):
+            yield self._block(b), local, out
+            if release:
+                self._blocks[b] = None
+
+    def replace(self, col: str, values: np.ndarray) -> None:
+        """Put ``values`` (one per row of the whole table) in column ``col`` of every block."""
+        for b, block in enumerate(self._blocks):
+            start, stop = int(self._starts[b]), int(self._starts[b + 1])
+            block[col] = values[start:stop]
+        self.dtypes[col] = values.dtype
+
+
+class _Rows:
+    def __init__(self, table: BlockTable) -> None:
+        self.table = table
+
+    def __getitem__(self, rows: Any) -> pd.DataFrame:
+        return self.table.frame(rows)
+
+
+def _joined_dtype(types: list[Any]) -> Any:
+    """The dtype ``pd.concat`` gives a column of blocks typed ``types`` (one type, or integers and floats)."""
+    import numpy as np
+
+    first = types[0]
+    if all(t == first for t in types):
+        return first
+    return np.result_type(*types)
+
+
+def _read_frames(path: Path, string_columns: Iterable[str], decimal: str) -> tuple[list[pd.DataFrame], tuple[Any, ...] | None]:
+    """The raw frames of ``path`` (several only for a large CSV / TSV: :func:`_read_csv_blocks`) and the file's
+    identity for :func:`parse_number_columns`; every failure a one-line :class:`DataError`."""
     import pandas as pd
 
     if decimal not in DECIMALS:
         raise ConfigError(f"data.decimal must be one of {list(DECIMALS)}, got {decimal!r}")
-    path = Path(path)
     fmt, plugin = _resolve(path)
     if not path.exists() or not (plugin or path.is_file()):  # a plugin may read a folder (one file per patient)
         raise DataError(f"table not found (no such file): {path}" if not path.exists() else f"not a file: {path}")
     dtype = {c: str for c in string_columns} or None
     try:
         if plugin is not None:
-            df = _read_with_plugin(path, plugin, list(string_columns), decimal)
+            frames = [_read_with_plugin(path, plugin, list(string_columns), decimal)]
         elif fmt in ("csv", "tsv"):
             sep = csv_separator(path) if fmt == "csv" else "\t"
-            df = _read_csv_whole(path, sep=sep, dtype=dtype, decimal=decimal)
+            frames = _read_csv_blocks(path, sep=sep, dtype=dtype, decimal=decimal)
         elif fmt == "jsonl":
-            df = pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)
+            frames = [pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)]
         else:
-            df = pd.read_parquet(path)
+            frames = [pd.read_parquet(path)]
     except UnicodeDecodeError as exc:
         raise DataError(f"cannot read {path}: not valid UTF-8 (first bad byte at offset {exc.start}); "
                         "re-save the file as UTF-8") from None
@@ -184,14 +361,14 @@ def read_table(path: str | Path, *, string_columns: Iterable[str] = (), decimal:
         # Parser messages name line numbers and sizes, never cell contents.
         msg = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         raise DataError(f"cannot read {path} as {fmt.upper()}: {msg}") from None
-    if df.shape[0] == 0:
+    if sum(f.shape[0] for f in frames) == 0:
         raise DataError(f"cannot read {path}: the table has no rows")
     try:
         st = path.stat()
         source: tuple[Any, ...] | None = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     except OSError:
         source = None
-    return parse_number_columns(df, decimal=decimal, skip=string_columns, source=source)
+    return frames, source
 
 
 #: Rows per block of a streamed ``medmm predict``: about 10 MB of features at 50 columns; small against the
@@ -218,26 +395,37 @@ READ_BLOCK_ROWS = 100_000
 
 
 def _read_csv_whole(path: Path, *, sep: str, dtype: Any, decimal: str) -> pd.DataFrame:
-    """``pd.read_csv(path, low_memory=False)``: the frame of one pass (each column's type decided over all
-    its rows). A large file is parsed in blocks (:data:`READ_BLOCK_BYTES`) and the blocks are joined when
-    every column came out with one type, or integers in some blocks and floats in others (one pass gives
-    floats: the same numbers up to 2**53); any other disagreement (a column of numbers in one block and
-    text in another) is read again in one pass, so the frame is always the one-pass frame."""
+    """``pd.read_csv(path, low_memory=False)``: the frame of one pass, joined from :func:`_read_csv_blocks`."""
+    frames = _read_csv_blocks(path, sep=sep, dtype=dtype, decimal=decimal)
+    return frames[0] if len(frames) == 1 else _join(frames)
+
+
+def _read_csv_blocks(path: Path, *, sep: str, dtype: Any, decimal: str) -> list[pd.DataFrame]:
+    """Frames whose join is ``pd.read_csv(path, low_memory=False)``, the frame of one pass (each column's type
+    decided over all its rows). A large file is parsed in blocks (:data:`READ_BLOCK_BYTES`), kept when every
+    column came out with one type, or integers in some blocks and floats in others (one pass gives floats: the
+    same numbers up to 2**53); any other disagreement (a column of numbers in one block and text in another)
+    is read again in one pass (one frame), so the join is always the one-pass frame."""
     import pandas as pd
 
     kwargs = {"sep": sep, "dtype": dtype, "encoding": "utf-8-sig", "decimal": decimal}
     if path.stat().st_size <= READ_BLOCK_BYTES:
-        return pd.read_csv(path, low_memory=False, **kwargs)
+        return [pd.read_csv(path, low_memory=False, **kwargs)]
     with pd.read_csv(path, low_memory=False, chunksize=READ_BLOCK_ROWS, **kwargs) as reader:
         blocks = list(reader)
     if len(blocks) > 1 and not _joinable(blocks):
         del blocks
         release_free_memory()
-        return pd.read_csv(path, low_memory=False, **kwargs)
-    if len(blocks) == 1:
-        return blocks[0]
+        return [pd.read_csv(path, low_memory=False, **kwargs)]
+    return blocks
+
+
+def _join(blocks: list[pd.DataFrame]) -> pd.DataFrame:
+    """One frame of the blocks (the one-pass frame); the blocks' pages are handed back."""
+    import pandas as pd
+
     df = pd.concat(blocks, ignore_index=True)
-    del blocks
+    blocks.clear()
     release_free_memory()  # the blocks' pages, not kept resident beside the frame
     return df
 
@@ -292,9 +480,9 @@ def read_table_chunks(path: str | Path, rows: int, *, columns: Iterable[str] | N
     if rows < 1:
         raise ConfigError(f"chunk rows must be >= 1, got {rows}")
     path, string_columns = Path(path), list(string_columns)
-    fmt, plugin = _resolve(path)
-    keys = _jsonl_keys(path) if fmt == "jsonl" and streams(path) else None
-    if not streams(path) or (fmt == "jsonl" and keys is None):  # plugin readers; a JSON Lines file that is not
+    fmt, stream = _resolve(path)[0], streams(path)
+    keys = _jsonl_keys(path) if fmt == "jsonl" and stream else None
+    if not stream or (fmt == "jsonl" and keys is None):  # plugin readers; a JSON Lines file that is not
         df = read_table(path, decimal=decimal, string_columns=string_columns)  # one object a line: a whole read
         keep = [c for c in columns if c in df.columns] if columns is not None else None
         for start in range(0, len(df), rows):
