@@ -657,6 +657,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["text"] = bench_text((args.reports, args.reports * 10), args.epochs)
     if "textpredict" in parts:
         results["textpredict"] = bench_text_predict(args.reports, args.repeats)
+    if "inputs" in parts and not args.tiny:  # predict / evaluate / explain per input format (bench/scale_inputs.py)
+        from scale_inputs import bench_inputs
+
+        results["inputs"] = bench_inputs(args.rows, ("csv", "jsonl", "parquet"), ("predict", "evaluate", "explain"),
+                                         False)
     return results
 
 
