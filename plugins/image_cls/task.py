@@ -32,10 +32,13 @@ FROZEN_RECIPE = {"engine.lr": 0.003, "engine.epochs": 60, "engine.patience": 8, 
 # Fine-tuning cost on a CPU, seconds per 224-px training image per million backbone parameters
 # (EfficientNet-Lite0, 3.4M parameters, 2-core VM: docs/guide/frozen.md); model.mode=auto's estimate.
 CPU_FINETUNE_S_PER_IMAGE_MPARAM = 0.03
+# model.mode=auto on a CPU freezes a pretrained backbone whatever the estimate (docs/guide/frozen.md).
+CPU_FROZEN_WHY = ("on a CPU a pretrained image backbone trains frozen: it scored at or above CPU fine-tuning on every "
+                  "split of both image sets measured, at a fraction of the cost (docs/guide/frozen.md)")
 # What the speed hint quotes (bench/frozen_vs_finetune.py, 2-core VM; docs/guide/frozen.md).
-MEASURED = {"frozen": ("measured (EfficientNet-Lite0, DICOM demo): macro-F1 0.87 +/- 0.23 over 3 seeds (fine-tuned "
-                       "0.64 +/- 0.37), encoding once at about 1.5 s per image on a loaded 2-core CPU, then seconds "
-                       "per run")}
+MEASURED = {"frozen": ("measured (EfficientNet-Lite0, 3 seeds): macro-F1 0.87 +/- 0.23 on the DICOM demo (fine-tuned "
+                       "0.64 +/- 0.37) and 0.49 +/- 0.24 on a body-region set (fine-tuned 0.46 +/- 0.21), encoding "
+                       "once at about 0.4 s per image on a loaded 2-core CPU, then seconds per run")}
 _UNIT_NAMES = {"instance": "instances", "series": "series", "study": "studies", "patient": "patients"}
 
 
@@ -256,24 +259,33 @@ class ImageClsTask(Task):
     # ------------------------------------------------------------------ frozen backbone
     def _resolve_mode(self, n_train: int) -> str:
         """``model.mode`` for this run (``auto``: :func:`medmm.choose_mode` on the fine-tuning estimate)."""
-        m, e, d = self.cfg.model, self.cfg.engine, self.cfg.data
-        model = self._stash()
+        m, e = self.cfg.model, self.cfg.engine
+        self._stash()  # builds the backbone: weights_source says whether it is pretrained
         pretrained = not str(getattr(self, "weights_source", "random")).startswith(("random", "?"))
         if m.mode == "frozen" and not pretrained and "model.mode" not in (self.cfg.user or {"model.mode"}):
             m.mode = "auto"  # the task's cheaper recipe (--time-limit) freezes only pretrained backbones
         if m.mode != "auto":
             return m.mode
-        params = sum(p.numel() for p in model.classifier.backbone.parameters()) / 1e6
-        steps = max(1, -(-n_train // (e.batch_size * e.grad_accum))) * e.epochs
-        if e.max_steps:
-            steps = min(steps, e.max_steps)
-        images = steps * min(n_train, e.batch_size * e.grad_accum)
-        estimate = images * params * (d.size / 224) ** 2 * CPU_FINETUNE_S_PER_IMAGE_MPARAM
-        mode, why = choose_mode(e.device, pretrained=pretrained, finetune_s=estimate)
+        estimate = self.finetune_seconds(n_train)
+        mode, why = choose_mode(e.device, pretrained=pretrained, finetune_s=estimate, cpu_frozen_why=CPU_FROZEN_WHY)
         set_key(self.cfg, "model.mode", mode)
         self.cfg.provenance["model.mode"] = f"auto: {why}"
         log.info("model.mode=%s: %s", mode, why)
         return mode
+
+    def finetune_seconds(self, n_train: int) -> float:
+        """Estimated CPU seconds to fine-tune on ``n_train`` images: the optimizer steps the run takes
+        (``engine.min_steps`` included, as the run will raise its epochs) x images per step x backbone
+        parameters x (size / 224)² x the measured cost per image and million parameters."""
+        e, d = self.cfg.engine, self.cfg.data
+        params = sum(p.numel() for p in self._stash().classifier.backbone.parameters()) / 1e6
+        steps = max(1, -(-n_train // (e.batch_size * e.grad_accum))) * e.epochs
+        if e.min_steps and not {"engine.epochs", "engine.max_steps"} & set(getattr(self.cfg, "user", None) or ()):
+            steps = max(steps, e.min_steps)
+        if e.max_steps:
+            steps = min(steps, e.max_steps)
+        images = steps * min(n_train, e.batch_size * e.grad_accum)
+        return images * params * (d.size / 224) ** 2 * CPU_FINETUNE_S_PER_IMAGE_MPARAM
 
     def speed_hints(self, n_train: int) -> list[str]:
         """Options measured good for image classification on a CPU (docs/guide/frozen.md), with their cost."""
