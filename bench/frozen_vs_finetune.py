@@ -9,12 +9,16 @@ pass over every document; a second seed reuses the cached embeddings: ``data.cac
 
     python bench/frozen_vs_finetune.py --only iu-multiclass,padchest-8 --modes frozen
     python bench/frozen_vs_finetune.py --only dicom-demo --modes frozen,finetune
+    python bench/frozen_vs_finetune.py --only body-region,dicom-demo --modes frozen
     python bench/frozen_vs_finetune.py --only padchest-8 --modes finetune --seeds 0 --set engine.max_steps=60
 
 Data (offline): the IU chest X-ray report tasks of ``bench/accuracy.py`` (normal vs abnormal, the 5
-most common single MeSH terms), the DICOM demo, and PadChest report labels (not tuned on by this
+most common single MeSH terms), the DICOM demo, PadChest report labels (not tuned on by this
 project: Spanish, stemmed reports from the PadChest label CSV in the torchxrayvision wheel, the 8
-most common single-label findings, 60 reports each, split by patient). Fine-tuning cost per token
+most common single-label findings, 60 reports each, split by patient), and body-region (not tuned
+on: head-neck / chest / abdomen-pelvis over 13 real pydicom + pydicom-data images of 13 patients,
+10 random crops each, written as 8-bit DICOM under the source's patient: 130 images, split by
+patient). Fine-tuning cost per token
 (``--tokens``) feeds ``model.mode=auto``'s estimate.
 """
 
@@ -34,7 +38,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-TASKS = {"iu-binary": "text-cls", "iu-multiclass": "text-cls", "padchest-8": "text-cls", "dicom-demo": "image-cls"}
+TASKS = {"iu-binary": "text-cls", "iu-multiclass": "text-cls", "padchest-8": "text-cls", "dicom-demo": "image-cls",
+         "body-region": "image-cls"}
 PADCHEST = "PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz"
 SKIP = {"exclude", "unchanged"}  # PadChest's non-finding labels
 
@@ -65,9 +70,113 @@ def padchest(tmp: Path, per_class: int = 60, classes: int = 8) -> tuple[Path, li
                   "data.group_column=patient", "data.max_length=128"]
 
 
+# body-region: one source image (series) per patient, labelled by the body region it shows (the header's
+# BodyPartExamined where set, else what the image plainly shows); re-encodings of one image are left out.
+BODY_REGION = {
+    "head-neck": ["693_UNCI.dcm",  # CT head (CQ500)
+                  "J2K_pixelrep_mismatch.dcm",  # CT skull base (header: HEAD)
+                  "eCT_Supplemental.dcm",  # enhanced CT, brain (2 frames)
+                  "emri_small.dcm",  # enhanced MR head (10 frames; header: HEAD)
+                  "bad_sequence.dcm"],  # CT (header: NECK)
+    "chest": ["CT_small.dcm",  # CT, thoracic vertebra and lungs
+              "RG1_UNCI.dcm",  # CR chest (header: CHEST)
+              "JPGLosslessP14SV1_1s_1f_8b.dcm",  # echocardiogram (aortic root measured)
+              "color-pl.dcm"],  # transoesophageal echo (colour Doppler)
+    "abdomen-pelvis": ["explicit_VR-UN.dcm",  # CT pancreas (header: PANCREAS)
+                       "MR-SIEMENS-DICOM-WithOverlays.dcm",  # MR abdomen (header: ABDOMEN)
+                       "OBXXXX1A.dcm",  # obstetric ultrasound
+                       "gdcm-US-ALOKA-16.dcm"],  # pelvic ultrasound (annotated "PELVIS")
+}
+CROPS = 10  # crops per source image
+
+
+def _display(ds: object) -> list:
+    """Every frame of ``ds`` as uint8 (grey: modality LUT, first window or 1-99th percentiles; colour: RGB)."""
+    import numpy as np
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, convert_color_space
+
+    arr = ds.pixel_array
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    if frames == 1:
+        arr = arr[None]
+    pi = str(ds.PhotometricInterpretation)
+    out = []
+    for f in arr:
+        if pi == "PALETTE COLOR":
+            f = apply_color_lut(f, ds)
+            f = (f / 257).astype(np.uint8) if f.dtype != np.uint8 else f
+        elif f.ndim == 3:
+            f = convert_color_space(f, pi, "RGB") if pi.startswith("YBR") else f
+        else:
+            f = apply_modality_lut(f, ds).astype(float)
+            if "WindowCenter" in ds:
+                f = apply_voi_lut(f, ds).astype(float)
+            lo, hi = np.percentile(f, [1, 99])
+            f = np.clip((f - lo) / max(hi - lo, 1e-6), 0, 1) * 255
+            if pi == "MONOCHROME1":
+                f = 255 - f
+        out.append(np.ascontiguousarray(f.astype(np.uint8)))
+    return out
+
+
+def body_region(tmp: Path, crops: int = CROPS) -> tuple[Path, list[str]]:
+    """Body-region classification (head-neck / chest / abdomen-pelvis) over 13 real installed images.
+
+    Each source image gives ``crops`` random crops (35-100 % of the area, a random frame of a
+    multi-frame file), written as 8-bit uncompressed DICOM under ``<region>/``; every crop of a
+    source carries that source's own pseudonymous PatientID, so the patient split keeps all of them
+    in one split (13 patients: stratified 0.2 / 0.2, about 3 test patients, one per region).
+    """
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    from medmm.demos.dicom import source_roots
+
+    roots = source_roots()
+    root = tmp / "body-region"
+    for region, names in BODY_REGION.items():
+        (root / region).mkdir(parents=True, exist_ok=True)
+        for n, name in enumerate(names):
+            src = next((r / name for r in roots if (r / name).is_file()), None)
+            if src is None:
+                raise SystemExit(f"body-region needs pydicom-data ({name} not installed)")
+            frames = _display(pydicom.dcmread(src))
+            rng = np.random.default_rng(sum(name.encode()))
+            pid, study = f"BR-{region}-{n}", generate_uid(entropy_srcs=[name, "study"])
+            for k in range(crops):
+                img = frames[int(rng.integers(len(frames)))]
+                h, w = img.shape[:2]
+                area, aspect = rng.uniform(0.35, 1.0) * h * w, np.exp(rng.uniform(np.log(0.75), np.log(4 / 3)))
+                ch, cw = min(h, int(round((area / aspect) ** 0.5))), min(w, int(round((area * aspect) ** 0.5)))
+                y, x = rng.integers(h - ch + 1), rng.integers(w - cw + 1)
+                crop = np.ascontiguousarray(img[y:y + ch, x:x + cw])
+                meta = FileMetaDataset()
+                meta.TransferSyntaxUID, meta.MediaStorageSOPClassUID = ExplicitVRLittleEndian, SecondaryCaptureImageStorage
+                meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name, str(k)])
+                ds = Dataset()
+                ds.file_meta = meta
+                ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+                ds.PatientID, ds.StudyInstanceUID = pid, study
+                ds.SeriesInstanceUID = generate_uid(entropy_srcs=[name, "series"])
+                ds.Modality = "OT"
+                ds.Rows, ds.Columns = crop.shape[:2]
+                ds.SamplesPerPixel = 3 if crop.ndim == 3 else 1
+                ds.PhotometricInterpretation = "RGB" if crop.ndim == 3 else "MONOCHROME2"
+                if crop.ndim == 3:
+                    ds.PlanarConfiguration = 0
+                ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+                ds.PixelData = crop.tobytes()
+                ds.save_as(root / region / f"{Path(name).stem}_{k}.dcm", enforce_file_format=True)
+    return root, []
+
+
 def build(name: str, tmp: Path, limit: int) -> tuple[Path, list[str]]:
     if name == "padchest-8":
         return padchest(tmp)
+    if name == "body-region":
+        return body_region(tmp)
     from accuracy import build_data  # the IU tasks and the DICOM demo, as bench/accuracy.py builds them
 
     return build_data(name, tmp, limit)
