@@ -232,8 +232,26 @@ def test_instances_that_get_the_pixel_pass_are_spread_among_the_others_first_one
     assert _units(todo, lambda r: True) == plain == _units(todo, lambda r: False)
 
 
+def test_with_another_thread_running_the_ocr_stays_in_this_process_never_spawned() -> None:
+    """The OCR worker is forked from a single-threaded process only (a fork beside a running thread can
+    inherit a held lock; a spawned one would run the caller's __main__ again): else OCR in-process."""
+    from medmm.deid.options import DeidOptions
+    from medmm.pacs.pull import _Deid
+
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait, daemon=True)
+    other.start()
+    try:
+        deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank", ocr_process=True)
+        assert deid.ocr_process and deid._ocr_pool() is None and not deid.ocr_process
+    finally:
+        stop.set()
+        other.join(5)
+
+
 @pytest.mark.slow
-def test_the_pixel_pass_in_the_ocr_process_writes_the_same_bytes_as_in_this_process() -> None:
+def test_the_pixel_pass_in_the_ocr_process_writes_the_same_bytes_as_in_this_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     """pydicom-data's US1_UNCR.dcm ("BAPTIST MED CTR" burned in): the pull's OCR worker process reads,
     blanks and re-reads it exactly as the engine in this process does, byte for byte."""
     import copy
@@ -242,6 +260,8 @@ def test_the_pixel_pass_in_the_ocr_process_writes_the_same_bytes_as_in_this_proc
     pytest.importorskip("rapidocr_onnxruntime")
     from medmm.deid.options import DeidOptions
     from medmm.pacs.pull import _Deid
+
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # a test runner's idle threads hold no lock
 
     spec = importlib.util.find_spec("data_store")  # pydicom-data, walked: never fetched
     source = Path(spec.origin).parent / "data" / "US1_UNCR.dcm" if spec and spec.origin else Path("-")
@@ -253,6 +273,7 @@ def test_the_pixel_pass_in_the_ocr_process_writes_the_same_bytes_as_in_this_proc
         deid = _Deid(Pseudonymizer(KEY), DeidOptions(), "blank", ocr_process=process)
         try:
             data, _, scanned = deid(copy.deepcopy(original))
+            assert deid.ocr_process == process  # the worker process really ran it
         finally:
             deid.close()
         assert scanned

@@ -161,8 +161,9 @@ class _Deid:
         background thread (returns the thread); ``None`` when nothing is in scope."""
         if not any(self.in_scope(r) for r in refs):
             return None
-        if self.ocr_process:  # the engine loads in its process; a missing package is reported per instance
-            return self._ocr_pool().submit(_ocr_job, None, self.pixels)
+        pool = self._ocr_pool()
+        if pool is not None:  # the engine loads in its process; a missing package is reported per instance
+            return pool.submit(_ocr_job, None, self.pixels)
 
         def load() -> None:
             with contextlib.suppress(Exception):  # a missing OCR package is reported by the instance needing it
@@ -173,24 +174,28 @@ class _Deid:
         return thread
 
     def _ocr_pool(self) -> Any:
-        """The OCR worker process (started once). Forked while this process runs one thread (no lock
-        can be held by another thread then: :meth:`preload` runs before the pull's threads start),
-        else spawned."""
+        """The OCR worker process (started once), or ``None``: OCR in this process. It is forked, and
+        only while this process runs one thread (no lock can be held by another thread then;
+        :meth:`preload` runs before the pull's threads start). Never spawned: a spawned process
+        runs the caller's ``__main__`` again, which a script without a main guard does not survive."""
         import multiprocessing
 
         with self._loading:
-            if self._pool is None:
-                fork = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
-                self._pool = ProcessPoolExecutor(max_workers=1, initializer=_ocr_worker_init,
-                                                 mp_context=multiprocessing.get_context("fork" if fork else "spawn"))
+            if self._pool is None and self.ocr_process:
+                if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+                    self._pool = ProcessPoolExecutor(max_workers=1, initializer=_ocr_worker_init,
+                                                     mp_context=multiprocessing.get_context("fork"))
+                else:
+                    self.ocr_process = False
         return self._pool
 
     def _clean(self, ds: Any) -> tuple[Any, Any]:
         """The pixel pass on ``ds``: the dataset as it will be written, and the :class:`PixelOutcome`."""
         from medmm.deid.pixels import clean_pixels
 
-        if self.ocr_process:  # decode, OCR, blank, re-encode and OCR again off this process's GIL
-            result: tuple[Any, Any] = self._ocr_pool().submit(_ocr_job, ds, self.pixels).result()
+        pool = self._ocr_pool()
+        if pool is not None:  # decode, OCR, blank, re-encode and OCR again off this process's GIL
+            result: tuple[Any, Any] = pool.submit(_ocr_job, ds, self.pixels).result()
             return result
         with self._lock:
             return ds, clean_pixels(ds, self._ocr(), self.pixels)
