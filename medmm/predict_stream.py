@@ -39,7 +39,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
                    rows: int | None = None) -> Streamed | None:
     """Predict ``data`` block by block into ``out`` (atomically); the pooled scores as an
     :class:`~medmm.engine.trainer.EvalOutput` (in :class:`Streamed`), or ``None`` when this input does not
-    stream (the task has no ``predict_chunks``; ``data`` is a folder or not a CSV / TSV file; a grouped
+    stream (the task has no ``predict_chunks``; ``data`` is a folder or a plugin format; a grouped
     run calibrated before its group bands were stored) and the caller reads it whole. A run whose sets are
     grouped by a column reads that column alongside, block by block (:class:`~medmm.evaluation.conformal.StreamedGroups`).
 
@@ -56,7 +56,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     from medmm.predictions import predictions_table
 
     chunks = getattr(task, "predict_chunks", None)
-    if chunks is None or not streams(data):  # JSON Lines, Parquet, plugin formats: read whole, one pass
+    if chunks is None or not streams(data):  # folders, plugin formats: read whole, one pass
         return None
     conf = load_conformal(run_dir)
     grouped = conf is not None and bool(conf.get("group_column"))

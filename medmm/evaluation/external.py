@@ -81,8 +81,9 @@ def _check_out(out: Path, overwrite: bool = False) -> None:
 
 
 def _columns_of(path: Path, columns: Sequence[str]) -> Any:
-    """``path`` with only ``columns`` (those it has), and every column name in ``.attrs["header"]``: a CSV / TSV
-    is read in blocks of those columns, so a wide table is never held whole; other formats are read whole."""
+    """``path`` with only ``columns`` (those it has), and every column name in ``.attrs["header"]``: a table
+    that streams (CSV / TSV, JSON Lines, Parquet) is read in blocks of those columns, so a wide table is never
+    held whole; plugin formats are read whole."""
     import pandas as pd
 
     from medmm.data.readers import chunk_rows, read_table, read_table_chunks, streams
@@ -109,7 +110,7 @@ def _date_range(path: Path, column: str | None) -> list[str] | None:
 
 
 def _scored(run: Any, task: Any, data: Path, trainer: Any, model: Any) -> tuple[Any, list[tuple[str, str]]]:
-    """The model's pooled scores on ``data`` and the inputs it skipped. A CSV / TSV that the task reads in blocks
+    """The model's pooled scores on ``data`` and the inputs it skipped. A table that the task reads in blocks
     (``predict_chunks``) is scored block by block, so only each unit's id, scores and targets are held, never
     the table's features, tokens or pixels; each block is whole eval batches ending between units, so the
     scores are one pass's. Other inputs are read whole (``build_predict_data``)."""
