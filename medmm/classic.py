@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,8 @@ import numpy as np
 from medmm.errors import DataError
 from medmm.task import BaselineInputs
 
-__all__ = ["Baseline", "Comparison", "fit_baseline", "load_baseline", "run_baseline", "summary_lines"]
+__all__ = ["Baseline", "Comparison", "Prefit", "fit_baseline", "load_baseline", "prefit_baseline", "run_baseline",
+           "summary_lines"]
 
 log = logging.getLogger("medmm.classic")
 
@@ -60,14 +62,27 @@ def _downsample(x: np.ndarray, side: int = IMAGE_SIDE) -> np.ndarray:
     return x.reshape(n, -1)
 
 
-def small_pixels(images: Any, side: int = IMAGE_SIDE) -> np.ndarray:
-    """``[N, C, h, w]`` float32 from an iterable of ``[C, H, W]`` images, each area-averaged to at
-    most ``side`` pixels a side as it is read (what a task hands :class:`BaselineInputs`)."""
-    out = [_downsample(np.asarray(im, dtype=np.float32)[None], side)[0] for im in images]
-    shapes = {o.shape for o in out}
-    if len(shapes) > 1:
-        raise DataError(f"images of several sizes for the baseline: {sorted(shapes)[:3]}")
-    return np.stack(out) if out else np.zeros((0, 1), np.float32)
+def small_pixels(images: Any, side: int = IMAGE_SIDE, count: int | None = None) -> np.ndarray:
+    """``[N, C * h * w]`` float32 from an iterable of ``[C, H, W]`` images, each area-averaged to at
+    most ``side`` pixels a side as it is read (what a task hands :class:`BaselineInputs`).
+
+    The rows go straight into one array (``count``: the number of images, when known; else it grows by
+    doubling), never a list of per-image arrays stacked at the end (twice the matrix at its peak)."""
+    out: np.ndarray | None = None
+    n = 0
+    for im in images:
+        row = _downsample(np.asarray(im, dtype=np.float32)[None], side)[0]
+        if out is None:
+            out = np.empty((max(count or 0, 1), row.size), np.float32)
+        elif row.shape != out.shape[1:]:
+            raise DataError(f"images of several sizes for the baseline: {sorted({row.shape, out.shape[1:]})}")
+        if n == len(out):
+            grown = np.empty((2 * n, out.shape[1]), np.float32)
+            grown[:n] = out
+            out = grown
+        out[n] = row
+        n += 1
+    return out[:n] if out is not None and n < len(out) else out if out is not None else np.zeros((0, 1), np.float32)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -474,10 +489,41 @@ def _align(base_ev: Any, units: list[str]) -> Any:
     return Predictions(list(units), base_ev.scores[idx], None if base_ev.targets is None else base_ev.targets[idx])
 
 
+@dataclass
+class Prefit:
+    """The classic baseline fitted before training (:func:`prefit_baseline`): its fit is then spent, not
+    estimated by the ETA, and the finish only predicts and compares. ``base`` ``None``: the task gives no
+    inputs for one; ``error``: why the fit failed (reported at the finish, as a failure there would be)."""
+
+    base: Baseline | None = None
+    test: Any = None  # the evaluated split's BaselineInputs
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def prefit_baseline(task: Any, cfg: Any, split_name: str) -> Prefit | None:
+    """Fit the run's classic baseline now, before training (the same fit as at the finish: deterministic,
+    no global random stream); ``None`` when ``engine.baseline`` is ``none``."""
+    if cfg.engine.baseline == "none":
+        return None
+    started = time.perf_counter()
+    out = Prefit()
+    try:
+        train, val, test = (task.baseline_inputs(s) for s in ("train", "val", split_name))
+        if train is not None and test is not None and test.targets is not None:
+            out.base = fit_baseline(task.problem, task.label_names, train, val if split_name != "val" else None)
+            out.test = test
+    except Exception as exc:  # noqa: BLE001 - reported at the finish; the model still trains
+        out.error = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    out.seconds = time.perf_counter() - started
+    return out
+
+
 def run_baseline(task: Any, split_name: str, model_ev: Any, model_metrics: dict[str, float],
                  model_ci: dict[str, tuple[float, float]], run_dir: Path, *, n_boot: int, seed: int,
-                 unit_columns: dict[str, dict[str, str]] | None = None) -> Comparison | None:
-    """Fit, save and evaluate the task's classic baseline; ``None`` when the task has none.
+                 unit_columns: dict[str, dict[str, str]] | None = None, prefit: Prefit | None = None) -> Comparison | None:
+    """Fit (unless ``prefit`` holds the fit), save and evaluate the task's classic baseline; ``None`` when the
+    task has none.
 
     Writes ``baseline/`` (the model) and ``baseline_predictions.csv`` (same layout as
     ``predictions.csv``) into ``run_dir``; the comparison goes into the summary, report and card.
@@ -485,10 +531,15 @@ def run_baseline(task: Any, split_name: str, model_ev: Any, model_metrics: dict[
     from medmm.metrics import bootstrap_cis, headline
     from medmm.predictions import write_predictions
 
-    train, val, test = (task.baseline_inputs(s) for s in ("train", "val", split_name))
-    if train is None or test is None or test.targets is None:
-        return None
-    base = fit_baseline(task.problem, task.label_names, train, val if split_name != "val" else None)
+    if prefit is not None:
+        if prefit.base is None:
+            return None
+        base, test = prefit.base, prefit.test
+    else:
+        train, val, test = (task.baseline_inputs(s) for s in ("train", "val", split_name))
+        if train is None or test is None or test.targets is None:
+            return None
+        base = fit_baseline(task.problem, task.label_names, train, val if split_name != "val" else None)
     base.save(run_dir / DIRNAME)
     ev = _align(_pooled(test.units, base.predict(test), np.asarray(test.targets)), list(model_ev.units))
     write_predictions(run_dir / "baseline_predictions.csv", ev, task.problem, task.label_names, unit_columns)
@@ -607,13 +658,16 @@ class RunBaseline:
 
 def baseline_for_run(task: Any, cfg: Any, ev: Any, split_name: str, metrics: dict[str, float],
                      ci: dict[str, tuple[float, float]], run_dir: Path,
-                     unit_columns: dict[str, dict[str, str]] | None = None) -> RunBaseline:
-    """:func:`run_baseline` as ``engine.baseline`` asks; a failure is reported, never fatal."""
+                     unit_columns: dict[str, dict[str, str]] | None = None, prefit: Prefit | None = None) -> RunBaseline:
+    """:func:`run_baseline` as ``engine.baseline`` asks (``prefit``: fitted before training); a failure is
+    reported, never fatal."""
     if cfg.engine.baseline == "none" or not metrics:  # cfg: a medmm.config.TaskConfig
         return RunBaseline()
     try:
+        if prefit is not None and prefit.error is not None:
+            raise DataError(prefit.error)
         cmp = run_baseline(task, split_name, ev, metrics, ci, run_dir, n_boot=cfg.engine.bootstrap,
-                           seed=cfg.seed, unit_columns=unit_columns)
+                           seed=cfg.seed, unit_columns=unit_columns, prefit=prefit)
     except Exception as exc:  # noqa: BLE001 - the trained model's outputs must still be written
         reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         log.warning("classic baseline not fitted: %s", reason)

@@ -455,3 +455,71 @@ def test_the_metrics_import_is_not_counted_as_the_first_evaluations_cost(tmp_pat
     trainer, _, _ = _fit(tmp_path / "r", None, epochs=2)
     first, *later = trainer.planner.eval_s
     assert later and first == pytest.approx(later[0])  # the import happened before the first step
+
+
+def test_the_finish_counts_the_timed_figures_not_the_report_constant() -> None:
+    """report.html's figures (and the decision curves) at the probe figure's measured time: on a quiet or fast
+    machine the reserve goes below the quiet-machine constant (tabular-risk's ETA was +95 % on 1.4 s left)."""
+    from medmm.engine.budget import REPORT_S, Budget, Planner, Sizes
+
+    sizes = Sizes(n_train=100, n_val=50, n_test=50, n_boot=0, batch_size=10, baseline=False)
+    budget = Budget(None, clock=Clock(), load=lambda: 4.0)  # sqrt(4): the constant's load factor is 2
+    p = Planner(budget, total=10, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    p.evaluated(0.0, 0.0)
+    assert p.finish_s() == pytest.approx(2 * REPORT_S)  # no figure timed: the constant, scaled by the load
+    budget.figures, budget.figure_s = 5, 0.04
+    assert p.finish_s() == pytest.approx(5 * 0.04)  # measured: no load factor, no constant
+
+
+def test_a_baseline_fitted_before_training_costs_only_its_predictions_and_cis() -> None:
+    """The classic baseline fitted before training (medmm.classic.prefit_baseline): its fit is spent, so the
+    finish keeps one bootstrap pass for its CIs and paired difference, not the fixed + per-row constants."""
+    from medmm.engine.budget import BASELINE_S, BASELINE_S_PER_EXAMPLE, BOOT_PASSES, Budget, Planner, Sizes
+
+    sizes = Sizes(n_train=1000, n_val=50, n_test=100, n_boot=200, batch_size=10, baseline=True)
+    budget = Budget(None, clock=Clock(), load=lambda: 0.1)
+    budget.figures, budget.figure_s = 2, 0.1
+    p = Planner(budget, total=10, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    p.evaluated(0.0, 0.001)  # passes free; a resample of every metric 1 ms on val, 2 ms on test (twice the rows)
+    one_pass = 200 * 0.001 * 2
+    assert p.finish_s() == pytest.approx(BOOT_PASSES * one_pass + BASELINE_S + BASELINE_S_PER_EXAMPLE * 1000 + 0.2)
+    budget.baseline_done = True
+    assert p.finish_s() == pytest.approx((BOOT_PASSES + 1) * one_pass + 0.2)
+
+
+def test_a_validation_batch_timed_before_the_steps_sizes_the_evaluations(tmp_path: Path) -> None:
+    """A fit whose one evaluation ends it never measures one before its estimate: one validation batch (64 of
+    the 90 rows, 0.05 s on the fake clock) is timed before the steps instead of 0.35 of a training step
+    (1 s for 16 rows) per example, which made text-cls's evaluation ~8x too dear."""
+    trainer, _, _ = _fit(tmp_path / "r", None, epochs=1)
+    p = trainer.planner
+    assert p.val_example_s == pytest.approx(0.05 / 64)
+    assert p.eval_s == [pytest.approx(0.1)]  # the real one: two batches (64 + 26 rows)
+    p.eval_s.clear()
+    assert p.one_eval_s() == pytest.approx(0.05 * 90 / 64)  # the forward share would say 0.35 / 16 x 90 = 1.97 s
+
+
+def test_one_figure_is_timed_per_run_before_the_first_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's figure cost is measured once per run (also when a task trains several fits), on the run's
+    clock, before the steps (not counted as step time)."""
+    calls: list[float] = []
+
+    def probe(clock: Any) -> float:
+        calls.append(clock())
+        CLOCK.t += 0.3
+        return 0.3
+
+    monkeypatch.setattr("medmm.report.time_figure", probe)
+    from medmm.engine import Trainer
+    from medmm.engine.budget import Budget, activate
+
+    cfg = make_cfg(epochs=1)
+    with activate(Budget(None, clock=CLOCK, figures=4)) as budget:
+        for name in ("a", "b"):
+            task = SlowToy(cfg, tmp_path / name)
+            (tmp_path / name).mkdir()
+            trainer = Trainer(task, cfg, tmp_path / name, quiet=True)
+            trainer.fit(task.build_model(), task.build_data(Path(".")))
+    assert len(calls) == 1 and budget.figure_s == 0.3
+    assert trainer.planner.step_s() == pytest.approx(1.0)  # the probe is not step time
+    assert trainer.planner.finish_s() >= 4 * 0.3

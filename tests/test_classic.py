@@ -186,3 +186,33 @@ def test_multilabel_pos_weight_up_weights_rare_labels() -> None:
     plain, _ = problem_loss("multilabel", out, t)
     weighted, _ = problem_loss("multilabel", out, t, class_weights=torch.tensor(w))
     assert float(weighted) > float(plain)
+
+
+def test_a_baseline_fitted_before_training_gives_the_same_comparison(tmp_path: Path) -> None:
+    """medmm.classic.prefit_baseline (run before training, so the ETA knows its cost) is the same fit as the
+    one at the finish: the same numbers; a failed prefit is reported at the finish as a skipped baseline."""
+    from types import SimpleNamespace
+
+    from medmm.classic import baseline_for_run, prefit_baseline, run_baseline
+    from medmm.engine.trainer import EvalOutput
+
+    splits = {"train": _text_inputs(80, 0), "val": _text_inputs(30, 1), "test": _text_inputs(30, 2)}
+    task = SimpleNamespace(problem="binary", label_names=["neg", "pos"], baseline_inputs=splits.get)
+    test = splits["test"]
+    ev = EvalOutput(list(test.units), np.linspace(0.1, 0.9, 30), np.asarray(test.targets, float), 0.5)
+    cfg = SimpleNamespace(engine=SimpleNamespace(baseline="auto", bootstrap=50), seed=0)
+    prefit = prefit_baseline(task, cfg, "test")
+    assert prefit is not None and prefit.base is not None and prefit.error is None
+    args = (task, "test", ev, {"auroc": 0.7}, {}, tmp_path)
+    late = run_baseline(*args, n_boot=50, seed=0).to_json()
+    early = run_baseline(*args, n_boot=50, seed=0, prefit=prefit).to_json()
+    assert early == late
+    cfg.engine.baseline = "none"
+    assert prefit_baseline(task, cfg, "test") is None
+    cfg.engine.baseline = "auto"
+    broken = SimpleNamespace(problem="binary", label_names=["neg", "pos"],
+                             baseline_inputs=lambda s: BaselineInputs(["a", "b"], np.array([0, 1]), text=["", ""]))
+    failed = prefit_baseline(broken, cfg, "test")
+    assert failed is not None and failed.base is None and "TF-IDF" in str(failed.error)
+    out = baseline_for_run(broken, cfg, ev, "test", {"auroc": 0.7}, {}, tmp_path, prefit=failed)
+    assert "TF-IDF" in out.summary["baseline"]["skipped"]

@@ -80,6 +80,10 @@ class Budget:
     # how many seconds more (or less) each one's step takes than the current fit's, from a probe of both
     # models on one batch (Trainer.probe_step_s): the loop's own cost per step (data, optimizer) is shared
     later: list[float] = field(default_factory=list)
+    # the finish measured in this run where it can be (docs/reliability.md, "Honest ETAs"):
+    figures: int = 0  # figures the finish draws (report.html, decision curves); 0: unknown (REPORT_S reserved)
+    figure_s: float | None = None  # seconds per figure: one probe figure timed before the first fit's steps
+    baseline_done: bool = False  # the classic baseline was fitted before training: its fit is spent, not estimated
 
     def __post_init__(self) -> None:
         if self.started is None:
@@ -210,6 +214,7 @@ class Planner:
         self.eval_in_steps = 0.0  # evaluation seconds between the first and the last step (not step time)
         self.pending_eval = 0.0  # evaluation seconds since the last step
         self.boot_s: float | None = None  # seconds per bootstrap resample of the metrics (timed at the first evaluation)
+        self.val_example_s: float | None = None  # seconds per validation example: one batch timed before the steps
         self.planned = False
         self.last_step_at: float | None = None
         self.patience = patience if sizes.n_val else 0  # early stopping (evaluations without improvement)
@@ -273,21 +278,39 @@ class Planner:
         return max(0.0, getattr(self, "t_first_cost", 0.0))
 
     def one_eval_s(self) -> float:
-        """Seconds per evaluation: measured (the latest), else the forward share of the steps' work."""
+        """Seconds per evaluation: measured (the latest); before, a validation batch timed before the steps
+        (:attr:`val_example_s`) for each validation example; else the forward share of the steps' work."""
         if self.eval_s:
             return self.eval_s[-1]
+        if self.val_example_s is not None:
+            return self.val_example_s * self.sizes.n_val
         per_example = self.step_s() / max(1, self.sizes.batch_size)
         return FORWARD_SHARE * per_example * self.sizes.n_val
 
     def finish_s(self) -> float:
-        """The work after training: test (and val) pass, bootstrap, baseline, report."""
-        s = self.sizes
+        """The work after training: test (and val) pass, bootstrap, baseline, report.
+
+        Measured in this run where it can be: the passes at the evaluation's speed, the bootstrap at its
+        timed resample, the report's figures at the probe figure's time (:attr:`Budget.figure_s`), a
+        baseline fitted before training (:attr:`Budget.baseline_done`) only for its predictions and CIs
+        (one bootstrap pass); only what was not measured falls back to the quiet-machine constants scaled
+        by :meth:`Budget.load_factor`."""
+        s, b = self.sizes, self.budget
         per_val_example = (self.one_eval_s() / s.n_val) if s.n_val else FORWARD_SHARE * self.step_s() / max(1, s.batch_size)
         passes = per_val_example * (s.n_test + (s.n_val if s.val_pass else 0))
         per_resample = self.boot_s if self.boot_s is not None else BOOT_S_GUESS
-        boot = BOOT_PASSES * s.n_boot * per_resample * (s.n_test / s.n_val if s.n_val else 1.0)
-        base = (BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train) if s.baseline else 0.0
-        return passes + boot + (base + REPORT_S) * self.budget.load_factor()
+        one_pass = s.n_boot * per_resample * (s.n_test / s.n_val if s.n_val else 1.0)
+        guessed = 0.0  # seconds at quiet-machine constants, scaled by the load below
+        if b.figures and b.figure_s is not None:
+            report = b.figures * b.figure_s
+        else:
+            report, guessed = 0.0, REPORT_S
+        base = 0.0
+        if s.baseline and b.baseline_done:
+            base = one_pass  # its test predictions, its CIs and the paired difference (one metric each)
+        elif s.baseline:
+            guessed += BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train
+        return passes + BOOT_PASSES * one_pass + base + report + guessed * (b.load_factor() if guessed else 1.0)
 
     def train_left_s(self, done: int, total: int | None = None) -> float:
         """Training steps and evaluations from step ``done`` to ``total``."""

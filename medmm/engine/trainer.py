@@ -484,6 +484,46 @@ class Trainer:
         _set_rng_state(_rng_state(rng))
         return [statistics.median(t) for t in times]
 
+    def _probe_finish(self, model: torch.nn.Module, data: DataBundle) -> None:
+        """Before the steps, measure what the ETA would otherwise guess (docs/reliability.md, "Honest ETAs"):
+        one report figure, once per run (:attr:`~medmm.engine.budget.Budget.figures`), and one validation
+        batch, the seconds per validation example until the first evaluation is measured."""
+        planner = self.planner
+        budget = planner.budget
+        if budget.figures and budget.figure_s is None and self.dist.is_main:
+            from medmm.report import time_figure
+
+            budget.figure_s = time_figure(budget.clock)
+        if data.val is not None and len(data.val.dataset) and planner.total > planner.start_step:
+            planner.val_example_s = self._time_val_batch(model, data.val, data.collate_fn, budget.clock)
+
+    def _time_val_batch(self, model: torch.nn.Module, split: Split, collate: Callable[..., Any] | None,
+                        clock: Callable[[], float]) -> float | None:
+        """Seconds per validation example: the first evaluation batch read and predicted twice (the first
+        warms up), the second timed, as its share of the split's tokens (where the task reports lengths) or
+        examples. This rank's batch only (no collective); weights and random streams untouched."""
+        batches = [b for b in eval_batches(len(split.dataset), self.e.eval_batch_size, self.dist.rank,
+                                           self.dist.world_size, lengths=split.lengths) if len(b)]
+        if not batches:
+            return None
+        first = batches[0]
+        rng = _rng_snapshot()
+        took = 0.0
+        with no_grad_eval(model):
+            loader = iter(self._loader(split.dataset, [first, first], collate, epoch=0))
+            for r in range(2):
+                started = clock()
+                batch = move_to(next(loader), self.device)
+                with autocast(self.device, self.precision):
+                    out = self.task.step(model, batch)
+                scores_from_output(self.task.problem, out["output"]).float().cpu()
+                took = clock() - started
+        _set_rng_state(_rng_state(rng))
+        lengths = None if split.lengths is None else np.asarray(split.lengths, dtype=np.float64)
+        share = (lengths[first].sum() / lengths.sum() if lengths is not None and lengths.sum() > 0
+                 else len(first) / len(split.dataset))
+        return took / max(share, 1e-9) / len(split.dataset)
+
     def _window_work(self, *batches: list[int]) -> float:
         """The real tokens of these batches (where the task reports lengths; else 1 per step)."""
         if self._lengths is None:
@@ -552,6 +592,7 @@ class Trainer:
             from medmm.metrics import preload
 
             preload()
+        self._probe_finish(raw, data)
         planner.started()
         stop = False
         while (st.epoch < e.epochs and not st.stopped_early and not (self.total and st.global_step >= self.total)
