@@ -417,7 +417,7 @@ class ImageClsTask(Task):
             return None
         cache, rows, units, y = part
         scale = np.float32(cache.scale)
-        pixels = small_pixels(np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows)
+        pixels = small_pixels((np.asarray(cache.array[r], dtype=np.float32) * scale for r in rows), count=len(rows))
         return BaselineInputs(list(units), y, image=pixels)
 
     def explain_spec(self, model: nn.Module) -> Any:
