@@ -19,6 +19,7 @@ predict memory flat. Timings on a shared machine are noisy: read the ratios, nev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -113,26 +114,73 @@ def bench_split(small: int, tiny: bool) -> dict[str, Any]:
 SMALL_FILES = ("CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "MR_small_bigendian.dcm")
 
 
-def dicom_folder(root: Path, n: int) -> Path:
-    """``n`` small real-looking DICOM files: pydicom's CT / MR test files with new patient ids and new study /
-    series / SOP instance UIDs (20 instances per patient and study, 10 per series), one class folder per
-    patient's class (``a`` / ``b``), 100 files per leaf folder."""
+UID_ROOT = "1.2.826.0.1.3680043.8.498."  # pydicom's UID root; then 1. / 2. / 3. (study / series / SOP) and 10 digits
+PLACEHOLDERS = (b"@@@@@@@", b"##########", b"$$$$$$$$$$", b"%%%%%%%%%%")  # patient, study, series, SOP
+
+
+def dicom_templates() -> list[bytes]:
+    """pydicom's CT / MR test files (explicit, implicit, big-endian) as bytes, with fixed-width placeholders
+    for the patient id / name and the study, series and SOP instance UIDs (:func:`dicom_folder` fills them)."""
+    import io
+    import warnings
+
     import pydicom
-    from pydicom.uid import generate_uid
 
     from medmm.demos.dicom import source_roots
 
     src = source_roots()[0]
-    sources = [pydicom.dcmread(src / name) for name in SMALL_FILES]
+    out = []
+    for name in SMALL_FILES:
+        ds = pydicom.dcmread(src / name)
+        patient, study, series, sop = (p.decode() for p in PLACEHOLDERS)
+        with warnings.catch_warnings():  # the placeholders are not valid UIDs until filled
+            warnings.simplefilter("ignore")
+            ds.PatientID, ds.PatientName = f"SCALE{patient}", f"Scale^{patient}"
+            ds.StudyInstanceUID = f"{UID_ROOT}1.{study}"
+            ds.SeriesInstanceUID = f"{UID_ROOT}2.{series}"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{UID_ROOT}3.{sop}"
+            buf = io.BytesIO()
+            ds.save_as(buf)
+        raw = buf.getvalue()
+        if [raw.count(p) for p in PLACEHOLDERS] != [2, 1, 1, 2]:  # id + name, study, series, SOP in meta + body
+            raise RuntimeError(f"{name}: a placeholder also occurs elsewhere in the file")
+        out.append(raw)
+    return out
+
+
+def dicom_folder(root: Path, n: int) -> Path:
+    """``n`` small real DICOM files: pydicom's CT / MR test files (explicit, implicit and big-endian) with new
+    patient ids and new study / series / SOP instance UIDs (20 instances per patient and study, 10 per
+    series), labelled by their sub-folder (``ct`` / ``mr``: what the pixels show, so a model can learn it),
+    100 files per leaf folder. The values are filled into fixed-width fields of the files' bytes (same
+    lengths, so every element's length stays valid): about 0.2 ms per file instead of a pydicom write."""
+    templates = dicom_templates()
     for i in range(n):
-        ds, patient = sources[i % len(sources)], i // 20
-        ds.PatientID, ds.PatientName = f"SCALE{patient:07d}", f"Scale^{patient}"
-        ds.StudyInstanceUID = generate_uid(entropy_srcs=["study", str(patient)])
-        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["series", str(i // 10)])
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=["sop", str(i)])
-        leaf = root / ("a" if patient % 2 else "b") / f"s{i // 100:05d}"
+        k, patient = i % len(templates), i // 20
+        raw = templates[k]
+        for placeholder, value in zip(PLACEHOLDERS, (b"%07d" % patient, b"1%09d" % patient, b"1%09d" % (i // 10),
+                                                     b"1%09d" % i)):
+            raw = raw.replace(placeholder, value)  # UID components: no leading zero
+        leaf = root / ("ct" if SMALL_FILES[k].startswith("CT") else "mr") / f"s{i // 100:05d}"
         leaf.mkdir(parents=True, exist_ok=True)
-        ds.save_as(leaf / f"{i:07d}.dcm")
+        (leaf / f"{i:07d}.dcm").write_bytes(raw)
+    return root
+
+
+FOLDERS_VERSION = 1  # bump when dicom_folder writes other files
+
+
+def cached_dicom_folder(n: int) -> Path:
+    """:func:`dicom_folder` of ``n`` files, kept under the temp dir between bench runs
+    (``medmm-scale-dicom/v1-N``; a ``.done`` file beside it says it is whole). Delete the folder to rebuild."""
+    base = Path(tempfile.gettempdir()) / "medmm-scale-dicom"
+    root, done = base / f"v{FOLDERS_VERSION}-{n}", base / f"v{FOLDERS_VERSION}-{n}.done"
+    if not done.exists():
+        shutil.rmtree(root, ignore_errors=True)
+        start = time.perf_counter()
+        dicom_folder(root, n)
+        done.write_text(str(n))
+        print(f"dicom: wrote {n:,} files in {time.perf_counter() - start:.1f} s -> {root}", flush=True)
     return root
 
 
@@ -235,7 +283,7 @@ def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, A
                 print(f"dicom {n:,} files: skipped, {free / 2**30:.1f} GB free in {tmp} (needs {need / 2**30:.1f})")
                 continue
             start = time.perf_counter()
-            root = dicom_folder(Path(tmp) / f"d{n}", n)
+            root = dicom_folder(Path(tmp) / f"d{n}", n) if tiny else cached_dicom_folder(n)
             made = time.perf_counter() - start
             cache = Path(tmp) / f"cache{n}"
             if tiny:
@@ -249,7 +297,7 @@ def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, A
             first, second = (r["phases"]["whole ingest"] for r in runs)
             out[n] = {"first": first, "second": second, "headers_read": [r["headers_read"] for r in runs],
                       "rss_mb": [r["rss_mb"] for r in runs], "phases": [r["phases"] for r in runs]}
-            print(f"dicom {n:,} files (written in {made:.1f} s): image-cls ingest {first:.2f} s, "
+            print(f"dicom {n:,} files (ready in {made:.1f} s): image-cls ingest {first:.2f} s, "
                   f"{runs[0]['headers_read']:,} headers read, peak RSS {runs[0]['rss_mb']:.0f} MB; with the same cache "
                   f"{second:.2f} s, {runs[1]['headers_read']:,} headers read, peak RSS {runs[1]['rss_mb']:.0f} MB: "
                   f"{first / max(second, 1e-9):.1f}x faster")
@@ -261,7 +309,6 @@ def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, A
             files = [r["phases"]["files (fingerprint, headers, pixels)"] for r in runs]
             print(f"  the files alone (fingerprint, headers, pixels): {files[0]:.2f} s, cached {files[1]:.2f} s: "
                   f"{files[0] / max(files[1], 1e-9):.0f}x faster")
-            shutil.rmtree(root)
             shutil.rmtree(cache)
     if tiny:
         for n, got in out.items():
@@ -277,6 +324,220 @@ def bench_dicom(sizes: tuple[int, int], tiny: bool, workers: int) -> dict[str, A
                 print(f"  {('first', 'cached')[k]} {phase}: {x:.2f} -> {y:.2f} s ({y / max(x, 1e-9):.1f}x)")
         print(f"dicom peak RSS {out[a]['rss_mb'][0]:.0f} -> {out[b]['rss_mb'][0]:.0f} MB (first ingest), "
               f"{out[a]['rss_mb'][1]:.0f} -> {out[b]['rss_mb'][1]:.0f} MB (cached)")
+    return out
+
+
+# ------------------------------------------------------------------------------ image-cls end to end
+# A cheap CPU recipe, so 20,000 files train in minutes on 2 cores: timm's 0.4M-parameter test ResNet from
+# random init, fine-tuned for one epoch on 32-px grey images (augmentation, the classic baseline on
+# 32-px pixels, the bootstrap CIs and the report as a user gets them).
+IMAGE_RECIPE = ("model.backbone=test_resnet", "model.mode=finetune", "data.size=32", "data.channels=1",
+                "engine.epochs=1", "engine.device=cpu")
+
+
+@contextlib.contextmanager
+def timed_image_steps(phases: dict[str, float], stats: dict[str, int], raised: dict[str, float]) -> Any:
+    """Time the steps of ``medmm run image-cls`` / ``medmm predict`` in this process: the data fingerprint,
+    header scan (its counts into ``stats``), pixel cache, folder labels, patient split, training, the
+    evaluation on the held-out splits, the baseline (its pixels apart), the model's forward passes over a
+    split (``Trainer.evaluate``) and the predictions CSV. ``raised``: MB by which each step raised this
+    process's peak RSS (so the step that set the peak is the last one with a non-zero figure)."""
+    import resource
+
+    import medmm.classic as classic
+    import medmm.evaluation as evaluation
+    import medmm.fingerprint as fingerprints
+    import medmm.predictions as predictions
+    from medmm.engine import Trainer
+    from medmm.plugins import get_registry
+    from medmm.task import Task
+
+    cls = get_registry().get("task", "image-cls").load()
+    module = sys.modules[cls.__module__]
+
+    def peak_mb() -> float:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+    def timing(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start, peak = time.perf_counter(), peak_mb()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                phases[name] = phases.get(name, 0.0) + time.perf_counter() - start
+                raised[name] = raised.get(name, 0.0) + peak_mb() - peak
+        return timed_call
+
+    scan = module.scan_folder
+    patches = [(fingerprints, "fingerprint", "data fingerprint"), (module.PixelCache, "build", "pixel cache"),
+               (module, "labels_from_folders", "folder labels"), (Task, "assign_splits", "patient split"),
+               (Trainer, "fit", "train"), (evaluation, "training_evaluation", "held-out evaluation"),
+               (classic, "baseline_for_run", "baseline"), (cls, "baseline_inputs", "baseline pixels"),
+               (Trainer, "evaluate", "forward passes (evaluate)"), (predictions, "write_predictions", "predictions CSV")]
+    saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in patches]
+    try:
+        module.scan_folder = timing("header scan", lambda *a, **k: scan(*a, **{**k, "stats": stats}))
+        for owner, attr, name in patches:
+            setattr(owner, attr, timing(name, getattr(owner, attr)))
+        yield
+    finally:
+        module.scan_folder = scan
+        for owner, attr, original in saved:
+            setattr(owner, attr, original)
+
+
+def _image_child(out_json: str, *argv: str) -> None:
+    """``--image-child OUT.json ARGS``: ``medmm ARGS`` in this fresh process under :func:`timed_image_steps`;
+    writes the steps' seconds, the header counts, the exit code and the peak RSS (this process, its workers)."""
+    import resource
+
+    from medmm.cli import main as medmm_main
+
+    phases: dict[str, float] = {}
+    stats: dict[str, int] = {}
+    raised: dict[str, float] = {}
+    start = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the libraries this process imported
+    with timed_image_steps(phases, stats, raised):
+        rc = medmm_main(list(argv))
+    Path(out_json).write_text(json.dumps({
+        "rc": rc, "seconds": time.perf_counter() - start, "steps": phases, "stats": stats,
+        "raised_mb": {k: round(v, 1) for k, v in raised.items() if v >= 0.5}, "rss_before_mb": before,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "worker_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+
+
+def image_child(tmp: Path, *argv: str) -> dict[str, Any]:
+    """:func:`_image_child` in a fresh process: its JSON, plus ``wall`` (seconds with start-up and imports)."""
+    out_json = tmp / f"child-{time.monotonic_ns()}.json"
+    start = time.perf_counter()
+    # One intra-op thread: on a shared 2-core VM two OpenMP threads spin against the other jobs (test_resnet,
+    # batch 32 of 32 px, load 10: 3.16 s per training step with 2 threads, 0.078 s with 1).
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--image-child", str(out_json), *argv],
+                          capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - start
+    if proc.returncode or not out_json.exists():
+        raise RuntimeError(f"medmm {' '.join(argv[:2])} failed: {proc.stderr[-2000:]}")
+    got = json.loads(out_json.read_text())
+    if got["rc"]:
+        raise RuntimeError(f"medmm {' '.join(argv[:2])} exited {got['rc']}: {proc.stderr[-2000:]}")
+    return {**got, "wall": wall}
+
+
+DATA_STEPS = ("header scan", "pixel cache", "folder labels", "patient split")
+
+
+def _run_phases(got: dict[str, Any]) -> dict[str, float]:
+    """The runner's phases (``summary.json``), "data" cut into the task's steps; the fingerprint before them."""
+    runner = dict(got["summary"].get("phase_seconds", {}))
+    steps = got["steps"]
+    out = {"data fingerprint": steps.get("data fingerprint", 0.0)}
+    data = runner.pop("data (read, split, preprocess)", 0.0)
+    for k in DATA_STEPS:
+        out[f"data: {k}"] = steps.get(k, 0.0)
+    out["data: rest"] = data - sum(steps.get(k, 0.0) for k in DATA_STEPS)
+    for k, v in runner.items():
+        out[k] = v
+    return out
+
+
+def _predict_phases(got: dict[str, Any]) -> dict[str, float]:
+    steps = got["steps"]
+    out = {k: steps.get(k, 0.0) for k in ("header scan", "pixel cache", "folder labels", "forward passes (evaluate)",
+                                          "predictions CSV")}
+    out["rest (start-up, imports, model, checks)"] = got["wall"] - sum(out.values())
+    return out
+
+
+def _shares(phases: dict[str, float]) -> str:
+    total = sum(phases.values()) or 1.0
+    return ", ".join(f"{k} {v:.1f} s ({v / total:.0%})" for k, v in phases.items())
+
+
+def image_task_work(root: Path, tmp: Path) -> dict[str, int]:
+    """Function calls of the image-cls steps around the model, on a folder whose pixel cache and header index
+    are warm: ``build_data`` (cached ingest, folder labels, patient split, units, datasets; the model that
+    ``model.mode`` needs was built by a first call on the same task), the baseline's pixels of the training split,
+    and ``build_predict_data``. They grow with the files, never per pair of files."""
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+
+    spec = get_registry().get("task", "image-cls")
+    sets = [f"data.cache_dir={tmp / 'cache'}", "data.size=16", "data.channels=1", "model.backbone=test_resnet",
+            "model.mode=finetune", "engine.num_workers=0", "engine.device=cpu"]
+    (tmp / "run").mkdir(parents=True, exist_ok=True)
+    task = spec.load()(resolved_config(spec, None, sets), tmp / "run")
+    task.build_data(root)  # decodes the pixels, writes the header index, builds the model: not counted
+    out = {"build_data": count_calls(lambda: task.build_data(root))}
+    task.baseline_inputs("train")  # its first call imports the baseline's module: not counted
+    out["baseline_pixels"] = count_calls(lambda: task.baseline_inputs("train"))
+    other = spec.load()(resolved_config(spec, None, sets), tmp / "run")
+    other.label_names, other.problem = task.label_names, task.problem
+    out["build_predict_data"] = count_calls(lambda: other.build_predict_data(root))
+    return out
+
+
+def bench_image_work(sizes: tuple[int, ...]) -> dict[str, Any]:
+    """``--tiny``: :func:`image_task_work` on folders of ``sizes`` files; the calls per added file between
+    consecutive sizes (the fixed part cancels), which a loop over pairs of files would make grow with the size."""
+    out: dict[str, Any] = {"calls": {}, "per_added_file": {}}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-work-") as tmp_s:
+        for n in sizes:
+            tmp = Path(tmp_s) / f"n{n}"
+            out["calls"][n] = image_task_work(dicom_folder(tmp / "data", n), tmp)
+    for a, b in zip(sizes, sizes[1:]):
+        out["per_added_file"][b] = {k: (out["calls"][b][k] - out["calls"][a][k]) / (b - a) for k in out["calls"][a]}
+    for n, got in out["calls"].items():
+        print(f"image-cls {n:,} files, function calls: " + ", ".join(f"{k} {v:,}" for k, v in got.items())
+              + ("" if n not in out["per_added_file"] else "; per added file: "
+                 + ", ".join(f"{k} {v:.0f}" for k, v in out["per_added_file"][n].items())))
+    return out
+
+
+def bench_image_run(sizes: tuple[int, int], floor: int, workers: int) -> dict[str, Any]:
+    """``medmm run image-cls`` (:data:`IMAGE_RECIPE`, a fresh ``data.cache_dir``) and ``medmm predict`` of the
+    same folder (a fresh ``--cache-dir``: every header and pixel read again) at ``floor`` files (the libraries)
+    and ``sizes``, each in a fresh process: seconds, peak RSS and the share of each phase."""
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="medmm-scale-image-") as tmp_s:
+        tmp = Path(tmp_s)
+        for n in (floor, *sizes):
+            root = cached_dicom_folder(n)
+            run = tmp / f"run{n}"
+            sets = _sets(*IMAGE_RECIPE, f"engine.num_workers={workers}", f"data.cache_dir={tmp / f'cache{n}'}")
+            got = image_child(tmp, "run", "image-cls", "--data", str(root), "--out", str(run), *sets, "--quiet")
+            got["summary"] = json.loads((run / "summary.json").read_text())
+            pred = image_child(tmp, "predict", str(run), "--data", str(root), "--out", str(tmp / f"pred{n}.csv"),
+                               "--cache-dir", str(tmp / f"pcache{n}"))
+            rows = sum(1 for _ in (tmp / f"pred{n}.csv").open()) - 1
+            out[n] = {"run": got, "predict": pred, "run_phases": _run_phases(got), "predict_phases": _predict_phases(pred),
+                      "predicted_rows": rows}
+            metric = got["summary"].get("metrics", {}).get("auroc")
+            print(f"image-cls {n:,} files: run {got['wall']:.1f} s (test AUROC {metric}), peak RSS {got['rss_mb']:.0f} MB "
+                  f"(workers {got['worker_rss_mb']:.0f} MB); predict {pred['wall']:.1f} s, {rows:,} rows, peak RSS "
+                  f"{pred['rss_mb']:.0f} MB (workers {pred['worker_rss_mb']:.0f} MB)", flush=True)
+            print(f"  run phases: {_shares(out[n]['run_phases'])}")
+            memory = got["summary"].get("memory_mb", {})
+            print(f"  run memory (summary.json): {memory}; peak RSS raised (MB) by: {got['raised_mb']}")
+            print(f"  predict phases: {_shares(out[n]['predict_phases'])}")
+            print(f"  predict peak RSS raised (MB) by: {pred['raised_mb']}", flush=True)
+            shutil.rmtree(tmp / f"cache{n}", ignore_errors=True)
+            shutil.rmtree(tmp / f"pcache{n}", ignore_errors=True)
+    a, b = sizes
+    if a in out and b in out:
+        for what in ("run", "predict"):
+            print(ratio_line(f"image-cls {what} (wall, with start-up)", a, b, out[a][what]["wall"], out[b][what]["wall"],
+                             "files"))
+            above = [max(out[n][what]["rss_mb"] - out[floor][what]["rss_mb"], 0.0) for n in sizes]
+            out[f"{what}_above_mb"] = above
+            print(f"image-cls {what} peak RSS above {floor:,} files' {out[floor][what]['rss_mb']:.0f} MB: "
+                  f"{above[0]:.0f} -> {above[1]:.0f} MB ({above[1] / max(above[0], 1e-9):.1f}x for {b // a}x files; "
+                  f"{above[1] * 2**20 / b:.0f} B per file at {b:,})")
+        for what in ("run_phases", "predict_phases"):
+            for k in out[a][what]:
+                x, y = out[a][what][k], out[b][what][k]
+                print(f"  {what.split('_')[0]} {k}: {x:.2f} -> {y:.2f} s ({y / max(x, 1e-9):.1f}x)")
     return out
 
 
@@ -626,7 +887,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tiny", action="store_true", help="small sizes; counts of work for the fast-tier test")
     ap.add_argument("--parts", default="split,dicom,table,text",
-                    help="comma-separated: split, dicom, table, predict, predictpaths, text, textpredict")
+                    help="comma-separated: split, dicom (ingest, then image-cls run and predict), dicomrun (only "
+                         "those), table, predict, predictpaths, text, textpredict")
     ap.add_argument("--reports", type=int, default=10_000, help="the smaller text-cls table (the larger is 10x)")
     ap.add_argument("--rows", type=int, default=100_000, help="the smaller table (the larger is 10x)")
     ap.add_argument("--split-rows", type=int, default=1_000_000, help="the smaller split (the larger is 10x)")
@@ -646,6 +908,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["split"] = bench_split(args.split_rows, args.tiny)
     if "dicom" in parts:
         results["dicom"] = bench_dicom((args.files, args.files * 10), args.tiny, args.workers)
+    if "dicom" in parts and args.tiny:
+        results["imagework"] = bench_image_work((4, 24, 124))
+    if parts & {"dicom", "dicomrun"} and not args.tiny:
+        results["dicomrun"] = bench_image_run((args.files, args.files * 10), max(args.files // 10, 20), args.workers)
     if "table" in parts:
         results["table"] = bench_table((args.rows, args.rows * 10), args.epochs)
     if "predict" in parts:
@@ -669,5 +935,7 @@ if __name__ == "__main__":
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     if sys.argv[1:2] == ["--dicom-child"]:
         _dicom_child(*sys.argv[2:6])
+    elif sys.argv[1:2] == ["--image-child"]:
+        _image_child(*sys.argv[2:])
     else:
         main()

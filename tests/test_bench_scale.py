@@ -38,3 +38,9 @@ def test_tiny_scale_bench_counts_of_work() -> None:
         assert got["headers_read"] == [n, 0]  # a second scan with the same cache reads no header
     small, large = (results["dicom"][n]["cached_calls"] for n in sorted(results["dicom"]))
     assert large < 15 * small, results["dicom"]  # 10x files: linear in the files (work per pair: ~100x)
+    # image-cls around the model (cached ingest, labels, patient split, units; the baseline's pixels; predict's
+    # data): the calls per added file stay the same from 4 -> 24 to 24 -> 124 files (a scan per pair: ~5x)
+    per_file = results["imagework"]["per_added_file"]
+    first, second = (per_file[n] for n in sorted(per_file))
+    for step in ("build_data", "build_predict_data", "baseline_pixels"):
+        assert 0 < second[step] < 1.5 * max(first[step], 1.0), (step, per_file)
