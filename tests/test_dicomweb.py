@@ -232,6 +232,38 @@ def test_instances_that_get_the_pixel_pass_are_spread_among_the_others_first_one
     assert _units(todo, lambda r: True) == plain == _units(todo, lambda r: False)
 
 
+def test_the_encoder_writes_the_bytes_save_as_writes_for_every_transfer_syntax() -> None:
+    """The pull serialises without dcmwrite's deep copy of the file meta: byte for byte what
+    ``save_as(enforce_file_format=False)`` writes, for the bench's files as read and as de-identified,
+    and for implicit / explicit / big-endian / deflated / JPEG 2000 / RLE sources (deflated: save_as)."""
+    import copy
+
+    from medmm.deid.dicom import deidentify_dataset, load_profile, source_identifiers
+    from medmm.deid.options import DeidOptions
+    from medmm.pacs.pull import _encode
+    from tests.orthanc import sample_files
+
+    root = Path(pydicom.__file__).parent / "data" / "test_files"
+    names = ["image_dfl.dcm", "MR_small_bigendian.dcm", "MR_small_implicit.dcm", "MR_small_RLE.dcm",
+             "US1_J2KR.dcm", "rtplan.dcm"]
+    files = sample_files() + [root / n for n in names if (root / n).is_file()]
+    profile, options, pseudo = load_profile(), DeidOptions(), Pseudonymizer(KEY)
+    checked = 0
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception:  # noqa: BLE001, S112 - a deliberately broken test file
+            continue
+        clean = copy.deepcopy(ds)
+        deidentify_dataset(clean, pseudo, profile, options, source_identifiers(clean, profile, options)[0])
+        for one in (ds, clean):
+            buf = io.BytesIO()
+            copy.deepcopy(one).save_as(buf, enforce_file_format=False)
+            assert _encode(copy.deepcopy(one)) == buf.getvalue(), f.name
+            checked += 1
+    assert checked >= 2 * len(names)
+
+
 def test_with_another_thread_running_the_ocr_stays_in_this_process_never_spawned() -> None:
     """The OCR worker is forked from a single-threaded process only (a fork beside a running thread can
     inherit a held lock; a spawned one would run the caller's __main__ again): else OCR in-process."""
