@@ -43,8 +43,10 @@ _API: dict[str, str] = {
     "choose_mode": "medmm.recipes",
     # files
     "read_json": "medmm.io", "write_json_atomic": "medmm.io", "write_text_atomic": "medmm.io",
+    "release_free_memory": "medmm.io",
     # tables
     "read_table": "medmm.data.readers", "read_table_chunks": "medmm.data.readers",
+    "read_table_blocks": "medmm.data.readers", "BlockTable": "medmm.data.readers",
     "is_missing": "medmm.data.readers",
     "Preprocessor": "medmm.data.tabular.preprocess", "fit_preprocessor": "medmm.data.tabular.preprocess",
     "infer_column_types": "medmm.data.tabular.preprocess", "prepare_target": "medmm.data.tabular.preprocess",

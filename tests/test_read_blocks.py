@@ -40,3 +40,66 @@ def test_blocks_give_the_one_pass_frame(tmp_path: Path, monkeypatch: pytest.Monk
     assert list(got.dtypes) == list(want.dtypes) and got.index.equals(pd.RangeIndex(n))
     if case == "codes then text":
         assert got["c"].iloc[0] == "007"
+
+
+def _mixed_table(path: Path, n: int = 60) -> Path:
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"x": rng.normal(size=n), "k": rng.integers(0, 9, n).astype(object),
+                       "money": [f"{v:,}" for v in rng.integers(900, 90_000, n)], "c": rng.choice(["a", "b", None], n),
+                       "b": rng.choice(["True", "False"], n)})
+    df.loc[n - 3, "k"] = 1.5  # integers in the first blocks, a float in the last: floats for every row
+    df.to_csv(path, index=False)
+    return path
+
+
+def test_block_table_columns_and_rows_are_the_joined_frames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``read_table_blocks`` keeps the parsed blocks unjoined (#30); each column, row selection and ``iloc`` is
+    exactly ``read_table``'s (dtypes included: integers that are floats elsewhere, thousands separators parsed)."""
+    path = _mixed_table(tmp_path / "t.csv")
+    monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
+    monkeypatch.setattr(readers, "READ_BLOCK_ROWS", 16)
+    want, table = readers.read_table(path), readers.read_table_blocks(path)
+    assert len(table._blocks) == 4 and len(table) == len(want) and list(table.columns) == list(want.columns)
+    assert want["k"].dtype == np.float64 and want["money"].dtype == np.float64
+    for col in want.columns:
+        pd.testing.assert_series_equal(table[col], want[col], check_exact=True)
+    rows = np.random.default_rng(2).permutation(len(want))[:40]  # unsorted, across blocks
+    pd.testing.assert_frame_equal(table.iloc[rows], want.iloc[rows].reset_index(drop=True), check_exact=True)
+    mask = np.arange(len(want)) % 3 == 0
+    sub = table[mask]
+    for col in want.columns:
+        pd.testing.assert_series_equal(sub[col], want[col][mask].reset_index(drop=True), check_exact=True)
+    pd.testing.assert_frame_equal(sub.take([5, 1, 17]).iloc[[2, 0]],
+                                  want[mask].iloc[[17, 5]].reset_index(drop=True), check_exact=True)
+    monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 2**40)  # a small file: one block, the same table
+    one = readers.read_table_blocks(path)
+    assert len(one._blocks) == 1
+    pd.testing.assert_series_equal(one["k"], want["k"], check_exact=True)
+
+
+def test_blockwise_transform_frees_the_blocks_and_is_the_whole_transform(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encoding a :class:`BlockTable` block by block (releasing each block) gives bitwise the transform of the
+    joined frame, rows in any order, with one warning counting every unseen category."""
+    import warnings
+
+    from medmm.data.tabular.preprocess import fit_preprocessor, infer_column_types
+
+    path = _mixed_table(tmp_path / "t.csv", 90)
+    monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
+    monkeypatch.setattr(readers, "READ_BLOCK_ROWS", 16)
+    want = readers.read_table(path)
+    pre = fit_preprocessor(want.iloc[:30], infer_column_types(want, ["x", "k", "money", "c", "b"], {"k": "categorical"}))
+    rows = np.random.default_rng(3).permutation(len(want))
+    table = readers.read_table_blocks(path)
+    with warnings.catch_warnings(record=True) as whole:
+        warnings.simplefilter("always")
+        expected = pre.transform(want, rows=rows)
+    with warnings.catch_warnings(record=True) as blocks:
+        warnings.simplefilter("always")
+        got = pre.transform(table, rows=rows, release=True)
+    assert np.array_equal(got, expected) and got.dtype == np.float32
+    assert [str(w.message) for w in blocks] == [str(w.message) for w in whole] and len(whole) == 1
+    assert all(b is None for b in table._blocks)
+    with pytest.raises(RuntimeError):
+        table["x"]

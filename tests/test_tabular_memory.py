@@ -7,6 +7,8 @@ import warnings
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from medmm.data.tabular.preprocess import _input_frame, fit_preprocessor, infer_column_types
 
@@ -146,3 +148,51 @@ def test_free_heap_pages_are_handed_back() -> None:
     done = release_free_memory()
     assert isinstance(done, bool) and before is not None and _rss_mb() <= before + 1
     del blocks
+
+
+@pytest.mark.slow
+def test_tabular_risk_data_from_blocks_is_the_data_from_one_frame(tmp_path, monkeypatch) -> None:
+    """tabular-risk's data phase on a table held in parsed blocks (#30: never joined, freed while encoded) gives
+    the same features, ids, targets, splits, skipped rows and fitted preprocessor as on the one joined frame:
+    rows without a target, groups, missing values, integers that are floats in a later block, numbers with
+    thousands separators and categories unseen in training."""
+    from medmm_plugins.tabular_risk.task import TabularRiskTask
+
+    from medmm.data import readers
+    from medmm.plugins import get_registry
+    from medmm.runner import resolved_config
+
+    rng = np.random.default_rng(5)
+    n = 3000
+    df = pd.DataFrame({"pid": [f"P{i:05d}" for i in rng.permutation(n)], "x": rng.normal(size=n),
+                       "k": rng.integers(0, 20, n).astype(object), "money": [f"{v:,}" for v in rng.integers(900, 9e6, n)],
+                       "c": rng.choice(np.array(["a", "b", "c", None], dtype=object), n), "grp": rng.integers(0, 900, n)})
+    df.loc[rng.random(n) < 0.1, "x"] = np.nan
+    df.loc[n - 5, "k"] = 2.5
+    df.loc[rng.choice(n, 4, replace=False), "c"] = "rare"
+    df["y"] = np.where(rng.random(n) < 1 / (1 + np.exp(-np.nan_to_num(df["x"].to_numpy()))), "yes", "no")
+    df.loc[rng.choice(n, 40, replace=False), "y"] = None
+    df.to_csv(tmp_path / "d.csv", index=False)
+    spec = get_registry().get("task", "tabular-risk")
+    sets = ["data.target=y", "data.id_column=pid", "data.group_column=grp", "engine.device=cpu"]
+    out = {}
+    for name, block_rows in (("one", None), ("blocks", 700)):
+        if block_rows:
+            monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
+            monkeypatch.setattr(readers, "READ_BLOCK_ROWS", block_rows)
+        (tmp_path / name).mkdir()
+        task = TabularRiskTask(resolved_config(spec, None, sets), tmp_path / name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            bundle = task.build_data(tmp_path / "d.csv")
+        out[name] = (task, bundle, sorted(str(w.message) for w in caught))
+    assert len(readers.read_table_blocks(tmp_path / "d.csv")._blocks) == 5  # the blocks were not joined
+    (a, bundle_a, warn_a), (b, bundle_b, warn_b) = out["one"], out["blocks"]
+    assert warn_a == warn_b
+    assert a.preprocessor.to_json() == b.preprocessor.to_json() and a.label_names == b.label_names
+    for part in ("train", "val", "test"):
+        sa, sb = getattr(bundle_a, part), getattr(bundle_b, part)
+        assert sa.units == sb.units and np.array_equal(sa.targets, sb.targets)
+        assert torch.equal(sa.dataset.x, sb.dataset.x)
+    for f in sorted(p.name for p in (tmp_path / "one").iterdir() if p.is_file()):
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "blocks" / f).read_bytes(), f

@@ -299,6 +299,7 @@ class BlockTable:
             yield self._block(b), local, out
             if release:
                 self._blocks[b] = None
+                release_free_memory()  # its pages (on the heap, not unmapped by free) back to the system
 
     def replace(self, col: str, values: np.ndarray) -> None:
         """Put ``values`` (one per row of the whole table) in column ``col`` of every block."""
@@ -718,14 +719,19 @@ def _warned(source: tuple[Any, ...] | None, column: str, decimal: str) -> bool:
 
 
 def _parse_numbers(series: pd.Series, decimal: str) -> tuple[pd.Series | None, bool]:
-    """``(floats, has thousands separators)`` when every value parses, else ``(None, False)``."""
+    """``(floats, has thousands separators)`` when every value parses, else ``(None, False)``. Each distinct
+    value is looked at once (a column of a few codes in a million rows makes no string per row)."""
+    import numpy as np
     import pandas as pd
 
     present = series[series.notna()]
-    if present.empty or not all(isinstance(v, str) for v in present):
+    if present.empty:
         return None, False
-    text = present.str.strip()
-    text = text[text != ""]
+    distinct = pd.unique(present.to_numpy(dtype=object))
+    if not all(isinstance(v, str) for v in distinct):
+        return None, False
+    stripped = pd.Series(distinct, dtype=object).str.strip()
+    text = stripped[stripped != ""]
     if text.empty:
         return None, False
     grouped = text.str.fullmatch(_GROUPED[decimal])
@@ -739,6 +745,8 @@ def _parse_numbers(series: pd.Series, decimal: str) -> tuple[pd.Series | None, b
     clean = text.str.replace(f"[{_SEPARATORS[decimal]}]", "", regex=True)
     if decimal == ",":
         clean = clean.str.replace(",", ".", regex=False)
-    values = pd.Series(float("nan"), index=series.index, dtype="float64")
-    values[clean.index] = clean.astype("float64")
-    return values, bool(grouped.any())
+    numbers = np.full(len(distinct), np.nan)  # a blank value stays missing
+    numbers[text.index.to_numpy()] = clean.astype("float64").to_numpy()
+    out = np.full(len(series), np.nan)
+    out[series.notna().to_numpy()] = numbers[pd.Index(distinct, dtype=object).get_indexer(present.to_numpy(dtype=object))]
+    return pd.Series(out, index=series.index, dtype="float64"), bool(grouped.any())

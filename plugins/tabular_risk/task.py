@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from medmm import (
     BaselineInputs, BundleMeta, ConfigError, DataBundle, DataError, fit_preprocessor, infer_column_types,
-    prepare_target, Preprocessor, read_json, read_split_column, read_table, select_features, Split, Task,
-    warn_leaky_features, write_json_atomic,
+    prepare_target, Preprocessor, read_json, read_split_column, read_table, read_table_blocks, release_free_memory,
+    select_features, Split, Task, warn_leaky_features, write_json_atomic,
 )
 from medmm_plugins.tabular_risk.config import TabularRiskConfig
 
@@ -79,7 +79,7 @@ class TabularRiskTask(Task):
     # ------------------------------------------------------------------ training
     def build_data(self, data_path: Path) -> DataBundle:
         d = self.cfg.data
-        df = read_table(data_path, decimal=d.decimal)
+        df = read_table_blocks(data_path, decimal=d.decimal)  # a large CSV stays in its parsed blocks (#30)
         self.problem = self._problem(df)
         target = prepare_target(df, self.problem, d.target, d.time, d.event)
         ids_all = self._row_ids(df)
@@ -95,10 +95,7 @@ class TabularRiskTask(Task):
             ok = np.asarray([s is not None for s in given], dtype=bool)
             rows, y, given = rows[ok], y[ok], [s for s in given if s is not None]
         self.write_skipped(skipped)
-        import pandas as pd
-
-        whole = len(rows) == len(df) and df.index.equals(pd.RangeIndex(len(df)))
-        kept = df if whole else df.iloc[rows].reset_index(drop=True)  # no copy of the table when every row is kept
+        kept = df if len(rows) == len(df) else df.take(rows)  # a selection of the blocks' rows, not a copy
         ids = [ids_all[r] for r in rows]
         reserved = {d.target, d.time, d.event, d.id_column, d.group_column, d.split_column} - {None}
         features = select_features(list(df.columns), d.features, d.exclude, reserved)
@@ -110,15 +107,17 @@ class TabularRiskTask(Task):
         strat = y if self.problem == "binary" else (y[:, 1] if self.problem == "survival" else None)
         splits = self.assign_splits(ids, given=given, groups=groups, labels=strat)
         train = splits == "train"
-        train_rows = kept[train]  # one copy of the training rows for the fit and the leakage check
+        train_rows = kept[train]  # the training rows (a selection: each column is gathered when read)
         self.preprocessor = fit_preprocessor(train_rows, types)  # fitted on training rows only
         val = splits == "val"  # drop-column importance and follow-up names need validation rows
         warn_leaky_features(train_rows, types, self.problem, y[train], preprocessor=self.preprocessor,
                             val=(kept[val], y[val]) if val.any() else None)
         del train_rows
         parts = {name: np.flatnonzero(splits == name) for name in ("train", "val", "test")}
-        # one float32 matrix, its rows in split order, filled a column at a time; each split is a view (#30)
-        x = self.preprocessor.transform(kept, rows=np.concatenate(list(parts.values())))
+        # one float32 matrix, its rows in split order, filled block by block while each block of the table is
+        # freed (the rows of a block land in one run per split); each split is a view (#30)
+        release_free_memory()
+        x = self.preprocessor.transform(kept, rows=np.concatenate(list(parts.values())), release=True)
         del kept, df
         self.label_names = [str(c) for c in target.classes] if target.classes is not None else None
         self.features = features

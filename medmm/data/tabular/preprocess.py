@@ -300,20 +300,47 @@ class Preprocessor:
         """The input columns the transform needs."""
         return [*self.numeric, *self.categorical]
 
-    def transform(self, df: pd.DataFrame, *, rows: np.ndarray | None = None) -> np.ndarray:
+    def transform(self, df: pd.DataFrame, *, rows: np.ndarray | None = None, release: bool = False) -> np.ndarray:
         """Transform ``df`` into a ``float32`` array ``[N, D]``.
 
         ``rows``: positions of ``df``'s rows to transform, in the output's order (default: every row);
         the same values as ``transform(df)[rows]`` without the whole matrix. Extra columns are ignored;
         a missing feature column is a :class:`DataError`; values of a categorical column not seen in
         training are encoded as all zeros and counted in a ``UserWarning`` (which names columns, never
-        values). One column is converted at a time, straight into the one output matrix (#30).
+        values). One column is converted at a time, straight into the one output matrix (#30). ``df`` may be a
+        :class:`~medmm.data.readers.BlockTable`: it is encoded block by block (the same values), and with
+        ``release`` each block is freed once encoded, so the table and the matrix are not held whole together.
         """
         missing = [c for c in self.columns if c not in df.columns]
         if missing:
             raise DataError(f"the data lacks feature columns the model was trained on: {missing}")
         n = len(df) if rows is None else len(rows)
         out = np.zeros((n, self.n_features), dtype=np.float32)
+        blocks = getattr(df, "row_blocks", None)
+        if blocks is None:
+            unseen = self._encode(df, rows, out)
+        else:
+            counts: dict[str, int] = {}
+            for block, local, at in blocks(rows, release=release):
+                part = out[at] if isinstance(at, slice) else np.zeros((len(at), self.n_features), dtype=np.float32)
+                for col, k in self._encode(block, local, part).items():
+                    counts[col] = counts.get(col, 0) + k
+                if not isinstance(at, slice):
+                    out[at] = part
+                del block, part
+            unseen = {c: counts[c] for c in self.categorical if c in counts}
+        if unseen:
+            warnings.warn(
+                f"{sum(unseen.values())} categorical value(s) not seen in training were encoded "
+                f"as all zeros (count per column: {unseen})",
+                UserWarning,
+                stacklevel=2,
+            )
+        return out
+
+    def _encode(self, df: pd.DataFrame, rows: Any, out: np.ndarray) -> dict[str, int]:
+        """Write ``transform(df)[rows]`` into ``out`` (zeros, one row per selected row), a column at a time;
+        the count of unseen categories per column."""
         means, scales = np.asarray(self.means, dtype=np.float64), np.asarray(self.scales, dtype=np.float64)
         indicator_of = {int(j): len(self.numeric) + k for k, j in enumerate(self._indicator_idx)}
         for j, col in enumerate(self.numeric):  # float64 arithmetic per column, as on the whole block before
@@ -336,14 +363,7 @@ class Preprocessor:
             if not known.all():
                 unseen[col] = int((~known).sum())
             offset += len(lookup)
-        if unseen:
-            warnings.warn(
-                f"{sum(unseen.values())} categorical value(s) not seen in training were encoded "
-                f"as all zeros (count per column: {unseen})",
-                UserWarning,
-                stacklevel=2,
-            )
-        return out
+        return unseen
 
     def to_json(self) -> dict[str, Any]:
         """The fitted numbers as a JSON-serialisable dict (see :meth:`from_json`)."""
