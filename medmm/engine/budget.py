@@ -11,9 +11,10 @@ The rule (docs/reliability.md, "Time budget"):
   so a first epoch that fills caches or warms up does not count once later steps are measured.
 - After the first :data:`FIRST_AFTER_STEPS` optimizer steps the plan is made once, from the
   measured seconds per step, the cost of an evaluation (measured at the first one; before, the
-  forward share of a step for each validation example) and the finish: the passes at the measured
-  evaluation speed, the bootstrap at its timed resample, and the report and baseline from sizes
-  at quiet-machine costs scaled by sqrt(load average per core).
+  one validation batch timed before the steps) and the finish: the passes at the measured
+  evaluation speed, the bootstrap at its timed resample, the report's figures at one probe figure
+  timed before the steps, and the classic baseline fitted before training (spent, not estimated);
+  only what a run could not measure falls back to quiet-machine constants scaled by sqrt(load per core).
   When the configured steps do not fit, ``engine.max_steps`` is lowered to what fits (the learning
   rate schedule then ends there) and the run says so. When fewer than :data:`USEFUL_FRACTION` of
   the configured steps (and less than one epoch) fit and the task declares a cheaper recipe
