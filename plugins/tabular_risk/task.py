@@ -95,8 +95,10 @@ class TabularRiskTask(Task):
             ok = np.asarray([s is not None for s in given], dtype=bool)
             rows, y, given = rows[ok], y[ok], [s for s in given if s is not None]
         self.write_skipped(skipped)
-        kept = df if len(rows) == len(df) else df.take(rows)  # a selection of the blocks' rows, not a copy
-        ids = [ids_all[r] for r in rows]
+        n_all = len(df)
+        kept = df if len(rows) == n_all else df.take(rows)  # a selection of the blocks' rows, not a copy
+        ids = ids_all if len(rows) == n_all else [ids_all[r] for r in rows]
+        del ids_all
         reserved = {d.target, d.time, d.event, d.id_column, d.group_column, d.split_column} - {None}
         features = select_features(list(df.columns), d.features, d.exclude, reserved)
         overrides = {**{c: "categorical" for c in d.categorical or []}, **{c: "numeric" for c in d.numeric or []}}
@@ -127,17 +129,20 @@ class TabularRiskTask(Task):
         width, ends = x.shape[1], np.cumsum([len(p) for p in parts.values()])
         xs = {name: x[end - len(p):end] for (name, p), end in zip(parts.items(), ends)}
         del x
+        units = {name: [ids[i] for i in p] for name, p in parts.items()}  # one list per split, shared below
+        n_kept = len(ids)
+        del ids
 
         def split(name: str) -> Split | None:
             p = parts[name]
             if not len(p):
                 return None
-            return Split(TableDataset(xs[name], y[p]), [ids[i] for i in p], y[p])
+            return Split(TableDataset(xs[name], y[p]), units[name], y[p])
 
         # the classic baseline reads the same matrices the model trains on (no copy)
-        self._raw = {name: (xs[name], y[p], [ids[i] for i in p]) for name, p in parts.items()}
-        desc = (f"{len(ids)} rows x {len(features)} features ({width} after encoding), "
-                f"problem {self.problem}, {len(ids_all) - len(ids)} rows skipped")
+        self._raw = {name: (xs[name], y[p], units[name]) for name, p in parts.items()}
+        desc = (f"{n_kept} rows x {len(features)} features ({width} after encoding), "
+                f"problem {self.problem}, {n_all - n_kept} rows skipped")
         return DataBundle(split("train"), split("val"), split("test"), collate_fn=_collate,
                           meta=BundleMeta(description=desc))
 
