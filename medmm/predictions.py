@@ -112,10 +112,29 @@ def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] 
                       unit_columns: dict[str, dict[str, str]] | None = None,
                       operating_point: dict[str, Any] | None = None, conformal: dict[str, Any] | None = None,
                       set_groups: Any = None) -> Path:
-    """Atomically write the predictions CSV (:func:`predictions_table`)."""
-    header, rows = predictions_table(ev, problem, label_names, unit_columns, operating_point, conformal, set_groups)
+    """Atomically write the predictions CSV (:func:`predictions_table`), :data:`WRITE_ROWS` units at a time (the
+    rows of each slice are those of all units at once: a row depends on its own unit only), so the text of
+    every row is never held at once (about 300 bytes a row)."""
+    from types import SimpleNamespace
+
+    n = len(ev.units)
+    targets = ev.targets if ev.targets is not None and len(ev.targets) == n else None
     with atomic_write(path, newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+        for start in range(0, max(n, 1), WRITE_ROWS):
+            part, groups = ev, set_groups
+            if n > WRITE_ROWS:
+                stop = start + WRITE_ROWS
+                part = SimpleNamespace(units=ev.units[start:stop], scores=np.asarray(ev.scores)[start:stop],
+                                       targets=None if targets is None else targets[start:stop])
+                groups = None if set_groups is None else set_groups[start:stop]
+            header, rows = predictions_table(part, problem, label_names, unit_columns, operating_point, conformal,
+                                             groups)
+            if start == 0:
+                writer.writerow(header)
+            writer.writerows(rows)
     return Path(path)
+
+
+#: Units per slice of :func:`write_predictions`.
+WRITE_ROWS = 50_000

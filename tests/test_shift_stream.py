@@ -102,3 +102,24 @@ def test_shift_reads_only_the_checked_columns_in_blocks(planted, monkeypatch: py
     blocks = [s for s in seen if s[0] > 1]
     assert blocks and max(n for n, _ in blocks) == 100
     assert all(set(cols) == {"age", "lab", "site", "note"} for _, cols in blocks)  # never id / other
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "regression"])
+def test_predictions_are_written_in_slices_to_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             problem: str) -> None:
+    """``medmm evaluate`` (and a whole-read predict) writes predictions.csv a slice of units at a time."""
+    from medmm import predictions
+
+    rng = np.random.default_rng(0)
+    n = 23
+    scores = rng.random(n) if problem != "multiclass" else rng.dirichlet(np.ones(3), n)
+    targets = rng.integers(0, 2 if problem == "binary" else 3, n).astype(float)
+    ev = SimpleNamespace(units=[f"u{i}" for i in range(n)], scores=scores, targets=targets)
+    cols = {"u3": {"uid": "1.2.3"}, "u20": {"uid": "1.2.4"}}
+    files = []
+    for rows in (10**6, 5):
+        monkeypatch.setattr(predictions, "WRITE_ROWS", rows)
+        out = tmp_path / f"p{rows}.csv"
+        predictions.write_predictions(out, ev, problem, ["a", "b", "c"][: 2 if problem == "binary" else 3], cols)
+        files.append(out.read_bytes())
+    assert files[0] == files[1] and files[0].count(b"\n") == n + 1 and b"1.2.4" in files[0]
