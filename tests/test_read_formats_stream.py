@@ -139,3 +139,15 @@ def test_predict_and_evaluate_of_jsonl_and_parquet_stream_to_the_whole_reads_fil
         assert streamed[0] == whole[0] and streamed[0].count(b"\n") == 54
         assert streamed[1] == whole[1]
         assert any("'age'" in w for w in streamed[1]["shift"]["warnings"])
+
+
+def test_jsonl_blocks_are_parsed_in_parts_and_cut_to_exact_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """pandas makes a dict per line before the frame: a block is parsed a few lines at a time and joined."""
+    from medmm.data import readers
+
+    path = tmp_path / "t.jsonl"
+    _frame().to_json(path, orient="records", lines=True)
+    monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 3)
+    parts = list(read_table_chunks(path, 7))
+    assert _sizes(parts) == [7] * 5 + [6]
+    pd.testing.assert_frame_equal(pd.concat(parts), read_table(path), check_dtype=False, check_index_type=False)

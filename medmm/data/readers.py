@@ -566,19 +566,35 @@ def _jsonl_keys(path: Path) -> list[str] | None:
     return found
 
 
+#: Lines per parse of a JSON Lines file: pandas builds a Python dict per line before the frame (about 4 KB a
+#: line at 35 keys), so blocks are parsed in parts of this many lines and joined.
+JSONL_PARSE_LINES = 5_000
+
+
 def _jsonl_blocks(path: Path, rows: int, keys: list[str], wanted: set[str] | None) -> Iterator[pd.DataFrame]:
-    """A JSON Lines file in frames of ``rows`` rows (pandas' chunked ``read_json``, the whole read's options),
-    each with every key of the file (one no row of the block has: missing values), in the whole read's order."""
+    """A JSON Lines file in frames of exactly ``rows`` rows (the last fewer): pandas' chunked ``read_json`` with the
+    whole read's options, parsed :data:`JSONL_PARSE_LINES` lines at a time and joined, each part with every key
+    of the file (one no row of the part has: missing values), in the whole read's order."""
     import pandas as pd
 
     order = keys if wanted is None else [c for c in keys if c in wanted]
-    with pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False, chunksize=rows) as reader:
-        for chunk in reader:
-            if list(chunk.columns) != order:
-                if any(c not in keys for c in chunk.columns):  # pandas named a column otherwise: never guess
+    buf: list[pd.DataFrame] = []
+    have = 0
+    with pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False,
+                      chunksize=min(rows, JSONL_PARSE_LINES)) as reader:
+        for part in reader:
+            if list(part.columns) != order:
+                if any(c not in keys for c in part.columns):  # pandas named a column otherwise: never guess
                     raise ValueError("a block has a column that is not a key of the file")
-                chunk = chunk.reindex(columns=order)
-            yield chunk
+                part = part.reindex(columns=order)
+            buf.append(part)
+            have += len(part)
+            while have >= rows:
+                joined = buf[0] if len(buf) == 1 else pd.concat(buf)
+                yield joined.iloc[:rows]
+                buf, have = ([joined.iloc[rows:]] if have > rows else []), have - rows
+    if have:
+        yield buf[0] if len(buf) == 1 else pd.concat(buf)
 
 
 def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[pd.DataFrame]:
