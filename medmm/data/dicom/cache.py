@@ -91,6 +91,11 @@ class PixelCache:
             self._array = np.load(self.path / "pixels.npy", mmap_mode="r")
         return self._array
 
+    def release(self) -> None:
+        """Let go of the memory map (the next :attr:`array` maps the file again): the pages read so far
+        leave this process's resident memory, where a long pass over the map would keep every one of them."""
+        self._array = None
+
     @property
     def scale(self) -> float:
         """Multiply stored values by this to get ``[0, 1]`` floats."""
