@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -344,10 +345,8 @@ def timed_image_steps(phases: dict[str, float], stats: dict[str, int], raised: d
     process's peak RSS (so the step that set the peak is the last one with a non-zero figure)."""
     import resource
 
-    import medmm.classic as classic
-    import medmm.evaluation as evaluation
-    import medmm.fingerprint as fingerprints
-    import medmm.predictions as predictions
+    from medmm import classic, evaluation, predictions
+    from medmm import fingerprint as fingerprints
     from medmm.engine import Trainer
     from medmm.plugins import get_registry
     from medmm.task import Task
@@ -372,7 +371,8 @@ def timed_image_steps(phases: dict[str, float], stats: dict[str, int], raised: d
     patches = [(fingerprints, "fingerprint", "data fingerprint"), (module.PixelCache, "build", "pixel cache"),
                (module, "labels_from_folders", "folder labels"), (Task, "assign_splits", "patient split"),
                (Trainer, "fit", "train"), (evaluation, "training_evaluation", "held-out evaluation"),
-               (classic, "baseline_for_run", "baseline"), (cls, "baseline_inputs", "baseline pixels"),
+               (classic, "prefit_baseline", "baseline fit (before training)"),
+               (classic, "baseline_for_run", "baseline (finish)"), (cls, "baseline_inputs", "baseline pixels"),
                (Trainer, "evaluate", "forward passes (evaluate)"), (predictions, "write_predictions", "predictions CSV")]
     saved = [(owner, attr, owner.__dict__[attr]) for owner, attr, _ in patches]
     try:
@@ -486,7 +486,7 @@ def bench_image_work(sizes: tuple[int, ...]) -> dict[str, Any]:
         for n in sizes:
             tmp = Path(tmp_s) / f"n{n}"
             out["calls"][n] = image_task_work(dicom_folder(tmp / "data", n), tmp)
-    for a, b in zip(sizes, sizes[1:]):
+    for a, b in itertools.pairwise(sizes):
         out["per_added_file"][b] = {k: (out["calls"][b][k] - out["calls"][a][k]) / (b - a) for k in out["calls"][a]}
     for n, got in out["calls"].items():
         print(f"image-cls {n:,} files, function calls: " + ", ".join(f"{k} {v:,}" for k, v in got.items())
