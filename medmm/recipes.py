@@ -128,11 +128,11 @@ def choose_mode(device: str, *, pretrained: bool, finetune_s: float | None,
 
     The rule (measured in docs/guide/frozen.md): an encoder without pretrained weights always trains
     (frozen random features are noise); a GPU fine-tunes; on a CPU, a task that passes
-    ``cpu_frozen_why`` (image-cls: frozen scored at or above fine-tuning on every image set measured)
-    trains a head on the frozen encoder's cached embeddings whatever the estimate; otherwise (text)
-    a CPU fine-tunes when ``finetune_s``, the task's estimate of the fine-tuning time, fits
-    :data:`CPU_FINETUNE_BUDGET_S`, and freezes the encoder when it does not (fine-tuning text was
-    more accurate wherever measured, at 10-60x the cost).
+    ``cpu_frozen_why`` (one where frozen scored at or above CPU fine-tuning on every set measured)
+    trains a head on the frozen encoder's cached embeddings whatever the estimate; otherwise a CPU
+    fine-tunes when ``finetune_s``, the task's estimate of the fine-tuning time, fits
+    :data:`CPU_FINETUNE_BUDGET_S`, and freezes the encoder when it does not (where fine-tuning was
+    more accurate, at 10-60x the cost).
     """
     from medmm.engine.device import select_device
 
