@@ -617,7 +617,11 @@ def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[
         df.index = pd.RangeIndex(start, start + len(df))
         return df
 
-    for batch in pf.iter_batches(batch_size=rows, columns=[*cols, *index], use_pandas_metadata=True):
+    # one reader per row group: a reader over the whole file kept every row group's buffers (pyarrow 26: its
+    # pool grew 91 -> 319 MB over a 1M-row file of 16 row groups; 26 MB flat this way)
+    batches = (b for g in range(pf.num_row_groups)
+               for b in pf.iter_batches(batch_size=rows, row_groups=[g], columns=[*cols, *index], use_pandas_metadata=True))
+    for batch in batches:
         buf.append(batch)
         have += batch.num_rows
         while have >= rows:  # batches stop at row groups: blocks of exactly `rows` rows, as a CSV's
