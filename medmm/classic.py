@@ -43,6 +43,7 @@ GRIDS = {"text": (1.0, 10.0, 100.0), "tabular": (0.01, 0.1, 1.0, 10.0), "image":
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 COX_PENALIZERS = (0.01, 0.1, 1.0)
 WARNING = "the baseline is as good; consider it"
+PREDICT_BLOCK = 65_536  # rows scored at a time above it (a multiple of BLAS kernels' row blocking)
 
 
 # --------------------------------------------------------------------------- features
@@ -121,10 +122,17 @@ class Baseline:
             if inputs.text is None:
                 raise DataError("the baseline reads text, and these inputs have none")
             return self._vectorizer().transform(inputs.text)
+        return self._dense(self._raw(inputs))
+
+    def _raw(self, inputs: BaselineInputs) -> Any:
         raw = inputs.tabular if self.modality == "tabular" else inputs.image
         if raw is None:
             raise DataError(f"the baseline reads {self.modality} inputs, and these have none")
-        # one float64 copy, cleaned and standardised in place (the values of the out-of-place formula)
+        return raw
+
+    def _dense(self, raw: Any) -> np.ndarray:
+        """Tabular / image rows as the float64 design matrix, cleaned and standardised in place (the values
+        of the out-of-place formula; each row's values depend on that row alone)."""
         x = np.array(raw, dtype=np.float64) if self.modality == "tabular" else _downsample(raw).astype(np.float64)
         np.nan_to_num(x, copy=False)
         if "mean" in self.arrays:
@@ -134,12 +142,23 @@ class Baseline:
 
     # ------------------------------------------------------------------ prediction
     def predict(self, inputs: BaselineInputs) -> np.ndarray:
-        """Scores per example in :mod:`medmm.metrics` layout; rows lacking the modality get the prior."""
+        """Scores per example in :mod:`medmm.metrics` layout; rows lacking the modality get the prior.
+
+        Tabular / image inputs above :data:`PREDICT_BLOCK` rows are scored a block of rows at a time (never a
+        float64 copy of the whole input); up to it, in one pass."""
         present = np.asarray(inputs.present.get(self.modality, np.ones(len(inputs.units), bool)), bool)
         prior, n = np.asarray(self.arrays["prior"], np.float64).reshape(-1), len(inputs.units)
         out = np.full(n, prior[0]) if self.problem in ("binary", "regression", "survival") else np.tile(prior, (n, 1))
-        if present.any():
-            sub = inputs if present.all() else _take(inputs, np.flatnonzero(present))
+        rows = np.flatnonzero(present)
+        if self.modality != "text" and len(rows) > PREDICT_BLOCK:
+            raw = self._raw(inputs)
+            for start in range(0, len(rows), PREDICT_BLOCK):
+                idx = rows[start:start + PREDICT_BLOCK]
+                block = (raw[idx[0]:idx[-1] + 1] if len(idx) == idx[-1] - idx[0] + 1  # a run of rows: a view
+                         else [raw[i] for i in idx] if isinstance(raw, list) else np.asarray(raw)[idx])
+                out[idx] = self.decision(self._dense(block))
+        elif len(rows):
+            sub = inputs if present.all() else _take(inputs, rows)
             out[present] = self.decision(self.features(sub))
         return out.astype(np.float32)
 

@@ -216,3 +216,35 @@ def test_a_baseline_fitted_before_training_gives_the_same_comparison(tmp_path: P
     assert failed is not None and failed.base is None and "TF-IDF" in str(failed.error)
     out = baseline_for_run(broken, cfg, ev, "test", {"auroc": 0.7}, {}, tmp_path, prefit=failed)
     assert "TF-IDF" in out.summary["baseline"]["skipped"]
+
+
+@pytest.mark.parametrize("problem,k", [("binary", 2), ("multiclass", 3), ("regression", 1)])
+def test_baseline_predicts_in_blocks_of_rows_bitwise_as_one_pass(monkeypatch: pytest.MonkeyPatch, problem: str,
+                                                                  k: int) -> None:
+    import medmm.classic as classic
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(3001, 13)).astype(np.float32)
+    x[rng.random(x.shape) < 0.02] = np.nan
+    y = {"binary": (np.nan_to_num(x[:, 0]) > 0).astype(int),
+         "multiclass": (np.nan_to_num(x[:, 0]) > 0).astype(int) + (np.nan_to_num(x[:, 1]) > 1),
+         "regression": np.nan_to_num(x[:, 0]) * 2.0 + rng.normal(size=len(x))}[problem]
+    units = [f"r{i}" for i in range(len(x))]
+    base = fit_baseline(problem, ["a", "b", "c"][:k] if k > 1 else None, BaselineInputs(units[:2000], y[:2000],
+                        tabular=x[:2000]), None)
+    present = np.ones(len(x), bool)
+    present[rng.random(len(x)) < 0.1] = False  # rows without the modality get the prior, blocks skip them
+    test = BaselineInputs(units, None, tabular=x, present={"tabular": present})
+    whole = BaselineInputs(units, None, tabular=x)
+    monkeypatch.setattr(classic, "PREDICT_BLOCK", 10**9)
+    one, one_whole = base.predict(test), base.predict(whole)
+    sizes: list[int] = []
+    dense = classic.Baseline._dense
+    monkeypatch.setattr(classic.Baseline, "_dense", lambda self, raw: sizes.append(len(raw)) or dense(self, raw))
+    for block in (64, 1000, 1024, 3000):
+        monkeypatch.setattr(classic, "PREDICT_BLOCK", block)
+        sizes.clear()
+        assert base.predict(test).tobytes() == one.tobytes()
+        assert max(sizes) <= block and sum(sizes) == present.sum()  # never the whole input at once
+        assert base.predict(whole).tobytes() == one_whole.tobytes()
+    assert np.array_equal(one[~present], np.broadcast_to(one[~present][:1], one[~present].shape))
