@@ -29,7 +29,7 @@ import numpy as np
 from medmm.errors import DataError
 from medmm.task import BaselineInputs
 
-__all__ = ["Baseline", "Comparison", "Prefit", "fit_baseline", "load_baseline", "prefit_baseline", "run_baseline",
+__all__ = ["Baseline", "Comparison", "Prefit", "fit_baseline", "fit_sample", "load_baseline", "prefit_baseline", "run_baseline",
            "summary_lines"]
 
 log = logging.getLogger("medmm.classic")
@@ -43,6 +43,8 @@ GRIDS = {"text": (1.0, 10.0, 100.0), "tabular": (0.01, 0.1, 1.0, 10.0), "image":
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
 COX_PENALIZERS = (0.01, 0.1, 1.0)
 WARNING = "the baseline is as good; consider it"
+FIT_ROWS = 200_000  # tabular / image baselines are fitted on a stratified sample of this many training rows above it
+FIT_SEED = 0
 PREDICT_BLOCK = 65_536  # rows scored at a time above it (a multiple of BLAS kernels' row blocking)
 
 
@@ -228,6 +230,40 @@ def _take(inputs: BaselineInputs, idx: np.ndarray) -> BaselineInputs:
 # --------------------------------------------------------------------------- fitting
 
 
+def fit_sample(problem: str, y: np.ndarray, cap: int, seed: int = FIT_SEED) -> np.ndarray | None:
+    """Sorted row indices of a seeded, label-stratified sample of ``cap`` of the rows of targets ``y`` (``None``
+    when there are no more than ``cap``): each stratum (class; label set for multi-label; event for survival;
+    target decile for regression) gives its share of ``cap`` (largest remainders), the same rows for the same
+    targets at every call."""
+    n = len(y)
+    if n <= cap:
+        return None
+    y = np.asarray(y)
+    if problem == "regression":
+        cuts = np.quantile(y.astype(np.float64).reshape(-1), np.linspace(0, 1, 11)[1:-1])
+        strata = np.searchsorted(cuts, y.reshape(-1), side="right")
+    elif problem == "survival":
+        strata = y[:, 1].astype(np.int64)
+    elif y.ndim > 1:
+        strata = np.unique(y.astype(np.int64), axis=0, return_inverse=True)[1].reshape(-1)
+    else:
+        strata = np.unique(y, return_inverse=True)[1].reshape(-1)
+    counts = np.bincount(strata)
+    share = counts * (cap / n)
+    take = np.floor(share).astype(np.int64)
+    for s in np.argsort(-(share - take), kind="stable")[: cap - int(take.sum())]:
+        take[s] += 1
+    rng = np.random.default_rng(seed)
+    order = np.argsort(strata, kind="stable")  # rows grouped by stratum, in row order within each
+    picked: list[np.ndarray] = []
+    start = 0
+    for c, t in zip(counts, take):
+        rows = order[start:start + c]
+        start += c
+        picked.append(rows[rng.permutation(c)[:t]])
+    return np.sort(np.concatenate(picked))
+
+
 def _fit_linear(problem: str, x: Any, y: np.ndarray, c: float, k: int) -> dict[str, np.ndarray]:
     """``coef [K', F]`` and ``intercept [K']`` of logistic / ridge / Cox on ``x``."""
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -370,6 +406,9 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
     if len(y) < 2:
         raise DataError(f"too few training rows with {modality} for a baseline")
     base = Baseline(modality, problem, label_names, "", arrays={"prior": np.asarray(prior, float)})
+    n_rows, sample = len(y), None if modality == "text" else fit_sample(problem, y, FIT_ROWS)
+    if sample is not None:  # the float64 design matrix of a sample, not of every training row
+        tr, y = _take(tr, sample), y[sample]
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -407,7 +446,8 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
     model = {"regression": f"ridge (alpha={best[1]:g})", "survival": f"Cox PH (penalizer={best[1]:g})"}.get(
         problem, f"logistic regression (C={best[1]:g})")
     base.params = {"strength": best[1], "val_headline": best[0]}
-    base.description = f"{what} + {model}"
+    base.description = f"{what} + {model}" + (
+        f", fitted on a stratified sample of {len(y):,} of {n_rows:,} training rows" if sample is not None else "")
     return base
 
 

@@ -221,7 +221,7 @@ def test_a_baseline_fitted_before_training_gives_the_same_comparison(tmp_path: P
 @pytest.mark.parametrize("problem,k", [("binary", 2), ("multiclass", 3), ("regression", 1)])
 def test_baseline_predicts_in_blocks_of_rows_bitwise_as_one_pass(monkeypatch: pytest.MonkeyPatch, problem: str,
                                                                   k: int) -> None:
-    import medmm.classic as classic
+    from medmm import classic
 
     rng = np.random.default_rng(7)
     x = rng.normal(size=(3001, 13)).astype(np.float32)
@@ -248,3 +248,54 @@ def test_baseline_predicts_in_blocks_of_rows_bitwise_as_one_pass(monkeypatch: py
         assert max(sizes) <= block and sum(sizes) == present.sum()  # never the whole input at once
         assert base.predict(whole).tobytes() == one_whole.tobytes()
     assert np.array_equal(one[~present], np.broadcast_to(one[~present][:1], one[~present].shape))
+
+
+@pytest.mark.parametrize("problem", ["binary", "multiclass", "regression", "survival", "multilabel"])
+def test_fit_sample_is_stratified_seeded_and_none_up_to_the_cap(problem: str) -> None:
+    from medmm.classic import fit_sample
+
+    rng = np.random.default_rng(3)
+    n = 1000
+    y = {"binary": (rng.random(n) < 0.1).astype(int), "multiclass": rng.choice(3, n, p=[0.7, 0.2, 0.1]),
+         "regression": rng.normal(size=n), "survival": np.c_[rng.exponential(size=n), rng.random(n) < 0.3],
+         "multilabel": (rng.random((n, 2)) < [0.5, 0.1]).astype(int)}[problem]
+    assert fit_sample(problem, y, n) is None and fit_sample(problem, y, n + 1) is None
+    idx = fit_sample(problem, y, 250)
+    assert idx is not None and len(idx) == 250 == len(set(idx.tolist())) and np.all(np.diff(idx) > 0)
+    assert np.array_equal(idx, fit_sample(problem, y.copy(), 250))  # the same rows at every call
+    assert not np.array_equal(idx, fit_sample(problem, y, 250, seed=1))
+    if problem in ("binary", "multiclass"):
+        assert np.all(np.abs(np.bincount(y[idx], minlength=3) - np.bincount(y, minlength=3) / 4) <= 0.5)
+    elif problem == "survival":
+        assert abs(int(y[idx, 1].sum()) - y[:, 1].sum() / 4) <= 1
+    elif problem == "multilabel":
+        assert np.all(np.abs(y[idx].sum(axis=0) - y.sum(axis=0) / 4) <= 2)
+    else:
+        assert np.all(np.abs(np.histogram(y[idx], np.quantile(y, np.linspace(0, 1, 11)))[0] - 25) <= 1)
+
+
+def test_tabular_baseline_above_the_cap_fits_a_stratified_sample(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medmm import classic
+
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(1000, 6)).astype(np.float32)
+    y = (x[:, 0] + rng.normal(size=1000) > 1).astype(int)
+    train = BaselineInputs([f"r{i}" for i in range(1000)], y, tabular=x)
+    val = BaselineInputs([f"v{i}" for i in range(200)], (x[:200, 0] > 1).astype(int), tabular=x[:200] + 0.1)
+    uncapped = fit_baseline("binary", ["no", "yes"], train, val)
+    monkeypatch.setattr(classic, "FIT_ROWS", 1000)  # at the cap: nothing changes, bitwise
+    at_cap = fit_baseline("binary", ["no", "yes"], train, val)
+    assert at_cap.description == uncapped.description and "sample" not in at_cap.description
+    assert all(at_cap.arrays[k].tobytes() == uncapped.arrays[k].tobytes() for k in uncapped.arrays)
+    monkeypatch.setattr(classic, "FIT_ROWS", 300)
+    a, b = fit_baseline("binary", ["no", "yes"], train, val), fit_baseline("binary", ["no", "yes"], train, val)
+    assert a.description.endswith("fitted on a stratified sample of 300 of 1,000 training rows")
+    assert all(a.arrays[k].tobytes() == b.arrays[k].tobytes() for k in a.arrays)  # deterministic
+    idx = classic.fit_sample("binary", y, 300)
+    assert idx is not None and y[idx].sum() == round(y.sum() * 0.3)
+    monkeypatch.setattr(classic, "FIT_ROWS", 10**9)
+    direct = fit_baseline("binary", ["no", "yes"], BaselineInputs([train.units[i] for i in idx], y[idx],
+                          tabular=x[idx]), val)
+    for k in ("coef", "intercept", "mean", "scale"):  # the fit of exactly those rows
+        assert a.arrays[k].tobytes() == direct.arrays[k].tobytes()
+    assert float(a.arrays["prior"]) == pytest.approx(y.mean())  # the prior still from every training row
