@@ -45,7 +45,6 @@ def _reports(tmp: Path, limit: int, seed: int = 0) -> "object":
 
 def build_data(name: str, tmp: Path, limit: int) -> tuple[Path, list[str]]:
     """``(data path, overrides)`` of one benchmark data set."""
-    import pandas as pd
 
     if name in ("iu-binary", "iu-mesh-multilabel", "iu-multiclass"):
         df = _reports(tmp, limit)

@@ -425,7 +425,6 @@ def test_group_thresholds_travel_to_onnxruntime_and_serve_and_a_one_row_request_
                        for f in ("torch.csv", "onnx.csv"))
     assert torch_p.set_thresholds.str.startswith("score=").all()
     assert torch_p.set_thresholds.nunique() == len(conf["group_thresholds"])
-    cols = ["set_90", "abstain", "set_thresholds"]
     _same_sets(torch_p, onnx_p, conf)
     # pooled thresholds would give other sets on this data: the groups are really used
     pooled = apply_sets(conf, torch_p.prob_pos.to_numpy())["sets"]

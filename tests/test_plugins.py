@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -13,6 +13,9 @@ from medmm.errors import PluginError, UnknownNameError
 from medmm.plugins import load_plugins
 from medmm.registry import Component, Registry
 from tests.conftest import run_cli
+
+if TYPE_CHECKING:
+    import pandas
 
 BUILTINS = {"text_cls", "image_cls", "baselines", "tabular_risk", "fusion"}
 
@@ -152,14 +155,14 @@ def test_example_package_installs_and_runs_through_the_public_cli(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- readers (register_readers)
-def read_psv(path: Path, string_columns: list[str] = ()) -> "pd.DataFrame":
+def read_psv(path: Path, string_columns: list[str] = ()) -> "pandas.DataFrame":
     """A plugin reader: pipe-separated values (the PhysioNet/CinC challenge export)."""
     import pandas as pd
 
     return pd.read_csv(path, sep="|", dtype={c: str for c in string_columns} or None)
 
 
-def read_sniffed(path: Path, **options: object) -> "pd.DataFrame":
+def read_sniffed(path: Path, **options: object) -> "pandas.DataFrame":
     import pandas as pd
 
     return pd.read_csv(path, sep="|", skiprows=1)

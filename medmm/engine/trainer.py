@@ -37,7 +37,7 @@ from medmm.engine.losses import problem_loss, scores_from_output
 from medmm.pooling import pool_by_unit
 from medmm.engine.sampling import balanced_class_weights, epoch_generator, eval_batches, plan_epoch, shard
 from medmm.engine.schedule import build_optimizer, lr_lambda
-from medmm.errors import CheckpointError, ConfigError, MedmmError, TrainingError
+from medmm.errors import CheckpointError, ConfigError, TrainingError
 from medmm.runlog import log_evaluation
 from medmm.task import DataBundle, Split, Task
 

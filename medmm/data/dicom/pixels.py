@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from medmm.data.dicom.scan import quiet_pydicom, short_reason
-from medmm.errors import ConfigError, DataError, PixelDecodeError
+from medmm.errors import ConfigError, PixelDecodeError
 
 __all__ = [
     "FRAME_MODES",
@@ -217,7 +217,6 @@ def _decode(path: Path, cfg: PixelConfig, frame: int | None, n_frames: int | Non
     path-based reader does not handle deflated files and is stricter about malformed
     Basic Offset Tables than its in-memory one, so any failure is retried in memory.
     """
-    from pydicom import dcmread
 
     if n_frames is None:
         header = read_dataset(path, stop_before_pixels=True, specific_tags=["NumberOfFrames"])
