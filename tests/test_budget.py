@@ -524,3 +524,36 @@ def test_one_figure_is_timed_per_run_before_the_first_steps(tmp_path: Path, monk
     assert len(calls) == 1 and budget.figure_s == 0.3
     assert trainer.planner.step_s() == pytest.approx(1.0)  # the probe is not step time
     assert trainer.planner.finish_s() >= 4 * 0.3
+
+
+def test_the_probe_figure_is_timed_after_a_warm_up_figure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first figure of a process holds one-offs (matplotlib's fonts, the PNG writer): 5 s here, 1 s each
+    later one; the finish's figures cost the later ones' time, so that is what time_figure returns."""
+    from medmm import report
+
+    clock = Clock()
+    drawn: list[str] = []
+
+    def draw(caption: str, build: Any) -> str:
+        clock.t += 5.0 if not drawn else 1.0
+        drawn.append(caption)
+        return ""
+
+    monkeypatch.setattr(report, "_figure", draw)
+    assert report.time_figure(clock) == pytest.approx(1.0) and len(drawn) == 2
+
+
+def test_the_finish_counts_the_bootstrap_passes_each_problem_makes() -> None:
+    """Regression: the CIs only (1 pass); multiclass: and the operating point (2); binary: and the decision
+    curves' 200 resamples (2.2 at 1,000). A flat 3 passes made the seconds-long demos' finish too dear."""
+    from medmm.engine.budget import Budget, Planner, Sizes, boot_passes_for
+
+    assert [boot_passes_for(p, 1000) for p in ("regression", "survival", "multiclass", "binary")] == \
+        [1.0, 1.0, 2.0, pytest.approx(2.2)]
+    sizes = Sizes(n_train=100, n_val=50, n_test=50, n_boot=1000, batch_size=10, baseline=False,
+                  boot_passes=boot_passes_for("regression", 1000))
+    budget = Budget(None, clock=Clock())
+    budget.figures, budget.figure_s = 2, 0.0
+    p = Planner(budget, total=10, steps_per_epoch=10, eval_every=0, sizes=sizes)
+    p.evaluated(0.0, 0.001)
+    assert p.finish_s() == pytest.approx(1000 * 0.001)

@@ -38,7 +38,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Budget", "Planner", "Sizes", "SwitchRecipe", "activate", "current", "evals_between", "process_started"]
+__all__ = ["Budget", "Planner", "Sizes", "SwitchRecipe", "activate", "boot_passes_for", "current", "evals_between",
+           "process_started"]
 
 FIRST_AFTER_STEPS = 5  # optimizer steps measured before the plan is made
 USEFUL_FRACTION = 0.25  # fewer steps than this share of the configured ones (and < 1 epoch): the cheaper recipe
@@ -169,6 +170,7 @@ class Sizes:
     batch_size: int
     val_pass: bool = True  # the finish evaluates val again (operating point / conformal calibration)
     baseline: bool = True
+    boot_passes: float = BOOT_PASSES  # bootstrap passes over the test metrics (boot_passes_for the problem)
 
     @classmethod
     def of(cls, data: Any, engine: Any) -> Sizes:
@@ -178,6 +180,15 @@ class Sizes:
 
         return cls(n(data.train), n(data.val), n(data.test), int(engine.bootstrap),
                    int(engine.batch_size) * int(engine.grad_accum), baseline=engine.baseline != "none")
+
+
+def boot_passes_for(problem: str, n_boot: int) -> float:
+    """Bootstrap passes over the test metrics that the finish makes for ``problem``: the CIs; for
+    classification the operating point's statistics; for binary and multilabel the decision curves (at
+    most 200 resamples). The classic baseline's pass is counted apart (:meth:`Planner.finish_s`)."""
+    if problem in ("binary", "multilabel"):
+        return 2.0 + min(1.0, 200 / max(1, n_boot))
+    return 2.0 if problem == "multiclass" else 1.0
 
 
 def evals_between(done: int, total: int, steps_per_epoch: int, eval_every: int) -> int:
@@ -311,7 +322,7 @@ class Planner:
             base = one_pass  # its test predictions, its CIs and the paired difference (one metric each)
         elif s.baseline:
             guessed += BASELINE_S + BASELINE_S_PER_EXAMPLE * s.n_train
-        return passes + BOOT_PASSES * one_pass + base + report + guessed * (b.load_factor() if guessed else 1.0)
+        return passes + s.boot_passes * one_pass + base + report + guessed * (b.load_factor() if guessed else 1.0)
 
     def train_left_s(self, done: int, total: int | None = None) -> float:
         """Training steps and evaluations from step ``done`` to ``total``."""

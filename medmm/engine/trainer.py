@@ -370,7 +370,7 @@ class Trainer:
         if self.privacy is not None:
             ddp_model = self.privacy.wrap_model(model)  # per-example gradients (opacus)
         self._choose_cpu_precision(model, data, resume)
-        from medmm.engine.budget import Budget, Planner, Sizes, current
+        from medmm.engine.budget import Budget, Planner, Sizes, boot_passes_for, current
 
         budget = current() or Budget(self.e.time_limit)  # the run's (runner), else this fit's own
         budget.later = list(self.later_step_s)
@@ -378,8 +378,10 @@ class Trainer:
         work = 1.0  # a step's mean work: its batch's real tokens where the task reports lengths (text)
         if self._lengths is not None and len(self._lengths):
             work = self._window_work(*self._plan(data, 0)) / max(1, steps_per_epoch)
+        sizes = Sizes.of(data, self.e)
+        sizes.boot_passes = boot_passes_for(self.task.problem, sizes.n_boot)
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
-                               sizes=Sizes.of(data, self.e), start_step=self.state.global_step,
+                               sizes=sizes, start_step=self.state.global_step,
                                patience=self.e.patience, work_per_step=work, warmup=warmup)
         cb.call(self.callbacks, "on_train_start", self)
         try:
