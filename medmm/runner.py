@@ -192,6 +192,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
 
             has_test = bundle.test is not None and len(bundle.test.dataset)
             prefit = prefit_baseline(task, cfg, "test" if has_test else "val")
+            release_free_memory()  # the baseline's float64 sample and per-block temporaries, not kept resident
             budget.baseline_done = prefit is not None
             budget.figures = figures_drawn(task.problem)  # timed by a probe figure before the first steps
             lap = _lap(phases, "baseline", lap)
