@@ -395,12 +395,6 @@ READ_BLOCK_BYTES = 32 * 2**20
 READ_BLOCK_ROWS = 100_000
 
 
-def _read_csv_whole(path: Path, *, sep: str, dtype: Any, decimal: str) -> pd.DataFrame:
-    """``pd.read_csv(path, low_memory=False)``: the frame of one pass, joined from :func:`_read_csv_blocks`."""
-    frames = _read_csv_blocks(path, sep=sep, dtype=dtype, decimal=decimal)
-    return frames[0] if len(frames) == 1 else _join(frames)
-
-
 def _read_csv_blocks(path: Path, *, sep: str, dtype: Any, decimal: str) -> list[pd.DataFrame]:
     """Frames whose join is ``pd.read_csv(path, low_memory=False)``, the frame of one pass (each column's type
     decided over all its rows). A large file is parsed in blocks (:data:`READ_BLOCK_BYTES`), kept when every
@@ -432,7 +426,7 @@ def _join(blocks: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def _joinable(blocks: list[pd.DataFrame]) -> bool:
-    """Whether joining ``blocks`` gives the one-pass frame (see :func:`_read_csv_whole`)."""
+    """Whether joining ``blocks`` gives the one-pass frame (see :func:`_read_csv_blocks`)."""
     for col in range(blocks[0].shape[1]):
         types = {b.dtypes.iloc[col] for b in blocks}
         if len(types) == 1:
