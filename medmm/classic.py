@@ -522,21 +522,15 @@ class Comparison:
 
 
 def paired_diff_ci(problem: str, metric: str, model_ev: Any, base_ev: Any, n_boot: int, seed: int) -> tuple[float, float] | None:
-    """Paired percentile bootstrap of ``metric(model) - metric(baseline)`` over the same units."""
-    from medmm import metrics as M
+    """Paired bootstrap of ``metric(model) - metric(baseline)`` over the same units
+    (:func:`medmm.metrics.paired_difference_ci`); ``None`` when the units differ."""
+    from medmm.metrics import paired_difference_ci
 
     if list(model_ev.units) != list(base_ev.units) or not n_boot:
         return None
     (yt, ys), kw = _metric_inputs(problem, model_ev)
     (_, bs), _ = _metric_inputs(problem, base_ev)
-    dm, db = M._prepare(problem, yt, ys, kw.get("time"), kw.get("event")), M._prepare(problem, yt, bs, kw.get("time"), kw.get("event"))
-    if not dm.valid or not db.valid or len(dm) == 0:
-        return None
-    with M._quiet():
-        d = M._bootstrap_values(problem, metric, dm, n_boot, seed) - M._bootstrap_values(problem, metric, db, n_boot, seed)
-    point = M.compute_metrics(problem, yt, ys, **kw)[metric] - M.compute_metrics(problem, yt, bs, **kw)[metric]
-    low, high = M.interval(d, point)  # holds the observed difference
-    return None if not np.isfinite(low) else (low, high)
+    return paired_difference_ci(problem, metric, yt, ys, bs, n_boot=n_boot, seed=seed, **kw)
 
 
 def _align(base_ev: Any, units: list[str]) -> Any:

@@ -34,19 +34,27 @@ __all__ = [
     "CI_METHOD",
     "HEADLINE",
     "METRICS",
+    "MetricInputs",
     "PROBLEMS",
     "THRESHOLD",
+    "auprc",
+    "auroc",
     "bootstrap_ci",
     "bootstrap_cis",
+    "calibration_pairs",
     "compute_metrics",
     "decimals",
     "expected_calibration_error",
     "format_estimate",
     "harrell_c_index",
+    "has_both_classes",
     "headline",
     "interval",
+    "is_probability",
     "metric_mode",
+    "paired_difference_ci",
     "preload",
+    "prepare_inputs",
     "reliability_curve",
 ]
 
@@ -104,7 +112,7 @@ def compute_metrics(
     event: Any = None,
 ) -> dict[str, float]:
     """Compute every metric of ``problem`` (see :data:`METRICS`); undefined ones are ``nan``."""
-    data = _prepare(problem, y_true, y_score, time, event)
+    data = prepare_inputs(problem, y_true, y_score, time, event)
     table = _POINT[problem]
     if not data.valid or len(data) == 0:
         return {name: float("nan") for name in table}
@@ -136,7 +144,7 @@ def bootstrap_ci(
     _check_metric(problem, metric)
     if n_boot < 1 or not 0.0 < alpha < 1.0:
         raise ValueError(f"need n_boot >= 1 and 0 < alpha < 1, got {n_boot=}, {alpha=}")
-    data = _prepare(problem, y_true, y_score, time, event)
+    data = prepare_inputs(problem, y_true, y_score, time, event)
     if not data.valid or len(data) == 0:
         return (float("nan"), float("nan"))
     with _quiet():
@@ -183,6 +191,34 @@ def bootstrap_cis(
     }
 
 
+def paired_difference_ci(
+    problem: str,
+    metric: str,
+    y_true: Any,
+    score_a: Any,
+    score_b: Any,
+    *,
+    time: Any = None,
+    event: Any = None,
+    n_boot: int = 1000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> tuple[float, float] | None:
+    """Paired bootstrap CI of ``metric(score_a) - metric(score_b)`` on the same rows (:data:`CI_METHOD`):
+    both models are scored on the same resamples; the interval holds the observed difference. ``None``
+    when either score set is not finite, there are no rows, or no resample defines the metric."""
+    _check_metric(problem, metric)
+    a = prepare_inputs(problem, y_true, score_a, time, event)
+    b = prepare_inputs(problem, y_true, score_b, time, event)
+    if not a.valid or not b.valid or len(a) == 0 or n_boot < 1:
+        return None
+    with _quiet():
+        diff = _bootstrap_values(problem, metric, a, n_boot, seed) - _bootstrap_values(problem, metric, b, n_boot, seed)
+        point = _POINT[problem][metric](a) - _POINT[problem][metric](b)
+    low, high = interval(diff, point, alpha)
+    return None if not np.isfinite(low) else (low, high)
+
+
 def decimals(ci: tuple[float, float] | None, most: int = 4, least: int = 2) -> int:
     """Decimals a figure with CI ``ci`` supports: two significant digits of the CI's width, between
     ``least`` and ``most`` (``most`` when there is no finite CI)."""
@@ -215,7 +251,7 @@ def expected_calibration_error(y_true: Any, prob: Any, n_bins: int = 15) -> floa
     probability, compared with the accuracy of the arg-max). Bins are those of
     :func:`sklearn.calibration.calibration_curve` with ``strategy="uniform"``.
     """
-    hit, conf = _calibration_pairs(y_true, prob)
+    hit, conf = calibration_pairs(y_true, prob)
     if conf.size == 0 or not np.isfinite(conf).all():
         return float("nan")
     counts, sum_conf, sum_hit = _bin_sums(hit, conf, n_bins)
@@ -233,7 +269,7 @@ def reliability_curve(
     """
     from sklearn.calibration import calibration_curve
 
-    hit, conf = _calibration_pairs(y_true, prob)
+    hit, conf = calibration_pairs(y_true, prob)
     counts = _bin_sums(hit, conf, n_bins)[0]
     if conf.size == 0:  # no bins (sklearn's calibration_curve fails on empty input)
         return np.zeros(0), np.zeros(0), counts[counts > 0]
@@ -264,7 +300,7 @@ def harrell_c_index(time: Any, event: Any, risk: Any) -> float:
 
 
 @dataclass(frozen=True)
-class _Data:
+class MetricInputs:
     """Validated inputs; ``y``/``s`` are 2-D ``[N, K]`` for multiclass (one-hot) and multilabel."""
 
     y: np.ndarray
@@ -276,14 +312,16 @@ class _Data:
     def __len__(self) -> int:
         return int(self.s.shape[0])
 
-    def take(self, idx: np.ndarray) -> _Data:
+    def take(self, idx: np.ndarray) -> MetricInputs:
         """The rows ``idx`` (a bootstrap resample)."""
         time = None if self.time is None else self.time[idx]
         event = None if self.event is None else self.event[idx]
-        return _Data(self.y[idx], self.s[idx], time, event, self.valid)
+        return MetricInputs(self.y[idx], self.s[idx], time, event, self.valid)
 
 
-def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> _Data:
+def prepare_inputs(problem: str, y_true: Any, y_score: Any, time: Any = None, event: Any = None) -> MetricInputs:
+    """The checked inputs of ``problem``'s metrics (one-hot targets for multiclass; ``valid`` False when a
+    score, target or time is not finite); raises ``ValueError`` on a wrong shape, length or label."""
     _check_problem(problem)
     if problem == "survival":
         return _prepare_survival(y_score, time, event)
@@ -297,7 +335,7 @@ def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> 
         _check_lengths(y_true=y, y_score=s)
         if problem == "binary":
             _check_binary(y)
-        return _Data(y, s, valid=bool(np.isfinite(s).all() and np.isfinite(y).all()))
+        return MetricInputs(y, s, valid=bool(np.isfinite(s).all() and np.isfinite(y).all()))
     s = np.asarray(y_score, dtype=float)
     if s.ndim != 2:
         raise ValueError(f"{problem}: y_score must be [N, K], got shape {s.shape}")
@@ -309,17 +347,17 @@ def _prepare(problem: str, y_true: Any, y_score: Any, time: Any, event: Any) -> 
         y = y.astype(int)
         if y.shape != s.shape:
             raise ValueError(f"multilabel: y_true {y.shape} and y_score {s.shape} differ")
-    return _Data(y, s, valid=bool(np.isfinite(s).all()))
+    return MetricInputs(y, s, valid=bool(np.isfinite(s).all()))
 
 
-def _prepare_survival(risk: Any, time: Any, event: Any) -> _Data:
+def _prepare_survival(risk: Any, time: Any, event: Any) -> MetricInputs:
     if time is None or event is None:
         raise ValueError("survival metrics need time= and event=")
     t, e = _as_1d(time, "time", float), _as_1d(event, "event", bool)
     r = _as_1d(risk, "y_score", float)
     _check_lengths(time=t, event=e, y_score=r)
     valid = bool(np.isfinite(r).all() and np.isfinite(t).all())
-    return _Data(e.astype(int), r, t, e, valid)
+    return MetricInputs(e.astype(int), r, t, e, valid)
 
 
 def _as_1d(x: Any, name: str, dtype: type) -> np.ndarray:
@@ -384,28 +422,29 @@ def _quiet() -> Iterator[None]:
 # --------------------------------------------------------------------------- point metrics
 
 
-def _both_classes(y: np.ndarray) -> bool:
+def has_both_classes(y: np.ndarray) -> bool:
+    """Whether 0/1 targets ``y`` hold both classes (AUROC / AUPRC are defined)."""
     return bool(y.size) and 0 < int(y.sum()) < y.size
 
 
-def _auroc(y: np.ndarray, s: np.ndarray) -> float:
+def auroc(y: np.ndarray, s: np.ndarray) -> float:
     """:func:`sklearn.metrics.roc_auc_score`; ``nan`` unless both classes are present."""
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(y, s)) if _both_classes(y) else float("nan")
+    return float(roc_auc_score(y, s)) if has_both_classes(y) else float("nan")
 
 
-def _auprc(y: np.ndarray, s: np.ndarray) -> float:
+def auprc(y: np.ndarray, s: np.ndarray) -> float:
     """:func:`sklearn.metrics.average_precision_score`; ``nan`` unless both classes occur."""
     from sklearn.metrics import average_precision_score
 
-    return float(average_precision_score(y, s)) if _both_classes(y) else float("nan")
+    return float(average_precision_score(y, s)) if has_both_classes(y) else float("nan")
 
 
-def _macro(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[_Data], float]:
+def _macro(fn: Callable[[np.ndarray, np.ndarray], float]) -> Callable[[MetricInputs], float]:
     """Average a binary metric over the columns of ``[N, K]`` data where it is defined."""
 
-    def metric(d: _Data) -> float:
+    def metric(d: MetricInputs) -> float:
         per_class = np.array([fn(d.y[:, k], d.s[:, k]) for k in range(d.y.shape[1])])
         return float(_nanmean(per_class[None, :])[0])
 
@@ -419,11 +458,11 @@ def _f1(y: np.ndarray, pred: np.ndarray, average: str) -> float:
     return float(f1_score(y, pred, average=average, zero_division=np.nan))
 
 
-def _mc_pred(d: _Data) -> np.ndarray:
+def _mc_pred(d: MetricInputs) -> np.ndarray:
     return np.argmax(d.s, axis=1)
 
 
-def _mc_true(d: _Data) -> np.ndarray:
+def _mc_true(d: MetricInputs) -> np.ndarray:
     return np.argmax(d.y, axis=1)
 
 
@@ -441,35 +480,36 @@ def _mean_or_nan(a: np.ndarray) -> float:
     return float(a.mean()) if a.size else float("nan")
 
 
-def _is_probability(s: np.ndarray) -> bool:
+def is_probability(s: np.ndarray) -> bool:
+    """Whether every score lies in [0, 1] (Brier score and ECE are meaningful)."""
     return bool(s.size) and float(s.min()) >= -1e-6 and float(s.max()) <= 1 + 1e-6
 
 
-def _if_probability(fn: Callable[[_Data], float]) -> Callable[[_Data], float]:
+def _if_probability(fn: Callable[[MetricInputs], float]) -> Callable[[MetricInputs], float]:
     """``nan`` instead of a meaningless Brier score or ECE on scores outside [0, 1]."""
-    return lambda d: fn(d) if _is_probability(d.s) else float("nan")
+    return lambda d: fn(d) if is_probability(d.s) else float("nan")
 
 
-_POINT: dict[str, dict[str, Callable[[_Data], float]]] = {
+_POINT: dict[str, dict[str, Callable[[MetricInputs], float]]] = {
     "binary": {
         "accuracy": lambda d: _mean_or_nan((d.s >= THRESHOLD) == d.y),
         "f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "binary"),
-        "auroc": lambda d: _auroc(d.y, d.s),
-        "auprc": lambda d: _auprc(d.y, d.s),
+        "auroc": lambda d: auroc(d.y, d.s),
+        "auprc": lambda d: auprc(d.y, d.s),
         "brier": _if_probability(lambda d: _brier(d.y, d.s)),
         "ece": _if_probability(lambda d: expected_calibration_error(d.y, d.s)),
     },
     "multiclass": {
         "accuracy": lambda d: _mean_or_nan(_mc_pred(d) == _mc_true(d)),
         "macro_f1": lambda d: _f1(_mc_true(d), _mc_pred(d), "macro"),
-        "auroc": _macro(_auroc),
-        "auprc": _macro(_auprc),
+        "auroc": _macro(auroc),
+        "auprc": _macro(auprc),
         "brier": _if_probability(lambda d: _brier(d.y, d.s)),
         "ece": _if_probability(lambda d: expected_calibration_error(_mc_true(d), d.s)),
     },
     "multilabel": {
-        "auroc": _macro(_auroc),
-        "auprc": _macro(_auprc),
+        "auroc": _macro(auroc),
+        "auprc": _macro(auprc),
         "micro_f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "micro"),
         "macro_f1": lambda d: _f1(d.y, (d.s >= THRESHOLD).astype(int), "macro"),
         "subset_accuracy": lambda d: _mean_or_nan(((d.s >= THRESHOLD) == d.y).all(axis=1)),
@@ -488,7 +528,7 @@ _POINT: dict[str, dict[str, Callable[[_Data], float]]] = {
 # --------------------------------------------------------------------------- calibration
 
 
-def _calibration_pairs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
+def calibration_pairs(y_true: Any, prob: Any) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(hit, confidence)``: the outcome and the probability that forecasts it."""
     p = np.asarray(prob, dtype=float)
     if p.ndim == 2 and p.shape[1] > 1:  # top-label
@@ -514,11 +554,11 @@ def _bin_sums(hit: np.ndarray, conf: np.ndarray, n_bins: int) -> tuple[np.ndarra
 
 _BOOT_CELLS = 2_000_000  # resamples x rows evaluated per chunk (bounds memory)
 
-_Batched = Callable[[_Data, np.ndarray], np.ndarray]
+_Batched = Callable[[MetricInputs, np.ndarray], np.ndarray]
 """``f(data, w) -> [B]``: a metric under ``B`` row-weightings ``w`` of shape ``[B, N]``."""
 
 
-def _bootstrap_values(problem: str, metric: str, data: _Data, n_boot: int, seed: int) -> np.ndarray:
+def _bootstrap_values(problem: str, metric: str, data: MetricInputs, n_boot: int, seed: int) -> np.ndarray:
     """Metric values on ``n_boot`` resamples (``nan`` where undefined)."""
     rng = np.random.default_rng(seed)
     n = len(data)
@@ -587,7 +627,7 @@ def _auprc_batched(y: np.ndarray, s: np.ndarray, w: np.ndarray) -> np.ndarray:
 def _per_column(kernel: Callable[..., np.ndarray]) -> _Batched:
     """Macro average of a binary kernel over the columns where it is defined."""
 
-    def batched(d: _Data, w: np.ndarray) -> np.ndarray:
+    def batched(d: MetricInputs, w: np.ndarray) -> np.ndarray:
         cols = [kernel(d.y[:, k], d.s[:, k], w) for k in range(d.y.shape[1])]
         return _nanmean(np.stack(cols, axis=1))
 
@@ -665,7 +705,7 @@ def _prefix_weight(w: np.ndarray, p: np.ndarray) -> np.ndarray:
     return cw[:, p]
 
 
-def _mc_onehot_pred(d: _Data) -> np.ndarray:
+def _mc_onehot_pred(d: MetricInputs) -> np.ndarray:
     return np.eye(d.s.shape[1])[np.argmax(d.s, axis=1)]
 
 

@@ -88,7 +88,7 @@ def write_report(
     :mod:`medmm.metrics`. ``extra_sections`` are ``(heading, html)`` pairs appended as they
     are: their HTML is trusted and inserted verbatim; every other text is escaped.
     """
-    data = M._prepare(problem, y_true, y_score, time, event)
+    data = M.prepare_inputs(problem, y_true, y_score, time, event)
     names, names_note = _label_names(problem, data, label_names)
     head_metric, head_mode = M.headline(problem)
     parts = [
@@ -213,8 +213,8 @@ def _per_class_table(problem: str, data: Any, names: list[str]) -> str:
         tp, fp, fn, tn = int((y & p).sum()), int((~y & p).sum()), int((y & ~p).sum()), int((~y & ~p).sum())
         none = "n/a (no positives)" if not y.any() else None
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else "n/a (no positives, no calls)"
-        rows.append((str(name), int(y.sum()), none or M._auroc(data.y[:, k], data.s[:, k]),
-                     none or M._auprc(data.y[:, k], data.s[:, k]), none or tp / (tp + fn),
+        rows.append((str(name), int(y.sum()), none or M.auroc(data.y[:, k], data.s[:, k]),
+                     none or M.auprc(data.y[:, k], data.s[:, k]), none or tp / (tp + fn),
                      tn / (tn + fp) if tn + fp else "n/a (no negatives)", f1, tp, fp, fn))
     head = ["class", "positives", "AUROC", "AUPRC", f"sensitivity ({rule})", f"specificity ({rule})",
             f"F1 ({rule})", "TP", "FP", "FN"]
@@ -426,7 +426,7 @@ def _fig_confusion(y: np.ndarray, pred: np.ndarray, names: list[str]) -> Figure:
 def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    defined = [k for k in range(y.shape[1]) if M._both_classes(y[:, k])]
+    defined = [k for k in range(y.shape[1]) if M.has_both_classes(y[:, k])]
     if not defined:
         raise _Skip("y_true has a single class, so ROC and PR curves are undefined")
     shown = sorted(defined, key=lambda k: -int(y[:, k].sum()))[:MAX_CURVES]
@@ -437,7 +437,7 @@ def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
                  "zorder": 2 + i}
         fpr, tpr, _ = roc_curve(y[:, k], s[:, k])
         precision, recall, _ = precision_recall_curve(y[:, k], s[:, k])
-        auc, ap = M._auroc(y[:, k], s[:, k]), M._auprc(y[:, k], s[:, k])
+        auc, ap = M.auroc(y[:, k], s[:, k]), M.auprc(y[:, k], s[:, k])
         roc_ax.plot(fpr, tpr, **style, label=f"{_short(names[k])}: AUC {auc:.3f}, AP {ap:.3f}")
         pr_ax.step(recall, precision, where="post", **style)
     roc_ax.plot([0, 1], [0, 1], color="grey", ls=":", lw=1, label="chance")
@@ -461,7 +461,7 @@ def _fig_roc_pr(y: np.ndarray, s: np.ndarray, names: list[str]) -> Figure:
 
 
 def _fig_calibration(y: np.ndarray, prob: np.ndarray, positive: str | None = None) -> Figure:
-    if not M._is_probability(prob):
+    if not M.is_probability(prob):
         raise _Skip("scores are not probabilities in [0, 1]")
     mean_pred, observed, _ = M.reliability_curve(y, prob, n_bins=10)
     ece = M.expected_calibration_error(y, prob)
@@ -472,7 +472,7 @@ def _fig_calibration(y: np.ndarray, prob: np.ndarray, positive: str | None = Non
            xlim=(0, 1), ylim=(0, 1), title="Reliability diagram")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    _, confidence = M._calibration_pairs(y, prob)
+    _, confidence = M.calibration_pairs(y, prob)
     hist.hist(confidence, bins=np.linspace(0.0, 1.0, 11), color="#4c72b0", edgecolor="white")
     what = f"predicted P({_short(positive or 'positive')})" if prob.ndim == 1 else \
         "confidence (top-label probability)"

@@ -180,7 +180,7 @@ def run_task(spec: TaskSpec, cfg: TaskConfig, data: Path, out: Path | None, *, r
         if main and not quiet and describe_recipe(cfg):
             click.echo(f"medmm {spec.name}: {describe_recipe(cfg)}", err=True)
         accum = cfg.engine.grad_accum
-        if apply_min_steps(cfg, math.ceil(len(trainer._plan(bundle, 0)) / accum)) and main:
+        if apply_min_steps(cfg, math.ceil(len(trainer.epoch_plan(bundle, 0)) / accum)) and main:
             (run_dir / "config.yaml").write_text(annotated_yaml(cfg))  # the epochs the run really uses
         if main and not (resume and (run_dir / "artifacts").exists()):  # a run's artifacts are never rewritten
             task.save_artifacts(run_dir / "artifacts")

@@ -69,7 +69,7 @@ def test_ece_of_a_calibrated_set_lies_inside_its_ci() -> None:
     s = np.repeat([0.2, 0.6, 0.8], 5)
     y = np.array([1, 0, 0, 0, 0, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0])  # 1/5, 3/5, 4/5 positive: ECE 0
     point = M.compute_metrics("binary", y, s)["ece"]
-    values = M._bootstrap_values("binary", "ece", M._prepare("binary", y, s, None, None), 500, 0)
+    values = M._bootstrap_values("binary", "ece", M.prepare_inputs("binary", y, s, None, None), 500, 0)
     assert point == 0.0 and np.quantile(values, 0.025) > 0.0  # the percentile interval misses it ...
     low, high = M.bootstrap_ci("binary", "ece", y, s, n_boot=500)
     assert low == 0.0 and high == pytest.approx(np.quantile(values, 0.975))  # ... the reported one holds it

@@ -48,17 +48,25 @@ def _graph() -> tuple[dict[str, set[str]], list[str]]:
     edges: dict[str, set[str]] = defaultdict(set)
     private = []
     for name, path in mods.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        aliases: dict[str, str] = {}  # a local name bound to another medmm module (``from medmm import metrics as M``)
+        for node in ast.walk(tree):
             targets: list[str | None] = []
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "medmm":
                 for a in node.names:
                     full = f"{node.module}.{a.name}"
                     targets.append(full if full in mods else home(node.module))
+                    if full in mods and full != name:
+                        aliases[a.asname or a.name] = full
                     if a.name.startswith("_") and not a.name.startswith("__"):
                         private.append(f"private {name} imports {node.module}.{a.name}")
             elif isinstance(node, ast.Import):
                 targets += [home(a.name) for a in node.names if a.name.split(".")[0] == "medmm"]
+                aliases.update({a.asname: a.name for a in node.names if a.asname and a.name in mods and a.name != name})
             edges[name].update(t for t in targets if t and t != name)
+        private += [f"private {name} uses {aliases[n.value.id]}.{n.attr}" for n in ast.walk(tree)
+                    if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name) and n.value.id in aliases
+                    and n.attr.startswith("_") and not n.attr.startswith("__")]
     return edges, private
 
 

@@ -311,7 +311,7 @@ def test_batched_bootstrap_equals_resampling_loop(
     problem: str, metric: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inputs = _inputs(problem, n=60)
-    data = M._prepare(problem, inputs["y_true"], inputs["y_score"], inputs.get("time"),
+    data = M.prepare_inputs(problem, inputs["y_true"], inputs["y_score"], inputs.get("time"),
                       inputs.get("event"))
     with M._quiet():
         fast = M._bootstrap_values(problem, metric, data, 30, seed=3)
@@ -374,3 +374,17 @@ def test_batched_bootstrap_agrees_with_scipy_percentile_bootstrap(problem: str, 
     tol = 0.5 * ref.standard_error
     assert ci == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=tol)
     assert ci[1] - ci[0] > 4 * tol  # the tolerance is small against the interval itself
+
+
+def test_paired_difference_ci_holds_the_difference_and_sees_which_model_is_better() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 400)
+    good = np.clip(y * 0.6 + rng.uniform(0, 0.4, 400), 0, 1)  # separates the classes (AUROC 1)
+    noise = rng.uniform(0, 1, 400)  # AUROC about 0.5
+    ci = M.paired_difference_ci("binary", "auroc", y, good, noise, n_boot=200, seed=1)
+    point = M.compute_metrics("binary", y, good)["auroc"] - M.compute_metrics("binary", y, noise)["auroc"]
+    assert ci is not None and ci[0] <= point <= ci[1] and ci[0] > 0.3
+    flipped = M.paired_difference_ci("binary", "auroc", y, noise, good, n_boot=200, seed=1)
+    assert flipped is not None and flipped[1] < -0.3
+    assert M.paired_difference_ci("binary", "auroc", y, good, good, n_boot=50, seed=1) == (0.0, 0.0)
+    assert M.paired_difference_ci("binary", "auroc", y, np.full(400, np.nan), good, n_boot=50) is None

@@ -166,7 +166,8 @@ class Trainer:
             generator=epoch_generator(self.seed, epoch),  # never draw from the global RNG
         )
 
-    def _plan(self, data: DataBundle, epoch: int) -> list[list[int]]:
+    def epoch_plan(self, data: DataBundle, epoch: int) -> list[list[int]]:
+        """The index batches of ``epoch`` over the train split (the sampler, DP-SGD's Poisson batches, ranks)."""
         split = data.train
         assert split is not None
         if self.privacy is not None:  # DP-SGD: Poisson-sampled logical batches
@@ -362,7 +363,7 @@ class Trainer:
         if self.privacy is not None:
             opt = self.privacy.wrap_optimizer(opt)
         accum = self.e.grad_accum
-        steps_per_epoch = math.ceil(len(self._plan(data, 0)) / accum)
+        steps_per_epoch = math.ceil(len(self.epoch_plan(data, 0)) / accum)
         total = steps_per_epoch * self.e.epochs
         if self.e.max_steps:
             total = min(total, self.e.max_steps) if total else self.e.max_steps
@@ -393,7 +394,7 @@ class Trainer:
         self._lengths = None if data.lengths is None else np.asarray(data.lengths, dtype=np.float64)
         work = 1.0  # a step's mean work: its batch's real tokens where the task reports lengths (text)
         if self._lengths is not None and len(self._lengths):
-            work = self._window_work(*self._plan(data, 0)) / max(1, steps_per_epoch)
+            work = self._window_work(*self.epoch_plan(data, 0)) / max(1, steps_per_epoch)
         sizes = Sizes.of(data, self.e)
         sizes.boot_passes = boot_passes_for(self.task.problem, sizes.n_boot)
         self.planner = Planner(budget, total=total, steps_per_epoch=steps_per_epoch, eval_every=self.e.eval_every_steps,
@@ -462,7 +463,7 @@ class Trainer:
     def _probe_batch(self, data: DataBundle) -> Any:
         """The first training batch of epoch 0, on the device (for the probes)."""
         assert data.train is not None
-        batches = self._loader(data.train.dataset, self._plan(data, 0)[:1], data.collate_fn, 0)
+        batches = self._loader(data.train.dataset, self.epoch_plan(data, 0)[:1], data.collate_fn, 0)
         return move_to(next(iter(batches)), self.device)
 
     def _probe_step(self, model: torch.nn.Module, batch: Any, precision: str) -> None:
@@ -615,7 +616,7 @@ class Trainer:
         stop = False
         while (st.epoch < e.epochs and not st.stopped_early and not (self.total and st.global_step >= self.total)
                and not stop):
-            plan = self._plan(data, st.epoch)
+            plan = self.epoch_plan(data, st.epoch)
             if not plan:
                 raise ConfigError("the training split yields no batch (fewer examples than processes?)")
             self._plan_len = len(plan)

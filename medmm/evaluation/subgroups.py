@@ -191,7 +191,7 @@ def audit(problem: str, y: Any, scores: Any, groups: Mapping[str, Any], *, op: M
     def ece(yt: np.ndarray, idx: np.ndarray) -> float:
         if not classify:
             return math.nan
-        return M.expected_calibration_error(yt.astype(int), s[idx]) if M._is_probability(s[idx]) else math.nan
+        return M.expected_calibration_error(yt.astype(int), s[idx]) if M.is_probability(s[idx]) else math.nan
 
     funcs = {
         "n": lambda yt, idx: len(idx),
