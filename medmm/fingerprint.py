@@ -46,6 +46,90 @@ def _column_digest(series: Any) -> str:
     return hashlib.sha256(hashed.tobytes()).hexdigest()[:32]
 
 
+def _row_hashes(series: Any) -> Any:
+    """The 64-bit hash of each cell (one cell's hash never depends on the others: a column's digest is that of
+    its blocks' hashes in order)."""
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(series, index=False).to_numpy()
+
+
+def _table_in_blocks(path: Path) -> dict[str, Any] | None:
+    """:func:`_table`'s fingerprint, holding one block of the table at a time (#30), or ``None`` where the table is
+    read whole (:func:`medmm.data.readers.raw_blocks`; blocks a one-pass read settles; unhashable cells).
+
+    Each column's digest is the SHA-256 of its cells' hashes in row order, fed block by block; an integer block
+    is also hashed as floats (the column is floats when another block is), and a text column that
+    :func:`medmm.data.readers.parse_number_columns` turns into numbers is hashed again as those numbers in a
+    second pass over that column only."""
+    import numpy as np
+    import pandas as pd
+
+    from medmm.data.readers import NumberText, joined_dtype, raw_blocks
+
+    blocks = raw_blocks(path)
+    if blocks is None:
+        return None
+    rows, names = 0, None
+    digest: dict[str, Any] = {}  # column -> its cells' hashes as read
+    as_float: dict[str, Any] = {}  # column -> the same, integer blocks as floats
+    types: dict[str, list[Any]] = {}
+    largest: dict[str, int] = {}
+    text: dict[str, NumberText] = {}
+    try:
+        for block in blocks:
+            if names is None:
+                names = [str(c) for c in block.columns]
+                if len(set(names)) != len(names):
+                    return None
+                digest = {c: hashlib.sha256() for c in names}
+                as_float = {c: hashlib.sha256() for c in names}
+                types, largest = {c: [] for c in names}, dict.fromkeys(names, 0)
+            elif [str(c) for c in block.columns] != names:
+                return None
+            rows += len(block)
+            for c, col in zip(names, block.columns):
+                values = block[col]
+                types[c].append(values.dtype)
+                hashed = _row_hashes(values).tobytes()
+                digest[c].update(hashed)
+                if values.dtype.kind in "iu":
+                    if len(values):
+                        largest[c] = max(largest[c], int(values.max()), -int(values.min()))
+                    as_float[c].update(_row_hashes(values.astype(np.float64)).tobytes())
+                else:
+                    as_float[c].update(hashed)
+                if values.dtype == object:
+                    text.setdefault(c, NumberText()).add(values)
+            del block
+    except TypeError:  # unhashable cells (lists): the whole read hashes their text
+        return None
+    if names is None or rows == 0:
+        return None
+    out: dict[str, str] = {}
+    again = []
+    for c in names:
+        dtype = joined_dtype(types[c], largest[c])
+        if dtype is None:
+            return None
+        if c in text and text[c].converts:
+            again.append(c)
+        elif isinstance(dtype, pd.CategoricalDtype) or all(t == dtype for t in types[c]):  # a cell's hash is
+            # that of its value, whatever the categories beside it
+            out[c] = digest[c].hexdigest()[:32]
+        elif dtype == np.float64:
+            out[c] = as_float[c].hexdigest()[:32]
+        else:
+            return None
+    if again:  # numbers written with thousands separators: their floats, block by block
+        redo = {c: hashlib.sha256() for c in again}
+        for block in raw_blocks(path, columns=again) or ():
+            for c, col in zip([str(x) for x in block.columns], block.columns):
+                redo[c].update(_row_hashes(text[c].numbers(block[col])).tobytes())
+        out.update({c: h.hexdigest()[:32] for c, h in redo.items()})
+    return {"kind": "table", "rows": rows, "columns": {c: out[c] for c in names}}
+
+
 def _table(path: Path) -> dict[str, Any]:
     import logging
 
@@ -55,6 +139,9 @@ def _table(path: Path) -> dict[str, Any]:
     quiet = logging.getLogger("medmm.data.readers")  # the task's own read says it (once)
     was, quiet.disabled = quiet.disabled, True
     try:
+        streamed = _table_in_blocks(path)
+        if streamed is not None:
+            return streamed
         df = read_table_blocks(path)  # a large CSV is not joined: each column is gathered for its digest (#30)
     finally:
         quiet.disabled = was

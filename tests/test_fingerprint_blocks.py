@@ -1,0 +1,101 @@
+"""The data fingerprint digests a table block by block (#30) and gives the digest of the whole read, for every
+table: CSV / TSV blocks typed alike or not, numbers with thousands separators, Parquet row groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from medmm import fingerprint
+from medmm.data import readers
+
+
+def _whole(path: Path) -> dict:
+    """The fingerprint as it was made before #30's block digest: the whole table, one digest per column."""
+    df = readers.read_table(path)
+    return {"kind": "table", "rows": len(df), "columns": {str(c): fingerprint._column_digest(df[c]) for c in df.columns}}
+
+
+def _frame(n: int = 70) -> pd.DataFrame:
+    rng = np.random.default_rng(3)
+    df = pd.DataFrame({"x": rng.normal(size=n), "k": rng.integers(0, 9, n).astype(object),
+                       "money": [f"{v:,}" for v in rng.integers(900, 90_000, n)],
+                       "c": rng.choice(["a", "b", None], n), "b": rng.choice([True, False], n),
+                       "id": [f"{i:05d}" for i in range(n)], "y": rng.integers(0, 2, n)})
+    df.loc[n - 3, "k"] = 1.5  # integers in the first blocks, a float in the last: floats for every row
+    return df
+
+
+CASES = ["mixed", "ints only", "codes then text", "plain numbers as text", "missing in one block", "huge ints"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet"])
+def test_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str, fmt: str) -> None:
+    df = _frame()
+    if case == "ints only":
+        df["k"] = df["k"].astype(int)
+    if case == "codes then text":
+        df["id"] = ["007"] * 40 + ["x"] * 30  # numbers in the first blocks, text after: a one-pass CSV read keeps text
+    if case == "plain numbers as text":
+        df["money"] = [str(v) for v in range(len(df))]
+        df.loc[5, "money"] = "1,234"  # one grouped number: the whole column is read as numbers
+    if case == "missing in one block":
+        df["y"] = df["y"].astype(float)
+        df.loc[60:, "y"] = np.nan  # floats (NaN) in the last block, integers before
+    if case == "huge ints":
+        df["k"] = pd.Series([2**60 + i for i in range(len(df))], dtype=object)
+        df.loc[65, "k"] = 0.5
+    path = tmp_path / f"t.{fmt}"
+    if fmt == "parquet":
+        if case != "ints only":
+            df["k"] = df["k"].astype(str)
+        df["cat"] = pd.Categorical(np.where(np.arange(len(df)) < 30, "a", "b"))  # categories differ by row group
+        df["when"] = pd.Timestamp("2020-01-01") + pd.to_timedelta(np.arange(len(df)), unit="D")
+        if case == "missing in one block":
+            df["n"] = pd.array([None if i == 65 else i for i in range(len(df))], dtype="Int64")  # ints, floats
+        df.to_parquet(path, row_group_size=16)
+    else:
+        df.to_csv(path, index=False, sep="\t" if fmt == "tsv" else ",")
+    monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
+    monkeypatch.setattr(readers, "READ_BLOCK_ROWS", 16)
+    want = _whole(path)
+    got = fingerprint._table_in_blocks(path)
+    if fmt == "parquet":
+        assert got == want
+    else:  # read whole only where read_table's blocks disagree and it reads the file again in one pass
+        one_pass = len(readers.read_table_blocks(path)._blocks) == 1
+        assert (got is None) == one_pass and (one_pass or got == want)
+        assert one_pass == (case in ("codes then text", "plain numbers as text", "huge ints"))
+    assert fingerprint.fingerprint(path) == want
+
+
+def test_block_digest_reads_one_block_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No block larger than READ_BLOCK_ROWS is parsed, the table is never read whole, and a changed cell in the
+    last block changes its column's digest (and only it)."""
+    path = tmp_path / "t.csv"
+    _frame().to_csv(path, index=False)
+    monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
+    monkeypatch.setattr(readers, "READ_BLOCK_ROWS", 16)
+    sizes: list[int] = []
+    parse = readers._csv_parse_blocks
+
+    def counted(*args, **kwargs):
+        for block in parse(*args, **kwargs):
+            sizes.append(len(block))
+            yield block
+
+    monkeypatch.setattr(readers, "_csv_parse_blocks", counted)
+    monkeypatch.setattr(readers, "read_table", lambda *a, **k: pytest.fail("the table was read whole"))
+    monkeypatch.setattr(readers, "read_table_blocks", lambda *a, **k: pytest.fail("the table was read whole"))
+    first = fingerprint.fingerprint(path)
+    assert max(sizes) == 16 and sum(sizes) >= 70
+    df = pd.read_csv(path)
+    df.loc[68, "x"] = 0.25
+    df.to_csv(path, index=False)
+    second = fingerprint.fingerprint(path)
+    changed = [c for c in first["columns"] if first["columns"][c] != second["columns"][c]]
+    assert changed == ["x"] and first["rows"] == second["rows"] == 70
