@@ -89,6 +89,7 @@ _API: dict[str, str] = {
     "image_input": "medmm.explain.image", "feature_input": "medmm.explain.tabular",
     # reports, baselines, pseudonyms, demo data
     "html_table": "medmm.report", "small_pixels": "medmm.classic", "paired_diff_ci": "medmm.classic",
+    "LazyRows": "medmm.classic",
     "Pseudonymizer": "medmm.deid.pseudonyms", "load_key": "medmm.deid.pseudonyms",
     "build_demo": "medmm.demos.dicom", "build_fusion_demo": "medmm.demos.fusion",
     "build_reports_csv": "medmm.demos.reports",

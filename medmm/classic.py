@@ -20,6 +20,7 @@ import html
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,8 @@ import numpy as np
 from medmm.errors import DataError
 from medmm.task import BaselineInputs
 
-__all__ = ["Baseline", "Comparison", "Prefit", "fit_baseline", "fit_sample", "load_baseline", "prefit_baseline", "run_baseline",
-           "summary_lines"]
+__all__ = ["Baseline", "Comparison", "LazyRows", "Prefit", "fit_baseline", "fit_sample", "load_baseline", "prefit_baseline",
+           "run_baseline", "summary_lines"]
 
 log = logging.getLogger("medmm.classic")
 
@@ -46,6 +47,10 @@ WARNING = "the baseline is as good; consider it"
 FIT_ROWS = 200_000  # tabular / image baselines are fitted on a stratified sample of this many training rows above it
 FIT_SEED = 0
 PREDICT_BLOCK = 65_536  # rows scored at a time above it (a multiple of BLAS kernels' row blocking)
+# The image baseline's float64 design matrix holds at most this many cells (rows x features): 4,096 images of 32 x 32
+# (32 MB); above it a stratified sample of the training images (measured learning curve: docs/scale.md).
+IMAGE_FIT_CELLS = 4096 * 1024
+IMAGE_BLOCK = 4096  # image rows read and scored at a time (32 MB of float64 at 1,024 features)
 
 
 # --------------------------------------------------------------------------- features
@@ -86,6 +91,78 @@ def small_pixels(images: Any, side: int = IMAGE_SIDE, count: int | None = None) 
         out[n] = row
         n += 1
     return np.zeros((0, 1), np.float32) if out is None else out[:n]
+
+
+class LazyRows:
+    """Rows of a baseline input read only when asked (a task's ``BaselineInputs.image``, e.g. a pixel cache's
+    images area-averaged to 32 px): ``len(rows)``, and ``rows[i]``, ``rows[a:b]`` or ``rows[index array]`` read
+    just those rows.
+
+    ``read(idx)`` returns the float32 rows ``[len(idx), F]`` of the row indices ``idx`` (increasing when the
+    baseline asks); ``width`` is ``F`` (read from the first row when not given). :class:`Baseline` reads an image
+    source :data:`IMAGE_BLOCK` rows at a time and fits on at most :data:`IMAGE_FIT_CELLS` cells, so no split is
+    held whole; ``np.asarray(rows)`` reads every row (what a materialised array would hold)."""
+
+    def __init__(self, n: int, read: Callable[[np.ndarray], np.ndarray], width: int | None = None,
+                 index: np.ndarray | None = None) -> None:
+        self._n, self._read, self._width, self._index = int(n), read, width, index
+
+    def __len__(self) -> int:
+        return self._n if self._index is None else len(self._index)
+
+    @property
+    def width(self) -> int:
+        """Features per row."""
+        if self._width is None:
+            self._width = int(self[0:1].shape[1]) if len(self) else 0
+        return self._width
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.asarray([key])][0]
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64).reshape(-1)
+        if self._index is not None:
+            idx = self._index[idx]
+        out = np.asarray(self._read(idx), dtype=np.float32)
+        if out.ndim != 2 or len(out) != len(idx):
+            raise DataError(f"a row source gave {out.shape} for {len(idx)} rows")
+        return out
+
+    def take(self, idx: np.ndarray) -> LazyRows:
+        """The rows ``idx`` of this source, still unread."""
+        base = np.arange(self._n) if self._index is None else self._index
+        return LazyRows(self._n, self._read, self._width, base[np.asarray(idx, dtype=np.int64)])
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+
+def _block(raw: Any, idx: np.ndarray) -> Any:
+    """Rows ``idx`` (increasing) of a baseline input: a view for a run of rows of an array."""
+    if len(idx) and not isinstance(raw, LazyRows) and len(idx) == idx[-1] - idx[0] + 1:
+        return raw[idx[0]:idx[-1] + 1]
+    return raw[idx] if isinstance(raw, LazyRows) else [raw[i] for i in idx] if isinstance(raw, list) else np.asarray(raw)[idx]
+
+
+def _image_matrix(raw: Any) -> np.ndarray:
+    """Every row of image input ``raw``, area-averaged, as one float64 matrix filled :data:`IMAGE_BLOCK` rows at a
+    time (the values of ``_downsample(raw).astype(np.float64)``, never a float32 copy of the whole)."""
+    n = len(raw)
+    x: np.ndarray | None = None
+    for start in range(0, n, IMAGE_BLOCK):
+        block = _downsample(_block(raw, np.arange(start, min(n, start + IMAGE_BLOCK))))
+        if x is None:
+            x = np.empty((n, block.shape[1]), np.float64)
+        x[start:start + len(block)] = block
+    return np.zeros((0, 1)) if x is None else x
+
+
+def _image_width(raw: Any) -> int:
+    """Features per row of image input ``raw`` (a lazy source's without reading a row when it knows)."""
+    if isinstance(raw, LazyRows):
+        return raw.width
+    return int(_downsample(_block(raw, np.arange(min(1, len(raw))))).shape[1]) if len(raw) else 1
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -146,19 +223,19 @@ class Baseline:
     def predict(self, inputs: BaselineInputs) -> np.ndarray:
         """Scores per example in :mod:`medmm.metrics` layout; rows lacking the modality get the prior.
 
-        Tabular / image inputs above :data:`PREDICT_BLOCK` rows are scored a block of rows at a time (never a
-        float64 copy of the whole input); up to it, in one pass."""
+        Tabular inputs above :data:`PREDICT_BLOCK` rows, image inputs above :data:`IMAGE_BLOCK` rows and every
+        :class:`LazyRows` source are scored a block of rows at a time (never a float64 copy of the whole input);
+        the rest in one pass."""
         present = np.asarray(inputs.present.get(self.modality, np.ones(len(inputs.units), bool)), bool)
         prior, n = np.asarray(self.arrays["prior"], np.float64).reshape(-1), len(inputs.units)
         out = np.full(n, prior[0]) if self.problem in ("binary", "regression", "survival") else np.tile(prior, (n, 1))
         rows = np.flatnonzero(present)
-        if self.modality != "text" and len(rows) > PREDICT_BLOCK:
-            raw = self._raw(inputs)
-            for start in range(0, len(rows), PREDICT_BLOCK):
-                idx = rows[start:start + PREDICT_BLOCK]
-                block = (raw[idx[0]:idx[-1] + 1] if len(idx) == idx[-1] - idx[0] + 1  # a run of rows: a view
-                         else [raw[i] for i in idx] if isinstance(raw, list) else np.asarray(raw)[idx])
-                out[idx] = self.decision(self._dense(block))
+        step = IMAGE_BLOCK if self.modality == "image" else PREDICT_BLOCK
+        raw = self._raw(inputs) if self.modality != "text" and len(rows) else None
+        if raw is not None and (len(rows) > step or isinstance(raw, LazyRows)):
+            for start in range(0, len(rows), step):
+                idx = rows[start:start + step]
+                out[idx] = self.decision(self._dense(_block(raw, idx)))
         elif len(rows):
             sub = inputs if present.all() else _take(inputs, rows)
             out[present] = self.decision(self.features(sub))
@@ -220,6 +297,8 @@ def _take(inputs: BaselineInputs, idx: np.ndarray) -> BaselineInputs:
     def sub(v: Any) -> Any:
         if v is None:
             return None
+        if isinstance(v, LazyRows):
+            return v.take(idx)
         return [v[i] for i in idx] if isinstance(v, list) else np.asarray(v)[idx]
 
     return BaselineInputs([inputs.units[i] for i in idx], sub(inputs.targets), sub(inputs.text),
@@ -406,9 +485,10 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
     if len(y) < 2:
         raise DataError(f"too few training rows with {modality} for a baseline")
     base = Baseline(modality, problem, label_names, "", arrays={"prior": np.asarray(prior, float)})
-    n_rows, sample = len(y), None if modality == "text" else fit_sample(problem, y, FIT_ROWS)
-    if sample is not None:  # the float64 design matrix of a sample, not of every training row
-        tr, y = _take(tr, sample), y[sample]
+    cap = FIT_ROWS if modality != "image" else min(FIT_ROWS, max(2, IMAGE_FIT_CELLS // max(1, _image_width(tr.image))))
+    n_rows, sample = len(y), None if modality == "text" else fit_sample(problem, y, cap)
+    if sample is not None:  # the float64 design matrix of a sample, not of every training row (a lazy source
+        tr, y = _take(tr, sample), y[sample]  # reads only the sample's rows, below)
     if modality == "text":
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -421,9 +501,8 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
         base.vocabulary = vec.get_feature_names_out().tolist()
         base.arrays["idf"] = vec.idf_.astype(np.float64)
     else:
-        raw = tr.tabular if modality == "tabular" else tr.image
         # one float64 matrix, standardised in place (the same values as out-of-place arithmetic)
-        x = np.array(raw, dtype=np.float64) if modality == "tabular" else _downsample(raw).astype(np.float64)
+        x = np.array(tr.tabular, dtype=np.float64) if modality == "tabular" else _image_matrix(tr.image)
         np.nan_to_num(x, copy=False)
         mean, scale = x.mean(axis=0), _column_std(x)
         scale[scale == 0] = 1.0
@@ -447,7 +526,8 @@ def _fit_modality(modality: str, problem: str, label_names: list[str] | None, tr
         problem, f"logistic regression (C={best[1]:g})")
     base.params = {"strength": best[1], "val_headline": best[0]}
     base.description = f"{what} + {model}" + (
-        f", fitted on a stratified sample of {len(y):,} of {n_rows:,} training rows" if sample is not None else "")
+        f", fitted on a stratified sample of {len(y):,} of {n_rows:,} training "
+        f"{'images' if modality == 'image' else 'rows'}" if sample is not None else "")
     return base
 
 

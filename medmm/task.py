@@ -258,7 +258,8 @@ class BaselineInputs:
 
     ``units`` and ``targets`` follow :class:`Split` (examples of one unit are pooled). Each
     modality the task has is given: ``text`` (documents), ``tabular`` (the task's fitted
-    preprocessing, ``[N, F]``), ``image`` (pixels ``[N, C, H, W]`` in [0, 1], any size).
+    preprocessing, ``[N, F]``), ``image`` (pixels ``[N, C, H, W]`` in [0, 1], any size, or rows
+    already area-averaged to 32 px, ``[N, F]``: an array or a ``medmm.LazyRows`` read a block at a time).
     ``present`` marks, per modality, the rows that have it (default: all).
     """
 
