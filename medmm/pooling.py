@@ -27,3 +27,53 @@ def pool_by_unit(units: Sequence[str], scores: np.ndarray,
         if first[g] < 0:
             first[g] = pos
     return list(order), pooled.astype(np.float32), None if targets is None else targets[first]
+
+
+def smallest_exact(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest of int8 / int16 that holds every value exactly (class indices, 0/1 labels,
+    event flags: 1-2 bytes instead of a float32's 4), else unchanged."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "fiu" or not a.size:
+        return a
+    lo, hi = a.min(), a.max()
+    for kind in (np.int8, np.int16):
+        info = np.iinfo(kind)
+        if info.min <= lo and hi <= info.max:  # False for NaN: a NaN stays a float
+            small = a.astype(kind)
+            if np.array_equal(small, a):
+                return small
+    return a
+
+
+class Growing:
+    """An array appended block by block along its first axis, in one buffer grown in place
+    (``ndarray.resize``: a large buffer is remapped, not copied), so the whole never exists twice,
+    as a list of blocks joined at the end does. ``exact_small``: each block in :func:`smallest_exact`'s
+    dtype (the buffer widens, exactly, when a later block needs it)."""
+
+    def __init__(self, exact_small: bool = False) -> None:
+        self.exact_small = exact_small
+        self.buf: np.ndarray | None = None
+        self.n = 0
+
+    def add(self, block: np.ndarray) -> None:
+        b = smallest_exact(block) if self.exact_small else np.asarray(block)
+        if self.buf is None:
+            self.buf = np.empty((max(len(b), 1),) + b.shape[1:], dtype=b.dtype)
+        if b.shape[1:] != self.buf.shape[1:]:
+            raise ValueError(f"a block of shape {b.shape[1:]} after blocks of {self.buf.shape[1:]}")
+        wide = np.promote_types(self.buf.dtype, b.dtype)
+        if wide != self.buf.dtype:
+            self.buf = self.buf.astype(wide)
+        need = self.n + len(b)
+        if need > len(self.buf):
+            self.buf.resize((max(need, len(self.buf) * 3 // 2),) + self.buf.shape[1:], refcheck=False)
+        self.buf[self.n:need] = b
+        self.n = need
+
+    def array(self) -> np.ndarray | None:
+        """The rows added (the buffer trimmed in place; ``None`` when nothing was added)."""
+        if self.buf is None:
+            return None
+        self.buf.resize((self.n,) + self.buf.shape[1:], refcheck=False)
+        return self.buf

@@ -1,10 +1,11 @@
 """Streaming ``medmm predict`` of a table: one block of rows at a time, appended to the output CSV.
 
 A task that can read its prediction input in blocks offers ``predict_chunks(path, rows)`` (an iterator
-of ``(Split, collate)``, blocks in table order; the built-in table task does). Each block is predicted, its rows
-of ``predictions.csv`` are written, and only its scores are kept (for the metrics and the summary
-line), so the memory of a prediction does not grow with the table beyond a few numbers per row
-(the ids are kept only for the training-rows caveat of the run's own data).
+of ``(Split, collate)``, blocks in table order; the built-in table task does). Each block is predicted and its rows
+of ``predictions.csv`` are written. Labelled input keeps each row's scores (float32) and target (the smallest
+exact dtype: int8 for class indices) for the metrics line, in buffers grown in place
+(:class:`~medmm.pooling.Growing`); unlabelled input keeps nothing per row (the units are counted), so its
+memory does not grow with the table.
 The file is byte-identical to the one a single block gives: every row depends on its own unit only
 (:func:`medmm.predictions.predictions_table`).
 """
@@ -19,15 +20,18 @@ from typing import Any
 import numpy as np
 
 from medmm.data.readers import CHUNK_ROWS, chunk_rows
+from medmm.pooling import Growing
 
 __all__ = ["CHUNK_ROWS", "Streamed", "chunk_rows", "stream_predict"]
 
 
 @dataclass
 class Streamed:
-    """What a streamed prediction keeps: the pooled scores (and targets), and counts for the console."""
+    """What a streamed prediction keeps: the pooled scores and targets of labelled input (for the metrics;
+    none for unlabelled input), and counts for the console."""
 
     ev: Any
+    n: int = 0  # units predicted (``ev.scores`` is empty when the input had no targets)
     set_groups: list[str] | None = None
     seen: dict[str, int] | None = None  # the run's own labelled data: units per run split (the training-rows caveat)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # the inputs not predicted (input, reason)
@@ -43,8 +47,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     run calibrated before its group bands were stored) and the caller reads it whole. A run whose sets are
     grouped by a column reads that column alongside, block by block (:class:`~medmm.evaluation.conformal.StreamedGroups`).
 
-    Per row only the scores (and targets, and a grouped run's group label) are kept, never the unit ids
-    (``units`` is empty: count ``scores``); for the run's own labelled data the training-rows caveat's
+    Per row only the scores and targets of labelled input are kept (and a grouped run's group label), never the
+    unit ids (``units`` is empty: ``n`` counts them); unlabelled input keeps nothing per row; for the run's own labelled data the training-rows caveat's
     counts are made block by block (:class:`~medmm.evaluation.overlap.SplitCounter`, in ``seen``)."""
     from medmm.data.readers import streams
     from medmm.engine.trainer import EvalOutput
@@ -70,8 +74,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     refer = ReferralCount(conf)  # the referral line's counts, block by block (no unit's set is kept)
     seen: SplitCounter | None = None  # the run's own labelled data: its splits counted block by block
     own: bool | None = None
-    scores: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
+    scores: Growing | None = Growing()  # labelled input only: the metrics' inputs, grown in place
+    targets: Growing | None = Growing(exact_small=True)  # (a list of blocks joined at the end is 2x at the peak)
     loss, n = 0.0, 0
     skipped: list[tuple[str, str]] = []
     skipped_key = "id"
@@ -93,10 +97,16 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
                 seen = SplitCounter(run_dir) if own else None
             if seen is not None:
                 seen.add(ev.units)
-            scores.append(np.asarray(ev.scores))
-            if ev.targets is not None:
-                targets.append(np.asarray(ev.targets))
+            if not len(ev.units):
+                pass
+            elif ev.targets is None or scores is None or targets is None:
+                scores = targets = None  # a block without targets: no metrics, so no row is kept
+            else:
+                scores.add(np.asarray(ev.scores))
+                targets.add(np.asarray(ev.targets))
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
-    ev = EvalOutput([], np.concatenate(scores), np.concatenate(targets) if targets else None, loss / max(n, 1))
-    return Streamed(ev, None, None if seen is None else seen.result(), skipped, skipped_key, refer.line())
+    kept = None if scores is None else scores.array()
+    ev = EvalOutput([], np.zeros(0, np.float32) if kept is None else kept, None if targets is None else targets.array(),
+                    loss / max(n, 1))
+    return Streamed(ev, n, None, None if seen is None else seen.result(), skipped, skipped_key, refer.line())

@@ -624,7 +624,8 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
         from medmm.evaluation.conformal import load_conformal, set_groups_of
 
         split, ev, conf, out = None, streamed.ev, load_conformal(run_dir), Path(out)
-    msg = f"medmm predict: {len(ev.scores)} {'classic baseline ' if baseline else ''}predictions -> {out}"
+    count = streamed.n if streamed is not None else len(ev.scores)  # streamed unlabelled input keeps no scores
+    msg = f"medmm predict: {count} {'classic baseline ' if baseline else ''}predictions -> {out}"
     from medmm.evaluation.conformal import referred_line
 
     msg += (streamed.referral if streamed is not None  # (#32); counted block by block when streamed
@@ -642,7 +643,7 @@ def predict_run(run_dir: Path, data: Path, out: Path, *, checkpoint: str = "best
             seen = streamed.seen or {}
         else:
             seen = seen_splits(run_dir, ev.units, Path(data)) if len(ev.units) else {}
-        note = caveat(seen, len(ev.scores))  # the rows the run trained on
+        note = caveat(seen, count)  # the rows the run trained on
         msg += "\n" + "\n".join([*([f"  {note}"] if note else []), *(f"  {k:<10} {_fmt(v)}" for k, v in metrics.items())])
     click.echo(msg)
     return out

@@ -326,3 +326,74 @@ def test_image_export_batches_are_read_one_at_a_time_from_the_pixel_file(tmp_pat
     with pytest.raises(IndexError):
         batches[3]
     assert len(PixelBatches(SimpleNamespace(path=tmp_path, scale=1.0), [], 4)) == 0
+
+
+def test_growing_keeps_blocks_in_one_buffer_of_the_smallest_exact_dtype() -> None:
+    """The streamed metrics' inputs: the blocks' rows in order, class indices as int8 (a float32 target
+    would be 4 bytes a row), widened exactly when a later block needs it; no copy kept per block."""
+    from medmm.pooling import Growing, smallest_exact
+
+    rng = np.random.default_rng(0)
+    blocks = [rng.integers(0, 3, size=(n,)).astype(np.float32) for n in (5, 1, 300, 7)]
+    g = Growing(exact_small=True)
+    for b in blocks:
+        g.add(b)
+    got = g.array()
+    assert got is not None and got.dtype == np.int8 and got.flags.owndata
+    assert np.array_equal(got, np.concatenate(blocks))
+    g.add(np.array([1000.0, 2.5], np.float32))  # a regression-like block: widened to float32, values exact
+    assert g.array().dtype == np.float32 and np.array_equal(g.array()[-2:], [1000.0, 2.5])
+    assert smallest_exact(np.array([300.0, -2.0])).dtype == np.int16
+    assert smallest_exact(np.array([np.nan, 1.0])).dtype == np.float64  # NaN is no integer
+    assert Growing().array() is None
+    s = Growing()
+    for n in (4, 9):
+        s.add(np.ones((n, 3), np.float32))
+    assert s.array().shape == (13, 3) and s.array().dtype == np.float32
+
+
+def _fake_stream(tmp_path: Path, labelled: bool, blocks: int, rows: int = 4) -> object:
+    """:func:`stream_predict` of a fake task of ``blocks`` blocks of ``rows`` binary units (targets when
+    ``labelled``), through a fake trainer; the predictions file and the result."""
+    from types import SimpleNamespace
+
+    from medmm.engine.trainer import EvalOutput
+    from medmm.predict_stream import stream_predict
+
+    data = tmp_path / "x.csv"
+    data.write_text("a\n1\n")
+    rng = np.random.default_rng(blocks)
+
+    def chunks(path: Path, asked: int):  # type: ignore[no-untyped-def]
+        for b in range(blocks):
+            units = [f"u{b * rows + i}" for i in range(rows)]
+            yield SimpleNamespace(units=units, scores=rng.random(rows).astype(np.float32),
+                                  targets=rng.integers(0, 2, rows).astype(np.float32) if labelled else None), None
+
+    task = SimpleNamespace(predict_chunks=chunks, problem="binary", label_names=["no", "yes"], unit_columns=None)
+    trainer = SimpleNamespace(device="cpu", e=SimpleNamespace(eval_batch_size=rows), cfg=None,
+                              evaluate=lambda model, split, collate: EvalOutput(split.units, split.scores,
+                                                                                split.targets, 0.5))
+    model = SimpleNamespace(to=lambda device: None)
+    return stream_predict(task, data, tmp_path, trainer, model, tmp_path / "p.csv", rows=rows)
+
+
+def test_streamed_predict_keeps_no_row_of_unlabelled_input_and_compact_rows_of_labelled(tmp_path: Path) -> None:
+    """Per row a streamed predict keeps nothing for unlabelled input (it counts the units) and, for labelled
+    input, one float32 score and one int8 target: 5 bytes a row whatever the number of blocks."""
+    held = {}
+    for labelled in (False, True):
+        for blocks in (3, 30):
+            got = _fake_stream(tmp_path, labelled, blocks)
+            assert got is not None and got.n == 4 * blocks and got.ev.units == []
+            lines = (tmp_path / "p.csv").read_text().splitlines()
+            assert len(lines) == 1 + 4 * blocks and lines[0].startswith("id,prob_yes,predicted")
+            arrays = [a for a in (got.ev.scores, got.ev.targets) if a is not None]
+            held[labelled, blocks] = sum(a.nbytes for a in arrays)
+            if labelled:
+                assert got.ev.scores.dtype == np.float32 and got.ev.targets.dtype == np.int8
+                assert len(got.ev.scores) == len(got.ev.targets) == 4 * blocks
+            else:
+                assert got.ev.targets is None and len(got.ev.scores) == 0
+    assert held[False, 3] == held[False, 30] == 0
+    assert (held[True, 30] - held[True, 3]) / (4 * 27) == 5  # bytes per added row
