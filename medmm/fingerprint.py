@@ -102,8 +102,8 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
                 if values.dtype == object:
                     text.setdefault(c, NumberText()).add(values)
             del block
-    except TypeError:  # unhashable cells (lists): the whole read hashes their text
-        return None
+    except (TypeError, ValueError, OSError):  # unhashable cells (lists): the whole read hashes their text; a file
+        return None  # the whole read says what is wrong with
     if names is None or rows == 0:
         return None
     out: dict[str, str] = {}

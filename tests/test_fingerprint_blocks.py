@@ -99,3 +99,91 @@ def test_block_digest_reads_one_block_at_a_time(tmp_path: Path, monkeypatch: pyt
     second = fingerprint.fingerprint(path)
     changed = [c for c in first["columns"] if first["columns"][c] != second["columns"][c]]
     assert changed == ["x"] and first["rows"] == second["rows"] == 70
+
+
+JSONL_CASES = {  # case -> whether the fingerprint digests it in blocks (else: the whole read, as before)
+    "clean": True, "ints then floats": True, "text with nulls": True, "keys left out": True,
+    "thousands": True, "bools then nulls": False, "a date-named column": False, "lists": False,
+}
+
+
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+def test_json_lines_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """JSON Lines parts of 16 lines (pandas' own parser per part) give the whole read's digest; a column typed
+    differently in two parts, a date-named column or cells pandas cannot hash send it to the whole read."""
+    import json
+
+    rng = np.random.default_rng(5)
+    rows = [{"id": f"{i:04d}", "x": float(rng.normal()), "k": int(rng.integers(0, 9)), "c": str(rng.choice(["a", "b"])),
+             "b": bool(i % 3)} for i in range(70)]
+    if case == "ints then floats":
+        rows[66]["k"] = 2.5
+    if case == "text with nulls":
+        for i in range(0, 70, 7):
+            rows[i]["c"] = None
+    if case == "keys left out":
+        for i in range(20, 40):
+            del rows[i]["x"]
+        rows[50]["late"] = 3  # a key that appears late: every earlier row lacks it
+    if case == "thousands":
+        for i, r in enumerate(rows):
+            r["money"] = f"{1000 + 37 * i:,}"
+    if case == "bools then nulls":
+        rows[60]["b"] = None
+    if case == "a date-named column":
+        for i, r in enumerate(rows):
+            r["admit_time"] = 1_600_000_000 + i
+    if case == "lists":
+        rows[3]["c"] = [1, 2]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)
+    want = _whole(path)
+    got = fingerprint._table_in_blocks(path)
+    assert (got is not None) == JSONL_CASES[case]
+    assert got is None or got == want
+    assert fingerprint.fingerprint(path) == want
+
+
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+@pytest.mark.parametrize("block_rows", [16, 48, 1000])
+def test_json_lines_read_in_parts_is_the_whole_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str,
+                                                     block_rows: int) -> None:
+    """``read_table`` / ``read_table_blocks`` of JSON Lines parse it in parts (#30: the whole parse holds a dict per
+    line) and give exactly ``pd.read_json``'s whole frame (dtypes, values, index), or make that whole read."""
+    import json
+
+    rng = np.random.default_rng(5)
+    rows = [{"id": f"{i:04d}", "x": float(rng.normal()), "k": int(rng.integers(0, 9)), "c": str(rng.choice(["a", "b"])),
+             "b": bool(i % 3)} for i in range(70)]
+    if case == "ints then floats":
+        rows[66]["k"] = 2.5
+    if case == "text with nulls":
+        for i in range(0, 70, 7):
+            rows[i]["c"] = None
+    if case == "keys left out":
+        for i in range(20, 40):
+            del rows[i]["x"]
+        rows[50]["late"] = 3
+    if case == "thousands":
+        for i, r in enumerate(rows):
+            r["money"] = f"{1000 + 37 * i:,}"
+    if case == "bools then nulls":
+        rows[60]["b"] = None
+    if case == "a date-named column":
+        for i, r in enumerate(rows):
+            r["admit_time"] = 1_600_000_000 + i
+    if case == "lists":
+        rows[3]["c"] = [1, 2]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)
+    monkeypatch.setattr(readers, "READ_BLOCK_ROWS", block_rows)
+    want = readers.parse_number_columns(pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False))
+    got = readers.read_table(path)
+    pd.testing.assert_frame_equal(got, want, check_exact=True)
+    table = readers.read_table_blocks(path)
+    in_parts = JSONL_CASES[case] or case == "lists"  # lists: read in parts, but their digest hashes the text
+    assert (len(table._blocks) > 1) == (in_parts and block_rows < 70)
+    for c in want.columns:
+        pd.testing.assert_series_equal(table[c], want[c], check_exact=True, check_names=False)

@@ -345,7 +345,7 @@ def _read_frames(path: Path, string_columns: Iterable[str], decimal: str) -> tup
             sep = csv_separator(path) if fmt == "csv" else "\t"
             frames = _read_csv_blocks(path, sep=sep, dtype=dtype, decimal=decimal)
         elif fmt == "jsonl":
-            frames = [pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)]
+            frames = _jsonl_frames(path)
         else:
             frames = [pd.read_parquet(path)]
     except UnicodeDecodeError as exc:
@@ -427,9 +427,9 @@ def _csv_parse_blocks(path: Path, kwargs: dict[str, Any], columns: list[str] | N
 def raw_blocks(path: str | Path, columns: Iterable[str] | None = None) -> Iterator[pd.DataFrame] | None:
     """:func:`read_table`'s table (default options) one block at a time *before* its blocks are typed alike and
     its number-like text parsed, or ``None`` where :func:`read_table` reads the file in one piece anyway (a CSV /
-    TSV up to :data:`READ_BLOCK_BYTES`, JSON Lines, compressed Parquet, plugin formats). A large CSV / TSV gives
-    the blocks :func:`read_table` parses; a Parquet file its record batches in blocks of :data:`READ_BLOCK_ROWS`
-    rows. ``columns``: only those. A consumer settles each column with :func:`joined_dtype` and
+    TSV up to :data:`READ_BLOCK_BYTES`, compressed Parquet, plugin formats, JSON Lines with a column pandas tries
+    as dates). A large CSV / TSV gives the blocks :func:`read_table` parses; a Parquet file its record batches in
+    blocks of :data:`READ_BLOCK_ROWS` rows; JSON Lines pandas' parses of :data:`JSONL_PARSE_LINES` lines. ``columns``: only those. A consumer settles each column with :func:`joined_dtype` and
     :class:`NumberText` (what :func:`read_table` does to the joined column), holding one block at a time (#30)."""
     path = Path(path)
     try:
@@ -441,10 +441,36 @@ def raw_blocks(path: str | Path, columns: Iterable[str] | None = None) -> Iterat
     wanted = None if columns is None else list(columns)
     if fmt == "parquet":
         return _parquet_blocks(path, READ_BLOCK_ROWS, None if wanted is None else set(wanted))
+    if fmt == "jsonl":
+        keys = _jsonl_keys(path)
+        if keys is None or any(_date_like(k) for k in keys):  # pandas tries dates on the whole column: read whole
+            return None
+        return _jsonl_parts(path, keys, keys if wanted is None else [k for k in keys if k in wanted])
     if fmt not in ("csv", "tsv") or path.stat().st_size <= READ_BLOCK_BYTES:
         return None
     sep = csv_separator(path) if fmt == "csv" else "\t"
     return _csv_parse_blocks(path, {"sep": sep, "dtype": None, "encoding": "utf-8-sig", "decimal": "."}, wanted)
+
+
+def _date_like(name: str) -> bool:
+    """Whether ``pandas.read_json`` tries to read column ``name`` as dates (its default rule, by name)."""
+    low = name.lower()
+    return low.endswith(("_at", "_time")) or low in ("modified", "date", "datetime") or low.startswith("timestamp")
+
+
+def _jsonl_parts(path: Path, keys: list[str], order: list[str]) -> Iterator[pd.DataFrame]:
+    """A JSON Lines file as ``pandas.read_json``'s own parses of :data:`JSONL_PARSE_LINES` lines each (a part is the
+    whole read's parser on those lines, not joined with the next), with the columns ``order`` (of the file's
+    ``keys``; a key no line of the part has: missing values)."""
+    import pandas as pd
+
+    with pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False, chunksize=JSONL_PARSE_LINES) as reader:
+        for part in reader:
+            if list(part.columns) != order:
+                if any(c not in keys for c in part.columns):  # pandas named a column otherwise: never guess
+                    raise ValueError("a block has a column that is not a key of the file")
+                part = part.reindex(columns=order)
+            yield part
 
 
 def joined_dtype(types: list[Any], largest_int: int = 0) -> Any:
@@ -500,6 +526,35 @@ class NumberText:
             out[series.notna().to_numpy()] = _distinct_numbers(distinct, self.decimal)[
                 pd.Index(distinct, dtype=object).get_indexer(present.to_numpy(dtype=object))]
         return pd.Series(out, index=series.index, dtype="float64", name=series.name)
+
+
+def _jsonl_frames(path: Path) -> list[pd.DataFrame]:
+    """Frames whose join is ``pd.read_json(path, lines=True, dtype=False)``, the whole read (#30: it builds a Python
+    dict per line first, about 6 GB for a 1M-row file of 35 keys). The file is parsed by pandas in parts of
+    :data:`JSONL_PARSE_LINES` lines, joined into blocks of about :data:`READ_BLOCK_ROWS` rows, and kept when each
+    column came out one type in every part, or integers and floats (:func:`_joinable`); otherwise, and for a
+    column pandas tries as dates (it decides on the whole column) or a file that is not one object a line, the
+    whole read."""
+    import pandas as pd
+
+    keys = _jsonl_keys(path)
+    parts: list[pd.DataFrame] = []
+    if keys is not None and not any(_date_like(k) for k in keys):
+        try:
+            parts = list(_jsonl_parts(path, keys, keys))
+        except ValueError:  # pandas named a column otherwise (number-like keys): the whole read
+            parts = []
+    if not parts or not _joinable(parts):
+        parts.clear()
+        release_free_memory()
+        return [pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False)]
+    per, blocks = max(1, READ_BLOCK_ROWS // JSONL_PARSE_LINES), []
+    while parts:  # each part let go once joined into its block
+        group = parts[:per]
+        del parts[:per]
+        blocks.append(pd.concat(group) if len(group) > 1 else group[0])
+        del group
+    return blocks
 
 
 def _join(blocks: list[pd.DataFrame]) -> pd.DataFrame:
@@ -835,7 +890,10 @@ def _number_scan(series: pd.Series, decimal: str) -> tuple[bool, bool, bool] | N
     present = series[series.notna()]
     if present.empty:
         return False, False, False
-    distinct = pd.unique(present.to_numpy(dtype=object))
+    try:
+        distinct = pd.unique(present.to_numpy(dtype=object))
+    except TypeError:  # unhashable cells (lists in JSON Lines): not numbers
+        return None
     if not all(isinstance(v, str) for v in distinct):
         return None
     text = pd.Series(distinct, dtype=object).str.strip()
