@@ -72,7 +72,12 @@ def test_a_jsonl_file_that_is_not_one_object_a_line_keeps_the_whole_reads_error(
 
 
 @pytest.mark.parametrize("rows", [1, 3, 7, 1000])
-def test_parquet_blocks_are_exactly_rows_long_across_row_groups(tmp_path: Path, rows: int) -> None:
+@pytest.mark.parametrize("group_bytes", [0, 64 * 2**20])  # row groups read in batches / decoded whole and cut
+def test_parquet_blocks_are_exactly_rows_long_across_row_groups(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                rows: int, group_bytes: int) -> None:
+    from medmm.data import readers
+
+    monkeypatch.setattr(readers, "PARQUET_GROUP_BYTES", group_bytes)
     df = _frame()
     df["k"] = df["k"].astype("category")
     df["when"] = pd.date_range("2020-01-01", periods=len(df))

@@ -733,6 +733,11 @@ def _jsonl_blocks(path: Path, rows: int, keys: list[str], wanted: set[str] | Non
         yield buf[0] if len(buf) == 1 else pd.concat(buf)
 
 
+#: A Parquet row group up to this size (uncompressed, from the file's metadata) is decoded whole and cut into blocks;
+#: a larger one is read in batches of the block's rows.
+PARQUET_GROUP_BYTES = 64 * 2**20
+
+
 def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[pd.DataFrame]:
     """A Parquet file in frames of exactly ``rows`` rows (the last fewer), converted as ``pandas.read_parquet``
     converts the whole file (its pandas metadata: types; a stored index is replaced by the row numbers and,
@@ -741,9 +746,9 @@ def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(path)
+    pf = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering held each row group's column chunks once more
     # pyarrow's default pool (mimalloc) keeps what it freed: without handing it back after each block, a 1M-row
-    # file's blocks left ~180 MB resident (evaluate held about twice CSV's memory above the floor)
+    # file's blocks left ~120 MB resident (evaluate held about twice CSV's memory above the floor)
     release = getattr(pa.default_memory_pool(), "release_unused", None)
     meta = pf.schema_arrow.pandas_metadata or {}
     index = sorted(c for c in meta.get("index_columns", []) if isinstance(c, str))
@@ -756,11 +761,21 @@ def _parquet_blocks(path: Path, rows: int, wanted: set[str] | None) -> Iterator[
         df.index = pd.RangeIndex(start, start + len(df))
         return df
 
-    # one reader per row group: a reader over the whole file kept every row group's buffers (pyarrow 26: its
-    # pool grew 91 -> 319 MB over a 1M-row file of 16 row groups; 26 MB flat this way)
-    batches = (b for g in range(pf.num_row_groups)
-               for b in pf.iter_batches(batch_size=rows, row_groups=[g], columns=[*cols, *index], use_pandas_metadata=True))
-    for batch in batches:
+    def batches() -> Iterator[Any]:
+        """Each row group read on its own (a reader over the whole file kept every row group's buffers: pyarrow's
+        pool grew 91 -> 319 MB over a 1M-row file of 16 row groups); one of up to PARQUET_GROUP_BYTES is decoded
+        whole and cut (its batch reader held 66 MB of pool for a 19 MB row group, the whole read 29 MB), a larger
+        one read in batches of ``rows``."""
+        for g in range(pf.num_row_groups):
+            if pf.metadata.row_group(g).total_byte_size <= PARQUET_GROUP_BYTES:
+                group = pf.read_row_group(g, columns=[*cols, *index], use_pandas_metadata=True)
+                yield from group.to_batches()
+                del group
+            else:
+                yield from pf.iter_batches(batch_size=rows, row_groups=[g], columns=[*cols, *index],
+                                           use_pandas_metadata=True)
+
+    for batch in batches():
         buf.append(batch)
         have += batch.num_rows
         while have >= rows:  # batches stop at row groups: blocks of exactly `rows` rows, as a CSV's
