@@ -741,8 +741,13 @@ def bench_predict_paths(rows: int, reports_n: int, files: int,
                     pd.read_csv(path).drop(columns=["label"]).to_csv(path, index=False)
                     return path
 
-                out["text onnxruntime"] = _predict_rss(tmp / "txt-export", notes, (500, reports_n, reports_n * 10),
-                                                       "text-cls onnxruntime", "reports")
+                def labelled(n: int) -> Path:
+                    return reports(tmp / f"l{n}.csv", n)
+
+                sizes = (500, reports_n, reports_n * 10)
+                out["text onnxruntime"] = _predict_rss(tmp / "txt-export", notes, sizes, "text-cls onnxruntime", "reports")
+                out["text torch"] = _predict_rss(run, notes, sizes, "text-cls torch", "reports")
+                out["text torch labelled"] = _predict_rss(run, labelled, sizes, "text-cls torch, labelled", "reports")
             else:
                 print(f"text-cls run / export failed: {proc.stderr[-800:]}")
         # image-cls on a DICOM folder, torch and onnxruntime
@@ -898,7 +903,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3, help="textpredict: interleaved repeats (best kept)")
     ap.add_argument("--paths", default="tabular,text,image,fusion",
-                    help="predictpaths: which paths (tabular and text through onnxruntime; image, fusion: both)")
+                    help="predictpaths: which paths (tabular through onnxruntime; text, image, fusion: torch and onnxruntime)")
     args = ap.parse_args(argv)
     parts = set(args.parts.split(","))
     if args.tiny:

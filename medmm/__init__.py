@@ -58,7 +58,7 @@ _API: dict[str, str] = {
     "tokenize_cached": "medmm.data.text.tokenize",
     "eval_window": "medmm.batching", "length_order": "medmm.batching",
     # DICOM images
-    "PixelConfig": "medmm.data.dicom.pixels", "PixelCache": "medmm.data.dicom.cache",
+    "PixelConfig": "medmm.data.dicom.pixels", "PixelCache": "medmm.data.dicom.cache", "UnitColumns": "medmm.predictions",
     "DicomImageDataset": "medmm.data.dicom.dataset", "Skipped": "medmm.data.dicom.scan",
     "scan_folder": "medmm.data.dicom.scan", "image_items": "medmm.data.dicom.scan",
     "group_key": "medmm.data.dicom.scan", "decode_workers": "medmm.data.dicom.scan",

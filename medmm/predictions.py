@@ -13,6 +13,7 @@ Columns after ``id`` (and any UID columns) by problem:
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,11 +102,49 @@ def predictions_table(ev: Any, problem: str, label_names: list[str] | None,
         header[at:at] = c_head
         for r, c in zip(rows, c_rows):
             r[at:at] = c
-    extra = sorted({k for cols in (unit_columns or {}).values() for k in cols})
+    named = getattr(unit_columns, "columns", None)  # UnitColumns: every unit has the same columns
+    extra = list(named) if named is not None else sorted({k for cols in (unit_columns or {}).values() for k in cols})
     if extra:
         header = [header[0], *extra, *header[1:]]
-        rows = [[r[0], *[unit_columns.get(r[0], {}).get(k, "") for k in extra], *r[1:]] for r in rows]
+        rows = [[r[0], *_values(unit_columns.get(r[0]) or {}, extra), *r[1:]] for r in rows]  # type: ignore[union-attr]
     return header, rows
+
+
+def _values(cols: Mapping[str, str], names: list[str]) -> list[str]:
+    return [cols.get(k, "") for k in names]
+
+
+class UnitColumns(Mapping[str, Mapping[str, str]]):
+    """The extra ``predictions.csv`` columns of each unit (``{unit: {column: value}}`` as a mapping), held as
+    one value per unit (a tuple when there are several columns) instead of a dict per unit: about 180 bytes
+    less per unit (a folder of 20,000 DICOM instances, each its own unit, held 3.6 MB of dicts)."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = tuple(names)
+        self.values_of: dict[str, Any] = {}
+
+    def add(self, unit: str, values: Sequence[str]) -> None:
+        """``unit``'s values, in the order of ``names``; a unit already added keeps its first values."""
+        if self.names and unit not in self.values_of:
+            self.values_of[unit] = values[0] if len(self.names) == 1 else tuple(values)
+
+    @property
+    def columns(self) -> list[str]:
+        """The column names, sorted (as :func:`predictions_table` orders them); none when no unit was added."""
+        return sorted(self.names) if self.values_of else []
+
+    def __getitem__(self, unit: str) -> dict[str, str]:
+        v = self.values_of[unit]
+        return dict(zip(self.names, (v,) if len(self.names) == 1 else v))
+
+    def __contains__(self, unit: object) -> bool:
+        return unit in self.values_of
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.values_of)
+
+    def __len__(self) -> int:
+        return len(self.values_of)
 
 
 def write_predictions(path: Path, ev: Any, problem: str, label_names: list[str] | None,

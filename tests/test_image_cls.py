@@ -139,3 +139,39 @@ def test_auto_backbone_is_resolved_into_the_run_config(tmp_path: Path) -> None:
         out = cli("run", "image-cls", "--data", str(tmp_path), "--out", str(tmp_path / "run"),
                   "--set", "engine.device=cuda")
         assert out.returncode == 2 and "no CUDA GPU" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_predict_keeps_no_header_record_per_file_and_writes_the_dict_per_unit_bytes(trained: tuple[Path, Path],
+                                                                                    tmp_path: Path) -> None:
+    """A DICOM folder's predict lets go of the pixel cache's header records, items and key index once the units
+    and their UID columns are made (the dataset reads the pixel array only), holds the UID column as one string
+    per unit (no dict per unit), and writes the bytes that a dict of columns per unit writes (#30)."""
+    from medmm import UnitColumns
+    from medmm.engine import Trainer
+    from medmm.evaluation.calibration import apply_stored_calibration
+    from medmm.evaluation.conformal import load_conformal, set_groups_of
+    from medmm.evaluation.threshold import load_operating_point
+    from medmm.predictions import write_predictions
+    from medmm.run import Run
+
+    data, run_dir = trained
+    out = cli("predict", str(run_dir), "--data", str(data), "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = Run.open(run_dir)
+    task = run.task()
+    split, collate = run.predict_data(task, data)
+    pixels = split.dataset.base.cache
+    assert pixels.items == [] and pixels.index == {} and pixels.keys == [] and pixels.array.shape[0] >= len(split.units)
+    cols = task.unit_columns
+    assert isinstance(cols, UnitColumns) and cols.columns == ["sop_instance_uid"] and len(cols) == len(split.units)
+    assert all(isinstance(v, str) for v in cols.values_of.values())
+    trainer = Trainer(task, run.cfg, run.path, quiet=True)
+    ev = apply_stored_calibration(run.path, task.problem, trainer.evaluate(run.model(task, "best"), split, collate))
+    conf = load_conformal(run.path)
+    kw = {"operating_point": load_operating_point(run.path), "conformal": conf,
+          "set_groups": set_groups_of(conf, Path(data), run.cfg, ev.units)}
+    plain = {u: dict(c) for u, c in cols.items()}
+    files = [write_predictions(tmp_path / f"{i}.csv", ev, task.problem, task.label_names, c, **kw).read_bytes()
+             for i, c in enumerate((cols, plain))]
+    assert files[0] == files[1] == (tmp_path / "p.csv").read_bytes()
+    assert b",sop_instance_uid," in files[0].splitlines()[0]

@@ -397,3 +397,32 @@ def test_streamed_predict_keeps_no_row_of_unlabelled_input_and_compact_rows_of_l
                 assert got.ev.targets is None and len(got.ev.scores) == 0
     assert held[False, 3] == held[False, 30] == 0
     assert (held[True, 30] - held[True, 3]) / (4 * 27) == 5  # bytes per added row
+
+
+def test_unit_columns_write_the_bytes_of_a_dict_per_unit(tmp_path: Path) -> None:
+    """:class:`UnitColumns` (one value or tuple per unit) writes the predictions file a dict per unit writes, with
+    one column, two, or none; and holds no dict per unit."""
+    from types import SimpleNamespace
+
+    from medmm import UnitColumns
+    from medmm.predictions import write_predictions
+
+    rng = np.random.default_rng(1)
+    units = [f"ct/s{i // 3}/{i}.dcm" for i in range(12)]
+    ev = SimpleNamespace(units=units, scores=rng.random((12, 3)).astype(np.float32), targets=None)
+    for names in (["sop_instance_uid"], ["sop_instance_uid", "patient_id"], []):
+        compact = UnitColumns(names)
+        plain: dict[str, dict[str, str]] = {}
+        for i, u in enumerate(units):
+            values = [f"1.2.3.{i}", f"P{i // 4}"][:len(names)]
+            compact.add(u, values)
+            compact.add(u, ["not", "kept"][:len(names)])  # a unit's first values are kept
+            plain.setdefault(u, dict(zip(names, values)))
+        files = []
+        for cols in (compact, plain):
+            out = write_predictions(tmp_path / f"p{len(files)}.csv", ev, "multiclass", ["a", "b", "c"], cols)
+            files.append(out.read_bytes())
+        assert files[0] == files[1]
+        assert files[0].splitlines()[0].startswith(("id," + "".join(f"{n}," for n in sorted(names)) + "prob_a").encode())
+        assert dict(compact) == {u: c for u, c in plain.items() if c}
+        assert not any(isinstance(v, dict) for v in compact.values_of.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,7 +17,7 @@ from torch.utils.data import Dataset
 from medmm import (
     BaselineInputs, BundleMeta, DataBundle, DataError, decode_workers, DicomImageDataset, group_key, image_items,
     labels_from_csv, labels_from_folders, PixelCache, PixelConfig, read_json, scan_folder, Skipped, Split,
-    Task, write_json_atomic,
+    Task, UnitColumns, write_json_atomic,
 )
 from medmm import (  # model.mode=frozen / auto
     apply_defaults, cached_embeddings, choose_mode, collate_embeddings, EmbeddingRows, fingerprint_files,
@@ -171,10 +172,14 @@ class ImageClsTask(Task):
         level = self.cfg.data.level
         return item.key if level == "instance" else group_key(item, level)
 
-    def _unit_columns(self, items: list[Any]) -> dict[str, dict[str, str]]:
-        """Extra predictions.csv columns per unit: UIDs, and the patient id only when asked (hashed)."""
-        out: dict[str, dict[str, str]] = {}
+    def _unit_columns(self, items: list[Any]) -> UnitColumns:
+        """Extra predictions.csv columns per unit: UIDs, and the patient id only when asked (hashed); one value
+        (or tuple) per unit, not a dict per unit (:class:`~medmm.predictions.UnitColumns`)."""
         o = self.cfg.output
+        instance = self.cfg.data.level == "instance"
+        out = UnitColumns([*(["sop_instance_uid"] if instance else []), *(["patient_id"] if o.include_patient_id else [])])
+        if not out.names:
+            return out
         pseudonym = None
         if o.include_patient_id and o.hash_patient_id:
             # keyed HMAC with the installation's secret (never written to outputs): not reversible
@@ -184,11 +189,12 @@ class ImageClsTask(Task):
             pseudonym = Pseudonymizer(load_key()[0]).patient_id
         for item in items:
             rec = item.record
-            cols = {"sop_instance_uid": rec.sop_uid} if self.cfg.data.level == "instance" else {}
-            if o.include_patient_id:
-                pid = rec.patient_id
-                cols["patient_id"] = pseudonym(pid) if pseudonym else pid
-            out.setdefault(self._unit(item), cols)
+            unit = self._unit(item)
+            if unit in out:  # a unit's first item names it
+                continue
+            pid = rec.patient_id if o.include_patient_id else ""
+            out.add(unit, [*([rec.sop_uid] if instance else []),
+                           *([pseudonym(pid) if pseudonym else pid] if o.include_patient_id else [])])
         return out
 
     def build_data(self, data_path: Path) -> DataBundle:
@@ -400,12 +406,15 @@ class ImageClsTask(Task):
         self.has_target = bool(rows) and known and self.problem != "multilabel"
         y = np.asarray([names.index(folders[cache.items[r].record.path]) for r in rows] if self.has_target
                        else [0] * len(rows), dtype=np.int64)
-        base = DicomImageDataset(cache, rows, y.tolist())
         units = [self._unit(cache.items[r]) for r in rows]
+        self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
+        # the units and their columns are made: the pixels are all the prediction reads from here, so the cache's
+        # header records, items and key index (about 0.6 KB a file) go (the dataset and --baseline read the array)
+        pixels = dataclasses.replace(cache, keys=[], failed=[], constant=[], items=[])
+        base = DicomImageDataset(pixels, rows, y.tolist())
         split = Split(AugmentedImages(base, None, 0), units, y if self.has_target else None,
                       skipped=[(s.path, s.reason) for s in skipped], skipped_key="path")
-        self.unit_columns = self._unit_columns([cache.items[r] for r in rows])
-        self._raw = {**getattr(self, "_raw", {}), "predict": (cache, rows, units, y if self.has_target else None)}
+        self._raw = {**getattr(self, "_raw", {}), "predict": (pixels, rows, units, y if self.has_target else None)}
         return split, None
 
     def baseline_inputs(self, split: str) -> BaselineInputs | None:

@@ -9,9 +9,11 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from medmm import DataError, eval_window, load_text_examples, read_table_chunks
 
-__all__ = ["NoteBlocks", "columns", "note_blocks"]
+__all__ = ["NoteBlocks", "SeenIds", "columns", "note_blocks", "repeatable_ids"]
 
 log = logging.getLogger("medmm")
 
@@ -24,6 +26,47 @@ def columns(value: Any) -> list[str]:
     if value is None:
         return []
     return [str(v) for v in value] if isinstance(value, (list, tuple)) else [str(value)]
+
+
+class SeenIds:
+    """The ``seen_ids`` of :func:`medmm.load_text_examples` across blocks, holding only the ids that can repeat
+    (:func:`repeatable_ids`): an id outside them occurs once in the table, so it needs no remembering. A set of
+    every id was about 100-220 bytes a row (a string and a slot in one or two sets) for the whole prediction."""
+
+    def __init__(self, repeatable: set[str]) -> None:
+        self.repeatable, self.seen = repeatable, set()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.seen
+
+    def add(self, key: str) -> None:
+        if key in self.repeatable:
+            self.seen.add(key)
+
+
+def _hashes(keys: Any) -> np.ndarray:
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(keys, index=False).to_numpy()
+
+
+def repeatable_ids(path: Path, id_col: str, rows: int) -> set[str]:
+    """The ids of ``id_col`` (as keys: text, stripped) whose 64-bit hash occurs more than once: the repeated ids
+    and, rarely, ids whose hash collides (harmless: they are remembered exactly). One pass over the id column
+    holding 8 bytes a row; a second one, only when some hash repeats, collects those ids' text."""
+    def keys() -> Iterator[Any]:
+        for df in read_table_chunks(path, rows, columns=[id_col], string_columns=[id_col]):
+            yield df[id_col].dropna().astype(str).str.strip()
+
+    parts = [_hashes(k) for k in keys()]
+    h = np.concatenate(parts) if parts else np.zeros(0, np.uint64)
+    del parts
+    h.sort()
+    twice = np.unique(h[1:][h[1:] == h[:-1]])
+    del h
+    if not len(twice):
+        return set()
+    return {key for k in keys() for key in k[np.isin(_hashes(k), twice)].tolist()}
 
 
 def note_blocks(path: Path, d: Any, label_names: Sequence[str] | None, rows: int, batch_size: int, *,
@@ -45,8 +88,10 @@ def note_blocks(path: Path, d: Any, label_names: Sequence[str] | None, rows: int
     common = {"text_columns": text_cols, "id_column": id_col, "separator": d.separator,
               "max_chars": d.max_chars, "label_names": label_names, "block": True}
 
+    repeatable = repeatable_ids(path, id_col, rows) if id_col else set()
+
     def read(with_labels: bool) -> Iterator[tuple[int, Any, Any]]:
-        seen: dict[bool, set[str]] = {False: set(), True: set()}
+        seen = {False: SeenIds(repeatable), True: SeenIds(repeatable)}  # only ids that can repeat are kept
         for df in read_table_chunks(path, rows, string_columns=strings):
             first = int(df.index[0]) if len(df) else 0
             ex = load_text_examples(df, **common, label_columns=[], label_delimiter=None, first_row=first,
