@@ -426,3 +426,31 @@ def test_unit_columns_write_the_bytes_of_a_dict_per_unit(tmp_path: Path) -> None
         assert files[0].splitlines()[0].startswith(("id," + "".join(f"{n}," for n in sorted(names)) + "prob_a").encode())
         assert dict(compact) == {u: c for u, c in plain.items() if c}
         assert not any(isinstance(v, dict) for v in compact.values_of.values())
+
+
+def test_notes_in_blocks_remember_only_the_ids_that_repeat(tmp_path: Path) -> None:
+    """Streamed notes skip a repeated id as a set of every id does, across blocks, ids compared as stripped
+    text; only the ids that occur twice are remembered (2 of 300 rows here), not one string per row."""
+    import pandas as pd
+    from medmm_plugins.text_cls.blocks import SeenIds, repeatable_ids
+
+    from medmm import load_text_examples
+
+    ids = [f"R{i}" for i in range(300)]
+    ids[250], ids[290] = " R7", "R100 "  # repeats of earlier rows, in later blocks, with spaces around
+    ids[40] = None  # a missing id: skipped as missing, never remembered
+    path = tmp_path / "notes.csv"
+    pd.DataFrame({"rid": ids, "text": [f"note {i}" for i in range(300)]}).to_csv(path, index=False)
+    assert repeatable_ids(path, "rid", 64) == {"R7", "R100"}
+    got = {}
+    for seen in (set(), SeenIds(repeatable_ids(path, "rid", 64))):
+        kept, skipped = [], []
+        for df in read_table_chunks(path, 64, string_columns=["rid", "text"]):
+            ex = load_text_examples(df, text_columns=["text"], id_column="rid", label_columns=[], block=True,
+                                    first_row=int(df.index[0]), seen_ids=seen)
+            kept += ex.row_ids
+            skipped += ex.skipped
+        got[type(seen).__name__] = (kept, skipped)
+    assert got["set"] == got["SeenIds"] and len(got["set"][0]) == 297
+    assert sorted(r for r, why in got["set"][1] if why == "duplicate id") == ["R100", "R7"]
+    assert seen.seen == {"R7", "R100"}  # type: ignore[union-attr]
