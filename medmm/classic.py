@@ -50,7 +50,7 @@ PREDICT_BLOCK = 65_536  # rows scored at a time above it (a multiple of BLAS ker
 # The image baseline's float64 design matrix holds at most this many cells (rows x features): 4,096 images of 32 x 32
 # (32 MB); above it a stratified sample of the training images (measured learning curve: docs/scale.md).
 IMAGE_FIT_CELLS = 4096 * 1024
-IMAGE_BLOCK = 4096  # image rows read and scored at a time (32 MB of float64 at 1,024 features)
+IMAGE_BLOCK = 1024  # image rows read and scored at a time (8 MB of float64 at 1,024 features)
 
 
 # --------------------------------------------------------------------------- features
