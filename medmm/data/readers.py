@@ -414,23 +414,27 @@ def _read_csv_blocks(path: Path, *, sep: str, dtype: Any, decimal: str) -> list[
     return blocks
 
 
-def _csv_parse_blocks(path: Path, kwargs: dict[str, Any], columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-    """The blocks of :data:`READ_BLOCK_ROWS` rows :func:`_read_csv_blocks` parses a large file in (``columns``: only
-    those)."""
+def _csv_parse_blocks(path: Path, kwargs: dict[str, Any], columns: list[str] | None = None,
+                      rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """The blocks of :data:`READ_BLOCK_ROWS` rows (or ``rows``) :func:`_read_csv_blocks` parses a large file in
+    (``columns``: only those)."""
     import pandas as pd
 
     usecols = None if columns is None else (lambda c: c in columns)
-    with pd.read_csv(path, low_memory=False, chunksize=READ_BLOCK_ROWS, usecols=usecols, **kwargs) as reader:
+    with pd.read_csv(path, low_memory=False, chunksize=rows or READ_BLOCK_ROWS, usecols=usecols, **kwargs) as reader:
         yield from reader
 
 
-def raw_blocks(path: str | Path, columns: Iterable[str] | None = None) -> Iterator[pd.DataFrame] | None:
+def raw_blocks(path: str | Path, columns: Iterable[str] | None = None,
+               rows: int | None = None) -> Iterator[pd.DataFrame] | None:
     """:func:`read_table`'s table (default options) one block at a time *before* its blocks are typed alike and
     its number-like text parsed, or ``None`` where :func:`read_table` reads the file in one piece anyway (a CSV /
     TSV up to :data:`READ_BLOCK_BYTES`, compressed Parquet, plugin formats, JSON Lines with a column pandas tries
-    as dates). A large CSV / TSV gives the blocks :func:`read_table` parses; a Parquet file its record batches in
-    blocks of :data:`READ_BLOCK_ROWS` rows; JSON Lines pandas' parses of :data:`JSONL_PARSE_LINES` lines. ``columns``: only those. A consumer settles each column with :func:`joined_dtype` and
-    :class:`NumberText` (what :func:`read_table` does to the joined column), holding one block at a time (#30)."""
+    as dates). A large CSV / TSV and a Parquet file come in blocks of ``rows`` rows (default
+    :data:`READ_BLOCK_ROWS`; blocks of a CSV that join give its one-pass frame at any size), JSON Lines in
+    pandas' parses of :data:`JSONL_PARSE_LINES` lines. ``columns``: only those. A consumer settles each column
+    with :func:`joined_dtype` and :class:`NumberText` (what :func:`read_table` does to the joined column),
+    holding one block at a time (#30)."""
     path = Path(path)
     try:
         fmt, plugin = _resolve(path)
@@ -440,7 +444,7 @@ def raw_blocks(path: str | Path, columns: Iterable[str] | None = None) -> Iterat
         return None
     wanted = None if columns is None else list(columns)
     if fmt == "parquet":
-        return _parquet_blocks(path, READ_BLOCK_ROWS, None if wanted is None else set(wanted))
+        return _parquet_blocks(path, rows or READ_BLOCK_ROWS, None if wanted is None else set(wanted))
     if fmt == "jsonl":
         keys = _jsonl_keys(path)
         if keys is None or any(_date_like(k) for k in keys):  # pandas tries dates on the whole column: read whole
@@ -449,7 +453,7 @@ def raw_blocks(path: str | Path, columns: Iterable[str] | None = None) -> Iterat
     if fmt not in ("csv", "tsv") or path.stat().st_size <= READ_BLOCK_BYTES:
         return None
     sep = csv_separator(path) if fmt == "csv" else "\t"
-    return _csv_parse_blocks(path, {"sep": sep, "dtype": None, "encoding": "utf-8-sig", "decimal": "."}, wanted)
+    return _csv_parse_blocks(path, {"sep": sep, "dtype": None, "encoding": "utf-8-sig", "decimal": "."}, wanted, rows)
 
 
 def _date_like(name: str) -> bool:
