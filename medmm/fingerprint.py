@@ -78,6 +78,8 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
     rows, names = 0, None
     digest: dict[str, Any] = {}  # column -> its cells' hashes as read
     as_float: dict[str, Any] = {}  # column -> the same, integer blocks as floats
+    as_text: dict[str, Any] = {}  # column -> the same, blocks of only missing floats as text (object) cells
+    floats_missing: dict[str, bool] = {}
     types: dict[str, list[Any]] = {}
     largest: dict[str, int] = {}
     text: dict[str, NumberText] = {}
@@ -89,6 +91,7 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
                     return None
                 digest = {c: hashlib.sha256() for c in names}
                 as_float = {c: hashlib.sha256() for c in names}
+                as_text, floats_missing = {c: hashlib.sha256() for c in names}, dict.fromkeys(names, True)
                 types, largest = {c: [] for c in names}, dict.fromkeys(names, 0)
             elif [str(c) for c in block.columns] != names:
                 return None
@@ -106,6 +109,11 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
                     as_float[c].update(hashed)
                 if values.dtype == object:
                     text.setdefault(c, NumberText()).add(values)
+                    as_text[c].update(hashed)
+                elif floats_missing[c] and values.dtype == np.float64 and values.isna().all():
+                    as_text[c].update(_row_hashes(values.astype(object)).tobytes())
+                else:
+                    floats_missing[c] = False
             del block
     except (TypeError, ValueError, OSError):  # unhashable cells (lists): the whole read hashes their text; a file
         return None  # the whole read says what is wrong with
@@ -114,7 +122,7 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
     out: dict[str, str] = {}
     again = []
     for c in names:
-        dtype = joined_dtype(types[c], largest[c])
+        dtype = joined_dtype(types[c], largest[c], floats_missing[c])
         if dtype is None:
             return None
         if c in text and text[c].converts:
@@ -124,6 +132,8 @@ def _table_in_blocks(path: Path) -> dict[str, Any] | None:
             out[c] = digest[c].hexdigest()[:32]
         elif dtype == np.float64:
             out[c] = as_float[c].hexdigest()[:32]
+        elif dtype == object:
+            out[c] = as_text[c].hexdigest()[:32]
         else:
             return None
     if again:  # numbers written with thousands separators: their floats, block by block

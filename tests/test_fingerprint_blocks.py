@@ -29,7 +29,8 @@ def _frame(n: int = 70) -> pd.DataFrame:
     return df
 
 
-CASES = ["mixed", "ints only", "codes then text", "plain numbers as text", "missing in one block", "huge ints"]
+CASES = ["mixed", "ints only", "codes then text", "plain numbers as text", "missing in one block", "huge ints",
+         "sparse text"]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -51,6 +52,8 @@ def test_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch: pytest.Mon
     if case == "huge ints":
         df["k"] = pd.Series([2**60 + i for i in range(len(df))], dtype=object)
         df.loc[65, "k"] = 0.5
+    if case == "sparse text":  # a note in a few rows: blocks of only empty cells (floats) beside text
+        df["note"] = [f"seen {i}" if 20 <= i < 30 or i == 60 else None for i in range(len(df))]
     path = tmp_path / f"t.{fmt}"
     if fmt == "parquet":
         if case != "ints only":
@@ -105,7 +108,7 @@ def test_block_digest_reads_one_block_at_a_time(tmp_path: Path, monkeypatch: pyt
 
 
 JSONL_CASES = {  # case -> whether the fingerprint digests it in blocks (else: the whole read, as before)
-    "clean": True, "ints then floats": True, "text with nulls": True, "keys left out": True,
+    "clean": True, "sparse text": True, "ints then floats": True, "text with nulls": True, "keys left out": True,
     "thousands": True, "bools then nulls": False, "a date-named column": False, "lists": False,
 }
 
@@ -138,6 +141,10 @@ def test_json_lines_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch:
             r["admit_time"] = 1_600_000_000 + i
     if case == "lists":
         rows[3]["c"] = [1, 2]
+    if case == "sparse text":  # a key in a few rows only (BigQuery leaves out nulls), null in one
+        for i in range(20, 30):
+            rows[i]["note"] = f"seen {i}"
+        rows[60]["note"] = None
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)
@@ -178,6 +185,10 @@ def test_json_lines_read_in_parts_is_the_whole_read(tmp_path: Path, monkeypatch:
             r["admit_time"] = 1_600_000_000 + i
     if case == "lists":
         rows[3]["c"] = [1, 2]
+    if case == "sparse text":  # a key in a few rows only (BigQuery leaves out nulls), null in one
+        for i in range(20, 30):
+            rows[i]["note"] = f"seen {i}"
+        rows[60]["note"] = None
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)

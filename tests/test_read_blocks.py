@@ -16,7 +16,8 @@ def _one_pass(path: Path) -> pd.DataFrame:
     return readers.parse_number_columns(pd.read_csv(path, low_memory=False, encoding="utf-8-sig"))
 
 
-@pytest.mark.parametrize("case", ["clean", "ints then floats", "codes then text", "bools then missing", "huge ints"])
+@pytest.mark.parametrize("case", ["clean", "ints then floats", "codes then text", "bools then missing", "huge ints",
+                                  "sparse text"])
 def test_blocks_give_the_one_pass_frame(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     rng = np.random.default_rng(0)
     n = 50
@@ -31,11 +32,19 @@ def test_blocks_give_the_one_pass_frame(tmp_path: Path, monkeypatch: pytest.Monk
     if case == "huge ints":
         df["k"] = pd.Series([2**60 + i for i in range(n)], dtype=object)
         df.loc[45, "k"] = 0.5
+    if case == "sparse text":  # blocks of only empty cells (read as floats) beside text: joined, text with NaN
+        df["note"] = [f"seen {i}" if 20 <= i < 30 else None for i in range(n)]
     path = tmp_path / "t.csv"
     df.to_csv(path, index=False)
     monkeypatch.setattr(readers, "READ_BLOCK_BYTES", 0)
     monkeypatch.setattr(readers, "READ_BLOCK_ROWS", 16)
     got, want = readers.read_table(path), _one_pass(path)
+    if case == "sparse text":
+        table = readers.read_table_blocks(path)
+        assert len(table._blocks) == 4 and table.dtypes["note"] == object
+        pd.testing.assert_series_equal(table["note"], want["note"], check_exact=True)
+        for block, _, _ in table.row_blocks():
+            assert block["note"].dtype == object
     pd.testing.assert_frame_equal(got, want, check_exact=True)
     assert list(got.dtypes) == list(want.dtypes) and got.index.equals(pd.RangeIndex(n))
     if case == "codes then text":

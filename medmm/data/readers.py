@@ -296,7 +296,10 @@ class BlockTable:
 
         rows = None if rows is None else np.asarray(rows, dtype=np.intp)
         for b, local, out in self._pieces(rows):
-            yield self._block(b), local, out
+            block = self._block(b)
+            text = {c: object for c in self.columns if self.dtypes[c] == object and block[c].dtype != object}
+            yield (block.astype(text, copy=False) if text else block), local, out  # a block of only missing cells
+            del block  # of a text column: text, as in the joined frame
             if release:
                 self._blocks[b] = None
                 release_free_memory()  # its pages (on the heap, not unmapped by free) back to the system
@@ -477,12 +480,17 @@ def _jsonl_parts(path: Path, keys: list[str], order: list[str]) -> Iterator[pd.D
             yield part
 
 
-def joined_dtype(types: list[Any], largest_int: int = 0) -> Any:
+def joined_dtype(types: list[Any], largest_int: int = 0, floats_missing: bool = False) -> Any:
     """The dtype :func:`read_table` gives a column whose blocks came out typed ``types`` (``largest_int``: the
-    largest magnitude of its integer blocks), or ``None`` when it reads the file again in one pass to settle the
-    column (:func:`_joinable`): one type, or integers and floats (floats). Categorical blocks of one category type
+    largest magnitude of its integer blocks; ``floats_missing``: its float blocks hold only missing cells), or
+    ``None`` when it reads the file again in one pass to settle the column (:func:`_joinable`): one type, integers
+    and floats (floats), or text and blocks of only missing cells (text). Categorical blocks of one category type
     count as one type (their categories may differ)."""
+    import numpy as np
     import pandas as pd
+
+    if floats_missing and _text_and_missing(types):
+        return np.dtype(object)
 
     cats = {str(t.categories.dtype) for t in types if isinstance(t, pd.CategoricalDtype)}
     if cats:
@@ -571,12 +579,21 @@ def _join(blocks: list[pd.DataFrame]) -> pd.DataFrame:
     return df
 
 
+def _text_and_missing(types: Iterable[Any]) -> bool:
+    """Whether a column's block types are text (object) and floats: blocks of only missing cells beside text."""
+    import numpy as np
+
+    return set(types) == {np.dtype(object), np.dtype(np.float64)}
+
+
 def _joinable(blocks: list[pd.DataFrame]) -> bool:
     """Whether joining ``blocks`` gives the one-pass frame (see :func:`_read_csv_blocks`)."""
     for col in range(blocks[0].shape[1]):
         types = {b.dtypes.iloc[col] for b in blocks}
         if len(types) == 1:
             continue
+        if _text_and_missing(types) and all(b.iloc[:, col].dtype == object or b.iloc[:, col].isna().all() for b in blocks):
+            continue  # text, and blocks of only missing cells (read as floats): one pass gives text with NaN
         if not all(t.kind in "iuf" for t in types):
             return False
         for b in blocks:  # integers beyond 2**53 would round differently from a one-pass float parse
