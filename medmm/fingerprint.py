@@ -171,15 +171,17 @@ def _table_shape(path: Path) -> dict[str, Any] | None:
     another shape differs whatever its values); ``None`` when ``path`` is not a table medmm reads."""
     import logging
 
-    from medmm.data.readers import read_table_chunks, streams
+    from medmm.data.readers import read_table_chunks, streams, table_rows
 
-    if not streams(path):  # JSON Lines, Parquet, plugin formats are read whole anyway
+    if not streams(path):  # plugin formats, compressed Parquet are read whole anyway
         return None
     quiet = logging.getLogger("medmm.data.readers")  # the task's own read says it (once)
     was, quiet.disabled = quiet.disabled, True
     try:
         columns = [str(c) for c in next(read_table_chunks(path, 1)).columns]
-        rows = sum(len(block) for block in read_table_chunks(path, 100_000, columns=columns[:1]))
+        rows = table_rows(path)  # Parquet's metadata, JSON Lines' key pass: no parse
+        if rows is None:
+            rows = sum(len(block) for block in read_table_chunks(path, 100_000, columns=columns[:1]))
     except (DataError, StopIteration):
         return None
     finally:

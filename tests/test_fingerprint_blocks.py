@@ -201,3 +201,19 @@ def test_json_lines_read_in_parts_is_the_whole_read(tmp_path: Path, monkeypatch:
     assert (len(table._blocks) > 1) == (in_parts and block_rows < 70)
     for c in want.columns:
         pd.testing.assert_series_equal(table[c], want[c], check_exact=True, check_names=False)
+
+
+def test_table_rows_without_a_parse(tmp_path: Path) -> None:
+    """Parquet's metadata and JSON Lines' key pass give the rows of the whole read (blank lines are not rows);
+    a CSV does not say (None); the fingerprint's shape check uses them."""
+    df = _frame(23)
+    pq_path, jl_path, csv_path = tmp_path / "t.parquet", tmp_path / "t.jsonl", tmp_path / "t.csv"
+    df.to_parquet(pq_path, row_group_size=5)
+    df.to_csv(csv_path, index=False)
+    lines = df.to_json(orient="records", lines=True).splitlines()
+    jl_path.write_text("\n".join(lines[:10]) + "\n\n  \n" + "\n".join(lines[10:]) + "\n")
+    assert readers.table_rows(pq_path) == len(readers.read_table(pq_path)) == 23
+    assert readers.table_rows(jl_path) == len(readers.read_table(jl_path)) == 23
+    assert readers.table_rows(csv_path) is None
+    assert fingerprint._table_shape(jl_path) == {"kind": "table", "rows": 23,
+                                                 "columns": dict.fromkeys(map(str, df.columns), "")}

@@ -34,8 +34,9 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-__all__ = ["BlockTable", "CHUNK_ROWS", "DECIMALS", "TABLE_SUFFIXES", "chunk_rows", "is_missing", "known_formats",
-           "parse_number_columns", "plugin_readers", "read_table", "read_table_blocks", "read_table_chunks", "streams", "table_format"]
+__all__ = ["BlockTable", "CHUNK_ROWS", "DECIMALS", "NumberText", "TABLE_SUFFIXES", "chunk_rows", "is_missing",
+           "joined_dtype", "known_formats", "parse_number_columns", "plugin_readers", "raw_blocks", "read_table",
+           "read_table_blocks", "read_table_chunks", "streams", "table_format", "table_rows"]
 
 log = logging.getLogger(__name__)
 
@@ -704,6 +705,7 @@ def _jsonl_keys(path: Path) -> list[str] | None:
         return _JSONL_KEYS[key]
     keys: dict[str, None] = {}
     found: list[str] | None = None
+    rows = 0
     try:
         with pd.io.common.get_handle(path, "r", encoding="utf-8-sig", compression="infer") as handle:
             for line in handle.handle:
@@ -713,14 +715,41 @@ def _jsonl_keys(path: Path) -> list[str] | None:
                 if not isinstance(obj, dict):
                     break
                 keys.update(dict.fromkeys(obj))
+                rows += 1
             else:
                 found = list(keys)
     except (ValueError, OSError, EOFError):
         found = None
     if len(_JSONL_KEYS) > 64:
         _JSONL_KEYS.clear()
+        _JSONL_ROWS.clear()
     _JSONL_KEYS[key] = found
+    _JSONL_ROWS[key] = rows
     return found
+
+
+_JSONL_ROWS: dict[tuple[Any, ...], int] = {}
+
+
+def table_rows(path: str | Path) -> int | None:
+    """The rows of :func:`read_table`'s table without parsing it, where the file says (#30): a Parquet file's
+    metadata, a JSON Lines file's objects (counted by the pass that collects its keys, remembered); ``None``
+    otherwise (CSV / TSV, plugin formats, compressed Parquet, a JSON Lines file that is not one object a line)."""
+    path = Path(path)
+    if not streams(path):
+        return None
+    fmt = _resolve(path)[0]
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        if fmt == "jsonl" and _jsonl_keys(path) is not None:
+            st = path.stat()
+            return _JSONL_ROWS.get((str(path.resolve()), st.st_size, st.st_mtime_ns))
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 #: Lines per parse of a JSON Lines file: pandas builds a Python dict per line before the frame (about 4 KB a
