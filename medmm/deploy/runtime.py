@@ -49,6 +49,7 @@ class Prediction:
     skipped_key: str = "id"  # as medmm.task.Split: the skipped inputs are row "id"s or file "path"s
     set_groups: list[str] | None = None  # per unit, its group of the conformal thresholds' group_column (#32)
     referral: str | None = None  # a streamed prediction's referral line, counted block by block
+    count: int | None = None  # a streamed prediction's units (it keeps no scores of unlabelled input)
 
 
 # --------------------------------------------------------------------------- inputs per task
@@ -287,7 +288,8 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
             kwargs["conformal"] = conf
             kwargs["set_groups"] = pred.set_groups
         write_predictions(out, pred, model.problem, model.label_names, pred.unit_columns or None, **kwargs)
-    msg = f"medmm predict: {len(pred.scores)} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
+    count = pred.count if pred.count is not None else len(pred.scores)
+    msg = f"medmm predict: {count} predictions (onnxruntime, {Path(export_dir).name}) -> {out}"
     if conf is not None:
         from medmm.evaluation.conformal import referred_line
 
@@ -329,9 +331,10 @@ def predict_export(export_dir: Path, data: Path, out: Path, *, quantized: bool =
 def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | None = None,
                   keep_units: bool = False) -> Prediction | None:
     """``predict_export`` of a CSV / TSV table block by block: each block's rows are scored and appended to
-    ``out`` (atomically), so memory does not grow with the table beyond its scores (and targets; the referral
-    line is counted per block; the units, their columns and a grouped run's labels only when ``keep_units``,
-    for ``--dicom-sr``).
+    ``out`` (atomically), so memory does not grow with the table: the scores and targets of labelled input
+    are kept for the metrics (float32 and the smallest exact dtype, :class:`~medmm.pooling.Growing`), nothing
+    per row of unlabelled input (``count``; the referral line is counted per block); the units, their scores
+    and columns and a grouped run's labels only when ``keep_units``, for ``--dicom-sr``.
     The file is byte-identical to one pass: blocks are whole eval batches, every row depends on its own
     unit. ``None`` when the input does not stream (the task's reader has no ``blocks``; not a CSV / TSV
     file; a grouped run calibrated before its group bands were stored): the caller reads it whole."""
@@ -340,6 +343,7 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
     from medmm.data.readers import chunk_rows, streams
     from medmm.evaluation.conformal import ReferralCount, StreamedGroups
     from medmm.io import atomic_write
+    from medmm.pooling import Growing
     from medmm.predictions import predictions_table
 
     blocks = getattr(model.inputs, "blocks", None)
@@ -355,8 +359,9 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
     op = model.operating_point()
     units: list[str] = []
     unit_columns: dict[str, dict[str, str]] = {}
-    scores: list[np.ndarray] = []
-    targets: list[np.ndarray] = []
+    scores = Growing()  # kept for the metrics (labelled input) and --dicom-sr's reports only, grown in place
+    targets = Growing(exact_small=True)
+    n = 0
     refer = ReferralCount(conf)  # the referral line's counts, block by block (no unit's set is kept)
     labels: list[str] = []  # --dicom-sr of a grouped run: each unit's group label (its SR's set)
     skipped: list[tuple[str, str]] = []
@@ -372,10 +377,12 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
             if i == 0:
                 writer.writerow(header)
             writer.writerows(lines)
-            scores.append(np.asarray(pred.scores))
             has_targets = has_targets and pred.targets is not None
-            if pred.targets is not None:
-                targets.append(np.asarray(pred.targets))
+            if keep_units or has_targets:
+                scores.add(np.asarray(pred.scores))
+            if has_targets:
+                targets.add(np.asarray(pred.targets))
+            n += len(pred.units)
             refer.add(pred.scores, groups)
             skipped += pred.skipped
             skipped_key = pred.skipped_key
@@ -383,9 +390,10 @@ def stream_export(model: ExportedModel, data: Path, out: Path, *, rows: int | No
                 units += pred.units
                 unit_columns.update(pred.unit_columns)
                 labels += groups or []
-    return Prediction(units, np.concatenate(scores), np.concatenate(targets) if has_targets and targets else None,
+    kept = scores.array() if keep_units or has_targets else None
+    return Prediction(units, np.zeros(0, np.float32) if kept is None else kept, targets.array() if has_targets else None,
                       unit_columns, skipped, skipped_key=skipped_key, referral=refer.line(),
-                      set_groups=labels if keep_units and side is not None else None)
+                      set_groups=labels if keep_units and side is not None else None, count=n)
 
 
 def _has(module: str) -> bool:
