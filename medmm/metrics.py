@@ -39,8 +39,10 @@ __all__ = [
     "THRESHOLD",
     "auprc",
     "auroc",
+    "BOOT_CELLS",
     "bootstrap_ci",
     "bootstrap_cis",
+    "bootstrap_resamples",
     "calibration_pairs",
     "compute_metrics",
     "decimals",
@@ -56,6 +58,7 @@ __all__ = [
     "preload",
     "prepare_inputs",
     "reliability_curve",
+    "resample_counts",
 ]
 
 CI_METHOD = ("percentile bootstrap over rows, widened where needed to contain the point estimate "
@@ -552,7 +555,8 @@ def _bin_sums(hit: np.ndarray, conf: np.ndarray, n_bins: int) -> tuple[np.ndarra
 
 # --------------------------------------------------------------------------- bootstrap
 
-_BOOT_CELLS = 2_000_000  # resamples x rows evaluated per chunk (bounds memory)
+BOOT_CELLS = 2_000_000
+"""Resampled row indices held at a time by every bootstrap (:func:`bootstrap_resamples`): 16 MB of int64."""
 
 _Batched = Callable[[MetricInputs, np.ndarray], np.ndarray]
 """``f(data, w) -> [B]``: a metric under ``B`` row-weightings ``w`` of shape ``[B, N]``."""
@@ -560,22 +564,28 @@ _Batched = Callable[[MetricInputs, np.ndarray], np.ndarray]
 
 def _bootstrap_values(problem: str, metric: str, data: MetricInputs, n_boot: int, seed: int) -> np.ndarray:
     """Metric values on ``n_boot`` resamples (``nan`` where undefined)."""
-    rng = np.random.default_rng(seed)
     n = len(data)
     point, batched = _POINT[problem][metric], _BATCHED[problem].get(metric)
-    chunk = max(1, min(n_boot, _BOOT_CELLS // n))
     out = []
-    for start in range(0, n_boot, chunk):
-        idx = rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+    for idx in bootstrap_resamples(np.random.default_rng(seed), n, n_boot):
         if batched is None:
             out.append(np.array([point(data.take(i)) for i in idx], dtype=float))
         else:
-            out.append(batched(data, _resample_counts(idx, n)))
+            out.append(batched(data, resample_counts(idx, n)))
     return np.concatenate(out)
 
 
-def _resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
-    """``[B, N]`` how often each row appears in each resample of ``idx`` (``[B, N]``)."""
+def bootstrap_resamples(rng: np.random.Generator, n: int, n_boot: int, cells: int | None = None) -> Iterator[np.ndarray]:
+    """The row indices of ``n_boot`` resamples (with replacement) of ``n`` rows drawn from ``rng``, as ``[B, n]``
+    blocks of at most ``cells`` indices (default :data:`BOOT_CELLS`; at least one resample a block). numpy draws
+    the same indices whatever the block size, so memory stays bounded and no figure depends on it."""
+    chunk = max(1, min(n_boot, (BOOT_CELLS if cells is None else cells) // max(n, 1)))
+    for start in range(0, n_boot, chunk):
+        yield rng.integers(0, n, size=(min(chunk, n_boot - start), n))
+
+
+def resample_counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``[B, N]`` float: how often each of ``n`` rows appears in each resample of ``idx`` (``[B, size]``)."""
     b = idx.shape[0]
     flat = (idx + n * np.arange(b)[:, None]).ravel()
     return np.bincount(flat, minlength=b * n).reshape(b, n).astype(float)

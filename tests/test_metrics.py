@@ -344,9 +344,9 @@ def test_bootstrap_skips_undefined_resamples() -> None:
 def test_bootstrap_chunks_do_not_change_the_distribution(monkeypatch: pytest.MonkeyPatch) -> None:
     y, s = _binary(200)
     whole = M.bootstrap_ci("binary", "auroc", y, s, n_boot=500)
-    monkeypatch.setattr(M, "_BOOT_CELLS", 200 * 7)  # 7 resamples per chunk
+    monkeypatch.setattr(M, "BOOT_CELLS", 200 * 7)  # 7 resamples per chunk
     chunked = M.bootstrap_ci("binary", "auroc", y, s, n_boot=500)
-    assert chunked == pytest.approx(whole, abs=0.03)
+    assert chunked == whole  # numpy draws the same resamples in any block size
 
 
 @pytest.mark.parametrize(("problem", "metric"), [
@@ -388,3 +388,38 @@ def test_paired_difference_ci_holds_the_difference_and_sees_which_model_is_bette
     assert flipped is not None and flipped[1] < -0.3
     assert M.paired_difference_ci("binary", "auroc", y, good, good, n_boot=50, seed=1) == (0.0, 0.0)
     assert M.paired_difference_ci("binary", "auroc", y, np.full(400, np.nan), good, n_boot=50) is None
+
+
+def test_every_bootstrap_holds_at_most_boot_cells_indices_and_gives_the_same_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The operating point's, multi-label F1's and conformal coverage's CIs resample in blocks of at most
+    ``BOOT_CELLS`` indices (bounded memory on a large test split) and give the same figures at any block size."""
+    from medmm.evaluation import conformal, threshold
+
+    rng = np.random.default_rng(3)
+    y, s = rng.integers(0, 2, 301), rng.uniform(0, 1, 301)
+    ym, sm = rng.integers(0, 2, (301, 3)), rng.uniform(0, 1, (301, 3))
+    op = {"classes": ["a", "b", "c"], "thresholds": {"a": 0.5, "b": 0.4, "c": 0.6}}
+    conf = conformal.calibrate("binary", y[:150], s[:150], alpha=0.1)
+
+    def figures() -> tuple:
+        return (threshold.operating_stats(y, s > 0.5, n_boot=300, seed=1)["ci"],
+                threshold.f1_at(ym, sm, op, n_boot=300, seed=1)["ci"],
+                conformal.coverage_report(conf, y[150:], s[150:], n_boot=300, seed=1))
+
+    whole = figures()
+    blocks: dict[str, list[tuple[int, ...]]] = {"threshold": [], "conformal": []}
+    original = M.bootstrap_resamples
+
+    def recording(caller: str):  # noqa: ANN202
+        def draw(rng: np.random.Generator, n: int, n_boot: int, cells: int | None = None):  # noqa: ANN202
+            for idx in original(rng, n, n_boot, cells):
+                blocks[caller].append(idx.shape)
+                yield idx
+        return draw
+
+    monkeypatch.setattr(M, "BOOT_CELLS", 301 * 7)  # 7 resamples of 301 rows a block
+    monkeypatch.setattr(threshold, "bootstrap_resamples", recording("threshold"))
+    monkeypatch.setattr(M, "bootstrap_resamples", recording("conformal"))  # conformal imports it when it runs
+    assert figures() == whole
+    assert sum(b[0] for b in blocks["threshold"]) == 600 and blocks["conformal"]
+    assert max(b[0] * b[1] for b in blocks["threshold"] + blocks["conformal"]) <= 301 * 7

@@ -266,9 +266,9 @@ def _covered(conf: Mapping[str, Any], out: Mapping[str, np.ndarray], y: np.ndarr
 def _ci(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[float, float]:
     if not n_boot or len(values) < 2:
         return (math.nan, math.nan)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    m = values[idx].mean(axis=1)
-    from medmm.metrics import interval
+    from medmm.metrics import bootstrap_resamples, interval
+
+    m = np.concatenate([values[idx].mean(axis=1) for idx in bootstrap_resamples(rng, len(values), n_boot)])
 
     return interval(m, float(np.mean(values)))  # holds the point estimate, as every medmm CI (#27)
 

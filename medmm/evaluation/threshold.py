@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from medmm.errors import ConfigError
-from medmm.metrics import CI_METHOD, format_estimate, interval
+from medmm.metrics import CI_METHOD, bootstrap_resamples, format_estimate, interval, resample_counts
 
 __all__ = [
     "RULES",
@@ -113,13 +113,9 @@ def operating_stats(y: Any, call: Any, *, n_boot: int = 1000, seed: int = 0) -> 
     point = {k: float(v) for k, v in _rates(*counts).items()}
     ci: dict[str, tuple[float, float]] = {}
     if n_boot and y.size:
-        rng = np.random.default_rng(seed)
         ws = []
-        for start in range(0, n_boot, 200):  # [B, N] resample counts, 200 resamples at a time
-            idx = rng.integers(0, y.size, size=(min(200, n_boot - start), y.size))
-            b = idx.shape[0]
-            flat = (idx + y.size * np.arange(b)[:, None]).ravel()
-            w = np.bincount(flat, minlength=b * y.size).reshape(b, y.size).astype(float)
+        for idx in bootstrap_resamples(np.random.default_rng(seed), y.size, n_boot):  # [B, N] at a time
+            w = resample_counts(idx, y.size)
             ws.append(np.stack([w @ m for m in cells]))
         boot = _rates(*np.concatenate(ws, axis=1))
         for k, v in boot.items():
@@ -158,11 +154,9 @@ def f1_at(y: Any, scores: Any, op: Mapping[str, Any], *, n_boot: int = 1000, see
     micro, macro = f1s(*cells.sum(1))
     out: dict[str, Any] = {"micro_f1": float(micro), "macro_f1": float(macro), "ci": {}, "n": len(yc)}
     if n_boot and len(yc):
-        rng = np.random.default_rng(seed)
         mi, ma = [], []
-        for start in range(0, n_boot, 200):
-            idx = rng.integers(0, len(yc), size=(min(200, n_boot - start), len(yc)))
-            w = np.stack([np.bincount(r, minlength=len(yc)) for r in idx]).astype(float)  # [B, N]
+        for idx in bootstrap_resamples(np.random.default_rng(seed), len(yc), n_boot):
+            w = resample_counts(idx, len(yc))  # [B, N]
             a, b = f1s(*np.einsum("bn,cnk->cbk", w, cells))
             mi.append(a)
             ma.append(b)
