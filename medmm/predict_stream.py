@@ -56,7 +56,7 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
     from medmm.evaluation.conformal import ReferralCount, StreamedGroups, load_conformal
     from medmm.evaluation.overlap import SplitCounter, own_data
     from medmm.evaluation.threshold import load_operating_point
-    from medmm.io import atomic_write
+    from medmm.io import atomic_write, release_free_memory
     from medmm.predictions import predictions_table
 
     chunks = getattr(task, "predict_chunks", None)
@@ -106,6 +106,8 @@ def stream_predict(task: Any, data: Path, run_dir: Path, trainer: Any, model: An
                 targets.add(np.asarray(ev.targets))
             loss += float(ev.loss) * len(ev.units)
             n += len(ev.units)
+            del ev, split, collate, lines
+            release_free_memory()  # the block's freed tensors and frames: glibc keeps them resident otherwise
     kept = None if scores is None else scores.array()
     ev = EvalOutput([], np.zeros(0, np.float32) if kept is None else kept, None if targets is None else targets.array(),
                     loss / max(n, 1))
