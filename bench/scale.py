@@ -532,9 +532,11 @@ def bench_image_run(sizes: tuple[int, int], floor: int, workers: int) -> dict[st
                              "files"))
             above = [max(out[n][what]["rss_mb"] - out[floor][what]["rss_mb"], 0.0) for n in sizes]
             out[f"{what}_above_mb"] = above
+            times = (f"{above[1] / above[0]:.1f}x for {b // a}x files" if above[0] >= 1.0 else  # a ratio of noise
+                     f"no ratio: {a:,} files peak at or below the floor ({out[a][what]['rss_mb']:.0f} MB)")
             print(f"image-cls {what} peak RSS above {floor:,} files' {out[floor][what]['rss_mb']:.0f} MB: "
-                  f"{above[0]:.0f} -> {above[1]:.0f} MB ({above[1] / max(above[0], 1e-9):.1f}x for {b // a}x files; "
-                  f"{above[1] * 2**20 / b:.0f} B per file at {b:,})")
+                  f"{above[0]:.0f} -> {above[1]:.0f} MB ({times}; {(above[1] - above[0]) * 2**20 / (b - a):.0f} B per "
+                  f"added file)")
         for what in ("run_phases", "predict_phases"):
             for k in out[a][what]:
                 x, y = out[a][what][k], out[b][what][k]
