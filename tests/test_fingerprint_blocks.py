@@ -113,10 +113,8 @@ JSONL_CASES = {  # case -> whether the fingerprint digests it in blocks (else: t
 }
 
 
-@pytest.mark.parametrize("case", list(JSONL_CASES))
-def test_json_lines_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    """JSON Lines parts of 16 lines (pandas' own parser per part) give the whole read's digest; a column typed
-    differently in two parts, a date-named column or cells pandas cannot hash send it to the whole read."""
+def _jsonl_case(tmp_path: Path, case: str) -> Path:
+    """A 70-line JSON Lines table of ``case`` (a key of :data:`JSONL_CASES`)."""
     import json
 
     rng = np.random.default_rng(5)
@@ -147,6 +145,14 @@ def test_json_lines_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch:
         rows[60]["note"] = None
     path = tmp_path / "t.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("case", list(JSONL_CASES))
+def test_json_lines_block_digest_is_the_whole_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """JSON Lines parts of 16 lines (pandas' own parser per part) give the whole read's digest; a column typed
+    differently in two parts, a date-named column or cells pandas cannot hash send it to the whole read."""
+    path = _jsonl_case(tmp_path, case)
     monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)
     want = _whole(path)
     got = fingerprint._table_in_blocks(path)
@@ -161,36 +167,7 @@ def test_json_lines_read_in_parts_is_the_whole_read(tmp_path: Path, monkeypatch:
                                                      block_rows: int) -> None:
     """``read_table`` / ``read_table_blocks`` of JSON Lines parse it in parts (#30: the whole parse holds a dict per
     line) and give exactly ``pd.read_json``'s whole frame (dtypes, values, index), or make that whole read."""
-    import json
-
-    rng = np.random.default_rng(5)
-    rows = [{"id": f"{i:04d}", "x": float(rng.normal()), "k": int(rng.integers(0, 9)), "c": str(rng.choice(["a", "b"])),
-             "b": bool(i % 3)} for i in range(70)]
-    if case == "ints then floats":
-        rows[66]["k"] = 2.5
-    if case == "text with nulls":
-        for i in range(0, 70, 7):
-            rows[i]["c"] = None
-    if case == "keys left out":
-        for i in range(20, 40):
-            del rows[i]["x"]
-        rows[50]["late"] = 3
-    if case == "thousands":
-        for i, r in enumerate(rows):
-            r["money"] = f"{1000 + 37 * i:,}"
-    if case == "bools then nulls":
-        rows[60]["b"] = None
-    if case == "a date-named column":
-        for i, r in enumerate(rows):
-            r["admit_time"] = 1_600_000_000 + i
-    if case == "lists":
-        rows[3]["c"] = [1, 2]
-    if case == "sparse text":  # a key in a few rows only (BigQuery leaves out nulls), null in one
-        for i in range(20, 30):
-            rows[i]["note"] = f"seen {i}"
-        rows[60]["note"] = None
-    path = tmp_path / "t.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = _jsonl_case(tmp_path, case)
     monkeypatch.setattr(readers, "JSONL_PARSE_LINES", 16)
     monkeypatch.setattr(readers, "READ_BLOCK_ROWS", block_rows)
     want = readers.parse_number_columns(pd.read_json(path, lines=True, encoding="utf-8-sig", dtype=False))
