@@ -74,23 +74,19 @@ def small_pixels(images: Any, side: int = IMAGE_SIDE, count: int | None = None) 
     """``[N, C * h * w]`` float32 from an iterable of ``[C, H, W]`` images, each area-averaged to at
     most ``side`` pixels a side as it is read (what a task hands :class:`BaselineInputs`).
 
-    The rows go straight into one array (``count``: the number of images, when known; else it grows by
-    doubling), never a list of per-image arrays stacked at the end (twice the matrix at its peak)."""
-    out: np.ndarray | None = None
-    n = 0
+    The rows go straight into one array (``count``: the number of images, when known; else it grows in
+    place, :class:`~medmm.pooling.Growing`), never a list of per-image arrays stacked at the end (twice the
+    matrix at its peak)."""
+    from medmm.pooling import Growing
+
+    out = Growing(capacity=count or 0)
     for im in images:
-        row = _downsample(np.asarray(im, dtype=np.float32)[None], side)[0]
-        if out is None:
-            out = np.empty((max(count or 0, 1), row.size), np.float32)
-        elif row.shape != out.shape[1:]:
-            raise DataError(f"images of several sizes for the baseline: {sorted({row.shape, out.shape[1:]})}")
-        if n == len(out):
-            grown = np.empty((2 * n, out.shape[1]), np.float32)
-            grown[:n] = out
-            out = grown
-        out[n] = row
-        n += 1
-    return np.zeros((0, 1), np.float32) if out is None else out[:n]
+        row = _downsample(np.asarray(im, dtype=np.float32)[None], side)
+        if out.buf is not None and row.shape[1:] != out.buf.shape[1:]:
+            raise DataError(f"images of several sizes for the baseline: {sorted({row.shape[1:], out.buf.shape[1:]})}")
+        out.add(row)
+    rows = out.array()
+    return np.zeros((0, 1), np.float32) if rows is None else rows
 
 
 class LazyRows:

@@ -49,17 +49,18 @@ class Growing:
     """An array appended block by block along its first axis, in one buffer grown in place
     (``ndarray.resize``: a large buffer is remapped, not copied), so the whole never exists twice,
     as a list of blocks joined at the end does. ``exact_small``: each block in :func:`smallest_exact`'s
-    dtype (the buffer widens, exactly, when a later block needs it)."""
+    dtype (the buffer widens, exactly, when a later block needs it); ``capacity``: the rows to expect, when
+    known (the first buffer holds them, so no growth)."""
 
-    def __init__(self, exact_small: bool = False) -> None:
-        self.exact_small = exact_small
+    def __init__(self, exact_small: bool = False, capacity: int = 0) -> None:
+        self.exact_small, self.capacity = exact_small, capacity
         self.buf: np.ndarray | None = None
         self.n = 0
 
     def add(self, block: np.ndarray) -> None:
         b = smallest_exact(block) if self.exact_small else np.asarray(block)
         if self.buf is None:
-            self.buf = np.empty((max(len(b), 1),) + b.shape[1:], dtype=b.dtype)
+            self.buf = np.empty((max(len(b), self.capacity, 1),) + b.shape[1:], dtype=b.dtype)
         if b.shape[1:] != self.buf.shape[1:]:
             raise ValueError(f"a block of shape {b.shape[1:]} after blocks of {self.buf.shape[1:]}")
         wide = np.promote_types(self.buf.dtype, b.dtype)
